@@ -1,0 +1,609 @@
+#include "bindings/codec.hpp"
+
+#include <pybind11/numpy.h>
+
+#include <cstring>
+#include <limits>
+
+namespace conveyor::py_codec {
+
+namespace {
+
+// One byte before every value says what follows.
+enum Type : std::uint8_t {
+    T_NONE = 0,
+    T_FALSE,
+    T_TRUE,
+    T_INT,
+    T_BIGINT,
+    T_FLOAT,
+    T_COMPLEX,
+    T_STR,
+    T_BYTES,
+    T_BYTEARRAY,
+    T_MEMORYVIEW,
+    T_LIST,
+    T_TUPLE,
+    T_DICT,
+    T_NDARRAY,
+    T_NPSCALAR,
+    T_ADDRESS,
+    T_ITEM,
+    T_PICKLE,
+};
+
+// Where a run of bytes lives: inside the frame, or in an out-of-band buffer.
+enum Storage : std::uint8_t { S_INLINE = 0, S_OUT_OF_BAND = 1 };
+
+constexpr int kMaxDepth = 200;
+constexpr std::uint32_t kMaxDims = 64;  // numpy's NPY_MAXDIMS
+
+struct Types {
+    py::object address;
+    py::object item_base;
+    py::dict registry;
+    py::object pickle;
+    py::object np_generic;
+    py::object np_dtype;
+    py::object np_asarray;
+    py::object np_ascontiguousarray;
+    py::object int_from_bytes;
+};
+
+Types& types() {
+    // Leaked on purpose: Python objects must not be released after the
+    // interpreter is gone, which a static destructor would do.
+    static Types* t = new Types();
+    return *t;
+}
+
+std::string type_name(py::handle obj) {
+    return py::str(py::type::handle_of(obj).attr("__qualname__")).cast<std::string>();
+}
+
+// Numeric, bool, datetime and fixed-size byte/str/record dtypes: their
+// elements are plain bytes. Anything holding Python objects is refused,
+// both when sending and when reading a dtype off the wire.
+bool carriable_dtype(const py::dtype& dt) {
+    if (dt.attr("hasobject").cast<bool>()) return false;
+    switch (dt.kind()) {
+        case 'b': case 'i': case 'u': case 'f': case 'c': case 'm': case 'M':
+        case 'S': case 'U': case 'V':
+            return true;
+        default:
+            return false;
+    }
+}
+
+class Encoder {
+  public:
+    Encoder(Encoded& out, const EncodeOptions& options) : out_(out), options_(options) {}
+    Writer body;
+
+    void value(py::handle obj, int depth) {
+        if (depth > kMaxDepth)
+            throw CarriageError("payload nested deeper than " + std::to_string(kMaxDepth) +
+                                " levels (is it self-referential?)");
+        PyObject* o = obj.ptr();
+        PyTypeObject* t = Py_TYPE(o);
+        if (o == Py_None) return body.u8(T_NONE);
+        if (t == &PyBool_Type) return body.u8(o == Py_True ? T_TRUE : T_FALSE);
+        if (t == &PyLong_Type) return integer(obj);
+        if (t == &PyFloat_Type) {
+            body.u8(T_FLOAT);
+            return body.f64(PyFloat_AS_DOUBLE(o));
+        }
+        if (t == &PyComplex_Type) {
+            body.u8(T_COMPLEX);
+            body.f64(PyComplex_RealAsDouble(o));
+            return body.f64(PyComplex_ImagAsDouble(o));
+        }
+        if (t == &PyUnicode_Type) return text(obj);
+        if (t == &PyBytes_Type) {
+            body.u8(T_BYTES);
+            return bytes_run(obj, PyBytes_AS_STRING(o), PyBytes_GET_SIZE(o));
+        }
+        if (t == &PyByteArray_Type) {
+            body.u8(T_BYTEARRAY);
+            return bytes_run(obj, PyByteArray_AS_STRING(o), PyByteArray_GET_SIZE(o));
+        }
+        if (t == &PyMemoryView_Type) return memoryview(obj);
+        if (t == &PyList_Type || t == &PyTuple_Type) {
+            body.u8(t == &PyList_Type ? T_LIST : T_TUPLE);
+            auto n = PySequence_Fast_GET_SIZE(o);
+            body.u64(static_cast<std::uint64_t>(n));
+            // Index each time: a list may not be resized under us (no Python
+            // code runs between items except CarriageableItem.dump, which could).
+            for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(o); ++i)
+                value(PySequence_Fast_GET_ITEM(o, i), depth + 1);
+            if (PySequence_Fast_GET_SIZE(o) != n)
+                throw CarriageError("list changed size while it was being sent");
+            return;
+        }
+        if (t == &PyDict_Type) {
+            body.u8(T_DICT);
+            body.u64(static_cast<std::uint64_t>(PyDict_Size(o)));
+            // Copy the items first so user code run by a nested dump() cannot
+            // invalidate the iteration.
+            py::list items = py::reinterpret_steal<py::list>(PyDict_Items(o));
+            for (auto kv : items) {
+                auto pair = kv.cast<py::tuple>();
+                value(pair[0], depth + 1);
+                value(pair[1], depth + 1);
+            }
+            return;
+        }
+        if (py::isinstance<py::array>(obj)) return array(py::reinterpret_borrow<py::array>(obj));
+        if (py::isinstance(obj, types().np_generic)) return np_scalar(obj);
+        if (t == reinterpret_cast<PyTypeObject*>(types().address.ptr())) return address(obj);
+        if (types().item_base && py::isinstance(obj, types().item_base)) return item(obj, depth);
+        if (options_.allow_pickle) return pickled(obj);
+        throw CarriageError("objects of type '" + type_name(obj) +
+                            "' are not carriageable: implement cv.CarriageableItem, convert "
+                            "to a built-in type, or create the Messenger with pickle=True");
+    }
+
+  private:
+    void integer(py::handle obj) {
+        int overflow = 0;
+        long long v = PyLong_AsLongLongAndOverflow(obj.ptr(), &overflow);
+        if (!overflow) {
+            body.u8(T_INT);
+            return body.i64(v);
+        }
+        // Arbitrary size: signed little-endian bytes, as int.to_bytes makes them.
+        auto bits = obj.attr("bit_length")().cast<std::uint64_t>();
+        auto n = bits / 8 + 1;
+        py::bytes raw = obj.attr("to_bytes")(n, "little", py::arg("signed") = true);
+        body.u8(T_BIGINT);
+        body.blob(std::string_view(PyBytes_AS_STRING(raw.ptr()), PyBytes_GET_SIZE(raw.ptr())));
+    }
+
+    void text(py::handle obj) {
+        Py_ssize_t n = 0;
+        const char* s = PyUnicode_AsUTF8AndSize(obj.ptr(), &n);
+        body.u8(T_STR);
+        if (s) return body.blob(std::string_view(s, n));
+        PyErr_Clear();  // lone surrogates: carried as they are
+        py::bytes raw = py::reinterpret_steal<py::bytes>(
+            PyUnicode_AsEncodedString(obj.ptr(), "utf-8", "surrogatepass"));
+        if (!raw) throw py::error_already_set();
+        body.blob(std::string_view(PyBytes_AS_STRING(raw.ptr()), PyBytes_GET_SIZE(raw.ptr())));
+    }
+
+    // Small runs are copied into the frame; large ones travel from `owner`'s memory.
+    void bytes_run(py::handle owner, const void* data, std::size_t n) {
+        if (n >= options_.zero_copy_threshold) {
+            body.u8(S_OUT_OF_BAND);
+            body.u32(static_cast<std::uint32_t>(out_.oob.size()));
+            out_.oob.push_back({data, n});
+            out_.keep.append(owner);
+        } else {
+            body.u8(S_INLINE);
+            body.blob(std::string_view(static_cast<const char*>(data), n));
+        }
+    }
+
+    void memoryview(py::handle obj) {
+        // Non-contiguous views are made contiguous once; the format and shape
+        // travel along so the receiver gets a view of the same layout.
+        py::object view = py::reinterpret_borrow<py::object>(obj);
+        if (!view.attr("c_contiguous").cast<bool>())
+            view = py::memoryview(py::bytes(view.attr("tobytes")()));
+        Py_buffer* b = PyMemoryView_GET_BUFFER(view.ptr());
+        body.u8(T_MEMORYVIEW);
+        body.blob(b->format ? b->format : "B");
+        body.u32(static_cast<std::uint32_t>(b->ndim));
+        for (int i = 0; i < b->ndim; ++i) body.u64(static_cast<std::uint64_t>(b->shape[i]));
+        bytes_run(view, b->buf, static_cast<std::size_t>(b->len));
+    }
+
+    void dtype(const py::dtype& dt, const py::handle& owner) {
+        if (!carriable_dtype(dt))
+            throw CarriageError("numpy arrays of dtype " + py::str(dt).cast<std::string>() +
+                                " (in a '" + type_name(owner) +
+                                "') are not carriageable: only plain-data dtypes are");
+        if (dt.attr("fields").is_none()) {
+            body.u8(0);
+            body.blob(dt.attr("str").cast<std::string>());
+        } else {  // a record dtype: its description is itself a carriageable value
+            body.u8(1);
+            value(dt.attr("descr"), 1);
+        }
+    }
+
+    void array(py::array arr) {
+        bool c = arr.flags() & py::array::c_style;
+        bool f = arr.flags() & py::array::f_style;
+        if (!c && !f) {  // strided: made contiguous once, and that copy is sent
+            arr = contiguous_copy(arr);
+            c = true;
+        }
+        body.u8(T_NDARRAY);
+        dtype(arr.dtype(), arr);
+        body.u8(c ? 0 : 1);
+        body.u32(static_cast<std::uint32_t>(arr.ndim()));
+        for (py::ssize_t i = 0; i < arr.ndim(); ++i) body.u64(static_cast<std::uint64_t>(arr.shape(i)));
+        bytes_run(arr, arr.data(), static_cast<std::size_t>(arr.nbytes()));
+    }
+
+    static py::array contiguous_copy(const py::array& arr) {
+        return types().np_ascontiguousarray(arr);
+    }
+
+    void np_scalar(py::handle obj) {
+        py::array arr = types().np_asarray(obj);
+        body.u8(T_NPSCALAR);
+        dtype(arr.dtype(), obj);
+        body.blob(std::string_view(static_cast<const char*>(arr.data()), arr.nbytes()));
+    }
+
+    void address(py::handle obj) {
+        body.u8(T_ADDRESS);
+        body.i64(obj.attr("rank").cast<std::int64_t>());
+        body.blob(obj.attr("name").cast<std::string>());
+        py::object ref = obj.attr("ref");
+        body.u8(ref.is_none() ? 0 : 1);
+        body.u64(ref.is_none() ? 0 : ref.cast<std::uint64_t>());
+    }
+
+    void item(py::handle obj, int depth) {
+        py::handle cls = py::type::handle_of(obj);
+        py::object name = cls.attr("carriage_name");
+        if (name.is_none() || !types().registry.contains(name) ||
+            py::object(types().registry[name]).ptr() != cls.ptr())
+            throw CarriageError("CarriageableItem type '" + type_name(obj) +
+                                "' is not registered: subclass it with name=\"...\"");
+        auto n = obj.attr("required_bytes")();
+        if (!py::isinstance<py::int_>(n) || n.cast<long long>() < 0)
+            throw CarriageError(type_name(obj) + ".required_bytes() must return an int >= 0");
+        py::bytearray buffer(std::string(n.cast<std::size_t>(), '\0'));
+        obj.attr("dump")(py::memoryview(buffer));
+        py::list extra(obj.attr("out_of_band")());
+        body.u8(T_ITEM);
+        body.blob(name.cast<std::string>());
+        body.blob(std::string_view(PyByteArray_AS_STRING(buffer.ptr()),
+                                   PyByteArray_GET_SIZE(buffer.ptr())));
+        body.u64(extra.size());
+        for (auto v : extra) value(v, depth + 1);
+    }
+
+    void pickled(py::handle obj) {
+        py::list buffers;
+        py::bytes data = types().pickle.attr("dumps")(obj, py::arg("protocol") = 5,
+                                                     py::arg("buffer_callback") = buffers.attr("append"));
+        body.u8(T_PICKLE);
+        body.blob(std::string_view(PyBytes_AS_STRING(data.ptr()), PyBytes_GET_SIZE(data.ptr())));
+        body.u64(buffers.size());
+        for (auto b : buffers) {
+            py::object raw = b.attr("raw")();  // a contiguous 'B' memoryview
+            Py_buffer* pb = PyMemoryView_GET_BUFFER(raw.ptr());
+            bytes_run(raw, pb->buf, static_cast<std::size_t>(pb->len));
+        }
+    }
+
+    Encoded& out_;
+    const EncodeOptions& options_;
+};
+
+class Decoder {
+  public:
+    Decoder(Reader& r, const std::vector<std::shared_ptr<Buffer>>& oob, bool allow_pickle)
+        : r_(r), oob_(oob), used_(oob.size(), false), allow_pickle_(allow_pickle) {}
+
+    py::object value(int depth) {
+        if (depth > kMaxDepth) throw DecodeError("payload nested too deeply");
+        auto type = r_.u8();
+        switch (type) {
+            case T_NONE: return py::none();
+            case T_FALSE: return py::bool_(false);
+            case T_TRUE: return py::bool_(true);
+            case T_INT: return py::int_(r_.i64());
+            case T_BIGINT: {
+                auto raw = r_.blob();
+                return types().int_from_bytes(py::bytes(raw.data(), raw.size()), "little", py::arg("signed") = true);
+            }
+            case T_FLOAT: return py::float_(r_.f64());
+            case T_COMPLEX: {
+                double re = r_.f64();
+                double im = r_.f64();
+                return py::reinterpret_steal<py::object>(PyComplex_FromDoubles(re, im));
+            }
+            case T_STR: {
+                auto raw = r_.blob();
+                PyObject* s = PyUnicode_DecodeUTF8(raw.data(), raw.size(), "surrogatepass");
+                if (!s) python_failure("invalid UTF-8 in a string");
+                return py::reinterpret_steal<py::object>(s);
+            }
+            case T_BYTES: {
+                auto run = bytes_run();
+                return py::bytes(reinterpret_cast<const char*>(run.first), run.second);
+            }
+            case T_BYTEARRAY: {
+                auto run = bytes_run();
+                return py::reinterpret_steal<py::object>(PyByteArray_FromStringAndSize(
+                    reinterpret_cast<const char*>(run.first), run.second));
+            }
+            case T_MEMORYVIEW: return memoryview();
+            case T_LIST:
+            case T_TUPLE: {
+                auto n = r_.count(1);
+                py::list items;
+                for (std::uint64_t i = 0; i < n; ++i) items.append(value(depth + 1));
+                if (type == T_LIST) return std::move(items);
+                return py::tuple(items);
+            }
+            case T_DICT: {
+                auto n = r_.count(2);
+                py::dict d;
+                for (std::uint64_t i = 0; i < n; ++i) {
+                    py::object k = value(depth + 1);
+                    py::object v = value(depth + 1);
+                    if (PyDict_SetItem(d.ptr(), k.ptr(), v.ptr()) != 0)
+                        python_failure("unusable dict key");
+                }
+                return std::move(d);
+            }
+            case T_NDARRAY: return array();
+            case T_NPSCALAR: {
+                py::dtype dt = dtype();
+                auto raw = r_.blob();
+                if (raw.size() != static_cast<std::size_t>(dt.itemsize()))
+                    throw DecodeError("numpy scalar has " + std::to_string(raw.size()) +
+                                      " bytes, " + std::to_string(dt.itemsize()) + " expected");
+                py::array a(dt, std::vector<py::ssize_t>{}, std::vector<py::ssize_t>{});
+                std::memcpy(a.mutable_data(), raw.data(), raw.size());
+                return a[py::tuple()];
+            }
+            case T_ADDRESS: {
+                auto rank = r_.i64();
+                auto name = r_.blob();
+                bool has_ref = r_.u8() != 0;
+                auto ref = r_.u64();
+                return types().address(rank, py::str(name.data(), name.size()),
+                                       has_ref ? py::object(py::int_(ref)) : py::object(py::none()));
+            }
+            case T_ITEM: return item(depth);
+            case T_PICKLE: return pickled();
+            default:
+                throw DecodeError("unknown value type " + std::to_string(type));
+        }
+    }
+
+    void finish() {
+        if (r_.remaining() != 0)
+            throw DecodeError(std::to_string(r_.remaining()) + " unexpected bytes after the payload");
+        for (std::size_t i = 0; i < used_.size(); ++i)
+            if (!used_[i]) throw DecodeError("out-of-band buffer " + std::to_string(i) + " is unused");
+    }
+
+  private:
+    [[noreturn]] void python_failure(const std::string& what) {
+        py::error_already_set e;
+        throw DecodeError(what + ": " + e.what());
+    }
+
+    const std::shared_ptr<Buffer>& take_oob(std::uint64_t expected_size) {
+        auto i = r_.u32();
+        if (i >= oob_.size()) throw DecodeError("out-of-band buffer " + std::to_string(i) + " does not exist");
+        if (used_[i]) throw DecodeError("out-of-band buffer " + std::to_string(i) + " used twice");
+        if (expected_size != std::numeric_limits<std::uint64_t>::max() && oob_[i]->size() != expected_size)
+            throw DecodeError("out-of-band buffer " + std::to_string(i) + " has " +
+                              std::to_string(oob_[i]->size()) + " bytes, " +
+                              std::to_string(expected_size) + " expected");
+        used_[i] = true;
+        return oob_[i];
+    }
+
+    // A run of bytes whose size the run itself gives: a copy is made by the caller.
+    std::pair<const std::uint8_t*, std::size_t> bytes_run() {
+        auto storage = r_.u8();
+        if (storage == S_INLINE) {
+            auto n = r_.u64();
+            return {r_.take(n), static_cast<std::size_t>(n)};
+        }
+        if (storage != S_OUT_OF_BAND) throw DecodeError("bad storage mark " + std::to_string(storage));
+        const auto& b = take_oob(std::numeric_limits<std::uint64_t>::max());
+        return {b->data(), b->size()};
+    }
+
+    // A numpy array over received memory or a copy of inline bytes: `nbytes` known.
+    py::array array_storage(const py::dtype& dt, std::vector<py::ssize_t> shape, bool fortran,
+                            std::uint64_t nbytes) {
+        std::vector<py::ssize_t> strides(shape.size());
+        py::ssize_t step = dt.itemsize();
+        for (std::size_t k = 0; k < shape.size(); ++k) {
+            std::size_t i = fortran ? k : shape.size() - 1 - k;
+            strides[i] = step;
+            step *= shape[i];
+        }
+        auto storage = r_.u8();
+        if (storage == S_INLINE) {
+            auto n = r_.u64();
+            if (n != nbytes) throw DecodeError("array data has " + std::to_string(n) + " bytes, " +
+                                               std::to_string(nbytes) + " expected");
+            auto src = r_.take(n);
+            py::array a(dt, shape, strides);
+            if (n) std::memcpy(a.mutable_data(), src, n);
+            return a;
+        }
+        if (storage != S_OUT_OF_BAND) throw DecodeError("bad storage mark " + std::to_string(storage));
+        // Zero copy: the array owns the buffer MPI received into.
+        auto holder = new std::shared_ptr<Buffer>(take_oob(nbytes));
+        py::capsule owner(holder, "conveyor.Buffer", [](PyObject* cap) {
+            delete static_cast<std::shared_ptr<Buffer>*>(PyCapsule_GetPointer(cap, "conveyor.Buffer"));
+        });
+        return py::array(dt, shape, strides, (*holder)->data(), owner);
+    }
+
+    py::dtype dtype() {
+        auto form = r_.u8();
+        py::object spec;
+        if (form == 0) {
+            auto s = r_.blob();
+            spec = py::str(s.data(), s.size());
+        } else if (form == 1) {
+            spec = value(1);
+        } else {
+            throw DecodeError("bad dtype mark " + std::to_string(form));
+        }
+        py::object dt;
+        try {
+            dt = types().np_dtype(spec);
+        } catch (py::error_already_set& e) {
+            throw DecodeError(std::string("invalid dtype: ") + e.what());
+        }
+        auto result = py::reinterpret_borrow<py::dtype>(dt);
+        if (!carriable_dtype(result))
+            throw DecodeError("refused dtype " + py::str(result).cast<std::string>());
+        return result;
+    }
+
+    std::vector<py::ssize_t> shape(std::uint64_t itemsize, std::uint64_t& nbytes) {
+        auto ndim = r_.u32();
+        if (ndim > kMaxDims) throw DecodeError("array has " + std::to_string(ndim) + " dimensions");
+        std::vector<py::ssize_t> dims(ndim);
+        std::uint64_t total = itemsize;
+        bool empty = false;
+        for (auto& d : dims) {
+            auto n = r_.u64();
+            if (n > std::uint64_t(std::numeric_limits<py::ssize_t>::max()))
+                throw DecodeError("array dimension too large");
+            d = static_cast<py::ssize_t>(n);
+            if (n == 0) empty = true;
+            else if (!empty && total > std::numeric_limits<std::uint64_t>::max() / n)
+                throw DecodeError("array size overflows");
+            else if (!empty) total *= n;
+        }
+        nbytes = empty ? 0 : total;
+        if (nbytes > std::uint64_t(std::numeric_limits<py::ssize_t>::max()))
+            throw DecodeError("array size overflows");
+        return dims;
+    }
+
+    py::object array() {
+        py::dtype dt = dtype();
+        auto order = r_.u8();
+        if (order > 1) throw DecodeError("bad array order mark");
+        std::uint64_t nbytes = 0;
+        auto dims = shape(dt.itemsize(), nbytes);
+        return array_storage(dt, dims, order == 1, nbytes);
+    }
+
+    py::object memoryview() {
+        auto fmt = r_.blob();
+        auto ndim = r_.u32();
+        if (ndim > kMaxDims) throw DecodeError("memoryview has too many dimensions");
+        py::list dims;
+        for (std::uint32_t i = 0; i < ndim; ++i) dims.append(py::int_(r_.u64()));
+        py::object flat;
+        auto storage = r_.u8();
+        if (storage == S_INLINE) {
+            auto n = r_.u64();
+            auto p = r_.take(n);
+            flat = py::memoryview(py::bytes(reinterpret_cast<const char*>(p), n));
+        } else if (storage == S_OUT_OF_BAND) {
+            const auto& b = take_oob(std::numeric_limits<std::uint64_t>::max());
+            auto holder = new std::shared_ptr<Buffer>(b);
+            py::capsule owner(holder, "conveyor.Buffer", [](PyObject* cap) {
+                delete static_cast<std::shared_ptr<Buffer>*>(PyCapsule_GetPointer(cap, "conveyor.Buffer"));
+            });
+            py::array bytes(py::dtype("u1"), {static_cast<py::ssize_t>(b->size())}, {1}, b->data(), owner);
+            flat = py::memoryview(bytes);
+        } else {
+            throw DecodeError("bad storage mark " + std::to_string(storage));
+        }
+        try {
+            return flat.attr("cast")("B").attr("cast")(py::str(fmt.data(), fmt.size()), dims);
+        } catch (py::error_already_set& e) {
+            throw DecodeError(std::string("memoryview layout does not match its data: ") + e.what());
+        }
+    }
+
+    py::object item(int depth) {
+        auto name_raw = r_.blob();
+        py::str name(name_raw.data(), name_raw.size());
+        auto data = r_.blob();
+        auto n = r_.count(1);
+        py::list extra;
+        for (std::uint64_t i = 0; i < n; ++i) extra.append(value(depth + 1));
+        if (!types().registry.contains(name))
+            throw DecodeError("unknown CarriageableItem type '" + name.cast<std::string>() +
+                              "' (register it on every rank)");
+        py::object cls = types().registry[name];
+        py::memoryview view(py::bytes(data.data(), data.size()));
+        try {
+            return cls.attr("load")(view, extra);
+        } catch (py::error_already_set& e) {
+            throw DecodeError(name.cast<std::string>() + ".load() failed: " + e.what());
+        }
+    }
+
+    py::object pickled() {
+        auto data = r_.blob();
+        auto n = r_.count(1);
+        py::list buffers;
+        for (std::uint64_t i = 0; i < n; ++i) {
+            auto run = bytes_run();
+            buffers.append(py::bytearray(reinterpret_cast<const char*>(run.first), run.second));
+        }
+        if (!allow_pickle_)
+            throw DecodeError("the payload holds a pickled object, but this Messenger was not "
+                              "created with pickle=True");
+        try {
+            return types().pickle.attr("loads")(py::bytes(data.data(), data.size()),
+                                                py::arg("buffers") = buffers);
+        } catch (py::error_already_set& e) {
+            throw DecodeError(std::string("unpickling failed: ") + e.what());
+        }
+    }
+
+    Reader& r_;
+    const std::vector<std::shared_ptr<Buffer>>& oob_;
+    std::vector<bool> used_;
+    bool allow_pickle_;
+};
+
+}  // namespace
+
+void configure(py::object address_type, py::object item_base, py::dict item_registry,
+               py::object pickle_module) {
+    auto& t = types();
+    t.address = std::move(address_type);
+    t.item_base = std::move(item_base);
+    t.registry = std::move(item_registry);
+    t.pickle = std::move(pickle_module);
+    auto np = py::module_::import("numpy");
+    t.np_generic = np.attr("generic");
+    t.np_dtype = np.attr("dtype");
+    t.np_asarray = np.attr("asarray");
+    t.np_ascontiguousarray = np.attr("ascontiguousarray");
+    t.int_from_bytes = py::module_::import("builtins").attr("int").attr("from_bytes");
+}
+
+Encoded encode_frame(FrameKind kind, std::uint64_t ref, std::string_view tag, py::handle payload,
+                     const EncodeOptions& options) {
+    Encoded out;
+    Encoder enc(out, options);
+    enc.value(payload, 0);
+    std::vector<std::uint64_t> sizes;
+    sizes.reserve(out.oob.size());
+    for (const auto& b : out.oob) sizes.push_back(b.size);
+    Writer frame;
+    frame.bytes.reserve(64 + tag.size() + 8 * sizes.size() + enc.body.size());
+    write_header(frame, kind, ref, tag, sizes);
+    frame.raw(enc.body.bytes.data(), enc.body.size());
+    out.frame = std::move(frame.bytes);
+    return out;
+}
+
+py::object decode_body(const std::uint8_t* body, std::size_t size,
+                       const std::vector<std::shared_ptr<Buffer>>& oob, bool allow_pickle) {
+    Reader r(body, size);
+    Decoder dec(r, oob, allow_pickle);
+    py::object v = dec.value(0);
+    dec.finish();
+    return v;
+}
+
+}  // namespace conveyor::py_codec

@@ -1,0 +1,53 @@
+// The payload codec: Python values <-> frame bodies plus out-of-band buffers.
+//
+// This is the CarriageableItem machinery of the native core. Built-in carriers
+// cover None, bool, int (any size), float, complex, str, bytes, bytearray,
+// memoryview, numpy arrays and scalars, Address, and lists/tuples/dicts of
+// these; user types implement the CarriageableItem protocol. Pickle is used
+// only when the caller opts in.
+#pragma once
+
+#include <pybind11/pybind11.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "conveyor/engine.hpp"
+#include "conveyor/wire.hpp"
+
+namespace conveyor::py_codec {
+
+namespace py = pybind11;
+
+// Thrown when a value cannot be carried: becomes cv.CarriageError (a TypeError).
+class CarriageError : public std::runtime_error {
+  public:
+    using std::runtime_error::runtime_error;
+};
+
+struct EncodeOptions {
+    std::size_t zero_copy_threshold = 16384;
+    bool allow_pickle = false;
+};
+
+// An encoded message: the frame, and the memory that travels out of band.
+struct Encoded {
+    std::vector<std::uint8_t> frame;
+    std::vector<OutOfBand> oob;
+    py::list keep;  // the Python objects whose memory `oob` points into
+};
+
+Encoded encode_frame(FrameKind kind, std::uint64_t ref, std::string_view tag, py::handle payload,
+                     const EncodeOptions& options);
+
+// Decodes the body of a frame whose header was read. Each out-of-band buffer
+// must be used exactly once. Throws DecodeError on anything malformed.
+py::object decode_body(const std::uint8_t* body, std::size_t size,
+                       const std::vector<std::shared_ptr<Buffer>>& oob, bool allow_pickle);
+
+// The Python types the codec needs from the façade, set once at import.
+void configure(py::object address_type, py::object item_base, py::dict item_registry,
+               py::object pickle_module);
+
+}  // namespace conveyor::py_codec

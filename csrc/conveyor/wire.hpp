@@ -1,0 +1,153 @@
+// The frame format: what one conveyor message looks like on the wire.
+//
+// A frame is a small header, the sizes of its out-of-band buffers, then a
+// body. Out-of-band buffers (large arrays) never enter the frame: they travel
+// as separate MPI messages straight from the sender's memory into memory that
+// the receiver hands to the user. Everything read from a frame is
+// bounds-checked: a malformed or truncated frame is a DecodeError, never an
+// out-of-bounds read.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace conveyor {
+
+constexpr std::uint16_t kFrameMagic = 0xC0FE;
+constexpr std::uint8_t kFrameVersion = 1;
+
+// The largest number of out-of-band buffers one frame may announce; a frame
+// announcing more is malformed (it would make the receiver allocate blindly).
+constexpr std::uint32_t kMaxOutOfBand = 1u << 16;
+
+class DecodeError : public std::runtime_error {
+  public:
+    using std::runtime_error::runtime_error;
+};
+
+// What a frame asks the receiving rank to do.
+enum class FrameKind : std::uint8_t {
+    Send = 1,     // deliver payload to the receiver registered under `tag`
+    Request = 2,  // same, and answer the sender with a Reply carrying `ref`
+    Reply = 3,    // resolves the requester's future `ref` with the payload
+    Error = 4,    // resolves the requester's future `ref` with an error
+};
+
+inline bool valid_kind(std::uint8_t k) { return k >= 1 && k <= 4; }
+
+// Appends little-endian scalars and byte runs to a growable buffer.
+class Writer {
+  public:
+    std::vector<std::uint8_t> bytes;
+
+    void u8(std::uint8_t v) { bytes.push_back(v); }
+    void u32(std::uint32_t v) { raw(&v, sizeof v); }
+    void u64(std::uint64_t v) { raw(&v, sizeof v); }
+    void i64(std::int64_t v) { raw(&v, sizeof v); }
+    void f64(double v) { raw(&v, sizeof v); }
+    void raw(const void* data, std::size_t n) {
+        auto p = static_cast<const std::uint8_t*>(data);
+        bytes.insert(bytes.end(), p, p + n);
+    }
+    // A length-prefixed byte string.
+    void blob(std::string_view s) {
+        u64(s.size());
+        raw(s.data(), s.size());
+    }
+    std::size_t size() const { return bytes.size(); }
+};
+
+// Reads what Writer wrote, refusing to step past the end.
+class Reader {
+  public:
+    Reader(const std::uint8_t* data, std::size_t size) : p_(data), end_(data + size) {}
+
+    std::size_t remaining() const { return static_cast<std::size_t>(end_ - p_); }
+    const std::uint8_t* position() const { return p_; }
+
+    std::uint8_t u8() { return scalar<std::uint8_t>(); }
+    std::uint32_t u32() { return scalar<std::uint32_t>(); }
+    std::uint64_t u64() { return scalar<std::uint64_t>(); }
+    std::int64_t i64() { return scalar<std::int64_t>(); }
+    double f64() { return scalar<double>(); }
+
+    // Returns a pointer to the next n bytes and steps over them.
+    const std::uint8_t* take(std::uint64_t n) {
+        if (n > remaining())
+            throw DecodeError("truncated frame: " + std::to_string(n) + " bytes announced, " +
+                              std::to_string(remaining()) + " left");
+        auto at = p_;
+        p_ += n;
+        return at;
+    }
+    std::string_view blob() {
+        auto n = u64();
+        auto at = take(n);
+        return {reinterpret_cast<const char*>(at), static_cast<std::size_t>(n)};
+    }
+    // A count of items that each take at least `min_item_bytes` bytes: bounded
+    // by what is left, so a corrupted count cannot make us allocate gigabytes.
+    std::uint64_t count(std::size_t min_item_bytes) {
+        auto n = u64();
+        if (min_item_bytes && n > remaining() / min_item_bytes)
+            throw DecodeError("corrupt frame: item count " + std::to_string(n) +
+                              " exceeds what the frame holds");
+        return n;
+    }
+
+  private:
+    template <class T>
+    T scalar() {
+        T v;
+        std::memcpy(&v, take(sizeof v), sizeof v);
+        return v;
+    }
+    const std::uint8_t* p_;
+    const std::uint8_t* end_;
+};
+
+// The part of a frame the engine reads before anything is delivered.
+struct FrameHeader {
+    FrameKind kind = FrameKind::Send;
+    std::uint64_t ref = 0;             // request id (Request/Reply/Error), else 0
+    std::string tag;                   // receiver name (Send/Request)
+    std::vector<std::uint64_t> oob;    // sizes of the out-of-band buffers, in order
+    std::size_t body_offset = 0;       // where the encoded payload starts
+};
+
+inline void write_header(Writer& w, FrameKind kind, std::uint64_t ref, std::string_view tag,
+                         const std::vector<std::uint64_t>& oob) {
+    w.u32(kFrameMagic | (std::uint32_t(kFrameVersion) << 16) | (std::uint32_t(kind) << 24));
+    w.u64(ref);
+    w.blob(tag);
+    w.u32(static_cast<std::uint32_t>(oob.size()));
+    for (auto n : oob) w.u64(n);
+}
+
+inline FrameHeader read_header(const std::uint8_t* data, std::size_t size) {
+    Reader r(data, size);
+    FrameHeader h;
+    auto word = r.u32();
+    if ((word & 0xFFFF) != kFrameMagic) throw DecodeError("not a conveyor frame (bad magic)");
+    if (((word >> 16) & 0xFF) != kFrameVersion)
+        throw DecodeError("unsupported frame version " + std::to_string((word >> 16) & 0xFF));
+    auto kind = static_cast<std::uint8_t>(word >> 24);
+    if (!valid_kind(kind)) throw DecodeError("unknown frame kind " + std::to_string(kind));
+    h.kind = static_cast<FrameKind>(kind);
+    h.ref = r.u64();
+    auto tag = r.blob();
+    h.tag.assign(tag.data(), tag.size());
+    auto n = r.u32();
+    if (n > kMaxOutOfBand || n > r.remaining() / 8)
+        throw DecodeError("corrupt frame: " + std::to_string(n) + " out-of-band buffers announced");
+    h.oob.resize(n);
+    for (auto& s : h.oob) s = r.u64();
+    h.body_offset = size - r.remaining();
+    return h;
+}
+
+}  // namespace conveyor

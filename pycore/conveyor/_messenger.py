@@ -1,0 +1,547 @@
+"""The Messenger: moves messages between Senders and Receivers over MPI."""
+
+import collections
+import operator
+import os
+import sys
+import time
+import traceback
+import warnings
+
+from ._carriage import Address
+from ._errors import (
+    ConveyorError,
+    ConveyorWarning,
+    FrameError,
+    RemoteError,
+    TimeoutError,
+    UnknownTagError,
+)
+from ._future import Future
+from ._native import comm_handle, core
+
+__all__ = ["Messenger", "Message", "Receiver", "Sender"]
+
+_MISSING = object()
+
+# How long one native wait may last before Python regains control (to notice
+# Ctrl-C and deadlines); an arriving message ends the wait at once.
+_WAIT_SLICE = 0.1
+
+# The longest pause between two termination-detection waves that saw
+# messages in flight (an arriving message ends it early).
+_WAVE_PAUSE = 200e-6
+
+
+def _env_number(name, default, kind=int):
+    text = os.environ.get(name)
+    if text is None or text == "":
+        return default
+    try:
+        value = kind(text)
+    except ValueError:
+        raise ValueError(f"{name}={text!r} is not a valid {kind.__name__}") from None
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, not {value}")
+    return value
+
+
+class Message:
+    """A delivered message, as a receiver sees it.
+
+    Attributes
+    ----------
+    tag : str
+        The tag (receiver name) it was sent to.
+    payload : object
+        The decoded payload.
+    source : int
+        The rank that sent it.
+    reply_to : Address or None
+        For a request, the address that answers it; None for a plain send.
+    """
+
+    __slots__ = ("tag", "payload", "source", "reply_to", "_messenger", "_replied", "_deferred")
+
+    def __init__(self, messenger, tag, payload, source, reply_to):
+        self.tag = tag
+        self.payload = payload
+        self.source = source
+        self.reply_to = reply_to
+        self._messenger = messenger
+        self._replied = False
+        self._deferred = False
+
+    @property
+    def is_request(self):
+        """True if the sender waits for an answer."""
+        return self.reply_to is not None
+
+    def reply(self, value=None):
+        """Answer the request with `value` (instead of the handler's return value)."""
+        if self.reply_to is None:
+            raise ConveyorError(f"the message to {self.tag!r} is not a request: nothing to reply to")
+        if self._replied:
+            raise ConveyorError(f"the request to {self.tag!r} was already answered")
+        self._messenger.send(self.reply_to, value)
+        self._replied = True
+
+    def defer(self):
+        """Answer later: the handler's return value is not the answer.
+
+        Keep the message and call `reply` afterwards, or pass `reply_to` on:
+        whichever rank sends to that address answers the request.
+        """
+        if self.reply_to is None:
+            raise ConveyorError(f"the message to {self.tag!r} is not a request: nothing to defer")
+        self._deferred = True
+
+    def __repr__(self):
+        kind = "request" if self.is_request else "message"
+        return f"<conveyor.Message {kind} tag={self.tag!r} from rank {self.source}>"
+
+
+class Receiver:
+    """Base class of object receivers, registered by name with `Messenger.register`.
+
+    Override `receive`; its return value answers a request.
+    """
+
+    def receive(self, msg):
+        """Handle `msg` (a `Message`); return the answer if it is a request."""
+        raise NotImplementedError
+
+
+class Sender:
+    """Sends to one tag; batches of items go out in one message per rank.
+
+    Obtain one with `Messenger.sender`.
+    """
+
+    def __init__(self, messenger, tag):
+        self._messenger = messenger
+        self.tag = messenger._check_tag(tag)
+
+    def send(self, dest, payload=None):
+        """Send `payload` to this sender's tag on rank `dest`."""
+        self._messenger.send(dest, self.tag, payload)
+
+    def send_many(self, dests, items):
+        """Send row ``items[i]`` to rank ``dests[i]``, for every i.
+
+        Rows are grouped by destination in C++ (one pass, order kept per
+        destination) and each rank receives one message whose payload is the
+        numpy array of its rows.
+
+        Parameters
+        ----------
+        dests : array_like of int
+            Destination rank of each row, shape ``(n,)``.
+        items : numpy.ndarray
+            ``n`` rows of any plain-data dtype (records included).
+        """
+        import numpy as np
+
+        dests = np.asarray(dests)
+        if dests.ndim != 1 or dests.dtype.kind not in "iu":
+            raise TypeError(
+                f"dests must be a 1-D integer array, not {dests.ndim}-D {dests.dtype}"
+            )
+        if not isinstance(items, np.ndarray):
+            raise TypeError(f"items must be a numpy array, not {type(items).__name__}")
+        routed, offsets = core.route(dests, items, self._messenger.size)
+        for rank in range(self._messenger.size):
+            lo, hi = int(offsets[rank]), int(offsets[rank + 1])
+            if hi > lo:
+                self._messenger.send(rank, self.tag, routed[lo:hi])
+
+
+class Messenger:
+    """Moves messages between ranks: the intermediary of the messaging pattern.
+
+    It works on a duplicate of `comm`, so its traffic never mixes with the
+    user's own mpi4py traffic. Progress is made by the thread that calls it:
+    whenever it sends, waits on a future, calls `progress` or `wait_quiet`.
+    A Messenger is used from one thread.
+
+    Parameters
+    ----------
+    comm : mpi4py.MPI.Intracomm, optional
+        The communicator to duplicate; ``MPI.COMM_WORLD`` by default.
+    pickle : bool, default False
+        Carry objects that are not carriageable with pickle (protocol 5,
+        large buffers out of band). Every rank must agree.
+    zero_copy_threshold : int, optional
+        Arrays and byte strings of at least this many bytes travel straight
+        from and into user memory (default: ``CONVEYOR_ZERO_COPY_THRESHOLD``
+        or 16384).
+    abort_on_error : bool, default True
+        In a multi-rank job, an uncaught exception prints its traceback and
+        aborts the whole job rather than leaving the other ranks waiting.
+    """
+
+    def __init__(self, comm=None, *, pickle=False, zero_copy_threshold=None, abort_on_error=True):
+        from mpi4py import MPI
+
+        if comm is None:
+            comm = MPI.COMM_WORLD
+        if not isinstance(comm, MPI.Intracomm):
+            raise TypeError(f"comm must be an mpi4py.MPI.Intracomm, not {type(comm).__name__}")
+        if zero_copy_threshold is None:
+            zero_copy_threshold = _env_number("CONVEYOR_ZERO_COPY_THRESHOLD", 16384)
+        zero_copy_threshold = operator.index(zero_copy_threshold)
+        if zero_copy_threshold < 0:
+            raise ValueError("zero_copy_threshold must be >= 0")
+        options = core.EngineOptions()
+        options.max_frame_bytes = _env_number("CONVEYOR_MAX_FRAME_BYTES", options.max_frame_bytes)
+        options.piece_bytes = _env_number("CONVEYOR_PIECE_BYTES", options.piece_bytes)
+        options.spin_seconds = _env_number("CONVEYOR_SPIN_US", 50, float) * 1e-6
+        options.max_sleep_seconds = _env_number("CONVEYOR_MAX_SLEEP_US", 500, float) * 1e-6
+
+        self._comm = comm.Dup()
+        self._engine = core.Engine(
+            comm_handle(self._comm), zero_copy_threshold, bool(pickle), options
+        )
+        self.rank = self._engine.rank
+        self.size = self._engine.size
+        self.pickle = bool(pickle)
+        self._receivers = {}
+        self._futures = {}
+        self._next_ref = 1
+        self._handling = 0
+        self._closed = False
+        self._counts = collections.Counter()
+        self._unknown_tags = collections.Counter()
+        if abort_on_error and MPI.COMM_WORLD.Get_size() > 1:
+            _install_abort_hook()
+
+    # -- context and lifetime ------------------------------------------------
+
+    @property
+    def comm(self):
+        """The messenger's own duplicate communicator (do not send on it)."""
+        return self._comm
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.close()
+        else:
+            # Another rank may not be here to join a collective close: let
+            # the exception go on (in a multi-rank job it aborts the job).
+            self._abandon()
+
+    def close(self):
+        """Wait until no message is in flight (collective), then release MPI resources."""
+        if self._closed:
+            return
+        try:
+            self.wait_quiet()
+            self._engine.flush_sends(-1.0)
+        finally:
+            self._abandon()
+            self._comm.Free()
+
+    def _abandon(self):
+        self._closed = True
+        for future in self._futures.values():
+            future._set_exception(ConveyorError("the messenger was closed before the answer came"))
+        self._futures.clear()
+
+    def _check_open(self):
+        if self._closed:
+            raise ConveyorError("this Messenger is closed")
+
+    # -- receivers -----------------------------------------------------------
+
+    def _check_tag(self, tag):
+        if not isinstance(tag, str):
+            raise TypeError(f"a tag must be a str, not {type(tag).__name__}")
+        if not tag:
+            raise ValueError("a tag must not be empty")
+        return tag
+
+    def on(self, tag):
+        """Register the decorated function as the receiver of `tag`.
+
+        The function is called with a `Message`; for a request, its return
+        value is the answer (unless it called ``msg.reply``).
+        """
+        self._check_tag(tag)
+
+        def decorate(fn):
+            if not callable(fn):
+                raise TypeError(f"a receiver must be callable, not {type(fn).__name__}")
+            self._add_receiver(tag, fn)
+            return fn
+
+        return decorate
+
+    def register(self, name, receiver):
+        """Register a `Receiver` object under `name` (a tag like any other)."""
+        self._check_tag(name)
+        if not callable(getattr(receiver, "receive", None)):
+            raise TypeError(
+                f"a receiver must have a receive(msg) method; {type(receiver).__name__} has none"
+            )
+        self._add_receiver(name, receiver.receive)
+
+    def unregister(self, name):
+        """Remove the receiver of `name`; later messages to it are unknown-tag errors."""
+        try:
+            del self._receivers[name]
+        except KeyError:
+            raise KeyError(f"no receiver is registered under {name!r}") from None
+
+    def _add_receiver(self, name, handler):
+        if name in self._receivers:
+            raise ValueError(f"a receiver is already registered under {name!r}")
+        self._receivers[name] = handler
+
+    # -- sending -------------------------------------------------------------
+
+    def _check_rank(self, dest):
+        try:
+            dest = operator.index(dest)
+        except TypeError:
+            raise TypeError(f"a destination rank must be an int, not {type(dest).__name__}") from None
+        if not 0 <= dest < self.size:
+            raise ValueError(f"destination rank {dest} is out of range 0..{self.size - 1}")
+        return dest
+
+    def send(self, dest, tag, payload=_MISSING):
+        """Send `payload` to the receiver of `tag` on rank `dest`, without waiting.
+
+        Also ``send(address, payload)``: to a `Address`; if the address is a
+        request's ``reply_to``, this answers that request.
+        """
+        self._check_open()
+        if isinstance(dest, Address):
+            if payload is not _MISSING:
+                raise TypeError("send(address, payload) takes no tag: the address names the receiver")
+            address, payload = dest, tag
+            rank = self._check_rank(address.rank)
+            if address.ref is not None:
+                self._engine.send(rank, core.KIND_REPLY, address.ref, address.name, payload)
+            else:
+                self._engine.send(rank, core.KIND_SEND, 0, self._check_tag(address.name), payload)
+            return
+        if payload is _MISSING:
+            payload = None
+        self._engine.send(self._check_rank(dest), core.KIND_SEND, 0, self._check_tag(tag), payload)
+
+    def request(self, dest, tag, payload=_MISSING):
+        """Send a request and return a `Future` for its answer.
+
+        Also ``request(address, payload)``.
+        """
+        self._check_open()
+        if isinstance(dest, Address):
+            if payload is not _MISSING:
+                raise TypeError("request(address, payload) takes no tag: the address names the receiver")
+            dest, tag, payload = dest.rank, dest.name, tag
+        if payload is _MISSING:
+            payload = None
+        dest = self._check_rank(dest)
+        self._check_tag(tag)
+        ref = self._next_ref
+        future = Future(self)
+        self._engine.send(dest, core.KIND_REQUEST, ref, tag, payload)
+        self._next_ref += 1
+        self._futures[ref] = future
+        return future
+
+    def sender(self, tag):
+        """Return a `Sender` for `tag`."""
+        return Sender(self, tag)
+
+    # -- progress ------------------------------------------------------------
+
+    def progress(self, timeout=0.0):
+        """Handle the messages that have arrived; wait up to `timeout` s for the first.
+
+        Returns the number of messages handled.
+        """
+        self._check_open()
+        handled = 0
+        item = self._engine.poll(timeout)
+        while item is not None:
+            self._dispatch(item)
+            handled += 1
+            item = self._engine.poll(0.0)
+        return handled
+
+    def _wait_for(self, future, timeout):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not future.done():
+            self._check_open()
+            wait = _WAIT_SLICE
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"no answer within {timeout} s")
+                wait = min(wait, left)
+            item = self._engine.poll(wait)
+            if item is not None:
+                self._dispatch(item)
+
+    def wait_quiet(self):
+        """Return, on every rank, once no message is in flight and no handler runs.
+
+        Collective: every rank of the messenger must call it. Messages keep
+        being handled meanwhile, so cascades of any depth finish first.
+        """
+        self._check_open()
+        if self._handling:
+            raise ConveyorError("wait_quiet() is collective and cannot be called from a handler")
+        # Mattern's four-counter method: quiet once the messages handled by
+        # the latest wave equal those sent by the wave before it. Handled
+        # counts only rise after a handler returns (after its own sends).
+        sent_before = None
+        while True:
+            self.progress()
+            self._engine.start_wave()
+            totals = self._engine.wave_done()
+            while totals is None:
+                item = self._engine.poll(_WAIT_SLICE)
+                if item is not None:
+                    self._dispatch(item)
+                totals = self._engine.wave_done()
+            sent, handled = totals
+            if handled == sent_before == sent:
+                return
+            if handled != sent:
+                # Messages are in flight: let one arrive before the next wave
+                # rather than spinning through waves (a wave may end at once).
+                self.progress(_WAVE_PAUSE)
+            sent_before = sent
+
+    # -- delivery ------------------------------------------------------------
+
+    def _dispatch(self, item):
+        kind, source, ref, tag, payload, error = item
+        try:
+            if kind == core.KIND_SEND or kind == core.KIND_REQUEST:
+                self._deliver(kind, source, ref, tag, payload, error)
+            elif kind == core.KIND_REPLY or kind == core.KIND_ERROR:
+                self._answer(kind, source, ref, payload, error)
+            else:  # counted by the engine as frames_malformed
+                warnings.warn(
+                    f"rank {self.rank}: dropped a malformed frame from rank {source}: {error}",
+                    ConveyorWarning,
+                    stacklevel=2,
+                )
+        finally:
+            self._engine.mark_handled()
+
+    def _deliver(self, kind, source, ref, tag, payload, error):
+        is_request = kind == core.KIND_REQUEST
+        if error is not None:
+            self._counts["payloads_undecodable"] += 1
+            self._refuse(is_request, source, ref, FrameError(f"payload to {tag!r}: {error}"))
+            return
+        handler = self._receivers.get(tag)
+        if handler is None:
+            self._counts["unknown_tag"] += 1
+            self._unknown_tags[tag] += 1
+            self._refuse(
+                is_request,
+                source,
+                ref,
+                UnknownTagError(self.rank, "UnknownTagError", f"no receiver for tag {tag!r}"),
+                warn_once=self._unknown_tags[tag] == 1,
+            )
+            return
+        reply_to = Address(source, tag, ref) if is_request else None
+        msg = Message(self, tag, payload, source, reply_to)
+        self._handling += 1
+        try:
+            result = handler(msg)
+            if is_request and not (msg._replied or msg._deferred):
+                msg.reply(result)
+        except Exception as exc:
+            self._counts["handler_errors"] += 1
+            if is_request and not msg._replied:
+                self._send_error(source, ref, exc, traceback.format_exc())
+            else:
+                print(
+                    f"conveyor: rank {self.rank}: the receiver of {tag!r} raised "
+                    f"(message from rank {source}):\n{traceback.format_exc()}",
+                    file=sys.stderr,
+                    end="",
+                    flush=True,
+                )
+        finally:
+            self._handling -= 1
+
+    def _refuse(self, is_request, source, ref, exc, warn_once=True):
+        if is_request:
+            self._send_error(source, ref, exc, "")
+        elif warn_once:
+            warnings.warn(f"rank {self.rank}: dropped a message: {exc}", ConveyorWarning, stacklevel=3)
+
+    def _send_error(self, dest, ref, exc, text):
+        kind = "unknown_tag" if isinstance(exc, UnknownTagError) else "error"
+        report = {
+            "kind": kind,
+            "type": type(exc).__qualname__,
+            "message": exc.remote_message if isinstance(exc, RemoteError) else str(exc),
+            "traceback": text,
+        }
+        self._engine.send(dest, core.KIND_ERROR, ref, "", report)
+
+    def _answer(self, kind, source, ref, payload, error):
+        future = self._futures.pop(ref, None)
+        if future is None:
+            self._counts["late_answers"] += 1
+            return
+        if error is not None:
+            future._set_exception(FrameError(f"the answer from rank {source}: {error}"))
+        elif kind == core.KIND_REPLY:
+            future._set_result(payload)
+        else:
+            cls = UnknownTagError if payload.get("kind") == "unknown_tag" else RemoteError
+            future._set_exception(
+                cls(source, payload.get("type", "?"), payload.get("message", ""), payload.get("traceback", ""))
+            )
+
+    # -- introspection -------------------------------------------------------
+
+    def stats(self):
+        """Return the counters of this rank: messages, frames, bytes, drops, errors."""
+        stats = dict(self._engine.stats()) if not self._closed else {}
+        for key in ("unknown_tag", "payloads_undecodable", "handler_errors", "late_answers"):
+            stats[key] = self._counts[key]
+        stats["pending_requests"] = len(self._futures)
+        return stats
+
+    def __repr__(self):
+        state = "closed" if self._closed else "open"
+        return f"<conveyor.Messenger rank {self.rank} of {self.size}, {state}>"
+
+
+_abort_hook_installed = False
+
+
+def _install_abort_hook():
+    """Make an uncaught exception print its traceback, then abort the MPI job."""
+    global _abort_hook_installed
+    if _abort_hook_installed:
+        return
+    previous = sys.excepthook
+
+    def abort_job(exc_type, exc, tb):
+        previous(exc_type, exc, tb)
+        if issubclass(exc_type, KeyboardInterrupt):
+            code = 130
+        else:
+            code = 1
+        from mpi4py import MPI
+
+        sys.stderr.flush()
+        MPI.COMM_WORLD.Abort(code)
+
+    sys.excepthook = abort_job
+    _abort_hook_installed = True

@@ -1,0 +1,3 @@
+from mpi4py import MPI
+
+def comm_handle(comm: MPI.Comm) -> int: ...

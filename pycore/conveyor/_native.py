@@ -1,0 +1,24 @@
+"""Loads the native core and hands it the façade's types (once, at import)."""
+
+import pickle
+
+# Importing the bridge imports mpi4py.MPI first: MPI is initialised and the
+# MPI library mpi4py chose is loaded, so _core links against that same one.
+from . import _mpi  # noqa: F401  (import order matters)
+from . import _core
+from ._carriage import Address, CarriageableItem, _registry
+from ._errors import CarriageError, FrameError, MessageTooLargeError, MPIError
+
+_core.configure(
+    Address,
+    CarriageableItem,
+    _registry,
+    pickle,
+    CarriageError,
+    FrameError,
+    MessageTooLargeError,
+    MPIError,
+)
+
+comm_handle = _mpi.comm_handle
+core = _core

@@ -1,0 +1,192 @@
+"""Sends, requests, receivers and termination detection, at 1 to 4 ranks."""
+
+import numpy as np
+
+import conveyor as cv
+
+
+def case_request_reply():
+    with cv.Messenger() as m:
+        @m.on("square")
+        def square(msg):
+            return msg.payload * msg.payload
+
+        class Greeter(cv.Receiver):
+            def receive(self, msg):
+                msg.reply(f"hello {msg.payload} from {m.rank}")
+
+        m.register("greeter", Greeter())
+        for peer in range(m.size):
+            assert m.request(peer, "square", m.rank + 3).result(timeout=10) == (m.rank + 3) ** 2
+            answer = m.request(cv.Address(peer, "greeter"), m.rank).result(timeout=10)
+            assert answer == f"hello {m.rank} from {peer}"
+
+
+def test_request_reply(mpirun, nranks):
+    mpirun(nranks, case_request_reply)
+
+
+def case_order_per_pair():
+    with cv.Messenger() as m:
+        seen = {}
+
+        @m.on("seq")
+        def seq(msg):
+            source, i = msg.payload
+            assert source == msg.source
+            seen.setdefault(source, []).append(i)
+
+        rng = np.random.default_rng(m.rank)
+        n = 300
+        for i in range(n):
+            dest = (m.rank + 1) % m.size
+            m.send(dest, "seq", (m.rank, i))
+            # Large out-of-band arrays in between, to another tag: order must hold across both.
+            if rng.random() < 0.1:
+                m.send(dest, "seq_big", np.full(100_000, i))
+        m.on("seq_big")(lambda msg: None)
+        m.wait_quiet()
+        source = (m.rank - 1) % m.size
+        assert seen[source] == list(range(n)), seen[source][:20]
+
+
+def test_order_per_pair(mpirun, nranks):
+    mpirun(nranks, case_order_per_pair)
+
+
+def case_order_with_large_messages():
+    # A large array followed by small messages from the same source: the
+    # small ones arrive first at the MPI level but must be delivered after.
+    with cv.Messenger() as m:
+        log = []
+        m.on("item")(lambda msg: log.append((msg.source, msg.payload if isinstance(msg.payload, int) else int(msg.payload[0]))))
+        m.wait_quiet()
+        dest = (m.rank + 1) % m.size
+        for i in range(20):
+            if i % 5 == 0:
+                m.send(dest, "item", np.full(3_000_000, i, dtype=np.int64))
+            else:
+                m.send(dest, "item", i)
+        m.wait_quiet()
+        source = (m.rank - 1) % m.size
+        assert [i for s, i in log if s == source] == list(range(20)), log
+
+
+def test_order_with_large_messages(mpirun, nranks):
+    mpirun(nranks, case_order_with_large_messages, timeout=120)
+
+
+def case_cascade_wait_quiet(depth):
+    # Each message spawns the next, hopping around the ring: wait_quiet must
+    # not return until the last hop is handled, however deep the cascade.
+    depth = int(depth)
+    with cv.Messenger() as m:
+        hops = []
+
+        @m.on("hop")
+        def hop(msg):
+            hops.append(msg.payload)
+            if msg.payload < depth:
+                m.send((m.rank + 1) % m.size, "hop", msg.payload + 1)
+
+        if m.rank == 0:
+            m.send(0, "hop", 0)
+        m.wait_quiet()
+        total = m.comm.allreduce(len(hops))
+        assert total == depth + 1, total
+        # Cascades from every rank at once, fanned out.
+        fan = []
+
+        @m.on("fan")
+        def fanout(msg):
+            fan.append(msg.payload)
+            if msg.payload > 0:
+                for peer in range(m.size):
+                    m.send(peer, "fan", msg.payload - 1)
+
+        m.send(m.rank, "fan", 3)
+        m.wait_quiet()
+        expected = m.size * sum(m.size ** k for k in range(4))
+        assert m.comm.allreduce(len(fan)) == expected
+
+
+def test_cascade_wait_quiet(mpirun, nranks):
+    mpirun(nranks, case_cascade_wait_quiet, 200)
+
+
+def case_nested_wait_no_deadlock():
+    # Rank 0's handler requests from rank 1, whose handler requests back
+    # from rank 0 while rank 0 is still inside its first handler.
+    with cv.Messenger() as m:
+        other = 1 % m.size
+
+        @m.on("outer")
+        def outer(msg):
+            return m.request(other, "inner", msg.payload + 1).result(timeout=20) * 10
+
+        @m.on("inner")
+        def inner(msg):
+            return m.request(0, "leaf", msg.payload + 1).result(timeout=20) + 1
+
+        m.on("leaf")(lambda msg: msg.payload * 2)
+        if m.rank == 0:
+            assert m.request(0, "outer", 1).result(timeout=20) == ((1 + 2) * 2 + 1) * 10
+        m.wait_quiet()
+
+
+def test_nested_wait_no_deadlock(mpirun, nranks):
+    mpirun(nranks, case_nested_wait_no_deadlock)
+
+
+def case_reply_to_travels():
+    # The reply address of a request travels to a third rank, which answers.
+    with cv.Messenger() as m:
+        third = 2 % m.size
+
+        @m.on("forward")
+        def forward(msg):
+            msg.defer()  # the answer will come from the third rank
+            m.send(third, "answer", [msg.reply_to, msg.payload])
+
+        @m.on("answer")
+        def answer(msg):
+            reply_to, value = msg.payload
+            assert isinstance(reply_to, cv.Address) and reply_to.ref is not None
+            m.send(reply_to, ("answered by", m.rank, value))
+
+        peer = 1 % m.size
+        assert m.request(peer, "forward", m.rank).result(timeout=10) == ("answered by", third, m.rank)
+        m.wait_quiet()
+
+
+def test_reply_to_travels(mpirun, nranks):
+    mpirun(nranks, case_reply_to_travels)
+
+
+def case_messenger_isolates_user_traffic():
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    with cv.Messenger() as m:
+        got = []
+        m.on("x")(lambda msg: got.append(msg.payload))
+        peer = (comm.rank + 1) % comm.size
+        req = comm.isend("user", dest=peer, tag=1)
+        m.send(peer, "x", "conveyor")
+        assert comm.recv(source=(comm.rank - 1) % comm.size, tag=1) == "user"
+        req.wait()
+        m.wait_quiet()
+        assert got == ["conveyor"]
+    assert m.comm != comm
+
+
+def test_messenger_isolates_user_traffic(mpirun, nranks):
+    mpirun(nranks, case_messenger_isolates_user_traffic)
+
+
+def test_plain_python_without_mpiexec():
+    # Size 1 with no launcher: the same API works.
+    with cv.Messenger() as m:
+        assert (m.rank, m.size) == (0, 1)
+        m.on("double")(lambda msg: 2 * msg.payload)
+        assert m.request(0, "double", 21).result(timeout=5) == 42
