@@ -360,7 +360,7 @@ class Decoder {
                 auto name = r_.blob();
                 bool has_ref = r_.u8() != 0;
                 auto ref = r_.u64();
-                return types().address(rank, py::str(name.data(), name.size()),
+                return types().address(rank, this->name(name),
                                        has_ref ? py::object(py::int_(ref)) : py::object(py::none()));
             }
             case T_ITEM: return item(depth);
@@ -378,6 +378,13 @@ class Decoder {
     }
 
   private:
+    // Names (dtype strings, receiver names, formats) must be valid UTF-8.
+    py::str name(std::string_view raw) {
+        PyObject* s = PyUnicode_DecodeUTF8(raw.data(), static_cast<Py_ssize_t>(raw.size()), "strict");
+        if (!s) python_failure("invalid UTF-8 in a name");
+        return py::reinterpret_steal<py::str>(s);
+    }
+
     [[noreturn]] void python_failure(const std::string& what) {
         py::error_already_set e;
         throw DecodeError(what + ": " + e.what());
@@ -440,8 +447,7 @@ class Decoder {
         auto form = r_.u8();
         py::object spec;
         if (form == 0) {
-            auto s = r_.blob();
-            spec = py::str(s.data(), s.size());
+            spec = name(r_.blob());
         } else if (form == 1) {
             spec = value(1);
         } else {
@@ -514,28 +520,27 @@ class Decoder {
             throw DecodeError("bad storage mark " + std::to_string(storage));
         }
         try {
-            return flat.attr("cast")("B").attr("cast")(py::str(fmt.data(), fmt.size()), dims);
+            return flat.attr("cast")("B").attr("cast")(name(fmt), dims);
         } catch (py::error_already_set& e) {
             throw DecodeError(std::string("memoryview layout does not match its data: ") + e.what());
         }
     }
 
     py::object item(int depth) {
-        auto name_raw = r_.blob();
-        py::str name(name_raw.data(), name_raw.size());
+        py::str type_name = name(r_.blob());
         auto data = r_.blob();
         auto n = r_.count(1);
         py::list extra;
         for (std::uint64_t i = 0; i < n; ++i) extra.append(value(depth + 1));
-        if (!types().registry.contains(name))
-            throw DecodeError("unknown CarriageableItem type '" + name.cast<std::string>() +
+        if (!types().registry.contains(type_name))
+            throw DecodeError("unknown CarriageableItem type '" + type_name.cast<std::string>() +
                               "' (register it on every rank)");
-        py::object cls = types().registry[name];
+        py::object cls = types().registry[type_name];
         py::memoryview view(py::bytes(data.data(), data.size()));
         try {
             return cls.attr("load")(view, extra);
         } catch (py::error_already_set& e) {
-            throw DecodeError(name.cast<std::string>() + ".load() failed: " + e.what());
+            throw DecodeError(type_name.cast<std::string>() + ".load() failed: " + e.what());
         }
     }
 
@@ -601,9 +606,15 @@ py::object decode_body(const std::uint8_t* body, std::size_t size,
                        const std::vector<std::shared_ptr<Buffer>>& oob, bool allow_pickle) {
     Reader r(body, size);
     Decoder dec(r, oob, allow_pickle);
-    py::object v = dec.value(0);
-    dec.finish();
-    return v;
+    try {
+        py::object v = dec.value(0);
+        dec.finish();
+        return v;
+    } catch (py::error_already_set& e) {
+        // Whatever Python raised while building values from untrusted bytes
+        // (a dict key that is unhashable, say) makes the payload malformed.
+        throw DecodeError(std::string("payload could not be decoded: ") + e.what());
+    }
 }
 
 }  // namespace conveyor::py_codec

@@ -1,0 +1,175 @@
+// Unit tests of the native core without Python: the wire format, routing,
+// and the engine over real MPI. Run under mpiexec at any rank count.
+#include <mpi.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include "conveyor/engine.hpp"
+#include "conveyor/route.hpp"
+#include "conveyor/wire.hpp"
+
+using namespace conveyor;
+
+static int failures = 0;
+#define CHECK(cond)                                                             \
+    do {                                                                        \
+        if (!(cond)) {                                                          \
+            std::fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
+            ++failures;                                                         \
+        }                                                                       \
+    } while (0)
+
+template <class F>
+bool throws_decode_error(F f) {
+    try {
+        f();
+    } catch (const DecodeError&) {
+        return true;
+    }
+    return false;
+}
+
+static std::vector<std::uint8_t> sample_frame() {
+    Writer w;
+    write_header(w, FrameKind::Request, 42, "kmers", {5, 1u << 20});
+    w.u8(0);  // a one-byte body
+    return w.bytes;
+}
+
+static void test_wire() {
+    auto frame = sample_frame();
+    auto h = read_header(frame.data(), frame.size());
+    CHECK(h.kind == FrameKind::Request);
+    CHECK(h.ref == 42 && h.tag == "kmers");
+    CHECK(h.oob.size() == 2 && h.oob[0] == 5 && h.oob[1] == (1u << 20));
+    CHECK(h.body_offset == frame.size() - 1);
+
+    // Every truncation of the header is an error, never an out-of-bounds read.
+    for (std::size_t n = 0; n < h.body_offset; ++n)
+        CHECK(throws_decode_error([&] { read_header(frame.data(), n); }));
+
+    auto bad = frame;
+    bad[0] ^= 1;
+    CHECK(throws_decode_error([&] { read_header(bad.data(), bad.size()); }));  // magic
+    bad = frame;
+    bad[2] = 99;
+    CHECK(throws_decode_error([&] { read_header(bad.data(), bad.size()); }));  // version
+    bad = frame;
+    bad[3] = 77;
+    CHECK(throws_decode_error([&] { read_header(bad.data(), bad.size()); }));  // kind
+
+    // A huge announced out-of-band count is refused before allocating.
+    Writer w;
+    write_header(w, FrameKind::Send, 0, "t", {});
+    auto huge = w.bytes;
+    std::uint32_t n = 0xFFFFFFFFu;
+    std::memcpy(huge.data() + huge.size() - 4, &n, 4);
+    CHECK(throws_decode_error([&] { read_header(huge.data(), huge.size()); }));
+
+    Writer counts;
+    counts.u64(1ull << 60);
+    Reader r(counts.bytes.data(), counts.bytes.size());
+    CHECK(throws_decode_error([&] { r.count(1); }));
+}
+
+static void test_route() {
+    std::vector<std::int64_t> dests = {2, 0, 2, 1, 0, 2};
+    std::vector<std::uint32_t> rows = {10, 11, 12, 13, 14, 15};
+    std::vector<std::uint32_t> out(rows.size());
+    std::vector<std::uint64_t> offsets(4);
+    route_rows(dests.data(), dests.size(), reinterpret_cast<const std::uint8_t*>(rows.data()), 4, 3,
+               reinterpret_cast<std::uint8_t*>(out.data()), offsets.data());
+    CHECK((offsets == std::vector<std::uint64_t>{0, 2, 3, 6}));
+    CHECK((out == std::vector<std::uint32_t>{11, 14, 13, 10, 12, 15}));  // stable per rank
+
+    dests[4] = 3;
+    bool refused = false;
+    try {
+        route_rows(dests.data(), dests.size(), reinterpret_cast<const std::uint8_t*>(rows.data()),
+                   4, 3, reinterpret_cast<std::uint8_t*>(out.data()), offsets.data());
+    } catch (const UsageError& e) {
+        refused = std::string(e.what()).find("index 4") != std::string::npos;
+    }
+    CHECK(refused);
+}
+
+// Every rank sends every rank (itself included) small frames and large
+// out-of-band buffers cut into many pieces; each source's messages must arrive
+// whole and in order, and the quiescence wave must balance.
+static void test_engine() {
+    EngineOptions options;
+    options.piece_bytes = 4099;
+    Engine engine(MPI_COMM_WORLD, options);
+    const int size = engine.size(), rank = engine.rank();
+    const int per_dest = 6;
+    std::vector<std::vector<std::int32_t>> payloads;
+    for (int i = 0; i < per_dest; ++i) {
+        std::vector<std::int32_t> p(i % 2 ? 50000 : 0);
+        std::iota(p.begin(), p.end(), rank * 1000 + i);
+        payloads.push_back(std::move(p));
+    }
+    for (int dest = 0; dest < size; ++dest) {
+        for (int i = 0; i < per_dest; ++i) {
+            Writer w;
+            const auto& p = payloads[i];
+            std::vector<std::uint64_t> sizes;
+            if (!p.empty()) sizes.push_back(p.size() * sizeof(std::int32_t));
+            write_header(w, FrameKind::Send, static_cast<std::uint64_t>(i), "t", sizes);
+            std::vector<OutOfBand> oob;
+            if (!p.empty()) oob.push_back({p.data(), p.size() * sizeof(std::int32_t)});
+            engine.post(dest, std::move(w.bytes), oob, nullptr);
+        }
+    }
+    std::vector<int> next(size, 0);
+    int received = 0;
+    while (received < per_dest * size) {
+        CHECK(engine.wait(30.0));
+        while (auto in = engine.pop()) {
+            CHECK(in->malformed.empty());
+            CHECK(static_cast<int>(in->header.ref) == next[in->source]);
+            int i = next[in->source]++;
+            if (i % 2) {
+                CHECK(in->oob.size() == 1);
+                auto data = reinterpret_cast<const std::int32_t*>(in->oob[0]->data());
+                CHECK(data[0] == in->source * 1000 + i && data[49999] == in->source * 1000 + i + 49999);
+            }
+            engine.mark_handled();
+            ++received;
+        }
+    }
+    // Two balanced waves in a row: the job is quiet.
+    for (int wave = 0; wave < 2; ++wave) {
+        engine.start_wave();
+        while (!engine.wave_done()) engine.wait(1.0);
+        CHECK(engine.wave_sent() == std::uint64_t(size) * size * per_dest);
+        CHECK(engine.wave_handled() == engine.wave_sent());
+    }
+    CHECK(engine.flush_sends(30.0));
+    CHECK(engine.stats().bytes_zero_copy_received == std::uint64_t(size) * 3 * 50000 * 4);
+
+    bool refused = false;
+    try {
+        engine.post(size, {}, {}, nullptr);
+    } catch (const UsageError&) {
+        refused = true;
+    }
+    CHECK(refused);
+}
+
+int main(int argc, char** argv) {
+    MPI_Init(&argc, &argv);
+    test_wire();
+    test_route();
+    test_engine();
+    int all = 0;
+    MPI_Allreduce(&failures, &all, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
+    int rank = 0;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    if (rank == 0) std::printf("%s: %d failed checks\n", all ? "FAIL" : "OK", all);
+    MPI_Finalize();
+    return all ? 1 : 0;
+}

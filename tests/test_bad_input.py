@@ -1,0 +1,267 @@
+"""Bad input is data, never a crash: malformed frames, unknown tags, errors in handlers."""
+
+import random
+import warnings
+
+import numpy as np
+import pytest
+
+import conveyor as cv
+from conveyor._native import core
+
+
+def sample_frames():
+    values = [
+        None, 7, 2**90, "text", [1, 2.5, (3j, b"x")], {"a": np.arange(5)},
+        np.arange(3000, dtype=np.float64).reshape(30, 100), cv.Address(1, "n", 3),
+        np.zeros(3, dtype=[("a", "u8"), ("b", "f4")]), memoryview(b"abcd"),
+    ]
+    frames = []
+    for threshold in (16384, 0):
+        for v in values:
+            frames.append(core.encode_frame(core.KIND_REQUEST, 9, "tag", v, threshold, False))
+    return frames
+
+
+def mutate(rng, frame):
+    data = bytearray(frame)
+    op = rng.randrange(5)
+    if op == 0 and data:
+        for _ in range(rng.randint(1, 4)):
+            data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+    elif op == 1:
+        del data[rng.randrange(len(data) + 1):]
+    elif op == 2:
+        pos = rng.randrange(len(data) + 1)
+        data[pos:pos] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 9)))
+    elif op == 3 and data:
+        # Overwrite a run with extreme values: huge lengths and counts.
+        pos = rng.randrange(len(data))
+        data[pos:pos + 8] = rng.choice([b"\xff" * 8, b"\x7f" + b"\xff" * 7, b"\x00" * 8])
+    else:
+        data = bytearray(rng.randbytes(rng.randrange(64)))
+    return bytes(data)
+
+
+def test_thousands_of_mutated_frames_only_raise_frame_errors():
+    rng = random.Random(1234)
+    frames = sample_frames()
+    outcomes = {"decoded": 0, "rejected": 0}
+    for _ in range(6000):
+        frame, oob = rng.choice(frames)
+        bad = mutate(rng, frame)
+        try:
+            core.decode_frame(bad, oob, False)
+            outcomes["decoded"] += 1
+        except cv.FrameError:
+            outcomes["rejected"] += 1
+    assert outcomes["rejected"] > 3000, outcomes
+
+
+def test_truncated_frames_at_every_length_are_rejected():
+    for frame, oob in sample_frames():
+        for n in range(len(frame)):
+            with pytest.raises(cv.FrameError):
+                core.decode_frame(frame[:n], oob, False)
+
+
+def test_frames_cannot_smuggle_object_arrays():
+    frame, oob = core.encode_frame(core.KIND_SEND, 0, "t", np.zeros(2, dtype="u8"), 1 << 20, False)
+    evil = frame.replace(b"<u8", b"|O8")
+    with pytest.raises(cv.FrameError, match="dtype"):
+        core.decode_frame(evil, oob, False)
+
+
+def case_malformed_frames_are_counted_and_dropped():
+    with cv.Messenger() as m:
+        got = []
+        m.on("ok")(lambda msg: got.append(msg.payload))
+        dest = (m.rank + 1) % m.size
+        m.send(dest, "ok", 1)
+        for junk in (b"", b"\x00" * 3, b"garbage that is not a frame", bytes(range(256))):
+            m._engine.post_raw(dest, junk)
+        m.send(dest, "ok", 2)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            m.wait_quiet()
+        assert got == [1, 2], got
+        assert m.stats()["frames_malformed"] == 4
+        assert sum("malformed frame" in str(w.message) for w in caught) == 4
+        # The rank keeps serving.
+        m.on("echo")(lambda msg: msg.payload)
+        assert m.request(dest, "echo", "still here").result(timeout=10) == "still here"
+
+
+def test_malformed_frames_are_counted_and_dropped(mpirun, nranks):
+    mpirun(nranks, case_malformed_frames_are_counted_and_dropped)
+
+
+def case_remote_errors():
+    with cv.Messenger() as m:
+        @m.on("fail")
+        def fail(msg):
+            raise KeyError(f"no such thing: {msg.payload}")
+
+        m.on("echo")(lambda msg: msg.payload)
+        m.on("bad_answer")(lambda msg: object())
+        peer = (m.rank + 1) % m.size
+
+        with pytest.raises(cv.RemoteError) as info:
+            m.request(peer, "fail", "x").result(timeout=10)
+        err = info.value
+        assert (err.rank, err.remote_type) == (peer, "KeyError")
+        assert "no such thing: x" in err.remote_message
+        assert "raise KeyError" in err.remote_traceback and "in fail" in err.remote_traceback
+        assert isinstance(err, cv.ConveyorError)
+
+        with pytest.raises(cv.UnknownTagError, match="no receiver for tag 'nowhere'"):
+            m.request(peer, "nowhere", 1).result(timeout=10)
+
+        with pytest.raises(cv.RemoteError, match="not carriageable"):
+            m.request(peer, "bad_answer").result(timeout=10)
+
+        # The remote rank keeps serving after all of that.
+        assert m.request(peer, "echo", [1, 2]).result(timeout=10) == [1, 2]
+        m.wait_quiet()
+        assert m.stats()["handler_errors"] == 2
+
+
+def test_remote_errors(mpirun, nranks):
+    mpirun(nranks, case_remote_errors)
+
+
+def case_fire_and_forget_problems_are_reported():
+    with cv.Messenger() as m:
+        m.on("boom")(lambda msg: 1 / 0)
+        got = []
+        m.on("ok")(lambda msg: got.append(msg.payload))
+        peer = (m.rank + 1) % m.size
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            m.send(peer, "unknown-tag", 1)
+            m.send(peer, "unknown-tag", 2)
+            m.send(peer, "boom", 3)
+            m.send(peer, "ok", 4)
+            m.wait_quiet()
+        assert got == [4]
+        stats = m.stats()
+        assert stats["unknown_tag"] == 2 and stats["handler_errors"] == 1
+        # One warning per unknown tag, not one per message.
+        assert sum("unknown-tag" in str(w.message) for w in caught) == 1
+
+
+def test_fire_and_forget_problems_are_reported(mpirun, nranks):
+    result = mpirun(nranks, case_fire_and_forget_problems_are_reported)
+    assert result.stderr.count("ZeroDivisionError") == nranks
+
+
+def case_timeouts():
+    with cv.Messenger() as m:
+        pending = []
+
+        @m.on("later")
+        def later(msg):
+            msg.defer()
+            pending.append(msg)
+
+        peer = (m.rank + 1) % m.size
+        fut = m.request(peer, "later", 5)
+        with pytest.raises(cv.TimeoutError):
+            fut.result(timeout=0.2)
+        with pytest.raises(TimeoutError):  # also the built-in
+            fut.result(timeout=0.05)
+        assert not fut.done()
+        m.comm.Barrier()
+        m.progress(0.5)
+        for msg in pending:
+            msg.reply(msg.payload * 2)
+        assert fut.result(timeout=10) == 10
+
+
+def test_timeouts(mpirun, nranks):
+    mpirun(nranks, case_timeouts)
+
+
+def test_wrong_arguments_are_clear_errors():
+    with cv.Messenger() as m:
+        with pytest.raises(ValueError, match="out of range"):
+            m.send(1, "x", 1)
+        with pytest.raises(ValueError, match="out of range"):
+            m.request(-1, "x", 1)
+        with pytest.raises(TypeError, match="rank must be an int"):
+            m.send("0", "x", 1)
+        with pytest.raises(TypeError, match="tag must be a str"):
+            m.send(0, 5, 1)
+        with pytest.raises(ValueError, match="empty"):
+            m.on("")
+        with pytest.raises(TypeError, match="receive"):
+            m.register("r", object())
+        m.on("taken")(print)
+        with pytest.raises(ValueError, match="already registered"):
+            m.on("taken")(print)
+        with pytest.raises(TypeError, match="takes no tag"):
+            m.send(cv.Address(0, "taken"), "tag", 1)
+        with pytest.raises(TypeError, match="1-D integer"):
+            m.sender("taken").send_many(np.zeros(3), np.zeros(3))
+        with pytest.raises(ValueError, match="out of range"):
+            m.sender("taken").send_many(np.array([0, 5]), np.zeros(2))
+        with pytest.raises(ValueError, match="one row per destination"):
+            m.sender("taken").send_many(np.array([0, 0]), np.zeros(3))
+        with pytest.raises(cv.ConveyorError, match="not a request"):
+            cv.Message(m, "t", None, 0, None).reply(1)
+        with pytest.raises(cv.ConveyorError, match="handler"):
+            m.on("collective")(lambda msg: m.wait_quiet())
+            m.request(0, "collective").result(timeout=5)
+    with pytest.raises(cv.ConveyorError, match="closed"):
+        m.send(0, "x", 1)
+    with pytest.raises(TypeError, match="Intracomm"):
+        cv.Messenger(comm="world")
+
+
+def test_oversize_message_is_refused_before_sending(monkeypatch):
+    monkeypatch.setenv("CONVEYOR_MAX_FRAME_BYTES", "4096")
+    with cv.Messenger() as m:
+        with pytest.raises(cv.MessageTooLargeError, match="exceeds the limit"):
+            m.send(0, "x", list(range(1000)))
+        # Arrays travel out of band, so they are not limited by the frame size.
+        got = []
+        m.on("x")(lambda msg: got.append(msg.payload))
+        m.send(0, "x", np.zeros(1 << 20))
+        m.wait_quiet()
+        assert got[0].shape == (1 << 20,)
+
+
+def test_bad_environment_values_are_clear(monkeypatch):
+    monkeypatch.setenv("CONVEYOR_ZERO_COPY_THRESHOLD", "lots")
+    with pytest.raises(ValueError, match="CONVEYOR_ZERO_COPY_THRESHOLD"):
+        cv.Messenger()
+
+
+def case_uncaught_exception_aborts_the_job():
+    with cv.Messenger() as m:
+        if m.rank == m.size - 1:
+            raise RuntimeError("rank failed on purpose")
+        m.wait_quiet()  # would wait forever for the failed rank
+
+
+def test_uncaught_exception_aborts_the_job(mpirun):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import mpiexec
+
+    script = (
+        "import conveyor as cv\n"
+        "with cv.Messenger() as m:\n"
+        "    if m.rank == m.size - 1:\n"
+        "        raise RuntimeError('rank failed on purpose')\n"
+        "    m.wait_quiet()\n"
+    )
+    proc = subprocess.run(
+        [mpiexec(), "-n", "3", sys.executable, "-c", script],
+        capture_output=True, text=True, timeout=60, env=dict(os.environ),
+    )
+    assert proc.returncode != 0
+    assert "RuntimeError: rank failed on purpose" in proc.stderr
+    assert "Traceback" in proc.stderr

@@ -1,0 +1,239 @@
+"""What can travel: built-in carriers, numpy layouts, CarriageableItem, pickle opt-in."""
+
+import math
+import pickle
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import conveyor as cv
+from conveyor._native import core
+
+DTYPES = [
+    "?", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "f2", "f4", "f8", "g",
+    "c8", "c16", "G", "M8[ns]", "m8[s]", ">i4", ">f8", "S5", "U3",
+]
+
+
+def roundtrip(value, threshold=16384, allow_pickle=False):
+    frame, oob = core.encode_frame(core.KIND_SEND, 0, "t", value, threshold, allow_pickle)
+    return core.decode_frame(frame, oob, allow_pickle)[3]
+
+
+def same(a, b):
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, np.ndarray):
+        return a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b, equal_nan=a.dtype.kind in "fc")
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, float) and math.isnan(a):
+        return math.isnan(b)
+    return a == b
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        None, True, False, 0, -1, 2**63 - 1, -(2**63), 2**64, -(2**200) + 7, 1.5, float("inf"),
+        float("nan"), -0.0, 3 - 4j, "", "héllo wörld ✓", "\udcff", b"", b"\x00\xff", bytearray(b"ab"),
+        [], (), {}, [1, [2, [3, (4, {"k": None})]]], {1: "a", "b": 2.0, (1, 2): [3]},
+        cv.Address(3, "logger"), cv.Address(0, "x", ref=2**40),
+        np.float64(2.5), np.int8(-3), np.bool_(True), np.complex64(1j),
+    ],
+    ids=repr,
+)
+def test_builtin_values_roundtrip_with_their_type(value):
+    assert same(roundtrip(value), value)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(), (0,), (7,), (3, 4), (2, 3, 5)])
+@pytest.mark.parametrize("threshold", [0, 1 << 30], ids=["out-of-band", "inline"])
+def test_arrays_of_every_dtype_and_shape(dtype, shape, threshold):
+    rng = np.random.default_rng(0)
+    a = np.asarray(rng.integers(0, 100, size=shape)).astype(dtype)
+    b = roundtrip(a, threshold)
+    assert same(b, a)
+    assert b.flags.writeable
+
+
+@pytest.mark.parametrize("threshold", [0, 1 << 30], ids=["out-of-band", "inline"])
+def test_array_layouts(threshold):
+    base = np.arange(2 * 3 * 40, dtype=np.float64).reshape(2, 3, 40)
+    fortran = np.asfortranarray(base)
+    out = roundtrip(fortran, threshold)
+    assert same(out, fortran) and out.flags.f_contiguous
+    for view in (base[:, ::2, ::3], base[::-1], base.transpose(2, 0, 1), base[..., 5]):
+        out = roundtrip(view, threshold)
+        assert same(out, np.ascontiguousarray(view))
+    records = np.zeros(4, dtype=[("kmer", "<u8"), ("count", "<u4"), ("pad", "V4")])
+    records["kmer"] = [1, 2, 3, 4]
+    assert same(roundtrip(records, threshold), records)
+
+
+def test_memoryview_keeps_format_and_shape():
+    a = np.arange(12, dtype=np.int32).reshape(3, 4)
+    for threshold in (0, 1 << 30):
+        out = roundtrip(memoryview(a), threshold)
+        assert isinstance(out, memoryview)
+        assert (out.format, out.shape, out.tobytes()) == ("i", (3, 4), a.tobytes())
+    strided = memoryview(a)[::2]
+    assert roundtrip(strided).tobytes() == a[::2].tobytes()
+
+
+scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(), st.binary(),
+    st.complex_numbers(allow_nan=False),
+)
+nested = st.recursive(
+    scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=5),
+        st.lists(inner, max_size=5).map(tuple),
+        st.dictionaries(st.one_of(st.text(max_size=5), st.integers()), inner, max_size=5),
+    ),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(nested)
+def test_nested_values_roundtrip(value):
+    assert same(roundtrip(value), value)
+
+
+class Plain:
+    pass
+
+
+class MyList(list):
+    pass
+
+
+@pytest.mark.parametrize(
+    "value, name",
+    [
+        (Plain(), "Plain"),
+        ([1, {2: Plain()}], "Plain"),
+        (MyList([1]), "MyList"),
+        ({1, 2}, "set"),
+        (np.array([object()], dtype=object), "ndarray"),
+        (lambda: 0, "function"),
+    ],
+)
+def test_uncarriageable_values_raise_type_error_naming_the_type(value, name):
+    with pytest.raises(TypeError, match=name) as info:
+        roundtrip(value)
+    assert isinstance(info.value, cv.CarriageError)
+
+
+def test_self_referential_payload_is_refused():
+    loop = []
+    loop.append(loop)
+    with pytest.raises(cv.CarriageError, match="nested deeper"):
+        roundtrip(loop)
+
+
+def test_nothing_is_sent_when_encoding_fails():
+    with cv.Messenger() as m:
+        before = m.stats()["frames_sent"]
+        with pytest.raises(TypeError, match="Plain"):
+            m.send(0, "x", [1, 2, Plain()])
+        with pytest.raises(TypeError, match="Plain"):
+            m.request(0, "x", Plain())
+        assert m.stats()["frames_sent"] == before
+        assert m.stats()["pending_requests"] == 0
+
+
+class Reads(cv.CarriageableItem, name="tests.Reads"):
+    """A sample id in the buffer, its reads out of band (RayPlatform style)."""
+
+    def __init__(self, sample, codes):
+        self.sample = sample
+        self.codes = codes
+
+    def required_bytes(self):
+        return 8
+
+    def dump(self, buffer):
+        buffer[:8] = self.sample.to_bytes(8, "little")
+
+    def out_of_band(self):
+        return [self.codes]
+
+    @classmethod
+    def load(cls, buffer, out_of_band):
+        return cls(int.from_bytes(buffer[:8], "little"), out_of_band[0])
+
+
+def test_carriageable_item_with_out_of_band_array():
+    codes = np.arange(1 << 20, dtype=np.uint8)
+    frame, oob = core.encode_frame(core.KIND_SEND, 0, "t", [Reads(42, codes)], 16384, False)
+    assert len(frame) < 200 and [len(b) for b in oob] == [codes.nbytes]
+    (item,) = core.decode_frame(frame, oob, False)[3]
+    assert isinstance(item, Reads) and item.sample == 42
+    assert np.array_equal(item.codes, codes)
+
+
+def test_carriageable_item_registration_errors():
+    with pytest.raises(TypeError, match="load"):
+        class NoLoad(cv.CarriageableItem, name="tests.NoLoad"):
+            pass
+    with pytest.raises(ValueError, match="already taken"):
+        class Impostor(cv.CarriageableItem, name="tests.Reads"):
+            @classmethod
+            def load(cls, buffer, out_of_band):
+                return cls()
+    with pytest.raises(TypeError):
+        class Nameless(cv.CarriageableItem, name=""):
+            pass
+
+
+def test_unknown_item_type_on_the_receiver_is_a_frame_error():
+    class Ephemeral(cv.CarriageableItem, name="tests.Ephemeral"):
+        @classmethod
+        def load(cls, buffer, out_of_band):
+            return cls()
+
+    frame, oob = core.encode_frame(core.KIND_SEND, 0, "t", Ephemeral(), 16384, False)
+    from conveyor._carriage import _registry
+
+    del _registry["tests.Ephemeral"]
+    with pytest.raises(cv.FrameError, match="unknown CarriageableItem type 'tests.Ephemeral'"):
+        core.decode_frame(frame, oob, False)
+
+
+def test_item_with_wrong_required_bytes_is_refused():
+    class Liar(cv.CarriageableItem, name="tests.Liar"):
+        def required_bytes(self):
+            return -1
+
+        @classmethod
+        def load(cls, buffer, out_of_band):
+            return cls()
+
+    with pytest.raises(cv.CarriageError, match="required_bytes"):
+        roundtrip(Liar())
+
+
+def test_pickle_is_opt_in():
+    value = {"obj": Plain.__new__(Plain), "array": np.arange(100_000)}
+    with pytest.raises(cv.CarriageError):
+        roundtrip(value)
+    value = [pickle.PickleBuffer(np.arange(100_000)), {1, 2, 3}]
+    out = roundtrip(value, allow_pickle=True)
+    assert out[1] == {1, 2, 3}
+    frame, oob = core.encode_frame(core.KIND_SEND, 0, "t", {1, 2}, 16384, True)
+    with pytest.raises(cv.FrameError, match="pickle=True"):
+        core.decode_frame(frame, oob, False)
+
+
+def test_pickle_messenger_carries_arbitrary_objects():
+    with cv.Messenger(pickle=True) as m:
+        m.on("echo")(lambda msg: msg.payload)
+        assert m.request(0, "echo", {frozenset({1}), 2}).result(timeout=5) == {frozenset({1}), 2}

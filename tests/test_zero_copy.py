@@ -1,0 +1,100 @@
+"""Large arrays travel without copies, in pieces MPI can count, beyond 2 GiB."""
+
+import resource
+
+import numpy as np
+import pytest
+
+import conveyor as cv
+
+MiB = 1 << 20
+
+
+def peak_rss_mib():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def case_no_copy_on_either_side(size_mib):
+    size_mib = int(size_mib)
+    n = size_mib * MiB
+    with cv.Messenger() as m:
+        received = []
+        m.on("data")(lambda msg: received.append(msg.payload))
+        m.wait_quiet()
+        if m.rank == 0:
+            data = np.ones(n, dtype=np.uint8)
+            data[::4096] = 3
+            before = peak_rss_mib()
+            m.send(1, "data", data)
+            m.wait_quiet()
+            grown = peak_rss_mib() - before
+            stats = m.stats()
+            # A pack copy would grow the sender by the array's size.
+            assert grown < size_mib / 4, f"sender grew by {grown:.0f} MiB"
+            assert stats["bytes_zero_copy_sent"] == n
+            assert stats["bytes_framed"] < 4096, stats
+        else:
+            before = peak_rss_mib()
+            m.wait_quiet()
+            grown = peak_rss_mib() - before
+            (arr,) = received
+            # The delivered array owns the very buffer MPI received into...
+            assert "conveyor.Buffer" in repr(arr.base)
+            assert arr.flags.owndata is False and arr.flags.writeable
+            assert arr.ctypes.data % 64 == 0
+            # ...and no second copy was made: growth is one array, not two.
+            assert grown < 1.5 * size_mib, f"receiver grew by {grown:.0f} MiB"
+            assert m.stats()["bytes_zero_copy_received"] == n
+            assert arr.shape == (n,) and arr[4096] == 3 and arr[4097] == 1
+            assert int(arr.sum(dtype=np.uint64)) == n + 2 * len(range(0, n, 4096))
+
+
+def test_no_copy_on_either_side(mpirun):
+    mpirun(2, case_no_copy_on_either_side, 512, timeout=120)
+
+
+def case_pieces_keep_data_and_order():
+    # Tiny pieces (CONVEYOR_PIECE_BYTES) exercise the > 2 GiB path on small data.
+    with cv.Messenger() as m:
+        got = []
+        m.on("a")(lambda msg: got.append((msg.source, msg.payload)))
+        for dest in range(m.size):
+            for i in range(5):
+                size = 3_000_017 if i % 2 else 7
+                m.send(dest, "a", (i, np.arange(size, dtype=np.int64) * (m.rank + 1)))
+        m.wait_quiet()
+        assert m.stats()["frames_received"] == 5 * m.size
+        for source in range(m.size):
+            mine = [payload for s, payload in got if s == source]
+            assert [i for i, _ in mine] == list(range(5))
+            for i, arr in mine:
+                size = 3_000_017 if i % 2 else 7
+                assert np.array_equal(arr, np.arange(size, dtype=np.int64) * (source + 1))
+
+
+def test_pieces_keep_data_and_order(mpirun, nranks):
+    mpirun(nranks, case_pieces_keep_data_and_order, env={"CONVEYOR_PIECE_BYTES": "1000003"})
+
+
+def case_larger_than_2gib():
+    n = int(2.1 * (1 << 30))
+    with cv.Messenger() as m:
+        received = []
+        m.on("huge")(lambda msg: received.append(msg.payload))
+        if m.rank == 0:
+            data = np.full(n, 7, dtype=np.uint8)
+            data[-1] = 9
+            data[1 << 31] = 11  # past the 2 GiB mark
+            m.send(1, "huge", data)
+        m.wait_quiet()
+        if m.rank == 1:
+            (arr,) = received
+            assert arr.shape == (n,) and arr.dtype == np.uint8
+            assert arr[0] == 7 and arr[-1] == 9 and arr[1 << 31] == 11
+            assert int(arr.sum(dtype=np.uint64)) == 7 * n + 2 + 4
+            assert "conveyor.Buffer" in repr(arr.base)
+
+
+@pytest.mark.slow
+def test_larger_than_2gib(mpirun):
+    mpirun(2, case_larger_than_2gib, timeout=300)
