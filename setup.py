@@ -28,6 +28,23 @@ def find_mpicc():
     return None
 
 
+def is_mpich_wheel(mpicc):
+    """Return True if `mpicc` is the one the ``mpich`` wheel installed."""
+    from importlib import metadata
+
+    try:
+        dist = metadata.distribution("mpich")
+    except metadata.PackageNotFoundError:
+        return False
+    wrapper = shutil.which(mpicc) or mpicc
+    for entry in dist.files or ():
+        if entry.name == "mpicc":
+            path = str(dist.locate_file(entry))
+            if os.path.exists(path) and os.path.samefile(path, wrapper):
+                return True
+    return False
+
+
 def mpi_flags(mpicc):
     """Split the wrapper's command line into setuptools arguments."""
     words = None
@@ -98,11 +115,14 @@ def extensions():
     return [core] + cythonize([bridge], language_level=3, quiet=True)
 
 
-needs_mpich_wheel = find_mpicc() is None
+mpicc = find_mpicc()
+# Built against the mpich wheel (found, or about to be fetched into an isolated
+# build environment), the package needs that wheel at run time too.
+uses_mpich_wheel = mpicc is None or is_mpich_wheel(mpicc)
 setup(
     ext_modules=extensions(),
     cmdclass={"build_ext": BuildMPIExtensions},
     # setuptools' PEP 517 backend turns setup_requires into build requirements.
-    setup_requires=["mpich"] if needs_mpich_wheel else [],
-    install_requires=["numpy>=1.22", "mpi4py>=4.0"] + (["mpich"] if needs_mpich_wheel else []),
+    setup_requires=["mpich"] if mpicc is None else [],
+    install_requires=["numpy>=1.22", "mpi4py>=4.0"] + (["mpich"] if uses_mpich_wheel else []),
 )
