@@ -160,9 +160,9 @@ class Messenger:
     """Moves messages between ranks: the intermediary of the messaging pattern.
 
     It works on a duplicate of `comm`, so its traffic never mixes with the
-    user's own mpi4py traffic. Progress is made by the thread that calls it:
-    whenever it sends, waits on a future, calls `progress` or `wait_quiet`.
-    A Messenger is used from one thread.
+    user's own mpi4py traffic. Messages are handled only inside its calls
+    that wait: `Future.result`, `progress`, `wait_quiet` and `close`, on the
+    calling thread. A Messenger is used from one thread.
 
     Parameters
     ----------
@@ -267,7 +267,7 @@ class Messenger:
         """Register the decorated function as the receiver of `tag`.
 
         The function is called with a `Message`; for a request, its return
-        value is the answer (unless it called ``msg.reply``).
+        value is the answer (unless it called ``msg.reply`` or ``msg.defer``).
         """
         self._check_tag(tag)
 
@@ -312,10 +312,13 @@ class Messenger:
         return dest
 
     def send(self, dest, tag, payload=_MISSING):
-        """Send `payload` to the receiver of `tag` on rank `dest`, without waiting.
+        """send(dest, tag, payload=None)
 
-        Also ``send(address, payload)``: to a `Address`; if the address is a
-        request's ``reply_to``, this answers that request.
+        Send `payload` to the receiver of `tag` on rank `dest`, without waiting.
+
+        With an `Address` instead of `dest` and `tag`, send to that address:
+        ``send(address, payload)``; if it is a request's ``reply_to``, this
+        answers that request.
         """
         self._check_open()
         if isinstance(dest, Address):
@@ -333,9 +336,12 @@ class Messenger:
         self._engine.send(self._check_rank(dest), core.KIND_SEND, 0, self._check_tag(tag), payload)
 
     def request(self, dest, tag, payload=_MISSING):
-        """Send a request and return a `Future` for its answer.
+        """request(dest, tag, payload=None)
 
-        Also ``request(address, payload)``.
+        Send a request and return a `Future` for its answer.
+
+        With an `Address` instead of `dest` and `tag`, send the request to
+        that address: ``request(address, payload)``.
         """
         self._check_open()
         if isinstance(dest, Address):
@@ -362,7 +368,10 @@ class Messenger:
     def progress(self, timeout=0.0):
         """Handle the messages that have arrived; wait up to `timeout` s for the first.
 
-        Returns the number of messages handled.
+        Returns
+        -------
+        int
+            The number of messages handled.
         """
         self._check_open()
         handled = 0

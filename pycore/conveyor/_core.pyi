@@ -1,0 +1,127 @@
+"""The native core of conveyor (internal: use the conveyor package).
+
+The one native boundary of the package: the progress engine, the frame codec
+(for tests) and the routing of batches. C++ exceptions arrive as the façade's
+exceptions once `configure` has run: CarriageError, FrameError,
+MessageTooLargeError, MPIError, and ValueError for a bad argument.
+"""
+
+from collections.abc import Sequence
+from typing import Any, Final, NoReturn
+
+import numpy as np
+import numpy.typing as npt
+
+#: Frame kind: deliver the payload to the receiver of the tag.
+KIND_SEND: Final = 1
+#: Frame kind: deliver, and answer the sender with a reply carrying ``ref``.
+KIND_REQUEST: Final = 2
+#: Frame kind: resolve the requester's future ``ref`` with the payload.
+KIND_REPLY: Final = 3
+#: Frame kind: fail the requester's future ``ref``; the payload describes the error.
+KIND_ERROR: Final = 4
+
+def configure(
+    address_type: type,
+    item_base: type,
+    registry: dict[str, type],
+    pickle: Any,
+    carriage_error: type,
+    frame_error: type,
+    too_large_error: type,
+    mpi_error: type,
+    /,
+) -> None:
+    """Hand the façade's carrier and exception types to the native core (once, at import)."""
+
+class EngineOptions:
+    """Tunables of an Engine, read when it is created."""
+
+    max_frame_bytes: int
+    """Largest frame that may be sent (default 1 GiB)."""
+    piece_bytes: int
+    """Largest MPI message an out-of-band buffer is cut into (1 .. INT_MAX, default 1 GiB)."""
+    spin_seconds: float
+    """How long an idle wait busy-polls after the last activity (default 50 µs)."""
+    yield_seconds: float
+    """Until when an idle wait yields the processor before sleeping (default 200 µs)."""
+    max_sleep_seconds: float
+    """Longest sleep of an idle wait between two polls (default 500 µs)."""
+    def __init__(self) -> None:
+        """Make options with the default values."""
+
+class Engine:
+    """The progress engine of one Messenger: owns every MPI request on its communicator."""
+
+    def __init__(
+        self, comm: int, zero_copy_threshold: int, allow_pickle: bool, options: EngineOptions
+    ) -> None:
+        """Drive MPI on `comm`, a raw MPI_Comm handle (see conveyor._mpi.comm_handle).
+
+        The engine does not own the communicator: the caller frees it after use.
+        """
+    @property
+    def rank(self) -> int:
+        """The rank of this process in the communicator."""
+    @property
+    def size(self) -> int:
+        """The number of ranks of the communicator."""
+    @property
+    def wave_active(self) -> bool:
+        """Whether a quiescence wave was started and not yet collected by `wave_done`."""
+    def send(self, dest: int, kind: int, ref: int, tag: str, payload: object) -> None:
+        """Encode `payload` in a frame of `kind` and start sending it to rank `dest`.
+
+        Arrays of at least the zero-copy threshold are sent from their own
+        memory, which is kept alive until MPI has sent it.
+        """
+    def post_raw(self, dest: int, frame: bytes) -> None:
+        """Send `frame` as it is, without out-of-band buffers (to test malformed input)."""
+    def poll(self, timeout: float) -> tuple[int, int, int, str, object, str | None] | None:
+        """Return the next complete message, waiting up to `timeout` seconds (GIL released).
+
+        The result is ``(kind, source, ref, tag, payload, error)``, or None if
+        nothing arrived in time. Kind 0 is a frame rejected as malformed; a
+        non-None `error` says why the frame or its payload could not be read.
+        A negative `timeout` waits without limit.
+        """
+    def mark_handled(self, messages: int = 1) -> None:
+        """Count `messages` delivered messages as handled (for termination detection)."""
+    def start_wave(self) -> None:
+        """Start a quiescence wave: a non-blocking sum of (sent, handled) over all ranks."""
+    def wave_done(self) -> tuple[int, int] | None:
+        """Return the wave's ``(sent, handled)`` totals once it has completed, else None."""
+    def flush_sends(self, timeout: float) -> bool:
+        """Complete every outstanding send; return False if `timeout` s passed first (negative: no limit)."""
+    def stats(self) -> dict[str, int]:
+        """Return the engine's counters: messages, frames, bytes, sleeps, pending requests."""
+    def abort(self, code: int, /) -> NoReturn:
+        """Abort the whole MPI job with exit `code` (MPI_Abort on the communicator)."""
+
+def encode_frame(
+    kind: int,
+    ref: int,
+    tag: str,
+    payload: object,
+    zero_copy_threshold: int,
+    allow_pickle: bool,
+) -> tuple[bytes, list[bytes]]:
+    """Encode a frame without sending it: return the frame and copies of its out-of-band buffers."""
+
+def decode_frame(
+    frame: bytes, oob: Sequence[bytes], allow_pickle: bool
+) -> tuple[int, int, str, object]:
+    """Decode what `encode_frame` made: return ``(kind, ref, tag, payload)``.
+
+    Raises FrameError for a malformed or truncated frame.
+    """
+
+def route(
+    dests: npt.ArrayLike, items: np.ndarray, nranks: int
+) -> tuple[np.ndarray, npt.NDArray[np.uint64]]:
+    """Group the rows of `items` by destination rank, keeping their order per rank.
+
+    Return the grouped rows and ``offsets`` (``nranks + 1`` entries): the rows
+    for rank ``r`` are ``grouped[offsets[r]:offsets[r + 1]]``. A destination
+    outside ``0 .. nranks - 1`` raises ValueError.
+    """
