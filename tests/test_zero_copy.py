@@ -98,3 +98,31 @@ def case_larger_than_2gib():
 @pytest.mark.slow
 def test_larger_than_2gib(mpirun):
     mpirun(2, case_larger_than_2gib, timeout=300)
+
+
+def test_freed_receive_buffers_are_reused_within_the_limit(monkeypatch):
+    monkeypatch.setenv("CONVEYOR_BUFFER_CACHE_BYTES", str(8 * MiB))
+    with cv.Messenger() as m:
+        got = []
+        m.on("a")(lambda msg: got.append(msg.payload))
+        addresses = []
+        for i in range(4):
+            m.send(0, "a", np.full(MiB, i, dtype=np.int32))  # 4 MiB each
+            m.wait_quiet()
+            arr = got.pop()
+            assert (arr == i).all()  # a reused buffer holds the new data only
+            addresses.append(arr.ctypes.data)
+            del arr
+            assert m.stats()["buffer_cache_bytes"] == 4 * MiB
+        assert len(set(addresses)) == 1
+        # Two buffers alive at once cannot share memory; the cache stays bounded.
+        for i in range(3):
+            m.send(0, "a", np.full(MiB, i, dtype=np.int32))
+        m.wait_quiet()
+        assert [int(a[0]) for a in got] == [0, 1, 2]
+        assert len({a.ctypes.data for a in got}) == 3
+        got.clear()
+        assert m.stats()["buffer_cache_bytes"] == 8 * MiB
+    monkeypatch.setenv("CONVEYOR_BUFFER_CACHE_BYTES", "0")
+    with cv.Messenger() as m:
+        assert m.stats()["buffer_cache_bytes"] == 0

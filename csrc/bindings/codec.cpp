@@ -4,6 +4,7 @@
 
 #include <cstring>
 #include <limits>
+#include <unordered_map>
 
 namespace conveyor::py_codec {
 
@@ -36,6 +37,8 @@ enum Type : std::uint8_t {
 enum Storage : std::uint8_t { S_INLINE = 0, S_OUT_OF_BAND = 1 };
 
 constexpr int kMaxDepth = 200;
+constexpr char kNativeOrder = __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__ ? '<' : '>';
+constexpr std::size_t kDtypeCacheSize = 64;
 constexpr std::uint32_t kMaxDims = 64;  // numpy's NPY_MAXDIMS
 
 struct Types {
@@ -48,6 +51,8 @@ struct Types {
     py::object np_asarray;
     py::object np_ascontiguousarray;
     py::object int_from_bytes;
+    // dtype strings read off the wire -> numpy dtypes (dtypes are immutable).
+    std::unordered_map<std::string, py::object> dtypes;
 };
 
 Types& types() {
@@ -65,7 +70,8 @@ std::string type_name(py::handle obj) {
 // elements are plain bytes. Anything holding Python objects is refused,
 // both when sending and when reading a dtype off the wire.
 bool carriable_dtype(const py::dtype& dt) {
-    if (dt.attr("hasobject").cast<bool>()) return false;
+    constexpr char kItemRefcount = 0x01;  // NPY_ITEM_REFCOUNT: holds objects, records included
+    if (dt.flags() & kItemRefcount) return false;
     switch (dt.kind()) {
         case 'b': case 'i': case 'u': case 'f': case 'c': case 'm': case 'M':
         case 'S': case 'U': case 'V':
@@ -203,13 +209,23 @@ class Encoder {
             throw CarriageError("numpy arrays of dtype " + py::str(dt).cast<std::string>() +
                                 " (in a '" + type_name(owner) +
                                 "') are not carriageable: only plain-data dtypes are");
-        if (dt.attr("fields").is_none()) {
+        if (!dt.has_fields()) {
             body.u8(0);
-            body.blob(dt.attr("str").cast<std::string>());
+            body.blob(dtype_string(dt));
         } else {  // a record dtype: its description is itself a carriageable value
             body.u8(1);
             value(dt.attr("descr"), 1);
         }
+    }
+
+    // numpy's dtype.str, built here for the common numeric kinds: numpy
+    // builds the string anew on every access, which dominates small messages.
+    static std::string dtype_string(const py::dtype& dt) {
+        char kind = dt.kind();
+        if (std::strchr("biufc", kind) == nullptr) return dt.attr("str").cast<std::string>();
+        char order = dt.byteorder();
+        if (order == '=') order = kNativeOrder;
+        return std::string{order, kind} + std::to_string(dt.itemsize());
     }
 
     void array(py::array arr) {
@@ -446,8 +462,14 @@ class Decoder {
     py::dtype dtype() {
         auto form = r_.u8();
         py::object spec;
+        std::string key;
         if (form == 0) {
-            spec = name(r_.blob());
+            auto raw = r_.blob();
+            key.assign(raw.data(), raw.size());
+            auto cached = types().dtypes.find(key);
+            if (cached != types().dtypes.end())
+                return py::reinterpret_borrow<py::dtype>(cached->second);
+            spec = name(raw);
         } else if (form == 1) {
             spec = value(1);
         } else {
@@ -462,6 +484,7 @@ class Decoder {
         auto result = py::reinterpret_borrow<py::dtype>(dt);
         if (!carriable_dtype(result))
             throw DecodeError("refused dtype " + py::str(result).cast<std::string>());
+        if (form == 0 && types().dtypes.size() < kDtypeCacheSize) types().dtypes.emplace(key, dt);
         return result;
     }
 

@@ -122,6 +122,13 @@ class PyEngine {
         return delivery(*in, codec_.allow_pickle);
     }
 
+    // The next message already received, without another round of MPI progress.
+    py::object pop_ready() {
+        auto in = engine_.pop();
+        if (!in) return py::none();
+        return delivery(*in, codec_.allow_pickle);
+    }
+
     py::object wave_done() {
         if (!engine_.wave_done()) return py::none();
         return py::make_tuple(engine_.wave_sent(), engine_.wave_handled());
@@ -146,6 +153,7 @@ class PyEngine {
         d["waits_slept"] = s.waits_slept;
         d["pending_sends"] = engine_.pending_sends();
         d["pending_receives"] = engine_.pending_receives();
+        d["buffer_cache_bytes"] = Buffer::cached_bytes();
         return d;
     }
 
@@ -244,6 +252,7 @@ PYBIND11_MODULE(_core, m) {
              py::arg("tag"), py::arg("payload"))
         .def("post_raw", &PyEngine::post_raw, py::arg("dest"), py::arg("frame"))
         .def("poll", &PyEngine::poll, py::arg("timeout"))
+        .def("pop_ready", &PyEngine::pop_ready)
         .def("mark_handled", [](PyEngine& e, std::uint64_t n) { e.engine().mark_handled(n); },
              py::arg("messages") = 1)
         .def("start_wave", [](PyEngine& e) { e.engine().start_wave(); })
@@ -253,6 +262,8 @@ PYBIND11_MODULE(_core, m) {
         .def("stats", &PyEngine::stats)
         .def("abort", [](PyEngine& e, int code) { e.engine().abort(code); });
 
+    m.def("set_buffer_cache_limit", &Buffer::set_cache_limit, py::arg("bytes"),
+          "Keep at most this many bytes of freed large receive buffers for reuse.");
     m.def("encode_frame", &encode_frame, py::arg("kind"), py::arg("ref"), py::arg("tag"),
           py::arg("payload"), py::arg("zero_copy_threshold"), py::arg("allow_pickle"));
     m.def("decode_frame", &decode_frame, py::arg("frame"), py::arg("oob"), py::arg("allow_pickle"));

@@ -1,11 +1,15 @@
 #include "conveyor/engine.hpp"
 
 #include <sched.h>
+#include <sys/mman.h>
 #include <time.h>
 
 #include <algorithm>
 #include <cstdlib>
+#include <iterator>
 #include <limits>
+#include <map>
+#include <mutex>
 #include <new>
 
 namespace conveyor {
@@ -25,6 +29,21 @@ void sleep_for(double seconds) {
     nanosleep(&ts, nullptr);
 }
 
+// MPI_Testsome sets the requests it completed to MPI_REQUEST_NULL: drop them
+// and their owners, keeping the rest in order.
+template <class Owner>
+void drop_completed(std::vector<MPI_Request>& reqs, std::vector<Owner>& owners) {
+    std::size_t w = 0;
+    for (std::size_t i = 0; i < reqs.size(); ++i) {
+        if (reqs[i] == MPI_REQUEST_NULL) continue;
+        reqs[w] = reqs[i];
+        owners[w] = std::move(owners[i]);
+        ++w;
+    }
+    reqs.resize(w);
+    owners.resize(w);
+}
+
 }  // namespace
 
 void check_mpi(int code, const char* what) {
@@ -35,14 +54,85 @@ void check_mpi(int code, const char* what) {
     throw MPIError(std::string(what) + " failed: " + std::string(text, len));
 }
 
-Buffer::Buffer(std::size_t size) : size_(size) {
-    // posix_memalign rejects 0; a zero-size buffer still gets a valid pointer.
-    void* p = nullptr;
-    if (posix_memalign(&p, 64, std::max<std::size_t>(size, 1)) != 0) throw std::bad_alloc();
-    data_ = static_cast<std::uint8_t*>(p);
+namespace {
+
+constexpr std::size_t kCachedFrom = std::size_t(1) << 20;  // smaller ones: malloc is fast
+constexpr std::size_t kHugePage = std::size_t(2) << 20;
+
+// Freed large buffers by exact size. Buffers are freed by whoever drops the
+// last reference (a numpy array's owner, on any Python thread) while the
+// engine allocates from its GIL-free wait: hence the lock.
+struct BufferCache {
+    std::mutex lock;
+    std::multimap<std::size_t, void*> free_buffers;
+    std::size_t bytes = 0;
+    std::size_t limit = std::size_t(512) << 20;
+};
+
+BufferCache& buffer_cache() {
+    static BufferCache* cache = new BufferCache();  // leaked: buffers may outlive statics
+    return *cache;
 }
 
-Buffer::~Buffer() { std::free(data_); }
+void* allocate(std::size_t size) {
+    // posix_memalign rejects 0; a zero-size buffer still gets a valid pointer.
+    bool huge = size >= 2 * kHugePage;
+    void* p = nullptr;
+    if (posix_memalign(&p, huge ? kHugePage : 64, std::max<std::size_t>(size, 1)) != 0)
+        throw std::bad_alloc();
+    // Transparent huge pages fault 2 MiB at a time (numpy asks for them too).
+    if (huge) madvise(p, size & ~(kHugePage - 1), MADV_HUGEPAGE);
+    return p;
+}
+
+}  // namespace
+
+Buffer::Buffer(std::size_t size) : size_(size) {
+    if (size >= kCachedFrom) {
+        auto& cache = buffer_cache();
+        std::lock_guard<std::mutex> guard(cache.lock);
+        auto it = cache.free_buffers.find(size);
+        if (it != cache.free_buffers.end()) {
+            data_ = static_cast<std::uint8_t*>(it->second);
+            cache.bytes -= size;
+            cache.free_buffers.erase(it);
+            return;
+        }
+    }
+    data_ = static_cast<std::uint8_t*>(allocate(size));
+}
+
+Buffer::~Buffer() {
+    if (size_ >= kCachedFrom) {
+        auto& cache = buffer_cache();
+        std::lock_guard<std::mutex> guard(cache.lock);
+        if (cache.bytes + size_ <= cache.limit) {
+            cache.free_buffers.emplace(size_, data_);
+            cache.bytes += size_;
+            return;
+        }
+    }
+    std::free(data_);
+}
+
+void Buffer::set_cache_limit(std::size_t bytes) {
+    auto& cache = buffer_cache();
+    std::lock_guard<std::mutex> guard(cache.lock);
+    cache.limit = bytes;
+    // Shrink at once, largest buffers first.
+    while (cache.bytes > cache.limit) {
+        auto last = std::prev(cache.free_buffers.end());
+        cache.bytes -= last->first;
+        std::free(last->second);
+        cache.free_buffers.erase(last);
+    }
+}
+
+std::size_t Buffer::cached_bytes() {
+    auto& cache = buffer_cache();
+    std::lock_guard<std::mutex> guard(cache.lock);
+    return cache.bytes;
+}
 
 Engine::Engine(MPI_Comm comm, EngineOptions options) : comm_(comm), options_(options) {
     if (options_.piece_bytes == 0 ||
@@ -159,16 +249,7 @@ bool Engine::complete_sends() {
                            MPI_STATUSES_IGNORE),
               "MPI_Testsome");
     if (outcount <= 0) return false;
-    // Testsome set the completed requests to MPI_REQUEST_NULL: compact both arrays.
-    std::size_t w = 0;
-    for (std::size_t i = 0; i < send_reqs_.size(); ++i) {
-        if (send_reqs_[i] == MPI_REQUEST_NULL) continue;
-        send_reqs_[w] = send_reqs_[i];
-        send_owners_[w] = std::move(send_owners_[i]);
-        ++w;
-    }
-    send_reqs_.resize(w);
-    send_owners_.resize(w);
+    drop_completed(send_reqs_, send_owners_);
     return true;
 }
 
@@ -186,15 +267,7 @@ bool Engine::complete_receives() {
         Incoming* in = recv_owners_[done_indices_[k]];
         if (--in->pending == 0) sources.push_back(in->source);
     }
-    std::size_t w = 0;
-    for (std::size_t i = 0; i < recv_reqs_.size(); ++i) {
-        if (recv_reqs_[i] == MPI_REQUEST_NULL) continue;
-        recv_reqs_[w] = recv_reqs_[i];
-        recv_owners_[w] = recv_owners_[i];
-        ++w;
-    }
-    recv_reqs_.resize(w);
-    recv_owners_.resize(w);
+    drop_completed(recv_reqs_, recv_owners_);
     for (int s : sources) release_in_order(s);
     return true;
 }

@@ -85,6 +85,8 @@ class Engine:
         non-None `error` says why the frame or its payload could not be read.
         A negative `timeout` waits without limit.
         """
+    def pop_ready(self) -> tuple[int, int, int, str, object, str | None] | None:
+        """Return the next message already received, without another round of MPI progress."""
     def mark_handled(self, messages: int = 1) -> None:
         """Count `messages` delivered messages as handled (for termination detection)."""
     def start_wave(self) -> None:
@@ -97,6 +99,9 @@ class Engine:
         """Return the engine's counters: messages, frames, bytes, sleeps, pending requests."""
     def abort(self, code: int, /) -> NoReturn:
         """Abort the whole MPI job with exit `code` (MPI_Abort on the communicator)."""
+
+def set_buffer_cache_limit(bytes: int) -> None:
+    """Keep at most `bytes` of freed large receive buffers for reuse (process-wide)."""
 
 def encode_frame(
     kind: int,

@@ -197,6 +197,7 @@ class Messenger:
         options.piece_bytes = _env_number("CONVEYOR_PIECE_BYTES", options.piece_bytes)
         options.spin_seconds = _env_number("CONVEYOR_SPIN_US", 50, float) * 1e-6
         options.max_sleep_seconds = _env_number("CONVEYOR_MAX_SLEEP_US", 500, float) * 1e-6
+        core.set_buffer_cache_limit(_env_number("CONVEYOR_BUFFER_CACHE_BYTES", 512 << 20))
 
         self._comm = comm.Dup()
         self._engine = core.Engine(
@@ -379,7 +380,7 @@ class Messenger:
         while item is not None:
             self._dispatch(item)
             handled += 1
-            item = self._engine.poll(0.0)
+            item = self._engine.pop_ready()
         return handled
 
     def _wait_for(self, future, timeout):
