@@ -37,4 +37,4 @@ bench: install
 	$(PY) bench/run.py
 
 clean:
-	rm -rf build docs/_build $(VENV) pycore/conveyor/*.so pycore/conveyor/_mpi.cpp
+	rm -rf build docs/_build $(VENV) pycore/conveyor/*.so

@@ -112,7 +112,8 @@ def extensions():
         language="c++",
         extra_compile_args=["-O2"],
     )
-    return [core] + cythonize([bridge], language_level=3, quiet=True)
+    # The generated C++ goes to build/, not into the package it would ship with.
+    return [core] + cythonize([bridge], language_level=3, quiet=True, build_dir="build/cython")
 
 
 mpicc = find_mpicc()
