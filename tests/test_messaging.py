@@ -190,3 +190,22 @@ def test_plain_python_without_mpiexec():
         assert (m.rank, m.size) == (0, 1)
         m.on("double")(lambda msg: 2 * msg.payload)
         assert m.request(0, "double", 21).result(timeout=5) == 42
+
+
+def case_messenger_on_a_sub_communicator():
+    from mpi4py import MPI
+
+    world = MPI.COMM_WORLD
+    half = world.Split(color=world.rank % 2, key=world.rank)
+    with cv.Messenger(half) as m:
+        assert (m.rank, m.size) == (half.rank, half.size)
+        m.on("who")(lambda msg: world.rank)
+        # Ranks are those of the sub-communicator: neighbours share a colour.
+        peer = (m.rank + 1) % m.size
+        expected = half.allgather(world.rank)[peer]
+        assert m.request(peer, "who").result(timeout=10) == expected
+    half.Free()
+
+
+def test_messenger_on_a_sub_communicator(mpirun, nranks):
+    mpirun(nranks, case_messenger_on_a_sub_communicator)
