@@ -40,17 +40,16 @@ instance ``CONVEYOR_SPIN_US``, ``CONVEYOR_MAX_SLEEP_US``) are recorded.
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import sys
 import time
 
-import mpi4py
 import numpy as np
 from mpi4py import MPI
 
 import conveyor as cv
+from runinfo import run_metadata
 
 CPU_SHARE_TARGET = 0.80    # computing rank's share of a core, conveyor waiters
 RTT_MEDIAN_TARGET = 1e-3   # seconds
@@ -283,23 +282,8 @@ def main(argv=None):
     print(f"\nwall time {wall:.0f} s", flush=True)
 
     if args.json:
-        meta = {
-            "argv": sys.argv,
-            "ranks": world.size,
-            "seconds": args.seconds,
-            "pings": args.pings,
-            "gap_ms": args.gap_ms,
-            "wall_seconds": wall,
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "host": platform.node(),
-            "cpus": ncpu,
-            "python": platform.python_version(),
-            "numpy": np.__version__,
-            "mpi4py": mpi4py.__version__,
-            "mpi": MPI.Get_library_version().strip(),
-            "conveyor": cv.__version__,
-            "env": {k: v for k, v in os.environ.items() if k.startswith("CONVEYOR_")},
-        }
+        meta = run_metadata(ranks=world.size, seconds=args.seconds, pings=args.pings,
+                            gap_ms=args.gap_ms, wall_seconds=wall)
         with open(args.json, "w") as f:
             json.dump({"meta": meta, "summary": summary, "per_rank": results}, f,
                       indent=1, ensure_ascii=False)

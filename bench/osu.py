@@ -32,8 +32,6 @@ Rank 0 prints a table; ``--json`` writes every sample for later analysis.
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -43,6 +41,7 @@ import numpy as np
 from mpi4py import MPI
 
 import conveyor as cv
+from runinfo import run_metadata
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -399,21 +398,7 @@ def main(argv=None):
     if comm.rank == 0:
         print(f"\n{args.reps} repetitions each, medians; wall time {wall:.0f} s", flush=True)
         if args.json:
-            meta = {
-                "argv": sys.argv,
-                "reps": args.reps,
-                "latency_iters": args.iters,
-                "wall_seconds": wall,
-                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "host": platform.node(),
-                "cpus": os.cpu_count(),
-                "python": platform.python_version(),
-                "numpy": np.__version__,
-                "mpi4py": mpi4py.__version__,
-                "mpi": MPI.Get_library_version().strip(),
-                "conveyor": cv.__version__,
-                "env": {k: v for k, v in os.environ.items() if k.startswith("CONVEYOR_")},
-            }
+            meta = run_metadata(reps=args.reps, latency_iters=args.iters, wall_seconds=wall)
             with open(args.json, "w") as f:
                 json.dump({"meta": meta, "results": report.rows}, f, indent=1, ensure_ascii=False)
     return 0
