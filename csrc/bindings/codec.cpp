@@ -451,12 +451,17 @@ class Decoder {
             return a;
         }
         if (storage != S_OUT_OF_BAND) throw DecodeError("bad storage mark " + std::to_string(storage));
-        // Zero copy: the array owns the buffer MPI received into.
-        auto holder = new std::shared_ptr<Buffer>(take_oob(nbytes));
+        return over_buffer(take_oob(nbytes), dt, shape, strides);
+    }
+
+    // Zero copy: an array over the buffer MPI received into, which it owns.
+    static py::array over_buffer(const std::shared_ptr<Buffer>& buffer, const py::dtype& dt,
+                                 std::vector<py::ssize_t> shape, std::vector<py::ssize_t> strides) {
+        auto holder = new std::shared_ptr<Buffer>(buffer);
         py::capsule owner(holder, "conveyor.Buffer", [](PyObject* cap) {
             delete static_cast<std::shared_ptr<Buffer>*>(PyCapsule_GetPointer(cap, "conveyor.Buffer"));
         });
-        return py::array(dt, shape, strides, (*holder)->data(), owner);
+        return py::array(dt, std::move(shape), std::move(strides), buffer->data(), owner);
     }
 
     py::dtype dtype() {
@@ -533,12 +538,7 @@ class Decoder {
             flat = py::memoryview(py::bytes(reinterpret_cast<const char*>(p), n));
         } else if (storage == S_OUT_OF_BAND) {
             const auto& b = take_oob(std::numeric_limits<std::uint64_t>::max());
-            auto holder = new std::shared_ptr<Buffer>(b);
-            py::capsule owner(holder, "conveyor.Buffer", [](PyObject* cap) {
-                delete static_cast<std::shared_ptr<Buffer>*>(PyCapsule_GetPointer(cap, "conveyor.Buffer"));
-            });
-            py::array bytes(py::dtype("u1"), {static_cast<py::ssize_t>(b->size())}, {1}, b->data(), owner);
-            flat = py::memoryview(bytes);
+            flat = py::memoryview(over_buffer(b, py::dtype("u1"), {static_cast<py::ssize_t>(b->size())}, {1}));
         } else {
             throw DecodeError("bad storage mark " + std::to_string(storage));
         }

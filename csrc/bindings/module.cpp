@@ -117,9 +117,7 @@ class PyEngine {
             py::gil_scoped_release nogil;
             engine_.wait(timeout);
         }
-        auto in = engine_.pop();
-        if (!in) return py::none();
-        return delivery(*in, codec_.allow_pickle);
+        return pop_ready();
     }
 
     // The next message already received, without another round of MPI progress.

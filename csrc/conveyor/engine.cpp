@@ -301,11 +301,15 @@ bool Engine::wait(double timeout) {
     auto start = Clock::now();
     auto idle_since = start;
     double nap = 10e-6;
-    for (;;) {
+    // Any activity restarts the backoff: spin, then yield, then short naps.
+    auto progress_and_rearm = [&] {
         if (progress()) {
             idle_since = Clock::now();
             nap = 10e-6;
         }
+    };
+    for (;;) {
+        progress_and_rearm();
         if (!ready_.empty() || (wave_active_ && wave_completed_)) return true;
         if (timeout >= 0 && seconds_since(start) >= timeout) return false;
         double idle = seconds_since(idle_since);
@@ -322,10 +326,7 @@ bool Engine::wait(double timeout) {
         // After a sleep, MPICH's first probe only makes progress on what
         // arrived meanwhile; the loop's next probe is the one that sees it.
         // Without this extra round, each wake-up would cost one more nap.
-        if (progress()) {
-            idle_since = Clock::now();
-            nap = 10e-6;
-        }
+        progress_and_rearm();
     }
 }
 
