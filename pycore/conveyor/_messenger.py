@@ -312,6 +312,16 @@ class Messenger:
             raise ValueError(f"destination rank {dest} is out of range 0..{self.size - 1}")
         return dest
 
+    def _target(self, verb, dest, tag, payload):
+        # Both call forms, (dest, tag[, payload]) and (address, payload), as
+        # (rank, receiver name, reply ref or None, payload).
+        self._check_open()
+        if isinstance(dest, Address):
+            if payload is not _MISSING:
+                raise TypeError(f"{verb}(address, payload) takes no tag: the address names the receiver")
+            return self._check_rank(dest.rank), dest.name, dest.ref, tag
+        return self._check_rank(dest), tag, None, None if payload is _MISSING else payload
+
     def send(self, dest, tag, payload=_MISSING):
         """send(dest, tag, payload=None)
 
@@ -321,20 +331,11 @@ class Messenger:
         ``send(address, payload)``; if it is a request's ``reply_to``, this
         answers that request.
         """
-        self._check_open()
-        if isinstance(dest, Address):
-            if payload is not _MISSING:
-                raise TypeError("send(address, payload) takes no tag: the address names the receiver")
-            address, payload = dest, tag
-            rank = self._check_rank(address.rank)
-            if address.ref is not None:
-                self._engine.send(rank, core.KIND_REPLY, address.ref, address.name, payload)
-            else:
-                self._engine.send(rank, core.KIND_SEND, 0, self._check_tag(address.name), payload)
-            return
-        if payload is _MISSING:
-            payload = None
-        self._engine.send(self._check_rank(dest), core.KIND_SEND, 0, self._check_tag(tag), payload)
+        rank, name, ref, payload = self._target("send", dest, tag, payload)
+        if ref is not None:
+            self._engine.send(rank, core.KIND_REPLY, ref, name, payload)
+        else:
+            self._engine.send(rank, core.KIND_SEND, 0, self._check_tag(name), payload)
 
     def request(self, dest, tag, payload=_MISSING):
         """request(dest, tag, payload=None)
@@ -344,14 +345,7 @@ class Messenger:
         With an `Address` instead of `dest` and `tag`, send the request to
         that address: ``request(address, payload)``.
         """
-        self._check_open()
-        if isinstance(dest, Address):
-            if payload is not _MISSING:
-                raise TypeError("request(address, payload) takes no tag: the address names the receiver")
-            dest, tag, payload = dest.rank, dest.name, tag
-        if payload is _MISSING:
-            payload = None
-        dest = self._check_rank(dest)
+        dest, tag, _, payload = self._target("request", dest, tag, payload)
         self._check_tag(tag)
         ref = self._next_ref
         future = Future(self)
