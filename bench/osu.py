@@ -195,41 +195,46 @@ def bw_shape(size):
     return window, iters, max(1, iters // 10)
 
 
-def run_raw_bw(comm, arr, window, iters, warmup):
+def run_mpi4py_bw(comm, window, iters, warmup, send_window, receive_window):
+    """Time osu_bw's loop: rank 0 sends a window of messages, rank 1 acks it.
+
+    Returns rank 0's elapsed seconds for the `iters` timed windows (None on rank 1).
+    """
     ack = np.zeros(1, dtype=np.int32)
-    elapsed = None
+    start = None
     for i in range(warmup + iters):
         if i == warmup:
             start = time.perf_counter()
         if comm.rank == 0:
-            MPI.Request.Waitall([comm.Isend(arr, 1, TAG) for _ in range(window)])
+            send_window()
             comm.Recv(ack, 1, TAG)
         else:
-            # osu_bw receives the whole window into one buffer.
-            MPI.Request.Waitall([comm.Irecv(arr, 0, TAG) for _ in range(window)])
+            receive_window()
             comm.Send(ack, 0, TAG)
-    if comm.rank == 0:
-        elapsed = time.perf_counter() - start
-    return elapsed
+    return time.perf_counter() - start if comm.rank == 0 else None
+
+
+def run_raw_bw(comm, arr, window, iters, warmup):
+    def send_window():
+        MPI.Request.Waitall([comm.Isend(arr, 1, TAG) for _ in range(window)])
+
+    def receive_window():
+        # osu_bw receives the whole window into one buffer.
+        MPI.Request.Waitall([comm.Irecv(arr, 0, TAG) for _ in range(window)])
+
+    return run_mpi4py_bw(comm, window, iters, warmup, send_window, receive_window)
 
 
 def run_pickle_bw(comm, arr, window, iters, warmup):
-    ack = np.zeros(1, dtype=np.int32)
-    elapsed = None
-    for i in range(warmup + iters):
-        if i == warmup:
-            start = time.perf_counter()
-        if comm.rank == 0:
-            for _ in range(window):
-                comm.send(arr, 1, TAG)
-            comm.Recv(ack, 1, TAG)
-        else:
-            for _ in range(window):
-                comm.recv(source=0, tag=TAG)
-            comm.Send(ack, 0, TAG)
-    if comm.rank == 0:
-        elapsed = time.perf_counter() - start
-    return elapsed
+    def send_window():
+        for _ in range(window):
+            comm.send(arr, 1, TAG)
+
+    def receive_window():
+        for _ in range(window):
+            comm.recv(source=0, tag=TAG)
+
+    return run_mpi4py_bw(comm, window, iters, warmup, send_window, receive_window)
 
 
 def run_cv_bw(peer, arr, window, iters, warmup):
