@@ -265,3 +265,21 @@ def test_uncaught_exception_aborts_the_job(mpirun):
     assert proc.returncode != 0
     assert "RuntimeError: rank failed on purpose" in proc.stderr
     assert "Traceback" in proc.stderr
+
+
+def test_address_and_messenger_arguments_are_checked():
+    with pytest.raises(ValueError, match=">= 0"):
+        cv.Address(-1, "x")
+    with pytest.raises(TypeError, match="name must be a str"):
+        cv.Address(0, 5)
+    with pytest.raises(TypeError):
+        cv.Address("0", "x")
+    with pytest.raises(AttributeError, match="immutable"):
+        cv.Address(0, "x").rank = 1
+    with pytest.raises(ValueError, match="zero_copy_threshold"):
+        cv.Messenger(zero_copy_threshold=-1)
+    with pytest.raises(TypeError):
+        cv.Messenger(zero_copy_threshold=1.5)
+    with cv.Messenger() as m:
+        with pytest.raises(ValueError, match="out of range"):
+            m.send(cv.Address(3, "x"), 1)
