@@ -92,18 +92,20 @@ def extensions():
     from pybind11.setup_helpers import Pybind11Extension
     from setuptools import Extension
 
-    cxxflags = ["-O3", "-fvisibility=hidden"]
+    cxxflags = ["-O3", "-fvisibility=hidden", "-pthread"]
     core = Pybind11Extension(
         "conveyor._core",
         sources=[
             "csrc/bindings/module.cpp",
             "csrc/bindings/codec.cpp",
+            "csrc/bindings/message.cpp",
             "csrc/conveyor/engine.cpp",
             "csrc/conveyor/route.cpp",
         ],
         include_dirs=["csrc"],
         cxx_std=17,
         extra_compile_args=cxxflags,
+        extra_link_args=["-pthread"],  # the engine's background thread
     )
     bridge = Extension(
         "conveyor._mpi",

@@ -41,16 +41,11 @@ numpydoc_xref_param_type = False
 numpydoc_validation_checks = set()
 
 
-# Message, Sender and Future are made by a Messenger, never by the user: show
-# them without their internal constructor arguments. A default that is a
-# private sentinel (``payload=<object object>``, meaning "not given") reads
-# as ``None``, which is what an omitted payload carries.
-_MADE_BY_THE_MESSENGER = {"conveyor.Message", "conveyor.Sender", "conveyor.Future"}
-
-
+# A default that is a private sentinel (``payload=<object object>``, meaning
+# "not given") reads as ``None``, which is what an omitted payload carries.
+# (Message, Sender and Future, made by a Messenger, get an empty signature in
+# api.rst.)
 def _public_signature(app, what, name, obj, options, signature, return_annotation):
-    if what == "class" and name in _MADE_BY_THE_MESSENGER:
-        return "", return_annotation
     if signature and "=<object object>" in signature:
         return signature.replace("=<object object>", "=None"), return_annotation
     return None

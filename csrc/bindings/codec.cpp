@@ -83,8 +83,9 @@ bool carriable_dtype(const py::dtype& dt) {
 
 class Encoder {
   public:
-    Encoder(Encoded& out, const EncodeOptions& options) : out_(out), options_(options) {}
-    Writer body;
+    Encoder(Encoded& out, const EncodeOptions& options)
+        : body(out.frame), out_(out), options_(options) {}
+    Writer& body;
 
     void value(py::handle obj, int depth) {
         if (depth > kMaxDepth)
@@ -183,7 +184,8 @@ class Encoder {
             body.u8(S_OUT_OF_BAND);
             body.u32(static_cast<std::uint32_t>(out_.oob.size()));
             out_.oob.push_back({data, n});
-            out_.keep.append(owner);
+            if (!out_.keep) out_.keep = py::list();
+            if (PyList_Append(out_.keep.ptr(), owner.ptr()) != 0) throw py::error_already_set();
         } else {
             body.u8(S_INLINE);
             body.blob(std::string_view(static_cast<const char*>(data), n));
@@ -609,20 +611,28 @@ void configure(py::object address_type, py::object item_base, py::dict item_regi
     t.int_from_bytes = py::module_::import("builtins").attr("int").attr("from_bytes");
 }
 
-Encoded encode_frame(FrameKind kind, std::uint64_t ref, std::string_view tag, py::handle payload,
-                     const EncodeOptions& options) {
-    Encoded out;
+void encode_frame(Encoded& out, FrameKind kind, std::uint64_t ref, std::string_view tag,
+                  py::handle payload, const EncodeOptions& options) {
+    // Most frames carry no out-of-band data: write the header announcing
+    // none and the body right after it, and only if the body turned out to
+    // use buffers, insert their sizes and patch the count.
+    out.frame.bytes.clear();
+    out.oob.clear();
+    out.keep = py::object();
+    write_header(out.frame, kind, ref, tag, {});
+    std::size_t body_offset = out.frame.size();
     Encoder enc(out, options);
     enc.value(payload, 0);
+    if (out.oob.empty()) return;
     std::vector<std::uint64_t> sizes;
     sizes.reserve(out.oob.size());
     for (const auto& b : out.oob) sizes.push_back(b.size);
-    Writer frame;
-    frame.bytes.reserve(64 + tag.size() + 8 * sizes.size() + enc.body.size());
-    write_header(frame, kind, ref, tag, sizes);
-    frame.raw(enc.body.bytes.data(), enc.body.size());
-    out.frame = std::move(frame.bytes);
-    return out;
+    auto& bytes = out.frame.bytes;
+    auto at = bytes.begin() + static_cast<std::ptrdiff_t>(body_offset);
+    bytes.insert(at, reinterpret_cast<const std::uint8_t*>(sizes.data()),
+                 reinterpret_cast<const std::uint8_t*>(sizes.data() + sizes.size()));
+    auto count = static_cast<std::uint32_t>(sizes.size());
+    std::memcpy(bytes.data() + body_offset - 4, &count, 4);  // the header's last field
 }
 
 py::object decode_body(const std::uint8_t* body, std::size_t size,

@@ -32,14 +32,15 @@ struct EncodeOptions {
 };
 
 // An encoded message: the frame, and the memory that travels out of band.
+// Reusable: encoding into the same one again keeps its frame's capacity.
 struct Encoded {
-    std::vector<std::uint8_t> frame;
+    Writer frame;
     std::vector<OutOfBand> oob;
-    py::list keep;  // the Python objects whose memory `oob` points into
+    py::object keep;  // a list of the Python objects `oob` points into (null if none)
 };
 
-Encoded encode_frame(FrameKind kind, std::uint64_t ref, std::string_view tag, py::handle payload,
-                     const EncodeOptions& options);
+void encode_frame(Encoded& out, FrameKind kind, std::uint64_t ref, std::string_view tag,
+                  py::handle payload, const EncodeOptions& options);
 
 // Decodes the body of a frame whose header was read. Each out-of-band buffer
 // must be used exactly once. Throws DecodeError on anything malformed.

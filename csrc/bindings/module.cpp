@@ -1,17 +1,24 @@
 // conveyor._core: the one native boundary of the package.
 //
-// Python calls a small set of entry points: Engine (send, poll, the
-// quiescence wave, stats), the frame codec for tests, and route() for
-// batches. Every C++ exception is mapped to a Python one in one place
-// (translate_exceptions); blocking waits release the GIL.
+// Python calls a small set of entry points: Engine (send, serve, the
+// quiescence wave, stats), SenderBase (the per-message send path),
+// MessageBase (a delivered message's fields), the frame codec for tests, and
+// route() for batches. The two per-message types are plain C types (see
+// message.hpp); everything else is bound with pybind11. Every C++ exception is mapped to a Python one in one
+// place (translate_exceptions); blocking waits release the GIL.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
 #include <cstdint>
+#include <cstring>
+#include <deque>
+#include <limits>
 #include <type_traits>
+#include <unordered_map>
 
 #include "bindings/codec.hpp"
+#include "bindings/message.hpp"
 #include "conveyor/engine.hpp"
 #include "conveyor/route.hpp"
 
@@ -22,7 +29,13 @@ namespace {
 
 // The façade's exception classes, handed over once by configure().
 struct ErrorTypes {
-    py::object carriage, frame, too_large, mpi;
+    py::object conveyor, carriage, frame, too_large, mpi;
+};
+
+// A call on a closed Messenger: becomes cv.ConveyorError.
+class Closed : public std::runtime_error {
+  public:
+    using std::runtime_error::runtime_error;
 };
 ErrorTypes& errors() {
     static ErrorTypes* e = new ErrorTypes();  // leaked: outlives the interpreter safely
@@ -32,6 +45,8 @@ ErrorTypes& errors() {
 void translate_exceptions(std::exception_ptr p) {
     try {
         if (p) std::rethrow_exception(p);
+    } catch (const Closed& e) {
+        PyErr_SetString(errors().conveyor.ptr(), e.what());
     } catch (const py_codec::CarriageError& e) {
         PyErr_SetString(errors().carriage.ptr(), e.what());
     } catch (const DecodeError& e) {
@@ -64,32 +79,28 @@ KeepAlive hold(py::object obj) {
     });
 }
 
+// A tag off the wire as a str (bytes that are not UTF-8 are replaced, not fatal).
+py::object decode_tag(const std::string& tag) {
+    auto s = py::reinterpret_steal<py::object>(
+        PyUnicode_DecodeUTF8(tag.data(), static_cast<Py_ssize_t>(tag.size()), "replace"));
+    if (!s) throw py::error_already_set();
+    return s;
+}
+
 FrameKind frame_kind(int kind) {
     if (!valid_kind(static_cast<std::uint8_t>(kind)))
         throw UsageError("unknown frame kind " + std::to_string(kind));
     return static_cast<FrameKind>(kind);
 }
 
-// A delivered message as the façade consumes it:
-// (kind, source, ref, tag, payload, error). kind 0 is a rejected frame;
-// error is None, or why the frame or its payload could not be read.
-py::tuple delivery(const Incoming& in, bool allow_pickle) {
-    if (!in.malformed.empty())
-        return py::make_tuple(0, in.source, 0, "", py::none(), in.malformed);
-    const auto& h = in.header;
-    py::object payload = py::none();
-    py::object error = py::none();
-    try {
-        payload = py_codec::decode_body(in.frame.data() + h.body_offset,
-                                        in.frame.size() - h.body_offset, in.oob, allow_pickle);
-    } catch (const DecodeError& e) {
-        error = py::str(e.what());
-    }
-    py::object tag = py::reinterpret_steal<py::object>(
-        PyUnicode_DecodeUTF8(h.tag.data(), h.tag.size(), "replace"));
-    return py::make_tuple(static_cast<int>(h.kind), in.source, h.ref, tag, payload, error);
-}
-
+// The engine as the façade drives it. Besides sending, one entry point,
+// serve(), waits and dispatches: plain sends to a registered receiver are
+// delivered here, in C++, one handler call each; everything else (requests,
+// answers, errors, rejected frames) goes to the façade's Python dispatcher.
+// The engine as the façade drives it. Besides sending, one entry point,
+// serve(), waits and dispatches: plain sends to a registered receiver are
+// delivered here, in C++, one handler call each; everything else (requests,
+// answers, errors, rejected frames) goes to the façade's Python dispatcher.
 class PyEngine {
   public:
     PyEngine(std::intptr_t comm, std::size_t zero_copy_threshold, bool allow_pickle,
@@ -99,11 +110,22 @@ class PyEngine {
         codec_.allow_pickle = allow_pickle;
     }
 
-    void send(int dest, int kind, std::uint64_t ref, const std::string& tag, py::handle payload) {
-        auto encoded = py_codec::encode_frame(frame_kind(kind), ref, tag, payload, codec_);
+    // Encodes and sends (into the destination's batch when `aggregate` and
+    // small). Returns whether `dest` is congested: the caller should slow down.
+    bool send(int dest, int kind, std::uint64_t ref, std::string_view tag, py::handle payload,
+              bool aggregate) {
+        check_open();
+        Scratch scratch(*this);
+        auto& encoded = scratch.encoded;
+        py_codec::encode_frame(encoded, frame_kind(kind), ref, tag, payload, codec_);
+        const auto& frame = encoded.frame.bytes;
+        if (aggregate && encoded.oob.empty()) {
+            auto posted = engine_.post_aggregated(dest, frame.data(), frame.size());
+            if (posted != Engine::Posted::TooLarge) return posted == Engine::Posted::Congested;
+        }
         KeepAlive keep;
-        if (!encoded.oob.empty()) keep = hold(std::move(encoded.keep));
-        engine_.post(dest, std::move(encoded.frame), encoded.oob, std::move(keep));
+        if (encoded.keep) keep = hold(std::move(encoded.keep));
+        return engine_.post(dest, std::move(encoded.frame.bytes), encoded.oob, std::move(keep));
     }
 
     void post_raw(int dest, py::bytes frame) {
@@ -111,20 +133,36 @@ class PyEngine {
         engine_.post(dest, std::vector<std::uint8_t>(s.begin(), s.end()), {}, nullptr);
     }
 
-    py::object poll(double timeout) {
-        if (!engine_.has_ready()) engine_.progress();
-        if (!engine_.has_ready() && timeout != 0) {
+    // Flushes batches, receives, waits up to `timeout` seconds (negative: no
+    // limit) if nothing is ready, then dispatches everything ready. With
+    // `uncongested` >= 0 the wait also ends once that rank takes sends again.
+    // Returns how many messages were dispatched.
+    std::size_t serve(double timeout, int uncongested, py::tuple hooks) {
+        check_open();
+        Hooks h(hooks);
+        engine_.flush();
+        if (!has_pending()) engine_.progress();
+        if (!has_pending() && timeout != 0) {
             py::gil_scoped_release nogil;
-            engine_.wait(timeout);
+            engine_.wait_until(timeout, uncongested);
         }
-        return pop_ready();
+        std::size_t dispatched = 0;
+        Delivery d;
+        while (next(d)) {
+            dispatch(d, h);
+            ++dispatched;
+        }
+        report_handled();
+        return dispatched;
     }
 
-    // The next message already received, without another round of MPI progress.
-    py::object pop_ready() {
-        auto in = engine_.pop();
-        if (!in) return py::none();
-        return delivery(*in, codec_.allow_pickle);
+    // Counted here and reported to the engine once per serve() (its counter
+    // is behind a lock), and always before a termination-detection wave.
+    void mark_handled(std::uint64_t messages) { unreported_handled_ += messages; }
+
+    void start_wave() {
+        report_handled();
+        engine_.start_wave();
     }
 
     py::object wave_done() {
@@ -137,62 +175,481 @@ class PyEngine {
         return engine_.flush_sends(timeout);
     }
 
+    void close() {
+        closed_ = true;
+        py::gil_scoped_release nogil;
+        engine_.stop_background();
+    }
+
     py::dict stats() const {
-        const auto& s = engine_.stats();
+        const auto s = engine_.stats();
         py::dict d;
         d["messages_sent"] = s.messages_sent;
-        d["messages_handled"] = s.messages_handled;
+        d["messages_handled"] = s.messages_handled + unreported_handled_;
+        d["messages_aggregated"] = s.messages_aggregated;
         d["frames_sent"] = s.frames_sent;
         d["frames_received"] = s.frames_received;
-        d["frames_malformed"] = s.frames_malformed;
+        d["frames_malformed"] = s.frames_malformed + entries_malformed_;
+        d["batches_sent"] = s.batches_sent;
+        d["batches_received"] = s.batches_received;
         d["bytes_framed"] = s.bytes_framed;
         d["bytes_zero_copy_sent"] = s.bytes_zero_copy_sent;
         d["bytes_zero_copy_received"] = s.bytes_zero_copy_received;
+        d["credits_sent"] = s.credits_sent;
+        d["credits_received"] = s.credits_received;
+        d["sends_held"] = s.sends_held;
         d["waits_slept"] = s.waits_slept;
+        d["background_flushes"] = s.background_flushes;
         d["pending_sends"] = engine_.pending_sends();
         d["pending_receives"] = engine_.pending_receives();
         d["buffer_cache_bytes"] = Buffer::cached_bytes();
         return d;
     }
 
+    int handling() const { return handling_; }
     Engine& engine() { return engine_; }
-    const py_codec::EncodeOptions& codec() const { return codec_; }
 
   private:
+    // What serve() needs from the façade, passed on each call (so the engine
+    // holds no reference back to the Messenger): the messenger, its
+    // receivers {tag: (handler, per_item)}, the Message class, and the
+    // callbacks dispatch(item), returned(msg, result), failed(msg, exc).
+    struct Hooks {
+        explicit Hooks(const py::tuple& t) {
+            if (t.size() != 6) throw UsageError("serve() hooks must be a 6-tuple");
+            messenger = t[0];
+            receivers = t[1];
+            message_type = t[2];
+            fallback = t[3];
+            returned = t[4];
+            failed = t[5];
+            if (!PyDict_Check(receivers.ptr()) || !py_message::is_message_type(message_type))
+                throw UsageError("serve() hooks: receivers must be a dict, and Message a MessageBase");
+        }
+        py::handle messenger, receivers, message_type, fallback, returned, failed;
+    };
+
+    // One message ready for dispatch; kind 0 is a rejected frame and error
+    // is None or why the frame or its payload could not be read.
+    struct Delivery {
+        int kind = 0;
+        int source = -1;
+        std::uint64_t ref = 0;
+        py::object tag, payload, error;
+    };
+
+    // Encoding buffers reused across sends; a stack, since encoding a
+    // CarriageableItem runs Python code that may send in turn.
+    struct Scratch {
+        explicit Scratch(PyEngine& e) : owner(e), encoded(e.lease()) {}
+        ~Scratch() { owner.scratch_depth_ -= 1; }
+        PyEngine& owner;
+        py_codec::Encoded& encoded;
+    };
+    py_codec::Encoded& lease() {
+        if (scratch_depth_ == scratch_.size()) scratch_.emplace_back();
+        return scratch_[scratch_depth_++];
+    }
+
+    // Counts a message as handled when its dispatch ends, however it ends.
+    struct Handled {
+        explicit Handled(PyEngine& e) : engine(e) {}
+        ~Handled() { engine.mark_handled(1); }
+        PyEngine& engine;
+    };
+
+    void report_handled() {
+        if (unreported_handled_ == 0) return;
+        engine_.mark_handled(unreported_handled_);
+        unreported_handled_ = 0;
+    }
+    struct Handling {
+        explicit Handling(int& depth) : depth(depth) { ++depth; }
+        ~Handling() { --depth; }
+        int& depth;
+    };
+
+    void check_open() const {
+        if (closed_) throw Closed("this Messenger is closed");
+    }
+
+    bool has_pending() const { return batch_ || engine_.has_ready(); }
+
+    // The next message: the next entry of the batch being read, or the next
+    // frame the engine has ready. Handlers may call serve() again (a nested
+    // wait), which simply continues from here.
+    bool next(Delivery& d) {
+        for (;;) {
+            if (batch_) {
+                if (batch_reader_.left() != 0) {
+                    auto batch = batch_;  // kept alive while decoding, which may run Python
+                    const std::uint8_t* frame = nullptr;
+                    std::size_t size = 0;
+                    try {
+                        batch_reader_.next(frame, size);
+                    } catch (const DecodeError& e) {
+                        // Nothing after a broken entry can be found: count the
+                        // rest as handled so that termination detection balances.
+                        mark_handled(batch_reader_.left());
+                        batch_.reset();
+                        entries_malformed_ += 1;
+                        reject(d, batch->source, e.what());
+                        return true;
+                    }
+                    if (batch_reader_.left() == 0) batch_.reset();
+                    read_entry(d, batch->source, frame, size);
+                    return true;
+                }
+                batch_.reset();
+            }
+            std::shared_ptr<Incoming> in = engine_.pop();
+            if (!in) return false;
+            if (!in->malformed.empty()) {
+                reject(d, in->source, in->malformed);
+                return true;
+            }
+            const auto& h = in->header;
+            if (h.kind == FrameKind::Batch) {
+                batch_reader_ = BatchReader(in->frame.data() + h.body_offset,
+                                            in->frame.size() - h.body_offset, h.ref);
+                batch_ = std::move(in);
+                continue;
+            }
+            read_message(d, in->source, h, in->frame.data(), in->frame.size(), in->oob);
+            return true;
+        }
+    }
+
+    void read_entry(Delivery& d, int source, const std::uint8_t* frame, std::size_t size) {
+        FrameHeader h;
+        std::string why;
+        try {
+            h = read_header(frame, size);
+            if (!valid_message_kind(h.kind) || !h.oob.empty())
+                why = "a batch entry must be a message without out-of-band data";
+        } catch (const DecodeError& e) {
+            why = e.what();
+        }
+        if (!why.empty()) {
+            entries_malformed_ += 1;
+            return reject(d, source, why);
+        }
+        read_message(d, source, h, frame, size, {});
+    }
+
+    void read_message(Delivery& d, int source, const FrameHeader& h, const std::uint8_t* frame,
+                      std::size_t size, const std::vector<std::shared_ptr<Buffer>>& oob) {
+        d.kind = static_cast<int>(h.kind);
+        d.source = source;
+        d.ref = h.ref;
+        d.tag = tag_object(h.tag);
+        d.error = py::none();
+        try {
+            d.payload = py_codec::decode_body(frame + h.body_offset, size - h.body_offset, oob,
+                                              codec_.allow_pickle);
+        } catch (const DecodeError& e) {
+            d.payload = py::none();
+            d.error = py::str(e.what());
+        }
+    }
+
+    void reject(Delivery& d, int source, const std::string& why) {
+        d.kind = 0;
+        d.source = source;
+        d.ref = 0;
+        d.tag = py::str("");
+        d.payload = py::none();
+        d.error = py::str(why);
+    }
+
+    // Tags repeat: keep their str objects (whose hashes Python caches).
+    py::object tag_object(const std::string& tag) {
+        auto it = tags_.find(tag);
+        if (it != tags_.end()) return it->second;
+        py::object s = decode_tag(tag);
+        if (tags_.size() < kMaxCachedTags) tags_.emplace(tag, s);
+        return s;
+    }
+
+    void dispatch(Delivery& d, const Hooks& h) {
+        Handling handling(handling_);
+        if (d.kind == static_cast<int>(FrameKind::Send) && d.error.is_none()) {
+            PyObject* entry = PyDict_GetItemWithError(h.receivers.ptr(), d.tag.ptr());
+            if (!entry && PyErr_Occurred()) throw py::error_already_set();
+            if (entry && PyTuple_Check(entry) && PyTuple_GET_SIZE(entry) == 2) {
+                Handled handled(*this);
+                py::handle handler = PyTuple_GET_ITEM(entry, 0);
+                py::object source = py::int_(d.source);
+                if (PyTuple_GET_ITEM(entry, 1) == Py_True && PySequence_Check(d.payload.ptr())) {
+                    // Per-item delivery: one call per row of the batch.
+                    py::object items = d.payload;
+                    Py_ssize_t n = PySequence_Size(items.ptr());
+                    if (n < 0) throw py::error_already_set();
+                    for (Py_ssize_t i = 0; i < n; ++i) {
+                        auto item = py::reinterpret_steal<py::object>(PySequence_GetItem(items.ptr(), i));
+                        if (!item) throw py::error_already_set();
+                        deliver(h, handler, d.tag, item, source);
+                    }
+                } else {
+                    deliver(h, handler, d.tag, d.payload, source);
+                }
+                return;
+            }
+        }
+        h.fallback(py::make_tuple(d.kind, d.source, d.ref, d.tag, d.payload, d.error));
+    }
+
+    // Calls a receiver. An Exception from it is reported through `failed`
+    // and dispatch goes on; anything else (KeyboardInterrupt) propagates.
+    void deliver(const Hooks& h, py::handle handler, py::handle tag, py::handle payload,
+                 py::handle source) {
+        py::object msg = py_message::make(reinterpret_cast<PyTypeObject*>(h.message_type.ptr()),
+                                          h.messenger, tag, payload, source, Py_None);
+        auto result = py::reinterpret_steal<py::object>(PyObject_CallOneArg(handler.ptr(), msg.ptr()));
+        if (!result) {
+            if (!PyErr_ExceptionMatches(PyExc_Exception)) throw py::error_already_set();
+            py::error_already_set error;
+            h.failed(msg, error.value());
+            return;
+        }
+        if (!result.is_none()) h.returned(msg, result);
+    }
+
+    static constexpr std::size_t kMaxCachedTags = 4096;
+
     Engine engine_;
     py_codec::EncodeOptions codec_;
+    bool closed_ = false;
+    int handling_ = 0;  // handlers running (nested waits make this > 1)
+    std::deque<py_codec::Encoded> scratch_;
+    std::size_t scratch_depth_ = 0;
+    std::shared_ptr<Incoming> batch_;  // the batch being read, if any
+    BatchReader batch_reader_{nullptr, 0, 0};
+    std::unordered_map<std::string, py::object> tags_;
+    std::uint64_t entries_malformed_ = 0;  // rejected batch entries (whole frames: the engine's)
+    std::uint64_t unreported_handled_ = 0;
 };
+
+// conveyor._core.SenderBase: the per-message send path of conveyor.Sender.
+// A plain C type with a vectorcall method, like MessageBase: pybind11's
+// argument dispatch would cost as much as the whole native send.
+namespace sender_type {
+
+struct SenderObject {
+    PyObject_HEAD
+    PyObject* engine;   // the PyEngine (a pybind11 object), kept alive
+    PyEngine* native;   // ... and its C++ side
+    PyObject* tag;      // str
+    PyObject* relieve;  // relieve(rank): the façade's back-pressure wait
+    std::string* tag_utf8;
+    char aggregate;
+};
+
+// Runs `body`, turning any C++ exception into the Python one (nullptr return).
+template <class Body>
+PyObject* guarded(Body&& body) {
+    try {
+        return body();
+    } catch (py::error_already_set& e) {
+        e.restore();
+    } catch (py::builtin_exception& e) {
+        e.set_error();
+    } catch (...) {
+        try {
+            translate_exceptions(std::current_exception());
+        } catch (const std::exception& e) {
+            PyErr_SetString(PyExc_RuntimeError, e.what());
+        }
+    }
+    return nullptr;
+}
+
+int rank_of(PyObject* dest) {
+    auto index = py::reinterpret_steal<py::object>(PyNumber_Index(dest));
+    if (!index) {
+        PyErr_Clear();
+        throw py::type_error(std::string("a destination rank must be an int, not ") +
+                             Py_TYPE(dest)->tp_name);
+    }
+    int overflow = 0;
+    long rank = PyLong_AsLongAndOverflow(index.ptr(), &overflow);
+    if (overflow || rank < std::numeric_limits<int>::min() || rank > std::numeric_limits<int>::max())
+        rank = -1;  // out of range either way: the engine says so
+    return static_cast<int>(rank);
+}
+
+PyObject* send(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
+    return guarded([&]() -> PyObject* {
+        auto s = reinterpret_cast<SenderObject*>(self);
+        PyObject* dest = nargs > 0 ? args[0] : nullptr;
+        PyObject* payload = nargs > 1 ? args[1] : Py_None;
+        Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+        if (nargs > 2) throw py::type_error("send() takes at most 2 arguments (dest, payload)");
+        for (Py_ssize_t i = 0; i < nkw; ++i) {
+            PyObject* value = args[nargs + i];
+            const char* name = PyUnicode_AsUTF8(PyTuple_GET_ITEM(kwnames, i));
+            if (!name) throw py::error_already_set();
+            if (std::strcmp(name, "dest") == 0 && !dest) {
+                dest = value;
+            } else if (std::strcmp(name, "payload") == 0 && nargs < 2) {
+                payload = value;
+            } else {
+                throw py::type_error(std::string("send() got an unexpected or repeated argument '") +
+                                     name + "'");
+            }
+        }
+        if (!dest) throw py::type_error("send() missing required argument 'dest'");
+        int rank = rank_of(dest);
+        if (s->native->send(rank, static_cast<int>(FrameKind::Send), 0, *s->tag_utf8,
+                            payload, s->aggregate != 0)) {
+            auto r = py::int_(rank);
+            auto relieved = py::reinterpret_steal<py::object>(PyObject_CallOneArg(s->relieve, r.ptr()));
+            if (!relieved) throw py::error_already_set();
+        }
+        Py_RETURN_NONE;
+    });
+}
+
+PyObject* new_sender(PyTypeObject* type, PyObject* args, PyObject* kwargs) {
+    static const char* names[] = {"engine", "tag", "aggregate", "relieve", nullptr};
+    PyObject *engine, *tag, *relieve;
+    int aggregate = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OUpO:SenderBase", const_cast<char**>(names),
+                                     &engine, &tag, &aggregate, &relieve))
+        return nullptr;
+    return guarded([&]() -> PyObject* {
+        PyEngine* native = py::handle(engine).cast<PyEngine*>();
+        Py_ssize_t n = 0;
+        const char* utf8 = PyUnicode_AsUTF8AndSize(tag, &n);
+        if (!utf8) throw py::error_already_set();
+        PyObject* self = type->tp_alloc(type, 0);
+        if (!self) return nullptr;
+        auto s = reinterpret_cast<SenderObject*>(self);
+        Py_INCREF(engine);
+        Py_INCREF(tag);
+        Py_INCREF(relieve);
+        s->engine = engine;
+        s->native = native;
+        s->tag = tag;
+        s->relieve = relieve;
+        s->tag_utf8 = new std::string(utf8, static_cast<std::size_t>(n));
+        s->aggregate = static_cast<char>(aggregate);
+        return self;
+    });
+}
+
+int traverse(PyObject* self, visitproc visit, void* arg) {
+    auto s = reinterpret_cast<SenderObject*>(self);
+    Py_VISIT(s->engine);
+    Py_VISIT(s->tag);
+    Py_VISIT(s->relieve);
+    Py_VISIT(Py_TYPE(self));
+    return 0;
+}
+
+int clear(PyObject* self) {
+    auto s = reinterpret_cast<SenderObject*>(self);
+    Py_CLEAR(s->engine);
+    Py_CLEAR(s->tag);
+    Py_CLEAR(s->relieve);
+    return 0;
+}
+
+void dealloc(PyObject* self) {
+    PyTypeObject* type = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    clear(self);
+    delete reinterpret_cast<SenderObject*>(self)->tag_utf8;
+    type->tp_free(self);
+    Py_DECREF(type);
+}
+
+PyObject* get_tag(PyObject* self, void*) {
+    PyObject* tag = reinterpret_cast<SenderObject*>(self)->tag;
+    Py_INCREF(tag);
+    return tag;
+}
+
+PyObject* get_aggregate(PyObject* self, void*) {
+    return PyBool_FromLong(reinterpret_cast<SenderObject*>(self)->aggregate);
+}
+
+PyMethodDef methods[] = {
+    {"send", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(send)),
+     METH_FASTCALL | METH_KEYWORDS,
+     "send(dest, payload=None)\n\n"
+     "Send `payload` to this sender's tag on rank `dest`, without waiting.\n\n"
+     "If `dest` has not consumed what this rank sent it before (a whole\n"
+     "window, ``CONVEYOR_WINDOW_BYTES``), wait, handling incoming messages,\n"
+     "until it has: back-pressure. Inside a handler the send never waits."},
+    {nullptr, nullptr, 0, nullptr},
+};
+
+PyGetSetDef getset[] = {
+    {"tag", get_tag, nullptr, "The tag this sender sends to.", nullptr},
+    {"aggregate", get_aggregate, nullptr, "Whether small messages are packed into batches.",
+     nullptr},
+    {nullptr, nullptr, nullptr, nullptr, nullptr},
+};
+
+PyType_Slot slots[] = {
+    {Py_tp_doc, const_cast<char*>("The native send path of conveyor.Sender.")},
+    {Py_tp_new, reinterpret_cast<void*>(new_sender)},
+    {Py_tp_dealloc, reinterpret_cast<void*>(dealloc)},
+    {Py_tp_traverse, reinterpret_cast<void*>(traverse)},
+    {Py_tp_clear, reinterpret_cast<void*>(clear)},
+    {Py_tp_methods, methods},
+    {Py_tp_getset, getset},
+    {0, nullptr},
+};
+
+PyType_Spec spec = {
+    "conveyor._core.SenderBase",
+    sizeof(SenderObject),
+    0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    slots,
+};
+
+void add_type(py::module_& module) {
+    PyObject* type = PyType_FromSpec(&spec);
+    if (!type) throw py::error_already_set();
+    module.add_object("SenderBase", py::reinterpret_steal<py::object>(type));
+}
+
+}  // namespace sender_type
 
 py::tuple encode_frame(int kind, std::uint64_t ref, const std::string& tag, py::handle payload,
                        std::size_t zero_copy_threshold, bool allow_pickle) {
     py_codec::EncodeOptions options{zero_copy_threshold, allow_pickle};
-    auto encoded = py_codec::encode_frame(frame_kind(kind), ref, tag, payload, options);
+    py_codec::Encoded encoded;
+    py_codec::encode_frame(encoded, frame_kind(kind), ref, tag, payload, options);
     py::list oob;
     for (const auto& b : encoded.oob)
         oob.append(py::bytes(static_cast<const char*>(b.data), b.size));
-    return py::make_tuple(
-        py::bytes(reinterpret_cast<const char*>(encoded.frame.data()), encoded.frame.size()), oob);
+    const auto& frame = encoded.frame.bytes;
+    return py::make_tuple(py::bytes(reinterpret_cast<const char*>(frame.data()), frame.size()), oob);
 }
 
 py::tuple decode_frame(py::bytes frame, const std::vector<py::bytes>& oob, bool allow_pickle) {
-    Incoming in;
     std::string raw = frame;
-    in.frame.assign(raw.begin(), raw.end());
-    in.header = read_header(in.frame.data(), in.frame.size());
-    if (in.header.oob.size() != oob.size())
-        throw DecodeError("frame announces " + std::to_string(in.header.oob.size()) +
+    std::vector<std::uint8_t> bytes(raw.begin(), raw.end());
+    auto header = read_header(bytes.data(), bytes.size());
+    if (header.oob.size() != oob.size())
+        throw DecodeError("frame announces " + std::to_string(header.oob.size()) +
                           " out-of-band buffers, " + std::to_string(oob.size()) + " given");
+    std::vector<std::shared_ptr<Buffer>> buffers;
     for (std::size_t i = 0; i < oob.size(); ++i) {
         std::string b = oob[i];
-        if (b.size() != in.header.oob[i])
+        if (b.size() != header.oob[i])
             throw DecodeError("out-of-band buffer " + std::to_string(i) + " has the wrong size");
         auto buf = std::make_shared<Buffer>(b.size());
         std::memcpy(buf->data(), b.data(), b.size());
-        in.oob.push_back(buf);
+        buffers.push_back(buf);
     }
-    auto t = delivery(in, allow_pickle);
-    if (!t[5].is_none()) throw DecodeError(t[5].cast<std::string>());
-    return py::make_tuple(t[0], t[2], t[3], t[4]);
+    auto payload = py_codec::decode_body(bytes.data() + header.body_offset,
+                                         bytes.size() - header.body_offset, buffers, allow_pickle);
+    return py::make_tuple(static_cast<int>(header.kind), header.ref, decode_tag(header.tag), payload);
 }
 
 py::tuple route(py::array_t<std::int64_t, py::array::c_style | py::array::forcecast> dests,
@@ -226,10 +683,10 @@ PYBIND11_MODULE(_core, m) {
     m.def(
         "configure",
         [](py::object address_type, py::object item_base, py::dict registry, py::object pickle,
-           py::object carriage_error, py::object frame_error, py::object too_large_error,
-           py::object mpi_error) {
+           py::object conveyor_error, py::object carriage_error, py::object frame_error,
+           py::object too_large_error, py::object mpi_error) {
             py_codec::configure(address_type, item_base, registry, pickle);
-            errors() = {carriage_error, frame_error, too_large_error, mpi_error};
+            errors() = {conveyor_error, carriage_error, frame_error, too_large_error, mpi_error};
         },
         "Hand the façade's carrier and exception types to the native core (once, at import).");
 
@@ -239,7 +696,13 @@ PYBIND11_MODULE(_core, m) {
         .def_readwrite("piece_bytes", &EngineOptions::piece_bytes)
         .def_readwrite("spin_seconds", &EngineOptions::spin_seconds)
         .def_readwrite("yield_seconds", &EngineOptions::yield_seconds)
-        .def_readwrite("max_sleep_seconds", &EngineOptions::max_sleep_seconds);
+        .def_readwrite("max_sleep_seconds", &EngineOptions::max_sleep_seconds)
+        .def_readwrite("batch_bytes", &EngineOptions::batch_bytes)
+        .def_readwrite("flush_delay_seconds", &EngineOptions::flush_delay_seconds)
+        .def_readwrite("window_bytes", &EngineOptions::window_bytes)
+        .def_readwrite("background", &EngineOptions::background);
+
+    py_message::add_type(m);
 
     py::class_<PyEngine>(m, "Engine")
         .def(py::init<std::intptr_t, std::size_t, bool, const EngineOptions&>(), py::arg("comm"),
@@ -247,18 +710,27 @@ PYBIND11_MODULE(_core, m) {
         .def_property_readonly("rank", [](PyEngine& e) { return e.engine().rank(); })
         .def_property_readonly("size", [](PyEngine& e) { return e.engine().size(); })
         .def("send", &PyEngine::send, py::arg("dest"), py::arg("kind"), py::arg("ref"),
-             py::arg("tag"), py::arg("payload"))
+             py::arg("tag"), py::arg("payload"), py::arg("aggregate"))
         .def("post_raw", &PyEngine::post_raw, py::arg("dest"), py::arg("frame"))
-        .def("poll", &PyEngine::poll, py::arg("timeout"))
-        .def("pop_ready", &PyEngine::pop_ready)
-        .def("mark_handled", [](PyEngine& e, std::uint64_t n) { e.engine().mark_handled(n); },
-             py::arg("messages") = 1)
-        .def("start_wave", [](PyEngine& e) { e.engine().start_wave(); })
+        .def("serve", &PyEngine::serve, py::arg("timeout"), py::arg("uncongested"), py::arg("hooks"))
+        .def("flush", [](PyEngine& e) { e.engine().flush(); })
+        .def("congested", [](PyEngine& e, int dest) { return e.engine().congested(dest); },
+             py::arg("dest"))
+        .def_property_readonly("handling", &PyEngine::handling)
+        .def_property_readonly("background",
+                               [](PyEngine& e) { return e.engine().has_background_thread(); })
+        .def("mark_handled", &PyEngine::mark_handled, py::arg("messages") = 1)
+        .def("start_wave", &PyEngine::start_wave)
         .def_property_readonly("wave_active", [](PyEngine& e) { return e.engine().wave_active(); })
         .def("wave_done", &PyEngine::wave_done)
         .def("flush_sends", &PyEngine::flush_sends, py::arg("timeout"))
+        .def("serve_in_background", [](PyEngine& e, int fd) { e.engine().serve_in_background(fd); },
+             py::arg("fd"))
+        .def("close", &PyEngine::close)
         .def("stats", &PyEngine::stats)
         .def("abort", [](PyEngine& e, int code) { e.engine().abort(code); });
+
+    sender_type::add_type(m);
 
     m.def("set_buffer_cache_limit", &Buffer::set_cache_limit, py::arg("bytes"),
           "Keep at most this many bytes of freed large receive buffers for reuse.");

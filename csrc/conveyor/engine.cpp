@@ -3,6 +3,10 @@
 #include <sched.h>
 #include <sys/mman.h>
 #include <time.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 
 #include <algorithm>
 #include <cstdlib>
@@ -17,6 +21,7 @@ namespace conveyor {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+using Guard = std::lock_guard<std::mutex>;
 
 double seconds_since(Clock::time_point t) {
     return std::chrono::duration<double>(Clock::now() - t).count();
@@ -29,13 +34,17 @@ void sleep_for(double seconds) {
     nanosleep(&ts, nullptr);
 }
 
-// MPI_Testsome sets the requests it completed to MPI_REQUEST_NULL: drop them
-// and their owners, keeping the rest in order.
-template <class Owner>
-void drop_completed(std::vector<MPI_Request>& reqs, std::vector<Owner>& owners) {
+// MPI_Testsome sets the requests it completed to MPI_REQUEST_NULL: hand
+// their owners to `finished` and keep the rest in order.
+template <class Owner, class Finished>
+void drop_completed(std::vector<MPI_Request>& reqs, std::vector<Owner>& owners,
+                    Finished&& finished) {
     std::size_t w = 0;
     for (std::size_t i = 0; i < reqs.size(); ++i) {
-        if (reqs[i] == MPI_REQUEST_NULL) continue;
+        if (reqs[i] == MPI_REQUEST_NULL) {
+            finished(std::move(owners[i]));
+            continue;
+        }
         reqs[w] = reqs[i];
         owners[w] = std::move(owners[i]);
         ++w;
@@ -43,6 +52,10 @@ void drop_completed(std::vector<MPI_Request>& reqs, std::vector<Owner>& owners) 
     reqs.resize(w);
     owners.resize(w);
 }
+
+// True on the engine's background thread, which must not release the
+// keep-alives of sends (they may hold Python objects).
+thread_local bool on_background_thread = false;
 
 }  // namespace
 
@@ -138,32 +151,155 @@ Engine::Engine(MPI_Comm comm, EngineOptions options) : comm_(comm), options_(opt
     if (options_.piece_bytes == 0 ||
         options_.piece_bytes > std::size_t(std::numeric_limits<int>::max()))
         throw UsageError("piece_bytes must be in 1 .. INT_MAX");
+    if (options_.batch_bytes > std::size_t(std::numeric_limits<int>::max()))
+        throw UsageError("batch_bytes must be at most INT_MAX");
     check_mpi(MPI_Comm_rank(comm_, &rank_), "MPI_Comm_rank");
     check_mpi(MPI_Comm_size(comm_, &size_), "MPI_Comm_size");
     by_source_.resize(size_);
+    routes_.resize(size_);
+    int provided = MPI_THREAD_SINGLE;
+    check_mpi(MPI_Query_thread(&provided), "MPI_Query_thread");
+    if (options_.background && provided == MPI_THREAD_MULTIPLE)
+        background_ = std::thread([this] { background_loop(); });
 }
 
 Engine::~Engine() {
+    stop_background();
     // Requests still pending here belong to a job that is being torn down
     // (an error path); MPI_Finalize or MPI_Abort reclaims them. Freeing a
     // pending receive would let MPI write into released memory, so leave them.
     if (wave_req_ != MPI_REQUEST_NULL) MPI_Request_free(&wave_req_);
 }
 
-void Engine::post(int dest, std::vector<std::uint8_t> frame, const std::vector<OutOfBand>& oob,
-                  KeepAlive keep, std::uint64_t messages) {
-    if (dest < 0 || dest >= size_)
+EngineStats Engine::stats() const {
+    Guard guard(lock_);
+    return stats_;
+}
+
+std::size_t Engine::pending_sends() const {
+    Guard guard(lock_);
+    return send_reqs_.size();
+}
+
+std::size_t Engine::pending_receives() const {
+    Guard guard(lock_);
+    return recv_reqs_.size();
+}
+
+namespace {
+
+void check_dest(int dest, int size) {
+    if (dest < 0 || dest >= size)
         throw UsageError("destination rank " + std::to_string(dest) + " is out of range 0.." +
-                         std::to_string(size_ - 1));
+                         std::to_string(size - 1));
+}
+
+}  // namespace
+
+bool Engine::post(int dest, std::vector<std::uint8_t> frame, const std::vector<OutOfBand>& oob,
+                  KeepAlive keep, std::uint64_t messages) {
+    check_dest(dest, size_);
     if (frame.size() > options_.max_frame_bytes)
         throw FrameTooLarge("message frame of " + std::to_string(frame.size()) +
                          " bytes exceeds the limit of " + std::to_string(options_.max_frame_bytes) +
                          " bytes (CONVEYOR_MAX_FRAME_BYTES); send large data as numpy arrays, "
                          "which travel out of band");
     auto out = std::make_shared<Outgoing>();
+    out->bytes = frame.size();
+    for (const auto& b : oob) out->bytes += b.size;
     out->frame = std::move(frame);
+    out->oob = oob;
     out->keep = std::move(keep);
+    Guard guard(lock_);
+    owner_active_ = true;
+    stats_.messages_sent += messages;
+    if (routes_[dest].batch.size() != 0) seal_batch(dest);  // it goes first
+    queue(dest, std::move(out));
+    return congested_locked(dest);
+}
 
+Engine::Posted Engine::post_aggregated(int dest, const std::uint8_t* frame, std::size_t size) {
+    check_dest(dest, size_);
+    if (!aggregates(size)) return Posted::TooLarge;
+    Guard guard(lock_);
+    owner_active_ = true;
+    auto& route = routes_[dest];
+    if (route.batch.size() + 4 + size > options_.batch_bytes) seal_batch(dest);
+    if (route.batch.size() == 0) open_batch(dest);
+    route.batch.u32(static_cast<std::uint32_t>(size));
+    route.batch.raw(frame, size);
+    route.batch_messages += 1;
+    stats_.messages_sent += 1;
+    stats_.messages_aggregated += 1;
+    return congested_locked(dest) ? Posted::Congested : Posted::Accepted;
+}
+
+void Engine::open_batch(int dest) {
+    auto& route = routes_[dest];
+    route.batch.bytes.reserve(options_.batch_bytes);
+    write_header(route.batch, FrameKind::Batch, 0, {}, {});  // ref: the count, set when sealed
+    route.batch_messages = 0;
+    route.batch_started = Clock::now();
+    batched_routes_ += 1;
+}
+
+void Engine::seal_batch(int dest) {
+    auto& route = routes_[dest];
+    auto out = std::make_shared<Outgoing>();
+    std::memcpy(route.batch.bytes.data() + 4, &route.batch_messages, 8);
+    out->frame = std::move(route.batch.bytes);
+    out->bytes = out->frame.size();
+    route.batch.bytes.clear();
+    route.batch_messages = 0;
+    batched_routes_ -= 1;
+    stats_.batches_sent += 1;
+    queue(dest, std::move(out));
+}
+
+void Engine::flush() {
+    Guard guard(lock_);
+    flush_locked();
+}
+
+void Engine::flush_locked() {
+    for (int dest = 0; batched_routes_ != 0 && dest < size_; ++dest)
+        if (routes_[dest].batch.size() != 0) seal_batch(dest);
+}
+
+bool Engine::congested(int dest) const {
+    check_dest(dest, size_);
+    Guard guard(lock_);
+    return congested_locked(dest);
+}
+
+void Engine::queue(int dest, std::shared_ptr<Outgoing> out) {
+    auto& route = routes_[dest];
+    route.held.push_back(std::move(out));
+    release(dest);
+    if (!route.held.empty()) stats_.sends_held += 1;
+}
+
+// Sends what credit allows. A frame larger than the whole window still goes
+// once nothing else is in flight, so every frame can be sent.
+void Engine::release(int dest) {
+    auto& route = routes_[dest];
+    const std::size_t window = options_.window_bytes;
+    while (!route.held.empty()) {
+        auto& next = route.held.front();
+        if (window != 0 && route.in_flight != 0 && route.in_flight + next->bytes > window) {
+            if (!route.asked) {
+                route.asked = true;
+                send_control(dest, FrameKind::Credit, 0);  // "credit, please"
+            }
+            return;
+        }
+        route.in_flight += next->bytes;
+        isend(dest, std::move(next));
+        route.held.pop_front();
+    }
+}
+
+void Engine::isend(int dest, std::shared_ptr<Outgoing> out) {
     MPI_Request req;
     check_mpi(MPI_Isend(out->frame.data(), static_cast<int>(out->frame.size()), MPI_BYTE, dest,
                         kTagFrame, comm_, &req),
@@ -172,9 +308,7 @@ void Engine::post(int dest, std::vector<std::uint8_t> frame, const std::vector<O
     send_owners_.push_back(out);
     stats_.frames_sent += 1;
     stats_.bytes_framed += out->frame.size();
-    stats_.messages_sent += messages;
-
-    for (const auto& b : oob) {
+    for (const auto& b : out->oob) {
         auto p = static_cast<const std::uint8_t*>(b.data);
         for (std::size_t off = 0; off < b.size; off += options_.piece_bytes) {
             int n = static_cast<int>(std::min(options_.piece_bytes, b.size - off));
@@ -184,6 +318,34 @@ void Engine::post(int dest, std::vector<std::uint8_t> frame, const std::vector<O
         }
         stats_.bytes_zero_copy_sent += b.size;
     }
+}
+
+// A Credit frame: `value` bytes consumed, or 0 to ask for credit. Control
+// frames bypass batches and flow control and are not logical messages.
+void Engine::send_control(int dest, FrameKind kind, std::uint64_t value) {
+    auto out = std::make_shared<Outgoing>();
+    Writer w;
+    write_header(w, kind, value, {}, {});
+    out->frame = std::move(w.bytes);
+    isend(dest, std::move(out));
+    stats_.credits_sent += 1;
+}
+
+// Flow control, receiving side: credit a sender every quarter window it
+// consumed, or at once when it asked (it is waiting for exactly that).
+void Engine::consumed(int source, std::size_t bytes) {
+    auto& route = routes_[source];
+    route.consumed += bytes;
+    std::size_t quantum = options_.window_bytes / 4;
+    if ((quantum != 0 && route.consumed >= quantum) || route.owes) credit(source);
+}
+
+void Engine::credit(int source) {
+    auto& route = routes_[source];
+    if (route.consumed == 0) return;
+    send_control(source, FrameKind::Credit, route.consumed);
+    route.consumed = 0;
+    route.owes = false;
 }
 
 void Engine::receive_frame(MPI_Message message, const MPI_Status& status) {
@@ -205,6 +367,21 @@ void Engine::receive_frame(MPI_Message message, const MPI_Status& status) {
         enqueue(std::move(in));
         return;
     }
+    if (in->header.kind == FrameKind::Credit) {
+        stats_.frames_received -= 1;  // a control frame: counted on its own
+        stats_.credits_received += 1;
+        auto& route = routes_[in->source];
+        if (in->header.ref == 0) {
+            route.owes = true;
+            credit(in->source);
+        } else {
+            route.in_flight -= std::min<std::size_t>(route.in_flight, in->header.ref);
+            route.asked = false;
+            release(in->source);
+        }
+        return;
+    }
+    if (in->header.kind == FrameKind::Batch) stats_.batches_received += 1;
     in->oob.reserve(in->header.oob.size());
     for (auto n : in->header.oob) {
         auto buf = std::make_shared<Buffer>(n);
@@ -240,6 +417,10 @@ void Engine::release_in_order(int source) {
     }
 }
 
+void Engine::bury(std::shared_ptr<Outgoing> out) {
+    if (on_background_thread && out.use_count() == 1 && out->keep) graveyard_.push_back(std::move(out));
+}
+
 bool Engine::complete_sends() {
     if (send_reqs_.empty()) return false;
     int n = static_cast<int>(send_reqs_.size());
@@ -249,7 +430,7 @@ bool Engine::complete_sends() {
                            MPI_STATUSES_IGNORE),
               "MPI_Testsome");
     if (outcount <= 0) return false;
-    drop_completed(send_reqs_, send_owners_);
+    drop_completed(send_reqs_, send_owners_, [this](auto out) { bury(std::move(out)); });
     return true;
 }
 
@@ -267,12 +448,22 @@ bool Engine::complete_receives() {
         Incoming* in = recv_owners_[done_indices_[k]];
         if (--in->pending == 0) sources.push_back(in->source);
     }
-    drop_completed(recv_reqs_, recv_owners_);
+    drop_completed(recv_reqs_, recv_owners_, [](Incoming*) {});
     for (int s : sources) release_in_order(s);
     return true;
 }
 
 bool Engine::progress() {
+    Guard guard(lock_);
+    return progress_locked();
+}
+
+bool Engine::progress_locked() {
+    if (!on_background_thread) {
+        graveyard_.clear();
+        if (!background_failure_.empty())
+            throw MPIError("the background progress thread failed: " + background_failure_);
+    }
     bool active = false;
     for (;;) {
         int flag = 0;
@@ -298,19 +489,44 @@ bool Engine::progress() {
 }
 
 bool Engine::wait(double timeout) {
+    return wait_until(timeout, -1);
+}
+
+bool Engine::wait_until(double timeout, int uncongested) {
+    if (uncongested >= 0) check_dest(uncongested, size_);
+    std::unique_lock<std::mutex> guard(lock_);
+    owner_active_ = true;
+    flush_locked();
+    // Idle ranks wait here most of the time: the background thread parks
+    // meanwhile, so that a waiting rank costs nothing but its own naps.
+    owner_waiting_ = true;
+    struct Unpark {
+        Engine& e;
+        ~Unpark() {
+            e.owner_waiting_ = false;
+            if (e.background_parked_) {
+                e.background_parked_ = false;
+                e.background_wake_.notify_all();
+            }
+        }
+    } unpark{*this};
     auto start = Clock::now();
     auto idle_since = start;
     double nap = 10e-6;
     // Any activity restarts the backoff: spin, then yield, then short naps.
     auto progress_and_rearm = [&] {
-        if (progress()) {
+        if (progress_locked()) {
             idle_since = Clock::now();
             nap = 10e-6;
         }
     };
+    auto woken = [&] {
+        return !ready_.empty() || (wave_active_ && wave_completed_) ||
+               (uncongested >= 0 && !congested_locked(uncongested));
+    };
     for (;;) {
         progress_and_rearm();
-        if (!ready_.empty() || (wave_active_ && wave_completed_)) return true;
+        if (woken()) return true;
         if (timeout >= 0 && seconds_since(start) >= timeout) return false;
         double idle = seconds_since(idle_since);
         if (idle < options_.spin_seconds) continue;
@@ -320,7 +536,10 @@ bool Engine::wait(double timeout) {
         }
         double limit = options_.max_sleep_seconds;
         if (timeout >= 0) limit = std::min(limit, std::max(0.0, timeout - seconds_since(start)));
+        // Sleeping without the lock lets the background thread work meanwhile.
+        guard.unlock();
         sleep_for(std::min(nap, limit));
+        guard.lock();
         nap = std::min(nap * 2, options_.max_sleep_seconds);
         stats_.waits_slept += 1;
         // After a sleep, MPICH's first probe only makes progress on what
@@ -330,14 +549,35 @@ bool Engine::wait(double timeout) {
     }
 }
 
+bool Engine::has_ready() const {
+    Guard guard(lock_);
+    return !ready_.empty();
+}
+
 std::unique_ptr<Incoming> Engine::pop() {
-    if (ready_.empty()) return nullptr;
+    Guard guard(lock_);
+    owner_active_ = true;
+    if (ready_.empty()) {
+        owner_signalled_ = false;
+        return nullptr;
+    }
     auto in = std::move(ready_.front());
     ready_.pop_front();
+    if (in->source >= 0) {
+        std::size_t bytes = in->frame.size();
+        for (const auto& b : in->oob) bytes += b->size();
+        consumed(in->source, bytes);
+    }
     return in;
 }
 
+void Engine::mark_handled(std::uint64_t messages) {
+    Guard guard(lock_);
+    stats_.messages_handled += messages;
+}
+
 void Engine::start_wave() {
+    Guard guard(lock_);
     if (wave_active_) throw UsageError("a quiescence wave is already in progress");
     wave_in_[0] = stats_.messages_sent;
     wave_in_[1] = stats_.messages_handled;
@@ -347,24 +587,123 @@ void Engine::start_wave() {
     wave_completed_ = false;
 }
 
+bool Engine::wave_active() const {
+    Guard guard(lock_);
+    return wave_active_;
+}
+
 bool Engine::wave_done() {
+    Guard guard(lock_);
     if (!wave_active_) throw UsageError("no quiescence wave is in progress");
-    if (!wave_completed_) progress();
+    if (!wave_completed_) progress_locked();
     if (!wave_completed_) return false;
     wave_active_ = false;
     wave_completed_ = false;
+    owner_signalled_ = false;
     return true;
 }
 
 bool Engine::flush_sends(double timeout) {
     auto start = Clock::now();
-    while (!send_reqs_.empty()) {
-        if (!progress()) {
+    std::unique_lock<std::mutex> guard(lock_);
+    flush_locked();
+    for (;;) {
+        bool held = false;
+        for (const auto& route : routes_) held |= !route.held.empty();
+        if (send_reqs_.empty() && !held) return true;
+        if (!progress_locked()) {
             if (timeout >= 0 && seconds_since(start) >= timeout) return false;
+            guard.unlock();
             sleep_for(20e-6);
+            guard.lock();
         }
     }
-    return true;
+}
+
+void Engine::serve_in_background(int fd) {
+    {
+        Guard guard(lock_);
+        notify_fd_ = fd;
+        owner_signalled_ = false;
+        background_parked_ = false;
+    }
+    background_wake_.notify_all();
+}
+
+void Engine::stop_background() {
+    {
+        Guard guard(lock_);
+        background_stop_ = true;
+        background_parked_ = false;
+    }
+    background_wake_.notify_all();
+    if (background_.joinable()) background_.join();
+}
+
+// The background thread: sends batches that waited too long and, when the
+// owner asked for it, receives messages and signals the owner's descriptor.
+// It naps between rounds with the same growing interval as an idle wait.
+void Engine::background_loop() {
+    on_background_thread = true;
+    std::unique_lock<std::mutex> guard(lock_);
+    try {
+        background_rounds(guard);
+    } catch (const std::exception& e) {
+        // The owner's next call reports it; meanwhile the owner drives MPI alone.
+        background_failure_ = e.what();
+    }
+}
+
+void Engine::background_rounds(std::unique_lock<std::mutex>& guard) {
+    double nap = 10e-6;
+    while (!background_stop_) {
+        // While the owner calls in, it makes progress itself: only batches
+        // it left waiting need the background. In an event loop the owner
+        // never waits in the engine and relies on the background entirely.
+        bool serving = notify_fd_ >= 0;
+        bool owner_busy = owner_active_ && !serving;
+        owner_active_ = false;
+        bool active = false;
+        if (batched_routes_ != 0) {
+            auto now = Clock::now();
+            for (int dest = 0; dest < size_; ++dest) {
+                auto& route = routes_[dest];
+                if (route.batch.size() == 0) continue;
+                if (std::chrono::duration<double>(now - route.batch_started).count() <
+                    options_.flush_delay_seconds)
+                    continue;
+                seal_batch(dest);
+                stats_.background_flushes += 1;
+                active = true;
+            }
+        }
+        if (!owner_busy) active |= progress_locked();
+        if (serving) signal_owner();
+        // Serving, back off from short naps like an idle wait. Otherwise wake
+        // rarely: every wake-up takes a core from the ranks, which may
+        // outnumber cores, and a batch left behind waits at most this long.
+        if (serving) {
+            nap = active ? 10e-6 : std::min(nap * 2, options_.max_sleep_seconds);
+        } else if (owner_waiting_) {
+            // The owner drives MPI until it stops waiting, and wakes us then.
+            background_parked_ = true;
+            background_wake_.wait(guard);
+            continue;
+        } else {
+            nap = std::max(2 * options_.max_sleep_seconds, options_.flush_delay_seconds);
+        }
+        background_wake_.wait_for(guard, std::chrono::duration<double>(nap));
+    }
+}
+
+void Engine::signal_owner() {
+    if (owner_signalled_) return;
+    if (ready_.empty() && !(wave_active_ && wave_completed_)) return;
+    std::uint64_t one = 1;
+    // A full eventfd or pipe already tells the owner to come: ignore EAGAIN.
+    if (write(notify_fd_, &one, sizeof one) < 0 && errno != EAGAIN)
+        throw MPIError(std::string("signalling the event loop failed: ") + std::strerror(errno));
+    owner_signalled_ = true;
 }
 
 void Engine::abort(int code) {

@@ -18,10 +18,14 @@
 #include <mpi.h>
 
 #include <chrono>
+#include <condition_variable>
+#include <cstring>
 #include <cstdint>
 #include <deque>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "conveyor/wire.hpp"
@@ -96,22 +100,52 @@ struct EngineOptions {
     double spin_seconds = 50e-6;   // busy-poll this long after the last activity
     double yield_seconds = 200e-6; // then sched_yield until this long
     double max_sleep_seconds = 500e-6;
+    // Aggregation: frames of at most batch_bytes / 4 without out-of-band
+    // data are packed, per destination, into Batch frames of up to
+    // batch_bytes (0: never aggregate).
+    std::size_t batch_bytes = std::size_t(32) << 10;
+    // A buffered batch older than this is sent by the background thread even
+    // if the program does not call the engine.
+    double flush_delay_seconds = 100e-6;
+    // Flow control: at most this many bytes (frames and out-of-band data) in
+    // flight to one rank before it reports them consumed (0: unbounded).
+    std::size_t window_bytes = std::size_t(8) << 20;
+    // Run the background thread (needs MPI_THREAD_MULTIPLE; see Engine).
+    bool background = true;
 };
 
 struct EngineStats {
     std::uint64_t messages_sent = 0;     // logical messages posted
     std::uint64_t messages_handled = 0;  // logical messages the caller finished with
-    std::uint64_t frames_sent = 0;
+    std::uint64_t messages_aggregated = 0;  // of messages_sent, those packed into batches
+    std::uint64_t frames_sent = 0;       // MPI messages carrying frames (a batch is one)
     std::uint64_t frames_received = 0;
     std::uint64_t frames_malformed = 0;
+    std::uint64_t batches_sent = 0;
+    std::uint64_t batches_received = 0;
     std::uint64_t bytes_framed = 0;           // bytes copied into frames
     std::uint64_t bytes_zero_copy_sent = 0;   // sent straight from user memory
     std::uint64_t bytes_zero_copy_received = 0;  // received straight into delivered memory
+    std::uint64_t credits_sent = 0;           // flow-control frames
+    std::uint64_t credits_received = 0;
+    std::uint64_t sends_held = 0;             // frames that waited for the receiver's credit
     std::uint64_t waits_slept = 0;            // times an idle wait went to sleep
+    std::uint64_t background_flushes = 0;     // batches the background thread sent
 };
 
+// The progress engine. All of its methods may be called from one thread (the
+// owner's); a background thread of the engine's own takes the same lock to
+// send batches that waited longer than flush_delay_seconds and, when asked to
+// (serve_in_background), to receive messages and signal a file descriptor.
+// It needs MPI_THREAD_MULTIPLE, since the owner may call MPI itself meanwhile;
+// without it there is no background thread and only the owner's calls make
+// progress.
 class Engine {
   public:
+    // Outstanding send requests beyond which a sender is congested even with
+    // credit left: MPI_Testsome scans them all on every round of progress.
+    static constexpr std::size_t kMaxPendingSends = 4096;
+
     // Uses `comm` without owning it; the caller frees it after close().
     Engine(MPI_Comm comm, EngineOptions options);
     ~Engine();
@@ -121,62 +155,126 @@ class Engine {
     int rank() const { return rank_; }
     int size() const { return size_; }
     const EngineOptions& options() const { return options_; }
-    const EngineStats& stats() const { return stats_; }
+    EngineStats stats() const;
+    bool has_background_thread() const { return background_.joinable(); }
 
     // Send a frame and its out-of-band buffers to `dest`. `keep` is released
     // once MPI is done with `frame`'s out-of-band memory. `messages` is how many
     // logical messages the frame carries (termination detection counts them).
-    void post(int dest, std::vector<std::uint8_t> frame, const std::vector<OutOfBand>& oob,
+    // Returns whether `dest` is congested now (see congested()).
+    bool post(int dest, std::vector<std::uint8_t> frame, const std::vector<OutOfBand>& oob,
               KeepAlive keep, std::uint64_t messages = 1);
+    // Copies a small frame without out-of-band data into `dest`'s batch,
+    // which is sent when full, flushed, or older than flush_delay_seconds.
+    // Refuses, doing nothing, a frame too large to aggregate (then post() it).
+    // Order per destination is kept across both calls.
+    enum class Posted { TooLarge, Accepted, Congested };
+    Posted post_aggregated(int dest, const std::uint8_t* frame, std::size_t size);
+
+    // Send every buffered batch now (the sender is about to wait, or asked).
+    void flush();
+    // Whether frames to `dest` wait for its credit: the caller should slow down.
+    bool congested(int dest) const;
 
     // One non-blocking round: receive arrived frames, start their data
     // receives, complete finished requests. Returns whether anything happened.
     bool progress();
 
-    // Drive progress until a message is ready, the quiescence wave completes,
-    // or `timeout` seconds pass (negative: no limit). Returns whether woken by
-    // an event rather than the timeout.
+    // Flush, then drive progress until a message is ready, the quiescence
+    // wave completes, or `timeout` seconds pass (negative: no limit). Returns
+    // whether woken by an event rather than the timeout.
     bool wait(double timeout);
+    // The same, also woken once `dest` is no longer congested.
+    bool wait_until(double timeout, int uncongested);
 
-    bool has_ready() const { return !ready_.empty(); }
+    bool has_ready() const;
     // The next complete message in arrival order (per-source order kept).
     std::unique_ptr<Incoming> pop();
 
-    void mark_handled(std::uint64_t messages = 1) { stats_.messages_handled += messages; }
+    void mark_handled(std::uint64_t messages = 1);
 
     // Termination detection: a non-blocking sum of (sent, handled) over all
     // ranks, so that a rank waiting for it keeps serving messages.
     void start_wave();
-    bool wave_active() const { return wave_active_; }
+    bool wave_active() const;
     bool wave_done();
     std::uint64_t wave_sent() const { return wave_out_[0]; }
     std::uint64_t wave_handled() const { return wave_out_[1]; }
 
     // Complete every outstanding send (used when closing). Returns false on timeout.
     bool flush_sends(double timeout);
-    std::size_t pending_sends() const { return send_reqs_.size(); }
-    std::size_t pending_receives() const { return recv_reqs_.size(); }
+    std::size_t pending_sends() const;
+    std::size_t pending_receives() const;
+
+    // Let the background thread receive messages too, and write 8 bytes to
+    // `fd` (an eventfd or pipe) whenever a message or a completed wave waits
+    // for the owner; -1 stops. The owner then drains with pop()/wave_done().
+    void serve_in_background(int fd);
+    // Stop the background thread (before the communicator is freed).
+    void stop_background();
 
     [[noreturn]] void abort(int code);
 
   private:
     struct Outgoing {
         std::vector<std::uint8_t> frame;
+        std::vector<OutOfBand> oob;
         KeepAlive keep;
+        std::size_t bytes = 0;  // frame and out-of-band, as flow control counts them
     };
+    using Clock = std::chrono::steady_clock;
+    // What this rank has in flight to one destination, and has consumed from it.
+    struct Route {
+        Writer batch;                    // a Batch frame being filled; empty when none
+        std::uint64_t batch_messages = 0;
+        Clock::time_point batch_started;
+        std::deque<std::shared_ptr<Outgoing>> held;  // waiting for credit, in order
+        std::size_t in_flight = 0;  // bytes posted to MPI that the receiver has not credited
+        bool asked = false;         // we asked it for credit and none came yet
+        std::size_t consumed = 0;   // bytes of its frames we popped and have not credited
+        bool owes = false;          // it asked us for credit
+    };
+
+    bool congested_locked(int dest) const {
+        return !routes_[dest].held.empty() || send_reqs_.size() >= kMaxPendingSends;
+    }
+    bool aggregates(std::size_t frame_bytes) const {
+        return options_.batch_bytes != 0 && frame_bytes + 4 <= options_.batch_bytes / 4;
+    }
+    void open_batch(int dest);
+    void seal_batch(int dest);
+    void queue(int dest, std::shared_ptr<Outgoing> out);
+    void release(int dest);
+    void isend(int dest, std::shared_ptr<Outgoing> out);
+    void send_control(int dest, FrameKind kind, std::uint64_t value);
+    void consumed(int source, std::size_t bytes);
+    void credit(int source);
+    void flush_locked();
+    bool progress_locked();
     void receive_frame(MPI_Message message, const MPI_Status& status);
     void enqueue(std::unique_ptr<Incoming> in);
     void release_in_order(int source);
     bool complete_sends();
     bool complete_receives();
+    void bury(std::shared_ptr<Outgoing> out);
+    void background_loop();
+    void background_rounds(std::unique_lock<std::mutex>& guard);
+    void signal_owner();
 
     MPI_Comm comm_;
     EngineOptions options_;
     EngineStats stats_;
     int rank_ = 0, size_ = 1;
+    // Guards everything below against the background thread.
+    mutable std::mutex lock_;
 
+    std::vector<Route> routes_;
+    std::size_t batched_routes_ = 0;  // routes with an open batch
     std::vector<MPI_Request> send_reqs_;
     std::vector<std::shared_ptr<Outgoing>> send_owners_;
+    // Sends the background thread completed: their keep-alives may hold
+    // Python objects, which only the owner's thread may release.
+    std::vector<std::shared_ptr<Outgoing>> graveyard_;
     std::vector<MPI_Request> recv_reqs_;
     std::vector<Incoming*> recv_owners_;
     std::vector<int> done_indices_;  // scratch for Testsome
@@ -189,6 +287,16 @@ class Engine {
     MPI_Request wave_req_ = MPI_REQUEST_NULL;
     std::uint64_t wave_in_[2] = {0, 0};
     std::uint64_t wave_out_[2] = {0, 0};
+
+    std::thread background_;
+    std::condition_variable background_wake_;
+    bool background_stop_ = false;
+    int notify_fd_ = -1;
+    bool owner_signalled_ = false;
+    bool owner_active_ = false;  // the owner called in since the background's last round
+    bool owner_waiting_ = false;      // the owner is in wait_until(), driving MPI
+    bool background_parked_ = false;  // the background sleeps until the owner stops waiting
+    std::string background_failure_;
 };
 
 // Runs an MPI call and throws MPIError with MPI's message when it fails.

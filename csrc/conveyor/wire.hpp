@@ -35,9 +35,13 @@ enum class FrameKind : std::uint8_t {
     Request = 2,  // same, and answer the sender with a Reply carrying `ref`
     Reply = 3,    // resolves the requester's future `ref` with the payload
     Error = 4,    // resolves the requester's future `ref` with an error
+    Batch = 5,    // `ref` small frames to one rank, aggregated: see BatchReader
+    Credit = 6,   // flow control: the receiver consumed `ref` more bytes of ours
 };
 
-inline bool valid_kind(std::uint8_t k) { return k >= 1 && k <= 4; }
+inline bool valid_kind(std::uint8_t k) { return k >= 1 && k <= 6; }
+// The kinds that carry a message for the façade (a batch carries only these).
+inline bool valid_message_kind(FrameKind k) { return k >= FrameKind::Send && k <= FrameKind::Error; }
 
 // Appends little-endian scalars and byte runs to a growable buffer.
 class Writer {
@@ -50,8 +54,11 @@ class Writer {
     void i64(std::int64_t v) { raw(&v, sizeof v); }
     void f64(double v) { raw(&v, sizeof v); }
     void raw(const void* data, std::size_t n) {
-        auto p = static_cast<const std::uint8_t*>(data);
-        bytes.insert(bytes.end(), p, p + n);
+        // resize + memcpy: vector::insert's generic path costs more for the
+        // few bytes most calls write.
+        std::size_t at = bytes.size();
+        bytes.resize(at + n);
+        if (n) std::memcpy(bytes.data() + at, data, n);
     }
     // A length-prefixed byte string.
     void blob(std::string_view s) {
@@ -127,6 +134,34 @@ inline void write_header(Writer& w, FrameKind kind, std::uint64_t ref, std::stri
     w.u32(static_cast<std::uint32_t>(oob.size()));
     for (auto n : oob) w.u64(n);
 }
+
+// The header of a frame without tag or out-of-band buffers (Batch, Credit).
+constexpr std::size_t kBareHeaderBytes = 4 + 8 + 8 + 4;
+
+// Walks the body of a Batch frame: `count` entries of [u32 size][frame].
+// Entries are read one at a time, so a corrupt entry loses only the rest.
+class BatchReader {
+  public:
+    BatchReader(const std::uint8_t* body, std::size_t size, std::uint64_t count)
+        : reader_(body, size), left_(count) {}
+
+    std::uint64_t left() const { return left_; }
+    // The next entry, or false once `count` entries were read. Throws
+    // DecodeError if the entry runs past the batch.
+    bool next(const std::uint8_t*& frame, std::size_t& size) {
+        if (left_ == 0) return false;
+        --left_;
+        size = reader_.u32();
+        frame = reader_.take(size);
+        return true;
+    }
+    // Trailing bytes after the last entry make the batch malformed.
+    std::size_t trailing() const { return reader_.remaining(); }
+
+  private:
+    Reader reader_;
+    std::uint64_t left_;
+};
 
 inline FrameHeader read_header(const std::uint8_t* data, std::size_t size) {
     Reader r(data, size);

@@ -1,5 +1,6 @@
 """The Messenger: moves messages between Senders and Receivers over MPI."""
 
+import atexit
 import collections
 import operator
 import os
@@ -7,6 +8,7 @@ import sys
 import time
 import traceback
 import warnings
+import weakref
 
 from ._carriage import Address
 from ._errors import (
@@ -46,7 +48,7 @@ def _env_number(name, default, kind=int):
     return value
 
 
-class Message:
+class Message(core.MessageBase):
     """A delivered message, as a receiver sees it.
 
     Attributes
@@ -54,23 +56,15 @@ class Message:
     tag : str
         The tag (receiver name) it was sent to.
     payload : object
-        The decoded payload.
+        The decoded payload (with per-item delivery, one row of the batch).
     source : int
         The rank that sent it.
     reply_to : Address or None
         For a request, the address that answers it; None for a plain send.
     """
 
-    __slots__ = ("tag", "payload", "source", "reply_to", "_messenger", "_replied", "_deferred")
-
-    def __init__(self, messenger, tag, payload, source, reply_to):
-        self.tag = tag
-        self.payload = payload
-        self.source = source
-        self.reply_to = reply_to
-        self._messenger = messenger
-        self._replied = False
-        self._deferred = False
+    # The fields live in the native base, which creates one per delivery.
+    __slots__ = ()
 
     @property
     def is_request(self):
@@ -112,26 +106,38 @@ class Receiver:
         raise NotImplementedError
 
 
-class Sender:
-    """Sends to one tag; batches of items go out in one message per rank.
+class Sender(core.SenderBase):
+    """Sends to one tag: single messages, or batches of rows routed in C++.
 
-    Obtain one with `Messenger.sender`.
+    Obtain one with `Messenger.sender`. Its `send` goes straight to the
+    native core (no Python code runs per message); with aggregation on,
+    small messages to one rank travel together in one MPI message.
+
+    Attributes
+    ----------
+    tag : str
+        The tag this sender sends to.
+    aggregate : bool
+        Whether small messages are packed into batches.
     """
 
-    def __init__(self, messenger, tag):
-        self._messenger = messenger
-        self.tag = messenger._check_tag(tag)
+    __slots__ = ("_messenger",)
 
-    def send(self, dest, payload=None):
-        """Send `payload` to this sender's tag on rank `dest`."""
-        self._messenger.send(dest, self.tag, payload)
+    def __new__(cls, messenger, tag, aggregate):
+        self = super().__new__(
+            cls, messenger._engine, messenger._check_tag(tag), aggregate, messenger._relieve
+        )
+        self._messenger = messenger
+        return self
 
     def send_many(self, dests, items):
         """Send row ``items[i]`` to rank ``dests[i]``, for every i.
 
         Rows are grouped by destination in C++ (one pass, order kept per
         destination) and each rank receives one message whose payload is the
-        numpy array of its rows.
+        numpy array of its rows (zero-copy from the receive buffer when
+        large), or one handler call per row if its receiver asked for
+        ``per_item=True``.
 
         Parameters
         ----------
@@ -153,21 +159,30 @@ class Sender:
         for rank in range(self._messenger.size):
             lo, hi = int(offsets[rank]), int(offsets[rank + 1])
             if hi > lo:
-                self._messenger.send(rank, self.tag, routed[lo:hi])
+                self.send(rank, routed[lo:hi])
+
+    def __repr__(self):
+        return f"<conveyor.Sender tag={self.tag!r} aggregate={self.aggregate}>"
 
 
 class Messenger:
     """Moves messages between ranks: the intermediary of the messaging pattern.
 
     It works on a duplicate of `comm`, so its traffic never mixes with the
-    user's own mpi4py traffic. Messages are handled only inside its calls
-    that wait: `Future.result`, `progress`, `wait_quiet` and `close`, on the
-    calling thread. A Messenger is used from one thread.
+    user's own mpi4py traffic. Handlers run only inside its calls that wait
+    (`Future.result`, `progress`, `wait_quiet`, `close`, a send slowed by
+    back-pressure) on the calling thread, or in an asyncio event loop (see
+    `serve_forever`). A Messenger is used from one thread.
 
     Parameters
     ----------
     comm : mpi4py.MPI.Intracomm, optional
         The communicator to duplicate; ``MPI.COMM_WORLD`` by default.
+    aggregate : bool, default True
+        Pack small messages to the same rank into one MPI message (each
+        `Sender` may override it). Batches leave when full, when this rank
+        waits on anything, on `flush`, and at most about
+        ``CONVEYOR_FLUSH_DELAY_US`` (100 µs) after their first message.
     pickle : bool, default False
         Carry objects that are not carriageable with pickle (protocol 5,
         large buffers out of band). Every rank must agree.
@@ -180,7 +195,9 @@ class Messenger:
         aborts the whole job rather than leaving the other ranks waiting.
     """
 
-    def __init__(self, comm=None, *, pickle=False, zero_copy_threshold=None, abort_on_error=True):
+    def __init__(
+        self, comm=None, *, aggregate=True, pickle=False, zero_copy_threshold=None, abort_on_error=True
+    ):
         from mpi4py import MPI
 
         if comm is None:
@@ -197,6 +214,10 @@ class Messenger:
         options.piece_bytes = _env_number("CONVEYOR_PIECE_BYTES", options.piece_bytes)
         options.spin_seconds = _env_number("CONVEYOR_SPIN_US", 50, float) * 1e-6
         options.max_sleep_seconds = _env_number("CONVEYOR_MAX_SLEEP_US", 500, float) * 1e-6
+        options.batch_bytes = _env_number("CONVEYOR_BATCH_BYTES", options.batch_bytes)
+        options.flush_delay_seconds = _env_number("CONVEYOR_FLUSH_DELAY_US", 100, float) * 1e-6
+        options.window_bytes = _env_number("CONVEYOR_WINDOW_BYTES", options.window_bytes)
+        options.background = bool(_env_number("CONVEYOR_BACKGROUND", 1))
         core.set_buffer_cache_limit(_env_number("CONVEYOR_BUFFER_CACHE_BYTES", 512 << 20))
 
         self._comm = comm.Dup()
@@ -205,14 +226,16 @@ class Messenger:
         )
         self.rank = self._engine.rank
         self.size = self._engine.size
+        self.aggregate = bool(aggregate)
         self.pickle = bool(pickle)
-        self._receivers = {}
+        self._receivers = {}  # tag -> (handler, per_item), read by the native dispatcher
         self._futures = {}
         self._next_ref = 1
-        self._handling = 0
         self._closed = False
         self._counts = collections.Counter()
         self._unknown_tags = collections.Counter()
+        self._hooks = (self, self._receivers, Message, self._dispatch, self._returned, self._failed)
+        _open_messengers.add(self)
         if abort_on_error and MPI.COMM_WORLD.Get_size() > 1:
             _install_abort_hook()
 
@@ -247,6 +270,8 @@ class Messenger:
 
     def _abandon(self):
         self._closed = True
+        _open_messengers.discard(self)
+        self._engine.close()  # stops the background thread before MPI goes away
         for future in self._futures.values():
             future._set_exception(ConveyorError("the messenger was closed before the answer came"))
         self._futures.clear()
@@ -264,30 +289,44 @@ class Messenger:
             raise ValueError("a tag must not be empty")
         return tag
 
-    def on(self, tag):
+    def on(self, tag, *, per_item=False):
         """Register the decorated function as the receiver of `tag`.
 
         The function is called with a `Message`; for a request, its return
         value is the answer (unless it called ``msg.reply`` or ``msg.defer``).
+        An ``async def`` function runs as a task of the event loop the
+        messenger serves (see `serve_forever`).
+
+        Parameters
+        ----------
+        tag : str
+            The receiver's name.
+        per_item : bool, default False
+            For sends whose payload is a sequence (the numpy rows of
+            `Sender.send_many`), call the function once per item, with the
+            item as ``msg.payload``, instead of once with the whole batch.
         """
         self._check_tag(tag)
 
         def decorate(fn):
             if not callable(fn):
                 raise TypeError(f"a receiver must be callable, not {type(fn).__name__}")
-            self._add_receiver(tag, fn)
+            self._add_receiver(tag, fn, per_item)
             return fn
 
         return decorate
 
-    def register(self, name, receiver):
-        """Register a `Receiver` object under `name` (a tag like any other)."""
+    def register(self, name, receiver, *, per_item=False):
+        """Register a `Receiver` object under `name` (a tag like any other).
+
+        `per_item` is as for `on`.
+        """
         self._check_tag(name)
         if not callable(getattr(receiver, "receive", None)):
             raise TypeError(
                 f"a receiver must have a receive(msg) method; {type(receiver).__name__} has none"
             )
-        self._add_receiver(name, receiver.receive)
+        self._add_receiver(name, receiver.receive, per_item)
 
     def unregister(self, name):
         """Remove the receiver of `name`; later messages to it are unknown-tag errors."""
@@ -296,10 +335,10 @@ class Messenger:
         except KeyError:
             raise KeyError(f"no receiver is registered under {name!r}") from None
 
-    def _add_receiver(self, name, handler):
+    def _add_receiver(self, name, handler, per_item):
         if name in self._receivers:
             raise ValueError(f"a receiver is already registered under {name!r}")
-        self._receivers[name] = handler
+        self._receivers[name] = (handler, bool(per_item))
 
     # -- sending -------------------------------------------------------------
 
@@ -322,6 +361,10 @@ class Messenger:
             return self._check_rank(dest.rank), dest.name, dest.ref, tag
         return self._check_rank(dest), tag, None, None if payload is _MISSING else payload
 
+    def _post(self, rank, kind, ref, tag, payload):
+        if self._engine.send(rank, kind, ref, tag, payload, self.aggregate):
+            self._relieve(rank)
+
     def send(self, dest, tag, payload=_MISSING):
         """send(dest, tag, payload=None)
 
@@ -333,9 +376,9 @@ class Messenger:
         """
         rank, name, ref, payload = self._target("send", dest, tag, payload)
         if ref is not None:
-            self._engine.send(rank, core.KIND_REPLY, ref, name, payload)
+            self._post(rank, core.KIND_REPLY, ref, name, payload)
         else:
-            self._engine.send(rank, core.KIND_SEND, 0, self._check_tag(name), payload)
+            self._post(rank, core.KIND_SEND, 0, self._check_tag(name), payload)
 
     def request(self, dest, tag, payload=_MISSING):
         """request(dest, tag, payload=None)
@@ -349,19 +392,50 @@ class Messenger:
         self._check_tag(tag)
         ref = self._next_ref
         future = Future(self)
-        self._engine.send(dest, core.KIND_REQUEST, ref, tag, payload)
         self._next_ref += 1
         self._futures[ref] = future
+        try:
+            self._post(dest, core.KIND_REQUEST, ref, tag, payload)
+        except BaseException:
+            del self._futures[ref]
+            raise
         return future
 
-    def sender(self, tag):
-        """Return a `Sender` for `tag`."""
-        return Sender(self, tag)
+    def sender(self, tag, *, aggregate=None):
+        """Return a `Sender` for `tag`.
+
+        Parameters
+        ----------
+        tag : str
+            The receiver name its messages go to.
+        aggregate : bool, optional
+            Pack its small messages into batches; the Messenger's setting by
+            default.
+        """
+        self._check_open()
+        return Sender(self, tag, self.aggregate if aggregate is None else bool(aggregate))
+
+    def flush(self):
+        """Send the small messages waiting in batches now, without waiting for anything."""
+        self._check_open()
+        self._engine.flush()
+
+    def _relieve(self, dest):
+        # Back-pressure: `dest` has not consumed what we sent. Serve incoming
+        # messages until it takes more. A handler never waits here (its sends
+        # queue instead), so nested handlers cannot pile up on the stack.
+        if self._engine.handling:
+            return
+        while self._engine.congested(dest):
+            self._check_open()
+            self._engine.serve(_WAIT_SLICE, dest, self._hooks)
 
     # -- progress ------------------------------------------------------------
 
     def progress(self, timeout=0.0):
         """Handle the messages that have arrived; wait up to `timeout` s for the first.
+
+        Also sends the batches waiting to leave this rank.
 
         Returns
         -------
@@ -369,13 +443,7 @@ class Messenger:
             The number of messages handled.
         """
         self._check_open()
-        handled = 0
-        item = self._engine.poll(timeout)
-        while item is not None:
-            self._dispatch(item)
-            handled += 1
-            item = self._engine.pop_ready()
-        return handled
+        return self._engine.serve(timeout, -1, self._hooks)
 
     def _wait_for(self, future, timeout):
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -387,9 +455,7 @@ class Messenger:
                 if left <= 0:
                     raise TimeoutError(f"no answer within {timeout} s")
                 wait = min(wait, left)
-            item = self._engine.poll(wait)
-            if item is not None:
-                self._dispatch(item)
+            self._engine.serve(wait, -1, self._hooks)
 
     def wait_quiet(self):
         """Return, on every rank, once no message is in flight and no handler runs.
@@ -398,7 +464,7 @@ class Messenger:
         being handled meanwhile, so cascades of any depth finish first.
         """
         self._check_open()
-        if self._handling:
+        if self._engine.handling:
             raise ConveyorError("wait_quiet() is collective and cannot be called from a handler")
         # Mattern's four-counter method: quiet once the messages handled by
         # the latest wave equal those sent by the wave before it. Handled
@@ -409,9 +475,7 @@ class Messenger:
             self._engine.start_wave()
             totals = self._engine.wave_done()
             while totals is None:
-                item = self._engine.poll(_WAIT_SLICE)
-                if item is not None:
-                    self._dispatch(item)
+                self._engine.serve(_WAIT_SLICE, -1, self._hooks)
                 totals = self._engine.wave_done()
             sent, handled = totals
             if handled == sent_before == sent:
@@ -423,6 +487,8 @@ class Messenger:
             sent_before = sent
 
     # -- delivery ------------------------------------------------------------
+    # The native dispatcher calls a plain send's receiver itself; it hands
+    # everything else to _dispatch, and reports to _returned and _failed.
 
     def _dispatch(self, item):
         kind, source, ref, tag, payload, error = item
@@ -446,8 +512,8 @@ class Messenger:
             self._counts["payloads_undecodable"] += 1
             self._refuse(is_request, source, ref, FrameError(f"payload to {tag!r}: {error}"))
             return
-        handler = self._receivers.get(tag)
-        if handler is None:
+        entry = self._receivers.get(tag)
+        if entry is None:
             self._counts["unknown_tag"] += 1
             self._unknown_tags[tag] += 1
             self._refuse(
@@ -458,27 +524,36 @@ class Messenger:
                 warn_once=self._unknown_tags[tag] == 1,
             )
             return
+        handler = entry[0]
         reply_to = Address(source, tag, ref) if is_request else None
         msg = Message(self, tag, payload, source, reply_to)
-        self._handling += 1
         try:
             result = handler(msg)
             if is_request and not (msg._replied or msg._deferred):
                 msg.reply(result)
+            elif not is_request and result is not None:
+                self._returned(msg, result)
         except Exception as exc:
-            self._counts["handler_errors"] += 1
             if is_request and not msg._replied:
+                self._counts["handler_errors"] += 1
                 self._send_error(source, ref, exc, traceback.format_exc())
             else:
-                print(
-                    f"conveyor: rank {self.rank}: the receiver of {tag!r} raised "
-                    f"(message from rank {source}):\n{traceback.format_exc()}",
-                    file=sys.stderr,
-                    end="",
-                    flush=True,
-                )
-        finally:
-            self._handling -= 1
+                self._failed(msg, exc)
+
+    def _returned(self, msg, result):
+        # What a plain send's receiver returned: nobody waits for it.
+        pass
+
+    def _failed(self, msg, exc):
+        self._counts["handler_errors"] += 1
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        print(
+            f"conveyor: rank {self.rank}: the receiver of {msg.tag!r} raised "
+            f"(message from rank {msg.source}):\n{text}",
+            file=sys.stderr,
+            end="",
+            flush=True,
+        )
 
     def _refuse(self, is_request, source, ref, exc, warn_once=True):
         if is_request:
@@ -494,7 +569,7 @@ class Messenger:
             "message": exc.remote_message if isinstance(exc, RemoteError) else str(exc),
             "traceback": text,
         }
-        self._engine.send(dest, core.KIND_ERROR, ref, "", report)
+        self._post(dest, core.KIND_ERROR, ref, "", report)
 
     def _answer(self, kind, source, ref, payload, error):
         future = self._futures.pop(ref, None)
@@ -514,7 +589,7 @@ class Messenger:
     # -- introspection -------------------------------------------------------
 
     def stats(self):
-        """Return the counters of this rank: messages, frames, bytes, drops, errors."""
+        """Return the counters of this rank: messages, frames, batches, bytes, drops, errors."""
         stats = dict(self._engine.stats()) if not self._closed else {}
         for key in ("unknown_tag", "payloads_undecodable", "handler_errors", "late_answers"):
             stats[key] = self._counts[key]
@@ -524,6 +599,17 @@ class Messenger:
     def __repr__(self):
         state = "closed" if self._closed else "open"
         return f"<conveyor.Messenger rank {self.rank} of {self.size}, {state}>"
+
+
+# Messengers not closed yet: their background threads must stop before MPI
+# is finalized at exit (mpi4py finalizes after Python's atexit handlers).
+_open_messengers = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_background_threads():
+    for messenger in list(_open_messengers):
+        messenger._engine.close()
 
 
 _abort_hook_installed = False

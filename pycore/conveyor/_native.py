@@ -7,13 +7,14 @@ import pickle
 from . import _mpi  # noqa: F401  (import order matters)
 from . import _core
 from ._carriage import Address, CarriageableItem, _registry
-from ._errors import CarriageError, FrameError, MessageTooLargeError, MPIError
+from ._errors import CarriageError, ConveyorError, FrameError, MessageTooLargeError, MPIError
 
 _core.configure(
     Address,
     CarriageableItem,
     _registry,
     pickle,
+    ConveyorError,
     CarriageError,
     FrameError,
     MessageTooLargeError,

@@ -1,0 +1,25 @@
+// conveyor._core.MessageBase: the fields of a delivered message.
+//
+// One is created for every message a handler receives, so it is a plain C
+// type rather than a pybind11 class: creating a pybind11 instance and reading
+// its attributes cost several times more, which shows at millions of
+// messages per second. The façade's Message subclasses it and adds methods.
+#pragma once
+
+#include <pybind11/pybind11.h>
+
+namespace conveyor::py_message {
+
+namespace py = pybind11;
+
+// Creates the type and adds it to `module` as MessageBase.
+void add_type(py::module_& module);
+
+// A new instance of `type` (MessageBase or a subclass) with these fields.
+py::object make(PyTypeObject* type, py::handle messenger, py::handle tag, py::handle payload,
+                py::handle source, py::handle reply_to);
+
+// Whether `type` is MessageBase or a subclass (what make() may create).
+bool is_message_type(py::handle type);
+
+}  // namespace conveyor::py_message
