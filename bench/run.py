@@ -2,9 +2,9 @@
 
 Usage::
 
-    python bench/run.py [osu.py options, e.g. --which latency --reps 5]
+    python bench/run.py [conveyor._bench.osu options, e.g. --which latency --reps 5]
 
-Launches ``mpiexec -n 2 python bench/osu.py`` with this interpreter, lets it
+Launches ``mpiexec -n 2 python -m conveyor._bench.osu`` with this interpreter, lets it
 print its table, and writes every sample to ``bench/results/osu-<time>.json``
 (git-ignored). mpiexec is looked up next to this Python first (the mpich
 wheel installs it there), then ``$CONVEYOR_MPIEXEC``, then ``PATH``.
@@ -40,7 +40,7 @@ def find_mpiexec():
 def main(argv):
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / time.strftime("osu-%Y%m%d-%H%M%S.json")
-    cmd = [find_mpiexec(), "-n", "2", sys.executable, str(HERE / "osu.py"), "--json", str(out), *argv]
+    cmd = [find_mpiexec(), "-n", "2", sys.executable, "-m", "conveyor._bench.osu", "--json", str(out), *argv]
     print("$", " ".join(cmd), flush=True)
     # Own process group, so a hang can be ended with every rank mpiexec started.
     proc = subprocess.Popen(cmd, start_new_session=True)

@@ -2,8 +2,8 @@
 
 Run on exactly two ranks::
 
-    mpiexec -n 2 python bench/osu.py [--which latency,oneway,bw] [--reps 9]
-                                     [--max-size 256M] [--json FILE]
+    mpiexec -n 2 python -m conveyor._bench.osu [--which latency,oneway,bw] [--reps 9]
+                                               [--max-size 256M] [--json FILE]
 
 Every benchmark measures conveyor and its raw mpi4py baseline in the same
 mpiexec run, rotating their order every repetition (so machine noise hits
@@ -41,7 +41,8 @@ import numpy as np
 from mpi4py import MPI
 
 import conveyor as cv
-from runinfo import run_metadata
+
+from .runinfo import run_metadata
 
 KiB = 1 << 10
 MiB = 1 << 20
