@@ -15,7 +15,7 @@ import tempfile
 
 from . import osu, plot
 
-# The default run takes a few minutes on two cores; anything far beyond is a hang.
+# The default run takes 1-2 minutes on two cores; anything far beyond is a hang.
 DEFAULT_TIMEOUT = 30 * 60
 
 

@@ -326,6 +326,17 @@ class Peer:
 # for `iters` timed iterations after `warmup` untimed ones (rank 1: None).
 
 
+def settled(m, elapsed):
+    """Return `elapsed` once no message of `m` is in flight on either rank (collective).
+
+    With aggregation, rank 1's last answer of a run may still be buffered
+    when its serving loop ends: `Messenger.wait_quiet` sends it, and no
+    message of one run is left to be handled in the next.
+    """
+    m.wait_quiet()
+    return elapsed
+
+
 def run_raw_pingpong(comm, iters, warmup):
     buf = np.zeros(1, dtype=np.float64)
     other = 1 - comm.rank
@@ -348,19 +359,19 @@ def run_cv_request(peer, x, iters, warmup):
     m = peer.m
     if m.rank == 1:
         peer.serve(warmup + iters)
-        return None
+        return settled(m, None)
     for i in range(warmup + iters):
         if i == warmup:
             start = time.perf_counter()
         x = m.request(1, "echo", x).result(timeout=TIMEOUT)
-    return time.perf_counter() - start
+    return settled(m, time.perf_counter() - start)
 
 
 def run_cv_oneway(peer, x, iters, warmup):
     m = peer.m
     if m.rank == 1:
         peer.serve(warmup + iters)
-        return None
+        return settled(m, None)
     peer.pongs = 0
     for i in range(warmup + iters):
         if i == warmup:
@@ -371,7 +382,7 @@ def run_cv_oneway(peer, x, iters, warmup):
             m.progress(1.0)
             if time.monotonic() > deadline:
                 raise cv.TimeoutError("no pong from rank 1")
-    return time.perf_counter() - start
+    return settled(m, time.perf_counter() - start)
 
 
 def bw_shape(size, run_bytes):
@@ -456,13 +467,13 @@ def run_cv_windows(peer, send_window, delivered_per_window, iters, warmup):
         expected = delivered_per_window * (warmup + iters)
         if peer.received != expected:
             raise cv.ConveyorError(f"rank 1 received {peer.received} of {expected} messages or items")
-        return None
+        return settled(m, None)
     for i in range(warmup + iters):
         if i == warmup:
             start = time.perf_counter()
         send_window()
         m.request(1, "ack").result(timeout=TIMEOUT)
-    return time.perf_counter() - start
+    return settled(m, time.perf_counter() - start)
 
 
 def measure(contestants, reps, comm):

@@ -73,6 +73,7 @@ def _bandwidth_panel(ax, rows, pickle_rows):
         ax.annotate(f"conveyor: {row['ratio']:.1f}×", (row["size_bytes"], row["baseline_median"]),
                     xytext=(-5, 5), textcoords="offset points", ha="right", fontsize=8)
     ax.set_xscale("log", base=2)
+    ax.margins(x=0.08)  # room for the ratios at both ends
     ax.set_xticks(sizes)
     ax.set_xticklabels([row["label"] for row in rows], fontsize=8)
     ax.set_title("Bandwidth (osu_bw)", fontsize=10)
