@@ -15,7 +15,7 @@ $(VENV)/.deps:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(if $(MPICC),,mpich) "mpi4py>=4" numpy "pybind11>=2.12" "Cython>=3" setuptools wheel \
-		pytest hypothesis "sphinx>=7" "numpydoc>=1.6" pytest-benchmark
+		pytest hypothesis "sphinx>=7" "numpydoc>=1.6" pytest-benchmark "matplotlib>=3.5"
 	touch $@
 
 $(VENV)/.installed: $(VENV)/.deps $(SOURCES)
@@ -33,6 +33,7 @@ test: install
 docs: install
 	$(PY) -m sphinx -W --keep-going -q -b html docs docs/_build/html
 
+# conveyor bench, keeping its JSON and plot in bench/results/.
 bench: install
 	$(PY) bench/run.py
 

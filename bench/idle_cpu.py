@@ -49,7 +49,7 @@ import numpy as np
 from mpi4py import MPI
 
 import conveyor as cv
-from runinfo import run_metadata
+from conveyor._bench.runinfo import run_metadata
 
 CPU_SHARE_TARGET = 0.80    # computing rank's share of a core, conveyor waiters
 RTT_MEDIAN_TARGET = 1e-3   # seconds

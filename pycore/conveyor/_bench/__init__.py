@@ -1,0 +1,1 @@
+"""The OSU-style benchmarks behind ``conveyor bench`` (conveyor vs raw mpi4py)."""

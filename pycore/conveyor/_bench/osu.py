@@ -1,0 +1,752 @@
+"""OSU-style micro-benchmarks: conveyor side by side with raw mpi4py.
+
+The per-rank program of ``conveyor bench``. Run on exactly two ranks::
+
+    mpiexec -n 2 python -m conveyor._bench.osu [--which latency,oneway,bw,...]
+                                               [--reps 9] [--quick] [--json FILE]
+
+Every benchmark measures conveyor and its baseline in the same mpiexec run,
+rotating their order every repetition (so machine noise hits all of them),
+and reports the median of the repetitions and their ratio:
+
+latency
+    osu_latency: ping-pong of an 8-byte payload, one-way latency = round
+    trip / 2. conveyor: ``m.request(1, "echo", x).result()`` answered by a
+    handler that returns the payload, once with a 1-element float64 numpy
+    array and once with a Python int (both 8 bytes of data). Raw:
+    ``comm.Send``/``comm.Recv`` of a preallocated 8-byte numpy buffer.
+oneway
+    The same ping-pong built from fire-and-forget sends: rank 0 ``m.send``,
+    rank 1's handler ``m.send``-s the payload back, rank 0 waits in
+    ``m.progress``. Same payloads, same raw baseline.
+bw
+    osu_bw: rank 0 sends a window of messages of one size, rank 1 acknowledges
+    the whole window, bandwidth = bytes sent / time. conveyor: a window of
+    ``m.send(1, "sink", arr)``, then ``m.request(1, "ack").result()`` (per-pair
+    order puts the ack behind the window's data). Raw: ``comm.Isend`` window,
+    ``Waitall``, 4-byte ack. At 16 MiB (or the largest size below it) the
+    pickle-based ``comm.send``/``recv`` is measured too.
+rate
+    osu_mbw_mr with one pair: rank 0 sends a window of 64 8-byte messages,
+    rank 1 receives them all and acknowledges the window; rate = messages /
+    time on rank 0. conveyor: ``s = m.sender("rate")``, a window of
+    ``s.send(1, i)`` (a Python int, aggregation on), then the ack request.
+    Baselines: ``comm.Isend`` of an 8-byte numpy buffer (rank 1 posts 64
+    ``Irecv``), and pickle-based ``comm.send`` (rank 1 calls ``comm.recv``
+    64 times); both then ``Send``/``Recv`` a 4-byte ack.
+batch
+    Batches of n uint64 items (10,000, 100,000 and 1,000,000): rank 0 sends a
+    window of ``s.send_many(dests, items)`` (every item to rank 1), then the
+    ack request; rank 1's handler counts ``len(msg.payload)``; rate = items
+    delivered / time. Baseline: ``comm.Send`` of the same 8·n-byte array per
+    batch into a preallocated ``comm.Recv`` buffer, then a 4-byte ack.
+agg-latency
+    The oneway ping-pong of a Python int through a Messenger with
+    aggregation on, against one with ``aggregate=False``: what aggregation
+    costs a message that is sent alone.
+
+Rank 0 prints a table; ``--json`` writes metadata, medians and every sample.
+"""
+
+import argparse
+import contextlib
+import dataclasses
+import inspect
+import json
+import statistics
+import sys
+import time
+
+import numpy as np
+from mpi4py import MPI
+
+import conveyor as cv
+
+from .runinfo import run_metadata
+
+KiB = 1 << 10
+MiB = 1 << 20
+
+BENCHMARKS = ("latency", "oneway", "bw", "rate", "batch", "agg-latency")
+
+# Ratio targets per table row: (comparison, bound). Times are conveyor/baseline
+# (lower is better); rates are conveyor/baseline (higher is better).
+TARGETS = {
+    "latency": ("<=", 2.0),
+    "oneway": ("<=", 1.5),
+    "bw": (">=", 0.9),
+    "bw-vs-pickle": (">=", 3.0),
+    "rate": (">=", 3.0),
+    "rate-vs-pickle": (">=", 3.0),
+    "agg-latency": ("<=", 2.0),
+}
+BW_TARGET_MIN_SIZE = 1 * MiB  # below this, per-message costs dominate: no target
+PICKLE_SIZE = 16 * MiB
+
+# osu_bw's window of 64 messages, capped so a window stays within this many
+# bytes: conveyor delivers each message in its own freshly allocated array,
+# so the receiver may hold a whole window at once.
+BW_WINDOW = 64
+BW_WINDOW_BYTES = 256 * MiB
+
+RATE_WINDOW = 64  # osu_mbw_mr's window
+
+BATCH_SIZES = (10_000, 100_000, 1_000_000)  # items of 8 bytes per send_many call
+# Batches per window: up to 64, fewer for large batches, so a window holds
+# at most this many items.
+BATCH_WINDOW_ITEMS = 2_000_000
+
+# The 8-byte payloads of the latency benchmarks: a numpy array is what the raw
+# side sends, an int shows the cost of the messaging itself without numpy's.
+PAYLOADS = {"array": np.zeros(1, dtype=np.float64), "int": 1}
+
+TIMEOUT = 60.0  # seconds any single wait may take before the run is declared hung
+TAG = 7  # raw mpi4py traffic; conveyor uses its own communicators
+
+# Whether this conveyor has small-message aggregation (Messenger(aggregate=)).
+AGGREGATION_AVAILABLE = "aggregate" in inspect.signature(cv.Messenger).parameters
+
+
+def make_messenger(aggregate):
+    """Return a Messenger with small-message aggregation on or off.
+
+    Parameters
+    ----------
+    aggregate : bool
+        Whether small messages to one rank are packed into one MPI message.
+        Ignored by a conveyor without aggregation (see
+        ``AGGREGATION_AVAILABLE``), whose messages all travel alone.
+    """
+    if AGGREGATION_AVAILABLE:
+        return cv.Messenger(aggregate=aggregate)
+    return cv.Messenger()
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """How long each benchmark runs: the full run or ``--quick``."""
+
+    reps: int  # repetitions; medians are reported
+    latency_iters: int  # timed ping-pongs per latency repetition
+    min_size: int  # smallest bandwidth message, bytes
+    max_size: int  # largest bandwidth message; sizes go up by 4x
+    bw_run_bytes: int  # bytes per timed bandwidth run (at least two windows)
+    rate_windows: int  # timed windows of RATE_WINDOW messages per rate run
+    batch_run_items: int  # items per timed batch run (at least two windows)
+
+    def bw_sizes(self):
+        """The bandwidth message sizes: min_size, 4·min_size, ... up to max_size."""
+        sizes = []
+        size = self.min_size
+        while size <= self.max_size:
+            sizes.append(size)
+            size *= 4
+        return sizes
+
+
+FULL = Plan(reps=9, latency_iters=20000, min_size=64 * KiB, max_size=256 * MiB,
+            bw_run_bytes=1024 * MiB, rate_windows=2000, batch_run_items=16_000_000)
+# A smoke test of every contestant: a whole `conveyor bench --quick` takes seconds.
+QUICK = Plan(reps=3, latency_iters=500, min_size=64 * KiB, max_size=1 * MiB,
+             bw_run_bytes=16 * MiB, rate_windows=50, batch_run_items=1_000_000)
+
+
+def parse_size(text):
+    """Parse ``65536``, ``64K``, ``16M`` or ``1G`` into bytes."""
+    units = {"K": KiB, "M": MiB, "G": 1 << 30}
+    text = text.strip().upper().removesuffix("IB").removesuffix("B")
+    try:
+        if text and text[-1] in units:
+            size = int(text[:-1]) * units[text[-1]]
+        else:
+            size = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (say 65536, 64K, 16M or 1G)") from None
+    if size < 1:
+        raise argparse.ArgumentTypeError("a size must be at least 1 byte")
+    return size
+
+
+def parse_which(text):
+    """Parse ``--which``: comma-separated names from `BENCHMARKS`, in the given order."""
+    which = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in which if name not in BENCHMARKS]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown benchmark {', '.join(map(repr, unknown))} (choose from {', '.join(BENCHMARKS)})"
+        )
+    if not which:
+        raise argparse.ArgumentTypeError(f"name at least one of {', '.join(BENCHMARKS)}")
+    return list(dict.fromkeys(which))  # each once
+
+
+def positive_int(text):
+    """Parse an int of at least 1 (argparse type)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def add_run_options(parser):
+    """Add the options of a benchmark run (shared by ``conveyor bench`` and the ranks)."""
+    parser.add_argument("--which", type=parse_which, default=list(BENCHMARKS), metavar="LIST",
+                        help=f"comma-separated benchmarks to run (default: all of {','.join(BENCHMARKS)})")
+    parser.add_argument("--quick", action="store_true",
+                        help="few repetitions, iterations and sizes: checks that every "
+                             "contestant runs, in seconds (figures are not meaningful)")
+    parser.add_argument("--reps", type=positive_int, metavar="N",
+                        help=f"repetitions per measurement; medians are reported "
+                             f"(default {FULL.reps}, --quick {QUICK.reps})")
+    parser.add_argument("--iters", type=positive_int, metavar="N",
+                        help=f"timed ping-pongs per latency repetition "
+                             f"(default {FULL.latency_iters}, --quick {QUICK.latency_iters})")
+    parser.add_argument("--min-size", type=parse_size, metavar="SIZE",
+                        help="smallest bandwidth message (default 64K)")
+    parser.add_argument("--max-size", type=parse_size, metavar="SIZE",
+                        help="largest bandwidth message; sizes go up by 4x "
+                             "(default 256M, --quick 1M)")
+    parser.add_argument("--json", metavar="FILE",
+                        help="write metadata, medians and every sample to FILE")
+
+
+def plan_from(args):
+    """Return the `Plan` that `args` (from `add_run_options`) ask for.
+
+    Raises
+    ------
+    ValueError
+        If the options contradict each other.
+    """
+    base = QUICK if args.quick else FULL
+    overrides = {
+        "reps": args.reps,
+        "latency_iters": args.iters,
+        "min_size": args.min_size,
+        "max_size": args.max_size,
+    }
+    plan = dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
+    if plan.min_size > plan.max_size:
+        raise ValueError(f"--min-size ({format_size(plan.min_size)}) is larger than "
+                         f"--max-size ({format_size(plan.max_size)})")
+    return plan
+
+
+def run_options_argv(args):
+    """Return the options that reproduce `args` (from `add_run_options`), all but ``--json``."""
+    argv = ["--which", ",".join(args.which)]
+    if args.quick:
+        argv.append("--quick")
+    for flag, value in (("--reps", args.reps), ("--iters", args.iters),
+                        ("--min-size", args.min_size), ("--max-size", args.max_size)):
+        if value is not None:
+            argv += [flag, str(value)]
+    return argv
+
+
+def format_size(n):
+    """Format a byte count the way the table shows it: ``64 KiB``, ``8 B``."""
+    for unit, scale in (("GiB", 1 << 30), ("MiB", MiB), ("KiB", KiB)):
+        if n >= scale and n % scale == 0:
+            return f"{n // scale} {unit}"
+    return f"{n} B"
+
+
+def format_count(n):
+    """Format an item count compactly: ``10k``, ``1M``, ``1500``."""
+    for suffix, scale in (("M", 1_000_000), ("k", 1000)):
+        if n >= scale and n % scale == 0:
+            return f"{n // scale}{suffix}"
+    return str(n)
+
+
+def format_value(value, unit):
+    """Format a median with its unit; counts per second read best in millions."""
+    if unit in ("msgs/s", "items/s"):
+        return f"{value / 1e6:,.2f} M{unit}"
+    return f"{value:,.{2 if value < 1000 else 0}f} {unit}"
+
+
+class Peer:
+    """The conveyor side of both ranks of one Messenger: handlers and their counters.
+
+    Rank 1 serves until its counters reach what rank 0 will send, so both
+    ranks know when a run ends without any extra message.
+    """
+
+    def __init__(self, m):
+        self.m = m
+        self.served = 0  # echo, ping and ack messages rank 1 handled in the current run
+        self.pongs = 0  # "oneway" answers rank 0 received
+        self.received = 0  # messages ("sink", "rate") or items ("batch") rank 1 received
+
+        m.on("echo")(self._echo)
+        m.on("ping")(self._ping)
+        m.on("pong")(self._pong)
+        m.on("sink")(self._count_message)
+        m.on("rate")(self._count_message)
+        m.on("batch")(self._count_items)
+        m.on("ack")(self._ack)
+
+    def _echo(self, msg):
+        self.served += 1
+        return msg.payload
+
+    def _ping(self, msg):
+        self.served += 1
+        self.m.send(msg.source, "pong", msg.payload)
+
+    def _pong(self, msg):
+        self.pongs += 1
+
+    def _count_message(self, msg):
+        # Dropping the payload frees its receive buffer, as a consumer would.
+        self.received += 1
+
+    def _count_items(self, msg):
+        self.received += len(msg.payload)
+
+    def _ack(self, msg):
+        self.served += 1
+
+    def serve(self, count):
+        """Rank 1: handle messages until `count` counted ones have arrived."""
+        self.served = 0
+        deadline = time.monotonic() + TIMEOUT
+        while self.served < count:
+            self.m.progress(1.0)
+            if time.monotonic() > deadline:
+                raise cv.TimeoutError(f"rank 1 served {self.served} of {count} messages")
+
+
+# Each run_* function runs on both ranks and returns rank 0's elapsed seconds
+# for `iters` timed iterations after `warmup` untimed ones (rank 1: None).
+
+
+def settled(m, elapsed):
+    """Return `elapsed` once no message of `m` is in flight on either rank (collective).
+
+    With aggregation, rank 1's last answer of a run may still be buffered
+    when its serving loop ends: `Messenger.wait_quiet` sends it, and no
+    message of one run is left to be handled in the next.
+    """
+    m.wait_quiet()
+    return elapsed
+
+
+def run_raw_pingpong(comm, iters, warmup):
+    buf = np.zeros(1, dtype=np.float64)
+    other = 1 - comm.rank
+    elapsed = None
+    for i in range(warmup + iters):
+        if i == warmup:
+            start = time.perf_counter()
+        if comm.rank == 0:
+            comm.Send(buf, other, TAG)
+            comm.Recv(buf, other, TAG)
+        else:
+            comm.Recv(buf, other, TAG)
+            comm.Send(buf, other, TAG)
+    if comm.rank == 0:
+        elapsed = time.perf_counter() - start
+    return elapsed
+
+
+def run_cv_request(peer, x, iters, warmup):
+    m = peer.m
+    if m.rank == 1:
+        peer.serve(warmup + iters)
+        return settled(m, None)
+    for i in range(warmup + iters):
+        if i == warmup:
+            start = time.perf_counter()
+        x = m.request(1, "echo", x).result(timeout=TIMEOUT)
+    return settled(m, time.perf_counter() - start)
+
+
+def run_cv_oneway(peer, x, iters, warmup):
+    m = peer.m
+    if m.rank == 1:
+        peer.serve(warmup + iters)
+        return settled(m, None)
+    peer.pongs = 0
+    for i in range(warmup + iters):
+        if i == warmup:
+            start = time.perf_counter()
+        m.send(1, "ping", x)
+        deadline = time.monotonic() + TIMEOUT
+        while peer.pongs <= i:
+            m.progress(1.0)
+            if time.monotonic() > deadline:
+                raise cv.TimeoutError("no pong from rank 1")
+    return settled(m, time.perf_counter() - start)
+
+
+def bw_shape(size, run_bytes):
+    """(window, timed iterations, warm-up iterations) for one message size."""
+    window = max(1, min(BW_WINDOW, BW_WINDOW_BYTES // size))
+    iters = max(2, run_bytes // (window * size))
+    return window, iters, max(1, iters // 10)
+
+
+def run_mpi4py_windows(comm, iters, warmup, send_window, receive_window):
+    """Time osu_bw's loop: rank 0 sends a window of messages, rank 1 acks it.
+
+    Returns rank 0's elapsed seconds for the `iters` timed windows (None on rank 1).
+    """
+    ack = np.zeros(1, dtype=np.int32)
+    start = None
+    for i in range(warmup + iters):
+        if i == warmup:
+            start = time.perf_counter()
+        if comm.rank == 0:
+            send_window()
+            comm.Recv(ack, 1, TAG)
+        else:
+            receive_window()
+            comm.Send(ack, 0, TAG)
+    return time.perf_counter() - start if comm.rank == 0 else None
+
+
+def run_raw_isend_windows(comm, arr, window, iters, warmup):
+    """osu_bw / osu_mbw_mr: windows of ``comm.Isend(arr)``."""
+
+    def send_window():
+        MPI.Request.Waitall([comm.Isend(arr, 1, TAG) for _ in range(window)])
+
+    def receive_window():
+        # osu_bw receives the whole window into one buffer.
+        MPI.Request.Waitall([comm.Irecv(arr, 0, TAG) for _ in range(window)])
+
+    return run_mpi4py_windows(comm, iters, warmup, send_window, receive_window)
+
+
+def run_raw_send_windows(comm, arr, window, iters, warmup):
+    """Windows of blocking ``comm.Send(arr)`` into one preallocated buffer."""
+    buf = np.empty_like(arr)
+
+    def send_window():
+        for _ in range(window):
+            comm.Send(arr, 1, TAG)
+
+    def receive_window():
+        for _ in range(window):
+            comm.Recv(buf, 0, TAG)
+
+    return run_mpi4py_windows(comm, iters, warmup, send_window, receive_window)
+
+
+def run_pickle_windows(comm, make_item, window, iters, warmup):
+    """Windows of pickle-based ``comm.send(make_item(i))``, one message each."""
+
+    def send_window():
+        for i in range(window):
+            comm.send(make_item(i), 1, TAG)
+
+    def receive_window():
+        for _ in range(window):
+            comm.recv(source=0, tag=TAG)
+
+    return run_mpi4py_windows(comm, iters, warmup, send_window, receive_window)
+
+
+def run_cv_windows(peer, send_window, delivered_per_window, iters, warmup):
+    """conveyor's osu_bw loop: `send_window()`, then a request that rank 1 acks.
+
+    Per-pair order puts the ack behind the window's data, so once rank 1 has
+    served the last ack it has received everything: it checks that its
+    handlers counted ``delivered_per_window`` per window.
+    """
+    m = peer.m
+    if m.rank == 1:
+        peer.received = 0
+        peer.serve(warmup + iters)
+        expected = delivered_per_window * (warmup + iters)
+        if peer.received != expected:
+            raise cv.ConveyorError(f"rank 1 received {peer.received} of {expected} messages or items")
+        return settled(m, None)
+    for i in range(warmup + iters):
+        if i == warmup:
+            start = time.perf_counter()
+        send_window()
+        m.request(1, "ack").result(timeout=TIMEOUT)
+    return settled(m, time.perf_counter() - start)
+
+
+def measure(contestants, reps, comm):
+    """Run each contestant `reps` times, rotating their order every repetition.
+
+    Returns {name: [rank 0's elapsed seconds, ...]} (empty lists on rank 1).
+    A barrier starts every run so both ranks enter it together.
+    """
+    samples = {name: [] for name in contestants}
+    names = list(contestants)
+    for rep in range(reps):
+        shift = rep % len(names)
+        for name in names[shift:] + names[:shift]:
+            comm.Barrier()
+            elapsed = contestants[name]()
+            if elapsed is not None:
+                samples[name].append(elapsed)
+    return samples
+
+
+def verdict(benchmark, ratio):
+    """Return (target as data or None, target text, passed: True, False or None)."""
+    if benchmark not in TARGETS:
+        return None, "-", None
+    op, bound = TARGETS[benchmark]
+    passed = ratio <= bound if op == "<=" else ratio >= bound
+    return {"op": op, "ratio": bound}, f"{'≤' if op == '<=' else '≥'} {bound:g}×", passed
+
+
+class Report:
+    """Rank 0's table and JSON rows."""
+
+    COLUMNS = ("benchmark", "size", "baseline", "conveyor", "ratio", "target", "result")
+    WIDTHS = (14, 12, 18, 18, 8, 7, 6)
+
+    def __init__(self, enabled):
+        self.enabled = enabled
+        self.rows = []
+        self.contestants = {}  # benchmark -> (baseline, conveyor) descriptions, for the legend
+
+    def line(self, cells):
+        if self.enabled:
+            print("  ".join(f"{c:>{w}}" for c, w in zip(cells, self.WIDTHS)), flush=True)
+
+    def header(self):
+        self.line(self.COLUMNS)
+        self.line(["-" * w for w in self.WIDTHS])
+
+    def add(self, benchmark, label, size, unit, baseline, conveyor, *, baseline_name,
+            conveyor_name, payload=None, targeted=True):
+        """Record one comparison; `baseline`/`conveyor` are per-repetition values."""
+        if not self.enabled:
+            return
+        base, mine = statistics.median(baseline), statistics.median(conveyor)
+        ratio = mine / base
+        target, target_text, passed = verdict(benchmark, ratio) if targeted else (None, "-", None)
+        self.rows.append({
+            "benchmark": benchmark,
+            "label": label,
+            "size_bytes": size,
+            "payload": payload,
+            "unit": unit,
+            "better": "lower" if unit == "µs" else "higher",
+            "baseline": baseline_name,
+            "conveyor": conveyor_name,
+            "baseline_median": base,
+            "conveyor_median": mine,
+            "ratio": ratio,
+            "target": target,
+            "passed": passed,
+            "baseline_samples": baseline,
+            "conveyor_samples": conveyor,
+        })
+        self.contestants.setdefault(benchmark, (baseline_name, conveyor_name))
+        result = "-" if passed is None else ("PASS" if passed else "FAIL")
+        self.line([benchmark, label, format_value(base, unit), format_value(mine, unit),
+                   f"{ratio:.2f}×", target_text, result])
+
+    def legend(self):
+        """Print what each benchmark compared and how many targets were met."""
+        if not self.enabled:
+            return
+        print("\nbaseline vs conveyor:", flush=True)
+        for benchmark, (baseline, conveyor) in self.contestants.items():
+            print(f"  {benchmark:>14}: {baseline}  vs  {conveyor}")
+        judged = [row["passed"] for row in self.rows if row["passed"] is not None]
+        print(f"ratio = conveyor / baseline; targets met: {sum(judged)} of {len(judged)}")
+
+
+def bench_latency(kind, peer, comm, report, plan):
+    iters = plan.latency_iters
+    warmup = max(1, iters // 10)
+    if kind == "latency":
+        conveyor_run, conveyor_name = run_cv_request, 'm.request(1, "echo", x).result()'
+    else:
+        conveyor_run, conveyor_name = run_cv_oneway, 'm.send(1, "ping", x), m.progress()'
+    contestants = {"raw": lambda: run_raw_pingpong(comm, iters, warmup)}
+    for name, x in PAYLOADS.items():
+        contestants[name] = lambda x=x: conveyor_run(peer, x, iters, warmup)
+    samples = measure(contestants, plan.reps, comm)
+    # One-way latency in µs: half a round trip.
+    one_way = {k: [t / iters / 2 * 1e6 for t in v] for k, v in samples.items()}
+    for name in PAYLOADS:
+        report.add(kind, f"8 B {name}", 8, "µs", one_way["raw"], one_way[name],
+                   baseline_name="mpi4py Send/Recv", conveyor_name=conveyor_name, payload=name)
+
+
+def bench_bw(peer, comm, report, plan):
+    sizes = plan.bw_sizes()
+    # The pickle comparison is defined at 16 MiB; shorter runs use their
+    # largest size below it (shown without target).
+    pickle_size = max((s for s in sizes if s <= PICKLE_SIZE), default=None)
+    m = peer.m
+    for size in sizes:
+        window, iters, warmup = bw_shape(size, plan.bw_run_bytes)
+        arr = np.ones(size, dtype=np.uint8)  # touched, so no page faults are timed
+
+        def send_window():
+            for _ in range(window):
+                m.send(1, "sink", arr)
+
+        contestants = {
+            "raw": lambda: run_raw_isend_windows(comm, arr, window, iters, warmup),
+            "conveyor": lambda: run_cv_windows(peer, send_window, window, iters, warmup),
+        }
+        if size == pickle_size:
+            contestants["pickle"] = lambda: run_pickle_windows(comm, lambda i: arr, window, iters, warmup)
+        samples = measure(contestants, plan.reps, comm)
+        # MB/s with MB = 10**6 bytes, as osu_bw reports.
+        rate = {k: [size * window * iters / t / 1e6 for t in v] for k, v in samples.items()}
+        conveyor_name = 'm.send(1, "sink", arr) window + ack request'
+        report.add("bw", format_size(size), size, "MB/s", rate["raw"], rate["conveyor"],
+                   baseline_name="mpi4py Isend window + ack", conveyor_name=conveyor_name,
+                   targeted=size >= BW_TARGET_MIN_SIZE)
+        if size == pickle_size:
+            report.add("bw-vs-pickle", format_size(size), size, "MB/s", rate["pickle"],
+                       rate["conveyor"], baseline_name="mpi4py pickle send/recv window + ack",
+                       conveyor_name=conveyor_name, targeted=size == PICKLE_SIZE)
+
+
+def bench_rate(peer, comm, report, plan):
+    iters = plan.rate_windows
+    warmup = max(1, iters // 10)
+    sender = peer.m.sender("rate")
+
+    def send_window():
+        for i in range(RATE_WINDOW):
+            sender.send(1, i)
+
+    contestants = {
+        "isend": lambda: run_raw_isend_windows(comm, np.zeros(1, dtype=np.uint64), RATE_WINDOW,
+                                               iters, warmup),
+        "pickle": lambda: run_pickle_windows(comm, int, RATE_WINDOW, iters, warmup),
+        "conveyor": lambda: run_cv_windows(peer, send_window, RATE_WINDOW, iters, warmup),
+    }
+    samples = measure(contestants, plan.reps, comm)
+    rate = {k: [RATE_WINDOW * iters / t for t in v] for k, v in samples.items()}
+    conveyor_name = 's = m.sender("rate"); s.send(1, i) window + ack request'
+    report.add("rate", "8 B int", 8, "msgs/s", rate["isend"], rate["conveyor"],
+               baseline_name="mpi4py Isend window (8 B numpy) + ack", conveyor_name=conveyor_name,
+               payload="int")
+    report.add("rate-vs-pickle", "8 B int", 8, "msgs/s", rate["pickle"], rate["conveyor"],
+               baseline_name="mpi4py pickle send/recv window + ack", conveyor_name=conveyor_name,
+               payload="int")
+
+
+def bench_batch(peer, comm, report, plan):
+    sender = peer.m.sender("batch")
+    for n in BATCH_SIZES:
+        window = max(1, min(BW_WINDOW, BATCH_WINDOW_ITEMS // n))
+        iters = max(2, plan.batch_run_items // (window * n))
+        warmup = max(1, iters // 10)
+        items = np.arange(n, dtype=np.uint64)
+        dests = np.ones(n, dtype=np.int64)  # every item to rank 1
+
+        def send_window():
+            for _ in range(window):
+                sender.send_many(dests, items)
+
+        contestants = {
+            "raw": lambda: run_raw_send_windows(comm, items, window, iters, warmup),
+            "conveyor": lambda: run_cv_windows(peer, send_window, window * n, iters, warmup),
+        }
+        samples = measure(contestants, plan.reps, comm)
+        rate = {k: [n * window * iters / t for t in v] for k, v in samples.items()}
+        report.add("batch", f"{format_count(n)} items", 8 * n, "items/s", rate["raw"],
+                   rate["conveyor"], baseline_name="mpi4py Send of the 8·n-byte array window + ack",
+                   conveyor_name='s.send_many(dests, items) window + ack request')
+
+
+def bench_agg_latency(aggregated, plain, comm, report, plan):
+    iters = plan.latency_iters
+    warmup = max(1, iters // 10)
+    contestants = {
+        "plain": lambda: run_cv_oneway(plain, 1, iters, warmup),
+        "aggregated": lambda: run_cv_oneway(aggregated, 1, iters, warmup),
+    }
+    samples = measure(contestants, plan.reps, comm)
+    one_way = {k: [t / iters / 2 * 1e6 for t in v] for k, v in samples.items()}
+    report.add("agg-latency", "8 B int", 8, "µs", one_way["plain"], one_way["aggregated"],
+               baseline_name="oneway, Messenger(aggregate=False)",
+               conveyor_name="oneway, Messenger() with aggregation on", payload="int")
+
+
+def run(plan, which, comm, report):
+    """Run the benchmarks named in `which` on both ranks; return rank 0's Messenger stats."""
+    stats = {}
+    with contextlib.ExitStack() as messengers:
+        aggregated = Peer(messengers.enter_context(make_messenger(aggregate=True)))
+        plain = None
+        if "agg-latency" in which:
+            plain = Peer(messengers.enter_context(make_messenger(aggregate=False)))
+        report.header()
+        for kind in which:
+            if kind in ("latency", "oneway"):
+                bench_latency(kind, aggregated, comm, report, plan)
+            elif kind == "bw":
+                bench_bw(aggregated, comm, report, plan)
+            elif kind == "rate":
+                bench_rate(aggregated, comm, report, plan)
+            elif kind == "batch":
+                bench_batch(aggregated, comm, report, plan)
+            elif kind == "agg-latency":
+                bench_agg_latency(aggregated, plain, comm, report, plan)
+        for name, peer in (("aggregate", aggregated), ("no_aggregate", plain)):
+            if peer is not None:
+                stats[name] = peer.m.stats()
+    return stats
+
+
+def main(argv=None):
+    """Run the benchmarks on this rank; rank 0 prints the table and writes the JSON.
+
+    Returns
+    -------
+    int
+        The exit status: 0, or 2 for bad options or a rank count other than 2.
+    """
+    parser = argparse.ArgumentParser(prog="python -m conveyor._bench.osu",
+                                     description=__doc__.split("\n\n")[0])
+    add_run_options(parser)
+    args = parser.parse_args(argv)
+    try:
+        plan = plan_from(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+
+    comm = MPI.COMM_WORLD
+    if comm.size != 2:
+        if comm.rank == 0:
+            print(f"the benchmarks need exactly 2 ranks (mpiexec -n 2), not {comm.size}",
+                  file=sys.stderr)
+        return 2
+
+    report = Report(enabled=comm.rank == 0)
+    started = time.perf_counter()
+    stats = run(plan, args.which, comm, report)
+    wall = time.perf_counter() - started
+
+    if comm.rank == 0:
+        report.legend()
+        if not AGGREGATION_AVAILABLE and {"rate", "batch", "agg-latency"} & set(args.which):
+            print("note: this conveyor has no Messenger(aggregate=...): rate, batch and "
+                  "agg-latency ran without aggregation")
+        print(f"{plan.reps} repetitions each, medians; wall time {wall:.0f} s", flush=True)
+        if args.json:
+            meta = run_metadata(plan=dataclasses.asdict(plan), which=args.which,
+                                aggregation_available=AGGREGATION_AVAILABLE,
+                                wall_seconds=wall, messenger_stats_rank0=stats)
+            with open(args.json, "w") as f:
+                json.dump({"meta": meta, "results": report.rows}, f, indent=1, ensure_ascii=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
