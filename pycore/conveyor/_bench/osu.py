@@ -51,7 +51,6 @@ Rank 0 prints a table; ``--json`` writes metadata, medians and every sample.
 import argparse
 import contextlib
 import dataclasses
-import inspect
 import json
 import statistics
 import sys
@@ -102,25 +101,6 @@ PAYLOADS = {"array": np.zeros(1, dtype=np.float64), "int": 1}
 
 TIMEOUT = 60.0  # seconds any single wait may take before the run is declared hung
 TAG = 7  # raw mpi4py traffic; conveyor uses its own communicators
-
-# Whether this conveyor has small-message aggregation (Messenger(aggregate=)).
-AGGREGATION_AVAILABLE = "aggregate" in inspect.signature(cv.Messenger).parameters
-
-
-def make_messenger(aggregate):
-    """Return a Messenger with small-message aggregation on or off.
-
-    Parameters
-    ----------
-    aggregate : bool
-        Whether small messages to one rank are packed into one MPI message.
-        Ignored by a conveyor without aggregation (see
-        ``AGGREGATION_AVAILABLE``), whose messages all travel alone.
-    """
-    if AGGREGATION_AVAILABLE:
-        return cv.Messenger(aggregate=aggregate)
-    return cv.Messenger()
-
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
@@ -682,10 +662,10 @@ def run(plan, which, comm, report):
     """Run the benchmarks named in `which` on both ranks; return rank 0's Messenger stats."""
     stats = {}
     with contextlib.ExitStack() as messengers:
-        aggregated = Peer(messengers.enter_context(make_messenger(aggregate=True)))
+        aggregated = Peer(messengers.enter_context(cv.Messenger(aggregate=True)))
         plain = None
         if "agg-latency" in which:
-            plain = Peer(messengers.enter_context(make_messenger(aggregate=False)))
+            plain = Peer(messengers.enter_context(cv.Messenger(aggregate=False)))
         report.header()
         for kind in which:
             if kind in ("latency", "oneway"):
@@ -735,13 +715,9 @@ def main(argv=None):
 
     if comm.rank == 0:
         report.legend()
-        if not AGGREGATION_AVAILABLE and {"rate", "batch", "agg-latency"} & set(args.which):
-            print("note: this conveyor has no Messenger(aggregate=...): rate, batch and "
-                  "agg-latency ran without aggregation")
         print(f"{plan.reps} repetitions each, medians; wall time {wall:.0f} s", flush=True)
         if args.json:
             meta = run_metadata(plan=dataclasses.asdict(plan), which=args.which,
-                                aggregation_available=AGGREGATION_AVAILABLE,
                                 wall_seconds=wall, messenger_stats_rank0=stats)
             with open(args.json, "w") as f:
                 json.dump({"meta": meta, "results": report.rows}, f, indent=1, ensure_ascii=False)
