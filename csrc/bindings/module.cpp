@@ -153,12 +153,17 @@ class PyEngine {
             ++dispatched;
         }
         report_handled();
+        // What the handlers sent leaves now, not when the caller waits next.
+        if (dispatched != 0) engine_.flush();
         return dispatched;
     }
 
     // Counted here and reported to the engine once per serve() (its counter
     // is behind a lock), and always before a termination-detection wave.
-    void mark_handled(std::uint64_t messages) { unreported_handled_ += messages; }
+    void mark_handled(std::int64_t messages) { unreported_handled_ += messages; }
+    // The message being dispatched is not finished when its dispatch ends
+    // (an async handler's task runs on): mark_handled() it when it is.
+    void defer_handled() { unreported_handled_ -= 1; }
 
     void start_wave() {
         report_handled();
@@ -427,7 +432,7 @@ class PyEngine {
     BatchReader batch_reader_{nullptr, 0, 0};
     std::unordered_map<std::string, py::object> tags_;
     std::uint64_t entries_malformed_ = 0;  // rejected batch entries (whole frames: the engine's)
-    std::uint64_t unreported_handled_ = 0;
+    std::int64_t unreported_handled_ = 0;
 };
 
 // conveyor._core.SenderBase: the per-message send path of conveyor.Sender.
@@ -720,6 +725,7 @@ PYBIND11_MODULE(_core, m) {
         .def_property_readonly("background",
                                [](PyEngine& e) { return e.engine().has_background_thread(); })
         .def("mark_handled", &PyEngine::mark_handled, py::arg("messages") = 1)
+        .def("defer_handled", &PyEngine::defer_handled)
         .def("start_wave", &PyEngine::start_wave)
         .def_property_readonly("wave_active", [](PyEngine& e) { return e.engine().wave_active(); })
         .def("wave_done", &PyEngine::wave_done)

@@ -558,7 +558,10 @@ std::unique_ptr<Incoming> Engine::pop() {
     Guard guard(lock_);
     owner_active_ = true;
     if (ready_.empty()) {
-        owner_signalled_ = false;
+        if (owner_signalled_) {
+            owner_signalled_ = false;
+            background_wake_.notify_all();  // it waits for the owner to drain
+        }
         return nullptr;
     }
     auto in = std::move(ready_.front());
@@ -571,9 +574,9 @@ std::unique_ptr<Incoming> Engine::pop() {
     return in;
 }
 
-void Engine::mark_handled(std::uint64_t messages) {
+void Engine::mark_handled(std::int64_t messages) {
     Guard guard(lock_);
-    stats_.messages_handled += messages;
+    stats_.messages_handled += static_cast<std::uint64_t>(messages);  // wraps back for negatives
 }
 
 void Engine::start_wave() {
@@ -655,6 +658,7 @@ void Engine::background_loop() {
 }
 
 void Engine::background_rounds(std::unique_lock<std::mutex>& guard) {
+    auto idle_since = Clock::now();
     double nap = 10e-6;
     while (!background_stop_) {
         // While the owner calls in, it makes progress itself: only batches
@@ -662,8 +666,8 @@ void Engine::background_rounds(std::unique_lock<std::mutex>& guard) {
         // never waits in the engine and relies on the background entirely.
         bool serving = notify_fd_ >= 0;
         bool owner_busy = owner_active_ && !serving;
+        bool active = serving && owner_active_;  // it sent or took something
         owner_active_ = false;
-        bool active = false;
         if (batched_routes_ != 0) {
             auto now = Clock::now();
             for (int dest = 0; dest < size_; ++dest) {
@@ -678,21 +682,44 @@ void Engine::background_rounds(std::unique_lock<std::mutex>& guard) {
             }
         }
         if (!owner_busy) active |= progress_locked();
-        if (serving) signal_owner();
-        // Serving, back off from short naps like an idle wait. Otherwise wake
-        // rarely: every wake-up takes a core from the ranks, which may
-        // outnumber cores, and a batch left behind waits at most this long.
-        if (serving) {
-            nap = active ? 10e-6 : std::min(nap * 2, options_.max_sleep_seconds);
-        } else if (owner_waiting_) {
-            // The owner drives MPI until it stops waiting, and wakes us then.
-            background_parked_ = true;
-            background_wake_.wait(guard);
+        if (!serving) {
+            if (owner_waiting_) {
+                // The owner drives MPI until it stops waiting, and wakes us then.
+                background_parked_ = true;
+                background_wake_.wait(guard);
+            } else {
+                // Wake rarely: every wake-up takes a core from the ranks,
+                // which may outnumber cores, and a batch left behind waits
+                // at most this long.
+                double nap = std::max(2 * options_.max_sleep_seconds, options_.flush_delay_seconds);
+                background_wake_.wait_for(guard, std::chrono::duration<double>(nap));
+            }
             continue;
-        } else {
-            nap = std::max(2 * options_.max_sleep_seconds, options_.flush_delay_seconds);
+        }
+        signal_owner();
+        if (owner_signalled_) {
+            // The owner has messages to handle: give it the core until it
+            // took them (pop() wakes us) rather than polling beside it.
+            background_wake_.wait_for(guard, std::chrono::duration<double>(options_.max_sleep_seconds));
+            idle_since = Clock::now();
+            continue;
+        }
+        // Serving an event loop: the same backoff as an idle wait (spin,
+        // yield, then growing naps), so answers are seen within microseconds
+        // while traffic flows and an idle loop costs next to nothing.
+        if (active) {
+            idle_since = Clock::now();
+            nap = 10e-6;
+        }
+        double idle = seconds_since(idle_since);
+        if (idle < options_.yield_seconds) {
+            guard.unlock();
+            if (idle >= options_.spin_seconds) sched_yield();
+            guard.lock();
+            continue;
         }
         background_wake_.wait_for(guard, std::chrono::duration<double>(nap));
+        nap = std::min(nap * 2, options_.max_sleep_seconds);
     }
 }
 

@@ -191,7 +191,9 @@ class Engine {
     // The next complete message in arrival order (per-source order kept).
     std::unique_ptr<Incoming> pop();
 
-    void mark_handled(std::uint64_t messages = 1);
+    // Adds to the handled count (negative: a message handled earlier is not
+    // finished after all; see the façade's async handlers).
+    void mark_handled(std::int64_t messages = 1);
 
     // Termination detection: a non-blocking sum of (sent, handled) over all
     // ranks, so that a rank waiting for it keeps serving messages.

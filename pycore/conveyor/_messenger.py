@@ -1,7 +1,9 @@
 """The Messenger: moves messages between Senders and Receivers over MPI."""
 
+import asyncio
 import atexit
 import collections
+import functools
 import operator
 import os
 import sys
@@ -20,6 +22,7 @@ from ._errors import (
     UnknownTagError,
 )
 from ._future import Future
+from ._loop import LoopLink
 from ._native import comm_handle, core
 
 __all__ = ["Messenger", "Message", "Receiver", "Sender"]
@@ -235,6 +238,8 @@ class Messenger:
         self._counts = collections.Counter()
         self._unknown_tags = collections.Counter()
         self._hooks = (self, self._receivers, Message, self._dispatch, self._returned, self._failed)
+        self._link = None  # LoopLink while served from an asyncio event loop
+        self._tasks = set()  # async handlers running
         _open_messengers.add(self)
         if abort_on_error and MPI.COMM_WORLD.Get_size() > 1:
             _install_abort_hook()
@@ -257,10 +262,24 @@ class Messenger:
             # the exception go on (in a multi-rank job it aborts the job).
             self._abandon()
 
+    async def __aenter__(self):
+        self.attach()
+        return self
+
+    async def __aexit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            await self.aclose()
+        else:
+            self._abandon()
+
     def close(self):
         """Wait until no message is in flight (collective), then release MPI resources."""
         if self._closed:
             return
+        if self._tasks:
+            raise ConveyorError(
+                f"{len(self._tasks)} async handlers are still running: use 'await m.aclose()'"
+            )
         try:
             self.wait_quiet()
             self._engine.flush_sends(-1.0)
@@ -271,6 +290,9 @@ class Messenger:
     def _abandon(self):
         self._closed = True
         _open_messengers.discard(self)
+        if self._link is not None:
+            self._link.close()
+            self._link = None
         self._engine.close()  # stops the background thread before MPI goes away
         for future in self._futures.values():
             future._set_exception(ConveyorError("the messenger was closed before the answer came"))
@@ -424,8 +446,8 @@ class Messenger:
         # Back-pressure: `dest` has not consumed what we sent. Serve incoming
         # messages until it takes more. A handler never waits here (its sends
         # queue instead), so nested handlers cannot pile up on the stack.
-        if self._engine.handling:
-            return
+        if self._engine.handling or self._link is not None:
+            return  # nor does an event loop: it would stall every other task
         while self._engine.congested(dest):
             self._check_open()
             self._engine.serve(_WAIT_SLICE, dest, self._hooks)
@@ -486,6 +508,135 @@ class Messenger:
                 self.progress(_WAVE_PAUSE)
             sent_before = sent
 
+    # -- asyncio -------------------------------------------------------------
+
+    def attach(self, loop=None):
+        """Serve this messenger from an asyncio event loop.
+
+        The engine's background thread receives messages and wakes the loop,
+        which runs the handlers (``async def`` ones as tasks) between its
+        other callbacks; an idle loop sleeps. `arequest`, `aquiet` and
+        ``async with Messenger()`` attach to the running loop by themselves.
+
+        Parameters
+        ----------
+        loop : asyncio.AbstractEventLoop, optional
+            The running loop by default.
+        """
+        self._check_open()
+        loop = loop or asyncio.get_running_loop()
+        if self._link is not None:
+            if self._link.loop is loop:
+                return
+            raise ConveyorError("this Messenger is already served by another event loop")
+        self._link = LoopLink(self, loop)
+
+    def detach(self):
+        """Stop serving from the event loop; messages are handled in waits again."""
+        if self._link is not None:
+            self._link.close()
+            self._link = None
+
+    async def arequest(self, dest, tag, payload=_MISSING, *, timeout=None):
+        """arequest(dest, tag, payload=None, *, timeout=None)
+
+        Send a request and await its answer (the asyncio `request`).
+
+        Raises
+        ------
+        conveyor.TimeoutError
+            If no answer came within `timeout` seconds.
+        conveyor.RemoteError
+            If the remote handler raised.
+        """
+        self.attach()
+        future = self.request(dest, tag, payload)
+        self._engine.flush()  # the caller waits now: do not keep the request in a batch
+        waiter = self._link.loop.create_future()
+
+        def resolve(done):
+            if waiter.done():
+                return
+            if done._state == 2:  # failed
+                waiter.set_exception(done._value)
+            else:
+                waiter.set_result(done._value)
+
+        future.add_done_callback(resolve)
+        try:
+            return await asyncio.wait_for(waiter, timeout)
+        except asyncio.TimeoutError:
+            raise TimeoutError(f"no answer within {timeout} s") from None
+
+    async def aquiet(self):
+        """Await, on every rank, the moment no message is in flight and no handler runs.
+
+        The asyncio `wait_quiet` (collective); async handlers count as
+        running until their task ends.
+        """
+        self.attach()
+        if self._engine.handling:
+            raise ConveyorError("aquiet() is collective and cannot be awaited in a handler's dispatch")
+        link = self._link
+        sent_before = None
+        while True:
+            self._engine.serve(0.0, -1, self._hooks)
+            self._engine.start_wave()
+            totals = self._engine.wave_done()
+            if totals is None:
+                link.wave = link.loop.create_future()
+                try:
+                    totals = await link.wave
+                finally:
+                    link.wave = None
+            sent, handled = totals
+            if handled == sent_before == sent:
+                return
+            if handled != sent:
+                await asyncio.sleep(_WAVE_PAUSE)
+            sent_before = sent
+
+    async def aclose(self):
+        """The asyncio `close`: await `aquiet`, then release MPI resources."""
+        if self._closed:
+            return
+        try:
+            await self.aquiet()
+            self._engine.flush_sends(-1.0)
+        finally:
+            self._abandon()
+            self._comm.Free()
+
+    def _spawn(self, msg, coro):
+        # An async handler's coroutine runs as a task; its message counts as
+        # handled (for termination detection) only once the task ends.
+        if self._link is None:
+            coro.close()
+            raise ConveyorError(
+                f"the receiver of {msg.tag!r} is async: serve the Messenger from an event "
+                "loop (Messenger.attach, or async with Messenger())"
+            )
+        task = self._link.loop.create_task(coro)
+        self._engine.defer_handled()
+        self._tasks.add(task)
+        task.add_done_callback(functools.partial(self._task_done, msg))
+
+    def _task_done(self, msg, task):
+        self._tasks.discard(task)
+        try:
+            exc = ConveyorError("the handler's task was cancelled") if task.cancelled() else task.exception()
+            if msg.is_request and not (msg._replied or msg._deferred):
+                if exc is None:
+                    msg.reply(task.result())
+                else:
+                    self._counts["handler_errors"] += 1
+                    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+                    self._send_error(msg.source, msg.reply_to.ref, exc, text)
+            elif exc is not None:
+                self._failed(msg, exc)
+        finally:
+            self._engine.mark_handled(1)
+
     # -- delivery ------------------------------------------------------------
     # The native dispatcher calls a plain send's receiver itself; it hands
     # everything else to _dispatch, and reports to _returned and _failed.
@@ -529,10 +680,10 @@ class Messenger:
         msg = Message(self, tag, payload, source, reply_to)
         try:
             result = handler(msg)
-            if is_request and not (msg._replied or msg._deferred):
+            if asyncio.iscoroutine(result):
+                self._spawn(msg, result)
+            elif is_request and not (msg._replied or msg._deferred):
                 msg.reply(result)
-            elif not is_request and result is not None:
-                self._returned(msg, result)
         except Exception as exc:
             if is_request and not msg._replied:
                 self._counts["handler_errors"] += 1
@@ -541,8 +692,13 @@ class Messenger:
                 self._failed(msg, exc)
 
     def _returned(self, msg, result):
-        # What a plain send's receiver returned: nobody waits for it.
-        pass
+        # What a plain send's receiver returned: nobody waits for it, but a
+        # coroutine (an async handler's) must run.
+        if asyncio.iscoroutine(result):
+            try:
+                self._spawn(msg, result)
+            except ConveyorError as exc:
+                self._failed(msg, exc)
 
     def _failed(self, msg, exc):
         self._counts["handler_errors"] += 1
