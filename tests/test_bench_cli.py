@@ -21,7 +21,7 @@ ROWS_OF = {
     "latency": {"latency"},
     "oneway": {"oneway"},
     "bw": {"bw", "bw-vs-pickle"},
-    "rate": {"rate", "rate-vs-pickle"},
+    "rate": {"rate", "rate-vs-pickle", "rate-w64"},
     "batch": {"batch"},
     "agg-latency": {"agg-latency"},
 }

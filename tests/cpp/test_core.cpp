@@ -81,10 +81,26 @@ static void test_route() {
     std::vector<std::uint32_t> rows = {10, 11, 12, 13, 14, 15};
     std::vector<std::uint32_t> out(rows.size());
     std::vector<std::uint64_t> offsets(4);
-    route_rows(dests.data(), dests.size(), reinterpret_cast<const std::uint8_t*>(rows.data()), 4, 3,
-               reinterpret_cast<std::uint8_t*>(out.data()), offsets.data());
+    CHECK(route_rows(dests.data(), dests.size(), reinterpret_cast<const std::uint8_t*>(rows.data()),
+                     4, 3, reinterpret_cast<std::uint8_t*>(out.data()), offsets.data()) == -1);
     CHECK((offsets == std::vector<std::uint64_t>{0, 2, 3, 6}));
     CHECK((out == std::vector<std::uint32_t>{11, 14, 13, 10, 12, 15}));  // stable per rank
+
+    // Rows of an odd size take the generic copy; narrower destination types work too.
+    std::vector<std::int32_t> narrow = {1, 0, 1};
+    const char wide[] = "aaa" "bbb" "ccc";
+    char grouped[9] = {};
+    std::vector<std::uint64_t> two(3);
+    CHECK(route_rows(narrow.data(), 3, reinterpret_cast<const std::uint8_t*>(wide), 3, 2,
+                     reinterpret_cast<std::uint8_t*>(grouped), two.data()) == -1);
+    CHECK(std::string(grouped, 9) == "bbbaaaccc");
+    CHECK((two == std::vector<std::uint64_t>{0, 1, 3}));
+
+    // Every row to one rank: reported, and nothing to copy.
+    std::vector<std::uint16_t> same = {1, 1, 1};
+    CHECK(route_rows(same.data(), 3, reinterpret_cast<const std::uint8_t*>(wide), 3, 2,
+                     reinterpret_cast<std::uint8_t*>(grouped), two.data()) == 1);
+    CHECK((two == std::vector<std::uint64_t>{0, 0, 3}));
 
     dests[4] = 3;
     bool refused = false;
