@@ -1,7 +1,8 @@
 """The native core of conveyor (internal: use the conveyor package).
 
-The one native boundary of the package: the progress engine, the frame codec
-(for tests) and the routing of batches. C++ exceptions arrive as the façade's
+The one native boundary of the package: the progress engine, the native
+bases of Sender and Message, the frame codec (for tests) and the routing of
+batches. C++ exceptions arrive as the façade's
 exceptions once `configure` has run: CarriageError, FrameError,
 MessageTooLargeError, MPIError, and ValueError for a bad argument.
 """
@@ -26,6 +27,7 @@ def configure(
     item_base: type,
     registry: dict[str, type],
     pickle: Any,
+    conveyor_error: type,
     carriage_error: type,
     frame_error: type,
     too_large_error: type,
@@ -47,6 +49,14 @@ class EngineOptions:
     """Until when an idle wait yields the processor before sleeping (default 200 µs)."""
     max_sleep_seconds: float
     """Longest sleep of an idle wait between two polls (default 500 µs)."""
+    batch_bytes: int
+    """Size of a destination's batch of small frames (default 32 KiB; 0: no aggregation)."""
+    flush_delay_seconds: float
+    """Age from which the background thread sends a batch left waiting (default 100 µs)."""
+    window_bytes: int
+    """Bytes in flight to one rank before its credit is needed (default 8 MiB; 0: unbounded)."""
+    background: bool
+    """Run the background thread (if MPI provides MPI_THREAD_MULTIPLE; default True)."""
     def __init__(self) -> None:
         """Make options with the default values."""
 
@@ -69,36 +79,84 @@ class Engine:
     @property
     def wave_active(self) -> bool:
         """Whether a quiescence wave was started and not yet collected by `wave_done`."""
-    def send(self, dest: int, kind: int, ref: int, tag: str, payload: object) -> None:
-        """Encode `payload` in a frame of `kind` and start sending it to rank `dest`.
+    @property
+    def handling(self) -> int:
+        """How many handlers are running (nested waits make it more than 1)."""
+    @property
+    def background(self) -> bool:
+        """Whether the engine runs its background thread."""
+    def send(
+        self, dest: int, kind: int, ref: int, tag: str, payload: object, aggregate: bool
+    ) -> bool:
+        """Encode `payload` in a frame of `kind` and send it to rank `dest`.
 
-        Arrays of at least the zero-copy threshold are sent from their own
-        memory, which is kept alive until MPI has sent it.
+        With `aggregate`, a small frame without out-of-band data joins the
+        destination's batch. Arrays of at least the zero-copy threshold are
+        sent from their own memory, which is kept alive until MPI has sent
+        it. Return whether `dest` is congested (frames wait for its credit).
         """
     def post_raw(self, dest: int, frame: bytes) -> None:
         """Send `frame` as it is, without out-of-band buffers (to test malformed input)."""
-    def poll(self, timeout: float) -> tuple[int, int, int, str, object, str | None] | None:
-        """Return the next complete message, waiting up to `timeout` seconds (GIL released).
+    def serve(self, timeout: float, uncongested: int, hooks: tuple[Any, ...]) -> int:
+        """Flush, receive, wait up to `timeout` s (GIL released) if nothing is ready, dispatch.
 
-        The result is ``(kind, source, ref, tag, payload, error)``, or None if
-        nothing arrived in time. Kind 0 is a frame rejected as malformed; a
-        non-None `error` says why the frame or its payload could not be read.
-        A negative `timeout` waits without limit.
+        The wait also ends once rank `uncongested` takes sends again (-1:
+        none). `hooks` is ``(messenger, receivers, Message, dispatch,
+        returned, failed)``: plain sends to a tag of `receivers` (``{tag:
+        (handler, per_item)}``) are delivered here, anything else goes to
+        ``dispatch((kind, source, ref, tag, payload, error))``; a handler's
+        non-None result goes to ``returned(msg, result)`` and its exception
+        to ``failed(msg, exc)``. Return how many messages were dispatched.
         """
-    def pop_ready(self) -> tuple[int, int, int, str, object, str | None] | None:
-        """Return the next message already received, without another round of MPI progress."""
+    def flush(self) -> None:
+        """Send every batch now."""
+    def congested(self, dest: int) -> bool:
+        """Whether frames to `dest` wait for its credit (or too many sends are pending)."""
     def mark_handled(self, messages: int = 1) -> None:
         """Count `messages` delivered messages as handled (for termination detection)."""
+    def defer_handled(self) -> None:
+        """The message being dispatched stays unfinished after its dispatch (async handler)."""
     def start_wave(self) -> None:
         """Start a quiescence wave: a non-blocking sum of (sent, handled) over all ranks."""
     def wave_done(self) -> tuple[int, int] | None:
         """Return the wave's ``(sent, handled)`` totals once it has completed, else None."""
+    def serve_in_background(self, fd: int) -> None:
+        """Let the background thread receive, and write to `fd` when something is ready (-1: stop)."""
+    def close(self) -> None:
+        """Refuse further calls and stop the background thread (before MPI goes away)."""
     def flush_sends(self, timeout: float) -> bool:
         """Complete every outstanding send; return False if `timeout` s passed first (negative: no limit)."""
     def stats(self) -> dict[str, int]:
-        """Return the engine's counters: messages, frames, bytes, sleeps, pending requests."""
+        """Return the engine's counters: messages, frames, batches, credits, bytes, sleeps."""
     def abort(self, code: int, /) -> NoReturn:
         """Abort the whole MPI job with exit `code` (MPI_Abort on the communicator)."""
+
+class SenderBase:
+    """The native send path of conveyor.Sender."""
+
+    def __new__(cls, engine: Engine, tag: str, aggregate: bool, relieve: Any) -> SenderBase: ...
+    @property
+    def tag(self) -> str:
+        """The tag this sender sends to."""
+    @property
+    def aggregate(self) -> bool:
+        """Whether small messages are packed into batches."""
+    def send(self, dest: int, payload: object = None) -> None:
+        """Send `payload` to this sender's tag on rank `dest`; call ``relieve(dest)`` if congested."""
+
+class MessageBase:
+    """The fields of a delivered message (see conveyor.Message)."""
+
+    tag: str
+    payload: object
+    source: int
+    reply_to: Any
+    _messenger: Any
+    _replied: bool
+    _deferred: bool
+    def __new__(
+        cls, messenger: Any, tag: str, payload: object, source: int, reply_to: Any
+    ) -> MessageBase: ...
 
 def set_buffer_cache_limit(bytes: int) -> None:
     """Keep at most `bytes` of freed large receive buffers for reuse (process-wide)."""
@@ -126,7 +184,8 @@ def route(
 ) -> tuple[np.ndarray, npt.NDArray[np.uint64]]:
     """Group the rows of `items` by destination rank, keeping their order per rank.
 
-    Return the grouped rows and ``offsets`` (``nranks + 1`` entries): the rows
-    for rank ``r`` are ``grouped[offsets[r]:offsets[r + 1]]``. A destination
-    outside ``0 .. nranks - 1`` raises ValueError.
+    Return the grouped rows (`items` itself when all go to one rank) and
+    ``offsets`` (``nranks + 1`` entries): the rows for rank ``r`` are
+    ``grouped[offsets[r]:offsets[r + 1]]``. `dests` may have any integer
+    dtype; a destination outside ``0 .. nranks - 1`` raises ValueError.
     """
