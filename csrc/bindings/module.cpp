@@ -301,11 +301,19 @@ class PyEngine {
                         reject(d, batch->source, e.what());
                         return true;
                     }
-                    if (batch_reader_.left() == 0) batch_.reset();
                     read_entry(d, batch->source, frame, size);
                     return true;
                 }
-                batch_.reset();
+                auto batch = std::move(batch_);
+                if (auto extra = batch_reader_.trailing()) {
+                    // Bytes after the announced entries: reported once, as a
+                    // rejection that is not a message of its own.
+                    mark_handled(-1);
+                    entries_malformed_ += 1;
+                    reject(d, batch->source,
+                           "corrupt batch: " + std::to_string(extra) + " bytes after its last entry");
+                    return true;
+                }
             }
             std::shared_ptr<Incoming> in = engine_.pop();
             if (!in) return false;
@@ -385,11 +393,14 @@ class PyEngine {
                 Handled handled(*this);
                 py::handle handler = PyTuple_GET_ITEM(entry, 0);
                 py::object source = py::int_(d.source);
+                Py_ssize_t n = -1;
                 if (PyTuple_GET_ITEM(entry, 1) == Py_True && PySequence_Check(d.payload.ptr())) {
+                    n = PySequence_Size(d.payload.ptr());
+                    if (n < 0) PyErr_Clear();  // a 0-d array has no items: delivered whole
+                }
+                if (n >= 0) {
                     // Per-item delivery: one call per row of the batch.
                     py::object items = d.payload;
-                    Py_ssize_t n = PySequence_Size(items.ptr());
-                    if (n < 0) throw py::error_already_set();
                     for (Py_ssize_t i = 0; i < n; ++i) {
                         auto item = py::reinterpret_steal<py::object>(PySequence_GetItem(items.ptr(), i));
                         if (!item) throw py::error_already_set();
@@ -764,4 +775,5 @@ PYBIND11_MODULE(_core, m) {
     m.attr("KIND_REQUEST") = static_cast<int>(FrameKind::Request);
     m.attr("KIND_REPLY") = static_cast<int>(FrameKind::Reply);
     m.attr("KIND_ERROR") = static_cast<int>(FrameKind::Error);
+    m.attr("KIND_ANSWER") = static_cast<int>(FrameKind::Answer);
 }

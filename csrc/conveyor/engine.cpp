@@ -681,7 +681,12 @@ void Engine::background_rounds(std::unique_lock<std::mutex>& guard) {
                 active = true;
             }
         }
-        if (!owner_busy) active |= progress_locked();
+        if (!owner_busy) {
+            active |= progress_locked();
+            // As in wait_until: after a nap, MPICH's first probe only makes
+            // progress on what arrived meanwhile, the second one sees it.
+            if (!active) active |= progress_locked();
+        }
         if (!serving) {
             if (owner_waiting_) {
                 // The owner drives MPI until it stops waiting, and wakes us then.
