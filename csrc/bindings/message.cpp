@@ -17,6 +17,7 @@ struct MessageObject {
     PyObject* messenger;
     char replied;
     char deferred;
+    char cancelled;
 };
 
 PyTypeObject* message_type = nullptr;
@@ -88,6 +89,7 @@ PyMemberDef members[] = {
     {"_messenger", T_OBJECT, offsetof(MessageObject, messenger), READONLY, nullptr},
     {"_replied", T_BOOL, offsetof(MessageObject, replied), 0, nullptr},
     {"_deferred", T_BOOL, offsetof(MessageObject, deferred), 0, nullptr},
+    {"_cancelled", T_BOOL, offsetof(MessageObject, cancelled), 0, nullptr},
     {nullptr, 0, 0, 0, nullptr},
 };
 

@@ -37,11 +37,14 @@ enum class FrameKind : std::uint8_t {
     Error = 4,    // resolves the requester's future `ref` with an error
     Batch = 5,    // `ref` small frames to one rank, aggregated: see BatchReader
     Credit = 6,   // flow control: the receiver consumed `ref` more bytes of ours
+    Answer = 7,   // one answer to request `ref`, with more to come (a stream)
 };
 
-inline bool valid_kind(std::uint8_t k) { return k >= 1 && k <= 6; }
+inline bool valid_kind(std::uint8_t k) { return k >= 1 && k <= 7; }
 // The kinds that carry a message for the façade (a batch carries only these).
-inline bool valid_message_kind(FrameKind k) { return k >= FrameKind::Send && k <= FrameKind::Error; }
+inline bool valid_message_kind(FrameKind k) {
+    return (k >= FrameKind::Send && k <= FrameKind::Error) || k == FrameKind::Answer;
+}
 
 // Appends little-endian scalars and byte runs to a growable buffer.
 class Writer {

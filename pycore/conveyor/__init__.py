@@ -11,6 +11,7 @@
 
 from ._carriage import Address, CarriageableItem
 from ._errors import (
+    CancelledError,
     CarriageError,
     ConveyorError,
     ConveyorWarning,
@@ -18,29 +19,38 @@ from ._errors import (
     MessageTooLargeError,
     MPIError,
     RemoteError,
+    StoreFullError,
     TimeoutError,
     UnknownTagError,
 )
-from ._future import Future
+from ._future import Future, Stream
 from ._messenger import Message, Messenger, Receiver, Sender
+from ._store import Copy, Move, Store, Transfer
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Address",
+    "CancelledError",
     "CarriageError",
     "CarriageableItem",
     "ConveyorError",
     "ConveyorWarning",
+    "Copy",
     "FrameError",
     "Future",
     "MPIError",
     "Message",
     "MessageTooLargeError",
     "Messenger",
+    "Move",
     "Receiver",
     "RemoteError",
     "Sender",
+    "Store",
+    "StoreFullError",
+    "Stream",
     "TimeoutError",
+    "Transfer",
     "UnknownTagError",
 ]

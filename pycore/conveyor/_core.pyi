@@ -21,6 +21,8 @@ KIND_REQUEST: Final = 2
 KIND_REPLY: Final = 3
 #: Frame kind: fail the requester's future ``ref``; the payload describes the error.
 KIND_ERROR: Final = 4
+#: Frame kind: one answer to the requester's stream ``ref``, with more to come.
+KIND_ANSWER: Final = 7
 
 def configure(
     address_type: type,

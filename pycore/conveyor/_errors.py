@@ -1,6 +1,7 @@
 """The exceptions of conveyor: one root, each also a familiar built-in."""
 
 import builtins
+import concurrent.futures
 
 __all__ = [
     "ConveyorError",
@@ -11,6 +12,8 @@ __all__ = [
     "MessageTooLargeError",
     "UnknownTagError",
     "MPIError",
+    "CancelledError",
+    "StoreFullError",
     "ConveyorWarning",
 ]
 
@@ -70,6 +73,14 @@ class MessageTooLargeError(ConveyorError, ValueError):
 
 class MPIError(ConveyorError, RuntimeError):
     """An MPI call failed."""
+
+
+class CancelledError(ConveyorError, concurrent.futures.CancelledError):
+    """The request was cancelled before its answer came."""
+
+
+class StoreFullError(ConveyorError, MemoryError):
+    """An item store refused an item: it would exceed the store's capacity."""
 
 
 class ConveyorWarning(UserWarning):

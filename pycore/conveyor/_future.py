@@ -1,13 +1,15 @@
-"""Futures whose waiting drives the messenger's progress."""
+"""Futures and streams whose waiting drives the messenger's progress."""
 
+import asyncio
+import collections
 import sys
 import traceback
 
-from ._errors import ConveyorError
+from ._errors import CancelledError, ConveyorError, TimeoutError
 
-__all__ = ["Future"]
+__all__ = ["Future", "Stream"]
 
-_PENDING, _DONE, _FAILED = range(3)
+_PENDING, _DONE, _FAILED, _CANCELLED = range(4)
 
 
 class Future:
@@ -15,20 +17,28 @@ class Future:
 
     Waiting on it (`result`, `exception`) runs the messenger's progress loop,
     so other incoming messages keep being handled meanwhile: a handler may
-    wait on a future without deadlocking its rank.
+    wait on a future without deadlocking its rank. If the request is
+    answered several times (``msg.reply(x, final=False)``), the future gets
+    the final answer; `Messenger.request_stream` gets them all.
     """
 
-    __slots__ = ("_messenger", "_state", "_value", "_callbacks")
+    __slots__ = ("_messenger", "_dest", "_ref", "_state", "_value", "_callbacks")
 
-    def __init__(self, messenger):
+    def __init__(self, messenger, dest, ref):
         self._messenger = messenger
+        self._dest = dest
+        self._ref = ref
         self._state = _PENDING
         self._value = None
         self._callbacks = []
 
     def done(self):
-        """Return True once the answer (or an error) has arrived."""
+        """Return True once the answer (or an error) has arrived, or the request was cancelled."""
         return self._state != _PENDING
+
+    def cancelled(self):
+        """Return True if the request was cancelled."""
+        return self._state == _CANCELLED
 
     def result(self, timeout=None):
         """Return the answer, waiting for it for at most `timeout` seconds.
@@ -39,10 +49,12 @@ class Future:
             If no answer arrived in time (the request stays pending).
         conveyor.RemoteError
             If the remote handler raised.
+        conveyor.CancelledError
+            If the request was cancelled.
         """
         if self._state == _PENDING:
             self._messenger._wait_for(self, timeout)
-        if self._state == _FAILED:
+        if self._state in (_FAILED, _CANCELLED):
             raise self._value
         return self._value
 
@@ -50,7 +62,20 @@ class Future:
         """Return the error the request failed with, or None if it succeeded."""
         if self._state == _PENDING:
             self._messenger._wait_for(self, timeout)
-        return self._value if self._state == _FAILED else None
+        return self._value if self._state in (_FAILED, _CANCELLED) else None
+
+    def cancel(self):
+        """Cancel the request: stop waiting, and tell the rank working on it.
+
+        The remote handler sees ``msg.cancelled`` become True; its answers
+        are dropped (and counted) on either side. Returns False if the
+        future was already done.
+        """
+        if self._state != _PENDING:
+            return False
+        self._messenger._cancel(self)
+        self._resolve(_CANCELLED, CancelledError(f"the request to rank {self._dest} was cancelled"))
+        return True
 
     def add_done_callback(self, fn):
         """Call ``fn(future)`` when the future completes (at once if it has)."""
@@ -59,9 +84,25 @@ class Future:
         else:
             fn(self)
 
+    def __await__(self):
+        """Await the answer from a coroutine (the messenger is served by the running loop)."""
+        return self._messenger._await_future(self).__await__()
+
     def __repr__(self):
-        state = ("pending", "done", "failed")[self._state]
+        state = ("pending", "done", "failed", "cancelled")[self._state]
         return f"<conveyor.Future {state}>"
+
+    # The messenger's side: answers as they arrive.
+
+    def _ready(self):
+        return self._state != _PENDING
+
+    def _answer(self, value, final):
+        if final:
+            self._resolve(_DONE, value)
+
+    def _fail(self, exc):
+        self._resolve(_FAILED, exc)
 
     def _resolve(self, state, value):
         if self._state != _PENDING:
@@ -76,8 +117,102 @@ class Future:
                 print("conveyor: a Future callback raised:", file=sys.stderr)
                 traceback.print_exc()
 
-    def _set_result(self, value):
-        self._resolve(_DONE, value)
 
-    def _set_exception(self, exc):
-        self._resolve(_FAILED, exc)
+class Stream:
+    """The answers to a request that is answered several times, in order.
+
+    Made by `Messenger.request_stream`. Iterate over it (``for answer in
+    stream``, or ``async for`` in a coroutine); iteration ends after the
+    final answer. Each answer is awaited for at most the stream's
+    `timeout`, else `conveyor.TimeoutError` is raised (the stream stays
+    usable). An error from the remote handler is raised in its place.
+
+    Attributes
+    ----------
+    timeout : float or None
+        Seconds to wait for each answer; None waits without limit.
+    """
+
+    __slots__ = ("_messenger", "_dest", "_ref", "_answers", "_state", "_error", "_waiter", "timeout")
+
+    def __init__(self, messenger, dest, ref, timeout):
+        self._messenger = messenger
+        self._dest = dest
+        self._ref = ref
+        self._answers = collections.deque()
+        self._state = _PENDING
+        self._error = None
+        self._waiter = None  # the asyncio future an `async for` awaits
+        self.timeout = timeout
+
+    def done(self):
+        """Return True once the final answer (or an error) arrived, or the stream was cancelled."""
+        return self._state != _PENDING
+
+    def cancel(self):
+        """Cancel the request: drop the answers still to come and tell the rank working on it.
+
+        Answers already received are dropped too. Returns False if the
+        final answer had already arrived.
+        """
+        if self._state != _PENDING:
+            return False
+        self._messenger._cancel(self)
+        self._answers.clear()
+        self._state = _CANCELLED
+        self._wake()
+        return True
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if not self._answers and self._state == _PENDING:
+            self._messenger._wait_for(self, self.timeout)
+        return self._take(StopIteration)
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        if not self._answers and self._state == _PENDING:
+            self._waiter = self._messenger._link_loop().create_future()
+            try:
+                await asyncio.wait_for(self._waiter, self.timeout)
+            except asyncio.TimeoutError:
+                raise TimeoutError(f"no answer within {self.timeout} s") from None
+            finally:
+                self._waiter = None
+        return self._take(StopAsyncIteration)
+
+    def __repr__(self):
+        state = ("open", "done", "failed", "cancelled")[self._state]
+        return f"<conveyor.Stream {state}, {len(self._answers)} answers waiting>"
+
+    def _take(self, stop):
+        if self._answers:
+            return self._answers.popleft()
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+        raise stop
+
+    # The messenger's side: answers as they arrive.
+
+    def _ready(self):
+        return bool(self._answers) or self._state != _PENDING
+
+    def _answer(self, value, final):
+        self._answers.append(value)
+        if final:
+            self._state = _DONE
+        self._wake()
+
+    def _fail(self, exc):
+        self._error = exc
+        self._state = _FAILED
+        self._wake()
+
+    def _wake(self):
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)

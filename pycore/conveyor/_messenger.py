@@ -21,13 +21,16 @@ from ._errors import (
     TimeoutError,
     UnknownTagError,
 )
-from ._future import Future
+from ._future import Future, Stream
 from ._loop import LoopLink
+from ._store import ItemService, Store, check_user_tag
 from ._native import comm_handle, core
 
 __all__ = ["Messenger", "Message", "Receiver", "Sender"]
 
 _MISSING = object()
+
+_CANCEL = "conveyor.cancel"  # a requester cancelled request `payload`
 
 # How long one native wait may last before Python regains control (to notice
 # Ctrl-C and deadlines); an arriving message ends the wait at once.
@@ -66,22 +69,42 @@ class Message(core.MessageBase):
         For a request, the address that answers it; None for a plain send.
     """
 
-    # The fields live in the native base, which creates one per delivery.
-    __slots__ = ()
+    # The fields live in the native base, which creates one per delivery; a
+    # weak reference lets the messenger find an open request to cancel it.
+    __slots__ = ("__weakref__",)
 
     @property
     def is_request(self):
         """True if the sender waits for an answer."""
         return self.reply_to is not None
 
-    def reply(self, value=None):
-        """Answer the request with `value` (instead of the handler's return value)."""
+    @property
+    def cancelled(self):
+        """True once the requester cancelled this request: stop working on it."""
+        return self._cancelled
+
+    def reply(self, value=None, *, final=True):
+        """Answer the request with `value` (instead of the handler's return value).
+
+        With ``final=False`` more answers follow (say a quick one from a
+        cache, then a detailed one): the requester's `Messenger.request_stream`
+        gets each, a plain `Messenger.request` only the final one. Answers
+        to a cancelled request are dropped (and counted).
+        """
         if self.reply_to is None:
             raise ConveyorError(f"the message to {self.tag!r} is not a request: nothing to reply to")
         if self._replied:
             raise ConveyorError(f"the request to {self.tag!r} was already answered")
-        self._messenger.send(self.reply_to, value)
-        self._replied = True
+        m = self._messenger
+        if self._cancelled:
+            m._counts["answers_cancelled"] += 1
+        elif final:
+            m.send(self.reply_to, value)  # a value that cannot travel leaves it unanswered
+        else:
+            m._post(self.reply_to.rank, core.KIND_ANSWER, self.reply_to.ref, self.reply_to.name, value)
+        if final:
+            self._replied = True
+            m._open_requests.pop((self.source, self.reply_to.ref), None)
 
     def defer(self):
         """Answer later: the handler's return value is not the answer.
@@ -242,6 +265,11 @@ class Messenger:
         self._hooks = (self, self._receivers, Message, self._dispatch, self._returned, self._failed)
         self._link = None  # LoopLink while served from an asyncio event loop
         self._tasks = set()  # async handlers running
+        # Requests this rank is answering, by (source, ref): a cancel finds them.
+        self._open_requests = weakref.WeakValueDictionary()
+        self.store = Store()
+        self._add_receiver(_CANCEL, self._on_cancel, False)
+        ItemService(self)
         _open_messengers.add(self)
         if abort_on_error and MPI.COMM_WORLD.Get_size() > 1:
             _install_abort_hook()
@@ -296,8 +324,8 @@ class Messenger:
             self._link.close()
             self._link = None
         self._engine.close()  # stops the background thread before MPI goes away
-        for future in self._futures.values():
-            future._set_exception(ConveyorError("the messenger was closed before the answer came"))
+        for waiter in self._futures.values():
+            waiter._fail(ConveyorError("the messenger was closed before the answer came"))
         self._futures.clear()
 
     def _check_open(self):
@@ -311,6 +339,11 @@ class Messenger:
             raise TypeError(f"a tag must be a str, not {type(tag).__name__}")
         if not tag:
             raise ValueError("a tag must not be empty")
+        return tag
+
+    def _check_user_tag(self, tag):
+        self._check_tag(tag)
+        check_user_tag(tag)
         return tag
 
     def on(self, tag, *, per_item=False):
@@ -330,7 +363,7 @@ class Messenger:
             `Sender.send_many`), call the function once per item, with the
             item as ``msg.payload``, instead of once with the whole batch.
         """
-        self._check_tag(tag)
+        self._check_user_tag(tag)
 
         def decorate(fn):
             if not callable(fn):
@@ -345,7 +378,7 @@ class Messenger:
 
         `per_item` is as for `on`.
         """
-        self._check_tag(name)
+        self._check_user_tag(name)
         if not callable(getattr(receiver, "receive", None)):
             raise TypeError(
                 f"a receiver must have a receive(msg) method; {type(receiver).__name__} has none"
@@ -354,6 +387,7 @@ class Messenger:
 
     def unregister(self, name):
         """Remove the receiver of `name`; later messages to it are unknown-tag errors."""
+        self._check_user_tag(name)
         try:
             del self._receivers[name]
         except KeyError:
@@ -413,17 +447,78 @@ class Messenger:
         that address: ``request(address, payload)``.
         """
         dest, tag, _, payload = self._target("request", dest, tag, payload)
+        return self._open(dest, tag, payload, lambda ref: Future(self, dest, ref))
+
+    def request_stream(self, dest, tag, payload=_MISSING, *, timeout=None):
+        """request_stream(dest, tag, payload=None, *, timeout=None)
+
+        Send a request whose receiver may answer several times, and return
+        a `Stream` of the answers (``for answer in stream``, or ``async
+        for``), in order, ending after the final one.
+
+        Parameters
+        ----------
+        timeout : float, optional
+            Seconds to wait for each answer (`TimeoutError`); no limit by default.
+        """
+        dest, tag, _, payload = self._target("request_stream", dest, tag, payload)
+        return self._open(dest, tag, payload, lambda ref: Stream(self, dest, ref, timeout))
+
+    def _open(self, dest, tag, payload, make_waiter):
+        # Sends a request whose answers go to the waiter (Future or Stream).
         self._check_tag(tag)
         ref = self._next_ref
-        future = Future(self)
+        waiter = make_waiter(ref)
         self._next_ref += 1
-        self._futures[ref] = future
+        self._futures[ref] = waiter
         try:
             self._post(dest, core.KIND_REQUEST, ref, tag, payload)
         except BaseException:
             del self._futures[ref]
             raise
-        return future
+        return waiter
+
+    def _cancel(self, waiter):
+        # Cancels logically: the answers still to come will be dropped, and
+        # the worker is told so that its handler can stop (msg.cancelled).
+        if self._futures.pop(waiter._ref, None) is not None and not self._closed:
+            self._post(waiter._dest, core.KIND_SEND, 0, _CANCEL, waiter._ref)
+
+    def _on_cancel(self, msg):
+        request = self._open_requests.pop((msg.source, msg.payload), None)
+        if request is not None:
+            request._cancelled = True
+            self._counts["requests_cancelled"] += 1
+
+    # -- items ---------------------------------------------------------------
+
+    def fetch(self, rank, name):
+        """Return a `Future` for a copy of item `name` of rank `rank`'s store.
+
+        It fails with `RemoteError` (remote type ``KeyError``) if that store
+        has no such item.
+        """
+        from ._store import FETCH, check_name
+
+        return self.request(rank, FETCH, check_name(name))
+
+    def order(self, rank, order):
+        """Order rank `rank` to carry out `order` (a `Transfer`, `Copy` or `Move`).
+
+        The item goes from `rank` straight to the destinations (large arrays
+        without copies), never through this rank. Returns a `Future` that
+        resolves, once every destination holds the item, to ``{"name",
+        "to", "bytes"}``; it fails with `RemoteError` if `rank` has no such
+        item (remote type ``KeyError``) or a destination refused it (say
+        ``StoreFullError``).
+        """
+        from ._store import ORDER, Transfer
+
+        if not isinstance(order, Transfer):
+            raise TypeError(f"an order must be a Transfer, Copy or Move, not {type(order).__name__}")
+        for dest in order.to + ([order.then[0]] if order.then else []):
+            self._check_rank(dest)
+        return self.request(rank, ORDER, order._as_payload())
 
     def sender(self, tag, *, aggregate=None):
         """Return a `Sender` for `tag`.
@@ -469,9 +564,10 @@ class Messenger:
         self._check_open()
         return self._engine.serve(timeout, -1, self._hooks)
 
-    def _wait_for(self, future, timeout):
+    def _wait_for(self, waiter, timeout):
+        # Serves messages until the Future or Stream has something for its caller.
         deadline = None if timeout is None else time.monotonic() + timeout
-        while not future.done():
+        while not waiter._ready():
             self._check_open()
             wait = _WAIT_SLICE
             if deadline is not None:
@@ -542,7 +638,9 @@ class Messenger:
     async def arequest(self, dest, tag, payload=_MISSING, *, timeout=None):
         """arequest(dest, tag, payload=None, *, timeout=None)
 
-        Send a request and await its answer (the asyncio `request`).
+        Send a request and await its answer (the asyncio `request`; a
+        `Future` can be awaited too). If the awaiting task is cancelled or
+        the timeout runs out, the request is cancelled (see `Future.cancel`).
 
         Raises
         ------
@@ -551,24 +649,29 @@ class Messenger:
         conveyor.RemoteError
             If the remote handler raised.
         """
-        self.attach()
         future = self.request(dest, tag, payload)
-        self._engine.flush()  # the caller waits now: do not keep the request in a batch
-        waiter = self._link.loop.create_future()
-
-        def resolve(done):
-            if waiter.done():
-                return
-            if done._state == 2:  # failed
-                waiter.set_exception(done._value)
-            else:
-                waiter.set_result(done._value)
-
-        future.add_done_callback(resolve)
         try:
-            return await asyncio.wait_for(waiter, timeout)
+            return await asyncio.wait_for(self._await_future(future), timeout)
         except asyncio.TimeoutError:
             raise TimeoutError(f"no answer within {timeout} s") from None
+
+    def _link_loop(self):
+        self.attach()
+        self._engine.flush()  # the caller waits now: do not keep its requests in a batch
+        return self._link.loop
+
+    async def _await_future(self, future):
+        if not future.done():
+            waiter = self._link_loop().create_future()
+            future.add_done_callback(lambda done: waiter.done() or waiter.set_result(None))
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                # Given up (the task was cancelled, or a timeout ran out):
+                # so is the request, as with any awaitable asyncio cancels.
+                future.cancel()
+                raise
+        return future.result()
 
     async def aquiet(self):
         """Await, on every rank, the moment no message is in flight and no handler runs.
@@ -629,11 +732,14 @@ class Messenger:
             exc = ConveyorError("the handler's task was cancelled") if task.cancelled() else task.exception()
             if msg.is_request and not (msg._replied or msg._deferred):
                 if exc is None:
-                    msg.reply(task.result())
-                else:
-                    self._counts["handler_errors"] += 1
-                    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-                    self._send_error(msg.source, msg.reply_to.ref, exc, text)
+                    try:
+                        msg.reply(task.result())
+                        return
+                    except Exception as answer_error:  # the answer cannot travel
+                        exc = answer_error
+                self._counts["handler_errors"] += 1
+                text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+                self._answer_error(msg, exc, text)
             elif exc is not None:
                 self._failed(msg, exc)
         finally:
@@ -648,7 +754,7 @@ class Messenger:
         try:
             if kind == core.KIND_SEND or kind == core.KIND_REQUEST:
                 self._deliver(kind, source, ref, tag, payload, error)
-            elif kind == core.KIND_REPLY or kind == core.KIND_ERROR:
+            elif kind in (core.KIND_REPLY, core.KIND_ANSWER, core.KIND_ERROR):
                 self._answer(kind, source, ref, payload, error)
             else:  # counted by the engine as frames_malformed
                 warnings.warn(
@@ -680,6 +786,8 @@ class Messenger:
         handler = entry[0]
         reply_to = Address(source, tag, ref) if is_request else None
         msg = Message(self, tag, payload, source, reply_to)
+        if is_request:
+            self._open_requests[(source, ref)] = msg
         try:
             result = handler(msg)
             if asyncio.iscoroutine(result):
@@ -689,7 +797,7 @@ class Messenger:
         except Exception as exc:
             if is_request and not msg._replied:
                 self._counts["handler_errors"] += 1
-                self._send_error(source, ref, exc, traceback.format_exc())
+                self._answer_error(msg, exc, traceback.format_exc())
             else:
                 self._failed(msg, exc)
 
@@ -721,26 +829,42 @@ class Messenger:
 
     def _send_error(self, dest, ref, exc, text):
         kind = "unknown_tag" if isinstance(exc, UnknownTagError) else "error"
-        report = {
-            "kind": kind,
-            "type": type(exc).__qualname__,
-            "message": exc.remote_message if isinstance(exc, RemoteError) else str(exc),
-            "traceback": text,
-        }
+        if isinstance(exc, RemoteError) and not isinstance(exc, UnknownTagError):
+            # Passed on from another rank: report the original error.
+            kind_type, message = exc.remote_type, f"rank {exc.rank}: {exc.remote_message}"
+            text = exc.remote_traceback
+        else:
+            kind_type = type(exc).__qualname__
+            message = exc.remote_message if isinstance(exc, RemoteError) else str(exc)
+        report = {"kind": kind, "type": kind_type, "message": message, "traceback": text}
         self._post(dest, core.KIND_ERROR, ref, "", report)
 
+    def _answer_error(self, msg, exc, text=""):
+        # Fails the request `msg` (final): its requester gets a RemoteError.
+        msg._replied = True
+        self._open_requests.pop((msg.source, msg.reply_to.ref), None)
+        if msg._cancelled:
+            self._counts["answers_cancelled"] += 1
+        else:
+            self._send_error(msg.reply_to.rank, msg.reply_to.ref, exc, text)
+
     def _answer(self, kind, source, ref, payload, error):
-        future = self._futures.pop(ref, None)
-        if future is None:
-            self._counts["late_answers"] += 1
+        waiter = self._futures.get(ref)
+        if waiter is None:
+            self._counts["late_answers"] += 1  # after a cancel or a closed messenger
             return
         if error is not None:
-            future._set_exception(FrameError(f"the answer from rank {source}: {error}"))
+            del self._futures[ref]
+            waiter._fail(FrameError(f"the answer from rank {source}: {error}"))
+        elif kind == core.KIND_ANSWER:
+            waiter._answer(payload, final=False)
         elif kind == core.KIND_REPLY:
-            future._set_result(payload)
+            del self._futures[ref]
+            waiter._answer(payload, final=True)
         else:
+            del self._futures[ref]
             cls = UnknownTagError if payload.get("kind") == "unknown_tag" else RemoteError
-            future._set_exception(
+            waiter._fail(
                 cls(source, payload.get("type", "?"), payload.get("message", ""), payload.get("traceback", ""))
             )
 
@@ -749,9 +873,13 @@ class Messenger:
     def stats(self):
         """Return the counters of this rank: messages, frames, batches, bytes, drops, errors."""
         stats = dict(self._engine.stats()) if not self._closed else {}
-        for key in ("unknown_tag", "payloads_undecodable", "handler_errors", "late_answers"):
+        for key in ("unknown_tag", "payloads_undecodable", "handler_errors", "late_answers",
+                    "requests_cancelled", "answers_cancelled"):
             stats[key] = self._counts[key]
         stats["pending_requests"] = len(self._futures)
+        stats["open_requests"] = len(self._open_requests)
+        stats["store_items"] = len(self.store)
+        stats["store_bytes"] = self.store.nbytes
         return stats
 
     def __repr__(self):

@@ -1,0 +1,256 @@
+"""Item stores and third-party orders.
+
+Every rank has a store of named items (`Store`). A rank can fetch another's
+item, and can order rank b to send its item to rank c (`Transfer`, `Copy`,
+`Move`): the item goes from b to c directly (large arrays zero-copy) and
+never through the rank that gave the order. Orders are messages to reserved
+receivers, so a handler may give orders too.
+"""
+
+import collections.abc
+import operator
+
+from ._carriage import CarriageableItem
+from ._errors import StoreFullError
+
+__all__ = ["Store", "Transfer", "Copy", "Move"]
+
+# The receivers of the item service; user tags may not start with this.
+RESERVED_PREFIX = "conveyor."
+FETCH = "conveyor.fetch"
+PUT = "conveyor.put"
+ORDER = "conveyor.order"
+
+
+def item_bytes(item):
+    """The bytes of data `item` holds: arrays and byte strings exactly,
+    containers as the sum of their items, any other value as 8."""
+    nbytes = getattr(item, "nbytes", None)
+    if isinstance(nbytes, int):  # numpy arrays and scalars, memoryviews
+        return nbytes
+    if isinstance(item, (bytes, bytearray)):
+        return len(item)
+    if isinstance(item, str):
+        return len(item.encode("utf-8", "surrogatepass"))
+    if isinstance(item, (list, tuple)):
+        return sum(item_bytes(x) for x in item)
+    if isinstance(item, dict):
+        return sum(item_bytes(k) + item_bytes(v) for k, v in item.items())
+    if isinstance(item, CarriageableItem):
+        return item.required_bytes() + sum(item_bytes(a) for a in item.out_of_band())
+    return 8
+
+
+def check_name(name):
+    if not isinstance(name, str):
+        raise TypeError(f"an item name must be a str, not {type(name).__name__}")
+    if not name:
+        raise ValueError("an item name must not be empty")
+    return name
+
+
+class Store(collections.abc.MutableMapping):
+    """The named items of one rank: ``m.store``.
+
+    A mapping from names (strings such as ``"kmers/19123890"``) to
+    carriageable items, which other ranks can fetch (`Messenger.fetch`) or
+    have sent elsewhere (`Messenger.order`).
+
+    Attributes
+    ----------
+    capacity : int or None
+        The most bytes of data the store may hold (see `nbytes`); an item
+        that would exceed it is refused with `StoreFullError`. None: no
+        limit.
+    """
+
+    def __init__(self, capacity=None):
+        self._items = {}
+        self._sizes = {}
+        self.nbytes = 0
+        self.capacity = capacity
+
+    @property
+    def capacity(self):
+        return self._capacity
+
+    @capacity.setter
+    def capacity(self, value):
+        if value is not None:
+            value = operator.index(value)
+            if value < 0:
+                raise ValueError("a store's capacity must be >= 0")
+        self._capacity = value
+
+    def put(self, name, item):
+        """Store `item` under `name`, replacing what was there.
+
+        Raises
+        ------
+        StoreFullError
+            If the store would hold more than its `capacity`.
+        """
+        check_name(name)
+        size = item_bytes(item)
+        held = self.nbytes - self._sizes.get(name, 0)
+        if self._capacity is not None and held + size > self._capacity:
+            raise StoreFullError(
+                f"storing {name!r} ({size} bytes) would exceed the store's capacity of "
+                f"{self._capacity} bytes ({held} held)"
+            )
+        self._items[name] = item
+        self._sizes[name] = size
+        self.nbytes = held + size
+
+    def get(self, name, default=None):
+        """Return the item stored under `name`, or `default`."""
+        return self._items.get(name, default)
+
+    def delete(self, name):
+        """Remove the item `name` (KeyError if there is none)."""
+        del self[name]
+
+    def __getitem__(self, name):
+        try:
+            return self._items[name]
+        except KeyError:
+            raise KeyError(f"no item {name!r} in this store") from None
+
+    def __setitem__(self, name, item):
+        self.put(name, item)
+
+    def __delitem__(self, name):
+        try:
+            del self._items[name]
+        except KeyError:
+            raise KeyError(f"no item {name!r} in this store") from None
+        self.nbytes -= self._sizes.pop(name)
+
+    def __contains__(self, name):
+        return name in self._items
+
+    def __iter__(self):
+        return iter(self._items)
+
+    def __len__(self):
+        return len(self._items)
+
+    def __repr__(self):
+        return f"<conveyor.Store {len(self)} items, {self.nbytes} bytes>"
+
+
+class Transfer:
+    """An order: the rank that holds item `name` sends it to rank(s) `to`.
+
+    Give it with ``m.order(b, Transfer(name, to=c))``. The future resolves
+    once every destination holds the item. `Copy` keeps the item at b;
+    `Move` deletes it there once every destination has acknowledged it.
+
+    Parameters
+    ----------
+    name : str
+        The item's name in the sending rank's store.
+    to : int or sequence of int
+        The destination rank, or several (a fan-out).
+    as_name : str, optional
+        The name the destinations store it under (`name` by default).
+    then : tuple, optional
+        A follow-up message ``(rank, tag, payload)`` that the sending rank
+        sends once the order completed.
+    """
+
+    move = False
+
+    def __init__(self, name, to, *, as_name=None, then=None):
+        self.name = check_name(name)
+        ranks = [to] if not isinstance(to, (list, tuple, range)) else list(to)
+        if not ranks:
+            raise ValueError("an order needs at least one destination rank")
+        self.to = [_rank(r) for r in ranks]
+        self.as_name = check_name(as_name) if as_name is not None else self.name
+        if then is not None:
+            if not (isinstance(then, tuple) and len(then) == 3 and isinstance(then[1], str)):
+                raise TypeError("then must be a (rank, tag, payload) tuple")
+            then = (_rank(then[0]), then[1], then[2])
+        self.then = then
+
+    def _as_payload(self):
+        return {"name": self.name, "to": self.to, "as": self.as_name, "move": self.move,
+                "then": self.then}
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.name!r}, to={self.to})"
+
+
+class Copy(Transfer):
+    """A `Transfer` that keeps the item at the sending rank."""
+
+
+class Move(Transfer):
+    """A `Transfer` that deletes the item at the sending rank once every destination holds it."""
+
+    move = True
+
+
+def _rank(value):
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"a rank must be an int, not {type(value).__name__}") from None
+
+
+class ItemService:
+    """The receivers behind fetch and orders, on every rank."""
+
+    def __init__(self, messenger):
+        self._m = messenger
+        messenger._add_receiver(FETCH, self._fetch, False)
+        messenger._add_receiver(PUT, self._put, False)
+        messenger._add_receiver(ORDER, self._order, False)
+
+    def _fetch(self, msg):
+        return self._m.store[msg.payload]
+
+    def _put(self, msg):
+        name, item = msg.payload
+        self._m.store.put(name, item)
+        return item_bytes(item)
+
+    def _order(self, msg):
+        m = self._m
+        order = msg.payload
+        item = m.store[order["name"]]  # a KeyError answers the order's giver
+        msg.defer()
+        acks = [m.request(rank, PUT, (order["as"], item)) for rank in order["to"]]
+        pending = [len(acks)]
+        failures = []
+
+        def acked(future):
+            if future.exception() is not None:
+                failures.append(future.exception())
+            pending[0] -= 1
+            if pending[0] == 0:
+                self._complete(msg, order, acks, failures)
+
+        for future in acks:
+            future.add_done_callback(acked)
+
+    def _complete(self, msg, order, acks, failures):
+        m = self._m
+        if msg.cancelled:
+            return
+        if failures:
+            m._answer_error(msg, failures[0])
+            return
+        if order["move"] and order["name"] in m.store:
+            m.store.delete(order["name"])
+        if order["then"] is not None:
+            rank, tag, payload = order["then"]
+            m.send(rank, tag, payload)
+        msg.reply({"name": order["as"], "to": order["to"], "bytes": acks[0].result()})
+
+
+def check_user_tag(tag):
+    if tag.startswith(RESERVED_PREFIX):
+        raise ValueError(f"tags starting with {RESERVED_PREFIX!r} are reserved for conveyor")
+
