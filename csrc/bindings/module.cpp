@@ -394,7 +394,7 @@ class PyEngine {
                 py::handle handler = PyTuple_GET_ITEM(entry, 0);
                 py::object source = py::int_(d.source);
                 Py_ssize_t n = -1;
-                if (PyTuple_GET_ITEM(entry, 1) == Py_True && PySequence_Check(d.payload.ptr())) {
+                if (PyTuple_GET_ITEM(entry, 1) == Py_True && has_items(d.payload.ptr())) {
                     n = PySequence_Size(d.payload.ptr());
                     if (n < 0) PyErr_Clear();  // a 0-d array has no items: delivered whole
                 }
@@ -413,6 +413,13 @@ class PyEngine {
             }
         }
         h.fallback(py::make_tuple(d.kind, d.source, d.ref, d.tag, d.payload, d.error));
+    }
+
+    // What per-item delivery splits: arrays and lists or tuples, not the
+    // characters of a str nor the bytes of a byte string.
+    static bool has_items(PyObject* payload) {
+        return PySequence_Check(payload) && !PyUnicode_Check(payload) && !PyBytes_Check(payload) &&
+               !PyByteArray_Check(payload) && !PyMemoryView_Check(payload);
     }
 
     // Calls a receiver. An Exception from it is reported through `failed`

@@ -359,9 +359,10 @@ class Messenger:
         tag : str
             The receiver's name.
         per_item : bool, default False
-            For sends whose payload is a sequence (the numpy rows of
-            `Sender.send_many`), call the function once per item, with the
-            item as ``msg.payload``, instead of once with the whole batch.
+            For sends whose payload is an array, list or tuple (such as the
+            numpy rows of `Sender.send_many`), call the function once per
+            item, with the item as ``msg.payload``, instead of once with the
+            whole batch.
         """
         self._check_user_tag(tag)
 
