@@ -18,9 +18,8 @@ import pytest
 import conveyor as cv
 from conveyor._native import core
 
-# Frames of at most batch_bytes / 4 (default 32 KiB / 4) are aggregated;
-# arrays of at least the zero-copy threshold travel out of band.
-AGGREGATED_FRAME_MAX = 8 * 1024
+# Arrays of at least the zero-copy threshold travel out of band (frames of at
+# most batch_bytes / 4, 8 KiB by default, are aggregated).
 ZERO_COPY_THRESHOLD = 16 * 1024
 
 KIND_BATCH = 5
@@ -111,6 +110,8 @@ def case_exactly_once_in_order(seed, n):
         @m.on("item")
         def item(msg):
             seq, index, value = msg.payload
+            if seq < 0:
+                return  # the burst at the end
             expected, _ = make_value(seed, msg.source, index)
             if not same(value, expected):
                 problems.append((msg.source, index, repr(value)[:80], repr(expected)[:80]))
@@ -152,9 +153,20 @@ def case_exactly_once_in_order(seed, n):
         # Exactly the small messages went into batches, and many per batch.
         assert stats["messages_aggregated"] == classes["small"], (stats, classes)
         assert classes["small"] > n // 2
-        assert 0 < stats["batches_sent"] < classes["small"] / 4, stats
+        assert 0 < stats["batches_sent"] < classes["small"] / 2, stats
         assert stats["bytes_zero_copy_sent"] == zero_copy_bytes
         assert world.allreduce(stats["batches_received"]) == world.allreduce(stats["batches_sent"])
+
+        # A burst of small messages to one rank: many per MPI message.
+        world.Barrier()
+        burst = 5000
+        peer = (rank + 1) % size
+        for i in range(burst):
+            sender.send(peer, (-1, i, None))
+        m.wait_quiet()
+        after = m.stats()
+        assert after["messages_aggregated"] - stats["messages_aggregated"] == burst
+        assert after["batches_sent"] - stats["batches_sent"] <= burst / 20, after
 
 
 @pytest.mark.parametrize("seed", [11, 2024])
@@ -341,6 +353,9 @@ def make_rows(source, n, size):
 
 
 def case_per_item():
+    from mpi4py import MPI
+
+    world = MPI.COMM_WORLD
     with cv.Messenger() as m:
         rank, size = m.rank, m.size
         per_item, whole, by_object = [], [], []
@@ -369,6 +384,9 @@ def case_per_item():
             for tag in ("rows", "arrays", "tally"):
                 m.sender(tag).send_many(dests, items)
             m.wait_quiet()
+            # wait_quiet is no phase barrier: a rank still completing its last
+            # wave would handle the next round's rows from a faster rank.
+            world.Barrier()
             after = m.stats()
             if n == 40:
                 assert after["messages_aggregated"] > before["messages_aggregated"]
@@ -407,8 +425,8 @@ def test_per_item(mpirun, nranks):
 
 
 def case_per_item_zero_d_array():
-    # A 0-d array is no sequence of items: the receiver should get it whole
-    # (or refuse it as data); its rank must not fail.
+    # A 0-d array is no sequence of items: the receiver gets it whole, and
+    # its rank must not fail (bad input is data, never a crash).
     with cv.Messenger() as m:
         got = []
         m.on("rows", per_item=True)(lambda msg: got.append(msg.payload))
@@ -416,8 +434,9 @@ def case_per_item_zero_d_array():
         m.send(peer, "rows", np.array(5))
         m.send(peer, "rows", np.arange(3))
         m.wait_quiet()
-        # The 0-d array is delivered whole, or refused; the rows arrive one by one.
-        assert len(got) in (3, 4) and [int(x) for x in got[-3:]] == [0, 1, 2], got
+        assert len(got) == 4, got
+        assert isinstance(got[0], np.ndarray) and got[0].shape == () and got[0] == 5
+        assert [int(x) for x in got[1:]] == [0, 1, 2]  # the rows, one by one
 
 
 def test_per_item_zero_d_array_does_not_fail_the_receiver(mpirun):
@@ -450,6 +469,8 @@ def post_batch(m, dest, body, count):
 
 
 def case_malformed_batches():
+    from mpi4py import MPI
+
     with cv.Messenger() as m:
         got = []
         m.on("ok")(lambda msg: got.append((msg.source, msg.payload)))
@@ -487,6 +508,8 @@ def case_malformed_batches():
 
         # Unknown tags inside real batches: sends are counted and warned
         # about once, a request is answered with UnknownTagError.
+        m.wait_quiet()
+        MPI.COMM_WORLD.Barrier()  # no rank sends the next phase before all counted this one
         before = m.stats()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
