@@ -171,6 +171,8 @@ class Transfer:
         if then is not None:
             if not (isinstance(then, tuple) and len(then) == 3 and isinstance(then[1], str)):
                 raise TypeError("then must be a (rank, tag, payload) tuple")
+            if not then[1]:
+                raise ValueError("the tag of a follow-up message must not be empty")
             then = (_rank(then[0]), then[1], then[2])
         self.then = then
 
@@ -242,11 +244,17 @@ class ItemService:
         if failures:
             m._answer_error(msg, failures[0])
             return
-        if order["move"] and order["name"] in m.store:
+        # A move onto itself under the same name keeps what the put stored.
+        kept = m.rank in order["to"] and order["as"] == order["name"]
+        if order["move"] and not kept and order["name"] in m.store:
             m.store.delete(order["name"])
-        if order["then"] is not None:
-            rank, tag, payload = order["then"]
-            m.send(rank, tag, payload)
+        try:
+            if order["then"] is not None:
+                rank, tag, payload = order["then"]
+                m.send(rank, tag, payload)
+        except Exception as exc:  # a follow-up that cannot go fails the order, never hangs it
+            m._answer_error(msg, exc)
+            return
         msg.reply({"name": order["as"], "to": order["to"], "bytes": acks[0].result()})
 
 
