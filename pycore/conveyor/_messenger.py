@@ -98,10 +98,8 @@ class Message(core.MessageBase):
         m = self._messenger
         if self._cancelled:
             m._counts["answers_cancelled"] += 1
-        elif final:
-            m.send(self.reply_to, value)  # a value that cannot travel leaves it unanswered
         else:
-            m._post(self.reply_to.rank, core.KIND_ANSWER, self.reply_to.ref, self.reply_to.name, value)
+            m.send(self.reply_to, value, final=final)  # a value that cannot travel raises
         if final:
             self._replied = True
             m._open_requests.pop((self.source, self.reply_to.ref), None)
@@ -424,18 +422,21 @@ class Messenger:
         if self._engine.send(rank, kind, ref, tag, payload, self.aggregate):
             self._relieve(rank)
 
-    def send(self, dest, tag, payload=_MISSING):
+    def send(self, dest, tag, payload=_MISSING, *, final=True):
         """send(dest, tag, payload=None)
 
         Send `payload` to the receiver of `tag` on rank `dest`, without waiting.
 
         With an `Address` instead of `dest` and `tag`, send to that address:
         ``send(address, payload)``; if it is a request's ``reply_to``, this
-        answers that request.
+        answers that request, from any rank. ``final=False`` makes it one
+        answer of several (see `request_stream`).
         """
         rank, name, ref, payload = self._target("send", dest, tag, payload)
         if ref is not None:
-            self._post(rank, core.KIND_REPLY, ref, name, payload)
+            self._post(rank, core.KIND_REPLY if final else core.KIND_ANSWER, ref, name, payload)
+        elif not final:
+            raise ValueError("final=False answers a request: send it to the request's reply_to")
         else:
             self._post(rank, core.KIND_SEND, 0, self._check_tag(name), payload)
 
