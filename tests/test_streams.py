@@ -125,6 +125,37 @@ def test_stream_basic(mpirun, nranks):
     mpirun(nranks, case_stream_basic)
 
 
+def case_answers_from_a_third_rank():
+    # The worker passes the request's reply_to on; the rank that gets it
+    # streams the answers with m.send(address, x, final=False).
+    with cv.Messenger() as m:
+        helper = (m.rank + 2) % m.size
+
+        @m.on("forward")
+        def forward(msg):
+            msg.defer()
+            m.send(helper, "answer_all", msg.reply_to)
+
+        @m.on("answer_all")
+        def answer_all(msg):
+            for i in range(3):
+                m.send(msg.payload, f"partial {i}", final=False)
+            m.send(msg.payload, "final")
+
+        worker = (m.rank + 1) % m.size
+        assert list(m.request_stream(worker, "forward", timeout=10)) == [
+            "partial 0", "partial 1", "partial 2", "final"]
+        assert m.request(worker, "forward").result(timeout=10) == "final"
+        with pytest.raises(ValueError, match="reply_to"):
+            m.send(worker, "forward", None, final=False)
+        m.wait_quiet()
+        assert m.stats()["late_answers"] == 0
+
+
+def test_answers_from_a_third_rank(mpirun, nranks):
+    mpirun(nranks, case_answers_from_a_third_rank)
+
+
 def case_stream_timeout_per_answer():
     with cv.Messenger() as m:
         waiting = {}
