@@ -3,6 +3,7 @@
 import asyncio
 import atexit
 import collections
+import contextvars
 import functools
 import operator
 import os
@@ -31,6 +32,9 @@ __all__ = ["Messenger", "Message", "Receiver", "Sender"]
 _MISSING = object()
 
 _CANCEL = "conveyor.cancel"  # a requester cancelled request `payload`
+
+# In an async handler's task (and the tasks it starts): the Messenger.
+_handler_of = contextvars.ContextVar("conveyor_handler_of", default=None)
 
 # How long one native wait may last before Python regains control (to notice
 # Ctrl-C and deadlines); an arriving message ends the wait at once.
@@ -594,7 +598,7 @@ class Messenger:
         sent_before = None
         while True:
             self.progress()
-            self._engine.start_wave()
+            self._join_wave()
             totals = self._engine.wave_done()
             while totals is None:
                 self._engine.serve(_WAIT_SLICE, -1, self._hooks)
@@ -679,16 +683,19 @@ class Messenger:
         """Await, on every rank, the moment no message is in flight and no handler runs.
 
         The asyncio `wait_quiet` (collective); async handlers count as
-        running until their task ends.
+        running until their task ends. If it is cancelled, the other ranks
+        wait until this one awaits `aquiet` (or `wait_quiet`) again, which
+        takes up where it stopped.
         """
         self.attach()
-        if self._engine.handling:
-            raise ConveyorError("aquiet() is collective and cannot be awaited in a handler's dispatch")
+        if self._engine.handling or _handler_of.get() is self:
+            # A handler counts as running until it returns: quiet would never come.
+            raise ConveyorError("aquiet() is collective and cannot be awaited in a handler")
         link = self._link
         sent_before = None
         while True:
             self._engine.serve(0.0, -1, self._hooks)
-            self._engine.start_wave()
+            self._join_wave()
             totals = self._engine.wave_done()
             if totals is None:
                 link.wave = link.loop.create_future()
@@ -723,10 +730,16 @@ class Messenger:
                 f"the receiver of {msg.tag!r} is async: serve the Messenger from an event "
                 "loop (Messenger.attach, or async with Messenger())"
             )
-        task = self._link.loop.create_task(coro)
+        task = self._link.loop.create_task(self._run_handler(coro))
         self._engine.defer_handled()
         self._tasks.add(task)
         task.add_done_callback(functools.partial(self._task_done, msg))
+
+    async def _run_handler(self, coro):
+        # Marks the task's context (inherited by the tasks it starts) as a
+        # handler of this messenger's, for aquiet() to refuse.
+        _handler_of.set(self)
+        return await coro
 
     def _task_done(self, msg, task):
         self._tasks.discard(task)
@@ -746,6 +759,12 @@ class Messenger:
                 self._failed(msg, exc)
         finally:
             self._engine.mark_handled(1)
+
+    def _join_wave(self):
+        # Starts a wave, unless one is in flight already: an aquiet() that
+        # was cancelled left it so, and the other ranks take part in it.
+        if not self._engine.wave_active:
+            self._engine.start_wave()
 
     # -- delivery ------------------------------------------------------------
     # The native dispatcher calls a plain send's receiver itself; it hands
