@@ -3,7 +3,9 @@
 arequest, aquiet, aclose, ``async with``, async handlers (functions and
 Receivers), attach/detach, and the example ``examples/async_service.py``.
 Every case runs ``asyncio.run`` on each rank under mpiexec with a timeout.
-No assertion depends on timing except generous functional bounds.
+No assertion depends on timing except generous functional bounds (a ticker
+advancing during a remote sleep; a wake-up within one whole nap of 20 ms
+where half a nap is expected).
 """
 
 import asyncio
@@ -341,39 +343,56 @@ def test_errors(mpirun, nranks):
         assert result.stderr.count(f"ValueError: send boom from {source}") == nranks, result.stderr
 
 
-def case_timeout_late_answer():
+def case_late_answer(how):
+    # An arequest that gives up (timeout, or its task is cancelled) leaves
+    # nobody waiting for the answer. The answer that comes later is counted:
+    # as a late answer by the requester or, if the worker learnt in time that
+    # nobody waits (a cancelled request), as a dropped answer by the worker.
     async def main():
+        comm = world()
         async with cv.Messenger() as m:
             @m.on("slow")
             async def slow(msg):
                 await asyncio.sleep(0.5)
                 return "late"
 
-            world().Barrier()
+            comm.Barrier()
             peer = (m.rank + 1) % m.size
-            with pytest.raises(cv.TimeoutError) as info:
-                await m.arequest(peer, "slow", timeout=0.05)
-            assert isinstance(info.value, TimeoutError) and isinstance(info.value, cv.ConveyorError)
-            # The slow handler still answers; aquiet waits for it and for
-            # its answer, which nobody awaits any more: a late answer.
+            if how == "timeout":
+                with pytest.raises(cv.TimeoutError) as info:
+                    await m.arequest(peer, "slow", timeout=0.05)
+                assert isinstance(info.value, TimeoutError) and isinstance(info.value, cv.ConveyorError)
+            else:
+                task = asyncio.create_task(m.arequest(peer, "slow"))
+                await asyncio.sleep(0.05)
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+            # The slow handler still ends; aquiet waits for it and its answer.
             await m.aquiet()
             st = m.stats()
-            assert st["late_answers"] == 1, st
             assert st["pending_requests"] == 0, st
-            # A timed-out arequest leaves the messenger usable.
+            late = comm.allreduce(st["late_answers"])
+            dropped = comm.allreduce(st.get("answers_cancelled", 0))
+            assert late + dropped == m.size, (
+                f"{m.size} arequests gave up, but late_answers sum to {late} and "
+                f"answers_cancelled to {dropped}: the late answers were not counted", st)
+            # A messenger whose arequest gave up stays usable.
             assert await m.arequest(peer, "slow", timeout=20) == "late"
 
     asyncio.run(main())
 
 
-@pytest.mark.parametrize("n", [1, 2], ids=["np1", "np2"])
-def test_timeout_late_answer(mpirun, n):
-    mpirun(n, case_timeout_late_answer)
+@pytest.mark.parametrize("how, n", [("timeout", 1), ("timeout", 2), ("cancel", 2)],
+                         ids=["timeout-np1", "timeout-np2", "cancel-np2"])
+def test_late_answer(mpirun, how, n):
+    mpirun(n, case_late_answer, how)
 
 
-def case_async_answer_not_carriageable():
-    # A sync handler's answer that cannot travel reaches the requester as a
-    # RemoteError (CarriageError); an async handler's must too.
+def case_answer_not_carriageable():
+    # A handler's answer that cannot travel (here an object()) must reach the
+    # requester as a RemoteError (remote type CarriageError), whether the
+    # handler is sync or async; the requester must not be left waiting.
     async def main():
         async with cv.Messenger() as m:
             m.on("sync_obj")(lambda msg: object())
@@ -385,26 +404,81 @@ def case_async_answer_not_carriageable():
 
             world().Barrier()
             peer = (m.rank + 1) % m.size
-            with pytest.raises(cv.RemoteError) as info:
-                await m.arequest(peer, "sync_obj", timeout=20)
-            assert info.value.remote_type == "CarriageError"
-            try:
-                await m.arequest(peer, "async_obj", timeout=10)
-            except cv.RemoteError as e:
-                assert e.remote_type == "CarriageError", e
-            else:
-                raise AssertionError("an object() answer arrived")
-            except cv.TimeoutError:
-                raise AssertionError(
-                    "the async handler returned a value that cannot travel: the requester "
-                    "got no answer at all (not a RemoteError)") from None
+            problems = []
+            for tag in ("sync_obj", "async_obj"):
+                try:
+                    answer = await m.arequest(peer, tag, timeout=3)
+                except cv.RemoteError as e:
+                    if e.remote_type != "CarriageError":
+                        problems.append(f"{tag}: RemoteError of remote type {e.remote_type}")
+                except cv.TimeoutError:
+                    problems.append(f"{tag}: the handler's answer could not travel and the "
+                                    "requester got no answer at all (no RemoteError)")
+                else:
+                    problems.append(f"{tag}: an answer arrived: {answer!r}")
+            assert not problems, problems
             await m.aquiet()
 
     asyncio.run(main())
 
 
-def test_async_answer_not_carriageable(mpirun):
-    mpirun(2, case_async_answer_not_carriageable)
+def test_answer_not_carriageable(mpirun):
+    mpirun(2, case_answer_not_carriageable)
+
+
+def case_aquiet_in_async_handler():
+    # wait_quiet() from a sync handler raises (it is collective, and the
+    # handler itself counts as running); aquiet() awaited in an async
+    # handler's task must raise too, not wait forever for its own task.
+    async def main():
+        async with cv.Messenger() as m:
+            @m.on("nested_quiet")
+            async def nested_quiet(msg):
+                try:
+                    await asyncio.wait_for(m.aquiet(), 3)
+                except cv.ConveyorError:
+                    return "refused"
+                except asyncio.TimeoutError:
+                    return "hung"
+                return "returned"
+
+            world().Barrier()
+            answer = await m.arequest(m.rank, "nested_quiet", timeout=20)
+            assert answer == "refused", (
+                f"aquiet() awaited inside an async handler: {answer} (expected a ConveyorError)")
+            await m.aquiet()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("n", [1, 2], ids=["np1", "np2"])
+def test_aquiet_in_async_handler(mpirun, n):
+    mpirun(n, case_aquiet_in_async_handler)
+
+
+def case_aquiet_cancelled():
+    # An aquiet given up (asyncio.wait_for) while another rank is not there
+    # yet must leave the messenger usable: the next aquiet, on every rank,
+    # returns (rather than failing because the given-up wave is in flight).
+    async def main():
+        async with cv.Messenger() as m:
+            m.on("sq")(lambda msg: msg.payload * msg.payload)
+            world().Barrier()
+            if m.rank == 0:
+                with pytest.raises(asyncio.TimeoutError):
+                    await asyncio.wait_for(m.aquiet(), 0.2)  # the others sleep
+            else:
+                await asyncio.sleep(1.0)
+            await asyncio.wait_for(m.aquiet(), 30)
+            peer = (m.rank + 1) % m.size
+            assert await m.arequest(peer, "sq", 3, timeout=20) == 9
+            await m.aquiet()
+
+    asyncio.run(main())
+
+
+def test_aquiet_cancelled(mpirun):
+    mpirun(2, case_aquiet_cancelled)
 
 
 # -- the loop keeps running ---------------------------------------------------
@@ -511,6 +585,69 @@ def test_sends_never_block(mpirun, n):
     mpirun(n, case_sends_never_block, timeout=90)
 
 
+def case_wakeup_within_one_nap(mode, nap_us):
+    # An idle rank sleeps between MPI probes, at most CONVEYOR_MAX_SLEEP_US
+    # (set very long here: `nap_us`). A message arriving meanwhile must be
+    # handled at the end of the nap it arrived in: half a nap on average,
+    # never a whole nap more. Rank 0 pings rank 1 after long idle gaps;
+    # the handler returns its CLOCK_MONOTONIC time (shared by the processes
+    # of one machine). The bound (one whole nap, for the median of 15, where
+    # half a nap is expected) is generous.
+    import time
+
+    nap = int(nap_us) * 1e-6
+    mono = lambda: time.clock_gettime(time.CLOCK_MONOTONIC)  # noqa: E731
+    comm = world()
+    with cv.Messenger() as m:
+        m.on("ping")(lambda msg: mono())
+        stop, stopped = [], []  # stopped: the asyncio.Event the idle loop awaits
+
+        @m.on("stop")
+        def on_stop(msg):
+            stop.append(1)
+            for event in stopped:
+                event.set()
+
+        m.wait_quiet()
+        if m.rank == 0:
+            oneway = []
+            rng = random.Random(12)
+            for _ in range(15):
+                # Long enough for the idle rank to reach its longest nap; a
+                # random phase, so that arrivals fall anywhere in a nap.
+                time.sleep(5 * nap + rng.random() * nap)
+                sent = mono()
+                oneway.append(m.request(1, "ping").result(timeout=20) - sent)
+            for r in range(1, m.size):
+                m.send(r, "stop")
+            median = sorted(oneway)[len(oneway) // 2]
+            print(f"{mode}: send -> handler median {median * 1e3:.1f} ms, "
+                  f"min {min(oneway) * 1e3:.1f} ms (nap {nap * 1e3:g} ms)")
+            assert median < nap, (
+                f"{mode}: a message to an idle rank waited a whole nap or more: median "
+                f"{median * 1e3:.1f} ms, min {min(oneway) * 1e3:.1f} ms, with naps of "
+                f"{nap * 1e3:g} ms")
+        elif mode == "asyncio":
+            async def idle():
+                stopped.append(asyncio.Event())
+                m.attach()
+                await asyncio.wait_for(stopped[0].wait(), 60)
+                m.detach()
+
+            asyncio.run(idle())
+        else:
+            while not stop:
+                m.progress(1.0)
+        comm.Barrier()
+
+
+@pytest.mark.parametrize("mode", ["blocking", "asyncio"])
+def test_wakeup_within_one_nap(mpirun, mode):
+    nap_us = 20_000
+    mpirun(2, case_wakeup_within_one_nap, mode, nap_us,
+           env={"CONVEYOR_MAX_SLEEP_US": str(nap_us)})
+
+
 # -- attach, detach, close ----------------------------------------------------
 
 
@@ -528,12 +665,14 @@ def case_attach_detach():
     async def served(x):
         m.attach()
         m.attach()  # again on the same loop: nothing to do
+        # A rank may leave wait_quiet (below) before the others: none may
+        # send to an async receiver before its rank serves from a loop.
+        world().Barrier()
         assert await m.arequest(nxt, "sq", x, timeout=20) == x * x
         assert await m.arequest(nxt, "asq", x, timeout=20) == x * x
         await m.aquiet()
         m.detach()
 
-    world().Barrier()
     asyncio.run(served(3))
     # Synchronous use again, then another loop.
     assert m.request(nxt, "sq", 4).result(timeout=20) == 16
