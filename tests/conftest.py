@@ -5,6 +5,7 @@ calling test file) on ``n`` ranks. A hang is a failure: on timeout the whole
 process group is killed and the test fails with what the ranks printed.
 """
 
+import importlib.util
 import os
 import pathlib
 import shutil
@@ -27,15 +28,16 @@ def mpiexec():
     return found
 
 
-def run_mpi(n, case, *args, timeout=60, env=None, check=True):
-    """Run `case` on `n` ranks; return the CompletedProcess."""
-    source = sys.modules[case.__module__].__file__
-    cmd = [mpiexec(), "-n", str(n), sys.executable, str(ENTRY), source, case.__name__]
-    cmd += [str(a) for a in args]
+def run_command(cmd, timeout=60, env=None, cwd=None):
+    """Run `cmd` in its own process group; return the CompletedProcess.
+
+    A hang is a failure: on timeout the whole group is killed and the test
+    fails with what the command printed.
+    """
     full_env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONFAULTHANDLER="1")
     full_env.update(env or {})
     proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env,
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env, cwd=cwd,
         start_new_session=True,
     )
     try:
@@ -43,13 +45,39 @@ def run_mpi(n, case, *args, timeout=60, env=None, check=True):
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         out, err = proc.communicate()
-        pytest.fail(f"{case.__name__} on {n} ranks hung (killed after {timeout} s)\n"
-                    f"--- stdout\n{out}\n--- stderr\n{err}")
-    result = subprocess.CompletedProcess(cmd, proc.returncode, out, err)
-    if check and proc.returncode != 0:
-        pytest.fail(f"{case.__name__} on {n} ranks failed (exit {proc.returncode})\n"
-                    f"--- stdout\n{out}\n--- stderr\n{err}")
+        pytest.fail(f"{cmd} hung (killed after {timeout} s)\n--- stdout\n{out}\n--- stderr\n{err}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def run_mpi(n, case, *args, timeout=60, env=None, check=True):
+    """Run `case` on `n` ranks; return the CompletedProcess."""
+    source = sys.modules[case.__module__].__file__
+    cmd = [mpiexec(), "-n", str(n), sys.executable, str(ENTRY), source, case.__name__]
+    cmd += [str(a) for a in args]
+    result = run_command(cmd, timeout=timeout, env=env)
+    if check and result.returncode != 0:
+        pytest.fail(f"{case.__name__} on {n} ranks failed (exit {result.returncode})\n"
+                    f"--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}")
     return result
+
+
+EXAMPLES = HERE.parent / "examples"
+
+
+def load_example(name):
+    """Import ``examples/<name>.py`` as a module (its functions are tested directly)."""
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_example(name, nranks, *args, timeout=60):
+    """Run ``examples/<name>.py`` on `nranks` ranks (None: plain python); fail on a hang."""
+    command = [sys.executable, str(EXAMPLES / f"{name}.py"), *map(str, args)]
+    if nranks is not None:
+        command = [mpiexec(), "-n", str(nranks), *command]
+    return run_command(command, timeout=timeout)
 
 
 @pytest.fixture

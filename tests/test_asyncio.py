@@ -9,19 +9,13 @@ where half a nap is expected).
 """
 
 import asyncio
-import os
-import pathlib
 import random
-import signal
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 import conveyor as cv
-
-EXAMPLE = pathlib.Path(__file__).resolve().parent.parent / "examples" / "async_service.py"
+from conftest import run_example
 
 
 def world():
@@ -760,29 +754,9 @@ def test_async_handler_without_loop(mpirun, n):
 # -- the example -------------------------------------------------------------
 
 
-def run_example(nranks, *args, timeout=60):
-    """Run the example on `nranks` ranks (None: plain python); fail on a hang."""
-    from conftest import mpiexec
-
-    command = [sys.executable, str(EXAMPLE), *map(str, args)]
-    if nranks is not None:
-        command = [mpiexec(), "-n", str(nranks), *command]
-    proc = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env=dict(os.environ, PYTHONUNBUFFERED="1"), start_new_session=True,
-    )
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"{command} hung (killed after {timeout} s)\n--- stdout\n{out}\n--- stderr\n{err}")
-    return subprocess.CompletedProcess(command, proc.returncode, out, err)
-
-
 @pytest.mark.parametrize("nranks", [None, 1, 4], ids=["python", "np1", "np4"])
 def test_async_service_example(nranks):
-    result = run_example(nranks, "--requests", 2000, "--latency-ms", 1)
+    result = run_example("async_service", nranks, "--requests", 2000, "--latency-ms", 1)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "PASS" in result.stdout, result.stdout
     assert f"{nranks or 1} rank" in result.stdout, result.stdout

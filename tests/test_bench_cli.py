@@ -6,13 +6,11 @@ Each run is a real ``mpiexec -n 2`` job under a timeout.
 
 import json
 import os
-import signal
-import subprocess
 import sys
 
 import pytest
 
-from conftest import mpiexec
+from conftest import mpiexec, run_command
 from conveyor.__main__ import main
 from conveyor._bench import osu
 
@@ -33,18 +31,12 @@ ROW_KEYS = {
 CONSOLE_SCRIPT = os.path.join(os.path.dirname(sys.executable), "conveyor")
 
 
-def run_command(cmd, cwd, timeout=120):
-    """Run `cmd` in its own process group; kill the group and fail if it hangs."""
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"{cmd} hung (killed after {timeout} s)\n--- stdout\n{out}\n--- stderr\n{err}")
-    assert proc.returncode == 0, f"{cmd} exited {proc.returncode}\n--- stdout\n{out}\n--- stderr\n{err}"
-    return out
+def run_ok(cmd, cwd, timeout=120):
+    """Run `cmd` (a hang fails the test); return its stdout once it exited 0."""
+    result = run_command(cmd, timeout=timeout, cwd=cwd)
+    assert result.returncode == 0, (
+        f"{cmd} exited {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}")
+    return result.stdout
 
 
 def check_results(path, which, reps):
@@ -73,7 +65,7 @@ def check_results(path, which, reps):
 
 def test_python_m_conveyor_bench_quick_runs_every_benchmark(tmp_path):
     out_json = tmp_path / "bench.json"
-    out = run_command([sys.executable, "-m", "conveyor", "bench", "--quick", "--json",
+    out = run_ok([sys.executable, "-m", "conveyor", "bench", "--quick", "--json",
                        str(out_json)], cwd=tmp_path)
     rows = check_results(out_json, list(osu.BENCHMARKS), osu.QUICK.reps)
     assert {row["label"] for row in rows if row["benchmark"] == "batch"} == {
@@ -85,7 +77,7 @@ def test_python_m_conveyor_bench_quick_runs_every_benchmark(tmp_path):
 def test_console_script_runs_with_an_explicit_mpiexec(tmp_path):
     assert os.path.exists(CONSOLE_SCRIPT), "the conveyor console script is not installed"
     out_json = tmp_path / "rate.json"
-    run_command([CONSOLE_SCRIPT, "bench", "--quick", "--which", "rate,agg-latency", "--reps", "1",
+    run_ok([CONSOLE_SCRIPT, "bench", "--quick", "--which", "rate,agg-latency", "--reps", "1",
                  "--mpiexec", mpiexec(), "--json", str(out_json)], cwd=tmp_path)
     check_results(out_json, ["rate", "agg-latency"], 1)
 
@@ -93,7 +85,7 @@ def test_console_script_runs_with_an_explicit_mpiexec(tmp_path):
 def test_plot_writes_a_png(tmp_path):
     pytest.importorskip("matplotlib")
     png = tmp_path / "bench.png"
-    out = run_command([sys.executable, "-m", "conveyor", "bench", "--quick", "--reps", "1",
+    out = run_ok([sys.executable, "-m", "conveyor", "bench", "--quick", "--reps", "1",
                        "--which", "latency,bw,rate,batch", "--plot", str(png)], cwd=tmp_path)
     assert png.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     assert f"plot: {png}" in out

@@ -5,51 +5,21 @@ independent of the example's vectorized 2-bit code.
 """
 
 import collections
+import functools
 import gzip
-import importlib.util
-import os
-import pathlib
 import re
-import signal
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from conftest import mpiexec
+from conftest import load_example, run_example
 
-EXAMPLE = pathlib.Path(__file__).resolve().parent.parent / "examples" / "kmer_count.py"
 _COMPLEMENT = str.maketrans("ACGT", "TGCA")
 
 
 
-def _load_example():
-    spec = importlib.util.spec_from_file_location("kmer_count", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-kmer_count = _load_example()
-
-
-def run_example(nranks, *args, timeout=60):
-    """Run the example on `nranks` ranks (None: plain python); fail on a hang."""
-    command = [sys.executable, str(EXAMPLE), *map(str, args)]
-    if nranks is not None:
-        command = [mpiexec(), "-n", str(nranks), *command]
-    proc = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env=dict(os.environ, PYTHONUNBUFFERED="1"), start_new_session=True,
-    )
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"{command} hung (killed after {timeout} s)\n--- stdout\n{out}\n--- stderr\n{err}")
-    return subprocess.CompletedProcess(command, proc.returncode, out, err)
+kmer_count = load_example("kmer_count")
+run_kmer_count = functools.partial(run_example, "kmer_count")
 
 
 def count_kmers(sequences, k):
@@ -97,7 +67,7 @@ def simulated_sequences(genome_size, read_length, coverage, error_rate, seed):
 def test_random_genome(nranks, tmp_path):
     histo = tmp_path / "histo.txt"
     # --batch smaller than a rank's share: several batches per rank.
-    result = run_example(nranks, "--genome-size", 20_000, "--coverage", 5, "--error-rate", 0.01,
+    result = run_kmer_count(nranks, "--genome-size", 20_000, "--coverage", 5, "--error-rate", 0.01,
                          "--seed", 7, "--batch", 5_000, "--histo", histo)
     sequences = simulated_sequences(20_000, 100, 5, 0.01, 7)
     check_run(result, histo, sequences, 31)
@@ -126,7 +96,7 @@ def test_fastq_gz(tmp_path):
         for i, read in enumerate(reads):
             file.write(f"@read{i}\n{read}\n+\n{'I' * len(read)}\n")
     histo = tmp_path / "histo.txt"
-    result = run_example(2, "-k", 21, "--histo", histo, path)
+    result = run_kmer_count(2, "-k", 21, "--histo", histo, path)
     check_run(result, histo, reads, 21)
 
 
@@ -141,7 +111,7 @@ def test_fasta_multiline(tmp_path):
             lines = [read[j:j + 60] for j in range(0, len(read), 60)]
             file.write(end.join([f">read{i} some description", *lines]) + end)
     histo = tmp_path / "histo.txt"
-    result = run_example(3, "-k", 21, "--histo", histo, path)
+    result = run_kmer_count(3, "-k", 21, "--histo", histo, path)
     check_run(result, histo, reads, 21)
 
 
@@ -152,7 +122,7 @@ def test_fasta_multiline(tmp_path):
     (["--read-length", "50", "--genome-size", "10"], "--read-length <= --genome-size"),
 ], ids=["missing-file", "k0", "k33", "read-longer-than-genome"])
 def test_bad_arguments(args, message):
-    result = run_example(None, *args)
+    result = run_kmer_count(None, *args)
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
@@ -167,7 +137,7 @@ def test_bad_files(tmp_path):
     corrupt.write_bytes(gzip.compress(b">r\nACGT\n")[:-6])
     for path, message in [(truncated, "not a multiple of 4"), (not_reads, "neither FASTA"),
                           (corrupt, "cannot read"), (tmp_path, "Is a directory")]:
-        result = run_example(None, path)
+        result = run_kmer_count(None, path)
         assert result.returncode == 2
         assert message in result.stderr
         assert "Traceback" not in result.stderr
@@ -175,7 +145,7 @@ def test_bad_files(tmp_path):
 
 def test_bad_input_under_mpiexec():
     # Every rank must stop with the message, none may wait for the others.
-    result = run_example(2, "/nonexistent/reads.fa", timeout=30)
+    result = run_kmer_count(2, "/nonexistent/reads.fa", timeout=30)
     assert result.returncode != 0
     assert "cannot read /nonexistent/reads.fa" in result.stderr
     assert "Traceback" not in result.stderr

@@ -8,55 +8,22 @@ after a deadline) drive the example's roles step by step on one rank.
 """
 
 import functools
-import importlib.util
 import json
-import os
-import pathlib
-import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 
-from conftest import mpiexec
+from conftest import load_example, run_example
 
-EXAMPLE = pathlib.Path(__file__).resolve().parent.parent / "examples" / "ventilator.py"
-
-
-def _load_example():
-    spec = importlib.util.spec_from_file_location("ventilator", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-ventilator = _load_example()
-
-
-def run_example(nranks, *args, timeout=60):
-    """Run the example on `nranks` ranks (None: plain python); fail on a hang."""
-    command = [sys.executable, str(EXAMPLE), *map(str, args)]
-    if nranks is not None:
-        command = [mpiexec(), "-n", str(nranks), *command]
-    proc = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env=dict(os.environ, PYTHONUNBUFFERED="1"), start_new_session=True,
-    )
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"{command} hung (killed after {timeout} s)\n--- stdout\n{out}\n--- stderr\n{err}")
-    return subprocess.CompletedProcess(command, proc.returncode, out, err)
+ventilator = load_example("ventilator")
+run_ventilator = functools.partial(run_example, "ventilator")
 
 
 def run_json(nranks, tmp_path, *args):
     """Run the example with --json; return (summary, stdout) once it passed."""
     path = tmp_path / "summary.json"
-    result = run_example(nranks, "--json", path, *args)
+    result = run_ventilator(nranks, "--json", path, *args)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "PASS" in result.stdout, result.stdout
     summary = json.loads(path.read_text())
@@ -217,7 +184,7 @@ def test_default_demo_reissues_the_stuck_workers_chunks(tmp_path):
     (None, ["--deadline", "0"], "need --deadline > 0"),
 ], ids=["not-a-worker", "only-worker", "not-a-rank", "chunk0", "deadline0"])
 def test_bad_arguments(nranks, args, message):
-    result = run_example(nranks, *args, timeout=30)
+    result = run_ventilator(nranks, *args, timeout=30)
     assert result.returncode == 2, result.stdout + result.stderr
     assert message in result.stderr
     assert "Traceback" not in result.stderr
