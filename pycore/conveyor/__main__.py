@@ -5,6 +5,11 @@ Subcommands:
 bench
     OSU-style latency, bandwidth and message-rate benchmarks of conveyor
     against raw mpi4py, on two ranks under mpiexec.
+shell
+    An interactive command interpreter over the ranks' item stores
+    (``mpiexec -n 4 conveyor shell``, or ``conveyor shell -n 4``).
+script
+    The same commands, read from a file.
 """
 
 import argparse
@@ -14,6 +19,7 @@ import sys
 
 def build_parser():
     """Return the parser of the ``conveyor`` command and its subcommands."""
+    from . import _shell
     from ._bench import launch, osu
 
     parser = argparse.ArgumentParser(
@@ -30,6 +36,27 @@ def build_parser():
     launch.add_arguments(bench)
     # Each subcommand reports its usage errors under its own name.
     bench.set_defaults(run=functools.partial(launch.run, bench))
+
+    epilog = ("Under mpiexec every rank runs the command: rank 0 reads the commands, the "
+              "others serve. Type 'help' in the shell for the commands.")
+    shell = commands.add_parser(
+        "shell",
+        help="an interactive command interpreter over the ranks' item stores",
+        description="Read commands at a prompt on rank 0 (put, get, copy, move, rm, ls, "
+        "stats, ...) and carry them out on the ranks of the job.",
+        epilog=epilog,
+    )
+    _shell.add_arguments(shell, script=False)
+    shell.set_defaults(run=functools.partial(_shell.run, shell, script=False))
+    script = commands.add_parser(
+        "script",
+        help="run a file of shell commands",
+        description="Run the commands of FILE, one per line, as 'conveyor shell' would. "
+        "The exit status is 1 if any command failed.",
+        epilog=epilog,
+    )
+    _shell.add_arguments(script, script=True)
+    script.set_defaults(run=functools.partial(_shell.run, script, script=True))
     return parser
 
 
