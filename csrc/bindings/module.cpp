@@ -738,6 +738,7 @@ PYBIND11_MODULE(_core, m) {
         .def_readwrite("batch_bytes", &EngineOptions::batch_bytes)
         .def_readwrite("flush_delay_seconds", &EngineOptions::flush_delay_seconds)
         .def_readwrite("window_bytes", &EngineOptions::window_bytes)
+        .def_readwrite("data_window_bytes", &EngineOptions::data_window_bytes)
         .def_readwrite("background", &EngineOptions::background);
 
     py_message::add_type(m);

@@ -205,8 +205,8 @@ bool Engine::post(int dest, std::vector<std::uint8_t> frame, const std::vector<O
                          " bytes (CONVEYOR_MAX_FRAME_BYTES); send large data as numpy arrays, "
                          "which travel out of band");
     auto out = std::make_shared<Outgoing>();
-    out->bytes = frame.size();
-    for (const auto& b : oob) out->bytes += b.size;
+    out->bytes.frames = frame.size();
+    for (const auto& b : oob) out->bytes.data += b.size;
     out->frame = std::move(frame);
     out->oob = oob;
     out->keep = std::move(keep);
@@ -248,7 +248,7 @@ void Engine::seal_batch(int dest) {
     auto out = std::make_shared<Outgoing>();
     std::memcpy(route.batch.bytes.data() + 4, &route.batch_messages, 8);
     out->frame = std::move(route.batch.bytes);
-    out->bytes = out->frame.size();
+    out->bytes.frames = out->frame.size();
     route.batch.bytes.clear();
     route.batch_messages = 0;
     batched_routes_ -= 1;
@@ -279,21 +279,32 @@ void Engine::queue(int dest, std::shared_ptr<Outgoing> out) {
     if (!route.held.empty()) stats_.sends_held += 1;
 }
 
-// Sends what credit allows. A frame larger than the whole window still goes
-// once nothing else is in flight, so every frame can be sent.
+namespace {
+
+// Whether `add` more bytes would overflow a window of `limit` (0: none). A
+// message larger than the whole window still goes once nothing else is in
+// flight, so every message can be sent.
+bool overflows(std::size_t in_flight, std::size_t add, std::size_t limit) {
+    return limit != 0 && in_flight != 0 && in_flight + add > limit;
+}
+
+}  // namespace
+
+// Sends what credit allows, in order.
 void Engine::release(int dest) {
     auto& route = routes_[dest];
-    const std::size_t window = options_.window_bytes;
     while (!route.held.empty()) {
         auto& next = route.held.front();
-        if (window != 0 && route.in_flight != 0 && route.in_flight + next->bytes > window) {
+        if (overflows(route.in_flight.frames, next->bytes.frames, options_.window_bytes) ||
+            overflows(route.in_flight.data, next->bytes.data, options_.data_window_bytes)) {
             if (!route.asked) {
                 route.asked = true;
-                send_control(dest, FrameKind::Credit, 0);  // "credit, please"
+                send_credit(dest, {});  // nothing consumed: "credit, please"
             }
             return;
         }
-        route.in_flight += next->bytes;
+        route.in_flight.frames += next->bytes.frames;
+        route.in_flight.data += next->bytes.data;
         isend(dest, std::move(next));
         route.held.pop_front();
     }
@@ -320,31 +331,38 @@ void Engine::isend(int dest, std::shared_ptr<Outgoing> out) {
     }
 }
 
-// A Credit frame: `value` bytes consumed, or 0 to ask for credit. Control
-// frames bypass batches and flow control and are not logical messages.
-void Engine::send_control(int dest, FrameKind kind, std::uint64_t value) {
+// A Credit frame: the frame bytes consumed in `ref`, the out-of-band bytes
+// in its body; nothing consumed asks for credit. Control frames bypass
+// batches and flow control and are not logical messages.
+void Engine::send_credit(int dest, FlowBytes consumed) {
     auto out = std::make_shared<Outgoing>();
     Writer w;
-    write_header(w, kind, value, {}, {});
+    write_header(w, FrameKind::Credit, consumed.frames, {}, {});
+    w.u64(consumed.data);
     out->frame = std::move(w.bytes);
     isend(dest, std::move(out));
     stats_.credits_sent += 1;
 }
 
-// Flow control, receiving side: credit a sender every quarter window it
-// consumed, or at once when it asked (it is waiting for exactly that).
-void Engine::consumed(int source, std::size_t bytes) {
+// Flow control, receiving side: credit a sender every quarter of either
+// window it consumed, or at once when it asked (it waits for exactly that).
+void Engine::consumed(int source, FlowBytes bytes) {
     auto& route = routes_[source];
-    route.consumed += bytes;
-    std::size_t quantum = options_.window_bytes / 4;
-    if ((quantum != 0 && route.consumed >= quantum) || route.owes) credit(source);
+    route.consumed.frames += bytes.frames;
+    route.consumed.data += bytes.data;
+    auto reached = [](std::size_t consumed, std::size_t window) {
+        return window != 0 && consumed >= window / 4;
+    };
+    if (reached(route.consumed.frames, options_.window_bytes) ||
+        reached(route.consumed.data, options_.data_window_bytes) || route.owes)
+        credit(source);
 }
 
 void Engine::credit(int source) {
     auto& route = routes_[source];
-    if (route.consumed == 0) return;
-    send_control(source, FrameKind::Credit, route.consumed);
-    route.consumed = 0;
+    if (route.consumed.frames == 0 && route.consumed.data == 0) return;
+    send_credit(source, route.consumed);
+    route.consumed = {};
     route.owes = false;
 }
 
@@ -371,11 +389,16 @@ void Engine::receive_frame(MPI_Message message, const MPI_Status& status) {
         stats_.frames_received -= 1;  // a control frame: counted on its own
         stats_.credits_received += 1;
         auto& route = routes_[in->source];
-        if (in->header.ref == 0) {
+        FlowBytes credited{in->header.ref, 0};
+        Reader body(in->frame.data() + in->header.body_offset,
+                    in->frame.size() - in->header.body_offset);
+        if (body.remaining() >= 8) credited.data = body.u64();
+        if (credited.frames == 0 && credited.data == 0) {
             route.owes = true;
             credit(in->source);
         } else {
-            route.in_flight -= std::min<std::size_t>(route.in_flight, in->header.ref);
+            route.in_flight.frames -= std::min(route.in_flight.frames, credited.frames);
+            route.in_flight.data -= std::min(route.in_flight.data, credited.data);
             route.asked = false;
             release(in->source);
         }
@@ -567,8 +590,8 @@ std::unique_ptr<Incoming> Engine::pop() {
     auto in = std::move(ready_.front());
     ready_.pop_front();
     if (in->source >= 0) {
-        std::size_t bytes = in->frame.size();
-        for (const auto& b : in->oob) bytes += b->size();
+        FlowBytes bytes{in->frame.size(), 0};
+        for (const auto& b : in->oob) bytes.data += b->size();
         consumed(in->source, bytes);
     }
     return in;

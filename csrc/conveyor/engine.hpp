@@ -107,9 +107,12 @@ struct EngineOptions {
     // A buffered batch older than this is sent by the background thread even
     // if the program does not call the engine.
     double flush_delay_seconds = 100e-6;
-    // Flow control: at most this many bytes (frames and out-of-band data) in
-    // flight to one rank before it reports them consumed (0: unbounded).
+    // Flow control: at most this many bytes of frames (small messages) in
+    // flight to one rank before it reports them consumed (0: unbounded)...
     std::size_t window_bytes = std::size_t(8) << 20;
+    // ... and this many bytes of out-of-band data (large arrays), a window
+    // of its own so that large messages keep a pipeline several deep.
+    std::size_t data_window_bytes = std::size_t(256) << 20;
     // Run the background thread (needs MPI_THREAD_MULTIPLE; see Engine).
     bool background = true;
 };
@@ -218,11 +221,16 @@ class Engine {
     [[noreturn]] void abort(int code);
 
   private:
+    // Bytes as flow control counts them, each kind against its own window.
+    struct FlowBytes {
+        std::size_t frames = 0;
+        std::size_t data = 0;
+    };
     struct Outgoing {
         std::vector<std::uint8_t> frame;
         std::vector<OutOfBand> oob;
         KeepAlive keep;
-        std::size_t bytes = 0;  // frame and out-of-band, as flow control counts them
+        FlowBytes bytes;
     };
     using Clock = std::chrono::steady_clock;
     // What this rank has in flight to one destination, and has consumed from it.
@@ -231,9 +239,9 @@ class Engine {
         std::uint64_t batch_messages = 0;
         Clock::time_point batch_started;
         std::deque<std::shared_ptr<Outgoing>> held;  // waiting for credit, in order
-        std::size_t in_flight = 0;  // bytes posted to MPI that the receiver has not credited
+        FlowBytes in_flight;        // posted to MPI, not credited by the receiver yet
         bool asked = false;         // we asked it for credit and none came yet
-        std::size_t consumed = 0;   // bytes of its frames we popped and have not credited
+        FlowBytes consumed;         // of its messages we popped, not credited yet
         bool owes = false;          // it asked us for credit
     };
 
@@ -248,8 +256,8 @@ class Engine {
     void queue(int dest, std::shared_ptr<Outgoing> out);
     void release(int dest);
     void isend(int dest, std::shared_ptr<Outgoing> out);
-    void send_control(int dest, FrameKind kind, std::uint64_t value);
-    void consumed(int source, std::size_t bytes);
+    void send_credit(int dest, FlowBytes consumed);
+    void consumed(int source, FlowBytes bytes);
     void credit(int source);
     void flush_locked();
     bool progress_locked();

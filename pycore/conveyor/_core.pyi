@@ -56,7 +56,9 @@ class EngineOptions:
     flush_delay_seconds: float
     """Age from which the background thread sends a batch left waiting (default 100 µs)."""
     window_bytes: int
-    """Bytes in flight to one rank before its credit is needed (default 8 MiB; 0: unbounded)."""
+    """Frame bytes in flight to one rank before its credit is needed (default 8 MiB; 0: unbounded)."""
+    data_window_bytes: int
+    """Out-of-band bytes in flight to one rank before its credit is needed (default 256 MiB)."""
     background: bool
     """Run the background thread (if MPI provides MPI_THREAD_MULTIPLE; default True)."""
     def __init__(self) -> None:

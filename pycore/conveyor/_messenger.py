@@ -247,6 +247,9 @@ class Messenger:
         options.batch_bytes = _env_number("CONVEYOR_BATCH_BYTES", options.batch_bytes)
         options.flush_delay_seconds = _env_number("CONVEYOR_FLUSH_DELAY_US", 100, float) * 1e-6
         options.window_bytes = _env_number("CONVEYOR_WINDOW_BYTES", options.window_bytes)
+        options.data_window_bytes = _env_number(
+            "CONVEYOR_DATA_WINDOW_BYTES", options.data_window_bytes
+        )
         options.background = bool(_env_number("CONVEYOR_BACKGROUND", 1))
         core.set_buffer_cache_limit(_env_number("CONVEYOR_BUFFER_CACHE_BYTES", 512 << 20))
 
