@@ -561,7 +561,7 @@ def case_sends_never_block():
 
             comm.Barrier()
             dest, source = (m.rank + 1) % m.size, (m.rank - 1) % m.size
-            n = 100  # 100 x 400 KB = 40 MB, five times the 8 MiB window
+            n = 100  # 100 x 400 KB = 40 MB, five times the 8 MiB data window set below
             for i in range(n):
                 m.send(dest, "bulk", np.full(50_000, i, dtype=np.int64))
             assert m.stats()["sends_held"] > 0  # flow control did hold frames back
@@ -576,7 +576,7 @@ def case_sends_never_block():
 
 @pytest.mark.parametrize("n", [1, 2, 4], ids=["np1", "np2", "np4"])
 def test_sends_never_block(mpirun, n):
-    mpirun(n, case_sends_never_block, timeout=90)
+    mpirun(n, case_sends_never_block, timeout=90, env={"CONVEYOR_DATA_WINDOW_BYTES": str(8 << 20)})
 
 
 def case_wakeup_within_one_nap(mode, nap_us):

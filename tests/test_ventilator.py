@@ -202,7 +202,7 @@ def _serve_until(m, condition, timeout=10.0):
 def case_cancel_skips_waiting_chunks():
     import conveyor as cv
 
-    v = _load_example()
+    v = load_example("ventilator")
     with cv.Messenger() as m:
         vent = v.Ventilator(m, (0,), chunk=10, window=3, deadline=60.0)
         worker = v.Worker(m, sink=0)
@@ -239,7 +239,7 @@ def test_cancel_skips_waiting_chunks(mpirun):
 def case_deadline_reissues_and_first_result_wins():
     import conveyor as cv
 
-    v = _load_example()
+    v = load_example("ventilator")
     with cv.Messenger() as m:
         vent = v.Ventilator(m, (0,), chunk=10, window=2, deadline=0.05)
         worker = v.Worker(m, sink=0)

@@ -106,7 +106,7 @@ class Message(core.MessageBase):
             m.send(self.reply_to, value, final=final)  # a value that cannot travel raises
         if final:
             self._replied = True
-            m._open_requests.pop((self.source, self.reply_to.ref), None)
+            m._forget_request(self)
 
     def defer(self):
         """Answer later: the handler's return value is not the answer.
@@ -270,7 +270,11 @@ class Messenger:
         self._hooks = (self, self._receivers, Message, self._dispatch, self._returned, self._failed)
         self._link = None  # LoopLink while served from an asyncio event loop
         self._tasks = set()  # async handlers running
-        # Requests this rank is answering, by (source, ref): a cancel finds them.
+        # Requests this rank is answering, by (source, ref), where a cancel
+        # finds them: those whose handler runs, and those left open after it
+        # returned (deferred, streaming), held weakly: a deferred request
+        # whose reply_to was passed on is forgotten with its message.
+        self._answering = {}
         self._open_requests = weakref.WeakValueDictionary()
         self.store = Store()
         self._add_receiver(_CANCEL, self._on_cancel, False)
@@ -494,7 +498,8 @@ class Messenger:
             self._post(waiter._dest, core.KIND_SEND, 0, _CANCEL, waiter._ref)
 
     def _on_cancel(self, msg):
-        request = self._open_requests.pop((msg.source, msg.payload), None)
+        key = (msg.source, msg.payload)
+        request = self._answering.get(key) or self._open_requests.pop(key, None)
         if request is not None:
             request._cancelled = True
             self._counts["requests_cancelled"] += 1
@@ -811,7 +816,7 @@ class Messenger:
         reply_to = Address(source, tag, ref) if is_request else None
         msg = Message(self, tag, payload, source, reply_to)
         if is_request:
-            self._open_requests[(source, ref)] = msg
+            self._answering[(source, ref)] = msg
         try:
             result = handler(msg)
             if asyncio.iscoroutine(result):
@@ -824,6 +829,17 @@ class Messenger:
                 self._answer_error(msg, exc, traceback.format_exc())
             else:
                 self._failed(msg, exc)
+        finally:
+            if is_request:
+                del self._answering[(source, ref)]
+                if not msg._replied:
+                    self._open_requests[(source, ref)] = msg
+
+    def _forget_request(self, msg):
+        # Its final answer is sent: a cancel has nothing to find any more.
+        key = (msg.source, msg.reply_to.ref)
+        if key not in self._answering:  # else its handler's return forgets it
+            self._open_requests.pop(key, None)
 
     def _returned(self, msg, result):
         # What a plain send's receiver returned: nobody waits for it, but a
@@ -866,7 +882,7 @@ class Messenger:
     def _answer_error(self, msg, exc, text=""):
         # Fails the request `msg` (final): its requester gets a RemoteError.
         msg._replied = True
-        self._open_requests.pop((msg.source, msg.reply_to.ref), None)
+        self._forget_request(msg)
         if msg._cancelled:
             self._counts["answers_cancelled"] += 1
         else:
@@ -901,7 +917,7 @@ class Messenger:
                     "requests_cancelled", "answers_cancelled"):
             stats[key] = self._counts[key]
         stats["pending_requests"] = len(self._futures)
-        stats["open_requests"] = len(self._open_requests)
+        stats["open_requests"] = len(self._answering) + len(self._open_requests)
         stats["store_items"] = len(self.store)
         stats["store_bytes"] = self.store.nbytes
         return stats
