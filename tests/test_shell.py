@@ -615,6 +615,7 @@ def test_interactive_shell_under_mpiexec(terminal, tmp_path):
     assert "error: ls: RANK|all: rank 5 is out of range 0..1\n" in t.expect(prompt)
     t.send("echo cancelled")
     t.expect("echo cancelled")
+    time.sleep(0.5)  # as a person would: rank 0 is back waiting for input when Ctrl-C comes
     t.send("\x03")  # mpiexec passes it to every rank: rank 0 drops the line
     t.expect(prompt)
     t.send("echo kept\n")

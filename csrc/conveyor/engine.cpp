@@ -236,7 +236,9 @@ Engine::Posted Engine::post_aggregated(int dest, const std::uint8_t* frame, std:
 
 void Engine::open_batch(int dest) {
     auto& route = routes_[dest];
-    route.batch.bytes.reserve(options_.batch_bytes);
+    // Most batches that leave early (a rank about to wait) hold a message or
+    // two: start small, and let a busy stream grow it to batch_bytes.
+    route.batch.bytes.reserve(std::min<std::size_t>(options_.batch_bytes, 1024));
     write_header(route.batch, FrameKind::Batch, 0, {}, {});  // ref: the count, set when sealed
     route.batch_messages = 0;
     route.batch_started = Clock::now();
@@ -246,13 +248,21 @@ void Engine::open_batch(int dest) {
 void Engine::seal_batch(int dest) {
     auto& route = routes_[dest];
     auto out = std::make_shared<Outgoing>();
-    std::memcpy(route.batch.bytes.data() + 4, &route.batch_messages, 8);
-    out->frame = std::move(route.batch.bytes);
+    auto& bytes = route.batch.bytes;
+    if (route.batch_messages == 1) {
+        // A lone message (its sender is about to wait) goes as itself: the
+        // receiver need not unpack a batch, and the buffer stays for reuse.
+        out->frame.assign(bytes.begin() + kBareHeaderBytes + 4, bytes.end());
+        bytes.clear();
+    } else {
+        std::memcpy(bytes.data() + 4, &route.batch_messages, 8);
+        out->frame = std::move(bytes);
+        bytes.clear();
+        stats_.batches_sent += 1;
+    }
     out->bytes.frames = out->frame.size();
-    route.batch.bytes.clear();
     route.batch_messages = 0;
     batched_routes_ -= 1;
-    stats_.batches_sent += 1;
     queue(dest, std::move(out));
 }
 
@@ -683,6 +693,7 @@ void Engine::background_loop() {
 void Engine::background_rounds(std::unique_lock<std::mutex>& guard) {
     auto idle_since = Clock::now();
     double nap = 10e-6;
+    bool unparked = false;
     while (!background_stop_) {
         // While the owner calls in, it makes progress itself: only batches
         // it left waiting need the background. In an event loop the owner
@@ -711,11 +722,16 @@ void Engine::background_rounds(std::unique_lock<std::mutex>& guard) {
             if (!active) active |= progress_locked();
         }
         if (!serving) {
-            if (owner_waiting_) {
-                // The owner drives MPI until it stops waiting, and wakes us then.
+            if (owner_waiting_ && !unparked) {
+                // The owner drives MPI until it stops waiting, and wakes us
+                // then. Once woken, nap before parking again: an owner that
+                // waits often (a ping-pong) then pays one wake-up per nap,
+                // not one per wait.
                 background_parked_ = true;
                 background_wake_.wait(guard);
+                unparked = true;
             } else {
+                unparked = false;
                 // Wake rarely: every wake-up takes a core from the ranks,
                 // which may outnumber cores, and a batch left behind waits
                 // at most this long.
