@@ -144,7 +144,7 @@ class PyEngine {
         if (!has_pending()) engine_.progress();
         if (!has_pending() && timeout != 0) {
             py::gil_scoped_release nogil;
-            engine_.wait_until(timeout, uncongested);
+            engine_.wait(timeout, uncongested);
         }
         std::size_t dispatched = 0;
         Delivery d;

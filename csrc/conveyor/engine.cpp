@@ -521,11 +521,7 @@ bool Engine::progress_locked() {
     return active;
 }
 
-bool Engine::wait(double timeout) {
-    return wait_until(timeout, -1);
-}
-
-bool Engine::wait_until(double timeout, int uncongested) {
+bool Engine::wait(double timeout, int uncongested) {
     if (uncongested >= 0) check_dest(uncongested, size_);
     std::unique_lock<std::mutex> guard(lock_);
     owner_active_ = true;
@@ -717,7 +713,7 @@ void Engine::background_rounds(std::unique_lock<std::mutex>& guard) {
         }
         if (!owner_busy) {
             active |= progress_locked();
-            // As in wait_until: after a nap, MPICH's first probe only makes
+            // As in wait(): after a nap, MPICH's first probe only makes
             // progress on what arrived meanwhile, the second one sees it.
             if (!active) active |= progress_locked();
         }

@@ -1,8 +1,8 @@
 // The progress engine: the only code that talks to MPI.
 //
-// It is single-threaded by design: whoever calls progress() or wait() drives
-// MPI (the Python façade does so whenever the user sends, waits, or serves).
-// Idle waiting spins briefly, then yields, then sleeps with a growing interval,
+// Its owner's calls drive MPI (the Python façade's sends, waits and serves),
+// and a background thread of its own takes over while the owner is away
+// (see class Engine). Idle waiting spins briefly, then yields, then sleeps with a growing interval,
 // so a rank waiting for messages does not keep a core busy when ranks
 // outnumber cores.
 //
@@ -185,10 +185,9 @@ class Engine {
 
     // Flush, then drive progress until a message is ready, the quiescence
     // wave completes, or `timeout` seconds pass (negative: no limit). Returns
-    // whether woken by an event rather than the timeout.
-    bool wait(double timeout);
-    // The same, also woken once `dest` is no longer congested.
-    bool wait_until(double timeout, int uncongested);
+    // whether woken by an event rather than the timeout. With `uncongested`
+    // >= 0, also woken once that rank is no longer congested.
+    bool wait(double timeout, int uncongested = -1);
 
     bool has_ready() const;
     // The next complete message in arrival order (per-source order kept).
@@ -304,7 +303,7 @@ class Engine {
     int notify_fd_ = -1;
     bool owner_signalled_ = false;
     bool owner_active_ = false;  // the owner called in since the background's last round
-    bool owner_waiting_ = false;      // the owner is in wait_until(), driving MPI
+    bool owner_waiting_ = false;      // the owner is in wait(), driving MPI
     bool background_parked_ = false;  // the background sleeps until the owner stops waiting
     std::string background_failure_;
 };

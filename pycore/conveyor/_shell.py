@@ -877,10 +877,12 @@ def enable_line_editing():
 
 def add_arguments(parser, script):
     """Add the options of ``conveyor shell`` (`script` False) or ``conveyor script``."""
+    from ._bench.osu import positive_int
+
     if script:
         parser.add_argument("file", metavar="FILE",
                             help="the script to run ('-': standard input)")
-    parser.add_argument("-n", "--np", type=_positive_int, metavar="N", dest="nranks",
+    parser.add_argument("-n", "--np", type=positive_int, metavar="N", dest="nranks",
                         help="start N ranks under mpiexec (default: run as the rank "
                              "that mpiexec started, or as a job of one rank)")
     parser.add_argument("--mpiexec", metavar="PATH",
@@ -899,18 +901,6 @@ def add_arguments(parser, script):
 
         # Rank 0 of `conveyor shell -n N`: stdin and stdout belong to the front end.
         parser.add_argument("--frontend", action="store_true", help=argparse.SUPPRESS)
-
-
-def _positive_int(text):
-    import argparse
-
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
 
 
 def _seconds(text):
@@ -998,14 +988,9 @@ def launch(parser, args, script):
     int
         mpiexec's exit status; 130 if the session was ended with Ctrl-C.
     """
-    from ._bench.launch import find_mpiexec
+    from ._bench.launch import require_mpiexec
 
-    mpiexec = find_mpiexec(args.mpiexec)
-    if mpiexec is None:
-        if args.mpiexec is not None:
-            parser.error(f"argument --mpiexec: {args.mpiexec!r} is not an executable")
-        parser.error("no mpiexec found: install the mpich wheel (pip install mpich), "
-                     "set CONVEYOR_MPIEXEC or pass --mpiexec")
+    mpiexec = require_mpiexec(parser, args.mpiexec)
     cmd = [mpiexec, "-n", str(args.nranks), sys.executable, "-m", "conveyor"]
     options = ["--timeout", repr(args.timeout)]
     if script:

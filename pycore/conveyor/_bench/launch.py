@@ -45,6 +45,17 @@ def find_mpiexec(explicit=None):
     )
 
 
+
+def require_mpiexec(parser, explicit):
+    """`find_mpiexec`, or a usage error of `parser` saying what to do."""
+    mpiexec = find_mpiexec(explicit)
+    if mpiexec is None:
+        if explicit is not None:
+            parser.error(f"argument --mpiexec: {explicit!r} is not an executable")
+        parser.error("no mpiexec found: install the mpich wheel (pip install mpich), "
+                     "set CONVEYOR_MPIEXEC or pass --mpiexec")
+    return mpiexec
+
 def add_arguments(parser):
     """Add the options of ``conveyor bench`` to `parser`."""
     osu.add_run_options(parser)
@@ -84,12 +95,7 @@ def run(parser, args):
             plot.require_matplotlib()
         except plot.MatplotlibMissing as exc:
             parser.error(f"argument --plot: {exc}")
-    mpiexec = find_mpiexec(args.mpiexec)
-    if mpiexec is None:
-        if args.mpiexec is not None:
-            parser.error(f"argument --mpiexec: {args.mpiexec!r} is not an executable")
-        parser.error("no mpiexec found: install the mpich wheel (pip install mpich), "
-                     "set CONVEYOR_MPIEXEC or pass --mpiexec")
+    mpiexec = require_mpiexec(parser, args.mpiexec)
 
     with tempfile.TemporaryDirectory(prefix="conveyor-bench-") as scratch:
         json_path = args.json
