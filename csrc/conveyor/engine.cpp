@@ -211,7 +211,7 @@ bool Engine::post(int dest, std::vector<std::uint8_t> frame, const std::vector<O
     out->oob = oob;
     out->keep = std::move(keep);
     Guard guard(lock_);
-    owner_active_ = true;
+    owner_active_.store(true, std::memory_order_relaxed);
     stats_.messages_sent += messages;
     if (routes_[dest].batch.size() != 0) seal_batch(dest);  // it goes first
     queue(dest, std::move(out));
@@ -222,7 +222,7 @@ Engine::Posted Engine::post_aggregated(int dest, const std::uint8_t* frame, std:
     check_dest(dest, size_);
     if (!aggregates(size)) return Posted::TooLarge;
     Guard guard(lock_);
-    owner_active_ = true;
+    owner_active_.store(true, std::memory_order_relaxed);
     auto& route = routes_[dest];
     if (route.batch.size() + 4 + size > options_.batch_bytes) seal_batch(dest);
     if (route.batch.size() == 0) open_batch(dest);
@@ -242,7 +242,7 @@ void Engine::open_batch(int dest) {
     write_header(route.batch, FrameKind::Batch, 0, {}, {});  // ref: the count, set when sealed
     route.batch_messages = 0;
     route.batch_started = Clock::now();
-    batched_routes_ += 1;
+    open_batches_.fetch_add(1, std::memory_order_relaxed);
 }
 
 void Engine::seal_batch(int dest) {
@@ -262,7 +262,7 @@ void Engine::seal_batch(int dest) {
     }
     out->bytes.frames = out->frame.size();
     route.batch_messages = 0;
-    batched_routes_ -= 1;
+    open_batches_.fetch_sub(1, std::memory_order_relaxed);
     queue(dest, std::move(out));
 }
 
@@ -272,7 +272,7 @@ void Engine::flush() {
 }
 
 void Engine::flush_locked() {
-    for (int dest = 0; batched_routes_ != 0 && dest < size_; ++dest)
+    for (int dest = 0; open_batches_.load(std::memory_order_relaxed) != 0 && dest < size_; ++dest)
         if (routes_[dest].batch.size() != 0) seal_batch(dest);
 }
 
@@ -524,19 +524,18 @@ bool Engine::progress_locked() {
 bool Engine::wait(double timeout, int uncongested) {
     if (uncongested >= 0) check_dest(uncongested, size_);
     std::unique_lock<std::mutex> guard(lock_);
-    owner_active_ = true;
+    owner_active_.store(true, std::memory_order_relaxed);
     flush_locked();
     // Idle ranks wait here most of the time: the background thread parks
     // meanwhile, so that a waiting rank costs nothing but its own naps.
-    owner_waiting_ = true;
+    owner_waiting_.store(true);
     struct Unpark {
         Engine& e;
+        // Sequentially consistent with the background's park: either it sees
+        // the owner has left, or the owner sees it parked and wakes it.
         ~Unpark() {
-            e.owner_waiting_ = false;
-            if (e.background_parked_) {
-                e.background_parked_ = false;
-                e.background_wake_.notify_all();
-            }
+            e.owner_waiting_.store(false);
+            if (e.background_parked_.load()) e.wake_background();
         }
     } unpark{*this};
     auto start = Clock::now();
@@ -585,12 +584,9 @@ bool Engine::has_ready() const {
 
 std::unique_ptr<Incoming> Engine::pop() {
     Guard guard(lock_);
-    owner_active_ = true;
+    owner_active_.store(true, std::memory_order_relaxed);
     if (ready_.empty()) {
-        if (owner_signalled_) {
-            owner_signalled_ = false;
-            background_wake_.notify_all();  // it waits for the owner to drain
-        }
+        if (owner_signalled_.exchange(false)) wake_background();  // it waits for the owner to drain
         return nullptr;
     }
     auto in = std::move(ready_.front());
@@ -631,7 +627,7 @@ bool Engine::wave_done() {
     if (!wave_completed_) return false;
     wave_active_ = false;
     wave_completed_ = false;
-    owner_signalled_ = false;
+    owner_signalled_.store(false);
     return true;
 }
 
@@ -655,76 +651,86 @@ bool Engine::flush_sends(double timeout) {
 void Engine::serve_in_background(int fd) {
     {
         Guard guard(lock_);
-        notify_fd_ = fd;
-        owner_signalled_ = false;
-        background_parked_ = false;
+        notify_fd_.store(fd);
+        owner_signalled_.store(false);
     }
-    background_wake_.notify_all();
+    wake_background();
 }
 
 void Engine::stop_background() {
-    {
-        Guard guard(lock_);
-        background_stop_ = true;
-        background_parked_ = false;
-    }
-    background_wake_.notify_all();
+    background_stop_.store(true);
+    wake_background();
     if (background_.joinable()) background_.join();
 }
 
-// The background thread: sends batches that waited too long and, when the
-// owner asked for it, receives messages and signals the owner's descriptor.
-// It naps between rounds with the same growing interval as an idle wait.
+void Engine::wake_background() {
+    {
+        // Taken so that the wake-up cannot fall between the background's
+        // check of its condition and its sleep.
+        std::lock_guard<std::mutex> sleep(sleep_lock_);
+        background_parked_.store(false);
+    }
+    sleep_wake_.notify_all();
+}
+
+// The background thread: sends batches that waited too long, receives while
+// the owner stays away and, when the owner asked for it, signals the
+// owner's descriptor. It naps between rounds with the same growing interval
+// as an idle wait.
 void Engine::background_loop() {
     on_background_thread = true;
-    std::unique_lock<std::mutex> guard(lock_);
     try {
-        background_rounds(guard);
+        background_rounds();
     } catch (const std::exception& e) {
         // The owner's next call reports it; meanwhile the owner drives MPI alone.
+        Guard guard(lock_);
         background_failure_ = e.what();
     }
 }
 
-void Engine::background_rounds(std::unique_lock<std::mutex>& guard) {
+void Engine::background_rounds() {
     auto idle_since = Clock::now();
     double nap = 10e-6;
     bool unparked = false;
-    while (!background_stop_) {
-        // While the owner calls in, it makes progress itself: only batches
-        // it left waiting need the background. In an event loop the owner
-        // never waits in the engine and relies on the background entirely.
-        bool serving = notify_fd_ >= 0;
-        bool owner_busy = owner_active_ && !serving;
-        bool active = serving && owner_active_;  // it sent or took something
-        owner_active_ = false;
-        if (batched_routes_ != 0) {
-            auto now = Clock::now();
-            for (int dest = 0; dest < size_; ++dest) {
-                auto& route = routes_[dest];
-                if (route.batch.size() == 0) continue;
-                if (std::chrono::duration<double>(now - route.batch_started).count() <
-                    options_.flush_delay_seconds)
-                    continue;
-                seal_batch(dest);
-                stats_.background_flushes += 1;
-                active = true;
+    while (!background_stop_.load()) {
+        // An owner that calls in makes progress itself: then only batches it
+        // left filling need the background. In an event loop the owner never
+        // waits in the engine and relies on the background entirely.
+        bool serving = notify_fd_.load() >= 0;
+        bool owner_called = owner_active_.exchange(false, std::memory_order_relaxed);
+        bool active = serving && owner_called;  // it sent or took something
+        bool receive = serving || (!owner_called && !owner_waiting_.load());
+        bool flush = open_batches_.load(std::memory_order_relaxed) != 0;
+        if (receive || flush) {
+            std::unique_lock<std::mutex> guard(lock_, std::defer_lock);
+            // An event loop's owner needs this round; any other owner
+            // holding the lock is making progress itself.
+            if (serving)
+                guard.lock();
+            else
+                guard.try_lock();
+            if (guard.owns_lock()) {
+                if (flush) active |= flush_stale_batches();
+                if (receive) {
+                    active |= progress_locked();
+                    // As in wait(): after a nap, MPICH's first probe only makes
+                    // progress on what arrived meanwhile, the second one sees it.
+                    if (!active) active |= progress_locked();
+                }
+                if (serving) signal_owner();
             }
         }
-        if (!owner_busy) {
-            active |= progress_locked();
-            // As in wait(): after a nap, MPICH's first probe only makes
-            // progress on what arrived meanwhile, the second one sees it.
-            if (!active) active |= progress_locked();
-        }
+        std::unique_lock<std::mutex> sleep(sleep_lock_);
+        if (background_stop_.load()) break;
         if (!serving) {
-            if (owner_waiting_ && !unparked) {
+            if (owner_waiting_.load() && !unparked) {
                 // The owner drives MPI until it stops waiting, and wakes us
                 // then. Once woken, nap before parking again: an owner that
                 // waits often (a ping-pong) then pays one wake-up per nap,
                 // not one per wait.
-                background_parked_ = true;
-                background_wake_.wait(guard);
+                background_parked_.store(true);
+                if (!owner_waiting_.load()) background_parked_.store(false);  // it just left
+                sleep_wake_.wait(sleep, [this] { return !background_parked_.load(); });
                 unparked = true;
             } else {
                 unparked = false;
@@ -732,15 +738,15 @@ void Engine::background_rounds(std::unique_lock<std::mutex>& guard) {
                 // which may outnumber cores, and a batch left behind waits
                 // at most this long.
                 double nap = std::max(2 * options_.max_sleep_seconds, options_.flush_delay_seconds);
-                background_wake_.wait_for(guard, std::chrono::duration<double>(nap));
+                sleep_wake_.wait_for(sleep, std::chrono::duration<double>(nap));
             }
             continue;
         }
-        signal_owner();
-        if (owner_signalled_) {
+        if (owner_signalled_.load()) {
             // The owner has messages to handle: give it the core until it
             // took them (pop() wakes us) rather than polling beside it.
-            background_wake_.wait_for(guard, std::chrono::duration<double>(options_.max_sleep_seconds));
+            sleep_wake_.wait_for(sleep, std::chrono::duration<double>(options_.max_sleep_seconds),
+                                 [this] { return !owner_signalled_.load() || background_stop_.load(); });
             idle_since = Clock::now();
             continue;
         }
@@ -753,24 +759,43 @@ void Engine::background_rounds(std::unique_lock<std::mutex>& guard) {
         }
         double idle = seconds_since(idle_since);
         if (idle < options_.yield_seconds) {
-            guard.unlock();
+            sleep.unlock();
             if (idle >= options_.spin_seconds) sched_yield();
-            guard.lock();
             continue;
         }
-        background_wake_.wait_for(guard, std::chrono::duration<double>(nap));
+        sleep_wake_.wait_for(sleep, std::chrono::duration<double>(nap));
         nap = std::min(nap * 2, options_.max_sleep_seconds);
     }
 }
 
+// Sends the batches older than flush_delay_seconds; returns whether any left.
+bool Engine::flush_stale_batches() {
+    bool sent = false;
+    auto now = Clock::now();
+    for (int dest = 0; open_batches_.load(std::memory_order_relaxed) != 0 && dest < size_; ++dest) {
+        auto& route = routes_[dest];
+        if (route.batch.size() == 0 ||
+            std::chrono::duration<double>(now - route.batch_started).count() < options_.flush_delay_seconds)
+            continue;
+        seal_batch(dest);
+        stats_.background_flushes += 1;
+        sent = true;
+    }
+    return sent;
+}
+
+// Called with the lock held, under which the owner changes notify_fd_ (and
+// closes the old descriptor only after): it may have stopped serving since
+// the round began.
 void Engine::signal_owner() {
-    if (owner_signalled_) return;
+    int fd = notify_fd_.load();
+    if (fd < 0 || owner_signalled_.load()) return;
     if (ready_.empty() && !(wave_active_ && wave_completed_)) return;
     std::uint64_t one = 1;
     // A full eventfd or pipe already tells the owner to come: ignore EAGAIN.
-    if (write(notify_fd_, &one, sizeof one) < 0 && errno != EAGAIN)
+    if (write(fd, &one, sizeof one) < 0 && errno != EAGAIN)
         throw MPIError(std::string("signalling the event loop failed: ") + std::strerror(errno));
-    owner_signalled_ = true;
+    owner_signalled_.store(true);
 }
 
 void Engine::abort(int code) {

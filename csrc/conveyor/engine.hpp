@@ -17,6 +17,7 @@
 
 #include <mpi.h>
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
@@ -137,12 +138,19 @@ struct EngineStats {
 };
 
 // The progress engine. All of its methods may be called from one thread (the
-// owner's); a background thread of the engine's own takes the same lock to
-// send batches that waited longer than flush_delay_seconds and, when asked to
-// (serve_in_background), to receive messages and signal a file descriptor.
+// owner's). A background thread of the engine's own sends batches that
+// waited longer than flush_delay_seconds, receives while the owner stays
+// away, and, when asked to (serve_in_background), signals a file descriptor.
 // It needs MPI_THREAD_MULTIPLE, since the owner may call MPI itself meanwhile;
 // without it there is no background thread and only the owner's calls make
 // progress.
+//
+// The background never queues for the engine's lock: it decides from atomics
+// whether there is anything to do and then only tries the lock, since an
+// owner holding it is making progress itself. Were it to block on the lock,
+// every unlock by an owner in a tight request/reply loop would become a
+// futex wake and a context switch on the owner's critical path. It sleeps on
+// a lock and condition variable of its own for the same reason.
 class Engine {
   public:
     // Outstanding send requests beyond which a sender is congested even with
@@ -267,8 +275,10 @@ class Engine {
     bool complete_receives();
     void bury(std::shared_ptr<Outgoing> out);
     void background_loop();
-    void background_rounds(std::unique_lock<std::mutex>& guard);
+    void background_rounds();
+    bool flush_stale_batches();
     void signal_owner();
+    void wake_background();
 
     MPI_Comm comm_;
     EngineOptions options_;
@@ -278,7 +288,6 @@ class Engine {
     mutable std::mutex lock_;
 
     std::vector<Route> routes_;
-    std::size_t batched_routes_ = 0;  // routes with an open batch
     std::vector<MPI_Request> send_reqs_;
     std::vector<std::shared_ptr<Outgoing>> send_owners_;
     // Sends the background thread completed: their keep-alives may hold
@@ -298,14 +307,20 @@ class Engine {
     std::uint64_t wave_out_[2] = {0, 0};
 
     std::thread background_;
-    std::condition_variable background_wake_;
-    bool background_stop_ = false;
-    int notify_fd_ = -1;
-    bool owner_signalled_ = false;
-    bool owner_active_ = false;  // the owner called in since the background's last round
-    bool owner_waiting_ = false;      // the owner is in wait(), driving MPI
-    bool background_parked_ = false;  // the background sleeps until the owner stops waiting
+    // Set by the owner's calls, cleared by each background round: whether
+    // the owner called in since (relaxed: a hint, never a guard of data).
+    std::atomic<bool> owner_active_{false};
+    std::atomic<bool> owner_waiting_{false};  // the owner is in wait(), driving MPI
+    std::atomic<std::size_t> open_batches_{0};  // routes with a batch filling
+    std::atomic<int> notify_fd_{-1};
+    // The owner has not drained since the background signalled notify_fd_.
+    std::atomic<bool> owner_signalled_{false};
     std::string background_failure_;
+    // The background's own sleep: the owner wakes it without the engine's lock.
+    std::mutex sleep_lock_;
+    std::condition_variable sleep_wake_;
+    std::atomic<bool> background_stop_{false};
+    std::atomic<bool> background_parked_{false};  // asleep until the owner stops waiting
 };
 
 // Runs an MPI call and throws MPIError with MPI's message when it fails.
