@@ -596,6 +596,10 @@ class Decoder {
 
 }  // namespace
 
+py::object make_address(py::handle rank, py::handle name, py::handle ref) {
+    return types().address(rank, name, ref);
+}
+
 void configure(py::object address_type, py::object item_base, py::dict item_registry,
                py::object pickle_module) {
     auto& t = types();

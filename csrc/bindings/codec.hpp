@@ -47,6 +47,9 @@ void encode_frame(Encoded& out, FrameKind kind, std::uint64_t ref, std::string_v
 py::object decode_body(const std::uint8_t* body, std::size_t size,
                        const std::vector<std::shared_ptr<Buffer>>& oob, bool allow_pickle);
 
+// A conveyor.Address (the façade's type).
+py::object make_address(py::handle rank, py::handle name, py::handle ref);
+
 // The Python types the codec needs from the façade, set once at import.
 void configure(py::object address_type, py::object item_base, py::dict item_registry,
                py::object pickle_module);

@@ -4,6 +4,8 @@
 
 #include <cstddef>
 
+#include "bindings/codec.hpp"
+
 namespace conveyor::py_message {
 
 namespace {
@@ -13,8 +15,10 @@ struct MessageObject {
     PyObject* tag;
     PyObject* payload;
     PyObject* source;
-    PyObject* reply_to;
+    PyObject* reply_to;  // null for a request whose Address was not read yet
     PyObject* messenger;
+    std::uint64_t reply_ref;
+    char is_request;
     char replied;
     char deferred;
     char cancelled;
@@ -58,7 +62,7 @@ void set_fields(MessageObject* m, PyObject* messenger, PyObject* tag, PyObject* 
     Py_INCREF(tag);
     Py_INCREF(payload);
     Py_INCREF(source);
-    Py_INCREF(reply_to);
+    Py_XINCREF(reply_to);
     Py_INCREF(messenger);
     m->tag = tag;
     m->payload = payload;
@@ -76,6 +80,7 @@ PyObject* new_message(PyTypeObject* type, PyObject* args, PyObject* kwargs) {
     PyObject* self = type->tp_alloc(type, 0);
     if (!self) return nullptr;
     set_fields(reinterpret_cast<MessageObject*>(self), messenger, tag, payload, source, reply_to);
+    reinterpret_cast<MessageObject*>(self)->is_request = reply_to != Py_None;
     return self;
 }
 
@@ -84,13 +89,32 @@ PyMemberDef members[] = {
      "The tag (receiver name) it was sent to."},
     {"payload", T_OBJECT, offsetof(MessageObject, payload), READONLY, "The decoded payload."},
     {"source", T_OBJECT, offsetof(MessageObject, source), READONLY, "The rank that sent it."},
-    {"reply_to", T_OBJECT, offsetof(MessageObject, reply_to), READONLY,
-     "For a request, the Address that answers it; None for a plain send."},
     {"_messenger", T_OBJECT, offsetof(MessageObject, messenger), READONLY, nullptr},
     {"_replied", T_BOOL, offsetof(MessageObject, replied), 0, nullptr},
     {"_deferred", T_BOOL, offsetof(MessageObject, deferred), 0, nullptr},
     {"_cancelled", T_BOOL, offsetof(MessageObject, cancelled), 0, nullptr},
     {nullptr, 0, 0, 0, nullptr},
+};
+
+PyObject* get_reply_to(PyObject* self, void*) {
+    auto m = reinterpret_cast<MessageObject*>(self);
+    if (!m->reply_to) {
+        if (!m->is_request) Py_RETURN_NONE;
+        try {
+            m->reply_to = py_codec::make_address(m->source, m->tag, py::int_(m->reply_ref)).release().ptr();
+        } catch (py::error_already_set& e) {
+            e.restore();
+            return nullptr;
+        }
+    }
+    Py_INCREF(m->reply_to);
+    return m->reply_to;
+}
+
+PyGetSetDef getset[] = {
+    {"reply_to", get_reply_to, nullptr,
+     "For a request, the Address that answers it; None for a plain send.", nullptr},
+    {nullptr, nullptr, nullptr, nullptr, nullptr},
 };
 
 PyType_Slot slots[] = {
@@ -100,6 +124,7 @@ PyType_Slot slots[] = {
     {Py_tp_traverse, reinterpret_cast<void*>(traverse)},
     {Py_tp_clear, reinterpret_cast<void*>(clear)},
     {Py_tp_members, members},
+    {Py_tp_getset, getset},
     {0, nullptr},
 };
 
@@ -128,6 +153,26 @@ py::object make(PyTypeObject* type, py::handle messenger, py::handle tag, py::ha
                source.ptr(), reply_to.ptr());
     return py::reinterpret_steal<py::object>(self);
 }
+
+py::object make_request(PyTypeObject* type, py::handle messenger, py::handle tag,
+                        py::handle payload, py::handle source, std::uint64_t ref) {
+    PyObject* self = type->tp_alloc(type, 0);
+    if (!self) throw py::error_already_set();
+    auto m = reinterpret_cast<MessageObject*>(self);
+    set_fields(m, messenger.ptr(), tag.ptr(), payload.ptr(), source.ptr(), nullptr);
+    m->reply_ref = ref;
+    m->is_request = 1;
+    return py::reinterpret_steal<py::object>(self);
+}
+
+namespace {
+MessageObject* fields(py::handle message) { return reinterpret_cast<MessageObject*>(message.ptr()); }
+}  // namespace
+
+bool replied(py::handle message) { return fields(message)->replied; }
+bool deferred(py::handle message) { return fields(message)->deferred; }
+bool cancelled(py::handle message) { return fields(message)->cancelled; }
+void set_replied(py::handle message) { fields(message)->replied = 1; }
 
 bool is_message_type(py::handle type) {
     return PyType_Check(type.ptr()) &&

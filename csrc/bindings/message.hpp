@@ -8,6 +8,8 @@
 
 #include <pybind11/pybind11.h>
 
+#include <cstdint>
+
 namespace conveyor::py_message {
 
 namespace py = pybind11;
@@ -18,6 +20,17 @@ void add_type(py::module_& module);
 // A new instance of `type` (MessageBase or a subclass) with these fields.
 py::object make(PyTypeObject* type, py::handle messenger, py::handle tag, py::handle payload,
                 py::handle source, py::handle reply_to);
+
+// A request: its reply_to, Address(source, tag, ref), is made only if read
+// (the native dispatcher answers most requests without it).
+py::object make_request(PyTypeObject* type, py::handle messenger, py::handle tag,
+                        py::handle payload, py::handle source, std::uint64_t ref);
+
+// The flags a handler sets through Message.reply() / defer(), and a cancel.
+bool replied(py::handle message);
+bool deferred(py::handle message);
+bool cancelled(py::handle message);
+void set_replied(py::handle message);
 
 // Whether `type` is MessageBase or a subclass (what make() may create).
 bool is_message_type(py::handle type);

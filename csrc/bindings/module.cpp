@@ -94,13 +94,11 @@ FrameKind frame_kind(int kind) {
 }
 
 // The engine as the façade drives it. Besides sending, one entry point,
-// serve(), waits and dispatches: plain sends to a registered receiver are
-// delivered here, in C++, one handler call each; everything else (requests,
-// answers, errors, rejected frames) goes to the façade's Python dispatcher.
-// The engine as the façade drives it. Besides sending, one entry point,
-// serve(), waits and dispatches: plain sends to a registered receiver are
-// delivered here, in C++, one handler call each; everything else (requests,
-// answers, errors, rejected frames) goes to the façade's Python dispatcher.
+// serve(), waits and dispatches. The common cases are dispatched here, in
+// C++: plain sends and requests to a registered receiver (one handler call
+// each, and the request's reply sent), and answers to this rank's requests.
+// The rest (unknown tags, errors, rejected frames, and requests whose handler
+// raised, deferred or went async) goes to the façade's Python code.
 class PyEngine {
   public:
     PyEngine(std::intptr_t comm, std::size_t zero_copy_threshold, bool allow_pickle,
@@ -217,21 +215,32 @@ class PyEngine {
   private:
     // What serve() needs from the façade, passed on each call (so the engine
     // holds no reference back to the Messenger): the messenger, its
-    // receivers {tag: (handler, per_item)}, the Message class, and the
-    // callbacks dispatch(item), returned(msg, result), failed(msg, exc).
+    // receivers {tag: (handler, per_item)}, the Message class, the callbacks
+    // dispatch(item), returned(msg, result), failed(msg, exc) and
+    // finish_request(msg, result, exc), its waiters for answers {ref: Future
+    // or Stream}, the requests it is answering {(source, ref): msg}, and
+    // whether its replies are aggregated.
     struct Hooks {
         explicit Hooks(const py::tuple& t) {
-            if (t.size() != 6) throw UsageError("serve() hooks must be a 6-tuple");
+            if (t.size() != 10) throw UsageError("serve() hooks must be a 10-tuple");
             messenger = t[0];
             receivers = t[1];
             message_type = t[2];
             fallback = t[3];
             returned = t[4];
             failed = t[5];
-            if (!PyDict_Check(receivers.ptr()) || !py_message::is_message_type(message_type))
-                throw UsageError("serve() hooks: receivers must be a dict, and Message a MessageBase");
+            finish_request = t[6];
+            waiters = t[7];
+            answering = t[8];
+            aggregate = t[9].ptr() == Py_True;
+            if (!PyDict_Check(receivers.ptr()) || !PyDict_Check(waiters.ptr()) ||
+                !PyDict_Check(answering.ptr()) || !py_message::is_message_type(message_type))
+                throw UsageError(
+                    "serve() hooks: receivers, waiters and answering must be dicts, and Message a MessageBase");
         }
-        py::handle messenger, receivers, message_type, fallback, returned, failed;
+        py::handle messenger, receivers, message_type, fallback, returned, failed, finish_request,
+            waiters, answering;
+        bool aggregate;
     };
 
     // One message ready for dispatch; kind 0 is a rejected frame and error
@@ -386,10 +395,18 @@ class PyEngine {
 
     void dispatch(Delivery& d, const Hooks& h) {
         Handling handling(handling_);
-        if (d.kind == static_cast<int>(FrameKind::Send) && d.error.is_none()) {
+        auto kind = static_cast<FrameKind>(d.kind);
+        if ((kind == FrameKind::Reply || kind == FrameKind::Answer) && d.error.is_none() &&
+            answered(d, h, kind == FrameKind::Reply))
+            return;
+        if ((kind == FrameKind::Send || kind == FrameKind::Request) && d.error.is_none()) {
             PyObject* entry = PyDict_GetItemWithError(h.receivers.ptr(), d.tag.ptr());
             if (!entry && PyErr_Occurred()) throw py::error_already_set();
-            if (entry && PyTuple_Check(entry) && PyTuple_GET_SIZE(entry) == 2) {
+            if (entry && kind == FrameKind::Request) {
+                Handled handled(*this);
+                return answer(d, h, PyTuple_GET_ITEM(entry, 0));
+            }
+            if (entry) {
                 Handled handled(*this);
                 py::handle handler = PyTuple_GET_ITEM(entry, 0);
                 py::object source = py::int_(d.source);
@@ -415,6 +432,80 @@ class PyEngine {
         h.fallback(py::make_tuple(d.kind, d.source, d.ref, d.tag, d.payload, d.error));
     }
 
+    // An answer to one of this rank's requests, handed to its waiter; false
+    // if there is none (it was cancelled: the façade counts it).
+    bool answered(Delivery& d, const Hooks& h, bool final) {
+        py::object ref = py::int_(d.ref);
+        PyObject* found = PyDict_GetItemWithError(h.waiters.ptr(), ref.ptr());
+        if (!found) {
+            if (PyErr_Occurred()) throw py::error_already_set();
+            return false;
+        }
+        Handled handled(*this);
+        auto waiter = py::reinterpret_borrow<py::object>(found);
+        if (final && PyDict_DelItem(h.waiters.ptr(), ref.ptr()) < 0) throw py::error_already_set();
+        waiter.attr("_answer")(d.payload, py::bool_(final));
+        return true;
+    }
+
+    // Runs a request's handler and sends its return value as the reply.
+    // Whatever is unusual (it raised, replied or deferred itself, was
+    // cancelled, returned a coroutine, or its value cannot travel) the
+    // façade's finish_request settles, as its Python dispatcher would.
+    void answer(Delivery& d, const Hooks& h, py::handle handler) {
+        py::object source = py::int_(d.source);
+        py::object msg = py_message::make_request(reinterpret_cast<PyTypeObject*>(h.message_type.ptr()),
+                                                  h.messenger, d.tag, d.payload, source, d.ref);
+        // Where a cancel arriving while the handler runs finds the request.
+        py::tuple key = py::make_tuple(source, py::int_(d.ref));
+        if (PyDict_SetItem(h.answering.ptr(), key.ptr(), msg.ptr()) < 0) throw py::error_already_set();
+        struct Unlist {
+            PyObject* answering;
+            PyObject* key;
+            ~Unlist() {
+                if (PyDict_DelItem(answering, key) < 0) PyErr_Clear();
+            }
+        } unlist{h.answering.ptr(), key.ptr()};
+        auto result = py::reinterpret_steal<py::object>(PyObject_CallOneArg(handler.ptr(), msg.ptr()));
+        if (!result) {
+            if (!PyErr_ExceptionMatches(PyExc_Exception)) throw py::error_already_set();
+            h.finish_request(msg, py::none(), caught());
+            return;
+        }
+        bool plain = !py_message::replied(msg) && !py_message::deferred(msg) &&
+                     !py_message::cancelled(msg) && !awaitable(result.ptr());
+        if (plain) {
+            try {
+                // Congestion is ignored: a handler's sends queue, never wait.
+                send(d.source, static_cast<int>(FrameKind::Reply), d.ref, "", result, h.aggregate);
+                py_message::set_replied(msg);
+                return;
+            } catch (const Closed&) {
+                throw;
+            } catch (const std::exception&) {
+                // It cannot travel: the façade's reply raises the same error
+                // again, with its type, and answers with it.
+                PyErr_Clear();
+            }
+        }
+        h.finish_request(msg, result, py::none());
+    }
+
+    // The exception being raised, taken with its traceback (which, before
+    // Python 3.12, is not attached to it until it is caught in Python).
+    static py::object caught() {
+        py::error_already_set error;
+        py::object exc = error.value();
+        if (error.trace() && PyException_SetTraceback(exc.ptr(), error.trace().ptr()) < 0)
+            throw py::error_already_set();
+        return exc;
+    }
+
+    static bool awaitable(PyObject* result) {
+        auto async = Py_TYPE(result)->tp_as_async;
+        return async && async->am_await;
+    }
+
     // What per-item delivery splits: arrays and lists or tuples, not the
     // characters of a str nor the bytes of a byte string.
     static bool has_items(PyObject* payload) {
@@ -431,8 +522,7 @@ class PyEngine {
         auto result = py::reinterpret_steal<py::object>(PyObject_CallOneArg(handler.ptr(), msg.ptr()));
         if (!result) {
             if (!PyErr_ExceptionMatches(PyExc_Exception)) throw py::error_already_set();
-            py::error_already_set error;
-            h.failed(msg, error.value());
+            h.failed(msg, caught());
             return;
         }
         if (!result.is_none()) h.returned(msg, result);

@@ -267,7 +267,6 @@ class Messenger:
         self._closed = False
         self._counts = collections.Counter()
         self._unknown_tags = collections.Counter()
-        self._hooks = (self, self._receivers, Message, self._dispatch, self._returned, self._failed)
         self._link = None  # LoopLink while served from an asyncio event loop
         self._tasks = set()  # async handlers running
         # Requests this rank is answering, by (source, ref), where a cancel
@@ -276,6 +275,8 @@ class Messenger:
         # whose reply_to was passed on is forgotten with its message.
         self._answering = {}
         self._open_requests = weakref.WeakValueDictionary()
+        self._hooks = (self, self._receivers, Message, self._dispatch, self._returned, self._failed,
+                       self._finish_request, self._futures, self._answering, self.aggregate)
         self.store = Store()
         self._add_receiver(_CANCEL, self._on_cancel, False)
         ItemService(self)
@@ -782,7 +783,7 @@ class Messenger:
         kind, source, ref, tag, payload, error = item
         try:
             if kind == core.KIND_SEND or kind == core.KIND_REQUEST:
-                self._deliver(kind, source, ref, tag, payload, error)
+                self._refuse_delivery(kind == core.KIND_REQUEST, source, ref, tag, error)
             elif kind in (core.KIND_REPLY, core.KIND_ANSWER, core.KIND_ERROR):
                 self._answer(kind, source, ref, payload, error)
             else:  # counted by the engine as frames_malformed
@@ -794,46 +795,45 @@ class Messenger:
         finally:
             self._engine.mark_handled()
 
-    def _deliver(self, kind, source, ref, tag, payload, error):
-        is_request = kind == core.KIND_REQUEST
+    def _refuse_delivery(self, is_request, source, ref, tag, error):
+        # A message the native dispatcher could not deliver: its payload
+        # could not be read, or no receiver has its tag.
         if error is not None:
             self._counts["payloads_undecodable"] += 1
             self._refuse(is_request, source, ref, FrameError(f"payload to {tag!r}: {error}"))
             return
-        entry = self._receivers.get(tag)
-        if entry is None:
-            self._counts["unknown_tag"] += 1
-            self._unknown_tags[tag] += 1
-            self._refuse(
-                is_request,
-                source,
-                ref,
-                UnknownTagError(self.rank, "UnknownTagError", f"no receiver for tag {tag!r}"),
-                warn_once=self._unknown_tags[tag] == 1,
-            )
-            return
-        handler = entry[0]
-        reply_to = Address(source, tag, ref) if is_request else None
-        msg = Message(self, tag, payload, source, reply_to)
-        if is_request:
-            self._answering[(source, ref)] = msg
-        try:
-            result = handler(msg)
-            if asyncio.iscoroutine(result):
-                self._spawn(msg, result)
-            elif is_request and not (msg._replied or msg._deferred):
-                msg.reply(result)
-        except Exception as exc:
-            if is_request and not msg._replied:
-                self._counts["handler_errors"] += 1
-                self._answer_error(msg, exc, traceback.format_exc())
-            else:
+        self._counts["unknown_tag"] += 1
+        self._unknown_tags[tag] += 1
+        self._refuse(
+            is_request,
+            source,
+            ref,
+            UnknownTagError(self.rank, "UnknownTagError", f"no receiver for tag {tag!r}"),
+            warn_once=self._unknown_tags[tag] == 1,
+        )
+
+    def _finish_request(self, msg, result, exc):
+        # The native dispatcher ran the handler of request `msg`, which
+        # raised (`exc`), or whose result needs more than a plain reply: it
+        # replied or deferred itself, was cancelled, is a coroutine, or
+        # cannot travel.
+        if exc is None:
+            try:
+                if asyncio.iscoroutine(result):
+                    self._spawn(msg, result)
+                elif not (msg._replied or msg._deferred):
+                    msg.reply(result)
+            except Exception as error:
+                exc = error
+        if exc is not None:
+            if msg._replied:
                 self._failed(msg, exc)
-        finally:
-            if is_request:
-                del self._answering[(source, ref)]
-                if not msg._replied:
-                    self._open_requests[(source, ref)] = msg
+            else:
+                self._counts["handler_errors"] += 1
+                text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+                self._answer_error(msg, exc, text)
+        if not msg._replied:
+            self._open_requests[(msg.source, msg.reply_to.ref)] = msg
 
     def _forget_request(self, msg):
         # Its final answer is sent: a cancel has nothing to find any more.
