@@ -32,7 +32,7 @@ def core_tests(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def chunk_tests(tmp_path_factory):
-    return build(tmp_path_factory, "test_chunks", ["csrc/conveyor/align.cpp"])
+    return build(tmp_path_factory, "test_chunks", ["csrc/conveyor/align.cpp", "csrc/conveyor/chunks.cpp"])
 
 
 def check_passed(proc):
@@ -45,6 +45,6 @@ def test_native_core(core_tests, n):
     check_passed(subprocess.run([mpiexec(), "-n", str(n), str(core_tests)], capture_output=True, text=True, timeout=120))
 
 
-def test_alignment(chunk_tests):
+def test_chunks_and_alignment(chunk_tests):
     # No MPI calls: one process, no mpiexec.
     check_passed(subprocess.run([str(chunk_tests)], capture_output=True, text=True, timeout=120))

@@ -1,13 +1,15 @@
-// Unit tests of the alignment kernel: pure C++, no MPI calls (built with
-// mpicxx only because engine.hpp includes mpi.h).
+// Unit tests of the alignment kernel and the chunk table: pure C++, no MPI
+// calls (built with mpicxx only because engine.hpp includes mpi.h).
 #include <cstdio>
 #include <functional>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "check.hpp"
 #include "conveyor/align.hpp"
+#include "conveyor/chunks.hpp"
 #include "conveyor/engine.hpp"
 
 using namespace conveyor;
@@ -84,8 +86,168 @@ static void test_align() {
     each(0);
 }
 
+static ChunkValue bytes_value(std::size_t size) {
+    auto memory = std::make_shared<std::vector<char>>(size);
+    return {memory->data(), size, memory, "|u1", {static_cast<std::int64_t>(size)}};
+}
+
+static void test_ids_and_states() {
+    ChunkTable t(3);
+    ChunkId a = t.new_id(), b = t.new_id();
+    CHECK(a != b && a != 0);
+    CHECK(ChunkTable::creator_of(a) == 3 && ChunkTable::creator_of(b) == 3);
+    CHECK(throws<UsageError>([] { ChunkTable(-1); }));
+    CHECK(throws<UsageError>([] { ChunkTable(1 << 24); }));
+    CHECK(ChunkTable::creator_of(ChunkTable((1 << 24) - 1).new_id()) == (1 << 24) - 1);
+
+    CHECK(throws<UnknownChunk>([&] { t.state(a); }));
+    CHECK(!t.contains(a) && t.size() == 0);
+    t.create(a, 0);
+    t.hold(a);
+    CHECK(t.contains(a) && t.size() == 1);
+    CHECK(t.state(a) == ChunkState::Pending);
+    CHECK(throws<UsageError>([&] { t.create(a, 0); }));
+    CHECK(throws<UsageError>([&] { t.value(a); }));
+    CHECK(t.add_waiter(a, 7) && t.add_waiter(a, 8));
+    auto value = bytes_value(100);
+    std::weak_ptr<void> memory = value.keep;
+    CHECK((t.resolve(a, std::move(value)) == std::vector<std::uint64_t>{7, 8}));
+    CHECK(t.state(a) == ChunkState::Resolved && t.value(a).size == 100);
+    CHECK(!t.add_waiter(a, 9));  // settled: the caller goes on at once
+    CHECK(throws<UsageError>([&] { t.resolve(a, bytes_value(1)); }));
+    CHECK(throws<UsageError>([&] { t.fail(a, "again"); }));
+    CHECK(throws<UsageError>([&] { t.error(a); }));
+
+    t.create(b, 0);
+    t.hold(b);
+    CHECK(t.add_waiter(b, 1));
+    CHECK((t.fail(b, std::string("pickled\0error", 13)) == std::vector<std::uint64_t>{1}));
+    CHECK(t.state(b) == ChunkState::Error && t.error(b).size() == 13);
+    CHECK(throws<UsageError>([&] { t.value(b); }));
+
+    auto s = t.stats();
+    CHECK(s.chunks == 1 && s.bytes == 100 && s.failed == 1 && s.pending == 0);
+    CHECK(!memory.expired());
+    auto r = t.release(a);
+    CHECK(r.freed && r.weight == 0 && r.owner == 3);
+    CHECK(memory.expired());  // the value's memory goes with the entry
+    CHECK(throws<UnknownChunk>([&] { t.release(a); }));
+    CHECK(t.stats().bytes == 0 && t.size() == 1);
+
+    bool named = false;
+    try {
+        t.state(12345);
+    } catch (const UnknownChunk& e) {
+        named = e.id == 12345 && std::string(e.what()).find("chunk 12345") != std::string::npos;
+    }
+    CHECK(named);
+}
+
+static void test_owner_weights() {
+    ChunkTable owner(1);
+    ChunkId id = owner.new_id();
+    owner.create(id, 0);
+    owner.hold(id);
+    auto lent = owner.lend(id);  // the owner mints rather than splits
+    CHECK(lent.weight == ChunkTable::kMintWeight && !lent.refill);
+    CHECK(owner.lend(id).weight == ChunkTable::kMintWeight);
+    CHECK(!owner.release(id).freed);  // two lends still out
+    CHECK(!owner.give_back(id, ChunkTable::kMintWeight));
+    CHECK(throws<UsageError>([&] { owner.give_back(id, ChunkTable::kMintWeight + 1); }));
+    CHECK(owner.contains(id));  // the refused give-back changed nothing
+    CHECK(!owner.give_back(id, ChunkTable::kMintWeight - 5));  // passed on, given back in parts
+    CHECK(owner.give_back(id, 5));
+    CHECK(!owner.contains(id));
+
+    // All weight back while the owner still holds a handle: kept for it.
+    ChunkId held = owner.new_id();
+    owner.create(held, 0);
+    owner.hold(held);
+    CHECK(!owner.give_back(held, owner.lend(held).weight));
+    CHECK(owner.contains(held));
+    CHECK(owner.release(held).freed);
+
+    // A give-back overtaking the create: a placeholder, completed by create().
+    ChunkTable b(2);
+    ChunkId minted = ChunkTable(0).new_id();  // a driver on rank 0 chose rank 2
+    CHECK(!b.give_back(minted, 600));
+    CHECK(!b.contains(minted) && b.size() == 0 && b.stats().placeholders == 1);
+    CHECK(throws<UsageError>([&] { b.create(minted, 599); }));  // more back than lent
+    CHECK(!b.contains(minted));
+    CHECK(throws<UnknownChunk>([&] { b.hold(minted); }));
+    b.create(minted, 1000);
+    CHECK(b.contains(minted) && b.size() == 1);
+    CHECK(b.stats().placeholders == 0 && b.stats().pending == 1);
+    CHECK(b.resolve(minted, bytes_value(8)).empty());
+    CHECK(b.give_back(minted, 400));  // all 1000 are back, no local handle: freed
+    CHECK(!b.contains(minted) && b.stats().chunks == 0);
+
+    // Everything came back before the create: the entry waits for a handle to go.
+    ChunkId early = ChunkTable(0).new_id() + 1;
+    CHECK(!b.give_back(early, 10));
+    b.create(early, 10);
+    CHECK(b.contains(early));
+    b.hold(early);
+    CHECK(b.release(early).freed);
+}
+
+static void test_foreign_weights() {
+    ChunkTable t(0);
+    ChunkId id = (std::uint64_t(5) << kSequenceBits) | 1;
+    CHECK(throws<UnknownChunk>([&] { t.lend(id); }));
+    t.adopt(id, 5, ChunkTable::kMintWeight);
+    t.hold(id);
+    t.hold(id);
+    CHECK(t.contains(id) && t.stats().foreign == 1);
+    CHECK(throws<UnknownChunk>([&] { t.state(id); }));  // the value lives on its owner
+    CHECK(throws<UsageError>([&] { t.adopt(id, 4, 10); }));
+    CHECK(throws<UsageError>([&] { t.adopt(id, 0, 10); }));
+    CHECK(throws<UsageError>([&] { t.adopt(id, 5, 0); }));
+    CHECK(throws<UsageError>([&] { t.give_back(id, 10); }));
+
+    // Lends are capped, and one refill is asked once the weight runs low.
+    std::uint64_t given = 0, lends = 0, refills = 0;
+    for (; given < ChunkTable::kMintWeight - ChunkTable::kRefillBelow + 1; ++lends) {
+        auto l = t.lend(id);
+        CHECK(l.weight == ChunkTable::kLendCap);
+        given += l.weight;
+        refills += l.refill;
+    }
+    CHECK(refills == 1);
+    CHECK(!t.lend(id).refill);  // still low, already asked
+    given += ChunkTable::kLendCap;
+    t.adopt(id, 5, ChunkTable::kMintWeight);  // the owner's answer
+    CHECK(!t.release(id).freed);
+    auto r = t.release(id);
+    CHECK(r.freed && r.owner == 5);
+    CHECK(r.weight + given == 2 * ChunkTable::kMintWeight);  // no weight lost or made up
+    CHECK(!t.contains(id));
+    CHECK(throws<UnknownChunk>([&] { t.release(id); }));
+
+    // Low weight asks again after each answer; without answers it halves
+    // down to 1, then lending stops.
+    t.adopt(id, 5, 8);
+    t.hold(id);
+    auto first = t.lend(id);
+    CHECK(first.weight == 4 && first.refill);
+    CHECK(!t.lend(id).refill);
+    t.adopt(id, 5, 6);
+    auto again = t.lend(id);
+    CHECK(again.weight == 4 && again.refill);
+    CHECK(t.lend(id).weight == 2 && t.lend(id).weight == 1);
+    CHECK(throws<UsageError>([&] { t.lend(id); }));
+    CHECK(t.release(id).weight == 1);
+
+    // A reference that came home is the owner's to count.
+    ChunkTable owner(5);
+    CHECK(throws<UsageError>([&] { owner.adopt(id, 5, 10); }));
+}
+
 int main() {
     test_align();
+    test_ids_and_states();
+    test_owner_weights();
+    test_foreign_weights();
     std::printf("%s: %d failed checks\n", failures ? "FAIL" : "OK", failures);
     return failures ? 1 : 0;
 }
