@@ -66,17 +66,21 @@ ChunkTable::Owned& ChunkTable::pending(ChunkId id) {
     return e;
 }
 
-void ChunkTable::create(ChunkId id, std::uint64_t lent_weight) {
+std::int64_t ChunkTable::owner_weight(ChunkId id, std::uint64_t weight) const {
     if (auto f = foreign_.find(id); f != foreign_.end())
         throw UsageError(describe(id) + " is owned by rank " + std::to_string(f->second.owner) +
-                         ", it cannot be created here");
-    if (lent_weight > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()))
-        throw UsageError(describe(id) + ": lent weight " + std::to_string(lent_weight) +
-                         " is out of range");
+                         ", not by this rank (" + std::to_string(rank_) + ")");
+    if (weight > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()))
+        throw UsageError(describe(id) + ": weight " + std::to_string(weight) + " is out of range");
+    return static_cast<std::int64_t>(weight);
+}
+
+void ChunkTable::create(ChunkId id, std::uint64_t lent_weight) {
+    auto lent = owner_weight(id, lent_weight);
     auto [it, fresh] = owned_.try_emplace(id);
     Owned& e = it->second;
     if (e.created) throw UsageError(describe(id) + " was already created");
-    auto outstanding = e.outstanding + static_cast<std::int64_t>(lent_weight);
+    auto outstanding = e.outstanding + lent;
     if (outstanding < 0)
         throw UsageError(describe(id) + ": " + std::to_string(-e.outstanding) +
                          " weight was given back, only " + std::to_string(lent_weight) + " lent");
@@ -199,15 +203,9 @@ void ChunkTable::adopt(ChunkId id, int owner, std::uint64_t weight) {
 }
 
 bool ChunkTable::give_back(ChunkId id, std::uint64_t weight) {
-    if (auto f = foreign_.find(id); f != foreign_.end())
-        throw UsageError(describe(id) + " is owned by rank " + std::to_string(f->second.owner) +
-                         ": give its weight back there");
-    if (weight > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()))
-        throw UsageError(describe(id) + ": given-back weight " + std::to_string(weight) +
-                         " is out of range");
+    auto w = owner_weight(id, weight);
     auto [it, fresh] = owned_.try_emplace(id);
     Owned& e = it->second;
-    auto w = static_cast<std::int64_t>(weight);
     // Before the create, outstanding may go as low as it likes; after it,
     // a give-back of more than was lent is a bug elsewhere, refused whole.
     if (e.created && w > e.outstanding)

@@ -145,6 +145,9 @@ class ChunkTable {
     Owned& owned(ChunkId id);
     const Owned& owned(ChunkId id) const;
     Owned& pending(ChunkId id);
+    // `weight` for chunk `id` as its owner counts it: signed, since
+    // give-backs may come first. Refuses chunks owned elsewhere.
+    std::int64_t owner_weight(ChunkId id, std::uint64_t weight) const;
     // Erases an owned entry nobody references any more; returns whether it did.
     bool free_if_unreferenced(std::unordered_map<ChunkId, Owned>::iterator it);
 

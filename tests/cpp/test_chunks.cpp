@@ -204,6 +204,7 @@ static void test_foreign_weights() {
     CHECK(throws<UsageError>([&] { t.adopt(id, 0, 10); }));
     CHECK(throws<UsageError>([&] { t.adopt(id, 5, 0); }));
     CHECK(throws<UsageError>([&] { t.give_back(id, 10); }));
+    CHECK(throws<UsageError>([&] { t.create(id, 0); }));
 
     // Lends are capped, and one refill is asked once the weight runs low.
     std::uint64_t given = 0, lends = 0, refills = 0;
