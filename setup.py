@@ -97,8 +97,11 @@ def extensions():
         "conveyor._core",
         sources=[
             "csrc/bindings/module.cpp",
+            "csrc/bindings/chunks.cpp",
             "csrc/bindings/codec.cpp",
             "csrc/bindings/message.cpp",
+            "csrc/conveyor/align.cpp",
+            "csrc/conveyor/chunks.cpp",
             "csrc/conveyor/engine.cpp",
             "csrc/conveyor/route.cpp",
         ],

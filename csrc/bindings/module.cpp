@@ -17,6 +17,7 @@
 #include <type_traits>
 #include <unordered_map>
 
+#include "bindings/chunks.hpp"
 #include "bindings/codec.hpp"
 #include "bindings/message.hpp"
 #include "conveyor/engine.hpp"
@@ -874,4 +875,6 @@ PYBIND11_MODULE(_core, m) {
     m.attr("KIND_REPLY") = static_cast<int>(FrameKind::Reply);
     m.attr("KIND_ERROR") = static_cast<int>(FrameKind::Error);
     m.attr("KIND_ANSWER") = static_cast<int>(FrameKind::Answer);
+
+    bind_chunks(m);
 }

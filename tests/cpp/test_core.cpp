@@ -8,30 +8,12 @@
 #include <string>
 #include <vector>
 
+#include "check.hpp"
 #include "conveyor/engine.hpp"
 #include "conveyor/route.hpp"
 #include "conveyor/wire.hpp"
 
 using namespace conveyor;
-
-static int failures = 0;
-#define CHECK(cond)                                                             \
-    do {                                                                        \
-        if (!(cond)) {                                                          \
-            std::fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
-            ++failures;                                                         \
-        }                                                                       \
-    } while (0)
-
-template <class F>
-bool throws_decode_error(F f) {
-    try {
-        f();
-    } catch (const DecodeError&) {
-        return true;
-    }
-    return false;
-}
 
 static std::vector<std::uint8_t> sample_frame() {
     Writer w;
@@ -50,17 +32,17 @@ static void test_wire() {
 
     // Every truncation of the header is an error, never an out-of-bounds read.
     for (std::size_t n = 0; n < h.body_offset; ++n)
-        CHECK(throws_decode_error([&] { read_header(frame.data(), n); }));
+        CHECK(throws<DecodeError>([&] { read_header(frame.data(), n); }));
 
     auto bad = frame;
     bad[0] ^= 1;
-    CHECK(throws_decode_error([&] { read_header(bad.data(), bad.size()); }));  // magic
+    CHECK(throws<DecodeError>([&] { read_header(bad.data(), bad.size()); }));  // magic
     bad = frame;
     bad[2] = 99;
-    CHECK(throws_decode_error([&] { read_header(bad.data(), bad.size()); }));  // version
+    CHECK(throws<DecodeError>([&] { read_header(bad.data(), bad.size()); }));  // version
     bad = frame;
     bad[3] = 77;
-    CHECK(throws_decode_error([&] { read_header(bad.data(), bad.size()); }));  // kind
+    CHECK(throws<DecodeError>([&] { read_header(bad.data(), bad.size()); }));  // kind
 
     // A huge announced out-of-band count is refused before allocating.
     Writer w;
@@ -68,12 +50,12 @@ static void test_wire() {
     auto huge = w.bytes;
     std::uint32_t n = 0xFFFFFFFFu;
     std::memcpy(huge.data() + huge.size() - 4, &n, 4);
-    CHECK(throws_decode_error([&] { read_header(huge.data(), huge.size()); }));
+    CHECK(throws<DecodeError>([&] { read_header(huge.data(), huge.size()); }));
 
     Writer counts;
     counts.u64(1ull << 60);
     Reader r(counts.bytes.data(), counts.bytes.size());
-    CHECK(throws_decode_error([&] { r.count(1); }));
+    CHECK(throws<DecodeError>([&] { r.count(1); }));
 }
 
 static void test_route() {
@@ -167,13 +149,7 @@ static void test_engine() {
     CHECK(engine.flush_sends(30.0));
     CHECK(engine.stats().bytes_zero_copy_received == std::uint64_t(size) * 3 * 50000 * 4);
 
-    bool refused = false;
-    try {
-        engine.post(size, {}, {}, nullptr);
-    } catch (const UsageError&) {
-        refused = true;
-    }
-    CHECK(refused);
+    CHECK(throws<UsageError>([&] { engine.post(size, {}, {}, nullptr); }));
 }
 
 int main(int argc, char** argv) {

@@ -1,0 +1,248 @@
+#include "conveyor/chunks.hpp"
+
+#include <algorithm>
+#include <limits>
+#include <utility>
+
+namespace conveyor {
+
+namespace {
+
+constexpr std::uint64_t kSequenceMask = (std::uint64_t(1) << kSequenceBits) - 1;
+constexpr int kMaxRank = (1 << (64 - kSequenceBits)) - 1;
+
+// The id as a number, and who minted it: what one needs to trace it.
+std::string describe(ChunkId id) {
+    return "chunk " + std::to_string(id) + " (rank " + std::to_string(ChunkTable::creator_of(id)) +
+           " #" + std::to_string(id & kSequenceMask) + ")";
+}
+
+const char* state_name(ChunkState s) {
+    switch (s) {
+        case ChunkState::Pending: return "pending";
+        case ChunkState::Resolved: return "resolved";
+        case ChunkState::Error: return "failed";
+    }
+    return "?";
+}
+
+}  // namespace
+
+UnknownChunk::UnknownChunk(ChunkId id, const std::string& why)
+    : std::out_of_range(describe(id) + ": " + why), id(id) {}
+
+ChunkTable::ChunkTable(int rank) : rank_(rank) {
+    if (rank < 0 || rank > kMaxRank)
+        throw UsageError("rank " + std::to_string(rank) + " is outside 0.." +
+                         std::to_string(kMaxRank) + " (chunk ids keep 24 bits for it)");
+}
+
+ChunkId ChunkTable::new_id() {
+    if (sequence_ == kSequenceMask)
+        throw UsageError("rank " + std::to_string(rank_) + " has minted all its 2**40 chunk ids");
+    return (static_cast<ChunkId>(rank_) << kSequenceBits) | ++sequence_;
+}
+
+ChunkTable::Owned& ChunkTable::owned(ChunkId id) {
+    return const_cast<Owned&>(std::as_const(*this).owned(id));
+}
+
+const ChunkTable::Owned& ChunkTable::owned(ChunkId id) const {
+    auto it = owned_.find(id);
+    if (it != owned_.end() && it->second.created) return it->second;
+    auto f = foreign_.find(id);
+    if (f != foreign_.end())
+        throw UnknownChunk(id, "owned by rank " + std::to_string(f->second.owner) +
+                                   ", not by this rank (" + std::to_string(rank_) + ")");
+    if (it != owned_.end())
+        throw UnknownChunk(id, "not created on rank " + std::to_string(rank_) + " yet (only given back to)");
+    throw UnknownChunk(id, "not in the chunk table of rank " + std::to_string(rank_));
+}
+
+ChunkTable::Owned& ChunkTable::pending(ChunkId id) {
+    Owned& e = owned(id);
+    if (e.state != ChunkState::Pending)
+        throw UsageError(describe(id) + " is already " + state_name(e.state));
+    return e;
+}
+
+std::int64_t ChunkTable::owner_weight(ChunkId id, std::uint64_t weight) const {
+    if (auto f = foreign_.find(id); f != foreign_.end())
+        throw UsageError(describe(id) + " is owned by rank " + std::to_string(f->second.owner) +
+                         ", not by this rank (" + std::to_string(rank_) + ")");
+    if (weight > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()))
+        throw UsageError(describe(id) + ": weight " + std::to_string(weight) + " is out of range");
+    return static_cast<std::int64_t>(weight);
+}
+
+void ChunkTable::create(ChunkId id, std::uint64_t lent_weight) {
+    auto lent = owner_weight(id, lent_weight);
+    auto [it, fresh] = owned_.try_emplace(id);
+    Owned& e = it->second;
+    if (e.created) throw UsageError(describe(id) + " was already created");
+    auto outstanding = e.outstanding + lent;
+    if (outstanding < 0)
+        throw UsageError(describe(id) + ": " + std::to_string(-e.outstanding) +
+                         " weight was given back, only " + std::to_string(lent_weight) + " lent");
+    e.created = true;
+    e.outstanding = outstanding;
+    if (!fresh) placeholders_ -= 1;
+}
+
+std::vector<std::uint64_t> ChunkTable::resolve(ChunkId id, ChunkValue value) {
+    Owned& e = pending(id);
+    e.state = ChunkState::Resolved;
+    e.value = std::move(value);
+    return std::exchange(e.waiters, {});
+}
+
+std::vector<std::uint64_t> ChunkTable::fail(ChunkId id, std::string error) {
+    Owned& e = pending(id);
+    e.state = ChunkState::Error;
+    e.error = std::move(error);
+    return std::exchange(e.waiters, {});
+}
+
+ChunkState ChunkTable::state(ChunkId id) const { return owned(id).state; }
+
+const ChunkValue& ChunkTable::value(ChunkId id) const {
+    const Owned& e = owned(id);
+    if (e.state != ChunkState::Resolved)
+        throw UsageError(describe(id) + " has no value: it is " + state_name(e.state));
+    return e.value;
+}
+
+const std::string& ChunkTable::error(ChunkId id) const {
+    const Owned& e = owned(id);
+    if (e.state != ChunkState::Error)
+        throw UsageError(describe(id) + " has no error: it is " + state_name(e.state));
+    return e.error;
+}
+
+bool ChunkTable::add_waiter(ChunkId id, std::uint64_t token) {
+    Owned& e = owned(id);
+    if (e.state != ChunkState::Pending) return false;
+    e.waiters.push_back(token);
+    return true;
+}
+
+bool ChunkTable::contains(ChunkId id) const {
+    auto it = owned_.find(id);
+    return (it != owned_.end() && it->second.created) || foreign_.count(id) != 0;
+}
+
+std::size_t ChunkTable::size() const {
+    return owned_.size() - placeholders_ + foreign_.size();
+}
+
+void ChunkTable::hold(ChunkId id) {
+    auto f = foreign_.find(id);
+    if (f != foreign_.end()) {
+        f->second.local += 1;
+    } else {
+        owned(id).local += 1;
+    }
+}
+
+Released ChunkTable::release(ChunkId id) {
+    auto f = foreign_.find(id);
+    if (f != foreign_.end()) {
+        Foreign& e = f->second;
+        if (e.local == 0) throw UsageError(describe(id) + ": release() without a handle held");
+        if (--e.local != 0) return {false, e.owner, 0};
+        Released r{true, e.owner, e.weight};
+        foreign_.erase(f);
+        return r;
+    }
+    Owned& e = owned(id);
+    if (e.local == 0) throw UsageError(describe(id) + ": release() without a handle held");
+    e.local -= 1;
+    return {free_if_unreferenced(owned_.find(id)), rank_, 0};
+}
+
+Lent ChunkTable::lend(ChunkId id) {
+    auto f = foreign_.find(id);
+    if (f != foreign_.end()) {
+        Foreign& e = f->second;
+        // Refills keep the weight far above this; below it a split would
+        // leave a zero weight that the owner could not tell from no reference.
+        if (e.weight < 2)
+            throw UsageError(describe(id) + ": reference weight exhausted (" +
+                             std::to_string(e.weight) + "); the refill never arrived");
+        std::uint64_t give = std::min(e.weight / 2, kLendCap);
+        e.weight -= give;
+        bool refill = e.weight < kRefillBelow && !e.refill_asked;
+        e.refill_asked = e.refill_asked || refill;
+        return {give, refill};
+    }
+    Owned& e = owned(id);
+    if (e.outstanding > std::numeric_limits<std::int64_t>::max() - static_cast<std::int64_t>(kMintWeight))
+        throw UsageError(describe(id) + ": too much reference weight outstanding to lend more");
+    e.outstanding += static_cast<std::int64_t>(kMintWeight);
+    return {kMintWeight, false};
+}
+
+void ChunkTable::adopt(ChunkId id, int owner, std::uint64_t weight) {
+    if (owner == rank_)
+        throw UsageError(describe(id) + " is owned by this rank: hold() it and give_back() the weight");
+    if (owner < 0) throw UsageError(describe(id) + ": owner rank " + std::to_string(owner) + " is negative");
+    // A reference without weight would let the owner free the chunk under it.
+    if (weight == 0) throw UsageError(describe(id) + ": a reference must arrive with some weight");
+    auto it = owned_.find(id);
+    if (it != owned_.end() && it->second.created)
+        throw UsageError(describe(id) + " was created on this rank, not on rank " + std::to_string(owner));
+    auto [f, fresh] = foreign_.try_emplace(id, Foreign{owner});
+    Foreign& e = f->second;
+    if (!fresh && e.owner != owner)
+        throw UsageError(describe(id) + " is owned by rank " + std::to_string(e.owner) +
+                         ", not rank " + std::to_string(owner));
+    if (weight > UINT64_MAX - e.weight)
+        throw UsageError(describe(id) + ": adopted weight overflows");
+    e.weight += weight;
+    e.refill_asked = false;
+}
+
+bool ChunkTable::give_back(ChunkId id, std::uint64_t weight) {
+    auto w = owner_weight(id, weight);
+    auto [it, fresh] = owned_.try_emplace(id);
+    Owned& e = it->second;
+    // Before the create, outstanding may go as low as it likes; after it,
+    // a give-back of more than was lent is a bug elsewhere, refused whole.
+    if (e.created && w > e.outstanding)
+        throw UsageError(describe(id) + ": " + std::to_string(weight) + " weight given back, only " +
+                         std::to_string(e.outstanding) + " outstanding");
+    if (!e.created && e.outstanding < std::numeric_limits<std::int64_t>::min() + w) {
+        if (fresh) owned_.erase(it);
+        throw UsageError(describe(id) + ": given-back weight overflows");
+    }
+    e.outstanding -= w;
+    if (fresh) placeholders_ += 1;
+    return free_if_unreferenced(it);
+}
+
+bool ChunkTable::free_if_unreferenced(std::unordered_map<ChunkId, Owned>::iterator it) {
+    const Owned& e = it->second;
+    if (!e.created || e.outstanding != 0 || e.local != 0) return false;
+    owned_.erase(it);
+    return true;
+}
+
+ChunkStats ChunkTable::stats() const {
+    ChunkStats s;
+    for (const auto& [id, e] : owned_) {
+        if (!e.created) {
+            s.placeholders += 1;
+        } else if (e.state == ChunkState::Resolved) {
+            s.chunks += 1;
+            s.bytes += e.value.size;
+        } else if (e.state == ChunkState::Error) {
+            s.failed += 1;
+        } else {
+            s.pending += 1;
+        }
+    }
+    s.foreign = foreign_.size();
+    return s;
+}
+
+}  // namespace conveyor

@@ -1,0 +1,233 @@
+"""conveyor._core.ChunkTable: chunk values without copies, states, waiters and reference weights."""
+
+import gc
+import weakref
+
+import numpy as np
+import pytest
+
+from conveyor import _core
+
+
+class Tracked(np.ndarray):
+    """An array that can be watched with a weak reference (plain ndarrays cannot)."""
+
+
+@pytest.fixture
+def table():
+    return _core.ChunkTable(2)
+
+
+def created(table):
+    id = table.new_id()
+    table.create(id)
+    table.hold(id)
+    return id
+
+
+def test_ids_carry_their_creator():
+    table = _core.ChunkTable(7)
+    a, b = table.new_id(), table.new_id()
+    assert a != b and a != 0
+    assert _core.ChunkTable.creator_of(a) == 7 == table.rank
+    assert _core.ChunkTable(6).new_id() not in (a, b)  # unique across ranks without asking them
+    with pytest.raises(ValueError, match="outside"):
+        _core.ChunkTable(1 << 24)
+
+
+def test_value_is_a_read_only_view_of_the_array_given(table):
+    id = created(table)
+    data = np.arange(12, dtype=">i4").reshape(3, 4)
+    table.resolve(id, data)
+    value = table.value(id)
+    assert np.shares_memory(value, data)
+    assert value.dtype == np.dtype(">i4") and value.shape == (3, 4)
+    np.testing.assert_array_equal(value, data)
+    assert not value.flags.writeable
+    with pytest.raises(ValueError):
+        value[0, 0] = 1
+    assert data.flags.writeable  # the caller's array is left as it was
+    assert table.stats()["bytes"] == 48
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        np.array(3.5),
+        np.zeros((0, 3)),
+        np.array(["ab", "c"]),
+        np.array([0, 1, 2], dtype="M8[ns]"),
+        np.zeros(4, dtype="V3"),
+    ],
+)
+def test_dtypes_and_shapes_survive(table, data):
+    id = created(table)
+    table.resolve(id, data)
+    value = table.value(id)
+    assert value.dtype == data.dtype and value.shape == data.shape
+    np.testing.assert_array_equal(value, data)
+
+
+def test_the_table_keeps_the_array_alive_until_the_last_reference_goes(table):
+    id = created(table)
+    data = np.arange(1000.0).view(Tracked)
+    alive = weakref.ref(data)
+    table.resolve(id, data)
+    del data
+    gc.collect()
+    assert alive() is not None
+    view = table.value(id)
+    assert table.release(id) == (True, table.rank, 0)
+    assert id not in table and table.stats()["bytes"] == 0
+    gc.collect()
+    assert alive() is not None  # the view still reads it
+    assert view[999] == 999.0
+    del view
+    gc.collect()
+    assert alive() is None
+
+
+def test_a_dropped_table_releases_its_values():
+    table = _core.ChunkTable(0)
+    data = np.zeros(10).view(Tracked)
+    alive = weakref.ref(data)
+    table.resolve(created(table), data)
+    del data, table
+    gc.collect()
+    assert alive() is None
+
+
+def test_a_non_contiguous_array_is_copied_once(table):
+    id = created(table)
+    data = np.arange(20)[::2]
+    table.resolve(id, data)
+    value = table.value(id)
+    np.testing.assert_array_equal(value, data)
+    assert not np.shares_memory(value, data)
+    assert np.shares_memory(value, table.value(id))  # one copy, kept
+
+
+@pytest.mark.parametrize(
+    "value, match",
+    [
+        (np.array([None, 1]), "plain dtype"),
+        (np.zeros(2, dtype=[("x", "i4"), ("y", "f8")]), "plain dtype"),
+        ([1, 2, 3], "numpy array"),
+    ],
+)
+def test_values_that_cannot_be_kept_are_refused(table, value, match):
+    id = created(table)
+    with pytest.raises(TypeError, match=match):
+        table.resolve(id, value)
+    assert table.state(id) == _core.CHUNK_PENDING
+
+
+def test_waiters_are_handed_back_once_settled(table):
+    id = created(table)
+    assert table.state(id) == _core.CHUNK_PENDING
+    assert table.add_waiter(id, 11) and table.add_waiter(id, 12)
+    assert table.resolve(id, np.zeros(1)) == [11, 12]
+    assert table.state(id) == _core.CHUNK_RESOLVED
+    assert not table.add_waiter(id, 13)
+    with pytest.raises(ValueError, match="already resolved"):
+        table.resolve(id, np.zeros(1))
+    with pytest.raises(ValueError, match="no error"):
+        table.error(id)
+
+
+def test_errors_are_opaque_bytes(table):
+    id = created(table)
+    table.add_waiter(id, 5)
+    assert table.fail(id, b"\x80pickled\x00") == [5]
+    assert table.state(id) == _core.CHUNK_ERROR
+    assert table.error(id) == b"\x80pickled\x00"
+    with pytest.raises(ValueError, match="failed"):
+        table.value(id)
+    other = created(table)
+    with pytest.raises(TypeError):
+        table.fail(other, "not bytes")
+    assert table.stats()["failed"] == 1 and table.stats()["pending"] == 1
+
+
+def test_unknown_chunks_are_key_errors(table):
+    with pytest.raises(KeyError, match="not in the chunk table of rank 2"):
+        table.state(12345)
+    with pytest.raises(KeyError):
+        table.hold(12345)
+    assert 12345 not in table and len(table) == 0
+
+
+def test_the_owner_mints_and_frees_once_all_weight_is_back(table):
+    id = created(table)
+    table.resolve(id, np.zeros(8))
+    weight, refill = table.lend(id)
+    assert (weight, refill) == (table.MINT_WEIGHT, False)
+    assert table.release(id) == (False, 2, 0)  # the lent weight still references it
+    assert id in table
+    with pytest.raises(ValueError, match="only"):
+        table.give_back(id, weight + 1)
+    assert not table.give_back(id, weight - 1)
+    assert table.give_back(id, 1)
+    assert id not in table and len(table) == 0
+
+
+def test_a_local_handle_keeps_a_chunk_whose_weight_is_all_back(table):
+    id = created(table)
+    weight, _ = table.lend(id)
+    assert not table.give_back(id, weight)
+    assert id in table
+    assert table.release(id)[0]
+    assert id not in table
+
+
+def test_a_give_back_may_overtake_the_create(table):
+    id = _core.ChunkTable(0).new_id()  # a driver on rank 0 chose this rank
+    assert not table.give_back(id, 300)
+    assert id not in table and len(table) == 0 and table.stats()["placeholders"] == 1
+    table.create(id, 1000)
+    assert id in table and len(table) == 1 and table.stats() == dict(
+        chunks=0, bytes=0, pending=1, failed=0, placeholders=0, foreign=0
+    )
+    table.resolve(id, np.zeros(4))
+    assert table.give_back(id, 700)
+    assert id not in table
+
+
+def test_foreign_references_lend_part_of_their_weight_and_return_the_rest(table):
+    id = _core.ChunkTable(5).new_id()
+    table.adopt(id, 5, table.MINT_WEIGHT)
+    table.hold(id)
+    assert id in table and table.stats()["foreign"] == 1
+    with pytest.raises(KeyError, match="owned by rank 5"):
+        table.value(id)
+    with pytest.raises(ValueError, match="owned by rank 5"):
+        table.adopt(id, 4, 1)
+    given = 0
+    refills = []
+    while not refills:
+        weight, refill = table.lend(id)
+        assert weight == table.LEND_CAP
+        given += weight
+        if refill:
+            refills.append(given)
+    assert table.MINT_WEIGHT - refills[0] < table.REFILL_BELOW
+    assert table.lend(id) == (table.LEND_CAP, False)  # asked already
+    given += table.LEND_CAP
+    table.adopt(id, 5, table.MINT_WEIGHT)  # the owner's answer
+    freed, owner, weight = table.release(id)
+    assert (freed, owner) == (True, 5)
+    assert weight + given == 2 * table.MINT_WEIGHT
+    assert id not in table
+
+
+def test_weight_cannot_run_out_silently(table):
+    id = _core.ChunkTable(1).new_id()
+    table.adopt(id, 1, 4)
+    assert table.lend(id) == (2, True)
+    assert table.lend(id) == (1, False)
+    with pytest.raises(ValueError, match="exhausted"):
+        table.lend(id)
+    with pytest.raises(ValueError, match="without a handle"):
+        table.release(id)
+    with pytest.raises(ValueError, match="owned by this rank"):
+        table.adopt(table.new_id(), 2, 1)
