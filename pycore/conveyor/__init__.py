@@ -26,6 +26,7 @@ from ._errors import (
 from ._future import Future, Stream
 from ._messenger import Message, Messenger, Receiver, Sender
 from ._store import Copy, Move, Store, Transfer
+from ._table import Table
 
 __version__ = "0.1.0"
 
@@ -50,6 +51,7 @@ __all__ = [
     "Store",
     "StoreFullError",
     "Stream",
+    "Table",
     "TimeoutError",
     "Transfer",
     "UnknownTagError",

@@ -25,6 +25,7 @@ from ._errors import (
 from ._future import Future, Stream
 from ._loop import LoopLink
 from ._store import ItemService, Store, check_user_tag
+from ._table import TableService
 from ._native import comm_handle, core
 
 __all__ = ["Messenger", "Message", "Receiver", "Sender"]
@@ -280,6 +281,7 @@ class Messenger:
         self.store = Store()
         self._add_receiver(_CANCEL, self._on_cancel, False)
         ItemService(self)
+        self._tables = TableService(self)
         _open_messengers.add(self)
         if abort_on_error and MPI.COMM_WORLD.Get_size() > 1:
             _install_abort_hook()
@@ -534,6 +536,14 @@ class Messenger:
         for dest in order.to + ([order.then[0]] if order.then else []):
             self._check_rank(dest)
         return self.request(rank, ORDER, order._as_payload())
+
+    def table(self, name):
+        """Return the distributed key-value `Table` called `name`.
+
+        The same object for the same name. Any rank may use any table at
+        any time: there is nothing to create collectively.
+        """
+        return self._tables.table(name)
 
     def sender(self, tag, *, aggregate=None):
         """Return a `Sender` for `tag`.

@@ -1,0 +1,330 @@
+"""Distributed key-value tables: ``m.table(name)``.
+
+Every key has a home rank, chosen by a stable hash of the key's canonical
+encoding, the same on every rank and in every process (Python's own
+``hash`` is salted per process). The home stores the value and answers
+gets, deletes and waits. A wait for a key that is not set yet is deferred
+at the home and answered by the put that sets it, so no handler ever
+blocks. Tables are reserved receivers on every rank: any rank may use any
+table at any time, without a collective call.
+"""
+
+import hashlib
+import numbers
+
+from ._future import Future
+
+__all__ = ["Table"]
+
+PUT = "conveyor.table.put"
+GET = "conveyor.table.get"
+WAIT = "conveyor.table.wait"
+DELETE = "conveyor.table.delete"
+UNWAIT = "conveyor.table.unwait"  # a waiter cancelled its wait: forget it
+
+# The canonical encoding of a key: a type byte, the length of the data as
+# an unsigned LEB128 number, then the data. For a tuple the "length" is its
+# number of items, and the items follow, each encoded the same way.
+_STR, _BYTES, _INT, _TUPLE = b"s", b"b", b"i", b"t"
+
+
+def encode_key(key):
+    """Return the canonical encoding (bytes) of a table key.
+
+    Raises
+    ------
+    TypeError
+        If `key` is not a str, bytes, int or (nested) tuple of these.
+    """
+    out = bytearray()
+    _encode(key, out)
+    return bytes(out)
+
+
+def _encode(key, out):
+    if isinstance(key, str):
+        kind, data = _STR, key.encode("utf-8", "surrogatepass")
+    elif isinstance(key, bytes):
+        kind, data = _BYTES, bytes(key)
+    elif isinstance(key, tuple):
+        out += _TUPLE
+        _put_length(len(key), out)
+        for item in key:
+            _encode(item, out)
+        return
+    elif isinstance(key, numbers.Integral) and not isinstance(key, bool):
+        n = int(key)  # numpy integers are the int of the same value
+        kind, data = _INT, n.to_bytes(n.bit_length() // 8 + 1, "big", signed=True)
+    else:
+        raise TypeError(
+            f"a table key must be a str, bytes, int or tuple of these, not {type(key).__name__}"
+        )
+    out += kind
+    _put_length(len(data), out)
+    out += data
+
+
+def _put_length(n, out):
+    while n >= 0x80:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+
+
+def decode_key(data):
+    """Return the key whose canonical encoding is `data` (ValueError if malformed)."""
+    key, end = _decode(data, 0)
+    if end != len(data):
+        raise ValueError("malformed table key: trailing bytes")
+    return key
+
+
+def _decode(data, pos):
+    if pos >= len(data):
+        raise ValueError("malformed table key: truncated")
+    kind = data[pos : pos + 1]
+    n, shift, pos = 0, 0, pos + 1
+    while True:
+        if pos >= len(data) or shift > 63:
+            raise ValueError("malformed table key: bad length")
+        byte = data[pos]
+        n |= (byte & 0x7F) << shift
+        shift, pos = shift + 7, pos + 1
+        if byte < 0x80:
+            break
+    if kind == _TUPLE:
+        items = []
+        for _ in range(n):
+            item, pos = _decode(data, pos)
+            items.append(item)
+        return tuple(items), pos
+    end = pos + n
+    if end > len(data):
+        raise ValueError("malformed table key: truncated")
+    chunk = bytes(data[pos:end])
+    if kind == _STR:
+        return chunk.decode("utf-8", "surrogatepass"), end
+    if kind == _BYTES:
+        return chunk, end
+    if kind == _INT:
+        return int.from_bytes(chunk, "big", signed=True), end
+    raise ValueError(f"malformed table key: unknown type byte {kind!r}")
+
+
+def key_hash(key):
+    """Return the stable 64-bit hash of a table key (identical on every rank and run)."""
+    return _hash(encode_key(key))
+
+
+def _hash(data):
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
+
+
+def _check_table_name(name):
+    if not isinstance(name, str):
+        raise TypeError(f"a table name must be a str, not {type(name).__name__}")
+    if not name:
+        raise ValueError("a table name must not be empty")
+    return name
+
+
+class Table:
+    """A distributed key-value table: ``m.table(name)``.
+
+    Keys are str, bytes, int (numpy integers too, bool not), or (nested)
+    tuples of these; values are anything carriageable. Each key lives on one home rank, chosen by a
+    stable hash of the key (the same on every rank, and in every table:
+    facts about one key in several tables live together). Every method
+    sends a request to the key's home (this rank included) and returns a
+    `Future` at once, so it may be called from a handler (with
+    `Future.add_done_callback`) or awaited in a coroutine. Any rank may use
+    any table at any time; no collective call is needed.
+
+    A key that is not a str, bytes, int or tuple of these raises
+    `TypeError` at the call, and a value that cannot travel raises
+    `CarriageError`: nothing is sent.
+    """
+
+    __slots__ = ("_service", "_name")
+
+    def __init__(self, service, name):
+        self._service = service
+        self._name = name
+
+    @property
+    def name(self):
+        """The table's name (a str)."""
+        return self._name
+
+    def put(self, key, value):
+        """Set `key` to `value`, replacing any value it had.
+
+        The waits for `key` on every rank resolve with `value`. As with
+        any send, do not modify a large array until the future resolves.
+
+        Returns
+        -------
+        Future
+            Resolves to None once the home rank stores the value.
+        """
+        return self._request(PUT, key, value)
+
+    def get(self, key):
+        """Return a `Future` for the value of `key`.
+
+        It fails with `RemoteError` (remote type ``KeyError``) if the key is
+        not set, as `Messenger.fetch` does for a missing item.
+        """
+        return self._request(GET, key)
+
+    def wait(self, key):
+        """Return a `Future` for the value of `key` once it is set.
+
+        It resolves at once if the key is set, otherwise when any rank puts
+        it. Cancelling the future (``future.cancel()``, or cancelling the
+        task that awaits it) removes the wait from the home rank.
+        """
+        m, home, data = self._home(key)
+        m._check_open()
+        return m._open(
+            home, WAIT, (self.name, data), lambda ref: _Wait(m, home, ref, (self.name, data, ref))
+        )
+
+    def delete(self, key):
+        """Remove `key`.
+
+        Returns
+        -------
+        Future
+            Resolves to None once the key is removed; fails with
+            `RemoteError` (remote type ``KeyError``) if it was not set.
+        """
+        return self._request(DELETE, key)
+
+    def local_keys(self):
+        """Return the keys set in this table whose home is this rank (for tests and debugging)."""
+        shard = self._service._shards.get(self.name)
+        return [decode_key(data) for data in shard.values] if shard else []
+
+    def local_waiters(self):
+        """Return ``{key: number of waits}`` for the keys not set yet whose waits this rank holds.
+
+        A key waited for but never put shows here, on its home rank.
+        """
+        shard = self._service._shards.get(self.name)
+        return {decode_key(data): len(w) for data, w in shard.waiters.items()} if shard else {}
+
+    def _home(self, key):
+        # (messenger, home rank, encoded key); a bad key raises before anything is sent.
+        data = encode_key(key)
+        m = self._service._m
+        return m, _hash(data) % m.size, data
+
+    def _request(self, tag, key, *value):
+        m, home, data = self._home(key)
+        return m.request(home, tag, (self.name, data, *value))
+
+    def __repr__(self):
+        return f"<conveyor.Table {self.name!r} on rank {self._service._m.rank}>"
+
+
+class _Wait(Future):
+    # The future of a wait: cancelling it also removes the waiter at the home.
+
+    __slots__ = ("_unwait",)
+
+    def __init__(self, messenger, dest, ref, unwait):
+        super().__init__(messenger, dest, ref)
+        self._unwait = unwait
+
+    def cancel(self):
+        if not super().cancel():
+            return False
+        if not self._messenger._closed:
+            self._messenger.send(self._dest, UNWAIT, self._unwait)
+        return True
+
+
+class _Shard:
+    # The keys of one table whose home is this rank, by encoded key: their
+    # values, and the waits (deferred requests) for keys not set yet.
+
+    __slots__ = ("values", "waiters")
+
+    def __init__(self):
+        self.values = {}
+        self.waiters = {}  # encoded key -> {(source, ref): Message}
+
+
+class TableService:
+    """The receivers behind tables, on every rank, and the tables made here."""
+
+    def __init__(self, messenger):
+        self._m = messenger
+        self._tables = {}
+        self._shards = {}
+        messenger._add_receiver(PUT, self._put, False)
+        messenger._add_receiver(GET, self._get, False)
+        messenger._add_receiver(WAIT, self._wait, False)
+        messenger._add_receiver(DELETE, self._delete, False)
+        messenger._add_receiver(UNWAIT, self._unwait, False)
+
+    def table(self, name):
+        table = self._tables.get(_check_table_name(name))
+        if table is None:
+            table = self._tables[name] = Table(self, name)
+        return table
+
+    # -- the home's side -----------------------------------------------------
+
+    def _shard(self, name):
+        shard = self._shards.get(name)
+        if shard is None:
+            shard = self._shards[name] = _Shard()
+        return shard
+
+    def _drop_if_empty(self, name, shard):
+        if not shard.values and not shard.waiters:
+            del self._shards[name]
+
+    def _holding(self, msg):
+        # (name, encoded key, shard) of a get or delete; KeyError if the key is not set.
+        name, data = msg.payload
+        shard = self._shards.get(name)
+        if shard is None or data not in shard.values:
+            raise KeyError(f"no key {decode_key(data)!r} in table {name!r}")
+        return name, data, shard
+
+    def _put(self, msg):
+        name, data, value = msg.payload
+        shard = self._shard(name)
+        shard.values[data] = value
+        for waiter in shard.waiters.pop(data, {}).values():
+            waiter.reply(value)
+
+    def _get(self, msg):
+        _, data, shard = self._holding(msg)
+        return shard.values[data]
+
+    def _wait(self, msg):
+        name, data = msg.payload
+        shard = self._shard(name)
+        if data in shard.values:
+            return shard.values[data]
+        msg.defer()
+        shard.waiters.setdefault(data, {})[(msg.source, msg.reply_to.ref)] = msg
+
+    def _delete(self, msg):
+        name, data, shard = self._holding(msg)
+        del shard.values[data]
+        self._drop_if_empty(name, shard)
+
+    def _unwait(self, msg):
+        name, data, ref = msg.payload
+        shard = self._shards.get(name)
+        waiters = shard.waiters.get(data) if shard else None
+        if waiters is None or waiters.pop((msg.source, ref), None) is None:
+            return  # answered by a put before the cancel came
+        if not waiters:
+            del shard.waiters[data]
+            self._drop_if_empty(name, shard)
