@@ -14,8 +14,9 @@ all: install
 $(VENV)/.deps:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet $(if $(MPICC),,mpich) "mpi4py>=4" numpy "pybind11>=2.12" "Cython>=3" setuptools wheel \
-		pytest hypothesis "sphinx>=7" "numpydoc>=1.6" pytest-benchmark "matplotlib>=3.5"
+	$(PY) -m pip install --quiet $(if $(MPICC),,mpich) "mpi4py>=4" numpy "cloudpickle>=2" "pybind11>=2.12" "Cython>=3" setuptools wheel \
+		pytest hypothesis "sphinx>=7" "numpydoc>=1.6" pytest-benchmark "matplotlib>=3.5" \
+		"dask[array,distributed]>=2024"
 	touch $@
 
 $(VENV)/.installed: $(VENV)/.deps $(SOURCES)

@@ -18,11 +18,14 @@ from ._errors import (
     FrameError,
     MessageTooLargeError,
     MPIError,
+    RecyclingWarning,
     RemoteError,
     StoreFullError,
     TimeoutError,
     UnknownTagError,
 )
+from ._chunks import ChunkRef
+from ._darray import DistArray, Driver, dcall, dmap, dreduce
 from ._future import Future, Stream
 from ._messenger import Message, Messenger, Receiver, Sender
 from ._store import Copy, Move, Store, Transfer
@@ -35,9 +38,12 @@ __all__ = [
     "CancelledError",
     "CarriageError",
     "CarriageableItem",
+    "ChunkRef",
     "ConveyorError",
     "ConveyorWarning",
     "Copy",
+    "DistArray",
+    "Driver",
     "FrameError",
     "Future",
     "MPIError",
@@ -46,6 +52,7 @@ __all__ = [
     "Messenger",
     "Move",
     "Receiver",
+    "RecyclingWarning",
     "RemoteError",
     "Sender",
     "Store",
@@ -55,4 +62,7 @@ __all__ = [
     "TimeoutError",
     "Transfer",
     "UnknownTagError",
+    "dcall",
+    "dmap",
+    "dreduce",
 ]

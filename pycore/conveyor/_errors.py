@@ -85,3 +85,11 @@ class StoreFullError(ConveyorError, MemoryError):
 
 class ConveyorWarning(UserWarning):
     """Something was dropped or could not be delivered (never silently)."""
+
+
+class RecyclingWarning(UserWarning):
+    """R's warning: the longest argument's length is not a multiple of a shorter one's.
+
+    The shorter argument is still recycled (row ``i`` of an argument of
+    length ``L`` serves result row ``i mod L``); given once per call.
+    """

@@ -5,6 +5,7 @@ import atexit
 import collections
 import contextvars
 import functools
+import itertools
 import operator
 import os
 import sys
@@ -22,6 +23,8 @@ from ._errors import (
     TimeoutError,
     UnknownTagError,
 )
+from ._chunks import ChunkLayer
+from ._darray import DriverScope, scatter
 from ._future import Future, Stream
 from ._loop import LoopLink
 from ._store import ItemService, Store, check_user_tag
@@ -282,6 +285,8 @@ class Messenger:
         self._add_receiver(_CANCEL, self._on_cancel, False)
         ItemService(self)
         self._tables = TableService(self)
+        self._chunks = ChunkLayer(self, next(_serials))
+        self._collective_comm = None  # for from_local, made on first use
         _open_messengers.add(self)
         if abort_on_error and MPI.COMM_WORLD.Get_size() > 1:
             _install_abort_hook()
@@ -328,9 +333,12 @@ class Messenger:
         finally:
             self._abandon()
             self._comm.Free()
+            if self._collective_comm is not None:
+                self._collective_comm.Free()
 
     def _abandon(self):
         self._closed = True
+        self._chunks.close()
         _open_messengers.discard(self)
         if self._link is not None:
             self._link.close()
@@ -545,6 +553,55 @@ class Messenger:
         """
         return self._tables.table(name)
 
+    # -- distributed arrays ----------------------------------------------------
+
+    def array(self, a, chunks=None, ranks=None):
+        """Return a `DistArray` of numpy array `a`, split by rows into chunks.
+
+        Parameters
+        ----------
+        a : array_like
+            1-D, or 2-D (chunked by rows); numeric. Copied, so that later
+            changes to it do not show.
+        chunks : int or sequence of int, optional
+            How many near-equal chunks (one per rank by default), or the
+            rows of each.
+        ranks : sequence of int, optional
+            The rank of each chunk; chunk i goes to rank ``i % size`` by default.
+        """
+        self._check_open()
+        return scatter(self._chunks, a, chunks, ranks)
+
+    def driver(self, root=0):
+        """Return the context manager of the driver model.
+
+        ``with m.driver(root) as d:`` gives the root rank a `Driver` (make
+        arrays, call on them) and the other ranks None, after serving the
+        root's requests until it leaves its block: as mpi4py's
+        ``MPICommExecutor``. Collective.
+        """
+        self._check_open()
+        return DriverScope(self, root)
+
+    def chunk_stats(self):
+        """Return what this rank holds of distributed objects.
+
+        Returns
+        -------
+        dict
+            ``chunks`` and ``bytes`` (computed chunks owned here and their
+            size), ``pending`` and ``failed`` chunks, ``foreign``
+            references to chunks held elsewhere, and ``placeholders``.
+        """
+        return self._chunks.table.stats()
+
+    def _collectives(self):
+        # A communicator of its own for the collective calls of from_local,
+        # which must not cross the engine's termination waves.
+        if self._collective_comm is None:
+            self._collective_comm = self._comm.Dup()
+        return self._collective_comm
+
     def sender(self, tag, *, aggregate=None):
         """Return a `Sender` for `tag`.
 
@@ -739,6 +796,8 @@ class Messenger:
         finally:
             self._abandon()
             self._comm.Free()
+            if self._collective_comm is not None:
+                self._collective_comm.Free()
 
     def _spawn(self, msg, coro):
         # An async handler's coroutine runs as a task; its message counts as
@@ -940,6 +999,9 @@ class Messenger:
 # Messengers not closed yet: their background threads must stop before MPI
 # is finalized at exit (mpi4py finalizes after Python's atexit handlers).
 _open_messengers = weakref.WeakSet()
+# Messengers are numbered in the order a process makes them, the same on
+# every rank (making one is collective): chunk references name theirs so.
+_serials = itertools.count(1)
 
 
 @atexit.register

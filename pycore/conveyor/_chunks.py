@@ -1,0 +1,445 @@
+"""Chunks: the pieces of distributed objects, and the tasks that compute them.
+
+Each rank's `ChunkLayer` keeps its chunks in the native chunk table (values,
+states, waiters, reference weights) and serves four reserved receivers: a
+task computes one chunk from pieces of others, a fetch answers rows of a
+chunk once it is settled, and two more carry reference weight back and
+forth. Nothing here ever blocks inside a handler: a task gathers its inputs
+through callbacks and runs once the last one arrives, so a rank that is
+asked for a chunk it will itself compute later simply answers later.
+
+References are counted by weights (see the native ChunkTable): a `ChunkRef`
+holds a handle, a copy that travels in a message carries part of its rank's
+weight, and the last handle on a rank sends the weight back to the owner,
+which frees the chunk once no weight is out and it holds no handle itself.
+"""
+
+import collections
+import pickle
+import struct
+import sys
+import traceback
+import weakref
+
+import cloudpickle
+import numpy as np
+
+from ._carriage import CarriageableItem
+from ._errors import RemoteError
+from ._native import core
+
+__all__ = ["ChunkRef"]
+
+TASK = "conveyor.chunk.task"  # send: compute a chunk
+FETCH = "conveyor.chunk.fetch"  # request: rows of a chunk, once settled
+GIVE_BACK = "conveyor.chunk.give_back"  # send: reference weight returned to the owner
+REFILL = "conveyor.chunk.refill"  # request: more weight for a reference running low
+STATES = "conveyor.chunks"  # the table where owners publish what their chunks became
+DRIVER_DONE = "conveyor.driver.done"  # send: the driver left its `with` block
+
+PENDING, RESOLVED, ERROR = core.CHUNK_PENDING, core.CHUNK_RESOLVED, core.CHUNK_ERROR
+_STATE_NAMES = {PENDING: "pending", RESOLVED: "resolved", ERROR: "error"}
+
+# Layers by their messenger's serial number, which is the same on every rank
+# (messengers are created collectively): where an arriving ChunkRef belongs.
+_layers = weakref.WeakValueDictionary()
+
+_REF_LAYOUT = struct.Struct("<QQqqqQB")  # serial, id, owner, length, offset, weight, state
+
+
+class ChunkRef(CarriageableItem, name="conveyor.ChunkRef"):
+    """A reference to one chunk of a distributed object.
+
+    Chunk references are made by `DistArray` and the tasks behind `dcall`;
+    they travel in messages like any carriageable value, and the chunk's
+    memory is released once no reference to it is left on any rank.
+
+    Attributes
+    ----------
+    id : int
+        Unique over the job: the rank that named it, and a sequence number.
+    owner : int
+        The rank that holds (or will compute) the chunk.
+    length : int or None
+        Its rows; None until known (the result of `dmap`).
+    offset : int or None
+        Its first row within the distributed object.
+    state : str
+        ``"pending"``, ``"resolved"`` or ``"error"``, as last learned here.
+    """
+
+    __slots__ = ("_layer", "id", "owner", "length", "offset", "_state")
+
+    def __init__(self, layer, id, owner, length, offset=0, state=PENDING):
+        # Every ChunkRef object is one handle of its rank's (see ChunkTable.hold).
+        layer.table.hold(id)
+        self._layer = layer
+        self.id = id
+        self.owner = owner
+        self.length = length
+        self.offset = offset
+        self._state = state
+
+    @property
+    def state(self):
+        """``"pending"``, ``"resolved"`` or ``"error"``, as last learned here."""
+        layer = self._layer
+        if self._state == PENDING and self.owner == layer.rank and not layer.closed:
+            self._state = layer.table.state(self.id)
+        return _STATE_NAMES[self._state]
+
+    def at(self, offset):
+        """Return another reference to this chunk, at row `offset` of its object."""
+        return ChunkRef(self._layer, self.id, self.owner, self.length, offset, self._state)
+
+    def __del__(self):
+        layer = getattr(self, "_layer", None)
+        if layer is not None:
+            layer.release(self.id)
+
+    def __repr__(self):
+        return (f"ChunkRef(id={self.id:#x}, owner={self.owner}, length={self.length}, "
+                f"offset={self.offset}, state={self.state!r})")
+
+    # -- carriage: a copy takes part of this rank's weight ---------------------
+
+    def required_bytes(self):
+        return _REF_LAYOUT.size
+
+    def dump(self, buffer):
+        layer = self._layer
+        if layer.closed:
+            raise ValueError("a ChunkRef of a closed Messenger cannot travel")
+        weight = layer.lend(self.id, self.owner)
+        length = -1 if self.length is None else self.length
+        offset = -1 if self.offset is None else self.offset
+        _REF_LAYOUT.pack_into(buffer, 0, layer.serial, self.id, self.owner, length, offset, weight,
+                              self._state)
+
+    @classmethod
+    def load(cls, buffer, out_of_band):
+        serial, id, owner, length, offset, weight, state = _REF_LAYOUT.unpack_from(buffer)
+        layer = _layers.get(serial)
+        if layer is None or layer.closed:
+            raise ValueError("a ChunkRef arrived for a Messenger that is closed on this rank")
+        return layer.adopt(id, owner, weight, None if length < 0 else length,
+                           None if offset < 0 else offset, state)
+
+
+def remote_error(data):
+    """Rebuild the RemoteError that failed a chunk (see error_bytes)."""
+    return RemoteError(*pickle.loads(data))
+
+
+class _Gather:
+    """Collects `count` inputs that arrive in any order, then calls `done(values)`.
+
+    The first failure (a chunk's error bytes) calls `failed` instead, once.
+    """
+
+    __slots__ = ("values", "missing", "done", "failed", "over")
+
+    def __init__(self, count, done, failed):
+        self.values = [None] * count
+        self.missing = count
+        self.done = done
+        self.failed = failed
+        self.over = False
+
+    def put(self, index, value):
+        if self.over:
+            return
+        self.values[index] = value
+        self.missing -= 1
+        if self.missing == 0:
+            self.over = True
+            self.done(self.values)
+
+    def fail(self, error):
+        if not self.over:
+            self.over = True
+            self.failed(error)
+
+
+class ChunkLayer:
+    """The chunks of one rank of a messenger, and the receivers behind them."""
+
+    def __init__(self, messenger, serial):
+        self.m = messenger
+        self.rank = messenger.rank
+        self.serial = serial
+        self.table = core.ChunkTable(messenger.rank)
+        self.closed = False
+        self._waiters = {}  # token -> callback, for chunks this rank owns
+        self._next_token = 1
+        self._early = {}  # id -> callbacks waiting for a chunk whose task has not arrived
+        self._ready = collections.deque()  # callbacks of chunks just settled, run in order
+        self._draining = False
+        self._functions = {}  # pickled function -> function, the tasks' recent ones
+        messenger._add_receiver(TASK, self._on_task, False)
+        messenger._add_receiver(FETCH, self._on_fetch, False)
+        messenger._add_receiver(GIVE_BACK, self._on_give_back, False)
+        messenger._add_receiver(REFILL, self._on_refill, False)
+        self.drivers_done = 0  # driver blocks the root left, and those served here
+        self.drivers_seen = 0
+        messenger._add_receiver(DRIVER_DONE, self._on_driver_done, False)
+        _layers[serial] = self
+
+    def close(self):
+        self.closed = True
+
+    # -- references ------------------------------------------------------------
+
+    def mint(self, owner, length, offset=0):
+        """Name a new chunk that `owner` will compute; return (ref, weight to lend it).
+
+        The task that asks `owner` to compute the chunk must carry the weight.
+        """
+        id = self.table.new_id()
+        if owner == self.rank:
+            self.table.create(id, 0)
+            return ChunkRef(self, id, owner, length, offset), 0
+        weight = self.table.MINT_WEIGHT
+        self.table.adopt(id, owner, weight)
+        return ChunkRef(self, id, owner, length, offset), weight
+
+    def lend(self, id, owner):
+        weight, refill = self.table.lend(id)
+        if refill:
+            self.m.request(owner, REFILL, id).add_done_callback(
+                lambda future: self._refilled(id, owner, future))
+        return weight
+
+    def adopt(self, id, owner, weight, length, offset=0, state=PENDING):
+        """Return a handle of a reference that arrived with `weight`."""
+        if owner != self.rank:
+            self.table.adopt(id, owner, weight)
+            return ChunkRef(self, id, owner, length, offset, state)
+        # Home again: hold before the weight returns, which could free it.
+        ref = ChunkRef(self, id, owner, length, offset, state)
+        self.table.give_back(id, weight)
+        return ref
+
+    def _refilled(self, id, owner, future):
+        if future.exception() is not None or self.closed:
+            return
+        weight = future.result()
+        if id in self.table:
+            self.table.adopt(id, owner, weight)
+        else:  # every handle went meanwhile: the weight goes straight back
+            self._give_back(owner, id, weight)
+
+    def release(self, id):
+        if self.closed:
+            return
+        try:
+            freed, owner, weight = self.table.release(id)
+            if weight:
+                self._give_back(owner, id, weight)
+            elif freed:
+                self._forget(id)
+        except Exception:  # from __del__: report, never raise
+            print(f"conveyor: releasing chunk {id:#x} failed:", file=sys.stderr)
+            traceback.print_exc()
+
+    def _give_back(self, owner, id, weight):
+        self.m.send(owner, GIVE_BACK, (id, weight))
+
+    def _forget(self, id):
+        # The chunk is gone: so is what its owner published about it.
+        self.m.table(STATES).delete(id)
+
+    def _on_give_back(self, msg):
+        id, weight = msg.payload
+        if self.table.give_back(id, weight):
+            self._forget(id)
+
+    def _on_refill(self, msg):
+        return self.table.lend(msg.payload)[0]
+
+    def _on_driver_done(self, msg):
+        self.drivers_done += 1
+
+    # -- owned chunks: settling and waiting ----------------------------------
+
+    def when_settled(self, id, callback):
+        """Call ``callback()`` once chunk `id`, owned here, is settled (at once if it is).
+
+        A chunk whose task has not arrived yet (a fetch may overtake it)
+        is waited for from its creation on.
+        """
+        if id not in self.table:
+            self._early.setdefault(id, []).append(callback)
+            return
+        token = self._next_token
+        if self.table.add_waiter(id, token):
+            self._next_token += 1
+            self._waiters[token] = callback
+        else:
+            callback()
+
+    def resolve(self, ref, value):
+        tokens = self.table.resolve(ref.id, value)
+        rows = value.shape[0] if value.ndim else None
+        self._settled(ref, RESOLVED, tokens, {"state": RESOLVED, "owner": self.rank, "length": rows,
+                                              "dtype": value.dtype.str, "shape": value.shape})
+
+    def fail(self, ref, error):
+        """Settle `ref`'s chunk with `error`, made by `error_bytes`."""
+        tokens = self.table.fail(ref.id, error)
+        self._settled(ref, ERROR, tokens, {"state": ERROR, "owner": self.rank, "error": error})
+
+    def _settled(self, ref, state, tokens, published):
+        ref._state = state
+        self.m.table(STATES).put(ref.id, published)
+        self._ready.extend(self._waiters.pop(token) for token in tokens)
+        # Settling one chunk may complete tasks that settle others: run them
+        # one after the other here rather than nested ever deeper.
+        if self._draining:
+            return
+        self._draining = True
+        try:
+            while self._ready:
+                self._ready.popleft()()
+        finally:
+            self._draining = False
+
+    def rows(self, ref, start, stop, put, fail):
+        """Pass rows [start, stop) of `ref`'s chunk (all with stop None) to ``put(array)``
+        once it is settled, or its error's bytes to ``fail(error)``."""
+        if ref.owner == self.rank:
+            self.when_settled(ref.id, lambda: self._local_rows(ref.id, start, stop, put, fail))
+        else:
+            self.m.request(ref.owner, FETCH, (ref.id, start, stop)).add_done_callback(
+                lambda future: self._fetched(future, put, fail))
+
+    def _local_rows(self, id, start, stop, put, fail):
+        if self.table.state(id) == ERROR:
+            fail(self.table.error(id))
+        else:
+            value = self.table.value(id)  # a read-only view: no copy
+            put(value if stop is None else value[start:stop])
+
+    def _fetched(self, future, put, fail):
+        exc = future.exception()
+        if exc is not None:
+            fail(error_bytes(exc, self.rank))
+            return
+        state, value = future.result()
+        (put if state == RESOLVED else fail)(value)
+
+    def _on_fetch(self, msg):
+        id, start, stop = msg.payload
+        msg.defer()
+        self.when_settled(id, lambda: self._local_rows(
+            id, start, stop,
+            lambda value: msg.reply((RESOLVED, value)),
+            lambda error: msg.reply((ERROR, error))))
+
+    # -- tasks -----------------------------------------------------------------
+
+    def submit(self, owner, length, offset, function, args, kwargs=None, begin=0):
+        """Ask `owner` to compute a new chunk; return its reference at once.
+
+        Parameters
+        ----------
+        function : bytes or None
+            ``cloudpickle.dumps(f)``; None passes the single argument on.
+        args, kwargs : list, dict
+            Input specs: ``("value", x)``, ``("pickled", bytes)``,
+            ``("whole", ref)`` (a whole chunk), or ``("aligned", refs, sizes)``
+            (rows ``begin .. begin + length`` of the object made of `refs`,
+            recycled).
+        """
+        ref, weight = self.mint(owner, length, offset)
+        task = {"id": ref.id, "weight": weight if owner != self.rank else -1, "begin": begin,
+                "length": length, "function": function, "args": args, "kwargs": kwargs or {}}
+        self.m.send(owner, TASK, task)
+        return ref
+
+    def _on_task(self, msg):
+        task = msg.payload
+        id = task["id"]
+        if task["weight"] >= 0:  # else its minter, this rank, created it
+            self.table.create(id, task["weight"])
+        out = ChunkRef(self, id, self.rank, task["length"], None)  # held until settled
+        for callback in self._early.pop(id, ()):
+            self.when_settled(id, callback)
+        args, kwargs = task["args"], task["kwargs"]
+        names = list(kwargs)
+        specs = list(args) + [kwargs[name] for name in names]
+
+        def run(values):
+            try:
+                function = self._function(task["function"])
+                positional = values[:len(args)]
+                keywords = dict(zip(names, values[len(args):]))
+                result = positional[0] if function is None else function(*positional, **keywords)
+                self.resolve(out, self._checked(result, task["length"]))
+            except Exception as exc:
+                self.fail(out, error_bytes(exc, self.rank, traceback.format_exc()))
+
+        gather = _Gather(len(specs), run, lambda error: self.fail(out, error))
+        for index, spec in enumerate(specs):
+            self._input(spec, task["begin"], task["length"], index, gather)
+
+    def _input(self, spec, begin, length, index, gather):
+        kind = spec[0]
+        if kind == "value":
+            gather.put(index, spec[1])
+        elif kind == "pickled":
+            gather.put(index, cloudpickle.loads(spec[1]))
+        elif kind == "whole":
+            self.rows(spec[1], 0, None, lambda value: gather.put(index, value), gather.fail)
+        elif kind == "aligned":
+            self._aligned(spec[1], spec[2], begin, length, index, gather)
+        else:
+            gather.fail(error_bytes(ValueError(f"unknown task input {kind!r}"), self.rank))
+
+    def _aligned(self, refs, sizes, begin, length, index, gather):
+        # The rows of one period that the target's rows take (align), fetched
+        # piece by piece and recycled to `length` rows.
+        pieces = core.align(sizes, begin, begin + length)
+        if len(pieces) == 0:  # an empty target chunk: no rows, but the argument's dtype
+            first = next(k for k, size in enumerate(sizes) if size)
+            pieces = np.array([[first, 0, 0]])
+
+        def assemble(parts):
+            period = parts[0] if len(parts) == 1 else np.concatenate(parts)
+            if len(period) != length:
+                period = np.take(period, np.arange(length) % len(period), axis=0)
+            gather.put(index, period)
+
+        parts = _Gather(len(pieces), assemble, gather.fail)
+        for k, (chunk, start, stop) in enumerate(pieces.tolist()):
+            self.rows(refs[chunk], start, stop, lambda value, k=k: parts.put(k, value), parts.fail)
+
+    def _function(self, data):
+        if data is None:
+            return None
+        function = self._functions.get(data)
+        if function is None:
+            if len(self._functions) >= 64:
+                self._functions.clear()
+            function = self._functions[data] = cloudpickle.loads(data)
+        return function
+
+    @staticmethod
+    def _checked(result, length):
+        value = np.asarray(result)
+        if value.dtype.hasobject or value.dtype.names is not None:
+            raise TypeError(f"a chunk must be a numeric numpy array, not of dtype {value.dtype}")
+        if length is not None and (value.ndim == 0 or value.shape[0] != length):
+            got = "a scalar" if value.ndim == 0 else f"{value.shape[0]} rows"
+            raise ValueError(f"the function returned {got} for {length} rows of input: dcall "
+                             "calls it elementwise (use dmap for chunks of any length)")
+        return value
+
+
+def error_bytes(exc, rank, text=""):
+    """What a failed chunk holds: the fields of the RemoteError it raises."""
+    if isinstance(exc, RemoteError):
+        fields = (exc.rank, exc.remote_type, exc.remote_message, exc.remote_traceback)
+    else:
+        fields = (rank, type(exc).__qualname__, str(exc), text)
+    return pickle.dumps(fields)

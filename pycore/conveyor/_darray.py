@@ -1,0 +1,612 @@
+"""Distributed arrays: DistArray, the driver, and aligned calls with R's recycling.
+
+A `DistArray` is an ordered list of chunk references (`ChunkRef`): 1-D
+arrays, or 2-D arrays chunked by rows. `dcall` calls a function elementwise
+on several of them: the longest argument is the target, whose chunking the
+result keeps; the owner of each target chunk fetches, from every other
+argument, only the rows that chunk needs (the native `align` kernel lists
+them, recycling shorter arguments as R does) and computes its chunk. `dmap`
+pairs chunk i with chunk i (R's ``mapply``). Both return at once; chunks
+compute as soon as their inputs are there, and no handler ever waits.
+"""
+
+import functools
+import numbers
+import warnings
+
+import cloudpickle
+import numpy as np
+
+from ._chunks import DRIVER_DONE, STATES, remote_error
+from ._chunks import ERROR as _ERROR
+from ._chunks import RESOLVED as _RESOLVED
+from ._errors import ConveyorError, RecyclingWarning
+
+__all__ = ["DistArray", "Driver", "dcall", "dmap", "dreduce"]
+
+# How long a serving rank's wait lasts before it checks for Ctrl-C.
+_SERVE_SLICE = 0.1
+_RECYCLING = "longer object length is not a multiple of shorter object length"
+
+
+class _Gathered:
+    """Values that arrive through callbacks, waited for by the messenger's loop."""
+
+    def __init__(self, count):
+        self.values = [None] * count
+        self.missing = count
+        self.error = None
+
+    def put(self, index, value):
+        self.values[index] = value
+        self.missing -= 1
+
+    def fail(self, error):
+        if self.error is None:
+            self.error = error
+        self.missing = 0
+
+    def _ready(self):
+        return self.missing == 0
+
+    def wait(self, messenger):
+        messenger._wait_for(self, None)
+        if self.error is not None:
+            raise remote_error(self.error)
+        return self.values
+
+
+class DistArray:
+    """A distributed array: an ordered list of chunks living on different ranks.
+
+    1-D, or 2-D chunked by rows. Make one with `Messenger.array` (or a
+    driver's `Driver.array`) from a numpy array, or with `from_local` from
+    each rank's piece; `dcall`, `dmap`, the arithmetic and comparison
+    operators and numpy's ufuncs make new ones without waiting for their
+    chunks to be computed. `collect` and `resolve` wait.
+
+    Chunks are freed once no `DistArray` (or `ChunkRef`) on any rank refers
+    to them any more.
+    """
+
+    __array_priority__ = 1000  # numpy defers its binary operators to ours
+
+    def __init__(self, layer, refs, dtype=None, shape=None):
+        self._layer = layer
+        self._refs = list(refs)
+        self._dtype = None if dtype is None else np.dtype(dtype)
+        self._row_shape = None if shape is None else tuple(shape[1:])
+
+    # -- construction ------------------------------------------------------------
+
+    @classmethod
+    def from_local(cls, messenger, local):
+        """Make a DistArray of every rank's `local` piece, in rank order (collective).
+
+        Each piece stays on its rank as one chunk (copied once, so that
+        later changes to `local` do not show); all pieces must have the same
+        dtype and, if 2-D, the same number of columns.
+        """
+        layer = messenger._chunks
+        local = _checked_array(local, "from_local")
+        ref, _ = layer.mint(layer.rank, len(local))
+        layer.resolve(ref, local.copy())
+        # Each rank lends every other rank a reference to its chunk.
+        lent = [0 if rank == layer.rank else layer.table.lend(ref.id)[0]
+                for rank in range(messenger.size)]
+        entries = messenger._collectives().allgather(
+            (ref.id, len(local), local.dtype.str, local.shape[1:], lent))
+        kinds = {(dtype, shape) for _, _, dtype, shape, _ in entries}
+        if len(kinds) != 1:
+            raise ValueError(f"from_local: the pieces differ in dtype or row shape: {sorted(kinds)}")
+        refs, offset = [], 0
+        for owner, (id, length, dtype, shape, weights) in enumerate(entries):
+            if owner == layer.rank:
+                refs.append(ref)
+            else:
+                refs.append(layer.adopt(id, owner, weights[layer.rank], length))
+            refs[-1].offset = offset
+            offset += length
+        return cls(layer, refs, dtype, (offset,) + tuple(shape))
+
+    # -- shape -----------------------------------------------------------------
+
+    @property
+    def chunks(self):
+        """The chunk references, in order (`ChunkRef`)."""
+        return list(self._refs)
+
+    @property
+    def messenger(self):
+        """The `Messenger` the chunks belong to."""
+        return self._layer.m
+
+    def _lengths(self):
+        # Lengths not known yet (dmap's results) are learned from what the
+        # owners publish once the chunks are computed.
+        unknown = [ref for ref in self._refs if ref.length is None]
+        if unknown:
+            for ref, fact in zip(unknown, self._facts(unknown)):
+                ref.length = fact["length"]
+            offset = 0
+            for ref in self._refs:
+                ref.offset = offset
+                offset += ref.length
+        return [ref.length for ref in self._refs]
+
+    def _facts(self, refs):
+        # What the owners published about `refs` once computed; raises the
+        # first chunk's error, in order.
+        table = self._layer.m.table(STATES)
+        futures = [table.wait(ref.id) for ref in refs]
+        facts = [future.result() for future in futures]
+        for ref, fact in zip(refs, facts):
+            ref._state = fact["state"]
+            if fact["state"] == _ERROR:
+                raise remote_error(fact["error"])
+            if fact["length"] is None:
+                raise TypeError("a chunk of a DistArray is a 0-d array: use dreduce for single values")
+        return facts
+
+    def _learn_type(self):
+        if self._dtype is None or self._row_shape is None:
+            if not self._refs:
+                raise ValueError("a DistArray without chunks has no dtype")
+            fact = self._facts(self._refs[:1])[0]
+            self._dtype = np.dtype(fact["dtype"])
+            self._row_shape = tuple(fact["shape"][1:])
+
+    def __len__(self):
+        return sum(self._lengths())
+
+    @property
+    def shape(self):
+        """``(rows,)`` or ``(rows, columns)``; waits for chunks of unknown length."""
+        self._learn_type()
+        return (len(self),) + self._row_shape
+
+    @property
+    def ndim(self):
+        self._learn_type()
+        return 1 + len(self._row_shape)
+
+    @property
+    def dtype(self):
+        """The numpy dtype; for a result of `dcall`, known once its first chunk is computed."""
+        self._learn_type()
+        return self._dtype
+
+    # -- waiting ---------------------------------------------------------------
+
+    def resolve(self):
+        """Wait until every chunk is computed; return self.
+
+        Raises
+        ------
+        conveyor.RemoteError
+            The error of the first chunk (in order) whose function raised.
+        """
+        self._facts(self._refs)
+        self._lengths()
+        return self
+
+    def collect(self):
+        """Gather the whole array into one numpy array on this rank, in order.
+
+        Raises
+        ------
+        conveyor.RemoteError
+            As `resolve`.
+        """
+        self._learn_type()
+        values = self._gather(self._refs)
+        if not values:
+            return np.empty((0,) + self._row_shape, self._dtype)
+        return np.concatenate(values)
+
+    def _gather(self, refs):
+        layer = self._layer
+        gathered = _Gathered(len(refs))
+        for index, ref in enumerate(refs):
+            layer.rows(ref, 0, None, functools.partial(gathered.put, index), gathered.fail)
+        return gathered.wait(layer.m)
+
+    def __array__(self, dtype=None, copy=None):
+        value = self.collect()
+        return value if dtype is None else value.astype(dtype, copy=False)
+
+    def rebalance(self, chunks=None):
+        """Return the same rows in `chunks` near-equal chunks, chunk i on rank ``i % size``.
+
+        By default one chunk per rank. Each new chunk's rank fetches just
+        the rows it needs.
+        """
+        m = self._layer.m
+        total = len(self)
+        sizes = _split_sizes(total, m.size if chunks is None else chunks)
+        owners = [k % m.size for k in range(len(sizes))]
+        return _aligned_call(self._layer, None, [self], {}, sizes, owners, self._dtype, self._row_shape)
+
+    # -- reductions ------------------------------------------------------------
+
+    def _reduce(self, name, axis):
+        if axis not in (None, 0):
+            raise ValueError(f"{name}: axis must be None or 0 (rows), not {axis!r}")
+        layer = self._layer
+        partial = cloudpickle.dumps(functools.partial(_partial_reduce, name, axis))
+        refs = [layer.submit(ref.owner, None, None, partial, [("whole", ref)]) for ref in self._refs]
+        self._learn_type()
+        parts = [part for part in self._gather(refs) if part.shape[0]]
+        if not parts:  # numpy's answer for no rows: an identity, or its error
+            return getattr(np, name)(np.empty((0,) + self._row_shape, self._dtype), axis=axis)
+        return getattr(np, name)(np.concatenate(parts), axis=0)
+
+    def sum(self, axis=None):
+        """Sum of all elements (or, with ``axis=0``, of the rows)."""
+        return self._reduce("sum", axis)
+
+    def prod(self, axis=None):
+        """Product of all elements (or, with ``axis=0``, of the rows)."""
+        return self._reduce("prod", axis)
+
+    def min(self, axis=None):
+        """Smallest element (or, with ``axis=0``, per column)."""
+        return self._reduce("min", axis)
+
+    def max(self, axis=None):
+        """Largest element (or, with ``axis=0``, per column)."""
+        return self._reduce("max", axis)
+
+    def any(self, axis=None):
+        """Whether any element is true (or, with ``axis=0``, per column)."""
+        return self._reduce("any", axis)
+
+    def all(self, axis=None):
+        """Whether every element is true (or, with ``axis=0``, per column)."""
+        return self._reduce("all", axis)
+
+    def mean(self, axis=None):
+        """Mean of all elements (or, with ``axis=0``, of the rows)."""
+        total = self.sum(axis)
+        count = len(self) if axis == 0 else len(self) * int(np.prod(self._row_shape))
+        return np.true_divide(total, count)
+
+    # -- numpy -----------------------------------------------------------------
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        if method == "__call__" and "out" not in kwargs:
+            return dcall(ufunc, *inputs, **kwargs)
+        if method == "reduce" and ufunc in _REDUCERS and set(kwargs) <= {"axis"} and inputs[0] is self:
+            return self._reduce(_REDUCERS[ufunc], kwargs.get("axis", 0))
+        return NotImplemented
+
+    def __repr__(self):
+        lengths = ", ".join("?" if ref.length is None else str(ref.length) for ref in self._refs)
+        dtype = "" if self._dtype is None else f", dtype={self._dtype}"
+        return f"<conveyor.DistArray chunks=[{lengths}]{dtype}>"
+
+
+def _operator(ufunc, reflected=False):
+    if reflected:
+        return lambda self, other: dcall(ufunc, other, self)
+    return lambda self, other: dcall(ufunc, self, other)
+
+
+for _name, _ufunc in [("add", np.add), ("sub", np.subtract), ("mul", np.multiply),
+                      ("truediv", np.true_divide), ("floordiv", np.floor_divide), ("mod", np.remainder),
+                      ("pow", np.power), ("and", np.logical_and), ("or", np.logical_or)]:
+    setattr(DistArray, f"__{_name}__", _operator(_ufunc))
+    setattr(DistArray, f"__r{_name}__", _operator(_ufunc, reflected=True))
+for _name, _ufunc in [("eq", np.equal), ("ne", np.not_equal), ("lt", np.less), ("le", np.less_equal),
+                      ("gt", np.greater), ("ge", np.greater_equal)]:
+    setattr(DistArray, f"__{_name}__", _operator(_ufunc))
+DistArray.__neg__ = lambda self: dcall(np.negative, self)
+DistArray.__abs__ = lambda self: dcall(np.absolute, self)
+DistArray.__hash__ = None  # == is elementwise
+
+_REDUCERS = {np.add: "sum", np.multiply: "prod", np.minimum: "min", np.maximum: "max",
+             np.logical_or: "any", np.logical_and: "all"}
+
+
+def _partial_reduce(name, axis, chunk):
+    # One chunk's part of a reduction: one row (none for an empty chunk,
+    # which min and max could not reduce).
+    if chunk.shape[0] == 0:
+        return chunk[:0] if axis == 0 else chunk.reshape(-1)[:0]
+    return getattr(np, name)(chunk, axis=axis, keepdims=True).reshape((1,) + (chunk.shape[1:] if axis == 0 else ()))
+
+
+# -- aligned calls -----------------------------------------------------------
+
+
+def dcall(f, *args, **kwargs):
+    """Call `f` elementwise on distributed arguments, aligned and recycled as in R.
+
+    The target is the longest argument (ties: the one with most chunks,
+    then the first); the result has its length and chunking. For each
+    target chunk, its owner calls ``f`` on the rows of every argument at
+    the same indices: shorter arguments are recycled (row ``i`` of an
+    argument of length ``L`` serves result row ``i mod L``), numpy arrays
+    are split likewise, and other values are passed whole. Returns at once.
+
+    Parameters
+    ----------
+    f : callable
+        Called with numpy arrays of equal length (rows); must return one
+        row per input row. Sent with cloudpickle, so lambdas work.
+    *args, **kwargs
+        At least one `DistArray`; numpy arrays; anything else is passed as is.
+
+    Returns
+    -------
+    DistArray
+        Not computed yet: `collect` or `resolve` wait. A function that raises
+        makes its chunks errors, raised there as `conveyor.RemoteError`.
+
+    Warns
+    -----
+    RecyclingWarning
+        Once, when the longest length is not a multiple of a shorter one.
+    """
+    layer = _layer_of(args, kwargs, "dcall")
+    operands = list(args) + list(kwargs.values())
+    lengths = [_length(x) for x in operands]
+    known = [n for n in lengths if n is not None]
+    if 0 in known:  # R: a zero-length operand gives a zero-length result
+        empty = [_empty_like(x) for x in operands]
+        value = np.asarray(f(*empty[:len(args)], **dict(zip(kwargs, empty[len(args):]))))
+        return layer.m.array(value, chunks=[len(value)])
+    longest = max(known)
+    if any(longest % n for n in known):
+        warnings.warn(_RECYCLING, RecyclingWarning, stacklevel=2)
+    dist = [(i, x) for i, x in enumerate(operands) if isinstance(x, DistArray) and lengths[i] == longest]
+    if dist:
+        target_index = max(dist, key=lambda item: (len(item[1]._refs), -item[0]))[0]
+    else:  # a numpy array is longest: it is scattered first
+        target_index = lengths.index(longest)
+        operands[target_index] = layer.m.array(operands[target_index])
+    target = operands[target_index]
+    sizes = target._lengths()
+    owners = [ref.owner for ref in target._refs]
+    n = len(args)
+    return _aligned_call(layer, f, operands[:n], dict(zip(kwargs, operands[n:])), sizes, owners,
+                         target=target)
+
+
+def _aligned_call(layer, f, args, kwargs, sizes, owners, dtype=None, row_shape=None, target=None):
+    # One task per chunk of the result (rows `sizes`, on `owners`): each
+    # argument as its aligned rows, the target's own chunk whole.
+    function = None if f is None else cloudpickle.dumps(f)
+    refs, offset = [], 0
+    for k, (length, owner) in enumerate(zip(sizes, owners)):
+        def spec(x):
+            if x is target:
+                return ("whole", target._refs[k])
+            if isinstance(x, DistArray):
+                return ("aligned", x._refs, x._lengths())
+            if isinstance(x, np.ndarray) and x.ndim:
+                return ("value", _recycled_rows(x, offset, length))
+            return _value_spec(x)
+
+        task_args = [spec(x) for x in args]
+        task_kwargs = {name: spec(x) for name, x in kwargs.items()}
+        refs.append(layer.submit(owner, length, offset, function, task_args, task_kwargs, begin=offset))
+        offset += length
+    shape = None if row_shape is None else (offset,) + row_shape
+    return DistArray(layer, refs, dtype, shape)
+
+
+def _recycled_rows(array, begin, length):
+    # Rows begin .. begin + length of `array` recycled: a view when no row repeats.
+    n = len(array)
+    start = begin % n
+    if start + length <= n:
+        return np.ascontiguousarray(array[start:start + length])
+    return np.take(array, np.arange(begin, begin + length) % n, axis=0)
+
+
+def _value_spec(x):
+    if x is None or isinstance(x, (numbers.Number, np.generic, str, bytes, np.ndarray)):
+        return ("value", x)
+    return ("pickled", cloudpickle.dumps(x))
+
+
+def dmap(f, *args, **kwargs):
+    """Call `f` on chunk i of every distributed argument, for every i (R's ``mapply``).
+
+    Shorter lists of chunks are recycled; lists and tuples count as lists
+    (item i goes with chunk i), anything else is passed to every call.
+    Chunk i of the result is computed on the rank of chunk i of the
+    argument with most chunks, and may have any length. Returns at once.
+
+    Raises
+    ------
+    ValueError
+        If zero-length and non-zero-length lists are mixed.
+
+    Warns
+    -----
+    RecyclingWarning
+        When the most chunks is not a multiple of a shorter list's count.
+    """
+    layer = _layer_of(args, kwargs, "dmap")
+    operands = list(args) + list(kwargs.values())
+    counts = [len(x._refs) if isinstance(x, DistArray) else len(x) for x in operands
+              if isinstance(x, (DistArray, list, tuple))]
+    if 0 in counts:
+        if any(counts):
+            raise ValueError("dmap: zero-length inputs cannot be mixed with those of non-zero length")
+        return DistArray(layer, [])
+    count = max(counts)
+    if any(count % n for n in counts):
+        warnings.warn(_RECYCLING, RecyclingWarning, stacklevel=2)
+    widest = next(x for x in operands if isinstance(x, DistArray) and len(x._refs) == count) \
+        if any(isinstance(x, DistArray) and len(x._refs) == count for x in operands) \
+        else next(x for x in operands if isinstance(x, DistArray))
+    function = cloudpickle.dumps(f)
+    n = len(args)
+    refs = []
+    for i in range(count):
+        def spec(x):
+            if isinstance(x, DistArray):
+                return ("whole", x._refs[i % len(x._refs)])
+            if isinstance(x, (list, tuple)):
+                return _value_spec(x[i % len(x)])
+            return _value_spec(x)
+
+        specs = [spec(x) for x in operands]
+        owner = widest._refs[i % len(widest._refs)].owner
+        refs.append(layer.submit(owner, None, None, function, specs[:n], dict(zip(kwargs, specs[n:]))))
+    return DistArray(layer, refs)
+
+
+def dreduce(f, x):
+    """Fold the chunks of `x` in order: ``f(f(c0, c1), c2) ...``; return the result.
+
+    Each step runs on the rank of the chunk it folds in, so only the
+    running value travels. A single chunk is returned as it is.
+    """
+    if not isinstance(x, DistArray):
+        raise TypeError(f"dreduce folds a DistArray, not {type(x).__name__}")
+    if not x._refs:
+        raise ValueError("dreduce of a DistArray without chunks")
+    layer = x._layer
+    function = cloudpickle.dumps(f)
+    acc = x._refs[0]
+    for ref in x._refs[1:]:
+        acc = layer.submit(ref.owner, None, None, function, [("whole", acc), ("whole", ref)])
+    (value,) = x._gather([acc])
+    return value[()] if value.ndim == 0 else value
+
+
+# -- the driver ----------------------------------------------------------------
+
+
+class Driver:
+    """What the root rank gets from ``with m.driver() as d``: make and call on DistArrays.
+
+    The other ranks serve inside their ``with`` (they get None) until the
+    root leaves its own, as with mpi4py's ``MPICommExecutor``.
+    """
+
+    def __init__(self, messenger):
+        self.messenger = messenger
+
+    def array(self, a, chunks=None, ranks=None):
+        """A DistArray of `a` (see `Messenger.array`)."""
+        return self.messenger.array(a, chunks=chunks, ranks=ranks)
+
+    dcall = staticmethod(dcall)
+    dmap = staticmethod(dmap)
+    dreduce = staticmethod(dreduce)
+
+    def __repr__(self):
+        return f"<conveyor.Driver on rank {self.messenger.rank} of {self.messenger.size}>"
+
+
+class DriverScope:
+    """``with m.driver(root) as d``: the root gets a `Driver`, the others serve.
+
+    The other ranks handle messages in ``__enter__`` until the root has
+    left its block, then get None (so the same code runs on every rank:
+    ``if d is not None: ...``).
+    """
+
+    def __init__(self, messenger, root):
+        self.m = messenger
+        self.root = messenger._check_rank(root)
+
+    def __enter__(self):
+        m = self.m
+        layer = m._chunks
+        if m.rank == self.root:
+            return Driver(m)
+        if m._engine.handling:
+            raise ConveyorError("a rank cannot serve a driver from inside a handler")
+        seen = layer.drivers_seen
+        while layer.drivers_done == seen:
+            m.progress(_SERVE_SLICE)
+        layer.drivers_seen += 1
+        return None
+
+    def __exit__(self, exc_type, exc, tb):
+        m = self.m
+        if m.rank == self.root and not m._closed:
+            for rank in range(m.size):
+                if rank != self.root:
+                    m.send(rank, DRIVER_DONE)
+        return False
+
+
+# -- helpers -----------------------------------------------------------------
+
+
+def scatter(layer, a, chunks, ranks):
+    """Messenger.array: split `a` into chunks on their ranks."""
+    a = _checked_array(a, "array")
+    size = layer.m.size
+    if chunks is None:
+        sizes = _split_sizes(len(a), size)
+    elif isinstance(chunks, numbers.Integral):
+        sizes = _split_sizes(len(a), int(chunks))
+    else:
+        sizes = [int(n) for n in chunks]
+        if any(n < 0 for n in sizes) or sum(sizes) != len(a):
+            raise ValueError(f"chunk sizes {sizes} must be >= 0 and add up to {len(a)} rows")
+    if ranks is None:
+        owners = [k % size for k in range(len(sizes))]
+    else:
+        owners = [int(r) for r in ranks]
+        if len(owners) != len(sizes) or any(not 0 <= r < size for r in owners):
+            raise ValueError(f"ranks must give one rank in 0..{size - 1} for each of the {len(sizes)} chunks")
+    refs, offset = [], 0
+    for length, owner in zip(sizes, owners):
+        piece = a[offset:offset + length]
+        if owner == layer.rank:
+            ref, _ = layer.mint(owner, length, offset)
+            layer.resolve(ref, piece.copy())  # later changes to `a` must not show
+        else:
+            ref = layer.submit(owner, length, offset, None, [("value", np.ascontiguousarray(piece))])
+        refs.append(ref)
+        offset += length
+    return DistArray(layer, refs, a.dtype, a.shape)
+
+
+def _split_sizes(total, chunks):
+    if chunks < 1:
+        raise ValueError(f"chunks must be >= 1, not {chunks}")
+    base, extra = divmod(total, chunks)
+    return [base + (k < extra) for k in range(chunks)]
+
+
+def _checked_array(a, verb):
+    a = np.asarray(a)
+    if a.ndim not in (1, 2):
+        raise ValueError(f"{verb}: a DistArray is 1-D or 2-D (chunked by rows), not {a.ndim}-D")
+    if a.dtype.hasobject or a.dtype.names is not None:
+        raise TypeError(f"{verb}: a DistArray holds numeric numpy data, not dtype {a.dtype}")
+    return a
+
+
+def _layer_of(args, kwargs, verb):
+    for x in list(args) + list(kwargs.values()):
+        if isinstance(x, DistArray):
+            return x._layer
+    raise TypeError(f"{verb} needs at least one DistArray argument")
+
+
+def _length(x):
+    if isinstance(x, DistArray):
+        return len(x)
+    if isinstance(x, np.ndarray) and x.ndim:
+        return len(x)
+    return None
+
+
+def _empty_like(x):
+    if isinstance(x, DistArray):
+        x._learn_type()
+        return np.empty((0,) + x._row_shape, x._dtype)
+    if isinstance(x, np.ndarray) and x.ndim:
+        return x[:0]
+    return x
