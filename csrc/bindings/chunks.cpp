@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "bindings/codec.hpp"
 #include "conveyor/align.hpp"
 #include "conveyor/chunks.hpp"
 
@@ -18,14 +19,6 @@ namespace py = pybind11;
 namespace conveyor {
 
 namespace {
-
-// The last reference to a chunk may go in C++ code called without the GIL held.
-KeepAlive keep_object(py::object obj) {
-    return KeepAlive(new py::object(std::move(obj)), [](void* p) {
-        py::gil_scoped_acquire gil;
-        delete static_cast<py::object*>(p);
-    });
-}
 
 // The rows as numbers that fit an int64 array, whatever integer dtype they came in.
 std::vector<std::uint64_t> chunk_sizes(py::handle sizes) {
@@ -94,7 +87,7 @@ ChunkValue array_value(py::handle obj) {
     v.size = static_cast<std::size_t>(array.nbytes());
     v.dtype = dtype.attr("str").cast<std::string>();
     v.shape.assign(array.shape(), array.shape() + array.ndim());
-    v.keep = keep_object(std::move(array));
+    v.keep = py_codec::keep_alive(std::move(array));
     return v;
 }
 

@@ -596,6 +596,13 @@ class Decoder {
 
 }  // namespace
 
+KeepAlive keep_alive(py::object obj) {
+    return KeepAlive(new py::object(std::move(obj)), [](void* p) {
+        py::gil_scoped_acquire gil;
+        delete static_cast<py::object*>(p);
+    });
+}
+
 py::object make_address(py::handle rank, py::handle name, py::handle ref) {
     return types().address(rank, name, ref);
 }

@@ -47,6 +47,10 @@ void encode_frame(Encoded& out, FrameKind kind, std::uint64_t ref, std::string_v
 py::object decode_body(const std::uint8_t* body, std::size_t size,
                        const std::vector<std::shared_ptr<Buffer>>& oob, bool allow_pickle);
 
+// Owns `obj` for C++ code that may drop it without the GIL (MPI reading
+// from it in a GIL-free wait, a chunk's last reference): takes the GIL then.
+KeepAlive keep_alive(py::object obj);
+
 // A conveyor.Address (the façade's type).
 py::object make_address(py::handle rank, py::handle name, py::handle ref);
 

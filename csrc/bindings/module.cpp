@@ -72,14 +72,6 @@ Handle comm_from_handle(std::intptr_t handle) {
     }
 }
 
-// Releases Python objects that MPI was reading from, possibly from a GIL-free wait.
-KeepAlive hold(py::object obj) {
-    return KeepAlive(new py::object(std::move(obj)), [](void* p) {
-        py::gil_scoped_acquire gil;
-        delete static_cast<py::object*>(p);
-    });
-}
-
 // A tag off the wire as a str (bytes that are not UTF-8 are replaced, not fatal).
 py::object decode_tag(const std::string& tag) {
     auto s = py::reinterpret_steal<py::object>(
@@ -123,7 +115,7 @@ class PyEngine {
             if (posted != Engine::Posted::TooLarge) return posted == Engine::Posted::Congested;
         }
         KeepAlive keep;
-        if (encoded.keep) keep = hold(std::move(encoded.keep));
+        if (encoded.keep) keep = py_codec::keep_alive(std::move(encoded.keep));
         return engine_.post(dest, std::move(encoded.frame.bytes), encoded.oob, std::move(keep));
     }
 
