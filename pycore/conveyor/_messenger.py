@@ -44,6 +44,9 @@ _handler_of = contextvars.ContextVar("conveyor_handler_of", default=None)
 # Ctrl-C and deadlines); an arriving message ends the wait at once.
 _WAIT_SLICE = 0.1
 
+# Tags whose Sender send() keeps (a program uses a few; a bound for those that do not).
+_MAX_CACHED_SENDERS = 256
+
 # The longest pause between two termination-detection waves that saw
 # messages in flight (an arriving message ends it early).
 _WAVE_PAUSE = 200e-6
@@ -266,6 +269,7 @@ class Messenger:
         self.aggregate = bool(aggregate)
         self.pickle = bool(pickle)
         self._receivers = {}  # tag -> (handler, per_item), read by the native dispatcher
+        self._senders = {}  # tag -> Sender, behind send(rank, tag, payload)
         self._futures = {}
         self._next_ref = 1
         self._closed = False
@@ -454,6 +458,13 @@ class Messenger:
         answers that request, from any rank. ``final=False`` makes it one
         answer of several (see `request_stream`).
         """
+        if type(dest) is int and type(tag) is str and final:
+            # The common case goes through a Sender of the tag: its native
+            # send checks the rank and costs a fraction of the path below.
+            sender = self._senders.get(tag)
+            if sender is not None and 0 <= dest < self.size:
+                sender.send(dest, None if payload is _MISSING else payload)
+                return
         rank, name, ref, payload = self._target("send", dest, tag, payload)
         if ref is not None:
             self._post(rank, core.KIND_REPLY if final else core.KIND_ANSWER, ref, name, payload)
@@ -461,6 +472,8 @@ class Messenger:
             raise ValueError("final=False answers a request: send it to the request's reply_to")
         else:
             self._post(rank, core.KIND_SEND, 0, self._check_tag(name), payload)
+            if len(self._senders) < _MAX_CACHED_SENDERS:
+                self._senders[name] = Sender(self, name, self.aggregate)
 
     def request(self, dest, tag, payload=_MISSING):
         """request(dest, tag, payload=None)
