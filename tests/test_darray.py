@@ -270,3 +270,32 @@ def case_properties(max_examples):
 def test_properties(mpirun, nranks):
     run_case(mpirun, nranks, case_properties, 40, timeout=90)
 
+
+
+# -- freeing ---------------------------------------------------------------------
+
+
+def check_results_dropped_at_once(m):
+    # Results nobody keeps, whose chunks are on the driver's rank too: their
+    # tasks may arrive after the chunks were freed, and must do nothing.
+    size = m.size
+    x = m.array(np.arange(12), chunks=4, ranks=[0, size - 1, 0, 1 % size])
+    cv.dcall(np.negative, x)
+    np.exp(x)
+    kept = cv.dcall(np.add, x, 1)
+    kept = cv.dcall(np.add, x, kept)  # the first result dropped, used by the second
+    x.rebalance()
+    cv.dmap(np.sum, x)
+    same(kept.collect(), np.arange(12) * 2 + 1)
+
+
+def case_freeing():
+    with cv.Messenger() as m:
+        with m.driver() as d:
+            if d is not None:
+                check_results_dropped_at_once(m)
+        nothing_left(m)
+
+
+def test_freeing(mpirun, nranks):
+    run_case(mpirun, nranks, case_freeing)

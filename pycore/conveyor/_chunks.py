@@ -176,6 +176,7 @@ class ChunkLayer:
         self._ready = collections.deque()  # callbacks of chunks just settled, run in order
         self._draining = False
         self._functions = {}  # pickled function -> function, the tasks' recent ones
+        self._published = set()  # owned chunks whose state is in the STATES table
         messenger._add_receiver(TASK, self._on_task, False)
         messenger._add_receiver(FETCH, self._on_fetch, False)
         messenger._add_receiver(GIVE_BACK, self._on_give_back, False)
@@ -246,8 +247,12 @@ class ChunkLayer:
         self.m.send(owner, GIVE_BACK, (id, weight))
 
     def _forget(self, id):
-        # The chunk is gone: so is what its owner published about it.
-        self.m.table(STATES).delete(id)
+        # The chunk is gone: so is what its owner published about it. A
+        # chunk freed before it was settled published nothing, and deleting
+        # a key never set is an error at the table's home.
+        if id in self._published:
+            self._published.remove(id)
+            self.m.table(STATES).delete(id)
 
     def _on_give_back(self, msg):
         id, weight = msg.payload
@@ -291,6 +296,7 @@ class ChunkLayer:
 
     def _settled(self, ref, state, tokens, published):
         ref._state = state
+        self._published.add(ref.id)
         self.m.table(STATES).put(ref.id, published)
         self._ready.extend(self._waiters.pop(token) for token in tokens)
         # Settling one chunk may complete tasks that settle others: run them
@@ -362,6 +368,11 @@ class ChunkLayer:
         id = task["id"]
         if task["weight"] >= 0:  # else its minter, this rank, created it
             self.table.create(id, task["weight"])
+        elif id not in self.table:
+            # Minted here, and every reference was dropped before the task
+            # ran (a result not kept: ``dcall(f, x)`` alone, or rebound):
+            # the chunk is freed already and nobody can ask for it.
+            return
         out = ChunkRef(self, id, self.rank, task["length"], None)  # held until settled
         for callback in self._early.pop(id, ()):
             self.when_settled(id, callback)
