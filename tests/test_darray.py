@@ -12,6 +12,9 @@ on timing; sleeps only make the race likely.
 """
 
 import gc
+import os
+import tempfile
+import time
 import warnings
 
 import numpy as np
@@ -270,6 +273,297 @@ def case_properties(max_examples):
 def test_properties(mpirun, nranks):
     run_case(mpirun, nranks, case_properties, 40, timeout=90)
 
+
+
+# -- the API by example ----------------------------------------------------------
+
+
+def wait_for_file(path, a):
+    """Return `a` once `path` exists (polled): a chunk that cannot finish before its caller says so."""
+    deadline = time.monotonic() + 30
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} never appeared")
+        time.sleep(0.005)
+    return a
+
+
+def check_making_arrays(m):
+    size = m.size
+    a = np.arange(10.0)
+    x = m.array(a)
+    assert isinstance(x, cv.DistArray) and x.messenger is m
+    assert len(x) == 10 and x.shape == (10,) and x.ndim == 1 and x.dtype == np.float64
+    assert lengths(x) == near_equal(10, size) and owners(x) == list(range(size))
+    assert all(isinstance(ref, cv.ChunkRef) for ref in x.chunks)
+    assert [ref.offset for ref in x.chunks] == np.cumsum([0] + lengths(x))[:-1].tolist()
+    assert x.resolve() is x and {ref.state for ref in x.chunks} == {"resolved"}
+    same(x.collect(), a)
+    same(np.asarray(x), a)
+    a[:] = -1  # the array was copied
+    same(x.collect(), np.arange(10.0))
+    assert "DistArray" in repr(x) and "ChunkRef" in repr(x.chunks[0])
+
+    y = m.array(np.arange(7, dtype=np.int32), chunks=3, ranks=[2 % size, 0, 1 % size])
+    assert lengths(y) == [3, 2, 2] and owners(y) == [2 % size, 0, 1 % size]
+    z = m.array(np.arange(7, dtype=np.int32), chunks=[0, 5, 0, 2], ranks=[size - 1] * 4)
+    assert lengths(z) == [0, 5, 0, 2] and owners(z) == [size - 1] * 4
+    same(z.collect(), np.arange(7, dtype=np.int32))
+
+    # 2-D, chunked by rows.
+    g = np.arange(24, dtype=np.int16).reshape(8, 3)
+    x2 = m.array(g, chunks=[3, 0, 5])
+    assert len(x2) == 8 and x2.shape == (8, 3) and x2.ndim == 2 and x2.dtype == np.int16
+    same(x2.collect(), g)
+    # Empty arrays keep their dtype and columns.
+    e = m.array(np.zeros((0, 3), dtype=np.uint8))
+    assert len(e) == 0 and e.shape == (0, 3)
+    same(e.collect(), np.zeros((0, 3), dtype=np.uint8))
+    same(m.array(np.zeros(0), chunks=[]).collect(), np.zeros(0))
+    # Other numeric and bool dtypes.
+    for dtype in (np.bool_, np.uint64, np.complex64, np.float32):
+        v = (np.arange(5) % 2).astype(dtype)
+        same(m.array(v, chunks=2).collect(), v)
+
+
+def check_rebalance(m):
+    size = m.size
+    x = m.array(np.arange(11), chunks=[0, 11], ranks=[0, size - 1])
+    r = x.rebalance()
+    assert lengths(r) == near_equal(11, size) and owners(r) == list(range(size))
+    same(r.collect(), np.arange(11))
+    r5 = x.rebalance(5)
+    assert lengths(r5) == near_equal(11, 5) and owners(r5) == [k % size for k in range(5)]
+    same(r5.collect(), np.arange(11))
+    g = np.arange(20).reshape(10, 2)
+    same(m.array(g, chunks=[1, 9]).rebalance(3).collect(), g)
+    many = x.rebalance(15)  # more chunks than rows: some are empty
+    assert lengths(many) == near_equal(11, 15)
+    same(many.collect(), np.arange(11))
+    same(cv.dcall(np.negative, x).rebalance(2).collect(), -np.arange(11))
+
+
+def check_from_local_single(m):
+    # from_local is collective: the driver's own use only at one rank.
+    if m.size == 1:
+        local = np.arange(4.0)
+        x = cv.DistArray.from_local(m, local)
+        local[:] = 0
+        assert lengths(x) == [4] and owners(x) == [0]
+        same(x.collect(), np.arange(4.0))
+
+
+def check_dcall_examples(m):
+    size = m.size
+    x = m.array(np.arange(12), chunks=3, ranks=[k % size for k in (1, 2, 3)])
+    # A shorter argument that does not fit a target chunk: one rotated period
+    # per chunk (chunk 2 starts at row 8, row 3 of the argument's period of 5).
+    y = m.array(np.arange(5) * 100, chunks=[2, 3], ranks=[0, size - 1])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        z = cv.dcall(np.add, x, y)
+    assert recycling_warnings(caught) == 1
+    same(z.collect(), np.arange(12) + recycled(np.arange(5) * 100, 12))
+    assert lengths(z) == lengths(x) and owners(z) == owners(x)
+    # The result is the longest whichever side it is on; a multiple does not warn.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        w = cv.dcall(np.subtract, m.array(np.arange(4), chunks=4), x)
+    assert recycling_warnings(caught) == 0
+    same(w.collect(), recycled(np.arange(4), 12) - np.arange(12))
+    assert lengths(w) == lengths(x)
+    # Ties: most chunks wins, then the first.
+    a3 = m.array(np.arange(6), chunks=3)
+    a2 = m.array(np.arange(6), chunks=2)
+    assert lengths(cv.dcall(np.add, a2, a3)) == [2, 2, 2]
+    b2 = m.array(np.arange(6), chunks=[1, 5], ranks=[size - 1, 0])
+    t = cv.dcall(np.add, b2, a2)
+    assert lengths(t) == [1, 5] and owners(t) == [size - 1, 0]
+    # Local arrays are split at the target's boundaries, recycled too;
+    # scalars, 0-d arrays and other values are passed whole.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        v = cv.dcall(lambda a, b, c, h, d, s: a + b * c + h + d + len(s), x, np.arange(7), 10,
+                     np.float64(0.5), d=np.array(0.25), s="abc")
+    assert recycling_warnings(caught) == 1
+    same(v.collect(), np.arange(12) + recycled(np.arange(7), 12) * 10 + 0.75 + 3)
+    # A local array longer than every DistArray is the target: scattered one chunk per rank.
+    u = cv.dcall(np.multiply, m.array(np.arange(3), chunks=[3]), np.arange(9))
+    assert lengths(u) == near_equal(9, size)
+    same(u.collect(), recycled(np.arange(3), 9) * np.arange(9))
+    # The same array twice, and keyword arguments.
+    same(cv.dcall(f2, x, b=x).collect(), np.arange(12) * 2)
+    # 2-D recycles rows; a 1-D array against 2-D rows through a function.
+    g = np.arange(18).reshape(6, 3)
+    rows = np.array([[1, 1, 1], [2, 2, 2], [3, 3, 3], [4, 4, 4]])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        h = cv.dcall(np.multiply, m.array(g, chunks=[4, 2]), m.array(rows, chunks=[1, 3]))
+    assert recycling_warnings(caught) == 1
+    same(h.collect(), g * recycled(rows, 6))
+    assert h.shape == (6, 3)
+    same(cv.dcall(lambda m2, v: m2 * v[:, None], m.array(g), np.arange(3)).collect(),
+         g * recycled(np.arange(3), 6)[:, None])
+    # R: a zero-length operand makes a zero-length result, without a warning.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        e = cv.dcall(np.add, x, np.zeros(0))
+        e2 = cv.dcall(np.add, m.array(np.zeros((0, 3), np.float32)), np.ones((5, 3), np.float32))
+    assert recycling_warnings(caught) == 0
+    same(e.collect(), np.zeros(0))
+    same(e2.collect(), np.zeros((0, 3), np.float32))
+    # Chains of calls on results not computed yet.
+    chain = x
+    for k in range(5):
+        chain = cv.dcall(lambda a, k=k: a + k, chain)
+    same(chain.collect(), np.arange(12) + 10)
+
+
+def check_returns_at_once(m):
+    # The function cannot finish before dcall has returned: a dcall that
+    # waited for its chunks would hang here.
+    path = os.path.join(tempfile.gettempdir(), f"conveyor-dcall-{os.getpid()}-{time.monotonic_ns()}")
+    x = m.array(np.arange(8), chunks=4, ranks=[k % m.size for k in range(4)])
+    try:
+        z = cv.dcall(wait_for_file, path, x)
+        open(path, "w").close()
+        same(z.collect(), np.arange(8))
+    finally:
+        if os.path.exists(path):
+            os.unlink(path)
+
+
+def check_operators(m):
+    a = np.arange(1, 10, dtype=np.int64)
+    b = np.arange(9, 0, -1, dtype=np.int64)
+    x = m.array(a, chunks=3)
+    y = m.array(b, chunks=[4, 5], ranks=[m.size - 1, 0])
+    for op in (lambda p, q: p + q, lambda p, q: p - q, lambda p, q: p * q, lambda p, q: p / q,
+               lambda p, q: p // q, lambda p, q: p % q, lambda p, q: p ** 2 + q,
+               lambda p, q: p == q, lambda p, q: p != q, lambda p, q: p < q, lambda p, q: p <= q,
+               lambda p, q: p > q, lambda p, q: p >= q):
+        same(op(x, y).collect(), op(a, b))
+        same(op(x, b).collect(), op(a, b))  # DistArray op numpy
+        same(op(a, y).collect(), op(a, b))  # numpy op DistArray: numpy defers to it
+        same(op(x, 3).collect(), op(a, 3))
+        same(op(3, y).collect(), op(3, b))  # reflected
+    same((-x).collect(), -a)
+    same(abs(x - 5).collect(), abs(a - 5))
+    same(((x > 2) & (x < 7)).collect(), (a > 2) & (a < 7))
+    same(((x < 2) | (x > 7)).collect(), (a < 2) | (a > 7))
+    # numpy's ufuncs, one and two operands.
+    same(np.sqrt(x).collect(), np.sqrt(a))
+    same(np.maximum(x, y).collect(), np.maximum(a, b))
+    same(np.add(a, y).collect(), a + b)
+    same(np.logical_not(x > 3).collect(), a <= 3)
+    assert isinstance(np.exp(x), cv.DistArray)
+    with pytest.raises(TypeError):
+        np.add(x, y, out=np.empty(9, np.int64))  # no out= for a DistArray
+    with pytest.raises(TypeError):
+        hash(x)  # == is elementwise
+
+
+def check_reductions(m):
+    a = np.array([3.0, -1.5, 7.0, 0.25, 2.0, -4.0, 5.5])
+    x = m.array(a, chunks=[2, 0, 4, 1])
+    for name in ("sum", "prod", "min", "max", "mean", "any", "all"):
+        np.testing.assert_allclose(getattr(x, name)(), getattr(a, name)())
+        assert np.asarray(getattr(x, name)()).dtype == np.asarray(getattr(a, name)()).dtype, name
+    ints = np.array([4, 0, 9, 1], dtype=np.int32)
+    xi = m.array(ints, chunks=4)
+    for name in ("sum", "prod", "min", "max", "mean", "any", "all"):
+        same(np.asarray(getattr(xi, name)()), np.asarray(getattr(ints, name)()))
+    same(np.asarray((m.array(ints > 0)).sum()), np.asarray((ints > 0).sum()))
+    # Through numpy's ufunc reductions.
+    np.testing.assert_allclose(np.add.reduce(x), a.sum())
+    np.testing.assert_allclose(np.maximum.reduce(x), a.max())
+    # 2-D: all elements, or axis=0 (rows).
+    g = np.arange(15, dtype=np.float64).reshape(5, 3) ** 1.5
+    x2 = m.array(g, chunks=[2, 0, 3])
+    for name in ("sum", "prod", "min", "max", "mean", "any", "all"):
+        np.testing.assert_allclose(getattr(x2, name)(), getattr(g, name)())
+        np.testing.assert_allclose(getattr(x2, name)(axis=0), getattr(g, name)(axis=0))
+        assert np.shape(getattr(x2, name)(axis=0)) == (3,)
+    np.testing.assert_allclose(np.add.reduce(x2, axis=0), g.sum(axis=0))
+    with pytest.raises(ValueError):
+        x2.sum(axis=1)
+    # On results not computed yet.
+    np.testing.assert_allclose((x * 2).sum(), a.sum() * 2)
+    # Empty arrays: as numpy, identities or its error.
+    for empty in (m.array(np.zeros(0)), m.array(np.zeros(0), chunks=[]), m.array(np.zeros((0, 2)))):
+        assert empty.sum() == 0 and empty.prod() == 1 and not empty.any() and empty.all()
+        with pytest.raises(ValueError):
+            empty.min()
+        with pytest.raises(ValueError):
+            empty.max()
+    same(m.array(np.zeros((0, 2), np.int64)).sum(axis=0), np.zeros(2, np.int64))
+    with pytest.raises(ValueError):
+        m.array(np.zeros((0, 2))).min(axis=0)
+
+
+def check_dreduce(m):
+    size = m.size
+    digits = m.array(np.arange(1, 6), chunks=5, ranks=[(3 * k) % size for k in range(5)])
+    # Folded in order: ((((1 * 10 + 2) * 10 + 3) * 10 + 4) * 10 + 5).
+    same(np.asarray(cv.dreduce(lambda acc, c: acc * 10 + c, digits)), np.array([12345]))
+    same(cv.dreduce(lambda p, q: np.concatenate([p, q]), digits), np.arange(1, 6))
+    # The running value may have any shape, and be a 0-d array.
+    assert cv.dreduce(lambda p, q: np.asarray(np.sum(p) + np.sum(q)), digits) == 15
+    # A single chunk is returned as it is.
+    same(cv.dreduce(lambda p, q: 1 / 0, m.array(np.arange(3), chunks=1)), np.arange(3))
+    # On a result not computed yet.
+    same(cv.dreduce(np.maximum, cv.dcall(np.negative, m.array(np.arange(8), chunks=[2, 2, 2, 2]))),
+         np.array([0, -1]))
+
+
+def check_dmap_examples(m):
+    size = m.size
+    x = m.array(np.arange(10), chunks=[3, 3, 4], ranks=[k % size for k in (2, 0, 1)])
+    # Chunk i with chunk i (and item i of a list); results of any length.
+    r = cv.dmap(lambda c, k: c[: k], x, [1, 2, 3])
+    assert [ref.length for ref in r.chunks] == [None] * 3  # not known yet
+    assert len(r) == 6 and lengths(r) == [1, 2, 3] and owners(r) == owners(x)
+    same(r.collect(), np.array([0, 3, 4, 6, 7, 8]))
+    assert r.dtype == x.dtype and r.shape == (6,)
+    # Recycling of the shorter list of chunks, with R's warning.
+    y = m.array(np.array([100, 200]), chunks=2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        s = cv.dmap(lambda c, d: c + d, x, y)
+    assert recycling_warnings(caught) == 1
+    same(s.collect(), np.concatenate([np.arange(3) + 100, np.arange(3, 6) + 200, np.arange(6, 10) + 100]))
+    # The argument with most chunks places the results; scalars go to every call.
+    four = m.array(np.arange(4), chunks=4, ranks=[size - 1] * 4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        t = cv.dmap(lambda c, d, k: np.array([c.sum() + d.sum() + k]), y, four, k=1000)
+    assert recycling_warnings(caught) == 0
+    assert owners(t) == [size - 1] * 4
+    same(t.collect(), np.array([1100, 1201, 1102, 1203]))
+    # Results of dmap feed dcall (their lengths are learned first).
+    same(cv.dcall(np.add, r, 1).collect(), np.array([1, 4, 5, 7, 8, 9]))
+    # Zero lengths: all zero is an empty result; mixing is an error.
+    empty = m.array(np.zeros(0), chunks=[])
+    assert cv.dmap(np.sum, empty).chunks == [] and len(cv.dmap(np.sum, empty, [])) == 0
+    with pytest.raises(ValueError):
+        cv.dmap(np.add, empty, x)
+    with pytest.raises(ValueError):
+        cv.dmap(np.add, x, [])
+
+
+def case_api():
+    with cv.Messenger() as m:
+        with m.driver() as d:
+            if d is not None:
+                for check in (check_making_arrays, check_rebalance, check_from_local_single,
+                              check_dcall_examples, check_returns_at_once, check_operators,
+                              check_reductions, check_dreduce, check_dmap_examples):
+                    check(m)
+        nothing_left(m)
+
+
+def test_api(mpirun, nranks):
+    run_case(mpirun, nranks, case_api)
 
 
 # -- freeing ---------------------------------------------------------------------
