@@ -11,6 +11,7 @@ published state or handler error remains on any rank. No assertion depends
 on timing; sleeps only make the race likely.
 """
 
+import faulthandler
 import gc
 import os
 import tempfile
@@ -92,6 +93,11 @@ def nothing_left(m):
     for key in ("handler_errors", "payloads_undecodable", "unknown_tag", "pending_requests",
                 "open_requests"):
         assert counts[key] == 0, (m.rank, key, counts[key])
+
+
+def report_hangs(seconds=50):
+    """Print every thread's stack and exit if this rank is still running after `seconds`."""
+    faulthandler.dump_traceback_later(seconds, exit=True)
 
 
 def run_case(mpirun, nranks, case, *args, timeout=60):
@@ -262,6 +268,7 @@ def check_dmap_properties(m, max_examples):
 
 
 def case_properties(max_examples):
+    report_hangs(80)
     with cv.Messenger() as m:
         with m.driver() as d:
             if d is not None:
@@ -552,6 +559,7 @@ def check_dmap_examples(m):
 
 
 def case_api():
+    report_hangs()
     with cv.Messenger() as m:
         with m.driver() as d:
             if d is not None:
@@ -564,6 +572,138 @@ def case_api():
 
 def test_api(mpirun, nranks):
     run_case(mpirun, nranks, case_api)
+
+
+# -- errors ------------------------------------------------------------------------
+
+
+class Unloadable:
+    """An argument that pickles but cannot be unpickled (a module missing on the remote rank)."""
+
+    def __reduce__(self):
+        return (cannot_load, ())
+
+
+def cannot_load():
+    raise ImportError("no module named 'only_on_the_driver'")
+
+
+def raise_on_row(row, a):
+    """Raise a LookupError in the chunk that holds row `row`, else return `a`."""
+    if np.any(a == row):
+        raise LookupError(f"row {row} is bad")
+    return a
+
+
+def raise_first_row(a):
+    raise KeyError(f"first row {a[0]}")
+
+
+def raise_in_odd_chunks(a):
+    """Raise in chunks 1 and 3 of rows 0..11 in 4 chunks; chunk 1 later (to make that likely)."""
+    chunk = int(a[0]) // 3
+    if chunk == 1:
+        time.sleep(0.2)
+    if chunk % 2:
+        raise KeyError(f"chunk {chunk}")
+    return a
+
+
+def check_remote_errors(m):
+    size = m.size
+    x = m.array(np.arange(12), chunks=4, ranks=[k % size for k in (1, 2, 3, 0)])
+    bad = cv.dcall(raise_on_row, 7, x)  # row 7 is in chunk 2, on rank 3 % size
+    assert len(bad) == 12 and bad.dtype == x.dtype  # known without the failed chunk
+    for wait in (bad.resolve, bad.collect, bad.sum, bad.max, lambda: np.asarray(bad)):
+        with pytest.raises(cv.RemoteError) as info:
+            wait()
+        error = info.value
+        assert isinstance(error, cv.ConveyorError)
+        assert error.rank == 3 % size and error.remote_type == "LookupError"
+        assert error.remote_message == "row 7 is bad"
+        assert "raise_on_row" in error.remote_traceback and "raise LookupError" in error.remote_traceback
+        assert "row 7 is bad" in str(error)
+    assert [ref.state for ref in bad.chunks][2] == "error"
+    # The error travels on to what is computed from it, with its first cause.
+    later = cv.dcall(np.add, bad, 1)
+    for wait in (later.collect, lambda: cv.dreduce(np.add, later), lambda: cv.dmap(lambda c: c[:1], bad).collect()):
+        with pytest.raises(cv.RemoteError) as info:
+            wait()
+        assert info.value.remote_type == "LookupError" and info.value.rank == 3 % size
+    # The first error in order is raised, whatever the order they happened in.
+    for wait in ("collect", "resolve", "sum"):
+        with pytest.raises(cv.RemoteError) as info:
+            getattr(cv.dcall(raise_first_row, x), wait)()
+        assert info.value.remote_type == "KeyError" and info.value.rank == 1 % size
+        assert info.value.remote_message == "'first row 0'"
+    # Several errors: still the first in order, even when a later one comes first.
+    y = m.array(np.arange(12), chunks=4, ranks=[0, 1 % size, 2 % size, 0])
+    for wait in ("collect", "resolve", "sum"):
+        with pytest.raises(cv.RemoteError) as info:
+            getattr(cv.dcall(raise_in_odd_chunks, y), wait)()
+        assert info.value.remote_message == "'chunk 1'" and info.value.rank == 1 % size
+    # Functions that do not return one row per row, or not numbers.
+    for f, kind, words in ((lambda a: a[:-1], "ValueError", "2 rows for 3 rows"),
+                           (lambda a: 1.0, "ValueError", "a scalar for 3 rows"),
+                           (lambda a: np.array([None] * len(a)), "TypeError", "dtype object")):
+        with pytest.raises(cv.RemoteError) as info:
+            cv.dcall(f, x).collect()
+        assert info.value.remote_type == kind and words in info.value.remote_message
+    # dmap chunks may have any length, but not 0 dimensions.
+    with pytest.raises(TypeError):
+        len(cv.dmap(np.sum, x))
+    # An argument that cannot be read where the chunk is computed.
+    same(x.collect(), np.arange(12))  # the rest goes on
+
+
+def check_bad_arguments(m):
+    size = m.size
+    a = np.arange(6.0)
+    for chunks in ([2, 2], [3, 4], [-1, 7], 0, -2, [7, -1]):
+        with pytest.raises(ValueError):
+            m.array(a, chunks=chunks)
+    for ranks in ([0], [0, 0, 0], [size], [-1, 0], [0, size + 3]):
+        with pytest.raises(ValueError):
+            m.array(a, chunks=2, ranks=ranks)
+    for shape in ((2, 2, 2), ()):
+        with pytest.raises(ValueError):
+            m.array(np.zeros(shape))
+    for value in (np.array([None, 1], dtype=object), [{"a": 1}], np.zeros(2, dtype=[("a", "i4")])):
+        with pytest.raises(TypeError):
+            m.array(value)
+    x = m.array(a)
+    with pytest.raises(TypeError):
+        cv.dcall(np.add, a, a)  # no DistArray at all
+    with pytest.raises(TypeError):
+        cv.dcall(np.add, 1, b=2)
+    with pytest.raises(TypeError):
+        cv.dmap(np.add, [a], 1)
+    with pytest.raises(TypeError):
+        cv.dreduce(np.add, a)
+    with pytest.raises(ValueError):
+        cv.dreduce(np.add, m.array(np.zeros(0), chunks=[]))
+    with pytest.raises(ValueError):
+        x.rebalance(0)
+    with pytest.raises(ValueError):
+        m.driver(root=size)
+    with pytest.raises(TypeError):
+        x.sum(axis=None, dtype=np.float32)
+    with pytest.raises(ValueError):
+        x.mean(axis=1)
+
+
+def case_errors():
+    report_hangs()
+    with cv.Messenger() as m:
+        with m.driver() as d:
+            if d is not None:
+                check_remote_errors(m)
+                check_bad_arguments(m)
+        nothing_left(m)
+
+
+def test_errors(mpirun, nranks):
+    run_case(mpirun, nranks, case_errors)
 
 
 # -- freeing ---------------------------------------------------------------------
@@ -584,6 +724,7 @@ def check_results_dropped_at_once(m):
 
 
 def case_freeing():
+    report_hangs()
     with cv.Messenger() as m:
         with m.driver() as d:
             if d is not None:

@@ -30,29 +30,33 @@ _RECYCLING = "longer object length is not a multiple of shorter object length"
 
 
 class _Gathered:
-    """Values that arrive through callbacks, waited for by the messenger's loop."""
+    """Values that arrive through callbacks, waited for by the messenger's loop.
+
+    A failure counts as an arrival: all are waited for, so that the error
+    raised is the first in order (as `DistArray.resolve`), not the first
+    to come back.
+    """
 
     def __init__(self, count):
         self.values = [None] * count
         self.missing = count
-        self.error = None
+        self.errors = {}  # index -> a failed chunk's error bytes
 
     def put(self, index, value):
         self.values[index] = value
         self.missing -= 1
 
-    def fail(self, error):
-        if self.error is None:
-            self.error = error
-        self.missing = 0
+    def fail(self, index, error):
+        self.errors[index] = error
+        self.missing -= 1
 
     def _ready(self):
         return self.missing == 0
 
     def wait(self, messenger):
         messenger._wait_for(self, None)
-        if self.error is not None:
-            raise remote_error(self.error)
+        if self.errors:
+            raise remote_error(self.errors[min(self.errors)])
         return self.values
 
 
@@ -208,7 +212,8 @@ class DistArray:
         layer = self._layer
         gathered = _Gathered(len(refs))
         for index, ref in enumerate(refs):
-            layer.rows(ref, 0, None, functools.partial(gathered.put, index), gathered.fail)
+            layer.rows(ref, 0, None, functools.partial(gathered.put, index),
+                       functools.partial(gathered.fail, index))
         return gathered.wait(layer.m)
 
     def __array__(self, dtype=None, copy=None):
