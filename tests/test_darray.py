@@ -653,6 +653,10 @@ def check_remote_errors(m):
     with pytest.raises(TypeError):
         len(cv.dmap(np.sum, x))
     # An argument that cannot be read where the chunk is computed.
+    # An argument that cannot be read where the chunk is computed.
+    with pytest.raises(cv.RemoteError) as info:
+        cv.dcall(lambda a, u: a, x, Unloadable()).collect()
+    assert info.value.remote_type == "ImportError" and "only_on_the_driver" in info.value.remote_message
     same(x.collect(), np.arange(12))  # the rest goes on
 
 

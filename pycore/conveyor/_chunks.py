@@ -391,8 +391,14 @@ class ChunkLayer:
                 self.fail(out, error_bytes(exc, self.rank, traceback.format_exc()))
 
         gather = _Gather(len(specs), run, lambda error: self.fail(out, error))
-        for index, spec in enumerate(specs):
-            self._input(spec, task["begin"], task["length"], index, gather)
+        try:
+            for index, spec in enumerate(specs):
+                self._input(spec, task["begin"], task["length"], index, gather)
+        except Exception as exc:
+            # An input that cannot be read here (an argument that does not
+            # unpickle on this rank): the chunk fails, else it would stay
+            # pending and everything waiting for it would hang.
+            gather.fail(error_bytes(exc, self.rank, traceback.format_exc()))
 
     def _input(self, spec, begin, length, index, gather):
         kind = spec[0]
