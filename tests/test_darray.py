@@ -348,6 +348,12 @@ def check_rebalance(m):
     assert lengths(many) == near_equal(11, 15)
     same(many.collect(), np.arange(11))
     same(cv.dcall(np.negative, x).rebalance(2).collect(), -np.arange(11))
+    # No rows at all, in empty chunks or in none.
+    for empty in (m.array(np.zeros(0)), m.array(np.zeros((0, 2), np.int8), chunks=[]),
+                  cv.dcall(np.negative, m.array(np.zeros(0, np.float32), chunks=[0, 0, 0]))):
+        r = empty.rebalance()
+        assert lengths(r) == [0] * size and owners(r) == list(range(size))
+        same(r.collect(), empty.collect())
 
 
 def check_from_local_single(m):

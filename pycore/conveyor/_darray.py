@@ -230,6 +230,11 @@ class DistArray:
         total = len(self)
         sizes = _split_sizes(total, m.size if chunks is None else chunks)
         owners = [k % m.size for k in range(len(sizes))]
+        if total == 0:
+            # No rows to fetch, and no chunk for the tasks' aligned reads to
+            # take the dtype from (they failed with StopIteration): made here.
+            self._learn_type()
+            return m.array(np.empty((0,) + self._row_shape, self._dtype), chunks=sizes, ranks=owners)
         return _aligned_call(self._layer, None, [self], {}, sizes, owners, self._dtype, self._row_shape)
 
     # -- reductions ------------------------------------------------------------
