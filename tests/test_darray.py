@@ -675,6 +675,12 @@ def check_bad_arguments(m):
     for ranks in ([0], [0, 0, 0], [size], [-1, 0], [0, size + 3]):
         with pytest.raises(ValueError):
             m.array(a, chunks=2, ranks=ranks)
+    # Sizes and ranks are integers (numpy's too), never truncated.
+    for chunks, ranks in (([3.9, 3.0], None), ([3, 3], [0.7, 0]), (np.array([3.0, 3.0]), None)):
+        with pytest.raises(TypeError):
+            m.array(a, chunks=chunks, ranks=ranks)
+    y = m.array(a, chunks=np.array([3, 3]), ranks=np.array([size - 1, 0], dtype=np.uint8))
+    assert lengths(y) == [3, 3] and owners(y) == [size - 1, 0]
     for shape in ((2, 2, 2), ()):
         with pytest.raises(ValueError):
             m.array(np.zeros(shape))

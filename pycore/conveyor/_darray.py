@@ -12,6 +12,7 @@ compute as soon as their inputs are there, and no handler ever waits.
 
 import functools
 import numbers
+import operator
 import warnings
 
 import cloudpickle
@@ -560,13 +561,14 @@ def scatter(layer, a, chunks, ranks):
     elif isinstance(chunks, numbers.Integral):
         sizes = _split_sizes(len(a), int(chunks))
     else:
-        sizes = [int(n) for n in chunks]
+        # operator.index: int() would truncate sizes such as 3.9 silently.
+        sizes = [operator.index(n) for n in chunks]
         if any(n < 0 for n in sizes) or sum(sizes) != len(a):
             raise ValueError(f"chunk sizes {sizes} must be >= 0 and add up to {len(a)} rows")
     if ranks is None:
         owners = [k % size for k in range(len(sizes))]
     else:
-        owners = [int(r) for r in ranks]
+        owners = [operator.index(r) for r in ranks]
         if len(owners) != len(sizes) or any(not 0 <= r < size for r in owners):
             raise ValueError(f"ranks must give one rank in 0..{size - 1} for each of the {len(sizes)} chunks")
     refs, offset = [], 0
