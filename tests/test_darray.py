@@ -446,6 +446,22 @@ def check_returns_at_once(m):
             os.unlink(path)
 
 
+def check_warnings_name_the_caller(m):
+    # With Python's default filter a warning shows once per place: each
+    # recycling operator or ufunc below is a place of its own, here.
+    x = m.array(np.arange(5))
+    y = m.array(np.arange(2))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        x + y
+        x * y
+        np.subtract(x, y)
+        y < x
+        x + m.array(np.arange(1))  # no warning: 5 is a multiple of 1
+    assert recycling_warnings(caught) == 4
+    assert sorted({w.lineno for w in caught}) == sorted(w.lineno for w in caught)
+
+
 def check_operators(m):
     a = np.arange(1, 10, dtype=np.int64)
     b = np.arange(9, 0, -1, dtype=np.int64)
@@ -570,7 +586,8 @@ def case_api():
         with m.driver() as d:
             if d is not None:
                 for check in (check_making_arrays, check_rebalance, check_from_local_single,
-                              check_dcall_examples, check_returns_at_once, check_operators,
+                              check_dcall_examples, check_returns_at_once,
+                              check_warnings_name_the_caller, check_operators,
                               check_reductions, check_dreduce, check_dmap_examples):
                     check(m)
         nothing_left(m)

@@ -13,6 +13,8 @@ compute as soon as their inputs are there, and no handler ever waits.
 import functools
 import numbers
 import operator
+import os
+import sys
 import warnings
 
 import cloudpickle
@@ -28,6 +30,7 @@ __all__ = ["DistArray", "Driver", "dcall", "dmap", "dreduce"]
 # How long a serving rank's wait lasts before it checks for Ctrl-C.
 _SERVE_SLICE = 0.1
 _RECYCLING = "longer object length is not a multiple of shorter object length"
+_PACKAGE = os.path.dirname(__file__)
 
 
 class _Gathered:
@@ -369,7 +372,7 @@ def dcall(f, *args, **kwargs):
         return layer.m.array(value, chunks=[len(value)])
     longest = max(known)
     if any(longest % n for n in known):
-        warnings.warn(_RECYCLING, RecyclingWarning, stacklevel=2)
+        _warn_recycling()
     dist = [(i, x) for i, x in enumerate(operands) if isinstance(x, DistArray) and lengths[i] == longest]
     if dist:
         target_index = max(dist, key=lambda item: (len(item[1]._refs), -item[0]))[0]
@@ -405,6 +408,16 @@ def _aligned_call(layer, f, args, kwargs, sizes, owners, dtype=None, row_shape=N
         offset += length
     shape = None if row_shape is None else (offset,) + row_shape
     return DistArray(layer, refs, dtype, shape)
+
+
+def _warn_recycling():
+    # Attributed to the first caller outside conveyor: operators and numpy's
+    # ufuncs call dcall from inside it, and with Python's default filter (once
+    # per place) all of a program's `x + y` would share one place in here.
+    frame, level = sys._getframe(0), 1
+    while frame is not None and os.path.dirname(frame.f_code.co_filename) == _PACKAGE:
+        frame, level = frame.f_back, level + 1
+    warnings.warn(_RECYCLING, RecyclingWarning, stacklevel=level)
 
 
 def _recycled_rows(array, begin, length):
@@ -450,7 +463,7 @@ def dmap(f, *args, **kwargs):
         return DistArray(layer, [])
     count = max(counts)
     if any(count % n for n in counts):
-        warnings.warn(_RECYCLING, RecyclingWarning, stacklevel=2)
+        _warn_recycling()
     widest = next(x for x in operands if isinstance(x, DistArray) and len(x._refs) == count) \
         if any(isinstance(x, DistArray) and len(x._refs) == count for x in operands) \
         else next(x for x in operands if isinstance(x, DistArray))
