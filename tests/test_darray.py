@@ -739,6 +739,63 @@ def test_errors(mpirun, nranks):
     run_case(mpirun, nranks, case_errors)
 
 
+# -- the race: a call that needs chunks still being computed on the same rank ----
+
+
+def slow_double(a):
+    time.sleep(0.05)  # long enough that the next call's tasks arrive meanwhile
+    return a * 2
+
+
+def check_race(m, rank):
+    """z2 = dcall(f2, x, z1) issued while z1's chunks, on `rank` with x's, are computed."""
+    size = m.size
+    a = np.arange(40.0)
+    x = m.array(a, chunks=4, ranks=[rank] * 4)
+    z1 = cv.dcall(slow_double, x)
+    z2 = cv.dcall(np.add, x, z1)
+    assert {ref.state for ref in z1.chunks} == {"pending"}  # as far as the driver knows
+    same(z2.collect(), a * 3)
+    same(z1.collect(), a * 2)
+    # x itself pending too, and z1 an argument of a call placed elsewhere:
+    # another rank's tasks fetch z1's rows while `rank` computes them.
+    x = cv.dcall(slow_double, m.array(a, chunks=4, ranks=[rank] * 4))
+    z1 = cv.dcall(slow_double, x)
+    y = m.array(a, chunks=5, ranks=[(rank + 1) % size] * 5)  # more chunks: the target
+    z2 = cv.dcall(lambda p, q, r: p + q + r, y, z1, x)
+    w = m.array(a, chunks=6, ranks=[rank] * 6)  # on `rank` again, waiting for all of it
+    z3 = cv.dcall(lambda p, q, r: p + q - r, w, z1, z2)
+    assert lengths(z2) == lengths(y) and owners(z3) == [rank] * 6
+    same(z3.collect(), -(a * 2))
+    same(z2.collect(), a + a * 4 + a * 2)
+    # Recycled: every chunk of z2 needs pieces of several chunks of z1.
+    z1 = cv.dcall(slow_double, m.array(a[:7], chunks=3, ranks=[rank] * 3))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        z2 = cv.dcall(np.add, x, z1)
+    assert recycling_warnings(caught) == 1
+    same(z2.collect(), a * 2 + recycled(a[:7] * 2, 40))
+    # dmap and reductions on chunks not computed yet.
+    z1 = cv.dcall(slow_double, m.array(a, chunks=4, ranks=[rank] * 4))
+    same(cv.dmap(lambda p, q: p - q, z1, x).collect(), np.zeros(40))
+    assert z1.sum() == a.sum() * 2 and cv.dreduce(np.maximum, z1).max() == 78
+
+
+def case_race():
+    with cv.Messenger() as m:
+        report_hangs()
+        with m.driver() as d:
+            if d is not None:
+                check_race(m, 0)  # the driver's own rank
+                if m.size > 1:
+                    check_race(m, m.size - 1)  # another one
+        nothing_left(m)
+
+
+def test_race(mpirun, nranks):
+    run_case(mpirun, nranks, case_race)
+
+
 # -- freeing ---------------------------------------------------------------------
 
 
