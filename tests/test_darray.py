@@ -813,12 +813,53 @@ def check_results_dropped_at_once(m):
     same(kept.collect(), np.arange(12) * 2 + 1)
 
 
+def check_references_travel(m):
+    """Send the chunk references of two arrays around; return how many chunks they keep alive."""
+    size, a, b = m.size, 1 % m.size, 2 % m.size
+    x = m.array(np.arange(10), chunks=5, ranks=[k % size for k in range(5)])
+    z = cv.dcall(slow_double, x)  # pending while its references travel
+    for rank in range(size):
+        m.send(rank, "hold", x.chunks)  # the driver's own rank too: home again
+    m.send(a, "hold", {"pending": tuple(z.chunks), "one": [z.chunks[0]]})
+    back = m.request(a, "echo", z.chunks + x.chunks).result(timeout=20)  # there and back
+    assert [(r.id, r.owner, r.length, r.offset) for r in back] == \
+        [(r.id, r.owner, r.length, r.offset) for r in z.chunks + x.chunks]
+    m.send(b, "forward", (2 * size + 1, x.chunks[::2]))  # round the ranks, twice and more
+    same(z.collect(), np.arange(10) * 2)
+    return len(x.chunks) + len(z.chunks)
+
+
 def case_freeing():
     report_hangs()
     with cv.Messenger() as m:
+        held = []
+
+        @m.on("hold")
+        def hold(msg):
+            held.append(msg.payload)
+
+        @m.on("echo")
+        def echo(msg):
+            return msg.payload
+
+        @m.on("forward")
+        def forward(msg):
+            hops, refs = msg.payload
+            if hops:
+                m.send((m.rank + 1) % m.size, "forward", (hops - 1, refs))
+            else:
+                held.append(refs)
+
         with m.driver() as d:
             if d is not None:
                 check_results_dropped_at_once(m)
+                travelled = check_references_travel(m)
+        # The driver dropped its arrays: the references held elsewhere keep them.
+        for _ in range(2):
+            gc.collect()
+            m.wait_quiet()
+        assert chunks_everywhere(m) == world().bcast(travelled if m.rank == 0 else None)
+        held.clear()
         nothing_left(m)
 
 
