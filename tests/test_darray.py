@@ -829,6 +829,18 @@ def check_references_travel(m):
     return len(x.chunks) + len(z.chunks)
 
 
+def check_failed_sends(m):
+    # A message that cannot travel takes no reference weight with it.
+    size = m.size
+    x = m.array(np.arange(4), chunks=2, ranks=[0, 1 % size])
+    for bad in (object(), np.array([None], dtype=object)):
+        with pytest.raises(cv.CarriageError):
+            m.send(1 % size, "hold", [x.chunks, bad])
+        with pytest.raises(cv.CarriageError):
+            m.request(size - 1, "echo", (x.chunks[1], {"bad": bad}))
+    same(x.collect(), np.arange(4))
+
+
 def case_freeing():
     report_hangs()
     with cv.Messenger() as m:
@@ -854,6 +866,7 @@ def case_freeing():
             if d is not None:
                 check_results_dropped_at_once(m)
                 travelled = check_references_travel(m)
+                check_failed_sends(m)
         # The driver dropped its arrays: the references held elsewhere keep them.
         for _ in range(2):
             gc.collect()

@@ -177,6 +177,9 @@ class ChunkLayer:
         self._draining = False
         self._functions = {}  # pickled function -> function, the tasks' recent ones
         self._published = set()  # owned chunks whose state is in the STATES table
+        # While Messenger._post encodes a message: (id, owner, weight) lent
+        # into it, given back by take_back if the message cannot travel.
+        self.journal = None
         messenger._add_receiver(TASK, self._on_task, False)
         messenger._add_receiver(FETCH, self._on_fetch, False)
         messenger._add_receiver(GIVE_BACK, self._on_give_back, False)
@@ -206,10 +209,20 @@ class ChunkLayer:
 
     def lend(self, id, owner):
         weight, refill = self.table.lend(id)
+        if self.journal is not None:
+            self.journal.append((id, owner, weight))
         if refill:
             self.m.request(owner, REFILL, id).add_done_callback(
                 lambda future: self._refilled(id, owner, future))
         return weight
+
+    def take_back(self, lent):
+        """Return the weight `lent` (journal entries) into a message that was not sent."""
+        for id, owner, weight in lent:
+            if owner != self.rank:
+                self.table.adopt(id, owner, weight)  # its handle is still held here
+            elif self.table.give_back(id, weight):
+                self._forget(id)
 
     def adopt(self, id, owner, weight, length, offset=0, state=PENDING):
         """Return a handle of a reference that arrived with `weight`."""
