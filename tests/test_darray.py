@@ -81,8 +81,11 @@ def chunks_everywhere(m):
     return world().allreduce(stats["chunks"] + stats["failed"])
 
 
-def nothing_left(m):
-    """Collective: once the arrays are gone, nothing of them remains on this rank."""
+def nothing_left(m, handler_errors=0):
+    """Collective: once the arrays are gone, nothing of them remains on this rank.
+
+    Nor did any handler raise, but the `handler_errors` a case meant.
+    """
     for _ in range(2):
         gc.collect()
         m.wait_quiet()
@@ -90,8 +93,8 @@ def nothing_left(m):
     assert stats == dict.fromkeys(stats, 0), (m.rank, stats)
     assert m.table(STATES).local_keys() == [], m.table(STATES).local_keys()
     counts = m.stats()
-    for key in ("handler_errors", "payloads_undecodable", "unknown_tag", "pending_requests",
-                "open_requests"):
+    assert counts["handler_errors"] == handler_errors, (m.rank, counts["handler_errors"])
+    for key in ("payloads_undecodable", "unknown_tag", "pending_requests", "open_requests"):
         assert counts[key] == 0, (m.rank, key, counts[key])
 
 
@@ -794,6 +797,55 @@ def case_race():
 
 def test_race(mpirun, nranks):
     run_case(mpirun, nranks, case_race)
+
+
+# -- the driver model and SPMD -------------------------------------------------------
+
+
+def case_driver():
+    report_hangs()
+    with cv.Messenger() as m:
+        notes, refused = [], []
+
+        @m.on("note")
+        def note(msg):
+            notes.append(msg.payload)
+
+        @m.on("serve")
+        def serve(msg):
+            refused.append(msg.source)
+            with m.driver(root=msg.source):
+                pass  # a rank serving a driver from inside a handler: refused
+
+        # Twice in a row with the same root, then with another.
+        for turn, root in enumerate([0, 0, m.size - 1]):
+            with m.driver(root=root) as d:
+                if m.rank != root:
+                    assert d is None
+                else:
+                    assert isinstance(d, cv.Driver) and d.messenger is m and f"rank {root}" in repr(d)
+                    x = d.array(np.arange(20), chunks=2 * m.size)
+                    y = d.dcall(np.multiply, x, turn + 1)
+                    assert y.sum() == 190 * (turn + 1)
+                    sums = d.dmap(lambda c: np.array([c.sum()]), y)
+                    assert d.dreduce(np.add, sums) == [190 * (turn + 1)]
+                    if m.size > 1:
+                        with pytest.raises(cv.RemoteError) as info:
+                            m.request((root + 1) % m.size, "serve").result(timeout=20)
+                        assert info.value.remote_type == "ConveyorError"
+                    del x, y, sums
+                    for rank in range(m.size):
+                        m.send(rank, "note", turn)  # the last thing before the root leaves
+            if m.rank != root:
+                assert turn in notes  # served until the root left
+        for root in (-1, m.size):
+            with pytest.raises(ValueError):
+                m.driver(root=root)
+        nothing_left(m, handler_errors=len(refused))
+
+
+def test_driver(mpirun, nranks):
+    run_case(mpirun, nranks, case_driver)
 
 
 # -- freeing ---------------------------------------------------------------------
