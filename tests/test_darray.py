@@ -848,6 +848,34 @@ def test_driver(mpirun, nranks):
     run_case(mpirun, nranks, case_driver)
 
 
+def case_spmd():
+    # No driver: every rank makes the arrays together and calls on them itself.
+    report_hangs()
+    with cv.Messenger() as m:
+        size, rank = m.size, m.rank
+        for turn in range(3):
+            local = np.arange(rank * 10, rank * 10 + rank + turn, dtype=np.int64)  # may be empty
+            x = cv.DistArray.from_local(m, local)
+            local[:] = -1  # copied
+            whole = np.concatenate([np.arange(r * 10, r * 10 + r + turn) for r in range(size)])
+            assert lengths(x) == [r + turn for r in range(size)] and owners(x) == list(range(size))
+            assert len(x) == len(whole) and x.dtype == np.int64 and x.shape == whole.shape
+            y = cv.dcall(np.multiply, x, rank + 1)  # each rank its own result
+            same(y.collect(), whole * (rank + 1))
+            assert x.sum() == whole.sum()
+            rows = np.full((rank % 2 + turn, 3), rank, dtype=np.float32)
+            g = cv.DistArray.from_local(m, rows)
+            assert g.shape == (sum(r % 2 + turn for r in range(size)), 3)
+            same(g.rebalance().collect(), np.concatenate(
+                [np.full((r % 2 + turn, 3), r, dtype=np.float32) for r in range(size)]))
+        del x, y, g
+        nothing_left(m)
+
+
+def test_spmd(mpirun, nranks):
+    run_case(mpirun, nranks, case_spmd)
+
+
 # -- freeing ---------------------------------------------------------------------
 
 

@@ -29,6 +29,8 @@ __all__ = ["DistArray", "Driver", "dcall", "dmap", "dreduce"]
 
 # How long a serving rank's wait lasts before it checks for Ctrl-C.
 _SERVE_SLICE = 0.1
+# How long from_local waits for messages between checks that every rank arrived.
+_ARRIVAL_SLICE = 0.001
 _RECYCLING = "longer object length is not a multiple of shorter object length"
 _PACKAGE = os.path.dirname(__file__)
 
@@ -102,8 +104,14 @@ class DistArray:
         # Each rank lends every other rank a reference to its chunk.
         lent = [0 if rank == layer.rank else layer.table.lend(ref.id)[0]
                 for rank in range(messenger.size)]
-        entries = messenger._collectives().allgather(
-            (ref.id, len(local), local.dtype.str, local.shape[1:], lent))
+        # The allgather blocks without serving messages: a rank already here
+        # would never answer another that still waits for one of its chunks
+        # (collect or sum before its own from_local). Serve until all are here.
+        comm = messenger._collectives()
+        arrived = comm.Ibarrier()
+        while not arrived.Test():
+            messenger.progress(_ARRIVAL_SLICE)
+        entries = comm.allgather((ref.id, len(local), local.dtype.str, local.shape[1:], lent))
         kinds = {(dtype, shape) for _, _, dtype, shape, _ in entries}
         if len(kinds) != 1:
             raise ValueError(f"from_local: the pieces differ in dtype or row shape: {sorted(kinds)}")
