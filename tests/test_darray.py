@@ -869,6 +869,18 @@ def case_spmd():
             same(g.rebalance().collect(), np.concatenate(
                 [np.full((r % 2 + turn, 3), r, dtype=np.float32) for r in range(size)]))
         del x, y, g
+        # Pieces that do not fit together: an error on every rank, and nothing kept.
+        last = rank == size - 1
+        for local in (np.zeros(2, np.int32 if last else np.int64), np.zeros((2, 2 if last else 1)),
+                      np.zeros((1, 3)) if last else np.zeros(3)):
+            if size > 1:
+                with pytest.raises(ValueError):
+                    cv.DistArray.from_local(m, local)
+        for local in (np.zeros((1, 1, 1)), np.zeros(())):
+            with pytest.raises(ValueError):
+                cv.DistArray.from_local(m, local)
+        with pytest.raises(TypeError):
+            cv.DistArray.from_local(m, np.array([None]))
         nothing_left(m)
 
 

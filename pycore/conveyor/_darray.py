@@ -114,6 +114,11 @@ class DistArray:
         entries = comm.allgather((ref.id, len(local), local.dtype.str, local.shape[1:], lent))
         kinds = {(dtype, shape) for _, _, dtype, shape, _ in entries}
         if len(kinds) != 1:
+            # Nobody adopts what this rank lent: take it back, so that the
+            # chunk (and its published state) goes with `ref`.
+            for weight in lent:
+                if weight:
+                    layer.table.give_back(ref.id, weight)
             raise ValueError(f"from_local: the pieces differ in dtype or row shape: {sorted(kinds)}")
         refs, offset = [], 0
         for owner, (id, length, dtype, shape, weights) in enumerate(entries):
