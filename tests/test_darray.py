@@ -675,10 +675,18 @@ def check_remote_errors(m):
         with pytest.raises(cv.RemoteError) as info:
             cv.dcall(f, x).collect()
         assert info.value.remote_type == kind and words in info.value.remote_message
+    # With a zero-length operand too: the call returns at once and its
+    # function's errors, or a result of other than zero rows, come at collect.
+    for args, kind, words in (((raise_first_row, m.array(np.zeros(0))), "IndexError", "out of bounds"),
+                              ((lambda a, b: np.ones(3), x, np.zeros(0)), "ValueError", "3 rows for 0 rows"),
+                              ((lambda a, b: 1.0, x, m.array(np.zeros(0))), "ValueError", "a scalar for 0")):
+        result = cv.dcall(*args)
+        with pytest.raises(cv.RemoteError) as info:
+            result.collect()
+        assert info.value.remote_type == kind and words in info.value.remote_message
     # dmap chunks may have any length, but not 0 dimensions.
     with pytest.raises(TypeError):
         len(cv.dmap(np.sum, x))
-    # An argument that cannot be read where the chunk is computed.
     # An argument that cannot be read where the chunk is computed.
     with pytest.raises(cv.RemoteError) as info:
         cv.dcall(lambda a, u: a, x, Unloadable()).collect()

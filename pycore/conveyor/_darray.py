@@ -380,9 +380,12 @@ def dcall(f, *args, **kwargs):
     lengths = [_length(x) for x in operands]
     known = [n for n in lengths if n is not None]
     if 0 in known:  # R: a zero-length operand gives a zero-length result
-        empty = [_empty_like(x) for x in operands]
-        value = np.asarray(f(*empty[:len(args)], **dict(zip(kwargs, empty[len(args):]))))
-        return layer.m.array(value, chunks=[len(value)])
+        # One empty chunk, computed by a task as any other: the function's
+        # errors (and a result that is not empty) come at collect, not here.
+        specs = [_value_spec(_empty_like(x)) for x in operands]
+        n = len(args)
+        ref = layer.submit(layer.rank, 0, 0, cloudpickle.dumps(f), specs[:n], dict(zip(kwargs, specs[n:])))
+        return DistArray(layer, [ref])
     longest = max(known)
     if any(longest % n for n in known):
         _warn_recycling()
