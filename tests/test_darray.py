@@ -978,3 +978,32 @@ def case_freeing():
 
 def test_freeing(mpirun, nranks):
     run_case(mpirun, nranks, case_freeing)
+
+
+def case_passed_on_many_times():
+    report_hangs()
+    with cv.Messenger() as m:
+        @m.on("spread")
+        def spread(msg):
+            for _ in range(25):  # from one handler: no refill can arrive meanwhile
+                m.send(0, "drop", msg.payload)
+
+        @m.on("drop")
+        def drop(msg):
+            pass
+
+        with m.driver() as d:
+            if d is not None:
+                # Rank 1 owns the chunk, the driver holds a reference, rank 2 gets a copy.
+                x = m.array(np.arange(4), chunks=1, ranks=[1])
+                m.send(2, "spread", x.chunks)
+                del x
+        nothing_left(m)
+
+
+@pytest.mark.xfail(strict=True, reason="open: a copy of a copy of a chunk reference can be passed "
+                   "on only about 20 times before a refill arrives (the native table lends at most "
+                   "half a foreign weight, capped at 2**20, per copy), then the send raises")
+def test_reference_passed_on_many_times(mpirun):
+    run_case(mpirun, 3, case_passed_on_many_times)
+
