@@ -876,7 +876,11 @@ def case_spmd():
             assert g.shape == (sum(r % 2 + turn for r in range(size)), 3)
             same(g.rebalance().collect(), np.concatenate(
                 [np.full((r % 2 + turn, 3), r, dtype=np.float32) for r in range(size)]))
-        del x, y, g
+            # Every rank scatters an array of its own at the same time.
+            mine = m.array(np.arange(rank + turn + 3), chunks=size, ranks=[(rank + k) % size
+                                                                             for k in range(size)])
+            same((mine + x.sum()).collect(), np.arange(rank + turn + 3) + whole.sum())
+        del x, y, g, mine
         # Pieces that do not fit together: an error on every rank, and nothing kept.
         last = rank == size - 1
         for local in (np.zeros(2, np.int32 if last else np.int64), np.zeros((2, 2 if last else 1)),
