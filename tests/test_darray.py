@@ -8,7 +8,8 @@ references went everywhere, and the driver and SPMD models. Chunk ranks are
 computed ``% size``, so every case runs at any rank count. Each case ends
 with `nothing_left`: after the arrays are gone, no chunk, foreign reference,
 published state or handler error remains on any rank. No assertion depends
-on timing; sleeps only make the race likely.
+on timing; sleeps only make races likely. A strict xfail at the end keeps
+an open limit of the reference weights in view.
 """
 
 import faulthandler
@@ -24,6 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import conveyor as cv
+from conftest import world
 from conveyor._chunks import STATES
 
 RECYCLING = "longer object length is not a multiple of shorter object length"
@@ -32,12 +34,6 @@ RECYCLING = "longer object length is not a multiple of shorter object length"
 @pytest.fixture(params=[1, 2, 4], ids=lambda n: f"np{n}")
 def nranks(request):
     return request.param
-
-
-def world():
-    from mpi4py import MPI
-
-    return MPI.COMM_WORLD
 
 
 def recycled(a, n):
@@ -81,14 +77,19 @@ def chunks_everywhere(m):
     return world().allreduce(stats["chunks"] + stats["failed"])
 
 
+def quiet(m):
+    """Collective: collect the garbage and wait for the messages its releases sent, twice."""
+    for _ in range(2):
+        gc.collect()
+        m.wait_quiet()
+
+
 def nothing_left(m, handler_errors=0):
     """Collective: once the arrays are gone, nothing of them remains on this rank.
 
     Nor did any handler raise, but the `handler_errors` a case meant.
     """
-    for _ in range(2):
-        gc.collect()
-        m.wait_quiet()
+    quiet(m)
     stats = m.chunk_stats()
     assert stats == dict.fromkeys(stats, 0), (m.rank, stats)
     assert m.table(STATES).local_keys() == [], m.table(STATES).local_keys()
@@ -98,9 +99,10 @@ def nothing_left(m, handler_errors=0):
         assert counts[key] == 0, (m.rank, key, counts[key])
 
 
-def report_hangs(seconds=50):
-    """Print every thread's stack and exit if this rank is still running after `seconds`."""
-    faulthandler.dump_traceback_later(seconds, exit=True)
+def messenger(hang_after=50):
+    """The Messenger of a case; a rank still running after `hang_after` s prints its stacks and exits."""
+    faulthandler.dump_traceback_later(hang_after, exit=True)
+    return cv.Messenger()
 
 
 def run_case(mpirun, nranks, case, *args, timeout=60):
@@ -271,8 +273,7 @@ def check_dmap_properties(m, max_examples):
 
 
 def case_properties(max_examples):
-    report_hangs(80)
-    with cv.Messenger() as m:
+    with messenger(hang_after=80) as m:
         with m.driver() as d:
             if d is not None:
                 check_dcall_properties(m, int(max_examples))
@@ -281,7 +282,7 @@ def case_properties(max_examples):
 
 
 def test_properties(mpirun, nranks):
-    run_case(mpirun, nranks, case_properties, 40, timeout=90)
+    run_case(mpirun, nranks, case_properties, 60, timeout=90)
 
 
 
@@ -584,8 +585,7 @@ def check_dmap_examples(m):
 
 
 def case_api():
-    report_hangs()
-    with cv.Messenger() as m:
+    with messenger() as m:
         with m.driver() as d:
             if d is not None:
                 for check in (check_making_arrays, check_rebalance, check_from_local_single,
@@ -594,10 +594,6 @@ def case_api():
                               check_reductions, check_dreduce, check_dmap_examples):
                     check(m)
         nothing_left(m)
-
-
-def test_api(mpirun, nranks):
-    run_case(mpirun, nranks, case_api)
 
 
 # -- errors ------------------------------------------------------------------------
@@ -737,17 +733,12 @@ def check_bad_arguments(m):
 
 
 def case_errors():
-    report_hangs()
-    with cv.Messenger() as m:
+    with messenger() as m:
         with m.driver() as d:
             if d is not None:
                 check_remote_errors(m)
                 check_bad_arguments(m)
         nothing_left(m)
-
-
-def test_errors(mpirun, nranks):
-    run_case(mpirun, nranks, case_errors)
 
 
 # -- the race: a call that needs chunks still being computed on the same rank ----
@@ -793,8 +784,7 @@ def check_race(m, rank):
 
 
 def case_race():
-    with cv.Messenger() as m:
-        report_hangs()
+    with messenger() as m:
         with m.driver() as d:
             if d is not None:
                 check_race(m, 0)  # the driver's own rank
@@ -803,16 +793,11 @@ def case_race():
         nothing_left(m)
 
 
-def test_race(mpirun, nranks):
-    run_case(mpirun, nranks, case_race)
-
-
 # -- the driver model and SPMD -------------------------------------------------------
 
 
 def case_driver():
-    report_hangs()
-    with cv.Messenger() as m:
+    with messenger() as m:
         notes, refused = [], []
 
         @m.on("note")
@@ -852,14 +837,9 @@ def case_driver():
         nothing_left(m, handler_errors=len(refused))
 
 
-def test_driver(mpirun, nranks):
-    run_case(mpirun, nranks, case_driver)
-
-
 def case_spmd():
     # No driver: every rank makes the arrays together and calls on them itself.
-    report_hangs()
-    with cv.Messenger() as m:
+    with messenger() as m:
         size, rank = m.size, m.rank
         for turn in range(3):
             local = np.arange(rank * 10, rank * 10 + rank + turn, dtype=np.int64)  # may be empty
@@ -894,10 +874,6 @@ def case_spmd():
         with pytest.raises(TypeError):
             cv.DistArray.from_local(m, np.array([None]))
         nothing_left(m)
-
-
-def test_spmd(mpirun, nranks):
-    run_case(mpirun, nranks, case_spmd)
 
 
 # -- freeing ---------------------------------------------------------------------
@@ -946,8 +922,7 @@ def check_failed_sends(m):
 
 
 def case_freeing():
-    report_hangs()
-    with cv.Messenger() as m:
+    with messenger() as m:
         held = []
 
         @m.on("hold")
@@ -972,21 +947,14 @@ def case_freeing():
                 travelled = check_references_travel(m)
                 check_failed_sends(m)
         # The driver dropped its arrays: the references held elsewhere keep them.
-        for _ in range(2):
-            gc.collect()
-            m.wait_quiet()
+        quiet(m)
         assert chunks_everywhere(m) == world().bcast(travelled if m.rank == 0 else None)
         held.clear()
         nothing_left(m)
 
 
-def test_freeing(mpirun, nranks):
-    run_case(mpirun, nranks, case_freeing)
-
-
 def case_passed_on_many_times():
-    report_hangs()
-    with cv.Messenger() as m:
+    with messenger() as m:
         @m.on("spread")
         def spread(msg):
             for _ in range(25):  # from one handler: no refill can arrive meanwhile
@@ -1011,3 +979,13 @@ def case_passed_on_many_times():
 def test_reference_passed_on_many_times(mpirun):
     run_case(mpirun, 3, case_passed_on_many_times)
 
+
+# -- every case at 1, 2 and 4 ranks --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "case", [case_api, case_errors, case_race, case_driver, case_spmd, case_freeing],
+    ids=lambda case: case.__name__[len("case_"):],
+)
+def test_case(mpirun, nranks, case):
+    run_case(mpirun, nranks, case)
