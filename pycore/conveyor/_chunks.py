@@ -176,6 +176,10 @@ class ChunkLayer:
         self._ready = collections.deque()  # callbacks of chunks just settled, run in order
         self._draining = False
         self._functions = {}  # pickled function -> function, the tasks' recent ones
+        self._published = set()  # owned chunks whose state is in the STATES table
+        # While Messenger._post encodes a message: (id, owner, weight) lent
+        # into it, given back by take_back if the message cannot travel.
+        self.journal = None
         messenger._add_receiver(TASK, self._on_task, False)
         messenger._add_receiver(FETCH, self._on_fetch, False)
         messenger._add_receiver(GIVE_BACK, self._on_give_back, False)
@@ -205,10 +209,20 @@ class ChunkLayer:
 
     def lend(self, id, owner):
         weight, refill = self.table.lend(id)
+        if self.journal is not None:
+            self.journal.append((id, owner, weight))
         if refill:
             self.m.request(owner, REFILL, id).add_done_callback(
                 lambda future: self._refilled(id, owner, future))
         return weight
+
+    def take_back(self, lent):
+        """Return the weight `lent` (journal entries) into a message that was not sent."""
+        for id, owner, weight in lent:
+            if owner != self.rank:
+                self.table.adopt(id, owner, weight)  # its handle is still held here
+            elif self.table.give_back(id, weight):
+                self._forget(id)
 
     def adopt(self, id, owner, weight, length, offset=0, state=PENDING):
         """Return a handle of a reference that arrived with `weight`."""
@@ -246,8 +260,12 @@ class ChunkLayer:
         self.m.send(owner, GIVE_BACK, (id, weight))
 
     def _forget(self, id):
-        # The chunk is gone: so is what its owner published about it.
-        self.m.table(STATES).delete(id)
+        # The chunk is gone: so is what its owner published about it. A
+        # chunk freed before it was settled published nothing, and deleting
+        # a key never set is an error at the table's home.
+        if id in self._published:
+            self._published.remove(id)
+            self.m.table(STATES).delete(id)
 
     def _on_give_back(self, msg):
         id, weight = msg.payload
@@ -291,6 +309,7 @@ class ChunkLayer:
 
     def _settled(self, ref, state, tokens, published):
         ref._state = state
+        self._published.add(ref.id)
         self.m.table(STATES).put(ref.id, published)
         self._ready.extend(self._waiters.pop(token) for token in tokens)
         # Settling one chunk may complete tasks that settle others: run them
@@ -362,6 +381,11 @@ class ChunkLayer:
         id = task["id"]
         if task["weight"] >= 0:  # else its minter, this rank, created it
             self.table.create(id, task["weight"])
+        elif id not in self.table:
+            # Minted here, and every reference was dropped before the task
+            # ran (a result not kept: ``dcall(f, x)`` alone, or rebound):
+            # the chunk is freed already and nobody can ask for it.
+            return
         out = ChunkRef(self, id, self.rank, task["length"], None)  # held until settled
         for callback in self._early.pop(id, ()):
             self.when_settled(id, callback)
@@ -380,8 +404,14 @@ class ChunkLayer:
                 self.fail(out, error_bytes(exc, self.rank, traceback.format_exc()))
 
         gather = _Gather(len(specs), run, lambda error: self.fail(out, error))
-        for index, spec in enumerate(specs):
-            self._input(spec, task["begin"], task["length"], index, gather)
+        try:
+            for index, spec in enumerate(specs):
+                self._input(spec, task["begin"], task["length"], index, gather)
+        except Exception as exc:
+            # An input that cannot be read here (an argument that does not
+            # unpickle on this rank): the chunk fails, else it would stay
+            # pending and everything waiting for it would hang.
+            gather.fail(error_bytes(exc, self.rank, traceback.format_exc()))
 
     def _input(self, spec, begin, length, index, gather):
         kind = spec[0]

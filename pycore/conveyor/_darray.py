@@ -12,6 +12,9 @@ compute as soon as their inputs are there, and no handler ever waits.
 
 import functools
 import numbers
+import operator
+import os
+import sys
 import warnings
 
 import cloudpickle
@@ -26,33 +29,40 @@ __all__ = ["DistArray", "Driver", "dcall", "dmap", "dreduce"]
 
 # How long a serving rank's wait lasts before it checks for Ctrl-C.
 _SERVE_SLICE = 0.1
+# How long from_local waits for messages between checks that every rank arrived.
+_ARRIVAL_SLICE = 0.001
 _RECYCLING = "longer object length is not a multiple of shorter object length"
+_PACKAGE = os.path.dirname(__file__)
 
 
 class _Gathered:
-    """Values that arrive through callbacks, waited for by the messenger's loop."""
+    """Values that arrive through callbacks, waited for by the messenger's loop.
+
+    A failure counts as an arrival: all are waited for, so that the error
+    raised is the first in order (as `DistArray.resolve`), not the first
+    to come back.
+    """
 
     def __init__(self, count):
         self.values = [None] * count
         self.missing = count
-        self.error = None
+        self.errors = {}  # index -> a failed chunk's error bytes
 
     def put(self, index, value):
         self.values[index] = value
         self.missing -= 1
 
-    def fail(self, error):
-        if self.error is None:
-            self.error = error
-        self.missing = 0
+    def fail(self, index, error):
+        self.errors[index] = error
+        self.missing -= 1
 
     def _ready(self):
         return self.missing == 0
 
     def wait(self, messenger):
         messenger._wait_for(self, None)
-        if self.error is not None:
-            raise remote_error(self.error)
+        if self.errors:
+            raise remote_error(self.errors[min(self.errors)])
         return self.values
 
 
@@ -94,10 +104,21 @@ class DistArray:
         # Each rank lends every other rank a reference to its chunk.
         lent = [0 if rank == layer.rank else layer.table.lend(ref.id)[0]
                 for rank in range(messenger.size)]
-        entries = messenger._collectives().allgather(
-            (ref.id, len(local), local.dtype.str, local.shape[1:], lent))
+        # The allgather blocks without serving messages: a rank already here
+        # would never answer another that still waits for one of its chunks
+        # (collect or sum before its own from_local). Serve until all are here.
+        comm = messenger._collectives()
+        arrived = comm.Ibarrier()
+        while not arrived.Test():
+            messenger.progress(_ARRIVAL_SLICE)
+        entries = comm.allgather((ref.id, len(local), local.dtype.str, local.shape[1:], lent))
         kinds = {(dtype, shape) for _, _, dtype, shape, _ in entries}
         if len(kinds) != 1:
+            # Nobody adopts what this rank lent: take it back, so that the
+            # chunk (and its published state) goes with `ref`.
+            for weight in lent:
+                if weight:
+                    layer.table.give_back(ref.id, weight)
             raise ValueError(f"from_local: the pieces differ in dtype or row shape: {sorted(kinds)}")
         refs, offset = [], 0
         for owner, (id, length, dtype, shape, weights) in enumerate(entries):
@@ -208,7 +229,8 @@ class DistArray:
         layer = self._layer
         gathered = _Gathered(len(refs))
         for index, ref in enumerate(refs):
-            layer.rows(ref, 0, None, functools.partial(gathered.put, index), gathered.fail)
+            layer.rows(ref, 0, None, functools.partial(gathered.put, index),
+                       functools.partial(gathered.fail, index))
         return gathered.wait(layer.m)
 
     def __array__(self, dtype=None, copy=None):
@@ -225,6 +247,11 @@ class DistArray:
         total = len(self)
         sizes = _split_sizes(total, m.size if chunks is None else chunks)
         owners = [k % m.size for k in range(len(sizes))]
+        if total == 0:
+            # No rows to fetch, and no chunk for the tasks' aligned reads to
+            # take the dtype from (they failed with StopIteration): made here.
+            self._learn_type()
+            return m.array(np.empty((0,) + self._row_shape, self._dtype), chunks=sizes, ranks=owners)
         return _aligned_call(self._layer, None, [self], {}, sizes, owners, self._dtype, self._row_shape)
 
     # -- reductions ------------------------------------------------------------
@@ -353,12 +380,15 @@ def dcall(f, *args, **kwargs):
     lengths = [_length(x) for x in operands]
     known = [n for n in lengths if n is not None]
     if 0 in known:  # R: a zero-length operand gives a zero-length result
-        empty = [_empty_like(x) for x in operands]
-        value = np.asarray(f(*empty[:len(args)], **dict(zip(kwargs, empty[len(args):]))))
-        return layer.m.array(value, chunks=[len(value)])
+        # One empty chunk, computed by a task as any other: the function's
+        # errors (and a result that is not empty) come at collect, not here.
+        specs = [_value_spec(_empty_like(x)) for x in operands]
+        n = len(args)
+        ref = layer.submit(layer.rank, 0, 0, cloudpickle.dumps(f), specs[:n], dict(zip(kwargs, specs[n:])))
+        return DistArray(layer, [ref])
     longest = max(known)
     if any(longest % n for n in known):
-        warnings.warn(_RECYCLING, RecyclingWarning, stacklevel=2)
+        _warn_recycling()
     dist = [(i, x) for i, x in enumerate(operands) if isinstance(x, DistArray) and lengths[i] == longest]
     if dist:
         target_index = max(dist, key=lambda item: (len(item[1]._refs), -item[0]))[0]
@@ -394,6 +424,16 @@ def _aligned_call(layer, f, args, kwargs, sizes, owners, dtype=None, row_shape=N
         offset += length
     shape = None if row_shape is None else (offset,) + row_shape
     return DistArray(layer, refs, dtype, shape)
+
+
+def _warn_recycling():
+    # Attributed to the first caller outside conveyor: operators and numpy's
+    # ufuncs call dcall from inside it, and with Python's default filter (once
+    # per place) all of a program's `x + y` would share one place in here.
+    frame, level = sys._getframe(0), 1
+    while frame is not None and os.path.dirname(frame.f_code.co_filename) == _PACKAGE:
+        frame, level = frame.f_back, level + 1
+    warnings.warn(_RECYCLING, RecyclingWarning, stacklevel=level)
 
 
 def _recycled_rows(array, begin, length):
@@ -439,7 +479,7 @@ def dmap(f, *args, **kwargs):
         return DistArray(layer, [])
     count = max(counts)
     if any(count % n for n in counts):
-        warnings.warn(_RECYCLING, RecyclingWarning, stacklevel=2)
+        _warn_recycling()
     widest = next(x for x in operands if isinstance(x, DistArray) and len(x._refs) == count) \
         if any(isinstance(x, DistArray) and len(x._refs) == count for x in operands) \
         else next(x for x in operands if isinstance(x, DistArray))
@@ -550,13 +590,14 @@ def scatter(layer, a, chunks, ranks):
     elif isinstance(chunks, numbers.Integral):
         sizes = _split_sizes(len(a), int(chunks))
     else:
-        sizes = [int(n) for n in chunks]
+        # operator.index: int() would truncate sizes such as 3.9 silently.
+        sizes = [operator.index(n) for n in chunks]
         if any(n < 0 for n in sizes) or sum(sizes) != len(a):
             raise ValueError(f"chunk sizes {sizes} must be >= 0 and add up to {len(a)} rows")
     if ranks is None:
         owners = [k % size for k in range(len(sizes))]
     else:
-        owners = [int(r) for r in ranks]
+        owners = [operator.index(r) for r in ranks]
         if len(owners) != len(sizes) or any(not 0 <= r < size for r in owners):
             raise ValueError(f"ranks must give one rank in 0..{size - 1} for each of the {len(sizes)} chunks")
     refs, offset = [], 0

@@ -445,7 +445,18 @@ class Messenger:
         return self._check_rank(dest), tag, None, None if payload is _MISSING else payload
 
     def _post(self, rank, kind, ref, tag, payload):
-        if self._engine.send(rank, kind, ref, tag, payload, self.aggregate):
+        # Chunk references lend weight as they are encoded: a message that
+        # then fails to encode must give that weight back (see ChunkLayer.lend).
+        chunks = self._chunks
+        outer, chunks.journal = chunks.journal, []
+        try:
+            sent = self._engine.send(rank, kind, ref, tag, payload, self.aggregate)
+        except BaseException:
+            chunks.take_back(chunks.journal)
+            raise
+        finally:
+            chunks.journal = outer
+        if sent:
             self._relieve(rank)
 
     def send(self, dest, tag, payload=_MISSING, *, final=True):
