@@ -520,6 +520,14 @@ def check_reductions(m):
     np.testing.assert_allclose(np.add.reduce(x2, axis=0), g.sum(axis=0))
     with pytest.raises(ValueError):
         x2.sum(axis=1)
+    # numpy's functions, which pass out= (and dtype= to sum, prod and mean).
+    for name in ("sum", "prod", "min", "max", "mean", "any", "all"):
+        np.testing.assert_allclose(getattr(np, name)(x2), getattr(np, name)(g))
+        np.testing.assert_allclose(getattr(np, name)(x2, axis=0), getattr(np, name)(g, axis=0))
+    same(np.asarray(np.sum(xi, dtype=np.int8)), np.asarray(np.sum(ints, dtype=np.int8)))
+    same(np.asarray(xi.mean(dtype=np.float32)), np.asarray(ints.mean(dtype=np.float32)))
+    with pytest.raises(TypeError, match="out="):
+        np.sum(x, out=np.zeros(()))
     # On results not computed yet.
     np.testing.assert_allclose((x * 2).sum(), a.sum() * 2)
     # Empty arrays: as numpy, identities or its error.

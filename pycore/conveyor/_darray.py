@@ -256,47 +256,51 @@ class DistArray:
 
     # -- reductions ------------------------------------------------------------
 
-    def _reduce(self, name, axis):
+    def _reduce(self, name, axis, out=None, **options):
+        # numpy's functions (np.sum(x), np.min(x)) call these methods with
+        # out=None and, for sum, prod and mean, dtype=.
+        if out is not None:
+            raise TypeError(f"{name}: out= is not supported: the result is a new numpy value")
         if axis not in (None, 0):
             raise ValueError(f"{name}: axis must be None or 0 (rows), not {axis!r}")
         layer = self._layer
-        partial = cloudpickle.dumps(functools.partial(_partial_reduce, name, axis))
+        partial = cloudpickle.dumps(functools.partial(_partial_reduce, name, axis, options))
         refs = [layer.submit(ref.owner, None, None, partial, [("whole", ref)]) for ref in self._refs]
         self._learn_type()
         parts = [part for part in self._gather(refs) if part.shape[0]]
         if not parts:  # numpy's answer for no rows: an identity, or its error
-            return getattr(np, name)(np.empty((0,) + self._row_shape, self._dtype), axis=axis)
-        return getattr(np, name)(np.concatenate(parts), axis=0)
+            return getattr(np, name)(np.empty((0,) + self._row_shape, self._dtype), axis=axis, **options)
+        return getattr(np, name)(np.concatenate(parts), axis=0, **options)
 
-    def sum(self, axis=None):
+    def sum(self, axis=None, dtype=None, out=None):
         """Sum of all elements (or, with ``axis=0``, of the rows)."""
-        return self._reduce("sum", axis)
+        return self._reduce("sum", axis, out, dtype=dtype)
 
-    def prod(self, axis=None):
+    def prod(self, axis=None, dtype=None, out=None):
         """Product of all elements (or, with ``axis=0``, of the rows)."""
-        return self._reduce("prod", axis)
+        return self._reduce("prod", axis, out, dtype=dtype)
 
-    def min(self, axis=None):
+    def min(self, axis=None, out=None):
         """Smallest element (or, with ``axis=0``, per column)."""
-        return self._reduce("min", axis)
+        return self._reduce("min", axis, out)
 
-    def max(self, axis=None):
+    def max(self, axis=None, out=None):
         """Largest element (or, with ``axis=0``, per column)."""
-        return self._reduce("max", axis)
+        return self._reduce("max", axis, out)
 
-    def any(self, axis=None):
+    def any(self, axis=None, out=None):
         """Whether any element is true (or, with ``axis=0``, per column)."""
-        return self._reduce("any", axis)
+        return self._reduce("any", axis, out)
 
-    def all(self, axis=None):
+    def all(self, axis=None, out=None):
         """Whether every element is true (or, with ``axis=0``, per column)."""
-        return self._reduce("all", axis)
+        return self._reduce("all", axis, out)
 
-    def mean(self, axis=None):
+    def mean(self, axis=None, dtype=None, out=None):
         """Mean of all elements (or, with ``axis=0``, of the rows)."""
-        total = self.sum(axis)
+        total = self.sum(axis, dtype, out)
         count = len(self) if axis == 0 else len(self) * int(np.prod(self._row_shape))
-        return np.true_divide(total, count)
+        return np.true_divide(total, count, dtype=dtype)
 
     # -- numpy -----------------------------------------------------------------
 
@@ -335,12 +339,12 @@ _REDUCERS = {np.add: "sum", np.multiply: "prod", np.minimum: "min", np.maximum: 
              np.logical_or: "any", np.logical_and: "all"}
 
 
-def _partial_reduce(name, axis, chunk):
+def _partial_reduce(name, axis, options, chunk):
     # One chunk's part of a reduction: one row (none for an empty chunk,
     # which min and max could not reduce).
     if chunk.shape[0] == 0:
         return chunk[:0] if axis == 0 else chunk.reshape(-1)[:0]
-    return getattr(np, name)(chunk, axis=axis, keepdims=True).reshape((1,) + (chunk.shape[1:] if axis == 0 else ()))
+    return getattr(np, name)(chunk, axis=axis, keepdims=True, **options).reshape((1,) + (chunk.shape[1:] if axis == 0 else ()))
 
 
 # -- aligned calls -----------------------------------------------------------
