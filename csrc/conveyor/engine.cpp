@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <iterator>
 #include <limits>
+#include <list>
 #include <map>
 #include <mutex>
 #include <new>
@@ -72,14 +73,43 @@ namespace {
 constexpr std::size_t kCachedFrom = std::size_t(1) << 20;  // smaller ones: malloc is fast
 constexpr std::size_t kHugePage = std::size_t(2) << 20;
 
-// Freed large buffers by exact size. Buffers are freed by whoever drops the
-// last reference (a numpy array's owner, on any Python thread) while the
-// engine allocates from its GIL-free wait: hence the lock.
+// Freed large buffers, found by exact size. Buffers are freed by whoever
+// drops the last reference (a numpy array's owner, on any Python thread)
+// while the engine allocates from its GIL-free wait: hence the lock. A full
+// cache makes room by dropping the buffers freed longest ago, so that a
+// program moving on to messages of another size gets its buffers cached.
 struct BufferCache {
+    struct Entry {
+        std::size_t size;
+        void* data;
+    };
     std::mutex lock;
-    std::multimap<std::size_t, void*> free_buffers;
+    std::list<Entry> by_age;  // oldest first
+    std::multimap<std::size_t, std::list<Entry>::iterator> by_size;
     std::size_t bytes = 0;
     std::size_t limit = std::size_t(512) << 20;
+
+    void* take(std::size_t size) {
+        auto it = by_size.find(size);
+        if (it == by_size.end()) return nullptr;
+        void* data = it->second->data;
+        by_age.erase(it->second);
+        by_size.erase(it);
+        bytes -= size;
+        return data;
+    }
+    void drop_oldest() {
+        auto oldest = by_age.begin();
+        auto range = by_size.equal_range(oldest->size);
+        for (auto it = range.first; it != range.second; ++it)
+            if (it->second == oldest) {
+                by_size.erase(it);
+                break;
+            }
+        bytes -= oldest->size;
+        std::free(oldest->data);
+        by_age.erase(oldest);
+    }
 };
 
 BufferCache& buffer_cache() {
@@ -104,11 +134,8 @@ Buffer::Buffer(std::size_t size) : size_(size) {
     if (size >= kCachedFrom) {
         auto& cache = buffer_cache();
         std::lock_guard<std::mutex> guard(cache.lock);
-        auto it = cache.free_buffers.find(size);
-        if (it != cache.free_buffers.end()) {
-            data_ = static_cast<std::uint8_t*>(it->second);
-            cache.bytes -= size;
-            cache.free_buffers.erase(it);
+        if (void* data = cache.take(size)) {
+            data_ = static_cast<std::uint8_t*>(data);
             return;
         }
     }
@@ -119,8 +146,10 @@ Buffer::~Buffer() {
     if (size_ >= kCachedFrom) {
         auto& cache = buffer_cache();
         std::lock_guard<std::mutex> guard(cache.lock);
-        if (cache.bytes + size_ <= cache.limit) {
-            cache.free_buffers.emplace(size_, data_);
+        if (size_ <= cache.limit) {
+            while (cache.bytes + size_ > cache.limit) cache.drop_oldest();
+            auto entry = cache.by_age.insert(cache.by_age.end(), {size_, data_});
+            cache.by_size.emplace(size_, entry);
             cache.bytes += size_;
             return;
         }
@@ -132,13 +161,7 @@ void Buffer::set_cache_limit(std::size_t bytes) {
     auto& cache = buffer_cache();
     std::lock_guard<std::mutex> guard(cache.lock);
     cache.limit = bytes;
-    // Shrink at once, largest buffers first.
-    while (cache.bytes > cache.limit) {
-        auto last = std::prev(cache.free_buffers.end());
-        cache.bytes -= last->first;
-        std::free(last->second);
-        cache.free_buffers.erase(last);
-    }
+    while (cache.bytes > cache.limit) cache.drop_oldest();  // shrink at once
 }
 
 std::size_t Buffer::cached_bytes() {

@@ -4,6 +4,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <memory>
 #include <numeric>
 #include <string>
 #include <vector>
@@ -152,10 +153,42 @@ static void test_engine() {
     CHECK(throws<UsageError>([&] { engine.post(size, {}, {}, nullptr); }));
 }
 
+// Freed buffers from 1 MiB on are kept for reuse by size; a full cache
+// drops the ones freed longest ago, so buffers of a new size get cached.
+static void test_buffer_cache() {
+    constexpr std::size_t MiB = std::size_t(1) << 20;
+    Buffer::set_cache_limit(0);
+    Buffer::set_cache_limit(8 * MiB);
+    std::vector<std::uint8_t*> small;
+    {
+        std::vector<std::unique_ptr<Buffer>> held;
+        for (int k = 0; k < 4; ++k) held.push_back(std::make_unique<Buffer>(2 * MiB));
+        for (auto& b : held) small.push_back(b->data());
+    }  // freed in order: the cache holds all four
+    CHECK(Buffer::cached_bytes() == 8 * MiB);
+    std::uint8_t* large = nullptr;
+    {
+        Buffer b(4 * MiB);
+        large = b.data();
+    }  // room made by dropping the two oldest 2 MiB buffers
+    CHECK(Buffer::cached_bytes() == 8 * MiB);
+    Buffer reused(4 * MiB);
+    CHECK(reused.data() == large);
+    Buffer newest(2 * MiB);
+    CHECK(newest.data() == small[2] || newest.data() == small[3]);
+    {
+        Buffer too_large(16 * MiB);
+    }  // over the limit: never cached, nothing dropped for it
+    CHECK(Buffer::cached_bytes() == 2 * MiB);
+    Buffer::set_cache_limit(0);
+    CHECK(Buffer::cached_bytes() == 0);
+}
+
 int main(int argc, char** argv) {
     MPI_Init(&argc, &argv);
     test_wire();
     test_route();
+    test_buffer_cache();
     test_engine();
     int all = 0;
     MPI_Allreduce(&failures, &all, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
