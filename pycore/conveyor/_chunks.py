@@ -357,7 +357,7 @@ class ChunkLayer:
 
     # -- tasks -----------------------------------------------------------------
 
-    def submit(self, owner, length, offset, function, args, kwargs=None, begin=0):
+    def submit(self, owner, length, offset, function, args, kwargs=None):
         """Ask `owner` to compute a new chunk; return its reference at once.
 
         Parameters
@@ -366,12 +366,12 @@ class ChunkLayer:
             ``cloudpickle.dumps(f)``; None passes the single argument on.
         args, kwargs : list, dict
             Input specs: ``("value", x)``, ``("pickled", bytes)``,
-            ``("whole", ref)`` (a whole chunk), or ``("aligned", refs, sizes)``
-            (rows ``begin .. begin + length`` of the object made of `refs`,
-            recycled).
+            ``("whole", ref)`` (a whole chunk), or ``("pieces", [(ref,
+            start, stop), ...])`` (those rows, one after the other, recycled
+            to `length` rows: an argument aligned by `core.align`).
         """
         ref, weight = self.mint(owner, length, offset)
-        task = {"id": ref.id, "weight": weight if owner != self.rank else -1, "begin": begin,
+        task = {"id": ref.id, "weight": weight if owner != self.rank else -1,
                 "length": length, "function": function, "args": args, "kwargs": kwargs or {}}
         self.m.send(owner, TASK, task)
         return ref
@@ -406,14 +406,14 @@ class ChunkLayer:
         gather = _Gather(len(specs), run, lambda error: self.fail(out, error))
         try:
             for index, spec in enumerate(specs):
-                self._input(spec, task["begin"], task["length"], index, gather)
+                self._input(spec, task["length"], index, gather)
         except Exception as exc:
             # An input that cannot be read here (an argument that does not
             # unpickle on this rank): the chunk fails, else it would stay
             # pending and everything waiting for it would hang.
             gather.fail(error_bytes(exc, self.rank, traceback.format_exc()))
 
-    def _input(self, spec, begin, length, index, gather):
+    def _input(self, spec, length, index, gather):
         kind = spec[0]
         if kind == "value":
             gather.put(index, spec[1])
@@ -421,19 +421,14 @@ class ChunkLayer:
             gather.put(index, cloudpickle.loads(spec[1]))
         elif kind == "whole":
             self.rows(spec[1], 0, None, lambda value: gather.put(index, value), gather.fail)
-        elif kind == "aligned":
-            self._aligned(spec[1], spec[2], begin, length, index, gather)
+        elif kind == "pieces":
+            self._pieces(spec[1], length, index, gather)
         else:
             gather.fail(error_bytes(ValueError(f"unknown task input {kind!r}"), self.rank))
 
-    def _aligned(self, refs, sizes, begin, length, index, gather):
-        # The rows of one period that the target's rows take (align), fetched
-        # piece by piece and recycled to `length` rows.
-        pieces = core.align(sizes, begin, begin + length)
-        if len(pieces) == 0:  # an empty target chunk: no rows, but the argument's dtype
-            first = next(k for k, size in enumerate(sizes) if size)
-            pieces = np.array([[first, 0, 0]])
-
+    def _pieces(self, pieces, length, index, gather):
+        # One period of an aligned argument, fetched piece by piece (local
+        # ones read in place) and recycled to `length` rows.
         def assemble(parts):
             period = parts[0] if len(parts) == 1 else np.concatenate(parts)
             if len(period) != length:
@@ -441,8 +436,8 @@ class ChunkLayer:
             gather.put(index, period)
 
         parts = _Gather(len(pieces), assemble, gather.fail)
-        for k, (chunk, start, stop) in enumerate(pieces.tolist()):
-            self.rows(refs[chunk], start, stop, lambda value, k=k: parts.put(k, value), parts.fail)
+        for k, (ref, start, stop) in enumerate(pieces):
+            self.rows(ref, start, stop, lambda value, k=k: parts.put(k, value), parts.fail)
 
     def _function(self, data):
         if data is None:

@@ -24,6 +24,7 @@ from ._chunks import DRIVER_DONE, STATES, remote_error
 from ._chunks import ERROR as _ERROR
 from ._chunks import RESOLVED as _RESOLVED
 from ._errors import ConveyorError, RecyclingWarning
+from ._native import core
 
 __all__ = ["DistArray", "Driver", "dcall", "dmap", "dreduce"]
 
@@ -417,14 +418,14 @@ def _aligned_call(layer, f, args, kwargs, sizes, owners, dtype=None, row_shape=N
             if x is target:
                 return ("whole", target._refs[k])
             if isinstance(x, DistArray):
-                return ("aligned", x._refs, x._lengths())
+                return ("pieces", _aligned_pieces(x, offset, length))
             if isinstance(x, np.ndarray) and x.ndim:
                 return ("value", _recycled_rows(x, offset, length))
             return _value_spec(x)
 
         task_args = [spec(x) for x in args]
         task_kwargs = {name: spec(x) for name, x in kwargs.items()}
-        refs.append(layer.submit(owner, length, offset, function, task_args, task_kwargs, begin=offset))
+        refs.append(layer.submit(owner, length, offset, function, task_args, task_kwargs))
         offset += length
     shape = None if row_shape is None else (offset,) + row_shape
     return DistArray(layer, refs, dtype, shape)
@@ -438,6 +439,17 @@ def _warn_recycling():
     while frame is not None and os.path.dirname(frame.f_code.co_filename) == _PACKAGE:
         frame, level = frame.f_back, level + 1
     warnings.warn(_RECYCLING, RecyclingWarning, stacklevel=level)
+
+
+def _aligned_pieces(x, begin, length):
+    # The rows of `x` that result rows begin .. begin + length take, as the
+    # native kernel lists them: one period at most, wrapping round (R's
+    # recycling). Only the chunks these touch travel with the task.
+    sizes = x._lengths()
+    pieces = core.align(sizes, begin, begin + length).tolist()
+    if not pieces:  # an empty result chunk: no rows, but of the argument's dtype
+        pieces = [[next(k for k, size in enumerate(sizes) if size), 0, 0]]
+    return [(x._refs[k], start, stop) for k, start, stop in pieces]
 
 
 def _recycled_rows(array, begin, length):
