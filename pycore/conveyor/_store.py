@@ -41,11 +41,11 @@ def item_bytes(item):
     return 8
 
 
-def check_name(name):
+def check_name(name, what="an item name"):
     if not isinstance(name, str):
-        raise TypeError(f"an item name must be a str, not {type(name).__name__}")
+        raise TypeError(f"{what} must be a str, not {type(name).__name__}")
     if not name:
-        raise ValueError("an item name must not be empty")
+        raise ValueError(f"{what} must not be empty")
     return name
 
 

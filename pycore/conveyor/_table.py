@@ -13,6 +13,7 @@ import hashlib
 import numbers
 
 from ._future import Future
+from ._store import check_name
 
 __all__ = ["Table"]
 
@@ -118,14 +119,6 @@ def key_hash(key):
 
 def _hash(data):
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
-
-
-def _check_table_name(name):
-    if not isinstance(name, str):
-        raise TypeError(f"a table name must be a str, not {type(name).__name__}")
-    if not name:
-        raise ValueError("a table name must not be empty")
-    return name
 
 
 class Table:
@@ -270,7 +263,7 @@ class TableService:
         messenger._add_receiver(UNWAIT, self._unwait, False)
 
     def table(self, name):
-        table = self._tables.get(_check_table_name(name))
+        table = self._tables.get(check_name(name, "a table name"))
         if table is None:
             table = self._tables[name] = Table(self, name)
         return table
