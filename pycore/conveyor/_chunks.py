@@ -221,8 +221,8 @@ class ChunkLayer:
         for id, owner, weight in lent:
             if owner != self.rank:
                 self.table.adopt(id, owner, weight)  # its handle is still held here
-            elif self.table.give_back(id, weight):
-                self._forget(id)
+            else:
+                self._returned(id, weight)
 
     def adopt(self, id, owner, weight, length, offset=0, state=PENDING):
         """Return a handle of a reference that arrived with `weight`."""
@@ -268,7 +268,10 @@ class ChunkLayer:
             self.m.table(STATES).delete(id)
 
     def _on_give_back(self, msg):
-        id, weight = msg.payload
+        self._returned(*msg.payload)
+
+    def _returned(self, id, weight):
+        # Weight back at the owner: the last of it frees the chunk.
         if self.table.give_back(id, weight):
             self._forget(id)
 

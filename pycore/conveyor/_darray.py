@@ -117,9 +117,7 @@ class DistArray:
         if len(kinds) != 1:
             # Nobody adopts what this rank lent: take it back, so that the
             # chunk (and its published state) goes with `ref`.
-            for weight in lent:
-                if weight:
-                    layer.table.give_back(ref.id, weight)
+            layer.take_back([(ref.id, layer.rank, weight) for weight in lent if weight])
             raise ValueError(f"from_local: the pieces differ in dtype or row shape: {sorted(kinds)}")
         refs, offset = [], 0
         for owner, (id, length, dtype, shape, weights) in enumerate(entries):
@@ -148,26 +146,31 @@ class DistArray:
         # owners publish once the chunks are computed.
         unknown = [ref for ref in self._refs if ref.length is None]
         if unknown:
-            for ref, fact in zip(unknown, self._facts(unknown)):
-                ref.length = fact["length"]
-            offset = 0
-            for ref in self._refs:
-                ref.offset = offset
-                offset += ref.length
+            self._facts(unknown)
         return [ref.length for ref in self._refs]
 
     def _facts(self, refs):
         # What the owners published about `refs` once computed; raises the
-        # first chunk's error, in order.
+        # first chunk's error, in order. Learns the lengths not known yet,
+        # and the offsets once every length is known.
         table = self._layer.m.table(STATES)
         futures = [table.wait(ref.id) for ref in refs]
         facts = [future.result() for future in futures]
+        learned = False
         for ref, fact in zip(refs, facts):
             ref._state = fact["state"]
             if fact["state"] == _ERROR:
                 raise remote_error(fact["error"])
             if fact["length"] is None:
                 raise TypeError("a chunk of a DistArray is a 0-d array: use dreduce for single values")
+            if ref.length is None:
+                ref.length = fact["length"]
+                learned = True
+        if learned and all(ref.length is not None for ref in self._refs):
+            offset = 0
+            for ref in self._refs:
+                ref.offset = offset
+                offset += ref.length
         return facts
 
     def _learn_type(self):
@@ -209,7 +212,6 @@ class DistArray:
             The error of the first chunk (in order) whose function raised.
         """
         self._facts(self._refs)
-        self._lengths()
         return self
 
     def collect(self):
