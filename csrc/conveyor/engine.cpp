@@ -78,6 +78,10 @@ constexpr std::size_t kHugePage = std::size_t(2) << 20;
 // while the engine allocates from its GIL-free wait: hence the lock. A full
 // cache makes room by dropping the buffers freed longest ago, so that a
 // program moving on to messages of another size gets its buffers cached.
+// It hands out the buffer of the size freed last, whose memory is likeliest
+// still in the processor's cache: a consumer that drops each message soon
+// receives the next ones into the few buffers it keeps returning, not into
+// every buffer of the cache in turn.
 struct BufferCache {
     struct Entry {
         std::size_t size;
@@ -90,8 +94,10 @@ struct BufferCache {
     std::size_t limit = std::size_t(512) << 20;
 
     void* take(std::size_t size) {
-        auto it = by_size.find(size);
-        if (it == by_size.end()) return nullptr;
+        // Equal sizes stay in the order they were freed: the last is the newest.
+        auto it = by_size.upper_bound(size);
+        if (it == by_size.begin() || std::prev(it)->first != size) return nullptr;
+        --it;
         void* data = it->second->data;
         by_age.erase(it->second);
         by_size.erase(it);
