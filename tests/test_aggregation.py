@@ -338,6 +338,32 @@ def test_without_background_thread_batch_waits_for_owner(mpirun):
     mpirun(2, case_idle_flush, "off", 1.5, env={"CONVEYOR_BACKGROUND": "0"})
 
 
+def case_flush_after_doze(pause):
+    """Rank 0 computes long enough for its background thread to doze, then sends one
+    small message and computes on."""
+    pause = float(pause)
+    with cv.Messenger() as m:
+        arrivals = []
+        m.on("note")(lambda msg: arrivals.append((time.monotonic(), msg.payload)))
+        m.wait_quiet()
+        if m.rank == 0:
+            # Nothing in flight: the background's sleeps double from 1 ms, so that
+            # 1.5 s in, it is in a sleep of about 1 s that ends about 2 s in.
+            time.sleep(pause)
+            m.send(1, "note", time.monotonic())
+            time.sleep(pause)
+        elif m.rank == 1:
+            assert wait_until(m, lambda: arrivals, 2 * pause + 10)
+            ((arrived, sent),) = arrivals
+            # Opening the batch woke the thread: it did not wait for its sleep to end.
+            assert arrived - sent < 0.25, f"arrived after {arrived - sent:.3f} s"
+        m.wait_quiet()
+
+
+def test_batch_wakes_a_dozing_background_thread(mpirun):
+    mpirun(2, case_flush_after_doze, 1.5, env={"CONVEYOR_BACKGROUND_MAX_SLEEP_US": "10000000"})
+
+
 # -- 5. per-item delivery ---------------------------------------------------------
 
 RECORD = np.dtype([("kmer", "u8"), ("count", "u4")])  # 12-byte packed records

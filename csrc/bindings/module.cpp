@@ -820,6 +820,7 @@ PYBIND11_MODULE(_core, m) {
         .def_readwrite("max_sleep_seconds", &EngineOptions::max_sleep_seconds)
         .def_readwrite("batch_bytes", &EngineOptions::batch_bytes)
         .def_readwrite("flush_delay_seconds", &EngineOptions::flush_delay_seconds)
+        .def_readwrite("background_max_sleep_seconds", &EngineOptions::background_max_sleep_seconds)
         .def_readwrite("window_bytes", &EngineOptions::window_bytes)
         .def_readwrite("data_window_bytes", &EngineOptions::data_window_bytes)
         .def_readwrite("background", &EngineOptions::background);

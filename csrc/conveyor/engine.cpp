@@ -271,7 +271,10 @@ void Engine::open_batch(int dest) {
     write_header(route.batch, FrameKind::Batch, 0, {}, {});  // ref: the count, set when sealed
     route.batch_messages = 0;
     route.batch_started = Clock::now();
-    open_batches_.fetch_add(1, std::memory_order_relaxed);
+    // Sequentially consistent with the background's doze: either it sees the
+    // batch before it sleeps, or we see it dozing and wake it, so that a lone
+    // message still leaves after flush_delay_seconds.
+    if (open_batches_.fetch_add(1) == 0 && background_dozing_.load()) wake_background();
 }
 
 void Engine::seal_batch(int dest) {
@@ -721,6 +724,7 @@ void Engine::background_rounds() {
     auto idle_since = Clock::now();
     double nap = 10e-6;
     bool unparked = false;
+    double away_nap = 0;  // the last sleep while the owner stayed away
     while (!background_stop_.load()) {
         // An owner that calls in makes progress itself: then only batches it
         // left filling need the background. In an event loop the owner never
@@ -730,6 +734,7 @@ void Engine::background_rounds() {
         bool active = serving && owner_called;  // it sent or took something
         bool receive = serving || (!owner_called && !owner_waiting_.load());
         bool flush = open_batches_.load(std::memory_order_relaxed) != 0;
+        bool quiet = false;  // it probed and nothing came, went, or is under way
         if (receive || flush) {
             std::unique_lock<std::mutex> guard(lock_, std::defer_lock);
             // An event loop's owner needs this round; any other owner
@@ -745,6 +750,8 @@ void Engine::background_rounds() {
                     // As in wait(): after a nap, MPICH's first probe only makes
                     // progress on what arrived meanwhile, the second one sees it.
                     if (!active) active |= progress_locked();
+                    quiet = !active && !flush && send_reqs_.empty() && recv_reqs_.empty() &&
+                            !wave_active_;
                 }
                 if (serving) signal_owner();
             }
@@ -766,8 +773,22 @@ void Engine::background_rounds() {
                 // Wake rarely: every wake-up takes a core from the ranks,
                 // which may outnumber cores, and a batch left behind waits
                 // at most this long.
-                double nap = std::max(2 * options_.max_sleep_seconds, options_.flush_delay_seconds);
-                sleep_wake_.wait_for(sleep, std::chrono::duration<double>(nap));
+                double base = std::max(2 * options_.max_sleep_seconds, options_.flush_delay_seconds);
+                // And rarer still while the owner stays away with nothing in
+                // flight: each round's probes take MPI's lock and join its
+                // progress, slowing the transfers of the process's other
+                // threads and messengers (conveyor bench's idle second
+                // messenger took 5% of the first one's bandwidth).
+                away_nap = quiet ? std::min(2 * away_nap, options_.background_max_sleep_seconds) : 0;
+                away_nap = std::max(away_nap, base);
+                if (away_nap > base) {
+                    background_dozing_.store(true);
+                    if (open_batches_.load() == 0)
+                        sleep_wake_.wait_for(sleep, std::chrono::duration<double>(away_nap));
+                    background_dozing_.store(false);
+                } else {
+                    sleep_wake_.wait_for(sleep, std::chrono::duration<double>(base));
+                }
             }
             continue;
         }

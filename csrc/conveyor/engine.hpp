@@ -108,6 +108,9 @@ struct EngineOptions {
     // A buffered batch older than this is sent by the background thread even
     // if the program does not call the engine.
     double flush_delay_seconds = 100e-6;
+    // While the owner stays away and nothing is in flight, the background
+    // thread's sleeps grow from a millisecond to this long.
+    double background_max_sleep_seconds = 32e-3;
     // Flow control: at most this many bytes of frames (small messages) in
     // flight to one rank before it reports them consumed (0: unbounded)...
     std::size_t window_bytes = std::size_t(8) << 20;
@@ -321,6 +324,7 @@ class Engine {
     std::condition_variable sleep_wake_;
     std::atomic<bool> background_stop_{false};
     std::atomic<bool> background_parked_{false};  // asleep until the owner stops waiting
+    std::atomic<bool> background_dozing_{false};  // in a long sleep: a new batch wakes it
 };
 
 // Runs an MPI call and throws MPIError with MPI's message when it fails.

@@ -55,6 +55,8 @@ class EngineOptions:
     """Size of a destination's batch of small frames (default 32 KiB; 0: no aggregation)."""
     flush_delay_seconds: float
     """Age from which the background thread sends a batch left waiting (default 100 µs)."""
+    background_max_sleep_seconds: float
+    """Longest sleep of the background thread while the owner is away, nothing in flight (default 32 ms)."""
     window_bytes: int
     """Frame bytes in flight to one rank before its credit is needed (default 8 MiB; 0: unbounded)."""
     data_window_bytes: int

@@ -253,6 +253,9 @@ class Messenger:
         options.max_sleep_seconds = _env_number("CONVEYOR_MAX_SLEEP_US", 500, float) * 1e-6
         options.batch_bytes = _env_number("CONVEYOR_BATCH_BYTES", options.batch_bytes)
         options.flush_delay_seconds = _env_number("CONVEYOR_FLUSH_DELAY_US", 100, float) * 1e-6
+        options.background_max_sleep_seconds = (
+            _env_number("CONVEYOR_BACKGROUND_MAX_SLEEP_US", 32000, float) * 1e-6
+        )
         options.window_bytes = _env_number("CONVEYOR_WINDOW_BYTES", options.window_bytes)
         options.data_window_bytes = _env_number(
             "CONVEYOR_DATA_WINDOW_BYTES", options.data_window_bytes
