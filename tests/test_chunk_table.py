@@ -160,21 +160,21 @@ def test_unknown_chunks_are_key_errors(table):
 def test_the_owner_mints_and_frees_once_all_weight_is_back(table):
     id = created(table)
     table.resolve(id, np.zeros(8))
-    weight, refill = table.lend(id)
-    assert (weight, refill) == (table.MINT_WEIGHT, False)
+    weight, home, refill = table.lend(id)
+    assert (weight, home, refill) == (table.MINT_WEIGHT, 2, False)
     assert table.release(id) == (False, 2, 0)  # the lent weight still references it
     assert id in table
     with pytest.raises(ValueError, match="only"):
         table.give_back(id, weight + 1)
-    assert not table.give_back(id, weight - 1)
-    assert table.give_back(id, 1)
+    assert table.give_back(id, weight - 1) == (False, 2, 0)
+    assert table.give_back(id, 1) == (True, 2, 0)
     assert id not in table and len(table) == 0
 
 
 def test_a_local_handle_keeps_a_chunk_whose_weight_is_all_back(table):
     id = created(table)
-    weight, _ = table.lend(id)
-    assert not table.give_back(id, weight)
+    weight, _, _ = table.lend(id)
+    assert table.give_back(id, weight) == (False, 2, 0)
     assert id in table
     assert table.release(id)[0]
     assert id not in table
@@ -182,52 +182,77 @@ def test_a_local_handle_keeps_a_chunk_whose_weight_is_all_back(table):
 
 def test_a_give_back_may_overtake_the_create(table):
     id = _core.ChunkTable(0).new_id()  # a driver on rank 0 chose this rank
-    assert not table.give_back(id, 300)
+    assert table.give_back(id, 300) == (False, 2, 0)
     assert id not in table and len(table) == 0 and table.stats()["placeholders"] == 1
     table.create(id, 1000)
     assert id in table and len(table) == 1 and table.stats() == dict(
         chunks=0, bytes=0, pending=1, failed=0, placeholders=0, foreign=0
     )
     table.resolve(id, np.zeros(4))
-    assert table.give_back(id, 700)
+    assert table.give_back(id, 700)[0]
     assert id not in table
 
 
 def test_foreign_references_lend_part_of_their_weight_and_return_the_rest(table):
     id = _core.ChunkTable(5).new_id()
-    table.adopt(id, 5, table.MINT_WEIGHT)
+    assert table.adopt(id, 5, 5, table.MINT_WEIGHT) == (False, 5, 0)
     table.hold(id)
     assert id in table and table.stats()["foreign"] == 1
     with pytest.raises(KeyError, match="owned by rank 5"):
         table.value(id)
     with pytest.raises(ValueError, match="owned by rank 5"):
-        table.adopt(id, 4, 1)
+        table.adopt(id, 4, 4, 1)
     given = 0
     refills = []
     while not refills:
-        weight, refill = table.lend(id)
-        assert weight == table.LEND_CAP
+        weight, home, refill = table.lend(id)
+        assert (weight, home) == (table.LEND_CAP, 5)
         given += weight
         if refill:
             refills.append(given)
     assert table.MINT_WEIGHT - refills[0] < table.REFILL_BELOW
-    assert table.lend(id) == (table.LEND_CAP, False)  # asked already
+    assert table.lend(id) == (table.LEND_CAP, 5, False)  # asked already
     given += table.LEND_CAP
-    table.adopt(id, 5, table.MINT_WEIGHT)  # the owner's answer
-    freed, owner, weight = table.release(id)
-    assert (freed, owner) == (True, 5)
+    table.adopt(id, 5, 5, table.MINT_WEIGHT)  # the owner's answer
+    freed, home, weight = table.release(id)
+    assert (freed, home) == (True, 5)
     assert weight + given == 2 * table.MINT_WEIGHT
     assert id not in table
 
 
-def test_weight_cannot_run_out_silently(table):
+def test_a_reference_down_to_one_weight_lends_as_a_proxy(table):
     id = _core.ChunkTable(1).new_id()
-    table.adopt(id, 1, 4)
-    assert table.lend(id) == (2, True)
-    assert table.lend(id) == (1, False)
-    with pytest.raises(ValueError, match="exhausted"):
-        table.lend(id)
+    table.adopt(id, 1, 1, 4)
+    table.hold(id)
+    assert table.lend(id) == (2, 1, True)
+    assert table.lend(id) == (1, 1, False)
+    # Weight 1 left: what it lends now comes back here, not to the owner.
+    for _ in range(3):
+        assert table.lend(id) == (table.LEND_CAP, 2, False)
+    assert table.give_back(id, table.LEND_CAP) == (False, 1, 0)
+    with pytest.raises(ValueError, match="only"):
+        table.give_back(id, 2 * table.LEND_CAP + 1)
+    # The last handle goes, but two copies are still out: the entry stays.
+    assert table.release(id) == (False, 1, 0)
+    assert id in table and table.stats()["foreign"] == 1
     with pytest.raises(ValueError, match="without a handle"):
         table.release(id)
-    with pytest.raises(ValueError, match="owned by this rank"):
-        table.adopt(table.new_id(), 2, 1)
+    assert table.give_back(id, table.LEND_CAP) == (False, 1, 0)
+    assert table.give_back(id, table.LEND_CAP) == (True, 1, 1)  # the owner's weight goes home
+    assert id not in table
+
+
+def test_weight_from_two_homes_is_not_mixed(table):
+    id = _core.ChunkTable(1).new_id()
+    table.adopt(id, 1, 3, 100)  # lent by a proxy on rank 3
+    table.hold(id)
+    assert table.adopt(id, 1, 0, 50) == (False, 0, 50)  # another proxy's goes back
+    assert table.adopt(id, 1, 3, 10) == (False, 3, 0)  # the same home's adds up
+    assert table.adopt(id, 1, 1, 1000) == (False, 3, 110)  # the owner's replaces it
+    assert table.lend(id)[:2] == (500, 1)
+    assert table.release(id) == (True, 1, 500)
+    with pytest.raises(ValueError, match="comes back by give_back"):
+        table.adopt(id, 1, 2, 10)
+    # At the owner, weight lent by a proxy goes straight back to it.
+    mine = created(table)
+    assert table.adopt(mine, 2, 0, 10) == (False, 0, 10)

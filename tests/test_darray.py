@@ -982,11 +982,59 @@ def case_passed_on_many_times():
         nothing_left(m)
 
 
-@pytest.mark.xfail(strict=True, reason="open: a copy of a copy of a chunk reference can be passed "
-                   "on only about 20 times before a refill arrives (the native table lends at most "
-                   "half a foreign weight, capped at 2**20, per copy), then the send raises")
+def case_reference_chain(hops):
+    """A reference passed along a ring of the ranks but its owner, many copies a hop.
+
+    Each hop halves the weight it got, down to 1, and then lends as a proxy:
+    the copy that goes on carries weight owed to a proxy, and the next rank,
+    which may be a proxy itself, proxies in turn.
+    """
+    with messenger() as m:
+        owner = m.size - 1
+        ring = list(range(owner))
+        arrived = []
+
+        @m.on("hop")
+        def hop(msg):
+            left, ref = msg.payload
+            after = ring[(ring.index(m.rank) + 1) % len(ring)]
+            for _ in range(30):  # more copies than 2**20 weight splits into
+                m.send(after, "drop", ref)
+            if left:
+                m.send(after, "hop", (left - 1, ref))
+            else:
+                m.send(0, "arrived", ref)
+
+        @m.on("drop")
+        def drop(msg):
+            pass
+
+        @m.on("arrived")
+        def arrive(msg):
+            arrived.append(msg.payload)
+
+        with m.driver() as d:
+            if d is not None:
+                x = m.array(np.arange(4), chunks=1, ranks=[owner])
+                m.send(ring[0], "hop", (int(hops), x.chunks[0]))
+                del x
+                deadline = time.monotonic() + 30
+                while not arrived and time.monotonic() < deadline:
+                    m.progress(0.01)
+                assert arrived, "the reference never reached the end of its chain"
+                # The chunk outlived every other reference: its last one reads it.
+                same(cv.DistArray(m._chunks, arrived).collect(), np.arange(4))
+                arrived.clear()
+        nothing_left(m)
+
+
 def test_reference_passed_on_many_times(mpirun):
     run_case(mpirun, 3, case_passed_on_many_times)
+
+
+@pytest.mark.parametrize("nranks", [3, 4])
+def test_reference_passed_along_a_chain_of_proxies(mpirun, nranks):
+    run_case(mpirun, nranks, case_reference_chain, 40)
 
 
 # -- every case at 1, 2 and 4 ranks --------------------------------------------------

@@ -100,6 +100,9 @@ py::array array_view(const ChunkValue& v) {
     return view;
 }
 
+// (freed, home, weight): what the façade does next (see Released).
+py::tuple released(const Released& r) { return py::make_tuple(r.freed, r.home, r.weight); }
+
 void translate_unknown_chunk(std::exception_ptr p) {
     try {
         if (p) std::rethrow_exception(p);
@@ -141,20 +144,23 @@ void bind_chunks(py::module_& m) {
              py::arg("id"))
         .def("add_waiter", &ChunkTable::add_waiter, py::arg("id"), py::arg("token"))
         .def("hold", &ChunkTable::hold, py::arg("id"))
-        .def("release",
-             [](ChunkTable& t, ChunkId id) {
-                 auto r = t.release(id);
-                 return py::make_tuple(r.freed, r.owner, r.weight);
-             },
-             py::arg("id"))
+        .def("release", [](ChunkTable& t, ChunkId id) { return released(t.release(id)); }, py::arg("id"))
         .def("lend",
              [](ChunkTable& t, ChunkId id) {
                  auto l = t.lend(id);
-                 return py::make_tuple(l.weight, l.refill);
+                 return py::make_tuple(l.weight, l.home, l.refill);
              },
              py::arg("id"))
-        .def("adopt", &ChunkTable::adopt, py::arg("id"), py::arg("owner"), py::arg("weight"))
-        .def("give_back", &ChunkTable::give_back, py::arg("id"), py::arg("weight"))
+        .def("adopt",
+             [](ChunkTable& t, ChunkId id, int owner, int home, std::uint64_t weight) {
+                 return released(t.adopt(id, owner, home, weight));
+             },
+             py::arg("id"), py::arg("owner"), py::arg("home"), py::arg("weight"))
+        .def("give_back",
+             [](ChunkTable& t, ChunkId id, std::uint64_t weight) {
+                 return released(t.give_back(id, weight));
+             },
+             py::arg("id"), py::arg("weight"))
         .def("stats",
              [](const ChunkTable& t) {
                  auto s = t.stats();

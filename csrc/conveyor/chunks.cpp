@@ -149,10 +149,8 @@ Released ChunkTable::release(ChunkId id) {
     if (f != foreign_.end()) {
         Foreign& e = f->second;
         if (e.local == 0) throw UsageError(describe(id) + ": release() without a handle held");
-        if (--e.local != 0) return {false, e.owner, 0};
-        Released r{true, e.owner, e.weight};
-        foreign_.erase(f);
-        return r;
+        e.local -= 1;
+        return drop_if_unused(f);
     }
     Owned& e = owned(id);
     if (e.local == 0) throw UsageError(describe(id) + ": release() without a handle held");
@@ -164,45 +162,65 @@ Lent ChunkTable::lend(ChunkId id) {
     auto f = foreign_.find(id);
     if (f != foreign_.end()) {
         Foreign& e = f->second;
-        // Refills keep the weight far above this; below it a split would
-        // leave a zero weight that the owner could not tell from no reference.
-        if (e.weight < 2)
-            throw UsageError(describe(id) + ": reference weight exhausted (" +
-                             std::to_string(e.weight) + "); the refill never arrived");
-        std::uint64_t give = std::min(e.weight / 2, kLendCap);
-        e.weight -= give;
-        bool refill = e.weight < kRefillBelow && !e.refill_asked;
-        e.refill_asked = e.refill_asked || refill;
-        return {give, refill};
+        Lent l;
+        // A split must leave the entry some weight, or the home could not
+        // tell it from no reference: below 2, lend as a proxy.
+        if (e.weight >= 2) {
+            l = {std::min(e.weight / 2, kLendCap), e.home, false};
+            e.weight -= l.weight;
+        } else {
+            if (e.proxied > UINT64_MAX - kLendCap)
+                throw UsageError(describe(id) + ": too much proxied weight outstanding to lend more");
+            e.proxied += kLendCap;
+            l = {kLendCap, rank_, false};
+        }
+        l.refill = e.weight < kRefillBelow && !e.refill_asked;
+        e.refill_asked = e.refill_asked || l.refill;
+        return l;
     }
     Owned& e = owned(id);
     if (e.outstanding > std::numeric_limits<std::int64_t>::max() - static_cast<std::int64_t>(kMintWeight))
         throw UsageError(describe(id) + ": too much reference weight outstanding to lend more");
     e.outstanding += static_cast<std::int64_t>(kMintWeight);
-    return {kMintWeight, false};
+    return {kMintWeight, rank_, false};
 }
 
-void ChunkTable::adopt(ChunkId id, int owner, std::uint64_t weight) {
-    if (owner == rank_)
-        throw UsageError(describe(id) + " is owned by this rank: hold() it and give_back() the weight");
-    if (owner < 0) throw UsageError(describe(id) + ": owner rank " + std::to_string(owner) + " is negative");
-    // A reference without weight would let the owner free the chunk under it.
+Released ChunkTable::adopt(ChunkId id, int owner, int home, std::uint64_t weight) {
+    if (home == rank_)
+        throw UsageError(describe(id) + ": weight lent by this rank comes back by give_back()");
+    if (owner < 0 || home < 0)
+        throw UsageError(describe(id) + ": owner rank " + std::to_string(owner) + " or home rank " +
+                         std::to_string(home) + " is negative");
+    // A reference without weight would let its home free the chunk under it.
     if (weight == 0) throw UsageError(describe(id) + ": a reference must arrive with some weight");
+    if (owner == rank_) return {false, home, weight};  // the owner keeps no weight: a proxy's goes back
     auto it = owned_.find(id);
     if (it != owned_.end() && it->second.created)
         throw UsageError(describe(id) + " was created on this rank, not on rank " + std::to_string(owner));
-    auto [f, fresh] = foreign_.try_emplace(id, Foreign{owner});
+    auto [f, fresh] = foreign_.try_emplace(id, Foreign{owner, home});
     Foreign& e = f->second;
     if (!fresh && e.owner != owner)
         throw UsageError(describe(id) + " is owned by rank " + std::to_string(e.owner) +
                          ", not rank " + std::to_string(owner));
-    if (weight > UINT64_MAX - e.weight)
-        throw UsageError(describe(id) + ": adopted weight overflows");
-    e.weight += weight;
+    // Weights of two homes: the owner's is kept, and a proxy's goes back.
+    if (e.home != home && home != owner) return {false, home, weight};
     e.refill_asked = false;
+    if (e.home != home) return {false, std::exchange(e.home, home), std::exchange(e.weight, weight)};
+    if (weight > UINT64_MAX - e.weight) throw UsageError(describe(id) + ": adopted weight overflows");
+    e.weight += weight;
+    return {false, home, 0};
 }
 
-bool ChunkTable::give_back(ChunkId id, std::uint64_t weight) {
+Released ChunkTable::give_back(ChunkId id, std::uint64_t weight) {
+    if (auto f = foreign_.find(id); f != foreign_.end()) {
+        Foreign& e = f->second;
+        if (weight > e.proxied)
+            throw UsageError(describe(id) + ": " + std::to_string(weight) + " weight given back, only " +
+                             std::to_string(e.proxied) + " lent by this rank (rank " +
+                             std::to_string(e.owner) + " owns it)");
+        e.proxied -= weight;
+        return drop_if_unused(f);
+    }
     auto w = owner_weight(id, weight);
     auto [it, fresh] = owned_.try_emplace(id);
     Owned& e = it->second;
@@ -217,7 +235,7 @@ bool ChunkTable::give_back(ChunkId id, std::uint64_t weight) {
     }
     e.outstanding -= w;
     if (fresh) placeholders_ += 1;
-    return free_if_unreferenced(it);
+    return {free_if_unreferenced(it), rank_, 0};
 }
 
 bool ChunkTable::free_if_unreferenced(std::unordered_map<ChunkId, Owned>::iterator it) {
@@ -225,6 +243,14 @@ bool ChunkTable::free_if_unreferenced(std::unordered_map<ChunkId, Owned>::iterat
     if (!e.created || e.outstanding != 0 || e.local != 0) return false;
     owned_.erase(it);
     return true;
+}
+
+Released ChunkTable::drop_if_unused(std::unordered_map<ChunkId, Foreign>::iterator it) {
+    const Foreign& e = it->second;
+    if (e.local != 0 || e.proxied != 0) return {false, e.home, 0};
+    Released r{true, e.home, e.weight};
+    foreign_.erase(it);
+    return r;
 }
 
 ChunkStats ChunkTable::stats() const {

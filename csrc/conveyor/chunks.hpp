@@ -15,6 +15,16 @@
 // (they come from different ranks), hence a signed outstanding weight and
 // placeholder entries for chunks not created yet.
 //
+// Splitting halves the weight with each copy of a copy, so a reference
+// passed on many times runs out before a refill from the owner can arrive
+// (a handler sending it in a loop). A foreign entry down to a weight of 1
+// then lends weight of its own, as a proxy (indirect reference counting):
+// those copies carry it back to this rank, their `home`, and the entry, with
+// the weight it owes its own home, stays until all of it is back. Weight of
+// two homes for one chunk is never merged: a rank keeps the owner's (else
+// the weight it has) and sends the other back at once, so chains of proxies
+// stay short.
+//
 // Used from one thread only (the façade's, under the GIL): no locking.
 #pragma once
 
@@ -51,18 +61,20 @@ class UnknownChunk : public std::out_of_range {
     ChunkId id;
 };
 
-// What lend() gives: weight to put in the outgoing message, and whether the
-// caller should ask the owner for more weight (a foreign entry running low).
+// What lend() gives: weight to put in the outgoing message, the rank it
+// returns to, and whether the caller should ask the owner for more weight (a
+// foreign entry running low).
 struct Lent {
     std::uint64_t weight;
+    int home;
     bool refill;
 };
 
-// What release() did: whether the entry was erased, and the weight to send
-// back to `owner` (0: nothing to send).
+// What release(), give_back() or adopt() leaves to do: whether an entry was
+// erased, and the weight to send back to `home` (0: nothing to send).
 struct Released {
     bool freed;
-    int owner;
+    int home;
     std::uint64_t weight;
 };
 
@@ -72,7 +84,7 @@ struct ChunkStats {
     std::size_t pending = 0;       // owned, not settled yet
     std::size_t failed = 0;        // owned, settled with an error
     std::size_t placeholders = 0;  // given back to before being created
-    std::size_t foreign = 0;       // references to chunks owned elsewhere
+    std::size_t foreign = 0;       // references to chunks owned elsewhere, proxies included
 };
 
 class ChunkTable {
@@ -113,15 +125,19 @@ class ChunkTable {
     Released release(ChunkId id);
 
     // Weight for a reference about to leave in a message. The owner mints;
-    // a foreign entry gives part of its own, min(weight / 2, kLendCap), and
-    // asks for a refill once when its weight falls below kRefillBelow.
+    // a foreign entry gives part of its own, min(weight / 2, kLendCap), or
+    // lends kLendCap as a proxy once down to 1, and asks for a refill once
+    // when its weight falls below kRefillBelow.
     Lent lend(ChunkId id);
-    // Weight received with a reference to a chunk `owner` (not this rank)
-    // owns, or the owner's answer to a refill. A refill answer for a chunk
-    // no longer held here must go straight back to the owner instead.
-    void adopt(ChunkId id, int owner, std::uint64_t weight);
-    // Weight returned to the owner; returns whether the chunk was freed.
-    bool give_back(ChunkId id, std::uint64_t weight);
+    // Weight received with a reference to a chunk `owner` owns, lent by
+    // `home` (not this rank: that weight comes back by give_back()), or the
+    // owner's answer to a refill. Returns weight not kept, to send back: all
+    // of it at the owner. A refill answer for a chunk no longer held here
+    // must go straight back instead.
+    Released adopt(ChunkId id, int owner, int home, std::uint64_t weight);
+    // Weight returned to where it was lent: the owner (freed: the chunk is
+    // gone) or a proxy (the entry may go, sending its weight on to its home).
+    Released give_back(ChunkId id, std::uint64_t weight);
 
     ChunkStats stats() const;
 
@@ -137,8 +153,10 @@ class ChunkTable {
     };
     struct Foreign {
         int owner;
+        int home;  // where `weight` returns: the owner or a proxy
         std::uint64_t weight = 0;
         std::uint64_t local = 0;
+        std::uint64_t proxied = 0;  // lent by this rank as a proxy, not back yet
         bool refill_asked = false;
     };
 
@@ -150,6 +168,8 @@ class ChunkTable {
     std::int64_t owner_weight(ChunkId id, std::uint64_t weight) const;
     // Erases an owned entry nobody references any more; returns whether it did.
     bool free_if_unreferenced(std::unordered_map<ChunkId, Owned>::iterator it);
+    // Erases a foreign entry without handles or proxied weight, if it is one.
+    Released drop_if_unused(std::unordered_map<ChunkId, Foreign>::iterator it);
 
     int rank_;
     std::uint64_t sequence_ = 0;

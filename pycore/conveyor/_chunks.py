@@ -10,8 +10,9 @@ asked for a chunk it will itself compute later simply answers later.
 
 References are counted by weights (see the native ChunkTable): a `ChunkRef`
 holds a handle, a copy that travels in a message carries part of its rank's
-weight, and the last handle on a rank sends the weight back to the owner,
-which frees the chunk once no weight is out and it holds no handle itself.
+weight, and the last handle on a rank sends the weight back to its home: the
+owner, or a rank that ran short and lent weight of its own as a proxy. The
+owner frees the chunk once no weight is out and it holds no handle itself.
 """
 
 import collections
@@ -32,7 +33,7 @@ __all__ = ["ChunkRef"]
 
 TASK = "conveyor.chunk.task"  # send: compute a chunk
 FETCH = "conveyor.chunk.fetch"  # request: rows of a chunk, once settled
-GIVE_BACK = "conveyor.chunk.give_back"  # send: reference weight returned to the owner
+GIVE_BACK = "conveyor.chunk.give_back"  # send: reference weight returned to its home
 REFILL = "conveyor.chunk.refill"  # request: more weight for a reference running low
 STATES = "conveyor.chunks"  # the table where owners publish what their chunks became
 DRIVER_DONE = "conveyor.driver.done"  # send: the driver left its `with` block
@@ -44,7 +45,7 @@ _STATE_NAMES = {PENDING: "pending", RESOLVED: "resolved", ERROR: "error"}
 # (messengers are created collectively): where an arriving ChunkRef belongs.
 _layers = weakref.WeakValueDictionary()
 
-_REF_LAYOUT = struct.Struct("<QQqqqQB")  # serial, id, owner, length, offset, weight, state
+_REF_LAYOUT = struct.Struct("<QQqqqqQB")  # serial, id, owner, home, length, offset, weight, state
 
 
 class ChunkRef(CarriageableItem, name="conveyor.ChunkRef"):
@@ -110,19 +111,19 @@ class ChunkRef(CarriageableItem, name="conveyor.ChunkRef"):
         layer = self._layer
         if layer.closed:
             raise ValueError("a ChunkRef of a closed Messenger cannot travel")
-        weight = layer.lend(self.id, self.owner)
+        weight, home = layer.lend(self.id, self.owner)
         length = -1 if self.length is None else self.length
         offset = -1 if self.offset is None else self.offset
-        _REF_LAYOUT.pack_into(buffer, 0, layer.serial, self.id, self.owner, length, offset, weight,
-                              self._state)
+        _REF_LAYOUT.pack_into(buffer, 0, layer.serial, self.id, self.owner, home, length, offset,
+                              weight, self._state)
 
     @classmethod
     def load(cls, buffer, out_of_band):
-        serial, id, owner, length, offset, weight, state = _REF_LAYOUT.unpack_from(buffer)
+        serial, id, owner, home, length, offset, weight, state = _REF_LAYOUT.unpack_from(buffer)
         layer = _layers.get(serial)
         if layer is None or layer.closed:
             raise ValueError("a ChunkRef arrived for a Messenger that is closed on this rank")
-        return layer.adopt(id, owner, weight, None if length < 0 else length,
+        return layer.adopt(id, owner, home, weight, None if length < 0 else length,
                            None if offset < 0 else offset, state)
 
 
@@ -177,8 +178,8 @@ class ChunkLayer:
         self._draining = False
         self._functions = {}  # pickled function -> function, the tasks' recent ones
         self._published = set()  # owned chunks whose state is in the STATES table
-        # While Messenger._post encodes a message: (id, owner, weight) lent
-        # into it, given back by take_back if the message cannot travel.
+        # While Messenger._post encodes a message: (id, owner, home, weight)
+        # lent into it, given back by take_back if the message cannot travel.
         self.journal = None
         messenger._add_receiver(TASK, self._on_task, False)
         messenger._add_receiver(FETCH, self._on_fetch, False)
@@ -204,34 +205,36 @@ class ChunkLayer:
             self.table.create(id, 0)
             return ChunkRef(self, id, owner, length, offset), 0
         weight = self.table.MINT_WEIGHT
-        self.table.adopt(id, owner, weight)
+        self.table.adopt(id, owner, owner, weight)
         return ChunkRef(self, id, owner, length, offset), weight
 
     def lend(self, id, owner):
-        weight, refill = self.table.lend(id)
+        """Take weight for a reference about to travel; return (weight, its home)."""
+        weight, home, refill = self.table.lend(id)
         if self.journal is not None:
-            self.journal.append((id, owner, weight))
+            self.journal.append((id, owner, home, weight))
         if refill:
             self.m.request(owner, REFILL, id).add_done_callback(
                 lambda future: self._refilled(id, owner, future))
-        return weight
+        return weight, home
 
     def take_back(self, lent):
         """Return the weight `lent` (journal entries) into a message that was not sent."""
-        for id, owner, weight in lent:
-            if owner != self.rank:
-                self.table.adopt(id, owner, weight)  # its handle is still held here
-            else:
+        for id, owner, home, weight in lent:
+            if home == self.rank:
                 self._returned(id, weight)
+            else:  # its handle is still held here
+                self._settle(id, self.table.adopt(id, owner, home, weight))
 
-    def adopt(self, id, owner, weight, length, offset=0, state=PENDING):
-        """Return a handle of a reference that arrived with `weight`."""
-        if owner != self.rank:
-            self.table.adopt(id, owner, weight)
+    def adopt(self, id, owner, home, weight, length, offset=0, state=PENDING):
+        """Return a handle of a reference that arrived with `weight`, lent by `home`."""
+        if home != self.rank:
+            self._settle(id, self.table.adopt(id, owner, home, weight))
             return ChunkRef(self, id, owner, length, offset, state)
-        # Home again: hold before the weight returns, which could free it.
+        # Back where its weight was lent: hold before the weight returns,
+        # which could free the entry.
         ref = ChunkRef(self, id, owner, length, offset, state)
-        self.table.give_back(id, weight)
+        self._returned(id, weight)
         return ref
 
     def _refilled(self, id, owner, future):
@@ -239,7 +242,7 @@ class ChunkLayer:
             return
         weight = future.result()
         if id in self.table:
-            self.table.adopt(id, owner, weight)
+            self._settle(id, self.table.adopt(id, owner, owner, weight))
         else:  # every handle went meanwhile: the weight goes straight back
             self._give_back(owner, id, weight)
 
@@ -247,17 +250,22 @@ class ChunkLayer:
         if self.closed:
             return
         try:
-            freed, owner, weight = self.table.release(id)
-            if weight:
-                self._give_back(owner, id, weight)
-            elif freed:
-                self._forget(id)
+            self._settle(id, self.table.release(id))
         except Exception:  # from __del__: report, never raise
             print(f"conveyor: releasing chunk {id:#x} failed:", file=sys.stderr)
             traceback.print_exc()
 
-    def _give_back(self, owner, id, weight):
-        self.m.send(owner, GIVE_BACK, (id, weight))
+    def _settle(self, id, released):
+        # What the table left to do (see ChunkTable.release): send weight
+        # back to its home, or forget an owned chunk that went.
+        freed, home, weight = released
+        if weight:
+            self._give_back(home, id, weight)
+        elif freed:
+            self._forget(id)
+
+    def _give_back(self, home, id, weight):
+        self.m.send(home, GIVE_BACK, (id, weight))
 
     def _forget(self, id):
         # The chunk is gone: so is what its owner published about it. A
@@ -271,12 +279,12 @@ class ChunkLayer:
         self._returned(*msg.payload)
 
     def _returned(self, id, weight):
-        # Weight back at the owner: the last of it frees the chunk.
-        if self.table.give_back(id, weight):
-            self._forget(id)
+        # Weight back where it was lent: at the owner, the last of it frees
+        # the chunk; at a proxy, it lets the entry go.
+        self._settle(id, self.table.give_back(id, weight))
 
     def _on_refill(self, msg):
-        return self.table.lend(msg.payload)[0]
+        return self.table.lend(msg.payload)[0]  # the owner's: minted
 
     def _on_driver_done(self, msg):
         self.drivers_done += 1

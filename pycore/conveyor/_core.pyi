@@ -322,41 +322,56 @@ class ChunkTable:
         Returns
         -------
         freed : bool
-            Whether the entry went (its value is released).
-        owner : int
-            The rank that owns the chunk.
+            Whether the entry went (an owned chunk's value is released).
+        home : int
+            The rank the entry's weight returns to.
         weight : int
-            Weight to send back to `owner` (0: nothing to send).
+            Weight to send back to `home` (0: nothing to send).
         """
-    def lend(self, id: int) -> tuple[int, bool]:
+    def lend(self, id: int) -> tuple[int, int, bool]:
         """Take weight for a reference to chunk `id` about to leave in a message.
 
         The owner mints `MINT_WEIGHT`; a foreign reference gives
-        ``min(weight // 2, LEND_CAP)`` of its own.
+        ``min(weight // 2, LEND_CAP)`` of its own, or, with a weight of 1
+        left, `LEND_CAP` that it lends as a proxy: that weight returns to
+        this rank, whose entry stays until all of it is back.
 
         Returns
         -------
         weight : int
             Weight to send with the reference.
+        home : int
+            The rank the weight returns to: the owner, a proxy, or this rank.
         refill : bool
             True once, when a foreign reference's weight falls below
             `REFILL_BELOW`: ask the owner to `lend` more, and `adopt` it.
-
-        Raises
-        ------
-        ValueError
-            If a foreign reference has less than 2 weight left.
         """
-    def adopt(self, id: int, owner: int, weight: int) -> None:
-        """Add `weight` received with a reference to chunk `id`, owned by another rank `owner`.
+    def adopt(self, id: int, owner: int, home: int, weight: int) -> tuple[bool, int, int]:
+        """Add `weight`, lent by `home`, received with a reference to chunk `id` owned by `owner`.
 
-        A refill answer for a chunk no longer held here must be given back
-        to the owner instead.
+        `home` may not be this rank: such weight is this rank's to
+        `give_back`. A chunk's entry keeps weight of one home: weight of
+        another is returned at once, unless it comes from the owner, which
+        replaces the entry's weight. The owner keeps none: weight lent by a
+        proxy goes back to it. A refill answer for a chunk no longer held
+        here must be given back to the owner instead.
+
+        Returns
+        -------
+        tuple of (bool, int, int)
+            As `release`: (False, home, weight to send back to home).
         """
-    def give_back(self, id: int, weight: int) -> bool:
-        """Take back `weight` lent for owned chunk `id`; return whether the chunk was freed.
+    def give_back(self, id: int, weight: int) -> tuple[bool, int, int]:
+        """Take back `weight` lent for chunk `id`, as its owner or as a proxy.
 
-        It may arrive before the chunk is created: it is counted then.
+        At the owner it may arrive before the chunk is created: it is
+        counted then.
+
+        Returns
+        -------
+        tuple of (bool, int, int)
+            As `release`: whether the entry went (an owned chunk was
+            freed), and weight a proxy's entry sends on to its home.
         """
     def stats(self) -> dict[str, int]:
         """Return counts of owned chunks (chunks, bytes, pending, failed, placeholders) and foreign ones."""

@@ -117,14 +117,14 @@ class DistArray:
         if len(kinds) != 1:
             # Nobody adopts what this rank lent: take it back, so that the
             # chunk (and its published state) goes with `ref`.
-            layer.take_back([(ref.id, layer.rank, weight) for weight in lent if weight])
+            layer.take_back([(ref.id, layer.rank, layer.rank, weight) for weight in lent if weight])
             raise ValueError(f"from_local: the pieces differ in dtype or row shape: {sorted(kinds)}")
         refs, offset = [], 0
         for owner, (id, length, dtype, shape, weights) in enumerate(entries):
             if owner == layer.rank:
                 refs.append(ref)
             else:
-                refs.append(layer.adopt(id, owner, weights[layer.rank], length))
+                refs.append(layer.adopt(id, owner, owner, weights[layer.rank], length))
             refs[-1].offset = offset
             offset += length
         return cls(layer, refs, dtype, (offset,) + tuple(shape))

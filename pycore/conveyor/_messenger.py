@@ -620,7 +620,8 @@ class Messenger:
         dict
             ``chunks`` and ``bytes`` (computed chunks owned here and their
             size), ``pending`` and ``failed`` chunks, ``foreign``
-            references to chunks held elsewhere, and ``placeholders``.
+            references to chunks held elsewhere (proxies waiting for the
+            weight they lent included), and ``placeholders``.
         """
         return self._chunks.table.stats()
 

@@ -129,7 +129,7 @@ static void test_ids_and_states() {
     CHECK(s.chunks == 1 && s.bytes == 100 && s.failed == 1 && s.pending == 0);
     CHECK(!memory.expired());
     auto r = t.release(a);
-    CHECK(r.freed && r.weight == 0 && r.owner == 3);
+    CHECK(r.freed && r.weight == 0 && r.home == 3);
     CHECK(memory.expired());  // the value's memory goes with the entry
     CHECK(throws<UnknownChunk>([&] { t.release(a); }));
     CHECK(t.stats().bytes == 0 && t.size() == 1);
@@ -149,28 +149,29 @@ static void test_owner_weights() {
     owner.create(id, 0);
     owner.hold(id);
     auto lent = owner.lend(id);  // the owner mints rather than splits
-    CHECK(lent.weight == ChunkTable::kMintWeight && !lent.refill);
+    CHECK(lent.weight == ChunkTable::kMintWeight && lent.home == 1 && !lent.refill);
     CHECK(owner.lend(id).weight == ChunkTable::kMintWeight);
     CHECK(!owner.release(id).freed);  // two lends still out
-    CHECK(!owner.give_back(id, ChunkTable::kMintWeight));
+    CHECK(!owner.give_back(id, ChunkTable::kMintWeight).freed);
     CHECK(throws<UsageError>([&] { owner.give_back(id, ChunkTable::kMintWeight + 1); }));
     CHECK(owner.contains(id));  // the refused give-back changed nothing
-    CHECK(!owner.give_back(id, ChunkTable::kMintWeight - 5));  // passed on, given back in parts
-    CHECK(owner.give_back(id, 5));
+    CHECK(!owner.give_back(id, ChunkTable::kMintWeight - 5).freed);  // passed on, given back in parts
+    auto back = owner.give_back(id, 5);
+    CHECK(back.freed && back.weight == 0);
     CHECK(!owner.contains(id));
 
     // All weight back while the owner still holds a handle: kept for it.
     ChunkId held = owner.new_id();
     owner.create(held, 0);
     owner.hold(held);
-    CHECK(!owner.give_back(held, owner.lend(held).weight));
+    CHECK(!owner.give_back(held, owner.lend(held).weight).freed);
     CHECK(owner.contains(held));
     CHECK(owner.release(held).freed);
 
     // A give-back overtaking the create: a placeholder, completed by create().
     ChunkTable b(2);
     ChunkId minted = ChunkTable(0).new_id();  // a driver on rank 0 chose rank 2
-    CHECK(!b.give_back(minted, 600));
+    CHECK(!b.give_back(minted, 600).freed);
     CHECK(!b.contains(minted) && b.size() == 0 && b.stats().placeholders == 1);
     CHECK(throws<UsageError>([&] { b.create(minted, 599); }));  // more back than lent
     CHECK(!b.contains(minted));
@@ -179,12 +180,12 @@ static void test_owner_weights() {
     CHECK(b.contains(minted) && b.size() == 1);
     CHECK(b.stats().placeholders == 0 && b.stats().pending == 1);
     CHECK(b.resolve(minted, bytes_value(8)).empty());
-    CHECK(b.give_back(minted, 400));  // all 1000 are back, no local handle: freed
+    CHECK(b.give_back(minted, 400).freed);  // all 1000 are back, no local handle: freed
     CHECK(!b.contains(minted) && b.stats().chunks == 0);
 
     // Everything came back before the create: the entry waits for a handle to go.
     ChunkId early = ChunkTable(0).new_id() + 1;
-    CHECK(!b.give_back(early, 10));
+    CHECK(!b.give_back(early, 10).freed);
     b.create(early, 10);
     CHECK(b.contains(early));
     b.hold(early);
@@ -195,53 +196,95 @@ static void test_foreign_weights() {
     ChunkTable t(0);
     ChunkId id = (std::uint64_t(5) << kSequenceBits) | 1;
     CHECK(throws<UnknownChunk>([&] { t.lend(id); }));
-    t.adopt(id, 5, ChunkTable::kMintWeight);
+    t.adopt(id, 5, 5, ChunkTable::kMintWeight);
     t.hold(id);
     t.hold(id);
     CHECK(t.contains(id) && t.stats().foreign == 1);
     CHECK(throws<UnknownChunk>([&] { t.state(id); }));  // the value lives on its owner
-    CHECK(throws<UsageError>([&] { t.adopt(id, 4, 10); }));
-    CHECK(throws<UsageError>([&] { t.adopt(id, 0, 10); }));
-    CHECK(throws<UsageError>([&] { t.adopt(id, 5, 0); }));
-    CHECK(throws<UsageError>([&] { t.give_back(id, 10); }));
+    CHECK(throws<UsageError>([&] { t.adopt(id, 4, 4, 10); }));
+    CHECK(throws<UsageError>([&] { t.adopt(id, 5, 0, 10); }));  // lent by this rank
+    CHECK(throws<UsageError>([&] { t.adopt(id, 5, 5, 0); }));
+    CHECK(throws<UsageError>([&] { t.give_back(id, 10); }));  // lent nothing as a proxy
     CHECK(throws<UsageError>([&] { t.create(id, 0); }));
 
     // Lends are capped, and one refill is asked once the weight runs low.
     std::uint64_t given = 0, lends = 0, refills = 0;
     for (; given < ChunkTable::kMintWeight - ChunkTable::kRefillBelow + 1; ++lends) {
         auto l = t.lend(id);
-        CHECK(l.weight == ChunkTable::kLendCap);
+        CHECK(l.weight == ChunkTable::kLendCap && l.home == 5);
         given += l.weight;
         refills += l.refill;
     }
     CHECK(refills == 1);
     CHECK(!t.lend(id).refill);  // still low, already asked
     given += ChunkTable::kLendCap;
-    t.adopt(id, 5, ChunkTable::kMintWeight);  // the owner's answer
+    t.adopt(id, 5, 5, ChunkTable::kMintWeight);  // the owner's answer
     CHECK(!t.release(id).freed);
     auto r = t.release(id);
-    CHECK(r.freed && r.owner == 5);
+    CHECK(r.freed && r.home == 5);
     CHECK(r.weight + given == 2 * ChunkTable::kMintWeight);  // no weight lost or made up
     CHECK(!t.contains(id));
     CHECK(throws<UnknownChunk>([&] { t.release(id); }));
 
-    // Low weight asks again after each answer; without answers it halves
-    // down to 1, then lending stops.
-    t.adopt(id, 5, 8);
+    // Low weight asks again after each answer, and halves down to 1.
+    t.adopt(id, 5, 5, 8);
     t.hold(id);
     auto first = t.lend(id);
     CHECK(first.weight == 4 && first.refill);
     CHECK(!t.lend(id).refill);
-    t.adopt(id, 5, 6);
+    t.adopt(id, 5, 5, 6);
     auto again = t.lend(id);
     CHECK(again.weight == 4 && again.refill);
     CHECK(t.lend(id).weight == 2 && t.lend(id).weight == 1);
-    CHECK(throws<UsageError>([&] { t.lend(id); }));
     CHECK(t.release(id).weight == 1);
 
-    // A reference that came home is the owner's to count.
+    // At the owner, weight lent by a proxy goes back to the proxy.
     ChunkTable owner(5);
-    CHECK(throws<UsageError>([&] { owner.adopt(id, 5, 10); }));
+    ChunkId mine = owner.new_id();
+    owner.create(mine, 0);
+    auto returned = owner.adopt(mine, 5, 2, 10);
+    CHECK(!returned.freed && returned.home == 2 && returned.weight == 10);
+    CHECK(throws<UsageError>([&] { owner.adopt(mine, 5, 5, 10); }));  // its own: give_back()
+}
+
+// Weight down to 1: a foreign entry lends weight of its own, which comes back
+// to it, and it owes its home its 1 until all of it is back.
+static void test_proxy_weights() {
+    ChunkId id = (std::uint64_t(5) << kSequenceBits) | 1;
+    ChunkTable proxy(0);
+    proxy.adopt(id, 5, 5, 1);
+    proxy.hold(id);
+    auto lent = proxy.lend(id);
+    CHECK(lent.weight == ChunkTable::kLendCap && lent.home == 0 && lent.refill);
+    CHECK(proxy.lend(id).home == 0);  // and so on: it never runs out
+
+    // A proxied copy passed on by another rank splits the proxy's weight,
+    // down to 1 and then proxies in turn: chains of any length.
+    ChunkTable next(1);
+    next.adopt(id, 5, 0, 2);
+    next.hold(id);
+    CHECK(next.lend(id).home == 0 && next.lend(id).home == 1);
+
+    // The proxy's last handle goes while copies are out: the entry stays.
+    CHECK(!proxy.release(id).freed);
+    CHECK(proxy.contains(id) && proxy.stats().foreign == 1);
+    CHECK(throws<UsageError>([&] { proxy.give_back(id, 2 * ChunkTable::kLendCap + 1); }));
+    CHECK(!proxy.give_back(id, ChunkTable::kLendCap).freed);
+    auto home = proxy.give_back(id, ChunkTable::kLendCap);
+    CHECK(home.freed && home.home == 5 && home.weight == 1);  // its own weight goes to the owner
+    CHECK(!proxy.contains(id));
+
+    // Weights of two homes are not mixed: another proxy's goes back, the
+    // owner's replaces the proxy's (which goes back).
+    auto other = next.adopt(id, 5, 3, 7);
+    CHECK(!other.freed && other.home == 3 && other.weight == 7);
+    auto replaced = next.adopt(id, 5, 5, 100);
+    CHECK(replaced.home == 0 && replaced.weight == 1);
+    CHECK(next.lend(id).home == 5);  // owner's weight again: split, not proxied
+    auto last = next.release(id);
+    CHECK(!last.freed);  // still owes the copy it lent as a proxy
+    last = next.give_back(id, ChunkTable::kLendCap);
+    CHECK(last.freed && last.home == 5 && last.weight == 50);
 }
 
 int main() {
@@ -249,6 +292,7 @@ int main() {
     test_ids_and_states();
     test_owner_weights();
     test_foreign_weights();
+    test_proxy_weights();
     std::printf("%s: %d failed checks\n", failures ? "FAIL" : "OK", failures);
     return failures ? 1 : 0;
 }
