@@ -2,6 +2,7 @@
 
 import math
 import pickle
+import sys
 
 import numpy as np
 import pytest
@@ -192,6 +193,66 @@ def test_carriageable_item_registration_errors():
     with pytest.raises(TypeError):
         class Nameless(cv.CarriageableItem, name=""):
             pass
+
+
+class Ticket(cv.CarriageableItem, name="tests.Ticket"):
+    """Each copy dumped takes a numbered ticket; a copy never sent hands it back."""
+
+    def __init__(self, office):
+        self.office = office
+
+    def required_bytes(self):
+        return 8
+
+    def dump(self, buffer):
+        self.office["issued"] += 1
+        buffer[:8] = self.office["issued"].to_bytes(8, "little")
+
+    def unsent(self, buffer):
+        self.office["returned"].append(int.from_bytes(buffer[:8], "little"))
+
+    @classmethod
+    def load(cls, buffer, out_of_band):
+        return cls(None)
+
+
+def test_items_of_a_message_that_fails_are_told_it_was_not_sent(monkeypatch):
+    monkeypatch.setenv("CONVEYOR_MAX_FRAME_BYTES", "4096")
+    office = {"issued": 0, "returned": []}
+    ticket = Ticket(office)
+    with cv.Messenger() as m:
+        got = []
+        m.on("t")(lambda msg: got.append(msg.payload))
+        m.on("ask")(lambda msg: [Ticket(office), object()])  # its reply cannot travel
+        with pytest.raises(cv.CarriageError):
+            m.send(0, "t", [ticket, object()])
+        with pytest.raises(cv.CarriageError):
+            m.sender("t").send(0, [ticket, {"k": ticket}, object()])
+        with pytest.raises(cv.MessageTooLargeError):
+            m.send(0, "t", [ticket, list(range(1000))])
+        assert office["returned"] == [1, 3, 2, 4]  # every copy, the last dumped first
+        m.send(0, "t", [ticket])
+        m.wait_quiet()
+        assert len(got) == 1 and office["returned"] == [1, 3, 2, 4] and office["issued"] == 5
+        with pytest.raises(cv.RemoteError, match="CarriageError"):
+            m.request(0, "ask").result(timeout=10)
+        # The native reply, then the façade's with the error's type: both handed back.
+        assert office["issued"] == 7 and office["returned"][4:] == [6, 7]
+        assert m.stats()["handler_errors"] == 1
+
+
+class BadTicket(Ticket, name="tests.BadTicket"):
+    def unsent(self, buffer):
+        raise RuntimeError("the ticket office is closed")
+
+
+def test_an_unsent_that_raises_does_not_hide_the_send_error(monkeypatch):
+    reported = []
+    monkeypatch.setattr(sys, "unraisablehook", reported.append)
+    with cv.Messenger() as m:
+        with pytest.raises(cv.CarriageError, match="object"):
+            m.send(0, "t", [BadTicket({"issued": 0}), object()])
+    assert [str(r.exc_value) for r in reported] == ["the ticket office is closed"]
 
 
 def test_unknown_item_type_on_the_receiver_is_a_frame_error():

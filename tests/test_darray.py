@@ -927,6 +927,8 @@ def check_failed_sends(m):
             m.send(1 % size, "hold", [x.chunks, bad])
         with pytest.raises(cv.CarriageError):
             m.request(size - 1, "echo", (x.chunks[1], {"bad": bad}))
+        with pytest.raises(cv.CarriageError):
+            m.sender("hold").send(size - 1, [x.chunks, bad])
     same(x.collect(), np.arange(4))
 
 

@@ -277,6 +277,7 @@ class Encoder {
             throw CarriageError(type_name(obj) + ".required_bytes() must return an int >= 0");
         py::bytearray buffer(std::string(n.cast<std::size_t>(), '\0'));
         obj.attr("dump")(py::memoryview(buffer));
+        out_.dumped.emplace_back(py::reinterpret_borrow<py::object>(obj), buffer);
         py::list extra(obj.attr("out_of_band")());
         body.u8(T_ITEM);
         body.blob(name.cast<std::string>());
@@ -630,6 +631,7 @@ void encode_frame(Encoded& out, FrameKind kind, std::uint64_t ref, std::string_v
     out.frame.bytes.clear();
     out.oob.clear();
     out.keep = py::object();
+    out.dumped.clear();
     write_header(out.frame, kind, ref, tag, {});
     std::size_t body_offset = out.frame.size();
     Encoder enc(out, options);
@@ -644,6 +646,18 @@ void encode_frame(Encoded& out, FrameKind kind, std::uint64_t ref, std::string_v
                  reinterpret_cast<const std::uint8_t*>(sizes.data() + sizes.size()));
     auto count = static_cast<std::uint32_t>(sizes.size());
     std::memcpy(bytes.data() + body_offset - 4, &count, 4);  // the header's last field
+}
+
+void unsent(Encoded& out) {
+    auto dumped = std::move(out.dumped);
+    out.dumped.clear();
+    for (auto it = dumped.rbegin(); it != dumped.rend(); ++it) {
+        try {
+            it->first.attr("unsent")(py::memoryview(it->second));
+        } catch (py::error_already_set& e) {
+            e.discard_as_unraisable(it->first.attr("unsent"));
+        }
+    }
 }
 
 py::object decode_body(const std::uint8_t* body, std::size_t size,

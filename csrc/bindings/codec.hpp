@@ -11,6 +11,7 @@
 
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "conveyor/engine.hpp"
@@ -37,10 +38,20 @@ struct Encoded {
     Writer frame;
     std::vector<OutOfBand> oob;
     py::object keep;  // a list of the Python objects `oob` points into (null if none)
+    // The CarriageableItems dumped into the frame, with the buffer each
+    // wrote: what unsent() tells if the message does not leave.
+    std::vector<std::pair<py::object, py::object>> dumped;
 };
 
 void encode_frame(Encoded& out, FrameKind kind, std::uint64_t ref, std::string_view tag,
                   py::handle payload, const EncodeOptions& options);
+
+// The message `out` holds will not be sent (it failed to encode, or to be
+// posted): calls unsent(buffer) on each item dumped into it, last first, so
+// that an item can undo what its dump took (a chunk reference's weight).
+// An unsent() that raises is reported as unraisable: the caller is already
+// raising the error that stopped the message.
+void unsent(Encoded& out);
 
 // Decodes the body of a frame whose header was read. Each out-of-band buffer
 // must be used exactly once. Throws DecodeError on anything malformed.

@@ -108,15 +108,21 @@ class PyEngine {
         check_open();
         Scratch scratch(*this);
         auto& encoded = scratch.encoded;
-        py_codec::encode_frame(encoded, frame_kind(kind), ref, tag, payload, codec_);
-        const auto& frame = encoded.frame.bytes;
-        if (aggregate && encoded.oob.empty()) {
-            auto posted = engine_.post_aggregated(dest, frame.data(), frame.size());
-            if (posted != Engine::Posted::TooLarge) return posted == Engine::Posted::Congested;
+        try {
+            py_codec::encode_frame(encoded, frame_kind(kind), ref, tag, payload, codec_);
+            const auto& frame = encoded.frame.bytes;
+            if (aggregate && encoded.oob.empty()) {
+                auto posted = engine_.post_aggregated(dest, frame.data(), frame.size());
+                if (posted != Engine::Posted::TooLarge) return posted == Engine::Posted::Congested;
+            }
+            KeepAlive keep;
+            if (encoded.keep) keep = py_codec::keep_alive(std::move(encoded.keep));
+            return engine_.post(dest, std::move(encoded.frame.bytes), encoded.oob, std::move(keep));
+        } catch (...) {
+            // A message that does not leave takes nothing with it.
+            py_codec::unsent(encoded);
+            throw;
         }
-        KeepAlive keep;
-        if (encoded.keep) keep = py_codec::keep_alive(std::move(encoded.keep));
-        return engine_.post(dest, std::move(encoded.frame.bytes), encoded.oob, std::move(keep));
     }
 
     void post_raw(int dest, py::bytes frame) {
@@ -249,7 +255,14 @@ class PyEngine {
     // CarriageableItem runs Python code that may send in turn.
     struct Scratch {
         explicit Scratch(PyEngine& e) : owner(e), encoded(e.lease()) {}
-        ~Scratch() { owner.scratch_depth_ -= 1; }
+        ~Scratch() {
+            // The items go now, not at the next message; moved out first, as
+            // dropping the last reference to one runs Python code.
+            auto dumped = std::move(encoded.dumped);
+            encoded.dumped.clear();
+            dumped.clear();
+            owner.scratch_depth_ -= 1;
+        }
         PyEngine& owner;
         py_codec::Encoded& encoded;
     };

@@ -120,6 +120,16 @@ class CarriageableItem:
     def dump(self, buffer):
         """Write the item into `buffer`, a writable memoryview of `required_bytes` bytes."""
 
+    def unsent(self, buffer):
+        """Undo what `dump` did beyond the buffer: the message did not leave.
+
+        Called when the message the item was dumped into fails after the
+        dump (a later value cannot be carried, or the frame is too large),
+        with the buffer `dump` wrote. An item whose `dump` takes something
+        for the copy (a share of a resource, a count) gives it back here;
+        the default does nothing.
+        """
+
     def out_of_band(self):
         """Return carriageable values (typically large arrays) sent beside the buffer.
 

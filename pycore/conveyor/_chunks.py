@@ -117,6 +117,11 @@ class ChunkRef(CarriageableItem, name="conveyor.ChunkRef"):
         _REF_LAYOUT.pack_into(buffer, 0, layer.serial, self.id, self.owner, home, length, offset,
                               weight, self._state)
 
+    def unsent(self, buffer):
+        # The copy never left: its weight returns to this rank's entry.
+        _, id, owner, home, _, _, weight, _ = _REF_LAYOUT.unpack_from(buffer)
+        self._layer.take_back(id, owner, home, weight)
+
     @classmethod
     def load(cls, buffer, out_of_band):
         serial, id, owner, home, length, offset, weight, state = _REF_LAYOUT.unpack_from(buffer)
@@ -178,9 +183,6 @@ class ChunkLayer:
         self._draining = False
         self._functions = {}  # pickled function -> function, the tasks' recent ones
         self._published = set()  # owned chunks whose state is in the STATES table
-        # While Messenger._post encodes a message: (id, owner, home, weight)
-        # lent into it, given back by take_back if the message cannot travel.
-        self.journal = None
         messenger._add_receiver(TASK, self._on_task, False)
         messenger._add_receiver(FETCH, self._on_fetch, False)
         messenger._add_receiver(GIVE_BACK, self._on_give_back, False)
@@ -211,20 +213,17 @@ class ChunkLayer:
     def lend(self, id, owner):
         """Take weight for a reference about to travel; return (weight, its home)."""
         weight, home, refill = self.table.lend(id)
-        if self.journal is not None:
-            self.journal.append((id, owner, home, weight))
         if refill:
             self.m.request(owner, REFILL, id).add_done_callback(
                 lambda future: self._refilled(id, owner, future))
         return weight, home
 
-    def take_back(self, lent):
-        """Return the weight `lent` (journal entries) into a message that was not sent."""
-        for id, owner, home, weight in lent:
-            if home == self.rank:
-                self._returned(id, weight)
-            else:  # its handle is still held here
-                self._settle(id, self.table.adopt(id, owner, home, weight))
+    def take_back(self, id, owner, home, weight):
+        """Return `weight`, lent for a copy that was never sent, to this rank's entry."""
+        if home == self.rank:
+            self._returned(id, weight)
+        else:  # its handle is still held here
+            self._settle(id, self.table.adopt(id, owner, home, weight))
 
     def adopt(self, id, owner, home, weight, length, offset=0, state=PENDING):
         """Return a handle of a reference that arrived with `weight`, lent by `home`."""

@@ -117,7 +117,7 @@ class DistArray:
         if len(kinds) != 1:
             # Nobody adopts what this rank lent: take it back, so that the
             # chunk (and its published state) goes with `ref`.
-            layer.take_back([(ref.id, layer.rank, layer.rank, weight) for weight in lent if weight])
+            layer.take_back(ref.id, layer.rank, layer.rank, sum(lent))
             raise ValueError(f"from_local: the pieces differ in dtype or row shape: {sorted(kinds)}")
         refs, offset = [], 0
         for owner, (id, length, dtype, shape, weights) in enumerate(entries):

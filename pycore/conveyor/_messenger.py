@@ -448,21 +448,8 @@ class Messenger:
         return self._check_rank(dest), tag, None, None if payload is _MISSING else payload
 
     def _post(self, rank, kind, ref, tag, payload):
-        if self._journaled(self._engine.send, rank, kind, ref, tag, payload, self.aggregate):
+        if self._engine.send(rank, kind, ref, tag, payload, self.aggregate):
             self._relieve(rank)
-
-    def _journaled(self, send, *args):
-        # Chunk references lend weight as they are encoded: a message that
-        # then fails to encode must give that weight back (see ChunkLayer.lend).
-        chunks = self._chunks
-        outer, chunks.journal = chunks.journal, []
-        try:
-            return send(*args)
-        except BaseException:
-            chunks.take_back(chunks.journal)
-            raise
-        finally:
-            chunks.journal = outer
 
     def send(self, dest, tag, payload=_MISSING, *, final=True):
         """send(dest, tag, payload=None)
@@ -479,7 +466,7 @@ class Messenger:
             # send checks the rank and costs a fraction of the path below.
             sender = self._senders.get(tag)
             if sender is not None and 0 <= dest < self.size:
-                self._journaled(sender.send, dest, None if payload is _MISSING else payload)
+                sender.send(dest, None if payload is _MISSING else payload)
                 return
         rank, name, ref, payload = self._target("send", dest, tag, payload)
         if ref is not None:
