@@ -193,6 +193,21 @@ def test_a_give_back_may_overtake_the_create(table):
     assert id not in table
 
 
+def test_a_reference_may_reach_its_owner_before_the_create(table):
+    id = _core.ChunkTable(0).new_id()
+    with pytest.raises(KeyError, match="not in the chunk table"):
+        table.hold(id)  # only the owner may expect a chunk
+    table.hold_owned(id)
+    assert table.give_back(id, 30) == (False, 2, 0)
+    assert id not in table and table.stats()["placeholders"] == 1
+    with pytest.raises(KeyError, match="not created on rank 2 yet"):
+        table.state(id)
+    table.create(id, 100)
+    assert table.state(id) == _core.CHUNK_PENDING and table.stats()["placeholders"] == 0
+    assert table.give_back(id, 70) == (False, 2, 0)
+    assert table.release(id) == (True, 2, 0)
+
+
 def test_foreign_references_lend_part_of_their_weight_and_return_the_rest(table):
     id = _core.ChunkTable(5).new_id()
     assert table.adopt(id, 5, 5, table.MINT_WEIGHT) == (False, 5, 0)

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 import conveyor as cv
 from conftest import world
-from conveyor._chunks import STATES
+from conveyor._chunks import STATES, TASK
 
 RECYCLING = "longer object length is not a multiple of shorter object length"
 
@@ -800,6 +800,42 @@ def case_race():
                 if m.size > 1:
                     check_race(m, m.size - 1)  # another one
         nothing_left(m)
+
+
+def case_reference_before_its_chunk():
+    """A reference reaches the chunk's owner before the task that creates it.
+
+    As when the reference is passed on through a third rank, which may beat
+    the task: here it is held back until the owner has the reference.
+    """
+    with messenger() as m:
+        held = []
+
+        @m.on("hold")
+        def hold(msg):
+            ref = msg.payload
+            assert ref.state == "pending" and "pending" in repr(ref)
+            held.append(ref)
+            return ref, m.chunk_stats()["placeholders"]  # and passed on at once
+
+        with m.driver() as d:
+            if d is not None:
+                layer, owner = m._chunks, m.size - 1
+                ref, weight = layer.mint(owner, 4)
+                back, placeholders = m.request(owner, "hold", ref).result(timeout=10)
+                assert placeholders == 1 and back.id == ref.id
+                del back
+                m.send(owner, TASK, {"id": ref.id, "weight": weight, "length": 4, "function": None,
+                                     "args": [("value", np.arange(4))], "kwargs": {}})
+                same(cv.DistArray(layer, [ref]).collect(), np.arange(4))
+                del ref
+        held.clear()
+        nothing_left(m)
+
+
+@pytest.mark.parametrize("nranks", [2, 4])
+def test_reference_before_its_chunk(mpirun, nranks):
+    run_case(mpirun, nranks, case_reference_before_its_chunk)
 
 
 # -- the driver model and SPMD -------------------------------------------------------

@@ -144,6 +144,7 @@ void bind_chunks(py::module_& m) {
              py::arg("id"))
         .def("add_waiter", &ChunkTable::add_waiter, py::arg("id"), py::arg("token"))
         .def("hold", &ChunkTable::hold, py::arg("id"))
+        .def("hold_owned", &ChunkTable::hold_owned, py::arg("id"))
         .def("release", [](ChunkTable& t, ChunkId id) { return released(t.release(id)); }, py::arg("id"))
         .def("lend",
              [](ChunkTable& t, ChunkId id) {

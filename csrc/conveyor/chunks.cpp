@@ -50,12 +50,23 @@ ChunkTable::Owned& ChunkTable::owned(ChunkId id) {
 const ChunkTable::Owned& ChunkTable::owned(ChunkId id) const {
     auto it = owned_.find(id);
     if (it != owned_.end() && it->second.created) return it->second;
+    unknown(id);
+}
+
+std::unordered_map<ChunkId, ChunkTable::Owned>::iterator ChunkTable::held(ChunkId id) {
+    auto it = owned_.find(id);
+    if (it == owned_.end()) unknown(id);
+    return it;
+}
+
+void ChunkTable::unknown(ChunkId id) const {
+    auto it = owned_.find(id);
     auto f = foreign_.find(id);
     if (f != foreign_.end())
         throw UnknownChunk(id, "owned by rank " + std::to_string(f->second.owner) +
                                    ", not by this rank (" + std::to_string(rank_) + ")");
     if (it != owned_.end())
-        throw UnknownChunk(id, "not created on rank " + std::to_string(rank_) + " yet (only given back to)");
+        throw UnknownChunk(id, "not created on rank " + std::to_string(rank_) + " yet");
     throw UnknownChunk(id, "not in the chunk table of rank " + std::to_string(rank_));
 }
 
@@ -66,10 +77,14 @@ ChunkTable::Owned& ChunkTable::pending(ChunkId id) {
     return e;
 }
 
-std::int64_t ChunkTable::owner_weight(ChunkId id, std::uint64_t weight) const {
+void ChunkTable::refuse_foreign(ChunkId id) const {
     if (auto f = foreign_.find(id); f != foreign_.end())
         throw UsageError(describe(id) + " is owned by rank " + std::to_string(f->second.owner) +
                          ", not by this rank (" + std::to_string(rank_) + ")");
+}
+
+std::int64_t ChunkTable::owner_weight(ChunkId id, std::uint64_t weight) const {
+    refuse_foreign(id);
     if (weight > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()))
         throw UsageError(describe(id) + ": weight " + std::to_string(weight) + " is out of range");
     return static_cast<std::int64_t>(weight);
@@ -144,6 +159,13 @@ void ChunkTable::hold(ChunkId id) {
     }
 }
 
+void ChunkTable::hold_owned(ChunkId id) {
+    refuse_foreign(id);
+    auto [it, fresh] = owned_.try_emplace(id);
+    if (fresh) placeholders_ += 1;
+    it->second.local += 1;
+}
+
 Released ChunkTable::release(ChunkId id) {
     auto f = foreign_.find(id);
     if (f != foreign_.end()) {
@@ -152,10 +174,11 @@ Released ChunkTable::release(ChunkId id) {
         e.local -= 1;
         return drop_if_unused(f);
     }
-    Owned& e = owned(id);
+    auto it = held(id);
+    Owned& e = it->second;
     if (e.local == 0) throw UsageError(describe(id) + ": release() without a handle held");
     e.local -= 1;
-    return {free_if_unreferenced(owned_.find(id)), rank_, 0};
+    return {free_if_unreferenced(it), rank_, 0};
 }
 
 Lent ChunkTable::lend(ChunkId id) {
@@ -178,7 +201,7 @@ Lent ChunkTable::lend(ChunkId id) {
         e.refill_asked = e.refill_asked || l.refill;
         return l;
     }
-    Owned& e = owned(id);
+    Owned& e = held(id)->second;
     if (e.outstanding > std::numeric_limits<std::int64_t>::max() - static_cast<std::int64_t>(kMintWeight))
         throw UsageError(describe(id) + ": too much reference weight outstanding to lend more");
     e.outstanding += static_cast<std::int64_t>(kMintWeight);

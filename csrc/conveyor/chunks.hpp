@@ -83,7 +83,7 @@ struct ChunkStats {
     std::size_t bytes = 0;         // ... the sum of their sizes
     std::size_t pending = 0;       // owned, not settled yet
     std::size_t failed = 0;        // owned, settled with an error
-    std::size_t placeholders = 0;  // given back to before being created
+    std::size_t placeholders = 0;  // given back to or held before being created
     std::size_t foreign = 0;       // references to chunks owned elsewhere, proxies included
 };
 
@@ -122,6 +122,10 @@ class ChunkTable {
 
     // Local handles (a Python ChunkRef each), owned or foreign.
     void hold(ChunkId id);
+    // A handle of a chunk this rank owns or will own: a reference may arrive
+    // before the create() of its chunk (they come from different ranks), and
+    // holds a placeholder until then.
+    void hold_owned(ChunkId id);
     Released release(ChunkId id);
 
     // Weight for a reference about to leave in a message. The owner mints;
@@ -162,7 +166,14 @@ class ChunkTable {
 
     Owned& owned(ChunkId id);
     const Owned& owned(ChunkId id) const;
+    // The owned entry of `id`, created or a placeholder a handle holds (see
+    // hold_owned()): handles may release it and pass it on either way.
+    std::unordered_map<ChunkId, Owned>::iterator held(ChunkId id);
+    // Throws the UnknownChunk that says why `id` is not a created chunk here.
+    [[noreturn]] void unknown(ChunkId id) const;
     Owned& pending(ChunkId id);
+    // Throws if `id` is a reference to a chunk owned elsewhere.
+    void refuse_foreign(ChunkId id) const;
     // `weight` for chunk `id` as its owner counts it: signed, since
     // give-backs may come first. Refuses chunks owned elsewhere.
     std::int64_t owner_weight(ChunkId id, std::uint64_t weight) const;

@@ -73,7 +73,10 @@ class ChunkRef(CarriageableItem, name="conveyor.ChunkRef"):
 
     def __init__(self, layer, id, owner, length, offset=0, state=PENDING):
         # Every ChunkRef object is one handle of its rank's (see ChunkTable.hold).
-        layer.table.hold(id)
+        if owner == layer.rank:
+            layer.table.hold_owned(id)  # it may arrive before the task that creates it
+        else:
+            layer.table.hold(id)
         self._layer = layer
         self.id = id
         self.owner = owner
@@ -85,7 +88,8 @@ class ChunkRef(CarriageableItem, name="conveyor.ChunkRef"):
     def state(self):
         """``"pending"``, ``"resolved"`` or ``"error"``, as last learned here."""
         layer = self._layer
-        if self._state == PENDING and self.owner == layer.rank and not layer.closed:
+        if (self._state == PENDING and self.owner == layer.rank and not layer.closed
+                and self.id in layer.table):  # not before the task that creates it
             self._state = layer.table.state(self.id)
         return _STATE_NAMES[self._state]
 

@@ -316,6 +316,13 @@ class ChunkTable:
         """
     def hold(self, id: int) -> None:
         """Count one more local handle of chunk `id` (owned or foreign)."""
+    def hold_owned(self, id: int) -> None:
+        """Count one more local handle of chunk `id`, which this rank owns or will own.
+
+        A reference may arrive before the chunk is created (the task that
+        creates it comes from another rank): it holds a placeholder, which
+        `create` completes.
+        """
     def release(self, id: int) -> tuple[bool, int, int]:
         """Drop one local handle of chunk `id`.
 

@@ -190,6 +190,24 @@ static void test_owner_weights() {
     CHECK(b.contains(early));
     b.hold(early);
     CHECK(b.release(early).freed);
+
+    // A reference held before the create: a placeholder, which the create
+    // completes, and which a release leaves waiting for it.
+    ChunkId ahead = early + 1;
+    CHECK(throws<UnknownChunk>([&] { b.hold(ahead); }));  // only the owner may expect it
+    b.hold_owned(ahead);
+    CHECK(!b.give_back(ahead, 30).freed);
+    CHECK(!b.contains(ahead) && b.stats().placeholders == 1);
+    CHECK(throws<UnknownChunk>([&] { b.state(ahead); }));
+    CHECK(b.lend(ahead).weight == ChunkTable::kMintWeight);  // passed on before the create
+    CHECK(!b.give_back(ahead, ChunkTable::kMintWeight).freed);
+    CHECK(!b.release(ahead).freed);
+    b.hold_owned(ahead);
+    b.create(ahead, 100);
+    CHECK(b.contains(ahead) && b.stats().placeholders == 0 && b.state(ahead) == ChunkState::Pending);
+    CHECK(!b.give_back(ahead, 70).freed);
+    CHECK(b.release(ahead).freed);
+    CHECK(throws<UsageError>([&] { ChunkTable t(0); t.adopt(ahead, 3, 3, 1); t.hold_owned(ahead); }));
 }
 
 static void test_foreign_weights() {
