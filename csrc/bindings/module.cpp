@@ -256,11 +256,9 @@ class PyEngine {
     struct Scratch {
         explicit Scratch(PyEngine& e) : owner(e), encoded(e.lease()) {}
         ~Scratch() {
-            // The items go now, not at the next message; moved out first, as
-            // dropping the last reference to one runs Python code.
-            auto dumped = std::move(encoded.dumped);
+            // The items go now, not at the next message, and while the slot
+            // is still leased: dropping one may run Python code that sends.
             encoded.dumped.clear();
-            dumped.clear();
             owner.scratch_depth_ -= 1;
         }
         PyEngine& owner;
