@@ -1,22 +1,22 @@
 # The two commands of the README: `make demo` and `make test` (both set up .venv).
 PYTHON ?= python3
-VENV := .venv
+VENV ?= .venv
+# Pinned versions (a lock file); `make test-latest` leaves them out.
+CONSTRAINTS ?= constraints.txt
 PY := $(VENV)/bin/python
 MPIEXEC := $(VENV)/bin/mpiexec
 NP ?= 4
 SOURCES := setup.py pyproject.toml $(shell find csrc pycore -name '*.cpp' -o -name '*.hpp' -o -name '*.py' -o -name '*.pyx' 2>/dev/null)
 
-.PHONY: all venv install demo test docs bench clean
+.PHONY: all venv install demo test test-latest docs bench clean
 
 all: install
 
 # MPI comes from the mpich wheel unless MPICC points at a system MPI.
-$(VENV)/.deps:
+$(VENV)/.deps: requirements-dev.txt $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet $(if $(MPICC),,mpich) "mpi4py>=4" numpy "cloudpickle>=2" "pybind11>=2.12" "Cython>=3" setuptools wheel \
-		pytest hypothesis "sphinx>=7" "numpydoc>=1.6" pytest-benchmark "matplotlib>=3.5" \
-		"dask[array,distributed]>=2024"
+	$(PY) -m pip install --quiet --upgrade $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) pip
+	$(PY) -m pip install --quiet $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) $(if $(MPICC),,mpich) -r requirements-dev.txt
 	touch $@
 
 $(VENV)/.installed: $(VENV)/.deps $(SOURCES)
@@ -31,6 +31,10 @@ demo: install
 test: install
 	$(PY) -m pytest -q tests
 
+# The newest versions the requirements allow, in a venv of their own.
+test-latest:
+	$(MAKE) test VENV=.venv-latest CONSTRAINTS=
+
 docs: install
 	$(PY) -m sphinx -W --keep-going -q -b html docs docs/_build/html
 
@@ -39,4 +43,4 @@ bench: install
 	$(PY) bench/run.py
 
 clean:
-	rm -rf build docs/_build $(VENV) pycore/conveyor/*.so
+	rm -rf build docs/_build .venv .venv-latest pycore/conveyor/*.so

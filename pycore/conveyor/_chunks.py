@@ -22,9 +22,9 @@ import sys
 import traceback
 import weakref
 
-import cloudpickle
 import numpy as np
 
+from . import _pickling
 from ._carriage import CarriageableItem
 from ._errors import RemoteError
 from ._native import core
@@ -377,7 +377,7 @@ class ChunkLayer:
         Parameters
         ----------
         function : bytes or None
-            ``cloudpickle.dumps(f)``; None passes the single argument on.
+            ``_pickling.dumps(f)``; None passes the single argument on.
         args, kwargs : list, dict
             Input specs: ``("value", x)``, ``("pickled", bytes)``,
             ``("whole", ref)`` (a whole chunk), or ``("pieces", [(ref,
@@ -432,7 +432,7 @@ class ChunkLayer:
         if kind == "value":
             gather.put(index, spec[1])
         elif kind == "pickled":
-            gather.put(index, cloudpickle.loads(spec[1]))
+            gather.put(index, _pickling.loads(spec[1]))
         elif kind == "whole":
             self.rows(spec[1], 0, None, lambda value: gather.put(index, value), gather.fail)
         elif kind == "pieces":
@@ -460,7 +460,7 @@ class ChunkLayer:
         if function is None:
             if len(self._functions) >= 64:
                 self._functions.clear()
-            function = self._functions[data] = cloudpickle.loads(data)
+            function = self._functions[data] = _pickling.loads(data)
         return function
 
     @staticmethod

@@ -17,9 +17,9 @@ import os
 import sys
 import warnings
 
-import cloudpickle
 import numpy as np
 
+from . import _pickling
 from ._chunks import DRIVER_DONE, STATES, remote_error
 from ._chunks import ERROR as _ERROR
 from ._chunks import RESOLVED as _RESOLVED
@@ -267,7 +267,7 @@ class DistArray:
         if axis not in (None, 0):
             raise ValueError(f"{name}: axis must be None or 0 (rows), not {axis!r}")
         layer = self._layer
-        partial = cloudpickle.dumps(functools.partial(_partial_reduce, name, axis, options))
+        partial = _pickling.dumps(functools.partial(_partial_reduce, name, axis, options))
         refs = [layer.submit(ref.owner, None, None, partial, [("whole", ref)]) for ref in self._refs]
         self._learn_type()
         parts = [part for part in self._gather(refs) if part.shape[0]]
@@ -391,7 +391,7 @@ def dcall(f, *args, **kwargs):
         # errors (and a result that is not empty) come at collect, not here.
         specs = [_value_spec(_empty_like(x)) for x in operands]
         n = len(args)
-        ref = layer.submit(layer.rank, 0, 0, cloudpickle.dumps(f), specs[:n], dict(zip(kwargs, specs[n:])))
+        ref = layer.submit(layer.rank, 0, 0, _pickling.dumps(f), specs[:n], dict(zip(kwargs, specs[n:])))
         return DistArray(layer, [ref])
     longest = max(known)
     if any(longest % n for n in known):
@@ -413,7 +413,7 @@ def dcall(f, *args, **kwargs):
 def _aligned_call(layer, f, args, kwargs, sizes, owners, dtype=None, row_shape=None, target=None):
     # One task per chunk of the result (rows `sizes`, on `owners`): each
     # argument as its aligned rows, the target's own chunk whole.
-    function = None if f is None else cloudpickle.dumps(f)
+    function = None if f is None else _pickling.dumps(f)
     refs, offset = [], 0
     for k, (length, owner) in enumerate(zip(sizes, owners)):
         def spec(x):
@@ -466,7 +466,7 @@ def _recycled_rows(array, begin, length):
 def _value_spec(x):
     if x is None or isinstance(x, (numbers.Number, np.generic, str, bytes, np.ndarray)):
         return ("value", x)
-    return ("pickled", cloudpickle.dumps(x))
+    return ("pickled", _pickling.dumps(x))
 
 
 def dmap(f, *args, **kwargs):
@@ -501,7 +501,7 @@ def dmap(f, *args, **kwargs):
     widest = next(x for x in operands if isinstance(x, DistArray) and len(x._refs) == count) \
         if any(isinstance(x, DistArray) and len(x._refs) == count for x in operands) \
         else next(x for x in operands if isinstance(x, DistArray))
-    function = cloudpickle.dumps(f)
+    function = _pickling.dumps(f)
     n = len(args)
     refs = []
     for i in range(count):
@@ -529,7 +529,7 @@ def dreduce(f, x):
     if not x._refs:
         raise ValueError("dreduce of a DistArray without chunks")
     layer = x._layer
-    function = cloudpickle.dumps(f)
+    function = _pickling.dumps(f)
     acc = x._refs[0]
     for ref in x._refs[1:]:
         acc = layer.submit(ref.owner, None, None, function, [("whole", acc), ("whole", ref)])
