@@ -260,7 +260,7 @@ def case_flush_on_wait():
     world = MPI.COMM_WORLD
     notes = []
     with cv.Messenger() as m:
-        assert not m._engine.background
+        assert not m._transport.engine.background
         rank, size = m.rank, m.size
         m.on("echo")(lambda msg: msg.payload)
         m.on("note")(lambda msg: notes.append(msg.payload))
@@ -308,7 +308,7 @@ def case_idle_flush(background, sleep):
     background = background == "on"
     sleep = float(sleep)
     with cv.Messenger() as m:
-        assert m._engine.background == background  # needs MPI_THREAD_MULTIPLE
+        assert m._transport.engine.background == background  # needs MPI_THREAD_MULTIPLE
         arrivals = []
         m.on("note")(lambda msg: arrivals.append((time.monotonic(), msg.payload)))
         m.wait_quiet()
@@ -490,8 +490,8 @@ def send_frame(value, tag="ok"):
 
 def post_batch(m, dest, body, count):
     for _ in range(count - 1):
-        m._engine.post_raw(dest, bare_header(KIND_BATCH, 0))
-    m._engine.post_raw(dest, bare_header(KIND_BATCH, count) + body)
+        m._transport.engine.post_raw(dest, bare_header(KIND_BATCH, 0))
+    m._transport.engine.post_raw(dest, bare_header(KIND_BATCH, count) + body)
 
 
 def case_malformed_batches():

@@ -80,7 +80,7 @@ def case_malformed_frames_are_counted_and_dropped():
         dest = (m.rank + 1) % m.size
         m.send(dest, "ok", 1)
         for junk in (b"", b"\x00" * 3, b"garbage that is not a frame", bytes(range(256))):
-            m._engine.post_raw(dest, junk)
+            m._transport.engine.post_raw(dest, junk)
         m.send(dest, "ok", 2)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")

@@ -72,7 +72,7 @@ void set_fields(MessageObject* m, PyObject* messenger, PyObject* tag, PyObject* 
 }
 
 PyObject* new_message(PyTypeObject* type, PyObject* args, PyObject* kwargs) {
-    static const char* names[] = {"messenger", "tag", "payload", "source", "reply_to", nullptr};
+    static const char* names[] = {"dispatch", "tag", "payload", "source", "reply_to", nullptr};
     PyObject *messenger, *tag, *payload, *source, *reply_to;
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOO:Message", const_cast<char**>(names),
                                      &messenger, &tag, &payload, &source, &reply_to))
@@ -89,7 +89,7 @@ PyMemberDef members[] = {
      "The tag (receiver name) it was sent to."},
     {"payload", T_OBJECT, offsetof(MessageObject, payload), READONLY, "The decoded payload."},
     {"source", T_OBJECT, offsetof(MessageObject, source), READONLY, "The rank that sent it."},
-    {"_messenger", T_OBJECT, offsetof(MessageObject, messenger), READONLY, nullptr},
+    {"_dispatch", T_OBJECT, offsetof(MessageObject, messenger), READONLY, nullptr},
     {"_replied", T_BOOL, offsetof(MessageObject, replied), 0, nullptr},
     {"_deferred", T_BOOL, offsetof(MessageObject, deferred), 0, nullptr},
     {"_cancelled", T_BOOL, offsetof(MessageObject, cancelled), 0, nullptr},

@@ -174,8 +174,9 @@ class _Gather:
 class ChunkLayer:
     """The chunks of one rank of a messenger, and the receivers behind them."""
 
-    def __init__(self, messenger, serial):
+    def __init__(self, messenger, transport, receivers, serial):
         self.m = messenger
+        self.transport = transport
         self.rank = messenger.rank
         self.serial = serial
         self.table = core.ChunkTable(messenger.rank)
@@ -187,17 +188,33 @@ class ChunkLayer:
         self._draining = False
         self._functions = {}  # pickled function -> function, the tasks' recent ones
         self._published = set()  # owned chunks whose state is in the STATES table
-        messenger._add_receiver(TASK, self._on_task, False)
-        messenger._add_receiver(FETCH, self._on_fetch, False)
-        messenger._add_receiver(GIVE_BACK, self._on_give_back, False)
-        messenger._add_receiver(REFILL, self._on_refill, False)
+        receivers.add(TASK, self._on_task)
+        receivers.add(FETCH, self._on_fetch)
+        receivers.add(GIVE_BACK, self._on_give_back)
+        receivers.add(REFILL, self._on_refill)
         self.drivers_done = 0  # driver blocks the root left, and those served here
         self.drivers_seen = 0
-        messenger._add_receiver(DRIVER_DONE, self._on_driver_done, False)
+        receivers.add(DRIVER_DONE, self._on_driver_done)
+        self._collective_comm = None  # for from_local, made on first use
         _layers[serial] = self
 
     def close(self):
         self.closed = True
+
+    def collectives(self):
+        """A communicator of the layer's own for the collective calls of from_local.
+
+        They must not cross the engine's termination waves on the messenger's.
+        """
+        if self._collective_comm is None:
+            self._collective_comm = self.m.comm.Dup()
+        return self._collective_comm
+
+    def free_communicator(self):
+        """Free the communicator of `collectives` (collective, as closing the messenger is)."""
+        if self._collective_comm is not None:
+            self._collective_comm.Free()
+            self._collective_comm = None
 
     # -- references ------------------------------------------------------------
 

@@ -157,11 +157,11 @@ class MessageBase:
     payload: object
     source: int
     reply_to: Any
-    _messenger: Any
+    _dispatch: Any
     _replied: bool
     _deferred: bool
     def __new__(
-        cls, messenger: Any, tag: str, payload: object, source: int, reply_to: Any
+        cls, dispatch: Any, tag: str, payload: object, source: int, reply_to: Any
     ) -> MessageBase: ...
 
 def set_buffer_cache_limit(bytes: int) -> None:

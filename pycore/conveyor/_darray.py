@@ -20,6 +20,7 @@ import warnings
 import numpy as np
 
 from . import _pickling
+from ._checks import check_rank
 from ._chunks import DRIVER_DONE, STATES, remote_error
 from ._chunks import ERROR as _ERROR
 from ._chunks import RESOLVED as _RESOLVED
@@ -60,8 +61,8 @@ class _Gathered:
     def _ready(self):
         return self.missing == 0
 
-    def wait(self, messenger):
-        messenger._wait_for(self, None)
+    def wait(self, layer):
+        layer.transport.wait_for(self, None)
         if self.errors:
             raise remote_error(self.errors[min(self.errors)])
         return self.values
@@ -98,7 +99,7 @@ class DistArray:
         later changes to `local` do not show); all pieces must have the same
         dtype and, if 2-D, the same number of columns.
         """
-        layer = messenger._chunks
+        layer = messenger._chunks  # the one layer of a messenger's, made with it
         local = _checked_array(local, "from_local")
         ref, _ = layer.mint(layer.rank, len(local))
         layer.resolve(ref, local.copy())
@@ -108,7 +109,7 @@ class DistArray:
         # The allgather blocks without serving messages: a rank already here
         # would never answer another that still waits for one of its chunks
         # (collect or sum before its own from_local). Serve until all are here.
-        comm = messenger._collectives()
+        comm = layer.collectives()
         arrived = comm.Ibarrier()
         while not arrived.Test():
             messenger.progress(_ARRIVAL_SLICE)
@@ -234,7 +235,7 @@ class DistArray:
         for index, ref in enumerate(refs):
             layer.rows(ref, 0, None, functools.partial(gathered.put, index),
                        functools.partial(gathered.fail, index))
-        return gathered.wait(layer.m)
+        return gathered.wait(layer)
 
     def __array__(self, dtype=None, copy=None):
         value = self.collect()
@@ -570,16 +571,17 @@ class DriverScope:
     ``if d is not None: ...``).
     """
 
-    def __init__(self, messenger, root):
+    def __init__(self, messenger, layer, root):
         self.m = messenger
-        self.root = messenger._check_rank(root)
+        self.layer = layer
+        self.root = check_rank(root, messenger.size, "the root rank")
 
     def __enter__(self):
         m = self.m
-        layer = m._chunks
+        layer = self.layer
         if m.rank == self.root:
             return Driver(m)
-        if m._engine.handling:
+        if layer.transport.engine.handling:
             raise ConveyorError("a rank cannot serve a driver from inside a handler")
         seen = layer.drivers_seen
         while layer.drivers_done == seen:
@@ -589,7 +591,7 @@ class DriverScope:
 
     def __exit__(self, exc_type, exc, tb):
         m = self.m
-        if m.rank == self.root and not m._closed:
+        if m.rank == self.root and not m.closed:
             for rank in range(m.size):
                 if rank != self.root:
                     m.send(rank, DRIVER_DONE)

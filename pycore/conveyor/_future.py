@@ -5,6 +5,7 @@ import collections
 import sys
 import traceback
 
+from ._asyncio import loop_of, wait_answer
 from ._errors import CancelledError, ConveyorError, TimeoutError
 
 __all__ = ["Future", "Stream"]
@@ -22,10 +23,10 @@ class Future:
     the final answer; `Messenger.request_stream` gets them all.
     """
 
-    __slots__ = ("_messenger", "_dest", "_ref", "_state", "_value", "_callbacks")
+    __slots__ = ("_requests", "_dest", "_ref", "_state", "_value", "_callbacks")
 
-    def __init__(self, messenger, dest, ref):
-        self._messenger = messenger
+    def __init__(self, requests, dest, ref):
+        self._requests = requests
         self._dest = dest
         self._ref = ref
         self._state = _PENDING
@@ -53,7 +54,7 @@ class Future:
             If the request was cancelled.
         """
         if self._state == _PENDING:
-            self._messenger._wait_for(self, timeout)
+            self._requests.wait(self, timeout)
         if self._state in (_FAILED, _CANCELLED):
             raise self._value
         return self._value
@@ -61,7 +62,7 @@ class Future:
     def exception(self, timeout=None):
         """Return the error the request failed with, or None if it succeeded."""
         if self._state == _PENDING:
-            self._messenger._wait_for(self, timeout)
+            self._requests.wait(self, timeout)
         return self._value if self._state in (_FAILED, _CANCELLED) else None
 
     def cancel(self):
@@ -73,7 +74,7 @@ class Future:
         """
         if self._state != _PENDING:
             return False
-        self._messenger._cancel(self)
+        self._requests.cancel(self)
         self._resolve(_CANCELLED, CancelledError(f"the request to rank {self._dest} was cancelled"))
         return True
 
@@ -86,7 +87,7 @@ class Future:
 
     def __await__(self):
         """Await the answer from a coroutine (the messenger is served by the running loop)."""
-        return self._messenger._await_future(self).__await__()
+        return wait_answer(self._requests.transport, self).__await__()
 
     def __repr__(self):
         state = ("pending", "done", "failed", "cancelled")[self._state]
@@ -133,10 +134,10 @@ class Stream:
         Seconds to wait for each answer; None waits without limit.
     """
 
-    __slots__ = ("_messenger", "_dest", "_ref", "_answers", "_state", "_error", "_waiter", "timeout")
+    __slots__ = ("_requests", "_dest", "_ref", "_answers", "_state", "_error", "_waiter", "timeout")
 
-    def __init__(self, messenger, dest, ref, timeout):
-        self._messenger = messenger
+    def __init__(self, requests, dest, ref, timeout):
+        self._requests = requests
         self._dest = dest
         self._ref = ref
         self._answers = collections.deque()
@@ -157,7 +158,7 @@ class Stream:
         """
         if self._state != _PENDING:
             return False
-        self._messenger._cancel(self)
+        self._requests.cancel(self)
         self._answers.clear()
         self._state = _CANCELLED
         self._wake()
@@ -168,7 +169,7 @@ class Stream:
 
     def __next__(self):
         if not self._answers and self._state == _PENDING:
-            self._messenger._wait_for(self, self.timeout)
+            self._requests.wait(self, self.timeout)
         return self._take(StopIteration)
 
     def __aiter__(self):
@@ -176,7 +177,7 @@ class Stream:
 
     async def __anext__(self):
         if not self._answers and self._state == _PENDING:
-            self._waiter = self._messenger._link_loop().create_future()
+            self._waiter = loop_of(self._requests.transport).create_future()
             try:
                 await asyncio.wait_for(self._waiter, self.timeout)
             except asyncio.TimeoutError:

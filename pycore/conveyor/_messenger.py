@@ -1,205 +1,41 @@
-"""The Messenger: moves messages between Senders and Receivers over MPI."""
+"""The Messenger: the intermediary that moves messages between Senders and Receivers.
+
+It composes the rooms below it and adds nothing of its own but the public
+API: the transport (posting and serving), the receivers and the Python half
+of dispatch, the requests this rank waits for, termination detection,
+asyncio, and the services built on messages (item stores and orders,
+tables, distributed arrays).
+"""
 
 import asyncio
 import atexit
-import collections
-import contextvars
-import functools
 import itertools
-import operator
-import os
 import sys
-import time
-import traceback
-import warnings
 import weakref
 
+from . import _asyncio, _quiescence
 from ._carriage import Address
-from ._errors import (
-    ConveyorError,
-    ConveyorWarning,
-    FrameError,
-    RemoteError,
-    TimeoutError,
-    UnknownTagError,
-)
+from ._checks import check_name, check_rank, check_tag, check_user_tag
 from ._chunks import ChunkLayer
+from ._config import engine_options, zero_copy_threshold as _zero_copy_threshold
 from ._darray import DriverScope, scatter
+from ._dispatch import COUNTERS, Dispatch, Receivers
+from ._errors import ConveyorError, TimeoutError
 from ._future import Future, Stream
-from ._loop import LoopLink
-from ._store import ItemService, Store, check_user_tag
-from ._table import TableService
+from ._message import Message, Receiver
 from ._native import comm_handle, core
+from ._requests import Requests
+from ._sender import Sender
+from ._store import FETCH, ORDER, ItemService, Store, Transfer
+from ._table import TableService
+from ._transport import Transport
 
 __all__ = ["Messenger", "Message", "Receiver", "Sender"]
 
 _MISSING = object()
 
-_CANCEL = "conveyor.cancel"  # a requester cancelled request `payload`
-
-# In an async handler's task (and the tasks it starts): the Messenger.
-_handler_of = contextvars.ContextVar("conveyor_handler_of", default=None)
-
-# How long one native wait may last before Python regains control (to notice
-# Ctrl-C and deadlines); an arriving message ends the wait at once.
-_WAIT_SLICE = 0.1
-
 # Tags whose Sender send() keeps (a program uses a few; a bound for those that do not).
 _MAX_CACHED_SENDERS = 256
-
-# The longest pause between two termination-detection waves that saw
-# messages in flight (an arriving message ends it early).
-_WAVE_PAUSE = 200e-6
-
-
-def _env_number(name, default, kind=int):
-    text = os.environ.get(name)
-    if text is None or text == "":
-        return default
-    try:
-        value = kind(text)
-    except ValueError:
-        raise ValueError(f"{name}={text!r} is not a valid {kind.__name__}") from None
-    if value < 0:
-        raise ValueError(f"{name} must be >= 0, not {value}")
-    return value
-
-
-class Message(core.MessageBase):
-    """A delivered message, as a receiver sees it.
-
-    Attributes
-    ----------
-    tag : str
-        The tag (receiver name) it was sent to.
-    payload : object
-        The decoded payload (with per-item delivery, one row of the batch).
-    source : int
-        The rank that sent it.
-    reply_to : Address or None
-        For a request, the address that answers it; None for a plain send.
-    """
-
-    # The fields live in the native base, which creates one per delivery; a
-    # weak reference lets the messenger find an open request to cancel it.
-    __slots__ = ("__weakref__",)
-
-    @property
-    def is_request(self):
-        """True if the sender waits for an answer."""
-        return self.reply_to is not None
-
-    @property
-    def cancelled(self):
-        """True once the requester cancelled this request: stop working on it."""
-        return self._cancelled
-
-    def reply(self, value=None, *, final=True):
-        """Answer the request with `value` (instead of the handler's return value).
-
-        With ``final=False`` more answers follow (say a quick one from a
-        cache, then a detailed one): the requester's `Messenger.request_stream`
-        gets each, a plain `Messenger.request` only the final one. Answers
-        to a cancelled request are dropped (and counted).
-        """
-        if self.reply_to is None:
-            raise ConveyorError(f"the message to {self.tag!r} is not a request: nothing to reply to")
-        if self._replied:
-            raise ConveyorError(f"the request to {self.tag!r} was already answered")
-        m = self._messenger
-        if self._cancelled:
-            m._counts["answers_cancelled"] += 1
-        else:
-            m.send(self.reply_to, value, final=final)  # a value that cannot travel raises
-        if final:
-            self._replied = True
-            m._forget_request(self)
-
-    def defer(self):
-        """Answer later: the handler's return value is not the answer.
-
-        Keep the message and call `reply` afterwards, or pass `reply_to` on:
-        whichever rank sends to that address answers the request.
-        """
-        if self.reply_to is None:
-            raise ConveyorError(f"the message to {self.tag!r} is not a request: nothing to defer")
-        self._deferred = True
-
-    def __repr__(self):
-        kind = "request" if self.is_request else "message"
-        return f"<conveyor.Message {kind} tag={self.tag!r} from rank {self.source}>"
-
-
-class Receiver:
-    """Base class of object receivers, registered by name with `Messenger.register`.
-
-    Override `receive`; its return value answers a request.
-    """
-
-    def receive(self, msg):
-        """Handle `msg` (a `Message`); return the answer if it is a request."""
-        raise NotImplementedError
-
-
-class Sender(core.SenderBase):
-    """Sends to one tag: single messages, or batches of rows routed in C++.
-
-    Obtain one with `Messenger.sender`. Its `send` goes straight to the
-    native core (no Python code runs per message); with aggregation on,
-    small messages to one rank travel together in one MPI message.
-
-    Attributes
-    ----------
-    tag : str
-        The tag this sender sends to.
-    aggregate : bool
-        Whether small messages are packed into batches.
-    """
-
-    __slots__ = ("_messenger",)
-
-    def __new__(cls, messenger, tag, aggregate):
-        self = super().__new__(
-            cls, messenger._engine, messenger._check_tag(tag), aggregate, messenger._relieve
-        )
-        self._messenger = messenger
-        return self
-
-    def send_many(self, dests, items):
-        """Send row ``items[i]`` to rank ``dests[i]``, for every i.
-
-        Rows are grouped by destination in C++ (one pass, order kept per
-        destination) and each rank receives one message whose payload is the
-        numpy array of its rows (zero-copy from the receive buffer when
-        large), or one handler call per row if its receiver asked for
-        ``per_item=True``. When every row goes to one rank, `items` itself is
-        sent, without a copy: as with any array sent, do not modify it until
-        the next `Messenger.wait_quiet`.
-
-        Parameters
-        ----------
-        dests : array_like of int
-            Destination rank of each row, shape ``(n,)``.
-        items : numpy.ndarray
-            ``n`` rows of any plain-data dtype (records included).
-        """
-        import numpy as np
-
-        dests = np.asarray(dests)
-        if dests.ndim != 1 or dests.dtype.kind not in "iu":
-            raise TypeError(
-                f"dests must be a 1-D integer array, not {dests.ndim}-D {dests.dtype}"
-            )
-        if not isinstance(items, np.ndarray):
-            raise TypeError(f"items must be a numpy array, not {type(items).__name__}")
-        routed, offsets = core.route(dests, items, self._messenger.size)
-        for rank in range(self._messenger.size):
-            lo, hi = int(offsets[rank]), int(offsets[rank + 1])
-            if hi > lo:
-                self.send(rank, routed[lo:hi])
-
-    def __repr__(self):
-        return f"<conveyor.Sender tag={self.tag!r} aggregate={self.aggregate}>"
 
 
 class Messenger:
@@ -209,7 +45,7 @@ class Messenger:
     user's own mpi4py traffic. Handlers run only inside its calls that wait
     (`Future.result`, `progress`, `wait_quiet`, `close`, a send slowed by
     back-pressure) on the calling thread, or in an asyncio event loop (see
-    `serve_forever`). A Messenger is used from one thread.
+    `attach`). A Messenger is used from one thread.
 
     Parameters
     ----------
@@ -241,59 +77,25 @@ class Messenger:
             comm = MPI.COMM_WORLD
         if not isinstance(comm, MPI.Intracomm):
             raise TypeError(f"comm must be an mpi4py.MPI.Intracomm, not {type(comm).__name__}")
-        if zero_copy_threshold is None:
-            zero_copy_threshold = _env_number("CONVEYOR_ZERO_COPY_THRESHOLD", 16384)
-        zero_copy_threshold = operator.index(zero_copy_threshold)
-        if zero_copy_threshold < 0:
-            raise ValueError("zero_copy_threshold must be >= 0")
-        options = core.EngineOptions()
-        options.max_frame_bytes = _env_number("CONVEYOR_MAX_FRAME_BYTES", options.max_frame_bytes)
-        options.piece_bytes = _env_number("CONVEYOR_PIECE_BYTES", options.piece_bytes)
-        options.spin_seconds = _env_number("CONVEYOR_SPIN_US", 50, float) * 1e-6
-        options.max_sleep_seconds = _env_number("CONVEYOR_MAX_SLEEP_US", 500, float) * 1e-6
-        options.batch_bytes = _env_number("CONVEYOR_BATCH_BYTES", options.batch_bytes)
-        options.flush_delay_seconds = _env_number("CONVEYOR_FLUSH_DELAY_US", 100, float) * 1e-6
-        options.background_max_sleep_seconds = (
-            _env_number("CONVEYOR_BACKGROUND_MAX_SLEEP_US", 32000, float) * 1e-6
-        )
-        options.window_bytes = _env_number("CONVEYOR_WINDOW_BYTES", options.window_bytes)
-        options.data_window_bytes = _env_number(
-            "CONVEYOR_DATA_WINDOW_BYTES", options.data_window_bytes
-        )
-        options.background = bool(_env_number("CONVEYOR_BACKGROUND", 1))
-        core.set_buffer_cache_limit(_env_number("CONVEYOR_BUFFER_CACHE_BYTES", 512 << 20))
-
+        threshold = _zero_copy_threshold(zero_copy_threshold)
+        options = engine_options()
         self._comm = comm.Dup()
-        self._engine = core.Engine(
-            comm_handle(self._comm), zero_copy_threshold, bool(pickle), options
-        )
-        self.rank = self._engine.rank
-        self.size = self._engine.size
+        engine = core.Engine(comm_handle(self._comm), threshold, bool(pickle), options)
+        self.rank = engine.rank
+        self.size = engine.size
         self.aggregate = bool(aggregate)
         self.pickle = bool(pickle)
-        self._receivers = {}  # tag -> (handler, per_item), read by the native dispatcher
+        self._transport = transport = Transport(engine, self.aggregate)
+        self._receivers = receivers = Receivers()
+        self._requests = requests = Requests(transport)
+        self._dispatch = Dispatch(self.rank, transport, receivers, requests)
+        transport.hooks = self._dispatch.hooks(receivers, Message)
         self._senders = {}  # tag -> Sender, behind send(rank, tag, payload)
-        self._futures = {}
-        self._next_ref = 1
-        self._closed = False
-        self._counts = collections.Counter()
-        self._unknown_tags = collections.Counter()
-        self._link = None  # LoopLink while served from an asyncio event loop
-        self._tasks = set()  # async handlers running
-        # Requests this rank is answering, by (source, ref), where a cancel
-        # finds them: those whose handler runs, and those left open after it
-        # returned (deferred, streaming), held weakly: a deferred request
-        # whose reply_to was passed on is forgotten with its message.
-        self._answering = {}
-        self._open_requests = weakref.WeakValueDictionary()
-        self._hooks = (self, self._receivers, Message, self._dispatch, self._returned, self._failed,
-                       self._finish_request, self._futures, self._answering, self.aggregate)
+        # The services built on messages, each behind reserved receivers.
         self.store = Store()
-        self._add_receiver(_CANCEL, self._on_cancel, False)
-        ItemService(self)
-        self._tables = TableService(self)
-        self._chunks = ChunkLayer(self, next(_serials))
-        self._collective_comm = None  # for from_local, made on first use
+        ItemService(self, receivers)
+        self._tables = TableService(self, receivers, requests)
+        self._chunks = ChunkLayer(self, transport, receivers, next(_serials))
         _open_messengers.add(self)
         if abort_on_error and MPI.COMM_WORLD.Get_size() > 1:
             _install_abort_hook()
@@ -304,6 +106,11 @@ class Messenger:
     def comm(self):
         """The messenger's own duplicate communicator (do not send on it)."""
         return self._comm
+
+    @property
+    def closed(self):
+        """True once `close` (or `aclose`) was called, or a block it managed raised."""
+        return self._transport.closed
 
     def __enter__(self):
         return self
@@ -328,50 +135,44 @@ class Messenger:
 
     def close(self):
         """Wait until no message is in flight (collective), then release MPI resources."""
-        if self._closed:
+        if self.closed:
             return
-        if self._tasks:
+        if self._dispatch.tasks:
             raise ConveyorError(
-                f"{len(self._tasks)} async handlers are still running: use 'await m.aclose()'"
+                f"{len(self._dispatch.tasks)} async handlers are still running: use 'await m.aclose()'"
             )
         try:
             self.wait_quiet()
-            self._engine.flush_sends(-1.0)
+            self._transport.engine.flush_sends(-1.0)
         finally:
-            self._abandon()
-            self._comm.Free()
-            if self._collective_comm is not None:
-                self._collective_comm.Free()
+            self._release()
+
+    async def aclose(self):
+        """The asyncio `close`: await `aquiet`, then release MPI resources."""
+        if self.closed:
+            return
+        try:
+            await self.aquiet()
+            self._transport.engine.flush_sends(-1.0)
+        finally:
+            self._release()
+
+    def _release(self):
+        self._abandon()
+        self._chunks.free_communicator()
+        self._comm.Free()
 
     def _abandon(self):
-        self._closed = True
+        # Stops everything without a collective call (an error path may have
+        # left the other ranks elsewhere).
+        self._transport.closed = True
         self._chunks.close()
         _open_messengers.discard(self)
-        if self._link is not None:
-            self._link.close()
-            self._link = None
-        self._engine.close()  # stops the background thread before MPI goes away
-        for waiter in self._futures.values():
-            waiter._fail(ConveyorError("the messenger was closed before the answer came"))
-        self._futures.clear()
-
-    def _check_open(self):
-        if self._closed:
-            raise ConveyorError("this Messenger is closed")
+        _asyncio.detach(self._transport)
+        self._transport.engine.close()  # stops the background thread before MPI goes away
+        self._requests.fail_all("the messenger was closed before the answer came")
 
     # -- receivers -----------------------------------------------------------
-
-    def _check_tag(self, tag):
-        if not isinstance(tag, str):
-            raise TypeError(f"a tag must be a str, not {type(tag).__name__}")
-        if not tag:
-            raise ValueError("a tag must not be empty")
-        return tag
-
-    def _check_user_tag(self, tag):
-        self._check_tag(tag)
-        check_user_tag(tag)
-        return tag
 
     def on(self, tag, *, per_item=False):
         """Register the decorated function as the receiver of `tag`.
@@ -379,7 +180,7 @@ class Messenger:
         The function is called with a `Message`; for a request, its return
         value is the answer (unless it called ``msg.reply`` or ``msg.defer``).
         An ``async def`` function runs as a task of the event loop the
-        messenger serves (see `serve_forever`).
+        messenger serves (see `attach`).
 
         Parameters
         ----------
@@ -391,12 +192,10 @@ class Messenger:
             item, with the item as ``msg.payload``, instead of once with the
             whole batch.
         """
-        self._check_user_tag(tag)
+        check_user_tag(tag)
 
         def decorate(fn):
-            if not callable(fn):
-                raise TypeError(f"a receiver must be callable, not {type(fn).__name__}")
-            self._add_receiver(tag, fn, per_item)
+            self._receivers.add_user(tag, fn, per_item)
             return fn
 
         return decorate
@@ -406,60 +205,59 @@ class Messenger:
 
         `per_item` is as for `on`.
         """
-        self._check_user_tag(name)
-        if not callable(getattr(receiver, "receive", None)):
+        check_user_tag(name)
+        receive = getattr(receiver, "receive", None)
+        if not callable(receive):
             raise TypeError(
                 f"a receiver must have a receive(msg) method; {type(receiver).__name__} has none"
             )
-        self._add_receiver(name, receiver.receive, per_item)
+        self._receivers.add_user(name, receive, per_item)
 
     def unregister(self, name):
         """Remove the receiver of `name`; later messages to it are unknown-tag errors."""
-        self._check_user_tag(name)
-        try:
-            del self._receivers[name]
-        except KeyError:
-            raise KeyError(f"no receiver is registered under {name!r}") from None
-
-    def _add_receiver(self, name, handler, per_item):
-        if name in self._receivers:
-            raise ValueError(f"a receiver is already registered under {name!r}")
-        self._receivers[name] = (handler, bool(per_item))
+        self._receivers.remove_user(name)
 
     # -- sending -------------------------------------------------------------
-
-    def _check_rank(self, dest):
-        try:
-            dest = operator.index(dest)
-        except TypeError:
-            raise TypeError(f"a destination rank must be an int, not {type(dest).__name__}") from None
-        if not 0 <= dest < self.size:
-            raise ValueError(f"destination rank {dest} is out of range 0..{self.size - 1}")
-        return dest
 
     def _target(self, verb, dest, tag, payload):
         # Both call forms, (dest, tag[, payload]) and (address, payload), as
         # (rank, receiver name, reply ref or None, payload).
-        self._check_open()
+        self._transport.check_open()
         if isinstance(dest, Address):
             if payload is not _MISSING:
                 raise TypeError(f"{verb}(address, payload) takes no tag: the address names the receiver")
-            return self._check_rank(dest.rank), dest.name, dest.ref, tag
-        return self._check_rank(dest), tag, None, None if payload is _MISSING else payload
-
-    def _post(self, rank, kind, ref, tag, payload):
-        if self._engine.send(rank, kind, ref, tag, payload, self.aggregate):
-            self._relieve(rank)
+            return check_rank(dest.rank, self.size, "destination rank"), dest.name, dest.ref, tag
+        dest = check_rank(dest, self.size, "destination rank")
+        return dest, tag, None, None if payload is _MISSING else payload
 
     def send(self, dest, tag, payload=_MISSING, *, final=True):
-        """send(dest, tag, payload=None)
+        """send(dest, tag, payload=None, *, final=True)
 
         Send `payload` to the receiver of `tag` on rank `dest`, without waiting.
 
         With an `Address` instead of `dest` and `tag`, send to that address:
         ``send(address, payload)``; if it is a request's ``reply_to``, this
-        answers that request, from any rank. ``final=False`` makes it one
-        answer of several (see `request_stream`).
+        answers that request, from any rank.
+
+        Parameters
+        ----------
+        dest : int or Address
+            The destination rank, or an address (then `tag` is the payload).
+        tag : str
+            The receiver's tag on `dest`.
+        payload : object, optional
+            What to send; None by default. It must be carriageable (or
+            picklable, with ``pickle=True``).
+        final : bool, default True
+            ``False`` makes it one answer of several to the request whose
+            ``reply_to`` `dest` is (see `request_stream`).
+
+        Raises
+        ------
+        conveyor.CarriageError
+            If `payload` cannot travel.
+        ValueError
+            If `dest` is not a rank of the job.
         """
         if type(dest) is int and type(tag) is str and final:
             # The common case goes through a Sender of the tag: its native
@@ -469,14 +267,15 @@ class Messenger:
                 sender.send(dest, None if payload is _MISSING else payload)
                 return
         rank, name, ref, payload = self._target("send", dest, tag, payload)
+        post = self._transport.post
         if ref is not None:
-            self._post(rank, core.KIND_REPLY if final else core.KIND_ANSWER, ref, name, payload)
+            post(rank, core.KIND_REPLY if final else core.KIND_ANSWER, ref, name, payload)
         elif not final:
             raise ValueError("final=False answers a request: send it to the request's reply_to")
         else:
-            self._post(rank, core.KIND_SEND, 0, self._check_tag(name), payload)
+            post(rank, core.KIND_SEND, 0, check_tag(name), payload)
             if len(self._senders) < _MAX_CACHED_SENDERS:
-                self._senders[name] = Sender(self, name, self.aggregate)
+                self._senders[name] = Sender(self._transport, name, self.aggregate, self.size)
 
     def request(self, dest, tag, payload=_MISSING):
         """request(dest, tag, payload=None)
@@ -485,9 +284,24 @@ class Messenger:
 
         With an `Address` instead of `dest` and `tag`, send the request to
         that address: ``request(address, payload)``.
+
+        Parameters
+        ----------
+        dest : int or Address
+            The destination rank, or an address (then `tag` is the payload).
+        tag : str
+            The receiver's tag on `dest`.
+        payload : object, optional
+            What to send; None by default.
+
+        Returns
+        -------
+        Future
+            Resolves to the receiver's answer, or fails with `RemoteError`.
         """
         dest, tag, _, payload = self._target("request", dest, tag, payload)
-        return self._open(dest, tag, payload, lambda ref: Future(self, dest, ref))
+        requests = self._requests
+        return requests.open(dest, check_tag(tag), payload, lambda ref: Future(requests, dest, ref))
 
     def request_stream(self, dest, tag, payload=_MISSING, *, timeout=None):
         """request_stream(dest, tag, payload=None, *, timeout=None)
@@ -498,67 +312,87 @@ class Messenger:
 
         Parameters
         ----------
+        dest : int or Address
+            The destination rank, or an address (then `tag` is the payload).
+        tag : str
+            The receiver's tag on `dest`.
+        payload : object, optional
+            What to send; None by default.
         timeout : float, optional
             Seconds to wait for each answer (`TimeoutError`); no limit by default.
+
+        Returns
+        -------
+        Stream
+            The answers, in order.
         """
         dest, tag, _, payload = self._target("request_stream", dest, tag, payload)
-        return self._open(dest, tag, payload, lambda ref: Stream(self, dest, ref, timeout))
+        requests = self._requests
+        return requests.open(dest, check_tag(tag), payload,
+                             lambda ref: Stream(requests, dest, ref, timeout))
 
-    def _open(self, dest, tag, payload, make_waiter):
-        # Sends a request whose answers go to the waiter (Future or Stream).
-        self._check_tag(tag)
-        ref = self._next_ref
-        waiter = make_waiter(ref)
-        self._next_ref += 1
-        self._futures[ref] = waiter
-        try:
-            self._post(dest, core.KIND_REQUEST, ref, tag, payload)
-        except BaseException:
-            del self._futures[ref]
-            raise
-        return waiter
+    def sender(self, tag, *, aggregate=None):
+        """Return a `Sender` for `tag`.
 
-    def _cancel(self, waiter):
-        # Cancels logically: the answers still to come will be dropped, and
-        # the worker is told so that its handler can stop (msg.cancelled).
-        if self._futures.pop(waiter._ref, None) is not None and not self._closed:
-            self._post(waiter._dest, core.KIND_SEND, 0, _CANCEL, waiter._ref)
+        Parameters
+        ----------
+        tag : str
+            The receiver name its messages go to.
+        aggregate : bool, optional
+            Pack its small messages into batches; the Messenger's setting by
+            default.
+        """
+        self._transport.check_open()
+        aggregate = self.aggregate if aggregate is None else bool(aggregate)
+        return Sender(self._transport, tag, aggregate, self.size)
 
-    def _on_cancel(self, msg):
-        key = (msg.source, msg.payload)
-        request = self._answering.get(key) or self._open_requests.pop(key, None)
-        if request is not None:
-            request._cancelled = True
-            self._counts["requests_cancelled"] += 1
+    def flush(self):
+        """Send the small messages waiting in batches now, without waiting for anything."""
+        self._transport.check_open()
+        self._transport.engine.flush()
 
-    # -- items ---------------------------------------------------------------
+    # -- items, tables and arrays ----------------------------------------------
 
     def fetch(self, rank, name):
         """Return a `Future` for a copy of item `name` of rank `rank`'s store.
 
         It fails with `RemoteError` (remote type ``KeyError``) if that store
         has no such item.
-        """
-        from ._store import FETCH, check_name
 
+        Parameters
+        ----------
+        rank : int
+            The rank whose store holds the item.
+        name : str
+            The item's name.
+        """
         return self.request(rank, FETCH, check_name(name))
 
     def order(self, rank, order):
         """Order rank `rank` to carry out `order` (a `Transfer`, `Copy` or `Move`).
 
         The item goes from `rank` straight to the destinations (large arrays
-        without copies), never through this rank. Returns a `Future` that
-        resolves, once every destination holds the item, to ``{"name",
-        "to", "bytes"}``; it fails with `RemoteError` if `rank` has no such
-        item (remote type ``KeyError``) or a destination refused it (say
-        ``StoreFullError``).
-        """
-        from ._store import ORDER, Transfer
+        without copies), never through this rank.
 
+        Parameters
+        ----------
+        rank : int
+            The rank whose store holds the item.
+        order : Transfer
+            What to send where.
+
+        Returns
+        -------
+        Future
+            Resolves, once every destination holds the item, to ``{"name",
+            "to", "bytes"}``; fails with `RemoteError` if `rank` has no such
+            item (remote type ``KeyError``) or a destination refused it (say
+            ``StoreFullError``).
+        """
         if not isinstance(order, Transfer):
             raise TypeError(f"an order must be a Transfer, Copy or Move, not {type(order).__name__}")
         for dest in order.to + ([order.then[0]] if order.then else []):
-            self._check_rank(dest)
+            check_rank(dest, self.size, "destination rank")
         return self.request(rank, ORDER, order._as_payload())
 
     def table(self, name):
@@ -568,8 +402,6 @@ class Messenger:
         any time: there is nothing to create collectively.
         """
         return self._tables.table(name)
-
-    # -- distributed arrays ----------------------------------------------------
 
     def array(self, a, chunks=None, ranks=None):
         """Return a `DistArray` of numpy array `a`, split by rows into chunks.
@@ -585,7 +417,7 @@ class Messenger:
         ranks : sequence of int, optional
             The rank of each chunk; chunk i goes to rank ``i % size`` by default.
         """
-        self._check_open()
+        self._transport.check_open()
         return scatter(self._chunks, a, chunks, ranks)
 
     def driver(self, root=0):
@@ -596,8 +428,8 @@ class Messenger:
         root's requests until it leaves its block: as mpi4py's
         ``MPICommExecutor``. Collective.
         """
-        self._check_open()
-        return DriverScope(self, root)
+        self._transport.check_open()
+        return DriverScope(self, self._chunks, root)
 
     def chunk_stats(self):
         """Return what this rank holds of distributed objects.
@@ -612,69 +444,24 @@ class Messenger:
         """
         return self._chunks.table.stats()
 
-    def _collectives(self):
-        # A communicator of its own for the collective calls of from_local,
-        # which must not cross the engine's termination waves.
-        if self._collective_comm is None:
-            self._collective_comm = self._comm.Dup()
-        return self._collective_comm
-
-    def sender(self, tag, *, aggregate=None):
-        """Return a `Sender` for `tag`.
-
-        Parameters
-        ----------
-        tag : str
-            The receiver name its messages go to.
-        aggregate : bool, optional
-            Pack its small messages into batches; the Messenger's setting by
-            default.
-        """
-        self._check_open()
-        return Sender(self, tag, self.aggregate if aggregate is None else bool(aggregate))
-
-    def flush(self):
-        """Send the small messages waiting in batches now, without waiting for anything."""
-        self._check_open()
-        self._engine.flush()
-
-    def _relieve(self, dest):
-        # Back-pressure: `dest` has not consumed what we sent. Serve incoming
-        # messages until it takes more. A handler never waits here (its sends
-        # queue instead), so nested handlers cannot pile up on the stack.
-        if self._engine.handling or self._link is not None:
-            return  # nor does an event loop: it would stall every other task
-        while self._engine.congested(dest):
-            self._check_open()
-            self._engine.serve(_WAIT_SLICE, dest, self._hooks)
-
-    # -- progress ------------------------------------------------------------
+    # -- progress and quiescence -----------------------------------------------
 
     def progress(self, timeout=0.0):
         """Handle the messages that have arrived; wait up to `timeout` s for the first.
 
         Also sends the batches waiting to leave this rank.
 
+        Parameters
+        ----------
+        timeout : float, default 0.0
+            Seconds to wait if nothing has arrived.
+
         Returns
         -------
         int
             The number of messages handled.
         """
-        self._check_open()
-        return self._engine.serve(timeout, -1, self._hooks)
-
-    def _wait_for(self, waiter, timeout):
-        # Serves messages until the Future or Stream has something for its caller.
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not waiter._ready():
-            self._check_open()
-            wait = _WAIT_SLICE
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError(f"no answer within {timeout} s")
-                wait = min(wait, left)
-            self._engine.serve(wait, -1, self._hooks)
+        return self._transport.serve(timeout)
 
     def wait_quiet(self):
         """Return, on every rank, once no message is in flight and no handler runs.
@@ -682,28 +469,7 @@ class Messenger:
         Collective: every rank of the messenger must call it. Messages keep
         being handled meanwhile, so cascades of any depth finish first.
         """
-        self._check_open()
-        if self._engine.handling:
-            raise ConveyorError("wait_quiet() is collective and cannot be called from a handler")
-        # Mattern's four-counter method: quiet once the messages handled by
-        # the latest wave equal those sent by the wave before it. Handled
-        # counts only rise after a handler returns (after its own sends).
-        sent_before = None
-        while True:
-            self.progress()
-            self._join_wave()
-            totals = self._engine.wave_done()
-            while totals is None:
-                self._engine.serve(_WAIT_SLICE, -1, self._hooks)
-                totals = self._engine.wave_done()
-            sent, handled = totals
-            if handled == sent_before == sent:
-                return
-            if handled != sent:
-                # Messages are in flight: let one arrive before the next wave
-                # rather than spinning through waves (a wave may end at once).
-                self.progress(_WAVE_PAUSE)
-            sent_before = sent
+        _quiescence.wait_quiet(self._transport)
 
     # -- asyncio -------------------------------------------------------------
 
@@ -720,19 +486,11 @@ class Messenger:
         loop : asyncio.AbstractEventLoop, optional
             The running loop by default.
         """
-        self._check_open()
-        loop = loop or asyncio.get_running_loop()
-        if self._link is not None:
-            if self._link.loop is loop:
-                return
-            raise ConveyorError("this Messenger is already served by another event loop")
-        self._link = LoopLink(self, loop)
+        _asyncio.attach(self._transport, loop)
 
     def detach(self):
         """Stop serving from the event loop; messages are handled in waits again."""
-        if self._link is not None:
-            self._link.close()
-            self._link = None
+        _asyncio.detach(self._transport)
 
     async def arequest(self, dest, tag, payload=_MISSING, *, timeout=None):
         """arequest(dest, tag, payload=None, *, timeout=None)
@@ -740,6 +498,17 @@ class Messenger:
         Send a request and await its answer (the asyncio `request`; a
         `Future` can be awaited too). If the awaiting task is cancelled or
         the timeout runs out, the request is cancelled (see `Future.cancel`).
+
+        Parameters
+        ----------
+        dest : int or Address
+            The destination rank, or an address (then `tag` is the payload).
+        tag : str
+            The receiver's tag on `dest`.
+        payload : object, optional
+            What to send; None by default.
+        timeout : float, optional
+            Seconds to wait; no limit by default.
 
         Raises
         ------
@@ -750,27 +519,9 @@ class Messenger:
         """
         future = self.request(dest, tag, payload)
         try:
-            return await asyncio.wait_for(self._await_future(future), timeout)
+            return await asyncio.wait_for(_asyncio.wait_answer(self._transport, future), timeout)
         except asyncio.TimeoutError:
             raise TimeoutError(f"no answer within {timeout} s") from None
-
-    def _link_loop(self):
-        self.attach()
-        self._engine.flush()  # the caller waits now: do not keep its requests in a batch
-        return self._link.loop
-
-    async def _await_future(self, future):
-        if not future.done():
-            waiter = self._link_loop().create_future()
-            future.add_done_callback(lambda done: waiter.done() or waiter.set_result(None))
-            try:
-                await waiter
-            except asyncio.CancelledError:
-                # Given up (the task was cancelled, or a timeout ran out):
-                # so is the request, as with any awaitable asyncio cancels.
-                future.cancel()
-                raise
-        return future.result()
 
     async def aquiet(self):
         """Await, on every rank, the moment no message is in flight and no handler runs.
@@ -780,236 +531,24 @@ class Messenger:
         wait until this one awaits `aquiet` (or `wait_quiet`) again, which
         takes up where it stopped.
         """
-        self.attach()
-        if self._engine.handling or _handler_of.get() is self:
-            # A handler counts as running until it returns: quiet would never come.
-            raise ConveyorError("aquiet() is collective and cannot be awaited in a handler")
-        link = self._link
-        sent_before = None
-        while True:
-            self._engine.serve(0.0, -1, self._hooks)
-            self._join_wave()
-            totals = self._engine.wave_done()
-            if totals is None:
-                link.wave = link.loop.create_future()
-                try:
-                    totals = await link.wave
-                finally:
-                    link.wave = None
-            sent, handled = totals
-            if handled == sent_before == sent:
-                return
-            if handled != sent:
-                await asyncio.sleep(_WAVE_PAUSE)
-            sent_before = sent
-
-    async def aclose(self):
-        """The asyncio `close`: await `aquiet`, then release MPI resources."""
-        if self._closed:
-            return
-        try:
-            await self.aquiet()
-            self._engine.flush_sends(-1.0)
-        finally:
-            self._abandon()
-            self._comm.Free()
-            if self._collective_comm is not None:
-                self._collective_comm.Free()
-
-    def _spawn(self, msg, coro):
-        # An async handler's coroutine runs as a task; its message counts as
-        # handled (for termination detection) only once the task ends.
-        if self._link is None:
-            coro.close()
-            raise ConveyorError(
-                f"the receiver of {msg.tag!r} is async: serve the Messenger from an event "
-                "loop (Messenger.attach, or async with Messenger())"
-            )
-        task = self._link.loop.create_task(self._run_handler(coro))
-        self._engine.defer_handled()
-        self._tasks.add(task)
-        task.add_done_callback(functools.partial(self._task_done, msg))
-
-    async def _run_handler(self, coro):
-        # Marks the task's context (inherited by the tasks it starts) as a
-        # handler of this messenger's, for aquiet() to refuse.
-        _handler_of.set(self)
-        return await coro
-
-    def _task_done(self, msg, task):
-        self._tasks.discard(task)
-        try:
-            exc = ConveyorError("the handler's task was cancelled") if task.cancelled() else task.exception()
-            if msg.is_request and not (msg._replied or msg._deferred):
-                if exc is None:
-                    try:
-                        msg.reply(task.result())
-                        return
-                    except Exception as answer_error:  # the answer cannot travel
-                        exc = answer_error
-                self._counts["handler_errors"] += 1
-                text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-                self._answer_error(msg, exc, text)
-            elif exc is not None:
-                self._failed(msg, exc)
-        finally:
-            self._engine.mark_handled(1)
-
-    def _join_wave(self):
-        # Starts a wave, unless one is in flight already: an aquiet() that
-        # was cancelled left it so, and the other ranks take part in it.
-        if not self._engine.wave_active:
-            self._engine.start_wave()
-
-    # -- delivery ------------------------------------------------------------
-    # The native dispatcher calls a plain send's receiver itself; it hands
-    # everything else to _dispatch, and reports to _returned and _failed.
-
-    def _dispatch(self, item):
-        kind, source, ref, tag, payload, error = item
-        try:
-            if kind == core.KIND_SEND or kind == core.KIND_REQUEST:
-                self._refuse_delivery(kind == core.KIND_REQUEST, source, ref, tag, error)
-            elif kind in (core.KIND_REPLY, core.KIND_ANSWER, core.KIND_ERROR):
-                self._answer(kind, source, ref, payload, error)
-            else:  # counted by the engine as frames_malformed
-                warnings.warn(
-                    f"rank {self.rank}: dropped a malformed frame from rank {source}: {error}",
-                    ConveyorWarning,
-                    stacklevel=2,
-                )
-        finally:
-            self._engine.mark_handled()
-
-    def _refuse_delivery(self, is_request, source, ref, tag, error):
-        # A message the native dispatcher could not deliver: its payload
-        # could not be read, or no receiver has its tag.
-        if error is not None:
-            self._counts["payloads_undecodable"] += 1
-            self._refuse(is_request, source, ref, FrameError(f"payload to {tag!r}: {error}"))
-            return
-        self._counts["unknown_tag"] += 1
-        self._unknown_tags[tag] += 1
-        self._refuse(
-            is_request,
-            source,
-            ref,
-            UnknownTagError(self.rank, "UnknownTagError", f"no receiver for tag {tag!r}"),
-            warn_once=self._unknown_tags[tag] == 1,
-        )
-
-    def _finish_request(self, msg, result, exc):
-        # The native dispatcher ran the handler of request `msg`, which
-        # raised (`exc`), or whose result needs more than a plain reply: it
-        # replied or deferred itself, was cancelled, is a coroutine, or
-        # cannot travel.
-        if exc is None:
-            try:
-                if asyncio.iscoroutine(result):
-                    self._spawn(msg, result)
-                elif not (msg._replied or msg._deferred):
-                    msg.reply(result)
-            except Exception as error:
-                exc = error
-        if exc is not None:
-            if msg._replied:
-                self._failed(msg, exc)
-            else:
-                self._counts["handler_errors"] += 1
-                text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-                self._answer_error(msg, exc, text)
-        if not msg._replied:
-            self._open_requests[(msg.source, msg.reply_to.ref)] = msg
-
-    def _forget_request(self, msg):
-        # Its final answer is sent: a cancel has nothing to find any more.
-        key = (msg.source, msg.reply_to.ref)
-        if key not in self._answering:  # else its handler's return forgets it
-            self._open_requests.pop(key, None)
-
-    def _returned(self, msg, result):
-        # What a plain send's receiver returned: nobody waits for it, but a
-        # coroutine (an async handler's) must run.
-        if asyncio.iscoroutine(result):
-            try:
-                self._spawn(msg, result)
-            except ConveyorError as exc:
-                self._failed(msg, exc)
-
-    def _failed(self, msg, exc):
-        self._counts["handler_errors"] += 1
-        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        print(
-            f"conveyor: rank {self.rank}: the receiver of {msg.tag!r} raised "
-            f"(message from rank {msg.source}):\n{text}",
-            file=sys.stderr,
-            end="",
-            flush=True,
-        )
-
-    def _refuse(self, is_request, source, ref, exc, warn_once=True):
-        if is_request:
-            self._send_error(source, ref, exc, "")
-        elif warn_once:
-            warnings.warn(f"rank {self.rank}: dropped a message: {exc}", ConveyorWarning, stacklevel=3)
-
-    def _send_error(self, dest, ref, exc, text):
-        kind = "unknown_tag" if isinstance(exc, UnknownTagError) else "error"
-        if isinstance(exc, RemoteError) and not isinstance(exc, UnknownTagError):
-            # Passed on from another rank: report the original error.
-            kind_type, message = exc.remote_type, f"rank {exc.rank}: {exc.remote_message}"
-            text = exc.remote_traceback
-        else:
-            kind_type = type(exc).__qualname__
-            message = exc.remote_message if isinstance(exc, RemoteError) else str(exc)
-        report = {"kind": kind, "type": kind_type, "message": message, "traceback": text}
-        self._post(dest, core.KIND_ERROR, ref, "", report)
-
-    def _answer_error(self, msg, exc, text=""):
-        # Fails the request `msg` (final): its requester gets a RemoteError.
-        msg._replied = True
-        self._forget_request(msg)
-        if msg._cancelled:
-            self._counts["answers_cancelled"] += 1
-        else:
-            self._send_error(msg.reply_to.rank, msg.reply_to.ref, exc, text)
-
-    def _answer(self, kind, source, ref, payload, error):
-        waiter = self._futures.get(ref)
-        if waiter is None:
-            self._counts["late_answers"] += 1  # after a cancel or a closed messenger
-            return
-        if error is not None:
-            del self._futures[ref]
-            waiter._fail(FrameError(f"the answer from rank {source}: {error}"))
-        elif kind == core.KIND_ANSWER:
-            waiter._answer(payload, final=False)
-        elif kind == core.KIND_REPLY:
-            del self._futures[ref]
-            waiter._answer(payload, final=True)
-        else:
-            del self._futures[ref]
-            cls = UnknownTagError if payload.get("kind") == "unknown_tag" else RemoteError
-            waiter._fail(
-                cls(source, payload.get("type", "?"), payload.get("message", ""), payload.get("traceback", ""))
-            )
+        await _quiescence.aquiet(self._transport)
 
     # -- introspection -------------------------------------------------------
 
     def stats(self):
         """Return the counters of this rank: messages, frames, batches, bytes, drops, errors."""
-        stats = dict(self._engine.stats()) if not self._closed else {}
-        for key in ("unknown_tag", "payloads_undecodable", "handler_errors", "late_answers",
-                    "requests_cancelled", "answers_cancelled"):
-            stats[key] = self._counts[key]
-        stats["pending_requests"] = len(self._futures)
-        stats["open_requests"] = len(self._answering) + len(self._open_requests)
+        stats = dict(self._transport.engine.stats()) if not self.closed else {}
+        counts = self._dispatch.counts
+        for key in COUNTERS:
+            stats[key] = counts[key]
+        stats["pending_requests"] = len(self._requests)
+        stats["open_requests"] = self._dispatch.open_requests()
         stats["store_items"] = len(self.store)
         stats["store_bytes"] = self.store.nbytes
         return stats
 
     def __repr__(self):
-        state = "closed" if self._closed else "open"
+        state = "closed" if self.closed else "open"
         return f"<conveyor.Messenger rank {self.rank} of {self.size}, {state}>"
 
 
@@ -1024,7 +563,7 @@ _serials = itertools.count(1)
 @atexit.register
 def _stop_background_threads():
     for messenger in list(_open_messengers):
-        messenger._engine.close()
+        messenger._transport.engine.close()
 
 
 _abort_hook_installed = False

@@ -11,12 +11,12 @@ import collections.abc
 import operator
 
 from ._carriage import CarriageableItem
+from ._checks import check_name, check_rank
 from ._errors import StoreFullError
 
 __all__ = ["Store", "Transfer", "Copy", "Move"]
 
-# The receivers of the item service; user tags may not start with this.
-RESERVED_PREFIX = "conveyor."
+# The reserved receivers of the item service.
 FETCH = "conveyor.fetch"
 PUT = "conveyor.put"
 ORDER = "conveyor.order"
@@ -39,14 +39,6 @@ def item_bytes(item):
     if isinstance(item, CarriageableItem):
         return item.required_bytes() + sum(item_bytes(a) for a in item.out_of_band())
     return 8
-
-
-def check_name(name, what="an item name"):
-    if not isinstance(name, str):
-        raise TypeError(f"{what} must be a str, not {type(name).__name__}")
-    if not name:
-        raise ValueError(f"{what} must not be empty")
-    return name
 
 
 class Store(collections.abc.MutableMapping):
@@ -166,14 +158,14 @@ class Transfer:
         ranks = [to] if not isinstance(to, (list, tuple, range)) else list(to)
         if not ranks:
             raise ValueError("an order needs at least one destination rank")
-        self.to = [_rank(r) for r in ranks]
+        self.to = [check_rank(r) for r in ranks]
         self.as_name = check_name(as_name) if as_name is not None else self.name
         if then is not None:
             if not (isinstance(then, tuple) and len(then) == 3 and isinstance(then[1], str)):
                 raise TypeError("then must be a (rank, tag, payload) tuple")
             if not then[1]:
                 raise ValueError("the tag of a follow-up message must not be empty")
-            then = (_rank(then[0]), then[1], then[2])
+            then = (check_rank(then[0]), then[1], then[2])
         self.then = then
 
     def _as_payload(self):
@@ -194,21 +186,14 @@ class Move(Transfer):
     move = True
 
 
-def _rank(value):
-    try:
-        return operator.index(value)
-    except TypeError:
-        raise TypeError(f"a rank must be an int, not {type(value).__name__}") from None
-
-
 class ItemService:
     """The receivers behind fetch and orders, on every rank."""
 
-    def __init__(self, messenger):
+    def __init__(self, messenger, receivers):
         self._m = messenger
-        messenger._add_receiver(FETCH, self._fetch, False)
-        messenger._add_receiver(PUT, self._put, False)
-        messenger._add_receiver(ORDER, self._order, False)
+        receivers.add(FETCH, self._fetch)
+        receivers.add(PUT, self._put)
+        receivers.add(ORDER, self._order)
 
     def _fetch(self, msg):
         return self._m.store[msg.payload]
@@ -242,7 +227,7 @@ class ItemService:
         if msg.cancelled:
             return
         if failures:
-            m._answer_error(msg, failures[0])
+            msg.fail(failures[0])
             return
         # A move onto itself under the same name keeps what the put stored.
         kept = m.rank in order["to"] and order["as"] == order["name"]
@@ -253,12 +238,6 @@ class ItemService:
                 rank, tag, payload = order["then"]
                 m.send(rank, tag, payload)
         except Exception as exc:  # a follow-up that cannot go fails the order, never hangs it
-            m._answer_error(msg, exc)
+            msg.fail(exc)
             return
         msg.reply({"name": order["as"], "to": order["to"], "bytes": acks[0].result()})
-
-
-def check_user_tag(tag):
-    if tag.startswith(RESERVED_PREFIX):
-        raise ValueError(f"tags starting with {RESERVED_PREFIX!r} are reserved for conveyor")
-

@@ -13,7 +13,7 @@ import hashlib
 import numbers
 
 from ._future import Future
-from ._store import check_name
+from ._checks import check_name
 
 __all__ = ["Table"]
 
@@ -178,9 +178,11 @@ class Table:
         task that awaits it) removes the wait from the home rank.
         """
         m, home, data = self._home(key)
-        m._check_open()
-        return m._open(
-            home, WAIT, (self.name, data), lambda ref: _Wait(m, home, ref, (self.name, data, ref))
+        requests = self._service.requests
+        requests.transport.check_open()
+        return requests.open(
+            home, WAIT, (self.name, data),
+            lambda ref: _Wait(requests, home, ref, m, (self.name, data, ref)),
         )
 
     def delete(self, key):
@@ -224,16 +226,17 @@ class Table:
 class _Wait(Future):
     # The future of a wait: cancelling it also removes the waiter at the home.
 
-    __slots__ = ("_unwait",)
+    __slots__ = ("_messenger", "_unwait")
 
-    def __init__(self, messenger, dest, ref, unwait):
-        super().__init__(messenger, dest, ref)
+    def __init__(self, requests, dest, ref, messenger, unwait):
+        super().__init__(requests, dest, ref)
+        self._messenger = messenger
         self._unwait = unwait
 
     def cancel(self):
         if not super().cancel():
             return False
-        if not self._messenger._closed:
+        if not self._messenger.closed:
             self._messenger.send(self._dest, UNWAIT, self._unwait)
         return True
 
@@ -252,15 +255,16 @@ class _Shard:
 class TableService:
     """The receivers behind tables, on every rank, and the tables made here."""
 
-    def __init__(self, messenger):
+    def __init__(self, messenger, receivers, requests):
         self._m = messenger
+        self.requests = requests
         self._tables = {}
         self._shards = {}
-        messenger._add_receiver(PUT, self._put, False)
-        messenger._add_receiver(GET, self._get, False)
-        messenger._add_receiver(WAIT, self._wait, False)
-        messenger._add_receiver(DELETE, self._delete, False)
-        messenger._add_receiver(UNWAIT, self._unwait, False)
+        receivers.add(PUT, self._put)
+        receivers.add(GET, self._get)
+        receivers.add(WAIT, self._wait)
+        receivers.add(DELETE, self._delete)
+        receivers.add(UNWAIT, self._unwait)
 
     def table(self, name):
         table = self._tables.get(check_name(name, "a table name"))

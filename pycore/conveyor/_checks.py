@@ -1,0 +1,46 @@
+"""Argument checks shared by the whole façade: ranks, tags and names."""
+
+import operator
+
+__all__ = ["RESERVED_PREFIX", "check_name", "check_rank", "check_tag", "check_user_tag"]
+
+# conveyor's own receivers (items, tables, chunks, cancels) are named so;
+# user tags may not start with it.
+RESERVED_PREFIX = "conveyor."
+
+
+def check_rank(value, size=None, what="a rank"):
+    """Return `value` as an int rank; with `size`, check that it is in ``0..size-1``."""
+    try:
+        rank = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{what} must be an int, not {type(value).__name__}") from None
+    if size is not None and not 0 <= rank < size:
+        hint = ""
+        if size == 1:
+            hint = (": this job has 1 rank; start several with 'conveyor run -n 4 script.py' "
+                    "or 'mpiexec -n 4 python script.py'")
+        raise ValueError(f"{what} {rank} is out of range 0..{size - 1}{hint}")
+    return rank
+
+
+def check_name(name, what="an item name"):
+    """Return `name` if it is a non-empty str."""
+    if not isinstance(name, str):
+        raise TypeError(f"{what} must be a str, not {type(name).__name__}")
+    if not name:
+        raise ValueError(f"{what} must not be empty")
+    return name
+
+
+def check_tag(tag):
+    """Return `tag` if it is a valid tag (conveyor's reserved ones included)."""
+    return check_name(tag, "a tag")
+
+
+def check_user_tag(tag):
+    """Return `tag` if a user may register a receiver under it."""
+    check_tag(tag)
+    if tag.startswith(RESERVED_PREFIX):
+        raise ValueError(f"tags starting with {RESERVED_PREFIX!r} are reserved for conveyor")
+    return tag

@@ -1,0 +1,53 @@
+"""The engine's settings, read from ``CONVEYOR_*`` environment variables."""
+
+import operator
+import os
+
+from ._native import core
+
+__all__ = ["engine_options", "env_number", "zero_copy_threshold"]
+
+
+def env_number(name, default, kind=int):
+    """Return the number in environment variable `name` (>= 0), or `default` if unset."""
+    text = os.environ.get(name)
+    if text is None or text == "":
+        return default
+    try:
+        value = kind(text)
+    except ValueError:
+        raise ValueError(f"{name}={text!r} is not a valid {kind.__name__}") from None
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, not {value}")
+    return value
+
+
+def zero_copy_threshold(value=None):
+    """The smallest array or byte string that travels zero-copy (argument, else environment)."""
+    if value is None:
+        value = env_number("CONVEYOR_ZERO_COPY_THRESHOLD", 16384)
+    value = operator.index(value)
+    if value < 0:
+        raise ValueError("zero_copy_threshold must be >= 0")
+    return value
+
+
+def _microseconds(name, default):
+    return env_number(name, default, float) * 1e-6
+
+
+def engine_options():
+    """Return the `EngineOptions` the environment asks for (and size the buffer cache)."""
+    options = core.EngineOptions()
+    options.max_frame_bytes = env_number("CONVEYOR_MAX_FRAME_BYTES", options.max_frame_bytes)
+    options.piece_bytes = env_number("CONVEYOR_PIECE_BYTES", options.piece_bytes)
+    options.spin_seconds = _microseconds("CONVEYOR_SPIN_US", 50)
+    options.max_sleep_seconds = _microseconds("CONVEYOR_MAX_SLEEP_US", 500)
+    options.batch_bytes = env_number("CONVEYOR_BATCH_BYTES", options.batch_bytes)
+    options.flush_delay_seconds = _microseconds("CONVEYOR_FLUSH_DELAY_US", 100)
+    options.background_max_sleep_seconds = _microseconds("CONVEYOR_BACKGROUND_MAX_SLEEP_US", 32000)
+    options.window_bytes = env_number("CONVEYOR_WINDOW_BYTES", options.window_bytes)
+    options.data_window_bytes = env_number("CONVEYOR_DATA_WINDOW_BYTES", options.data_window_bytes)
+    options.background = bool(env_number("CONVEYOR_BACKGROUND", 1))
+    core.set_buffer_cache_limit(env_number("CONVEYOR_BUFFER_CACHE_BYTES", 512 << 20))
+    return options

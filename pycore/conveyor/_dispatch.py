@@ -1,0 +1,274 @@
+"""The Python half of dispatch: receivers, and what the native dispatcher hands over.
+
+The native dispatcher (``Engine.serve``) delivers plain sends and requests
+to their receivers and answers to their waiters itself. It hands the rest
+here: a handler's exception or unusual result, async handlers, messages it
+could not deliver (unknown tag, unreadable payload, malformed frame).
+`Dispatch` is also the answering side of requests: replies, errors sent
+back to requesters, and cancels of requests being worked on.
+"""
+
+import asyncio
+import collections
+import functools
+import sys
+import traceback
+import warnings
+import weakref
+
+from ._asyncio import handler_of
+from ._checks import check_user_tag
+from ._errors import ConveyorError, ConveyorWarning, FrameError, RemoteError, UnknownTagError
+from ._native import core
+from ._requests import CANCEL
+
+__all__ = ["Dispatch", "Receivers"]
+
+# The counters of `Dispatch.counts` that Messenger.stats() reports.
+COUNTERS = ("unknown_tag", "payloads_undecodable", "handler_errors", "late_answers",
+            "requests_cancelled", "answers_cancelled")
+
+
+class Receivers:
+    """The receivers of one messenger, by tag: ``table`` is ``{tag: (handler, per_item)}``."""
+
+    def __init__(self):
+        self.table = {}
+
+    def add(self, tag, handler, per_item=False):
+        """Register `handler` for `tag` (a reserved ``conveyor.`` tag too)."""
+        if tag in self.table:
+            raise ValueError(f"a receiver is already registered under {tag!r}")
+        self.table[tag] = (handler, bool(per_item))
+
+    def add_user(self, tag, handler, per_item):
+        """Register a user's `handler` for `tag`, which may not be reserved."""
+        check_user_tag(tag)
+        if not callable(handler):
+            raise TypeError(f"a receiver must be callable, not {type(handler).__name__}")
+        self.add(tag, handler, per_item)
+
+    def remove_user(self, tag):
+        """Remove the user's receiver of `tag`."""
+        check_user_tag(tag)
+        try:
+            del self.table[tag]
+        except KeyError:
+            raise KeyError(f"no receiver is registered under {tag!r}") from None
+
+
+class Dispatch:
+    """What the native dispatcher hands over, for one messenger.
+
+    Attributes
+    ----------
+    counts : collections.Counter
+        Drops and errors, by the names in `COUNTERS`.
+    answering : dict
+        ``{(source, ref): Message}`` of the requests whose handler runs now.
+    tasks : set
+        The async handlers' tasks still running.
+    """
+
+    def __init__(self, rank, transport, receivers, requests):
+        self.rank = rank
+        self.transport = transport
+        self.requests = requests
+        self.counts = collections.Counter()
+        self.answering = {}
+        # Requests left open after their handler returned (deferred,
+        # streaming), held weakly: a deferred request whose reply_to was
+        # passed on is forgotten with its message.
+        self._open_requests = weakref.WeakValueDictionary()
+        self._unknown_tags = collections.Counter()
+        self.tasks = set()
+        receivers.add(CANCEL, self._on_cancel)
+
+    def hooks(self, receivers, message_type):
+        """The tuple `Engine.serve` calls back into."""
+        return (self, receivers.table, message_type, self.fallback, self.returned, self.failed,
+                self.finish_request, self.requests.waiters, self.answering,
+                self.transport.aggregate)
+
+    def open_requests(self):
+        """How many requests this rank is answering (running or left open)."""
+        return len(self.answering) + len(self._open_requests)
+
+    # -- what the native dispatcher hands over ---------------------------------
+
+    def fallback(self, item):
+        """A message the native dispatcher did not deliver: ``(kind, source, ref, tag, payload, error)``."""
+        kind, source, ref, tag, payload, error = item
+        try:
+            if kind == core.KIND_SEND or kind == core.KIND_REQUEST:
+                self._refuse_delivery(kind == core.KIND_REQUEST, source, ref, tag, error)
+            elif kind in (core.KIND_REPLY, core.KIND_ANSWER, core.KIND_ERROR):
+                if not self.requests.answer(kind, source, ref, payload, error):
+                    self.counts["late_answers"] += 1  # after a cancel or a closed messenger
+            else:  # counted by the engine as frames_malformed
+                warnings.warn(
+                    f"rank {self.rank}: dropped a malformed frame from rank {source}: {error}",
+                    ConveyorWarning,
+                    stacklevel=2,
+                )
+        finally:
+            self.transport.engine.mark_handled()
+
+    def returned(self, msg, result):
+        """What a plain send's receiver returned: nobody waits for it, but a coroutine must run."""
+        if asyncio.iscoroutine(result):
+            try:
+                self._spawn(msg, result)
+            except ConveyorError as exc:
+                self.failed(msg, exc)
+
+    def failed(self, msg, exc):
+        """A plain send's receiver raised: report it on stderr (nobody waits for an answer)."""
+        self.counts["handler_errors"] += 1
+        print(
+            f"conveyor: rank {self.rank}: the receiver of {msg.tag!r} raised "
+            f"(message from rank {msg.source}):\n{_traceback_text(exc)}",
+            file=sys.stderr,
+            end="",
+            flush=True,
+        )
+
+    def finish_request(self, msg, result, exc):
+        """Settle request `msg` whose handler raised (`exc`) or whose result needs more than a reply.
+
+        It replied or deferred itself, was cancelled, is a coroutine, or
+        cannot travel.
+        """
+        if exc is None:
+            try:
+                if asyncio.iscoroutine(result):
+                    self._spawn(msg, result)
+                elif not (msg._replied or msg._deferred):
+                    msg.reply(result)
+            except Exception as error:
+                exc = error
+        if exc is not None:
+            self._handler_raised(msg, exc)
+        if not msg._replied:
+            self._open_requests[(msg.source, msg.reply_to.ref)] = msg
+
+    # -- the answering side of requests ------------------------------------------
+
+    def reply(self, msg, value, final):
+        """Send `value` as an answer to request `msg` (`Message.reply`)."""
+        if msg._cancelled:
+            self.counts["answers_cancelled"] += 1
+        else:
+            address = msg.reply_to
+            kind = core.KIND_REPLY if final else core.KIND_ANSWER
+            self.transport.post(address.rank, kind, address.ref, address.name, value)
+        if final:
+            msg._replied = True
+            self._forget(msg)
+
+    def fail_request(self, msg, exc, text=""):
+        """Answer request `msg` (final) with `exc`: its requester gets a RemoteError."""
+        msg._replied = True
+        self._forget(msg)
+        if msg._cancelled:
+            self.counts["answers_cancelled"] += 1
+        else:
+            self._send_error(msg.reply_to.rank, msg.reply_to.ref, exc, text)
+
+    def _handler_raised(self, msg, exc):
+        if msg._replied:  # it raised after its final answer: nobody waits
+            self.failed(msg, exc)
+        else:
+            self.counts["handler_errors"] += 1
+            self.fail_request(msg, exc, _traceback_text(exc))
+
+    def _forget(self, msg):
+        # Its final answer is sent: a cancel has nothing to find any more.
+        key = (msg.source, msg.reply_to.ref)
+        if key not in self.answering:  # else its handler's return forgets it
+            self._open_requests.pop(key, None)
+
+    def _on_cancel(self, msg):
+        key = (msg.source, msg.payload)
+        request = self.answering.get(key) or self._open_requests.pop(key, None)
+        if request is not None:
+            request._cancelled = True
+            self.counts["requests_cancelled"] += 1
+
+    def _refuse_delivery(self, is_request, source, ref, tag, error):
+        # Its payload could not be read, or no receiver has its tag.
+        if error is not None:
+            self.counts["payloads_undecodable"] += 1
+            self._refuse(is_request, source, ref, FrameError(f"payload to {tag!r}: {error}"))
+            return
+        self.counts["unknown_tag"] += 1
+        self._unknown_tags[tag] += 1
+        self._refuse(
+            is_request,
+            source,
+            ref,
+            UnknownTagError(self.rank, "UnknownTagError", f"no receiver for tag {tag!r}"),
+            warn_once=self._unknown_tags[tag] == 1,
+        )
+
+    def _refuse(self, is_request, source, ref, exc, warn_once=True):
+        if is_request:
+            self._send_error(source, ref, exc, "")
+        elif warn_once:
+            warnings.warn(f"rank {self.rank}: dropped a message: {exc}", ConveyorWarning, stacklevel=3)
+
+    def _send_error(self, dest, ref, exc, text):
+        kind = "unknown_tag" if isinstance(exc, UnknownTagError) else "error"
+        if isinstance(exc, RemoteError) and not isinstance(exc, UnknownTagError):
+            # Passed on from another rank: report the original error.
+            kind_type, message = exc.remote_type, f"rank {exc.rank}: {exc.remote_message}"
+            text = exc.remote_traceback
+        else:
+            kind_type = type(exc).__qualname__
+            message = exc.remote_message if isinstance(exc, RemoteError) else str(exc)
+        report = {"kind": kind, "type": kind_type, "message": message, "traceback": text}
+        self.transport.post(dest, core.KIND_ERROR, ref, "", report)
+
+    # -- async handlers ----------------------------------------------------------
+
+    def _spawn(self, msg, coro):
+        # An async handler's coroutine runs as a task; its message counts as
+        # handled (for termination detection) only once the task ends.
+        link = self.transport.link
+        if link is None:
+            coro.close()
+            raise ConveyorError(
+                f"the receiver of {msg.tag!r} is async: serve the Messenger from an event "
+                "loop (Messenger.attach, or async with Messenger())"
+            )
+        task = link.loop.create_task(self._run_handler(coro))
+        self.transport.engine.defer_handled()
+        self.tasks.add(task)
+        task.add_done_callback(functools.partial(self._task_done, msg))
+
+    async def _run_handler(self, coro):
+        # Marks the task's context (inherited by the tasks it starts) as a
+        # handler of this messenger's, for aquiet() to refuse.
+        handler_of.set(self.transport)
+        return await coro
+
+    def _task_done(self, msg, task):
+        self.tasks.discard(task)
+        try:
+            exc = ConveyorError("the handler's task was cancelled") if task.cancelled() else task.exception()
+            if msg.is_request and not (msg._replied or msg._deferred):
+                if exc is None:
+                    try:
+                        msg.reply(task.result())
+                        return
+                    except Exception as answer_error:  # the answer cannot travel
+                        exc = answer_error
+                self._handler_raised(msg, exc)
+            elif exc is not None:
+                self.failed(msg, exc)
+        finally:
+            self.transport.engine.mark_handled(1)
+
+
+def _traceback_text(exc):
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))

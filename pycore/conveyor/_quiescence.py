@@ -1,0 +1,94 @@
+"""Termination detection: `wait_quiet` and `aquiet`, one algorithm for both.
+
+Mattern's four-counter method: the job is quiet once the messages handled
+by the latest wave equal those sent by the wave before it. Handled counts
+only rise after a handler returns (after its own sends), so cascades of any
+depth finish first. The native engine runs the waves; the loop that starts
+them and compares their totals is `_detect`, driven by a blocking caller
+(`wait_quiet`) or an awaiting one (`aquiet`).
+"""
+
+import asyncio
+
+from ._asyncio import attach, handler_of
+from ._errors import ConveyorError
+from ._transport import WAIT_SLICE
+
+__all__ = ["aquiet", "wait_quiet"]
+
+# The longest pause between two waves that saw messages in flight (an
+# arriving message ends it early).
+_WAVE_PAUSE = 200e-6
+
+# What _detect asks its driver for: the totals of the running wave, or a pause.
+_WAVE, _PAUSE = "wave", "pause"
+
+
+def _detect(transport):
+    engine = transport.engine
+    sent_before = None
+    while True:
+        engine.serve(0.0, -1, transport.hooks)
+        # Join the wave in flight, if any: an aquiet() that was cancelled
+        # left it so, and the other ranks take part in it.
+        if not engine.wave_active:
+            engine.start_wave()
+        totals = engine.wave_done()
+        if totals is None:
+            totals = yield _WAVE
+        sent, handled = totals
+        if handled == sent_before == sent:
+            return
+        if handled != sent:
+            # Messages are in flight: let one arrive before the next wave
+            # rather than spinning through waves (a wave may end at once).
+            yield _PAUSE
+        sent_before = sent
+
+
+def _next(steps, totals):
+    # The next step of `steps`, given the totals a _WAVE step asked for; None once quiet.
+    try:
+        return steps.send(totals)
+    except StopIteration:
+        return None
+
+
+def wait_quiet(transport):
+    """Serve until no message is in flight on any rank (collective)."""
+    transport.check_open()
+    engine = transport.engine
+    if engine.handling:
+        raise ConveyorError("wait_quiet() is collective and cannot be called from a handler")
+    steps = _detect(transport)
+    totals = None
+    while (step := _next(steps, totals)) is not None:
+        totals = None
+        if step is _WAVE:
+            totals = engine.wave_done()
+            while totals is None:
+                transport.serve(WAIT_SLICE)
+                totals = engine.wave_done()
+        else:
+            transport.serve(_WAVE_PAUSE)
+
+
+async def aquiet(transport):
+    """Await the moment no message is in flight on any rank (collective)."""
+    attach(transport)
+    if transport.engine.handling or handler_of.get() is transport:
+        # A handler counts as running until it returns: quiet would never come.
+        raise ConveyorError("aquiet() is collective and cannot be awaited in a handler")
+    link = transport.link
+    steps = _detect(transport)
+    totals = None
+    while (step := _next(steps, totals)) is not None:
+        totals = None
+        if step is _WAVE:
+            link.wave = link.loop.create_future()
+            try:
+                totals = await link.wave
+            finally:
+                link.wave = None
+        else:
+            await asyncio.sleep(_WAVE_PAUSE)

@@ -1,0 +1,79 @@
+"""The requester's side of requests: each open request's waiter, by reference."""
+
+from ._errors import ConveyorError, FrameError, RemoteError, UnknownTagError
+from ._native import core
+
+__all__ = ["CANCEL", "Requests"]
+
+CANCEL = "conveyor.cancel"  # a requester cancelled its request `payload`
+
+
+class Requests:
+    """The requests this rank sent and still waits for.
+
+    Every answer ends here: `answer` hands it to the request's `Future` or
+    `Stream` (its *waiter*), whichever path it arrived by.
+
+    Attributes
+    ----------
+    waiters : dict
+        ``{ref: Future or Stream}`` of the open requests.
+    transport : Transport
+        Sends the requests and serves while their callers wait.
+    """
+
+    def __init__(self, transport):
+        self.transport = transport
+        self.waiters = {}
+        self._next_ref = 1
+
+    def __len__(self):
+        return len(self.waiters)
+
+    def open(self, dest, tag, payload, make_waiter):
+        """Send a request to `tag` on `dest`; return ``make_waiter(ref)``, which gets its answers."""
+        ref = self._next_ref
+        waiter = make_waiter(ref)
+        self._next_ref += 1
+        self.waiters[ref] = waiter
+        try:
+            self.transport.post(dest, core.KIND_REQUEST, ref, tag, payload)
+        except BaseException:
+            del self.waiters[ref]
+            raise
+        return waiter
+
+    def cancel(self, waiter):
+        """Drop the answers still to come, and tell the worker (``msg.cancelled``)."""
+        if self.waiters.pop(waiter._ref, None) is not None and not self.transport.closed:
+            self.transport.post(waiter._dest, core.KIND_SEND, 0, CANCEL, waiter._ref)
+
+    def answer(self, kind, source, ref, payload, error):
+        """Hand an answer frame to its waiter; return False if none waits (cancelled, closed)."""
+        waiter = self.waiters.get(ref)
+        if waiter is None:
+            return False
+        if error is not None:
+            del self.waiters[ref]
+            waiter._fail(FrameError(f"the answer from rank {source}: {error}"))
+        elif kind == core.KIND_ANSWER:
+            waiter._answer(payload, final=False)
+        elif kind == core.KIND_REPLY:
+            del self.waiters[ref]
+            waiter._answer(payload, final=True)
+        else:
+            del self.waiters[ref]
+            cls = UnknownTagError if payload.get("kind") == "unknown_tag" else RemoteError
+            waiter._fail(cls(source, payload.get("type", "?"), payload.get("message", ""),
+                             payload.get("traceback", "")))
+        return True
+
+    def wait(self, waiter, timeout):
+        """Serve until `waiter` has something for its caller."""
+        self.transport.wait_for(waiter, timeout)
+
+    def fail_all(self, why):
+        """Fail every open request with ConveyorError(`why`): its answer will never come."""
+        waiters, self.waiters = self.waiters, {}
+        for waiter in waiters.values():
+            waiter._fail(ConveyorError(why))

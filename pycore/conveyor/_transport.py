@@ -1,0 +1,82 @@
+"""The Python side of the engine: posting sends and serving what arrives.
+
+A `Transport` posts each send to the native engine and slows its caller
+down while the destination is congested (back-pressure), and serves:
+receives, then dispatches what is ready, for as long as its caller waits.
+"""
+
+import time
+
+from ._errors import ConveyorError, TimeoutError
+
+__all__ = ["Transport"]
+
+# How long one native wait may last before Python regains control (to notice
+# Ctrl-C and deadlines); an arriving message ends the wait at once.
+WAIT_SLICE = 0.1
+
+
+class Transport:
+    """Sends and serves for one Messenger through its native engine.
+
+    Attributes
+    ----------
+    engine : conveyor._core.Engine
+        The native engine.
+    aggregate : bool
+        Whether sends without a Sender of their own are aggregated.
+    hooks : tuple
+        What the native dispatcher calls back (set once dispatch exists).
+    link : conveyor._asyncio.LoopLink or None
+        The event loop serving the messenger, if any.
+    closed : bool
+        Set once the messenger is closed: nothing may be sent or served.
+    """
+
+    def __init__(self, engine, aggregate):
+        self.engine = engine
+        self.aggregate = aggregate
+        self.hooks = None
+        self.link = None
+        self.closed = False
+
+    def check_open(self):
+        """Raise `ConveyorError` if the messenger is closed."""
+        if self.closed:
+            raise ConveyorError("this Messenger is closed")
+
+    def post(self, rank, kind, ref, tag, payload):
+        """Send a frame of `kind`; wait while `rank` is congested."""
+        if self.engine.send(rank, kind, ref, tag, payload, self.aggregate):
+            self.relieve(rank)
+
+    def relieve(self, dest):
+        """Back-pressure: serve incoming messages until `dest` takes sends again.
+
+        A handler never waits here (its sends queue instead), so nested
+        handlers cannot pile up on the stack; nor does an event loop, which
+        would stall every other task.
+        """
+        if self.engine.handling or self.link is not None:
+            return
+        while self.engine.congested(dest):
+            self.check_open()
+            self.engine.serve(WAIT_SLICE, dest, self.hooks)
+
+    def serve(self, timeout=0.0):
+        """Dispatch what has arrived, waiting up to `timeout` s for the first; return how many."""
+        self.check_open()
+        return self.engine.serve(timeout, -1, self.hooks)
+
+    def wait_for(self, waiter, timeout):
+        """Serve until ``waiter._ready()`` (a Future, Stream or gather), at most `timeout` s."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not waiter._ready():
+            self.check_open()
+            wait = WAIT_SLICE
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"no answer within {timeout} s")
+                wait = min(wait, left)
+            self.engine.serve(wait, -1, self.hooks)
