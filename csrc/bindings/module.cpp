@@ -14,6 +14,7 @@
 #include <cstring>
 #include <deque>
 #include <limits>
+#include <map>
 #include <type_traits>
 #include <unordered_map>
 
@@ -92,6 +93,28 @@ FrameKind frame_kind(int kind) {
 // each, and the request's reply sent), and answers to this rank's requests.
 // The rest (unknown tags, errors, rejected frames, and requests whose handler
 // raised, deferred or went async) goes to the façade's Python code.
+// The names of the façade's methods the dispatcher calls, interned once.
+struct MethodNames {
+    PyObject* fallback = PyUnicode_InternFromString("fallback");
+    PyObject* returned = PyUnicode_InternFromString("returned");
+    PyObject* failed = PyUnicode_InternFromString("failed");
+    PyObject* finish_request = PyUnicode_InternFromString("finish_request");
+    PyObject* answer = PyUnicode_InternFromString("answer");
+};
+const MethodNames& method_names() {
+    static const MethodNames names;  // first made under the GIL, never freed
+    return names;
+}
+
+// self.name(*args), without making a bound method.
+template <typename... Args>
+void call_method(py::handle self, PyObject* name, const Args&... args) {
+    PyObject* argv[] = {self.ptr(), py::handle(args).ptr()...};
+    auto result = py::reinterpret_steal<py::object>(
+        PyObject_VectorcallMethod(name, argv, sizeof(argv) / sizeof(argv[0]), nullptr));
+    if (!result) throw py::error_already_set();
+}
+
 class PyEngine {
   public:
     PyEngine(std::intptr_t comm, std::size_t zero_copy_threshold, bool allow_pickle,
@@ -133,10 +156,11 @@ class PyEngine {
     // Flushes batches, receives, waits up to `timeout` seconds (negative: no
     // limit) if nothing is ready, then dispatches everything ready. With
     // `uncongested` >= 0 the wait also ends once that rank takes sends again.
-    // Returns how many messages were dispatched.
-    std::size_t serve(double timeout, int uncongested, py::tuple hooks) {
+    // `dispatch` is the façade's Dispatch (see Hooks). Returns how many
+    // messages were dispatched.
+    std::size_t serve(double timeout, int uncongested, py::handle dispatch) {
         check_open();
-        Hooks h(hooks);
+        Hooks h(dispatch);
         engine_.flush();
         if (!has_pending()) engine_.progress();
         if (!has_pending() && timeout != 0) {
@@ -146,7 +170,7 @@ class PyEngine {
         std::size_t dispatched = 0;
         Delivery d;
         while (next(d)) {
-            dispatch(d, h);
+            dispatch_one(d, h);
             ++dispatched;
         }
         report_handled();
@@ -154,6 +178,14 @@ class PyEngine {
         if (dispatched != 0) engine_.flush();
         return dispatched;
     }
+
+    // The request from `source` numbered `ref` whose handler runs now (its
+    // Message), or None: where a cancel finds it.
+    py::object answering(int source, std::uint64_t ref) const {
+        auto it = answering_.find({source, ref});
+        return it == answering_.end() ? py::none() : it->second;
+    }
+    std::size_t answering_count() const { return answering_.size(); }
 
     // Counted here and reported to the engine once per serve() (its counter
     // is behind a lock), and always before a termination-detection wave.
@@ -212,34 +244,50 @@ class PyEngine {
     Engine& engine() { return engine_; }
 
   private:
-    // What serve() needs from the façade, passed on each call (so the engine
-    // holds no reference back to the Messenger): the messenger, its
-    // receivers {tag: (handler, per_item)}, the Message class, the callbacks
-    // dispatch(item), returned(msg, result), failed(msg, exc) and
-    // finish_request(msg, result, exc), its waiters for answers {ref: Future
-    // or Stream}, the requests it is answering {(source, ref): msg}, and
-    // whether its replies are aggregated.
-    struct Hooks {
-        explicit Hooks(const py::tuple& t) {
-            if (t.size() != 10) throw UsageError("serve() hooks must be a 10-tuple");
-            messenger = t[0];
-            receivers = t[1];
-            message_type = t[2];
-            fallback = t[3];
-            returned = t[4];
-            failed = t[5];
-            finish_request = t[6];
-            waiters = t[7];
-            answering = t[8];
-            aggregate = t[9].ptr() == Py_True;
-            if (!PyDict_Check(receivers.ptr()) || !PyDict_Check(waiters.ptr()) ||
-                !PyDict_Check(answering.ptr()) || !py_message::is_message_type(message_type))
-                throw UsageError(
-                    "serve() hooks: receivers, waiters and answering must be dicts, and Message a MessageBase");
+    // What serve() needs from the façade: its Dispatch object (_dispatch.py),
+    // passed on each call so that the engine holds no reference back to the
+    // Messenger. Its named attributes are read when a delivery first needs
+    // them: `receivers` ({tag: (handler, per_item)}), `message_type` (the
+    // Message class), `requests` (whose answer(kind, source, ref, payload,
+    // error) takes every answer), `aggregate`, and the methods fallback(item),
+    // returned(msg, result), failed(msg, exc) and finish_request(msg, result,
+    // exc).
+    class Hooks {
+      public:
+        explicit Hooks(py::handle dispatch) : dispatch_(dispatch) {}
+        py::handle dispatch() const { return dispatch_; }
+        PyObject* receivers() {
+            if (!receivers_) {
+                receivers_ = attribute("receivers");
+                if (!PyDict_Check(receivers_.ptr())) throw UsageError("Dispatch.receivers must be a dict");
+            }
+            return receivers_.ptr();
         }
-        py::handle messenger, receivers, message_type, fallback, returned, failed, finish_request,
-            waiters, answering;
-        bool aggregate;
+        PyTypeObject* message_type() {
+            if (!message_type_) {
+                message_type_ = attribute("message_type");
+                if (!py_message::is_message_type(message_type_))
+                    throw UsageError("Dispatch.message_type must be a subclass of MessageBase");
+            }
+            return reinterpret_cast<PyTypeObject*>(message_type_.ptr());
+        }
+        bool aggregate() {
+            if (aggregate_ < 0) aggregate_ = attribute("aggregate").ptr() == Py_True;
+            return aggregate_ == 1;
+        }
+        py::object requests() { return attribute("requests"); }
+        // Calls the Dispatch's method `name` with `args`.
+        template <typename... Args>
+        void call(PyObject* name, const Args&... args) {
+            call_method(dispatch_, name, args...);
+        }
+
+      private:
+        py::object attribute(const char* name) const { return dispatch_.attr(name); }
+
+        py::handle dispatch_;
+        py::object receivers_, message_type_;
+        int aggregate_ = -1;
     };
 
     // One message ready for dispatch; kind 0 is a rejected frame and error
@@ -397,21 +445,24 @@ class PyEngine {
         return s;
     }
 
-    void dispatch(Delivery& d, const Hooks& h) {
+    // Delivers one message. Every message is counted as handled here, once,
+    // when its dispatch ends, whichever way it went (termination detection
+    // depends on it): no path of the façade counts for itself.
+    void dispatch_one(Delivery& d, Hooks& h) {
+        Handled handled(*this);
         Handling handling(handling_);
+        const auto& names = method_names();
         auto kind = static_cast<FrameKind>(d.kind);
-        if ((kind == FrameKind::Reply || kind == FrameKind::Answer) && d.error.is_none() &&
-            answered(d, h, kind == FrameKind::Reply))
-            return;
+        if (kind == FrameKind::Reply || kind == FrameKind::Answer || kind == FrameKind::Error) {
+            // Every answer, readable or not, goes to the requests it answers.
+            py::object source = py::int_(d.source), ref = py::int_(d.ref), k = py::int_(d.kind);
+            return call_method(h.requests(), names.answer, k, source, ref, d.payload, d.error);
+        }
         if ((kind == FrameKind::Send || kind == FrameKind::Request) && d.error.is_none()) {
-            PyObject* entry = PyDict_GetItemWithError(h.receivers.ptr(), d.tag.ptr());
+            PyObject* entry = PyDict_GetItemWithError(h.receivers(), d.tag.ptr());
             if (!entry && PyErr_Occurred()) throw py::error_already_set();
-            if (entry && kind == FrameKind::Request) {
-                Handled handled(*this);
-                return answer(d, h, PyTuple_GET_ITEM(entry, 0));
-            }
+            if (entry && kind == FrameKind::Request) return answer(d, h, PyTuple_GET_ITEM(entry, 0));
             if (entry) {
-                Handled handled(*this);
                 py::handle handler = PyTuple_GET_ITEM(entry, 0);
                 py::object source = py::int_(d.source);
                 Py_ssize_t n = -1;
@@ -433,47 +484,32 @@ class PyEngine {
                 return;
             }
         }
-        h.fallback(py::make_tuple(d.kind, d.source, d.ref, d.tag, d.payload, d.error));
-    }
-
-    // An answer to one of this rank's requests, handed to its waiter; false
-    // if there is none (it was cancelled: the façade counts it).
-    bool answered(Delivery& d, const Hooks& h, bool final) {
-        py::object ref = py::int_(d.ref);
-        PyObject* found = PyDict_GetItemWithError(h.waiters.ptr(), ref.ptr());
-        if (!found) {
-            if (PyErr_Occurred()) throw py::error_already_set();
-            return false;
-        }
-        Handled handled(*this);
-        auto waiter = py::reinterpret_borrow<py::object>(found);
-        if (final && PyDict_DelItem(h.waiters.ptr(), ref.ptr()) < 0) throw py::error_already_set();
-        waiter.attr("_answer")(d.payload, py::bool_(final));
-        return true;
+        h.call(names.fallback, py::make_tuple(d.kind, d.source, d.ref, d.tag, d.payload, d.error));
     }
 
     // Runs a request's handler and sends its return value as the reply.
     // Whatever is unusual (it raised, replied or deferred itself, was
     // cancelled, returned a coroutine, or its value cannot travel) the
     // façade's finish_request settles, as its Python dispatcher would.
-    void answer(Delivery& d, const Hooks& h, py::handle handler) {
+    void answer(Delivery& d, Hooks& h, py::handle handler) {
+        const auto& names = method_names();
         py::object source = py::int_(d.source);
-        py::object msg = py_message::make_request(reinterpret_cast<PyTypeObject*>(h.message_type.ptr()),
-                                                  h.messenger, d.tag, d.payload, source, d.ref);
+        py::object msg = py_message::make_request(h.message_type(), h.dispatch(), d.tag, d.payload,
+                                                  source, d.ref);
         // Where a cancel arriving while the handler runs finds the request.
-        py::tuple key = py::make_tuple(source, py::int_(d.ref));
-        if (PyDict_SetItem(h.answering.ptr(), key.ptr(), msg.ptr()) < 0) throw py::error_already_set();
+        auto listed = answering_.emplace(std::make_pair(d.source, d.ref), msg);
         struct Unlist {
-            PyObject* answering;
-            PyObject* key;
+            std::map<std::pair<int, std::uint64_t>, py::object>& answering;
+            decltype(listed.first) entry;
+            bool owned;
             ~Unlist() {
-                if (PyDict_DelItem(answering, key) < 0) PyErr_Clear();
+                if (owned) answering.erase(entry);
             }
-        } unlist{h.answering.ptr(), key.ptr()};
+        } unlist{answering_, listed.first, listed.second};
         auto result = py::reinterpret_steal<py::object>(PyObject_CallOneArg(handler.ptr(), msg.ptr()));
         if (!result) {
             if (!PyErr_ExceptionMatches(PyExc_Exception)) throw py::error_already_set();
-            h.finish_request(msg, py::none(), caught());
+            h.call(names.finish_request, msg, py::none(), caught());
             return;
         }
         bool plain = !py_message::replied(msg) && !py_message::deferred(msg) &&
@@ -481,7 +517,7 @@ class PyEngine {
         if (plain) {
             try {
                 // Congestion is ignored: a handler's sends queue, never wait.
-                send(d.source, static_cast<int>(FrameKind::Reply), d.ref, "", result, h.aggregate);
+                send(d.source, static_cast<int>(FrameKind::Reply), d.ref, "", result, h.aggregate());
                 py_message::set_replied(msg);
                 return;
             } catch (const Closed&) {
@@ -492,7 +528,7 @@ class PyEngine {
                 PyErr_Clear();
             }
         }
-        h.finish_request(msg, result, py::none());
+        h.call(names.finish_request, msg, result, py::none());
     }
 
     // The exception being raised, taken with its traceback (which, before
@@ -519,17 +555,17 @@ class PyEngine {
 
     // Calls a receiver. An Exception from it is reported through `failed`
     // and dispatch goes on; anything else (KeyboardInterrupt) propagates.
-    void deliver(const Hooks& h, py::handle handler, py::handle tag, py::handle payload,
+    void deliver(Hooks& h, py::handle handler, py::handle tag, py::handle payload,
                  py::handle source) {
-        py::object msg = py_message::make(reinterpret_cast<PyTypeObject*>(h.message_type.ptr()),
-                                          h.messenger, tag, payload, source, Py_None);
+        const auto& names = method_names();
+        py::object msg = py_message::make(h.message_type(), h.dispatch(), tag, payload, source, Py_None);
         auto result = py::reinterpret_steal<py::object>(PyObject_CallOneArg(handler.ptr(), msg.ptr()));
         if (!result) {
             if (!PyErr_ExceptionMatches(PyExc_Exception)) throw py::error_already_set();
-            h.failed(msg, caught());
+            h.call(names.failed, msg, caught());
             return;
         }
-        if (!result.is_none()) h.returned(msg, result);
+        if (!result.is_none()) h.call(names.returned, msg, result);
     }
 
     static constexpr std::size_t kMaxCachedTags = 4096;
@@ -545,6 +581,8 @@ class PyEngine {
     std::unordered_map<std::string, py::object> tags_;
     std::uint64_t entries_malformed_ = 0;  // rejected batch entries (whole frames: the engine's)
     std::int64_t unreported_handled_ = 0;
+    // The requests whose handler runs now, by (source, ref): see answering().
+    std::map<std::pair<int, std::uint64_t>, py::object> answering_;
 };
 
 // conveyor._core.SenderBase: the per-message send path of conveyor.Sender.
@@ -820,6 +858,9 @@ PYBIND11_MODULE(_core, m) {
             py_codec::configure(address_type, item_base, registry, pickle);
             errors() = {conveyor_error, carriage_error, frame_error, too_large_error, mpi_error};
         },
+        py::kw_only(), py::arg("address_type"), py::arg("item_base"), py::arg("registry"),
+        py::arg("pickle"), py::arg("conveyor_error"), py::arg("carriage_error"),
+        py::arg("frame_error"), py::arg("too_large_error"), py::arg("mpi_error"),
         "Hand the façade's carrier and exception types to the native core (once, at import).");
 
     py::class_<EngineOptions>(m, "EngineOptions")
@@ -846,7 +887,9 @@ PYBIND11_MODULE(_core, m) {
         .def("send", &PyEngine::send, py::arg("dest"), py::arg("kind"), py::arg("ref"),
              py::arg("tag"), py::arg("payload"), py::arg("aggregate"))
         .def("post_raw", &PyEngine::post_raw, py::arg("dest"), py::arg("frame"))
-        .def("serve", &PyEngine::serve, py::arg("timeout"), py::arg("uncongested"), py::arg("hooks"))
+        .def("serve", &PyEngine::serve, py::arg("timeout"), py::arg("uncongested"), py::arg("dispatch"))
+        .def("answering", &PyEngine::answering, py::arg("source"), py::arg("ref"))
+        .def_property_readonly("answering_count", &PyEngine::answering_count)
         .def("flush", [](PyEngine& e) { e.engine().flush(); })
         .def("congested", [](PyEngine& e, int dest) { return e.engine().congested(dest); },
              py::arg("dest"))

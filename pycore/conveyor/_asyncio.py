@@ -49,7 +49,7 @@ class LoopLink:
         except BlockingIOError:
             pass
         transport = self._transport
-        transport.engine.serve(0.0, -1, transport.hooks)
+        transport.engine.serve(0.0, -1, transport.dispatch)
         if self.wave is not None and not self.wave.done():
             totals = transport.engine.wave_done()
             if totals is not None:

@@ -25,6 +25,7 @@ KIND_ERROR: Final = 4
 KIND_ANSWER: Final = 7
 
 def configure(
+    *,
     address_type: type,
     item_base: type,
     registry: dict[str, type],
@@ -34,7 +35,6 @@ def configure(
     frame_error: type,
     too_large_error: type,
     mpi_error: type,
-    /,
 ) -> None:
     """Hand the façade's carrier and exception types to the native core (once, at import)."""
 
@@ -103,23 +103,33 @@ class Engine:
         """
     def post_raw(self, dest: int, frame: bytes) -> None:
         """Send `frame` as it is, without out-of-band buffers (to test malformed input)."""
-    def serve(self, timeout: float, uncongested: int, hooks: tuple[Any, ...]) -> int:
+    def serve(self, timeout: float, uncongested: int, dispatch: Any) -> int:
         """Flush, receive, wait up to `timeout` s (GIL released) if nothing is ready, dispatch.
 
         The wait also ends once rank `uncongested` takes sends again (-1:
-        none). `hooks` is ``(messenger, receivers, Message, dispatch,
-        returned, failed)``: plain sends to a tag of `receivers` (``{tag:
-        (handler, per_item)}``) are delivered here, anything else goes to
-        ``dispatch((kind, source, ref, tag, payload, error))``; a handler's
-        non-None result goes to ``returned(msg, result)`` and its exception
-        to ``failed(msg, exc)``. Return how many messages were dispatched.
+        none). `dispatch` is the façade's Dispatch: plain sends and requests
+        to a tag of ``dispatch.receivers`` (``{tag: (handler, per_item)}``)
+        are delivered here, as ``dispatch.message_type`` instances; every
+        answer goes to ``dispatch.requests.answer(kind, source, ref,
+        payload, error)``; anything else to ``dispatch.fallback((kind,
+        source, ref, tag, payload, error))``. A handler's non-None result
+        goes to ``dispatch.returned(msg, result)``, its exception to
+        ``dispatch.failed(msg, exc)``, and what is unusual about a request
+        to ``dispatch.finish_request(msg, result, exc)``. Each message is
+        counted as handled once its dispatch ends. Return how many messages
+        were dispatched.
         """
+    def answering(self, source: int, ref: int) -> Any:
+        """Return the Message of the request (`source`, `ref`) whose handler runs now, or None."""
+    @property
+    def answering_count(self) -> int:
+        """How many requests' handlers run now (nested waits make it more than 1)."""
     def flush(self) -> None:
         """Send every batch now."""
     def congested(self, dest: int) -> bool:
         """Whether frames to `dest` wait for its credit (or too many sends are pending)."""
     def mark_handled(self, messages: int = 1) -> None:
-        """Count `messages` delivered messages as handled (for termination detection)."""
+        """Count `messages` deferred messages as handled (an async handler's task ended)."""
     def defer_handled(self) -> None:
         """The message being dispatched stays unfinished after its dispatch (async handler)."""
     def start_wave(self) -> None:

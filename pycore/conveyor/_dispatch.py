@@ -25,8 +25,8 @@ from ._requests import CANCEL
 __all__ = ["Dispatch", "Receivers"]
 
 # The counters of `Dispatch.counts` that Messenger.stats() reports.
-COUNTERS = ("unknown_tag", "payloads_undecodable", "handler_errors", "late_answers",
-            "requests_cancelled", "answers_cancelled")
+COUNTERS = ("unknown_tag", "payloads_undecodable", "handler_errors", "requests_cancelled",
+            "answers_cancelled")
 
 
 class Receivers:
@@ -60,22 +60,35 @@ class Receivers:
 class Dispatch:
     """What the native dispatcher hands over, for one messenger.
 
+    ``Engine.serve`` is given this object and reads the attributes below by
+    name; it calls `fallback`, `returned`, `failed` and `finish_request`,
+    and hands every answer to ``requests.answer``. It counts each message
+    as handled itself, once its dispatch ends.
+
     Attributes
     ----------
+    receivers : dict
+        ``{tag: (handler, per_item)}`` (the table of `Receivers`).
+    message_type : type
+        The `Message` class, made natively for each delivery.
+    requests : Requests
+        Where answers go.
+    aggregate : bool
+        Whether replies are aggregated.
     counts : collections.Counter
         Drops and errors, by the names in `COUNTERS`.
-    answering : dict
-        ``{(source, ref): Message}`` of the requests whose handler runs now.
     tasks : set
         The async handlers' tasks still running.
     """
 
-    def __init__(self, rank, transport, receivers, requests):
+    def __init__(self, rank, transport, receivers, requests, message_type):
         self.rank = rank
         self.transport = transport
+        self.receivers = receivers.table
+        self.message_type = message_type
         self.requests = requests
+        self.aggregate = transport.aggregate
         self.counts = collections.Counter()
-        self.answering = {}
         # Requests left open after their handler returned (deferred,
         # streaming), held weakly: a deferred request whose reply_to was
         # passed on is forgotten with its message.
@@ -84,35 +97,23 @@ class Dispatch:
         self.tasks = set()
         receivers.add(CANCEL, self._on_cancel)
 
-    def hooks(self, receivers, message_type):
-        """The tuple `Engine.serve` calls back into."""
-        return (self, receivers.table, message_type, self.fallback, self.returned, self.failed,
-                self.finish_request, self.requests.waiters, self.answering,
-                self.transport.aggregate)
-
     def open_requests(self):
         """How many requests this rank is answering (running or left open)."""
-        return len(self.answering) + len(self._open_requests)
+        return self.transport.engine.answering_count + len(self._open_requests)
 
     # -- what the native dispatcher hands over ---------------------------------
 
     def fallback(self, item):
         """A message the native dispatcher did not deliver: ``(kind, source, ref, tag, payload, error)``."""
         kind, source, ref, tag, payload, error = item
-        try:
-            if kind == core.KIND_SEND or kind == core.KIND_REQUEST:
-                self._refuse_delivery(kind == core.KIND_REQUEST, source, ref, tag, error)
-            elif kind in (core.KIND_REPLY, core.KIND_ANSWER, core.KIND_ERROR):
-                if not self.requests.answer(kind, source, ref, payload, error):
-                    self.counts["late_answers"] += 1  # after a cancel or a closed messenger
-            else:  # counted by the engine as frames_malformed
-                warnings.warn(
-                    f"rank {self.rank}: dropped a malformed frame from rank {source}: {error}",
-                    ConveyorWarning,
-                    stacklevel=2,
-                )
-        finally:
-            self.transport.engine.mark_handled()
+        if kind == core.KIND_SEND or kind == core.KIND_REQUEST:
+            self._refuse_delivery(kind == core.KIND_REQUEST, source, ref, tag, error)
+        else:  # counted by the engine as frames_malformed
+            warnings.warn(
+                f"rank {self.rank}: dropped a malformed frame from rank {source}: {error}",
+                ConveyorWarning,
+                stacklevel=2,
+            )
 
     def returned(self, msg, result):
         """What a plain send's receiver returned: nobody waits for it, but a coroutine must run."""
@@ -185,12 +186,12 @@ class Dispatch:
     def _forget(self, msg):
         # Its final answer is sent: a cancel has nothing to find any more.
         key = (msg.source, msg.reply_to.ref)
-        if key not in self.answering:  # else its handler's return forgets it
+        if self.transport.engine.answering(*key) is None:  # else its handler's return forgets it
             self._open_requests.pop(key, None)
 
     def _on_cancel(self, msg):
         key = (msg.source, msg.payload)
-        request = self.answering.get(key) or self._open_requests.pop(key, None)
+        request = self.transport.engine.answering(*key) or self._open_requests.pop(key, None)
         if request is not None:
             request._cancelled = True
             self.counts["requests_cancelled"] += 1

@@ -17,7 +17,8 @@ from . import _asyncio, _quiescence
 from ._carriage import Address
 from ._checks import check_name, check_rank, check_tag, check_user_tag
 from ._chunks import ChunkLayer
-from ._config import engine_options, zero_copy_threshold as _zero_copy_threshold
+from ._config import engine_options
+from ._config import zero_copy_threshold as _zero_copy_threshold
 from ._darray import DriverScope, scatter
 from ._dispatch import COUNTERS, Dispatch, Receivers
 from ._errors import ConveyorError, TimeoutError
@@ -88,8 +89,8 @@ class Messenger:
         self._transport = transport = Transport(engine, self.aggregate)
         self._receivers = receivers = Receivers()
         self._requests = requests = Requests(transport)
-        self._dispatch = Dispatch(self.rank, transport, receivers, requests)
-        transport.hooks = self._dispatch.hooks(receivers, Message)
+        self._dispatch = transport.dispatch = Dispatch(self.rank, transport, receivers, requests,
+                                                       Message)
         self._senders = {}  # tag -> Sender, behind send(rank, tag, payload)
         # The services built on messages, each behind reserved receivers.
         self.store = Store()
@@ -541,6 +542,7 @@ class Messenger:
         counts = self._dispatch.counts
         for key in COUNTERS:
             stats[key] = counts[key]
+        stats["late_answers"] = self._requests.late
         stats["pending_requests"] = len(self._requests)
         stats["open_requests"] = self._dispatch.open_requests()
         stats["store_items"] = len(self.store)

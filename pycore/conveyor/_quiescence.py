@@ -28,7 +28,7 @@ def _detect(transport):
     engine = transport.engine
     sent_before = None
     while True:
-        engine.serve(0.0, -1, transport.hooks)
+        engine.serve(0.0, -1, transport.dispatch)
         # Join the wave in flight, if any: an aquiet() that was cancelled
         # left it so, and the other ranks take part in it.
         if not engine.wave_active:

@@ -20,11 +20,14 @@ class Requests:
         ``{ref: Future or Stream}`` of the open requests.
     transport : Transport
         Sends the requests and serves while their callers wait.
+    late : int
+        Answers that came after their request was cancelled (or failed).
     """
 
     def __init__(self, transport):
         self.transport = transport
         self.waiters = {}
+        self.late = 0
         self._next_ref = 1
 
     def __len__(self):
@@ -49,10 +52,15 @@ class Requests:
             self.transport.post(waiter._dest, core.KIND_SEND, 0, CANCEL, waiter._ref)
 
     def answer(self, kind, source, ref, payload, error):
-        """Hand an answer frame to its waiter; return False if none waits (cancelled, closed)."""
+        """Hand an answer (`kind` REPLY, ANSWER or ERROR) to its waiter; count it if none waits.
+
+        `error` says why its payload could not be read, if it could not.
+        The native dispatcher calls this for every answer that arrives.
+        """
         waiter = self.waiters.get(ref)
         if waiter is None:
-            return False
+            self.late += 1  # after a cancel or a closed messenger
+            return
         if error is not None:
             del self.waiters[ref]
             waiter._fail(FrameError(f"the answer from rank {source}: {error}"))
@@ -66,7 +74,6 @@ class Requests:
             cls = UnknownTagError if payload.get("kind") == "unknown_tag" else RemoteError
             waiter._fail(cls(source, payload.get("type", "?"), payload.get("message", ""),
                              payload.get("traceback", "")))
-        return True
 
     def wait(self, waiter, timeout):
         """Serve until `waiter` has something for its caller."""

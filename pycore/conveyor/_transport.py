@@ -25,8 +25,8 @@ class Transport:
         The native engine.
     aggregate : bool
         Whether sends without a Sender of their own are aggregated.
-    hooks : tuple
-        What the native dispatcher calls back (set once dispatch exists).
+    dispatch : Dispatch
+        What the native dispatcher calls back (set once it exists).
     link : conveyor._asyncio.LoopLink or None
         The event loop serving the messenger, if any.
     closed : bool
@@ -36,7 +36,7 @@ class Transport:
     def __init__(self, engine, aggregate):
         self.engine = engine
         self.aggregate = aggregate
-        self.hooks = None
+        self.dispatch = None
         self.link = None
         self.closed = False
 
@@ -61,12 +61,12 @@ class Transport:
             return
         while self.engine.congested(dest):
             self.check_open()
-            self.engine.serve(WAIT_SLICE, dest, self.hooks)
+            self.engine.serve(WAIT_SLICE, dest, self.dispatch)
 
     def serve(self, timeout=0.0):
         """Dispatch what has arrived, waiting up to `timeout` s for the first; return how many."""
         self.check_open()
-        return self.engine.serve(timeout, -1, self.hooks)
+        return self.engine.serve(timeout, -1, self.dispatch)
 
     def wait_for(self, waiter, timeout):
         """Serve until ``waiter._ready()`` (a Future, Stream or gather), at most `timeout` s."""
@@ -79,4 +79,4 @@ class Transport:
                 if left <= 0:
                     raise TimeoutError(f"no answer within {timeout} s")
                 wait = min(wait, left)
-            self.engine.serve(wait, -1, self.hooks)
+            self.engine.serve(wait, -1, self.dispatch)
