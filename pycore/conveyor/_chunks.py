@@ -44,6 +44,13 @@ _STATE_NAMES = {PENDING: "pending", RESOLVED: "resolved", ERROR: "error"}
 # Layers by their messenger's serial number, which is the same on every rank
 # (messengers are created collectively): where an arriving ChunkRef belongs.
 _layers = weakref.WeakValueDictionary()
+# And by their messenger: where DistArray.from_local(messenger, ...) finds its layer.
+_layers_by_messenger = weakref.WeakKeyDictionary()
+
+
+def layer_of(messenger):
+    """The ChunkLayer of `messenger` (each has one, made with it)."""
+    return _layers_by_messenger[messenger]
 
 _REF_LAYOUT = struct.Struct("<QQqqqqQB")  # serial, id, owner, home, length, offset, weight, state
 
@@ -197,6 +204,7 @@ class ChunkLayer:
         receivers.add(DRIVER_DONE, self._on_driver_done)
         self._collective_comm = None  # for from_local, made on first use
         _layers[serial] = self
+        _layers_by_messenger[messenger] = self
 
     def close(self):
         self.closed = True

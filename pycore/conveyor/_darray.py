@@ -21,9 +21,8 @@ import numpy as np
 
 from . import _pickling
 from ._checks import check_rank
-from ._chunks import DRIVER_DONE, STATES, remote_error
+from ._chunks import DRIVER_DONE, STATES, layer_of, remote_error
 from ._chunks import ERROR as _ERROR
-from ._chunks import RESOLVED as _RESOLVED
 from ._errors import ConveyorError, RecyclingWarning
 from ._native import core
 
@@ -99,7 +98,7 @@ class DistArray:
         later changes to `local` do not show); all pieces must have the same
         dtype and, if 2-D, the same number of columns.
         """
-        layer = messenger._chunks  # the one layer of a messenger's, made with it
+        layer = layer_of(messenger)
         local = _checked_array(local, "from_local")
         ref, _ = layer.mint(layer.rank, len(local))
         layer.resolve(ref, local.copy())
@@ -120,8 +119,9 @@ class DistArray:
             # chunk (and its published state) goes with `ref`.
             layer.take_back(ref.id, layer.rank, layer.rank, sum(lent))
             raise ValueError(f"from_local: the pieces differ in dtype or row shape: {sorted(kinds)}")
+        ((dtype, shape),) = kinds
         refs, offset = [], 0
-        for owner, (id, length, dtype, shape, weights) in enumerate(entries):
+        for owner, (id, length, _, _, weights) in enumerate(entries):
             if owner == layer.rank:
                 refs.append(ref)
             else:
@@ -383,7 +383,7 @@ def dcall(f, *args, **kwargs):
     RecyclingWarning
         Once, when the longest length is not a multiple of a shorter one.
     """
-    layer = _layer_of(args, kwargs, "dcall")
+    layer = _layer_of_operands(args, kwargs, "dcall")
     operands = list(args) + list(kwargs.values())
     lengths = [_length(x) for x in operands]
     known = [n for n in lengths if n is not None]
@@ -488,7 +488,7 @@ def dmap(f, *args, **kwargs):
     RecyclingWarning
         When the most chunks is not a multiple of a shorter list's count.
     """
-    layer = _layer_of(args, kwargs, "dmap")
+    layer = _layer_of_operands(args, kwargs, "dmap")
     operands = list(args) + list(kwargs.values())
     counts = [len(x._refs) if isinstance(x, DistArray) else len(x) for x in operands
               if isinstance(x, (DistArray, list, tuple))]
@@ -649,7 +649,7 @@ def _checked_array(a, verb):
     return a
 
 
-def _layer_of(args, kwargs, verb):
+def _layer_of_operands(args, kwargs, verb):
     for x in list(args) + list(kwargs.values()):
         if isinstance(x, DistArray):
             return x._layer
