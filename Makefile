@@ -8,7 +8,7 @@ MPIEXEC := $(VENV)/bin/mpiexec
 NP ?= 4
 SOURCES := setup.py pyproject.toml $(shell find csrc pycore -name '*.cpp' -o -name '*.hpp' -o -name '*.py' -o -name '*.pyx' 2>/dev/null)
 
-.PHONY: all venv install demo test test-latest docs bench clean
+.PHONY: all venv install demo lint test test-latest docs bench clean
 
 all: install
 
@@ -28,7 +28,12 @@ install: $(VENV)/.installed
 demo: install
 	$(MPIEXEC) -n $(NP) $(PY) examples/kmer_count.py
 
-test: install
+# Lint and format are tools, not reviews: a finding fails the test run.
+lint: $(VENV)/.deps
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: install lint
 	$(PY) -m pytest -q tests
 
 # The newest versions the requirements allow, in a venv of their own.

@@ -139,7 +139,7 @@ def run_conveyor(world, reps, x_sizes, y_sizes):
                 out["y_owners"] = [ref.owner for ref in y.chunks]
                 out["peak_rss_built_mib"] = built
                 del y
-        del x
+        x = None  # its chunks go before the messenger closes (collectively)
     rss = world.gather(peak_rss_mib(), root=0)
     if world.rank == 0:
         out["peak_rss_mib"] = rss

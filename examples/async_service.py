@@ -87,7 +87,7 @@ async def lookups(m, nkeys, nrequests, concurrency, seed):
 
 async def main(args):
     async with cv.Messenger() as m:
-        store = Store(m, args.latency_ms * 1e-3)
+        Store(m, args.latency_ms * 1e-3)  # registers its receivers
         await m.aquiet()  # every rank has registered its receivers
 
         # Load: every rank sends its share of the keys to their owners.

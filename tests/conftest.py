@@ -28,13 +28,6 @@ def mpiexec():
     return found
 
 
-def world():
-    """mpi4py's COMM_WORLD, for the cases that run under mpiexec (imported there only)."""
-    from mpi4py import MPI
-
-    return MPI.COMM_WORLD
-
-
 def run_command(cmd, timeout=60, env=None, cwd=None):
     """Run `cmd` in its own process group; return the CompletedProcess.
 

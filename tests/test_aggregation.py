@@ -18,6 +18,8 @@ import pytest
 import conveyor as cv
 from conveyor._native import core
 
+from _helpers import same
+
 # Arrays of at least the zero-copy threshold travel out of band (frames of at
 # most batch_bytes / 4, 8 KiB by default, are aggregated).
 ZERO_COPY_THRESHOLD = 16 * 1024
@@ -68,14 +70,6 @@ def make_value(seed, source, index):
         return ((np.arange(n) + r) % 251).astype(np.uint8), "medium"
     n = 2048 + r % 4096  # 16..48 KiB of float64: zero-copy
     return np.arange(n, dtype=np.float64) * 0.5 + index, "large"
-
-
-def same(a, b):
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, np.ndarray):
-        return a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b)
-    return a == b
 
 
 def checksum(value):

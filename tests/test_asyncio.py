@@ -15,13 +15,9 @@ import numpy as np
 import pytest
 
 import conveyor as cv
+
+from _helpers import world
 from conftest import run_example
-
-
-def world():
-    from mpi4py import MPI
-
-    return MPI.COMM_WORLD
 
 
 async def wait_until(predicate, timeout=20.0, what="condition"):

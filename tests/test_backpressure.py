@@ -7,7 +7,6 @@ tests shrink the window so that the mechanism works all the time.
 """
 
 import os
-import resource
 import time
 
 import numpy as np
@@ -15,11 +14,9 @@ import pytest
 
 import conveyor as cv
 
+from _helpers import peak_rss_mib
+
 MiB = 1 << 20
-
-
-def peak_rss_mib():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 def current_rss_mib():

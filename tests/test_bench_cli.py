@@ -10,9 +10,10 @@ import sys
 
 import pytest
 
-from conftest import mpiexec, run_command
 from conveyor.__main__ import main
 from conveyor._bench import osu
+
+from conftest import mpiexec, run_command
 
 # Table rows each benchmark of --which produces.
 ROWS_OF = {

@@ -1,6 +1,5 @@
 """What can travel: built-in carriers, numpy layouts, CarriageableItem, pickle opt-in."""
 
-import math
 import pickle
 import sys
 
@@ -12,6 +11,8 @@ from hypothesis import strategies as st
 import conveyor as cv
 from conveyor._native import core
 
+from _helpers import same
+
 DTYPES = [
     "?", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "f2", "f4", "f8", "g",
     "c8", "c16", "G", "M8[ns]", "m8[s]", ">i4", ">f8", "S5", "U3",
@@ -21,20 +22,6 @@ DTYPES = [
 def roundtrip(value, threshold=16384, allow_pickle=False):
     frame, oob = core.encode_frame(core.KIND_SEND, 0, "t", value, threshold, allow_pickle)
     return core.decode_frame(frame, oob, allow_pickle)[3]
-
-
-def same(a, b):
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, np.ndarray):
-        return a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b, equal_nan=a.dtype.kind in "fc")
-    if isinstance(a, (list, tuple)):
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
-    if isinstance(a, float) and math.isnan(a):
-        return math.isnan(b)
-    return a == b
 
 
 @pytest.mark.parametrize(

@@ -25,8 +25,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import conveyor as cv
-from conftest import world
 from conveyor._chunks import STATES, TASK
+
+from _helpers import world
 
 RECYCLING = "longer object length is not a multiple of shorter object length"
 
@@ -55,7 +56,7 @@ def owners(x):
     return [ref.owner for ref in x.chunks]
 
 
-def same(got, want):
+def assert_array_same(got, want):
     """Equal values, dtype and shape."""
     got = np.asarray(got)
     assert got.dtype == want.dtype and got.shape == want.shape, (got, want)
@@ -189,7 +190,7 @@ def check_dcall_properties(m, max_examples):
                 result = cv.dcall(function, *args[:-1], **{keyword: args[-1]})
         assert recycling_warnings(caught) == int(warns)  # exactly when R warns, once
         assert isinstance(result, cv.DistArray)
-        same(result.collect(), want)
+        assert_array_same(result.collect(), want)
         assert len(result) == len(want) and result.shape == want.shape and result.dtype == want.dtype
         if len(want) == 0:
             return
@@ -264,7 +265,7 @@ def check_dmap_properties(m, max_examples):
                                for (kind, *_), p in zip(operands, pieces)]) for i in range(most)]
         assert len(result) == sum(len(w) for w in want)  # learned from the owners
         assert lengths(result) == [len(w) for w in want]
-        same(result.collect(), np.concatenate(want))
+        assert_array_same(result.collect(), np.concatenate(want))
         # Placed by the first DistArray with most chunks (a list may have more).
         dists = [a for a in args if isinstance(a, cv.DistArray)]
         widest = next((a for a in dists if len(a.chunks) == most), dists[0])
@@ -309,32 +310,32 @@ def check_making_arrays(m):
     assert all(isinstance(ref, cv.ChunkRef) for ref in x.chunks)
     assert [ref.offset for ref in x.chunks] == np.cumsum([0] + lengths(x))[:-1].tolist()
     assert x.resolve() is x and {ref.state for ref in x.chunks} == {"resolved"}
-    same(x.collect(), a)
-    same(np.asarray(x), a)
+    assert_array_same(x.collect(), a)
+    assert_array_same(np.asarray(x), a)
     a[:] = -1  # the array was copied
-    same(x.collect(), np.arange(10.0))
+    assert_array_same(x.collect(), np.arange(10.0))
     assert "DistArray" in repr(x) and "ChunkRef" in repr(x.chunks[0])
 
     y = m.array(np.arange(7, dtype=np.int32), chunks=3, ranks=[2 % size, 0, 1 % size])
     assert lengths(y) == [3, 2, 2] and owners(y) == [2 % size, 0, 1 % size]
     z = m.array(np.arange(7, dtype=np.int32), chunks=[0, 5, 0, 2], ranks=[size - 1] * 4)
     assert lengths(z) == [0, 5, 0, 2] and owners(z) == [size - 1] * 4
-    same(z.collect(), np.arange(7, dtype=np.int32))
+    assert_array_same(z.collect(), np.arange(7, dtype=np.int32))
 
     # 2-D, chunked by rows.
     g = np.arange(24, dtype=np.int16).reshape(8, 3)
     x2 = m.array(g, chunks=[3, 0, 5])
     assert len(x2) == 8 and x2.shape == (8, 3) and x2.ndim == 2 and x2.dtype == np.int16
-    same(x2.collect(), g)
+    assert_array_same(x2.collect(), g)
     # Empty arrays keep their dtype and columns.
     e = m.array(np.zeros((0, 3), dtype=np.uint8))
     assert len(e) == 0 and e.shape == (0, 3)
-    same(e.collect(), np.zeros((0, 3), dtype=np.uint8))
-    same(m.array(np.zeros(0), chunks=[]).collect(), np.zeros(0))
+    assert_array_same(e.collect(), np.zeros((0, 3), dtype=np.uint8))
+    assert_array_same(m.array(np.zeros(0), chunks=[]).collect(), np.zeros(0))
     # Other numeric and bool dtypes.
     for dtype in (np.bool_, np.uint64, np.complex64, np.float32):
         v = (np.arange(5) % 2).astype(dtype)
-        same(m.array(v, chunks=2).collect(), v)
+        assert_array_same(m.array(v, chunks=2).collect(), v)
 
 
 def check_rebalance(m):
@@ -342,22 +343,22 @@ def check_rebalance(m):
     x = m.array(np.arange(11), chunks=[0, 11], ranks=[0, size - 1])
     r = x.rebalance()
     assert lengths(r) == near_equal(11, size) and owners(r) == list(range(size))
-    same(r.collect(), np.arange(11))
+    assert_array_same(r.collect(), np.arange(11))
     r5 = x.rebalance(5)
     assert lengths(r5) == near_equal(11, 5) and owners(r5) == [k % size for k in range(5)]
-    same(r5.collect(), np.arange(11))
+    assert_array_same(r5.collect(), np.arange(11))
     g = np.arange(20).reshape(10, 2)
-    same(m.array(g, chunks=[1, 9]).rebalance(3).collect(), g)
+    assert_array_same(m.array(g, chunks=[1, 9]).rebalance(3).collect(), g)
     many = x.rebalance(15)  # more chunks than rows: some are empty
     assert lengths(many) == near_equal(11, 15)
-    same(many.collect(), np.arange(11))
-    same(cv.dcall(np.negative, x).rebalance(2).collect(), -np.arange(11))
+    assert_array_same(many.collect(), np.arange(11))
+    assert_array_same(cv.dcall(np.negative, x).rebalance(2).collect(), -np.arange(11))
     # No rows at all, in empty chunks or in none.
     for empty in (m.array(np.zeros(0)), m.array(np.zeros((0, 2), np.int8), chunks=[]),
                   cv.dcall(np.negative, m.array(np.zeros(0, np.float32), chunks=[0, 0, 0]))):
         r = empty.rebalance()
         assert lengths(r) == [0] * size and owners(r) == list(range(size))
-        same(r.collect(), empty.collect())
+        assert_array_same(r.collect(), empty.collect())
 
 
 def check_from_local_single(m):
@@ -367,7 +368,7 @@ def check_from_local_single(m):
         x = cv.DistArray.from_local(m, local)
         local[:] = 0
         assert lengths(x) == [4] and owners(x) == [0]
-        same(x.collect(), np.arange(4.0))
+        assert_array_same(x.collect(), np.arange(4.0))
 
 
 def check_dcall_examples(m):
@@ -380,14 +381,14 @@ def check_dcall_examples(m):
         warnings.simplefilter("always")
         z = cv.dcall(np.add, x, y)
     assert recycling_warnings(caught) == 1
-    same(z.collect(), np.arange(12) + recycled(np.arange(5) * 100, 12))
+    assert_array_same(z.collect(), np.arange(12) + recycled(np.arange(5) * 100, 12))
     assert lengths(z) == lengths(x) and owners(z) == owners(x)
     # The result is the longest whichever side it is on; a multiple does not warn.
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         w = cv.dcall(np.subtract, m.array(np.arange(4), chunks=4), x)
     assert recycling_warnings(caught) == 0
-    same(w.collect(), recycled(np.arange(4), 12) - np.arange(12))
+    assert_array_same(w.collect(), recycled(np.arange(4), 12) - np.arange(12))
     assert lengths(w) == lengths(x)
     # Ties: most chunks wins, then the first.
     a3 = m.array(np.arange(6), chunks=3)
@@ -403,13 +404,13 @@ def check_dcall_examples(m):
         v = cv.dcall(lambda a, b, c, h, d, s: a + b * c + h + d + len(s), x, np.arange(7), 10,
                      np.float64(0.5), d=np.array(0.25), s="abc")
     assert recycling_warnings(caught) == 1
-    same(v.collect(), np.arange(12) + recycled(np.arange(7), 12) * 10 + 0.75 + 3)
+    assert_array_same(v.collect(), np.arange(12) + recycled(np.arange(7), 12) * 10 + 0.75 + 3)
     # A local array longer than every DistArray is the target: scattered one chunk per rank.
     u = cv.dcall(np.multiply, m.array(np.arange(3), chunks=[3]), np.arange(9))
     assert lengths(u) == near_equal(9, size)
-    same(u.collect(), recycled(np.arange(3), 9) * np.arange(9))
+    assert_array_same(u.collect(), recycled(np.arange(3), 9) * np.arange(9))
     # The same array twice, and keyword arguments.
-    same(cv.dcall(f2, x, b=x).collect(), np.arange(12) * 2)
+    assert_array_same(cv.dcall(f2, x, b=x).collect(), np.arange(12) * 2)
     # 2-D recycles rows; a 1-D array against 2-D rows through a function.
     g = np.arange(18).reshape(6, 3)
     rows = np.array([[1, 1, 1], [2, 2, 2], [3, 3, 3], [4, 4, 4]])
@@ -417,9 +418,9 @@ def check_dcall_examples(m):
         warnings.simplefilter("always")
         h = cv.dcall(np.multiply, m.array(g, chunks=[4, 2]), m.array(rows, chunks=[1, 3]))
     assert recycling_warnings(caught) == 1
-    same(h.collect(), g * recycled(rows, 6))
+    assert_array_same(h.collect(), g * recycled(rows, 6))
     assert h.shape == (6, 3)
-    same(cv.dcall(lambda m2, v: m2 * v[:, None], m.array(g), np.arange(3)).collect(),
+    assert_array_same(cv.dcall(lambda m2, v: m2 * v[:, None], m.array(g), np.arange(3)).collect(),
          g * recycled(np.arange(3), 6)[:, None])
     # R: a zero-length operand makes a zero-length result, without a warning.
     with warnings.catch_warnings(record=True) as caught:
@@ -427,13 +428,13 @@ def check_dcall_examples(m):
         e = cv.dcall(np.add, x, np.zeros(0))
         e2 = cv.dcall(np.add, m.array(np.zeros((0, 3), np.float32)), np.ones((5, 3), np.float32))
     assert recycling_warnings(caught) == 0
-    same(e.collect(), np.zeros(0))
-    same(e2.collect(), np.zeros((0, 3), np.float32))
+    assert_array_same(e.collect(), np.zeros(0))
+    assert_array_same(e2.collect(), np.zeros((0, 3), np.float32))
     # Chains of calls on results not computed yet.
     chain = x
     for k in range(5):
         chain = cv.dcall(lambda a, k=k: a + k, chain)
-    same(chain.collect(), np.arange(12) + 10)
+    assert_array_same(chain.collect(), np.arange(12) + 10)
 
 
 def check_returns_at_once(m):
@@ -444,7 +445,7 @@ def check_returns_at_once(m):
     try:
         z = cv.dcall(wait_for_file, path, x)
         open(path, "w").close()
-        same(z.collect(), np.arange(8))
+        assert_array_same(z.collect(), np.arange(8))
     finally:
         if os.path.exists(path):
             os.unlink(path)
@@ -460,7 +461,7 @@ def check_warnings_name_the_caller(m):
         x + y
         x * y
         np.subtract(x, y)
-        y < x
+        y < x  # noqa: B015  (the warning it raises is the point)
         x + m.array(np.arange(1))  # no warning: 5 is a multiple of 1
     assert recycling_warnings(caught) == 4
     assert sorted({w.lineno for w in caught}) == sorted(w.lineno for w in caught)
@@ -475,20 +476,20 @@ def check_operators(m):
                lambda p, q: p // q, lambda p, q: p % q, lambda p, q: p ** 2 + q,
                lambda p, q: p == q, lambda p, q: p != q, lambda p, q: p < q, lambda p, q: p <= q,
                lambda p, q: p > q, lambda p, q: p >= q):
-        same(op(x, y).collect(), op(a, b))
-        same(op(x, b).collect(), op(a, b))  # DistArray op numpy
-        same(op(a, y).collect(), op(a, b))  # numpy op DistArray: numpy defers to it
-        same(op(x, 3).collect(), op(a, 3))
-        same(op(3, y).collect(), op(3, b))  # reflected
-    same((-x).collect(), -a)
-    same(abs(x - 5).collect(), abs(a - 5))
-    same(((x > 2) & (x < 7)).collect(), (a > 2) & (a < 7))
-    same(((x < 2) | (x > 7)).collect(), (a < 2) | (a > 7))
+        assert_array_same(op(x, y).collect(), op(a, b))
+        assert_array_same(op(x, b).collect(), op(a, b))  # DistArray op numpy
+        assert_array_same(op(a, y).collect(), op(a, b))  # numpy op DistArray: numpy defers to it
+        assert_array_same(op(x, 3).collect(), op(a, 3))
+        assert_array_same(op(3, y).collect(), op(3, b))  # reflected
+    assert_array_same((-x).collect(), -a)
+    assert_array_same(abs(x - 5).collect(), abs(a - 5))
+    assert_array_same(((x > 2) & (x < 7)).collect(), (a > 2) & (a < 7))
+    assert_array_same(((x < 2) | (x > 7)).collect(), (a < 2) | (a > 7))
     # numpy's ufuncs, one and two operands.
-    same(np.sqrt(x).collect(), np.sqrt(a))
-    same(np.maximum(x, y).collect(), np.maximum(a, b))
-    same(np.add(a, y).collect(), a + b)
-    same(np.logical_not(x > 3).collect(), a <= 3)
+    assert_array_same(np.sqrt(x).collect(), np.sqrt(a))
+    assert_array_same(np.maximum(x, y).collect(), np.maximum(a, b))
+    assert_array_same(np.add(a, y).collect(), a + b)
+    assert_array_same(np.logical_not(x > 3).collect(), a <= 3)
     assert isinstance(np.exp(x), cv.DistArray)
     with pytest.raises(TypeError):
         np.add(x, y, out=np.empty(9, np.int64))  # no out= for a DistArray
@@ -505,8 +506,8 @@ def check_reductions(m):
     ints = np.array([4, 0, 9, 1], dtype=np.int32)
     xi = m.array(ints, chunks=4)
     for name in ("sum", "prod", "min", "max", "mean", "any", "all"):
-        same(np.asarray(getattr(xi, name)()), np.asarray(getattr(ints, name)()))
-    same(np.asarray((m.array(ints > 0)).sum()), np.asarray((ints > 0).sum()))
+        assert_array_same(np.asarray(getattr(xi, name)()), np.asarray(getattr(ints, name)()))
+    assert_array_same(np.asarray((m.array(ints > 0)).sum()), np.asarray((ints > 0).sum()))
     # Through numpy's ufunc reductions.
     np.testing.assert_allclose(np.add.reduce(x), a.sum())
     np.testing.assert_allclose(np.maximum.reduce(x), a.max())
@@ -524,8 +525,8 @@ def check_reductions(m):
     for name in ("sum", "prod", "min", "max", "mean", "any", "all"):
         np.testing.assert_allclose(getattr(np, name)(x2), getattr(np, name)(g))
         np.testing.assert_allclose(getattr(np, name)(x2, axis=0), getattr(np, name)(g, axis=0))
-    same(np.asarray(np.sum(xi, dtype=np.int8)), np.asarray(np.sum(ints, dtype=np.int8)))
-    same(np.asarray(xi.mean(dtype=np.float32)), np.asarray(ints.mean(dtype=np.float32)))
+    assert_array_same(np.asarray(np.sum(xi, dtype=np.int8)), np.asarray(np.sum(ints, dtype=np.int8)))
+    assert_array_same(np.asarray(xi.mean(dtype=np.float32)), np.asarray(ints.mean(dtype=np.float32)))
     with pytest.raises(TypeError, match="out="):
         np.sum(x, out=np.zeros(()))
     # On results not computed yet.
@@ -537,7 +538,7 @@ def check_reductions(m):
             empty.min()
         with pytest.raises(ValueError):
             empty.max()
-    same(m.array(np.zeros((0, 2), np.int64)).sum(axis=0), np.zeros(2, np.int64))
+    assert_array_same(m.array(np.zeros((0, 2), np.int64)).sum(axis=0), np.zeros(2, np.int64))
     with pytest.raises(ValueError):
         m.array(np.zeros((0, 2))).min(axis=0)
 
@@ -546,14 +547,14 @@ def check_dreduce(m):
     size = m.size
     digits = m.array(np.arange(1, 6), chunks=5, ranks=[(3 * k) % size for k in range(5)])
     # Folded in order: ((((1 * 10 + 2) * 10 + 3) * 10 + 4) * 10 + 5).
-    same(np.asarray(cv.dreduce(lambda acc, c: acc * 10 + c, digits)), np.array([12345]))
-    same(cv.dreduce(lambda p, q: np.concatenate([p, q]), digits), np.arange(1, 6))
+    assert_array_same(np.asarray(cv.dreduce(lambda acc, c: acc * 10 + c, digits)), np.array([12345]))
+    assert_array_same(cv.dreduce(lambda p, q: np.concatenate([p, q]), digits), np.arange(1, 6))
     # The running value may have any shape, and be a 0-d array.
     assert cv.dreduce(lambda p, q: np.asarray(np.sum(p) + np.sum(q)), digits) == 15
     # A single chunk is returned as it is.
-    same(cv.dreduce(lambda p, q: 1 / 0, m.array(np.arange(3), chunks=1)), np.arange(3))
+    assert_array_same(cv.dreduce(lambda p, q: 1 / 0, m.array(np.arange(3), chunks=1)), np.arange(3))
     # On a result not computed yet.
-    same(cv.dreduce(np.maximum, cv.dcall(np.negative, m.array(np.arange(8), chunks=[2, 2, 2, 2]))),
+    assert_array_same(cv.dreduce(np.maximum, cv.dcall(np.negative, m.array(np.arange(8), chunks=[2, 2, 2, 2]))),
          np.array([0, -1]))
 
 
@@ -564,7 +565,7 @@ def check_dmap_examples(m):
     r = cv.dmap(lambda c, k: c[: k], x, [1, 2, 3])
     assert [ref.length for ref in r.chunks] == [None] * 3  # not known yet
     assert len(r) == 6 and lengths(r) == [1, 2, 3] and owners(r) == owners(x)
-    same(r.collect(), np.array([0, 3, 4, 6, 7, 8]))
+    assert_array_same(r.collect(), np.array([0, 3, 4, 6, 7, 8]))
     assert r.dtype == x.dtype and r.shape == (6,)
     # Recycling of the shorter list of chunks, with R's warning.
     y = m.array(np.array([100, 200]), chunks=2)
@@ -572,7 +573,7 @@ def check_dmap_examples(m):
         warnings.simplefilter("always")
         s = cv.dmap(lambda c, d: c + d, x, y)
     assert recycling_warnings(caught) == 1
-    same(s.collect(), np.concatenate([np.arange(3) + 100, np.arange(3, 6) + 200,
+    assert_array_same(s.collect(), np.concatenate([np.arange(3) + 100, np.arange(3, 6) + 200,
                                       np.arange(6, 10) + 100]))
     # The argument with most chunks places the results; scalars go to every call.
     four = m.array(np.arange(4), chunks=4, ranks=[size - 1] * 4)
@@ -581,9 +582,9 @@ def check_dmap_examples(m):
         t = cv.dmap(lambda c, d, k: np.array([c.sum() + d.sum() + k]), y, four, k=1000)
     assert recycling_warnings(caught) == 0
     assert owners(t) == [size - 1] * 4
-    same(t.collect(), np.array([1100, 1201, 1102, 1203]))
+    assert_array_same(t.collect(), np.array([1100, 1201, 1102, 1203]))
     # Results of dmap feed dcall (their lengths are learned first).
-    same(cv.dcall(np.add, r, 1).collect(), np.array([1, 4, 5, 7, 8, 9]))
+    assert_array_same(cv.dcall(np.add, r, 1).collect(), np.array([1, 4, 5, 7, 8, 9]))
     # Zero lengths: all zero is an empty result; mixing is an error.
     empty = m.array(np.zeros(0), chunks=[])
     assert cv.dmap(np.sum, empty).chunks == [] and len(cv.dmap(np.sum, empty, [])) == 0
@@ -698,7 +699,7 @@ def check_remote_errors(m):
     with pytest.raises(cv.RemoteError) as info:
         cv.dcall(lambda a, u: a, x, Unloadable()).collect()
     assert info.value.remote_type == "ImportError" and "only_on_the_driver" in info.value.remote_message
-    same(x.collect(), np.arange(12))  # the rest goes on
+    assert_array_same(x.collect(), np.arange(12))  # the rest goes on
 
 
 def check_bad_arguments(m):
@@ -766,8 +767,8 @@ def check_race(m, rank):
     z1 = cv.dcall(slow_double, x)
     z2 = cv.dcall(np.add, x, z1)
     assert {ref.state for ref in z1.chunks} == {"pending"}  # as far as the driver knows
-    same(z2.collect(), a * 3)
-    same(z1.collect(), a * 2)
+    assert_array_same(z2.collect(), a * 3)
+    assert_array_same(z1.collect(), a * 2)
     # x itself pending too, and z1 an argument of a call placed elsewhere:
     # another rank's tasks fetch z1's rows while `rank` computes them.
     x = cv.dcall(slow_double, m.array(a, chunks=4, ranks=[rank] * 4))
@@ -777,18 +778,18 @@ def check_race(m, rank):
     w = m.array(a, chunks=6, ranks=[rank] * 6)  # on `rank` again, waiting for all of it
     z3 = cv.dcall(lambda p, q, r: p + q - r, w, z1, z2)
     assert lengths(z2) == lengths(y) and owners(z3) == [rank] * 6
-    same(z3.collect(), -(a * 2))
-    same(z2.collect(), a + a * 4 + a * 2)
+    assert_array_same(z3.collect(), -(a * 2))
+    assert_array_same(z2.collect(), a + a * 4 + a * 2)
     # Recycled: every chunk of z2 needs pieces of several chunks of z1.
     z1 = cv.dcall(slow_double, m.array(a[:7], chunks=3, ranks=[rank] * 3))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         z2 = cv.dcall(np.add, x, z1)
     assert recycling_warnings(caught) == 1
-    same(z2.collect(), a * 2 + recycled(a[:7] * 2, 40))
+    assert_array_same(z2.collect(), a * 2 + recycled(a[:7] * 2, 40))
     # dmap and reductions on chunks not computed yet.
     z1 = cv.dcall(slow_double, m.array(a, chunks=4, ranks=[rank] * 4))
-    same(cv.dmap(lambda p, q: p - q, z1, x).collect(), np.zeros(40))
+    assert_array_same(cv.dmap(lambda p, q: p - q, z1, x).collect(), np.zeros(40))
     assert z1.sum() == a.sum() * 2 and cv.dreduce(np.maximum, z1).max() == 78
 
 
@@ -827,7 +828,7 @@ def case_reference_before_its_chunk():
                 del back
                 m.send(owner, TASK, {"id": ref.id, "weight": weight, "length": 4, "function": None,
                                      "args": [("value", np.arange(4))], "kwargs": {}})
-                same(cv.DistArray(layer, [ref]).collect(), np.arange(4))
+                assert_array_same(cv.DistArray(layer, [ref]).collect(), np.arange(4))
                 del ref
         held.clear()
         nothing_left(m)
@@ -894,17 +895,17 @@ def case_spmd():
             assert lengths(x) == [r + turn for r in range(size)] and owners(x) == list(range(size))
             assert len(x) == len(whole) and x.dtype == np.int64 and x.shape == whole.shape
             y = cv.dcall(np.multiply, x, rank + 1)  # each rank its own result
-            same(y.collect(), whole * (rank + 1))
+            assert_array_same(y.collect(), whole * (rank + 1))
             assert x.sum() == whole.sum()
             rows = np.full((rank % 2 + turn, 3), rank, dtype=np.float32)
             g = cv.DistArray.from_local(m, rows)
             assert g.shape == (sum(r % 2 + turn for r in range(size)), 3)
-            same(g.rebalance().collect(), np.concatenate(
+            assert_array_same(g.rebalance().collect(), np.concatenate(
                 [np.full((r % 2 + turn, 3), r, dtype=np.float32) for r in range(size)]))
             # Every rank scatters an array of its own at the same time.
             mine = m.array(np.arange(rank + turn + 3), chunks=size, ranks=[(rank + k) % size
                                                                              for k in range(size)])
-            same((mine + x.sum()).collect(), np.arange(rank + turn + 3) + whole.sum())
+            assert_array_same((mine + x.sum()).collect(), np.arange(rank + turn + 3) + whole.sum())
         del x, y, g, mine
         # Pieces that do not fit together: an error on every rank, and nothing kept.
         last = rank == size - 1
@@ -935,7 +936,7 @@ def check_results_dropped_at_once(m):
     kept = cv.dcall(np.add, x, kept)  # the first result dropped, used by the second
     x.rebalance()
     cv.dmap(np.sum, x)
-    same(kept.collect(), np.arange(12) * 2 + 1)
+    assert_array_same(kept.collect(), np.arange(12) * 2 + 1)
 
 
 def check_references_travel(m):
@@ -950,7 +951,7 @@ def check_references_travel(m):
     assert [(r.id, r.owner, r.length, r.offset) for r in back] == \
         [(r.id, r.owner, r.length, r.offset) for r in z.chunks + x.chunks]
     m.send(b, "forward", (2 * size + 1, x.chunks[::2]))  # round the ranks, twice and more
-    same(z.collect(), np.arange(10) * 2)
+    assert_array_same(z.collect(), np.arange(10) * 2)
     return len(x.chunks) + len(z.chunks)
 
 
@@ -965,7 +966,7 @@ def check_failed_sends(m):
             m.request(size - 1, "echo", (x.chunks[1], {"bad": bad}))
         with pytest.raises(cv.CarriageError):
             m.sender("hold").send(size - 1, [x.chunks, bad])
-    same(x.collect(), np.arange(4))
+    assert_array_same(x.collect(), np.arange(4))
 
 
 def case_freeing():
@@ -1061,7 +1062,7 @@ def case_reference_chain(hops):
                     m.progress(0.01)
                 assert arrived, "the reference never reached the end of its chain"
                 # The chunk outlived every other reference: its last one reads it.
-                same(cv.DistArray(m._chunks, arrived).collect(), np.arange(4))
+                assert_array_same(cv.DistArray(m._chunks, arrived).collect(), np.arange(4))
                 arrived.clear()
         nothing_left(m)
 

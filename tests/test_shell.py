@@ -24,10 +24,11 @@ import numpy as np
 import pytest
 
 import conveyor as cv
-from conftest import mpiexec
 from conveyor import _shell
 from conveyor.__main__ import main
 from conveyor._shell import COMMANDS, ShellError, parse
+
+from conftest import mpiexec
 
 CONSOLE_SCRIPT = os.path.join(os.path.dirname(sys.executable), "conveyor")
 DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs"

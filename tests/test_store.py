@@ -8,36 +8,20 @@ ranks the giver is also a destination, at one rank all three are one rank).
 No assertion depends on timing.
 """
 
-import resource
 
 import numpy as np
 import pytest
 
 import conveyor as cv
 
+from _helpers import no_state_left, peak_rss_mib, world
+
 MiB = 1 << 20
-
-
-def peak_rss_mib():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-
-
-def world():
-    from mpi4py import MPI
-
-    return MPI.COMM_WORLD
 
 
 def roles(m):
     """(giver, holder b, destination c) for this rank count."""
     return 0, 1 % m.size, 2 % m.size
-
-
-def no_state_left(m):
-    """After wait_quiet: no pending future, no open request, no MPI request."""
-    stats = m.stats()
-    for key in ("pending_requests", "open_requests", "pending_sends", "pending_receives"):
-        assert stats[key] == 0, (key, stats)
 
 
 # -- the local store -----------------------------------------------------------

@@ -19,19 +19,7 @@ import pytest
 
 import conveyor as cv
 
-
-def world():
-    from mpi4py import MPI
-
-    return MPI.COMM_WORLD
-
-
-def no_state_left(m):
-    """After wait_quiet: no pending future, no open request, no MPI request."""
-    stats = m.stats()
-    for key in ("pending_requests", "open_requests", "pending_sends", "pending_receives"):
-        assert stats[key] == 0, (key, stats)
-    return stats
+from _helpers import no_state_left, world
 
 
 def gather_stats(m):

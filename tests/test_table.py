@@ -24,27 +24,16 @@ from hypothesis import strategies as st
 import conveyor as cv
 from conveyor._table import decode_key, encode_key, key_hash
 
+from _helpers import no_state_left, same, world
+
 
 @pytest.fixture(params=[1, 2, 4], ids=lambda n: f"np{n}")
 def nranks(request):
     return request.param
 
 
-def world():
-    from mpi4py import MPI
-
-    return MPI.COMM_WORLD
-
-
 def home(m, key):
     return key_hash(key) % m.size
-
-
-def no_state_left(m):
-    """After wait_quiet: no pending future, no open request, no MPI request."""
-    stats = m.stats()
-    for key in ("pending_requests", "open_requests", "pending_sends", "pending_receives"):
-        assert stats[key] == 0, (key, stats)
 
 
 def nothing_left(m, t):
@@ -66,14 +55,6 @@ def gather_waiters(t):
             assert key not in merged, f"{key!r} held at two ranks"
             merged[key] = (rank, count)
     return merged
-
-
-def same(got, want):
-    if isinstance(want, np.ndarray):
-        assert isinstance(got, np.ndarray) and got.dtype == want.dtype, (got, want)
-        assert got.shape == want.shape and np.array_equal(got, want)
-    else:
-        assert got == want and type(got) is type(want), (got, want)
 
 
 # -- keys and their stable hash (no MPI) ---------------------------------------
@@ -200,7 +181,7 @@ def case_put_get_everywhere():
         # Every rank reads every rank's keys, its own included.
         for r in range(m.size):
             for key, value in published(r).items():
-                same(t.get(key).result(timeout=20), value)
+                assert same(t.get(key).result(timeout=20), value)
         assert t.get(np.int64(7)).result(timeout=20) is None  # rank 0's int key 7
         assert t.get(10_199).result(timeout=20) == 10_199**2
         # Each key is stored once, at its home; every rank is home to some.
@@ -217,7 +198,7 @@ def case_put_get_everywhere():
         # A wait on a key already set resolves without any put, and is not held.
         waited = t.wait(("chunk", (m.rank + 1) % m.size)).result(timeout=20)
         assert waited["owner"] == (m.rank + 1) % m.size
-        same(t.wait(("array", m.rank)).result(timeout=20), published(m.rank)[("array", m.rank)])
+        assert same(t.wait(("array", m.rank)).result(timeout=20), published(m.rank)[("array", m.rank)])
         m.wait_quiet()
         assert t.local_waiters() == {}
 
@@ -301,13 +282,13 @@ def case_wait_before_put():
             for i in range(10):
                 t.put(("late", i), i * i)
         for f in mine:
-            same(f.result(timeout=20), value)
+            assert same(f.result(timeout=20), value)
         for i, f in late.items():
             assert f.result(timeout=20) == i * i
         m.wait_quiet()
         assert t.local_waiters() == {}
         # Later waits on the set key resolve at once.
-        same(t.wait(key).result(timeout=20), value)
+        assert same(t.wait(key).result(timeout=20), value)
         nothing_left(m, t)
 
 

@@ -31,7 +31,7 @@ def run_json(nranks, tmp_path, *args):
     return summary, result.stdout
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def collatz(n):
     """Collatz steps from n down to 1, in plain Python (0 for n < 2)."""
     if n < 2:

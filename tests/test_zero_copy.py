@@ -1,17 +1,14 @@
 """Large arrays travel without copies, in pieces MPI can count, beyond 2 GiB."""
 
-import resource
 
 import numpy as np
 import pytest
 
 import conveyor as cv
 
+from _helpers import peak_rss_mib
+
 MiB = 1 << 20
-
-
-def peak_rss_mib():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 def case_no_copy_on_either_side(size_mib):

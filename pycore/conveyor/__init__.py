@@ -10,6 +10,8 @@
 """
 
 from ._carriage import Address, CarriageableItem
+from ._chunks import ChunkRef
+from ._darray import DistArray, Driver, dcall, dmap, dreduce
 from ._errors import (
     CancelledError,
     CarriageError,
@@ -24,8 +26,6 @@ from ._errors import (
     TimeoutError,
     UnknownTagError,
 )
-from ._chunks import ChunkRef
-from ._darray import DistArray, Driver, dcall, dmap, dreduce
 from ._future import Future, Stream
 from ._messenger import Message, Messenger, Receiver, Sender
 from ._store import Copy, Move, Store, Transfer

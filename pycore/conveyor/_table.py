@@ -12,8 +12,8 @@ table at any time, without a collective call.
 import hashlib
 import numbers
 
-from ._future import Future
 from ._checks import check_name
+from ._future import Future
 
 __all__ = ["Table"]
 
