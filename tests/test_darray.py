@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import conveyor as cv
-from conveyor._chunks import STATES, TASK
+from conveyor._tags import CHUNK_STATES, CHUNK_TASK
 
 from _helpers import world
 
@@ -93,7 +93,7 @@ def nothing_left(m, handler_errors=0):
     quiet(m)
     stats = m.chunk_stats()
     assert stats == dict.fromkeys(stats, 0), (m.rank, stats)
-    assert m.table(STATES).local_keys() == [], m.table(STATES).local_keys()
+    assert m.table(CHUNK_STATES).local_keys() == [], m.table(CHUNK_STATES).local_keys()
     counts = m.stats()
     assert counts["handler_errors"] == handler_errors, (m.rank, counts["handler_errors"])
     for key in ("payloads_undecodable", "unknown_tag", "pending_requests", "open_requests"):
@@ -826,7 +826,7 @@ def case_reference_before_its_chunk():
                 back, placeholders = m.request(owner, "hold", ref).result(timeout=10)
                 assert placeholders == 1 and back.id == ref.id
                 del back
-                m.send(owner, TASK, {"id": ref.id, "weight": weight, "length": 4, "function": None,
+                m.send(owner, CHUNK_TASK, {"id": ref.id, "weight": weight, "length": 4, "function": None,
                                      "args": [("value", np.arange(4))], "kwargs": {}})
                 assert_array_same(cv.DistArray(layer, [ref]).collect(), np.arange(4))
                 del ref

@@ -1,6 +1,7 @@
 """Sends, requests, receivers and termination detection, at 1 to 4 ranks."""
 
 import numpy as np
+import pytest
 
 import conveyor as cv
 
@@ -209,3 +210,16 @@ def case_messenger_on_a_sub_communicator():
 
 def test_messenger_on_a_sub_communicator(mpirun, nranks):
     mpirun(nranks, case_messenger_on_a_sub_communicator)
+
+
+def test_reserved_tags_are_distinct_and_refused_to_users():
+    from conveyor import _tags
+    from conveyor._checks import RESERVED_PREFIX
+
+    tags = [getattr(_tags, name) for name in _tags.__all__]
+    assert len(set(tags)) == len(tags)
+    with cv.Messenger() as m:
+        for tag in tags:
+            assert tag.startswith(RESERVED_PREFIX)
+            with pytest.raises(ValueError, match="reserved"):
+                m.on(tag)

@@ -28,15 +28,17 @@ from . import _pickling
 from ._carriage import CarriageableItem
 from ._errors import RemoteError
 from ._native import core
+from ._tags import (
+    CHUNK_FETCH,
+    CHUNK_GIVE_BACK,
+    CHUNK_REFILL,
+    CHUNK_STATES,
+    CHUNK_TASK,
+    DRIVER_DONE,
+)
 
 __all__ = ["ChunkRef"]
 
-TASK = "conveyor.chunk.task"  # send: compute a chunk
-FETCH = "conveyor.chunk.fetch"  # request: rows of a chunk, once settled
-GIVE_BACK = "conveyor.chunk.give_back"  # send: reference weight returned to its home
-REFILL = "conveyor.chunk.refill"  # request: more weight for a reference running low
-STATES = "conveyor.chunks"  # the table where owners publish what their chunks became
-DRIVER_DONE = "conveyor.driver.done"  # send: the driver left its `with` block
 
 PENDING, RESOLVED, ERROR = core.CHUNK_PENDING, core.CHUNK_RESOLVED, core.CHUNK_ERROR
 _STATE_NAMES = {PENDING: "pending", RESOLVED: "resolved", ERROR: "error"}
@@ -194,11 +196,11 @@ class ChunkLayer:
         self._ready = collections.deque()  # callbacks of chunks just settled, run in order
         self._draining = False
         self._functions = {}  # pickled function -> function, the tasks' recent ones
-        self._published = set()  # owned chunks whose state is in the STATES table
-        receivers.add(TASK, self._on_task)
-        receivers.add(FETCH, self._on_fetch)
-        receivers.add(GIVE_BACK, self._on_give_back)
-        receivers.add(REFILL, self._on_refill)
+        self._published = set()  # owned chunks whose state is in the CHUNK_STATES table
+        receivers.add(CHUNK_TASK, self._on_task)
+        receivers.add(CHUNK_FETCH, self._on_fetch)
+        receivers.add(CHUNK_GIVE_BACK, self._on_give_back)
+        receivers.add(CHUNK_REFILL, self._on_refill)
         self.drivers_done = 0  # driver blocks the root left, and those served here
         self.drivers_seen = 0
         receivers.add(DRIVER_DONE, self._on_driver_done)
@@ -243,7 +245,7 @@ class ChunkLayer:
         """Take weight for a reference about to travel; return (weight, its home)."""
         weight, home, refill = self.table.lend(id)
         if refill:
-            self.m.request(owner, REFILL, id).add_done_callback(
+            self.m.request(owner, CHUNK_REFILL, id).add_done_callback(
                 lambda future: self._refilled(id, owner, future))
         return weight, home
 
@@ -293,7 +295,7 @@ class ChunkLayer:
             self._forget(id)
 
     def _give_back(self, home, id, weight):
-        self.m.send(home, GIVE_BACK, (id, weight))
+        self.m.send(home, CHUNK_GIVE_BACK, (id, weight))
 
     def _forget(self, id):
         # The chunk is gone: so is what its owner published about it. A
@@ -301,7 +303,7 @@ class ChunkLayer:
         # a key never set is an error at the table's home.
         if id in self._published:
             self._published.remove(id)
-            self.m.table(STATES).delete(id)
+            self.m.table(CHUNK_STATES).delete(id)
 
     def _on_give_back(self, msg):
         self._returned(*msg.payload)
@@ -349,7 +351,7 @@ class ChunkLayer:
     def _settled(self, ref, state, tokens, published):
         ref._state = state
         self._published.add(ref.id)
-        self.m.table(STATES).put(ref.id, published)
+        self.m.table(CHUNK_STATES).put(ref.id, published)
         self._ready.extend(self._waiters.pop(token) for token in tokens)
         # Settling one chunk may complete tasks that settle others: run them
         # one after the other here rather than nested ever deeper.
@@ -368,7 +370,7 @@ class ChunkLayer:
         if ref.owner == self.rank:
             self.when_settled(ref.id, lambda: self._local_rows(ref.id, start, stop, put, fail))
         else:
-            self.m.request(ref.owner, FETCH, (ref.id, start, stop)).add_done_callback(
+            self.m.request(ref.owner, CHUNK_FETCH, (ref.id, start, stop)).add_done_callback(
                 lambda future: self._fetched(future, put, fail))
 
     def _local_rows(self, id, start, stop, put, fail):
@@ -412,7 +414,7 @@ class ChunkLayer:
         ref, weight = self.mint(owner, length, offset)
         task = {"id": ref.id, "weight": weight if owner != self.rank else -1,
                 "length": length, "function": function, "args": args, "kwargs": kwargs or {}}
-        self.m.send(owner, TASK, task)
+        self.m.send(owner, CHUNK_TASK, task)
         return ref
 
     def _on_task(self, msg):

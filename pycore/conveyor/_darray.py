@@ -21,10 +21,11 @@ import numpy as np
 
 from . import _pickling
 from ._checks import check_rank
-from ._chunks import DRIVER_DONE, STATES, layer_of, remote_error
 from ._chunks import ERROR as _ERROR
+from ._chunks import layer_of, remote_error
 from ._errors import ConveyorError, RecyclingWarning
 from ._native import core
+from ._tags import CHUNK_STATES, DRIVER_DONE
 
 __all__ = ["DistArray", "Driver", "dcall", "dmap", "dreduce"]
 
@@ -154,7 +155,7 @@ class DistArray:
         # What the owners published about `refs` once computed; raises the
         # first chunk's error, in order. Learns the lengths not known yet,
         # and the offsets once every length is known.
-        table = self._layer.m.table(STATES)
+        table = self._layer.m.table(CHUNK_STATES)
         futures = [table.wait(ref.id) for ref in refs]
         facts = [future.result() for future in futures]
         learned = False

@@ -20,7 +20,7 @@ from ._asyncio import handler_of
 from ._checks import check_user_tag
 from ._errors import ConveyorError, ConveyorWarning, FrameError, RemoteError, UnknownTagError
 from ._native import core
-from ._requests import CANCEL
+from ._tags import CANCEL
 
 __all__ = ["Dispatch", "Receivers"]
 

@@ -27,8 +27,9 @@ from ._message import Message, Receiver
 from ._native import comm_handle, core
 from ._requests import Requests
 from ._sender import Sender
-from ._store import FETCH, ORDER, ItemService, Store, Transfer
+from ._store import ItemService, Store, Transfer
 from ._table import TableService
+from ._tags import ITEM_FETCH, ITEM_ORDER
 from ._transport import Transport
 
 __all__ = ["Messenger", "Message", "Receiver", "Sender"]
@@ -367,7 +368,7 @@ class Messenger:
         name : str
             The item's name.
         """
-        return self.request(rank, FETCH, check_name(name))
+        return self.request(rank, ITEM_FETCH, check_name(name))
 
     def order(self, rank, order):
         """Order rank `rank` to carry out `order` (a `Transfer`, `Copy` or `Move`).
@@ -394,7 +395,7 @@ class Messenger:
             raise TypeError(f"an order must be a Transfer, Copy or Move, not {type(order).__name__}")
         for dest in order.to + ([order.then[0]] if order.then else []):
             check_rank(dest, self.size, "destination rank")
-        return self.request(rank, ORDER, order._as_payload())
+        return self.request(rank, ITEM_ORDER, order._as_payload())
 
     def table(self, name):
         """Return the distributed key-value `Table` called `name`.

@@ -2,10 +2,10 @@
 
 from ._errors import ConveyorError, FrameError, RemoteError, UnknownTagError
 from ._native import core
+from ._tags import CANCEL
 
-__all__ = ["CANCEL", "Requests"]
+__all__ = ["Requests"]
 
-CANCEL = "conveyor.cancel"  # a requester cancelled its request `payload`
 
 
 class Requests:

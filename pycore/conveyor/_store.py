@@ -13,13 +13,11 @@ import operator
 from ._carriage import CarriageableItem
 from ._checks import check_name, check_rank
 from ._errors import StoreFullError
+from ._tags import ITEM_FETCH, ITEM_ORDER, ITEM_PUT
 
 __all__ = ["Store", "Transfer", "Copy", "Move"]
 
 # The reserved receivers of the item service.
-FETCH = "conveyor.fetch"
-PUT = "conveyor.put"
-ORDER = "conveyor.order"
 
 
 def item_bytes(item):
@@ -191,9 +189,9 @@ class ItemService:
 
     def __init__(self, messenger, receivers):
         self._m = messenger
-        receivers.add(FETCH, self._fetch)
-        receivers.add(PUT, self._put)
-        receivers.add(ORDER, self._order)
+        receivers.add(ITEM_FETCH, self._fetch)
+        receivers.add(ITEM_PUT, self._put)
+        receivers.add(ITEM_ORDER, self._order)
 
     def _fetch(self, msg):
         return self._m.store[msg.payload]
@@ -208,7 +206,7 @@ class ItemService:
         order = msg.payload
         item = m.store[order["name"]]  # a KeyError answers the order's giver
         msg.defer()
-        acks = [m.request(rank, PUT, (order["as"], item)) for rank in order["to"]]
+        acks = [m.request(rank, ITEM_PUT, (order["as"], item)) for rank in order["to"]]
         pending = [len(acks)]
         failures = []
 

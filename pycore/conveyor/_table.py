@@ -14,14 +14,10 @@ import numbers
 
 from ._checks import check_name
 from ._future import Future
+from ._tags import TABLE_DELETE, TABLE_GET, TABLE_PUT, TABLE_UNWAIT, TABLE_WAIT
 
 __all__ = ["Table"]
 
-PUT = "conveyor.table.put"
-GET = "conveyor.table.get"
-WAIT = "conveyor.table.wait"
-DELETE = "conveyor.table.delete"
-UNWAIT = "conveyor.table.unwait"  # a waiter cancelled its wait: forget it
 
 # The canonical encoding of a key: a type byte, the length of the data as
 # an unsigned LEB128 number, then the data. For a tuple the "length" is its
@@ -160,7 +156,7 @@ class Table:
         Future
             Resolves to None once the home rank stores the value.
         """
-        return self._request(PUT, key, value)
+        return self._request(TABLE_PUT, key, value)
 
     def get(self, key):
         """Return a `Future` for the value of `key`.
@@ -168,7 +164,7 @@ class Table:
         It fails with `RemoteError` (remote type ``KeyError``) if the key is
         not set, as `Messenger.fetch` does for a missing item.
         """
-        return self._request(GET, key)
+        return self._request(TABLE_GET, key)
 
     def wait(self, key):
         """Return a `Future` for the value of `key` once it is set.
@@ -181,7 +177,7 @@ class Table:
         requests = self._service.requests
         requests.transport.check_open()
         return requests.open(
-            home, WAIT, (self.name, data),
+            home, TABLE_WAIT, (self.name, data),
             lambda ref: _Wait(requests, home, ref, m, (self.name, data, ref)),
         )
 
@@ -194,7 +190,7 @@ class Table:
             Resolves to None once the key is removed; fails with
             `RemoteError` (remote type ``KeyError``) if it was not set.
         """
-        return self._request(DELETE, key)
+        return self._request(TABLE_DELETE, key)
 
     def local_keys(self):
         """Return the keys set in this table whose home is this rank (for tests and debugging)."""
@@ -237,7 +233,7 @@ class _Wait(Future):
         if not super().cancel():
             return False
         if not self._messenger.closed:
-            self._messenger.send(self._dest, UNWAIT, self._unwait)
+            self._messenger.send(self._dest, TABLE_UNWAIT, self._unwait)
         return True
 
 
@@ -260,11 +256,11 @@ class TableService:
         self.requests = requests
         self._tables = {}
         self._shards = {}
-        receivers.add(PUT, self._put)
-        receivers.add(GET, self._get)
-        receivers.add(WAIT, self._wait)
-        receivers.add(DELETE, self._delete)
-        receivers.add(UNWAIT, self._unwait)
+        receivers.add(TABLE_PUT, self._put)
+        receivers.add(TABLE_GET, self._get)
+        receivers.add(TABLE_WAIT, self._wait)
+        receivers.add(TABLE_DELETE, self._delete)
+        receivers.add(TABLE_UNWAIT, self._unwait)
 
     def table(self, name):
         table = self._tables.get(check_name(name, "a table name"))

@@ -1,0 +1,35 @@
+"""The reserved tags: the receivers of conveyor's own services, on every rank.
+
+One table, so that no two services can share a name by accident and every
+tag a user may not register is visible at a glance (all start with
+`RESERVED_PREFIX`).
+"""
+
+__all__ = [
+    "CANCEL", "CHUNK_FETCH", "CHUNK_GIVE_BACK", "CHUNK_REFILL", "CHUNK_STATES", "CHUNK_TASK",
+    "DRIVER_DONE", "ITEM_FETCH", "ITEM_ORDER", "ITEM_PUT", "TABLE_DELETE", "TABLE_GET",
+    "TABLE_PUT", "TABLE_UNWAIT", "TABLE_WAIT",
+]
+
+# Requests (_requests, _dispatch)
+CANCEL = "conveyor.cancel"  # send: a requester cancelled its request `payload`
+
+# Item stores and orders (_store)
+ITEM_FETCH = "conveyor.fetch"  # request: a copy of an item
+ITEM_PUT = "conveyor.put"  # request: store an item (a destination of an order)
+ITEM_ORDER = "conveyor.order"  # request: carry out a Transfer
+
+# Distributed tables (_table)
+TABLE_PUT = "conveyor.table.put"
+TABLE_GET = "conveyor.table.get"
+TABLE_WAIT = "conveyor.table.wait"
+TABLE_DELETE = "conveyor.table.delete"
+TABLE_UNWAIT = "conveyor.table.unwait"  # send: a waiter cancelled its wait: forget it
+
+# Chunks and distributed arrays (_chunks, _darray)
+CHUNK_TASK = "conveyor.chunk.task"  # send: compute a chunk
+CHUNK_FETCH = "conveyor.chunk.fetch"  # request: rows of a chunk, once settled
+CHUNK_GIVE_BACK = "conveyor.chunk.give_back"  # send: reference weight returned to its home
+CHUNK_REFILL = "conveyor.chunk.refill"  # request: more weight for a reference running low
+CHUNK_STATES = "conveyor.chunks"  # the table where owners publish what their chunks became
+DRIVER_DONE = "conveyor.driver.done"  # send: the driver left its `with` block
