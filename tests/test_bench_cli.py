@@ -12,7 +12,7 @@ import pytest
 
 from conftest import mpiexec, run_command
 from conveyor.__main__ import main
-from conveyor._bench import osu
+from conveyor._bench import plan
 
 # Table rows each benchmark of --which produces.
 ROWS_OF = {
@@ -67,7 +67,7 @@ def test_python_m_conveyor_bench_quick_runs_every_benchmark(tmp_path):
     out_json = tmp_path / "bench.json"
     out = run_ok([sys.executable, "-m", "conveyor", "bench", "--quick", "--json",
                        str(out_json)], cwd=tmp_path)
-    rows = check_results(out_json, list(osu.BENCHMARKS), osu.QUICK.reps)
+    rows = check_results(out_json, list(plan.BENCHMARKS), plan.QUICK.reps)
     assert {row["label"] for row in rows if row["benchmark"] == "batch"} == {
         "10k items", "100k items", "1M items"}
     assert "ratio" in out and "targets met" in out

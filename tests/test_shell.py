@@ -25,9 +25,9 @@ import pytest
 
 import conveyor as cv
 from conftest import mpiexec
-from conveyor import _shell
 from conveyor.__main__ import main
-from conveyor._shell import COMMANDS, ShellError, parse
+from conveyor.cli import frontend, interpreter, launch, service
+from conveyor.cli.grammar import COMMANDS, ShellError, parse
 
 CONSOLE_SCRIPT = os.path.join(os.path.dirname(sys.executable), "conveyor")
 DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs"
@@ -175,7 +175,7 @@ def test_dash_n_inside_an_mpi_job_is_refused(monkeypatch, capsys):
     (["shell", "-n", "2", "--mpiexec", "/no/such/mpiexec"], "is not an executable"),
 ])
 def test_usage_errors(argv, message, capsys, monkeypatch):
-    for variable in _shell._MPI_RANK_VARIABLES:
+    for variable in launch.RANK_VARIABLES:
         monkeypatch.delenv(variable, raising=False)
     with pytest.raises(SystemExit) as info:
         main(argv)
@@ -190,8 +190,8 @@ def test_usage_errors(argv, message, capsys, monkeypatch):
 def shell():
     out, err = io.StringIO(), io.StringIO()
     with cv.Messenger() as m:
-        _shell.Service(m)
-        yield _shell.Shell(m, out=out, err=err, timeout=10)
+        service.Service(m)
+        yield interpreter.Shell(m, out=out, err=err, timeout=10)
 
 
 def run_lines(shell, *lines):
@@ -320,7 +320,7 @@ def test_move_to_the_holding_rank_keeps_the_item():
 def run_command(cmd, cwd, stdin=None, timeout=TIMEOUT, env=None):
     """Run `cmd` in its own session; return (status, stdout, stderr); fail on a hang."""
     full_env = dict(os.environ, CONVEYOR_SHELL_HISTORY="", **(env or {}))
-    for variable in _shell._MPI_RANK_VARIABLES:
+    for variable in launch.RANK_VARIABLES:
         full_env.pop(variable, None)
     proc = subprocess.Popen(cmd, cwd=cwd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=full_env,
@@ -471,7 +471,7 @@ class Terminal:
     def __init__(self, cmd, cwd, env, sigint=signal.SIG_DFL):
         master, slave = os.openpty()
         full_env = dict(os.environ, TERM="dumb", **env)
-        for variable in _shell._MPI_RANK_VARIABLES:
+        for variable in launch.RANK_VARIABLES:
             full_env.pop(variable, None)
 
         def take_terminal():  # in the child, after setsid
@@ -661,7 +661,7 @@ def test_front_end_ctrl_c_while_a_command_runs(terminal, tmp_path):
     pidfile = tmp_path / "pid"
     fake = tmp_path / "fake-mpiexec"
     fake.write_text(FAKE_MPIEXEC.format(python=sys.executable, pidfile=str(pidfile),
-                                        mark=_shell.MARK))
+                                        mark=frontend.MARK))
     fake.chmod(0o755)
     t = terminal([CONSOLE_SCRIPT, "shell", "-n", "2", "--mpiexec", str(fake)], tmp_path,
                  sigint=signal.SIG_IGN, CONVEYOR_SHELL_HISTORY="")
