@@ -11,6 +11,8 @@ shell
 script
     The same commands, read from a file.
 
+Building the parser imports no MPI: ``--help``, ``--version`` and the
+launchers run without initialising it.
 """
 
 import argparse
@@ -23,11 +25,13 @@ __all__ = ["build_parser", "main"]
 
 def build_parser():
     """Return the parser of the ``conveyor`` command and its subcommands."""
+    from .. import __version__
     from .._bench import launch as bench
 
     parser = argparse.ArgumentParser(
         prog="conveyor", description="Message-driven programs over MPI: command-line tools."
     )
+    parser.add_argument("--version", action="version", version=f"conveyor {__version__}")
     commands = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND",
                                      required=True)
     # Each subcommand reports its usage errors under its own name.
