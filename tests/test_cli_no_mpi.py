@@ -54,7 +54,7 @@ def test_import_conveyor_and_its_version():
     assert result.returncode == 0, result.stderr
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["bench", "--help"],
+@pytest.mark.parametrize("argv", [["--help"], ["run", "--help"], ["bench", "--help"],
                                   ["shell", "--help"], ["script", "--help"]])
 def test_help(tmp_path, argv):
     status, out, err = run_main(tmp_path, argv)
@@ -67,6 +67,14 @@ def test_version(tmp_path):
     assert status == 0, err
     assert out == f"conveyor {conveyor.__version__}\n"
     assert conveyor.__version__ == importlib.metadata.version("conveyor")
+
+
+def test_run_launcher(tmp_path):
+    (tmp_path / "ok.py").write_text("import conveyor as cv\nwith cv.Messenger() as m:\n"
+                                    "    print('rank', m.rank, 'of', m.size)\n")
+    status, out, err = run_main(tmp_path, ["run", "-n", "2", "ok.py"])
+    assert status == 0, err
+    assert "rank 1 of 2" in out
 
 
 def test_shell_and_script_launchers(tmp_path):

@@ -2,6 +2,8 @@
 
 Subcommands:
 
+run
+    Run a Python script on N ranks under mpiexec.
 bench
     OSU-style latency, bandwidth and message-rate benchmarks of conveyor
     against raw mpi4py, on two ranks under mpiexec.
@@ -18,7 +20,7 @@ launchers run without initialising it.
 import argparse
 import functools
 
-from . import shell
+from . import run, shell
 
 __all__ = ["build_parser", "main"]
 
@@ -35,6 +37,17 @@ def build_parser():
     commands = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND",
                                      required=True)
     # Each subcommand reports its usage errors under its own name.
+    run_command = commands.add_parser(
+        "run",
+        help="run a Python script on N ranks under mpiexec",
+        description="Start N ranks under mpiexec, each running SCRIPT with the ARGs, as "
+        "'mpiexec -n N python SCRIPT ARG...' would; say which ranks failed.",
+        epilog="The exit status is 0 if every rank succeeded, else the status of the "
+        "first rank that failed; 124 after --timeout, 130 after Ctrl-C.",
+    )
+    run.add_arguments(run_command)
+    run_command.set_defaults(run=functools.partial(run.run, run_command))
+
     bench_command = commands.add_parser(
         "bench",
         help="benchmark latency, bandwidth and message rate against raw mpi4py",
