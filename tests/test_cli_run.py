@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+import conveyor as cv
 from conftest import run_command
 from conveyor.__main__ import main
 from conveyor.cli import launch
@@ -172,3 +173,16 @@ def test_the_finder_prefers_conveyor_mpiexec(monkeypatch, tmp_path):
     beside = os.path.join(os.path.dirname(sys.executable), "mpiexec")
     if os.access(beside, os.X_OK):
         assert launch.find_mpiexec() == beside
+
+
+def test_one_rank_says_how_to_start_several():
+    with cv.Messenger() as m:
+        if m.size != 1:
+            pytest.skip("needs a job of one rank")
+        for call in (lambda: m.send(1, "t", 1), lambda: m.request(1, "t", 1)):
+            with pytest.raises(ValueError) as info:
+                call()
+            message = str(info.value)
+            assert "destination rank 1 is out of range 0..0: this job has 1 rank" in message
+            assert "conveyor run -n 4 script.py" in message
+            assert "mpiexec -n 4 python script.py" in message

@@ -434,7 +434,11 @@ class Messenger:
         except TypeError:
             raise TypeError(f"a destination rank must be an int, not {type(dest).__name__}") from None
         if not 0 <= dest < self.size:
-            raise ValueError(f"destination rank {dest} is out of range 0..{self.size - 1}")
+            hint = ""
+            if self.size == 1:
+                hint = (": this job has 1 rank; start several with `conveyor run -n 4 script.py`"
+                        " or `mpiexec -n 4 python script.py`")
+            raise ValueError(f"destination rank {dest} is out of range 0..{self.size - 1}{hint}")
         return dest
 
     def _target(self, verb, dest, tag, payload):
