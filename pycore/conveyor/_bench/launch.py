@@ -1,10 +1,12 @@
-"""``conveyor bench``: start the two benchmark ranks under mpiexec, then plot.
+"""``conveyor bench``: start the two benchmark ranks under mpiexec, judge, then plot.
 
 This process only launches: the benchmarks run in ``mpiexec -n 2 python -m
 conveyor._bench.osu`` (this interpreter), whose rank 0 prints the table and
-writes the JSON; ``--plot`` then draws that JSON here.
+writes the JSON; this process then reads the JSON to fail the run if a
+target was missed, and ``--plot`` draws it.
 """
 
+import json
 import os
 import pathlib
 import sys
@@ -19,7 +21,8 @@ DEFAULT_TIMEOUT = 30 * 60
 
 DESCRIPTION = ("OSU-style micro-benchmarks: conveyor side by side with raw mpi4py. Runs on "
                "two ranks under mpiexec, prints a table of medians and ratios with PASS/FAIL "
-               "against each target.")
+               "against each target, and exits with status 1 if a target is missed "
+               "(except with --quick, whose figures are noise).")
 
 
 def add_arguments(parser):
@@ -45,8 +48,9 @@ def run(parser, args):
     Returns
     -------
     int
-        0 on success, mpiexec's exit status if the ranks failed, 124 on a
-        hang, 130 after Ctrl-C.
+        0 on success; 1 if a row missed its target (not with ``--quick``);
+        mpiexec's exit status if the ranks failed; 124 on a hang, 130 after
+        Ctrl-C.
     """
     try:
         plan.plan_from(args)
@@ -63,13 +67,10 @@ def run(parser, args):
     mpiexec = require_mpiexec(parser, args.mpiexec)
 
     with tempfile.TemporaryDirectory(prefix="conveyor-bench-") as scratch:
-        json_path = args.json
-        if json_path is None and args.plot is not None:
-            json_path = os.path.join(scratch, "results.json")  # the plot's input only
-        rank_argv = plan.run_options_argv(args)
-        if json_path is not None:
-            rank_argv += ["--json", os.path.abspath(json_path)]
-        status = run_ranks(mpiexec, rank_argv, args.timeout)
+        # The JSON is written even if not asked for: the verdict and the plot read it.
+        json_path = os.path.abspath(args.json or os.path.join(scratch, "results.json"))
+        status = run_ranks(mpiexec, plan.run_options_argv(args) + ["--json", json_path],
+                           args.timeout)
         if status != 0:
             return status
         if args.json is not None:
@@ -77,6 +78,12 @@ def run(parser, args):
         if args.plot is not None:
             plot.plot_file(json_path, args.plot)
             print(f"plot: {args.plot}")
+        with open(json_path) as f:
+            missed = [row for row in json.load(f)["results"] if row["passed"] is False]
+    if missed and not args.quick:
+        names = ", ".join(f"{row['benchmark']} {row['label']}" for row in missed)
+        print(f"conveyor bench: {len(missed)} target(s) missed: {names}", file=sys.stderr)
+        return 1
     return 0
 
 
