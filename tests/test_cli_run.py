@@ -51,6 +51,8 @@ def test_a_failing_rank_is_named_with_its_status(tmp_path):
         """, "-n", "2")
     assert result.returncode == 1
     assert "conveyor run: rank 1 failed with exit status 1" in result.stderr
+    # conveyor's excepthook aborts the job: rank 0, waiting for rank 1, is stopped.
+    assert "conveyor run: rank 0 did not finish: stopped by mpiexec" in result.stderr
     # The traceback is the user's, as python would print it.
     assert 'File "script.py", line 5, in <module>' in result.stderr
     assert "ValueError: rank one is broken" in result.stderr

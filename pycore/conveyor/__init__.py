@@ -77,6 +77,7 @@ if typing.TYPE_CHECKING:
 
 
 def __getattr__(name):
+    """Import the public `name` from its module on first use."""
     module = _MODULE_OF.get(name)
     if module is None:
         raise AttributeError(f"module 'conveyor' has no attribute {name!r}")
@@ -86,6 +87,7 @@ def __getattr__(name):
 
 
 def __dir__():
+    """The names defined here and every public name, imported or not."""
     return sorted(set(globals()) | set(__all__))
 
 

@@ -13,6 +13,8 @@ import sys
 
 __all__ = [
     "INTERRUPTED",
+    "MPIEXEC_HELP",
+    "RANK_VARIABLES",
     "TIMED_OUT",
     "find_mpiexec",
     "inside_mpi_job",

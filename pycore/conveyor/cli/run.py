@@ -39,10 +39,6 @@ def add_arguments(parser):
                         help="arguments passed to the script (sys.argv[1:])")
 
 
-def _ranks_text(ranks):
-    return ("rank " if len(ranks) == 1 else "ranks ") + ",".join(map(str, ranks))
-
-
 def run(parser, args):
     """Run ``conveyor run`` with parsed `args`; report usage errors through `parser`.
 
@@ -67,10 +63,8 @@ def run(parser, args):
         for name in os.listdir(status_dir):
             with open(os.path.join(status_dir, name)) as f:
                 statuses[int(name)] = int(f.read())
-    unfinished = [rank for rank in range(args.nranks) if rank not in statuses]
     if status == TIMED_OUT:
-        _say(f"still running after {args.timeout:g} s: killed every rank "
-             f"({_ranks_text(unfinished)} had not finished)")
+        _say(f"still running after {args.timeout:g} s: killed every rank")
         return TIMED_OUT
     if status == INTERRUPTED:
         _say("interrupted: killed every rank")
@@ -78,10 +72,10 @@ def run(parser, args):
     failed = {rank: code for rank, code in sorted(statuses.items()) if code != 0}
     for rank, code in failed.items():
         _say(f"rank {rank} failed with exit status {code}")
-    if status != 0 and unfinished:
-        _say(f"{_ranks_text(unfinished)} did not finish: stopped by mpiexec or by a signal "
-             f"(mpiexec exited with status {status})")
-    elif status != 0 and not failed:
+    if status != 0:
+        for rank in range(args.nranks):
+            if rank not in statuses:
+                _say(f"rank {rank} did not finish: stopped by mpiexec or by a signal")
         _say(f"mpiexec exited with status {status}")
     return next(iter(failed.values()), status)
 

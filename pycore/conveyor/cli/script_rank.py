@@ -75,14 +75,16 @@ def run_script(path, args, finished):
     try:
         runpy.run_path(path, run_name="__main__")
     except SystemExit as exc:
-        status = exc.code if exc.code is None or isinstance(exc.code, int) else 1
-        if status != exc.code:
+        # As Python does: None is 0, an int is the status, anything else is printed and is 1.
+        if exc.code is None or isinstance(exc.code, int):
+            status = int(exc.code or 0)
+        else:
             print(exc.code, file=sys.stderr)
-        status = status or 0
+            status = 1
     except BaseException as exc:
         tb = exc.__traceback__
         while tb is not None and tb.tb_frame.f_code.co_filename != path:
-            tb = tb.tb_next
+            tb = tb.tb_next  # ours and runpy's: the user's traceback starts in the script
         finished(1)
         sys.excepthook(type(exc), exc.with_traceback(tb), tb)
         return 1
