@@ -9,6 +9,8 @@ import re
 import shlex
 import sys
 
+import conveyor as cv
+
 from .._store import item_bytes
 from .frontend import MARK, prompt
 from .grammar import BY_NAME, COMMANDS, ShellError, parse
@@ -138,8 +140,6 @@ class Shell:
 
     def _wait(self, future, rank, missing=None):
         """The answer of `future` from `rank`, or a `ShellError` that says why not."""
-        import conveyor as cv
-
         try:
             return future.result(timeout=self.timeout)
         except cv.TimeoutError:
@@ -203,8 +203,6 @@ class Shell:
             self.say(text if len(text) <= 200 else text[:197] + "...")
 
     def _transfer(self, args, move):
-        import conveyor as cv
-
         name, src, dests = args["name"], args["src"], args["dests"]
         new = args.get("newname", name)
         if move and src in dests and new == name:

@@ -13,9 +13,11 @@ import signal
 import subprocess
 import sys
 
+import conveyor as cv
+
 from .arguments import positive_int, seconds
 from .frontend import front_end
-from .interpreter import DEFAULT_TIMEOUT
+from .interpreter import DEFAULT_TIMEOUT, Shell
 from .launch import (
     INTERRUPTED,
     MPIEXEC_HELP,
@@ -24,6 +26,7 @@ from .launch import (
     require_mpiexec,
     start_in_group,
 )
+from .service import Service
 
 __all__ = ["add_arguments", "run", "run_rank"]
 
@@ -72,11 +75,6 @@ def run(parser, args, script):
 
 def run_rank(args, script):
     """Be one rank of the job: rank 0 runs the session, the others serve it."""
-    import conveyor as cv
-
-    from .interpreter import Shell
-    from .service import Service
-
     with cv.Messenger() as m:
         service = Service(m)
         if m.rank != 0:
