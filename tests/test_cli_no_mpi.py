@@ -70,8 +70,9 @@ def test_version(tmp_path):
 
 
 def test_run_launcher(tmp_path):
+    # One write per line: the ranks' output may interleave between writes.
     (tmp_path / "ok.py").write_text("import conveyor as cv\nwith cv.Messenger() as m:\n"
-                                    "    print('rank', m.rank, 'of', m.size)\n")
+                                    "    print(f'rank {m.rank} of {m.size}', flush=True)\n")
     status, out, err = run_main(tmp_path, ["run", "-n", "2", "ok.py"])
     assert status == 0, err
     assert "rank 1 of 2" in out
