@@ -48,8 +48,8 @@ import numpy as np
 from mpi4py import MPI
 
 import conveyor as cv
-from conveyor._bench.osu import parse_size
 from conveyor._bench.runinfo import run_metadata
+from conveyor.cli.arguments import byte_size
 
 MiB = 1 << 20
 RATIO_TARGET = 0.9       # ordered throughput / direct throughput
@@ -125,7 +125,7 @@ class Bench:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", type=parse_size, default=256 * MiB,
+    parser.add_argument("--size", type=byte_size, default=256 * MiB,
                         help="array size in bytes: 65536, 64K, 16M, 1G (default 256M)")
     parser.add_argument("--reps", type=int, default=5, help="timed repetitions (default 5)")
     parser.add_argument("--json", metavar="FILE", help="write metadata, medians and samples")

@@ -8,7 +8,6 @@ process group is killed and the test fails with what the ranks printed.
 import importlib.util
 import os
 import pathlib
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,9 +19,10 @@ ENTRY = HERE / "_mpi_entry.py"
 
 
 def mpiexec():
-    found = os.environ.get("CONVEYOR_MPIEXEC") or shutil.which(
-        "mpiexec", path=os.path.dirname(sys.executable)
-    ) or shutil.which("mpiexec")
+    """The mpiexec ``conveyor run`` would use (`conveyor.cli.launch.find_mpiexec`)."""
+    from conveyor.cli.launch import find_mpiexec
+
+    found = find_mpiexec()
     if not found:
         pytest.fail("no mpiexec found (install the mpich wheel or set CONVEYOR_MPIEXEC)")
     return found

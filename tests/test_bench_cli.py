@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from conveyor.__main__ import main
-from conveyor._bench import osu
+from conveyor._bench import plan
 
 from conftest import mpiexec, run_command
 
@@ -68,7 +68,7 @@ def test_python_m_conveyor_bench_quick_runs_every_benchmark(tmp_path):
     out_json = tmp_path / "bench.json"
     out = run_ok([sys.executable, "-m", "conveyor", "bench", "--quick", "--json",
                        str(out_json)], cwd=tmp_path)
-    rows = check_results(out_json, list(osu.BENCHMARKS), osu.QUICK.reps)
+    rows = check_results(out_json, list(plan.BENCHMARKS), plan.QUICK.reps)
     assert {row["label"] for row in rows if row["benchmark"] == "batch"} == {
         "10k items", "100k items", "1M items"}
     assert "ratio" in out and "targets met" in out
@@ -100,6 +100,35 @@ def test_plot_without_matplotlib_is_a_usage_error(tmp_path, monkeypatch, capsys)
     err = capsys.readouterr().err
     assert "--plot" in err and "matplotlib" in err and "pip install 'conveyor[plot]'" in err
     assert not (tmp_path / "bench.png").exists()
+
+
+# Stands for mpiexec and the benchmark ranks: writes the JSON of a run in which
+# one row missed its target, as rank 0 would, and prints its table row.
+FAKE_RANKS = """#!{python}
+import json, sys
+rows = [dict(benchmark="latency", label="8 B int", passed=False),
+        dict(benchmark="oneway", label="8 B int", passed=True)]
+with open(sys.argv[sys.argv.index("--json") + 1], "w") as f:
+    json.dump({{"meta": {{}}, "results": rows}}, f)
+print("latency 8 B int ... FAIL")
+"""
+
+
+@pytest.mark.parametrize("quick", [False, True])
+def test_a_missed_target_fails_the_run(tmp_path, capfd, quick):
+    fake = tmp_path / "fake-mpiexec"
+    fake.write_text(FAKE_RANKS.format(python=sys.executable))
+    fake.chmod(0o755)
+    status = main(["bench", "--which", "latency,oneway", "--mpiexec", str(fake)]
+                  + ["--quick"] * quick)
+    out, err = capfd.readouterr()
+    assert "latency 8 B int ... FAIL" in out
+    if quick:  # its figures are noise: a miss is shown, not judged
+        assert status == 0
+        assert "missed" not in err
+    else:
+        assert status == 1
+        assert "conveyor bench: 1 target(s) missed: latency 8 B int" in err
 
 
 @pytest.mark.parametrize("argv, message", [

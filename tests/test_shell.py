@@ -24,9 +24,9 @@ import numpy as np
 import pytest
 
 import conveyor as cv
-from conveyor import _shell
 from conveyor.__main__ import main
-from conveyor._shell import COMMANDS, ShellError, parse
+from conveyor.cli import frontend, interpreter, launch, service
+from conveyor.cli.grammar import COMMANDS, ShellError, parse
 
 from conftest import mpiexec
 
@@ -176,7 +176,7 @@ def test_dash_n_inside_an_mpi_job_is_refused(monkeypatch, capsys):
     (["shell", "-n", "2", "--mpiexec", "/no/such/mpiexec"], "is not an executable"),
 ])
 def test_usage_errors(argv, message, capsys, monkeypatch):
-    for variable in _shell._MPI_RANK_VARIABLES:
+    for variable in launch.RANK_VARIABLES:
         monkeypatch.delenv(variable, raising=False)
     with pytest.raises(SystemExit) as info:
         main(argv)
@@ -191,8 +191,8 @@ def test_usage_errors(argv, message, capsys, monkeypatch):
 def shell():
     out, err = io.StringIO(), io.StringIO()
     with cv.Messenger() as m:
-        _shell.Service(m)
-        yield _shell.Shell(m, out=out, err=err, timeout=10)
+        service.Service(m)
+        yield interpreter.Shell(m, out=out, err=err, timeout=10)
 
 
 def run_lines(shell, *lines):
@@ -321,7 +321,7 @@ def test_move_to_the_holding_rank_keeps_the_item():
 def run_command(cmd, cwd, stdin=None, timeout=TIMEOUT, env=None):
     """Run `cmd` in its own session; return (status, stdout, stderr); fail on a hang."""
     full_env = dict(os.environ, CONVEYOR_SHELL_HISTORY="", **(env or {}))
-    for variable in _shell._MPI_RANK_VARIABLES:
+    for variable in launch.RANK_VARIABLES:
         full_env.pop(variable, None)
     proc = subprocess.Popen(cmd, cwd=cwd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=full_env,
@@ -472,7 +472,7 @@ class Terminal:
     def __init__(self, cmd, cwd, env, sigint=signal.SIG_DFL):
         master, slave = os.openpty()
         full_env = dict(os.environ, TERM="dumb", **env)
-        for variable in _shell._MPI_RANK_VARIABLES:
+        for variable in launch.RANK_VARIABLES:
             full_env.pop(variable, None)
 
         def take_terminal():  # in the child, after setsid
@@ -662,7 +662,7 @@ def test_front_end_ctrl_c_while_a_command_runs(terminal, tmp_path):
     pidfile = tmp_path / "pid"
     fake = tmp_path / "fake-mpiexec"
     fake.write_text(FAKE_MPIEXEC.format(python=sys.executable, pidfile=str(pidfile),
-                                        mark=_shell.MARK))
+                                        mark=frontend.MARK))
     fake.chmod(0o755)
     t = terminal([CONSOLE_SCRIPT, "shell", "-n", "2", "--mpiexec", str(fake)], tmp_path,
                  sigint=signal.SIG_IGN, CONVEYOR_SHELL_HISTORY="")

@@ -9,29 +9,89 @@
 49
 """
 
-from ._carriage import Address, CarriageableItem
-from ._chunks import ChunkRef
-from ._darray import DistArray, Driver, dcall, dmap, dreduce
-from ._errors import (
-    CancelledError,
-    CarriageError,
-    ConveyorError,
-    ConveyorWarning,
-    FrameError,
-    MessageTooLargeError,
-    MPIError,
-    RecyclingWarning,
-    RemoteError,
-    StoreFullError,
-    TimeoutError,
-    UnknownTagError,
-)
-from ._future import Future, Stream
-from ._messenger import Message, Messenger, Receiver, Sender
-from ._store import Copy, Move, Store, Transfer
-from ._table import Table
+import importlib
+import typing
 
 __version__ = "0.1.0"
+
+# Where each public name lives. Importing a module that reaches the native
+# core imports mpi4py.MPI, which initialises MPI; the names are therefore
+# imported on first use (PEP 562), so that ``import conveyor`` and the
+# command line's launchers (``conveyor --help``, ``conveyor run``) never do.
+_MODULE_OF = {
+    "Address": "._carriage",
+    "CarriageableItem": "._carriage",
+    "CancelledError": "._errors",
+    "CarriageError": "._errors",
+    "ConveyorError": "._errors",
+    "ConveyorWarning": "._errors",
+    "FrameError": "._errors",
+    "MessageTooLargeError": "._errors",
+    "MPIError": "._errors",
+    "RecyclingWarning": "._errors",
+    "RemoteError": "._errors",
+    "StoreFullError": "._errors",
+    "TimeoutError": "._errors",
+    "UnknownTagError": "._errors",
+    "ChunkRef": "._chunks",
+    "DistArray": "._darray",
+    "Driver": "._darray",
+    "dcall": "._darray",
+    "dmap": "._darray",
+    "dreduce": "._darray",
+    "Future": "._future",
+    "Stream": "._future",
+    "Message": "._message",
+    "Messenger": "._messenger",
+    "Receiver": "._message",
+    "Sender": "._sender",
+    "Copy": "._store",
+    "Move": "._store",
+    "Store": "._store",
+    "Transfer": "._store",
+    "Table": "._table",
+}
+
+if typing.TYPE_CHECKING:
+    from ._carriage import Address, CarriageableItem
+    from ._chunks import ChunkRef
+    from ._darray import DistArray, Driver, dcall, dmap, dreduce
+    from ._errors import (
+        CancelledError,
+        CarriageError,
+        ConveyorError,
+        ConveyorWarning,
+        FrameError,
+        MessageTooLargeError,
+        MPIError,
+        RecyclingWarning,
+        RemoteError,
+        StoreFullError,
+        TimeoutError,
+        UnknownTagError,
+    )
+    from ._future import Future, Stream
+    from ._message import Message, Receiver
+    from ._messenger import Messenger
+    from ._sender import Sender
+    from ._store import Copy, Move, Store, Transfer
+    from ._table import Table
+
+
+def __getattr__(name):
+    """Import the public `name` from its module on first use."""
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'conveyor' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # found directly from now on
+    return value
+
+
+def __dir__():
+    """The names defined here and every public name, imported or not."""
+    return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
     "Address",

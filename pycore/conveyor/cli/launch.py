@@ -1,0 +1,169 @@
+"""Starting ranks: the one mpiexec finder, and jobs run in a process group of their own.
+
+``conveyor run``, ``conveyor shell -n N`` and ``conveyor bench`` start
+their ranks through this module; it imports nothing of MPI, so the
+launching process never initialises it.
+"""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+__all__ = [
+    "INTERRUPTED",
+    "MPIEXEC_HELP",
+    "RANK_VARIABLES",
+    "TIMED_OUT",
+    "find_mpiexec",
+    "inside_mpi_job",
+    "kill_group",
+    "rank_from_environment",
+    "require_mpiexec",
+    "run_in_group",
+    "start_in_group",
+]
+
+# Exit statuses of a job that did not end by itself, as timeout(1) and a shell report them.
+TIMED_OUT = 124
+INTERRUPTED = 130
+
+# Where a process that mpiexec started finds its rank (MPICH's hydra and other
+# PMI launchers, Open MPI, PMIx): read without initialising MPI.
+RANK_VARIABLES = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK")
+
+MPIEXEC_HELP = ("the mpiexec to use (default: $CONVEYOR_MPIEXEC, else the one next to this "
+                "Python, else the one on PATH)")
+
+
+def rank_from_environment():
+    """The rank mpiexec gave this process, or None if it was not started by mpiexec."""
+    for variable in RANK_VARIABLES:
+        if os.environ.get(variable, "").isdigit():
+            return int(os.environ[variable])
+    return None
+
+
+def inside_mpi_job():
+    """Whether this process is a rank that mpiexec started."""
+    return rank_from_environment() is not None
+
+
+def find_mpiexec(explicit=None):
+    """Return the mpiexec to start ranks with.
+
+    Parameters
+    ----------
+    explicit : str, optional
+        A path or command name given with ``--mpiexec``; it wins.
+
+    Returns
+    -------
+    str or None
+        `explicit` resolved, else ``$CONVEYOR_MPIEXEC`` resolved, else the
+        mpiexec next to this Python (the mpich wheel installs it there),
+        else the one on ``PATH``; None if the chosen one is not an
+        executable or there is none.
+    """
+    # A system mpiexec on PATH may belong to another MPI than the one mpi4py
+    # was built with, so the one beside this interpreter comes before it.
+    chosen = explicit if explicit is not None else os.environ.get("CONVEYOR_MPIEXEC")
+    if chosen:
+        return shutil.which(chosen)
+    return (shutil.which("mpiexec", path=os.path.dirname(sys.executable))
+            or shutil.which("mpiexec"))
+
+
+def require_mpiexec(parser, explicit):
+    """`find_mpiexec`, or a usage error of `parser` saying what to do."""
+    mpiexec = find_mpiexec(explicit)
+    if mpiexec is None:
+        if explicit is not None:
+            parser.error(f"argument --mpiexec: {explicit!r} is not an executable")
+        if os.environ.get("CONVEYOR_MPIEXEC"):
+            parser.error(f"CONVEYOR_MPIEXEC={os.environ['CONVEYOR_MPIEXEC']!r} "
+                         "is not an executable")
+        parser.error("no mpiexec found: install the mpich wheel (pip install mpich), "
+                     "set CONVEYOR_MPIEXEC or pass --mpiexec")
+    return mpiexec
+
+
+def start_in_group(cmd, **popen_options):
+    """Start `cmd` as the leader of a new process group (and session); return the Popen.
+
+    Every process mpiexec starts stays in that group, so `kill_group` ends
+    the whole job, and a Ctrl-C typed at the terminal reaches only us.
+    """
+    return subprocess.Popen(cmd, start_new_session=True, **popen_options)
+
+
+def _descendants(pid):
+    """The processes below `pid`, from Linux's /proc (none where there is no /proc)."""
+    children = {}
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else ():
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                # "pid (command) state ppid ...": the command may hold spaces and ')'.
+                ppid = int(f.read().rpartition(")")[2].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue  # a process that just ended
+        children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        below = children.get(todo.pop(), [])
+        found += below
+        todo += below
+    return found
+
+
+def kill_group(proc):
+    """Kill `proc` (from `start_in_group`), its descendants and its group, then reap it.
+
+    The group holds what mpiexec started, except where mpiexec gives each
+    rank a session of its own (MPICH's hydra does): while `proc` runs, its
+    descendants are found and killed one by one too.
+    """
+    stray = _descendants(proc.pid) if proc.poll() is None else []
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:  # the group is empty: the job ended whole
+        pass
+    for pid in stray:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
+
+
+def run_in_group(cmd, timeout=None):
+    """Run `cmd` in its own process group until it ends; its output goes to ours.
+
+    Whatever is left of the group afterwards is killed: after a timeout,
+    after Ctrl-C, and ranks that outlived mpiexec.
+
+    Parameters
+    ----------
+    cmd : list of str
+        The command (``[mpiexec, "-n", ...]``).
+    timeout : float, optional
+        Seconds before the job is killed; None or 0: no limit.
+
+    Returns
+    -------
+    int
+        The exit status of `cmd`; `TIMED_OUT` if it was killed after
+        `timeout` seconds, `INTERRUPTED` after Ctrl-C.
+    """
+    proc = start_in_group(cmd)
+    try:
+        return proc.wait(timeout=timeout or None)
+    except subprocess.TimeoutExpired:
+        return TIMED_OUT
+    except KeyboardInterrupt:
+        return INTERRUPTED
+    finally:
+        kill_group(proc)

@@ -1,0 +1,191 @@
+"""``conveyor run -n N script.py ARG ...``: scripts on several ranks, failures, timeouts.
+
+Every run is a real mpiexec job, started by the console script under a
+timeout of its own (`conftest.run_command`).
+"""
+
+import os
+import sys
+import textwrap
+import time
+
+import pytest
+
+import conveyor as cv
+from conveyor.__main__ import main
+from conveyor.cli import launch
+
+from conftest import run_command
+
+CONSOLE_SCRIPT = os.path.join(os.path.dirname(sys.executable), "conveyor")
+
+
+def conveyor_run(tmp_path, source, *options, args=(), timeout=60):
+    """Write `source` to script.py and run it with ``conveyor run``; return the CompletedProcess."""
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent(source))
+    cmd = [CONSOLE_SCRIPT, "run", *options, "script.py", *args]
+    return run_command(cmd, timeout=timeout, cwd=tmp_path)
+
+
+def test_two_ranks_pass_and_get_the_arguments(tmp_path):
+    result = conveyor_run(tmp_path, """
+        import sys
+        import conveyor as cv
+        with cv.Messenger() as m:
+            print(f"rank {m.rank} of {m.size}: {sys.argv}", flush=True)
+            m.wait_quiet()
+        """, "-n", "2", args=["a b", "--flag", "-n", "7"])
+    assert result.returncode == 0, result.stderr
+    for rank in (0, 1):
+        assert f"rank {rank} of 2: ['script.py', 'a b', '--flag', '-n', '7']" in result.stdout
+    assert "conveyor run:" not in result.stderr
+
+
+def test_a_failing_rank_is_named_with_its_status(tmp_path):
+    result = conveyor_run(tmp_path, """
+        import conveyor as cv
+        with cv.Messenger() as m:
+            if m.rank == 1:
+                raise ValueError("rank one is broken")
+            m.wait_quiet()
+        """, "-n", "2")
+    assert result.returncode == 1
+    assert "conveyor run: rank 1 failed with exit status 1" in result.stderr
+    # conveyor's excepthook aborts the job: rank 0, waiting for rank 1, is stopped.
+    assert "conveyor run: rank 0 did not finish: stopped by mpiexec" in result.stderr
+    # The traceback is the user's, as python would print it.
+    assert 'File "script.py", line 5, in <module>' in result.stderr
+    assert "ValueError: rank one is broken" in result.stderr
+    assert "runpy" not in result.stderr and "script_rank" not in result.stderr
+
+
+def test_exit_status_of_the_failing_rank(tmp_path):
+    result = conveyor_run(tmp_path, """
+        import sys
+        import conveyor as cv
+        with cv.Messenger() as m:
+            rank = m.rank
+        sys.exit(3 if rank == 0 else 0)
+        """, "-n", "2")
+    assert result.returncode == 3
+    assert "conveyor run: rank 0 failed with exit status 3" in result.stderr
+    assert "rank 1" not in result.stderr
+
+
+def alive(pid):
+    """Whether process `pid` exists and is not a zombie waiting to be reaped."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads processes from /proc")
+def test_a_hang_is_killed_after_the_timeout(tmp_path):
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    started = time.monotonic()
+    result = conveyor_run(tmp_path, """
+        import os, sys, time
+        import conveyor as cv
+        with cv.Messenger() as m:
+            with open(os.path.join(sys.argv[1], str(os.getpid())), "w") as f:
+                f.write(str(os.getpgid(0)))
+            print(f"rank {m.rank} hangs", flush=True)
+            time.sleep(600)
+        """, "-n", "2", "--timeout", "3", args=[str(pids)])
+    assert result.returncode == 124, result.stderr
+    assert time.monotonic() - started < 30
+    assert "conveyor run: still running after 3 s: killed every rank" in result.stderr
+    ranks = {int(path.name): int(path.read_text()) for path in pids.iterdir()}
+    assert len(ranks) == 2, result
+    groups = set(ranks.values())
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        # Nothing left: neither the ranks nor any process of their groups.
+        left = [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
+                if alive(pid) and (pid in ranks or _group(pid) in groups)]
+        if not left:
+            break
+        time.sleep(0.1)
+    assert not left
+
+
+def _group(pid):
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
+
+
+def test_prefix_marks_every_line_with_its_rank(tmp_path):
+    result = conveyor_run(tmp_path, """
+        import sys
+        import conveyor as cv
+        with cv.Messenger() as m:
+            print(f"out of {m.rank}\\nsecond line of {m.rank}")
+            print(f"err of {m.rank}", file=sys.stderr)
+            m.wait_quiet()
+        sys.stdout.write("no newline")
+        """, "-n", "2", "--prefix")
+    assert result.returncode == 0, result.stderr
+    for rank in (0, 1):
+        assert f"[{rank}] out of {rank}\n" in result.stdout
+        assert f"[{rank}] second line of {rank}\n" in result.stdout
+        assert f"[{rank}] err of {rank}\n" in result.stderr
+    assert all(line.startswith(("[0] ", "[1] ")) for line in result.stdout.splitlines())
+    assert result.stdout.count("no newline") == 2
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "script.py"], "the following arguments are required: -n/--np"),
+    (["run", "-n", "0", "script.py"], "must be at least 1"),
+    (["run", "-n", "2", "no-such-script.py"], "no such file: 'no-such-script.py'"),
+    (["run", "-n", "2", "--timeout", "soon", "script.py"], "'soon' is not a number"),
+    (["run", "-n", "2", "--mpiexec", "/no/such/mpiexec", "script.py"], "is not an executable"),
+])
+def test_usage_errors(argv, message, capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "script.py").write_text("")
+    for variable in launch.RANK_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_inside_an_mpi_job_is_refused(monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("PMI_RANK", "0")
+    (tmp_path / "script.py").write_text("")
+    with pytest.raises(SystemExit):
+        main(["run", "-n", "2", str(tmp_path / "script.py")])
+    assert "already a rank started by mpiexec" in capsys.readouterr().err
+
+
+def test_the_finder_prefers_conveyor_mpiexec(monkeypatch, tmp_path):
+    fake = tmp_path / "my-mpiexec"
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("CONVEYOR_MPIEXEC", str(fake))
+    assert launch.find_mpiexec() == str(fake)
+    assert launch.find_mpiexec("sh").endswith("/sh")  # --mpiexec wins
+    monkeypatch.delenv("CONVEYOR_MPIEXEC")
+    beside = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    if os.access(beside, os.X_OK):
+        assert launch.find_mpiexec() == beside
+
+
+def test_one_rank_says_how_to_start_several():
+    with cv.Messenger() as m:
+        if m.size != 1:
+            pytest.skip("needs a job of one rank")
+        for call in (lambda: m.send(1, "t", 1), lambda: m.request(1, "t", 1)):
+            with pytest.raises(ValueError) as info:
+                call()
+            message = str(info.value)
+            assert "destination rank 1 is out of range 0..0: this job has 1 rank" in message
+            assert "conveyor run -n 4 script.py" in message
+            assert "mpiexec -n 4 python script.py" in message
