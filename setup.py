@@ -130,5 +130,6 @@ setup(
     cmdclass={"build_ext": BuildMPIExtensions},
     # setuptools' PEP 517 backend turns setup_requires into build requirements.
     setup_requires=["mpich"] if mpicc is None else [],
-    install_requires=["numpy>=1.22", "mpi4py>=4.0", "cloudpickle>=2"] + (["mpich"] if uses_mpich_wheel else []),
+    install_requires=["numpy>=1.22", "mpi4py>=4.0", "cloudpickle>=2"]
+    + (["mpich"] if uses_mpich_wheel else []),
 )

@@ -107,9 +107,13 @@ def timed(run, reps):
 
 
 def summary(sum_samples, keep_samples, total):
-    return {"sum_s": sum_samples, "sum_median_s": statistics.median(sum_samples),
-            "add_s": keep_samples, "add_median_s": statistics.median(keep_samples),
-            "sum": float(total)}
+    return {
+        "sum_s": sum_samples,
+        "sum_median_s": statistics.median(sum_samples),
+        "add_s": keep_samples,
+        "add_median_s": statistics.median(keep_samples),
+        "sum": float(total),
+    }
 
 
 # -- conveyor (every rank) -------------------------------------------------------
@@ -159,12 +163,23 @@ def run_dask(workers, reps, x_sizes, y_sizes):
     from distributed import Client, LocalCluster, wait
 
     def array(seed, sizes):
-        return da.concatenate([da.from_delayed(dask.delayed(block)(seed(k), size), (size,), np.float64)
-                               for k, size in enumerate(sizes)])
+        return da.concatenate(
+            [
+                da.from_delayed(dask.delayed(block)(seed(k), size), (size,), np.float64)
+                for k, size in enumerate(sizes)
+            ]
+        )
 
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                      dashboard_address=None, silence_logs=logging.ERROR) as cluster, \
-            Client(cluster) as client:
+    with (
+        LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         x = array(x_seed, x_sizes).persist()
         y = array(y_seed, y_sizes).persist()
         wait([x, y])
@@ -208,8 +223,10 @@ def sleep_barrier(comm):
 
 def report(results, args, world_size, x_sizes, y_sizes):
     conv, dask_, nump = results["conveyor"], results["dask"], results["numpy"]
-    print(f"dist_add: (x + y).sum(), n = {args.n:,} float64 ({args.n * 8 / 1e6:.0f} MB each), "
-          f"{world_size} ranks, {args.reps} reps (medians)")
+    print(
+        f"dist_add: (x + y).sum(), n = {args.n:,} float64 ({args.n * 8 / 1e6:.0f} MB each), "
+        f"{world_size} ranks, {args.reps} reps (medians)"
+    )
     print(f"  x chunks {x_sizes}")
     print(f"  y chunks {y_sizes} on ranks {conv['y_owners']}")
     dask_name = f"dask, {dask_['workers']} worker processes" if dask_ else "dask (--no-dask)"
@@ -219,26 +236,40 @@ def report(results, args, world_size, x_sizes, y_sizes):
         if row is None:
             print(f"  {name:<32} {'-':>9} {'-':>9}")
         else:
-            print(f"  {name:<32} {row['sum_median_s']:>8.3f}s {row['add_median_s']:>8.3f}s   {row['sum']:.10g}")
+            print(
+                f"  {name:<32} {row['sum_median_s']:>8.3f}s {row['add_median_s']:>8.3f}s   {row['sum']:.10g}"
+            )
     for key, label in (("ratio_dask", "conveyor / dask"), ("ratio_numpy", "conveyor / numpy")):
         if results[key] is not None:
             print(f"  {label:<32} {results[key]['sum']:>8.2f}x {results[key]['add']:>8.2f}x")
     if results["passed"] is not None:
-        print(f"  target: conveyor <= {TARGET}x dask on the sum: "
-              f"{'PASS' if results['passed'] else 'FAIL'}")
+        print(
+            f"  target: conveyor <= {TARGET}x dask on the sum: "
+            f"{'PASS' if results['passed'] else 'FAIL'}"
+        )
     print(f"  sums agree (rtol {RTOL:g}): {'yes' if results['sums_agree'] else 'NO'}")
-    print("  conveyor peak RSS per rank (MiB): "
-          + ", ".join(f"{v:.0f}" for v in conv["peak_rss_mib"])
-          + "  (after building: " + ", ".join(f"{v:.0f}" for v in conv["peak_rss_built_mib"]) + ")")
-    print("  idle ranks' CPU while rank 0 ran the baselines: "
-          + ", ".join(f"{v:.1f} %" for v in results["idle_cpu_pct"]))
-    print(f"  load average before {results['load_before'][0]:.2f}, after {results['load_after'][0]:.2f}")
+    print(
+        "  conveyor peak RSS per rank (MiB): "
+        + ", ".join(f"{v:.0f}" for v in conv["peak_rss_mib"])
+        + "  (after building: "
+        + ", ".join(f"{v:.0f}" for v in conv["peak_rss_built_mib"])
+        + ")"
+    )
+    print(
+        "  idle ranks' CPU while rank 0 ran the baselines: "
+        + ", ".join(f"{v:.1f} %" for v in results["idle_cpu_pct"])
+    )
+    print(
+        f"  load average before {results['load_before'][0]:.2f}, after {results['load_after'][0]:.2f}"
+    )
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=100_000_000, help="elements of x and y")
-    parser.add_argument("--reps", type=int, default=5, help="timed repetitions; medians are reported")
+    parser.add_argument(
+        "--reps", type=int, default=5, help="timed repetitions; medians are reported"
+    )
     parser.add_argument("--no-dask", action="store_true", help="skip the Dask contestant")
     parser.add_argument("--json", metavar="FILE", help="write metadata, medians and samples")
     args = parser.parse_args(argv)
@@ -266,25 +297,39 @@ def main(argv=None):
     def ratios(other):
         if other is None:
             return None
-        return {"sum": conveyor["sum_median_s"] / other["sum_median_s"],
-                "add": conveyor["add_median_s"] / other["add_median_s"]}
+        return {
+            "sum": conveyor["sum_median_s"] / other["sum_median_s"],
+            "add": conveyor["add_median_s"] / other["add_median_s"],
+        }
 
     sums = [r["sum"] for r in (conveyor, dask_, nump) if r is not None]
     results = {
-        "conveyor": conveyor, "dask": dask_, "numpy": nump,
-        "ratio_dask": ratios(dask_), "ratio_numpy": ratios(nump),
+        "conveyor": conveyor,
+        "dask": dask_,
+        "numpy": nump,
+        "ratio_dask": ratios(dask_),
+        "ratio_numpy": ratios(nump),
         "target": TARGET,
-        "passed": None if dask_ is None else conveyor["sum_median_s"] <= TARGET * dask_["sum_median_s"],
+        "passed": None
+        if dask_ is None
+        else conveyor["sum_median_s"] <= TARGET * dask_["sum_median_s"],
         "sums_agree": all(np.isclose(s, nump["sum"], rtol=RTOL, atol=0) for s in sums),
         "idle_cpu_pct": idle_cpu,
-        "load_before": load_before, "load_after": os.getloadavg(),
+        "load_before": load_before,
+        "load_after": os.getloadavg(),
     }
     report(results, args, world.size, x_sizes, y_sizes)
     if args.json:
         from conveyor._bench.runinfo import run_metadata
 
-        meta = run_metadata(n=args.n, reps=args.reps, ranks=world.size, x_chunks=x_sizes,
-                            y_chunks=y_sizes, wall_seconds=time.perf_counter() - t_start)
+        meta = run_metadata(
+            n=args.n,
+            reps=args.reps,
+            ranks=world.size,
+            x_chunks=x_sizes,
+            y_chunks=y_sizes,
+            wall_seconds=time.perf_counter() - t_start,
+        )
         with open(args.json, "w") as f:
             json.dump({"meta": meta, **results}, f, indent=1)
         print(f"  results: {args.json}")

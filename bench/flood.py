@@ -116,7 +116,9 @@ class SlowReceiver:
             if self.out_of_order[source]:
                 problems.append(f"rank {source}: {self.out_of_order[source]} out of sequence")
             if self.total[source] != n * (n - 1) // 2:
-                problems.append(f"rank {source}: checksum {self.total[source]} != {n * (n - 1) // 2}")
+                problems.append(
+                    f"rank {source}: checksum {self.total[source]} != {n * (n - 1) // 2}"
+                )
         return problems
 
 
@@ -155,10 +157,22 @@ def conveyor_flood(world, args):
         "peak_rss_mib": peak_rss_mib(),
         "wall_s": wall,
         "send_loop_s": send_s,
-        "stats": {k: stats[k] for k in (
-            "messages_sent", "messages_handled", "messages_aggregated", "batches_sent",
-            "batches_received", "frames_sent", "sends_held", "credits_sent", "credits_received",
-            "background_flushes", "waits_slept")},
+        "stats": {
+            k: stats[k]
+            for k in (
+                "messages_sent",
+                "messages_handled",
+                "messages_aggregated",
+                "batches_sent",
+                "batches_received",
+                "frames_sent",
+                "sends_held",
+                "credits_sent",
+                "credits_received",
+                "background_flushes",
+                "waits_slept",
+            )
+        },
     }
     if world.rank == slow:
         out["problems"] = receiver.check(senders, args.messages)
@@ -204,21 +218,42 @@ def raw_flood(world, args):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--messages", type=int, default=10_000_000,
-                        help="messages in all, split over the senders (default 10,000,000)")
-    parser.add_argument("--sleep-every", type=int, default=2000,
-                        help="the slow rank sleeps after every this many messages (default 2000)")
-    parser.add_argument("--sleep-ms", type=float, default=1.0,
-                        help="how long it sleeps, ms (default 1)")
-    parser.add_argument("--window", type=size_arg, default=None,
-                        help="CONVEYOR_WINDOW_BYTES for this run, e.g. 1M; 0: no flow control "
-                             "(default: the environment's, else 8M)")
-    parser.add_argument("--pad", type=int, default=0,
-                        help="send (seq, PAD bytes) instead of seq (default 0)")
-    parser.add_argument("--rss-bound-mib", type=float, default=256.0,
-                        help="peak RSS every rank must stay under, MiB (default 256)")
-    parser.add_argument("--raw", action="store_true",
-                        help="also run the flood with raw mpi4py isend/recv, for comparison")
+    parser.add_argument(
+        "--messages",
+        type=int,
+        default=10_000_000,
+        help="messages in all, split over the senders (default 10,000,000)",
+    )
+    parser.add_argument(
+        "--sleep-every",
+        type=int,
+        default=2000,
+        help="the slow rank sleeps after every this many messages (default 2000)",
+    )
+    parser.add_argument(
+        "--sleep-ms", type=float, default=1.0, help="how long it sleeps, ms (default 1)"
+    )
+    parser.add_argument(
+        "--window",
+        type=size_arg,
+        default=None,
+        help="CONVEYOR_WINDOW_BYTES for this run, e.g. 1M; 0: no flow control "
+        "(default: the environment's, else 8M)",
+    )
+    parser.add_argument(
+        "--pad", type=int, default=0, help="send (seq, PAD bytes) instead of seq (default 0)"
+    )
+    parser.add_argument(
+        "--rss-bound-mib",
+        type=float,
+        default=256.0,
+        help="peak RSS every rank must stay under, MiB (default 256)",
+    )
+    parser.add_argument(
+        "--raw",
+        action="store_true",
+        help="also run the flood with raw mpi4py isend/recv, for comparison",
+    )
     parser.add_argument("--json", metavar="FILE", help="write metadata, summary, per-rank figures")
     args = parser.parse_args(argv)
     if args.messages < 1 or args.sleep_every < 1 or args.sleep_ms < 0 or args.pad < 0:
@@ -242,22 +277,28 @@ def main(argv=None):
     senders = world.size - 1
     per_sleep = args.sleep_every
     window_text = "off" if window == 0 else f"{window / MiB:g} MiB"
-    print(f"flood: {senders} senders -> rank {slow} (sleeps {args.sleep_ms:g} ms every "
-          f"{per_sleep} messages), {args.messages:,} messages"
-          f"{f' of (seq, {args.pad} B)' if args.pad else ''}, window {window_text}, "
-          f"{os.cpu_count()} CPUs")
+    print(
+        f"flood: {senders} senders -> rank {slow} (sleeps {args.sleep_ms:g} ms every "
+        f"{per_sleep} messages), {args.messages:,} messages"
+        f"{f' of (seq, {args.pad} B)' if args.pad else ''}, window {window_text}, "
+        f"{os.cpu_count()} CPUs"
+    )
     print()
-    head = (f"{'rank':>4} {'role':<13} {'peak RSS MiB':>12} {'grown':>7} {'sent':>11} "
-            f"{'handled':>11} {'sends held':>10} {'credits sent/recv':>18} {'batches':>8}")
+    head = (
+        f"{'rank':>4} {'role':<13} {'peak RSS MiB':>12} {'grown':>7} {'sent':>11} "
+        f"{'handled':>11} {'sends held':>10} {'credits sent/recv':>18} {'batches':>8}"
+    )
     print(head)
     print("-" * len(head))
     for r in results:
         s = r["stats"]
         credits = f"{s['credits_sent']}/{s['credits_received']}"
-        print(f"{r['rank']:>4} {r['role']:<13} {r['peak_rss_mib']:12.1f} "
-              f"{r['peak_rss_mib'] - r['baseline_rss_mib']:7.1f} {s['messages_sent']:>11,} "
-              f"{s['messages_handled']:>11,} {s['sends_held']:>10,} {credits:>18} "
-              f"{s['batches_sent']:>8,}")
+        print(
+            f"{r['rank']:>4} {r['role']:<13} {r['peak_rss_mib']:12.1f} "
+            f"{r['peak_rss_mib'] - r['baseline_rss_mib']:7.1f} {s['messages_sent']:>11,} "
+            f"{s['messages_handled']:>11,} {s['sends_held']:>10,} {credits:>18} "
+            f"{s['batches_sent']:>8,}"
+        )
     print()
     wall = max(r["wall_s"] for r in results)
     rate = args.messages / wall
@@ -266,44 +307,73 @@ def main(argv=None):
     delivered = not problems
     bounded = peak < args.rss_bound_mib
     held = sum(r["stats"]["sends_held"] for r in results if r["rank"] != slow)
-    print(f"delivery  every message exactly once, in order (counts, sequence, checksum): "
-          f"{'PASS' if delivered else 'FAIL'}")
+    print(
+        f"delivery  every message exactly once, in order (counts, sequence, checksum): "
+        f"{'PASS' if delivered else 'FAIL'}"
+    )
     for p in problems:
         print(f"          {p}")
-    print(f"memory    peak RSS of every rank < {args.rss_bound_mib:g} MiB: "
-          f"{'PASS' if bounded else 'FAIL'} (max {peak:.1f} MiB)")
+    print(
+        f"memory    peak RSS of every rank < {args.rss_bound_mib:g} MiB: "
+        f"{'PASS' if bounded else 'FAIL'} (max {peak:.1f} MiB)"
+    )
     loops = ", ".join(f"{r['send_loop_s']:.2f}" for r in results if r["rank"] != slow)
-    print(f"pace      {wall:.2f} s, {rate:,.0f} messages/s; sends held for credit: {held:,} "
-          f"(senders' loops {loops} s)")
+    print(
+        f"pace      {wall:.2f} s, {rate:,.0f} messages/s; sends held for credit: {held:,} "
+        f"(senders' loops {loops} s)"
+    )
     summary = {
-        "messages": args.messages, "senders": senders, "window_bytes": window,
-        "wall_s": wall, "messages_per_s": rate, "max_peak_rss_mib": peak,
-        "rss_bound_mib": args.rss_bound_mib, "delivered": delivered, "bounded": bounded,
-        "sends_held": held, "problems": problems,
+        "messages": args.messages,
+        "senders": senders,
+        "window_bytes": window,
+        "wall_s": wall,
+        "messages_per_s": rate,
+        "max_peak_rss_mib": peak,
+        "rss_bound_mib": args.rss_bound_mib,
+        "delivered": delivered,
+        "bounded": bounded,
+        "sends_held": held,
+        "problems": problems,
     }
     if raw is not None:
         raw_wall = max(r["wall_s"] for r in raw)
         raw_rate = args.messages / raw_wall
         raw_problems = raw[slow]["problems"]
         raw_rss = max(r["sampled_rss_mib"] for r in raw)
-        print(f"raw       mpi4py isend/recv per message (pickle): {raw_wall:.2f} s, "
-              f"{raw_rate:,.0f} messages/s, sampled RSS max {raw_rss:.1f} MiB, "
-              f"{'all delivered' if not raw_problems else '; '.join(raw_problems)}")
+        print(
+            f"raw       mpi4py isend/recv per message (pickle): {raw_wall:.2f} s, "
+            f"{raw_rate:,.0f} messages/s, sampled RSS max {raw_rss:.1f} MiB, "
+            f"{'all delivered' if not raw_problems else '; '.join(raw_problems)}"
+        )
         print(f"ratio     conveyor / mpi4py message rate: {rate / raw_rate:.2f}x")
-        summary["raw"] = {"wall_s": raw_wall, "messages_per_s": raw_rate,
-                          "sampled_rss_mib": raw_rss, "problems": raw_problems,
-                          "ratio_conveyor_over_raw": rate / raw_rate}
+        summary["raw"] = {
+            "wall_s": raw_wall,
+            "messages_per_s": raw_rate,
+            "sampled_rss_mib": raw_rss,
+            "problems": raw_problems,
+            "ratio_conveyor_over_raw": rate / raw_rate,
+        }
     total_wall = time.perf_counter() - started
     print(f"\nwall time {total_wall:.0f} s", flush=True)
 
     if args.json:
-        meta = run_metadata(ranks=world.size, messages=args.messages,
-                            sleep_every=args.sleep_every, sleep_ms=args.sleep_ms,
-                            window_bytes=window, pad=args.pad, rss_bound_mib=args.rss_bound_mib,
-                            wall_seconds=total_wall)
+        meta = run_metadata(
+            ranks=world.size,
+            messages=args.messages,
+            sleep_every=args.sleep_every,
+            sleep_ms=args.sleep_ms,
+            window_bytes=window,
+            pad=args.pad,
+            rss_bound_mib=args.rss_bound_mib,
+            wall_seconds=total_wall,
+        )
         with open(args.json, "w") as f:
-            json.dump({"meta": meta, "summary": summary, "per_rank": results, "raw": raw}, f,
-                      indent=1, ensure_ascii=False)
+            json.dump(
+                {"meta": meta, "summary": summary, "per_rank": results, "raw": raw},
+                f,
+                indent=1,
+                ensure_ascii=False,
+            )
     if not delivered:
         return 1
     return 0 if bounded else 3

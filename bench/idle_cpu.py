@@ -75,9 +75,9 @@ from mpi4py import MPI
 import conveyor as cv
 from conveyor._bench.runinfo import run_metadata
 
-CPU_SHARE_TARGET = 0.80    # computing rank's share of a core, conveyor waiters
-RTT_MEDIAN_TARGET = 1e-3   # seconds
-WARMUP_PINGS = 3           # untimed pings per idle rank
+CPU_SHARE_TARGET = 0.80  # computing rank's share of a core, conveyor waiters
+RTT_MEDIAN_TARGET = 1e-3  # seconds
+WARMUP_PINGS = 3  # untimed pings per idle rank
 
 
 def mono():
@@ -131,15 +131,19 @@ class Idle:
         self.slept = (self.m.stats()["waits_slept"] - self.slept0) if self.m else 0
 
     def result(self):
-        return {"wall_s": self.wall, "cpu_s": self.cpu,
-                "cpu_pct": 100.0 * self.cpu / self.wall, "waits_slept": self.slept,
-                "vol_ctx_switches": self.wakes}
+        return {
+            "wall_s": self.wall,
+            "cpu_s": self.cpu,
+            "cpu_pct": 100.0 * self.cpu / self.wall,
+            "waits_slept": self.slept,
+            "vol_ctx_switches": self.wakes,
+        }
 
 
 class Rank:
     def __init__(self, m):
         self.m = m
-        self.done = 0   # rank 0: "done" requests received
+        self.done = 0  # rank 0: "done" requests received
         self.stop = False
         self.stopped = None  # asyncio.Event while an idle rank serves from a loop
         m.on("done")(self._done)
@@ -166,6 +170,7 @@ class Rank:
 
     def serve_async(self, how, timeout):
         """Idle rank in an event loop: wait in the way `how` says, then leave the loop."""
+
         async def wait():
             self.stopped = asyncio.Event()  # before attach: "stop" may come at once
             self.m.attach()
@@ -235,8 +240,9 @@ def responsiveness(world, m, peer, pings, gap, use_asyncio):
             t_handled = m.request(r, "ping", None).result(timeout=10)
             t_back = mono()
             if i >= WARMUP_PINGS:
-                samples.append({"rank": r, "rtt_s": t_back - t_send,
-                                "oneway_s": t_handled - t_send})
+                samples.append(
+                    {"rank": r, "rtt_s": t_back - t_send, "oneway_s": t_handled - t_send}
+                )
     for r in targets:
         m.send(r, "stop", None)
     m.wait_quiet()
@@ -250,14 +256,26 @@ def pctl(values, q):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=5.0,
-                        help="wall time of each compute phase on rank 0 (default 5)")
-    parser.add_argument("--pings", type=int, default=40,
-                        help="timed pings per idle rank in the responsiveness test (default 40)")
-    parser.add_argument("--gap-ms", type=float, default=20.0,
-                        help="idle time before each ping, ms (default 20)")
-    parser.add_argument("--asyncio", action="store_true",
-                        help="idle ranks wait in an asyncio event loop (arequest, event, aquiet)")
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=5.0,
+        help="wall time of each compute phase on rank 0 (default 5)",
+    )
+    parser.add_argument(
+        "--pings",
+        type=int,
+        default=40,
+        help="timed pings per idle rank in the responsiveness test (default 40)",
+    )
+    parser.add_argument(
+        "--gap-ms", type=float, default=20.0, help="idle time before each ping, ms (default 20)"
+    )
+    parser.add_argument(
+        "--asyncio",
+        action="store_true",
+        help="idle ranks wait in an asyncio event loop (arequest, event, aquiet)",
+    )
     parser.add_argument("--json", metavar="FILE", help="write metadata, per-rank figures, samples")
     args = parser.parse_args(argv)
     if args.seconds <= 0 or args.pings < 1 or args.gap_ms < 0:
@@ -268,8 +286,11 @@ def main(argv=None):
         print("idle_cpu.py needs at least 2 ranks (mpiexec -n 4)", file=sys.stderr)
         return 2
 
-    phases = ("baseline", "arequest", "event", "aquiet") if args.asyncio else \
-        ("baseline", "request", "progress")
+    phases = (
+        ("baseline", "arequest", "event", "aquiet")
+        if args.asyncio
+        else ("baseline", "request", "progress")
+    )
     started = time.perf_counter()
     results = {}
     with cv.Messenger() as m:
@@ -278,30 +299,37 @@ def main(argv=None):
         for name in phases:
             results[name] = world.gather(phase(name, world, m, peer, args.seconds), root=0)
         results["responsiveness"] = world.gather(
-            responsiveness(world, m, peer, args.pings, args.gap_ms * 1e-3, args.asyncio), root=0)
+            responsiveness(world, m, peer, args.pings, args.gap_ms * 1e-3, args.asyncio), root=0
+        )
     wall = time.perf_counter() - started
     if world.rank != 0:
         return 0
 
     ncpu = os.cpu_count()
     mode = "in an asyncio event loop" if args.asyncio else "in blocking calls"
-    print(f"idle_cpu: {world.size} ranks on {ncpu} CPUs, idle ranks wait {mode}; rank 0 computes "
-          f"{args.seconds:g} s per phase; "
-          f"CONVEYOR_SPIN_US={os.environ.get('CONVEYOR_SPIN_US', '50 (default)')} "
-          f"CONVEYOR_MAX_SLEEP_US={os.environ.get('CONVEYOR_MAX_SLEEP_US', '500 (default)')}")
+    print(
+        f"idle_cpu: {world.size} ranks on {ncpu} CPUs, idle ranks wait {mode}; rank 0 computes "
+        f"{args.seconds:g} s per phase; "
+        f"CONVEYOR_SPIN_US={os.environ.get('CONVEYOR_SPIN_US', '50 (default)')} "
+        f"CONVEYOR_MAX_SLEEP_US={os.environ.get('CONVEYOR_MAX_SLEEP_US', '500 (default)')}"
+    )
     print()
     base_rate = results["baseline"][0]["chunks_per_s"]
     summary = {}
-    head = f"{'idle ranks wait in':<22} {'rank0 CPU':>9} {'work vs':>8} {'ctx sw':>7}   " \
-           f"{'idle ranks CPU % of a core':<28} {'sleeps/s':>9} {'wakes/s':>8}  {'target':>8}  met"
+    head = (
+        f"{'idle ranks wait in':<22} {'rank0 CPU':>9} {'work vs':>8} {'ctx sw':>7}   "
+        f"{'idle ranks CPU % of a core':<28} {'sleeps/s':>9} {'wakes/s':>8}  {'target':>8}  met"
+    )
     print(head)
     print("-" * len(head))
-    labels = {"baseline": "time.sleep (baseline)",
-              "request": "request().result()",
-              "progress": "progress(1.0) loop",
-              "arequest": "await arequest()",
-              "event": "await Event.wait()",
-              "aquiet": "await aquiet()"}
+    labels = {
+        "baseline": "time.sleep (baseline)",
+        "request": "request().result()",
+        "progress": "progress(1.0) loop",
+        "arequest": "await arequest()",
+        "event": "await Event.wait()",
+        "aquiet": "await aquiet()",
+    }
     for name in phases:
         r0, idle = results[name][0], results[name][1:]
         share = r0["cpu_share"]
@@ -315,12 +343,19 @@ def main(argv=None):
             target = f">={CPU_SHARE_TARGET:.0%}"
             met = "yes" if share >= CPU_SHARE_TARGET else "NO"
         idle_txt = " ".join(f"{p:5.1f}" for p in idle_pcts)
-        print(f"{labels[name]:<22} {share:9.1%} {work:7.2f}x {r0['invol_ctx_switches']:7d}   "
-              f"{idle_txt:<28} {sleeps:9.0f} {wakes:8.0f}  {target:>8}  {met}")
-        summary[name] = {"rank0_cpu_share": share, "work_vs_baseline": work,
-                         "idle_cpu_pct": idle_pcts, "idle_cpu_pct_total": sum(idle_pcts),
-                         "idle_sleeps_per_s": sleeps, "idle_wakes_per_s": wakes,
-                         "met": None if name == "baseline" else share >= CPU_SHARE_TARGET}
+        print(
+            f"{labels[name]:<22} {share:9.1%} {work:7.2f}x {r0['invol_ctx_switches']:7d}   "
+            f"{idle_txt:<28} {sleeps:9.0f} {wakes:8.0f}  {target:>8}  {met}"
+        )
+        summary[name] = {
+            "rank0_cpu_share": share,
+            "work_vs_baseline": work,
+            "idle_cpu_pct": idle_pcts,
+            "idle_cpu_pct_total": sum(idle_pcts),
+            "idle_sleeps_per_s": sleeps,
+            "idle_wakes_per_s": wakes,
+            "met": None if name == "baseline" else share >= CPU_SHARE_TARGET,
+        }
     print()
 
     samples = results["responsiveness"][0]
@@ -329,31 +364,50 @@ def main(argv=None):
     idle = results["responsiveness"][1:]
     met = statistics.median(rtt) <= RTT_MEDIAN_TARGET * 1e6
     label = "responsiveness, asyncio" if args.asyncio else "responsiveness"
-    head = f"{label + ' (gap ' + format(args.gap_ms, 'g') + ' ms)':<30} {'median':>8} " \
-           f"{'p90':>8} {'max':>8}  {'target':>10}  met"
+    head = (
+        f"{label + ' (gap ' + format(args.gap_ms, 'g') + ' ms)':<30} {'median':>8} "
+        f"{'p90':>8} {'max':>8}  {'target':>10}  met"
+    )
     print(head)
     print("-" * len(head))
-    print(f"{'round trip, us':<30} {statistics.median(rtt):8.0f} {pctl(rtt, 90):8.0f} "
-          f"{max(rtt):8.0f}  {'<=' + format(RTT_MEDIAN_TARGET * 1e6, '.0f'):>10}  "
-          f"{'yes' if met else 'NO'}")
-    print(f"{'send -> handler, us':<30} {statistics.median(one):8.0f} {pctl(one, 90):8.0f} "
-          f"{max(one):8.0f}  {'-':>10}  -")
+    print(
+        f"{'round trip, us':<30} {statistics.median(rtt):8.0f} {pctl(rtt, 90):8.0f} "
+        f"{max(rtt):8.0f}  {'<=' + format(RTT_MEDIAN_TARGET * 1e6, '.0f'):>10}  "
+        f"{'yes' if met else 'NO'}"
+    )
+    print(
+        f"{'send -> handler, us':<30} {statistics.median(one):8.0f} {pctl(one, 90):8.0f} "
+        f"{max(one):8.0f}  {'-':>10}  -"
+    )
     idle_pct = " ".join(f"{d['cpu_pct']:.1f}" for d in idle)
     print(f"({len(samples)} pings; idle ranks' CPU meanwhile: {idle_pct} % of a core)")
     summary["responsiveness"] = {
-        "rtt_us_median": statistics.median(rtt), "rtt_us_p90": pctl(rtt, 90),
-        "rtt_us_max": max(rtt), "oneway_us_median": statistics.median(one),
-        "oneway_us_p90": pctl(one, 90), "idle_cpu_pct": [d["cpu_pct"] for d in idle],
+        "rtt_us_median": statistics.median(rtt),
+        "rtt_us_p90": pctl(rtt, 90),
+        "rtt_us_max": max(rtt),
+        "oneway_us_median": statistics.median(one),
+        "oneway_us_p90": pctl(one, 90),
+        "idle_cpu_pct": [d["cpu_pct"] for d in idle],
         "met": met,
     }
     print(f"\nwall time {wall:.0f} s", flush=True)
 
     if args.json:
-        meta = run_metadata(ranks=world.size, seconds=args.seconds, pings=args.pings,
-                            gap_ms=args.gap_ms, asyncio=args.asyncio, wall_seconds=wall)
+        meta = run_metadata(
+            ranks=world.size,
+            seconds=args.seconds,
+            pings=args.pings,
+            gap_ms=args.gap_ms,
+            asyncio=args.asyncio,
+            wall_seconds=wall,
+        )
         with open(args.json, "w") as f:
-            json.dump({"meta": meta, "summary": summary, "per_rank": results}, f,
-                      indent=1, ensure_ascii=False)
+            json.dump(
+                {"meta": meta, "summary": summary, "per_rank": results},
+                f,
+                indent=1,
+                ensure_ascii=False,
+            )
     return 0
 
 

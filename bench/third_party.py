@@ -52,7 +52,7 @@ from conveyor._bench.runinfo import run_metadata
 from conveyor.cli.arguments import byte_size
 
 MiB = 1 << 20
-RATIO_TARGET = 0.9       # ordered throughput / direct throughput
+RATIO_TARGET = 0.9  # ordered throughput / direct throughput
 RSS_GROWTH_LIMIT = 0.25  # rank 0's peak RSS growth, as a fraction of the array size
 GIVER, HOLDER, DEST = 0, 1, 2
 CONTESTANTS = ("direct", "ordered", "mpi4py")
@@ -125,8 +125,12 @@ class Bench:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", type=byte_size, default=256 * MiB,
-                        help="array size in bytes: 65536, 64K, 16M, 1G (default 256M)")
+    parser.add_argument(
+        "--size",
+        type=byte_size,
+        default=256 * MiB,
+        help="array size in bytes: 65536, 64K, 16M, 1G (default 256M)",
+    )
     parser.add_argument("--reps", type=int, default=5, help="timed repetitions (default 5)")
     parser.add_argument("--json", metavar="FILE", help="write metadata, medians and samples")
     args = parser.parse_args(argv)
@@ -158,17 +162,21 @@ def main(argv=None):
         m.wait_quiet()
         rss_after = peak_rss_bytes()
         stats_after = m.stats()
-        per_rank = world.gather({
-            "rank": world.rank,
-            "samples": samples,
-            "peak_rss_before": rss_before,
-            "peak_rss_after": rss_after,
-            "zero_copy_received": stats_after["bytes_zero_copy_received"]
-            - stats_before["bytes_zero_copy_received"],
-            "zero_copy_sent": stats_after["bytes_zero_copy_sent"] - stats_before["bytes_zero_copy_sent"],
-            "bytes_framed": stats_after["bytes_framed"] - stats_before["bytes_framed"],
-            "store_items": stats_after["store_items"],
-        }, root=0)
+        per_rank = world.gather(
+            {
+                "rank": world.rank,
+                "samples": samples,
+                "peak_rss_before": rss_before,
+                "peak_rss_after": rss_after,
+                "zero_copy_received": stats_after["bytes_zero_copy_received"]
+                - stats_before["bytes_zero_copy_received"],
+                "zero_copy_sent": stats_after["bytes_zero_copy_sent"]
+                - stats_before["bytes_zero_copy_sent"],
+                "bytes_framed": stats_after["bytes_framed"] - stats_before["bytes_framed"],
+                "store_items": stats_after["store_items"],
+            },
+            root=0,
+        )
     raw.Free()
     wall = time.perf_counter() - started
     if world.rank != 0:
@@ -189,42 +197,63 @@ def main(argv=None):
     dest_zc = per_rank[DEST]["zero_copy_received"]
     ratio_ok = ratio >= RATIO_TARGET
 
-    print(f"third_party: {world.size} ranks, array {args.size / MiB:g} MiB at rank {HOLDER} -> "
-          f"rank {DEST}, ordered by rank {GIVER}; {args.reps} reps (+1 warm-up), medians")
+    print(
+        f"third_party: {world.size} ranks, array {args.size / MiB:g} MiB at rank {HOLDER} -> "
+        f"rank {DEST}, ordered by rank {GIVER}; {args.reps} reps (+1 warm-up), medians"
+    )
     print()
     head = f"{'contestant':<36} {'time ms':>9} {'GB/s':>7} {'min ms':>8} {'max ms':>8}"
     print(head)
     print("-" * len(head))
-    labels = {"direct": "direct  m.send + request (rank 1)",
-              "ordered": "ordered m.order(1, Copy) (rank 0)",
-              "mpi4py": "mpi4py  Send/Recv + ack (rank 1)"}
+    labels = {
+        "direct": "direct  m.send + request (rank 1)",
+        "ordered": "ordered m.order(1, Copy) (rank 0)",
+        "mpi4py": "mpi4py  Send/Recv + ack (rank 1)",
+    }
     for name in CONTESTANTS:
         t = times[name]
-        print(f"{labels[name]:<36} {medians[name] * 1e3:9.1f} {gbps[name]:7.2f} "
-              f"{min(t) * 1e3:8.1f} {max(t) * 1e3:8.1f}")
+        print(
+            f"{labels[name]:<36} {medians[name] * 1e3:9.1f} {gbps[name]:7.2f} "
+            f"{min(t) * 1e3:8.1f} {max(t) * 1e3:8.1f}"
+        )
     print()
-    print(f"ordered / direct throughput   {ratio:6.3f}   target >= {RATIO_TARGET}   "
-          f"{'PASS' if ratio_ok else 'FAIL'}")
+    print(
+        f"ordered / direct throughput   {ratio:6.3f}   target >= {RATIO_TARGET}   "
+        f"{'PASS' if ratio_ok else 'FAIL'}"
+    )
     print(f"direct / mpi4py throughput    {vs_raw:6.3f}   (reference)")
-    print(f"rank 0 peak RSS growth        {rss_growth / MiB:6.1f} MiB of a {args.size / MiB:g} MiB "
-          f"array   target < {RSS_GROWTH_LIMIT:g}x   {'PASS' if rss_ok else 'FAIL'}")
-    print(f"zero-copy bytes received      rank 0: {giver_zc}   rank 2: {dest_zc / MiB:g} MiB "
-          f"({dest_zc / args.size:g} arrays)")
+    print(
+        f"rank 0 peak RSS growth        {rss_growth / MiB:6.1f} MiB of a {args.size / MiB:g} MiB "
+        f"array   target < {RSS_GROWTH_LIMIT:g}x   {'PASS' if rss_ok else 'FAIL'}"
+    )
+    print(
+        f"zero-copy bytes received      rank 0: {giver_zc}   rank 2: {dest_zc / MiB:g} MiB "
+        f"({dest_zc / args.size:g} arrays)"
+    )
     print(f"\nwall time {wall:.1f} s", flush=True)
 
     if args.json:
         meta = run_metadata(ranks=world.size, size=args.size, reps=args.reps, wall_seconds=wall)
         summary = {
-            "median_s": medians, "gbytes_per_s": gbps,
-            "ordered_vs_direct": ratio, "ratio_target": RATIO_TARGET, "ratio_met": ratio_ok,
+            "median_s": medians,
+            "gbytes_per_s": gbps,
+            "ordered_vs_direct": ratio,
+            "ratio_target": RATIO_TARGET,
+            "ratio_met": ratio_ok,
             "direct_vs_mpi4py": vs_raw,
-            "giver_peak_rss_growth_bytes": rss_growth, "rss_growth_limit": RSS_GROWTH_LIMIT,
+            "giver_peak_rss_growth_bytes": rss_growth,
+            "rss_growth_limit": RSS_GROWTH_LIMIT,
             "rss_met": rss_ok,
-            "giver_zero_copy_received": giver_zc, "dest_zero_copy_received": dest_zc,
+            "giver_zero_copy_received": giver_zc,
+            "dest_zero_copy_received": dest_zc,
         }
         with open(args.json, "w") as f:
-            json.dump({"meta": meta, "summary": summary, "samples_s": times, "per_rank": per_rank},
-                      f, indent=1, ensure_ascii=False)
+            json.dump(
+                {"meta": meta, "summary": summary, "samples_s": times, "per_rank": per_rank},
+                f,
+                indent=1,
+                ensure_ascii=False,
+            )
     return 0
 
 

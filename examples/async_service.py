@@ -103,9 +103,11 @@ async def main(args):
             return 0
 
         answers, wanted, seconds = await lookups(
-            m, args.keys, args.requests, args.concurrency, args.seed)
-        counts = await asyncio.gather(*(m.arequest(r, "kv.stats", timeout=60)
-                                        for r in range(m.size)))
+            m, args.keys, args.requests, args.concurrency, args.seed
+        )
+        counts = await asyncio.gather(
+            *(m.arequest(r, "kv.stats", timeout=60) for r in range(m.size))
+        )
         await m.aquiet()
 
     wrong = sum(answer != value_of(i) for answer, i in zip(answers, wanted))
@@ -113,11 +115,15 @@ async def main(args):
     rate = len(answers) / seconds
     serial = args.requests * args.latency_ms * 1e-3
     ranks = f"{m.size} rank" + ("s" if m.size != 1 else "")
-    print(f"async_service: {ranks}, {args.keys:,} keys, {args.latency_ms:g} ms simulated "
-          f"I/O per lookup, at most {args.concurrency:,} lookups in flight")
+    print(
+        f"async_service: {ranks}, {args.keys:,} keys, {args.latency_ms:g} ms simulated "
+        f"I/O per lookup, at most {args.concurrency:,} lookups in flight"
+    )
     print(f"loaded   {stored:,} keys in {load_seconds:.2f} s")
-    print(f"lookups  {len(answers):,} in {seconds:.2f} s: {rate:,.0f} requests/s "
-          f"(one at a time: at least {serial:.1f} s, {serial / seconds:.0f}x longer)")
+    print(
+        f"lookups  {len(answers):,} in {seconds:.2f} s: {rate:,.0f} requests/s "
+        f"(one at a time: at least {serial:.1f} s, {serial / seconds:.0f}x longer)"
+    )
     print("per rank " + " ".join(f"{c[1]:,}" for c in counts) + " lookups served")
     ok = wrong == 0 and stored == args.keys and sum(c[1] for c in counts) == args.requests
     print("PASS" if ok else f"FAIL: {wrong} wrong answers, {stored} keys stored")
@@ -126,13 +132,24 @@ async def main(args):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--keys", type=int, default=10_000, help="keys in the table (default 10000)")
-    parser.add_argument("--requests", type=int, default=20_000,
-                        help="lookups rank 0 fires (default 20000)")
-    parser.add_argument("--latency-ms", type=float, default=2.0,
-                        help="simulated storage latency of one lookup, ms (default 2)")
-    parser.add_argument("--concurrency", type=int, default=1000,
-                        help="most lookups in flight at once (default 1000)")
+    parser.add_argument(
+        "--keys", type=int, default=10_000, help="keys in the table (default 10000)"
+    )
+    parser.add_argument(
+        "--requests", type=int, default=20_000, help="lookups rank 0 fires (default 20000)"
+    )
+    parser.add_argument(
+        "--latency-ms",
+        type=float,
+        default=2.0,
+        help="simulated storage latency of one lookup, ms (default 2)",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=1000,
+        help="most lookups in flight at once (default 1000)",
+    )
     parser.add_argument("--seed", type=int, default=1, help="seed of the random keys")
     args = parser.parse_args(argv)
     if args.keys < 1 or args.requests < 1 or args.concurrency < 1 or args.latency_ms < 0:

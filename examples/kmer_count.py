@@ -41,7 +41,16 @@ import conveyor as cv
 # after each read) becomes INVALID, and k-mers that contain it are skipped.
 INVALID = 4
 _CODES = np.full(256, INVALID, dtype=np.uint8)
-_CODES[np.frombuffer(b"ACGTacgt", dtype=np.uint8)] = [0, 1, 2, 3, 0, 1, 2, 3]  # lowercase = uppercase
+_CODES[np.frombuffer(b"ACGTacgt", dtype=np.uint8)] = [
+    0,
+    1,
+    2,
+    3,
+    0,
+    1,
+    2,
+    3,
+]  # lowercase = uppercase
 
 # Fibonacci hashing: the high bits of ``kmer * odd constant`` depend on every
 # bit of the k-mer, so owners get even shares although k-mers are far from
@@ -128,8 +137,12 @@ def _parse_fastq(text, path):
     if len(lines) % 4:
         raise InputError(f"{path}: FASTQ has {len(lines)} lines, not a multiple of 4")
     for i in range(0, len(lines), 4):
-        header, sequence, plus, quality = lines[i:i + 4]
-        if header[:1] != b"@" or plus[:1] != b"+" or len(quality.rstrip()) != len(sequence.rstrip()):
+        header, sequence, plus, quality = lines[i : i + 4]
+        if (
+            header[:1] != b"@"
+            or plus[:1] != b"+"
+            or len(quality.rstrip()) != len(sequence.rstrip())
+        ):
             raise InputError(f"{path}: line {i + 1}: not a 4-line FASTQ record")
     return [sequence.rstrip() for sequence in lines[1::4]]
 
@@ -148,11 +161,11 @@ def canonical_kmers(codes, k):
     forward = np.zeros(n, dtype=np.uint64)
     for j in range(k):  # first base in the high bits
         forward <<= two
-        forward |= bases[j:j + n]
+        forward |= bases[j : j + n]
     reverse = np.zeros(n, dtype=np.uint64)
     for j in reversed(range(k)):  # the reverse complement reads the k-mer backwards
         reverse <<= two
-        reverse |= complement[j:j + n]
+        reverse |= complement[j : j + n]
     invalid_before = np.concatenate(([0], np.cumsum(codes == INVALID)))
     valid = invalid_before[k:] == invalid_before[:-k]
     return np.minimum(forward, reverse)[valid]
@@ -162,7 +175,7 @@ def kmer_batches(codes, k, batch):
     """Yield the canonical k-mers of `codes`, at most `batch` start positions at a time."""
     for start in range(0, max(len(codes) - k + 1, 0), batch):
         # Overlap by k - 1 codes so that every start position is seen once.
-        yield canonical_kmers(codes[start:start + batch + k - 1], k)
+        yield canonical_kmers(codes[start : start + batch + k - 1], k)
 
 
 def owners(kmers, size):
@@ -251,8 +264,10 @@ def count_distributed(m, reads, args):
     print(f"reads            {len(reads.lengths):>14,}")
     print(f"total k-mers     {total:>14,}")
     print(f"distinct k-mers  {len(kmers):>14,}")
-    print(f"counting phase   {seconds:>14.3f} s  ({total / seconds:,.0f} k-mers/s on {m.size} "
-          f"rank{'s' if m.size > 1 else ''}: extraction + send + count)")
+    print(
+        f"counting phase   {seconds:>14.3f} s  ({total / seconds:,.0f} k-mers/s on {m.size} "
+        f"rank{'s' if m.size > 1 else ''}: extraction + send + count)"
+    )
     print(f"histogram (count, distinct k-mers with that count), first {HISTOGRAM_LINES} rows:")
     for value, number in histo[:HISTOGRAM_LINES]:
         print(f"  {value:>6} {number:>12,}")
@@ -268,37 +283,70 @@ def count_distributed(m, reads, args):
 
 def check(kmers, counts, reads, args):
     """Compare the gathered table with a single-process count; print PASS or FAIL."""
-    all_kmers = np.concatenate([np.empty(0, np.uint64), *kmer_batches(reads.codes, args.k, args.batch)])
+    all_kmers = np.concatenate(
+        [np.empty(0, np.uint64), *kmer_batches(reads.codes, args.k, args.batch)]
+    )
     expected_kmers, expected_counts = np.unique(all_kmers, return_counts=True)
     order = np.argsort(kmers)
-    if np.array_equal(kmers[order], expected_kmers) and np.array_equal(counts[order], expected_counts):
+    if np.array_equal(kmers[order], expected_kmers) and np.array_equal(
+        counts[order], expected_counts
+    ):
         print(f"PASS: the distributed table equals a single-process count ({len(kmers):,} k-mers)")
         return True
-    print(f"FAIL: the distributed table has {len(kmers):,} k-mers with {int(counts.sum()):,} "
-          f"occurrences; a single-process count has {len(expected_kmers):,} with "
-          f"{int(expected_counts.sum()):,}")
+    print(
+        f"FAIL: the distributed table has {len(kmers):,} k-mers with {int(counts.sum()):,} "
+        f"occurrences; a single-process count has {len(expected_kmers):,} with "
+        f"{int(expected_counts.sum()):,}"
+    )
     return False
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
-        description="Count canonical k-mers over MPI ranks with conveyor (Ray's first step).")
-    parser.add_argument("reads", nargs="?", metavar="FILE",
-                        help="FASTA or FASTQ file, plain or gzipped (default: reads of a random genome)")
-    parser.add_argument("-k", type=int, default=31, help="k-mer length, 1 to 32 (default: %(default)s)")
-    parser.add_argument("--histo", metavar="FILE",
-                        help="write the full histogram in Jellyfish 'histo' format to FILE")
-    parser.add_argument("--batch", type=int, default=1 << 20,
-                        help="k-mer positions extracted and sent per batch (default: %(default)s)")
+        description="Count canonical k-mers over MPI ranks with conveyor (Ray's first step)."
+    )
+    parser.add_argument(
+        "reads",
+        nargs="?",
+        metavar="FILE",
+        help="FASTA or FASTQ file, plain or gzipped (default: reads of a random genome)",
+    )
+    parser.add_argument(
+        "-k", type=int, default=31, help="k-mer length, 1 to 32 (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--histo",
+        metavar="FILE",
+        help="write the full histogram in Jellyfish 'histo' format to FILE",
+    )
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=1 << 20,
+        help="k-mer positions extracted and sent per batch (default: %(default)s)",
+    )
     simulated = parser.add_argument_group("random genome (without FILE)")
-    simulated.add_argument("--genome-size", type=int, default=1_000_000,
-                           help="genome length in bp (default: %(default)s)")
-    simulated.add_argument("--read-length", type=int, default=100,
-                           help="read length in bp (default: %(default)s)")
-    simulated.add_argument("--coverage", type=float, default=10.0,
-                           help="mean times each base is read (default: %(default)s)")
-    simulated.add_argument("--error-rate", type=float, default=0.005,
-                           help="sequencing errors per base (default: %(default)s)")
+    simulated.add_argument(
+        "--genome-size",
+        type=int,
+        default=1_000_000,
+        help="genome length in bp (default: %(default)s)",
+    )
+    simulated.add_argument(
+        "--read-length", type=int, default=100, help="read length in bp (default: %(default)s)"
+    )
+    simulated.add_argument(
+        "--coverage",
+        type=float,
+        default=10.0,
+        help="mean times each base is read (default: %(default)s)",
+    )
+    simulated.add_argument(
+        "--error-rate",
+        type=float,
+        default=0.005,
+        help="sequencing errors per base (default: %(default)s)",
+    )
     simulated.add_argument("--seed", type=int, default=1, help="random seed (default: %(default)s)")
     args = parser.parse_args(argv)
     if not 1 <= args.k <= 32:
@@ -318,11 +366,14 @@ def main(argv=None):
     # Every rank loads the same reads: a bad input stops all of them here,
     # before any collective call could leave one waiting for the others.
     if args.reads is None:
-        reads = simulate_reads(args.genome_size, args.read_length, args.coverage,
-                               args.error_rate, args.seed)
-        source = (f"random genome of {args.genome_size:,} bp (seed {args.seed}), "
-                  f"{args.read_length} bp reads at {args.coverage:g}x coverage, "
-                  f"{args.error_rate:.2%} errors")
+        reads = simulate_reads(
+            args.genome_size, args.read_length, args.coverage, args.error_rate, args.seed
+        )
+        source = (
+            f"random genome of {args.genome_size:,} bp (seed {args.seed}), "
+            f"{args.read_length} bp reads at {args.coverage:g}x coverage, "
+            f"{args.error_rate:.2%} errors"
+        )
     else:
         try:
             reads = read_sequences(args.reads)

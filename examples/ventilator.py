@@ -59,6 +59,7 @@ TICK = 0.02
 
 # -- the work ----------------------------------------------------------------
 
+
 def collatz_steps(x):
     """Return the number of Collatz steps (n/2 or 3n+1) from each of `x` down to 1 (0 below 2)."""
     x = np.asarray(x, dtype=np.int64)
@@ -82,7 +83,7 @@ def is_prime(x):
     sieve[:2] = False
     for p in range(2, math.isqrt(top) + 1):
         if sieve[p]:
-            sieve[p * p::p] = False
+            sieve[p * p :: p] = False
     prime = x >= 2
     for p in np.flatnonzero(sieve):
         prime &= (x % p != 0) | (x == p)
@@ -137,11 +138,12 @@ def single_process_sums(requests):
         lo = min(r.start for r in mine)
         values = FUNCTIONS[function](np.arange(lo, max(r.stop for r in mine), dtype=np.int64))
         for r in mine:
-            sums[r.number] = int(values[r.start - lo:r.stop - lo].sum())
+            sums[r.number] = int(values[r.start - lo : r.stop - lo].sum())
     return sums
 
 
 # -- roles -------------------------------------------------------------------
+
 
 class Layout(NamedTuple):
     """Which rank plays which role."""
@@ -328,8 +330,9 @@ class Ventilator:
             # else kept until the workers report, so that a request that needs
             # the chunk meanwhile waits for it rather than computing it again
         self.counts["cancelled"] += 1
-        self.cancelled.append({"request": key[1], "chunks": job.names, "done": job.done,
-                               "in_flight": issued})
+        self.cancelled.append(
+            {"request": key[1], "chunks": job.names, "done": job.done, "in_flight": issued}
+        )
 
     def on_drain(self, msg):
         self.draining = True
@@ -378,8 +381,12 @@ class Ventilator:
 
     def answer(self, key, job):
         """Tell the client how far `job` is; the sum, and forget it, once it is complete."""
-        progress = {"done": job.done, "chunks": len(job.names), "cached": job.cached,
-                    "joined": job.joined}
+        progress = {
+            "done": job.done,
+            "chunks": len(job.names),
+            "cached": job.cached,
+            "joined": job.joined,
+        }
         if job.done < len(job.names):
             job.msg.reply(progress, final=False)
             return
@@ -393,8 +400,11 @@ class Ventilator:
             "reissued": dict(self.reissued),
             "suspects": sorted(self.suspects),
             "cancelled": self.cancelled,
-            "left": {"jobs": len(self.jobs), "pending": len(self.pending),
-                     "attempts": len(self.attempts)},
+            "left": {
+                "jobs": len(self.jobs),
+                "pending": len(self.pending),
+                "attempts": len(self.attempts),
+            },
         }
 
 
@@ -457,8 +467,12 @@ class Request:
         self.last = None  # the latest answer
 
     def payload(self):
-        return {"number": self.number, "function": self.function, "start": self.start,
-                "stop": self.stop}
+        return {
+            "number": self.number,
+            "function": self.function,
+            "start": self.start,
+            "stop": self.stop,
+        }
 
 
 def arrived(stream):
@@ -519,8 +533,14 @@ def make_requests(args):
 # -- running it ----------------------------------------------------------------
 
 # Counters of m.stats() in the report, and what must be 0 at the end.
-STATS = ("pending_requests", "open_requests", "late_answers", "answers_cancelled",
-         "requests_cancelled", "store_items")
+STATS = (
+    "pending_requests",
+    "open_requests",
+    "late_answers",
+    "answers_cancelled",
+    "requests_cancelled",
+    "store_items",
+)
 HELD = ("pending_requests", "open_requests", "jobs", "pending", "attempts", "queued")
 
 
@@ -568,11 +588,15 @@ def run(m, layout, args):
     m.wait_quiet()  # what is still in flight (say, a stuck worker's late result) arrives
 
     stats = m.stats()
-    m.send(layout.client, "report", {
-        "stats": {key: stats[key] for key in STATS},
-        "worker": worker.report() if worker else None,
-        "ventilator": ventilator.report() if ventilator else None,
-    })
+    m.send(
+        layout.client,
+        "report",
+        {
+            "stats": {key: stats[key] for key in STATS},
+            "worker": worker.report() if worker else None,
+            "ventilator": ventilator.report() if ventilator else None,
+        },
+    )
     m.wait_quiet()
     if client is None:
         return True
@@ -590,15 +614,21 @@ def summarize(requests, reports, layout, args, seconds):
             skipped += report["worker"]["skipped"]
     failures = []
     expected = single_process_sums([r for r in requests if r.status == "done"])
-    print(f"{'request':<8} {'f':<8} {'range':<22} {'chunks':>6} {'cached':>6} {'joined':>6}  result")
+    print(
+        f"{'request':<8} {'f':<8} {'range':<22} {'chunks':>6} {'cached':>6} {'joined':>6}  result"
+    )
     for r in requests:
         first = r.first or {}
-        line = (f"{r.number:<8} {r.function:<8} {f'[{r.start:,}, {r.stop:,})':<22} "
-                f"{first.get('chunks', '-'):>6} {first.get('cached', '-'):>6} "
-                f"{first.get('joined', '-'):>6}  ")
+        line = (
+            f"{r.number:<8} {r.function:<8} {f'[{r.start:,}, {r.stop:,})':<22} "
+            f"{first.get('chunks', '-'):>6} {first.get('cached', '-'):>6} "
+            f"{first.get('joined', '-'):>6}  "
+        )
         if r.status == "done":
             ok = r.last["sum"] == expected[r.number]
-            line += f"{r.last['sum']:,} ({'equals' if ok else 'DIFFERS from'} the single-process sum)"
+            line += (
+                f"{r.last['sum']:,} ({'equals' if ok else 'DIFFERS from'} the single-process sum)"
+            )
             if not ok:
                 failures.append(f"request {r.number}: {r.last['sum']} != {expected[r.number]}")
         else:
@@ -614,77 +644,141 @@ def summarize(requests, reports, layout, args, seconds):
     # job, chunk or attempt at the ventilator, no chunk waiting at a worker.
     left = []
     for rank, report in sorted(reports.items()):
-        held = {**report["stats"], **(report["ventilator"] or {}).get("left", {}),
-                **{key: value for key, value in (report["worker"] or {}).items() if key == "queued"}}
-        left += [f"rank {rank}: {key} {value}" for key, value in held.items() if key in HELD and value]
+        held = {
+            **report["stats"],
+            **(report["ventilator"] or {}).get("left", {}),
+            **{key: value for key, value in (report["worker"] or {}).items() if key == "queued"},
+        }
+        left += [
+            f"rank {rank}: {key} {value}" for key, value in held.items() if key in HELD and value
+        ]
     if left:
         failures.append(f"state left at the end: {', '.join(left)}")
     again = sum(n - 1 for n in computed.values())
-    late = {rank: report["stats"]["late_answers"] for rank, report in reports.items()
-            if report["stats"]["late_answers"]}
+    late = {
+        rank: report["stats"]["late_answers"]
+        for rank, report in reports.items()
+        if report["stats"]["late_answers"]
+    }
     counts = vent["counts"]
     cancelled_chunks = {name for job in vent["cancelled"] for name in job["chunks"]}
     computed_cancelled = sum(computed[name] for name in cancelled_chunks)
 
-    print(f"chunks computed    {sum(computed.values()):>5}  ({len(computed)} distinct; "
-          f"{again} computed again after a re-issue)")
-    print(f"chunks re-issued   {sum(vent['reissued'].values()):>5}  (no result within "
-          f"{args.deadline:g} s; late workers: {', '.join(map(str, vent['suspects'])) or 'none'})")
-    print(f"duplicates         {counts.get('duplicates', 0):>5}  late results ignored: the first won")
-    print(f"cache hits         {counts.get('cache_hits', 0):>5}  chunks answered from the cache, "
-          f"{counts.get('joined', 0)} joined while in progress")
-    print(f"requests cancelled {counts.get('cancelled', 0):>5}  ({computed_cancelled} of their "
-          f"{len(cancelled_chunks)} chunks computed, {skipped} skipped by workers)")
-    print(f"late answers       {sum(late.values()):>5}  dropped after a cancel "
-          f"({', '.join(f'rank {r}: {n}' for r, n in sorted(late.items())) or 'none'})")
-    print(f"left over          {'none' if not left else len(left):>5}  "
-          f"(requests, chunks, attempts held anywhere)")
+    print(
+        f"chunks computed    {sum(computed.values()):>5}  ({len(computed)} distinct; "
+        f"{again} computed again after a re-issue)"
+    )
+    print(
+        f"chunks re-issued   {sum(vent['reissued'].values()):>5}  (no result within "
+        f"{args.deadline:g} s; late workers: {', '.join(map(str, vent['suspects'])) or 'none'})"
+    )
+    print(
+        f"duplicates         {counts.get('duplicates', 0):>5}  late results ignored: the first won"
+    )
+    print(
+        f"cache hits         {counts.get('cache_hits', 0):>5}  chunks answered from the cache, "
+        f"{counts.get('joined', 0)} joined while in progress"
+    )
+    print(
+        f"requests cancelled {counts.get('cancelled', 0):>5}  ({computed_cancelled} of their "
+        f"{len(cancelled_chunks)} chunks computed, {skipped} skipped by workers)"
+    )
+    print(
+        f"late answers       {sum(late.values()):>5}  dropped after a cancel "
+        f"({', '.join(f'rank {r}: {n}' for r, n in sorted(late.items())) or 'none'})"
+    )
+    print(
+        f"left over          {'none' if not left else len(left):>5}  "
+        f"(requests, chunks, attempts held anywhere)"
+    )
     print(f"time               {seconds:>5.2f} s  (from the first request to the last answer)")
 
     if args.json:
         summary = {
-            "ranks": len(reports), "layout": layout._asdict(), "seconds": seconds,
-            "requests": [{"number": r.number, "function": r.function, "start": r.start,
-                          "stop": r.stop, "status": r.status, "first": r.first, "last": r.last,
-                          "expected": expected.get(r.number)} for r in requests],
-            "computed": dict(computed), "reissued": vent["reissued"], "suspects": vent["suspects"],
-            "counts": counts, "cancelled": vent["cancelled"], "skipped": skipped,
+            "ranks": len(reports),
+            "layout": layout._asdict(),
+            "seconds": seconds,
+            "requests": [
+                {
+                    "number": r.number,
+                    "function": r.function,
+                    "start": r.start,
+                    "stop": r.stop,
+                    "status": r.status,
+                    "first": r.first,
+                    "last": r.last,
+                    "expected": expected.get(r.number),
+                }
+                for r in requests
+            ],
+            "computed": dict(computed),
+            "reissued": vent["reissued"],
+            "suspects": vent["suspects"],
+            "counts": counts,
+            "cancelled": vent["cancelled"],
+            "skipped": skipped,
             "stats": {str(rank): report["stats"] for rank, report in reports.items()},
-            "left": left, "failures": failures,
+            "left": left,
+            "failures": failures,
         }
         with open(args.json, "w") as file:
             json.dump(summary, file, indent=1)
     for failure in failures:
         print(f"FAIL: {failure}")
     if not failures:
-        print("PASS: every sum equals the single-process one, no chunk was computed twice "
-              "unless re-issued, nothing is left over")
+        print(
+            "PASS: every sum equals the single-process one, no chunk was computed twice "
+            "unless re-issued, nothing is left over"
+        )
     return not failures
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description="A ventilator, workers and a sink over MPI ranks with conveyor: a chunk cache, "
-                    "deadlines and cancellation.")
-    parser.add_argument("--values", type=int, default=100_000,
-                        help="values per request: request 1 is f over [0, VALUES) "
-                             "(default: %(default)s)")
-    parser.add_argument("--function", choices=sorted(FUNCTIONS), default="collatz",
-                        help="f (default: %(default)s)")
-    parser.add_argument("--chunk", type=int, default=2_500,
-                        help="values per chunk (default: %(default)s)")
-    parser.add_argument("--window", type=int, default=2,
-                        help="chunks a worker holds at most (default: %(default)s)")
-    parser.add_argument("--deadline", type=float, default=0.5,
-                        help="seconds before a chunk is issued again (default: %(default)s)")
-    parser.add_argument("--stuck-worker", default="auto", metavar="RANK",
-                        help="the worker that hangs in every chunk: a rank, 'none', or 'auto': "
-                             "the last worker if there are two or more (default: %(default)s)")
-    parser.add_argument("--stuck-seconds", type=float, default=1.5,
-                        help="how long the stuck worker hangs per chunk (default: %(default)s)")
-    parser.add_argument("--cancel-after", type=int, default=8, metavar="K",
-                        help="cancel request 3 once K of its chunks are done; 0: never "
-                             "(default: %(default)s)")
+        "deadlines and cancellation."
+    )
+    parser.add_argument(
+        "--values",
+        type=int,
+        default=100_000,
+        help="values per request: request 1 is f over [0, VALUES) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--function", choices=sorted(FUNCTIONS), default="collatz", help="f (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--chunk", type=int, default=2_500, help="values per chunk (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--window", type=int, default=2, help="chunks a worker holds at most (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--deadline",
+        type=float,
+        default=0.5,
+        help="seconds before a chunk is issued again (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--stuck-worker",
+        default="auto",
+        metavar="RANK",
+        help="the worker that hangs in every chunk: a rank, 'none', or 'auto': "
+        "the last worker if there are two or more (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--stuck-seconds",
+        type=float,
+        default=1.5,
+        help="how long the stuck worker hangs per chunk (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--cancel-after",
+        type=int,
+        default=8,
+        metavar="K",
+        help="cancel request 3 once K of its chunks are done; 0: never (default: %(default)s)",
+    )
     parser.add_argument("--json", metavar="FILE", help="write the summary to FILE as JSON")
     args = parser.parse_args(argv)
     for name in ("values", "chunk", "window"):
@@ -696,7 +790,9 @@ def parse_args(argv=None):
         try:
             args.stuck_worker = int(args.stuck_worker)
         except ValueError:
-            parser.error(f"--stuck-worker must be a rank, 'auto' or 'none', not {args.stuck_worker!r}")
+            parser.error(
+                f"--stuck-worker must be a rank, 'auto' or 'none', not {args.stuck_worker!r}"
+            )
     return parser, args
 
 
@@ -707,10 +803,14 @@ def choose_stuck_worker(parser, args, layout):
     if args.stuck_worker == "auto":
         return layout.workers[-1] if len(layout.workers) > 1 else None
     if args.stuck_worker not in layout.workers:
-        parser.error(f"--stuck-worker {args.stuck_worker} is not a worker "
-                     f"(the workers are ranks {', '.join(map(str, layout.workers))})")
+        parser.error(
+            f"--stuck-worker {args.stuck_worker} is not a worker "
+            f"(the workers are ranks {', '.join(map(str, layout.workers))})"
+        )
     if len(layout.workers) < 2:
-        parser.error("--stuck-worker needs another worker to take over its chunks (4 ranks or more)")
+        parser.error(
+            "--stuck-worker needs another worker to take over its chunks (4 ranks or more)"
+        )
     return args.stuck_worker
 
 
@@ -723,12 +823,16 @@ def main(argv=None):
         args.stuck_worker = choose_stuck_worker(parser, args, layout)
         if m.rank == 0:
             workers = ", ".join(map(str, layout.workers))
-            print(f"{m.size} rank{'s' if m.size > 1 else ''}: client {layout.client}, "
-                  f"ventilator and sink {layout.ventilator}, "
-                  f"worker{'s' if len(layout.workers) > 1 else ''} {workers}")
+            print(
+                f"{m.size} rank{'s' if m.size > 1 else ''}: client {layout.client}, "
+                f"ventilator and sink {layout.ventilator}, "
+                f"worker{'s' if len(layout.workers) > 1 else ''} {workers}"
+            )
             if args.stuck_worker is not None:
-                print(f"worker {args.stuck_worker} is stuck: it hangs {args.stuck_seconds:g} s in "
-                      f"every chunk (deadline {args.deadline:g} s)")
+                print(
+                    f"worker {args.stuck_worker} is stuck: it hangs {args.stuck_seconds:g} s in "
+                    f"every chunk (deadline {args.deadline:g} s)"
+                )
         ok = run(m, layout, args)
     # Exit only after the messenger has closed (collectively) on every rank.
     return 0 if ok else 1

@@ -59,13 +59,15 @@ def main(argv=None):
                 "z-scores": np.allclose(z.collect(), expected_z),
                 "outliers": outliers == int((np.abs(expected_z) > 3).sum()),
                 "weighted sum": np.isclose(total, expected_weighted.sum()),
-                "recycling warning": (args.samples % 3 != 0) == any(
-                    issubclass(w.category, cv.RecyclingWarning) for w in caught),
+                "recycling warning": (args.samples % 3 != 0)
+                == any(issubclass(w.category, cv.RecyclingWarning) for w in caught),
                 "chunking kept": [c.length for c in z.chunks] == sizes.tolist(),
             }
-            print(f"{args.samples} samples in {len(x.chunks)} chunks on {m.size} ranks: "
-                  f"mean {mean:.4f}, sd {sd:.4f}, {outliers} outliers beyond 3 sd, "
-                  f"weighted sum {total:.4f}")
+            print(
+                f"{args.samples} samples in {len(x.chunks)} chunks on {m.size} ranks: "
+                f"mean {mean:.4f}, sd {sd:.4f}, {outliers} outliers beyond 3 sd, "
+                f"weighted sum {total:.4f}"
+            )
             for name, ok in checks.items():
                 print(f"  {name}: {'ok' if ok else 'WRONG'}")
             passed = all(checks.values())

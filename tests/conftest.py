@@ -37,7 +37,12 @@ def run_command(cmd, timeout=60, env=None, cwd=None):
     full_env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONFAULTHANDLER="1")
     full_env.update(env or {})
     proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env, cwd=cwd,
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=full_env,
+        cwd=cwd,
         start_new_session=True,
     )
     try:
@@ -56,8 +61,10 @@ def run_mpi(n, case, *args, timeout=60, env=None, check=True):
     cmd += [str(a) for a in args]
     result = run_command(cmd, timeout=timeout, env=env)
     if check and result.returncode != 0:
-        pytest.fail(f"{case.__name__} on {n} ranks failed (exit {result.returncode})\n"
-                    f"--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}")
+        pytest.fail(
+            f"{case.__name__} on {n} ranks failed (exit {result.returncode})\n"
+            f"--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
+        )
     return result
 
 

@@ -32,6 +32,7 @@ KIND_CREDIT = 6
 # A receiver can rebuild what a (seed, source, index) message must carry, so
 # content, order and multiplicity are all checked without shipping a plan.
 
+
 def mix(*values):
     """A 64-bit FNV-style hash of some ints."""
     h = 0xCBF29CE484222325
@@ -90,6 +91,7 @@ def wait_until(m, condition, timeout):
 
 # -- 1. exactly once, in order --------------------------------------------------
 
+
 def case_exactly_once_in_order(seed, n):
     from mpi4py import MPI
 
@@ -97,8 +99,8 @@ def case_exactly_once_in_order(seed, n):
     world = MPI.COMM_WORLD
     with cv.Messenger() as m:
         size, rank = m.size, m.rank
-        seqs = [[] for _ in range(size)]        # per source: pair sequence numbers seen
-        sums = [0] * size                        # per source: checksum of the values
+        seqs = [[] for _ in range(size)]  # per source: pair sequence numbers seen
+        sums = [0] * size  # per source: checksum of the values
         problems = []
 
         @m.on("item")
@@ -170,6 +172,7 @@ def test_exactly_once_in_order(mpirun, nranks, seed):
 
 # -- 2. aggregation switched off ------------------------------------------------
 
+
 def case_aggregation_switches(batching):
     """Per Messenger and per Sender; `batching` is "off" with CONVEYOR_BATCH_BYTES=0."""
     batching = batching == "on"
@@ -206,7 +209,11 @@ def case_aggregation_switches(batching):
             assert source == msg.source
             seen.setdefault(source, []).append(i)
 
-        on, off, default = m.sender("b"), m.sender("b", aggregate=False), m.sender("b", aggregate=None)
+        on, off, default = (
+            m.sender("b"),
+            m.sender("b", aggregate=False),
+            m.sender("b", aggregate=None),
+        )
         assert (on.aggregate, off.aggregate, default.aggregate) == (True, False, True)
         assert repr(off) == "<conveyor.Sender tag='b' aggregate=False>"
         rng = np.random.default_rng(rank)
@@ -246,6 +253,7 @@ def test_batch_bytes_zero_disables_aggregation(mpirun, n):
 
 
 # -- 3. batches leave when the rank waits or flushes -----------------------------
+
 
 def case_flush_on_wait():
     """Run with the background thread off and a flush delay of 10 s."""
@@ -291,11 +299,15 @@ def case_flush_on_wait():
 
 @pytest.mark.parametrize("n", [1, 2, 3])
 def test_flush_on_wait(mpirun, n):
-    mpirun(n, case_flush_on_wait,
-           env={"CONVEYOR_FLUSH_DELAY_US": "10000000", "CONVEYOR_BACKGROUND": "0"})
+    mpirun(
+        n,
+        case_flush_on_wait,
+        env={"CONVEYOR_FLUSH_DELAY_US": "10000000", "CONVEYOR_BACKGROUND": "0"},
+    )
 
 
 # -- 4. batches leave while the owner computes -----------------------------------
+
 
 def case_idle_flush(background, sleep):
     """Rank 0 sends one small message, then computes (sleeps) without calling conveyor."""
@@ -419,8 +431,9 @@ def case_per_item():
                     got = [row for s, row in log if s == source]
                     assert len(got) == len(mine), (source, len(got), len(mine))
                     assert all(isinstance(row, np.void) and row.dtype == RECORD for row in got)
-                    assert [(int(r["kmer"]), int(r["count"])) for r in got] == \
-                        [(int(r["kmer"]), int(r["count"])) for r in mine]
+                    assert [(int(r["kmer"]), int(r["count"])) for r in got] == [
+                        (int(r["kmer"]), int(r["count"])) for r in mine
+                    ]
                 arrays_from = [a for s, a in whole if s == source]
                 if len(mine):
                     (array,) = arrays_from
@@ -470,6 +483,7 @@ def test_per_item_zero_d_array_does_not_fail_the_receiver(mpirun):
 # K - 1 of them before a raw batch of K entries keep the job's totals equal
 # and let wait_quiet return.
 
+
 def bare_header(kind, ref):
     return struct.pack("<IQQI", 0xC0FE | (1 << 16) | (kind << 24), ref, 0, 0)
 
@@ -503,16 +517,22 @@ def case_malformed_batches():
         # An entry announcing more bytes than the batch holds: the entries
         # before it are delivered; it and the one after are lost.
         truncated = struct.pack("<I", 1000) + send_frame("cut")[:10]
-        post_batch(m, peer, entry(send_frame(1)) + entry(send_frame(2)) + truncated
-                   + entry(send_frame("lost")), 4)
+        post_batch(
+            m,
+            peer,
+            entry(send_frame(1)) + entry(send_frame(2)) + truncated + entry(send_frame("lost")),
+            4,
+        )
         m.send(peer, "ok", 3)
         # Entries that are no message (a credit, a nested batch, a frame with
         # out-of-band data, garbage) are rejected one by one.
         credit = bare_header(KIND_CREDIT, 64)
         nested = bare_header(KIND_BATCH, 1) + entry(send_frame("nested"))
         with_oob = core.encode_frame(core.KIND_SEND, 0, "ok", np.arange(10), 0, False)[0]
-        body = b"".join(entry(f) for f in (send_frame(4), credit, nested, with_oob,
-                                           b"not a frame at all", send_frame(5)))
+        body = b"".join(
+            entry(f)
+            for f in (send_frame(4), credit, nested, with_oob, b"not a frame at all", send_frame(5))
+        )
         post_batch(m, peer, body, 6)
         m.send(peer, "ok", 6)
         with warnings.catch_warnings(record=True) as caught:
@@ -557,7 +577,7 @@ def truncation_plan(seed, rank, trials=150):
         values = []
         for j in range(int(rng.integers(1, 12))):
             if rng.random() < 0.5:
-                values.append(int(rng.integers(-2**62, 2**62)))
+                values.append(int(rng.integers(-(2**62), 2**62)))
             else:
                 values.append("v" * int(rng.integers(0, 40)) + f"{trial}.{j}")
         total = sum(len(entry(send_frame(v))) for v in values)
@@ -610,7 +630,9 @@ def case_batch_with_trailing_entries():
             warnings.simplefilter("always")
             m.wait_quiet()
         assert got == ["first", "after"], got
-        assert m.stats()["frames_malformed"] == 1, "trailing bytes after the last entry were dropped silently"
+        assert m.stats()["frames_malformed"] == 1, (
+            "trailing bytes after the last entry were dropped silently"
+        )
         assert sum("malformed frame" in str(w.message) for w in caught) == 1
 
 
@@ -619,6 +641,7 @@ def test_batch_with_trailing_entries_is_malformed(mpirun):
 
 
 # -- 7. Sender errors ---------------------------------------------------------------
+
 
 class FailingItem(cv.CarriageableItem, name="tests.test_aggregation.FailingItem"):
     def required_bytes(self):
@@ -655,7 +678,10 @@ def case_sender_errors():
         sender.send(peer, "second")
         before = m.stats()["messages_sent"]
         uncarriable = [
-            object(), [1, 2, object()], {"k": {1, 2}}, np.array([object(), 1]),
+            object(),
+            [1, 2, object()],
+            {"k": {1, 2}},
+            np.array([object(), 1]),
             (np.arange(100_000), object()),  # a zero-copy array, then a failure
         ]
         for bad in uncarriable:
@@ -672,7 +698,9 @@ def case_sender_errors():
         m.wait_quiet()
         source = (m.rank - 1) % m.size
         payloads = [p for s, p in got if s == source]
-        assert payloads[0] == "first" and payloads[2:] == ["second", "third", ["fourth", 4]], payloads
+        assert payloads[0] == "first" and payloads[2:] == ["second", "third", ["fourth", 4]], (
+            payloads
+        )
         assert np.array_equal(payloads[1], np.arange(10_000))
         assert m.stats()["frames_malformed"] == 0
     with pytest.raises(cv.ConveyorError, match="closed"):

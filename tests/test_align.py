@@ -49,7 +49,9 @@ def test_begin_far_beyond_the_argument():
 
 @pytest.mark.parametrize("dtype", [np.int8, np.uint16, np.int64, np.uint64])
 def test_sizes_of_any_integer_dtype(dtype):
-    np.testing.assert_array_equal(_core.align(np.array([2, 3], dtype=dtype), 1, 4), [[0, 1, 2], [1, 0, 2]])
+    np.testing.assert_array_equal(
+        _core.align(np.array([2, 3], dtype=dtype), 1, 4), [[0, 1, 2], [1, 0, 2]]
+    )
 
 
 @pytest.mark.parametrize(

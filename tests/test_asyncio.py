@@ -36,6 +36,7 @@ async def wait_until(predicate, timeout=20.0, what="condition"):
 def case_arequest():
     async def main():
         async with cv.Messenger() as m:
+
             @m.on("sq")
             def sq(msg):  # a sync handler, served from the loop
                 return msg.payload * msg.payload
@@ -64,8 +65,10 @@ def case_arequest():
             # Hundreds at once, to random ranks, sync and async receivers mixed.
             rng = random.Random(m.rank)
             n = 300
-            calls = [m.arequest(rng.randrange(m.size), rng.choice(["sq", "asq"]), i, timeout=30)
-                     for i in range(n)]
+            calls = [
+                m.arequest(rng.randrange(m.size), rng.choice(["sq", "asq"]), i, timeout=30)
+                for i in range(n)
+            ]
             assert await asyncio.gather(*calls) == [i * i for i in range(n)]
             assert m.stats()["pending_requests"] == 0
 
@@ -100,8 +103,10 @@ def case_mixed_handlers():
 
             @m.on("combo")  # async, awaiting a sync and an async receiver elsewhere
             async def combo(msg):
-                a, b = await asyncio.gather(m.arequest(nxt, "sq", msg.payload, timeout=20),
-                                            m.arequest(prv, "asq", msg.payload + 1, timeout=20))
+                a, b = await asyncio.gather(
+                    m.arequest(nxt, "sq", msg.payload, timeout=20),
+                    m.arequest(prv, "asq", msg.payload + 1, timeout=20),
+                )
                 return a + b
 
             @m.on("relay")  # sync, sending on to an async receiver
@@ -187,7 +192,7 @@ def case_async_sends_and_cascade(depth):
 
             m.send(m.rank, "fan", 3)
             await m.aquiet()
-            assert comm.allreduce(len(fan)) == m.size * sum(m.size ** k for k in range(4))
+            assert comm.allreduce(len(fan)) == m.size * sum(m.size**k for k in range(4))
 
     asyncio.run(main())
 
@@ -247,6 +252,7 @@ def test_order_async_handlers(mpirun, nranks):
 def case_errors():
     async def main():
         async with cv.Messenger() as m:
+
             @m.on("boom")
             async def boom(msg):
                 await asyncio.sleep(0.001)
@@ -291,14 +297,21 @@ def case_errors():
                 with pytest.raises(cv.RemoteError) as info:
                     await m.arequest(peer, "boom", m.rank, timeout=20)
                 e = info.value
-                assert (e.rank, e.remote_type, e.remote_message) == (peer, "ValueError", f"boom {m.rank}")
+                assert (e.rank, e.remote_type, e.remote_message) == (
+                    peer,
+                    "ValueError",
+                    f"boom {m.rank}",
+                )
                 assert "in boom" in e.remote_traceback, e.remote_traceback
                 assert "raise ValueError" in e.remote_traceback, e.remote_traceback
                 assert "ValueError: boom" in str(e)
 
                 with pytest.raises(cv.RemoteError) as info:
                     await m.arequest(peer, "boom_early", timeout=20)
-                assert info.value.remote_type == "KeyError" and "in boom_early" in info.value.remote_traceback
+                assert (
+                    info.value.remote_type == "KeyError"
+                    and "in boom_early" in info.value.remote_traceback
+                )
 
                 with pytest.raises(cv.UnknownTagError) as info:
                     await m.arequest(peer, "no such tag", timeout=20)
@@ -320,7 +333,10 @@ def case_errors():
             assert st["unknown_tag"] == m.size, st
             assert st["pending_requests"] == 0, st
             # The rank keeps serving after all that.
-            assert await m.arequest((m.rank + 1) % m.size, "reply_later", 9, timeout=20) == ("later", 9)
+            assert await m.arequest((m.rank + 1) % m.size, "reply_later", 9, timeout=20) == (
+                "later",
+                9,
+            )
 
     asyncio.run(main())
 
@@ -341,6 +357,7 @@ def case_late_answer(how):
     async def main():
         comm = world()
         async with cv.Messenger() as m:
+
             @m.on("slow")
             async def slow(msg):
                 await asyncio.sleep(0.5)
@@ -351,7 +368,9 @@ def case_late_answer(how):
             if how == "timeout":
                 with pytest.raises(cv.TimeoutError) as info:
                     await m.arequest(peer, "slow", timeout=0.05)
-                assert isinstance(info.value, TimeoutError) and isinstance(info.value, cv.ConveyorError)
+                assert isinstance(info.value, TimeoutError) and isinstance(
+                    info.value, cv.ConveyorError
+                )
             else:
                 task = asyncio.create_task(m.arequest(peer, "slow"))
                 await asyncio.sleep(0.05)
@@ -366,15 +385,20 @@ def case_late_answer(how):
             dropped = comm.allreduce(st.get("answers_cancelled", 0))
             assert late + dropped == m.size, (
                 f"{m.size} arequests gave up, but late_answers sum to {late} and "
-                f"answers_cancelled to {dropped}: the late answers were not counted", st)
+                f"answers_cancelled to {dropped}: the late answers were not counted",
+                st,
+            )
             # A messenger whose arequest gave up stays usable.
             assert await m.arequest(peer, "slow", timeout=20) == "late"
 
     asyncio.run(main())
 
 
-@pytest.mark.parametrize("how, n", [("timeout", 1), ("timeout", 2), ("cancel", 2)],
-                         ids=["timeout-np1", "timeout-np2", "cancel-np2"])
+@pytest.mark.parametrize(
+    "how, n",
+    [("timeout", 1), ("timeout", 2), ("cancel", 2)],
+    ids=["timeout-np1", "timeout-np2", "cancel-np2"],
+)
 def test_late_answer(mpirun, how, n):
     mpirun(n, case_late_answer, how)
 
@@ -402,8 +426,10 @@ def case_answer_not_carriageable():
                     if e.remote_type != "CarriageError":
                         problems.append(f"{tag}: RemoteError of remote type {e.remote_type}")
                 except cv.TimeoutError:
-                    problems.append(f"{tag}: the handler's answer could not travel and the "
-                                    "requester got no answer at all (no RemoteError)")
+                    problems.append(
+                        f"{tag}: the handler's answer could not travel and the "
+                        "requester got no answer at all (no RemoteError)"
+                    )
                 else:
                     problems.append(f"{tag}: an answer arrived: {answer!r}")
             assert not problems, problems
@@ -422,6 +448,7 @@ def case_aquiet_in_async_handler():
     # handler's task must raise too, not wait forever for its own task.
     async def main():
         async with cv.Messenger() as m:
+
             @m.on("nested_quiet")
             async def nested_quiet(msg):
                 try:
@@ -435,7 +462,8 @@ def case_aquiet_in_async_handler():
             world().Barrier()
             answer = await m.arequest(m.rank, "nested_quiet", timeout=20)
             assert answer == "refused", (
-                f"aquiet() awaited inside an async handler: {answer} (expected a ConveyorError)")
+                f"aquiet() awaited inside an async handler: {answer} (expected a ConveyorError)"
+            )
             await m.aquiet()
 
     asyncio.run(main())
@@ -525,13 +553,15 @@ def case_loop_not_blocked():
                 await wait_until(lambda: ticks[0] >= start + 3, what="ticks")
                 m.send(peer, "ticked")
 
-            answer, _ = await asyncio.gather(m.arequest(peer, "wait_for_ticks", timeout=30),
-                                             tell_after_ticks())
+            answer, _ = await asyncio.gather(
+                m.arequest(peer, "wait_for_ticks", timeout=30), tell_after_ticks()
+            )
             assert answer == "ok"
 
             # Async handlers of one rank run concurrently.
-            assert await asyncio.gather(*[m.arequest(peer, "gate", i, timeout=30)
-                                          for i in range(4)]) == [0, 1, 2, 3]
+            assert await asyncio.gather(
+                *[m.arequest(peer, "gate", i, timeout=30) for i in range(4)]
+            ) == [0, 1, 2, 3]
             await m.aquiet()
             tick_task.cancel()
 
@@ -611,13 +641,17 @@ def case_wakeup_within_one_nap(mode, nap_us):
             for r in range(1, m.size):
                 m.send(r, "stop")
             median = sorted(oneway)[len(oneway) // 2]
-            print(f"{mode}: send -> handler median {median * 1e3:.1f} ms, "
-                  f"min {min(oneway) * 1e3:.1f} ms (nap {nap * 1e3:g} ms)")
+            print(
+                f"{mode}: send -> handler median {median * 1e3:.1f} ms, "
+                f"min {min(oneway) * 1e3:.1f} ms (nap {nap * 1e3:g} ms)"
+            )
             assert median < nap, (
                 f"{mode}: a message to an idle rank waited a whole nap or more: median "
                 f"{median * 1e3:.1f} ms, min {min(oneway) * 1e3:.1f} ms, with naps of "
-                f"{nap * 1e3:g} ms")
+                f"{nap * 1e3:g} ms"
+            )
         elif mode == "asyncio":
+
             async def idle():
                 stopped.append(asyncio.Event())
                 m.attach()
@@ -634,8 +668,7 @@ def case_wakeup_within_one_nap(mode, nap_us):
 @pytest.mark.parametrize("mode", ["blocking", "asyncio"])
 def test_wakeup_within_one_nap(mpirun, mode):
     nap_us = 20_000
-    mpirun(2, case_wakeup_within_one_nap, mode, nap_us,
-           env={"CONVEYOR_MAX_SLEEP_US": str(nap_us)})
+    mpirun(2, case_wakeup_within_one_nap, mode, nap_us, env={"CONVEYOR_MAX_SLEEP_US": str(nap_us)})
 
 
 # -- attach, detach, close ----------------------------------------------------
@@ -726,6 +759,7 @@ def test_close_with_running_tasks(mpirun, n):
 
 def case_async_handler_without_loop():
     with cv.Messenger() as m:
+
         @m.on("coro")
         async def coro(msg):
             return 1
@@ -734,7 +768,9 @@ def case_async_handler_without_loop():
         peer = (m.rank + 1) % m.size
         with pytest.raises(cv.RemoteError) as info:
             m.request(peer, "coro").result(timeout=20)
-        assert "attach" in info.value.remote_message and "event" in info.value.remote_message, info.value
+        assert "attach" in info.value.remote_message and "event" in info.value.remote_message, (
+            info.value
+        )
         m.send(peer, "coro")
         m.wait_quiet()
         assert m.stats()["handler_errors"] == 2

@@ -36,8 +36,8 @@ def current_rss_mib():
 # fails then.
 
 FLOOD_MESSAGES = 1_000_000
-FLOOD_RSS_BOUND_MIB = 256     # peak RSS of every rank
-FLOOD_GROWTH_BOUND_MIB = 64   # peak RSS above what the rank used before the flood
+FLOOD_RSS_BOUND_MIB = 256  # peak RSS of every rank
+FLOOD_GROWTH_BOUND_MIB = 64  # peak RSS above what the rank used before the flood
 FLOOD_SLEEP_EVERY = 500
 FLOOD_PAD = b"p" * 100
 
@@ -96,8 +96,7 @@ def case_flood(n):
 
 
 def test_flood_slow_receiver(mpirun):
-    mpirun(4, case_flood, FLOOD_MESSAGES, timeout=120,
-           env={"CONVEYOR_WINDOW_BYTES": str(1 * MiB)})
+    mpirun(4, case_flood, FLOOD_MESSAGES, timeout=120, env={"CONVEYOR_WINDOW_BYTES": str(1 * MiB)})
 
 
 # -- 9. storms in both directions ---------------------------------------------------
@@ -124,7 +123,7 @@ def case_storm(n):
             counts["ping_sum"] += i
             if len(msg.payload) > 2:
                 counts["big"] += int(msg.payload[2][0] == i)
-            pong.send(msg.source, i)            # from a handler: queues, never waits
+            pong.send(msg.source, i)  # from a handler: queues, never waits
             if ttl > 0:
                 m.send(msg.source, "ping", (ttl - 1,) + tuple(msg.payload[1:]))
             if i % 5000 == 1234 and ttl == STORM_TTL:
@@ -149,9 +148,20 @@ def case_storm(n):
                 assert m.request(peer, "echo", i).result(timeout=60) == i  # top level
         m.wait_quiet()
         stats = m.stats()
-        totals = world.allreduce(np.array(
-            [counts["ping"], counts["pong"], counts["ping_sum"], counts["big"], counts["nested"],
-             stats["sends_held"], stats["credits_sent"], stats["handler_errors"]]))
+        totals = world.allreduce(
+            np.array(
+                [
+                    counts["ping"],
+                    counts["pong"],
+                    counts["ping_sum"],
+                    counts["big"],
+                    counts["nested"],
+                    stats["sends_held"],
+                    stats["credits_sent"],
+                    stats["handler_errors"],
+                ]
+            )
+        )
         hops = size * n * (STORM_TTL + 1)
         assert totals[0] == hops and totals[1] == hops, totals
         assert totals[2] == size * (STORM_TTL + 1) * (n * (n - 1) // 2)
@@ -168,14 +178,15 @@ def test_storm_without_deadlock(mpirun, n):
 
 # -- 10. a message larger than the window -------------------------------------------
 
+
 def case_larger_than_window():
     with cv.Messenger() as m:
         got = []
         m.on("x")(lambda msg: got.append((msg.source, msg.payload)))
         m.on("big")(lambda msg: np.ones(1 << 17) * msg.payload)  # a 1 MiB answer
         peer = (m.rank + 1) % m.size
-        big = np.arange(1 << 17, dtype=np.float64)      # 1 MiB, zero-copy
-        inline = list(range(100_000))                    # a ~0.9 MB frame, not zero-copy
+        big = np.arange(1 << 17, dtype=np.float64)  # 1 MiB, zero-copy
+        inline = list(range(100_000))  # a ~0.9 MB frame, not zero-copy
         for i in range(50):
             m.send(peer, "x", i)
         m.send(peer, "x", big)

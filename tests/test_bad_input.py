@@ -12,9 +12,16 @@ from conveyor._native import core
 
 def sample_frames():
     values = [
-        None, 7, 2**90, "text", [1, 2.5, (3j, b"x")], {"a": np.arange(5)},
-        np.arange(3000, dtype=np.float64).reshape(30, 100), cv.Address(1, "n", 3),
-        np.zeros(3, dtype=[("a", "u8"), ("b", "f4")]), memoryview(b"abcd"),
+        None,
+        7,
+        2**90,
+        "text",
+        [1, 2.5, (3j, b"x")],
+        {"a": np.arange(5)},
+        np.arange(3000, dtype=np.float64).reshape(30, 100),
+        cv.Address(1, "n", 3),
+        np.zeros(3, dtype=[("a", "u8"), ("b", "f4")]),
+        memoryview(b"abcd"),
     ]
     frames = []
     for threshold in (16384, 0):
@@ -30,14 +37,14 @@ def mutate(rng, frame):
         for _ in range(rng.randint(1, 4)):
             data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
     elif op == 1:
-        del data[rng.randrange(len(data) + 1):]
+        del data[rng.randrange(len(data) + 1) :]
     elif op == 2:
         pos = rng.randrange(len(data) + 1)
         data[pos:pos] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 9)))
     elif op == 3 and data:
         # Overwrite a run with extreme values: huge lengths and counts.
         pos = rng.randrange(len(data))
-        data[pos:pos + 8] = rng.choice([b"\xff" * 8, b"\x7f" + b"\xff" * 7, b"\x00" * 8])
+        data[pos : pos + 8] = rng.choice([b"\xff" * 8, b"\x7f" + b"\xff" * 7, b"\x00" * 8])
     else:
         data = bytearray(rng.randbytes(rng.randrange(64)))
     return bytes(data)
@@ -98,6 +105,7 @@ def test_malformed_frames_are_counted_and_dropped(mpirun, nranks):
 
 def case_remote_errors():
     with cv.Messenger() as m:
+
         @m.on("fail")
         def fail(msg):
             raise KeyError(f"no such thing: {msg.payload}")
@@ -260,7 +268,10 @@ def test_uncaught_exception_aborts_the_job(mpirun):
     )
     proc = subprocess.run(
         [mpiexec(), "-n", "3", sys.executable, "-c", script],
-        capture_output=True, text=True, timeout=60, env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ),
     )
     assert proc.returncode != 0
     assert "RuntimeError: rank failed on purpose" in proc.stderr

@@ -25,9 +25,21 @@ ROWS_OF = {
     "agg-latency": {"agg-latency"},
 }
 ROW_KEYS = {
-    "benchmark", "label", "size_bytes", "payload", "unit", "better", "baseline", "conveyor",
-    "baseline_median", "conveyor_median", "ratio", "target", "passed",
-    "baseline_samples", "conveyor_samples",
+    "benchmark",
+    "label",
+    "size_bytes",
+    "payload",
+    "unit",
+    "better",
+    "baseline",
+    "conveyor",
+    "baseline_median",
+    "conveyor_median",
+    "ratio",
+    "target",
+    "passed",
+    "baseline_samples",
+    "conveyor_samples",
 }
 CONSOLE_SCRIPT = os.path.join(os.path.dirname(sys.executable), "conveyor")
 
@@ -36,7 +48,8 @@ def run_ok(cmd, cwd, timeout=120):
     """Run `cmd` (a hang fails the test); return its stdout once it exited 0."""
     result = run_command(cmd, timeout=timeout, cwd=cwd)
     assert result.returncode == 0, (
-        f"{cmd} exited {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}")
+        f"{cmd} exited {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
+    )
     return result.stdout
 
 
@@ -66,11 +79,16 @@ def check_results(path, which, reps):
 
 def test_python_m_conveyor_bench_quick_runs_every_benchmark(tmp_path):
     out_json = tmp_path / "bench.json"
-    out = run_ok([sys.executable, "-m", "conveyor", "bench", "--quick", "--json",
-                       str(out_json)], cwd=tmp_path)
+    out = run_ok(
+        [sys.executable, "-m", "conveyor", "bench", "--quick", "--json", str(out_json)],
+        cwd=tmp_path,
+    )
     rows = check_results(out_json, list(plan.BENCHMARKS), plan.QUICK.reps)
     assert {row["label"] for row in rows if row["benchmark"] == "batch"} == {
-        "10k items", "100k items", "1M items"}
+        "10k items",
+        "100k items",
+        "1M items",
+    }
     assert "ratio" in out and "targets met" in out
     assert f"results: {out_json}" in out
 
@@ -78,16 +96,44 @@ def test_python_m_conveyor_bench_quick_runs_every_benchmark(tmp_path):
 def test_console_script_runs_with_an_explicit_mpiexec(tmp_path):
     assert os.path.exists(CONSOLE_SCRIPT), "the conveyor console script is not installed"
     out_json = tmp_path / "rate.json"
-    run_ok([CONSOLE_SCRIPT, "bench", "--quick", "--which", "rate,agg-latency", "--reps", "1",
-                 "--mpiexec", mpiexec(), "--json", str(out_json)], cwd=tmp_path)
+    run_ok(
+        [
+            CONSOLE_SCRIPT,
+            "bench",
+            "--quick",
+            "--which",
+            "rate,agg-latency",
+            "--reps",
+            "1",
+            "--mpiexec",
+            mpiexec(),
+            "--json",
+            str(out_json),
+        ],
+        cwd=tmp_path,
+    )
     check_results(out_json, ["rate", "agg-latency"], 1)
 
 
 def test_plot_writes_a_png(tmp_path):
     pytest.importorskip("matplotlib")
     png = tmp_path / "bench.png"
-    out = run_ok([sys.executable, "-m", "conveyor", "bench", "--quick", "--reps", "1",
-                       "--which", "latency,bw,rate,batch", "--plot", str(png)], cwd=tmp_path)
+    out = run_ok(
+        [
+            sys.executable,
+            "-m",
+            "conveyor",
+            "bench",
+            "--quick",
+            "--reps",
+            "1",
+            "--which",
+            "latency,bw,rate,batch",
+            "--plot",
+            str(png),
+        ],
+        cwd=tmp_path,
+    )
     assert png.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     assert f"plot: {png}" in out
 
@@ -119,8 +165,9 @@ def test_a_missed_target_fails_the_run(tmp_path, capfd, quick):
     fake = tmp_path / "fake-mpiexec"
     fake.write_text(FAKE_RANKS.format(python=sys.executable))
     fake.chmod(0o755)
-    status = main(["bench", "--which", "latency,oneway", "--mpiexec", str(fake)]
-                  + ["--quick"] * quick)
+    status = main(
+        ["bench", "--which", "latency,oneway", "--mpiexec", str(fake)] + ["--quick"] * quick
+    )
     out, err = capfd.readouterr()
     assert "latency 8 B int ... FAIL" in out
     if quick:  # its figures are noise: a miss is shown, not judged
@@ -131,18 +178,24 @@ def test_a_missed_target_fails_the_run(tmp_path, capfd, quick):
         assert "conveyor bench: 1 target(s) missed: latency 8 B int" in err
 
 
-@pytest.mark.parametrize("argv, message", [
-    ([], "required: COMMAND"),
-    (["frobnicate"], "invalid choice: 'frobnicate'"),
-    (["bench", "--which", "latency,nope"], "unknown benchmark 'nope'"),
-    (["bench", "--which", ","], "name at least one of"),
-    (["bench", "--reps", "0"], "--reps: must be at least 1"),
-    (["bench", "--iters", "many"], "--iters: not an integer"),
-    (["bench", "--max-size", "12X"], "--max-size: not a size"),
-    (["bench", "--min-size", "4M", "--max-size", "1M"], "larger than --max-size"),
-    (["bench", "--mpiexec", "/nonexistent/mpiexec"], "--mpiexec: '/nonexistent/mpiexec' is not"),
-    (["bench", "--json", "/nonexistent/dir/out.json"], "--json: the directory"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        ([], "required: COMMAND"),
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+        (["bench", "--which", "latency,nope"], "unknown benchmark 'nope'"),
+        (["bench", "--which", ","], "name at least one of"),
+        (["bench", "--reps", "0"], "--reps: must be at least 1"),
+        (["bench", "--iters", "many"], "--iters: not an integer"),
+        (["bench", "--max-size", "12X"], "--max-size: not a size"),
+        (["bench", "--min-size", "4M", "--max-size", "1M"], "larger than --max-size"),
+        (
+            ["bench", "--mpiexec", "/nonexistent/mpiexec"],
+            "--mpiexec: '/nonexistent/mpiexec' is not",
+        ),
+        (["bench", "--json", "/nonexistent/dir/out.json"], "--json: the directory"),
+    ],
+)
 def test_bad_options_are_usage_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as exit:
         main(argv)

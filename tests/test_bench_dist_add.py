@@ -19,11 +19,24 @@ N = 100_000
 def run_dist_add(tmp_path, *options, timeout=90):
     """Run the script on 4 ranks with a tiny --n; return its JSON and stdout."""
     out_json = tmp_path / "dist_add.json"
-    cmd = [mpiexec(), "-n", "4", sys.executable, str(SCRIPT), "--n", str(N), "--reps", "1",
-           "--json", str(out_json), *options]
+    cmd = [
+        mpiexec(),
+        "-n",
+        "4",
+        sys.executable,
+        str(SCRIPT),
+        "--n",
+        str(N),
+        "--reps",
+        "1",
+        "--json",
+        str(out_json),
+        *options,
+    ]
     result = run_command(cmd, timeout=timeout, cwd=tmp_path)
     assert result.returncode == 0, (
-        f"{cmd} exited {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}")
+        f"{cmd} exited {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
+    )
     with open(out_json) as f:
         return json.load(f), result.stdout
 

@@ -14,8 +14,28 @@ from conveyor._native import core
 from _helpers import same
 
 DTYPES = [
-    "?", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "f2", "f4", "f8", "g",
-    "c8", "c16", "G", "M8[ns]", "m8[s]", ">i4", ">f8", "S5", "U3",
+    "?",
+    "i1",
+    "i2",
+    "i4",
+    "i8",
+    "u1",
+    "u2",
+    "u4",
+    "u8",
+    "f2",
+    "f4",
+    "f8",
+    "g",
+    "c8",
+    "c16",
+    "G",
+    "M8[ns]",
+    "m8[s]",
+    ">i4",
+    ">f8",
+    "S5",
+    "U3",
 ]
 
 
@@ -27,11 +47,37 @@ def roundtrip(value, threshold=16384, allow_pickle=False):
 @pytest.mark.parametrize(
     "value",
     [
-        None, True, False, 0, -1, 2**63 - 1, -(2**63), 2**64, -(2**200) + 7, 1.5, float("inf"),
-        float("nan"), -0.0, 3 - 4j, "", "héllo wörld ✓", "\udcff", b"", b"\x00\xff", bytearray(b"ab"),
-        [], (), {}, [1, [2, [3, (4, {"k": None})]]], {1: "a", "b": 2.0, (1, 2): [3]},
-        cv.Address(3, "logger"), cv.Address(0, "x", ref=2**40),
-        np.float64(2.5), np.int8(-3), np.bool_(True), np.complex64(1j),
+        None,
+        True,
+        False,
+        0,
+        -1,
+        2**63 - 1,
+        -(2**63),
+        2**64,
+        -(2**200) + 7,
+        1.5,
+        float("inf"),
+        float("nan"),
+        -0.0,
+        3 - 4j,
+        "",
+        "héllo wörld ✓",
+        "\udcff",
+        b"",
+        b"\x00\xff",
+        bytearray(b"ab"),
+        [],
+        (),
+        {},
+        [1, [2, [3, (4, {"k": None})]]],
+        {1: "a", "b": 2.0, (1, 2): [3]},
+        cv.Address(3, "logger"),
+        cv.Address(0, "x", ref=2**40),
+        np.float64(2.5),
+        np.int8(-3),
+        np.bool_(True),
+        np.complex64(1j),
     ],
     ids=repr,
 )
@@ -75,7 +121,12 @@ def test_memoryview_keeps_format_and_shape():
 
 
 scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(), st.binary(),
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=False),
+    st.text(),
+    st.binary(),
     st.complex_numbers(allow_nan=False),
 )
 nested = st.recursive(
@@ -170,14 +221,19 @@ def test_carriageable_item_with_out_of_band_array():
 
 def test_carriageable_item_registration_errors():
     with pytest.raises(TypeError, match="load"):
+
         class NoLoad(cv.CarriageableItem, name="tests.NoLoad"):
             pass
+
     with pytest.raises(ValueError, match="already taken"):
+
         class Impostor(cv.CarriageableItem, name="tests.Reads"):
             @classmethod
             def load(cls, buffer, out_of_band):
                 return cls()
+
     with pytest.raises(TypeError):
+
         class Nameless(cv.CarriageableItem, name=""):
             pass
 

@@ -185,8 +185,10 @@ def test_a_give_back_may_overtake_the_create(table):
     assert table.give_back(id, 300) == (False, 2, 0)
     assert id not in table and len(table) == 0 and table.stats()["placeholders"] == 1
     table.create(id, 1000)
-    assert id in table and len(table) == 1 and table.stats() == dict(
-        chunks=0, bytes=0, pending=1, failed=0, placeholders=0, foreign=0
+    assert (
+        id in table
+        and len(table) == 1
+        and table.stats() == dict(chunks=0, bytes=0, pending=1, failed=0, placeholders=0, foreign=0)
     )
     table.resolve(id, np.zeros(4))
     assert table.give_back(id, 700)[0]

@@ -33,9 +33,16 @@ def run_main(tmp_path, argv, stdin=""):
         sys.exit(status)
         """)
     env = {"CONVEYOR_SHELL_HISTORY": ""}
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**_clean_environment(), **env}, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**_clean_environment(), **env},
+        start_new_session=True,
+    )
     try:
         out, err = proc.communicate(stdin, timeout=120)
     except subprocess.TimeoutExpired:
@@ -50,13 +57,16 @@ def _clean_environment():
 
 
 def test_import_conveyor_and_its_version():
-    result = run_command([sys.executable, "-c",
-                          f"import conveyor, sys; conveyor.__version__; {NO_MPI}"])
+    result = run_command(
+        [sys.executable, "-c", f"import conveyor, sys; conveyor.__version__; {NO_MPI}"]
+    )
     assert result.returncode == 0, result.stderr
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["run", "--help"], ["bench", "--help"],
-                                  ["shell", "--help"], ["script", "--help"]])
+@pytest.mark.parametrize(
+    "argv",
+    [["--help"], ["run", "--help"], ["bench", "--help"], ["shell", "--help"], ["script", "--help"]],
+)
 def test_help(tmp_path, argv):
     status, out, err = run_main(tmp_path, argv)
     assert status == 0, err
@@ -72,8 +82,10 @@ def test_version(tmp_path):
 
 def test_run_launcher(tmp_path):
     # One write per line: the ranks' output may interleave between writes.
-    (tmp_path / "ok.py").write_text("import conveyor as cv\nwith cv.Messenger() as m:\n"
-                                    "    print(f'rank {m.rank} of {m.size}', flush=True)\n")
+    (tmp_path / "ok.py").write_text(
+        "import conveyor as cv\nwith cv.Messenger() as m:\n"
+        "    print(f'rank {m.rank} of {m.size}', flush=True)\n"
+    )
     status, out, err = run_main(tmp_path, ["run", "-n", "2", "ok.py"])
     assert status == 0, err
     assert "rank 1 of 2" in out

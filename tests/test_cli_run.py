@@ -29,13 +29,19 @@ def conveyor_run(tmp_path, source, *options, args=(), timeout=60):
 
 
 def test_two_ranks_pass_and_get_the_arguments(tmp_path):
-    result = conveyor_run(tmp_path, """
+    result = conveyor_run(
+        tmp_path,
+        """
         import sys
         import conveyor as cv
         with cv.Messenger() as m:
             print(f"rank {m.rank} of {m.size}: {sys.argv}", flush=True)
             m.wait_quiet()
-        """, "-n", "2", args=["a b", "--flag", "-n", "7"])
+        """,
+        "-n",
+        "2",
+        args=["a b", "--flag", "-n", "7"],
+    )
     assert result.returncode == 0, result.stderr
     for rank in (0, 1):
         assert f"rank {rank} of 2: ['script.py', 'a b', '--flag', '-n', '7']" in result.stdout
@@ -43,13 +49,18 @@ def test_two_ranks_pass_and_get_the_arguments(tmp_path):
 
 
 def test_a_failing_rank_is_named_with_its_status(tmp_path):
-    result = conveyor_run(tmp_path, """
+    result = conveyor_run(
+        tmp_path,
+        """
         import conveyor as cv
         with cv.Messenger() as m:
             if m.rank == 1:
                 raise ValueError("rank one is broken")
             m.wait_quiet()
-        """, "-n", "2")
+        """,
+        "-n",
+        "2",
+    )
     assert result.returncode == 1
     assert "conveyor run: rank 1 failed with exit status 1" in result.stderr
     # conveyor's excepthook aborts the job: rank 0, waiting for rank 1, is stopped.
@@ -61,13 +72,18 @@ def test_a_failing_rank_is_named_with_its_status(tmp_path):
 
 
 def test_exit_status_of_the_failing_rank(tmp_path):
-    result = conveyor_run(tmp_path, """
+    result = conveyor_run(
+        tmp_path,
+        """
         import sys
         import conveyor as cv
         with cv.Messenger() as m:
             rank = m.rank
         sys.exit(3 if rank == 0 else 0)
-        """, "-n", "2")
+        """,
+        "-n",
+        "2",
+    )
     assert result.returncode == 3
     assert "conveyor run: rank 0 failed with exit status 3" in result.stderr
     assert "rank 1" not in result.stderr
@@ -87,7 +103,9 @@ def test_a_hang_is_killed_after_the_timeout(tmp_path):
     pids = tmp_path / "pids"
     pids.mkdir()
     started = time.monotonic()
-    result = conveyor_run(tmp_path, """
+    result = conveyor_run(
+        tmp_path,
+        """
         import os, sys, time
         import conveyor as cv
         with cv.Messenger() as m:
@@ -95,7 +113,13 @@ def test_a_hang_is_killed_after_the_timeout(tmp_path):
                 f.write(str(os.getpgid(0)))
             print(f"rank {m.rank} hangs", flush=True)
             time.sleep(600)
-        """, "-n", "2", "--timeout", "3", args=[str(pids)])
+        """,
+        "-n",
+        "2",
+        "--timeout",
+        "3",
+        args=[str(pids)],
+    )
     assert result.returncode == 124, result.stderr
     assert time.monotonic() - started < 30
     assert "conveyor run: still running after 3 s: killed every rank" in result.stderr
@@ -105,8 +129,11 @@ def test_a_hang_is_killed_after_the_timeout(tmp_path):
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         # Nothing left: neither the ranks nor any process of their groups.
-        left = [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
-                if alive(pid) and (pid in ranks or _group(pid) in groups)]
+        left = [
+            pid
+            for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
+            if alive(pid) and (pid in ranks or _group(pid) in groups)
+        ]
         if not left:
             break
         time.sleep(0.1)
@@ -121,7 +148,9 @@ def _group(pid):
 
 
 def test_prefix_marks_every_line_with_its_rank(tmp_path):
-    result = conveyor_run(tmp_path, """
+    result = conveyor_run(
+        tmp_path,
+        """
         import sys
         import conveyor as cv
         with cv.Messenger() as m:
@@ -129,7 +158,11 @@ def test_prefix_marks_every_line_with_its_rank(tmp_path):
             print(f"err of {m.rank}", file=sys.stderr)
             m.wait_quiet()
         sys.stdout.write("no newline")
-        """, "-n", "2", "--prefix")
+        """,
+        "-n",
+        "2",
+        "--prefix",
+    )
     assert result.returncode == 0, result.stderr
     for rank in (0, 1):
         assert f"[{rank}] out of {rank}\n" in result.stdout
@@ -139,13 +172,16 @@ def test_prefix_marks_every_line_with_its_rank(tmp_path):
     assert result.stdout.count("no newline") == 2
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["run", "script.py"], "the following arguments are required: -n/--np"),
-    (["run", "-n", "0", "script.py"], "must be at least 1"),
-    (["run", "-n", "2", "no-such-script.py"], "no such file: 'no-such-script.py'"),
-    (["run", "-n", "2", "--timeout", "soon", "script.py"], "'soon' is not a number"),
-    (["run", "-n", "2", "--mpiexec", "/no/such/mpiexec", "script.py"], "is not an executable"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["run", "script.py"], "the following arguments are required: -n/--np"),
+        (["run", "-n", "0", "script.py"], "must be at least 1"),
+        (["run", "-n", "2", "no-such-script.py"], "no such file: 'no-such-script.py'"),
+        (["run", "-n", "2", "--timeout", "soon", "script.py"], "'soon' is not a number"),
+        (["run", "-n", "2", "--mpiexec", "/no/such/mpiexec", "script.py"], "is not an executable"),
+    ],
+)
 def test_usage_errors(argv, message, capsys, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "script.py").write_text("")

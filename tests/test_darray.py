@@ -133,8 +133,9 @@ def dcall_cases(draw, size):
     2-D with the same columns, 0 to 12 rows.
     """
     count = draw(st.integers(2, 3))
-    kinds = draw(st.lists(st.sampled_from(["dist", "local", "scalar"]), min_size=count,
-                          max_size=count))
+    kinds = draw(
+        st.lists(st.sampled_from(["dist", "local", "scalar"]), min_size=count, max_size=count)
+    )
     kinds[draw(st.integers(0, count - 1))] = "dist"
     columns = draw(st.sampled_from([None, 1, 3]))
     operands = []
@@ -145,7 +146,8 @@ def dcall_cases(draw, size):
         rows = draw(st.integers(0, 12))
         shape = (rows,) if columns is None else (rows, columns)
         value = np.arange(int(np.prod(shape)), dtype=np.int64).reshape(shape) * draw(
-            st.integers(1, 5)) + draw(st.integers(-50, 50))
+            st.integers(1, 5)
+        ) + draw(st.integers(-50, 50))
         if kind == "local":
             operands.append(("local", value))
             continue
@@ -153,8 +155,11 @@ def dcall_cases(draw, size):
         sizes = np.diff([0] + cuts + [rows]).tolist()
         ranks = draw(st.lists(st.integers(0, size - 1), min_size=len(sizes), max_size=len(sizes)))
         operands.append(("dist", value, sizes, ranks))
-    function = draw(st.sampled_from([np.add, f2, lambda a, b: a * b + 1]) if count == 2
-                    else st.sampled_from([f3, lambda a, b, c: a * b - c]))
+    function = draw(
+        st.sampled_from([np.add, f2, lambda a, b: a * b + 1])
+        if count == 2
+        else st.sampled_from([f3, lambda a, b, c: a * b - c])
+    )
     keyword = draw(st.sampled_from([None, "b" if count == 2 else "c"]))
     if keyword is not None and function not in (f2, f3):
         keyword = None  # np.add and the lambdas are called positionally only here
@@ -169,18 +174,26 @@ def expected_dcall(function, operands):
         empty = [v if kind == "scalar" else v[:0] for (kind, *_), v in zip(operands, values)]
         return function(*empty), False
     longest = max(rows)
-    args = [v if kind == "scalar" else recycled(v, longest) for (kind, *_), v in zip(operands, values)]
+    args = [
+        v if kind == "scalar" else recycled(v, longest) for (kind, *_), v in zip(operands, values)
+    ]
     return function(*args), any(longest % n for n in rows)
 
 
 def check_dcall_properties(m, max_examples):
-    @settings(max_examples=max_examples, deadline=None, database=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=max_examples,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(dcall_cases(m.size))
     def dcall_is_numpy_with_recycling(case):
         function, operands, keyword = case
-        args = [m.array(op[1], chunks=op[2], ranks=op[3]) if op[0] == "dist" else op[1]
-                for op in operands]
+        args = [
+            m.array(op[1], chunks=op[2], ranks=op[3]) if op[0] == "dist" else op[1]
+            for op in operands
+        ]
         want, warns = expected_dcall(function, operands)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -191,19 +204,26 @@ def check_dcall_properties(m, max_examples):
         assert recycling_warnings(caught) == int(warns)  # exactly when R warns, once
         assert isinstance(result, cv.DistArray)
         assert_array_same(result.collect(), want)
-        assert len(result) == len(want) and result.shape == want.shape and result.dtype == want.dtype
+        assert (
+            len(result) == len(want) and result.shape == want.shape and result.dtype == want.dtype
+        )
         if len(want) == 0:
             return
         # The target's chunking: the longest DistArray, ties to most chunks, then the first.
-        dists = [(len(op[1]), len(op[2]), -i, arg) for i, (op, arg) in enumerate(zip(operands, args))
-                 if op[0] == "dist"]
+        dists = [
+            (len(op[1]), len(op[2]), -i, arg)
+            for i, (op, arg) in enumerate(zip(operands, args))
+            if op[0] == "dist"
+        ]
         rows, _, _, target = max(dists, key=lambda d: d[:3])
         if rows == len(want):
             assert lengths(result) == lengths(target) and owners(result) == owners(target)
         else:  # a local array is longest: it was split one chunk per rank
             assert lengths(result) == near_equal(len(want), m.size)
             assert owners(result) == list(range(m.size))
-        assert [ref.offset for ref in result.chunks] == np.cumsum([0] + lengths(result))[:-1].tolist()
+        assert [ref.offset for ref in result.chunks] == np.cumsum([0] + lengths(result))[
+            :-1
+        ].tolist()
 
     dcall_is_numpy_with_recycling()
 
@@ -212,8 +232,9 @@ def check_dcall_properties(m, max_examples):
 def dmap_cases(draw, size):
     """Operands of dmap: DistArrays of 0-4 chunks, lists of 0-4 items, or a scalar."""
     count = draw(st.integers(1, 3))
-    kinds = draw(st.lists(st.sampled_from(["dist", "list", "scalar"]), min_size=count,
-                          max_size=count))
+    kinds = draw(
+        st.lists(st.sampled_from(["dist", "list", "scalar"]), min_size=count, max_size=count)
+    )
     kinds[draw(st.integers(0, count - 1))] = "dist"
     operands = []
     for i, kind in enumerate(kinds):
@@ -233,7 +254,7 @@ def dmap_cases(draw, size):
 def split(a, sizes):
     """`a` cut into pieces of `sizes` rows."""
     ends = np.cumsum(sizes, dtype=int)
-    return [a[end - size:end] for size, end in zip(sizes, ends)]
+    return [a[end - size : end] for size, end in zip(sizes, ends)]
 
 
 def concatenated(*items):
@@ -241,12 +262,18 @@ def concatenated(*items):
 
 
 def check_dmap_properties(m, max_examples):
-    @settings(max_examples=max_examples, deadline=None, database=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=max_examples,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(dmap_cases(m.size))
     def dmap_is_mapply(operands):
-        args = [m.array(op[1], chunks=op[2], ranks=op[3]) if op[0] == "dist" else op[1]
-                for op in operands]
+        args = [
+            m.array(op[1], chunks=op[2], ranks=op[3]) if op[0] == "dist" else op[1]
+            for op in operands
+        ]
         pieces = [split(op[1], op[2]) if op[0] == "dist" else op[1] for op in operands]
         counts = [len(p) for (kind, *_), p in zip(operands, pieces) if kind != "scalar"]
         if 0 in counts and any(counts):
@@ -261,8 +288,15 @@ def check_dmap_properties(m, max_examples):
             return
         most = max(counts)
         assert recycling_warnings(caught) == int(any(most % n for n in counts))
-        want = [concatenated(*[p if kind == "scalar" else p[i % len(p)]
-                               for (kind, *_), p in zip(operands, pieces)]) for i in range(most)]
+        want = [
+            concatenated(
+                *[
+                    p if kind == "scalar" else p[i % len(p)]
+                    for (kind, *_), p in zip(operands, pieces)
+                ]
+            )
+            for i in range(most)
+        ]
         assert len(result) == sum(len(w) for w in want)  # learned from the owners
         assert lengths(result) == [len(w) for w in want]
         assert_array_same(result.collect(), np.concatenate(want))
@@ -354,8 +388,11 @@ def check_rebalance(m):
     assert_array_same(many.collect(), np.arange(11))
     assert_array_same(cv.dcall(np.negative, x).rebalance(2).collect(), -np.arange(11))
     # No rows at all, in empty chunks or in none.
-    for empty in (m.array(np.zeros(0)), m.array(np.zeros((0, 2), np.int8), chunks=[]),
-                  cv.dcall(np.negative, m.array(np.zeros(0, np.float32), chunks=[0, 0, 0]))):
+    for empty in (
+        m.array(np.zeros(0)),
+        m.array(np.zeros((0, 2), np.int8), chunks=[]),
+        cv.dcall(np.negative, m.array(np.zeros(0, np.float32), chunks=[0, 0, 0])),
+    ):
         r = empty.rebalance()
         assert lengths(r) == [0] * size and owners(r) == list(range(size))
         assert_array_same(r.collect(), empty.collect())
@@ -401,8 +438,15 @@ def check_dcall_examples(m):
     # scalars, 0-d arrays and other values are passed whole.
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        v = cv.dcall(lambda a, b, c, h, d, s: a + b * c + h + d + len(s), x, np.arange(7), 10,
-                     np.float64(0.5), d=np.array(0.25), s="abc")
+        v = cv.dcall(
+            lambda a, b, c, h, d, s: a + b * c + h + d + len(s),
+            x,
+            np.arange(7),
+            10,
+            np.float64(0.5),
+            d=np.array(0.25),
+            s="abc",
+        )
     assert recycling_warnings(caught) == 1
     assert_array_same(v.collect(), np.arange(12) + recycled(np.arange(7), 12) * 10 + 0.75 + 3)
     # A local array longer than every DistArray is the target: scattered one chunk per rank.
@@ -420,8 +464,10 @@ def check_dcall_examples(m):
     assert recycling_warnings(caught) == 1
     assert_array_same(h.collect(), g * recycled(rows, 6))
     assert h.shape == (6, 3)
-    assert_array_same(cv.dcall(lambda m2, v: m2 * v[:, None], m.array(g), np.arange(3)).collect(),
-         g * recycled(np.arange(3), 6)[:, None])
+    assert_array_same(
+        cv.dcall(lambda m2, v: m2 * v[:, None], m.array(g), np.arange(3)).collect(),
+        g * recycled(np.arange(3), 6)[:, None],
+    )
     # R: a zero-length operand makes a zero-length result, without a warning.
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -440,7 +486,9 @@ def check_dcall_examples(m):
 def check_returns_at_once(m):
     # The function cannot finish before dcall has returned: a dcall that
     # waited for its chunks would hang here.
-    path = os.path.join(tempfile.gettempdir(), f"conveyor-dcall-{os.getpid()}-{time.monotonic_ns()}")
+    path = os.path.join(
+        tempfile.gettempdir(), f"conveyor-dcall-{os.getpid()}-{time.monotonic_ns()}"
+    )
     x = m.array(np.arange(8), chunks=4, ranks=[k % m.size for k in range(4)])
     try:
         z = cv.dcall(wait_for_file, path, x)
@@ -472,10 +520,21 @@ def check_operators(m):
     b = np.arange(9, 0, -1, dtype=np.int64)
     x = m.array(a, chunks=3)
     y = m.array(b, chunks=[4, 5], ranks=[m.size - 1, 0])
-    for op in (lambda p, q: p + q, lambda p, q: p - q, lambda p, q: p * q, lambda p, q: p / q,
-               lambda p, q: p // q, lambda p, q: p % q, lambda p, q: p ** 2 + q,
-               lambda p, q: p == q, lambda p, q: p != q, lambda p, q: p < q, lambda p, q: p <= q,
-               lambda p, q: p > q, lambda p, q: p >= q):
+    for op in (
+        lambda p, q: p + q,
+        lambda p, q: p - q,
+        lambda p, q: p * q,
+        lambda p, q: p / q,
+        lambda p, q: p // q,
+        lambda p, q: p % q,
+        lambda p, q: p**2 + q,
+        lambda p, q: p == q,
+        lambda p, q: p != q,
+        lambda p, q: p < q,
+        lambda p, q: p <= q,
+        lambda p, q: p > q,
+        lambda p, q: p >= q,
+    ):
         assert_array_same(op(x, y).collect(), op(a, b))
         assert_array_same(op(x, b).collect(), op(a, b))  # DistArray op numpy
         assert_array_same(op(a, y).collect(), op(a, b))  # numpy op DistArray: numpy defers to it
@@ -525,8 +584,12 @@ def check_reductions(m):
     for name in ("sum", "prod", "min", "max", "mean", "any", "all"):
         np.testing.assert_allclose(getattr(np, name)(x2), getattr(np, name)(g))
         np.testing.assert_allclose(getattr(np, name)(x2, axis=0), getattr(np, name)(g, axis=0))
-    assert_array_same(np.asarray(np.sum(xi, dtype=np.int8)), np.asarray(np.sum(ints, dtype=np.int8)))
-    assert_array_same(np.asarray(xi.mean(dtype=np.float32)), np.asarray(ints.mean(dtype=np.float32)))
+    assert_array_same(
+        np.asarray(np.sum(xi, dtype=np.int8)), np.asarray(np.sum(ints, dtype=np.int8))
+    )
+    assert_array_same(
+        np.asarray(xi.mean(dtype=np.float32)), np.asarray(ints.mean(dtype=np.float32))
+    )
     with pytest.raises(TypeError, match="out="):
         np.sum(x, out=np.zeros(()))
     # On results not computed yet.
@@ -547,22 +610,26 @@ def check_dreduce(m):
     size = m.size
     digits = m.array(np.arange(1, 6), chunks=5, ranks=[(3 * k) % size for k in range(5)])
     # Folded in order: ((((1 * 10 + 2) * 10 + 3) * 10 + 4) * 10 + 5).
-    assert_array_same(np.asarray(cv.dreduce(lambda acc, c: acc * 10 + c, digits)), np.array([12345]))
+    assert_array_same(
+        np.asarray(cv.dreduce(lambda acc, c: acc * 10 + c, digits)), np.array([12345])
+    )
     assert_array_same(cv.dreduce(lambda p, q: np.concatenate([p, q]), digits), np.arange(1, 6))
     # The running value may have any shape, and be a 0-d array.
     assert cv.dreduce(lambda p, q: np.asarray(np.sum(p) + np.sum(q)), digits) == 15
     # A single chunk is returned as it is.
     assert_array_same(cv.dreduce(lambda p, q: 1 / 0, m.array(np.arange(3), chunks=1)), np.arange(3))
     # On a result not computed yet.
-    assert_array_same(cv.dreduce(np.maximum, cv.dcall(np.negative, m.array(np.arange(8), chunks=[2, 2, 2, 2]))),
-         np.array([0, -1]))
+    assert_array_same(
+        cv.dreduce(np.maximum, cv.dcall(np.negative, m.array(np.arange(8), chunks=[2, 2, 2, 2]))),
+        np.array([0, -1]),
+    )
 
 
 def check_dmap_examples(m):
     size = m.size
     x = m.array(np.arange(10), chunks=[3, 3, 4], ranks=[k % size for k in (2, 0, 1)])
     # Chunk i with chunk i (and item i of a list); results of any length.
-    r = cv.dmap(lambda c, k: c[: k], x, [1, 2, 3])
+    r = cv.dmap(lambda c, k: c[:k], x, [1, 2, 3])
     assert [ref.length for ref in r.chunks] == [None] * 3  # not known yet
     assert len(r) == 6 and lengths(r) == [1, 2, 3] and owners(r) == owners(x)
     assert_array_same(r.collect(), np.array([0, 3, 4, 6, 7, 8]))
@@ -573,8 +640,10 @@ def check_dmap_examples(m):
         warnings.simplefilter("always")
         s = cv.dmap(lambda c, d: c + d, x, y)
     assert recycling_warnings(caught) == 1
-    assert_array_same(s.collect(), np.concatenate([np.arange(3) + 100, np.arange(3, 6) + 200,
-                                      np.arange(6, 10) + 100]))
+    assert_array_same(
+        s.collect(),
+        np.concatenate([np.arange(3) + 100, np.arange(3, 6) + 200, np.arange(6, 10) + 100]),
+    )
     # The argument with most chunks places the results; scalars go to every call.
     four = m.array(np.arange(4), chunks=4, ranks=[size - 1] * 4)
     with warnings.catch_warnings(record=True) as caught:
@@ -598,10 +667,18 @@ def case_api():
     with messenger() as m:
         with m.driver() as d:
             if d is not None:
-                for check in (check_making_arrays, check_rebalance, check_from_local_single,
-                              check_dcall_examples, check_returns_at_once,
-                              check_warnings_name_the_caller, check_operators,
-                              check_reductions, check_dreduce, check_dmap_examples):
+                for check in (
+                    check_making_arrays,
+                    check_rebalance,
+                    check_from_local_single,
+                    check_dcall_examples,
+                    check_returns_at_once,
+                    check_warnings_name_the_caller,
+                    check_operators,
+                    check_reductions,
+                    check_dreduce,
+                    check_dmap_examples,
+                ):
                     check(m)
         nothing_left(m)
 
@@ -653,13 +730,19 @@ def check_remote_errors(m):
         assert isinstance(error, cv.ConveyorError)
         assert error.rank == 3 % size and error.remote_type == "LookupError"
         assert error.remote_message == "row 7 is bad"
-        assert "raise_on_row" in error.remote_traceback and "raise LookupError" in error.remote_traceback
+        assert (
+            "raise_on_row" in error.remote_traceback
+            and "raise LookupError" in error.remote_traceback
+        )
         assert "row 7 is bad" in str(error)
     assert [ref.state for ref in bad.chunks][2] == "error"
     # The error travels on to what is computed from it, with its first cause.
     later = cv.dcall(np.add, bad, 1)
-    for wait in (later.collect, lambda: cv.dreduce(np.add, later),
-                 lambda: cv.dmap(lambda c: c[:1], bad).collect()):
+    for wait in (
+        later.collect,
+        lambda: cv.dreduce(np.add, later),
+        lambda: cv.dmap(lambda c: c[:1], bad).collect(),
+    ):
         with pytest.raises(cv.RemoteError) as info:
             wait()
         assert info.value.remote_type == "LookupError" and info.value.rank == 3 % size
@@ -676,18 +759,21 @@ def check_remote_errors(m):
             getattr(cv.dcall(raise_in_odd_chunks, y), wait)()
         assert info.value.remote_message == "'chunk 1'" and info.value.rank == 1 % size
     # Functions that do not return one row per row, or not numbers.
-    for f, kind, words in ((lambda a: a[:-1], "ValueError", "2 rows for 3 rows"),
-                           (lambda a: 1.0, "ValueError", "a scalar for 3 rows"),
-                           (lambda a: np.array([None] * len(a)), "TypeError", "dtype object")):
+    for f, kind, words in (
+        (lambda a: a[:-1], "ValueError", "2 rows for 3 rows"),
+        (lambda a: 1.0, "ValueError", "a scalar for 3 rows"),
+        (lambda a: np.array([None] * len(a)), "TypeError", "dtype object"),
+    ):
         with pytest.raises(cv.RemoteError) as info:
             cv.dcall(f, x).collect()
         assert info.value.remote_type == kind and words in info.value.remote_message
     # With a zero-length operand too: the call returns at once and its
     # function's errors, or a result of other than zero rows, come at collect.
     for args, kind, words in (
-            ((raise_first_row, m.array(np.zeros(0))), "IndexError", "out of bounds"),
-            ((lambda a, b: np.ones(3), x, np.zeros(0)), "ValueError", "3 rows for 0 rows"),
-            ((lambda a, b: 1.0, x, m.array(np.zeros(0))), "ValueError", "a scalar for 0")):
+        ((raise_first_row, m.array(np.zeros(0))), "IndexError", "out of bounds"),
+        ((lambda a, b: np.ones(3), x, np.zeros(0)), "ValueError", "3 rows for 0 rows"),
+        ((lambda a, b: 1.0, x, m.array(np.zeros(0))), "ValueError", "a scalar for 0"),
+    ):
         result = cv.dcall(*args)
         with pytest.raises(cv.RemoteError) as info:
             result.collect()
@@ -698,7 +784,10 @@ def check_remote_errors(m):
     # An argument that cannot be read where the chunk is computed.
     with pytest.raises(cv.RemoteError) as info:
         cv.dcall(lambda a, u: a, x, Unloadable()).collect()
-    assert info.value.remote_type == "ImportError" and "only_on_the_driver" in info.value.remote_message
+    assert (
+        info.value.remote_type == "ImportError"
+        and "only_on_the_driver" in info.value.remote_message
+    )
     assert_array_same(x.collect(), np.arange(12))  # the rest goes on
 
 
@@ -826,8 +915,18 @@ def case_reference_before_its_chunk():
                 back, placeholders = m.request(owner, "hold", ref).result(timeout=10)
                 assert placeholders == 1 and back.id == ref.id
                 del back
-                m.send(owner, CHUNK_TASK, {"id": ref.id, "weight": weight, "length": 4, "function": None,
-                                     "args": [("value", np.arange(4))], "kwargs": {}})
+                m.send(
+                    owner,
+                    CHUNK_TASK,
+                    {
+                        "id": ref.id,
+                        "weight": weight,
+                        "length": 4,
+                        "function": None,
+                        "args": [("value", np.arange(4))],
+                        "kwargs": {},
+                    },
+                )
                 assert_array_same(cv.DistArray(layer, [ref]).collect(), np.arange(4))
                 del ref
         held.clear()
@@ -862,7 +961,9 @@ def case_driver():
                 if m.rank != root:
                     assert d is None
                 else:
-                    assert isinstance(d, cv.Driver) and d.messenger is m and f"rank {root}" in repr(d)
+                    assert (
+                        isinstance(d, cv.Driver) and d.messenger is m and f"rank {root}" in repr(d)
+                    )
                     x = d.array(np.arange(20), chunks=2 * m.size)
                     y = d.dcall(np.multiply, x, turn + 1)
                     assert y.sum() == 190 * (turn + 1)
@@ -900,17 +1001,27 @@ def case_spmd():
             rows = np.full((rank % 2 + turn, 3), rank, dtype=np.float32)
             g = cv.DistArray.from_local(m, rows)
             assert g.shape == (sum(r % 2 + turn for r in range(size)), 3)
-            assert_array_same(g.rebalance().collect(), np.concatenate(
-                [np.full((r % 2 + turn, 3), r, dtype=np.float32) for r in range(size)]))
+            assert_array_same(
+                g.rebalance().collect(),
+                np.concatenate(
+                    [np.full((r % 2 + turn, 3), r, dtype=np.float32) for r in range(size)]
+                ),
+            )
             # Every rank scatters an array of its own at the same time.
-            mine = m.array(np.arange(rank + turn + 3), chunks=size, ranks=[(rank + k) % size
-                                                                             for k in range(size)])
+            mine = m.array(
+                np.arange(rank + turn + 3),
+                chunks=size,
+                ranks=[(rank + k) % size for k in range(size)],
+            )
             assert_array_same((mine + x.sum()).collect(), np.arange(rank + turn + 3) + whole.sum())
         del x, y, g, mine
         # Pieces that do not fit together: an error on every rank, and nothing kept.
         last = rank == size - 1
-        for local in (np.zeros(2, np.int32 if last else np.int64), np.zeros((2, 2 if last else 1)),
-                      np.zeros((1, 3)) if last else np.zeros(3)):
+        for local in (
+            np.zeros(2, np.int32 if last else np.int64),
+            np.zeros((2, 2 if last else 1)),
+            np.zeros((1, 3)) if last else np.zeros(3),
+        ):
             if size > 1:
                 with pytest.raises(ValueError):
                     cv.DistArray.from_local(m, local)
@@ -948,8 +1059,9 @@ def check_references_travel(m):
         m.send(rank, "hold", x.chunks)  # the driver's own rank too: home again
     m.send(a, "hold", {"pending": tuple(z.chunks), "one": [z.chunks[0]]})
     back = m.request(a, "echo", z.chunks + x.chunks).result(timeout=20)  # there and back
-    assert [(r.id, r.owner, r.length, r.offset) for r in back] == \
-        [(r.id, r.owner, r.length, r.offset) for r in z.chunks + x.chunks]
+    assert [(r.id, r.owner, r.length, r.offset) for r in back] == [
+        (r.id, r.owner, r.length, r.offset) for r in z.chunks + x.chunks
+    ]
     m.send(b, "forward", (2 * size + 1, x.chunks[::2]))  # round the ranks, twice and more
     assert_array_same(z.collect(), np.arange(10) * 2)
     return len(x.chunks) + len(z.chunks)
@@ -1003,6 +1115,7 @@ def case_freeing():
 
 def case_passed_on_many_times():
     with messenger() as m:
+
         @m.on("spread")
         def spread(msg):
             for _ in range(25):  # from one handler: no refill can arrive meanwhile
@@ -1080,8 +1193,9 @@ def test_reference_passed_along_a_chain_of_proxies(mpirun, nranks):
 
 
 @pytest.mark.parametrize(
-    "case", [case_api, case_errors, case_race, case_driver, case_spmd, case_freeing],
-    ids=lambda case: case.__name__[len("case_"):],
+    "case",
+    [case_api, case_errors, case_race, case_driver, case_spmd, case_freeing],
+    ids=lambda case: case.__name__[len("case_") :],
 )
 def test_case(mpirun, nranks, case):
     run_case(mpirun, nranks, case)

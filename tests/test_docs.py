@@ -12,13 +12,25 @@ DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs"
 def test_docs_build_without_warnings(tmp_path):
     pytest.importorskip("sphinx")
     cmd = [
-        sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html",
-        str(DOCS), str(tmp_path / "html"),
+        sys.executable,
+        "-m",
+        "sphinx",
+        "-W",
+        "--keep-going",
+        "-q",
+        "-b",
+        "html",
+        str(DOCS),
+        str(tmp_path / "html"),
     ]
     # Build outside the checkout, so that `import conveyor` in conf.py finds
     # the installed package (with its compiled core), not the source tree.
     proc = subprocess.run(
-        cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        cmd,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, (
         f"sphinx exited with {proc.returncode}\n"

@@ -17,7 +17,6 @@ from conftest import load_example, run_example
 _COMPLEMENT = str.maketrans("ACGT", "TGCA")
 
 
-
 kmer_count = load_example("kmer_count")
 run_kmer_count = functools.partial(run_example, "kmer_count")
 
@@ -28,7 +27,7 @@ def count_kmers(sequences, k):
     for sequence in sequences:
         for run in re.findall("[ACGT]+", sequence.upper()):
             for i in range(len(run) - k + 1):
-                kmer = run[i:i + k]
+                kmer = run[i : i + k]
                 counts[min(kmer, kmer.translate(_COMPLEMENT)[::-1])] += 1
     return counts
 
@@ -40,8 +39,11 @@ def check_run(result, histo_path, sequences, k):
     counts = count_kmers(sequences, k)
     histo = collections.Counter(counts.values())
     assert histo_path.read_text() == "".join(f"{c} {n}\n" for c, n in sorted(histo.items()))
-    for label, value in [("reads", len(sequences)), ("total k-mers", sum(counts.values())),
-                         ("distinct k-mers", len(counts))]:
+    for label, value in [
+        ("reads", len(sequences)),
+        ("total k-mers", sum(counts.values())),
+        ("distinct k-mers", len(counts)),
+    ]:
         assert re.search(rf"^{label}\s+{value:,}$", result.stdout, re.M), (label, result.stdout)
 
 
@@ -60,15 +62,28 @@ def simulated_sequences(genome_size, read_length, coverage, error_rate, seed):
     reads = kmer_count.simulate_reads(genome_size, read_length, coverage, error_rate, seed)
     text = reads.codes.tobytes().translate(bytes.maketrans(bytes(range(5)), b"ACGTN")).decode()
     # Each read is followed by one separator.
-    return [text[i:i + read_length] for i in range(0, len(text), read_length + 1)]
+    return [text[i : i + read_length] for i in range(0, len(text), read_length + 1)]
 
 
 @pytest.mark.parametrize("nranks", [None, 1, 2, 4], ids=["python", "np1", "np2", "np4"])
 def test_random_genome(nranks, tmp_path):
     histo = tmp_path / "histo.txt"
     # --batch smaller than a rank's share: several batches per rank.
-    result = run_kmer_count(nranks, "--genome-size", 20_000, "--coverage", 5, "--error-rate", 0.01,
-                         "--seed", 7, "--batch", 5_000, "--histo", histo)
+    result = run_kmer_count(
+        nranks,
+        "--genome-size",
+        20_000,
+        "--coverage",
+        5,
+        "--error-rate",
+        0.01,
+        "--seed",
+        7,
+        "--batch",
+        5_000,
+        "--histo",
+        histo,
+    )
     sequences = simulated_sequences(20_000, 100, 5, 0.01, 7)
     check_run(result, histo, sequences, 31)
 
@@ -81,7 +96,7 @@ def sample_reads(seed, n=400):
     for _ in range(n):
         length = int(rng.integers(5, 150))  # some shorter than k
         start = int(rng.integers(0, len(genome) - length))
-        read = list(genome[start:start + length])
+        read = list(genome[start : start + length])
         for i in rng.integers(0, length, 2):
             read[i] = str(rng.choice(list("ACGTNRY")))
         read = "".join(read)
@@ -108,19 +123,23 @@ def test_fasta_multiline(tmp_path):
         for i, read in enumerate(reads):
             # Sequences wrapped at 60 columns; CRLF line ends on some records.
             end = "\r\n" if i % 5 == 0 else "\n"
-            lines = [read[j:j + 60] for j in range(0, len(read), 60)]
+            lines = [read[j : j + 60] for j in range(0, len(read), 60)]
             file.write(end.join([f">read{i} some description", *lines]) + end)
     histo = tmp_path / "histo.txt"
     result = run_kmer_count(3, "-k", 21, "--histo", histo, path)
     check_run(result, histo, reads, 21)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["/nonexistent/reads.fa"], "cannot read /nonexistent/reads.fa: No such file or directory"),
-    (["-k", "0"], "-k must be between 1 and 32"),
-    (["-k", "33"], "-k must be between 1 and 32"),
-    (["--read-length", "50", "--genome-size", "10"], "--read-length <= --genome-size"),
-], ids=["missing-file", "k0", "k33", "read-longer-than-genome"])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["/nonexistent/reads.fa"], "cannot read /nonexistent/reads.fa: No such file or directory"),
+        (["-k", "0"], "-k must be between 1 and 32"),
+        (["-k", "33"], "-k must be between 1 and 32"),
+        (["--read-length", "50", "--genome-size", "10"], "--read-length <= --genome-size"),
+    ],
+    ids=["missing-file", "k0", "k33", "read-longer-than-genome"],
+)
 def test_bad_arguments(args, message):
     result = run_kmer_count(None, *args)
     assert result.returncode == 2
@@ -135,8 +154,12 @@ def test_bad_files(tmp_path):
     not_reads.write_text("hello\n")
     corrupt = tmp_path / "reads.fa.gz"
     corrupt.write_bytes(gzip.compress(b">r\nACGT\n")[:-6])
-    for path, message in [(truncated, "not a multiple of 4"), (not_reads, "neither FASTA"),
-                          (corrupt, "cannot read"), (tmp_path, "Is a directory")]:
+    for path, message in [
+        (truncated, "not a multiple of 4"),
+        (not_reads, "neither FASTA"),
+        (corrupt, "cannot read"),
+        (tmp_path, "Is a directory"),
+    ]:
         result = run_kmer_count(None, path)
         assert result.returncode == 2
         assert message in result.stderr

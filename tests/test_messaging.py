@@ -8,6 +8,7 @@ import conveyor as cv
 
 def case_request_reply():
     with cv.Messenger() as m:
+
         @m.on("square")
         def square(msg):
             return msg.payload * msg.payload
@@ -60,7 +61,11 @@ def case_order_with_large_messages():
     # small ones arrive first at the MPI level but must be delivered after.
     with cv.Messenger() as m:
         log = []
-        m.on("item")(lambda msg: log.append((msg.source, msg.payload if isinstance(msg.payload, int) else int(msg.payload[0]))))
+        m.on("item")(
+            lambda msg: log.append(
+                (msg.source, msg.payload if isinstance(msg.payload, int) else int(msg.payload[0]))
+            )
+        )
         m.wait_quiet()
         dest = (m.rank + 1) % m.size
         for i in range(20):
@@ -107,7 +112,7 @@ def case_cascade_wait_quiet(depth):
 
         m.send(m.rank, "fan", 3)
         m.wait_quiet()
-        expected = m.size * sum(m.size ** k for k in range(4))
+        expected = m.size * sum(m.size**k for k in range(4))
         assert m.comm.allreduce(len(fan)) == expected
 
 
@@ -156,7 +161,11 @@ def case_reply_to_travels():
             m.send(reply_to, ("answered by", m.rank, value))
 
         peer = 1 % m.size
-        assert m.request(peer, "forward", m.rank).result(timeout=10) == ("answered by", third, m.rank)
+        assert m.request(peer, "forward", m.rank).result(timeout=10) == (
+            "answered by",
+            third,
+            m.rank,
+        )
         m.wait_quiet()
 
 

@@ -39,18 +39,18 @@ def case_every_dispatch_path_is_counted_once():
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            m.send(dest, "plain", 1)                                 # native delivery
+            m.send(dest, "plain", 1)  # native delivery
             m.sender("rows").send_many(np.full(3, dest), np.arange(3))  # per item
-            m.send(dest, "raises")                                   # failed()
-            m.send(dest, "nobody")                                   # fallback: unknown tag
-            m._transport.engine.post_raw(dest, b"not a frame")       # fallback: malformed
+            m.send(dest, "raises")  # failed()
+            m.send(dest, "nobody")  # fallback: unknown tag
+            m._transport.engine.post_raw(dest, b"not a frame")  # fallback: malformed
             requests = [
-                m.request(dest, "echo", 2),                          # native reply
-                m.request(dest, "raises"),                           # finish_request: error
-                m.request(dest, "nobody"),                           # unknown tag: error answer
-                m.request(dest, "later", 3),                         # deferred, answered below
+                m.request(dest, "echo", 2),  # native reply
+                m.request(dest, "raises"),  # finish_request: error
+                m.request(dest, "nobody"),  # unknown tag: error answer
+                m.request(dest, "later", 3),  # deferred, answered below
             ]
-            m.request(dest, "echo", 4).cancel()                      # its answer comes late
+            m.request(dest, "echo", 4).cancel()  # its answer comes late
             while len(deferred) < 1:
                 m.progress(0.01)
             deferred[0].reply(deferred[0].payload)

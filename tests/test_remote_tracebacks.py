@@ -14,7 +14,7 @@ import pytest
 
 from conftest import mpiexec, run_command
 
-SCRIPT = textwrap.dedent('''\
+SCRIPT = textwrap.dedent("""\
     import numpy as np
 
     import conveyor as cv
@@ -52,7 +52,7 @@ SCRIPT = textwrap.dedent('''\
                         print(error.remote_traceback)
                     else:
                         raise AssertionError(f"{name}: no error")
-''')
+""")
 
 
 def marked_line(marker):
@@ -68,8 +68,11 @@ def test_tracebacks_show_the_users_file_line_and_source(tmp_path, n):
     assert result.returncode == 0, result.stderr
     sections = dict(re.findall(r"=== ([^\n]+)\n(.*?)(?=\n=== |\Z)", result.stdout, re.S))
     assert sorted(sections) == ["closure", "lambda", "module level"], result.stdout
-    for name, marker in (("module level", "module level"), ("closure", "closure"),
-                         ("lambda", "lambda")):
+    for name, marker in (
+        ("module level", "module level"),
+        ("closure", "closure"),
+        ("lambda", "lambda"),
+    ):
         text = sections[name]
         line = marked_line(marker)
         assert f'File "{script}", line {line}' in text, text

@@ -38,41 +38,51 @@ TIMEOUT = 60
 # -- the parser, without MPI ----------------------------------------------------
 
 
-@pytest.mark.parametrize("line, name, args", [
-    ("put 1 kmers/42 a.npy", "put", {"rank": 1, "name": "kmers/42", "file": "a.npy"}),
-    ("get 2 kmers/42", "get", {"rank": 2, "name": "kmers/42"}),
-    ("get 2 kmers/42 out.npy", "get", {"rank": 2, "name": "kmers/42", "file": "out.npy"}),
-    ("copy kmers/42 from 1 to 2", "copy", {"name": "kmers/42", "src": 1, "dests": [2]}),
-    ("copy k from 1 to 2,3,0 as k2", "copy",
-     {"name": "k", "src": 1, "dests": [2, 3, 0], "newname": "k2"}),
-    ("COPY k FROM 1 TO 2 AS k2", "copy", {"name": "k", "src": 1, "dests": [2], "newname": "k2"}),
-    ("move k from 3 to 0", "move", {"name": "k", "src": 3, "dests": [0]}),
-    ("rm 0 'my item'", "rm", {"rank": 0, "name": "my item"}),
-    ('rm 0 "a # b"  # a comment', "rm", {"rank": 0, "name": "a # b"}),
-    ("rm 1 sample#1 # only this is a comment", "rm", {"rank": 1, "name": "sample#1"}),
-    ("rm 1 'x'#y#z", "rm", {"rank": 1, "name": "x#y#z"}),
-    ("rm 1 \\#x", "rm", {"rank": 1, "name": "#x"}),
-    ('rm 1 "a\\"#b" #', "rm", {"rank": 1, "name": 'a"#b'}),
-    ("echo '#' \"#\" #", "echo", {"text": "# #"}),
-    ("echo a\\ b#c", "echo", {"text": "a b#c"}),
-    ("ls", "ls", {}),
-    ("ls 3", "ls", {"where": [3]}),
-    ("ls all", "ls", {"where": [0, 1, 2, 3]}),
-    ("stats ALL", "stats", {"where": [0, 1, 2, 3]}),
-    ("capacity 1", "capacity", {"rank": 1}),
-    ("capacity 1 64k", "capacity", {"rank": 1, "bytes": 65536}),
-    ("capacity 1 2GiB", "capacity", {"rank": 1, "bytes": 2 << 30}),
-    ("capacity 1 none", "capacity", {"rank": 1, "bytes": None}),
-    ("ranks", "ranks", {}),
-    ("echo", "echo", {}),
-    ("echo  hello   'big  world' ", "echo", {"text": "hello big  world"}),
-    ("help", "help", {}),
-    ("help cp", None, None),  # an unknown command to explain: error, below
-    ("help EXIT", "help", {"command": "quit"}),
-    ("quit", "quit", {}),
-    ("exit", "quit", {}),
-    ("  ls\t0 \n", "ls", {"where": [0]}),
-])
+@pytest.mark.parametrize(
+    "line, name, args",
+    [
+        ("put 1 kmers/42 a.npy", "put", {"rank": 1, "name": "kmers/42", "file": "a.npy"}),
+        ("get 2 kmers/42", "get", {"rank": 2, "name": "kmers/42"}),
+        ("get 2 kmers/42 out.npy", "get", {"rank": 2, "name": "kmers/42", "file": "out.npy"}),
+        ("copy kmers/42 from 1 to 2", "copy", {"name": "kmers/42", "src": 1, "dests": [2]}),
+        (
+            "copy k from 1 to 2,3,0 as k2",
+            "copy",
+            {"name": "k", "src": 1, "dests": [2, 3, 0], "newname": "k2"},
+        ),
+        (
+            "COPY k FROM 1 TO 2 AS k2",
+            "copy",
+            {"name": "k", "src": 1, "dests": [2], "newname": "k2"},
+        ),
+        ("move k from 3 to 0", "move", {"name": "k", "src": 3, "dests": [0]}),
+        ("rm 0 'my item'", "rm", {"rank": 0, "name": "my item"}),
+        ('rm 0 "a # b"  # a comment', "rm", {"rank": 0, "name": "a # b"}),
+        ("rm 1 sample#1 # only this is a comment", "rm", {"rank": 1, "name": "sample#1"}),
+        ("rm 1 'x'#y#z", "rm", {"rank": 1, "name": "x#y#z"}),
+        ("rm 1 \\#x", "rm", {"rank": 1, "name": "#x"}),
+        ('rm 1 "a\\"#b" #', "rm", {"rank": 1, "name": 'a"#b'}),
+        ("echo '#' \"#\" #", "echo", {"text": "# #"}),
+        ("echo a\\ b#c", "echo", {"text": "a b#c"}),
+        ("ls", "ls", {}),
+        ("ls 3", "ls", {"where": [3]}),
+        ("ls all", "ls", {"where": [0, 1, 2, 3]}),
+        ("stats ALL", "stats", {"where": [0, 1, 2, 3]}),
+        ("capacity 1", "capacity", {"rank": 1}),
+        ("capacity 1 64k", "capacity", {"rank": 1, "bytes": 65536}),
+        ("capacity 1 2GiB", "capacity", {"rank": 1, "bytes": 2 << 30}),
+        ("capacity 1 none", "capacity", {"rank": 1, "bytes": None}),
+        ("ranks", "ranks", {}),
+        ("echo", "echo", {}),
+        ("echo  hello   'big  world' ", "echo", {"text": "hello big  world"}),
+        ("help", "help", {}),
+        ("help cp", None, None),  # an unknown command to explain: error, below
+        ("help EXIT", "help", {"command": "quit"}),
+        ("quit", "quit", {}),
+        ("exit", "quit", {}),
+        ("  ls\t0 \n", "ls", {"where": [0]}),
+    ],
+)
 def test_parse_good_lines(line, name, args):
     if name is None:
         with pytest.raises(ShellError, match="help: COMMAND: unknown command 'cp'"):
@@ -88,35 +98,41 @@ def test_parse_blank_lines(line):
     assert parse(line, 4) is None
 
 
-@pytest.mark.parametrize("line, message", [
-    ("frobnicate 1", "unknown command 'frobnicate' (type 'help' for the list)"),
-    ("lst", "unknown command 'lst'; did you mean 'ls'?"),
-    ("co from 1 to 2", "unknown command 'co'; did you mean 'copy'?"),
-    ("e", "unknown command 'e'; did you mean 'echo' or 'exit'?"),
-    ("put 1 name", "put: missing FILE.npy (usage: put RANK NAME FILE.npy)"),
-    ("put", "put: missing RANK (usage: put RANK NAME FILE.npy)"),
-    ("put 1 n f.npy extra", "put: unexpected 'extra' (usage: put RANK NAME FILE.npy)"),
-    ("put 4 n f.npy", "put: RANK: rank 4 is out of range 0..3"),
-    ("put -1 n f.npy", "put: RANK: '-1' is not a rank (an integer in 0..3)"),
-    ("put one n f.npy", "put: RANK: 'one' is not a rank (an integer in 0..3)"),
-    ("put 1.0 n f.npy", "put: RANK: '1.0' is not a rank"),
-    ("put 1 '' f.npy", "put: NAME: an item name must not be empty"),
-    ("copy k from 1 2", "copy: expected 'to', not '2' (usage: copy NAME from SRC to "
-                        "DEST[,DEST...] [as NEWNAME])"),
-    ("copy k from 1 to", "copy: missing DEST[,DEST...]"),
-    ("copy k from 1 to 2 as", "copy: missing NEWNAME"),
-    ("copy k from 1 to 2 into k2", "copy: unexpected 'into'"),
-    ("copy k 1 to 2", "copy: expected 'from', not '1'"),
-    ("copy k from 1 to 2,2", "copy: DEST[,DEST...]: rank 2 is given twice in '2,2'"),
-    ("copy k from 1 to 2,", "copy: DEST[,DEST...]: '2,' is not a list of ranks"),
-    ("move k from 1 to 9", "move: DEST[,DEST...]: rank 9 is out of range 0..3"),
-    ("ls 1 2", "ls: unexpected '2' (usage: ls [RANK|all])"),
-    ("ls everything", "ls: RANK|all: 'everything' is not a rank"),
-    ("capacity 1 lots", "capacity: BYTES|none: 'lots' is not a number of bytes"),
-    ("ranks 1", "ranks: unexpected '1' (usage: ranks)"),
-    ("quit now", "quit: unexpected 'now' (usage: quit)"),
-    ("echo 'unclosed", "cannot split the line: no closing quotation"),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("frobnicate 1", "unknown command 'frobnicate' (type 'help' for the list)"),
+        ("lst", "unknown command 'lst'; did you mean 'ls'?"),
+        ("co from 1 to 2", "unknown command 'co'; did you mean 'copy'?"),
+        ("e", "unknown command 'e'; did you mean 'echo' or 'exit'?"),
+        ("put 1 name", "put: missing FILE.npy (usage: put RANK NAME FILE.npy)"),
+        ("put", "put: missing RANK (usage: put RANK NAME FILE.npy)"),
+        ("put 1 n f.npy extra", "put: unexpected 'extra' (usage: put RANK NAME FILE.npy)"),
+        ("put 4 n f.npy", "put: RANK: rank 4 is out of range 0..3"),
+        ("put -1 n f.npy", "put: RANK: '-1' is not a rank (an integer in 0..3)"),
+        ("put one n f.npy", "put: RANK: 'one' is not a rank (an integer in 0..3)"),
+        ("put 1.0 n f.npy", "put: RANK: '1.0' is not a rank"),
+        ("put 1 '' f.npy", "put: NAME: an item name must not be empty"),
+        (
+            "copy k from 1 2",
+            "copy: expected 'to', not '2' (usage: copy NAME from SRC to "
+            "DEST[,DEST...] [as NEWNAME])",
+        ),
+        ("copy k from 1 to", "copy: missing DEST[,DEST...]"),
+        ("copy k from 1 to 2 as", "copy: missing NEWNAME"),
+        ("copy k from 1 to 2 into k2", "copy: unexpected 'into'"),
+        ("copy k 1 to 2", "copy: expected 'from', not '1'"),
+        ("copy k from 1 to 2,2", "copy: DEST[,DEST...]: rank 2 is given twice in '2,2'"),
+        ("copy k from 1 to 2,", "copy: DEST[,DEST...]: '2,' is not a list of ranks"),
+        ("move k from 1 to 9", "move: DEST[,DEST...]: rank 9 is out of range 0..3"),
+        ("ls 1 2", "ls: unexpected '2' (usage: ls [RANK|all])"),
+        ("ls everything", "ls: RANK|all: 'everything' is not a rank"),
+        ("capacity 1 lots", "capacity: BYTES|none: 'lots' is not a number of bytes"),
+        ("ranks 1", "ranks: unexpected '1' (usage: ranks)"),
+        ("quit now", "quit: unexpected 'now' (usage: quit)"),
+        ("echo 'unclosed", "cannot split the line: no closing quotation"),
+    ],
+)
 def test_parse_bad_lines(line, message):
     with pytest.raises(ShellError) as info:
         parse(line, 4)
@@ -168,13 +184,16 @@ def test_dash_n_inside_an_mpi_job_is_refused(monkeypatch, capsys):
     assert "already a rank started by mpiexec" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["shell", "-n", "0"], "must be at least 1"),
-    (["shell", "--mpiexec", "mpiexec"], "--mpiexec: only with -n N"),
-    (["script", "f.cv", "--timeout", "soon"], "'soon' is not a number"),
-    (["script", "no-such-script.cv", "-n", "2"], "no such file: 'no-such-script.cv'"),
-    (["shell", "-n", "2", "--mpiexec", "/no/such/mpiexec"], "is not an executable"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["shell", "-n", "0"], "must be at least 1"),
+        (["shell", "--mpiexec", "mpiexec"], "--mpiexec: only with -n N"),
+        (["script", "f.cv", "--timeout", "soon"], "'soon' is not a number"),
+        (["script", "no-such-script.cv", "-n", "2"], "no such file: 'no-such-script.cv'"),
+        (["shell", "-n", "2", "--mpiexec", "/no/such/mpiexec"], "is not an executable"),
+    ],
+)
 def test_usage_errors(argv, message, capsys, monkeypatch):
     for variable in launch.RANK_VARIABLES:
         monkeypatch.delenv(variable, raising=False)
@@ -292,8 +311,9 @@ def test_one_rank_help(shell):
 
 
 def test_script_stops_on_error_and_reports_line_numbers(shell):
-    status = shell.run_script(["echo a\n", "# comment\n", "nope\n", "echo b\n"], "s.cv",
-                              echo=True, stop_on_error=True)
+    status = shell.run_script(
+        ["echo a\n", "# comment\n", "nope\n", "echo b\n"], "s.cv", echo=True, stop_on_error=True
+    )
     assert status == 1
     shell.out.seek(0)
     shell.err.seek(0)
@@ -323,9 +343,16 @@ def run_command(cmd, cwd, stdin=None, timeout=TIMEOUT, env=None):
     full_env = dict(os.environ, CONVEYOR_SHELL_HISTORY="", **(env or {}))
     for variable in launch.RANK_VARIABLES:
         full_env.pop(variable, None)
-    proc = subprocess.Popen(cmd, cwd=cwd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=full_env,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=full_env,
+        start_new_session=True,
+    )
     try:
         out, err = proc.communicate(stdin, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -396,8 +423,10 @@ def check_script_run(status, out, err, cwd, kmers, big):
     assert first[2].startswith("rank 2: 2 items, 88000 bytes\n")
     assert second[0].startswith("rank 0: 2 items, 88000 bytes\n")
     assert second[1] == "rank 1: 1 item, 80000 bytes\n  big  float64  (100, 100)  80000 bytes\n"
-    assert second[2] == ("rank 2: 1 item, 80000 bytes (capacity 1024 bytes)\n"
-                         "  big2  float64  (100, 100)  80000 bytes\n")
+    assert second[2] == (
+        "rank 2: 1 item, 80000 bytes (capacity 1024 bytes)\n"
+        "  big2  float64  (100, 100)  80000 bytes\n"
+    )
     # stats 2: one column of counters.
     assert re.search(r"^counter\s+rank 2$", out, re.M)
     assert re.search(r"^store_items\s+1$", out, re.M)
@@ -419,7 +448,8 @@ def write_inputs(tmp_path):
 def test_script_under_mpiexec(tmp_path):
     kmers, big = write_inputs(tmp_path)
     status, out, err = run_command(
-        [mpiexec(), "-n", "3", sys.executable, "-m", "conveyor", "script", "s.cv"], tmp_path)
+        [mpiexec(), "-n", "3", sys.executable, "-m", "conveyor", "script", "s.cv"], tmp_path
+    )
     check_script_run(status, out, err, tmp_path, kmers, big)
 
 
@@ -433,34 +463,44 @@ def test_script_echo_stop_on_error_and_stdin(tmp_path):
     script = "echo one\nls 1\nrm 1 missing\necho never\n"
     status, out, err = run_command(
         [mpiexec(), "-n", "2", CONSOLE_SCRIPT, "script", "-", "--echo", "--stop-on-error"],
-        tmp_path, stdin=script)
+        tmp_path,
+        stdin=script,
+    )
     assert status == 1, err
-    assert out == ("conveyor[2 ranks]> echo one\none\nconveyor[2 ranks]> ls 1\n"
-                   "rank 1: no items\nconveyor[2 ranks]> rm 1 missing\n")
+    assert out == (
+        "conveyor[2 ranks]> echo one\none\nconveyor[2 ranks]> ls 1\n"
+        "rank 1: no items\nconveyor[2 ranks]> rm 1 missing\n"
+    )
     assert err == "error: <stdin>:3: rm: rank 1 has no item 'missing'\n"
 
 
 def test_script_without_errors_exits_0_and_unreadable_script_exits_2(tmp_path):
     (tmp_path / "ok.cv").write_text("echo fine\nranks\n")
     status, out, err = run_command(
-        [mpiexec(), "-n", "2", sys.executable, "-m", "conveyor", "script", "ok.cv"], tmp_path)
+        [mpiexec(), "-n", "2", sys.executable, "-m", "conveyor", "script", "ok.cv"], tmp_path
+    )
     assert (status, err) == (0, "")
     assert out.startswith("fine\n2 ranks\n  rank 0  host ")
     status, out, err = run_command(
-        [mpiexec(), "-n", "2", sys.executable, "-m", "conveyor", "script", "nope.cv"], tmp_path)
+        [mpiexec(), "-n", "2", sys.executable, "-m", "conveyor", "script", "nope.cv"], tmp_path
+    )
     assert status == 2
     assert "error: cannot read the script 'nope.cv': No such file or directory" in err
 
 
 def test_shell_reads_piped_commands_until_end_of_input(tmp_path):
     status, out, err = run_command(
-        [mpiexec(), "-n", "2", sys.executable, "-m", "conveyor", "shell"], tmp_path,
-        stdin="ls\nbogus\necho ok\n")
+        [mpiexec(), "-n", "2", sys.executable, "-m", "conveyor", "shell"],
+        tmp_path,
+        stdin="ls\nbogus\necho ok\n",
+    )
     assert status == 0, err
     # Errors are on standard output, in order with the prompts.
-    assert out == ("conveyor[2 ranks]> rank 0: no items\nrank 1: no items\n"
-                   "conveyor[2 ranks]> error: unknown command 'bogus' (type 'help' for the list)\n"
-                   "conveyor[2 ranks]> ok\nconveyor[2 ranks]> \n")
+    assert out == (
+        "conveyor[2 ranks]> rank 0: no items\nrank 1: no items\n"
+        "conveyor[2 ranks]> error: unknown command 'bogus' (type 'help' for the list)\n"
+        "conveyor[2 ranks]> ok\nconveyor[2 ranks]> \n"
+    )
 
 
 # -- interactive sessions through a pseudo-terminal ------------------------------
@@ -482,9 +522,16 @@ class Terminal:
             signal.signal(signal.SIGINT, sigint)
             signal.signal(signal.SIGQUIT, signal.SIG_DFL)
 
-        self.proc = subprocess.Popen(cmd, cwd=cwd, env=full_env, stdin=slave, stdout=slave,
-                                     stderr=slave, start_new_session=True,
-                                     preexec_fn=take_terminal)
+        self.proc = subprocess.Popen(
+            cmd,
+            cwd=cwd,
+            env=full_env,
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            start_new_session=True,
+            preexec_fn=take_terminal,
+        )
         os.close(slave)
         self.fd = master
         self.seen = b""  # everything read
@@ -567,8 +614,9 @@ def test_interactive_shell_with_its_own_ranks(terminal, tmp_path):
     """``conveyor shell -n 3``: readline at the front, Ctrl-C cancels lines, Ctrl-D quits."""
     np.save(tmp_path / "a.npy", np.arange(5, dtype=np.int16))
     history = tmp_path / "history"
-    t = terminal([CONSOLE_SCRIPT, "shell", "-n", "3"], tmp_path,
-                 CONVEYOR_SHELL_HISTORY=str(history))
+    t = terminal(
+        [CONSOLE_SCRIPT, "shell", "-n", "3"], tmp_path, CONVEYOR_SHELL_HISTORY=str(history)
+    )
     prompt = "conveyor[3 ranks]> "
     t.expect(prompt)
     t.send("put 2 a a.npy\n")
@@ -605,13 +653,19 @@ def test_interactive_shell_with_its_own_ranks(terminal, tmp_path):
 
 def test_interactive_shell_under_mpiexec(terminal, tmp_path):
     """``mpiexec -n 2 conveyor shell``: rank 0 prompts, the first Ctrl-C cancels a line."""
-    t = terminal([mpiexec(), "-n", "2", sys.executable, "-m", "conveyor", "shell"], tmp_path,
-                 CONVEYOR_SHELL_HISTORY="")
+    t = terminal(
+        [mpiexec(), "-n", "2", sys.executable, "-m", "conveyor", "shell"],
+        tmp_path,
+        CONVEYOR_SHELL_HISTORY="",
+    )
     prompt = "conveyor[2 ranks]> "
     t.expect(prompt)
     t.send("ranks\n")
-    assert re.search(r"2 ranks\n  rank 0  host \S+  pid \d+  0 items  0 bytes\n"
-                     r"  rank 1  host \S+  pid \d+  0 items  0 bytes\n", t.expect(prompt))
+    assert re.search(
+        r"2 ranks\n  rank 0  host \S+  pid \d+  0 items  0 bytes\n"
+        r"  rank 1  host \S+  pid \d+  0 items  0 bytes\n",
+        t.expect(prompt),
+    )
     t.send("ls 5\n")
     assert "error: ls: RANK|all: rank 5 is out of range 0..1\n" in t.expect(prompt)
     t.send("echo cancelled")
@@ -661,11 +715,16 @@ def test_front_end_ctrl_c_while_a_command_runs(terminal, tmp_path):
     """
     pidfile = tmp_path / "pid"
     fake = tmp_path / "fake-mpiexec"
-    fake.write_text(FAKE_MPIEXEC.format(python=sys.executable, pidfile=str(pidfile),
-                                        mark=frontend.MARK))
+    fake.write_text(
+        FAKE_MPIEXEC.format(python=sys.executable, pidfile=str(pidfile), mark=frontend.MARK)
+    )
     fake.chmod(0o755)
-    t = terminal([CONSOLE_SCRIPT, "shell", "-n", "2", "--mpiexec", str(fake)], tmp_path,
-                 sigint=signal.SIG_IGN, CONVEYOR_SHELL_HISTORY="")
+    t = terminal(
+        [CONSOLE_SCRIPT, "shell", "-n", "2", "--mpiexec", str(fake)],
+        tmp_path,
+        sigint=signal.SIG_IGN,
+        CONVEYOR_SHELL_HISTORY="",
+    )
     prompt = "conveyor[2 ranks]> "
     t.expect(prompt)
     t.send("echo x")

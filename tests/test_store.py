@@ -8,7 +8,6 @@ ranks the giver is also a destination, at one rank all three are one rank).
 No assertion depends on timing.
 """
 
-
 import numpy as np
 import pytest
 
@@ -345,21 +344,27 @@ def case_then_follows_completion():
                 m.store.put(f"item/{i}", arr * (i + 1))
         m.wait_quiet()
         if m.rank == giver:
-            m.order(b, cv.Copy("item/0", to=c, as_name="then/0",
-                               then=(c, "ready", ("then/0", "copy")))).result(timeout=30)
-            m.order(b, cv.Move("item/1", to=c, as_name="then/1",
-                               then=(c, "ready", ("then/1", "move")))).result(timeout=30)
+            m.order(
+                b, cv.Copy("item/0", to=c, as_name="then/0", then=(c, "ready", ("then/0", "copy")))
+            ).result(timeout=30)
+            m.order(
+                b, cv.Move("item/1", to=c, as_name="then/1", then=(c, "ready", ("then/1", "move")))
+            ).result(timeout=30)
             if b != c:
                 m.order(b, cv.Move("item/2", to=c, then=(b, "gone", "item/2"))).result(timeout=30)
             # The follow-up reaches the giver before the answer does.
-            done = m.order(b, cv.Copy("item/0", to=c, as_name="then/3",
-                                      then=(giver, "ready_giver", "then/3")))
+            done = m.order(
+                b, cv.Copy("item/0", to=c, as_name="then/3", then=(giver, "ready_giver", "then/3"))
+            )
             done.result(timeout=30)
             assert seen[-1] == ("giver", arr.sum()), seen
         m.wait_quiet()
         if m.rank == c:
             mine = [s for s in seen if s[0] == b]
-            assert mine == [(b, "then/0", "copy", arr.sum()), (b, "then/1", "move", 2 * arr.sum())], seen
+            assert mine == [
+                (b, "then/0", "copy", arr.sum()),
+                (b, "then/1", "move", 2 * arr.sum()),
+            ], seen
         if m.rank == b and b != c:
             assert ("gone", "item/2", False) in seen, seen
         no_state_left(m)
@@ -385,9 +390,17 @@ def case_cascade_of_orders(hops):
             assert f"token/{hop}" in m.store
             if hop < hops:
                 nxt = (m.rank + 1) % m.size
-                futures.append(m.order(m.rank, cv.Move(
-                    f"token/{hop}", to=nxt, as_name=f"token/{hop + 1}",
-                    then=(nxt, "arrived", hop + 1))))
+                futures.append(
+                    m.order(
+                        m.rank,
+                        cv.Move(
+                            f"token/{hop}",
+                            to=nxt,
+                            as_name=f"token/{hop + 1}",
+                            then=(nxt, "arrived", hop + 1),
+                        ),
+                    )
+                )
 
         @m.on("relay")
         def relay(msg):
@@ -509,9 +522,11 @@ def case_refused_by_capacity():
         before = (sorted(m.store), m.store.nbytes)
         m.wait_quiet()
         if m.rank == giver:
-            for order in (cv.Copy("item", to=c, as_name="refused"),
-                          cv.Move("item", to=c, as_name="refused"),
-                          cv.Transfer("item", to=[c], as_name="refused")):
+            for order in (
+                cv.Copy("item", to=c, as_name="refused"),
+                cv.Move("item", to=c, as_name="refused"),
+                cv.Transfer("item", to=[c], as_name="refused"),
+            ):
                 with pytest.raises(cv.RemoteError) as info:
                     m.order(b, order).result(timeout=30)
                 err = info.value
@@ -535,7 +550,10 @@ def case_refused_by_capacity():
             assert "refused" not in m.store and "half" not in m.store
             assert m.store["tiny"] == 7
             if m.rank != b:
-                assert (sorted(m.store), m.store.nbytes) == (sorted(before[0] + ["tiny"]), before[1] + 8)
+                assert (sorted(m.store), m.store.nbytes) == (
+                    sorted(before[0] + ["tiny"]),
+                    before[1] + 8,
+                )
         if m.rank == b:
             assert np.array_equal(m.store["item"], item)
         no_state_left(m)
@@ -608,8 +626,10 @@ def case_large_array_bypasses_giver(size_mib):
         m.wait_quiet()
         grown = peak_rss_mib() - before_rss
         after = m.stats()
-        delta = {k: after[k] - before[k] for k in
-                 ("bytes_zero_copy_received", "bytes_zero_copy_sent", "bytes_framed")}
+        delta = {
+            k: after[k] - before[k]
+            for k in ("bytes_zero_copy_received", "bytes_zero_copy_sent", "bytes_framed")
+        }
         if m.rank == giver:
             assert grown < int(size_mib) / 4, f"the giver grew by {grown:.0f} MiB"
             assert delta["bytes_zero_copy_received"] == 0, delta

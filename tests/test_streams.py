@@ -132,7 +132,11 @@ def case_answers_from_a_third_rank():
 
         worker = (m.rank + 1) % m.size
         assert list(m.request_stream(worker, "forward", timeout=10)) == [
-            "partial 0", "partial 1", "partial 2", "final"]
+            "partial 0",
+            "partial 1",
+            "partial 2",
+            "final",
+        ]
         assert m.request(worker, "forward").result(timeout=10) == "final"
         with pytest.raises(ValueError, match="reply_to"):
             m.send(worker, "forward", None, final=False)
@@ -188,6 +192,7 @@ def test_stream_timeout_per_answer(mpirun, nranks):
 
 def case_stream_errors():
     with cv.Messenger() as m:
+
         @m.on("fails_midway")
         def fails_midway(msg):
             msg.reply(1, final=False)
@@ -337,7 +342,7 @@ def case_cancel_seen_by_worker():
         @m.on("step")
         def step(msg):
             # One chunk of the future job per message, until cancelled.
-            (kind, job), = [j for j in jobs if j[0] == "future"]
+            ((kind, job),) = [j for j in jobs if j[0] == "future"]
             if job.cancelled:
                 log.append(("future", "cancelled after", msg.payload))
                 jobs.remove((kind, job))
@@ -451,6 +456,7 @@ def test_cancel_with_answers_in_flight(mpirun):
 
 def case_cancel_after_done():
     with cv.Messenger() as m:
+
         @m.on("two")
         def two(msg):
             msg.reply("a", final=False)
@@ -538,7 +544,12 @@ def case_arequest_cancelled_by_asyncio():
             if m.rank == w:
                 assert sorted(seen) == ["count", "task", "timeout", "wait_for"], seen
             for s in stats:
-                for key in ("pending_requests", "open_requests", "pending_sends", "pending_receives"):
+                for key in (
+                    "pending_requests",
+                    "open_requests",
+                    "pending_sends",
+                    "pending_receives",
+                ):
                     assert s[key] == 0, (key, s)
             assert stats[w]["requests_cancelled"] == 4, stats[w]
             # The return values of the three "slow" handlers and of "count".

@@ -92,7 +92,10 @@ def test_stable_hash_same_in_other_processes():
     runs = {}
     for seed in ("1", "2", "random"):
         proc = subprocess.run(
-            [sys.executable, "-c", HASH_SCRIPT], capture_output=True, text=True, timeout=60,
+            [sys.executable, "-c", HASH_SCRIPT],
+            capture_output=True,
+            text=True,
+            timeout=60,
             env={**os.environ, "PYTHONHASHSEED": seed},
         )
         assert proc.returncode == 0, proc.stderr
@@ -111,14 +114,48 @@ def test_key_encoding():
     assert encode_key(np.int64(5)) == encode_key(5) == encode_key(np.uint8(5))
     assert encode_key(Point(1, "a")) == encode_key((1, "a"))
     # Different keys encode differently, whatever their printed forms.
-    distinct = ["1", b"1", 1, (1,), ((1,),), ("ab",), ("a", "b"), "", b"", (), ((),),
-                ("a", ("b",)), (("a",), "b"), 0, -1, 255, -256, 2**64, -(2**64), "\udcff"]
+    distinct = [
+        "1",
+        b"1",
+        1,
+        (1,),
+        ((1,),),
+        ("ab",),
+        ("a", "b"),
+        "",
+        b"",
+        (),
+        ((),),
+        ("a", ("b",)),
+        (("a",), "b"),
+        0,
+        -1,
+        255,
+        -256,
+        2**64,
+        -(2**64),
+        "\udcff",
+    ]
     assert len({encode_key(k) for k in distinct}) == len(distinct)
     for key in distinct:
         decoded = decode_key(encode_key(key))
         assert decoded == key and type(decoded) is type(key), key
-    for bad in (1.5, None, True, False, [1], {"a": 1}, bytearray(b"x"), memoryview(b"x"),
-                np.float64(1), np.bool_(True), object(), ("ok", 1.5), ("ok", [1]), (("ok",), None)):
+    for bad in (
+        1.5,
+        None,
+        True,
+        False,
+        [1],
+        {"a": 1},
+        bytearray(b"x"),
+        memoryview(b"x"),
+        np.float64(1),
+        np.bool_(True),
+        object(),
+        ("ok", 1.5),
+        ("ok", [1]),
+        (("ok",), None),
+    ):
         with pytest.raises(TypeError):
             encode_key(bad)
 
@@ -198,7 +235,9 @@ def case_put_get_everywhere():
         # A wait on a key already set resolves without any put, and is not held.
         waited = t.wait(("chunk", (m.rank + 1) % m.size)).result(timeout=20)
         assert waited["owner"] == (m.rank + 1) % m.size
-        assert same(t.wait(("array", m.rank)).result(timeout=20), published(m.rank)[("array", m.rank)])
+        assert same(
+            t.wait(("array", m.rank)).result(timeout=20), published(m.rank)[("array", m.rank)]
+        )
         m.wait_quiet()
         assert t.local_waiters() == {}
 
@@ -238,8 +277,18 @@ def case_put_get_everywhere():
         # Bad keys, names and values: raised at the call, nothing sent.
         m.wait_quiet()
         stats = m.stats()
-        for bad in (1.5, None, True, [1], {"a": 1}, bytearray(b"x"), np.float64(1), object(),
-                    ("ok", 1.5), ("ok", [1])):
+        for bad in (
+            1.5,
+            None,
+            True,
+            [1],
+            {"a": 1},
+            bytearray(b"x"),
+            np.float64(1),
+            object(),
+            ("ok", 1.5),
+            ("ok", [1]),
+        ):
             for call in (lambda k: t.put(k, 1), t.get, t.wait, t.delete):
                 with pytest.raises(TypeError):
                     call(bad)
@@ -400,9 +449,14 @@ def case_asyncio():
 
 @pytest.mark.parametrize(
     "case",
-    [case_put_get_everywhere, case_wait_before_put, case_cancel_wait, case_from_handlers,
-     case_asyncio],
-    ids=lambda case: case.__name__[len("case_"):],
+    [
+        case_put_get_everywhere,
+        case_wait_before_put,
+        case_cancel_wait,
+        case_from_handlers,
+        case_asyncio,
+    ],
+    ids=lambda case: case.__name__[len("case_") :],
 )
 def test_table_case(mpirun, nranks, case):
     mpirun(nranks, case)

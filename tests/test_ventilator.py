@@ -66,6 +66,7 @@ def check_nothing_left(summary):
 
 # -- pieces -------------------------------------------------------------------
 
+
 def test_collatz_steps_match_python():
     x = np.arange(0, 3000)
     assert ventilator.collatz_steps(x).tolist() == [collatz(int(n)) for n in x]
@@ -74,13 +75,23 @@ def test_collatz_steps_match_python():
 
 def test_is_prime_matches_python():
     x = np.arange(0, 5000)
-    expected = [n > 1 and all(n % d for d in range(2, int(n ** 0.5) + 1)) for n in range(5000)]
+    expected = [n > 1 and all(n % d for d in range(2, int(n**0.5) + 1)) for n in range(5000)]
     assert ventilator.is_prime(x).tolist() == expected
     assert ventilator.is_prime(np.array([1_000_003, 1_000_001])).tolist() == [True, False]
 
 
-@pytest.mark.parametrize("start, stop, size", [(0, 100, 10), (5, 95, 10), (7, 8, 10), (0, 0, 10),
-                                                (3, 1000, 1), (10, 40, 10), (123, 4567, 250)])
+@pytest.mark.parametrize(
+    "start, stop, size",
+    [
+        (0, 100, 10),
+        (5, 95, 10),
+        (7, 8, 10),
+        (0, 0, 10),
+        (3, 1000, 1),
+        (10, 40, 10),
+        (123, 4567, 250),
+    ],
+)
 def test_split_covers_the_range_on_a_common_grid(start, stop, size):
     chunks = ventilator.split("collatz", start, stop, size)
     assert [c.lo for c in chunks[1:]] == [c.hi for c in chunks[:-1]]
@@ -103,8 +114,9 @@ def test_overlapping_requests_share_their_chunks():
     assert chunk_names(0, 1000, 100, "prime").isdisjoint(first)  # the function is part of the key
 
 
-@pytest.mark.parametrize("size, workers",
-                         [(1, (0,)), (2, (1,)), (3, (2,)), (4, (2, 3)), (6, (2, 3, 4, 5))])
+@pytest.mark.parametrize(
+    "size, workers", [(1, (0,)), (2, (1,)), (3, (2,)), (4, (2, 3)), (6, (2, 3, 4, 5))]
+)
 def test_layout(size, workers):
     layout = ventilator.Layout.of(size)
     assert (layout.client, layout.ventilator, layout.workers) == (0, 1 % size, workers)
@@ -120,8 +132,20 @@ VALUES, CHUNK, CANCEL_AFTER = 50_000, 2_500, 4
 def test_cache_and_cancellation(nranks, tmp_path):
     # A deadline no chunk misses, so that nothing is re-issued: then no chunk
     # may be computed twice, whatever the overlap of the requests.
-    summary, _ = run_json(nranks, tmp_path, "--values", VALUES, "--chunk", CHUNK, "--deadline", 60,
-                          "--stuck-worker", "none", "--cancel-after", CANCEL_AFTER)
+    summary, _ = run_json(
+        nranks,
+        tmp_path,
+        "--values",
+        VALUES,
+        "--chunk",
+        CHUNK,
+        "--deadline",
+        60,
+        "--stuck-worker",
+        "none",
+        "--cancel-after",
+        CANCEL_AFTER,
+    )
     check_sums(summary)
     check_nothing_left(summary)
     requests = requests_by_number(summary)
@@ -130,7 +154,10 @@ def test_cache_and_cancellation(nranks, tmp_path):
 
     computed = summary["computed"]
     assert set(computed.values()) == {1}, "a chunk was computed twice"
-    first, second = chunk_names(0, VALUES, CHUNK), chunk_names(VALUES // 2, VALUES // 2 + VALUES, CHUNK)
+    first, second = (
+        chunk_names(0, VALUES, CHUNK),
+        chunk_names(VALUES // 2, VALUES // 2 + VALUES, CHUNK),
+    )
     shared = first & second
     assert len(shared) == 10
     # Request 2 came right after request 1: its shared chunks were in
@@ -144,7 +171,7 @@ def test_cache_and_cancellation(nranks, tmp_path):
     # Request 3 was cancelled midway: after its cancellation the ventilator
     # issued none of its chunks, so only those done or in flight by then
     # were computed (each at most once).
-    cancelled, = summary["cancelled"]
+    (cancelled,) = summary["cancelled"]
     assert cancelled["request"] == 3 and len(cancelled["chunks"]) == 40
     assert cancelled["done"] >= CANCEL_AFTER
     third = [name for name in cancelled["chunks"] if name in computed]
@@ -172,17 +199,29 @@ def test_default_demo_reissues_the_stuck_workers_chunks(tmp_path):
     twice = {name for name, n in summary["computed"].items() if n > 1}
     assert twice and twice <= set(reissued)
     assert {r["number"]: r["status"] for r in summary["requests"]} == {
-        1: "done", 2: "done", 3: "cancelled", 4: "done"}
+        1: "done",
+        2: "done",
+        3: "cancelled",
+        4: "done",
+    }
     assert seconds < 30
 
 
-@pytest.mark.parametrize("nranks, args, message", [
-    (4, ["--stuck-worker", "0"], "--stuck-worker 0 is not a worker (the workers are ranks 2, 3)"),
-    (3, ["--stuck-worker", "2"], "--stuck-worker needs another worker"),
-    (None, ["--stuck-worker", "two"], "--stuck-worker must be a rank, 'auto' or 'none'"),
-    (None, ["--chunk", "0"], "--chunk must be at least 1"),
-    (None, ["--deadline", "0"], "need --deadline > 0"),
-], ids=["not-a-worker", "only-worker", "not-a-rank", "chunk0", "deadline0"])
+@pytest.mark.parametrize(
+    "nranks, args, message",
+    [
+        (
+            4,
+            ["--stuck-worker", "0"],
+            "--stuck-worker 0 is not a worker (the workers are ranks 2, 3)",
+        ),
+        (3, ["--stuck-worker", "2"], "--stuck-worker needs another worker"),
+        (None, ["--stuck-worker", "two"], "--stuck-worker must be a rank, 'auto' or 'none'"),
+        (None, ["--chunk", "0"], "--chunk must be at least 1"),
+        (None, ["--deadline", "0"], "need --deadline > 0"),
+    ],
+    ids=["not-a-worker", "only-worker", "not-a-rank", "chunk0", "deadline0"],
+)
 def test_bad_arguments(nranks, args, message):
     result = run_ventilator(nranks, *args, timeout=30)
     assert result.returncode == 2, result.stdout + result.stderr
@@ -191,6 +230,7 @@ def test_bad_arguments(nranks, args, message):
 
 
 # -- roles driven step by step on one rank ----------------------------------------
+
 
 def _serve_until(m, condition, timeout=10.0):
     deadline = time.monotonic() + timeout
@@ -219,7 +259,9 @@ def case_cancel_skips_waiting_chunks():
         assert vent.jobs == {} and vent.counts["cancelled"] == 1
         # Chunk 1's result made room for chunk 4: 3 chunks wait at the worker.
         assert vent.counts["issued"] == 4, vent.counts
-        _serve_until(m, lambda: len(worker.queue) == 3 and all(msg.cancelled for msg in worker.queue))
+        _serve_until(
+            m, lambda: len(worker.queue) == 3 and all(msg.cancelled for msg in worker.queue)
+        )
         assert worker.step() and worker.step() and worker.step() and not worker.step()
         assert worker.skipped == 3 and worker.computed == {"collatz/0-10": 1}
         m.wait_quiet()

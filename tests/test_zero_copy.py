@@ -1,6 +1,5 @@
 """Large arrays travel without copies, in pieces MPI can count, beyond 2 GiB."""
 
-
 import numpy as np
 import pytest
 

@@ -18,8 +18,10 @@ def check_rank(value, size=None, what="a rank"):
     if size is not None and not 0 <= rank < size:
         hint = ""
         if size == 1:
-            hint = (": this job has 1 rank; start several with 'conveyor run -n 4 script.py' "
-                    "or 'mpiexec -n 4 python script.py'")
+            hint = (
+                ": this job has 1 rank; start several with 'conveyor run -n 4 script.py' "
+                "or 'mpiexec -n 4 python script.py'"
+            )
         raise ValueError(f"{what} {rank} is out of range 0..{size - 1}{hint}")
     return rank
 

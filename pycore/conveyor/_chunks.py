@@ -54,6 +54,7 @@ def layer_of(messenger):
     """The ChunkLayer of `messenger` (each has one, made with it)."""
     return _layers_by_messenger[messenger]
 
+
 _REF_LAYOUT = struct.Struct("<QQqqqqQB")  # serial, id, owner, home, length, offset, weight, state
 
 
@@ -97,8 +98,12 @@ class ChunkRef(CarriageableItem, name="conveyor.ChunkRef"):
     def state(self):
         """``"pending"``, ``"resolved"`` or ``"error"``, as last learned here."""
         layer = self._layer
-        if (self._state == PENDING and self.owner == layer.rank and not layer.closed
-                and self.id in layer.table):  # not before the task that creates it
+        if (
+            self._state == PENDING
+            and self.owner == layer.rank
+            and not layer.closed
+            and self.id in layer.table
+        ):  # not before the task that creates it
             self._state = layer.table.state(self.id)
         return _STATE_NAMES[self._state]
 
@@ -112,8 +117,10 @@ class ChunkRef(CarriageableItem, name="conveyor.ChunkRef"):
             layer.release(self.id)
 
     def __repr__(self):
-        return (f"ChunkRef(id={self.id:#x}, owner={self.owner}, length={self.length}, "
-                f"offset={self.offset}, state={self.state!r})")
+        return (
+            f"ChunkRef(id={self.id:#x}, owner={self.owner}, length={self.length}, "
+            f"offset={self.offset}, state={self.state!r})"
+        )
 
     # -- carriage: a copy takes part of this rank's weight ---------------------
 
@@ -127,8 +134,9 @@ class ChunkRef(CarriageableItem, name="conveyor.ChunkRef"):
         weight, home = layer.lend(self.id, self.owner)
         length = -1 if self.length is None else self.length
         offset = -1 if self.offset is None else self.offset
-        _REF_LAYOUT.pack_into(buffer, 0, layer.serial, self.id, self.owner, home, length, offset,
-                              weight, self._state)
+        _REF_LAYOUT.pack_into(
+            buffer, 0, layer.serial, self.id, self.owner, home, length, offset, weight, self._state
+        )
 
     def unsent(self, buffer):
         # The copy never left: its weight returns to this rank's entry.
@@ -141,8 +149,15 @@ class ChunkRef(CarriageableItem, name="conveyor.ChunkRef"):
         layer = _layers.get(serial)
         if layer is None or layer.closed:
             raise ValueError("a ChunkRef arrived for a Messenger that is closed on this rank")
-        return layer.adopt(id, owner, home, weight, None if length < 0 else length,
-                           None if offset < 0 else offset, state)
+        return layer.adopt(
+            id,
+            owner,
+            home,
+            weight,
+            None if length < 0 else length,
+            None if offset < 0 else offset,
+            state,
+        )
 
 
 def remote_error(data):
@@ -246,7 +261,8 @@ class ChunkLayer:
         weight, home, refill = self.table.lend(id)
         if refill:
             self.m.request(owner, CHUNK_REFILL, id).add_done_callback(
-                lambda future: self._refilled(id, owner, future))
+                lambda future: self._refilled(id, owner, future)
+            )
         return weight, home
 
     def take_back(self, id, owner, home, weight):
@@ -340,8 +356,18 @@ class ChunkLayer:
     def resolve(self, ref, value):
         tokens = self.table.resolve(ref.id, value)
         rows = value.shape[0] if value.ndim else None
-        self._settled(ref, RESOLVED, tokens, {"state": RESOLVED, "owner": self.rank, "length": rows,
-                                              "dtype": value.dtype.str, "shape": value.shape})
+        self._settled(
+            ref,
+            RESOLVED,
+            tokens,
+            {
+                "state": RESOLVED,
+                "owner": self.rank,
+                "length": rows,
+                "dtype": value.dtype.str,
+                "shape": value.shape,
+            },
+        )
 
     def fail(self, ref, error):
         """Settle `ref`'s chunk with `error`, made by `error_bytes`."""
@@ -371,7 +397,8 @@ class ChunkLayer:
             self.when_settled(ref.id, lambda: self._local_rows(ref.id, start, stop, put, fail))
         else:
             self.m.request(ref.owner, CHUNK_FETCH, (ref.id, start, stop)).add_done_callback(
-                lambda future: self._fetched(future, put, fail))
+                lambda future: self._fetched(future, put, fail)
+            )
 
     def _local_rows(self, id, start, stop, put, fail):
         if self.table.state(id) == ERROR:
@@ -391,10 +418,16 @@ class ChunkLayer:
     def _on_fetch(self, msg):
         id, start, stop = msg.payload
         msg.defer()
-        self.when_settled(id, lambda: self._local_rows(
-            id, start, stop,
-            lambda value: msg.reply((RESOLVED, value)),
-            lambda error: msg.reply((ERROR, error))))
+        self.when_settled(
+            id,
+            lambda: self._local_rows(
+                id,
+                start,
+                stop,
+                lambda value: msg.reply((RESOLVED, value)),
+                lambda error: msg.reply((ERROR, error)),
+            ),
+        )
 
     # -- tasks -----------------------------------------------------------------
 
@@ -412,8 +445,14 @@ class ChunkLayer:
             to `length` rows: an argument aligned by `core.align`).
         """
         ref, weight = self.mint(owner, length, offset)
-        task = {"id": ref.id, "weight": weight if owner != self.rank else -1,
-                "length": length, "function": function, "args": args, "kwargs": kwargs or {}}
+        task = {
+            "id": ref.id,
+            "weight": weight if owner != self.rank else -1,
+            "length": length,
+            "function": function,
+            "args": args,
+            "kwargs": kwargs or {},
+        }
         self.m.send(owner, CHUNK_TASK, task)
         return ref
 
@@ -437,8 +476,8 @@ class ChunkLayer:
         def run(values):
             try:
                 function = self._function(task["function"])
-                positional = values[:len(args)]
-                keywords = dict(zip(names, values[len(args):]))
+                positional = values[: len(args)]
+                keywords = dict(zip(names, values[len(args) :]))
                 result = positional[0] if function is None else function(*positional, **keywords)
                 self.resolve(out, self._checked(result, task["length"]))
             except Exception as exc:
@@ -497,8 +536,10 @@ class ChunkLayer:
             raise TypeError(f"a chunk must be a numeric numpy array, not of dtype {value.dtype}")
         if length is not None and (value.ndim == 0 or value.shape[0] != length):
             got = "a scalar" if value.ndim == 0 else f"{value.shape[0]} rows"
-            raise ValueError(f"the function returned {got} for {length} rows of input: dcall "
-                             "calls it elementwise (use dmap for chunks of any length)")
+            raise ValueError(
+                f"the function returned {got} for {length} rows of input: dcall "
+                "calls it elementwise (use dmap for chunks of any length)"
+            )
         return value
 
 

@@ -104,8 +104,10 @@ class DistArray:
         ref, _ = layer.mint(layer.rank, len(local))
         layer.resolve(ref, local.copy())
         # Each rank lends every other rank a reference to its chunk.
-        lent = [0 if rank == layer.rank else layer.table.lend(ref.id)[0]
-                for rank in range(messenger.size)]
+        lent = [
+            0 if rank == layer.rank else layer.table.lend(ref.id)[0]
+            for rank in range(messenger.size)
+        ]
         # The allgather blocks without serving messages: a rank already here
         # would never answer another that still waits for one of its chunks
         # (collect or sum before its own from_local). Serve until all are here.
@@ -119,7 +121,9 @@ class DistArray:
             # Nobody adopts what this rank lent: take it back, so that the
             # chunk (and its published state) goes with `ref`.
             layer.take_back(ref.id, layer.rank, layer.rank, sum(lent))
-            raise ValueError(f"from_local: the pieces differ in dtype or row shape: {sorted(kinds)}")
+            raise ValueError(
+                f"from_local: the pieces differ in dtype or row shape: {sorted(kinds)}"
+            )
         ((dtype, shape),) = kinds
         refs, offset = [], 0
         for owner, (id, length, _, _, weights) in enumerate(entries):
@@ -164,7 +168,9 @@ class DistArray:
             if fact["state"] == _ERROR:
                 raise remote_error(fact["error"])
             if fact["length"] is None:
-                raise TypeError("a chunk of a DistArray is a 0-d array: use dreduce for single values")
+                raise TypeError(
+                    "a chunk of a DistArray is a 0-d array: use dreduce for single values"
+                )
             if ref.length is None:
                 ref.length = fact["length"]
                 learned = True
@@ -234,8 +240,13 @@ class DistArray:
         layer = self._layer
         gathered = _Gathered(len(refs))
         for index, ref in enumerate(refs):
-            layer.rows(ref, 0, None, functools.partial(gathered.put, index),
-                       functools.partial(gathered.fail, index))
+            layer.rows(
+                ref,
+                0,
+                None,
+                functools.partial(gathered.put, index),
+                functools.partial(gathered.fail, index),
+            )
         return gathered.wait(layer)
 
     def __array__(self, dtype=None, copy=None):
@@ -256,8 +267,12 @@ class DistArray:
             # No rows to fetch, and no chunk for the tasks' aligned reads to
             # take the dtype from (they failed with StopIteration): made here.
             self._learn_type()
-            return m.array(np.empty((0,) + self._row_shape, self._dtype), chunks=sizes, ranks=owners)
-        return _aligned_call(self._layer, None, [self], {}, sizes, owners, self._dtype, self._row_shape)
+            return m.array(
+                np.empty((0,) + self._row_shape, self._dtype), chunks=sizes, ranks=owners
+            )
+        return _aligned_call(
+            self._layer, None, [self], {}, sizes, owners, self._dtype, self._row_shape
+        )
 
     # -- reductions ------------------------------------------------------------
 
@@ -270,11 +285,15 @@ class DistArray:
             raise ValueError(f"{name}: axis must be None or 0 (rows), not {axis!r}")
         layer = self._layer
         partial = _pickling.dumps(functools.partial(_partial_reduce, name, axis, options))
-        refs = [layer.submit(ref.owner, None, None, partial, [("whole", ref)]) for ref in self._refs]
+        refs = [
+            layer.submit(ref.owner, None, None, partial, [("whole", ref)]) for ref in self._refs
+        ]
         self._learn_type()
         parts = [part for part in self._gather(refs) if part.shape[0]]
         if not parts:  # numpy's answer for no rows: an identity, or its error
-            return getattr(np, name)(np.empty((0,) + self._row_shape, self._dtype), axis=axis, **options)
+            return getattr(np, name)(
+                np.empty((0,) + self._row_shape, self._dtype), axis=axis, **options
+            )
         return getattr(np, name)(np.concatenate(parts), axis=0, **options)
 
     def sum(self, axis=None, dtype=None, out=None):
@@ -312,7 +331,12 @@ class DistArray:
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
         if method == "__call__" and "out" not in kwargs:
             return dcall(ufunc, *inputs, **kwargs)
-        if method == "reduce" and ufunc in _REDUCERS and set(kwargs) <= {"axis"} and inputs[0] is self:
+        if (
+            method == "reduce"
+            and ufunc in _REDUCERS
+            and set(kwargs) <= {"axis"}
+            and inputs[0] is self
+        ):
             return self._reduce(_REDUCERS[ufunc], kwargs.get("axis", 0))
         return NotImplemented
 
@@ -328,20 +352,40 @@ def _operator(ufunc, reflected=False):
     return lambda self, other: dcall(ufunc, self, other)
 
 
-for _name, _ufunc in [("add", np.add), ("sub", np.subtract), ("mul", np.multiply),
-                      ("truediv", np.true_divide), ("floordiv", np.floor_divide), ("mod", np.remainder),
-                      ("pow", np.power), ("and", np.logical_and), ("or", np.logical_or)]:
+for _name, _ufunc in [
+    ("add", np.add),
+    ("sub", np.subtract),
+    ("mul", np.multiply),
+    ("truediv", np.true_divide),
+    ("floordiv", np.floor_divide),
+    ("mod", np.remainder),
+    ("pow", np.power),
+    ("and", np.logical_and),
+    ("or", np.logical_or),
+]:
     setattr(DistArray, f"__{_name}__", _operator(_ufunc))
     setattr(DistArray, f"__r{_name}__", _operator(_ufunc, reflected=True))
-for _name, _ufunc in [("eq", np.equal), ("ne", np.not_equal), ("lt", np.less), ("le", np.less_equal),
-                      ("gt", np.greater), ("ge", np.greater_equal)]:
+for _name, _ufunc in [
+    ("eq", np.equal),
+    ("ne", np.not_equal),
+    ("lt", np.less),
+    ("le", np.less_equal),
+    ("gt", np.greater),
+    ("ge", np.greater_equal),
+]:
     setattr(DistArray, f"__{_name}__", _operator(_ufunc))
 DistArray.__neg__ = lambda self: dcall(np.negative, self)
 DistArray.__abs__ = lambda self: dcall(np.absolute, self)
 DistArray.__hash__ = None  # == is elementwise
 
-_REDUCERS = {np.add: "sum", np.multiply: "prod", np.minimum: "min", np.maximum: "max",
-             np.logical_or: "any", np.logical_and: "all"}
+_REDUCERS = {
+    np.add: "sum",
+    np.multiply: "prod",
+    np.minimum: "min",
+    np.maximum: "max",
+    np.logical_or: "any",
+    np.logical_and: "all",
+}
 
 
 def _partial_reduce(name, axis, options, chunk):
@@ -349,7 +393,9 @@ def _partial_reduce(name, axis, options, chunk):
     # which min and max could not reduce).
     if chunk.shape[0] == 0:
         return chunk[:0] if axis == 0 else chunk.reshape(-1)[:0]
-    return getattr(np, name)(chunk, axis=axis, keepdims=True, **options).reshape((1,) + (chunk.shape[1:] if axis == 0 else ()))
+    return getattr(np, name)(chunk, axis=axis, keepdims=True, **options).reshape(
+        (1,) + (chunk.shape[1:] if axis == 0 else ())
+    )
 
 
 # -- aligned calls -----------------------------------------------------------
@@ -393,12 +439,16 @@ def dcall(f, *args, **kwargs):
         # errors (and a result that is not empty) come at collect, not here.
         specs = [_value_spec(_empty_like(x)) for x in operands]
         n = len(args)
-        ref = layer.submit(layer.rank, 0, 0, _pickling.dumps(f), specs[:n], dict(zip(kwargs, specs[n:])))
+        ref = layer.submit(
+            layer.rank, 0, 0, _pickling.dumps(f), specs[:n], dict(zip(kwargs, specs[n:]))
+        )
         return DistArray(layer, [ref])
     longest = max(known)
     if any(longest % n for n in known):
         _warn_recycling()
-    dist = [(i, x) for i, x in enumerate(operands) if isinstance(x, DistArray) and lengths[i] == longest]
+    dist = [
+        (i, x) for i, x in enumerate(operands) if isinstance(x, DistArray) and lengths[i] == longest
+    ]
     if dist:
         target_index = max(dist, key=lambda item: (len(item[1]._refs), -item[0]))[0]
     else:  # a numpy array is longest: it is scattered first
@@ -408,8 +458,9 @@ def dcall(f, *args, **kwargs):
     sizes = target._lengths()
     owners = [ref.owner for ref in target._refs]
     n = len(args)
-    return _aligned_call(layer, f, operands[:n], dict(zip(kwargs, operands[n:])), sizes, owners,
-                         target=target)
+    return _aligned_call(
+        layer, f, operands[:n], dict(zip(kwargs, operands[n:])), sizes, owners, target=target
+    )
 
 
 def _aligned_call(layer, f, args, kwargs, sizes, owners, dtype=None, row_shape=None, target=None):
@@ -418,6 +469,7 @@ def _aligned_call(layer, f, args, kwargs, sizes, owners, dtype=None, row_shape=N
     function = None if f is None else _pickling.dumps(f)
     refs, offset = [], 0
     for k, (length, owner) in enumerate(zip(sizes, owners)):
+
         def spec(x):
             if x is target:
                 return ("whole", target._refs[k])
@@ -461,7 +513,7 @@ def _recycled_rows(array, begin, length):
     n = len(array)
     start = begin % n
     if start + length <= n:
-        return np.ascontiguousarray(array[start:start + length])
+        return np.ascontiguousarray(array[start : start + length])
     return np.take(array, np.arange(begin, begin + length) % n, axis=0)
 
 
@@ -491,22 +543,30 @@ def dmap(f, *args, **kwargs):
     """
     layer = _layer_of_operands(args, kwargs, "dmap")
     operands = list(args) + list(kwargs.values())
-    counts = [len(x._refs) if isinstance(x, DistArray) else len(x) for x in operands
-              if isinstance(x, (DistArray, list, tuple))]
+    counts = [
+        len(x._refs) if isinstance(x, DistArray) else len(x)
+        for x in operands
+        if isinstance(x, (DistArray, list, tuple))
+    ]
     if 0 in counts:
         if any(counts):
-            raise ValueError("dmap: zero-length inputs cannot be mixed with those of non-zero length")
+            raise ValueError(
+                "dmap: zero-length inputs cannot be mixed with those of non-zero length"
+            )
         return DistArray(layer, [])
     count = max(counts)
     if any(count % n for n in counts):
         _warn_recycling()
-    widest = next(x for x in operands if isinstance(x, DistArray) and len(x._refs) == count) \
-        if any(isinstance(x, DistArray) and len(x._refs) == count for x in operands) \
+    widest = (
+        next(x for x in operands if isinstance(x, DistArray) and len(x._refs) == count)
+        if any(isinstance(x, DistArray) and len(x._refs) == count for x in operands)
         else next(x for x in operands if isinstance(x, DistArray))
+    )
     function = _pickling.dumps(f)
     n = len(args)
     refs = []
     for i in range(count):
+
         def spec(x):
             if isinstance(x, DistArray):
                 return ("whole", x._refs[i % len(x._refs)])
@@ -516,7 +576,9 @@ def dmap(f, *args, **kwargs):
 
         specs = [spec(x) for x in operands]
         owner = widest._refs[i % len(widest._refs)].owner
-        refs.append(layer.submit(owner, None, None, function, specs[:n], dict(zip(kwargs, specs[n:]))))
+        refs.append(
+            layer.submit(owner, None, None, function, specs[:n], dict(zip(kwargs, specs[n:])))
+        )
     return DistArray(layer, refs)
 
 
@@ -620,15 +682,19 @@ def scatter(layer, a, chunks, ranks):
     else:
         owners = [operator.index(r) for r in ranks]
         if len(owners) != len(sizes) or any(not 0 <= r < size for r in owners):
-            raise ValueError(f"ranks must give one rank in 0..{size - 1} for each of the {len(sizes)} chunks")
+            raise ValueError(
+                f"ranks must give one rank in 0..{size - 1} for each of the {len(sizes)} chunks"
+            )
     refs, offset = [], 0
     for length, owner in zip(sizes, owners):
-        piece = a[offset:offset + length]
+        piece = a[offset : offset + length]
         if owner == layer.rank:
             ref, _ = layer.mint(owner, length, offset)
             layer.resolve(ref, piece.copy())  # later changes to `a` must not show
         else:
-            ref = layer.submit(owner, length, offset, None, [("value", np.ascontiguousarray(piece))])
+            ref = layer.submit(
+                owner, length, offset, None, [("value", np.ascontiguousarray(piece))]
+            )
         refs.append(ref)
         offset += length
     return DistArray(layer, refs, a.dtype, a.shape)

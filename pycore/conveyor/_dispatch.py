@@ -25,8 +25,13 @@ from ._tags import CANCEL
 __all__ = ["Dispatch", "Receivers"]
 
 # The counters of `Dispatch.counts` that Messenger.stats() reports.
-COUNTERS = ("unknown_tag", "payloads_undecodable", "handler_errors", "requests_cancelled",
-            "answers_cancelled")
+COUNTERS = (
+    "unknown_tag",
+    "payloads_undecodable",
+    "handler_errors",
+    "requests_cancelled",
+    "answers_cancelled",
+)
 
 
 class Receivers:
@@ -216,7 +221,9 @@ class Dispatch:
         if is_request:
             self._send_error(source, ref, exc, "")
         elif warn_once:
-            warnings.warn(f"rank {self.rank}: dropped a message: {exc}", ConveyorWarning, stacklevel=3)
+            warnings.warn(
+                f"rank {self.rank}: dropped a message: {exc}", ConveyorWarning, stacklevel=3
+            )
 
     def _send_error(self, dest, ref, exc, text):
         kind = "unknown_tag" if isinstance(exc, UnknownTagError) else "error"
@@ -256,7 +263,11 @@ class Dispatch:
     def _task_done(self, msg, task):
         self.tasks.discard(task)
         try:
-            exc = ConveyorError("the handler's task was cancelled") if task.cancelled() else task.exception()
+            exc = (
+                ConveyorError("the handler's task was cancelled")
+                if task.cancelled()
+                else task.exception()
+            )
             if msg.is_request and not (msg._replied or msg._deferred):
                 if exc is None:
                     try:

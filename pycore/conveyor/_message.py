@@ -85,7 +85,9 @@ class Message(core.MessageBase):
 
     def _check_open_request(self):
         if self.reply_to is None:
-            raise ConveyorError(f"the message to {self.tag!r} is not a request: nothing to reply to")
+            raise ConveyorError(
+                f"the message to {self.tag!r} is not a request: nothing to reply to"
+            )
         if self._replied:
             raise ConveyorError(f"the request to {self.tag!r} was already answered")
 

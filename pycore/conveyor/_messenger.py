@@ -71,7 +71,13 @@ class Messenger:
     """
 
     def __init__(
-        self, comm=None, *, aggregate=True, pickle=False, zero_copy_threshold=None, abort_on_error=True
+        self,
+        comm=None,
+        *,
+        aggregate=True,
+        pickle=False,
+        zero_copy_threshold=None,
+        abort_on_error=True,
     ):
         from mpi4py import MPI
 
@@ -90,8 +96,9 @@ class Messenger:
         self._transport = transport = Transport(engine, self.aggregate)
         self._receivers = receivers = Receivers()
         self._requests = requests = Requests(transport)
-        self._dispatch = transport.dispatch = Dispatch(self.rank, transport, receivers, requests,
-                                                       Message)
+        self._dispatch = transport.dispatch = Dispatch(
+            self.rank, transport, receivers, requests, Message
+        )
         self._senders = {}  # tag -> Sender, behind send(rank, tag, payload)
         # The services built on messages, each behind reserved receivers.
         self.store = Store()
@@ -227,7 +234,9 @@ class Messenger:
         self._transport.check_open()
         if isinstance(dest, Address):
             if payload is not _MISSING:
-                raise TypeError(f"{verb}(address, payload) takes no tag: the address names the receiver")
+                raise TypeError(
+                    f"{verb}(address, payload) takes no tag: the address names the receiver"
+                )
             return check_rank(dest.rank, self.size, "destination rank"), dest.name, dest.ref, tag
         dest = check_rank(dest, self.size, "destination rank")
         return dest, tag, None, None if payload is _MISSING else payload
@@ -330,8 +339,9 @@ class Messenger:
         """
         dest, tag, _, payload = self._target("request_stream", dest, tag, payload)
         requests = self._requests
-        return requests.open(dest, check_tag(tag), payload,
-                             lambda ref: Stream(requests, dest, ref, timeout))
+        return requests.open(
+            dest, check_tag(tag), payload, lambda ref: Stream(requests, dest, ref, timeout)
+        )
 
     def sender(self, tag, *, aggregate=None):
         """Return a `Sender` for `tag`.
@@ -392,7 +402,9 @@ class Messenger:
             ``StoreFullError``).
         """
         if not isinstance(order, Transfer):
-            raise TypeError(f"an order must be a Transfer, Copy or Move, not {type(order).__name__}")
+            raise TypeError(
+                f"an order must be a Transfer, Copy or Move, not {type(order).__name__}"
+            )
         for dest in order.to + ([order.then[0]] if order.then else []):
             check_rank(dest, self.size, "destination rank")
         return self.request(rank, ITEM_ORDER, order._as_payload())

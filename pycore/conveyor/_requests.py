@@ -7,7 +7,6 @@ from ._tags import CANCEL
 __all__ = ["Requests"]
 
 
-
 class Requests:
     """The requests this rank sent and still waits for.
 
@@ -72,8 +71,14 @@ class Requests:
         else:
             del self.waiters[ref]
             cls = UnknownTagError if payload.get("kind") == "unknown_tag" else RemoteError
-            waiter._fail(cls(source, payload.get("type", "?"), payload.get("message", ""),
-                             payload.get("traceback", "")))
+            waiter._fail(
+                cls(
+                    source,
+                    payload.get("type", "?"),
+                    payload.get("message", ""),
+                    payload.get("traceback", ""),
+                )
+            )
 
     def wait(self, waiter, timeout):
         """Serve until `waiter` has something for its caller."""

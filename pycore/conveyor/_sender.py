@@ -50,9 +50,7 @@ class Sender(core.SenderBase):
         """
         dests = np.asarray(dests)
         if dests.ndim != 1 or dests.dtype.kind not in "iu":
-            raise TypeError(
-                f"dests must be a 1-D integer array, not {dests.ndim}-D {dests.dtype}"
-            )
+            raise TypeError(f"dests must be a 1-D integer array, not {dests.ndim}-D {dests.dtype}")
         if not isinstance(items, np.ndarray):
             raise TypeError(f"items must be a numpy array, not {type(items).__name__}")
         routed, offsets = core.route(dests, items, self._size)

@@ -167,8 +167,13 @@ class Transfer:
         self.then = then
 
     def _as_payload(self):
-        return {"name": self.name, "to": self.to, "as": self.as_name, "move": self.move,
-                "then": self.then}
+        return {
+            "name": self.name,
+            "to": self.to,
+            "as": self.as_name,
+            "move": self.move,
+            "then": self.then,
+        }
 
     def __repr__(self):
         return f"{type(self).__name__}({self.name!r}, to={self.to})"

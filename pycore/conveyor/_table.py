@@ -177,7 +177,9 @@ class Table:
         requests = self._service.requests
         requests.transport.check_open()
         return requests.open(
-            home, TABLE_WAIT, (self.name, data),
+            home,
+            TABLE_WAIT,
+            (self.name, data),
             lambda ref: _Wait(requests, home, ref, m, (self.name, data, ref)),
         )
 

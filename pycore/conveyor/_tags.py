@@ -6,9 +6,21 @@ tag a user may not register is visible at a glance (all start with
 """
 
 __all__ = [
-    "CANCEL", "CHUNK_FETCH", "CHUNK_GIVE_BACK", "CHUNK_REFILL", "CHUNK_STATES", "CHUNK_TASK",
-    "DRIVER_DONE", "ITEM_FETCH", "ITEM_ORDER", "ITEM_PUT", "TABLE_DELETE", "TABLE_GET",
-    "TABLE_PUT", "TABLE_UNWAIT", "TABLE_WAIT",
+    "CANCEL",
+    "CHUNK_FETCH",
+    "CHUNK_GIVE_BACK",
+    "CHUNK_REFILL",
+    "CHUNK_STATES",
+    "CHUNK_TASK",
+    "DRIVER_DONE",
+    "ITEM_FETCH",
+    "ITEM_ORDER",
+    "ITEM_PUT",
+    "TABLE_DELETE",
+    "TABLE_GET",
+    "TABLE_PUT",
+    "TABLE_UNWAIT",
+    "TABLE_WAIT",
 ]
 
 # Requests (_requests, _dispatch)

@@ -19,22 +19,31 @@ from . import plan, plot
 # The default run takes 1-2 minutes on two cores; anything far beyond is a hang.
 DEFAULT_TIMEOUT = 30 * 60
 
-DESCRIPTION = ("OSU-style micro-benchmarks: conveyor side by side with raw mpi4py. Runs on "
-               "two ranks under mpiexec, prints a table of medians and ratios with PASS/FAIL "
-               "against each target, and exits with status 1 if a target is missed "
-               "(except with --quick, whose figures are noise).")
+DESCRIPTION = (
+    "OSU-style micro-benchmarks: conveyor side by side with raw mpi4py. Runs on "
+    "two ranks under mpiexec, prints a table of medians and ratios with PASS/FAIL "
+    "against each target, and exits with status 1 if a target is missed "
+    "(except with --quick, whose figures are noise)."
+)
 
 
 def add_arguments(parser):
     """Add the options of ``conveyor bench`` to `parser`."""
     plan.add_run_options(parser)
-    parser.add_argument("--plot", metavar="FILE.png",
-                        help="draw latencies, bandwidth curves and message rates to FILE.png "
-                             "(needs matplotlib: pip install 'conveyor[plot]')")
+    parser.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="draw latencies, bandwidth curves and message rates to FILE.png "
+        "(needs matplotlib: pip install 'conveyor[plot]')",
+    )
     parser.add_argument("--mpiexec", metavar="PATH", help=MPIEXEC_HELP)
-    parser.add_argument("--timeout", type=positive_int, default=DEFAULT_TIMEOUT,
-                        metavar="SECONDS",
-                        help=f"kill the run if it takes longer (default {DEFAULT_TIMEOUT})")
+    parser.add_argument(
+        "--timeout",
+        type=positive_int,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help=f"kill the run if it takes longer (default {DEFAULT_TIMEOUT})",
+    )
 
 
 def _check_output_path(parser, option, path):
@@ -69,8 +78,9 @@ def run(parser, args):
     with tempfile.TemporaryDirectory(prefix="conveyor-bench-") as scratch:
         # The JSON is written even if not asked for: the verdict and the plot read it.
         json_path = os.path.abspath(args.json or os.path.join(scratch, "results.json"))
-        status = run_ranks(mpiexec, plan.run_options_argv(args) + ["--json", json_path],
-                           args.timeout)
+        status = run_ranks(
+            mpiexec, plan.run_options_argv(args) + ["--json", json_path], args.timeout
+        )
         if status != 0:
             return status
         if args.json is not None:

@@ -318,7 +318,9 @@ def run_cv_windows(peer, send_window, delivered_per_window, iters, warmup):
         peer.serve(warmup + iters)
         expected = delivered_per_window * (warmup + iters)
         if peer.received != expected:
-            raise cv.ConveyorError(f"rank 1 received {peer.received} of {expected} messages or items")
+            raise cv.ConveyorError(
+                f"rank 1 received {peer.received} of {expected} messages or items"
+            )
         return settled(m, None)
     for i in range(warmup + iters):
         if i == warmup:
@@ -374,35 +376,58 @@ class Report:
         self.line(self.COLUMNS)
         self.line(["-" * w for w in self.WIDTHS])
 
-    def add(self, benchmark, label, size, unit, baseline, conveyor, *, baseline_name,
-            conveyor_name, payload=None, targeted=True):
+    def add(
+        self,
+        benchmark,
+        label,
+        size,
+        unit,
+        baseline,
+        conveyor,
+        *,
+        baseline_name,
+        conveyor_name,
+        payload=None,
+        targeted=True,
+    ):
         """Record one comparison; `baseline`/`conveyor` are per-repetition values."""
         if not self.enabled:
             return
         base, mine = statistics.median(baseline), statistics.median(conveyor)
         ratio = mine / base
         target, target_text, passed = verdict(benchmark, ratio) if targeted else (None, "-", None)
-        self.rows.append({
-            "benchmark": benchmark,
-            "label": label,
-            "size_bytes": size,
-            "payload": payload,
-            "unit": unit,
-            "better": "lower" if unit == "µs" else "higher",
-            "baseline": baseline_name,
-            "conveyor": conveyor_name,
-            "baseline_median": base,
-            "conveyor_median": mine,
-            "ratio": ratio,
-            "target": target,
-            "passed": passed,
-            "baseline_samples": baseline,
-            "conveyor_samples": conveyor,
-        })
+        self.rows.append(
+            {
+                "benchmark": benchmark,
+                "label": label,
+                "size_bytes": size,
+                "payload": payload,
+                "unit": unit,
+                "better": "lower" if unit == "µs" else "higher",
+                "baseline": baseline_name,
+                "conveyor": conveyor_name,
+                "baseline_median": base,
+                "conveyor_median": mine,
+                "ratio": ratio,
+                "target": target,
+                "passed": passed,
+                "baseline_samples": baseline,
+                "conveyor_samples": conveyor,
+            }
+        )
         self.contestants.setdefault(benchmark, (baseline_name, conveyor_name))
         result = "-" if passed is None else ("PASS" if passed else "FAIL")
-        self.line([benchmark, label, format_value(base, unit), format_value(mine, unit),
-                   f"{ratio:.2f}×", target_text, result])
+        self.line(
+            [
+                benchmark,
+                label,
+                format_value(base, unit),
+                format_value(mine, unit),
+                f"{ratio:.2f}×",
+                target_text,
+                result,
+            ]
+        )
 
     def legend(self):
         """Print what each benchmark compared and how many targets were met."""
@@ -429,8 +454,17 @@ def bench_latency(kind, peer, comm, report, plan):
     # One-way latency in µs: half a round trip.
     one_way = {k: [t / iters / 2 * 1e6 for t in v] for k, v in samples.items()}
     for name in PAYLOADS:
-        report.add(kind, f"8 B {name}", 8, "µs", one_way["raw"], one_way[name],
-                   baseline_name="mpi4py Send/Recv", conveyor_name=conveyor_name, payload=name)
+        report.add(
+            kind,
+            f"8 B {name}",
+            8,
+            "µs",
+            one_way["raw"],
+            one_way[name],
+            baseline_name="mpi4py Send/Recv",
+            conveyor_name=conveyor_name,
+            payload=name,
+        )
 
 
 def bench_bw(peer, comm, report, plan):
@@ -452,18 +486,36 @@ def bench_bw(peer, comm, report, plan):
             "conveyor": lambda: run_cv_windows(peer, send_window, window, iters, warmup),
         }
         if size == pickle_size:
-            contestants["pickle"] = lambda: run_pickle_windows(comm, lambda i: arr, window, iters, warmup)
+            contestants["pickle"] = lambda: run_pickle_windows(
+                comm, lambda i: arr, window, iters, warmup
+            )
         samples = measure(contestants, plan.reps, comm)
         # MB/s with MB = 10**6 bytes, as osu_bw reports.
         rate = {k: [size * window * iters / t / 1e6 for t in v] for k, v in samples.items()}
         conveyor_name = 'm.send(1, "sink", arr) window + ack request'
-        report.add("bw", format_size(size), size, "MB/s", rate["raw"], rate["conveyor"],
-                   baseline_name="mpi4py Isend window + ack", conveyor_name=conveyor_name,
-                   targeted=size >= BW_TARGET_MIN_SIZE)
+        report.add(
+            "bw",
+            format_size(size),
+            size,
+            "MB/s",
+            rate["raw"],
+            rate["conveyor"],
+            baseline_name="mpi4py Isend window + ack",
+            conveyor_name=conveyor_name,
+            targeted=size >= BW_TARGET_MIN_SIZE,
+        )
         if size == pickle_size:
-            report.add("bw-vs-pickle", format_size(size), size, "MB/s", rate["pickle"],
-                       rate["conveyor"], baseline_name="mpi4py pickle send/recv window + ack",
-                       conveyor_name=conveyor_name, targeted=size == PICKLE_SIZE)
+            report.add(
+                "bw-vs-pickle",
+                format_size(size),
+                size,
+                "MB/s",
+                rate["pickle"],
+                rate["conveyor"],
+                baseline_name="mpi4py pickle send/recv window + ack",
+                conveyor_name=conveyor_name,
+                targeted=size == PICKLE_SIZE,
+            )
 
 
 def bench_rate(peer, comm, report, plan):
@@ -481,11 +533,17 @@ def bench_rate(peer, comm, report, plan):
 
         return run_cv_windows(peer, send_window, window, iters, warmup)
 
-    windows = {"isend": RATE_WINDOW, "pickle": RATE_STREAM, "conveyor": RATE_STREAM,
-               "conveyor-w64": RATE_WINDOW}
+    windows = {
+        "isend": RATE_WINDOW,
+        "pickle": RATE_STREAM,
+        "conveyor": RATE_STREAM,
+        "conveyor-w64": RATE_WINDOW,
+    }
     isend = np.zeros(1, dtype=np.uint64)
     contestants = {
-        "isend": contestant(RATE_WINDOW, lambda w, n, u: run_raw_isend_windows(comm, isend, w, n, u)),
+        "isend": contestant(
+            RATE_WINDOW, lambda w, n, u: run_raw_isend_windows(comm, isend, w, n, u)
+        ),
         "pickle": contestant(RATE_STREAM, lambda w, n, u: run_pickle_windows(comm, int, w, n, u)),
         "conveyor": contestant(RATE_STREAM, conveyor_windows),
         "conveyor-w64": contestant(RATE_WINDOW, conveyor_windows),
@@ -497,16 +555,39 @@ def bench_rate(peer, comm, report, plan):
         sent = window * max(2, messages // window)
         rate[name] = [sent / t for t in times]
     stream = f's = m.sender("rate"); s.send(1, i), {RATE_STREAM} per ack request'
-    report.add("rate", "8 B int", 8, "msgs/s", rate["isend"], rate["conveyor"],
-               baseline_name=f"mpi4py Isend (8 B numpy), windows of {RATE_WINDOW} + ack",
-               conveyor_name=stream, payload="int")
-    report.add("rate-vs-pickle", "8 B int", 8, "msgs/s", rate["pickle"], rate["conveyor"],
-               baseline_name=f"mpi4py pickle comm.send, {RATE_STREAM} per ack", conveyor_name=stream,
-               payload="int")
-    report.add("rate-w64", "8 B int", 8, "msgs/s", rate["isend"], rate["conveyor-w64"],
-               baseline_name=f"mpi4py Isend (8 B numpy), windows of {RATE_WINDOW} + ack",
-               conveyor_name=f"s.send(1, i), {RATE_WINDOW} per ack request (osu_mbw_mr's window)",
-               payload="int")
+    report.add(
+        "rate",
+        "8 B int",
+        8,
+        "msgs/s",
+        rate["isend"],
+        rate["conveyor"],
+        baseline_name=f"mpi4py Isend (8 B numpy), windows of {RATE_WINDOW} + ack",
+        conveyor_name=stream,
+        payload="int",
+    )
+    report.add(
+        "rate-vs-pickle",
+        "8 B int",
+        8,
+        "msgs/s",
+        rate["pickle"],
+        rate["conveyor"],
+        baseline_name=f"mpi4py pickle comm.send, {RATE_STREAM} per ack",
+        conveyor_name=stream,
+        payload="int",
+    )
+    report.add(
+        "rate-w64",
+        "8 B int",
+        8,
+        "msgs/s",
+        rate["isend"],
+        rate["conveyor-w64"],
+        baseline_name=f"mpi4py Isend (8 B numpy), windows of {RATE_WINDOW} + ack",
+        conveyor_name=f"s.send(1, i), {RATE_WINDOW} per ack request (osu_mbw_mr's window)",
+        payload="int",
+    )
 
 
 def bench_batch(peer, comm, report, plan):
@@ -528,9 +609,16 @@ def bench_batch(peer, comm, report, plan):
         }
         samples = measure(contestants, plan.reps, comm)
         rate = {k: [n * window * iters / t for t in v] for k, v in samples.items()}
-        report.add("batch", f"{format_count(n)} items", 8 * n, "items/s", rate["raw"],
-                   rate["conveyor"], baseline_name="mpi4py Send of the 8·n-byte array window + ack",
-                   conveyor_name='s.send_many(dests, items) window + ack request')
+        report.add(
+            "batch",
+            f"{format_count(n)} items",
+            8 * n,
+            "items/s",
+            rate["raw"],
+            rate["conveyor"],
+            baseline_name="mpi4py Send of the 8·n-byte array window + ack",
+            conveyor_name="s.send_many(dests, items) window + ack request",
+        )
 
 
 def bench_agg_latency(aggregated, plain, comm, report, plan):
@@ -542,9 +630,17 @@ def bench_agg_latency(aggregated, plain, comm, report, plan):
     }
     samples = measure(contestants, plan.reps, comm)
     one_way = {k: [t / iters / 2 * 1e6 for t in v] for k, v in samples.items()}
-    report.add("agg-latency", "8 B int", 8, "µs", one_way["plain"], one_way["aggregated"],
-               baseline_name="oneway, Messenger(aggregate=False)",
-               conveyor_name="oneway, Messenger() with aggregation on", payload="int")
+    report.add(
+        "agg-latency",
+        "8 B int",
+        8,
+        "µs",
+        one_way["plain"],
+        one_way["aggregated"],
+        baseline_name="oneway, Messenger(aggregate=False)",
+        conveyor_name="oneway, Messenger() with aggregation on",
+        payload="int",
+    )
 
 
 def run(plan, which, comm, report):
@@ -581,8 +677,9 @@ def main(argv=None):
     int
         The exit status: 0, or 2 for bad options or a rank count other than 2.
     """
-    parser = argparse.ArgumentParser(prog="python -m conveyor._bench.osu",
-                                     description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m conveyor._bench.osu", description=__doc__.split("\n\n")[0]
+    )
     add_run_options(parser)
     args = parser.parse_args(argv)
     try:
@@ -593,8 +690,10 @@ def main(argv=None):
     comm = MPI.COMM_WORLD
     if comm.size != 2:
         if comm.rank == 0:
-            print(f"the benchmarks need exactly 2 ranks (mpiexec -n 2), not {comm.size}",
-                  file=sys.stderr)
+            print(
+                f"the benchmarks need exactly 2 ranks (mpiexec -n 2), not {comm.size}",
+                file=sys.stderr,
+            )
         return 2
 
     report = Report(enabled=comm.rank == 0)
@@ -606,8 +705,12 @@ def main(argv=None):
         report.legend()
         print(f"{plan.reps} repetitions each, medians; wall time {wall:.0f} s", flush=True)
         if args.json:
-            meta = run_metadata(plan=dataclasses.asdict(plan), which=args.which,
-                                wall_seconds=wall, messenger_stats_rank0=stats)
+            meta = run_metadata(
+                plan=dataclasses.asdict(plan),
+                which=args.which,
+                wall_seconds=wall,
+                messenger_stats_rank0=stats,
+            )
             with open(args.json, "w") as f:
                 json.dump({"meta": meta, "results": report.rows}, f, indent=1, ensure_ascii=False)
     return 0

@@ -37,11 +37,25 @@ class Plan:
         return sizes
 
 
-FULL = Plan(reps=9, latency_iters=20000, min_size=64 * KiB, max_size=256 * MiB,
-            bw_run_bytes=1024 * MiB, rate_windows=2000, batch_run_items=16_000_000)
+FULL = Plan(
+    reps=9,
+    latency_iters=20000,
+    min_size=64 * KiB,
+    max_size=256 * MiB,
+    bw_run_bytes=1024 * MiB,
+    rate_windows=2000,
+    batch_run_items=16_000_000,
+)
 # A smoke test of every contestant: a whole `conveyor bench --quick` takes seconds.
-QUICK = Plan(reps=3, latency_iters=500, min_size=64 * KiB, max_size=1 * MiB,
-             bw_run_bytes=16 * MiB, rate_windows=50, batch_run_items=1_000_000)
+QUICK = Plan(
+    reps=3,
+    latency_iters=500,
+    min_size=64 * KiB,
+    max_size=1 * MiB,
+    bw_run_bytes=16 * MiB,
+    rate_windows=50,
+    batch_run_items=1_000_000,
+)
 
 
 def parse_which(text):
@@ -59,24 +73,48 @@ def parse_which(text):
 
 def add_run_options(parser):
     """Add the options of a benchmark run (shared by ``conveyor bench`` and the ranks)."""
-    parser.add_argument("--which", type=parse_which, default=list(BENCHMARKS), metavar="LIST",
-                        help=f"comma-separated benchmarks to run (default: all of {','.join(BENCHMARKS)})")
-    parser.add_argument("--quick", action="store_true",
-                        help="few repetitions, iterations and sizes: checks that every "
-                             "contestant runs, in seconds (figures are not meaningful)")
-    parser.add_argument("--reps", type=positive_int, metavar="N",
-                        help=f"repetitions per measurement; medians are reported "
-                             f"(default {FULL.reps}, --quick {QUICK.reps})")
-    parser.add_argument("--iters", type=positive_int, metavar="N",
-                        help=f"timed ping-pongs per latency repetition "
-                             f"(default {FULL.latency_iters}, --quick {QUICK.latency_iters})")
-    parser.add_argument("--min-size", type=byte_size, metavar="SIZE",
-                        help="smallest bandwidth message (default 64K)")
-    parser.add_argument("--max-size", type=byte_size, metavar="SIZE",
-                        help="largest bandwidth message; sizes go up by 4x "
-                             "(default 256M, --quick 1M)")
-    parser.add_argument("--json", metavar="FILE",
-                        help="write metadata, medians and every sample to FILE")
+    parser.add_argument(
+        "--which",
+        type=parse_which,
+        default=list(BENCHMARKS),
+        metavar="LIST",
+        help=f"comma-separated benchmarks to run (default: all of {','.join(BENCHMARKS)})",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="few repetitions, iterations and sizes: checks that every "
+        "contestant runs, in seconds (figures are not meaningful)",
+    )
+    parser.add_argument(
+        "--reps",
+        type=positive_int,
+        metavar="N",
+        help=f"repetitions per measurement; medians are reported "
+        f"(default {FULL.reps}, --quick {QUICK.reps})",
+    )
+    parser.add_argument(
+        "--iters",
+        type=positive_int,
+        metavar="N",
+        help=f"timed ping-pongs per latency repetition "
+        f"(default {FULL.latency_iters}, --quick {QUICK.latency_iters})",
+    )
+    parser.add_argument(
+        "--min-size",
+        type=byte_size,
+        metavar="SIZE",
+        help="smallest bandwidth message (default 64K)",
+    )
+    parser.add_argument(
+        "--max-size",
+        type=byte_size,
+        metavar="SIZE",
+        help="largest bandwidth message; sizes go up by 4x (default 256M, --quick 1M)",
+    )
+    parser.add_argument(
+        "--json", metavar="FILE", help="write metadata, medians and every sample to FILE"
+    )
 
 
 def plan_from(args):
@@ -96,8 +134,10 @@ def plan_from(args):
     }
     plan = dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
     if plan.min_size > plan.max_size:
-        raise ValueError(f"--min-size ({format_size(plan.min_size)}) is larger than "
-                         f"--max-size ({format_size(plan.max_size)})")
+        raise ValueError(
+            f"--min-size ({format_size(plan.min_size)}) is larger than "
+            f"--max-size ({format_size(plan.max_size)})"
+        )
     return plan
 
 
@@ -106,8 +146,12 @@ def run_options_argv(args):
     argv = ["--which", ",".join(args.which)]
     if args.quick:
         argv.append("--quick")
-    for flag, value in (("--reps", args.reps), ("--iters", args.iters),
-                        ("--min-size", args.min_size), ("--max-size", args.max_size)):
+    for flag, value in (
+        ("--reps", args.reps),
+        ("--iters", args.iters),
+        ("--min-size", args.min_size),
+        ("--max-size", args.max_size),
+    ):
         if value is not None:
             argv += [flag, str(value)]
     return argv

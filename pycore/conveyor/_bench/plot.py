@@ -18,7 +18,9 @@ def require_matplotlib():
     try:
         import matplotlib  # noqa: F401
     except ImportError as exc:
-        raise MatplotlibMissing(f"plotting needs matplotlib, which is not installed ({INSTALL_HINT})") from exc
+        raise MatplotlibMissing(
+            f"plotting needs matplotlib, which is not installed ({INSTALL_HINT})"
+        ) from exc
 
 
 def plot_file(json_path, image_path):
@@ -47,8 +49,15 @@ def _bar_panel(ax, rows, title, unit):
     ax.bar([x + width / 2 for x in xs], conveyor, width, color=CONVEYOR_COLOR, label="conveyor")
     for x, row in zip(xs, rows):
         top = max(row["baseline_median"], row["conveyor_median"])
-        ax.annotate(f"{row['ratio']:.2f}×", (x, top), xytext=(0, 3), textcoords="offset points",
-                    ha="center", va="bottom", fontsize=8)
+        ax.annotate(
+            f"{row['ratio']:.2f}×",
+            (x, top),
+            xytext=(0, 3),
+            textcoords="offset points",
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
     ax.set_xticks(list(xs))
     ax.set_xticklabels([f"{row['label']}\nvs {_short_baseline(row)}" for row in rows], fontsize=8)
     ax.set_title(title, fontsize=10)
@@ -60,18 +69,45 @@ def _bar_panel(ax, rows, title, unit):
 def _bandwidth_panel(ax, rows, pickle_rows):
     """Bandwidth against message size, baseline and conveyor, ratios at the conveyor points."""
     sizes = [row["size_bytes"] for row in rows]
-    ax.plot(sizes, [row["baseline_median"] for row in rows], "o-", color=BASELINE_COLOR,
-            label="mpi4py Isend")
-    ax.plot(sizes, [row["conveyor_median"] for row in rows], "o-", color=CONVEYOR_COLOR,
-            label="conveyor send")
+    ax.plot(
+        sizes,
+        [row["baseline_median"] for row in rows],
+        "o-",
+        color=BASELINE_COLOR,
+        label="mpi4py Isend",
+    )
+    ax.plot(
+        sizes,
+        [row["conveyor_median"] for row in rows],
+        "o-",
+        color=CONVEYOR_COLOR,
+        label="conveyor send",
+    )
     for row in rows:
-        ax.annotate(f"{row['ratio']:.2f}×", (row["size_bytes"], row["conveyor_median"]),
-                    xytext=(0, 5), textcoords="offset points", ha="center", fontsize=8)
+        ax.annotate(
+            f"{row['ratio']:.2f}×",
+            (row["size_bytes"], row["conveyor_median"]),
+            xytext=(0, 5),
+            textcoords="offset points",
+            ha="center",
+            fontsize=8,
+        )
     for row in pickle_rows:
-        ax.plot([row["size_bytes"]], [row["baseline_median"]], "x", color="tab:red",
-                label="mpi4py pickle send")
-        ax.annotate(f"conveyor: {row['ratio']:.1f}×", (row["size_bytes"], row["baseline_median"]),
-                    xytext=(-5, 5), textcoords="offset points", ha="right", fontsize=8)
+        ax.plot(
+            [row["size_bytes"]],
+            [row["baseline_median"]],
+            "x",
+            color="tab:red",
+            label="mpi4py pickle send",
+        )
+        ax.annotate(
+            f"conveyor: {row['ratio']:.1f}×",
+            (row["size_bytes"], row["baseline_median"]),
+            xytext=(-5, 5),
+            textcoords="offset points",
+            ha="right",
+            fontsize=8,
+        )
     ax.set_xscale("log", base=2)
     ax.margins(x=0.08)  # room for the ratios at both ends
     ax.set_xticks(sizes)
@@ -101,19 +137,34 @@ def plot_results(results, image_path):
 
     panels = []
     if rows_of("latency", "oneway", "agg-latency"):
-        panels.append(lambda ax: _bar_panel(
-            ax, [dict(row, label=f"{row['benchmark']}\n{row['label']}")
-                 for row in rows_of("latency", "oneway", "agg-latency")],
-            "Latency, one-way (lower is better)", "µs"))
+        panels.append(
+            lambda ax: _bar_panel(
+                ax,
+                [
+                    dict(row, label=f"{row['benchmark']}\n{row['label']}")
+                    for row in rows_of("latency", "oneway", "agg-latency")
+                ],
+                "Latency, one-way (lower is better)",
+                "µs",
+            )
+        )
     if rows_of("bw"):
         panels.append(lambda ax: _bandwidth_panel(ax, rows_of("bw"), rows_of("bw-vs-pickle")))
     if rows_of("rate", "rate-vs-pickle"):
-        panels.append(lambda ax: _bar_panel(
-            ax, rows_of("rate", "rate-vs-pickle"),
-            "Message rate, one 8 B message per send (osu_mbw_mr)", "messages/s"))
+        panels.append(
+            lambda ax: _bar_panel(
+                ax,
+                rows_of("rate", "rate-vs-pickle"),
+                "Message rate, one 8 B message per send (osu_mbw_mr)",
+                "messages/s",
+            )
+        )
     if rows_of("batch"):
-        panels.append(lambda ax: _bar_panel(
-            ax, rows_of("batch"), "Batches of uint64 items via send_many", "items/s"))
+        panels.append(
+            lambda ax: _bar_panel(
+                ax, rows_of("batch"), "Batches of uint64 items via send_many", "items/s"
+            )
+        )
     if not panels:
         raise ValueError("the results hold no benchmark to plot")
 
@@ -123,7 +174,7 @@ def plot_results(results, image_path):
     axes = list(fig.subplots(lines, columns, squeeze=False).flat)
     for draw, ax in zip(panels, axes):
         draw(ax)
-    for ax in axes[len(panels):]:  # the empty cell of an odd number of panels
+    for ax in axes[len(panels) :]:  # the empty cell of an odd number of panels
         ax.set_visible(False)
     fig.suptitle("conveyor vs mpi4py, medians; ratio = conveyor / baseline")
     fig.savefig(image_path, dpi=110)

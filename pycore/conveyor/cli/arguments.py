@@ -44,7 +44,8 @@ def byte_size(text):
         size = parse_bytes(text)
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"not a size: {text!r} (say 65536, 64K, 16M or 1G)") from None
+            f"not a size: {text!r} (say 65536, 64K, 16M or 1G)"
+        ) from None
     if size < 1:
         raise argparse.ArgumentTypeError("a size must be at least 1 byte")
     return size

@@ -37,8 +37,11 @@ def relay(proc):
         interrupts += 1
         if interrupts > 1:
             raise KeyboardInterrupt
-        print("\nconveyor shell: the command is still running; "
-              "Ctrl-C again ends the session", file=sys.stderr, flush=True)
+        print(
+            "\nconveyor shell: the command is still running; Ctrl-C again ends the session",
+            file=sys.stderr,
+            flush=True,
+        )
 
     mark = MARK.encode()
     previous = signal.signal(signal.SIGINT, interrupted)
@@ -48,7 +51,7 @@ def relay(proc):
             if not line:
                 return None
             if line.startswith(mark):
-                return line[len(mark):].decode("utf-8", "replace").strip()
+                return line[len(mark) :].decode("utf-8", "replace").strip()
             sys.stdout.buffer.write(line)
             sys.stdout.flush()
     finally:

@@ -86,7 +86,9 @@ def _bytes(token, size):
     try:
         return parse_bytes(token)
     except ValueError:
-        raise ShellError(f"{token!r} is not a number of bytes (such as 4096, 64k, 2G or none)") from None
+        raise ShellError(
+            f"{token!r} is not a number of bytes (such as 4096, 64k, 2G or none)"
+        ) from None
 
 
 def _command_name(token, size):
@@ -158,35 +160,56 @@ def _show(grammar):
 
 
 COMMANDS = [
-    Command("put", ("RANK", "NAME", "FILE"),
-            "store the array of a .npy file at RANK under NAME",
-            "Rank 0 reads FILE.npy (numpy's format; pickled object arrays are refused)\n"
-            "and sends the array to RANK, which stores it under NAME, replacing any item\n"
-            "of that name."),
-    Command("get", ("RANK", "NAME", ("FILE",)),
-            "show an item of RANK, or save it to a .npy file",
-            "Fetches the item to rank 0 and prints its dtype, shape, size and a preview;\n"
-            "with FILE.npy, saves it there instead."),
-    Command("copy", ("NAME", "from", "SRC", "to", "DESTS", ("as", "NEWNAME")),
-            "copy an item from rank SRC to other ranks",
-            "Orders SRC to send its item NAME to each DEST, which stores it under NAME\n"
-            "(or NEWNAME). The data goes from SRC to the destinations directly."),
-    Command("move", ("NAME", "from", "SRC", "to", "DESTS", ("as", "NEWNAME")),
-            "move an item from rank SRC to other ranks",
-            "Like copy, then SRC deletes its item once every destination holds it.\n"
-            "Moving an item to its own rank needs a NEWNAME (a rename)."),
+    Command(
+        "put",
+        ("RANK", "NAME", "FILE"),
+        "store the array of a .npy file at RANK under NAME",
+        "Rank 0 reads FILE.npy (numpy's format; pickled object arrays are refused)\n"
+        "and sends the array to RANK, which stores it under NAME, replacing any item\n"
+        "of that name.",
+    ),
+    Command(
+        "get",
+        ("RANK", "NAME", ("FILE",)),
+        "show an item of RANK, or save it to a .npy file",
+        "Fetches the item to rank 0 and prints its dtype, shape, size and a preview;\n"
+        "with FILE.npy, saves it there instead.",
+    ),
+    Command(
+        "copy",
+        ("NAME", "from", "SRC", "to", "DESTS", ("as", "NEWNAME")),
+        "copy an item from rank SRC to other ranks",
+        "Orders SRC to send its item NAME to each DEST, which stores it under NAME\n"
+        "(or NEWNAME). The data goes from SRC to the destinations directly.",
+    ),
+    Command(
+        "move",
+        ("NAME", "from", "SRC", "to", "DESTS", ("as", "NEWNAME")),
+        "move an item from rank SRC to other ranks",
+        "Like copy, then SRC deletes its item once every destination holds it.\n"
+        "Moving an item to its own rank needs a NEWNAME (a rename).",
+    ),
     Command("rm", ("RANK", "NAME"), "delete an item of RANK"),
-    Command("ls", (("WHERE",),), "list the items of one rank or all (default: all)",
-            "Shows each item's name, dtype, shape and bytes, and each rank's total."),
+    Command(
+        "ls",
+        (("WHERE",),),
+        "list the items of one rank or all (default: all)",
+        "Shows each item's name, dtype, shape and bytes, and each rank's total.",
+    ),
     Command("stats", (("WHERE",),), "show the message counters of one rank or all (default: all)"),
-    Command("capacity", ("RANK", ("BYTES",)), "show or set the store capacity of RANK",
-            "BYTES is a number with an optional k, M, G or T suffix (powers of 1024),\n"
-            "or none for no limit. An item that would exceed it is refused."),
+    Command(
+        "capacity",
+        ("RANK", ("BYTES",)),
+        "show or set the store capacity of RANK",
+        "BYTES is a number with an optional k, M, G or T suffix (powers of 1024),\n"
+        "or none for no limit. An item that would exceed it is refused.",
+    ),
     Command("ranks", (), "list the ranks: host, process id, items and bytes"),
     Command("echo", (("TEXT",),), "print TEXT"),
     Command("help", (("COMMAND",),), "list the commands, or explain one"),
-    Command("quit", (), "end the session on every rank (also: exit, end of input)",
-            aliases=("exit",)),
+    Command(
+        "quit", (), "end the session on every rank (also: exit, end of input)", aliases=("exit",)
+    ),
 ]
 
 # Every name a command answers to, aliases included.

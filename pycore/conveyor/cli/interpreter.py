@@ -53,8 +53,10 @@ def _columns(rows, indent="", right=()):
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = []
     for row in rows:
-        cells = [cell.rjust(w) if i in right else cell.ljust(w)
-                 for i, (cell, w) in enumerate(zip(row, widths))]
+        cells = [
+            cell.rjust(w) if i in right else cell.ljust(w)
+            for i, (cell, w) in enumerate(zip(row, widths))
+        ]
         lines.append((indent + "  ".join(cells)).rstrip())
     return lines
 
@@ -171,8 +173,10 @@ class Shell:
         except (ValueError, EOFError) as exc:
             raise ShellError(f"cannot load {path!r}: {exc}") from None
         nbytes = self._wait(self.m.request(rank, TAG_PUT, (name, array)), rank)
-        self.say(f"put {_q(name)} at rank {rank}: {array.dtype} {_shape_text(array.shape)}, "
-                 f"{nbytes} bytes")
+        self.say(
+            f"put {_q(name)} at rank {rank}: {array.dtype} {_shape_text(array.shape)}, "
+            f"{nbytes} bytes"
+        )
 
     def _do_get(self, args):
         import numpy as np
@@ -183,8 +187,9 @@ class Shell:
         summary = f"{kind} {_shape_text(shape)}, {item_bytes(item)} bytes"
         if "file" in args:
             if shape is None:
-                raise ShellError(f"{name} at rank {rank} is a {kind}, not an array: "
-                                 "only arrays can be saved")
+                raise ShellError(
+                    f"{name} at rank {rank} is a {kind}, not an array: only arrays can be saved"
+                )
             path = args["file"]
             if not path.endswith(".npy"):
                 path += ".npy"  # what np.save does
@@ -196,8 +201,9 @@ class Shell:
             return
         self.say(f"{_q(name)} at rank {rank}: {summary}")
         if shape is not None:
-            self.say(np.array2string(np.asarray(item), threshold=10, edgeitems=3,
-                                     max_line_width=78))
+            self.say(
+                np.array2string(np.asarray(item), threshold=10, edgeitems=3, max_line_width=78)
+            )
         else:
             text = repr(item)
             self.say(text if len(text) <= 200 else text[:197] + "...")
@@ -206,15 +212,17 @@ class Shell:
         name, src, dests = args["name"], args["src"], args["dests"]
         new = args.get("newname", name)
         if move and src in dests and new == name:
-            raise ShellError(f"{name} is already at rank {src}: moving it there needs "
-                             "'as NEWNAME' (a rename)")
+            raise ShellError(
+                f"{name} is already at rank {src}: moving it there needs 'as NEWNAME' (a rename)"
+            )
         kind = cv.Move if move else cv.Copy
-        answer = self._wait(self.m.order(src, kind(name, to=dests, as_name=new)), src,
-                            missing=name)
+        answer = self._wait(self.m.order(src, kind(name, to=dests, as_name=new)), src, missing=name)
         renamed = f" as {_q(new)}" if new != name else ""
         verb = "moved" if move else "copied"
-        self.say(f"{verb} {_q(name)} from rank {src} to {_ranks_text(dests)}{renamed} "
-                 f"({answer['bytes']} bytes)")
+        self.say(
+            f"{verb} {_q(name)} from rank {src} to {_ranks_text(dests)}{renamed} "
+            f"({answer['bytes']} bytes)"
+        )
 
     def _do_copy(self, args):
         self._transfer(args, move=False)
@@ -238,8 +246,10 @@ class Shell:
             if listing["capacity"] is not None:
                 head += f" (capacity {listing['capacity']} bytes)"
             self.say(f"rank {rank}: {head}")
-            rows = [[_q(name), kind, _shape_text(shape), f"{nbytes} bytes"]
-                    for name, kind, shape, nbytes in items]
+            rows = [
+                [_q(name), kind, _shape_text(shape), f"{nbytes} bytes"]
+                for name, kind, shape, nbytes in items
+            ]
             for line in _columns(rows, indent="  ", right={3}) if rows else ():
                 self.say(line)
 
@@ -266,8 +276,15 @@ class Shell:
         self.say(_plural(self.m.size, "rank"))
         rows = []
         for rank, info in zip(ranks, self._ask(ranks, TAG_INFO)):
-            rows.append([f"rank {rank}", f"host {info['host']}", f"pid {info['pid']}",
-                         _plural(info["items"], "item"), f"{info['nbytes']} bytes"])
+            rows.append(
+                [
+                    f"rank {rank}",
+                    f"host {info['host']}",
+                    f"pid {info['pid']}",
+                    _plural(info["items"], "item"),
+                    f"{info['nbytes']} bytes",
+                ]
+            )
         for line in _columns(rows, indent="  "):
             self.say(line)
 
@@ -289,8 +306,10 @@ class Shell:
         width = max(len(command.name) for command in COMMANDS)
         for command in COMMANDS:
             self.say(f"  {command.name.ljust(width)}  {command.summary}")
-        self.say(f"RANK is 0..{self.m.size - 1}. Quote names with spaces (\"a b\"). "
-                 "A word starting with # begins a comment.")
+        self.say(
+            f'RANK is 0..{self.m.size - 1}. Quote names with spaces ("a b"). '
+            "A word starting with # begins a comment."
+        )
 
     def _do_quit(self, args):
         self.finished = True
@@ -373,7 +392,7 @@ def _remote_text(exc, missing=None):
     rank, message = exc.rank, exc.remote_message
     passed = re.match(r"rank ([0-9]+): ", message)
     if passed:  # an error another rank passed on: name the rank it happened on
-        rank, message = int(passed.group(1)), message[passed.end():]
+        rank, message = int(passed.group(1)), message[passed.end() :]
     if exc.remote_type == "KeyError":
         if missing is not None:
             return f"rank {rank} has no item {missing!r}"

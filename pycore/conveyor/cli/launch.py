@@ -33,8 +33,10 @@ INTERRUPTED = 130
 # PMI launchers, Open MPI, PMIx): read without initialising MPI.
 RANK_VARIABLES = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK")
 
-MPIEXEC_HELP = ("the mpiexec to use (default: $CONVEYOR_MPIEXEC, else the one next to this "
-                "Python, else the one on PATH)")
+MPIEXEC_HELP = (
+    "the mpiexec to use (default: $CONVEYOR_MPIEXEC, else the one next to this "
+    "Python, else the one on PATH)"
+)
 
 
 def rank_from_environment():
@@ -71,8 +73,7 @@ def find_mpiexec(explicit=None):
     chosen = explicit if explicit is not None else os.environ.get("CONVEYOR_MPIEXEC")
     if chosen:
         return shutil.which(chosen)
-    return (shutil.which("mpiexec", path=os.path.dirname(sys.executable))
-            or shutil.which("mpiexec"))
+    return shutil.which("mpiexec", path=os.path.dirname(sys.executable)) or shutil.which("mpiexec")
 
 
 def require_mpiexec(parser, explicit):
@@ -82,10 +83,13 @@ def require_mpiexec(parser, explicit):
         if explicit is not None:
             parser.error(f"argument --mpiexec: {explicit!r} is not an executable")
         if os.environ.get("CONVEYOR_MPIEXEC"):
-            parser.error(f"CONVEYOR_MPIEXEC={os.environ['CONVEYOR_MPIEXEC']!r} "
-                         "is not an executable")
-        parser.error("no mpiexec found: install the mpich wheel (pip install mpich), "
-                     "set CONVEYOR_MPIEXEC or pass --mpiexec")
+            parser.error(
+                f"CONVEYOR_MPIEXEC={os.environ['CONVEYOR_MPIEXEC']!r} is not an executable"
+            )
+        parser.error(
+            "no mpiexec found: install the mpich wheel (pip install mpich), "
+            "set CONVEYOR_MPIEXEC or pass --mpiexec"
+        )
     return mpiexec
 
 

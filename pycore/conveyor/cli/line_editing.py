@@ -41,7 +41,7 @@ def enable_line_editing():
     names = sorted(BY_NAME)
 
     def complete(text, state):
-        before = readline.get_line_buffer()[:readline.get_begidx()].split()
+        before = readline.get_line_buffer()[: readline.get_begidx()].split()
         if before and before != ["help"]:
             return None  # a command name is the first word, or help's argument
         matches = [name + " " for name in names if name.startswith(text.lower())]

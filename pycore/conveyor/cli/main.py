@@ -34,8 +34,9 @@ def build_parser():
         prog="conveyor", description="Message-driven programs over MPI: command-line tools."
     )
     parser.add_argument("--version", action="version", version=f"conveyor {__version__}")
-    commands = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND",
-                                     required=True)
+    commands = parser.add_subparsers(
+        title="commands", dest="command", metavar="COMMAND", required=True
+    )
     # Each subcommand reports its usage errors under its own name.
     run_command = commands.add_parser(
         "run",
@@ -56,8 +57,10 @@ def build_parser():
     bench.add_arguments(bench_command)
     bench_command.set_defaults(run=functools.partial(bench.run, bench_command))
 
-    epilog = ("Under mpiexec every rank runs the command: rank 0 reads the commands, the "
-              "others serve. Type 'help' in the shell for the commands.")
+    epilog = (
+        "Under mpiexec every rank runs the command: rank 0 reads the commands, the "
+        "others serve. Type 'help' in the shell for the commands."
+    )
     shell_command = commands.add_parser(
         "shell",
         help="an interactive command interpreter over the ranks' item stores",

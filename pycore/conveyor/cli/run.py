@@ -26,17 +26,35 @@ __all__ = ["add_arguments", "run"]
 
 def add_arguments(parser):
     """Add the options and arguments of ``conveyor run`` to `parser`."""
-    parser.add_argument("-n", "--np", type=positive_int, required=True, metavar="N",
-                        dest="nranks", help="the number of ranks to start")
-    parser.add_argument("--timeout", type=seconds, default=0, metavar="SECONDS",
-                        help="kill every rank if the job takes longer; exit status 124 "
-                             "(default 0: no limit)")
-    parser.add_argument("--prefix", action="store_true",
-                        help="prefix each line a rank prints with its rank: [1] ...")
+    parser.add_argument(
+        "-n",
+        "--np",
+        type=positive_int,
+        required=True,
+        metavar="N",
+        dest="nranks",
+        help="the number of ranks to start",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=seconds,
+        default=0,
+        metavar="SECONDS",
+        help="kill every rank if the job takes longer; exit status 124 (default 0: no limit)",
+    )
+    parser.add_argument(
+        "--prefix",
+        action="store_true",
+        help="prefix each line a rank prints with its rank: [1] ...",
+    )
     parser.add_argument("--mpiexec", metavar="PATH", help=MPIEXEC_HELP)
     parser.add_argument("script", metavar="SCRIPT", help="the Python file every rank runs")
-    parser.add_argument("args", nargs=argparse.REMAINDER, metavar="ARG",
-                        help="arguments passed to the script (sys.argv[1:])")
+    parser.add_argument(
+        "args",
+        nargs=argparse.REMAINDER,
+        metavar="ARG",
+        help="arguments passed to the script (sys.argv[1:])",
+    )
 
 
 def run(parser, args):
@@ -50,14 +68,26 @@ def run(parser, args):
         `INTERRUPTED` (130) after Ctrl-C.
     """
     if inside_mpi_job():
-        parser.error("this process is already a rank started by mpiexec: "
-                     "run the script with python, or leave mpiexec out")
+        parser.error(
+            "this process is already a rank started by mpiexec: "
+            "run the script with python, or leave mpiexec out"
+        )
     if not os.path.isfile(args.script):
         parser.error(f"argument SCRIPT: no such file: {args.script!r}")
     mpiexec = require_mpiexec(parser, args.mpiexec)
     with tempfile.TemporaryDirectory(prefix="conveyor-run-") as status_dir:
-        cmd = [mpiexec, "-n", str(args.nranks), sys.executable, "-m", "conveyor.cli.script_rank",
-               status_dir, *["--prefix"] * args.prefix, args.script, *args.args]
+        cmd = [
+            mpiexec,
+            "-n",
+            str(args.nranks),
+            sys.executable,
+            "-m",
+            "conveyor.cli.script_rank",
+            status_dir,
+            *["--prefix"] * args.prefix,
+            args.script,
+            *args.args,
+        ]
         status = run_in_group(cmd, args.timeout)
         statuses = {}
         for name in os.listdir(status_dir):

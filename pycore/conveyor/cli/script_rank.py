@@ -32,7 +32,9 @@ def prefix_output(prefix):
             os.closerange(0, keep[0])
             for low, high in zip(keep, keep[1:] + [os.sysconf("SC_OPEN_MAX")]):
                 os.closerange(low + 1, high)
-            _copy_prefixed(prefix.encode(), {read: target for target, (read, write) in pipes.items()})
+            _copy_prefixed(
+                prefix.encode(), {read: target for target, (read, write) in pipes.items()}
+            )
         finally:
             os._exit(0)
     for target, (read, write) in pipes.items():
@@ -58,7 +60,7 @@ def _copy_prefixed(prefix, routes):
                     text += prefix + rest
             view = memoryview(text)
             while view:
-                view = view[os.write(routes[fd], view):]
+                view = view[os.write(routes[fd], view) :]
 
 
 def run_script(path, args, finished):

@@ -41,9 +41,13 @@ class Service:
         self.m = messenger
         self.done = False
         for tag, handler in [
-            (TAG_PUT, self._put), (TAG_RM, self._rm), (TAG_LS, self._ls),
-            (TAG_STATS, self._stats), (TAG_INFO, self._info),
-            (TAG_CAPACITY, self._capacity), (TAG_QUIT, self._quit),
+            (TAG_PUT, self._put),
+            (TAG_RM, self._rm),
+            (TAG_LS, self._ls),
+            (TAG_STATS, self._stats),
+            (TAG_INFO, self._info),
+            (TAG_CAPACITY, self._capacity),
+            (TAG_QUIT, self._quit),
         ]:
             messenger.on(tag)(handler)
 
@@ -80,8 +84,13 @@ class Service:
 
     def _info(self, msg):
         store = self.m.store
-        return {"host": socket.gethostname(), "pid": os.getpid(), "items": len(store),
-                "nbytes": store.nbytes, "capacity": store.capacity}
+        return {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "items": len(store),
+            "nbytes": store.nbytes,
+            "capacity": store.capacity,
+        }
 
     def _capacity(self, msg):
         if msg.payload != "get":

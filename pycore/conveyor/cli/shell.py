@@ -34,21 +34,36 @@ __all__ = ["add_arguments", "run", "run_rank"]
 def add_arguments(parser, script):
     """Add the options of ``conveyor shell`` (`script` False) or ``conveyor script``."""
     if script:
-        parser.add_argument("file", metavar="FILE",
-                            help="the script to run ('-': standard input)")
-    parser.add_argument("-n", "--np", type=positive_int, metavar="N", dest="nranks",
-                        help="start N ranks under mpiexec (default: run as the rank "
-                             "that mpiexec started, or as a job of one rank)")
-    parser.add_argument("--mpiexec", metavar="PATH",
-                        help="with -n: " + MPIEXEC_HELP)
-    parser.add_argument("--timeout", type=seconds, default=DEFAULT_TIMEOUT, metavar="SECONDS",
-                        help="how long a command waits for a rank's answer "
-                             f"(default {DEFAULT_TIMEOUT:g}; 0: no limit)")
+        parser.add_argument("file", metavar="FILE", help="the script to run ('-': standard input)")
+    parser.add_argument(
+        "-n",
+        "--np",
+        type=positive_int,
+        metavar="N",
+        dest="nranks",
+        help="start N ranks under mpiexec (default: run as the rank "
+        "that mpiexec started, or as a job of one rank)",
+    )
+    parser.add_argument("--mpiexec", metavar="PATH", help="with -n: " + MPIEXEC_HELP)
+    parser.add_argument(
+        "--timeout",
+        type=seconds,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help="how long a command waits for a rank's answer "
+        f"(default {DEFAULT_TIMEOUT:g}; 0: no limit)",
+    )
     if script:
-        parser.add_argument("--stop-on-error", action="store_true",
-                            help="stop at the first command that fails (default: go on)")
-        parser.add_argument("--echo", action="store_true",
-                            help="print each command, after the prompt, before running it")
+        parser.add_argument(
+            "--stop-on-error",
+            action="store_true",
+            help="stop at the first command that fails (default: go on)",
+        )
+        parser.add_argument(
+            "--echo",
+            action="store_true",
+            help="print each command, after the prompt, before running it",
+        )
     else:
         # Rank 0 of `conveyor shell -n N`: stdin and stdout belong to the front end.
         parser.add_argument("--frontend", action="store_true", help=argparse.SUPPRESS)
@@ -65,8 +80,10 @@ def run(parser, args, script):
     """
     if args.nranks is not None:
         if inside_mpi_job():
-            parser.error("argument -n: this process is already a rank started by mpiexec; "
-                         "leave -n out (or run without mpiexec)")
+            parser.error(
+                "argument -n: this process is already a rank started by mpiexec; "
+                "leave -n out (or run without mpiexec)"
+            )
         return launch(parser, args, script)
     if args.mpiexec is not None:
         parser.error("argument --mpiexec: only with -n N")
@@ -98,12 +115,16 @@ def run_rank(args, script):
                         lines, source = f.readlines(), args.file
             except (OSError, UnicodeDecodeError) as exc:
                 reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-                print(f"error: cannot read the script {args.file!r}: {reason}",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"error: cannot read the script {args.file!r}: {reason}",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 return 2
             try:
-                return shell.run_script(lines, source, echo=args.echo,
-                                        stop_on_error=args.stop_on_error)
+                return shell.run_script(
+                    lines, source, echo=args.echo, stop_on_error=args.stop_on_error
+                )
             except KeyboardInterrupt:
                 shell.error("interrupted: the script stopped")
                 return INTERRUPTED
@@ -139,8 +160,9 @@ def launch(parser, args, script):
                 return proc.wait()
             except KeyboardInterrupt:
                 pass  # mpiexec passes it to the ranks: rank 0 stops the script
-    proc = start_in_group(cmd + ["shell", "--frontend", *options], stdin=subprocess.PIPE,
-                          stdout=subprocess.PIPE)
+    proc = start_in_group(
+        cmd + ["shell", "--frontend", *options], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
     try:
         return front_end(proc)
     except KeyboardInterrupt:
