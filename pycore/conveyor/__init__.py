@@ -31,7 +31,7 @@ from ._messenger import Message, Messenger, Receiver, Sender
 from ._store import Copy, Move, Store, Transfer
 from ._table import Table
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = [
     "Address",
