@@ -61,7 +61,7 @@ def add_arguments(parser):
     osu.add_run_options(parser)
     parser.add_argument("--plot", metavar="FILE.png",
                         help="draw latencies, bandwidth curves and message rates to FILE.png "
-                             "(needs matplotlib: pip install 'conveyor[plot]')")
+                             "(needs matplotlib: pip install 'conveyor-mpi[plot]')")
     parser.add_argument("--mpiexec", metavar="PATH",
                         help="the mpiexec to use (default: the one next to this Python, "
                              "then $CONVEYOR_MPIEXEC, then PATH)")
