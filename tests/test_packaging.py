@@ -3,8 +3,8 @@
 One `make dist` per session. Its sdist and its wheel each go into a fresh venv
 and run a 2-rank program there; the wheel's venv has no compiler on PATH. The
 dependencies and build requirements come from a wheelhouse of the versions
-installed here (pip's cache serves them after the first run), so nothing else
-changes between this venv and those.
+installed here, so those venvs differ from this one by conveyor alone (pip's
+cache serves the wheelhouse after the first download).
 """
 
 import io
