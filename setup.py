@@ -1,11 +1,11 @@
 """Build the native core of conveyor against the MPI that mpi4py uses.
 
 MPI is found the way mpi4py finds it: the ``MPICC`` environment variable,
-else ``mpicc`` on ``PATH``. With neither, the ``mpich`` wheel from PyPI is
-added to the build requirements (and to the run-time ones), so that a plain
-``pip install .`` works on a machine without a system MPI.
+else ``mpicc`` next to the interpreter or on ``PATH`` (``pip install mpich``
+puts one there). The metadata is static, in pyproject.toml.
 """
 
+import glob
 import os
 import shlex
 import shutil
@@ -26,23 +26,6 @@ def find_mpicc():
         if found:
             return found
     return None
-
-
-def is_mpich_wheel(mpicc):
-    """Return True if `mpicc` is the one the ``mpich`` wheel installed."""
-    from importlib import metadata
-
-    try:
-        dist = metadata.distribution("mpich")
-    except metadata.PackageNotFoundError:
-        return False
-    wrapper = shutil.which(mpicc) or mpicc
-    for entry in dist.files or ():
-        if entry.name == "mpicc":
-            path = str(dist.locate_file(entry))
-            if os.path.exists(path) and os.path.samefile(path, wrapper):
-                return True
-    return False
 
 
 def mpi_flags(mpicc):
@@ -67,9 +50,32 @@ def mpi_flags(mpicc):
             flags["library_dirs"].append(word[2:])
         elif word.startswith("-l"):
             flags["libraries"].append(word[2:])
-        elif word.startswith("-Wl,") or word == "-pthread":
+        elif word == "-pthread":
             flags["extra_link_args"].append(word)
+    flags["extra_link_args"] += linker_options(words)
     return flags
+
+
+def linker_options(words):
+    """The wrapper's ``-Wl,`` options, less those that set a run path.
+
+    No run path: the extension finds libmpi because mpi4py has already loaded
+    it (see conveyor/_native.py), and a wheel must not point into the build
+    machine's directories.
+    """
+    options = [
+        option for word in words if word.startswith("-Wl,") for option in word[4:].split(",")
+    ]
+    kept = []
+    value_follows = False
+    for option in options:
+        if value_follows:
+            value_follows = False
+        elif option in ("-rpath", "-R"):
+            value_follows = True
+        elif not option.startswith(("-rpath=", "--enable-new-dtags", "--disable-new-dtags")):
+            kept.append(option)
+    return ["-Wl," + ",".join(kept)] if kept else []
 
 
 class BuildMPIExtensions(build_ext):
@@ -93,6 +99,9 @@ def extensions():
     from setuptools import Extension
 
     cxxflags = ["-O3", "-fvisibility=hidden", "-pthread"]
+    # setuptools rebuilds an extension only when a source or one of its depends
+    # is newer than it: without the headers and this script (its flags), an
+    # edit of either left a stale extension in build/ for `pip install .`.
     core = Pybind11Extension(
         "conveyor._core",
         sources=[
@@ -106,6 +115,7 @@ def extensions():
             "csrc/conveyor/route.cpp",
         ],
         include_dirs=["csrc"],
+        depends=sorted(glob.glob("csrc/**/*.hpp", recursive=True)) + ["setup.py"],
         cxx_std=17,
         extra_compile_args=cxxflags,
         extra_link_args=["-pthread"],  # the engine's background thread
@@ -115,21 +125,14 @@ def extensions():
         sources=["pycore/conveyor/_mpi.pyx"],
         include_dirs=[mpi4py.get_include()],
         language="c++",
+        depends=["setup.py"],
         extra_compile_args=["-O2"],
     )
     # The generated C++ goes to build/, not into the package it would ship with.
     return [core] + cythonize([bridge], language_level=3, quiet=True, build_dir="build/cython")
 
 
-mpicc = find_mpicc()
-# Built against the mpich wheel (found, or about to be fetched into an isolated
-# build environment), the package needs that wheel at run time too.
-uses_mpich_wheel = mpicc is None or is_mpich_wheel(mpicc)
 setup(
     ext_modules=extensions(),
     cmdclass={"build_ext": BuildMPIExtensions},
-    # setuptools' PEP 517 backend turns setup_requires into build requirements.
-    setup_requires=["mpich"] if mpicc is None else [],
-    install_requires=["numpy>=1.22", "mpi4py>=4.0", "cloudpickle>=2"]
-    + (["mpich"] if uses_mpich_wheel else []),
 )

@@ -144,7 +144,7 @@ def test_plot_without_matplotlib_is_a_usage_error(tmp_path, monkeypatch, capsys)
         main(["bench", "--quick", "--plot", str(tmp_path / "bench.png")])
     assert exit.value.code == 2
     err = capsys.readouterr().err
-    assert "--plot" in err and "matplotlib" in err and "pip install 'conveyor[plot]'" in err
+    assert "--plot" in err and "matplotlib" in err and "pip install 'conveyor-mpi[plot]'" in err
     assert not (tmp_path / "bench.png").exists()
 
 

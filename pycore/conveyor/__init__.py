@@ -12,7 +12,7 @@
 import importlib
 import typing
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 # Where each public name lives. Importing a module that reaches the native
 # core imports mpi4py.MPI, which initialises MPI; the names are therefore

@@ -34,7 +34,7 @@ def add_arguments(parser):
         "--plot",
         metavar="FILE.png",
         help="draw latencies, bandwidth curves and message rates to FILE.png "
-        "(needs matplotlib: pip install 'conveyor[plot]')",
+        "(needs matplotlib: pip install 'conveyor-mpi[plot]')",
     )
     parser.add_argument("--mpiexec", metavar="PATH", help=MPIEXEC_HELP)
     parser.add_argument(

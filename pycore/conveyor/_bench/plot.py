@@ -3,7 +3,7 @@
 import json
 import math
 
-INSTALL_HINT = "pip install 'conveyor[plot]'"
+INSTALL_HINT = "pip install 'conveyor-mpi[plot]'"
 
 BASELINE_COLOR = "tab:gray"
 CONVEYOR_COLOR = "tab:blue"
