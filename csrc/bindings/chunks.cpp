@@ -11,8 +11,8 @@
 #include <vector>
 
 #include "bindings/codec.hpp"
-#include "conveyor/align.hpp"
-#include "conveyor/chunks.hpp"
+#include "conveyor/chunks/align.hpp"
+#include "conveyor/chunks/chunks.hpp"
 
 namespace py = pybind11;
 

@@ -14,8 +14,8 @@
 #include <utility>
 #include <vector>
 
-#include "conveyor/engine.hpp"
-#include "conveyor/wire.hpp"
+#include "conveyor/engine/engine.hpp"
+#include "conveyor/wire/wire.hpp"
 
 namespace conveyor::py_codec {
 

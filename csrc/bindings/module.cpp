@@ -20,8 +20,8 @@
 #include "bindings/chunks.hpp"
 #include "bindings/codec.hpp"
 #include "bindings/message.hpp"
-#include "conveyor/engine.hpp"
-#include "conveyor/route.hpp"
+#include "conveyor/engine/engine.hpp"
+#include "conveyor/routing/route.hpp"
 
 namespace py = pybind11;
 using namespace conveyor;

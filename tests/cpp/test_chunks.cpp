@@ -1,5 +1,5 @@
-// Unit tests of the alignment kernel and the chunk table: pure C++, no MPI
-// calls (built with mpicxx only because engine.hpp includes mpi.h).
+// Unit tests of the alignment kernel and the chunk table: pure C++, built
+// without MPI (tests/test_cpp.py), which also proves the kernels need none.
 #include <cstdio>
 #include <functional>
 #include <memory>
@@ -8,9 +8,9 @@
 #include <vector>
 
 #include "check.hpp"
-#include "conveyor/align.hpp"
-#include "conveyor/chunks.hpp"
-#include "conveyor/engine.hpp"
+#include "conveyor/chunks/align.hpp"
+#include "conveyor/chunks/chunks.hpp"
+#include "conveyor/common/errors.hpp"
 
 using namespace conveyor;
 

@@ -10,9 +10,9 @@
 #include <vector>
 
 #include "check.hpp"
-#include "conveyor/engine.hpp"
-#include "conveyor/route.hpp"
-#include "conveyor/wire.hpp"
+#include "conveyor/engine/engine.hpp"
+#include "conveyor/routing/route.hpp"
+#include "conveyor/wire/wire.hpp"
 
 using namespace conveyor;
 

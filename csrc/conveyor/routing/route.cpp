@@ -1,11 +1,11 @@
-#include "conveyor/route.hpp"
+#include "conveyor/routing/route.hpp"
 
 #include <cstring>
 #include <string>
 #include <type_traits>
 #include <vector>
 
-#include "conveyor/engine.hpp"
+#include "conveyor/common/errors.hpp"
 
 namespace conveyor {
 

@@ -1,4 +1,4 @@
-#include "conveyor/chunks.hpp"
+#include "conveyor/chunks/chunks.hpp"
 
 #include <algorithm>
 #include <limits>

@@ -35,7 +35,8 @@
 #include <unordered_map>
 #include <vector>
 
-#include "conveyor/engine.hpp"
+#include "conveyor/common/errors.hpp"
+#include "conveyor/common/keep_alive.hpp"
 
 namespace conveyor {
 

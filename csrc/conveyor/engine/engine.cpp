@@ -1,4 +1,4 @@
-#include "conveyor/engine.hpp"
+#include "conveyor/engine/engine.hpp"
 
 #include <sched.h>
 #include <sys/mman.h>

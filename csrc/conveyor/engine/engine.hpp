@@ -29,30 +29,14 @@
 #include <thread>
 #include <vector>
 
-#include "conveyor/wire.hpp"
+#include "conveyor/common/errors.hpp"
+#include "conveyor/common/keep_alive.hpp"
+#include "conveyor/wire/wire.hpp"
 
 namespace conveyor {
 
 constexpr int kTagFrame = 1;
 constexpr int kTagData = 2;
-
-// An MPI call failed: carries MPI's own error string.
-class MPIError : public std::runtime_error {
-  public:
-    using std::runtime_error::runtime_error;
-};
-
-// A message larger than the frame limit, or another bad argument from the caller.
-class UsageError : public std::invalid_argument {
-  public:
-    using std::invalid_argument::invalid_argument;
-};
-
-// A frame over the frame limit: large data belongs in out-of-band buffers.
-class FrameTooLarge : public UsageError {
-  public:
-    using UsageError::UsageError;
-};
 
 // Uninitialised, 64-byte aligned memory that MPI writes a received buffer into.
 // Ownership passes to whoever delivers it (a numpy array in the bindings).
@@ -81,9 +65,6 @@ struct OutOfBand {
     const void* data;
     std::size_t size;
 };
-
-// Keeps the sender's memory alive until MPI no longer needs it.
-using KeepAlive = std::shared_ptr<void>;
 
 // One received message, delivered whole and in order.
 struct Incoming {
