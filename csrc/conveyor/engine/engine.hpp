@@ -13,6 +13,11 @@
 // MPI's non-overtaking rule per (source, tag) lets the receiver post the data
 // receives in the order it reads frames; per-source delivery queues then keep
 // messages in the order they were sent even when a large one is still arriving.
+//
+// One object or concept a file: engine.cpp (posting, receiving, progress,
+// the owner's wait), batching.cpp, flow_control.cpp, quiescence.cpp,
+// background.cpp (the background thread), buffer.hpp (receive buffers and
+// their cache), backoff.hpp (idle waiting).
 #pragma once
 
 #include <mpi.h>
@@ -31,35 +36,15 @@
 
 #include "conveyor/common/errors.hpp"
 #include "conveyor/common/keep_alive.hpp"
+#include "conveyor/engine/buffer.hpp"
 #include "conveyor/wire/wire.hpp"
 
 namespace conveyor {
 
+using Clock = std::chrono::steady_clock;
+
 constexpr int kTagFrame = 1;
 constexpr int kTagData = 2;
-
-// Uninitialised, 64-byte aligned memory that MPI writes a received buffer into.
-// Ownership passes to whoever delivers it (a numpy array in the bindings).
-//
-// Large buffers come from a bounded cache of freed ones of the same size:
-// fresh memory of that size must be faulted in page by page while MPI copies
-// into it, which costs ten times the copy itself from ~64 MiB up.
-class Buffer {
-  public:
-    explicit Buffer(std::size_t size);
-    ~Buffer();
-    // The most bytes of freed buffers kept for reuse (process-wide; 0 disables).
-    static void set_cache_limit(std::size_t bytes);
-    static std::size_t cached_bytes();
-    Buffer(const Buffer&) = delete;
-    Buffer& operator=(const Buffer&) = delete;
-    std::uint8_t* data() const { return data_; }
-    std::size_t size() const { return size_; }
-
-  private:
-    std::uint8_t* data_ = nullptr;
-    std::size_t size_ = 0;
-};
 
 struct OutOfBand {
     const void* data;
@@ -223,7 +208,7 @@ class Engine {
         KeepAlive keep;
         FlowBytes bytes;
     };
-    using Clock = std::chrono::steady_clock;
+    using Guard = std::lock_guard<std::mutex>;
     // What this rank has in flight to one destination, and has consumed from it.
     struct Route {
         Writer batch;                    // a Batch frame being filled; empty when none
@@ -242,27 +227,42 @@ class Engine {
     bool aggregates(std::size_t frame_bytes) const {
         return options_.batch_bytes != 0 && frame_bytes + 4 <= options_.batch_bytes / 4;
     }
-    void open_batch(int dest);
-    void seal_batch(int dest);
-    void queue(int dest, std::shared_ptr<Outgoing> out);
-    void release(int dest);
-    void isend(int dest, std::shared_ptr<Outgoing> out);
-    void send_credit(int dest, FlowBytes consumed);
-    void consumed(int source, FlowBytes bytes);
-    void credit(int source);
-    void flush_locked();
+
+    static void check_dest(int dest, int size) {
+        if (dest < 0 || dest >= size)
+            throw UsageError("destination rank " + std::to_string(dest) + " is out of range 0.." +
+                             std::to_string(size - 1));
+    }
+    // engine.cpp
     bool progress_locked();
+    void isend(int dest, std::shared_ptr<Outgoing> out);
     void receive_frame(MPI_Message message, const MPI_Status& status);
     void enqueue(std::unique_ptr<Incoming> in);
     void release_in_order(int source);
     bool complete_sends();
     bool complete_receives();
     void bury(std::shared_ptr<Outgoing> out);
+    // batching.cpp
+    void open_batch(int dest);
+    void seal_batch(int dest);
+    void flush_locked();
+    bool flush_stale_batches();
+    // flow_control.cpp
+    void queue(int dest, std::shared_ptr<Outgoing> out);
+    void release(int dest);
+    void send_credit(int dest, FlowBytes consumed);
+    void consumed(int source, FlowBytes bytes);
+    void credit(int source);
+    void receive_credit(const Incoming& in);
+    // background.cpp
     void background_loop();
     void background_rounds();
-    bool flush_stale_batches();
     void signal_owner();
     void wake_background();
+
+    // True on the engine's background thread, which must not release the
+    // keep-alives of sends (they may hold Python objects).
+    static inline thread_local bool on_background_thread = false;
 
     MPI_Comm comm_;
     EngineOptions options_;
