@@ -54,8 +54,7 @@ void Engine::background_loop() {
 }
 
 void Engine::background_rounds() {
-    auto idle_since = Clock::now();
-    double nap = 10e-6;
+    IdleBackoff backoff(options_, Clock::now());
     bool unparked = false;
     double away_nap = 0;  // the last sleep while the owner stayed away
     while (!background_stop_.load()) {
@@ -79,10 +78,8 @@ void Engine::background_rounds() {
             if (guard.owns_lock()) {
                 if (flush) active |= flush_stale_batches();
                 if (receive) {
-                    active |= progress_locked();
-                    // As in wait(): after a nap, MPICH's first probe only makes
-                    // progress on what arrived meanwhile, the second one sees it.
-                    if (!active) active |= progress_locked();
+                    // Rounds follow the background's sleeps: as wait() does after a nap.
+                    active |= progress_after_nap();
                     quiet = !active && !flush && send_reqs_.empty() && recv_reqs_.empty() &&
                             !wave_active_;
                 }
@@ -130,24 +127,21 @@ void Engine::background_rounds() {
             // took them (pop() wakes us) rather than polling beside it.
             sleep_wake_.wait_for(sleep, std::chrono::duration<double>(options_.max_sleep_seconds),
                                  [this] { return !owner_signalled_.load() || background_stop_.load(); });
-            idle_since = Clock::now();
+            backoff.idle_from_now();
             continue;
         }
-        // Serving an event loop: the same backoff as an idle wait (spin,
-        // yield, then growing naps), so answers are seen within microseconds
-        // while traffic flows and an idle loop costs next to nothing.
-        if (active) {
-            idle_since = Clock::now();
-            nap = 10e-6;
+        // Serving an event loop: the backoff of an idle wait, spinning and
+        // yielding without the sleep lock (through which the owner wakes us).
+        if (active) backoff.active();
+        switch (backoff.step()) {
+            case IdleBackoff::Step::Spin: sleep.unlock(); continue;
+            case IdleBackoff::Step::Yield:
+                sleep.unlock();
+                sched_yield();
+                continue;
+            case IdleBackoff::Step::Nap: break;
         }
-        double idle = seconds_since(idle_since);
-        if (idle < options_.yield_seconds) {
-            sleep.unlock();
-            if (idle >= options_.spin_seconds) sched_yield();
-            continue;
-        }
-        sleep_wake_.wait_for(sleep, std::chrono::duration<double>(nap));
-        nap = std::min(nap * 2, options_.max_sleep_seconds);
+        sleep_wake_.wait_for(sleep, std::chrono::duration<double>(backoff.nap()));
     }
 }
 

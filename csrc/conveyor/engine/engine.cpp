@@ -226,6 +226,11 @@ bool Engine::progress() {
     return progress_locked();
 }
 
+// After a sleep, MPICH's first probe only makes progress on what arrived
+// meanwhile; the second one sees it. Without it, each wake-up would cost one
+// more nap (the owner's wait) or one more round (the background thread).
+bool Engine::progress_after_nap() { return progress_locked() || progress_locked(); }
+
 bool Engine::progress_locked() {
     if (!on_background_thread) {
         graveyard_.clear();
@@ -274,41 +279,30 @@ bool Engine::wait(double timeout, int uncongested) {
         }
     } unpark{*this};
     auto start = Clock::now();
-    auto idle_since = start;
-    double nap = 10e-6;
-    // Any activity restarts the backoff: spin, then yield, then short naps.
-    auto progress_and_rearm = [&] {
-        if (progress_locked()) {
-            idle_since = Clock::now();
-            nap = 10e-6;
-        }
-    };
+    IdleBackoff backoff(options_, start);
     auto woken = [&] {
         return !ready_.empty() || (wave_active_ && wave_completed_) ||
                (uncongested >= 0 && !congested_locked(uncongested));
     };
+    bool napped = false;
     for (;;) {
-        progress_and_rearm();
+        if (napped ? progress_after_nap() : progress_locked()) backoff.active();
+        napped = false;
         if (woken()) return true;
         if (timeout >= 0 && seconds_since(start) >= timeout) return false;
-        double idle = seconds_since(idle_since);
-        if (idle < options_.spin_seconds) continue;
-        if (idle < options_.yield_seconds) {
-            sched_yield();
-            continue;
+        switch (backoff.step()) {
+            case IdleBackoff::Step::Spin: continue;
+            case IdleBackoff::Step::Yield: sched_yield(); continue;
+            case IdleBackoff::Step::Nap: break;
         }
         double limit = options_.max_sleep_seconds;
         if (timeout >= 0) limit = std::min(limit, std::max(0.0, timeout - seconds_since(start)));
         // Sleeping without the lock lets the background thread work meanwhile.
         guard.unlock();
-        sleep_for(std::min(nap, limit));
+        sleep_for(std::min(backoff.nap(), limit));
         guard.lock();
-        nap = std::min(nap * 2, options_.max_sleep_seconds);
         stats_.waits_slept += 1;
-        // After a sleep, MPICH's first probe only makes progress on what
-        // arrived meanwhile; the loop's next probe is the one that sees it.
-        // Without this extra round, each wake-up would cost one more nap.
-        progress_and_rearm();
+        napped = true;
     }
 }
 

@@ -2,9 +2,8 @@
 //
 // Its owner's calls drive MPI (the Python façade's sends, waits and serves),
 // and a background thread of its own takes over while the owner is away
-// (see class Engine). Idle waiting spins briefly, then yields, then sleeps with a growing interval,
-// so a rank waiting for messages does not keep a core busy when ranks
-// outnumber cores.
+// (see class Engine). Idle waiting spins briefly, then yields, then sleeps
+// with a growing interval (backoff.hpp).
 //
 // Wire protocol on the engine's communicator (a duplicate owned by the user):
 //   kTagFrame: one frame (wire.hpp), received with a matched probe.
@@ -235,6 +234,7 @@ class Engine {
     }
     // engine.cpp
     bool progress_locked();
+    bool progress_after_nap();
     void isend(int dest, std::shared_ptr<Outgoing> out);
     void receive_frame(MPI_Message message, const MPI_Status& status);
     void enqueue(std::unique_ptr<Incoming> in);
