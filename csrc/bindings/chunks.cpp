@@ -1,8 +1,8 @@
-// Chunk values are numpy arrays held without a copy: the table keeps the
+// conveyor._core.align and conveyor._core.ChunkTable: the distributed-data
+// kernels. Chunk values are numpy arrays held without a copy: the table keeps the
 // array object alive, and value() hands out read-only views of its memory.
-#include "bindings/chunks.hpp"
-
 #include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
 #include <cstdint>
@@ -103,19 +103,9 @@ py::array array_view(const ChunkValue& v) {
 // (freed, home, weight): what the façade does next (see Released).
 py::tuple released(const Released& r) { return py::make_tuple(r.freed, r.home, r.weight); }
 
-void translate_unknown_chunk(std::exception_ptr p) {
-    try {
-        if (p) std::rethrow_exception(p);
-    } catch (const UnknownChunk& e) {
-        PyErr_SetString(PyExc_KeyError, e.what());
-    }
-}
-
 }  // namespace
 
-void bind_chunks(py::module_& m) {
-    py::register_exception_translator(translate_unknown_chunk);
-
+void register_chunks(py::module_& m) {
     m.def("align", &align_rows, py::arg("sizes"), py::arg("begin"), py::arg("end"));
 
     m.attr("CHUNK_PENDING") = static_cast<int>(ChunkState::Pending);

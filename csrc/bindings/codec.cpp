@@ -676,3 +676,23 @@ py::object decode_body(const std::uint8_t* body, std::size_t size,
 }
 
 }  // namespace conveyor::py_codec
+
+namespace conveyor {
+
+py::object decode_tag(const std::string& tag) {
+    auto s = py::reinterpret_steal<py::object>(
+        PyUnicode_DecodeUTF8(tag.data(), static_cast<Py_ssize_t>(tag.size()), "replace"));
+    if (!s) throw py::error_already_set();
+    return s;
+}
+
+void register_codec(py::module_& m) {
+    // The frame kinds the façade passes to Engine.send and encode_frame.
+    m.attr("KIND_SEND") = static_cast<int>(FrameKind::Send);
+    m.attr("KIND_REQUEST") = static_cast<int>(FrameKind::Request);
+    m.attr("KIND_REPLY") = static_cast<int>(FrameKind::Reply);
+    m.attr("KIND_ERROR") = static_cast<int>(FrameKind::Error);
+    m.attr("KIND_ANSWER") = static_cast<int>(FrameKind::Answer);
+}
+
+}  // namespace conveyor

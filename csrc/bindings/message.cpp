@@ -138,13 +138,6 @@ PyType_Spec spec = {
 
 }  // namespace
 
-void add_type(py::module_& module) {
-    PyObject* type = PyType_FromSpec(&spec);
-    if (!type) throw py::error_already_set();
-    message_type = reinterpret_cast<PyTypeObject*>(type);  // kept for the module's lifetime
-    module.add_object("MessageBase", py::reinterpret_borrow<py::object>(type));
-}
-
 py::object make(PyTypeObject* type, py::handle messenger, py::handle tag, py::handle payload,
                 py::handle source, py::handle reply_to) {
     PyObject* self = type->tp_alloc(type, 0);
@@ -180,3 +173,17 @@ bool is_message_type(py::handle type) {
 }
 
 }  // namespace conveyor::py_message
+
+namespace conveyor {
+
+namespace py = pybind11;
+
+// Creates the type and adds it to `module` as MessageBase.
+void register_message(py::module_& module) {
+    PyObject* type = PyType_FromSpec(&py_message::spec);
+    if (!type) throw py::error_already_set();
+    py_message::message_type = reinterpret_cast<PyTypeObject*>(type);  // kept for the module's lifetime
+    module.add_object("MessageBase", py::reinterpret_borrow<py::object>(type));
+}
+
+}  // namespace conveyor
