@@ -1,5 +1,6 @@
 // The one table from C++ exceptions to the façade's Python exceptions
-// (errors.cpp): every error type of the core and the bindings, in one place.
+// (errors.cpp): each error type of the core (common/errors.hpp,
+// UnknownChunk) and of the bindings maps to one Python exception there.
 #pragma once
 
 #include <pybind11/pybind11.h>
