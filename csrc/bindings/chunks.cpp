@@ -121,37 +121,49 @@ void register_chunks(py::module_& m) {
         .def("new_id", &ChunkTable::new_id)
         .def_static("creator_of", &ChunkTable::creator_of, py::arg("id"))
         .def("create", &ChunkTable::create, py::arg("id"), py::arg("lent_weight") = 0)
-        .def("resolve",
-             [](ChunkTable& t, ChunkId id, py::handle array) { return t.resolve(id, array_value(array)); },
-             py::arg("id"), py::arg("array"))
-        .def("fail", [](ChunkTable& t, ChunkId id, py::bytes error) { return t.fail(id, error); },
-             py::arg("id"), py::arg("error"))
-        .def("state", [](const ChunkTable& t, ChunkId id) { return static_cast<int>(t.state(id)); },
-             py::arg("id"))
-        .def("value", [](const ChunkTable& t, ChunkId id) { return array_view(t.value(id)); },
-             py::arg("id"))
-        .def("error", [](const ChunkTable& t, ChunkId id) { return py::bytes(t.error(id)); },
-             py::arg("id"))
+        .def(
+            "resolve",
+            [](ChunkTable& t, ChunkId id, py::handle array) {
+                return t.resolve(id, array_value(array));
+            },
+            py::arg("id"), py::arg("array"))
+        .def(
+            "fail", [](ChunkTable& t, ChunkId id, py::bytes error) { return t.fail(id, error); },
+            py::arg("id"), py::arg("error"))
+        .def(
+            "state", [](const ChunkTable& t, ChunkId id) { return static_cast<int>(t.state(id)); },
+            py::arg("id"))
+        .def(
+            "value", [](const ChunkTable& t, ChunkId id) { return array_view(t.value(id)); },
+            py::arg("id"))
+        .def(
+            "error", [](const ChunkTable& t, ChunkId id) { return py::bytes(t.error(id)); },
+            py::arg("id"))
         .def("add_waiter", &ChunkTable::add_waiter, py::arg("id"), py::arg("token"))
         .def("hold", &ChunkTable::hold, py::arg("id"))
         .def("hold_owned", &ChunkTable::hold_owned, py::arg("id"))
-        .def("release", [](ChunkTable& t, ChunkId id) { return released(t.release(id)); }, py::arg("id"))
-        .def("lend",
-             [](ChunkTable& t, ChunkId id) {
-                 auto l = t.lend(id);
-                 return py::make_tuple(l.weight, l.home, l.refill);
-             },
-             py::arg("id"))
-        .def("adopt",
-             [](ChunkTable& t, ChunkId id, int owner, int home, std::uint64_t weight) {
-                 return released(t.adopt(id, owner, home, weight));
-             },
-             py::arg("id"), py::arg("owner"), py::arg("home"), py::arg("weight"))
-        .def("give_back",
-             [](ChunkTable& t, ChunkId id, std::uint64_t weight) {
-                 return released(t.give_back(id, weight));
-             },
-             py::arg("id"), py::arg("weight"))
+        .def(
+            "release", [](ChunkTable& t, ChunkId id) { return released(t.release(id)); },
+            py::arg("id"))
+        .def(
+            "lend",
+            [](ChunkTable& t, ChunkId id) {
+                auto l = t.lend(id);
+                return py::make_tuple(l.weight, l.home, l.refill);
+            },
+            py::arg("id"))
+        .def(
+            "adopt",
+            [](ChunkTable& t, ChunkId id, int owner, int home, std::uint64_t weight) {
+                return released(t.adopt(id, owner, home, weight));
+            },
+            py::arg("id"), py::arg("owner"), py::arg("home"), py::arg("weight"))
+        .def(
+            "give_back",
+            [](ChunkTable& t, ChunkId id, std::uint64_t weight) {
+                return released(t.give_back(id, weight));
+            },
+            py::arg("id"), py::arg("weight"))
         .def("stats",
              [](const ChunkTable& t) {
                  auto s = t.stats();

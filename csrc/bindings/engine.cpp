@@ -25,10 +25,12 @@ void register_engine(py::module_& m) {
         .def("send", &PyEngine::send, py::arg("dest"), py::arg("kind"), py::arg("ref"),
              py::arg("tag"), py::arg("payload"), py::arg("aggregate"))
         .def("post_raw", &PyEngine::post_raw, py::arg("dest"), py::arg("frame"))
-        .def("serve", &PyEngine::serve, py::arg("timeout"), py::arg("uncongested"), py::arg("hooks"))
+        .def("serve", &PyEngine::serve, py::arg("timeout"), py::arg("uncongested"),
+             py::arg("hooks"))
         .def("flush", [](PyEngine& e) { e.engine().flush(); })
-        .def("congested", [](PyEngine& e, int dest) { return e.engine().congested(dest); },
-             py::arg("dest"))
+        .def(
+            "congested", [](PyEngine& e, int dest) { return e.engine().congested(dest); },
+            py::arg("dest"))
         .def_property_readonly("handling", &PyEngine::handling)
         .def_property_readonly("background",
                                [](PyEngine& e) { return e.engine().has_background_thread(); })
@@ -38,8 +40,9 @@ void register_engine(py::module_& m) {
         .def_property_readonly("wave_active", [](PyEngine& e) { return e.engine().wave_active(); })
         .def("wave_done", &PyEngine::wave_done)
         .def("flush_sends", &PyEngine::flush_sends, py::arg("timeout"))
-        .def("serve_in_background", [](PyEngine& e, int fd) { e.engine().serve_in_background(fd); },
-             py::arg("fd"))
+        .def(
+            "serve_in_background", [](PyEngine& e, int fd) { e.engine().serve_in_background(fd); },
+            py::arg("fd"))
         .def("close", &PyEngine::close)
         .def("stats", &PyEngine::stats)
         .def("abort", [](PyEngine& e, int code) { e.engine().abort(code); });

@@ -181,7 +181,8 @@ class PyEngine {
             if (!PyDict_Check(receivers.ptr()) || !PyDict_Check(waiters.ptr()) ||
                 !PyDict_Check(answering.ptr()) || !py_message::is_message_type(message_type))
                 throw UsageError(
-                    "serve() hooks: receivers, waiters and answering must be dicts, and Message a MessageBase");
+                    "serve() hooks: receivers, waiters and answering must be dicts, and Message a "
+                    "MessageBase");
         }
         py::handle messenger, receivers, message_type, fallback, returned, failed, finish_request,
             waiters, answering;
@@ -269,8 +270,9 @@ class PyEngine {
                     // rejection that is not a message of its own.
                     mark_handled(-1);
                     entries_malformed_ += 1;
-                    reject(d, batch->source,
-                           "corrupt batch: " + std::to_string(extra) + " bytes after its last entry");
+                    reject(
+                        d, batch->source,
+                        "corrupt batch: " + std::to_string(extra) + " bytes after its last entry");
                     return true;
                 }
             }
@@ -369,7 +371,8 @@ class PyEngine {
                     // Per-item delivery: one call per row of the batch.
                     py::object items = d.payload;
                     for (Py_ssize_t i = 0; i < n; ++i) {
-                        auto item = py::reinterpret_steal<py::object>(PySequence_GetItem(items.ptr(), i));
+                        auto item =
+                            py::reinterpret_steal<py::object>(PySequence_GetItem(items.ptr(), i));
                         if (!item) throw py::error_already_set();
                         deliver(h, handler, d.tag, item, source);
                     }
@@ -404,11 +407,13 @@ class PyEngine {
     // façade's finish_request settles, as its Python dispatcher would.
     void answer(Delivery& d, const Hooks& h, py::handle handler) {
         py::object source = py::int_(d.source);
-        py::object msg = py_message::make_request(reinterpret_cast<PyTypeObject*>(h.message_type.ptr()),
-                                                  h.messenger, d.tag, d.payload, source, d.ref);
+        py::object msg =
+            py_message::make_request(reinterpret_cast<PyTypeObject*>(h.message_type.ptr()),
+                                     h.messenger, d.tag, d.payload, source, d.ref);
         // Where a cancel arriving while the handler runs finds the request.
         py::tuple key = py::make_tuple(source, py::int_(d.ref));
-        if (PyDict_SetItem(h.answering.ptr(), key.ptr(), msg.ptr()) < 0) throw py::error_already_set();
+        if (PyDict_SetItem(h.answering.ptr(), key.ptr(), msg.ptr()) < 0)
+            throw py::error_already_set();
         struct Unlist {
             PyObject* answering;
             PyObject* key;
@@ -416,7 +421,8 @@ class PyEngine {
                 if (PyDict_DelItem(answering, key) < 0) PyErr_Clear();
             }
         } unlist{h.answering.ptr(), key.ptr()};
-        auto result = py::reinterpret_steal<py::object>(PyObject_CallOneArg(handler.ptr(), msg.ptr()));
+        auto result =
+            py::reinterpret_steal<py::object>(PyObject_CallOneArg(handler.ptr(), msg.ptr()));
         if (!result) {
             if (!PyErr_ExceptionMatches(PyExc_Exception)) throw py::error_already_set();
             h.finish_request(msg, py::none(), caught());
@@ -469,7 +475,8 @@ class PyEngine {
                  py::handle source) {
         py::object msg = py_message::make(reinterpret_cast<PyTypeObject*>(h.message_type.ptr()),
                                           h.messenger, tag, payload, source, Py_None);
-        auto result = py::reinterpret_steal<py::object>(PyObject_CallOneArg(handler.ptr(), msg.ptr()));
+        auto result =
+            py::reinterpret_steal<py::object>(PyObject_CallOneArg(handler.ptr(), msg.ptr()));
         if (!result) {
             if (!PyErr_ExceptionMatches(PyExc_Exception)) throw py::error_already_set();
             h.failed(msg, caught());

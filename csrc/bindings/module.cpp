@@ -42,7 +42,8 @@ PYBIND11_MODULE(_core, m) {
            py::object conveyor_error, py::object carriage_error, py::object frame_error,
            py::object too_large_error, py::object mpi_error) {
             py_codec::configure(address_type, item_base, registry, pickle);
-            set_error_types(conveyor_error, carriage_error, frame_error, too_large_error, mpi_error);
+            set_error_types(conveyor_error, carriage_error, frame_error, too_large_error,
+                            mpi_error);
         },
         "Hand the façade's carrier and exception types to the native core (once, at import).");
 

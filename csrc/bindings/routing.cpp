@@ -43,10 +43,22 @@ py::tuple route(py::array dests, py::array items, int nranks) {
     const void* d = dests.data();
     bool is_signed = dests.dtype().kind() == 'i';
     switch (dests.itemsize()) {
-        case 1: is_signed ? run(static_cast<const std::int8_t*>(d)) : run(static_cast<const std::uint8_t*>(d)); break;
-        case 2: is_signed ? run(static_cast<const std::int16_t*>(d)) : run(static_cast<const std::uint16_t*>(d)); break;
-        case 4: is_signed ? run(static_cast<const std::int32_t*>(d)) : run(static_cast<const std::uint32_t*>(d)); break;
-        case 8: is_signed ? run(static_cast<const std::int64_t*>(d)) : run(static_cast<const std::uint64_t*>(d)); break;
+        case 1:
+            is_signed ? run(static_cast<const std::int8_t*>(d))
+                      : run(static_cast<const std::uint8_t*>(d));
+            break;
+        case 2:
+            is_signed ? run(static_cast<const std::int16_t*>(d))
+                      : run(static_cast<const std::uint16_t*>(d));
+            break;
+        case 4:
+            is_signed ? run(static_cast<const std::int32_t*>(d))
+                      : run(static_cast<const std::uint32_t*>(d));
+            break;
+        case 8:
+            is_signed ? run(static_cast<const std::int64_t*>(d))
+                      : run(static_cast<const std::uint64_t*>(d));
+            break;
         default: throw UsageError("unsupported destination dtype");
     }
     return py::make_tuple(only >= 0 ? items : out, offsets);

@@ -15,11 +15,10 @@ namespace conveyor {
 namespace {
 
 struct SenderObject {
-    PyObject_HEAD
-    PyObject* engine;   // the PyEngine (a pybind11 object), kept alive
-    PyEngine* native;   // ... and its C++ side
-    PyObject* tag;      // str
-    PyObject* relieve;  // relieve(rank): the façade's back-pressure wait
+    PyObject_HEAD PyObject* engine;  // the PyEngine (a pybind11 object), kept alive
+    PyEngine* native;                // ... and its C++ side
+    PyObject* tag;                   // str
+    PyObject* relieve;               // relieve(rank): the façade's back-pressure wait
     std::string* tag_utf8;
     char aggregate;
 };
@@ -52,7 +51,8 @@ int rank_of(PyObject* dest) {
     }
     int overflow = 0;
     long rank = PyLong_AsLongAndOverflow(index.ptr(), &overflow);
-    if (overflow || rank < std::numeric_limits<int>::min() || rank > std::numeric_limits<int>::max())
+    if (overflow || rank < std::numeric_limits<int>::min() ||
+        rank > std::numeric_limits<int>::max())
         rank = -1;  // out of range either way: the engine says so
     return static_cast<int>(rank);
 }
@@ -73,16 +73,17 @@ PyObject* send(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject
             } else if (std::strcmp(name, "payload") == 0 && nargs < 2) {
                 payload = value;
             } else {
-                throw py::type_error(std::string("send() got an unexpected or repeated argument '") +
-                                     name + "'");
+                throw py::type_error(
+                    std::string("send() got an unexpected or repeated argument '") + name + "'");
             }
         }
         if (!dest) throw py::type_error("send() missing required argument 'dest'");
         int rank = rank_of(dest);
-        if (s->native->send(rank, static_cast<int>(FrameKind::Send), 0, *s->tag_utf8,
-                            payload, s->aggregate != 0)) {
+        if (s->native->send(rank, static_cast<int>(FrameKind::Send), 0, *s->tag_utf8, payload,
+                            s->aggregate != 0)) {
             auto r = py::int_(rank);
-            auto relieved = py::reinterpret_steal<py::object>(PyObject_CallOneArg(s->relieve, r.ptr()));
+            auto relieved =
+                py::reinterpret_steal<py::object>(PyObject_CallOneArg(s->relieve, r.ptr()));
             if (!relieved) throw py::error_already_set();
         }
         Py_RETURN_NONE;

@@ -25,7 +25,8 @@ py::tuple encode_frame(int kind, std::uint64_t ref, const std::string& tag, py::
     for (const auto& b : encoded.oob)
         oob.append(py::bytes(static_cast<const char*>(b.data), b.size));
     const auto& frame = encoded.frame.bytes;
-    return py::make_tuple(py::bytes(reinterpret_cast<const char*>(frame.data()), frame.size()), oob);
+    return py::make_tuple(py::bytes(reinterpret_cast<const char*>(frame.data()), frame.size()),
+                          oob);
 }
 
 py::tuple decode_frame(py::bytes frame, const std::vector<py::bytes>& oob, bool allow_pickle) {
@@ -46,7 +47,8 @@ py::tuple decode_frame(py::bytes frame, const std::vector<py::bytes>& oob, bool 
     }
     auto payload = py_codec::decode_body(bytes.data() + header.body_offset,
                                          bytes.size() - header.body_offset, buffers, allow_pickle);
-    return py::make_tuple(static_cast<int>(header.kind), header.ref, decode_tag(header.tag), payload);
+    return py::make_tuple(static_cast<int>(header.kind), header.ref, decode_tag(header.tag),
+                          payload);
 }
 
 }  // namespace

@@ -103,13 +103,15 @@ void Engine::background_rounds() {
                 // Wake rarely: every wake-up takes a core from the ranks,
                 // which may outnumber cores, and a batch left behind waits
                 // at most this long.
-                double base = std::max(2 * options_.max_sleep_seconds, options_.flush_delay_seconds);
+                double base =
+                    std::max(2 * options_.max_sleep_seconds, options_.flush_delay_seconds);
                 // And rarer still while the owner stays away with nothing in
                 // flight: each round's probes take MPI's lock and join its
                 // progress, slowing the transfers of the process's other
                 // threads and messengers (conveyor bench's idle second
                 // messenger took 5% of the first one's bandwidth).
-                away_nap = quiet ? std::min(2 * away_nap, options_.background_max_sleep_seconds) : 0;
+                away_nap =
+                    quiet ? std::min(2 * away_nap, options_.background_max_sleep_seconds) : 0;
                 away_nap = std::max(away_nap, base);
                 if (away_nap > base) {
                     background_dozing_.store(true);
@@ -125,8 +127,9 @@ void Engine::background_rounds() {
         if (owner_signalled_.load()) {
             // The owner has messages to handle: give it the core until it
             // took them (pop() wakes us) rather than polling beside it.
-            sleep_wake_.wait_for(sleep, std::chrono::duration<double>(options_.max_sleep_seconds),
-                                 [this] { return !owner_signalled_.load() || background_stop_.load(); });
+            sleep_wake_.wait_for(
+                sleep, std::chrono::duration<double>(options_.max_sleep_seconds),
+                [this] { return !owner_signalled_.load() || background_stop_.load(); });
             backoff.idle_from_now();
             continue;
         }

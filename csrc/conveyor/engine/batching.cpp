@@ -77,7 +77,8 @@ bool Engine::flush_stale_batches() {
     for (int dest = 0; open_batches_.load(std::memory_order_relaxed) != 0 && dest < size_; ++dest) {
         auto& route = routes_[dest];
         if (route.batch.size() == 0 ||
-            std::chrono::duration<double>(now - route.batch_started).count() < options_.flush_delay_seconds)
+            std::chrono::duration<double>(now - route.batch_started).count() <
+                options_.flush_delay_seconds)
             continue;
         seal_batch(dest);
         stats_.background_flushes += 1;

@@ -87,9 +87,10 @@ bool Engine::post(int dest, std::vector<std::uint8_t> frame, const std::vector<O
     check_dest(dest, size_);
     if (frame.size() > options_.max_frame_bytes)
         throw FrameTooLarge("message frame of " + std::to_string(frame.size()) +
-                         " bytes exceeds the limit of " + std::to_string(options_.max_frame_bytes) +
-                         " bytes (CONVEYOR_MAX_FRAME_BYTES); send large data as numpy arrays, "
-                         "which travel out of band");
+                            " bytes exceeds the limit of " +
+                            std::to_string(options_.max_frame_bytes) +
+                            " bytes (CONVEYOR_MAX_FRAME_BYTES); send large data as numpy arrays, "
+                            "which travel out of band");
     auto out = std::make_shared<Outgoing>();
     out->bytes.frames = frame.size();
     for (const auto& b : oob) out->bytes.data += b.size;
@@ -156,8 +157,9 @@ void Engine::receive_frame(MPI_Message message, const MPI_Status& status) {
         for (std::size_t off = 0; off < n; off += options_.piece_bytes) {
             int len = static_cast<int>(std::min<std::size_t>(options_.piece_bytes, n - off));
             MPI_Request req;
-            check_mpi(MPI_Irecv(buf->data() + off, len, MPI_BYTE, in->source, kTagData, comm_, &req),
-                      "MPI_Irecv");
+            check_mpi(
+                MPI_Irecv(buf->data() + off, len, MPI_BYTE, in->source, kTagData, comm_, &req),
+                "MPI_Irecv");
             recv_reqs_.push_back(req);
             recv_owners_.push_back(in.get());
             in->pending += 1;
@@ -186,7 +188,8 @@ void Engine::release_in_order(int source) {
 }
 
 void Engine::bury(std::shared_ptr<Outgoing> out) {
-    if (on_background_thread && out.use_count() == 1 && out->keep) graveyard_.push_back(std::move(out));
+    if (on_background_thread && out.use_count() == 1 && out->keep)
+        graveyard_.push_back(std::move(out));
 }
 
 bool Engine::complete_sends() {
@@ -194,9 +197,9 @@ bool Engine::complete_sends() {
     int n = static_cast<int>(send_reqs_.size());
     done_indices_.resize(send_reqs_.size());
     int outcount = 0;
-    check_mpi(MPI_Testsome(n, send_reqs_.data(), &outcount, done_indices_.data(),
-                           MPI_STATUSES_IGNORE),
-              "MPI_Testsome");
+    check_mpi(
+        MPI_Testsome(n, send_reqs_.data(), &outcount, done_indices_.data(), MPI_STATUSES_IGNORE),
+        "MPI_Testsome");
     if (outcount <= 0) return false;
     drop_completed(send_reqs_, send_owners_, [this](auto out) { bury(std::move(out)); });
     return true;
@@ -207,9 +210,9 @@ bool Engine::complete_receives() {
     int n = static_cast<int>(recv_reqs_.size());
     done_indices_.resize(recv_reqs_.size());
     int outcount = 0;
-    check_mpi(MPI_Testsome(n, recv_reqs_.data(), &outcount, done_indices_.data(),
-                           MPI_STATUSES_IGNORE),
-              "MPI_Testsome");
+    check_mpi(
+        MPI_Testsome(n, recv_reqs_.data(), &outcount, done_indices_.data(), MPI_STATUSES_IGNORE),
+        "MPI_Testsome");
     if (outcount <= 0) return false;
     std::vector<int> sources;
     for (int k = 0; k < outcount; ++k) {

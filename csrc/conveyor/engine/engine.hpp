@@ -24,8 +24,8 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
-#include <cstring>
 #include <cstdint>
+#include <cstring>
 #include <deque>
 #include <memory>
 #include <mutex>
@@ -63,8 +63,8 @@ struct Incoming {
 struct EngineOptions {
     std::size_t max_frame_bytes = std::size_t(1) << 30;
     std::size_t piece_bytes = std::size_t(1) << 30;
-    double spin_seconds = 50e-6;   // busy-poll this long after the last activity
-    double yield_seconds = 200e-6; // then sched_yield until this long
+    double spin_seconds = 50e-6;    // busy-poll this long after the last activity
+    double yield_seconds = 200e-6;  // then sched_yield until this long
     double max_sleep_seconds = 500e-6;
     // Aggregation: frames of at most batch_bytes / 4 without out-of-band
     // data are packed, per destination, into Batch frames of up to
@@ -87,22 +87,22 @@ struct EngineOptions {
 };
 
 struct EngineStats {
-    std::uint64_t messages_sent = 0;     // logical messages posted
-    std::uint64_t messages_handled = 0;  // logical messages the caller finished with
+    std::uint64_t messages_sent = 0;        // logical messages posted
+    std::uint64_t messages_handled = 0;     // logical messages the caller finished with
     std::uint64_t messages_aggregated = 0;  // of messages_sent, those packed into batches
-    std::uint64_t frames_sent = 0;       // MPI messages carrying frames (a batch is one)
+    std::uint64_t frames_sent = 0;          // MPI messages carrying frames (a batch is one)
     std::uint64_t frames_received = 0;
     std::uint64_t frames_malformed = 0;
     std::uint64_t batches_sent = 0;
     std::uint64_t batches_received = 0;
-    std::uint64_t bytes_framed = 0;           // bytes copied into frames
-    std::uint64_t bytes_zero_copy_sent = 0;   // sent straight from user memory
+    std::uint64_t bytes_framed = 0;              // bytes copied into frames
+    std::uint64_t bytes_zero_copy_sent = 0;      // sent straight from user memory
     std::uint64_t bytes_zero_copy_received = 0;  // received straight into delivered memory
-    std::uint64_t credits_sent = 0;           // flow-control frames
+    std::uint64_t credits_sent = 0;              // flow-control frames
     std::uint64_t credits_received = 0;
-    std::uint64_t sends_held = 0;             // frames that waited for the receiver's credit
-    std::uint64_t waits_slept = 0;            // times an idle wait went to sleep
-    std::uint64_t background_flushes = 0;     // batches the background thread sent
+    std::uint64_t sends_held = 0;          // frames that waited for the receiver's credit
+    std::uint64_t waits_slept = 0;         // times an idle wait went to sleep
+    std::uint64_t background_flushes = 0;  // batches the background thread sent
 };
 
 // The progress engine. All of its methods may be called from one thread (the
@@ -210,14 +210,14 @@ class Engine {
     using Guard = std::lock_guard<std::mutex>;
     // What this rank has in flight to one destination, and has consumed from it.
     struct Route {
-        Writer batch;                    // a Batch frame being filled; empty when none
+        Writer batch;  // a Batch frame being filled; empty when none
         std::uint64_t batch_messages = 0;
         Clock::time_point batch_started;
         std::deque<std::shared_ptr<Outgoing>> held;  // waiting for credit, in order
-        FlowBytes in_flight;        // posted to MPI, not credited by the receiver yet
-        bool asked = false;         // we asked it for credit and none came yet
-        FlowBytes consumed;         // of its messages we popped, not credited yet
-        bool owes = false;          // it asked us for credit
+        FlowBytes in_flight;  // posted to MPI, not credited by the receiver yet
+        bool asked = false;   // we asked it for credit and none came yet
+        FlowBytes consumed;   // of its messages we popped, not credited yet
+        bool owes = false;    // it asked us for credit
     };
 
     bool congested_locked(int dest) const {
@@ -294,7 +294,7 @@ class Engine {
     // Set by the owner's calls, cleared by each background round: whether
     // the owner called in since (relaxed: a hint, never a guard of data).
     std::atomic<bool> owner_active_{false};
-    std::atomic<bool> owner_waiting_{false};  // the owner is in wait(), driving MPI
+    std::atomic<bool> owner_waiting_{false};    // the owner is in wait(), driving MPI
     std::atomic<std::size_t> open_batches_{0};  // routes with a batch filling
     std::atomic<int> notify_fd_{-1};
     // The owner has not drained since the background signalled notify_fd_.

@@ -119,10 +119,10 @@ class Reader {
 // The part of a frame the engine reads before anything is delivered.
 struct FrameHeader {
     FrameKind kind = FrameKind::Send;
-    std::uint64_t ref = 0;             // request id (Request/Reply/Error), else 0
-    std::string tag;                   // receiver name (Send/Request)
-    std::vector<std::uint64_t> oob;    // sizes of the out-of-band buffers, in order
-    std::size_t body_offset = 0;       // where the encoded payload starts
+    std::uint64_t ref = 0;           // request id (Request/Reply/Error), else 0
+    std::string tag;                 // receiver name (Send/Request)
+    std::vector<std::uint64_t> oob;  // sizes of the out-of-band buffers, in order
+    std::size_t body_offset = 0;     // where the encoded payload starts
 };
 
 inline void write_header(Writer& w, FrameKind kind, std::uint64_t ref, std::string_view tag,
