@@ -32,6 +32,7 @@ demo: install
 lint: $(VENV)/.deps
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/clang-format --dry-run -Werror $(shell find csrc tests/cpp -name '*.cpp' -o -name '*.hpp')
 
 test: install lint
 	$(PY) -m pytest -q tests

@@ -214,7 +214,7 @@ def test_wheel_is_relocatable_and_manylinux(dist):
         assert "libmpi.so.12" in dynamic_entries(core, "DT_NEEDED")
         tags = [
             line
-            for line in wheel.read("conveyor_mpi-%s.dist-info/WHEEL" % conveyor.__version__)
+            for line in wheel.read(f"conveyor_mpi-{conveyor.__version__}.dist-info/WHEEL")
             .decode()
             .splitlines()
             if line.startswith("Tag:")

@@ -1,8 +1,8 @@
-// Chunk values are numpy arrays held without a copy: the table keeps the
+// conveyor._core.align and conveyor._core.ChunkTable: the distributed-data
+// kernels. Chunk values are numpy arrays held without a copy: the table keeps the
 // array object alive, and value() hands out read-only views of its memory.
-#include "bindings/chunks.hpp"
-
 #include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
 #include <cstdint>
@@ -11,8 +11,8 @@
 #include <vector>
 
 #include "bindings/codec.hpp"
-#include "conveyor/align.hpp"
-#include "conveyor/chunks.hpp"
+#include "conveyor/chunks/align.hpp"
+#include "conveyor/chunks/chunks.hpp"
 
 namespace py = pybind11;
 
@@ -103,19 +103,9 @@ py::array array_view(const ChunkValue& v) {
 // (freed, home, weight): what the façade does next (see Released).
 py::tuple released(const Released& r) { return py::make_tuple(r.freed, r.home, r.weight); }
 
-void translate_unknown_chunk(std::exception_ptr p) {
-    try {
-        if (p) std::rethrow_exception(p);
-    } catch (const UnknownChunk& e) {
-        PyErr_SetString(PyExc_KeyError, e.what());
-    }
-}
-
 }  // namespace
 
-void bind_chunks(py::module_& m) {
-    py::register_exception_translator(translate_unknown_chunk);
-
+void register_chunks(py::module_& m) {
     m.def("align", &align_rows, py::arg("sizes"), py::arg("begin"), py::arg("end"));
 
     m.attr("CHUNK_PENDING") = static_cast<int>(ChunkState::Pending);
@@ -131,37 +121,49 @@ void bind_chunks(py::module_& m) {
         .def("new_id", &ChunkTable::new_id)
         .def_static("creator_of", &ChunkTable::creator_of, py::arg("id"))
         .def("create", &ChunkTable::create, py::arg("id"), py::arg("lent_weight") = 0)
-        .def("resolve",
-             [](ChunkTable& t, ChunkId id, py::handle array) { return t.resolve(id, array_value(array)); },
-             py::arg("id"), py::arg("array"))
-        .def("fail", [](ChunkTable& t, ChunkId id, py::bytes error) { return t.fail(id, error); },
-             py::arg("id"), py::arg("error"))
-        .def("state", [](const ChunkTable& t, ChunkId id) { return static_cast<int>(t.state(id)); },
-             py::arg("id"))
-        .def("value", [](const ChunkTable& t, ChunkId id) { return array_view(t.value(id)); },
-             py::arg("id"))
-        .def("error", [](const ChunkTable& t, ChunkId id) { return py::bytes(t.error(id)); },
-             py::arg("id"))
+        .def(
+            "resolve",
+            [](ChunkTable& t, ChunkId id, py::handle array) {
+                return t.resolve(id, array_value(array));
+            },
+            py::arg("id"), py::arg("array"))
+        .def(
+            "fail", [](ChunkTable& t, ChunkId id, py::bytes error) { return t.fail(id, error); },
+            py::arg("id"), py::arg("error"))
+        .def(
+            "state", [](const ChunkTable& t, ChunkId id) { return static_cast<int>(t.state(id)); },
+            py::arg("id"))
+        .def(
+            "value", [](const ChunkTable& t, ChunkId id) { return array_view(t.value(id)); },
+            py::arg("id"))
+        .def(
+            "error", [](const ChunkTable& t, ChunkId id) { return py::bytes(t.error(id)); },
+            py::arg("id"))
         .def("add_waiter", &ChunkTable::add_waiter, py::arg("id"), py::arg("token"))
         .def("hold", &ChunkTable::hold, py::arg("id"))
         .def("hold_owned", &ChunkTable::hold_owned, py::arg("id"))
-        .def("release", [](ChunkTable& t, ChunkId id) { return released(t.release(id)); }, py::arg("id"))
-        .def("lend",
-             [](ChunkTable& t, ChunkId id) {
-                 auto l = t.lend(id);
-                 return py::make_tuple(l.weight, l.home, l.refill);
-             },
-             py::arg("id"))
-        .def("adopt",
-             [](ChunkTable& t, ChunkId id, int owner, int home, std::uint64_t weight) {
-                 return released(t.adopt(id, owner, home, weight));
-             },
-             py::arg("id"), py::arg("owner"), py::arg("home"), py::arg("weight"))
-        .def("give_back",
-             [](ChunkTable& t, ChunkId id, std::uint64_t weight) {
-                 return released(t.give_back(id, weight));
-             },
-             py::arg("id"), py::arg("weight"))
+        .def(
+            "release", [](ChunkTable& t, ChunkId id) { return released(t.release(id)); },
+            py::arg("id"))
+        .def(
+            "lend",
+            [](ChunkTable& t, ChunkId id) {
+                auto l = t.lend(id);
+                return py::make_tuple(l.weight, l.home, l.refill);
+            },
+            py::arg("id"))
+        .def(
+            "adopt",
+            [](ChunkTable& t, ChunkId id, int owner, int home, std::uint64_t weight) {
+                return released(t.adopt(id, owner, home, weight));
+            },
+            py::arg("id"), py::arg("owner"), py::arg("home"), py::arg("weight"))
+        .def(
+            "give_back",
+            [](ChunkTable& t, ChunkId id, std::uint64_t weight) {
+                return released(t.give_back(id, weight));
+            },
+            py::arg("id"), py::arg("weight"))
         .def("stats",
              [](const ChunkTable& t) {
                  auto s = t.stats();

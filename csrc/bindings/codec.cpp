@@ -73,11 +73,17 @@ bool carriable_dtype(const py::dtype& dt) {
     constexpr char kItemRefcount = 0x01;  // NPY_ITEM_REFCOUNT: holds objects, records included
     if (dt.flags() & kItemRefcount) return false;
     switch (dt.kind()) {
-        case 'b': case 'i': case 'u': case 'f': case 'c': case 'm': case 'M':
-        case 'S': case 'U': case 'V':
-            return true;
-        default:
-            return false;
+        case 'b':
+        case 'i':
+        case 'u':
+        case 'f':
+        case 'c':
+        case 'm':
+        case 'M':
+        case 'S':
+        case 'U':
+        case 'V': return true;
+        default: return false;
     }
 }
 
@@ -241,7 +247,8 @@ class Encoder {
         dtype(arr.dtype(), arr);
         body.u8(c ? 0 : 1);
         body.u32(static_cast<std::uint32_t>(arr.ndim()));
-        for (py::ssize_t i = 0; i < arr.ndim(); ++i) body.u64(static_cast<std::uint64_t>(arr.shape(i)));
+        for (py::ssize_t i = 0; i < arr.ndim(); ++i)
+            body.u64(static_cast<std::uint64_t>(arr.shape(i)));
         bytes_run(arr, arr.data(), static_cast<std::size_t>(arr.nbytes()));
     }
 
@@ -289,8 +296,8 @@ class Encoder {
 
     void pickled(py::handle obj) {
         py::list buffers;
-        py::bytes data = types().pickle.attr("dumps")(obj, py::arg("protocol") = 5,
-                                                     py::arg("buffer_callback") = buffers.attr("append"));
+        py::bytes data = types().pickle.attr("dumps")(
+            obj, py::arg("protocol") = 5, py::arg("buffer_callback") = buffers.attr("append"));
         body.u8(T_PICKLE);
         body.blob(std::string_view(PyBytes_AS_STRING(data.ptr()), PyBytes_GET_SIZE(data.ptr())));
         body.u64(buffers.size());
@@ -320,7 +327,8 @@ class Decoder {
             case T_INT: return py::int_(r_.i64());
             case T_BIGINT: {
                 auto raw = r_.blob();
-                return types().int_from_bytes(py::bytes(raw.data(), raw.size()), "little", py::arg("signed") = true);
+                return types().int_from_bytes(py::bytes(raw.data(), raw.size()), "little",
+                                              py::arg("signed") = true);
             }
             case T_FLOAT: return py::float_(r_.f64());
             case T_COMPLEX: {
@@ -379,27 +387,30 @@ class Decoder {
                 auto name = r_.blob();
                 bool has_ref = r_.u8() != 0;
                 auto ref = r_.u64();
-                return types().address(rank, this->name(name),
-                                       has_ref ? py::object(py::int_(ref)) : py::object(py::none()));
+                return types().address(
+                    rank, this->name(name),
+                    has_ref ? py::object(py::int_(ref)) : py::object(py::none()));
             }
             case T_ITEM: return item(depth);
             case T_PICKLE: return pickled();
-            default:
-                throw DecodeError("unknown value type " + std::to_string(type));
+            default: throw DecodeError("unknown value type " + std::to_string(type));
         }
     }
 
     void finish() {
         if (r_.remaining() != 0)
-            throw DecodeError(std::to_string(r_.remaining()) + " unexpected bytes after the payload");
+            throw DecodeError(std::to_string(r_.remaining()) +
+                              " unexpected bytes after the payload");
         for (std::size_t i = 0; i < used_.size(); ++i)
-            if (!used_[i]) throw DecodeError("out-of-band buffer " + std::to_string(i) + " is unused");
+            if (!used_[i])
+                throw DecodeError("out-of-band buffer " + std::to_string(i) + " is unused");
     }
 
   private:
     // Names (dtype strings, receiver names, formats) must be valid UTF-8.
     py::str name(std::string_view raw) {
-        PyObject* s = PyUnicode_DecodeUTF8(raw.data(), static_cast<Py_ssize_t>(raw.size()), "strict");
+        PyObject* s =
+            PyUnicode_DecodeUTF8(raw.data(), static_cast<Py_ssize_t>(raw.size()), "strict");
         if (!s) python_failure("invalid UTF-8 in a name");
         return py::reinterpret_steal<py::str>(s);
     }
@@ -411,9 +422,11 @@ class Decoder {
 
     const std::shared_ptr<Buffer>& take_oob(std::uint64_t expected_size) {
         auto i = r_.u32();
-        if (i >= oob_.size()) throw DecodeError("out-of-band buffer " + std::to_string(i) + " does not exist");
+        if (i >= oob_.size())
+            throw DecodeError("out-of-band buffer " + std::to_string(i) + " does not exist");
         if (used_[i]) throw DecodeError("out-of-band buffer " + std::to_string(i) + " used twice");
-        if (expected_size != std::numeric_limits<std::uint64_t>::max() && oob_[i]->size() != expected_size)
+        if (expected_size != std::numeric_limits<std::uint64_t>::max() &&
+            oob_[i]->size() != expected_size)
             throw DecodeError("out-of-band buffer " + std::to_string(i) + " has " +
                               std::to_string(oob_[i]->size()) + " bytes, " +
                               std::to_string(expected_size) + " expected");
@@ -428,7 +441,8 @@ class Decoder {
             auto n = r_.u64();
             return {r_.take(n), static_cast<std::size_t>(n)};
         }
-        if (storage != S_OUT_OF_BAND) throw DecodeError("bad storage mark " + std::to_string(storage));
+        if (storage != S_OUT_OF_BAND)
+            throw DecodeError("bad storage mark " + std::to_string(storage));
         const auto& b = take_oob(std::numeric_limits<std::uint64_t>::max());
         return {b->data(), b->size()};
     }
@@ -446,14 +460,16 @@ class Decoder {
         auto storage = r_.u8();
         if (storage == S_INLINE) {
             auto n = r_.u64();
-            if (n != nbytes) throw DecodeError("array data has " + std::to_string(n) + " bytes, " +
-                                               std::to_string(nbytes) + " expected");
+            if (n != nbytes)
+                throw DecodeError("array data has " + std::to_string(n) + " bytes, " +
+                                  std::to_string(nbytes) + " expected");
             auto src = r_.take(n);
             py::array a(dt, shape, strides);
             if (n) std::memcpy(a.mutable_data(), src, n);
             return a;
         }
-        if (storage != S_OUT_OF_BAND) throw DecodeError("bad storage mark " + std::to_string(storage));
+        if (storage != S_OUT_OF_BAND)
+            throw DecodeError("bad storage mark " + std::to_string(storage));
         return over_buffer(take_oob(nbytes), dt, shape, strides);
     }
 
@@ -462,7 +478,8 @@ class Decoder {
                                  std::vector<py::ssize_t> shape, std::vector<py::ssize_t> strides) {
         auto holder = new std::shared_ptr<Buffer>(buffer);
         py::capsule owner(holder, "conveyor.Buffer", [](PyObject* cap) {
-            delete static_cast<std::shared_ptr<Buffer>*>(PyCapsule_GetPointer(cap, "conveyor.Buffer"));
+            delete static_cast<std::shared_ptr<Buffer>*>(
+                PyCapsule_GetPointer(cap, "conveyor.Buffer"));
         });
         return py::array(dt, std::move(shape), std::move(strides), buffer->data(), owner);
     }
@@ -507,10 +524,12 @@ class Decoder {
             if (n > std::uint64_t(std::numeric_limits<py::ssize_t>::max()))
                 throw DecodeError("array dimension too large");
             d = static_cast<py::ssize_t>(n);
-            if (n == 0) empty = true;
+            if (n == 0)
+                empty = true;
             else if (!empty && total > std::numeric_limits<std::uint64_t>::max() / n)
                 throw DecodeError("array size overflows");
-            else if (!empty) total *= n;
+            else if (!empty)
+                total *= n;
         }
         nbytes = empty ? 0 : total;
         if (nbytes > std::uint64_t(std::numeric_limits<py::ssize_t>::max()))
@@ -541,14 +560,16 @@ class Decoder {
             flat = py::memoryview(py::bytes(reinterpret_cast<const char*>(p), n));
         } else if (storage == S_OUT_OF_BAND) {
             const auto& b = take_oob(std::numeric_limits<std::uint64_t>::max());
-            flat = py::memoryview(over_buffer(b, py::dtype("u1"), {static_cast<py::ssize_t>(b->size())}, {1}));
+            flat = py::memoryview(
+                over_buffer(b, py::dtype("u1"), {static_cast<py::ssize_t>(b->size())}, {1}));
         } else {
             throw DecodeError("bad storage mark " + std::to_string(storage));
         }
         try {
             return flat.attr("cast")("B").attr("cast")(name(fmt), dims);
         } catch (py::error_already_set& e) {
-            throw DecodeError(std::string("memoryview layout does not match its data: ") + e.what());
+            throw DecodeError(std::string("memoryview layout does not match its data: ") +
+                              e.what());
         }
     }
 
@@ -579,8 +600,9 @@ class Decoder {
             buffers.append(py::bytearray(reinterpret_cast<const char*>(run.first), run.second));
         }
         if (!allow_pickle_)
-            throw DecodeError("the payload holds a pickled object, but this Messenger was not "
-                              "created with pickle=True");
+            throw DecodeError(
+                "the payload holds a pickled object, but this Messenger was not "
+                "created with pickle=True");
         try {
             return types().pickle.attr("loads")(py::bytes(data.data(), data.size()),
                                                 py::arg("buffers") = buffers);
@@ -676,3 +698,23 @@ py::object decode_body(const std::uint8_t* body, std::size_t size,
 }
 
 }  // namespace conveyor::py_codec
+
+namespace conveyor {
+
+py::object decode_tag(const std::string& tag) {
+    auto s = py::reinterpret_steal<py::object>(
+        PyUnicode_DecodeUTF8(tag.data(), static_cast<Py_ssize_t>(tag.size()), "replace"));
+    if (!s) throw py::error_already_set();
+    return s;
+}
+
+void register_codec(py::module_& m) {
+    // The frame kinds the façade passes to Engine.send and encode_frame.
+    m.attr("KIND_SEND") = static_cast<int>(FrameKind::Send);
+    m.attr("KIND_REQUEST") = static_cast<int>(FrameKind::Request);
+    m.attr("KIND_REPLY") = static_cast<int>(FrameKind::Reply);
+    m.attr("KIND_ERROR") = static_cast<int>(FrameKind::Error);
+    m.attr("KIND_ANSWER") = static_cast<int>(FrameKind::Answer);
+}
+
+}  // namespace conveyor

@@ -14,8 +14,8 @@
 #include <utility>
 #include <vector>
 
-#include "conveyor/engine.hpp"
-#include "conveyor/wire.hpp"
+#include "conveyor/engine/engine.hpp"
+#include "conveyor/wire/wire.hpp"
 
 namespace conveyor::py_codec {
 
@@ -70,3 +70,19 @@ void configure(py::object address_type, py::object item_base, py::dict item_regi
                py::object pickle_module);
 
 }  // namespace conveyor::py_codec
+
+namespace conveyor {
+
+namespace py = pybind11;
+
+// A frame kind from Python (Engine.send, encode_frame): refuses unknown ones.
+inline FrameKind frame_kind(int kind) {
+    if (!valid_kind(static_cast<std::uint8_t>(kind)))
+        throw UsageError("unknown frame kind " + std::to_string(kind));
+    return static_cast<FrameKind>(kind);
+}
+
+// A tag off the wire as a str (bytes that are not UTF-8 are replaced, not fatal).
+py::object decode_tag(const std::string& tag);
+
+}  // namespace conveyor

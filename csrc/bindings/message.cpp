@@ -11,8 +11,7 @@ namespace conveyor::py_message {
 namespace {
 
 struct MessageObject {
-    PyObject_HEAD
-    PyObject* tag;
+    PyObject_HEAD PyObject* tag;
     PyObject* payload;
     PyObject* source;
     PyObject* reply_to;  // null for a request whose Address was not read yet
@@ -101,7 +100,8 @@ PyObject* get_reply_to(PyObject* self, void*) {
     if (!m->reply_to) {
         if (!m->is_request) Py_RETURN_NONE;
         try {
-            m->reply_to = py_codec::make_address(m->source, m->tag, py::int_(m->reply_ref)).release().ptr();
+            m->reply_to =
+                py_codec::make_address(m->source, m->tag, py::int_(m->reply_ref)).release().ptr();
         } catch (py::error_already_set& e) {
             e.restore();
             return nullptr;
@@ -138,13 +138,6 @@ PyType_Spec spec = {
 
 }  // namespace
 
-void add_type(py::module_& module) {
-    PyObject* type = PyType_FromSpec(&spec);
-    if (!type) throw py::error_already_set();
-    message_type = reinterpret_cast<PyTypeObject*>(type);  // kept for the module's lifetime
-    module.add_object("MessageBase", py::reinterpret_borrow<py::object>(type));
-}
-
 py::object make(PyTypeObject* type, py::handle messenger, py::handle tag, py::handle payload,
                 py::handle source, py::handle reply_to) {
     PyObject* self = type->tp_alloc(type, 0);
@@ -166,7 +159,9 @@ py::object make_request(PyTypeObject* type, py::handle messenger, py::handle tag
 }
 
 namespace {
-MessageObject* fields(py::handle message) { return reinterpret_cast<MessageObject*>(message.ptr()); }
+MessageObject* fields(py::handle message) {
+    return reinterpret_cast<MessageObject*>(message.ptr());
+}
 }  // namespace
 
 bool replied(py::handle message) { return fields(message)->replied; }
@@ -180,3 +175,18 @@ bool is_message_type(py::handle type) {
 }
 
 }  // namespace conveyor::py_message
+
+namespace conveyor {
+
+namespace py = pybind11;
+
+// Creates the type and adds it to `module` as MessageBase.
+void register_message(py::module_& module) {
+    PyObject* type = PyType_FromSpec(&py_message::spec);
+    if (!type) throw py::error_already_set();
+    py_message::message_type =
+        reinterpret_cast<PyTypeObject*>(type);  // kept for the module's lifetime
+    module.add_object("MessageBase", py::reinterpret_borrow<py::object>(type));
+}
+
+}  // namespace conveyor

@@ -14,9 +14,6 @@ namespace conveyor::py_message {
 
 namespace py = pybind11;
 
-// Creates the type and adds it to `module` as MessageBase.
-void add_type(py::module_& module);
-
 // A new instance of `type` (MessageBase or a subclass) with these fields.
 py::object make(PyTypeObject* type, py::handle messenger, py::handle tag, py::handle payload,
                 py::handle source, py::handle reply_to);

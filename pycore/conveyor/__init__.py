@@ -12,7 +12,7 @@
 import importlib
 import typing
 
-from ._version import __version__
+from ._version import __version__ as __version__
 
 # Where each public name lives. Importing a module that reaches the native
 # core imports mpi4py.MPI, which initialises MPI; the names are therefore

@@ -2,12 +2,12 @@
 
 import pickle
 
-# Importing the bridge imports mpi4py.MPI first: MPI is initialised and the
-# MPI library mpi4py chose is loaded, so _core links against that same one.
-from . import (
-    _core,
-    _mpi,  # noqa: F401  (import order matters)
-)
+# mpi4py.MPI first: it initialises MPI and loads the MPI library mpi4py
+# chose, which the extensions then use (they carry no run path of their own:
+# the dynamic linker finds libmpi already loaded, by its soname).
+import mpi4py.MPI  # noqa: F401  (import order matters; isort keeps it first)
+
+from . import _core, _mpi
 from ._carriage import Address, CarriageableItem, _registry
 from ._errors import CarriageError, ConveyorError, FrameError, MessageTooLargeError, MPIError
 

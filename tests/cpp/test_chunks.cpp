@@ -1,5 +1,5 @@
-// Unit tests of the alignment kernel and the chunk table: pure C++, no MPI
-// calls (built with mpicxx only because engine.hpp includes mpi.h).
+// Unit tests of the alignment kernel and the chunk table: pure C++, built
+// without MPI (tests/test_cpp.py), which also proves the kernels need none.
 #include <cstdio>
 #include <functional>
 #include <memory>
@@ -8,15 +8,16 @@
 #include <vector>
 
 #include "check.hpp"
-#include "conveyor/align.hpp"
-#include "conveyor/chunks.hpp"
-#include "conveyor/engine.hpp"
+#include "conveyor/chunks/align.hpp"
+#include "conveyor/chunks/chunks.hpp"
+#include "conveyor/common/errors.hpp"
 
 using namespace conveyor;
 
 using Pieces = std::vector<std::vector<std::uint64_t>>;
 
-static Pieces pieces(const std::vector<std::uint64_t>& sizes, std::uint64_t begin, std::uint64_t end) {
+static Pieces pieces(const std::vector<std::uint64_t>& sizes, std::uint64_t begin,
+                     std::uint64_t end) {
     Pieces out;
     for (const auto& p : align(sizes, begin, end)) out.push_back({p.chunk, p.start, p.stop});
     return out;
@@ -155,7 +156,8 @@ static void test_owner_weights() {
     CHECK(!owner.give_back(id, ChunkTable::kMintWeight).freed);
     CHECK(throws<UsageError>([&] { owner.give_back(id, ChunkTable::kMintWeight + 1); }));
     CHECK(owner.contains(id));  // the refused give-back changed nothing
-    CHECK(!owner.give_back(id, ChunkTable::kMintWeight - 5).freed);  // passed on, given back in parts
+    CHECK(
+        !owner.give_back(id, ChunkTable::kMintWeight - 5).freed);  // passed on, given back in parts
     auto back = owner.give_back(id, 5);
     CHECK(back.freed && back.weight == 0);
     CHECK(!owner.contains(id));
@@ -204,10 +206,15 @@ static void test_owner_weights() {
     CHECK(!b.release(ahead).freed);
     b.hold_owned(ahead);
     b.create(ahead, 100);
-    CHECK(b.contains(ahead) && b.stats().placeholders == 0 && b.state(ahead) == ChunkState::Pending);
+    CHECK(b.contains(ahead) && b.stats().placeholders == 0 &&
+          b.state(ahead) == ChunkState::Pending);
     CHECK(!b.give_back(ahead, 70).freed);
     CHECK(b.release(ahead).freed);
-    CHECK(throws<UsageError>([&] { ChunkTable t(0); t.adopt(ahead, 3, 3, 1); t.hold_owned(ahead); }));
+    CHECK(throws<UsageError>([&] {
+        ChunkTable t(0);
+        t.adopt(ahead, 3, 3, 1);
+        t.hold_owned(ahead);
+    }));
 }
 
 static void test_foreign_weights() {

@@ -10,9 +10,9 @@
 #include <vector>
 
 #include "check.hpp"
-#include "conveyor/engine.hpp"
-#include "conveyor/route.hpp"
-#include "conveyor/wire.hpp"
+#include "conveyor/engine/engine.hpp"
+#include "conveyor/routing/route.hpp"
+#include "conveyor/wire/wire.hpp"
 
 using namespace conveyor;
 
@@ -71,7 +71,10 @@ static void test_route() {
 
     // Rows of an odd size take the generic copy; narrower destination types work too.
     std::vector<std::int32_t> narrow = {1, 0, 1};
-    const char wide[] = "aaa" "bbb" "ccc";
+    const char wide[] =
+        "aaa"
+        "bbb"
+        "ccc";
     char grouped[9] = {};
     std::vector<std::uint64_t> two(3);
     CHECK(route_rows(narrow.data(), 3, reinterpret_cast<const std::uint8_t*>(wide), 3, 2,
@@ -134,7 +137,8 @@ static void test_engine() {
             if (i % 2) {
                 CHECK(in->oob.size() == 1);
                 auto data = reinterpret_cast<const std::int32_t*>(in->oob[0]->data());
-                CHECK(data[0] == in->source * 1000 + i && data[49999] == in->source * 1000 + i + 49999);
+                CHECK(data[0] == in->source * 1000 + i &&
+                      data[49999] == in->source * 1000 + i + 49999);
             }
             engine.mark_handled();
             ++received;

@@ -10,10 +10,11 @@
 
 #include <cstdint>
 #include <cstring>
-#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <vector>
+
+#include "conveyor/common/errors.hpp"
 
 namespace conveyor {
 
@@ -23,11 +24,6 @@ constexpr std::uint8_t kFrameVersion = 1;
 // The largest number of out-of-band buffers one frame may announce; a frame
 // announcing more is malformed (it would make the receiver allocate blindly).
 constexpr std::uint32_t kMaxOutOfBand = 1u << 16;
-
-class DecodeError : public std::runtime_error {
-  public:
-    using std::runtime_error::runtime_error;
-};
 
 // What a frame asks the receiving rank to do.
 enum class FrameKind : std::uint8_t {
@@ -123,10 +119,10 @@ class Reader {
 // The part of a frame the engine reads before anything is delivered.
 struct FrameHeader {
     FrameKind kind = FrameKind::Send;
-    std::uint64_t ref = 0;             // request id (Request/Reply/Error), else 0
-    std::string tag;                   // receiver name (Send/Request)
-    std::vector<std::uint64_t> oob;    // sizes of the out-of-band buffers, in order
-    std::size_t body_offset = 0;       // where the encoded payload starts
+    std::uint64_t ref = 0;           // request id (Request/Reply/Error), else 0
+    std::string tag;                 // receiver name (Send/Request)
+    std::vector<std::uint64_t> oob;  // sizes of the out-of-band buffers, in order
+    std::size_t body_offset = 0;     // where the encoded payload starts
 };
 
 inline void write_header(Writer& w, FrameKind kind, std::uint64_t ref, std::string_view tag,

@@ -1,11 +1,11 @@
-#include "conveyor/route.hpp"
+#include "conveyor/routing/route.hpp"
 
 #include <cstring>
 #include <string>
 #include <type_traits>
 #include <vector>
 
-#include "conveyor/engine.hpp"
+#include "conveyor/common/errors.hpp"
 
 namespace conveyor {
 
@@ -57,7 +57,8 @@ int route_rows(const Dest* dests, std::size_t n, const std::uint8_t* rows, std::
         if constexpr (std::is_signed_v<Dest>) negative = d < 0;
         if (negative || static_cast<std::uint64_t>(d) >= static_cast<std::uint64_t>(nranks))
             throw UsageError("destination rank " + std::to_string(d) + " at index " +
-                             std::to_string(i) + " is out of range 0.." + std::to_string(nranks - 1));
+                             std::to_string(i) + " is out of range 0.." +
+                             std::to_string(nranks - 1));
         next[static_cast<std::size_t>(d) + 1] += 1;
     }
     int only = -1;
@@ -70,9 +71,9 @@ int route_rows(const Dest* dests, std::size_t n, const std::uint8_t* rows, std::
     return only;
 }
 
-#define CONVEYOR_ROUTE_ROWS(Dest)                                                              \
-    template int route_rows<Dest>(const Dest*, std::size_t, const std::uint8_t*, std::size_t, \
-                                  int, std::uint8_t*, std::uint64_t*);
+#define CONVEYOR_ROUTE_ROWS(Dest)                                                                  \
+    template int route_rows<Dest>(const Dest*, std::size_t, const std::uint8_t*, std::size_t, int, \
+                                  std::uint8_t*, std::uint64_t*);
 CONVEYOR_ROUTE_ROWS(std::int8_t)
 CONVEYOR_ROUTE_ROWS(std::uint8_t)
 CONVEYOR_ROUTE_ROWS(std::int16_t)

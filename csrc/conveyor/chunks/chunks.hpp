@@ -35,7 +35,8 @@
 #include <unordered_map>
 #include <vector>
 
-#include "conveyor/engine.hpp"
+#include "conveyor/common/errors.hpp"
+#include "conveyor/common/keep_alive.hpp"
 
 namespace conveyor {
 
@@ -109,8 +110,8 @@ class ChunkTable {
     std::vector<std::uint64_t> resolve(ChunkId id, ChunkValue value);
     std::vector<std::uint64_t> fail(ChunkId id, std::string error);
     ChunkState state(ChunkId id) const;
-    const ChunkValue& value(ChunkId id) const;     // Resolved only
-    const std::string& error(ChunkId id) const;    // Error only
+    const ChunkValue& value(ChunkId id) const;   // Resolved only
+    const std::string& error(ChunkId id) const;  // Error only
     // Register `token` if the chunk is still Pending (true); false if it is
     // settled and the caller can go on at once.
     bool add_waiter(ChunkId id, std::uint64_t token);

@@ -1,4 +1,4 @@
-#include "conveyor/chunks.hpp"
+#include "conveyor/chunks/chunks.hpp"
 
 #include <algorithm>
 #include <limits>
@@ -146,9 +146,7 @@ bool ChunkTable::contains(ChunkId id) const {
     return (it != owned_.end() && it->second.created) || foreign_.count(id) != 0;
 }
 
-std::size_t ChunkTable::size() const {
-    return owned_.size() - placeholders_ + foreign_.size();
-}
+std::size_t ChunkTable::size() const { return owned_.size() - placeholders_ + foreign_.size(); }
 
 void ChunkTable::hold(ChunkId id) {
     auto f = foreign_.find(id);
@@ -193,7 +191,8 @@ Lent ChunkTable::lend(ChunkId id) {
             e.weight -= l.weight;
         } else {
             if (e.proxied > UINT64_MAX - kLendCap)
-                throw UsageError(describe(id) + ": too much proxied weight outstanding to lend more");
+                throw UsageError(describe(id) +
+                                 ": too much proxied weight outstanding to lend more");
             e.proxied += kLendCap;
             l = {kLendCap, rank_, false};
         }
@@ -202,7 +201,8 @@ Lent ChunkTable::lend(ChunkId id) {
         return l;
     }
     Owned& e = held(id)->second;
-    if (e.outstanding > std::numeric_limits<std::int64_t>::max() - static_cast<std::int64_t>(kMintWeight))
+    if (e.outstanding >
+        std::numeric_limits<std::int64_t>::max() - static_cast<std::int64_t>(kMintWeight))
         throw UsageError(describe(id) + ": too much reference weight outstanding to lend more");
     e.outstanding += static_cast<std::int64_t>(kMintWeight);
     return {kMintWeight, rank_, false};
@@ -216,10 +216,12 @@ Released ChunkTable::adopt(ChunkId id, int owner, int home, std::uint64_t weight
                          std::to_string(home) + " is negative");
     // A reference without weight would let its home free the chunk under it.
     if (weight == 0) throw UsageError(describe(id) + ": a reference must arrive with some weight");
-    if (owner == rank_) return {false, home, weight};  // the owner keeps no weight: a proxy's goes back
+    if (owner == rank_)
+        return {false, home, weight};  // the owner keeps no weight: a proxy's goes back
     auto it = owned_.find(id);
     if (it != owned_.end() && it->second.created)
-        throw UsageError(describe(id) + " was created on this rank, not on rank " + std::to_string(owner));
+        throw UsageError(describe(id) + " was created on this rank, not on rank " +
+                         std::to_string(owner));
     auto [f, fresh] = foreign_.try_emplace(id, Foreign{owner, home});
     Foreign& e = f->second;
     if (!fresh && e.owner != owner)
@@ -228,8 +230,10 @@ Released ChunkTable::adopt(ChunkId id, int owner, int home, std::uint64_t weight
     // Weights of two homes: the owner's is kept, and a proxy's goes back.
     if (e.home != home && home != owner) return {false, home, weight};
     e.refill_asked = false;
-    if (e.home != home) return {false, std::exchange(e.home, home), std::exchange(e.weight, weight)};
-    if (weight > UINT64_MAX - e.weight) throw UsageError(describe(id) + ": adopted weight overflows");
+    if (e.home != home)
+        return {false, std::exchange(e.home, home), std::exchange(e.weight, weight)};
+    if (weight > UINT64_MAX - e.weight)
+        throw UsageError(describe(id) + ": adopted weight overflows");
     e.weight += weight;
     return {false, home, 0};
 }
@@ -238,9 +242,9 @@ Released ChunkTable::give_back(ChunkId id, std::uint64_t weight) {
     if (auto f = foreign_.find(id); f != foreign_.end()) {
         Foreign& e = f->second;
         if (weight > e.proxied)
-            throw UsageError(describe(id) + ": " + std::to_string(weight) + " weight given back, only " +
-                             std::to_string(e.proxied) + " lent by this rank (rank " +
-                             std::to_string(e.owner) + " owns it)");
+            throw UsageError(describe(id) + ": " + std::to_string(weight) +
+                             " weight given back, only " + std::to_string(e.proxied) +
+                             " lent by this rank (rank " + std::to_string(e.owner) + " owns it)");
         e.proxied -= weight;
         return drop_if_unused(f);
     }
@@ -250,8 +254,9 @@ Released ChunkTable::give_back(ChunkId id, std::uint64_t weight) {
     // Before the create, outstanding may go as low as it likes; after it,
     // a give-back of more than was lent is a bug elsewhere, refused whole.
     if (e.created && w > e.outstanding)
-        throw UsageError(describe(id) + ": " + std::to_string(weight) + " weight given back, only " +
-                         std::to_string(e.outstanding) + " outstanding");
+        throw UsageError(describe(id) + ": " + std::to_string(weight) +
+                         " weight given back, only " + std::to_string(e.outstanding) +
+                         " outstanding");
     if (!e.created && e.outstanding < std::numeric_limits<std::int64_t>::min() + w) {
         if (fresh) owned_.erase(it);
         throw UsageError(describe(id) + ": given-back weight overflows");

@@ -1,9 +1,9 @@
-#include "conveyor/align.hpp"
+#include "conveyor/chunks/align.hpp"
 
 #include <algorithm>
 #include <string>
 
-#include "conveyor/engine.hpp"
+#include "conveyor/common/errors.hpp"
 
 namespace conveyor {
 

@@ -2,9 +2,8 @@
 //
 // Its owner's calls drive MPI (the Python façade's sends, waits and serves),
 // and a background thread of its own takes over while the owner is away
-// (see class Engine). Idle waiting spins briefly, then yields, then sleeps with a growing interval,
-// so a rank waiting for messages does not keep a core busy when ranks
-// outnumber cores.
+// (see class Engine). Idle waiting spins briefly, then yields, then sleeps
+// with a growing interval (backoff.hpp).
 //
 // Wire protocol on the engine's communicator (a duplicate owned by the user):
 //   kTagFrame: one frame (wire.hpp), received with a matched probe.
@@ -13,6 +12,11 @@
 // MPI's non-overtaking rule per (source, tag) lets the receiver post the data
 // receives in the order it reads frames; per-source delivery queues then keep
 // messages in the order they were sent even when a large one is still arriving.
+//
+// One object or concept a file: engine.cpp (posting, receiving, progress,
+// the owner's wait), batching.cpp, flow_control.cpp, quiescence.cpp,
+// background.cpp (the background thread), buffer.hpp (receive buffers and
+// their cache), backoff.hpp (idle waiting).
 #pragma once
 
 #include <mpi.h>
@@ -20,8 +24,8 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
-#include <cstring>
 #include <cstdint>
+#include <cstring>
 #include <deque>
 #include <memory>
 #include <mutex>
@@ -29,61 +33,22 @@
 #include <thread>
 #include <vector>
 
-#include "conveyor/wire.hpp"
+#include "conveyor/common/errors.hpp"
+#include "conveyor/common/keep_alive.hpp"
+#include "conveyor/engine/buffer.hpp"
+#include "conveyor/wire/wire.hpp"
 
 namespace conveyor {
 
+using Clock = std::chrono::steady_clock;
+
 constexpr int kTagFrame = 1;
 constexpr int kTagData = 2;
-
-// An MPI call failed: carries MPI's own error string.
-class MPIError : public std::runtime_error {
-  public:
-    using std::runtime_error::runtime_error;
-};
-
-// A message larger than the frame limit, or another bad argument from the caller.
-class UsageError : public std::invalid_argument {
-  public:
-    using std::invalid_argument::invalid_argument;
-};
-
-// A frame over the frame limit: large data belongs in out-of-band buffers.
-class FrameTooLarge : public UsageError {
-  public:
-    using UsageError::UsageError;
-};
-
-// Uninitialised, 64-byte aligned memory that MPI writes a received buffer into.
-// Ownership passes to whoever delivers it (a numpy array in the bindings).
-//
-// Large buffers come from a bounded cache of freed ones of the same size:
-// fresh memory of that size must be faulted in page by page while MPI copies
-// into it, which costs ten times the copy itself from ~64 MiB up.
-class Buffer {
-  public:
-    explicit Buffer(std::size_t size);
-    ~Buffer();
-    // The most bytes of freed buffers kept for reuse (process-wide; 0 disables).
-    static void set_cache_limit(std::size_t bytes);
-    static std::size_t cached_bytes();
-    Buffer(const Buffer&) = delete;
-    Buffer& operator=(const Buffer&) = delete;
-    std::uint8_t* data() const { return data_; }
-    std::size_t size() const { return size_; }
-
-  private:
-    std::uint8_t* data_ = nullptr;
-    std::size_t size_ = 0;
-};
 
 struct OutOfBand {
     const void* data;
     std::size_t size;
 };
-
-// Keeps the sender's memory alive until MPI no longer needs it.
-using KeepAlive = std::shared_ptr<void>;
 
 // One received message, delivered whole and in order.
 struct Incoming {
@@ -98,8 +63,8 @@ struct Incoming {
 struct EngineOptions {
     std::size_t max_frame_bytes = std::size_t(1) << 30;
     std::size_t piece_bytes = std::size_t(1) << 30;
-    double spin_seconds = 50e-6;   // busy-poll this long after the last activity
-    double yield_seconds = 200e-6; // then sched_yield until this long
+    double spin_seconds = 50e-6;    // busy-poll this long after the last activity
+    double yield_seconds = 200e-6;  // then sched_yield until this long
     double max_sleep_seconds = 500e-6;
     // Aggregation: frames of at most batch_bytes / 4 without out-of-band
     // data are packed, per destination, into Batch frames of up to
@@ -122,22 +87,22 @@ struct EngineOptions {
 };
 
 struct EngineStats {
-    std::uint64_t messages_sent = 0;     // logical messages posted
-    std::uint64_t messages_handled = 0;  // logical messages the caller finished with
+    std::uint64_t messages_sent = 0;        // logical messages posted
+    std::uint64_t messages_handled = 0;     // logical messages the caller finished with
     std::uint64_t messages_aggregated = 0;  // of messages_sent, those packed into batches
-    std::uint64_t frames_sent = 0;       // MPI messages carrying frames (a batch is one)
+    std::uint64_t frames_sent = 0;          // MPI messages carrying frames (a batch is one)
     std::uint64_t frames_received = 0;
     std::uint64_t frames_malformed = 0;
     std::uint64_t batches_sent = 0;
     std::uint64_t batches_received = 0;
-    std::uint64_t bytes_framed = 0;           // bytes copied into frames
-    std::uint64_t bytes_zero_copy_sent = 0;   // sent straight from user memory
+    std::uint64_t bytes_framed = 0;              // bytes copied into frames
+    std::uint64_t bytes_zero_copy_sent = 0;      // sent straight from user memory
     std::uint64_t bytes_zero_copy_received = 0;  // received straight into delivered memory
-    std::uint64_t credits_sent = 0;           // flow-control frames
+    std::uint64_t credits_sent = 0;              // flow-control frames
     std::uint64_t credits_received = 0;
-    std::uint64_t sends_held = 0;             // frames that waited for the receiver's credit
-    std::uint64_t waits_slept = 0;            // times an idle wait went to sleep
-    std::uint64_t background_flushes = 0;     // batches the background thread sent
+    std::uint64_t sends_held = 0;          // frames that waited for the receiver's credit
+    std::uint64_t waits_slept = 0;         // times an idle wait went to sleep
+    std::uint64_t background_flushes = 0;  // batches the background thread sent
 };
 
 // The progress engine. All of its methods may be called from one thread (the
@@ -242,17 +207,17 @@ class Engine {
         KeepAlive keep;
         FlowBytes bytes;
     };
-    using Clock = std::chrono::steady_clock;
+    using Guard = std::lock_guard<std::mutex>;
     // What this rank has in flight to one destination, and has consumed from it.
     struct Route {
-        Writer batch;                    // a Batch frame being filled; empty when none
+        Writer batch;  // a Batch frame being filled; empty when none
         std::uint64_t batch_messages = 0;
         Clock::time_point batch_started;
         std::deque<std::shared_ptr<Outgoing>> held;  // waiting for credit, in order
-        FlowBytes in_flight;        // posted to MPI, not credited by the receiver yet
-        bool asked = false;         // we asked it for credit and none came yet
-        FlowBytes consumed;         // of its messages we popped, not credited yet
-        bool owes = false;          // it asked us for credit
+        FlowBytes in_flight;  // posted to MPI, not credited by the receiver yet
+        bool asked = false;   // we asked it for credit and none came yet
+        FlowBytes consumed;   // of its messages we popped, not credited yet
+        bool owes = false;    // it asked us for credit
     };
 
     bool congested_locked(int dest) const {
@@ -261,27 +226,43 @@ class Engine {
     bool aggregates(std::size_t frame_bytes) const {
         return options_.batch_bytes != 0 && frame_bytes + 4 <= options_.batch_bytes / 4;
     }
-    void open_batch(int dest);
-    void seal_batch(int dest);
-    void queue(int dest, std::shared_ptr<Outgoing> out);
-    void release(int dest);
-    void isend(int dest, std::shared_ptr<Outgoing> out);
-    void send_credit(int dest, FlowBytes consumed);
-    void consumed(int source, FlowBytes bytes);
-    void credit(int source);
-    void flush_locked();
+
+    static void check_dest(int dest, int size) {
+        if (dest < 0 || dest >= size)
+            throw UsageError("destination rank " + std::to_string(dest) + " is out of range 0.." +
+                             std::to_string(size - 1));
+    }
+    // engine.cpp
     bool progress_locked();
+    bool progress_after_nap();
+    void isend(int dest, std::shared_ptr<Outgoing> out);
     void receive_frame(MPI_Message message, const MPI_Status& status);
     void enqueue(std::unique_ptr<Incoming> in);
     void release_in_order(int source);
     bool complete_sends();
     bool complete_receives();
     void bury(std::shared_ptr<Outgoing> out);
+    // batching.cpp
+    void open_batch(int dest);
+    void seal_batch(int dest);
+    void flush_locked();
+    bool flush_stale_batches();
+    // flow_control.cpp
+    void queue(int dest, std::shared_ptr<Outgoing> out);
+    void release(int dest);
+    void send_credit(int dest, FlowBytes consumed);
+    void consumed(int source, FlowBytes bytes);
+    void credit(int source);
+    void receive_credit(const Incoming& in);
+    // background.cpp
     void background_loop();
     void background_rounds();
-    bool flush_stale_batches();
     void signal_owner();
     void wake_background();
+
+    // True on the engine's background thread, which must not release the
+    // keep-alives of sends (they may hold Python objects).
+    static inline thread_local bool on_background_thread = false;
 
     MPI_Comm comm_;
     EngineOptions options_;
@@ -313,7 +294,7 @@ class Engine {
     // Set by the owner's calls, cleared by each background round: whether
     // the owner called in since (relaxed: a hint, never a guard of data).
     std::atomic<bool> owner_active_{false};
-    std::atomic<bool> owner_waiting_{false};  // the owner is in wait(), driving MPI
+    std::atomic<bool> owner_waiting_{false};    // the owner is in wait(), driving MPI
     std::atomic<std::size_t> open_batches_{0};  // routes with a batch filling
     std::atomic<int> notify_fd_{-1};
     // The owner has not drained since the background signalled notify_fd_.

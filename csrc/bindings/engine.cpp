@@ -1,0 +1,56 @@
+#include "bindings/engine.hpp"
+
+namespace conveyor {
+
+void register_engine(py::module_& m) {
+    py::class_<EngineOptions>(m, "EngineOptions")
+        .def(py::init<>())
+        .def_readwrite("max_frame_bytes", &EngineOptions::max_frame_bytes)
+        .def_readwrite("piece_bytes", &EngineOptions::piece_bytes)
+        .def_readwrite("spin_seconds", &EngineOptions::spin_seconds)
+        .def_readwrite("yield_seconds", &EngineOptions::yield_seconds)
+        .def_readwrite("max_sleep_seconds", &EngineOptions::max_sleep_seconds)
+        .def_readwrite("batch_bytes", &EngineOptions::batch_bytes)
+        .def_readwrite("flush_delay_seconds", &EngineOptions::flush_delay_seconds)
+        .def_readwrite("background_max_sleep_seconds", &EngineOptions::background_max_sleep_seconds)
+        .def_readwrite("window_bytes", &EngineOptions::window_bytes)
+        .def_readwrite("data_window_bytes", &EngineOptions::data_window_bytes)
+        .def_readwrite("background", &EngineOptions::background);
+
+    py::class_<PyEngine>(m, "Engine")
+        .def(py::init<std::intptr_t, std::size_t, bool, const EngineOptions&>(), py::arg("comm"),
+             py::arg("zero_copy_threshold"), py::arg("allow_pickle"), py::arg("options"))
+        .def_property_readonly("rank", [](PyEngine& e) { return e.engine().rank(); })
+        .def_property_readonly("size", [](PyEngine& e) { return e.engine().size(); })
+        .def("send", &PyEngine::send, py::arg("dest"), py::arg("kind"), py::arg("ref"),
+             py::arg("tag"), py::arg("payload"), py::arg("aggregate"))
+        .def("post_raw", &PyEngine::post_raw, py::arg("dest"), py::arg("frame"))
+        .def("serve", &PyEngine::serve, py::arg("timeout"), py::arg("uncongested"),
+             py::arg("dispatch"))
+        .def("answering", &PyEngine::answering, py::arg("source"), py::arg("ref"))
+        .def_property_readonly("answering_count", &PyEngine::answering_count)
+        .def("flush", [](PyEngine& e) { e.engine().flush(); })
+        .def(
+            "congested", [](PyEngine& e, int dest) { return e.engine().congested(dest); },
+            py::arg("dest"))
+        .def_property_readonly("handling", &PyEngine::handling)
+        .def_property_readonly("background",
+                               [](PyEngine& e) { return e.engine().has_background_thread(); })
+        .def("mark_handled", &PyEngine::mark_handled, py::arg("messages") = 1)
+        .def("defer_handled", &PyEngine::defer_handled)
+        .def("start_wave", &PyEngine::start_wave)
+        .def_property_readonly("wave_active", [](PyEngine& e) { return e.engine().wave_active(); })
+        .def("wave_done", &PyEngine::wave_done)
+        .def("flush_sends", &PyEngine::flush_sends, py::arg("timeout"))
+        .def(
+            "serve_in_background", [](PyEngine& e, int fd) { e.engine().serve_in_background(fd); },
+            py::arg("fd"))
+        .def("close", &PyEngine::close)
+        .def("stats", &PyEngine::stats)
+        .def("abort", [](PyEngine& e, int code) { e.engine().abort(code); });
+
+    m.def("set_buffer_cache_limit", &Buffer::set_cache_limit, py::arg("bytes"),
+          "Keep at most this many bytes of freed large receive buffers for reuse.");
+}
+
+}  // namespace conveyor

@@ -1,0 +1,543 @@
+// conveyor._core.Engine: the progress engine as the façade drives it, with
+// the dispatcher of serve().
+#pragma once
+
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <string>
+#include <type_traits>
+#include <unordered_map>
+#include <vector>
+
+#include "bindings/codec.hpp"
+#include "bindings/errors.hpp"
+#include "bindings/message.hpp"
+#include "conveyor/engine/engine.hpp"
+
+namespace conveyor {
+
+namespace py = pybind11;
+
+// MPI_Comm is an int in MPICH's ABI and a pointer in Open MPI's (a template,
+// so that only the branch for this MPI's handle type is compiled).
+template <class Handle = MPI_Comm>
+Handle comm_from_handle(std::intptr_t handle) {
+    if constexpr (std::is_pointer_v<Handle>) {
+        return reinterpret_cast<Handle>(handle);
+    } else {
+        return static_cast<Handle>(handle);
+    }
+}
+
+// The names of the façade's methods the dispatcher calls, interned once.
+struct MethodNames {
+    PyObject* fallback = PyUnicode_InternFromString("fallback");
+    PyObject* returned = PyUnicode_InternFromString("returned");
+    PyObject* failed = PyUnicode_InternFromString("failed");
+    PyObject* finish_request = PyUnicode_InternFromString("finish_request");
+    PyObject* answer = PyUnicode_InternFromString("answer");
+};
+inline const MethodNames& method_names() {
+    static const MethodNames names;  // first made under the GIL, never freed
+    return names;
+}
+
+// self.name(*args), without making a bound method.
+template <typename... Args>
+void call_method(py::handle self, PyObject* name, const Args&... args) {
+    PyObject* argv[] = {self.ptr(), py::handle(args).ptr()...};
+    auto result = py::reinterpret_steal<py::object>(
+        PyObject_VectorcallMethod(name, argv, sizeof(argv) / sizeof(argv[0]), nullptr));
+    if (!result) throw py::error_already_set();
+}
+
+// The engine as the façade drives it. Besides sending, one entry point,
+// serve(), waits and dispatches. The common cases are dispatched here, in
+// C++: plain sends and requests to a registered receiver (one handler call
+// each, and the request's reply sent). Answers to this rank's requests go to
+// the façade's Requests.answer; the rest (unknown tags, errors, rejected
+// frames, and requests whose handler raised, deferred or went async) to its
+// Dispatch.
+class PyEngine {
+  public:
+    PyEngine(std::intptr_t comm, std::size_t zero_copy_threshold, bool allow_pickle,
+             const EngineOptions& options)
+        : engine_(comm_from_handle(comm), options) {
+        codec_.zero_copy_threshold = zero_copy_threshold;
+        codec_.allow_pickle = allow_pickle;
+    }
+
+    // Encodes and sends (into the destination's batch when `aggregate` and
+    // small). Returns whether `dest` is congested: the caller should slow down.
+    bool send(int dest, int kind, std::uint64_t ref, std::string_view tag, py::handle payload,
+              bool aggregate) {
+        check_open();
+        Scratch scratch(*this);
+        auto& encoded = scratch.encoded;
+        try {
+            py_codec::encode_frame(encoded, frame_kind(kind), ref, tag, payload, codec_);
+            const auto& frame = encoded.frame.bytes;
+            if (aggregate && encoded.oob.empty()) {
+                auto posted = engine_.post_aggregated(dest, frame.data(), frame.size());
+                if (posted != Engine::Posted::TooLarge) return posted == Engine::Posted::Congested;
+            }
+            KeepAlive keep;
+            if (encoded.keep) keep = py_codec::keep_alive(std::move(encoded.keep));
+            return engine_.post(dest, std::move(encoded.frame.bytes), encoded.oob, std::move(keep));
+        } catch (...) {
+            // A message that does not leave takes nothing with it.
+            py_codec::unsent(encoded);
+            throw;
+        }
+    }
+
+    void post_raw(int dest, py::bytes frame) {
+        std::string s = frame;
+        engine_.post(dest, std::vector<std::uint8_t>(s.begin(), s.end()), {}, nullptr);
+    }
+
+    // Flushes batches, receives, waits up to `timeout` seconds (negative: no
+    // limit) if nothing is ready, then dispatches everything ready. With
+    // `uncongested` >= 0 the wait also ends once that rank takes sends again.
+    // `dispatch` is the façade's Dispatch (see Hooks). Returns how many
+    // messages were dispatched.
+    std::size_t serve(double timeout, int uncongested, py::handle dispatch) {
+        check_open();
+        Hooks h(dispatch);
+        engine_.flush();
+        if (!has_pending()) engine_.progress();
+        if (!has_pending() && timeout != 0) {
+            py::gil_scoped_release nogil;
+            engine_.wait(timeout, uncongested);
+        }
+        std::size_t dispatched = 0;
+        Delivery d;
+        while (next(d)) {
+            dispatch_one(d, h);
+            ++dispatched;
+        }
+        report_handled();
+        // What the handlers sent leaves now, not when the caller waits next.
+        if (dispatched != 0) engine_.flush();
+        return dispatched;
+    }
+
+    // The request from `source` numbered `ref` whose handler runs now (its
+    // Message), or None: where a cancel finds it.
+    py::object answering(int source, std::uint64_t ref) const {
+        auto it = answering_.find({source, ref});
+        return it == answering_.end() ? py::none() : it->second;
+    }
+    std::size_t answering_count() const { return answering_.size(); }
+
+    // Counted here and reported to the engine once per serve() (its counter
+    // is behind a lock), and always before a termination-detection wave.
+    void mark_handled(std::int64_t messages) { unreported_handled_ += messages; }
+    // The message being dispatched is not finished when its dispatch ends
+    // (an async handler's task runs on): mark_handled() it when it is.
+    void defer_handled() { unreported_handled_ -= 1; }
+
+    void start_wave() {
+        report_handled();
+        engine_.start_wave();
+    }
+
+    py::object wave_done() {
+        if (!engine_.wave_done()) return py::none();
+        return py::make_tuple(engine_.wave_sent(), engine_.wave_handled());
+    }
+
+    bool flush_sends(double timeout) {
+        py::gil_scoped_release nogil;
+        return engine_.flush_sends(timeout);
+    }
+
+    void close() {
+        closed_ = true;
+        py::gil_scoped_release nogil;
+        engine_.stop_background();
+    }
+
+    py::dict stats() const {
+        const auto s = engine_.stats();
+        py::dict d;
+        d["messages_sent"] = s.messages_sent;
+        d["messages_handled"] = s.messages_handled + unreported_handled_;
+        d["messages_aggregated"] = s.messages_aggregated;
+        d["frames_sent"] = s.frames_sent;
+        d["frames_received"] = s.frames_received;
+        d["frames_malformed"] = s.frames_malformed + entries_malformed_;
+        d["batches_sent"] = s.batches_sent;
+        d["batches_received"] = s.batches_received;
+        d["bytes_framed"] = s.bytes_framed;
+        d["bytes_zero_copy_sent"] = s.bytes_zero_copy_sent;
+        d["bytes_zero_copy_received"] = s.bytes_zero_copy_received;
+        d["credits_sent"] = s.credits_sent;
+        d["credits_received"] = s.credits_received;
+        d["sends_held"] = s.sends_held;
+        d["waits_slept"] = s.waits_slept;
+        d["background_flushes"] = s.background_flushes;
+        d["pending_sends"] = engine_.pending_sends();
+        d["pending_receives"] = engine_.pending_receives();
+        d["buffer_cache_bytes"] = Buffer::cached_bytes();
+        return d;
+    }
+
+    int handling() const { return handling_; }
+    Engine& engine() { return engine_; }
+
+  private:
+    // What serve() needs from the façade: its Dispatch object (_dispatch.py),
+    // passed on each call so that the engine holds no reference back to the
+    // Messenger. Its named attributes are read when a delivery first needs
+    // them: `receivers` ({tag: (handler, per_item)}), `message_type` (the
+    // Message class), `requests` (whose answer(kind, source, ref, payload,
+    // error) takes every answer), `aggregate`, and the methods fallback(item),
+    // returned(msg, result), failed(msg, exc) and finish_request(msg, result,
+    // exc).
+    class Hooks {
+      public:
+        explicit Hooks(py::handle dispatch) : dispatch_(dispatch) {}
+        py::handle dispatch() const { return dispatch_; }
+        PyObject* receivers() {
+            if (!receivers_) {
+                receivers_ = attribute("receivers");
+                if (!PyDict_Check(receivers_.ptr()))
+                    throw UsageError("Dispatch.receivers must be a dict");
+            }
+            return receivers_.ptr();
+        }
+        PyTypeObject* message_type() {
+            if (!message_type_) {
+                message_type_ = attribute("message_type");
+                if (!py_message::is_message_type(message_type_))
+                    throw UsageError("Dispatch.message_type must be a subclass of MessageBase");
+            }
+            return reinterpret_cast<PyTypeObject*>(message_type_.ptr());
+        }
+        bool aggregate() {
+            if (aggregate_ < 0) aggregate_ = attribute("aggregate").ptr() == Py_True;
+            return aggregate_ == 1;
+        }
+        py::object requests() { return attribute("requests"); }
+        // Calls the Dispatch's method `name` with `args`.
+        template <typename... Args>
+        void call(PyObject* name, const Args&... args) {
+            call_method(dispatch_, name, args...);
+        }
+
+      private:
+        py::object attribute(const char* name) const { return dispatch_.attr(name); }
+
+        py::handle dispatch_;
+        py::object receivers_, message_type_;
+        int aggregate_ = -1;
+    };
+
+    // One message ready for dispatch; kind 0 is a rejected frame and error
+    // is None or why the frame or its payload could not be read.
+    struct Delivery {
+        int kind = 0;
+        int source = -1;
+        std::uint64_t ref = 0;
+        py::object tag, payload, error;
+    };
+
+    // Encoding buffers reused across sends; a stack, since encoding a
+    // CarriageableItem runs Python code that may send in turn.
+    struct Scratch {
+        explicit Scratch(PyEngine& e) : owner(e), encoded(e.lease()) {}
+        ~Scratch() {
+            // The items go now, not at the next message, and while the slot
+            // is still leased: dropping one may run Python code that sends.
+            encoded.dumped.clear();
+            owner.scratch_depth_ -= 1;
+        }
+        PyEngine& owner;
+        py_codec::Encoded& encoded;
+    };
+    py_codec::Encoded& lease() {
+        if (scratch_depth_ == scratch_.size()) scratch_.emplace_back();
+        return scratch_[scratch_depth_++];
+    }
+
+    // Counts a message as handled when its dispatch ends, however it ends.
+    struct Handled {
+        explicit Handled(PyEngine& e) : engine(e) {}
+        ~Handled() { engine.mark_handled(1); }
+        PyEngine& engine;
+    };
+
+    void report_handled() {
+        if (unreported_handled_ == 0) return;
+        engine_.mark_handled(unreported_handled_);
+        unreported_handled_ = 0;
+    }
+    struct Handling {
+        explicit Handling(int& depth) : depth(depth) { ++depth; }
+        ~Handling() { --depth; }
+        int& depth;
+    };
+
+    void check_open() const {
+        if (closed_) throw Closed("this Messenger is closed");
+    }
+
+    bool has_pending() const { return batch_ || engine_.has_ready(); }
+
+    // The next message: the next entry of the batch being read, or the next
+    // frame the engine has ready. Handlers may call serve() again (a nested
+    // wait), which simply continues from here.
+    bool next(Delivery& d) {
+        for (;;) {
+            if (batch_) {
+                if (batch_reader_.left() != 0) {
+                    auto batch = batch_;  // kept alive while decoding, which may run Python
+                    const std::uint8_t* frame = nullptr;
+                    std::size_t size = 0;
+                    try {
+                        batch_reader_.next(frame, size);
+                    } catch (const DecodeError& e) {
+                        // Nothing after a broken entry can be found: count the
+                        // rest as handled so that termination detection balances.
+                        mark_handled(batch_reader_.left());
+                        batch_.reset();
+                        entries_malformed_ += 1;
+                        reject(d, batch->source, e.what());
+                        return true;
+                    }
+                    read_entry(d, batch->source, frame, size);
+                    return true;
+                }
+                auto batch = std::move(batch_);
+                if (auto extra = batch_reader_.trailing()) {
+                    // Bytes after the announced entries: reported once, as a
+                    // rejection that is not a message of its own.
+                    mark_handled(-1);
+                    entries_malformed_ += 1;
+                    reject(
+                        d, batch->source,
+                        "corrupt batch: " + std::to_string(extra) + " bytes after its last entry");
+                    return true;
+                }
+            }
+            std::shared_ptr<Incoming> in = engine_.pop();
+            if (!in) return false;
+            if (!in->malformed.empty()) {
+                reject(d, in->source, in->malformed);
+                return true;
+            }
+            const auto& h = in->header;
+            if (h.kind == FrameKind::Batch) {
+                batch_reader_ = BatchReader(in->frame.data() + h.body_offset,
+                                            in->frame.size() - h.body_offset, h.ref);
+                batch_ = std::move(in);
+                continue;
+            }
+            read_message(d, in->source, h, in->frame.data(), in->frame.size(), in->oob);
+            return true;
+        }
+    }
+
+    void read_entry(Delivery& d, int source, const std::uint8_t* frame, std::size_t size) {
+        FrameHeader h;
+        std::string why;
+        try {
+            h = read_header(frame, size);
+            if (!valid_message_kind(h.kind) || !h.oob.empty())
+                why = "a batch entry must be a message without out-of-band data";
+        } catch (const DecodeError& e) {
+            why = e.what();
+        }
+        if (!why.empty()) {
+            entries_malformed_ += 1;
+            return reject(d, source, why);
+        }
+        read_message(d, source, h, frame, size, {});
+    }
+
+    void read_message(Delivery& d, int source, const FrameHeader& h, const std::uint8_t* frame,
+                      std::size_t size, const std::vector<std::shared_ptr<Buffer>>& oob) {
+        d.kind = static_cast<int>(h.kind);
+        d.source = source;
+        d.ref = h.ref;
+        d.tag = tag_object(h.tag);
+        d.error = py::none();
+        try {
+            d.payload = py_codec::decode_body(frame + h.body_offset, size - h.body_offset, oob,
+                                              codec_.allow_pickle);
+        } catch (const DecodeError& e) {
+            d.payload = py::none();
+            d.error = py::str(e.what());
+        }
+    }
+
+    void reject(Delivery& d, int source, const std::string& why) {
+        d.kind = 0;
+        d.source = source;
+        d.ref = 0;
+        d.tag = py::str("");
+        d.payload = py::none();
+        d.error = py::str(why);
+    }
+
+    // Tags repeat: keep their str objects (whose hashes Python caches).
+    py::object tag_object(const std::string& tag) {
+        auto it = tags_.find(tag);
+        if (it != tags_.end()) return it->second;
+        py::object s = decode_tag(tag);
+        if (tags_.size() < kMaxCachedTags) tags_.emplace(tag, s);
+        return s;
+    }
+
+    // Delivers one message. Every message is counted as handled here, once,
+    // when its dispatch ends, whichever way it went (termination detection
+    // depends on it): no path of the façade counts for itself.
+    void dispatch_one(Delivery& d, Hooks& h) {
+        Handled handled(*this);
+        Handling handling(handling_);
+        const auto& names = method_names();
+        auto kind = static_cast<FrameKind>(d.kind);
+        if (kind == FrameKind::Reply || kind == FrameKind::Answer || kind == FrameKind::Error) {
+            // Every answer, readable or not, goes to the requests it answers.
+            py::object source = py::int_(d.source), ref = py::int_(d.ref), k = py::int_(d.kind);
+            return call_method(h.requests(), names.answer, k, source, ref, d.payload, d.error);
+        }
+        if ((kind == FrameKind::Send || kind == FrameKind::Request) && d.error.is_none()) {
+            PyObject* entry = PyDict_GetItemWithError(h.receivers(), d.tag.ptr());
+            if (!entry && PyErr_Occurred()) throw py::error_already_set();
+            if (entry && kind == FrameKind::Request)
+                return run_request(d, h, PyTuple_GET_ITEM(entry, 0));
+            if (entry) {
+                py::handle handler = PyTuple_GET_ITEM(entry, 0);
+                py::object source = py::int_(d.source);
+                Py_ssize_t n = -1;
+                if (PyTuple_GET_ITEM(entry, 1) == Py_True && has_items(d.payload.ptr())) {
+                    n = PySequence_Size(d.payload.ptr());
+                    if (n < 0) PyErr_Clear();  // a 0-d array has no items: delivered whole
+                }
+                if (n >= 0) {
+                    // Per-item delivery: one call per row of the batch.
+                    py::object items = d.payload;
+                    for (Py_ssize_t i = 0; i < n; ++i) {
+                        auto item =
+                            py::reinterpret_steal<py::object>(PySequence_GetItem(items.ptr(), i));
+                        if (!item) throw py::error_already_set();
+                        deliver(h, handler, d.tag, item, source);
+                    }
+                } else {
+                    deliver(h, handler, d.tag, d.payload, source);
+                }
+                return;
+            }
+        }
+        h.call(names.fallback, py::make_tuple(d.kind, d.source, d.ref, d.tag, d.payload, d.error));
+    }
+
+    // Runs a request's handler and sends its return value as the reply.
+    // Whatever is unusual (it raised, replied or deferred itself, was
+    // cancelled, returned a coroutine, or its value cannot travel) the
+    // façade's finish_request settles, as its Python dispatcher would.
+    void run_request(Delivery& d, Hooks& h, py::handle handler) {
+        const auto& names = method_names();
+        py::object source = py::int_(d.source);
+        py::object msg = py_message::make_request(h.message_type(), h.dispatch(), d.tag, d.payload,
+                                                  source, d.ref);
+        // Where a cancel arriving while the handler runs finds the request.
+        auto listed = answering_.emplace(std::make_pair(d.source, d.ref), msg);
+        struct Unlist {
+            std::map<std::pair<int, std::uint64_t>, py::object>& answering;
+            decltype(listed.first) entry;
+            bool owned;
+            ~Unlist() {
+                if (owned) answering.erase(entry);
+            }
+        } unlist{answering_, listed.first, listed.second};
+        auto result =
+            py::reinterpret_steal<py::object>(PyObject_CallOneArg(handler.ptr(), msg.ptr()));
+        if (!result) {
+            if (!PyErr_ExceptionMatches(PyExc_Exception)) throw py::error_already_set();
+            h.call(names.finish_request, msg, py::none(), caught());
+            return;
+        }
+        bool plain = !py_message::replied(msg) && !py_message::deferred(msg) &&
+                     !py_message::cancelled(msg) && !awaitable(result.ptr());
+        if (plain) {
+            try {
+                // Congestion is ignored: a handler's sends queue, never wait.
+                send(d.source, static_cast<int>(FrameKind::Reply), d.ref, "", result,
+                     h.aggregate());
+                py_message::set_replied(msg);
+                return;
+            } catch (const Closed&) {
+                throw;
+            } catch (const std::exception&) {
+                // It cannot travel: the façade's reply raises the same error
+                // again, with its type, and answers with it.
+                PyErr_Clear();
+            }
+        }
+        h.call(names.finish_request, msg, result, py::none());
+    }
+
+    // The exception being raised, taken with its traceback (which, before
+    // Python 3.12, is not attached to it until it is caught in Python).
+    static py::object caught() {
+        py::error_already_set error;
+        py::object exc = error.value();
+        if (error.trace() && PyException_SetTraceback(exc.ptr(), error.trace().ptr()) < 0)
+            throw py::error_already_set();
+        return exc;
+    }
+
+    static bool awaitable(PyObject* result) {
+        auto async = Py_TYPE(result)->tp_as_async;
+        return async && async->am_await;
+    }
+
+    // What per-item delivery splits: arrays and lists or tuples, not the
+    // characters of a str nor the bytes of a byte string.
+    static bool has_items(PyObject* payload) {
+        return PySequence_Check(payload) && !PyUnicode_Check(payload) && !PyBytes_Check(payload) &&
+               !PyByteArray_Check(payload) && !PyMemoryView_Check(payload);
+    }
+
+    // Calls a receiver. An Exception from it is reported through `failed`
+    // and dispatch goes on; anything else (KeyboardInterrupt) propagates.
+    void deliver(Hooks& h, py::handle handler, py::handle tag, py::handle payload,
+                 py::handle source) {
+        const auto& names = method_names();
+        py::object msg =
+            py_message::make(h.message_type(), h.dispatch(), tag, payload, source, Py_None);
+        auto result =
+            py::reinterpret_steal<py::object>(PyObject_CallOneArg(handler.ptr(), msg.ptr()));
+        if (!result) {
+            if (!PyErr_ExceptionMatches(PyExc_Exception)) throw py::error_already_set();
+            h.call(names.failed, msg, caught());
+            return;
+        }
+        if (!result.is_none()) h.call(names.returned, msg, result);
+    }
+
+    static constexpr std::size_t kMaxCachedTags = 4096;
+
+    Engine engine_;
+    py_codec::EncodeOptions codec_;
+    bool closed_ = false;
+    int handling_ = 0;  // handlers running (nested waits make this > 1)
+    std::deque<py_codec::Encoded> scratch_;
+    std::size_t scratch_depth_ = 0;
+    std::shared_ptr<Incoming> batch_;  // the batch being read, if any
+    BatchReader batch_reader_{nullptr, 0, 0};
+    std::unordered_map<std::string, py::object> tags_;
+    std::uint64_t entries_malformed_ = 0;  // rejected batch entries (whole frames: the engine's)
+    std::int64_t unreported_handled_ = 0;
+    // The requests whose handler runs now, by (source, ref): see answering().
+    std::map<std::pair<int, std::uint64_t>, py::object> answering_;
+};
+
+}  // namespace conveyor

@@ -1,0 +1,165 @@
+// The background thread: takes over MPI while the owner is away (see class
+// Engine), and serves an event loop by signalling its descriptor.
+#include <sched.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+
+#include "conveyor/engine/backoff.hpp"
+#include "conveyor/engine/engine.hpp"
+
+namespace conveyor {
+
+void Engine::serve_in_background(int fd) {
+    {
+        Guard guard(lock_);
+        notify_fd_.store(fd);
+        owner_signalled_.store(false);
+    }
+    wake_background();
+}
+
+void Engine::stop_background() {
+    background_stop_.store(true);
+    wake_background();
+    if (background_.joinable()) background_.join();
+}
+
+void Engine::wake_background() {
+    {
+        // Taken so that the wake-up cannot fall between the background's
+        // check of its condition and its sleep.
+        std::lock_guard<std::mutex> sleep(sleep_lock_);
+        background_parked_.store(false);
+    }
+    sleep_wake_.notify_all();
+}
+
+// The background thread: sends batches that waited too long, receives while
+// the owner stays away and, when the owner asked for it, signals the
+// owner's descriptor. It naps between rounds with the same growing interval
+// as an idle wait.
+void Engine::background_loop() {
+    on_background_thread = true;
+    try {
+        background_rounds();
+    } catch (const std::exception& e) {
+        // The owner's next call reports it; meanwhile the owner drives MPI alone.
+        Guard guard(lock_);
+        background_failure_ = e.what();
+    }
+}
+
+void Engine::background_rounds() {
+    IdleBackoff backoff(options_, Clock::now());
+    bool unparked = false;
+    double away_nap = 0;  // the last sleep while the owner stayed away
+    while (!background_stop_.load()) {
+        // An owner that calls in makes progress itself: then only batches it
+        // left filling need the background. In an event loop the owner never
+        // waits in the engine and relies on the background entirely.
+        bool serving = notify_fd_.load() >= 0;
+        bool owner_called = owner_active_.exchange(false, std::memory_order_relaxed);
+        bool active = serving && owner_called;  // it sent or took something
+        bool receive = serving || (!owner_called && !owner_waiting_.load());
+        bool flush = open_batches_.load(std::memory_order_relaxed) != 0;
+        bool quiet = false;  // it probed and nothing came, went, or is under way
+        if (receive || flush) {
+            std::unique_lock<std::mutex> guard(lock_, std::defer_lock);
+            // An event loop's owner needs this round; any other owner
+            // holding the lock is making progress itself.
+            if (serving)
+                guard.lock();
+            else
+                guard.try_lock();
+            if (guard.owns_lock()) {
+                if (flush) active |= flush_stale_batches();
+                if (receive) {
+                    // Rounds follow the background's sleeps: as wait() does after a nap.
+                    active |= progress_after_nap();
+                    quiet = !active && !flush && send_reqs_.empty() && recv_reqs_.empty() &&
+                            !wave_active_;
+                }
+                if (serving) signal_owner();
+            }
+        }
+        std::unique_lock<std::mutex> sleep(sleep_lock_);
+        if (background_stop_.load()) break;
+        if (!serving) {
+            if (owner_waiting_.load() && !unparked) {
+                // The owner drives MPI until it stops waiting, and wakes us
+                // then. Once woken, nap before parking again: an owner that
+                // waits often (a ping-pong) then pays one wake-up per nap,
+                // not one per wait.
+                background_parked_.store(true);
+                if (!owner_waiting_.load()) background_parked_.store(false);  // it just left
+                sleep_wake_.wait(sleep, [this] { return !background_parked_.load(); });
+                unparked = true;
+            } else {
+                unparked = false;
+                // Wake rarely: every wake-up takes a core from the ranks,
+                // which may outnumber cores, and a batch left behind waits
+                // at most this long.
+                double base =
+                    std::max(2 * options_.max_sleep_seconds, options_.flush_delay_seconds);
+                // And rarer still while the owner stays away with nothing in
+                // flight: each round's probes take MPI's lock and join its
+                // progress, slowing the transfers of the process's other
+                // threads and messengers (conveyor bench's idle second
+                // messenger took 5% of the first one's bandwidth).
+                away_nap =
+                    quiet ? std::min(2 * away_nap, options_.background_max_sleep_seconds) : 0;
+                away_nap = std::max(away_nap, base);
+                if (away_nap > base) {
+                    background_dozing_.store(true);
+                    if (open_batches_.load() == 0)
+                        sleep_wake_.wait_for(sleep, std::chrono::duration<double>(away_nap));
+                    background_dozing_.store(false);
+                } else {
+                    sleep_wake_.wait_for(sleep, std::chrono::duration<double>(base));
+                }
+            }
+            continue;
+        }
+        if (owner_signalled_.load()) {
+            // The owner has messages to handle: give it the core until it
+            // took them (pop() wakes us) rather than polling beside it.
+            sleep_wake_.wait_for(
+                sleep, std::chrono::duration<double>(options_.max_sleep_seconds),
+                [this] { return !owner_signalled_.load() || background_stop_.load(); });
+            backoff.idle_from_now();
+            continue;
+        }
+        // Serving an event loop: the backoff of an idle wait, spinning and
+        // yielding without the sleep lock (through which the owner wakes us).
+        if (active) backoff.active();
+        switch (backoff.step()) {
+            case IdleBackoff::Step::Spin: sleep.unlock(); continue;
+            case IdleBackoff::Step::Yield:
+                sleep.unlock();
+                sched_yield();
+                continue;
+            case IdleBackoff::Step::Nap: break;
+        }
+        sleep_wake_.wait_for(sleep, std::chrono::duration<double>(backoff.nap()));
+    }
+}
+
+// Called with the lock held, under which the owner changes notify_fd_ (and
+// closes the old descriptor only after): it may have stopped serving since
+// the round began.
+void Engine::signal_owner() {
+    int fd = notify_fd_.load();
+    if (fd < 0 || owner_signalled_.load()) return;
+    if (ready_.empty() && !(wave_active_ && wave_completed_)) return;
+    std::uint64_t one = 1;
+    // A full eventfd or pipe already tells the owner to come: ignore EAGAIN.
+    if (write(fd, &one, sizeof one) < 0 && errno != EAGAIN)
+        throw MPIError(std::string("signalling the event loop failed: ") + std::strerror(errno));
+    owner_signalled_.store(true);
+}
+
+}  // namespace conveyor

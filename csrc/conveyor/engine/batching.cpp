@@ -1,0 +1,90 @@
+// Aggregation: small frames to one rank are packed into Batch frames, sent
+// when full, when the owner flushes or waits, or, by the background thread,
+// once older than flush_delay_seconds.
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+
+#include "conveyor/engine/engine.hpp"
+
+namespace conveyor {
+
+Engine::Posted Engine::post_aggregated(int dest, const std::uint8_t* frame, std::size_t size) {
+    check_dest(dest, size_);
+    if (!aggregates(size)) return Posted::TooLarge;
+    Guard guard(lock_);
+    owner_active_.store(true, std::memory_order_relaxed);
+    auto& route = routes_[dest];
+    if (route.batch.size() + 4 + size > options_.batch_bytes) seal_batch(dest);
+    if (route.batch.size() == 0) open_batch(dest);
+    route.batch.u32(static_cast<std::uint32_t>(size));
+    route.batch.raw(frame, size);
+    route.batch_messages += 1;
+    stats_.messages_sent += 1;
+    stats_.messages_aggregated += 1;
+    return congested_locked(dest) ? Posted::Congested : Posted::Accepted;
+}
+
+void Engine::open_batch(int dest) {
+    auto& route = routes_[dest];
+    // Most batches that leave early (a rank about to wait) hold a message or
+    // two: start small, and let a busy stream grow it to batch_bytes.
+    route.batch.bytes.reserve(std::min<std::size_t>(options_.batch_bytes, 1024));
+    write_header(route.batch, FrameKind::Batch, 0, {}, {});  // ref: the count, set when sealed
+    route.batch_messages = 0;
+    route.batch_started = Clock::now();
+    // Sequentially consistent with the background's doze: either it sees the
+    // batch before it sleeps, or we see it dozing and wake it, so that a lone
+    // message still leaves after flush_delay_seconds.
+    if (open_batches_.fetch_add(1) == 0 && background_dozing_.load()) wake_background();
+}
+
+void Engine::seal_batch(int dest) {
+    auto& route = routes_[dest];
+    auto out = std::make_shared<Outgoing>();
+    auto& bytes = route.batch.bytes;
+    if (route.batch_messages == 1) {
+        // A lone message (its sender is about to wait) goes as itself: the
+        // receiver need not unpack a batch, and the buffer stays for reuse.
+        out->frame.assign(bytes.begin() + kBareHeaderBytes + 4, bytes.end());
+        bytes.clear();
+    } else {
+        std::memcpy(bytes.data() + 4, &route.batch_messages, 8);
+        out->frame = std::move(bytes);
+        bytes.clear();
+        stats_.batches_sent += 1;
+    }
+    out->bytes.frames = out->frame.size();
+    route.batch_messages = 0;
+    open_batches_.fetch_sub(1, std::memory_order_relaxed);
+    queue(dest, std::move(out));
+}
+
+void Engine::flush() {
+    Guard guard(lock_);
+    flush_locked();
+}
+
+void Engine::flush_locked() {
+    for (int dest = 0; open_batches_.load(std::memory_order_relaxed) != 0 && dest < size_; ++dest)
+        if (routes_[dest].batch.size() != 0) seal_batch(dest);
+}
+
+// Sends the batches older than flush_delay_seconds; returns whether any left.
+bool Engine::flush_stale_batches() {
+    bool sent = false;
+    auto now = Clock::now();
+    for (int dest = 0; open_batches_.load(std::memory_order_relaxed) != 0 && dest < size_; ++dest) {
+        auto& route = routes_[dest];
+        if (route.batch.size() == 0 ||
+            std::chrono::duration<double>(now - route.batch_started).count() <
+                options_.flush_delay_seconds)
+            continue;
+        seal_batch(dest);
+        stats_.background_flushes += 1;
+        sent = true;
+    }
+    return sent;
+}
+
+}  // namespace conveyor

@@ -1,0 +1,361 @@
+// The engine's core: posting frames, receiving them and their out-of-band
+// data in order, completing requests, and the owner's idle wait.
+#include "conveyor/engine/engine.hpp"
+
+#include <sched.h>
+
+#include <algorithm>
+#include <limits>
+#include <string>
+
+#include "conveyor/engine/backoff.hpp"
+
+namespace conveyor {
+
+namespace {
+
+// MPI_Testsome sets the requests it completed to MPI_REQUEST_NULL: hand
+// their owners to `finished` and keep the rest in order.
+template <class Owner, class Finished>
+void drop_completed(std::vector<MPI_Request>& reqs, std::vector<Owner>& owners,
+                    Finished&& finished) {
+    std::size_t w = 0;
+    for (std::size_t i = 0; i < reqs.size(); ++i) {
+        if (reqs[i] == MPI_REQUEST_NULL) {
+            finished(std::move(owners[i]));
+            continue;
+        }
+        reqs[w] = reqs[i];
+        owners[w] = std::move(owners[i]);
+        ++w;
+    }
+    reqs.resize(w);
+    owners.resize(w);
+}
+
+}  // namespace
+
+void check_mpi(int code, const char* what) {
+    if (code == MPI_SUCCESS) return;
+    char text[MPI_MAX_ERROR_STRING];
+    int len = 0;
+    if (MPI_Error_string(code, text, &len) != MPI_SUCCESS) len = 0;
+    throw MPIError(std::string(what) + " failed: " + std::string(text, len));
+}
+
+Engine::Engine(MPI_Comm comm, EngineOptions options) : comm_(comm), options_(options) {
+    if (options_.piece_bytes == 0 ||
+        options_.piece_bytes > std::size_t(std::numeric_limits<int>::max()))
+        throw UsageError("piece_bytes must be in 1 .. INT_MAX");
+    if (options_.batch_bytes > std::size_t(std::numeric_limits<int>::max()))
+        throw UsageError("batch_bytes must be at most INT_MAX");
+    check_mpi(MPI_Comm_rank(comm_, &rank_), "MPI_Comm_rank");
+    check_mpi(MPI_Comm_size(comm_, &size_), "MPI_Comm_size");
+    by_source_.resize(size_);
+    routes_.resize(size_);
+    int provided = MPI_THREAD_SINGLE;
+    check_mpi(MPI_Query_thread(&provided), "MPI_Query_thread");
+    if (options_.background && provided == MPI_THREAD_MULTIPLE)
+        background_ = std::thread([this] { background_loop(); });
+}
+
+Engine::~Engine() {
+    stop_background();
+    // Requests still pending here belong to a job that is being torn down
+    // (an error path); MPI_Finalize or MPI_Abort reclaims them. Freeing a
+    // pending receive would let MPI write into released memory, so leave them.
+    if (wave_req_ != MPI_REQUEST_NULL) MPI_Request_free(&wave_req_);
+}
+
+EngineStats Engine::stats() const {
+    Guard guard(lock_);
+    return stats_;
+}
+
+std::size_t Engine::pending_sends() const {
+    Guard guard(lock_);
+    return send_reqs_.size();
+}
+
+std::size_t Engine::pending_receives() const {
+    Guard guard(lock_);
+    return recv_reqs_.size();
+}
+
+bool Engine::post(int dest, std::vector<std::uint8_t> frame, const std::vector<OutOfBand>& oob,
+                  KeepAlive keep, std::uint64_t messages) {
+    check_dest(dest, size_);
+    if (frame.size() > options_.max_frame_bytes)
+        throw FrameTooLarge("message frame of " + std::to_string(frame.size()) +
+                            " bytes exceeds the limit of " +
+                            std::to_string(options_.max_frame_bytes) +
+                            " bytes (CONVEYOR_MAX_FRAME_BYTES); send large data as numpy arrays, "
+                            "which travel out of band");
+    auto out = std::make_shared<Outgoing>();
+    out->bytes.frames = frame.size();
+    for (const auto& b : oob) out->bytes.data += b.size;
+    out->frame = std::move(frame);
+    out->oob = oob;
+    out->keep = std::move(keep);
+    Guard guard(lock_);
+    owner_active_.store(true, std::memory_order_relaxed);
+    stats_.messages_sent += messages;
+    if (routes_[dest].batch.size() != 0) seal_batch(dest);  // it goes first
+    queue(dest, std::move(out));
+    return congested_locked(dest);
+}
+
+void Engine::isend(int dest, std::shared_ptr<Outgoing> out) {
+    MPI_Request req;
+    check_mpi(MPI_Isend(out->frame.data(), static_cast<int>(out->frame.size()), MPI_BYTE, dest,
+                        kTagFrame, comm_, &req),
+              "MPI_Isend");
+    send_reqs_.push_back(req);
+    send_owners_.push_back(out);
+    stats_.frames_sent += 1;
+    stats_.bytes_framed += out->frame.size();
+    for (const auto& b : out->oob) {
+        auto p = static_cast<const std::uint8_t*>(b.data);
+        for (std::size_t off = 0; off < b.size; off += options_.piece_bytes) {
+            int n = static_cast<int>(std::min(options_.piece_bytes, b.size - off));
+            check_mpi(MPI_Isend(p + off, n, MPI_BYTE, dest, kTagData, comm_, &req), "MPI_Isend");
+            send_reqs_.push_back(req);
+            send_owners_.push_back(out);
+        }
+        stats_.bytes_zero_copy_sent += b.size;
+    }
+}
+
+void Engine::receive_frame(MPI_Message message, const MPI_Status& status) {
+    int count = 0;
+    check_mpi(MPI_Get_count(&status, MPI_BYTE, &count), "MPI_Get_count");
+    auto in = std::make_unique<Incoming>();
+    in->source = status.MPI_SOURCE;
+    in->frame.resize(static_cast<std::size_t>(count));
+    MPI_Status st;
+    check_mpi(MPI_Mrecv(in->frame.data(), count, MPI_BYTE, &message, &st), "MPI_Mrecv");
+    stats_.frames_received += 1;
+    try {
+        in->header = read_header(in->frame.data(), in->frame.size());
+    } catch (const DecodeError& e) {
+        // A frame whose header cannot be read announces nothing we can trust,
+        // so it is delivered as a rejection, in order, for the caller to count.
+        in->malformed = e.what();
+        stats_.frames_malformed += 1;
+        enqueue(std::move(in));
+        return;
+    }
+    if (in->header.kind == FrameKind::Credit) {
+        stats_.frames_received -= 1;  // a control frame: counted on its own
+        receive_credit(*in);
+        return;
+    }
+    if (in->header.kind == FrameKind::Batch) stats_.batches_received += 1;
+    in->oob.reserve(in->header.oob.size());
+    for (auto n : in->header.oob) {
+        auto buf = std::make_shared<Buffer>(n);
+        for (std::size_t off = 0; off < n; off += options_.piece_bytes) {
+            int len = static_cast<int>(std::min<std::size_t>(options_.piece_bytes, n - off));
+            MPI_Request req;
+            check_mpi(
+                MPI_Irecv(buf->data() + off, len, MPI_BYTE, in->source, kTagData, comm_, &req),
+                "MPI_Irecv");
+            recv_reqs_.push_back(req);
+            recv_owners_.push_back(in.get());
+            in->pending += 1;
+        }
+        stats_.bytes_zero_copy_received += n;
+        in->oob.push_back(std::move(buf));
+    }
+    enqueue(std::move(in));
+}
+
+void Engine::enqueue(std::unique_ptr<Incoming> in) {
+    auto& queue = by_source_[in->source];
+    if (queue.empty() && in->pending == 0) {
+        ready_.push_back(std::move(in));
+    } else {
+        queue.push_back(std::move(in));
+    }
+}
+
+void Engine::release_in_order(int source) {
+    auto& queue = by_source_[source];
+    while (!queue.empty() && queue.front()->pending == 0) {
+        ready_.push_back(std::move(queue.front()));
+        queue.pop_front();
+    }
+}
+
+void Engine::bury(std::shared_ptr<Outgoing> out) {
+    if (on_background_thread && out.use_count() == 1 && out->keep)
+        graveyard_.push_back(std::move(out));
+}
+
+bool Engine::complete_sends() {
+    if (send_reqs_.empty()) return false;
+    int n = static_cast<int>(send_reqs_.size());
+    done_indices_.resize(send_reqs_.size());
+    int outcount = 0;
+    check_mpi(
+        MPI_Testsome(n, send_reqs_.data(), &outcount, done_indices_.data(), MPI_STATUSES_IGNORE),
+        "MPI_Testsome");
+    if (outcount <= 0) return false;
+    drop_completed(send_reqs_, send_owners_, [this](auto out) { bury(std::move(out)); });
+    return true;
+}
+
+bool Engine::complete_receives() {
+    if (recv_reqs_.empty()) return false;
+    int n = static_cast<int>(recv_reqs_.size());
+    done_indices_.resize(recv_reqs_.size());
+    int outcount = 0;
+    check_mpi(
+        MPI_Testsome(n, recv_reqs_.data(), &outcount, done_indices_.data(), MPI_STATUSES_IGNORE),
+        "MPI_Testsome");
+    if (outcount <= 0) return false;
+    std::vector<int> sources;
+    for (int k = 0; k < outcount; ++k) {
+        Incoming* in = recv_owners_[done_indices_[k]];
+        if (--in->pending == 0) sources.push_back(in->source);
+    }
+    drop_completed(recv_reqs_, recv_owners_, [](Incoming*) {});
+    for (int s : sources) release_in_order(s);
+    return true;
+}
+
+bool Engine::progress() {
+    Guard guard(lock_);
+    return progress_locked();
+}
+
+// After a sleep, MPICH's first probe only makes progress on what arrived
+// meanwhile; the second one sees it. Without it, each wake-up would cost one
+// more nap (the owner's wait) or one more round (the background thread).
+bool Engine::progress_after_nap() { return progress_locked() || progress_locked(); }
+
+bool Engine::progress_locked() {
+    if (!on_background_thread) {
+        graveyard_.clear();
+        if (!background_failure_.empty())
+            throw MPIError("the background progress thread failed: " + background_failure_);
+    }
+    bool active = false;
+    for (;;) {
+        int flag = 0;
+        MPI_Message message;
+        MPI_Status status;
+        check_mpi(MPI_Improbe(MPI_ANY_SOURCE, kTagFrame, comm_, &flag, &message, &status),
+                  "MPI_Improbe");
+        if (!flag) break;
+        receive_frame(message, status);
+        active = true;
+    }
+    active |= complete_receives();
+    active |= complete_sends();
+    if (wave_active_ && !wave_completed_) {
+        int flag = 0;
+        check_mpi(MPI_Test(&wave_req_, &flag, MPI_STATUS_IGNORE), "MPI_Test");
+        if (flag) {
+            wave_completed_ = true;
+            active = true;
+        }
+    }
+    return active;
+}
+
+bool Engine::wait(double timeout, int uncongested) {
+    if (uncongested >= 0) check_dest(uncongested, size_);
+    std::unique_lock<std::mutex> guard(lock_);
+    owner_active_.store(true, std::memory_order_relaxed);
+    flush_locked();
+    // Idle ranks wait here most of the time: the background thread parks
+    // meanwhile, so that a waiting rank costs nothing but its own naps.
+    owner_waiting_.store(true);
+    struct Unpark {
+        Engine& e;
+        // Sequentially consistent with the background's park: either it sees
+        // the owner has left, or the owner sees it parked and wakes it.
+        ~Unpark() {
+            e.owner_waiting_.store(false);
+            if (e.background_parked_.load()) e.wake_background();
+        }
+    } unpark{*this};
+    auto start = Clock::now();
+    IdleBackoff backoff(options_, start);
+    auto woken = [&] {
+        return !ready_.empty() || (wave_active_ && wave_completed_) ||
+               (uncongested >= 0 && !congested_locked(uncongested));
+    };
+    bool napped = false;
+    for (;;) {
+        if (napped ? progress_after_nap() : progress_locked()) backoff.active();
+        napped = false;
+        if (woken()) return true;
+        if (timeout >= 0 && seconds_since(start) >= timeout) return false;
+        switch (backoff.step()) {
+            case IdleBackoff::Step::Spin: continue;
+            case IdleBackoff::Step::Yield: sched_yield(); continue;
+            case IdleBackoff::Step::Nap: break;
+        }
+        double limit = options_.max_sleep_seconds;
+        if (timeout >= 0) limit = std::min(limit, std::max(0.0, timeout - seconds_since(start)));
+        // Sleeping without the lock lets the background thread work meanwhile.
+        guard.unlock();
+        sleep_for(std::min(backoff.nap(), limit));
+        guard.lock();
+        stats_.waits_slept += 1;
+        napped = true;
+    }
+}
+
+bool Engine::has_ready() const {
+    Guard guard(lock_);
+    return !ready_.empty();
+}
+
+std::unique_ptr<Incoming> Engine::pop() {
+    Guard guard(lock_);
+    owner_active_.store(true, std::memory_order_relaxed);
+    if (ready_.empty()) {
+        if (owner_signalled_.exchange(false)) wake_background();  // it waits for the owner to drain
+        return nullptr;
+    }
+    auto in = std::move(ready_.front());
+    ready_.pop_front();
+    if (in->source >= 0) {
+        FlowBytes bytes{in->frame.size(), 0};
+        for (const auto& b : in->oob) bytes.data += b->size();
+        consumed(in->source, bytes);
+    }
+    return in;
+}
+
+void Engine::mark_handled(std::int64_t messages) {
+    Guard guard(lock_);
+    stats_.messages_handled += static_cast<std::uint64_t>(messages);  // wraps back for negatives
+}
+
+bool Engine::flush_sends(double timeout) {
+    auto start = Clock::now();
+    std::unique_lock<std::mutex> guard(lock_);
+    flush_locked();
+    for (;;) {
+        bool held = false;
+        for (const auto& route : routes_) held |= !route.held.empty();
+        if (send_reqs_.empty() && !held) return true;
+        if (!progress_locked()) {
+            if (timeout >= 0 && seconds_since(start) >= timeout) return false;
+            guard.unlock();
+            sleep_for(20e-6);
+            guard.lock();
+        }
+    }
+}
+
+void Engine::abort(int code) {
+    MPI_Abort(comm_, code);
+    std::abort();  // MPI_Abort does not return; this keeps the promise of [[noreturn]]
+}
+
+}  // namespace conveyor

@@ -1,0 +1,108 @@
+// Flow control: per destination, a window of frame bytes and one of
+// out-of-band bytes in flight; frames beyond it are held, in order, until
+// the receiver reports what it consumed with a Credit frame.
+#include <algorithm>
+
+#include "conveyor/engine/engine.hpp"
+
+namespace conveyor {
+
+bool Engine::congested(int dest) const {
+    check_dest(dest, size_);
+    Guard guard(lock_);
+    return congested_locked(dest);
+}
+
+void Engine::queue(int dest, std::shared_ptr<Outgoing> out) {
+    auto& route = routes_[dest];
+    route.held.push_back(std::move(out));
+    release(dest);
+    if (!route.held.empty()) stats_.sends_held += 1;
+}
+
+namespace {
+
+// Whether `add` more bytes would overflow a window of `limit` (0: none). A
+// message larger than the whole window still goes once nothing else is in
+// flight, so every message can be sent.
+bool overflows(std::size_t in_flight, std::size_t add, std::size_t limit) {
+    return limit != 0 && in_flight != 0 && in_flight + add > limit;
+}
+
+}  // namespace
+
+// Sends what credit allows, in order.
+void Engine::release(int dest) {
+    auto& route = routes_[dest];
+    while (!route.held.empty()) {
+        auto& next = route.held.front();
+        if (overflows(route.in_flight.frames, next->bytes.frames, options_.window_bytes) ||
+            overflows(route.in_flight.data, next->bytes.data, options_.data_window_bytes)) {
+            if (!route.asked) {
+                route.asked = true;
+                send_credit(dest, {});  // nothing consumed: "credit, please"
+            }
+            return;
+        }
+        route.in_flight.frames += next->bytes.frames;
+        route.in_flight.data += next->bytes.data;
+        isend(dest, std::move(next));
+        route.held.pop_front();
+    }
+}
+
+// A Credit frame: the frame bytes consumed in `ref`, the out-of-band bytes
+// in its body; nothing consumed asks for credit. Control frames bypass
+// batches and flow control and are not logical messages.
+void Engine::send_credit(int dest, FlowBytes consumed) {
+    auto out = std::make_shared<Outgoing>();
+    Writer w;
+    write_header(w, FrameKind::Credit, consumed.frames, {}, {});
+    w.u64(consumed.data);
+    out->frame = std::move(w.bytes);
+    isend(dest, std::move(out));
+    stats_.credits_sent += 1;
+}
+
+// Flow control, receiving side: credit a sender every quarter of either
+// window it consumed, or at once when it asked (it waits for exactly that).
+void Engine::consumed(int source, FlowBytes bytes) {
+    auto& route = routes_[source];
+    route.consumed.frames += bytes.frames;
+    route.consumed.data += bytes.data;
+    auto reached = [](std::size_t consumed, std::size_t window) {
+        return window != 0 && consumed >= window / 4;
+    };
+    if (reached(route.consumed.frames, options_.window_bytes) ||
+        reached(route.consumed.data, options_.data_window_bytes) || route.owes)
+        credit(source);
+}
+
+void Engine::credit(int source) {
+    auto& route = routes_[source];
+    if (route.consumed.frames == 0 && route.consumed.data == 0) return;
+    send_credit(source, route.consumed);
+    route.consumed = {};
+    route.owes = false;
+}
+
+// A Credit frame from `in.source`: bytes of ours it consumed, which let
+// held frames go, or none, when it asks for the credit it is owed.
+void Engine::receive_credit(const Incoming& in) {
+    stats_.credits_received += 1;
+    auto& route = routes_[in.source];
+    FlowBytes credited{in.header.ref, 0};
+    Reader body(in.frame.data() + in.header.body_offset, in.frame.size() - in.header.body_offset);
+    if (body.remaining() >= 8) credited.data = body.u64();
+    if (credited.frames == 0 && credited.data == 0) {
+        route.owes = true;
+        credit(in.source);
+    } else {
+        route.in_flight.frames -= std::min(route.in_flight.frames, credited.frames);
+        route.in_flight.data -= std::min(route.in_flight.data, credited.data);
+        route.asked = false;
+        release(in.source);
+    }
+}
+
+}  // namespace conveyor
