@@ -109,6 +109,13 @@ def test_type_errors(tmp_path):
         assert code in codes.get(index, []), (call, codes.get(index), report)
 
 
+def test_futures_are_generic_at_run_time():
+    import conveyor as cv
+
+    assert cv.Future[int].__origin__ is cv.Future
+    assert cv.Stream[str].__origin__ is cv.Stream
+
+
 @pytest.mark.parametrize("nranks", [None, 1, 3], ids=["python", "np1", "np3"])
 def test_typed_user_program_runs(nranks):
     command = [sys.executable, str(USER_PROGRAM)]
