@@ -380,9 +380,7 @@ class DistArray:
 
     # -- numpy -----------------------------------------------------------------
 
-    def __array_ufunc__(
-        self, ufunc: np.ufunc, method: str, *inputs: Any, **kwargs: Any
-    ) -> DistArray | Any:
+    def __array_ufunc__(self, ufunc: np.ufunc, method: str, *inputs: Any, **kwargs: Any) -> Any:
         if method == "__call__" and "out" not in kwargs:
             return dcall(ufunc, *inputs, **kwargs)
         if (
