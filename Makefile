@@ -8,7 +8,7 @@ MPIEXEC := $(VENV)/bin/mpiexec
 NP ?= 4
 SOURCES := setup.py pyproject.toml $(shell find csrc pycore -name '*.cpp' -o -name '*.hpp' -o -name '*.py' -o -name '*.pyx' 2>/dev/null)
 
-.PHONY: all venv install demo lint test test-latest docs bench dist clean
+.PHONY: all venv install demo lint typecheck test test-latest docs bench dist clean
 
 all: install
 
@@ -28,11 +28,15 @@ install: $(VENV)/.installed
 demo: install
 	$(MPIEXEC) -n $(NP) $(PY) examples/kmer_count.py
 
-# Lint and format are tools, not reviews: a finding fails the test run.
-lint: $(VENV)/.deps
+# Lint, format and types are tools, not reviews: a finding fails the test run.
+lint: $(VENV)/.deps typecheck
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/clang-format --dry-run -Werror $(shell find csrc tests/cpp -name '*.cpp' -o -name '*.hpp')
+
+# mypy --strict over the package, the examples and tests/typing (see mypy.ini).
+typecheck: $(VENV)/.deps
+	$(VENV)/bin/mypy
 
 test: install lint
 	$(PY) -m pytest -q tests
@@ -59,4 +63,4 @@ dist: $(VENV)/.deps
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m auditwheel repair --exclude 'libmpi.so*' --wheel-dir dist build/dist/*.whl
 
 clean:
-	rm -rf build dist docs/_build .venv .venv-latest pycore/conveyor/*.so
+	rm -rf build dist docs/_build .mypy_cache .venv .venv-latest pycore/conveyor/*.so

@@ -21,22 +21,25 @@ and prints the throughput and PASS or FAIL (exit status 1 on a mismatch)::
     python examples/async_service.py --requests 20000 --latency-ms 5
 """
 
+from __future__ import annotations
+
 import argparse
 import asyncio
 import random
 import sys
 import time
 import zlib
+from typing import Any
 
 import conveyor as cv
 
 
-def owner(key, size):
+def owner(key: str, size: int) -> int:
     """The rank that stores `key` (a stable hash: the same on every rank)."""
     return zlib.crc32(key.encode()) % size
 
 
-def value_of(i):
+def value_of(i: int) -> dict[str, Any]:
     """What key number `i` maps to (so the answers can be checked)."""
     return {"id": i, "square": i * i, "name": f"item-{i:06d}"}
 
@@ -44,38 +47,40 @@ def value_of(i):
 class Store:
     """This rank's share of the table, behind slow (simulated) storage."""
 
-    def __init__(self, m, latency):
-        self.data = {}
+    def __init__(self, m: cv.Messenger, latency: float) -> None:
+        self.data: dict[str, Any] = {}
         self.latency = latency
         self.reads = 0
         m.on("kv.put")(self.put)
         m.on("kv.get")(self.get)
         m.on("kv.stats")(self.stats)
 
-    async def put(self, msg):
+    async def put(self, msg: cv.Message) -> None:
         """A plain send: store one (key, value) pair."""
         key, value = msg.payload
         await asyncio.sleep(0)  # a real store would write to disk or a database here
         self.data[key] = value
 
-    async def get(self, msg):
+    async def get(self, msg: cv.Message) -> Any:
         """A request: answer with the value of the key (None if absent)."""
         await asyncio.sleep(self.latency)  # simulated I/O; the loop serves others meanwhile
         self.reads += 1
         return self.data.get(msg.payload)
 
-    def stats(self, msg):
+    def stats(self, msg: cv.Message) -> list[int]:
         """A sync handler works next to the async ones."""
         return [len(self.data), self.reads]
 
 
-async def lookups(m, nkeys, nrequests, concurrency, seed):
+async def lookups(
+    m: cv.Messenger, nkeys: int, nrequests: int, concurrency: int, seed: int
+) -> tuple[list[Any], list[int], float]:
     """Fire `nrequests` lookups of random keys; return (answers, wanted, seconds)."""
     rng = random.Random(seed)
     wanted = [rng.randrange(nkeys) for _ in range(nrequests)]
     in_flight = asyncio.Semaphore(concurrency)
 
-    async def lookup(i):
+    async def lookup(i: int) -> Any:
         key = f"key-{i}"
         async with in_flight:
             return await m.arequest(owner(key, m.size), "kv.get", key, timeout=60)
@@ -85,7 +90,7 @@ async def lookups(m, nkeys, nrequests, concurrency, seed):
     return answers, wanted, time.perf_counter() - start
 
 
-async def main(args):
+async def main(args: argparse.Namespace) -> int:
     async with cv.Messenger() as m:
         Store(m, args.latency_ms * 1e-3)  # registers its receivers
         await m.aquiet()  # every rank has registered its receivers
@@ -130,7 +135,7 @@ async def main(args):
     return 0 if ok else 1
 
 
-def parse_args(argv=None):
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--keys", type=int, default=10_000, help="keys in the table (default 10000)"

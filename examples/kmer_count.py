@@ -24,13 +24,16 @@ count real reads instead. The result does not depend on the number of ranks::
     python examples/kmer_count.py --genome-size 100000
 """
 
+from __future__ import annotations
+
 import argparse
 import gzip
 import math
 import sys
 import time
 import zlib
-from typing import NamedTuple
+from collections.abc import Iterator
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -75,13 +78,16 @@ class Reads(NamedTuple):
     codes: np.ndarray  # uint8, len(lengths) + sum(lengths) codes
     lengths: np.ndarray  # int64, the length of each read (separator excluded)
 
-    def share(self, rank, size):
+    def share(self, rank: int, size: int) -> np.ndarray:
         """Return the codes of reads ``rank::size`` (with their separators)."""
         mine = np.arange(len(self.lengths)) % size == rank
-        return self.codes[np.repeat(mine, self.lengths + 1)]
+        codes: np.ndarray = self.codes[np.repeat(mine, self.lengths + 1)]
+        return codes
 
 
-def simulate_reads(genome_size, read_length, coverage, error_rate, seed):
+def simulate_reads(
+    genome_size: int, read_length: int, coverage: float, error_rate: float, seed: int
+) -> Reads:
     """Sample reads from a random genome; every rank gets the same reads."""
     rng = np.random.default_rng(seed)
     genome = rng.integers(0, 4, genome_size, dtype=np.uint8)
@@ -102,7 +108,7 @@ def simulate_reads(genome_size, read_length, coverage, error_rate, seed):
     return Reads(codes.reshape(-1), np.full(n, read_length, dtype=np.int64))
 
 
-def read_sequences(path):
+def read_sequences(path: str) -> Reads:
     """Read FASTA or FASTQ (plain or gzipped, told apart by content) as reads."""
     try:
         with open(path, "rb") as file:
@@ -126,13 +132,13 @@ def read_sequences(path):
     return Reads(_CODES[np.frombuffer(joined, dtype=np.uint8)], lengths)
 
 
-def _parse_fasta(text):
+def _parse_fasta(text: bytes) -> list[bytes]:
     # A record is a '>' header line then any number of sequence lines.
     records = (b"\n" + text).split(b"\n>")[1:]
     return [b"".join(record.partition(b"\n")[2].split()) for record in records]
 
 
-def _parse_fastq(text, path):
+def _parse_fastq(text: bytes, path: str) -> list[bytes]:
     lines = text.rstrip().splitlines()
     if len(lines) % 4:
         raise InputError(f"{path}: FASTQ has {len(lines)} lines, not a multiple of 4")
@@ -147,7 +153,7 @@ def _parse_fastq(text, path):
     return [sequence.rstrip() for sequence in lines[1::4]]
 
 
-def canonical_kmers(codes, k):
+def canonical_kmers(codes: np.ndarray, k: int) -> np.ndarray:
     """Return the canonical 2-bit k-mers of `codes`, skipping those with an INVALID code.
 
     Vectorized over positions: the loops run over the k offsets in a k-mer.
@@ -168,31 +174,33 @@ def canonical_kmers(codes, k):
         reverse |= complement[j : j + n]
     invalid_before = np.concatenate(([0], np.cumsum(codes == INVALID)))
     valid = invalid_before[k:] == invalid_before[:-k]
-    return np.minimum(forward, reverse)[valid]
+    canonical: np.ndarray = np.minimum(forward, reverse)[valid]
+    return canonical
 
 
-def kmer_batches(codes, k, batch):
+def kmer_batches(codes: np.ndarray, k: int, batch: int) -> Iterator[np.ndarray]:
     """Yield the canonical k-mers of `codes`, at most `batch` start positions at a time."""
     for start in range(0, max(len(codes) - k + 1, 0), batch):
         # Overlap by k - 1 codes so that every start position is seen once.
         yield canonical_kmers(codes[start : start + batch + k - 1], k)
 
 
-def owners(kmers, size):
+def owners(kmers: np.ndarray, size: int) -> np.ndarray:
     """Return the rank that counts each k-mer."""
-    return ((kmers * _HASH_MULTIPLIER) >> _HASH_SHIFT) % np.uint64(size)
+    ranks: np.ndarray = ((kmers * _HASH_MULTIPLIER) >> _HASH_SHIFT) % np.uint64(size)
+    return ranks
 
 
 class KmerCounts:
     """A k-mer -> count table kept as sorted, unique `kmers` and their `counts`."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.kmers = np.empty(0, dtype=np.uint64)
         self.counts = np.empty(0, dtype=np.int64)
-        self._pending = []
+        self._pending: list[tuple[np.ndarray, np.ndarray]] = []
         self._pending_size = 0
 
-    def add(self, kmers):
+    def add(self, kmers: np.ndarray) -> None:
         """Count the k-mers of one batch."""
         self._pending.append(np.unique(kmers, return_counts=True))
         self._pending_size += len(self._pending[-1][0])
@@ -202,7 +210,7 @@ class KmerCounts:
         if self._pending_size > len(self.kmers):
             self.merge()
 
-    def merge(self):
+    def merge(self) -> None:
         """Merge the pending batches into the table."""
         if not self._pending:
             return
@@ -216,12 +224,12 @@ class KmerCounts:
         self.counts = np.add.reduceat(counts, firsts) if len(firsts) else counts
 
 
-def histogram(counts):
+def histogram(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Return Jellyfish ``histo`` rows: (count, number of k-mers with that count), non-zero only."""
     return np.unique(counts, return_counts=True)
 
 
-def count_distributed(m, reads, args):
+def count_distributed(m: cv.Messenger, reads: Reads, args: argparse.Namespace) -> bool:
     """Count the k-mers of `reads` over the ranks of `m`; on rank 0, report and check.
 
     Returns False on rank 0 if the check fails or the histogram cannot be written.
@@ -229,13 +237,13 @@ def count_distributed(m, reads, args):
     table = KmerCounts()
 
     @m.on("kmers")
-    def count(msg):
+    def count(msg: cv.Message) -> None:
         table.add(msg.payload)
 
-    tables = {}
+    tables: dict[int, dict[str, Any]] = {}
 
     @m.on("table")
-    def collect(msg):
+    def collect(msg: cv.Message) -> None:
         tables[msg.source] = msg.payload
 
     share = reads.share(m.rank, m.size)
@@ -281,7 +289,7 @@ def count_distributed(m, reads, args):
     return check(kmers, counts, reads, args) and written
 
 
-def check(kmers, counts, reads, args):
+def check(kmers: np.ndarray, counts: np.ndarray, reads: Reads, args: argparse.Namespace) -> bool:
     """Compare the gathered table with a single-process count; print PASS or FAIL."""
     all_kmers = np.concatenate(
         [np.empty(0, np.uint64), *kmer_batches(reads.codes, args.k, args.batch)]
@@ -301,7 +309,9 @@ def check(kmers, counts, reads, args):
     return False
 
 
-def parse_args(argv=None):
+def parse_args(
+    argv: list[str] | None = None,
+) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
     parser = argparse.ArgumentParser(
         description="Count canonical k-mers over MPI ranks with conveyor (Ray's first step)."
     )
@@ -361,7 +371,7 @@ def parse_args(argv=None):
     return parser, args
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> int:
     parser, args = parse_args(argv)
     # Every rank loads the same reads: a bad input stops all of them here,
     # before any collective call could leave one waiting for the others.

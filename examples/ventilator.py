@@ -40,15 +40,19 @@ and PASS or FAIL (exit status 1)::
     python examples/ventilator.py --function prime --json summary.json
 """
 
+from __future__ import annotations
+
 import argparse
 import collections
 import json
 import math
 import sys
 import time
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 import numpy as np
+import numpy.typing as npt
 
 import conveyor as cv
 
@@ -56,11 +60,15 @@ import conveyor as cv
 # clock (the ventilator's deadlines are checked that often).
 TICK = 0.02
 
+T = TypeVar("T")
+# A job's key: (client rank, request number).
+JobKey = tuple[int, int]
+
 
 # -- the work ----------------------------------------------------------------
 
 
-def collatz_steps(x):
+def collatz_steps(x: npt.ArrayLike) -> np.ndarray:
     """Return the number of Collatz steps (n/2 or 3n+1) from each of `x` down to 1 (0 below 2)."""
     x = np.asarray(x, dtype=np.int64)
     steps = np.zeros(len(x), dtype=np.int64)
@@ -75,7 +83,7 @@ def collatz_steps(x):
     return steps
 
 
-def is_prime(x):
+def is_prime(x: npt.ArrayLike) -> np.ndarray:
     """Return whether each of `x` is prime (trial division by the primes up to sqrt(max(x)))."""
     x = np.asarray(x, dtype=np.int64)
     top = math.isqrt(int(x.max())) if len(x) else 0
@@ -85,8 +93,8 @@ def is_prime(x):
         if sieve[p]:
             sieve[p * p :: p] = False
     prime = x >= 2
-    for p in np.flatnonzero(sieve):
-        prime &= (x % p != 0) | (x == p)
+    for divisor in np.flatnonzero(sieve):
+        prime &= (x % divisor != 0) | (x == divisor)
     return prime
 
 
@@ -102,21 +110,21 @@ class Chunk(NamedTuple):
     hi: int
 
     @property
-    def name(self):
+    def name(self) -> str:
         """The chunk's key in the cache, also its name in the sink's item store."""
         return f"{self.function}/{self.lo}-{self.hi}"
 
     @classmethod
-    def parse(cls, name):
+    def parse(cls, name: str) -> Chunk:
         function, _, bounds = name.rpartition("/")
         lo, _, hi = bounds.partition("-")
         return cls(function, int(lo), int(hi))
 
-    def compute(self):
+    def compute(self) -> int:
         return int(FUNCTIONS[self.function](np.arange(self.lo, self.hi, dtype=np.int64)).sum())
 
 
-def split(function, start, stop, size):
+def split(function: str, start: int, stop: int, size: int) -> list[Chunk]:
     """Return the chunks of the request "sum of f(x) for x in range(start, stop)".
 
     Chunks are cut at the multiples of `size`, whatever the request, so
@@ -127,12 +135,12 @@ def split(function, start, stop, size):
     return [Chunk(function, lo, hi) for lo, hi in zip(edges, edges[1:]) if lo < hi]
 
 
-def single_process_sums(requests):
+def single_process_sums(requests: list[Request]) -> dict[int, int]:
     """Return {number: sum} for `requests` (function, start, stop, number), computed here.
 
     f is evaluated once per function, over all the values the requests cover.
     """
-    sums = {}
+    sums: dict[int, int] = {}
     for function in {r.function for r in requests}:
         mine = [r for r in requests if r.function == function]
         lo = min(r.start for r in mine)
@@ -150,10 +158,10 @@ class Layout(NamedTuple):
 
     client: int
     ventilator: int  # and the sink
-    workers: tuple
+    workers: tuple[int, ...]
 
     @classmethod
-    def of(cls, size):
+    def of(cls, size: int) -> Layout:
         workers = [r for r in range(2, size)] or [r for r in range(1, size)] or [0]
         return cls(0, 1 % size, tuple(workers))
 
@@ -161,7 +169,7 @@ class Layout(NamedTuple):
 class Job:
     """A client's request, as the ventilator and the sink see it."""
 
-    def __init__(self, msg, chunks):
+    def __init__(self, msg: cv.Message, chunks: list[Chunk]) -> None:
         self.msg = msg  # deferred: the sink answers it
         self.names = [chunk.name for chunk in chunks]
         self.done = 0  # chunks whose result the sink holds
@@ -174,12 +182,12 @@ class Pending:
 
     __slots__ = ("chunk", "wanted_by", "attempts", "queued", "issued_at")
 
-    def __init__(self, chunk):
+    def __init__(self, chunk: Chunk) -> None:
         self.chunk = chunk
-        self.wanted_by = set()  # the keys of the jobs that need it
-        self.attempts = set()  # the numbers of its attempts that workers hold
+        self.wanted_by: set[JobKey] = set()  # the keys of the jobs that need it
+        self.attempts: set[int] = set()  # the numbers of its attempts that workers hold
         self.queued = True  # waiting for a worker with room
-        self.issued_at = None  # when it was last given to a worker
+        self.issued_at = 0.0  # when it was last given to a worker
 
 
 class Attempt(NamedTuple):
@@ -187,7 +195,7 @@ class Attempt(NamedTuple):
 
     name: str
     worker: int
-    future: cv.Future  # of the request to the worker: cancel() tells it to skip
+    future: cv.Future[None]  # of the request to the worker: cancel() tells it to skip
 
 
 class Ventilator:
@@ -198,24 +206,27 @@ class Ventilator:
     (the chunk is issued again only once its deadline has passed).
     """
 
-    def __init__(self, m, workers, chunk, window, deadline):
+    def __init__(
+        self, m: cv.Messenger, workers: tuple[int, ...], chunk: int, window: int, deadline: float
+    ) -> None:
         self.m = m
         self.workers = workers
         self.chunk = chunk  # values per chunk: the same grid for every request
         self.window = window  # chunks a worker holds at most (computing and waiting)
         self.deadline = deadline
-        self.jobs = {}  # (client rank, request number) -> Job
-        self.pending = {}  # chunk name -> Pending
-        self.queue = collections.deque()  # chunk names waiting for a worker (some stale)
-        self.attempts = {}  # attempt number -> Attempt
+        self.jobs: dict[JobKey, Job] = {}
+        self.pending: dict[str, Pending] = {}  # chunk name -> Pending
+        # chunk names waiting for a worker (some stale)
+        self.queue: collections.deque[str] = collections.deque()
+        self.attempts: dict[int, Attempt] = {}  # attempt number -> Attempt
         self.next_attempt = 1
         self.load = dict.fromkeys(self.workers, 0)  # attempts each worker holds
-        self.suspects = set()  # workers that missed a deadline: only used if all did
+        self.suspects: set[int] = set()  # workers that missed a deadline: only used if all did
         self.draining = False  # the client sends no more requests
         self.stopped = False
-        self.counts = collections.Counter()
-        self.reissued = collections.Counter()  # chunk name -> times issued again
-        self.cancelled = []  # what the cancelled requests had
+        self.counts: collections.Counter[str] = collections.Counter()
+        self.reissued: collections.Counter[str] = collections.Counter()  # chunk name -> reissues
+        self.cancelled: list[dict[str, Any]] = []  # what the cancelled requests had
         m.on("job")(self.on_job)
         m.on("result")(self.on_result)
         m.on("skipped")(self.on_skipped)
@@ -223,7 +234,7 @@ class Ventilator:
 
     # The ventilator's side: requests in, chunks out.
 
-    def on_job(self, msg):
+    def on_job(self, msg: cv.Message) -> None:
         """A request {"number", "function", "start", "stop"}: answered later, chunk by chunk."""
         request = msg.payload
         function, start, stop = request["function"], request["start"], request["stop"]
@@ -252,7 +263,7 @@ class Ventilator:
         self.answer(key, job)  # the quick first answer (the final one if all was cached)
         self.pump()
 
-    def pump(self):
+    def pump(self) -> None:
         """Issue queued chunks to the workers that have room."""
         while self.queue:
             entry = self.pending.get(self.queue[0])
@@ -274,7 +285,7 @@ class Ventilator:
             self.load[worker] += 1
             self.counts["issued"] += 1
 
-    def pick_worker(self, avoid):
+    def pick_worker(self, avoid: set[int]) -> int | None:
         """Return a worker with room, or None.
 
         Suspects only if every worker is one; a worker in `avoid` (one that
@@ -286,7 +297,7 @@ class Ventilator:
             return None
         return min(free, key=lambda w: (w in avoid, self.load[w]))
 
-    def step(self):
+    def step(self) -> bool:
         """Look at the clock and at the cancellations; give the stop signal once drained."""
         for key, job in list(self.jobs.items()):
             if job.msg.cancelled:
@@ -310,7 +321,7 @@ class Ventilator:
             self.stopped = True
         return False
 
-    def drop(self, key, job):
+    def drop(self, key: JobKey, job: Job) -> None:
         """The client cancelled `job`: stop issuing its chunks, cancel those in flight, forget it."""
         del self.jobs[key]
         issued = 0
@@ -334,15 +345,15 @@ class Ventilator:
             {"request": key[1], "chunks": job.names, "done": job.done, "in_flight": issued}
         )
 
-    def on_drain(self, msg):
+    def on_drain(self, msg: cv.Message) -> None:
         self.draining = True
 
-    def idle(self):
+    def idle(self) -> bool:
         return self.stopped
 
     # The sink's side: results in, answers out.
 
-    def on_result(self, msg):
+    def on_result(self, msg: cv.Message) -> None:
         """A worker's result: {"attempt", "value"}.
 
         Workers send results as messages of their own: the answer to a chunk
@@ -364,7 +375,7 @@ class Ventilator:
             self.answer(key, job)
         self.pump()
 
-    def on_skipped(self, msg):
+    def on_skipped(self, msg: cv.Message) -> None:
         """A worker skipped the cancelled attempt `msg.payload`."""
         attempt = self.attempts.pop(msg.payload)
         self.load[attempt.worker] -= 1
@@ -379,9 +390,9 @@ class Ventilator:
                     del self.pending[attempt.name]
         self.pump()
 
-    def answer(self, key, job):
+    def answer(self, key: JobKey, job: Job) -> None:
         """Tell the client how far `job` is; the sum, and forget it, once it is complete."""
-        progress = {
+        progress: dict[str, int] = {
             "done": job.done,
             "chunks": len(job.names),
             "cached": job.cached,
@@ -394,7 +405,7 @@ class Ventilator:
         job.msg.reply(progress)
         del self.jobs[key]
 
-    def report(self):
+    def report(self) -> dict[str, Any]:
         return {
             "counts": dict(self.counts),
             "reissued": dict(self.reissued),
@@ -415,20 +426,21 @@ class Worker:
     keeps handling messages, cancellations included, while chunks wait.
     """
 
-    def __init__(self, m, sink, stuck_seconds=0.0):
+    def __init__(self, m: cv.Messenger, sink: int, stuck_seconds: float = 0.0) -> None:
         self.m = m
         self.sink = sink
         self.stuck_seconds = stuck_seconds
-        self.queue = collections.deque()
-        self.computed = collections.Counter()  # chunk name -> times computed here
+        self.queue: collections.deque[cv.Message] = collections.deque()
+        # chunk name -> times computed here
+        self.computed: collections.Counter[str] = collections.Counter()
         self.skipped = 0
         m.on("chunk")(self.on_chunk)
 
-    def on_chunk(self, msg):
+    def on_chunk(self, msg: cv.Message) -> None:
         msg.defer()
         self.queue.append(msg)
 
-    def step(self):
+    def step(self) -> bool:
         """Compute (or skip) the next chunk; return whether there was one."""
         if not self.queue:
             return False
@@ -447,26 +459,34 @@ class Worker:
         msg.reply()  # ends the request (the ventilator drops it if it cancelled it meanwhile)
         return True
 
-    def idle(self):
+    def idle(self) -> bool:
         return not self.queue
 
-    def report(self):
+    def report(self) -> dict[str, Any]:
         return {"computed": dict(self.computed), "skipped": self.skipped, "queued": len(self.queue)}
 
 
 class Request:
     """One of the client's requests, and what became of it."""
 
-    def __init__(self, number, function, start, stop, cancel_after=0, after=None):
+    def __init__(
+        self,
+        number: int,
+        function: str,
+        start: int,
+        stop: int,
+        cancel_after: int = 0,
+        after: Request | None = None,
+    ) -> None:
         self.number, self.function, self.start, self.stop = number, function, start, stop
         self.cancel_after = cancel_after  # cancel once this many chunks are done (0: never)
         self.after = after  # the Request to wait for before sending this one
-        self.stream = None
+        self.stream: cv.Stream[dict[str, int]] | None = None
         self.status = "waiting"  # then "running", and "done" or "cancelled"
-        self.first = None  # the first answer: what the cache had
-        self.last = None  # the latest answer
+        self.first: dict[str, int] | None = None  # the first answer: what the cache had
+        self.last: dict[str, int] | None = None  # the latest answer
 
-    def payload(self):
+    def payload(self) -> dict[str, Any]:
         return {
             "number": self.number,
             "function": self.function,
@@ -475,9 +495,9 @@ class Request:
         }
 
 
-def arrived(stream):
+def arrived(stream: cv.Stream[T]) -> list[T]:
     """Return the answers that have arrived on `stream` (made with ``timeout=0``), without waiting."""
-    answers = []
+    answers: list[T] = []
     while True:
         try:
             answers.append(next(stream))
@@ -488,18 +508,18 @@ def arrived(stream):
 class Client:
     """Sends the requests, follows their answers, cancels one midway."""
 
-    def __init__(self, m, ventilator, requests):
+    def __init__(self, m: cv.Messenger, ventilator: int, requests: list[Request]) -> None:
         self.m = m
         self.ventilator = ventilator
         self.requests = requests
         self.drained = False
 
-    def step(self):
+    def step(self) -> bool:
         for r in self.requests:
             if r.status == "waiting" and (r.after is None or r.after.status == "done"):
                 r.stream = self.m.request_stream(self.ventilator, "job", r.payload(), timeout=0)
                 r.status = "running"
-            if r.status != "running":
+            if r.status != "running" or r.stream is None:
                 continue
             for answer in arrived(r.stream):
                 r.first = r.first or answer
@@ -514,11 +534,11 @@ class Client:
             self.drained = True
         return False
 
-    def idle(self):
+    def idle(self) -> bool:
         return self.drained
 
 
-def make_requests(args):
+def make_requests(args: argparse.Namespace) -> list[Request]:
     """The demonstration: two overlapping requests, one cancelled midway, one answered by the cache."""
     n, f = args.values, args.function
     first = Request(1, f, 0, n)
@@ -544,7 +564,19 @@ STATS = (
 HELD = ("pending_requests", "open_requests", "jobs", "pending", "attempts", "queued")
 
 
-def serve(m, roles, stopped):
+class Role(Protocol):
+    """What `serve` gives turns to: the client, the ventilator, a worker."""
+
+    def step(self) -> bool:
+        """Do some work; return whether there was any."""
+        ...
+
+    def idle(self) -> bool:
+        """Return whether the role has nothing left to do."""
+        ...
+
+
+def serve(m: cv.Messenger, roles: list[Role], stopped: Callable[[], object]) -> None:
     """Handle messages and give each role a turn, until `stopped()` and every role is idle."""
     while not (stopped() and all(role.idle() for role in roles)):
         busy = False
@@ -553,13 +585,15 @@ def serve(m, roles, stopped):
         m.progress(0.0 if busy else TICK)  # wait for a message only if there was nothing to do
 
 
-def run(m, layout, args):
+def run(m: cv.Messenger, layout: Layout, args: argparse.Namespace) -> bool:
     """Play this rank's roles until the ventilator says stop; on rank 0, check and report.
 
     Returns False on rank 0 if a check fails.
     """
-    client = ventilator = worker = None
-    roles = []
+    client: Client | None = None
+    ventilator: Ventilator | None = None
+    worker: Worker | None = None
+    roles: list[Role] = []
     if m.rank == layout.client:
         client = Client(m, layout.ventilator, make_requests(args))
         roles.append(client)
@@ -570,15 +604,15 @@ def run(m, layout, args):
         hang = args.stuck_seconds if m.rank == args.stuck_worker else 0.0
         worker = Worker(m, layout.ventilator, hang)
         roles.append(worker)
-    stopped = []
-    reports = {}
+    stopped: list[int] = []
+    reports: dict[int, dict[str, Any]] = {}
 
     @m.on("stop")
-    def stop(msg):
+    def stop(msg: cv.Message) -> None:
         stopped.append(msg.source)
 
     @m.on("report")
-    def collect(msg):
+    def collect(msg: cv.Message) -> None:
         reports[msg.source] = msg.payload
 
     m.wait_quiet()  # as a barrier: every receiver is registered before the first request
@@ -603,16 +637,22 @@ def run(m, layout, args):
     return summarize(client.requests, reports, layout, args, seconds)
 
 
-def summarize(requests, reports, layout, args, seconds):
+def summarize(
+    requests: list[Request],
+    reports: dict[int, dict[str, Any]],
+    layout: Layout,
+    args: argparse.Namespace,
+    seconds: float,
+) -> bool:
     """Check the run, print its summary and PASS or FAIL; return whether it passed."""
     vent = reports[layout.ventilator]["ventilator"]
-    computed = collections.Counter()
+    computed: collections.Counter[str] = collections.Counter()
     skipped = 0
     for report in reports.values():
         if report["worker"]:
             computed.update(report["worker"]["computed"])
             skipped += report["worker"]["skipped"]
-    failures = []
+    failures: list[str] = []
     expected = single_process_sums([r for r in requests if r.status == "done"])
     print(
         f"{'request':<8} {'f':<8} {'range':<22} {'chunks':>6} {'cached':>6} {'joined':>6}  result"
@@ -625,6 +665,7 @@ def summarize(requests, reports, layout, args, seconds):
             f"{first.get('joined', '-'):>6}  "
         )
         if r.status == "done":
+            assert r.last is not None  # the final answer
             ok = r.last["sum"] == expected[r.number]
             line += (
                 f"{r.last['sum']:,} ({'equals' if ok else 'DIFFERS from'} the single-process sum)"
@@ -642,7 +683,7 @@ def summarize(requests, reports, layout, args, seconds):
         failures.append(f"computed twice without being re-issued: {', '.join(twice)}")
     # Nothing of a request is left anywhere: no request open or pending, no
     # job, chunk or attempt at the ventilator, no chunk waiting at a worker.
-    left = []
+    left: list[str] = []
     for rank, report in sorted(reports.items()):
         held = {
             **report["stats"],
@@ -733,7 +774,9 @@ def summarize(requests, reports, layout, args, seconds):
     return not failures
 
 
-def parse_args(argv=None):
+def parse_args(
+    argv: list[str] | None = None,
+) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
     parser = argparse.ArgumentParser(
         description="A ventilator, workers and a sink over MPI ranks with conveyor: a chunk cache, "
         "deadlines and cancellation."
@@ -796,7 +839,9 @@ def parse_args(argv=None):
     return parser, args
 
 
-def choose_stuck_worker(parser, args, layout):
+def choose_stuck_worker(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, layout: Layout
+) -> int | None:
     """Return the rank of the stuck worker, or None."""
     if args.stuck_worker == "none":
         return None
@@ -811,10 +856,11 @@ def choose_stuck_worker(parser, args, layout):
         parser.error(
             "--stuck-worker needs another worker to take over its chunks (4 ranks or more)"
         )
-    return args.stuck_worker
+    stuck: int = args.stuck_worker  # parse_args made it an int
+    return stuck
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> int:
     parser, args = parse_args(argv)
     with cv.Messenger() as m:
         layout = Layout.of(m.size)

@@ -12,6 +12,8 @@ numpy on one rank and prints PASS or FAIL (exit status 1)::
     python examples/zscore.py
 """
 
+from __future__ import annotations
+
 import argparse
 import sys
 import warnings
@@ -21,11 +23,11 @@ import numpy as np
 import conveyor as cv
 
 
-def standardise(x, mean, sd):
+def standardise(x: np.ndarray, mean: float, sd: float) -> np.ndarray:
     return (x - mean) / sd
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=1_000_003, help="length of the vector")
     parser.add_argument("--chunks", type=int, default=5, help="how many (unequal) chunks")

@@ -9,6 +9,8 @@
 49
 """
 
+from __future__ import annotations
+
 import importlib
 import typing
 
@@ -78,7 +80,7 @@ if typing.TYPE_CHECKING:
     from ._table import Table
 
 
-def __getattr__(name):
+def __getattr__(name: str) -> typing.Any:
     """Import the public `name` from its module on first use."""
     module = _MODULE_OF.get(name)
     if module is None:
@@ -88,7 +90,7 @@ def __getattr__(name):
     return value
 
 
-def __dir__():
+def __dir__() -> list[str]:
     """The names defined here and every public name, imported or not."""
     return sorted(set(globals()) | set(__all__))
 

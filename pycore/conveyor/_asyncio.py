@@ -7,23 +7,34 @@ dispatches on its own thread, like any other callback: no thread but the
 background one calls MPI meanwhile, and nothing polls.
 """
 
+from __future__ import annotations
+
 import asyncio
 import contextvars
 import os
+from typing import TYPE_CHECKING, TypeVar
 
 from ._errors import ConveyorError
 
+if TYPE_CHECKING:
+    from ._future import Future
+    from ._transport import Transport
+
 __all__ = ["LoopLink", "attach", "detach", "handler_of", "loop_of", "wait_answer"]
+
+T = TypeVar("T")
 
 # In an async handler's task (and the tasks it starts): the messenger's
 # Transport, so that a collective wait awaited there can be refused.
-handler_of = contextvars.ContextVar("conveyor_handler_of", default=None)
+handler_of: contextvars.ContextVar[Transport | None] = contextvars.ContextVar(
+    "conveyor_handler_of", default=None
+)
 
 
 class LoopLink:
     """The connection of one messenger's transport to one event loop."""
 
-    def __init__(self, transport, loop):
+    def __init__(self, transport: Transport, loop: asyncio.AbstractEventLoop) -> None:
         engine = transport.engine
         if not engine.background:
             raise ConveyorError(
@@ -31,7 +42,7 @@ class LoopLink:
                 "needs MPI_THREAD_MULTIPLE (mpi4py's default) and CONVEYOR_BACKGROUND=1"
             )
         self.loop = loop
-        self.wave = None  # the future aquiet() awaits while a wave runs
+        self.wave: asyncio.Future[tuple[int, int]] | None = None  # what aquiet() awaits
         self._transport = transport
         if hasattr(os, "eventfd"):
             self._read_fd = self._write_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
@@ -42,7 +53,7 @@ class LoopLink:
         loop.add_reader(self._read_fd, self._on_signal)
         engine.serve_in_background(self._write_fd)
 
-    def _on_signal(self):
+    def _on_signal(self) -> None:
         try:
             while os.read(self._read_fd, 4096):
                 pass
@@ -55,7 +66,7 @@ class LoopLink:
             if totals is not None:
                 self.wave.set_result(totals)
 
-    def close(self):
+    def close(self) -> None:
         """Stop signalling the loop (the engine goes back to serving its owner's waits)."""
         self._transport.engine.serve_in_background(-1)
         self.loop.remove_reader(self._read_fd)
@@ -66,36 +77,39 @@ class LoopLink:
             self.wave.set_exception(ConveyorError("the messenger left the event loop"))
 
 
-def attach(transport, loop=None):
-    """Serve `transport` from `loop` (the running one by default)."""
+def attach(transport: Transport, loop: asyncio.AbstractEventLoop | None = None) -> LoopLink:
+    """Serve `transport` from `loop` (the running one by default); return the link."""
     transport.check_open()
     loop = loop or asyncio.get_running_loop()
     if transport.link is not None:
         if transport.link.loop is loop:
-            return
+            return transport.link
         raise ConveyorError("this Messenger is already served by another event loop")
     transport.link = LoopLink(transport, loop)
+    return transport.link
 
 
-def detach(transport):
+def detach(transport: Transport) -> None:
     """Stop serving `transport` from its event loop, if one serves it."""
     if transport.link is not None:
         transport.link.close()
         transport.link = None
 
 
-def loop_of(transport):
+def loop_of(transport: Transport) -> asyncio.AbstractEventLoop:
     """Attach to the running loop and return it; the caller is about to await an answer."""
-    attach(transport)
+    link = attach(transport)
     transport.engine.flush()  # do not keep the awaited requests in a batch
-    return transport.link.loop
+    return link.loop
 
 
-async def wait_answer(transport, future):
+async def wait_answer(transport: Transport, future: Future[T]) -> T:
     """Await `future` (a conveyor Future); cancelling the await cancels the request."""
     if not future.done():
-        waiter = loop_of(transport).create_future()
-        future.add_done_callback(lambda done: waiter.done() or waiter.set_result(None))
+        waiter: asyncio.Future[None] = loop_of(transport).create_future()
+        future.add_done_callback(
+            lambda done: waiter.done() or waiter.set_result(None)  # type: ignore[func-returns-value]
+        )
         try:
             await waiter
         except asyncio.CancelledError:

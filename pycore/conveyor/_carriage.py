@@ -8,12 +8,16 @@ how many bytes it needs, dumps itself into a buffer of that size, and loads
 itself back; large arrays it holds can go out of band, without copies.
 """
 
+from __future__ import annotations
+
 import operator
+from collections.abc import Sequence
+from typing import Any, ClassVar, SupportsIndex
 
 __all__ = ["Address", "CarriageableItem"]
 
 # name -> class, shared with the native codec (which looks types up here).
-_registry = {}
+_registry: dict[str, type[CarriageableItem]] = {}
 
 
 class Address:
@@ -36,7 +40,11 @@ class Address:
 
     __slots__ = ("rank", "name", "ref")
 
-    def __init__(self, rank, name, ref=None):
+    rank: int
+    name: str
+    ref: int | None
+
+    def __init__(self, rank: SupportsIndex, name: str, ref: SupportsIndex | None = None) -> None:
         rank = operator.index(rank)
         if rank < 0:
             raise ValueError(f"rank must be >= 0, not {rank}")
@@ -48,18 +56,18 @@ class Address:
         object.__setattr__(self, "name", name)
         object.__setattr__(self, "ref", ref)
 
-    def __setattr__(self, key, value):
+    def __setattr__(self, key: str, value: object) -> None:
         raise AttributeError("Address is immutable")
 
-    def __eq__(self, other):
+    def __eq__(self, other: object) -> bool:
         if not isinstance(other, Address):
             return NotImplemented
         return (self.rank, self.name, self.ref) == (other.rank, other.name, other.ref)
 
-    def __hash__(self):
+    def __hash__(self) -> int:
         return hash((Address, self.rank, self.name, self.ref))
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         ref = "" if self.ref is None else f", ref={self.ref}"
         return f"Address({self.rank}, {self.name!r}{ref})"
 
@@ -75,13 +83,13 @@ class CarriageableItem:
             def __init__(self, sample, codes):
                 self.sample, self.codes = sample, codes      # int, uint8 array
 
-            def required_bytes(self):
+            def required_bytes(self) -> int:
                 return 8
 
-            def dump(self, buffer):
+            def dump(self, buffer: memoryview) -> None:
                 buffer[:8] = self.sample.to_bytes(8, "little")
 
-            def out_of_band(self):
+            def out_of_band(self) -> Sequence[Any]:
                 return [self.codes]                          # travels zero-copy
 
             @classmethod
@@ -90,16 +98,16 @@ class CarriageableItem:
     """
 
     #: The stable name under which the type is registered (None: abstract).
-    carriage_name = None
+    carriage_name: ClassVar[str | None] = None
 
-    def __init_subclass__(cls, name=None, **kwargs):
+    def __init_subclass__(cls, name: str | None = None, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if name is None:
             cls.carriage_name = None
             return
         if not isinstance(name, str) or not name:
             raise TypeError("a CarriageableItem's name must be a non-empty str")
-        if cls.load.__func__ is CarriageableItem.load.__func__:
+        if cls.load.__func__ is CarriageableItem.load.__func__:  # type: ignore[attr-defined]
             raise TypeError(f"{cls.__qualname__} must implement the classmethod load()")
         known = _registry.get(name)
         if known is not None and (known.__module__, known.__qualname__) != (
@@ -113,14 +121,14 @@ class CarriageableItem:
         _registry[name] = cls
         cls.carriage_name = name
 
-    def required_bytes(self):
+    def required_bytes(self) -> int:
         """Return how many bytes `dump` writes."""
         return 0
 
-    def dump(self, buffer):
+    def dump(self, buffer: memoryview) -> None:
         """Write the item into `buffer`, a writable memoryview of `required_bytes` bytes."""
 
-    def unsent(self, buffer):
+    def unsent(self, buffer: memoryview) -> None:
         """Undo what `dump` did beyond the buffer: the message did not leave.
 
         Called when the message the item was dumped into fails after the
@@ -130,7 +138,7 @@ class CarriageableItem:
         the default does nothing.
         """
 
-    def out_of_band(self):
+    def out_of_band(self) -> Sequence[Any]:
         """Return carriageable values (typically large arrays) sent beside the buffer.
 
         Arrays above the zero-copy threshold travel straight from their memory.
@@ -138,7 +146,7 @@ class CarriageableItem:
         return ()
 
     @classmethod
-    def load(cls, buffer, out_of_band):
+    def load(cls, buffer: memoryview, out_of_band: list[Any]) -> CarriageableItem:
         """Rebuild an item from what `dump` wrote and what `out_of_band` returned.
 
         Parameters

@@ -1,5 +1,7 @@
 """Argument checks shared by the whole façade: ranks, tags and names."""
 
+from __future__ import annotations
+
 import operator
 
 __all__ = ["RESERVED_PREFIX", "check_name", "check_rank", "check_tag", "check_user_tag"]
@@ -9,10 +11,10 @@ __all__ = ["RESERVED_PREFIX", "check_name", "check_rank", "check_tag", "check_us
 RESERVED_PREFIX = "conveyor."
 
 
-def check_rank(value, size=None, what="a rank"):
+def check_rank(value: object, size: int | None = None, what: str = "a rank") -> int:
     """Return `value` as an int rank; with `size`, check that it is in ``0..size-1``."""
     try:
-        rank = operator.index(value)
+        rank = operator.index(value)  # type: ignore[arg-type]  # TypeError is the check
     except TypeError:
         raise TypeError(f"{what} must be an int, not {type(value).__name__}") from None
     if size is not None and not 0 <= rank < size:
@@ -26,7 +28,7 @@ def check_rank(value, size=None, what="a rank"):
     return rank
 
 
-def check_name(name, what="an item name"):
+def check_name(name: object, what: str = "an item name") -> str:
     """Return `name` if it is a non-empty str."""
     if not isinstance(name, str):
         raise TypeError(f"{what} must be a str, not {type(name).__name__}")
@@ -35,14 +37,14 @@ def check_name(name, what="an item name"):
     return name
 
 
-def check_tag(tag):
+def check_tag(tag: object) -> str:
     """Return `tag` if it is a valid tag (conveyor's reserved ones included)."""
     return check_name(tag, "a tag")
 
 
-def check_user_tag(tag):
+def check_user_tag(tag: object) -> str:
     """Return `tag` if a user may register a receiver under it."""
-    check_tag(tag)
+    tag = check_tag(tag)
     if tag.startswith(RESERVED_PREFIX):
         raise ValueError(f"tags starting with {RESERVED_PREFIX!r} are reserved for conveyor")
     return tag

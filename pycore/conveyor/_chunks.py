@@ -15,12 +15,17 @@ owner, or a rank that ran short and lent weight of its own as a proxy. The
 owner frees the chunk once no weight is out and it holds no handle itself.
 """
 
+from __future__ import annotations
+
 import collections
+import functools
 import pickle
 import struct
 import sys
 import traceback
 import weakref
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -37,6 +42,22 @@ from ._tags import (
     DRIVER_DONE,
 )
 
+if TYPE_CHECKING:
+    from mpi4py import MPI
+
+    from ._dispatch import Receivers
+    from ._future import Future
+    from ._message import Message
+    from ._messenger import Messenger
+    from ._transport import Transport
+
+    # A task's input: ("value", x), ("pickled", bytes), ("whole", ref) or
+    # ("pieces", [(ref, start, stop), ...]) (see ChunkLayer.submit).
+    Spec = tuple[str, Any]
+    # Called with a settled chunk's rows, or with its error's bytes.
+    Put = Callable[[Any], None]
+    Fail = Callable[[bytes], None]
+
 __all__ = ["ChunkRef"]
 
 
@@ -45,12 +66,12 @@ _STATE_NAMES = {PENDING: "pending", RESOLVED: "resolved", ERROR: "error"}
 
 # Layers by their messenger's serial number, which is the same on every rank
 # (messengers are created collectively): where an arriving ChunkRef belongs.
-_layers = weakref.WeakValueDictionary()
+_layers: weakref.WeakValueDictionary[int, ChunkLayer] = weakref.WeakValueDictionary()
 # And by their messenger: where DistArray.from_local(messenger, ...) finds its layer.
-_layers_by_messenger = weakref.WeakKeyDictionary()
+_layers_by_messenger: weakref.WeakKeyDictionary[Messenger, ChunkLayer] = weakref.WeakKeyDictionary()
 
 
-def layer_of(messenger):
+def layer_of(messenger: Messenger) -> ChunkLayer:
     """The ChunkLayer of `messenger` (each has one, made with it)."""
     return _layers_by_messenger[messenger]
 
@@ -81,7 +102,15 @@ class ChunkRef(CarriageableItem, name="conveyor.ChunkRef"):
 
     __slots__ = ("_layer", "id", "owner", "length", "offset", "_state")
 
-    def __init__(self, layer, id, owner, length, offset=0, state=PENDING):
+    def __init__(
+        self,
+        layer: ChunkLayer,
+        id: int,
+        owner: int,
+        length: int | None,
+        offset: int | None = 0,
+        state: int = PENDING,
+    ) -> None:
         # Every ChunkRef object is one handle of its rank's (see ChunkTable.hold).
         if owner == layer.rank:
             layer.table.hold_owned(id)  # it may arrive before the task that creates it
@@ -95,7 +124,7 @@ class ChunkRef(CarriageableItem, name="conveyor.ChunkRef"):
         self._state = state
 
     @property
-    def state(self):
+    def state(self) -> str:
         """``"pending"``, ``"resolved"`` or ``"error"``, as last learned here."""
         layer = self._layer
         if (
@@ -107,16 +136,16 @@ class ChunkRef(CarriageableItem, name="conveyor.ChunkRef"):
             self._state = layer.table.state(self.id)
         return _STATE_NAMES[self._state]
 
-    def at(self, offset):
+    def at(self, offset: int | None) -> ChunkRef:
         """Return another reference to this chunk, at row `offset` of its object."""
         return ChunkRef(self._layer, self.id, self.owner, self.length, offset, self._state)
 
-    def __del__(self):
+    def __del__(self) -> None:
         layer = getattr(self, "_layer", None)
         if layer is not None:
             layer.release(self.id)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (
             f"ChunkRef(id={self.id:#x}, owner={self.owner}, length={self.length}, "
             f"offset={self.offset}, state={self.state!r})"
@@ -124,10 +153,10 @@ class ChunkRef(CarriageableItem, name="conveyor.ChunkRef"):
 
     # -- carriage: a copy takes part of this rank's weight ---------------------
 
-    def required_bytes(self):
+    def required_bytes(self) -> int:
         return _REF_LAYOUT.size
 
-    def dump(self, buffer):
+    def dump(self, buffer: memoryview) -> None:
         layer = self._layer
         if layer.closed:
             raise ValueError("a ChunkRef of a closed Messenger cannot travel")
@@ -138,13 +167,13 @@ class ChunkRef(CarriageableItem, name="conveyor.ChunkRef"):
             buffer, 0, layer.serial, self.id, self.owner, home, length, offset, weight, self._state
         )
 
-    def unsent(self, buffer):
+    def unsent(self, buffer: memoryview) -> None:
         # The copy never left: its weight returns to this rank's entry.
         _, id, owner, home, _, _, weight, _ = _REF_LAYOUT.unpack_from(buffer)
         self._layer.take_back(id, owner, home, weight)
 
     @classmethod
-    def load(cls, buffer, out_of_band):
+    def load(cls, buffer: memoryview, out_of_band: list[Any]) -> ChunkRef:
         serial, id, owner, home, length, offset, weight, state = _REF_LAYOUT.unpack_from(buffer)
         layer = _layers.get(serial)
         if layer is None or layer.closed:
@@ -160,7 +189,7 @@ class ChunkRef(CarriageableItem, name="conveyor.ChunkRef"):
         )
 
 
-def remote_error(data):
+def remote_error(data: bytes) -> RemoteError:
     """Rebuild the RemoteError that failed a chunk (see error_bytes)."""
     return RemoteError(*pickle.loads(data))
 
@@ -173,14 +202,14 @@ class _Gather:
 
     __slots__ = ("values", "missing", "done", "failed", "over")
 
-    def __init__(self, count, done, failed):
-        self.values = [None] * count
+    def __init__(self, count: int, done: Callable[[list[Any]], None], failed: Fail) -> None:
+        self.values: list[Any] = [None] * count
         self.missing = count
         self.done = done
         self.failed = failed
         self.over = False
 
-    def put(self, index, value):
+    def put(self, index: int, value: Any) -> None:
         if self.over:
             return
         self.values[index] = value
@@ -189,7 +218,7 @@ class _Gather:
             self.over = True
             self.done(self.values)
 
-    def fail(self, error):
+    def fail(self, error: bytes) -> None:
         if not self.over:
             self.over = True
             self.failed(error)
@@ -198,20 +227,25 @@ class _Gather:
 class ChunkLayer:
     """The chunks of one rank of a messenger, and the receivers behind them."""
 
-    def __init__(self, messenger, transport, receivers, serial):
+    def __init__(
+        self, messenger: Messenger, transport: Transport, receivers: Receivers, serial: int
+    ) -> None:
         self.m = messenger
         self.transport = transport
         self.rank = messenger.rank
         self.serial = serial
         self.table = core.ChunkTable(messenger.rank)
         self.closed = False
-        self._waiters = {}  # token -> callback, for chunks this rank owns
+        self._waiters: dict[int, Callable[[], None]] = {}  # token -> callback, for owned chunks
         self._next_token = 1
-        self._early = {}  # id -> callbacks waiting for a chunk whose task has not arrived
-        self._ready = collections.deque()  # callbacks of chunks just settled, run in order
+        # id -> callbacks waiting for a chunk whose task has not arrived
+        self._early: dict[int, list[Callable[[], None]]] = {}
+        # callbacks of chunks just settled, run in order
+        self._ready: collections.deque[Callable[[], None]] = collections.deque()
         self._draining = False
-        self._functions = {}  # pickled function -> function, the tasks' recent ones
-        self._published = set()  # owned chunks whose state is in the CHUNK_STATES table
+        # pickled function -> function, the tasks' recent ones
+        self._functions: dict[bytes, Callable[..., Any]] = {}
+        self._published: set[int] = set()  # owned chunks whose state is in CHUNK_STATES
         receivers.add(CHUNK_TASK, self._on_task)
         receivers.add(CHUNK_FETCH, self._on_fetch)
         receivers.add(CHUNK_GIVE_BACK, self._on_give_back)
@@ -219,14 +253,14 @@ class ChunkLayer:
         self.drivers_done = 0  # driver blocks the root left, and those served here
         self.drivers_seen = 0
         receivers.add(DRIVER_DONE, self._on_driver_done)
-        self._collective_comm = None  # for from_local, made on first use
+        self._collective_comm: MPI.Intracomm | None = None  # for from_local, made on first use
         _layers[serial] = self
         _layers_by_messenger[messenger] = self
 
-    def close(self):
+    def close(self) -> None:
         self.closed = True
 
-    def collectives(self):
+    def collectives(self) -> MPI.Intracomm:
         """A communicator of the layer's own for the collective calls of from_local.
 
         They must not cross the engine's termination waves on the messenger's.
@@ -235,7 +269,7 @@ class ChunkLayer:
             self._collective_comm = self.m.comm.Dup()
         return self._collective_comm
 
-    def free_communicator(self):
+    def free_communicator(self) -> None:
         """Free the communicator of `collectives` (collective, as closing the messenger is)."""
         if self._collective_comm is not None:
             self._collective_comm.Free()
@@ -243,7 +277,7 @@ class ChunkLayer:
 
     # -- references ------------------------------------------------------------
 
-    def mint(self, owner, length, offset=0):
+    def mint(self, owner: int, length: int | None, offset: int | None = 0) -> tuple[ChunkRef, int]:
         """Name a new chunk that `owner` will compute; return (ref, weight to lend it).
 
         The task that asks `owner` to compute the chunk must carry the weight.
@@ -256,7 +290,7 @@ class ChunkLayer:
         self.table.adopt(id, owner, owner, weight)
         return ChunkRef(self, id, owner, length, offset), weight
 
-    def lend(self, id, owner):
+    def lend(self, id: int, owner: int) -> tuple[int, int]:
         """Take weight for a reference about to travel; return (weight, its home)."""
         weight, home, refill = self.table.lend(id)
         if refill:
@@ -265,14 +299,23 @@ class ChunkLayer:
             )
         return weight, home
 
-    def take_back(self, id, owner, home, weight):
+    def take_back(self, id: int, owner: int, home: int, weight: int) -> None:
         """Return `weight`, lent for a copy that was never sent, to this rank's entry."""
         if home == self.rank:
             self._returned(id, weight)
         else:  # its handle is still held here
             self._settle(id, self.table.adopt(id, owner, home, weight))
 
-    def adopt(self, id, owner, home, weight, length, offset=0, state=PENDING):
+    def adopt(
+        self,
+        id: int,
+        owner: int,
+        home: int,
+        weight: int,
+        length: int | None,
+        offset: int | None = 0,
+        state: int = PENDING,
+    ) -> ChunkRef:
         """Return a handle of a reference that arrived with `weight`, lent by `home`."""
         if home != self.rank:
             self._settle(id, self.table.adopt(id, owner, home, weight))
@@ -283,7 +326,7 @@ class ChunkLayer:
         self._returned(id, weight)
         return ref
 
-    def _refilled(self, id, owner, future):
+    def _refilled(self, id: int, owner: int, future: Future[int]) -> None:
         if future.exception() is not None or self.closed:
             return
         weight = future.result()
@@ -292,7 +335,7 @@ class ChunkLayer:
         else:  # every handle went meanwhile: the weight goes straight back
             self._give_back(owner, id, weight)
 
-    def release(self, id):
+    def release(self, id: int) -> None:
         if self.closed:
             return
         try:
@@ -301,7 +344,7 @@ class ChunkLayer:
             print(f"conveyor: releasing chunk {id:#x} failed:", file=sys.stderr)
             traceback.print_exc()
 
-    def _settle(self, id, released):
+    def _settle(self, id: int, released: tuple[bool, int, int]) -> None:
         # What the table left to do (see ChunkTable.release): send weight
         # back to its home, or forget an owned chunk that went.
         freed, home, weight = released
@@ -310,10 +353,10 @@ class ChunkLayer:
         elif freed:
             self._forget(id)
 
-    def _give_back(self, home, id, weight):
+    def _give_back(self, home: int, id: int, weight: int) -> None:
         self.m.send(home, CHUNK_GIVE_BACK, (id, weight))
 
-    def _forget(self, id):
+    def _forget(self, id: int) -> None:
         # The chunk is gone: so is what its owner published about it. A
         # chunk freed before it was settled published nothing, and deleting
         # a key never set is an error at the table's home.
@@ -321,23 +364,23 @@ class ChunkLayer:
             self._published.remove(id)
             self.m.table(CHUNK_STATES).delete(id)
 
-    def _on_give_back(self, msg):
+    def _on_give_back(self, msg: Message) -> None:
         self._returned(*msg.payload)
 
-    def _returned(self, id, weight):
+    def _returned(self, id: int, weight: int) -> None:
         # Weight back where it was lent: at the owner, the last of it frees
         # the chunk; at a proxy, it lets the entry go.
         self._settle(id, self.table.give_back(id, weight))
 
-    def _on_refill(self, msg):
+    def _on_refill(self, msg: Message) -> int:
         return self.table.lend(msg.payload)[0]  # the owner's: minted
 
-    def _on_driver_done(self, msg):
+    def _on_driver_done(self, msg: Message) -> None:
         self.drivers_done += 1
 
     # -- owned chunks: settling and waiting ----------------------------------
 
-    def when_settled(self, id, callback):
+    def when_settled(self, id: int, callback: Callable[[], None]) -> None:
         """Call ``callback()`` once chunk `id`, owned here, is settled (at once if it is).
 
         A chunk whose task has not arrived yet (a fetch may overtake it)
@@ -353,7 +396,7 @@ class ChunkLayer:
         else:
             callback()
 
-    def resolve(self, ref, value):
+    def resolve(self, ref: ChunkRef, value: np.ndarray) -> None:
         tokens = self.table.resolve(ref.id, value)
         rows = value.shape[0] if value.ndim else None
         self._settled(
@@ -369,12 +412,14 @@ class ChunkLayer:
             },
         )
 
-    def fail(self, ref, error):
+    def fail(self, ref: ChunkRef, error: bytes) -> None:
         """Settle `ref`'s chunk with `error`, made by `error_bytes`."""
         tokens = self.table.fail(ref.id, error)
         self._settled(ref, ERROR, tokens, {"state": ERROR, "owner": self.rank, "error": error})
 
-    def _settled(self, ref, state, tokens, published):
+    def _settled(
+        self, ref: ChunkRef, state: int, tokens: list[int], published: dict[str, Any]
+    ) -> None:
         ref._state = state
         self._published.add(ref.id)
         self.m.table(CHUNK_STATES).put(ref.id, published)
@@ -390,7 +435,7 @@ class ChunkLayer:
         finally:
             self._draining = False
 
-    def rows(self, ref, start, stop, put, fail):
+    def rows(self, ref: ChunkRef, start: int, stop: int | None, put: Put, fail: Fail) -> None:
         """Pass rows [start, stop) of `ref`'s chunk (all with stop None) to ``put(array)``
         once it is settled, or its error's bytes to ``fail(error)``."""
         if ref.owner == self.rank:
@@ -400,14 +445,14 @@ class ChunkLayer:
                 lambda future: self._fetched(future, put, fail)
             )
 
-    def _local_rows(self, id, start, stop, put, fail):
+    def _local_rows(self, id: int, start: int, stop: int | None, put: Put, fail: Fail) -> None:
         if self.table.state(id) == ERROR:
             fail(self.table.error(id))
         else:
             value = self.table.value(id)  # a read-only view: no copy
             put(value if stop is None else value[start:stop])
 
-    def _fetched(self, future, put, fail):
+    def _fetched(self, future: Future[tuple[int, Any]], put: Put, fail: Fail) -> None:
         exc = future.exception()
         if exc is not None:
             fail(error_bytes(exc, self.rank))
@@ -415,7 +460,7 @@ class ChunkLayer:
         state, value = future.result()
         (put if state == RESOLVED else fail)(value)
 
-    def _on_fetch(self, msg):
+    def _on_fetch(self, msg: Message) -> None:
         id, start, stop = msg.payload
         msg.defer()
         self.when_settled(
@@ -431,7 +476,15 @@ class ChunkLayer:
 
     # -- tasks -----------------------------------------------------------------
 
-    def submit(self, owner, length, offset, function, args, kwargs=None):
+    def submit(
+        self,
+        owner: int,
+        length: int | None,
+        offset: int | None,
+        function: bytes | None,
+        args: Sequence[Spec],
+        kwargs: dict[str, Spec] | None = None,
+    ) -> ChunkRef:
         """Ask `owner` to compute a new chunk; return its reference at once.
 
         Parameters
@@ -456,7 +509,7 @@ class ChunkLayer:
         self.m.send(owner, CHUNK_TASK, task)
         return ref
 
-    def _on_task(self, msg):
+    def _on_task(self, msg: Message) -> None:
         task = msg.payload
         id = task["id"]
         if task["weight"] >= 0:  # else its minter, this rank, created it
@@ -473,7 +526,7 @@ class ChunkLayer:
         names = list(kwargs)
         specs = list(args) + [kwargs[name] for name in names]
 
-        def run(values):
+        def run(values: list[Any]) -> None:
             try:
                 function = self._function(task["function"])
                 positional = values[: len(args)]
@@ -493,7 +546,7 @@ class ChunkLayer:
             # pending and everything waiting for it would hang.
             gather.fail(error_bytes(exc, self.rank, traceback.format_exc()))
 
-    def _input(self, spec, length, index, gather):
+    def _input(self, spec: Spec, length: int | None, index: int, gather: _Gather) -> None:
         kind = spec[0]
         if kind == "value":
             gather.put(index, spec[1])
@@ -502,14 +555,21 @@ class ChunkLayer:
         elif kind == "whole":
             self.rows(spec[1], 0, None, lambda value: gather.put(index, value), gather.fail)
         elif kind == "pieces":
+            assert length is not None, "aligned pieces make a chunk of known length"
             self._pieces(spec[1], length, index, gather)
         else:
             gather.fail(error_bytes(ValueError(f"unknown task input {kind!r}"), self.rank))
 
-    def _pieces(self, pieces, length, index, gather):
+    def _pieces(
+        self,
+        pieces: list[tuple[ChunkRef, int, int]],
+        length: int,
+        index: int,
+        gather: _Gather,
+    ) -> None:
         # One period of an aligned argument, fetched piece by piece (local
         # ones read in place) and recycled to `length` rows.
-        def assemble(parts):
+        def assemble(parts: list[np.ndarray]) -> None:
             period = parts[0] if len(parts) == 1 else np.concatenate(parts)
             if len(period) != length:
                 period = np.take(period, np.arange(length) % len(period), axis=0)
@@ -517,9 +577,9 @@ class ChunkLayer:
 
         parts = _Gather(len(pieces), assemble, gather.fail)
         for k, (ref, start, stop) in enumerate(pieces):
-            self.rows(ref, start, stop, lambda value, k=k: parts.put(k, value), parts.fail)
+            self.rows(ref, start, stop, functools.partial(parts.put, k), parts.fail)
 
-    def _function(self, data):
+    def _function(self, data: bytes | None) -> Callable[..., Any] | None:
         if data is None:
             return None
         function = self._functions.get(data)
@@ -530,7 +590,7 @@ class ChunkLayer:
         return function
 
     @staticmethod
-    def _checked(result, length):
+    def _checked(result: Any, length: int | None) -> np.ndarray:
         value = np.asarray(result)
         if value.dtype.hasobject or value.dtype.names is not None:
             raise TypeError(f"a chunk must be a numeric numpy array, not of dtype {value.dtype}")
@@ -543,7 +603,7 @@ class ChunkLayer:
         return value
 
 
-def error_bytes(exc, rank, text=""):
+def error_bytes(exc: BaseException, rank: int, text: str = "") -> bytes:
     """What a failed chunk holds: the fields of the RemoteError it raises."""
     if isinstance(exc, RemoteError):
         fields = (exc.rank, exc.remote_type, exc.remote_message, exc.remote_traceback)

@@ -1,14 +1,19 @@
 """The engine's settings, read from ``CONVEYOR_*`` environment variables."""
 
+from __future__ import annotations
+
 import operator
 import os
+from typing import Callable, SupportsIndex, TypeVar
 
 from ._native import core
 
 __all__ = ["engine_options", "env_number", "zero_copy_threshold"]
 
+Number = TypeVar("Number", int, float)
 
-def env_number(name, default, kind=int):
+
+def env_number(name: str, default: Number, kind: Callable[[str], Number] = int) -> Number:
     """Return the number in environment variable `name` (>= 0), or `default` if unset."""
     text = os.environ.get(name)
     if text is None or text == "":
@@ -22,7 +27,7 @@ def env_number(name, default, kind=int):
     return value
 
 
-def zero_copy_threshold(value=None):
+def zero_copy_threshold(value: SupportsIndex | None = None) -> int:
     """The smallest array or byte string that travels zero-copy (argument, else environment)."""
     if value is None:
         value = env_number("CONVEYOR_ZERO_COPY_THRESHOLD", 16384)
@@ -32,11 +37,11 @@ def zero_copy_threshold(value=None):
     return value
 
 
-def _microseconds(name, default):
+def _microseconds(name: str, default: float) -> float:
     return env_number(name, default, float) * 1e-6
 
 
-def engine_options():
+def engine_options() -> core.EngineOptions:
     """Return the `EngineOptions` the environment asks for (and size the buffer cache)."""
     options = core.EngineOptions()
     options.max_frame_bytes = env_number("CONVEYOR_MAX_FRAME_BYTES", options.max_frame_bytes)

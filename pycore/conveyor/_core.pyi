@@ -12,6 +12,9 @@ from typing import Any, Final, NoReturn
 
 import numpy as np
 import numpy.typing as npt
+from typing_extensions import Self
+
+from ._carriage import Address
 
 #: Frame kind: deliver the payload to the receiver of the tag.
 KIND_SEND: Final = 1
@@ -150,7 +153,7 @@ class Engine:
 class SenderBase:
     """The native send path of conveyor.Sender."""
 
-    def __new__(cls, engine: Engine, tag: str, aggregate: bool, relieve: Any) -> SenderBase: ...
+    def __new__(cls, engine: Engine, tag: str, aggregate: bool, relieve: Any) -> Self: ...
     @property
     def tag(self) -> str:
         """The tag this sender sends to."""
@@ -163,13 +166,23 @@ class SenderBase:
 class MessageBase:
     """The fields of a delivered message (see conveyor.Message)."""
 
-    tag: str
-    payload: object
-    source: int
-    reply_to: Any
-    _dispatch: Any
+    @property
+    def tag(self) -> str:
+        """The tag (receiver name) it was sent to."""
+    @property
+    def payload(self) -> Any:
+        """The decoded payload."""
+    @property
+    def source(self) -> int:
+        """The rank that sent it."""
+    @property
+    def reply_to(self) -> Address | None:
+        """For a request, the address that answers it; None for a plain send."""
+    @property
+    def _dispatch(self) -> Any: ...
     _replied: bool
     _deferred: bool
+    _cancelled: bool
     def __new__(
         cls, dispatch: Any, tag: str, payload: object, source: int, reply_to: Any
     ) -> MessageBase: ...

@@ -10,14 +10,20 @@ pairs chunk i with chunk i (R's ``mapply``). Both return at once; chunks
 compute as soon as their inputs are there, and no handler ever waits.
 """
 
+from __future__ import annotations
+
 import functools
 import numbers
 import operator
 import os
 import sys
 import warnings
+from collections.abc import Iterable, Sequence
+from types import FrameType, TracebackType
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal, SupportsIndex, cast
 
 import numpy as np
+import numpy.typing as npt
 
 from . import _pickling
 from ._checks import check_rank
@@ -26,6 +32,10 @@ from ._chunks import layer_of, remote_error
 from ._errors import ConveyorError, RecyclingWarning
 from ._native import core
 from ._tags import CHUNK_STATES, DRIVER_DONE
+
+if TYPE_CHECKING:
+    from ._chunks import ChunkLayer, ChunkRef, Spec
+    from ._messenger import Messenger
 
 __all__ = ["DistArray", "Driver", "dcall", "dmap", "dreduce"]
 
@@ -45,23 +55,23 @@ class _Gathered:
     to come back.
     """
 
-    def __init__(self, count):
-        self.values = [None] * count
+    def __init__(self, count: int) -> None:
+        self.values: list[Any] = [None] * count
         self.missing = count
-        self.errors = {}  # index -> a failed chunk's error bytes
+        self.errors: dict[int, bytes] = {}  # index -> a failed chunk's error bytes
 
-    def put(self, index, value):
+    def put(self, index: int, value: Any) -> None:
         self.values[index] = value
         self.missing -= 1
 
-    def fail(self, index, error):
+    def fail(self, index: int, error: bytes) -> None:
         self.errors[index] = error
         self.missing -= 1
 
-    def _ready(self):
+    def _ready(self) -> bool:
         return self.missing == 0
 
-    def wait(self, layer):
+    def wait(self, layer: ChunkLayer) -> list[Any]:
         layer.transport.wait_for(self, None)
         if self.errors:
             raise remote_error(self.errors[min(self.errors)])
@@ -83,7 +93,44 @@ class DistArray:
 
     __array_priority__ = 1000  # numpy defers its binary operators to ours
 
-    def __init__(self, layer, refs, dtype=None, shape=None):
+    if TYPE_CHECKING:  # the operators, made from numpy's ufuncs below the class
+
+        def __add__(self, other: Any) -> DistArray: ...
+        def __radd__(self, other: Any) -> DistArray: ...
+        def __sub__(self, other: Any) -> DistArray: ...
+        def __rsub__(self, other: Any) -> DistArray: ...
+        def __mul__(self, other: Any) -> DistArray: ...
+        def __rmul__(self, other: Any) -> DistArray: ...
+        def __truediv__(self, other: Any) -> DistArray: ...
+        def __rtruediv__(self, other: Any) -> DistArray: ...
+        def __floordiv__(self, other: Any) -> DistArray: ...
+        def __rfloordiv__(self, other: Any) -> DistArray: ...
+        def __mod__(self, other: Any) -> DistArray: ...
+        def __rmod__(self, other: Any) -> DistArray: ...
+        def __pow__(self, other: Any) -> DistArray: ...
+        def __rpow__(self, other: Any) -> DistArray: ...
+        def __and__(self, other: Any) -> DistArray: ...
+        def __rand__(self, other: Any) -> DistArray: ...
+        def __or__(self, other: Any) -> DistArray: ...
+        def __ror__(self, other: Any) -> DistArray: ...
+        def __eq__(self, other: Any) -> DistArray: ...  # type: ignore[override]
+        def __ne__(self, other: Any) -> DistArray: ...  # type: ignore[override]
+        def __lt__(self, other: Any) -> DistArray: ...
+        def __le__(self, other: Any) -> DistArray: ...
+        def __gt__(self, other: Any) -> DistArray: ...
+        def __ge__(self, other: Any) -> DistArray: ...
+        def __neg__(self) -> DistArray: ...
+        def __abs__(self) -> DistArray: ...
+
+        __hash__: ClassVar[None]  # type: ignore[assignment]
+
+    def __init__(
+        self,
+        layer: ChunkLayer,
+        refs: Sequence[ChunkRef],
+        dtype: npt.DTypeLike | None = None,
+        shape: tuple[int, ...] | None = None,
+    ) -> None:
         self._layer = layer
         self._refs = list(refs)
         self._dtype = None if dtype is None else np.dtype(dtype)
@@ -92,7 +139,7 @@ class DistArray:
     # -- construction ------------------------------------------------------------
 
     @classmethod
-    def from_local(cls, messenger, local):
+    def from_local(cls, messenger: Messenger, local: npt.ArrayLike) -> DistArray:
         """Make a DistArray of every rank's `local` piece, in rank order (collective).
 
         Each piece stays on its rank as one chunk (copied once, so that
@@ -138,24 +185,24 @@ class DistArray:
     # -- shape -----------------------------------------------------------------
 
     @property
-    def chunks(self):
+    def chunks(self) -> list[ChunkRef]:
         """The chunk references, in order (`ChunkRef`)."""
         return list(self._refs)
 
     @property
-    def messenger(self):
+    def messenger(self) -> Messenger:
         """The `Messenger` the chunks belong to."""
         return self._layer.m
 
-    def _lengths(self):
+    def _lengths(self) -> list[int]:
         # Lengths not known yet (dmap's results) are learned from what the
         # owners publish once the chunks are computed.
         unknown = [ref for ref in self._refs if ref.length is None]
         if unknown:
             self._facts(unknown)
-        return [ref.length for ref in self._refs]
+        return cast("list[int]", [ref.length for ref in self._refs])  # all known now
 
-    def _facts(self, refs):
+    def _facts(self, refs: list[ChunkRef]) -> list[dict[str, Any]]:
         # What the owners published about `refs` once computed; raises the
         # first chunk's error, in order. Learns the lengths not known yet,
         # and the offsets once every length is known.
@@ -178,40 +225,42 @@ class DistArray:
             offset = 0
             for ref in self._refs:
                 ref.offset = offset
-                offset += ref.length
+                offset += cast(int, ref.length)
         return facts
 
-    def _learn_type(self):
+    def _learn_type(self) -> tuple[np.dtype[Any], tuple[int, ...]]:
+        # The dtype and the shape of a row, from the first chunk's facts if not known yet.
         if self._dtype is None or self._row_shape is None:
             if not self._refs:
                 raise ValueError("a DistArray without chunks has no dtype")
             fact = self._facts(self._refs[:1])[0]
             self._dtype = np.dtype(fact["dtype"])
             self._row_shape = tuple(fact["shape"][1:])
+        return self._dtype, self._row_shape
 
-    def __len__(self):
+    def __len__(self) -> int:
         return sum(self._lengths())
 
     @property
-    def shape(self):
+    def shape(self) -> tuple[int, ...]:
         """``(rows,)`` or ``(rows, columns)``; waits for chunks of unknown length."""
-        self._learn_type()
-        return (len(self),) + self._row_shape
+        _, row_shape = self._learn_type()
+        return (len(self),) + row_shape
 
     @property
-    def ndim(self):
-        self._learn_type()
-        return 1 + len(self._row_shape)
+    def ndim(self) -> int:
+        _, row_shape = self._learn_type()
+        return 1 + len(row_shape)
 
     @property
-    def dtype(self):
+    def dtype(self) -> np.dtype[Any]:
         """The numpy dtype; for a result of `dcall`, known once its first chunk is computed."""
-        self._learn_type()
-        return self._dtype
+        dtype, _ = self._learn_type()
+        return dtype
 
     # -- waiting ---------------------------------------------------------------
 
-    def resolve(self):
+    def resolve(self) -> DistArray:
         """Wait until every chunk is computed; return self.
 
         Raises
@@ -222,7 +271,7 @@ class DistArray:
         self._facts(self._refs)
         return self
 
-    def collect(self):
+    def collect(self) -> np.ndarray:
         """Gather the whole array into one numpy array on this rank, in order.
 
         Raises
@@ -230,13 +279,13 @@ class DistArray:
         conveyor.RemoteError
             As `resolve`.
         """
-        self._learn_type()
+        dtype, row_shape = self._learn_type()
         values = self._gather(self._refs)
         if not values:
-            return np.empty((0,) + self._row_shape, self._dtype)
+            return np.empty((0,) + row_shape, dtype)
         return np.concatenate(values)
 
-    def _gather(self, refs):
+    def _gather(self, refs: list[ChunkRef]) -> list[Any]:
         layer = self._layer
         gathered = _Gathered(len(refs))
         for index, ref in enumerate(refs):
@@ -249,11 +298,11 @@ class DistArray:
             )
         return gathered.wait(layer)
 
-    def __array__(self, dtype=None, copy=None):
+    def __array__(self, dtype: npt.DTypeLike | None = None, copy: bool | None = None) -> np.ndarray:
         value = self.collect()
         return value if dtype is None else value.astype(dtype, copy=False)
 
-    def rebalance(self, chunks=None):
+    def rebalance(self, chunks: int | None = None) -> DistArray:
         """Return the same rows in `chunks` near-equal chunks, chunk i on rank ``i % size``.
 
         By default one chunk per rank. Each new chunk's rank fetches just
@@ -266,17 +315,15 @@ class DistArray:
         if total == 0:
             # No rows to fetch, and no chunk for the tasks' aligned reads to
             # take the dtype from (they failed with StopIteration): made here.
-            self._learn_type()
-            return m.array(
-                np.empty((0,) + self._row_shape, self._dtype), chunks=sizes, ranks=owners
-            )
+            dtype, row_shape = self._learn_type()
+            return m.array(np.empty((0,) + row_shape, dtype), chunks=sizes, ranks=owners)
         return _aligned_call(
             self._layer, None, [self], {}, sizes, owners, self._dtype, self._row_shape
         )
 
     # -- reductions ------------------------------------------------------------
 
-    def _reduce(self, name, axis, out=None, **options):
+    def _reduce(self, name: str, axis: int | None, out: None = None, **options: Any) -> Any:
         # numpy's functions (np.sum(x), np.min(x)) call these methods with
         # out=None and, for sum, prod and mean, dtype=.
         if out is not None:
@@ -288,47 +335,52 @@ class DistArray:
         refs = [
             layer.submit(ref.owner, None, None, partial, [("whole", ref)]) for ref in self._refs
         ]
-        self._learn_type()
+        dtype, row_shape = self._learn_type()
         parts = [part for part in self._gather(refs) if part.shape[0]]
         if not parts:  # numpy's answer for no rows: an identity, or its error
-            return getattr(np, name)(
-                np.empty((0,) + self._row_shape, self._dtype), axis=axis, **options
-            )
+            return getattr(np, name)(np.empty((0,) + row_shape, dtype), axis=axis, **options)
         return getattr(np, name)(np.concatenate(parts), axis=0, **options)
 
-    def sum(self, axis=None, dtype=None, out=None):
+    def sum(
+        self, axis: Literal[0] | None = None, dtype: npt.DTypeLike | None = None, out: None = None
+    ) -> Any:
         """Sum of all elements (or, with ``axis=0``, of the rows)."""
         return self._reduce("sum", axis, out, dtype=dtype)
 
-    def prod(self, axis=None, dtype=None, out=None):
+    def prod(
+        self, axis: Literal[0] | None = None, dtype: npt.DTypeLike | None = None, out: None = None
+    ) -> Any:
         """Product of all elements (or, with ``axis=0``, of the rows)."""
         return self._reduce("prod", axis, out, dtype=dtype)
 
-    def min(self, axis=None, out=None):
+    def min(self, axis: Literal[0] | None = None, out: None = None) -> Any:
         """Smallest element (or, with ``axis=0``, per column)."""
         return self._reduce("min", axis, out)
 
-    def max(self, axis=None, out=None):
+    def max(self, axis: Literal[0] | None = None, out: None = None) -> Any:
         """Largest element (or, with ``axis=0``, per column)."""
         return self._reduce("max", axis, out)
 
-    def any(self, axis=None, out=None):
+    def any(self, axis: Literal[0] | None = None, out: None = None) -> Any:
         """Whether any element is true (or, with ``axis=0``, per column)."""
         return self._reduce("any", axis, out)
 
-    def all(self, axis=None, out=None):
+    def all(self, axis: Literal[0] | None = None, out: None = None) -> Any:
         """Whether every element is true (or, with ``axis=0``, per column)."""
         return self._reduce("all", axis, out)
 
-    def mean(self, axis=None, dtype=None, out=None):
+    def mean(
+        self, axis: Literal[0] | None = None, dtype: npt.DTypeLike | None = None, out: None = None
+    ) -> Any:
         """Mean of all elements (or, with ``axis=0``, of the rows)."""
         total = self.sum(axis, dtype, out)
-        count = len(self) if axis == 0 else len(self) * int(np.prod(self._row_shape))
+        _, row_shape = self._learn_type()  # known: the sum learned it
+        count = len(self) if axis == 0 else len(self) * int(np.prod(row_shape))
         return np.true_divide(total, count, dtype=dtype)
 
     # -- numpy -----------------------------------------------------------------
 
-    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+    def __array_ufunc__(self, ufunc: np.ufunc, method: str, *inputs: Any, **kwargs: Any) -> Any:
         if method == "__call__" and "out" not in kwargs:
             return dcall(ufunc, *inputs, **kwargs)
         if (
@@ -340,13 +392,13 @@ class DistArray:
             return self._reduce(_REDUCERS[ufunc], kwargs.get("axis", 0))
         return NotImplemented
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         lengths = ", ".join("?" if ref.length is None else str(ref.length) for ref in self._refs)
         dtype = "" if self._dtype is None else f", dtype={self._dtype}"
         return f"<conveyor.DistArray chunks=[{lengths}]{dtype}>"
 
 
-def _operator(ufunc, reflected=False):
+def _operator(ufunc: np.ufunc, reflected: bool = False) -> Callable[[DistArray, Any], DistArray]:
     if reflected:
         return lambda self, other: dcall(ufunc, other, self)
     return lambda self, other: dcall(ufunc, self, other)
@@ -374,8 +426,8 @@ for _name, _ufunc in [
     ("ge", np.greater_equal),
 ]:
     setattr(DistArray, f"__{_name}__", _operator(_ufunc))
-DistArray.__neg__ = lambda self: dcall(np.negative, self)
-DistArray.__abs__ = lambda self: dcall(np.absolute, self)
+DistArray.__neg__ = lambda self: dcall(np.negative, self)  # type: ignore[method-assign]
+DistArray.__abs__ = lambda self: dcall(np.absolute, self)  # type: ignore[method-assign]
 DistArray.__hash__ = None  # == is elementwise
 
 _REDUCERS = {
@@ -388,20 +440,21 @@ _REDUCERS = {
 }
 
 
-def _partial_reduce(name, axis, options, chunk):
+def _partial_reduce(
+    name: str, axis: int | None, options: dict[str, Any], chunk: np.ndarray
+) -> np.ndarray:
     # One chunk's part of a reduction: one row (none for an empty chunk,
     # which min and max could not reduce).
     if chunk.shape[0] == 0:
         return chunk[:0] if axis == 0 else chunk.reshape(-1)[:0]
-    return getattr(np, name)(chunk, axis=axis, keepdims=True, **options).reshape(
-        (1,) + (chunk.shape[1:] if axis == 0 else ())
-    )
+    reduced: np.ndarray = getattr(np, name)(chunk, axis=axis, keepdims=True, **options)
+    return reduced.reshape((1,) + (chunk.shape[1:] if axis == 0 else ()))
 
 
 # -- aligned calls -----------------------------------------------------------
 
 
-def dcall(f, *args, **kwargs):
+def dcall(f: Callable[..., Any], *args: Any, **kwargs: Any) -> DistArray:
     """Call `f` elementwise on distributed arguments, aligned and recycled as in R.
 
     The target is the longest argument (ties: the one with most chunks,
@@ -463,14 +516,24 @@ def dcall(f, *args, **kwargs):
     )
 
 
-def _aligned_call(layer, f, args, kwargs, sizes, owners, dtype=None, row_shape=None, target=None):
+def _aligned_call(
+    layer: ChunkLayer,
+    f: Callable[..., Any] | None,
+    args: list[Any],
+    kwargs: dict[str, Any],
+    sizes: list[int],
+    owners: list[int],
+    dtype: np.dtype[Any] | None = None,
+    row_shape: tuple[int, ...] | None = None,
+    target: DistArray | None = None,
+) -> DistArray:
     # One task per chunk of the result (rows `sizes`, on `owners`): each
     # argument as its aligned rows, the target's own chunk whole.
     function = None if f is None else _pickling.dumps(f)
     refs, offset = [], 0
     for k, (length, owner) in enumerate(zip(sizes, owners)):
 
-        def spec(x):
+        def spec(x: Any) -> Spec:
             if x is target:
                 return ("whole", target._refs[k])
             if isinstance(x, DistArray):
@@ -487,17 +550,18 @@ def _aligned_call(layer, f, args, kwargs, sizes, owners, dtype=None, row_shape=N
     return DistArray(layer, refs, dtype, shape)
 
 
-def _warn_recycling():
+def _warn_recycling() -> None:
     # Attributed to the first caller outside conveyor: operators and numpy's
     # ufuncs call dcall from inside it, and with Python's default filter (once
     # per place) all of a program's `x + y` would share one place in here.
+    frame: FrameType | None
     frame, level = sys._getframe(0), 1
     while frame is not None and os.path.dirname(frame.f_code.co_filename) == _PACKAGE:
         frame, level = frame.f_back, level + 1
     warnings.warn(_RECYCLING, RecyclingWarning, stacklevel=level)
 
 
-def _aligned_pieces(x, begin, length):
+def _aligned_pieces(x: DistArray, begin: int, length: int) -> list[tuple[ChunkRef, int, int]]:
     # The rows of `x` that result rows begin .. begin + length take, as the
     # native kernel lists them: one period at most, wrapping round (R's
     # recycling). Only the chunks these touch travel with the task.
@@ -508,7 +572,7 @@ def _aligned_pieces(x, begin, length):
     return [(x._refs[k], start, stop) for k, start, stop in pieces]
 
 
-def _recycled_rows(array, begin, length):
+def _recycled_rows(array: np.ndarray, begin: int, length: int) -> np.ndarray:
     # Rows begin .. begin + length of `array` recycled: a view when no row repeats.
     n = len(array)
     start = begin % n
@@ -517,13 +581,13 @@ def _recycled_rows(array, begin, length):
     return np.take(array, np.arange(begin, begin + length) % n, axis=0)
 
 
-def _value_spec(x):
+def _value_spec(x: Any) -> Spec:
     if x is None or isinstance(x, (numbers.Number, np.generic, str, bytes, np.ndarray)):
         return ("value", x)
     return ("pickled", _pickling.dumps(x))
 
 
-def dmap(f, *args, **kwargs):
+def dmap(f: Callable[..., Any], *args: Any, **kwargs: Any) -> DistArray:
     """Call `f` on chunk i of every distributed argument, for every i (R's ``mapply``).
 
     Shorter lists of chunks are recycled; lists and tuples count as lists
@@ -567,7 +631,7 @@ def dmap(f, *args, **kwargs):
     refs = []
     for i in range(count):
 
-        def spec(x):
+        def spec(x: Any) -> Spec:
             if isinstance(x, DistArray):
                 return ("whole", x._refs[i % len(x._refs)])
             if isinstance(x, (list, tuple)):
@@ -582,7 +646,7 @@ def dmap(f, *args, **kwargs):
     return DistArray(layer, refs)
 
 
-def dreduce(f, x):
+def dreduce(f: Callable[[Any, Any], Any], x: DistArray) -> Any:
     """Fold the chunks of `x` in order: ``f(f(c0, c1), c2) ...``; return the result.
 
     Each step runs on the rank of the chunk it folds in, so only the
@@ -611,10 +675,15 @@ class Driver:
     root leaves its own, as with mpi4py's ``MPICommExecutor``.
     """
 
-    def __init__(self, messenger):
+    def __init__(self, messenger: Messenger) -> None:
         self.messenger = messenger
 
-    def array(self, a, chunks=None, ranks=None):
+    def array(
+        self,
+        a: npt.ArrayLike,
+        chunks: SupportsIndex | Iterable[SupportsIndex] | None = None,
+        ranks: Iterable[SupportsIndex] | None = None,
+    ) -> DistArray:
         """A DistArray of `a` (see `Messenger.array`)."""
         return self.messenger.array(a, chunks=chunks, ranks=ranks)
 
@@ -622,7 +691,7 @@ class Driver:
     dmap = staticmethod(dmap)
     dreduce = staticmethod(dreduce)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<conveyor.Driver on rank {self.messenger.rank} of {self.messenger.size}>"
 
 
@@ -634,12 +703,12 @@ class DriverScope:
     ``if d is not None: ...``).
     """
 
-    def __init__(self, messenger, layer, root):
+    def __init__(self, messenger: Messenger, layer: ChunkLayer, root: int) -> None:
         self.m = messenger
         self.layer = layer
         self.root = check_rank(root, messenger.size, "the root rank")
 
-    def __enter__(self):
+    def __enter__(self) -> Driver | None:
         m = self.m
         layer = self.layer
         if m.rank == self.root:
@@ -652,7 +721,12 @@ class DriverScope:
         layer.drivers_seen += 1
         return None
 
-    def __exit__(self, exc_type, exc, tb):
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> Literal[False]:
         m = self.m
         if m.rank == self.root and not m.closed:
             for rank in range(m.size):
@@ -664,7 +738,12 @@ class DriverScope:
 # -- helpers -----------------------------------------------------------------
 
 
-def scatter(layer, a, chunks, ranks):
+def scatter(
+    layer: ChunkLayer,
+    a: npt.ArrayLike,
+    chunks: SupportsIndex | Iterable[SupportsIndex] | None,
+    ranks: Iterable[SupportsIndex] | None,
+) -> DistArray:
     """Messenger.array: split `a` into chunks on their ranks."""
     a = _checked_array(a, "array")
     size = layer.m.size
@@ -674,7 +753,7 @@ def scatter(layer, a, chunks, ranks):
         sizes = _split_sizes(len(a), int(chunks))
     else:
         # operator.index: int() would truncate sizes such as 3.9 silently.
-        sizes = [operator.index(n) for n in chunks]
+        sizes = [operator.index(n) for n in chunks]  # type: ignore[union-attr]  # not Integral
         if any(n < 0 for n in sizes) or sum(sizes) != len(a):
             raise ValueError(f"chunk sizes {sizes} must be >= 0 and add up to {len(a)} rows")
     if ranks is None:
@@ -700,14 +779,14 @@ def scatter(layer, a, chunks, ranks):
     return DistArray(layer, refs, a.dtype, a.shape)
 
 
-def _split_sizes(total, chunks):
+def _split_sizes(total: int, chunks: int) -> list[int]:
     if chunks < 1:
         raise ValueError(f"chunks must be >= 1, not {chunks}")
     base, extra = divmod(total, chunks)
     return [base + (k < extra) for k in range(chunks)]
 
 
-def _checked_array(a, verb):
+def _checked_array(a: npt.ArrayLike, verb: str) -> np.ndarray:
     a = np.asarray(a)
     if a.ndim not in (1, 2):
         raise ValueError(f"{verb}: a DistArray is 1-D or 2-D (chunked by rows), not {a.ndim}-D")
@@ -716,14 +795,14 @@ def _checked_array(a, verb):
     return a
 
 
-def _layer_of_operands(args, kwargs, verb):
+def _layer_of_operands(args: tuple[Any, ...], kwargs: dict[str, Any], verb: str) -> ChunkLayer:
     for x in list(args) + list(kwargs.values()):
         if isinstance(x, DistArray):
             return x._layer
     raise TypeError(f"{verb} needs at least one DistArray argument")
 
 
-def _length(x):
+def _length(x: Any) -> int | None:
     if isinstance(x, DistArray):
         return len(x)
     if isinstance(x, np.ndarray) and x.ndim:
@@ -731,10 +810,10 @@ def _length(x):
     return None
 
 
-def _empty_like(x):
+def _empty_like(x: Any) -> Any:
     if isinstance(x, DistArray):
-        x._learn_type()
-        return np.empty((0,) + x._row_shape, x._dtype)
+        dtype, row_shape = x._learn_type()
+        return np.empty((0,) + row_shape, dtype)
     if isinstance(x, np.ndarray) and x.ndim:
         return x[:0]
     return x

@@ -8,6 +8,8 @@ could not deliver (unknown tag, unreadable payload, malformed frame).
 back to requesters, and cancels of requests being worked on.
 """
 
+from __future__ import annotations
+
 import asyncio
 import collections
 import functools
@@ -15,6 +17,8 @@ import sys
 import traceback
 import warnings
 import weakref
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, Callable
 
 from ._asyncio import handler_of
 from ._checks import check_user_tag
@@ -22,7 +26,15 @@ from ._errors import ConveyorError, ConveyorWarning, FrameError, RemoteError, Un
 from ._native import core
 from ._tags import CANCEL
 
-__all__ = ["Dispatch", "Receivers"]
+if TYPE_CHECKING:
+    from ._message import Message
+    from ._requests import Requests
+    from ._transport import Transport
+
+    # A receiver: called with each message; for a request, returns the answer.
+    Handler = Callable[[Message], Any]
+
+__all__ = ["Dispatch", "Receivers", "reply_target"]
 
 # The counters of `Dispatch.counts` that Messenger.stats() reports.
 COUNTERS = (
@@ -37,23 +49,23 @@ COUNTERS = (
 class Receivers:
     """The receivers of one messenger, by tag: ``table`` is ``{tag: (handler, per_item)}``."""
 
-    def __init__(self):
-        self.table = {}
+    def __init__(self) -> None:
+        self.table: dict[str, tuple[Handler, bool]] = {}
 
-    def add(self, tag, handler, per_item=False):
+    def add(self, tag: str, handler: Handler, per_item: bool = False) -> None:
         """Register `handler` for `tag` (a reserved ``conveyor.`` tag too)."""
         if tag in self.table:
             raise ValueError(f"a receiver is already registered under {tag!r}")
         self.table[tag] = (handler, bool(per_item))
 
-    def add_user(self, tag, handler, per_item):
+    def add_user(self, tag: str, handler: Handler, per_item: bool) -> None:
         """Register a user's `handler` for `tag`, which may not be reserved."""
         check_user_tag(tag)
         if not callable(handler):
             raise TypeError(f"a receiver must be callable, not {type(handler).__name__}")
         self.add(tag, handler, per_item)
 
-    def remove_user(self, tag):
+    def remove_user(self, tag: str) -> None:
         """Remove the user's receiver of `tag`."""
         check_user_tag(tag)
         try:
@@ -86,29 +98,38 @@ class Dispatch:
         The async handlers' tasks still running.
     """
 
-    def __init__(self, rank, transport, receivers, requests, message_type):
+    def __init__(
+        self,
+        rank: int,
+        transport: Transport,
+        receivers: Receivers,
+        requests: Requests,
+        message_type: type[Message],
+    ) -> None:
         self.rank = rank
         self.transport = transport
         self.receivers = receivers.table
         self.message_type = message_type
         self.requests = requests
         self.aggregate = transport.aggregate
-        self.counts = collections.Counter()
+        self.counts: collections.Counter[str] = collections.Counter()
         # Requests left open after their handler returned (deferred,
         # streaming), held weakly: a deferred request whose reply_to was
         # passed on is forgotten with its message.
-        self._open_requests = weakref.WeakValueDictionary()
-        self._unknown_tags = collections.Counter()
-        self.tasks = set()
+        self._open_requests: weakref.WeakValueDictionary[tuple[int, int], Message] = (
+            weakref.WeakValueDictionary()
+        )
+        self._unknown_tags: collections.Counter[str] = collections.Counter()
+        self.tasks: set[asyncio.Task[Any]] = set()
         receivers.add(CANCEL, self._on_cancel)
 
-    def open_requests(self):
+    def open_requests(self) -> int:
         """How many requests this rank is answering (running or left open)."""
         return self.transport.engine.answering_count + len(self._open_requests)
 
     # -- what the native dispatcher hands over ---------------------------------
 
-    def fallback(self, item):
+    def fallback(self, item: tuple[int, int, int, str, Any, str | None]) -> None:
         """A message the native dispatcher did not deliver: ``(kind, source, ref, tag, payload, error)``."""
         kind, source, ref, tag, payload, error = item
         if kind == core.KIND_SEND or kind == core.KIND_REQUEST:
@@ -120,7 +141,7 @@ class Dispatch:
                 stacklevel=2,
             )
 
-    def returned(self, msg, result):
+    def returned(self, msg: Message, result: Any) -> None:
         """What a plain send's receiver returned: nobody waits for it, but a coroutine must run."""
         if asyncio.iscoroutine(result):
             try:
@@ -128,7 +149,7 @@ class Dispatch:
             except ConveyorError as exc:
                 self.failed(msg, exc)
 
-    def failed(self, msg, exc):
+    def failed(self, msg: Message, exc: BaseException) -> None:
         """A plain send's receiver raised: report it on stderr (nobody waits for an answer)."""
         self.counts["handler_errors"] += 1
         print(
@@ -139,7 +160,7 @@ class Dispatch:
             flush=True,
         )
 
-    def finish_request(self, msg, result, exc):
+    def finish_request(self, msg: Message, result: Any, exc: BaseException | None) -> None:
         """Settle request `msg` whose handler raised (`exc`) or whose result needs more than a reply.
 
         It replied or deferred itself, was cancelled, is a coroutine, or
@@ -156,52 +177,57 @@ class Dispatch:
         if exc is not None:
             self._handler_raised(msg, exc)
         if not msg._replied:
-            self._open_requests[(msg.source, msg.reply_to.ref)] = msg
+            _, _, ref = reply_target(msg)
+            self._open_requests[(msg.source, ref)] = msg
 
     # -- the answering side of requests ------------------------------------------
 
-    def reply(self, msg, value, final):
+    def reply(self, msg: Message, value: Any, final: bool) -> None:
         """Send `value` as an answer to request `msg` (`Message.reply`)."""
         if msg._cancelled:
             self.counts["answers_cancelled"] += 1
         else:
-            address = msg.reply_to
+            rank, name, ref = reply_target(msg)
             kind = core.KIND_REPLY if final else core.KIND_ANSWER
-            self.transport.post(address.rank, kind, address.ref, address.name, value)
+            self.transport.post(rank, kind, ref, name, value)
         if final:
             msg._replied = True
             self._forget(msg)
 
-    def fail_request(self, msg, exc, text=""):
+    def fail_request(self, msg: Message, exc: BaseException, text: str = "") -> None:
         """Answer request `msg` (final) with `exc`: its requester gets a RemoteError."""
         msg._replied = True
         self._forget(msg)
         if msg._cancelled:
             self.counts["answers_cancelled"] += 1
         else:
-            self._send_error(msg.reply_to.rank, msg.reply_to.ref, exc, text)
+            rank, _, ref = reply_target(msg)
+            self._send_error(rank, ref, exc, text)
 
-    def _handler_raised(self, msg, exc):
+    def _handler_raised(self, msg: Message, exc: BaseException) -> None:
         if msg._replied:  # it raised after its final answer: nobody waits
             self.failed(msg, exc)
         else:
             self.counts["handler_errors"] += 1
             self.fail_request(msg, exc, _traceback_text(exc))
 
-    def _forget(self, msg):
+    def _forget(self, msg: Message) -> None:
         # Its final answer is sent: a cancel has nothing to find any more.
-        key = (msg.source, msg.reply_to.ref)
+        _, _, ref = reply_target(msg)
+        key = (msg.source, ref)
         if self.transport.engine.answering(*key) is None:  # else its handler's return forgets it
             self._open_requests.pop(key, None)
 
-    def _on_cancel(self, msg):
+    def _on_cancel(self, msg: Message) -> None:
         key = (msg.source, msg.payload)
         request = self.transport.engine.answering(*key) or self._open_requests.pop(key, None)
         if request is not None:
             request._cancelled = True
             self.counts["requests_cancelled"] += 1
 
-    def _refuse_delivery(self, is_request, source, ref, tag, error):
+    def _refuse_delivery(
+        self, is_request: bool, source: int, ref: int, tag: str, error: str | None
+    ) -> None:
         # Its payload could not be read, or no receiver has its tag.
         if error is not None:
             self.counts["payloads_undecodable"] += 1
@@ -217,7 +243,9 @@ class Dispatch:
             warn_once=self._unknown_tags[tag] == 1,
         )
 
-    def _refuse(self, is_request, source, ref, exc, warn_once=True):
+    def _refuse(
+        self, is_request: bool, source: int, ref: int, exc: BaseException, warn_once: bool = True
+    ) -> None:
         if is_request:
             self._send_error(source, ref, exc, "")
         elif warn_once:
@@ -225,7 +253,7 @@ class Dispatch:
                 f"rank {self.rank}: dropped a message: {exc}", ConveyorWarning, stacklevel=3
             )
 
-    def _send_error(self, dest, ref, exc, text):
+    def _send_error(self, dest: int, ref: int, exc: BaseException, text: str) -> None:
         kind = "unknown_tag" if isinstance(exc, UnknownTagError) else "error"
         if isinstance(exc, RemoteError) and not isinstance(exc, UnknownTagError):
             # Passed on from another rank: report the original error.
@@ -239,7 +267,7 @@ class Dispatch:
 
     # -- async handlers ----------------------------------------------------------
 
-    def _spawn(self, msg, coro):
+    def _spawn(self, msg: Message, coro: Coroutine[Any, Any, Any]) -> None:
         # An async handler's coroutine runs as a task; its message counts as
         # handled (for termination detection) only once the task ends.
         link = self.transport.link
@@ -254,13 +282,13 @@ class Dispatch:
         self.tasks.add(task)
         task.add_done_callback(functools.partial(self._task_done, msg))
 
-    async def _run_handler(self, coro):
+    async def _run_handler(self, coro: Coroutine[Any, Any, Any]) -> Any:
         # Marks the task's context (inherited by the tasks it starts) as a
         # handler of this messenger's, for aquiet() to refuse.
         handler_of.set(self.transport)
         return await coro
 
-    def _task_done(self, msg, task):
+    def _task_done(self, msg: Message, task: asyncio.Task[Any]) -> None:
         self.tasks.discard(task)
         try:
             exc = (
@@ -282,5 +310,12 @@ class Dispatch:
             self.transport.engine.mark_handled(1)
 
 
-def _traceback_text(exc):
+def reply_target(msg: Message) -> tuple[int, str, int]:
+    """Return ``(rank, name, ref)`` of the address that answers request `msg`."""
+    address = msg.reply_to
+    assert address is not None and address.ref is not None, "not a request"
+    return address.rank, address.name, address.ref
+
+
+def _traceback_text(exc: BaseException) -> str:
     return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))

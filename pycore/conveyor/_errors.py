@@ -1,5 +1,7 @@
 """The exceptions of conveyor: one root, each also a familiar built-in."""
 
+from __future__ import annotations
+
 import builtins
 import concurrent.futures
 
@@ -37,14 +39,16 @@ class RemoteError(ConveyorError):
         The remote traceback, formatted.
     """
 
-    def __init__(self, rank, remote_type, remote_message, remote_traceback=""):
+    def __init__(
+        self, rank: int, remote_type: str, remote_message: str, remote_traceback: str = ""
+    ) -> None:
         super().__init__(rank, remote_type, remote_message, remote_traceback)
         self.rank = rank
         self.remote_type = remote_type
         self.remote_message = remote_message
         self.remote_traceback = remote_traceback
 
-    def __str__(self):
+    def __str__(self) -> str:
         text = f"rank {self.rank} raised {self.remote_type}: {self.remote_message}"
         if self.remote_traceback:
             text += "\n\nRemote traceback:\n" + self.remote_traceback.rstrip()

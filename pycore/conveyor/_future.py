@@ -1,19 +1,29 @@
 """Futures and streams whose waiting drives the messenger's progress."""
 
+from __future__ import annotations
+
 import asyncio
 import collections
 import sys
 import traceback
+from collections.abc import Generator
+from typing import TYPE_CHECKING, Any, Callable, Generic, TypeVar
 
 from ._asyncio import loop_of, wait_answer
 from ._errors import CancelledError, ConveyorError, TimeoutError
+
+if TYPE_CHECKING:
+    from ._requests import Requests
 
 __all__ = ["Future", "Stream"]
 
 _PENDING, _DONE, _FAILED, _CANCELLED = range(4)
 
+#: The type of a request's answer: ``fut: cv.Future[int] = m.request(...)``.
+T = TypeVar("T")
 
-class Future:
+
+class Future(Generic[T]):
     """The eventual answer to a request.
 
     Waiting on it (`result`, `exception`) runs the messenger's progress loop,
@@ -21,27 +31,30 @@ class Future:
     wait on a future without deadlocking its rank. If the request is
     answered several times (``msg.reply(x, final=False)``), the future gets
     the final answer; `Messenger.request_stream` gets them all.
+
+    The answer's type is not known statically (`Messenger.request` returns
+    ``Future[Any]``): annotate it where it is known, ``fut: cv.Future[int]``.
     """
 
     __slots__ = ("_requests", "_dest", "_ref", "_state", "_value", "_callbacks")
 
-    def __init__(self, requests, dest, ref):
+    def __init__(self, requests: Requests, dest: int, ref: int) -> None:
         self._requests = requests
         self._dest = dest
         self._ref = ref
         self._state = _PENDING
-        self._value = None
-        self._callbacks = []
+        self._value: Any = None  # the answer, or the error it failed with
+        self._callbacks: list[Callable[[Future[T]], object]] = []
 
-    def done(self):
+    def done(self) -> bool:
         """Return True once the answer (or an error) has arrived, or the request was cancelled."""
         return self._state != _PENDING
 
-    def cancelled(self):
+    def cancelled(self) -> bool:
         """Return True if the request was cancelled."""
         return self._state == _CANCELLED
 
-    def result(self, timeout=None):
+    def result(self, timeout: float | None = None) -> T:
         """Return the answer, waiting for it for at most `timeout` seconds.
 
         Raises
@@ -57,15 +70,17 @@ class Future:
             self._requests.wait(self, timeout)
         if self._state in (_FAILED, _CANCELLED):
             raise self._value
-        return self._value
+        answer: T = self._value
+        return answer
 
-    def exception(self, timeout=None):
+    def exception(self, timeout: float | None = None) -> BaseException | None:
         """Return the error the request failed with, or None if it succeeded."""
         if self._state == _PENDING:
             self._requests.wait(self, timeout)
-        return self._value if self._state in (_FAILED, _CANCELLED) else None
+        error: BaseException | None = self._value if self._state in (_FAILED, _CANCELLED) else None
+        return error
 
-    def cancel(self):
+    def cancel(self) -> bool:
         """Cancel the request: stop waiting, and tell the rank working on it.
 
         The remote handler sees ``msg.cancelled`` become True; its answers
@@ -78,34 +93,34 @@ class Future:
         self._resolve(_CANCELLED, CancelledError(f"the request to rank {self._dest} was cancelled"))
         return True
 
-    def add_done_callback(self, fn):
+    def add_done_callback(self, fn: Callable[[Future[T]], object]) -> None:
         """Call ``fn(future)`` when the future completes (at once if it has)."""
         if self._state == _PENDING:
             self._callbacks.append(fn)
         else:
             fn(self)
 
-    def __await__(self):
+    def __await__(self) -> Generator[Any, None, T]:
         """Await the answer from a coroutine (the messenger is served by the running loop)."""
         return wait_answer(self._requests.transport, self).__await__()
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         state = ("pending", "done", "failed", "cancelled")[self._state]
         return f"<conveyor.Future {state}>"
 
     # The messenger's side: answers as they arrive.
 
-    def _ready(self):
+    def _ready(self) -> bool:
         return self._state != _PENDING
 
-    def _answer(self, value, final):
+    def _answer(self, value: T, final: bool) -> None:
         if final:
             self._resolve(_DONE, value)
 
-    def _fail(self, exc):
+    def _fail(self, exc: BaseException) -> None:
         self._resolve(_FAILED, exc)
 
-    def _resolve(self, state, value):
+    def _resolve(self, state: int, value: object) -> None:
         if self._state != _PENDING:
             raise ConveyorError("future already resolved")
         self._state = state
@@ -119,7 +134,7 @@ class Future:
                 traceback.print_exc()
 
 
-class Stream:
+class Stream(Generic[T]):
     """The answers to a request that is answered several times, in order.
 
     Made by `Messenger.request_stream`. Iterate over it (``for answer in
@@ -136,21 +151,21 @@ class Stream:
 
     __slots__ = ("_requests", "_dest", "_ref", "_answers", "_state", "_error", "_waiter", "timeout")
 
-    def __init__(self, requests, dest, ref, timeout):
+    def __init__(self, requests: Requests, dest: int, ref: int, timeout: float | None) -> None:
         self._requests = requests
         self._dest = dest
         self._ref = ref
-        self._answers = collections.deque()
+        self._answers: collections.deque[T] = collections.deque()
         self._state = _PENDING
-        self._error = None
-        self._waiter = None  # the asyncio future an `async for` awaits
+        self._error: BaseException | None = None
+        self._waiter: asyncio.Future[None] | None = None  # what an `async for` awaits
         self.timeout = timeout
 
-    def done(self):
+    def done(self) -> bool:
         """Return True once the final answer (or an error) arrived, or the stream was cancelled."""
         return self._state != _PENDING
 
-    def cancel(self):
+    def cancel(self) -> bool:
         """Cancel the request: drop the answers still to come and tell the rank working on it.
 
         Answers already received are dropped too. Returns False if the
@@ -164,18 +179,18 @@ class Stream:
         self._wake()
         return True
 
-    def __iter__(self):
+    def __iter__(self) -> Stream[T]:
         return self
 
-    def __next__(self):
+    def __next__(self) -> T:
         if not self._answers and self._state == _PENDING:
             self._requests.wait(self, self.timeout)
         return self._take(StopIteration)
 
-    def __aiter__(self):
+    def __aiter__(self) -> Stream[T]:
         return self
 
-    async def __anext__(self):
+    async def __anext__(self) -> T:
         if not self._answers and self._state == _PENDING:
             self._waiter = loop_of(self._requests.transport).create_future()
             try:
@@ -186,11 +201,11 @@ class Stream:
                 self._waiter = None
         return self._take(StopAsyncIteration)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         state = ("open", "done", "failed", "cancelled")[self._state]
         return f"<conveyor.Stream {state}, {len(self._answers)} answers waiting>"
 
-    def _take(self, stop):
+    def _take(self, stop: type[Exception]) -> T:
         if self._answers:
             return self._answers.popleft()
         if self._error is not None:
@@ -200,20 +215,20 @@ class Stream:
 
     # The messenger's side: answers as they arrive.
 
-    def _ready(self):
+    def _ready(self) -> bool:
         return bool(self._answers) or self._state != _PENDING
 
-    def _answer(self, value, final):
+    def _answer(self, value: T, final: bool) -> None:
         self._answers.append(value)
         if final:
             self._state = _DONE
         self._wake()
 
-    def _fail(self, exc):
+    def _fail(self, exc: BaseException) -> None:
         self._error = exc
         self._state = _FAILED
         self._wake()
 
-    def _wake(self):
+    def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)

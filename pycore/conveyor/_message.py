@@ -1,5 +1,9 @@
 """Message (what a receiver gets) and Receiver (the base of object receivers)."""
 
+from __future__ import annotations
+
+from typing import Any
+
 from ._errors import ConveyorError
 from ._native import core
 
@@ -13,7 +17,7 @@ class Message(core.MessageBase):
     ----------
     tag : str
         The tag (receiver name) it was sent to.
-    payload : object
+    payload : Any
         The decoded payload (with per-item delivery, one row of the batch).
     source : int
         The rank that sent it.
@@ -27,16 +31,16 @@ class Message(core.MessageBase):
     __slots__ = ("__weakref__",)
 
     @property
-    def is_request(self):
+    def is_request(self) -> bool:
         """True if the sender waits for an answer."""
         return self.reply_to is not None
 
     @property
-    def cancelled(self):
+    def cancelled(self) -> bool:
         """True once the requester cancelled this request: stop working on it."""
         return self._cancelled
 
-    def reply(self, value=None, *, final=True):
+    def reply(self, value: Any = None, *, final: bool = True) -> None:
         """Answer the request with `value` (instead of the handler's return value).
 
         With ``final=False`` more answers follow (say a quick one from a
@@ -59,7 +63,7 @@ class Message(core.MessageBase):
         self._check_open_request()
         self._dispatch.reply(self, value, final)
 
-    def fail(self, exc):
+    def fail(self, exc: BaseException) -> None:
         """Answer the request with an error: the requester gets a `RemoteError` for `exc`.
 
         For a deferred request that cannot be completed (a handler's own
@@ -73,7 +77,7 @@ class Message(core.MessageBase):
         self._check_open_request()
         self._dispatch.fail_request(self, exc)
 
-    def defer(self):
+    def defer(self) -> None:
         """Answer later: the handler's return value is not the answer.
 
         Keep the message and call `reply` afterwards, or pass `reply_to` on:
@@ -83,7 +87,7 @@ class Message(core.MessageBase):
             raise ConveyorError(f"the message to {self.tag!r} is not a request: nothing to defer")
         self._deferred = True
 
-    def _check_open_request(self):
+    def _check_open_request(self) -> None:
         if self.reply_to is None:
             raise ConveyorError(
                 f"the message to {self.tag!r} is not a request: nothing to reply to"
@@ -91,7 +95,7 @@ class Message(core.MessageBase):
         if self._replied:
             raise ConveyorError(f"the request to {self.tag!r} was already answered")
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         kind = "request" if self.is_request else "message"
         return f"<conveyor.Message {kind} tag={self.tag!r} from rank {self.source}>"
 
@@ -102,6 +106,6 @@ class Receiver:
     Override `receive`; its return value answers a request.
     """
 
-    def receive(self, msg):
+    def receive(self, msg: Message) -> Any:
         """Handle `msg` (a `Message`); return the answer if it is a request."""
         raise NotImplementedError

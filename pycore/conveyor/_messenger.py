@@ -7,11 +7,18 @@ asyncio, and the services built on messages (item stores and orders,
 tables, distributed arrays).
 """
 
+from __future__ import annotations
+
 import asyncio
 import atexit
 import itertools
 import sys
 import weakref
+from collections.abc import Iterable
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Callable, SupportsIndex, TypeVar, overload
+
+import numpy.typing as npt
 
 from . import _asyncio, _quiescence
 from ._carriage import Address
@@ -32,9 +39,18 @@ from ._table import TableService
 from ._tags import ITEM_FETCH, ITEM_ORDER
 from ._transport import Transport
 
+if TYPE_CHECKING:
+    from mpi4py import MPI
+
+    from ._darray import DistArray
+    from ._table import Table
+
 __all__ = ["Messenger", "Message", "Receiver", "Sender"]
 
 _MISSING = object()
+
+# A receiver function, returned as it is by the `Messenger.on` decorator.
+HandlerT = TypeVar("HandlerT", bound=Callable[[Message], Any])
 
 # Tags whose Sender send() keeps (a program uses a few; a bound for those that do not).
 _MAX_CACHED_SENDERS = 256
@@ -72,13 +88,13 @@ class Messenger:
 
     def __init__(
         self,
-        comm=None,
+        comm: MPI.Intracomm | None = None,
         *,
-        aggregate=True,
-        pickle=False,
-        zero_copy_threshold=None,
-        abort_on_error=True,
-    ):
+        aggregate: bool = True,
+        pickle: bool = False,
+        zero_copy_threshold: int | None = None,
+        abort_on_error: bool = True,
+    ) -> None:
         from mpi4py import MPI
 
         if comm is None:
@@ -99,7 +115,7 @@ class Messenger:
         self._dispatch = transport.dispatch = Dispatch(
             self.rank, transport, receivers, requests, Message
         )
-        self._senders = {}  # tag -> Sender, behind send(rank, tag, payload)
+        self._senders: dict[str, Sender] = {}  # tag -> Sender, behind send(rank, tag, payload)
         # The services built on messages, each behind reserved receivers.
         self.store = Store()
         ItemService(self, receivers)
@@ -112,19 +128,24 @@ class Messenger:
     # -- context and lifetime ------------------------------------------------
 
     @property
-    def comm(self):
+    def comm(self) -> MPI.Intracomm:
         """The messenger's own duplicate communicator (do not send on it)."""
         return self._comm
 
     @property
-    def closed(self):
+    def closed(self) -> bool:
         """True once `close` (or `aclose`) was called, or a block it managed raised."""
         return self._transport.closed
 
-    def __enter__(self):
+    def __enter__(self) -> Messenger:
         return self
 
-    def __exit__(self, exc_type, exc, tb):
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         if exc_type is None:
             self.close()
         else:
@@ -132,17 +153,22 @@ class Messenger:
             # the exception go on (in a multi-rank job it aborts the job).
             self._abandon()
 
-    async def __aenter__(self):
+    async def __aenter__(self) -> Messenger:
         self.attach()
         return self
 
-    async def __aexit__(self, exc_type, exc, tb):
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         if exc_type is None:
             await self.aclose()
         else:
             self._abandon()
 
-    def close(self):
+    def close(self) -> None:
         """Wait until no message is in flight (collective), then release MPI resources."""
         if self.closed:
             return
@@ -156,7 +182,7 @@ class Messenger:
         finally:
             self._release()
 
-    async def aclose(self):
+    async def aclose(self) -> None:
         """The asyncio `close`: await `aquiet`, then release MPI resources."""
         if self.closed:
             return
@@ -166,12 +192,12 @@ class Messenger:
         finally:
             self._release()
 
-    def _release(self):
+    def _release(self) -> None:
         self._abandon()
         self._chunks.free_communicator()
         self._comm.Free()
 
-    def _abandon(self):
+    def _abandon(self) -> None:
         # Stops everything without a collective call (an error path may have
         # left the other ranks elsewhere).
         self._transport.closed = True
@@ -183,7 +209,7 @@ class Messenger:
 
     # -- receivers -----------------------------------------------------------
 
-    def on(self, tag, *, per_item=False):
+    def on(self, tag: str, *, per_item: bool = False) -> Callable[[HandlerT], HandlerT]:
         """Register the decorated function as the receiver of `tag`.
 
         The function is called with a `Message`; for a request, its return
@@ -203,13 +229,13 @@ class Messenger:
         """
         check_user_tag(tag)
 
-        def decorate(fn):
+        def decorate(fn: HandlerT) -> HandlerT:
             self._receivers.add_user(tag, fn, per_item)
             return fn
 
         return decorate
 
-    def register(self, name, receiver, *, per_item=False):
+    def register(self, name: str, receiver: Receiver, *, per_item: bool = False) -> None:
         """Register a `Receiver` object under `name` (a tag like any other).
 
         `per_item` is as for `on`.
@@ -222,13 +248,15 @@ class Messenger:
             )
         self._receivers.add_user(name, receive, per_item)
 
-    def unregister(self, name):
+    def unregister(self, name: str) -> None:
         """Remove the receiver of `name`; later messages to it are unknown-tag errors."""
         self._receivers.remove_user(name)
 
     # -- sending -------------------------------------------------------------
 
-    def _target(self, verb, dest, tag, payload):
+    def _target(
+        self, verb: str, dest: int | Address, tag: Any, payload: Any
+    ) -> tuple[int, str, int | None, Any]:
         # Both call forms, (dest, tag[, payload]) and (address, payload), as
         # (rank, receiver name, reply ref or None, payload).
         self._transport.check_open()
@@ -241,7 +269,15 @@ class Messenger:
         dest = check_rank(dest, self.size, "destination rank")
         return dest, tag, None, None if payload is _MISSING else payload
 
-    def send(self, dest, tag, payload=_MISSING, *, final=True):
+    # Two call forms: (dest, tag[, payload]), and (address, payload).
+
+    @overload
+    def send(self, dest: int, tag: str, payload: Any = ..., *, final: bool = ...) -> None: ...
+    @overload
+    def send(self, dest: Address, payload: Any, /, *, final: bool = ...) -> None: ...
+    def send(
+        self, dest: int | Address, tag: Any, payload: Any = _MISSING, *, final: bool = True
+    ) -> None:
         """send(dest, tag, payload=None, *, final=True)
 
         Send `payload` to the receiver of `tag` on rank `dest`, without waiting.
@@ -288,7 +324,11 @@ class Messenger:
             if len(self._senders) < _MAX_CACHED_SENDERS:
                 self._senders[name] = Sender(self._transport, name, self.aggregate, self.size)
 
-    def request(self, dest, tag, payload=_MISSING):
+    @overload
+    def request(self, dest: int, tag: str, payload: Any = ...) -> Future[Any]: ...
+    @overload
+    def request(self, dest: Address, payload: Any, /) -> Future[Any]: ...
+    def request(self, dest: int | Address, tag: Any, payload: Any = _MISSING) -> Future[Any]:
         """request(dest, tag, payload=None)
 
         Send a request and return a `Future` for its answer.
@@ -314,7 +354,22 @@ class Messenger:
         requests = self._requests
         return requests.open(dest, check_tag(tag), payload, lambda ref: Future(requests, dest, ref))
 
-    def request_stream(self, dest, tag, payload=_MISSING, *, timeout=None):
+    @overload
+    def request_stream(
+        self, dest: int, tag: str, payload: Any = ..., *, timeout: float | None = ...
+    ) -> Stream[Any]: ...
+    @overload
+    def request_stream(
+        self, dest: Address, payload: Any, /, *, timeout: float | None = ...
+    ) -> Stream[Any]: ...
+    def request_stream(
+        self,
+        dest: int | Address,
+        tag: Any,
+        payload: Any = _MISSING,
+        *,
+        timeout: float | None = None,
+    ) -> Stream[Any]:
         """request_stream(dest, tag, payload=None, *, timeout=None)
 
         Send a request whose receiver may answer several times, and return
@@ -343,7 +398,7 @@ class Messenger:
             dest, check_tag(tag), payload, lambda ref: Stream(requests, dest, ref, timeout)
         )
 
-    def sender(self, tag, *, aggregate=None):
+    def sender(self, tag: str, *, aggregate: bool | None = None) -> Sender:
         """Return a `Sender` for `tag`.
 
         Parameters
@@ -358,14 +413,14 @@ class Messenger:
         aggregate = self.aggregate if aggregate is None else bool(aggregate)
         return Sender(self._transport, tag, aggregate, self.size)
 
-    def flush(self):
+    def flush(self) -> None:
         """Send the small messages waiting in batches now, without waiting for anything."""
         self._transport.check_open()
         self._transport.engine.flush()
 
     # -- items, tables and arrays ----------------------------------------------
 
-    def fetch(self, rank, name):
+    def fetch(self, rank: int, name: str) -> Future[Any]:
         """Return a `Future` for a copy of item `name` of rank `rank`'s store.
 
         It fails with `RemoteError` (remote type ``KeyError``) if that store
@@ -380,7 +435,7 @@ class Messenger:
         """
         return self.request(rank, ITEM_FETCH, check_name(name))
 
-    def order(self, rank, order):
+    def order(self, rank: int, order: Transfer) -> Future[dict[str, Any]]:
         """Order rank `rank` to carry out `order` (a `Transfer`, `Copy` or `Move`).
 
         The item goes from `rank` straight to the destinations (large arrays
@@ -409,7 +464,7 @@ class Messenger:
             check_rank(dest, self.size, "destination rank")
         return self.request(rank, ITEM_ORDER, order._as_payload())
 
-    def table(self, name):
+    def table(self, name: str) -> Table:
         """Return the distributed key-value `Table` called `name`.
 
         The same object for the same name. Any rank may use any table at
@@ -417,7 +472,12 @@ class Messenger:
         """
         return self._tables.table(name)
 
-    def array(self, a, chunks=None, ranks=None):
+    def array(
+        self,
+        a: npt.ArrayLike,
+        chunks: SupportsIndex | Iterable[SupportsIndex] | None = None,
+        ranks: Iterable[SupportsIndex] | None = None,
+    ) -> DistArray:
         """Return a `DistArray` of numpy array `a`, split by rows into chunks.
 
         Parameters
@@ -434,7 +494,7 @@ class Messenger:
         self._transport.check_open()
         return scatter(self._chunks, a, chunks, ranks)
 
-    def driver(self, root=0):
+    def driver(self, root: int = 0) -> DriverScope:
         """Return the context manager of the driver model.
 
         ``with m.driver(root) as d:`` gives the root rank a `Driver` (make
@@ -445,7 +505,7 @@ class Messenger:
         self._transport.check_open()
         return DriverScope(self, self._chunks, root)
 
-    def chunk_stats(self):
+    def chunk_stats(self) -> dict[str, int]:
         """Return what this rank holds of distributed objects.
 
         Returns
@@ -460,7 +520,7 @@ class Messenger:
 
     # -- progress and quiescence -----------------------------------------------
 
-    def progress(self, timeout=0.0):
+    def progress(self, timeout: float = 0.0) -> int:
         """Handle the messages that have arrived; wait up to `timeout` s for the first.
 
         Also sends the batches waiting to leave this rank.
@@ -477,7 +537,7 @@ class Messenger:
         """
         return self._transport.serve(timeout)
 
-    def wait_quiet(self):
+    def wait_quiet(self) -> None:
         """Return, on every rank, once no message is in flight and no handler runs.
 
         Collective: every rank of the messenger must call it. Messages keep
@@ -487,7 +547,7 @@ class Messenger:
 
     # -- asyncio -------------------------------------------------------------
 
-    def attach(self, loop=None):
+    def attach(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         """Serve this messenger from an asyncio event loop.
 
         The engine's background thread receives messages and wakes the loop,
@@ -502,11 +562,26 @@ class Messenger:
         """
         _asyncio.attach(self._transport, loop)
 
-    def detach(self):
+    def detach(self) -> None:
         """Stop serving from the event loop; messages are handled in waits again."""
         _asyncio.detach(self._transport)
 
-    async def arequest(self, dest, tag, payload=_MISSING, *, timeout=None):
+    @overload
+    async def arequest(
+        self, dest: int, tag: str, payload: Any = ..., *, timeout: float | None = ...
+    ) -> Any: ...
+    @overload
+    async def arequest(
+        self, dest: Address, payload: Any, /, *, timeout: float | None = ...
+    ) -> Any: ...
+    async def arequest(
+        self,
+        dest: int | Address,
+        tag: Any,
+        payload: Any = _MISSING,
+        *,
+        timeout: float | None = None,
+    ) -> Any:
         """arequest(dest, tag, payload=None, *, timeout=None)
 
         Send a request and await its answer (the asyncio `request`; a
@@ -531,13 +606,13 @@ class Messenger:
         conveyor.RemoteError
             If the remote handler raised.
         """
-        future = self.request(dest, tag, payload)
+        future = self.request(dest, tag, payload)  # type: ignore[arg-type]  # either form
         try:
             return await asyncio.wait_for(_asyncio.wait_answer(self._transport, future), timeout)
         except asyncio.TimeoutError:
             raise TimeoutError(f"no answer within {timeout} s") from None
 
-    async def aquiet(self):
+    async def aquiet(self) -> None:
         """Await, on every rank, the moment no message is in flight and no handler runs.
 
         The asyncio `wait_quiet` (collective); async handlers count as
@@ -549,7 +624,7 @@ class Messenger:
 
     # -- introspection -------------------------------------------------------
 
-    def stats(self):
+    def stats(self) -> dict[str, int]:
         """Return the counters of this rank: messages, frames, batches, bytes, drops, errors."""
         stats = dict(self._transport.engine.stats()) if not self.closed else {}
         counts = self._dispatch.counts
@@ -562,21 +637,21 @@ class Messenger:
         stats["store_bytes"] = self.store.nbytes
         return stats
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
         return f"<conveyor.Messenger rank {self.rank} of {self.size}, {state}>"
 
 
 # Messengers not closed yet: their background threads must stop before MPI
 # is finalized at exit (mpi4py finalizes after Python's atexit handlers).
-_open_messengers = weakref.WeakSet()
+_open_messengers: weakref.WeakSet[Messenger] = weakref.WeakSet()
 # Messengers are numbered in the order a process makes them, the same on
 # every rank (making one is collective): chunk references name theirs so.
 _serials = itertools.count(1)
 
 
 @atexit.register
-def _stop_background_threads():
+def _stop_background_threads() -> None:
     for messenger in list(_open_messengers):
         messenger._transport.engine.close()
 
@@ -584,14 +659,16 @@ def _stop_background_threads():
 _abort_hook_installed = False
 
 
-def _install_abort_hook():
+def _install_abort_hook() -> None:
     """Make an uncaught exception print its traceback, then abort the MPI job."""
     global _abort_hook_installed
     if _abort_hook_installed:
         return
     previous = sys.excepthook
 
-    def abort_job(exc_type, exc, tb):
+    def abort_job(
+        exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None
+    ) -> None:
         previous(exc_type, exc, tb)
         if issubclass(exc_type, KeyboardInterrupt):
             code = 130

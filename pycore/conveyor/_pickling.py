@@ -9,10 +9,13 @@ keeps them whole (file name, line table, nested code of closures and
 lambdas); `linecache` then finds the source wherever the file is readable.
 """
 
+from __future__ import annotations
+
 import collections
 import io
 import marshal
 import types
+from typing import Any, Callable
 
 import cloudpickle
 
@@ -26,11 +29,11 @@ def _load_code(data: bytes) -> types.CodeType:
     return code
 
 
-def _reduce_code(code: types.CodeType):
+def _reduce_code(code: types.CodeType) -> tuple[Callable[[bytes], types.CodeType], tuple[bytes]]:
     return _load_code, (marshal.dumps(code),)
 
 
-class _Pickler(cloudpickle.Pickler):
+class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]  # cloudpickle is untyped
     # cloudpickle reduces functions and classes in reducer_override and
     # leaves code objects to the dispatch table: ours comes first.
     dispatch_table = collections.ChainMap(
@@ -45,4 +48,4 @@ def dumps(obj: object) -> bytes:
         return file.getvalue()
 
 
-loads = cloudpickle.loads
+loads: Callable[[bytes], Any] = cloudpickle.loads

@@ -8,11 +8,18 @@ them and compares their totals is `_detect`, driven by a blocking caller
 (`wait_quiet`) or an awaiting one (`aquiet`).
 """
 
+from __future__ import annotations
+
 import asyncio
+from collections.abc import Generator
+from typing import TYPE_CHECKING, Any
 
 from ._asyncio import attach, handler_of
 from ._errors import ConveyorError
 from ._transport import WAIT_SLICE
+
+if TYPE_CHECKING:
+    from ._transport import Transport
 
 __all__ = ["aquiet", "wait_quiet"]
 
@@ -24,7 +31,12 @@ _WAVE_PAUSE = 200e-6
 _WAVE, _PAUSE = "wave", "pause"
 
 
-def _detect(transport):
+# The steps of _detect: it yields _WAVE or _PAUSE, and is sent the totals
+# of the wave a _WAVE step asked for (None, to start it or after a pause).
+Steps = Generator[str, Any, None]
+
+
+def _detect(transport: Transport) -> Steps:
     engine = transport.engine
     sent_before = None
     while True:
@@ -46,7 +58,7 @@ def _detect(transport):
         sent_before = sent
 
 
-def _next(steps, totals):
+def _next(steps: Steps, totals: tuple[int, int] | None) -> str | None:
     # The next step of `steps`, given the totals a _WAVE step asked for; None once quiet.
     try:
         return steps.send(totals)
@@ -54,7 +66,7 @@ def _next(steps, totals):
         return None
 
 
-def wait_quiet(transport):
+def wait_quiet(transport: Transport) -> None:
     """Serve until no message is in flight on any rank (collective)."""
     transport.check_open()
     engine = transport.engine
@@ -73,13 +85,12 @@ def wait_quiet(transport):
             transport.serve(_WAVE_PAUSE)
 
 
-async def aquiet(transport):
+async def aquiet(transport: Transport) -> None:
     """Await the moment no message is in flight on any rank (collective)."""
-    attach(transport)
+    link = attach(transport)
     if transport.engine.handling or handler_of.get() is transport:
         # A handler counts as running until it returns: quiet would never come.
         raise ConveyorError("aquiet() is collective and cannot be awaited in a handler")
-    link = transport.link
     steps = _detect(transport)
     totals = None
     while (step := _next(steps, totals)) is not None:

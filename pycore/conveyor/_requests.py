@@ -1,8 +1,20 @@
 """The requester's side of requests: each open request's waiter, by reference."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable, TypeVar, Union
+
 from ._errors import ConveyorError, FrameError, RemoteError, UnknownTagError
 from ._native import core
 from ._tags import CANCEL
+
+if TYPE_CHECKING:
+    from ._future import Future, Stream
+    from ._transport import Transport
+
+    # What gets a request's answers.
+    Waiter = Union[Future[Any], Stream[Any]]
+    WaiterT = TypeVar("WaiterT", Future[Any], Stream[Any])
 
 __all__ = ["Requests"]
 
@@ -23,16 +35,18 @@ class Requests:
         Answers that came after their request was cancelled (or failed).
     """
 
-    def __init__(self, transport):
+    def __init__(self, transport: Transport) -> None:
         self.transport = transport
-        self.waiters = {}
+        self.waiters: dict[int, Waiter] = {}
         self.late = 0
         self._next_ref = 1
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.waiters)
 
-    def open(self, dest, tag, payload, make_waiter):
+    def open(
+        self, dest: int, tag: str, payload: Any, make_waiter: Callable[[int], WaiterT]
+    ) -> WaiterT:
         """Send a request to `tag` on `dest`; return ``make_waiter(ref)``, which gets its answers."""
         ref = self._next_ref
         waiter = make_waiter(ref)
@@ -45,12 +59,12 @@ class Requests:
             raise
         return waiter
 
-    def cancel(self, waiter):
+    def cancel(self, waiter: Waiter) -> None:
         """Drop the answers still to come, and tell the worker (``msg.cancelled``)."""
         if self.waiters.pop(waiter._ref, None) is not None and not self.transport.closed:
             self.transport.post(waiter._dest, core.KIND_SEND, 0, CANCEL, waiter._ref)
 
-    def answer(self, kind, source, ref, payload, error):
+    def answer(self, kind: int, source: int, ref: int, payload: Any, error: str | None) -> None:
         """Hand an answer (`kind` REPLY, ANSWER or ERROR) to its waiter; count it if none waits.
 
         `error` says why its payload could not be read, if it could not.
@@ -80,11 +94,11 @@ class Requests:
                 )
             )
 
-    def wait(self, waiter, timeout):
+    def wait(self, waiter: Waiter, timeout: float | None) -> None:
         """Serve until `waiter` has something for its caller."""
         self.transport.wait_for(waiter, timeout)
 
-    def fail_all(self, why):
+    def fail_all(self, why: str) -> None:
         """Fail every open request with ConveyorError(`why`): its answer will never come."""
         waiters, self.waiters = self.waiters, {}
         for waiter in waiters.values():

@@ -1,9 +1,17 @@
 """Sender: sends to one tag, single messages or batches of rows routed in C++."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
+import numpy.typing as npt
 
 from ._checks import check_tag
 from ._native import core
+
+if TYPE_CHECKING:
+    from ._transport import Transport
 
 __all__ = ["Sender"]
 
@@ -25,12 +33,14 @@ class Sender(core.SenderBase):
 
     __slots__ = ("_size",)
 
-    def __new__(cls, transport, tag, aggregate, size):
+    _size: int
+
+    def __new__(cls, transport: Transport, tag: str, aggregate: bool, size: int) -> Sender:
         self = super().__new__(cls, transport.engine, check_tag(tag), aggregate, transport.relieve)
         self._size = size
         return self
 
-    def send_many(self, dests, items):
+    def send_many(self, dests: npt.ArrayLike, items: np.ndarray) -> None:
         """Send row ``items[i]`` to rank ``dests[i]``, for every i.
 
         Rows are grouped by destination in C++ (one pass, order kept per
@@ -59,5 +69,5 @@ class Sender(core.SenderBase):
             if hi > lo:
                 self.send(rank, routed[lo:hi])
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<conveyor.Sender tag={self.tag!r} aggregate={self.aggregate}>"

@@ -7,20 +7,30 @@ never through the rank that gave the order. Orders are messages to reserved
 receivers, so a handler may give orders too.
 """
 
+from __future__ import annotations
+
 import collections.abc
 import operator
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, SupportsIndex
 
 from ._carriage import CarriageableItem
 from ._checks import check_name, check_rank
 from ._errors import StoreFullError
 from ._tags import ITEM_FETCH, ITEM_ORDER, ITEM_PUT
 
+if TYPE_CHECKING:
+    from ._dispatch import Receivers
+    from ._future import Future
+    from ._message import Message
+    from ._messenger import Messenger
+
 __all__ = ["Store", "Transfer", "Copy", "Move"]
 
 # The reserved receivers of the item service.
 
 
-def item_bytes(item):
+def item_bytes(item: object) -> int:
     """The bytes of data `item` holds: arrays and byte strings exactly,
     containers as the sum of their items, any other value as 8."""
     nbytes = getattr(item, "nbytes", None)
@@ -39,7 +49,7 @@ def item_bytes(item):
     return 8
 
 
-class Store(collections.abc.MutableMapping):
+class Store(collections.abc.MutableMapping[str, Any]):
     """The named items of one rank: ``m.store``.
 
     A mapping from names (strings such as ``"kmers/19123890"``) to
@@ -54,25 +64,25 @@ class Store(collections.abc.MutableMapping):
         limit.
     """
 
-    def __init__(self, capacity=None):
-        self._items = {}
-        self._sizes = {}
+    def __init__(self, capacity: SupportsIndex | None = None) -> None:
+        self._items: dict[str, Any] = {}
+        self._sizes: dict[str, int] = {}
         self.nbytes = 0
         self.capacity = capacity
 
     @property
-    def capacity(self):
+    def capacity(self) -> int | None:
         return self._capacity
 
     @capacity.setter
-    def capacity(self, value):
+    def capacity(self, value: SupportsIndex | None) -> None:
         if value is not None:
             value = operator.index(value)
             if value < 0:
                 raise ValueError("a store's capacity must be >= 0")
-        self._capacity = value
+        self._capacity: int | None = value
 
-    def put(self, name, item):
+    def put(self, name: str, item: Any) -> None:
         """Store `item` under `name`, replacing what was there.
 
         Raises
@@ -92,40 +102,40 @@ class Store(collections.abc.MutableMapping):
         self._sizes[name] = size
         self.nbytes = held + size
 
-    def get(self, name, default=None):
+    def get(self, name: str, default: Any = None) -> Any:
         """Return the item stored under `name`, or `default`."""
         return self._items.get(name, default)
 
-    def delete(self, name):
+    def delete(self, name: str) -> None:
         """Remove the item `name` (KeyError if there is none)."""
         del self[name]
 
-    def __getitem__(self, name):
+    def __getitem__(self, name: str) -> Any:
         try:
             return self._items[name]
         except KeyError:
             raise KeyError(f"no item {name!r} in this store") from None
 
-    def __setitem__(self, name, item):
+    def __setitem__(self, name: str, item: Any) -> None:
         self.put(name, item)
 
-    def __delitem__(self, name):
+    def __delitem__(self, name: str) -> None:
         try:
             del self._items[name]
         except KeyError:
             raise KeyError(f"no item {name!r} in this store") from None
         self.nbytes -= self._sizes.pop(name)
 
-    def __contains__(self, name):
+    def __contains__(self, name: object) -> bool:
         return name in self._items
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[str]:
         return iter(self._items)
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self._items)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<conveyor.Store {len(self)} items, {self.nbytes} bytes>"
 
 
@@ -151,7 +161,14 @@ class Transfer:
 
     move = False
 
-    def __init__(self, name, to, *, as_name=None, then=None):
+    def __init__(
+        self,
+        name: str,
+        to: int | Sequence[int],
+        *,
+        as_name: str | None = None,
+        then: tuple[int, str, Any] | None = None,
+    ) -> None:
         self.name = check_name(name)
         ranks = [to] if not isinstance(to, (list, tuple, range)) else list(to)
         if not ranks:
@@ -166,7 +183,7 @@ class Transfer:
             then = (check_rank(then[0]), then[1], then[2])
         self.then = then
 
-    def _as_payload(self):
+    def _as_payload(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "to": self.to,
@@ -175,7 +192,7 @@ class Transfer:
             "then": self.then,
         }
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, to={self.to})"
 
 
@@ -192,32 +209,33 @@ class Move(Transfer):
 class ItemService:
     """The receivers behind fetch and orders, on every rank."""
 
-    def __init__(self, messenger, receivers):
+    def __init__(self, messenger: Messenger, receivers: Receivers) -> None:
         self._m = messenger
         receivers.add(ITEM_FETCH, self._fetch)
         receivers.add(ITEM_PUT, self._put)
         receivers.add(ITEM_ORDER, self._order)
 
-    def _fetch(self, msg):
+    def _fetch(self, msg: Message) -> Any:
         return self._m.store[msg.payload]
 
-    def _put(self, msg):
+    def _put(self, msg: Message) -> int:
         name, item = msg.payload
         self._m.store.put(name, item)
         return item_bytes(item)
 
-    def _order(self, msg):
+    def _order(self, msg: Message) -> None:
         m = self._m
         order = msg.payload
         item = m.store[order["name"]]  # a KeyError answers the order's giver
         msg.defer()
         acks = [m.request(rank, ITEM_PUT, (order["as"], item)) for rank in order["to"]]
         pending = [len(acks)]
-        failures = []
+        failures: list[BaseException] = []
 
-        def acked(future):
-            if future.exception() is not None:
-                failures.append(future.exception())
+        def acked(future: Future[Any]) -> None:
+            error = future.exception()
+            if error is not None:
+                failures.append(error)
             pending[0] -= 1
             if pending[0] == 0:
                 self._complete(msg, order, acks, failures)
@@ -225,7 +243,13 @@ class ItemService:
         for future in acks:
             future.add_done_callback(acked)
 
-    def _complete(self, msg, order, acks, failures):
+    def _complete(
+        self,
+        msg: Message,
+        order: dict[str, Any],
+        acks: list[Future[Any]],
+        failures: list[BaseException],
+    ) -> None:
         m = self._m
         if msg.cancelled:
             return

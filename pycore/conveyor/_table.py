@@ -9,12 +9,27 @@ blocks. Tables are reserved receivers on every rank: any rank may use any
 table at any time, without a collective call.
 """
 
+from __future__ import annotations
+
 import hashlib
 import numbers
+from typing import TYPE_CHECKING, Any, Union
 
 from ._checks import check_name
+from ._dispatch import reply_target
 from ._future import Future
 from ._tags import TABLE_DELETE, TABLE_GET, TABLE_PUT, TABLE_UNWAIT, TABLE_WAIT
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from ._dispatch import Receivers
+    from ._message import Message
+    from ._messenger import Messenger
+    from ._requests import Requests
+
+    # What a table key may be: str, bytes, int, or a (nested) tuple of these.
+    Key = Union[str, bytes, int, np.integer[Any], tuple["Key", ...]]
 
 __all__ = ["Table"]
 
@@ -25,7 +40,7 @@ __all__ = ["Table"]
 _STR, _BYTES, _INT, _TUPLE = b"s", b"b", b"i", b"t"
 
 
-def encode_key(key):
+def encode_key(key: Key) -> bytes:
     """Return the canonical encoding (bytes) of a table key.
 
     Raises
@@ -38,7 +53,7 @@ def encode_key(key):
     return bytes(out)
 
 
-def _encode(key, out):
+def _encode(key: Key, out: bytearray) -> None:
     if isinstance(key, str):
         kind, data = _STR, key.encode("utf-8", "surrogatepass")
     elif isinstance(key, bytes):
@@ -61,14 +76,14 @@ def _encode(key, out):
     out += data
 
 
-def _put_length(n, out):
+def _put_length(n: int, out: bytearray) -> None:
     while n >= 0x80:
         out.append(n & 0x7F | 0x80)
         n >>= 7
     out.append(n)
 
 
-def decode_key(data):
+def decode_key(data: bytes) -> Key:
     """Return the key whose canonical encoding is `data` (ValueError if malformed)."""
     key, end = _decode(data, 0)
     if end != len(data):
@@ -76,7 +91,7 @@ def decode_key(data):
     return key
 
 
-def _decode(data, pos):
+def _decode(data: bytes, pos: int) -> tuple[Key, int]:
     if pos >= len(data):
         raise ValueError("malformed table key: truncated")
     kind = data[pos : pos + 1]
@@ -90,7 +105,7 @@ def _decode(data, pos):
         if byte < 0x80:
             break
     if kind == _TUPLE:
-        items = []
+        items: list[Key] = []
         for _ in range(n):
             item, pos = _decode(data, pos)
             items.append(item)
@@ -108,12 +123,12 @@ def _decode(data, pos):
     raise ValueError(f"malformed table key: unknown type byte {kind!r}")
 
 
-def key_hash(key):
+def key_hash(key: Key) -> int:
     """Return the stable 64-bit hash of a table key (identical on every rank and run)."""
     return _hash(encode_key(key))
 
 
-def _hash(data):
+def _hash(data: bytes) -> int:
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
 
 
@@ -136,16 +151,16 @@ class Table:
 
     __slots__ = ("_service", "_name")
 
-    def __init__(self, service, name):
+    def __init__(self, service: TableService, name: str) -> None:
         self._service = service
         self._name = name
 
     @property
-    def name(self):
+    def name(self) -> str:
         """The table's name (a str)."""
         return self._name
 
-    def put(self, key, value):
+    def put(self, key: Key, value: Any) -> Future[None]:
         """Set `key` to `value`, replacing any value it had.
 
         The waits for `key` on every rank resolve with `value`. As with
@@ -158,7 +173,7 @@ class Table:
         """
         return self._request(TABLE_PUT, key, value)
 
-    def get(self, key):
+    def get(self, key: Key) -> Future[Any]:
         """Return a `Future` for the value of `key`.
 
         It fails with `RemoteError` (remote type ``KeyError``) if the key is
@@ -166,7 +181,7 @@ class Table:
         """
         return self._request(TABLE_GET, key)
 
-    def wait(self, key):
+    def wait(self, key: Key) -> Future[Any]:
         """Return a `Future` for the value of `key` once it is set.
 
         It resolves at once if the key is set, otherwise when any rank puts
@@ -183,7 +198,7 @@ class Table:
             lambda ref: _Wait(requests, home, ref, m, (self.name, data, ref)),
         )
 
-    def delete(self, key):
+    def delete(self, key: Key) -> Future[None]:
         """Remove `key`.
 
         Returns
@@ -194,12 +209,12 @@ class Table:
         """
         return self._request(TABLE_DELETE, key)
 
-    def local_keys(self):
+    def local_keys(self) -> list[Key]:
         """Return the keys set in this table whose home is this rank (for tests and debugging)."""
         shard = self._service._shards.get(self.name)
         return [decode_key(data) for data in shard.values] if shard else []
 
-    def local_waiters(self):
+    def local_waiters(self) -> dict[Key, int]:
         """Return ``{key: number of waits}`` for the keys not set yet whose waits this rank holds.
 
         A key waited for but never put shows here, on its home rank.
@@ -207,31 +222,38 @@ class Table:
         shard = self._service._shards.get(self.name)
         return {decode_key(data): len(w) for data, w in shard.waiters.items()} if shard else {}
 
-    def _home(self, key):
+    def _home(self, key: Key) -> tuple[Messenger, int, bytes]:
         # (messenger, home rank, encoded key); a bad key raises before anything is sent.
         data = encode_key(key)
         m = self._service._m
         return m, _hash(data) % m.size, data
 
-    def _request(self, tag, key, *value):
+    def _request(self, tag: str, key: Key, *value: Any) -> Future[Any]:
         m, home, data = self._home(key)
         return m.request(home, tag, (self.name, data, *value))
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<conveyor.Table {self.name!r} on rank {self._service._m.rank}>"
 
 
-class _Wait(Future):
+class _Wait(Future[Any]):
     # The future of a wait: cancelling it also removes the waiter at the home.
 
     __slots__ = ("_messenger", "_unwait")
 
-    def __init__(self, requests, dest, ref, messenger, unwait):
+    def __init__(
+        self,
+        requests: Requests,
+        dest: int,
+        ref: int,
+        messenger: Messenger,
+        unwait: tuple[str, bytes, int],
+    ) -> None:
         super().__init__(requests, dest, ref)
         self._messenger = messenger
         self._unwait = unwait
 
-    def cancel(self):
+    def cancel(self) -> bool:
         if not super().cancel():
             return False
         if not self._messenger.closed:
@@ -245,26 +267,26 @@ class _Shard:
 
     __slots__ = ("values", "waiters")
 
-    def __init__(self):
-        self.values = {}
-        self.waiters = {}  # encoded key -> {(source, ref): Message}
+    def __init__(self) -> None:
+        self.values: dict[bytes, Any] = {}
+        self.waiters: dict[bytes, dict[tuple[int, int], Message]] = {}
 
 
 class TableService:
     """The receivers behind tables, on every rank, and the tables made here."""
 
-    def __init__(self, messenger, receivers, requests):
+    def __init__(self, messenger: Messenger, receivers: Receivers, requests: Requests) -> None:
         self._m = messenger
         self.requests = requests
-        self._tables = {}
-        self._shards = {}
+        self._tables: dict[str, Table] = {}
+        self._shards: dict[str, _Shard] = {}
         receivers.add(TABLE_PUT, self._put)
         receivers.add(TABLE_GET, self._get)
         receivers.add(TABLE_WAIT, self._wait)
         receivers.add(TABLE_DELETE, self._delete)
         receivers.add(TABLE_UNWAIT, self._unwait)
 
-    def table(self, name):
+    def table(self, name: str) -> Table:
         table = self._tables.get(check_name(name, "a table name"))
         if table is None:
             table = self._tables[name] = Table(self, name)
@@ -272,17 +294,17 @@ class TableService:
 
     # -- the home's side -----------------------------------------------------
 
-    def _shard(self, name):
+    def _shard(self, name: str) -> _Shard:
         shard = self._shards.get(name)
         if shard is None:
             shard = self._shards[name] = _Shard()
         return shard
 
-    def _drop_if_empty(self, name, shard):
+    def _drop_if_empty(self, name: str, shard: _Shard) -> None:
         if not shard.values and not shard.waiters:
             del self._shards[name]
 
-    def _holding(self, msg):
+    def _holding(self, msg: Message) -> tuple[str, bytes, _Shard]:
         # (name, encoded key, shard) of a get or delete; KeyError if the key is not set.
         name, data = msg.payload
         shard = self._shards.get(name)
@@ -290,35 +312,36 @@ class TableService:
             raise KeyError(f"no key {decode_key(data)!r} in table {name!r}")
         return name, data, shard
 
-    def _put(self, msg):
+    def _put(self, msg: Message) -> None:
         name, data, value = msg.payload
         shard = self._shard(name)
         shard.values[data] = value
         for waiter in shard.waiters.pop(data, {}).values():
             waiter.reply(value)
 
-    def _get(self, msg):
+    def _get(self, msg: Message) -> Any:
         _, data, shard = self._holding(msg)
         return shard.values[data]
 
-    def _wait(self, msg):
+    def _wait(self, msg: Message) -> Any:
         name, data = msg.payload
         shard = self._shard(name)
         if data in shard.values:
             return shard.values[data]
         msg.defer()
-        shard.waiters.setdefault(data, {})[(msg.source, msg.reply_to.ref)] = msg
+        _, _, ref = reply_target(msg)
+        shard.waiters.setdefault(data, {})[(msg.source, ref)] = msg
 
-    def _delete(self, msg):
+    def _delete(self, msg: Message) -> None:
         name, data, shard = self._holding(msg)
         del shard.values[data]
         self._drop_if_empty(name, shard)
 
-    def _unwait(self, msg):
+    def _unwait(self, msg: Message) -> None:
         name, data, ref = msg.payload
         shard = self._shards.get(name)
         waiters = shard.waiters.get(data) if shard else None
-        if waiters is None or waiters.pop((msg.source, ref), None) is None:
+        if shard is None or waiters is None or waiters.pop((msg.source, ref), None) is None:
             return  # answered by a put before the cancel came
         if not waiters:
             del shard.waiters[data]

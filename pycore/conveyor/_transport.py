@@ -5,15 +5,29 @@ down while the destination is congested (back-pressure), and serves:
 receives, then dispatches what is ready, for as long as its caller waits.
 """
 
+from __future__ import annotations
+
 import time
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ._errors import ConveyorError, TimeoutError
+
+if TYPE_CHECKING:
+    from ._asyncio import LoopLink
+    from ._dispatch import Dispatch
+    from ._native import core
 
 __all__ = ["Transport"]
 
 # How long one native wait may last before Python regains control (to notice
 # Ctrl-C and deadlines); an arriving message ends the wait at once.
 WAIT_SLICE = 0.1
+
+
+class Waiter(Protocol):
+    """What `Transport.wait_for` serves for: a Future, a Stream, a gather."""
+
+    def _ready(self) -> bool: ...
 
 
 class Transport:
@@ -33,24 +47,24 @@ class Transport:
         Set once the messenger is closed: nothing may be sent or served.
     """
 
-    def __init__(self, engine, aggregate):
+    def __init__(self, engine: core.Engine, aggregate: bool) -> None:
         self.engine = engine
         self.aggregate = aggregate
-        self.dispatch = None
-        self.link = None
+        self.dispatch: Dispatch | None = None
+        self.link: LoopLink | None = None
         self.closed = False
 
-    def check_open(self):
+    def check_open(self) -> None:
         """Raise `ConveyorError` if the messenger is closed."""
         if self.closed:
             raise ConveyorError("this Messenger is closed")
 
-    def post(self, rank, kind, ref, tag, payload):
+    def post(self, rank: int, kind: int, ref: int, tag: str, payload: Any) -> None:
         """Send a frame of `kind`; wait while `rank` is congested."""
         if self.engine.send(rank, kind, ref, tag, payload, self.aggregate):
             self.relieve(rank)
 
-    def relieve(self, dest):
+    def relieve(self, dest: int) -> None:
         """Back-pressure: serve incoming messages until `dest` takes sends again.
 
         A handler never waits here (its sends queue instead), so nested
@@ -63,12 +77,12 @@ class Transport:
             self.check_open()
             self.engine.serve(WAIT_SLICE, dest, self.dispatch)
 
-    def serve(self, timeout=0.0):
+    def serve(self, timeout: float = 0.0) -> int:
         """Dispatch what has arrived, waiting up to `timeout` s for the first; return how many."""
         self.check_open()
         return self.engine.serve(timeout, -1, self.dispatch)
 
-    def wait_for(self, waiter, timeout):
+    def wait_for(self, waiter: Waiter, timeout: float | None) -> None:
         """Serve until ``waiter._ready()`` (a Future, Stream or gather), at most `timeout` s."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while not waiter._ready():
