@@ -33,13 +33,19 @@ Handle comm_from_handle(std::intptr_t handle) {
     }
 }
 
-// The names of the façade's methods the dispatcher calls, interned once.
+// The names of the façade's methods the dispatcher calls, interned once (a
+// str made per call would cost as much as the lookup).
 struct MethodNames {
     PyObject* fallback = PyUnicode_InternFromString("fallback");
     PyObject* returned = PyUnicode_InternFromString("returned");
     PyObject* failed = PyUnicode_InternFromString("failed");
     PyObject* finish_request = PyUnicode_InternFromString("finish_request");
     PyObject* answer = PyUnicode_InternFromString("answer");
+    // and of the attributes it reads
+    PyObject* receivers = PyUnicode_InternFromString("receivers");
+    PyObject* message_type = PyUnicode_InternFromString("message_type");
+    PyObject* aggregate = PyUnicode_InternFromString("aggregate");
+    PyObject* requests = PyUnicode_InternFromString("requests");
 };
 inline const MethodNames& method_names() {
     static const MethodNames names;  // first made under the GIL, never freed
@@ -205,7 +211,7 @@ class PyEngine {
         py::handle dispatch() const { return dispatch_; }
         PyObject* receivers() {
             if (!receivers_) {
-                receivers_ = attribute("receivers");
+                receivers_ = attribute(method_names().receivers);
                 if (!PyDict_Check(receivers_.ptr()))
                     throw UsageError("Dispatch.receivers must be a dict");
             }
@@ -213,17 +219,17 @@ class PyEngine {
         }
         PyTypeObject* message_type() {
             if (!message_type_) {
-                message_type_ = attribute("message_type");
+                message_type_ = attribute(method_names().message_type);
                 if (!py_message::is_message_type(message_type_))
                     throw UsageError("Dispatch.message_type must be a subclass of MessageBase");
             }
             return reinterpret_cast<PyTypeObject*>(message_type_.ptr());
         }
         bool aggregate() {
-            if (aggregate_ < 0) aggregate_ = attribute("aggregate").ptr() == Py_True;
+            if (aggregate_ < 0) aggregate_ = attribute(method_names().aggregate).ptr() == Py_True;
             return aggregate_ == 1;
         }
-        py::object requests() { return attribute("requests"); }
+        py::object requests() { return attribute(method_names().requests); }
         // Calls the Dispatch's method `name` with `args`.
         template <typename... Args>
         void call(PyObject* name, const Args&... args) {
@@ -231,7 +237,11 @@ class PyEngine {
         }
 
       private:
-        py::object attribute(const char* name) const { return dispatch_.attr(name); }
+        py::object attribute(PyObject* name) const {
+            auto value = py::reinterpret_steal<py::object>(PyObject_GetAttr(dispatch_.ptr(), name));
+            if (!value) throw py::error_already_set();
+            return value;
+        }
 
         py::handle dispatch_;
         py::object receivers_, message_type_;

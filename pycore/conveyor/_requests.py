@@ -19,6 +19,9 @@ if TYPE_CHECKING:
 __all__ = ["Requests"]
 
 
+_REPLY, _ANSWER = core.KIND_REPLY, core.KIND_ANSWER
+
+
 class Requests:
     """The requests this rank sent and still waits for.
 
@@ -74,14 +77,14 @@ class Requests:
         if waiter is None:
             self.late += 1  # after a cancel or a closed messenger
             return
-        if error is not None:
+        if kind == _REPLY and error is None:  # the common case first: on every request's path
+            del self.waiters[ref]
+            waiter._answer(payload, True)
+        elif error is not None:
             del self.waiters[ref]
             waiter._fail(FrameError(f"the answer from rank {source}: {error}"))
-        elif kind == core.KIND_ANSWER:
-            waiter._answer(payload, final=False)
-        elif kind == core.KIND_REPLY:
-            del self.waiters[ref]
-            waiter._answer(payload, final=True)
+        elif kind == _ANSWER:
+            waiter._answer(payload, False)
         else:
             del self.waiters[ref]
             cls = UnknownTagError if payload.get("kind") == "unknown_tag" else RemoteError

@@ -229,8 +229,12 @@ class Engine {
 
     static void check_dest(int dest, int size) {
         if (dest < 0 || dest >= size)
+            // The same words as the façade's check_rank (pycore/conveyor/_checks.py).
             throw UsageError("destination rank " + std::to_string(dest) + " is out of range 0.." +
-                             std::to_string(size - 1));
+                             std::to_string(size - 1) +
+                             (size == 1 ? ": this job has 1 rank; start several with 'conveyor "
+                                          "run -n 4 script.py' or 'mpiexec -n 4 python script.py'"
+                                        : ""));
     }
     // engine.cpp
     bool progress_locked();
