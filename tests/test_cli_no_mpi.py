@@ -77,7 +77,7 @@ def test_version(tmp_path):
     status, out, err = run_main(tmp_path, ["--version"])
     assert status == 0, err
     assert out == f"conveyor {conveyor.__version__}\n"
-    assert conveyor.__version__ == importlib.metadata.version("conveyor")
+    assert conveyor.__version__ == importlib.metadata.version("conveyor-mpi")
 
 
 def test_run_launcher(tmp_path):

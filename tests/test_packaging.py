@@ -291,6 +291,6 @@ def test_header_change_rebuilds_the_core(dist, tmp_path):
 
     returncode, log = build_ext()
     assert returncode == 0 and "skipping 'conveyor._core' extension (up-to-date)" in log, log
-    os.utime(src / "csrc" / "conveyor" / "wire.hpp", (later + 60, later + 60))
+    os.utime(src / "csrc" / "conveyor" / "wire" / "wire.hpp", (later + 60, later + 60))
     returncode, log = build_ext()
     assert returncode != 0 and "building 'conveyor._core' extension" in log, log
