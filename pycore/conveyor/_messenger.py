@@ -13,6 +13,7 @@ import asyncio
 import atexit
 import itertools
 import sys
+import time
 import weakref
 from collections.abc import Iterable
 from types import TracebackType
@@ -657,6 +658,7 @@ def _stop_background_threads() -> None:
 
 
 _abort_hook_installed = False
+_ABORT_GRACE_SECONDS = 0.2
 
 
 def _install_abort_hook() -> None:
@@ -677,6 +679,10 @@ def _install_abort_hook() -> None:
         from mpi4py import MPI
 
         sys.stderr.flush()
+        # mpiexec may drop what a rank wrote just before MPI_Abort (MPICH's
+        # hydra, seen in CI: a traceback cut after its first line): give its
+        # I/O forwarding a moment to carry the traceback out first.
+        time.sleep(_ABORT_GRACE_SECONDS)
         MPI.COMM_WORLD.Abort(code)
 
     sys.excepthook = abort_job
