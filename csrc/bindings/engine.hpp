@@ -33,22 +33,21 @@ Handle comm_from_handle(std::intptr_t handle) {
     }
 }
 
-// The names of the façade's methods the dispatcher calls, interned once (a
+// The names of what the dispatcher calls and reads on the façade, interned once (a
 // str made per call would cost as much as the lookup).
-struct MethodNames {
+struct DispatchNames {
     PyObject* fallback = PyUnicode_InternFromString("fallback");
     PyObject* returned = PyUnicode_InternFromString("returned");
     PyObject* failed = PyUnicode_InternFromString("failed");
     PyObject* finish_request = PyUnicode_InternFromString("finish_request");
     PyObject* answer = PyUnicode_InternFromString("answer");
-    // and of the attributes it reads
     PyObject* receivers = PyUnicode_InternFromString("receivers");
     PyObject* message_type = PyUnicode_InternFromString("message_type");
     PyObject* aggregate = PyUnicode_InternFromString("aggregate");
     PyObject* requests = PyUnicode_InternFromString("requests");
 };
-inline const MethodNames& method_names() {
-    static const MethodNames names;  // first made under the GIL, never freed
+inline const DispatchNames& dispatch_names() {
+    static const DispatchNames names;  // first made under the GIL, never freed
     return names;
 }
 
@@ -211,7 +210,7 @@ class PyEngine {
         py::handle dispatch() const { return dispatch_; }
         PyObject* receivers() {
             if (!receivers_) {
-                receivers_ = attribute(method_names().receivers);
+                receivers_ = attribute(dispatch_names().receivers);
                 if (!PyDict_Check(receivers_.ptr()))
                     throw UsageError("Dispatch.receivers must be a dict");
             }
@@ -219,17 +218,17 @@ class PyEngine {
         }
         PyTypeObject* message_type() {
             if (!message_type_) {
-                message_type_ = attribute(method_names().message_type);
+                message_type_ = attribute(dispatch_names().message_type);
                 if (!py_message::is_message_type(message_type_))
                     throw UsageError("Dispatch.message_type must be a subclass of MessageBase");
             }
             return reinterpret_cast<PyTypeObject*>(message_type_.ptr());
         }
         bool aggregate() {
-            if (aggregate_ < 0) aggregate_ = attribute(method_names().aggregate).ptr() == Py_True;
+            if (aggregate_ < 0) aggregate_ = attribute(dispatch_names().aggregate).ptr() == Py_True;
             return aggregate_ == 1;
         }
-        py::object requests() { return attribute(method_names().requests); }
+        py::object requests() { return attribute(dispatch_names().requests); }
         // Calls the Dispatch's method `name` with `args`.
         template <typename... Args>
         void call(PyObject* name, const Args&... args) {
@@ -410,7 +409,7 @@ class PyEngine {
     void dispatch_one(Delivery& d, Hooks& h) {
         Handled handled(*this);
         Handling handling(handling_);
-        const auto& names = method_names();
+        const auto& names = dispatch_names();
         auto kind = static_cast<FrameKind>(d.kind);
         if (kind == FrameKind::Reply || kind == FrameKind::Answer || kind == FrameKind::Error) {
             // Every answer, readable or not, goes to the requests it answers.
@@ -453,7 +452,7 @@ class PyEngine {
     // cancelled, returned a coroutine, or its value cannot travel) the
     // façade's finish_request settles, as its Python dispatcher would.
     void run_request(Delivery& d, Hooks& h, py::handle handler) {
-        const auto& names = method_names();
+        const auto& names = dispatch_names();
         py::object source = py::int_(d.source);
         py::object msg = py_message::make_request(h.message_type(), h.dispatch(), d.tag, d.payload,
                                                   source, d.ref);
@@ -520,7 +519,7 @@ class PyEngine {
     // and dispatch goes on; anything else (KeyboardInterrupt) propagates.
     void deliver(Hooks& h, py::handle handler, py::handle tag, py::handle payload,
                  py::handle source) {
-        const auto& names = method_names();
+        const auto& names = dispatch_names();
         py::object msg =
             py_message::make(h.message_type(), h.dispatch(), tag, payload, source, Py_None);
         auto result =

@@ -1,8 +1,8 @@
 """The Python half of dispatch: receivers, and what the native dispatcher hands over.
 
 The native dispatcher (``Engine.serve``) delivers plain sends and requests
-to their receivers and answers to their waiters itself. It hands the rest
-here: a handler's exception or unusual result, async handlers, messages it
+to their receivers itself, and every answer to ``Requests.answer``. It hands
+the rest here: a handler's exception or unusual result, async handlers, messages it
 could not deliver (unknown tag, unreadable payload, malformed frame).
 `Dispatch` is also the answering side of requests: replies, errors sent
 back to requesters, and cancels of requests being worked on.

@@ -40,7 +40,7 @@ def _detect(transport: Transport) -> Steps:
     engine = transport.engine
     sent_before = None
     while True:
-        engine.serve(0.0, -1, transport.dispatch)
+        transport.serve(0.0)
         # Join the wave in flight, if any: an aquiet() that was cancelled
         # left it so, and the other ranks take part in it.
         if not engine.wave_active:
