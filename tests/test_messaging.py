@@ -232,3 +232,27 @@ def test_reserved_tags_are_distinct_and_refused_to_users():
             assert tag.startswith(RESERVED_PREFIX)
             with pytest.raises(ValueError, match="reserved"):
                 m.on(tag)
+
+
+def test_message_fail_answers_a_deferred_request_with_an_error():
+    with cv.Messenger() as m:
+        held = []
+        m.on("later")(lambda msg: (msg.defer(), held.append(msg)))
+        m.on("plain")(lambda msg: held.append(msg))
+        future = m.request(0, "later", 1)
+        while not held:
+            m.progress(0.01)
+        held[0].fail(LookupError("no such thing"))
+        with pytest.raises(cv.RemoteError) as info:
+            future.result(timeout=10)
+        assert info.value.remote_type == "LookupError"
+        assert info.value.remote_message == "no such thing"
+        with pytest.raises(cv.ConveyorError, match="already answered"):
+            held[0].fail(ValueError("twice"))
+        m.send(0, "plain", 2)
+        while len(held) < 2:
+            m.progress(0.01)
+        with pytest.raises(cv.ConveyorError, match="not a request"):
+            held[1].fail(ValueError("nobody waits"))
+        m.wait_quiet()
+        assert m.stats()["pending_requests"] == 0 and m.stats()["open_requests"] == 0
