@@ -34,7 +34,7 @@ lint: $(VENV)/.deps typecheck
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/clang-format --dry-run -Werror $(shell find csrc tests/cpp -name '*.cpp' -o -name '*.hpp')
 
-# mypy --strict over the package, the examples and tests/typing (see mypy.ini).
+# mypy --strict over the package, the examples and tests/release/typing (see mypy.ini).
 typecheck: $(VENV)/.deps
 	$(VENV)/bin/mypy
 

@@ -104,7 +104,7 @@ def extensions():
     # edit of either left a stale extension in build/ for `pip install .`.
     core = Pybind11Extension(
         "conveyor._core",
-        # Every C++ source of csrc/ (tests/test_cpp.py finds the core's the
+        # Every C++ source of csrc/ (tests/cpp/test_cpp.py finds the core's the
         # same way): a new file needs no edit here.
         sources=sorted(glob.glob("csrc/**/*.cpp", recursive=True)),
         include_dirs=["csrc"],

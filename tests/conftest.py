@@ -15,6 +15,7 @@ import sys
 import pytest
 
 HERE = pathlib.Path(__file__).resolve().parent
+ROOT = HERE.parent
 ENTRY = HERE / "_mpi_entry.py"
 
 
@@ -68,7 +69,7 @@ def run_mpi(n, case, *args, timeout=60, env=None, check=True):
     return result
 
 
-EXAMPLES = HERE.parent / "examples"
+EXAMPLES = ROOT / "examples"
 
 
 def load_example(name):

@@ -1,5 +1,5 @@
 // Unit tests of the alignment kernel and the chunk table: pure C++, built
-// without MPI (tests/test_cpp.py), which also proves the kernels need none.
+// without MPI (tests/cpp/test_cpp.py), which also proves the kernels need none.
 #include <cstdio>
 #include <functional>
 #include <memory>

@@ -26,11 +26,10 @@ from elftools.elf.elffile import ELFFile
 
 import conveyor
 
-from conftest import run_command
+from conftest import ROOT, run_command
 
 pytestmark = pytest.mark.slow
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
 # What conveyor-mpi needs at run time, with the mpich wheel as its MPI, and
 # what building it from the sdist needs (build-system.requires).
 WHEELHOUSE = ("numpy", "mpi4py", "cloudpickle", "mpich", "setuptools", "pybind11", "Cython")

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conveyor import _core
+from conveyor._native import core as _core
 
 
 def recycled(sizes, begin, end):

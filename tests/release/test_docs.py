@@ -1,12 +1,13 @@
 """The documentation builds without a single warning (what ``make docs`` checks)."""
 
-import pathlib
 import subprocess
 import sys
 
 import pytest
 
-DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs"
+from conftest import ROOT
+
+DOCS = ROOT / "docs"
 
 
 def test_docs_build_without_warnings(tmp_path):

@@ -5,14 +5,13 @@ JSON must hold every contestant's timings and three sums that agree.
 """
 
 import json
-import pathlib
 import sys
 
 import pytest
 
-from conftest import mpiexec, run_command
+from conftest import ROOT, mpiexec, run_command
 
-SCRIPT = pathlib.Path(__file__).resolve().parent.parent / "bench" / "dist_add.py"
+SCRIPT = ROOT / "bench" / "dist_add.py"
 N = 100_000
 
 

@@ -1,16 +1,14 @@
 """Builds the C++ unit tests of the native core and runs them (under mpiexec where they use MPI)."""
 
 import os
-import pathlib
 import shutil
 import subprocess
 import sys
 
 import pytest
 
-from conftest import mpiexec
+from conftest import ROOT, mpiexec
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
 CORE = ROOT / "csrc" / "conveyor"
 # The one room of the core that talks to MPI; every other room is pure C++.
 ENGINE = CORE / "engine"

@@ -6,7 +6,7 @@ import weakref
 import numpy as np
 import pytest
 
-from conveyor import _core
+from conveyor._native import core as _core
 
 
 class Tracked(np.ndarray):

@@ -11,7 +11,6 @@ import errno
 import fcntl
 import io
 import os
-import pathlib
 import re
 import select
 import signal
@@ -28,10 +27,10 @@ from conveyor.__main__ import main
 from conveyor.cli import frontend, interpreter, launch, service
 from conveyor.cli.grammar import COMMANDS, ShellError, parse
 
-from conftest import mpiexec
+from conftest import ROOT, mpiexec
 
 CONSOLE_SCRIPT = os.path.join(os.path.dirname(sys.executable), "conveyor")
-DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs"
+DOCS = ROOT / "docs"
 TIMEOUT = 60
 
 
