@@ -6,7 +6,7 @@ CONSTRAINTS ?= constraints.txt
 PY := $(VENV)/bin/python
 MPIEXEC := $(VENV)/bin/mpiexec
 NP ?= 4
-SOURCES := setup.py pyproject.toml $(shell find csrc pycore -name '*.cpp' -o -name '*.hpp' -o -name '*.py' -o -name '*.pyx' 2>/dev/null)
+SOURCES := setup.py pyproject.toml $(shell find csrc pycore -name '*.cpp' -o -name '*.hpp' -o -name '*.py' -o -name '*.pyx' -o -name '*.pyi' 2>/dev/null)
 
 .PHONY: all venv install demo lint typecheck test test-latest docs bench dist clean
 

@@ -1,6 +1,6 @@
 #include "bindings/errors.hpp"
 
-#include "bindings/codec.hpp"
+#include "bindings/message/codec.hpp"
 #include "conveyor/chunks/chunks.hpp"
 #include "conveyor/common/errors.hpp"
 

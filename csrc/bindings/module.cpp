@@ -4,17 +4,18 @@
 // quiescence wave, stats), SenderBase (the per-message send path),
 // MessageBase (a delivered message's fields), the frame codec for tests, and
 // route() for batches. The two per-message types are plain C types (see
-// message.hpp and sender.cpp); everything else is bound with pybind11. Every
+// message/message.hpp and engine/sender.cpp); everything else is bound with pybind11. Every
 // C++ exception is mapped to a Python one in one place (errors.cpp);
 // blocking waits release the GIL.
 //
-// One register_* function an area, each in a file of its own, all adding
-// flat names to this one module (no submodules: the façade imports them
-// as core.Engine, core.route, core.KIND_SEND...).
+// One register_* function an area, each in a folder of its own, and one
+// submodule an area with its mirror stub (pycore/conveyor/_core/<area>.pyi),
+// named as the C++ rooms under csrc/conveyor are: the façade reads
+// core.engine.Engine, core.message.KIND_SEND, core.chunks.align...
 #include <pybind11/pybind11.h>
 
-#include "bindings/codec.hpp"
 #include "bindings/errors.hpp"
+#include "bindings/message/codec.hpp"
 
 namespace py = pybind11;
 
@@ -31,6 +32,19 @@ void register_testing(py::module_& m);
 }  // namespace conveyor
 
 using namespace conveyor;
+
+namespace {
+
+// A submodule that `import conveyor._core.<name>` finds too (pybind11 leaves
+// it out of sys.modules), as its stub in _core/<name>.pyi promises and as
+// mypy's stubtest imports it.
+py::module_ submodule(py::module_& core, const char* name, const char* doc) {
+    py::module_ sub = core.def_submodule(name, doc);
+    py::module_::import("sys").attr("modules")[sub.attr("__name__")] = sub;
+    return sub;
+}
+
+}  // namespace
 
 PYBIND11_MODULE(_core, m) {
     m.doc() = "The native core of conveyor (internal: use the conveyor package).";
@@ -50,11 +64,18 @@ PYBIND11_MODULE(_core, m) {
         py::arg("frame_error"), py::arg("too_large_error"), py::arg("mpi_error"),
         "Hand the façade's carrier and exception types to the native core (once, at import).");
 
-    register_engine(m);
-    register_message(m);
-    register_sender(m);
-    register_codec(m);
-    register_routing(m);
-    register_chunks(m);
-    register_testing(m);
+    // A delivered message and the frame kinds it may carry (the codec's).
+    py::module_ message = submodule(m, "message", "Delivered messages and frame kinds.");
+    register_message(message);
+    register_codec(message);
+    // The progress engine and the per-message send path into it.
+    py::module_ engine = submodule(m, "engine", "The progress engine and its send path.");
+    register_engine(engine);
+    register_sender(engine);
+    py::module_ routing = submodule(m, "routing", "Grouping rows by destination rank.");
+    register_routing(routing);
+    py::module_ chunks = submodule(m, "chunks", "Chunk alignment and the chunk table.");
+    register_chunks(chunks);
+    py::module_ testing = submodule(m, "testing", "Frame encoding hooks for tests.");
+    register_testing(testing);
 }

@@ -61,7 +61,11 @@ if TYPE_CHECKING:
 __all__ = ["ChunkRef"]
 
 
-PENDING, RESOLVED, ERROR = core.CHUNK_PENDING, core.CHUNK_RESOLVED, core.CHUNK_ERROR
+PENDING, RESOLVED, ERROR = (
+    core.chunks.CHUNK_PENDING,
+    core.chunks.CHUNK_RESOLVED,
+    core.chunks.CHUNK_ERROR,
+)
 _STATE_NAMES = {PENDING: "pending", RESOLVED: "resolved", ERROR: "error"}
 
 # Layers by their messenger's serial number, which is the same on every rank
@@ -234,7 +238,7 @@ class ChunkLayer:
         self.transport = transport
         self.rank = messenger.rank
         self.serial = serial
-        self.table = core.ChunkTable(messenger.rank)
+        self.table = core.chunks.ChunkTable(messenger.rank)
         self.closed = False
         self._waiters: dict[int, Callable[[], None]] = {}  # token -> callback, for owned chunks
         self._next_token = 1
@@ -495,7 +499,7 @@ class ChunkLayer:
             Input specs: ``("value", x)``, ``("pickled", bytes)``,
             ``("whole", ref)`` (a whole chunk), or ``("pieces", [(ref,
             start, stop), ...])`` (those rows, one after the other, recycled
-            to `length` rows: an argument aligned by `core.align`).
+            to `length` rows: an argument aligned by `core.chunks.align`).
         """
         ref, weight = self.mint(owner, length, offset)
         task = {

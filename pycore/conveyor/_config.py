@@ -41,9 +41,9 @@ def _microseconds(name: str, default: float) -> float:
     return env_number(name, default, float) * 1e-6
 
 
-def engine_options() -> core.EngineOptions:
+def engine_options() -> core.engine.EngineOptions:
     """Return the `EngineOptions` the environment asks for (and size the buffer cache)."""
-    options = core.EngineOptions()
+    options = core.engine.EngineOptions()
     options.max_frame_bytes = env_number("CONVEYOR_MAX_FRAME_BYTES", options.max_frame_bytes)
     options.piece_bytes = env_number("CONVEYOR_PIECE_BYTES", options.piece_bytes)
     options.spin_seconds = _microseconds("CONVEYOR_SPIN_US", 50)
@@ -54,5 +54,5 @@ def engine_options() -> core.EngineOptions:
     options.window_bytes = env_number("CONVEYOR_WINDOW_BYTES", options.window_bytes)
     options.data_window_bytes = env_number("CONVEYOR_DATA_WINDOW_BYTES", options.data_window_bytes)
     options.background = bool(env_number("CONVEYOR_BACKGROUND", 1))
-    core.set_buffer_cache_limit(env_number("CONVEYOR_BUFFER_CACHE_BYTES", 512 << 20))
+    core.engine.set_buffer_cache_limit(env_number("CONVEYOR_BUFFER_CACHE_BYTES", 512 << 20))
     return options

@@ -566,7 +566,7 @@ def _aligned_pieces(x: DistArray, begin: int, length: int) -> list[tuple[ChunkRe
     # native kernel lists them: one period at most, wrapping round (R's
     # recycling). Only the chunks these touch travel with the task.
     sizes = x._lengths()
-    pieces = core.align(sizes, begin, begin + length).tolist()
+    pieces = core.chunks.align(sizes, begin, begin + length).tolist()
     if not pieces:  # an empty result chunk: no rows, but of the argument's dtype
         pieces = [[next(k for k, size in enumerate(sizes) if size), 0, 0]]
     return [(x._refs[k], start, stop) for k, start, stop in pieces]

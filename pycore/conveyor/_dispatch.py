@@ -132,8 +132,8 @@ class Dispatch:
     def fallback(self, item: tuple[int, int, int, str, Any, str | None]) -> None:
         """A message the native dispatcher did not deliver: ``(kind, source, ref, tag, payload, error)``."""
         kind, source, ref, tag, payload, error = item
-        if kind == core.KIND_SEND or kind == core.KIND_REQUEST:
-            self._refuse_delivery(kind == core.KIND_REQUEST, source, ref, tag, error)
+        if kind == core.message.KIND_SEND or kind == core.message.KIND_REQUEST:
+            self._refuse_delivery(kind == core.message.KIND_REQUEST, source, ref, tag, error)
         else:  # counted by the engine as frames_malformed
             warnings.warn(
                 f"rank {self.rank}: dropped a malformed frame from rank {source}: {error}",
@@ -188,7 +188,7 @@ class Dispatch:
             self.counts["answers_cancelled"] += 1
         else:
             rank, name, ref = reply_target(msg)
-            kind = core.KIND_REPLY if final else core.KIND_ANSWER
+            kind = core.message.KIND_REPLY if final else core.message.KIND_ANSWER
             self.transport.post(rank, kind, ref, name, value)
         if final:
             msg._replied = True
@@ -263,7 +263,7 @@ class Dispatch:
             kind_type = type(exc).__qualname__
             message = exc.remote_message if isinstance(exc, RemoteError) else str(exc)
         report = {"kind": kind, "type": kind_type, "message": message, "traceback": text}
-        self.transport.post(dest, core.KIND_ERROR, ref, "", report)
+        self.transport.post(dest, core.message.KIND_ERROR, ref, "", report)
 
     # -- async handlers ----------------------------------------------------------
 

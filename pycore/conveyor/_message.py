@@ -10,7 +10,7 @@ from ._native import core
 __all__ = ["Message", "Receiver"]
 
 
-class Message(core.MessageBase):
+class Message(core.message.MessageBase):
     """A delivered message, as a receiver sees it.
 
     Attributes

@@ -105,7 +105,7 @@ class Messenger:
         threshold = _zero_copy_threshold(zero_copy_threshold)
         options = engine_options()
         self._comm = comm.Dup()
-        engine = core.Engine(comm_handle(self._comm), threshold, bool(pickle), options)
+        engine = core.engine.Engine(comm_handle(self._comm), threshold, bool(pickle), options)
         self.rank = engine.rank
         self.size = engine.size
         self.aggregate = bool(aggregate)
@@ -228,7 +228,7 @@ class Messenger:
             item, with the item as ``msg.payload``, instead of once with the
             whole batch.
         """
-        check_user_tag(tag)
+        check_user_tag(tag)  # at the @m.on(...) line, not only once it decorates
 
         def decorate(fn: HandlerT) -> HandlerT:
             self._receivers.add_user(tag, fn, per_item)
@@ -241,7 +241,6 @@ class Messenger:
 
         `per_item` is as for `on`.
         """
-        check_user_tag(name)
         receive = getattr(receiver, "receive", None)
         if not callable(receive):
             raise TypeError(
@@ -317,11 +316,17 @@ class Messenger:
         rank, name, ref, payload = self._target("send", dest, tag, payload)
         post = self._transport.post
         if ref is not None:
-            post(rank, core.KIND_REPLY if final else core.KIND_ANSWER, ref, name, payload)
+            post(
+                rank,
+                core.message.KIND_REPLY if final else core.message.KIND_ANSWER,
+                ref,
+                name,
+                payload,
+            )
         elif not final:
             raise ValueError("final=False answers a request: send it to the request's reply_to")
         else:
-            post(rank, core.KIND_SEND, 0, check_tag(name), payload)
+            post(rank, core.message.KIND_SEND, 0, check_tag(name), payload)
             if len(self._senders) < _MAX_CACHED_SENDERS:
                 self._senders[name] = Sender(self._transport, name, self.aggregate, self.size)
 

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 __all__ = ["Requests"]
 
 
-_REPLY, _ANSWER = core.KIND_REPLY, core.KIND_ANSWER
+_REPLY, _ANSWER = core.message.KIND_REPLY, core.message.KIND_ANSWER
 
 
 class Requests:
@@ -56,7 +56,7 @@ class Requests:
         self._next_ref += 1
         self.waiters[ref] = waiter
         try:
-            self.transport.post(dest, core.KIND_REQUEST, ref, tag, payload)
+            self.transport.post(dest, core.message.KIND_REQUEST, ref, tag, payload)
         except BaseException:
             del self.waiters[ref]
             raise
@@ -65,7 +65,7 @@ class Requests:
     def cancel(self, waiter: Waiter) -> None:
         """Drop the answers still to come, and tell the worker (``msg.cancelled``)."""
         if self.waiters.pop(waiter._ref, None) is not None and not self.transport.closed:
-            self.transport.post(waiter._dest, core.KIND_SEND, 0, CANCEL, waiter._ref)
+            self.transport.post(waiter._dest, core.message.KIND_SEND, 0, CANCEL, waiter._ref)
 
     def answer(self, kind: int, source: int, ref: int, payload: Any, error: str | None) -> None:
         """Hand an answer (`kind` REPLY, ANSWER or ERROR) to its waiter; count it if none waits.

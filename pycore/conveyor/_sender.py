@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 __all__ = ["Sender"]
 
 
-class Sender(core.SenderBase):
+class Sender(core.engine.SenderBase):
     """Sends to one tag: single messages, or batches of rows routed in C++.
 
     Obtain one with `Messenger.sender`. Its `send` goes straight to the
@@ -63,7 +63,7 @@ class Sender(core.SenderBase):
             raise TypeError(f"dests must be a 1-D integer array, not {dests.ndim}-D {dests.dtype}")
         if not isinstance(items, np.ndarray):
             raise TypeError(f"items must be a numpy array, not {type(items).__name__}")
-        routed, offsets = core.route(dests, items, self._size)
+        routed, offsets = core.routing.route(dests, items, self._size)
         for rank in range(self._size):
             lo, hi = int(offsets[rank]), int(offsets[rank + 1])
             if hi > lo:

@@ -35,7 +35,7 @@ class Transport:
 
     Attributes
     ----------
-    engine : conveyor._core.Engine
+    engine : conveyor._core.engine.Engine
         The native engine.
     aggregate : bool
         Whether sends without a Sender of their own are aggregated.
@@ -47,7 +47,7 @@ class Transport:
         Set once the messenger is closed: nothing may be sent or served.
     """
 
-    def __init__(self, engine: core.Engine, aggregate: bool) -> None:
+    def __init__(self, engine: core.engine.Engine, aggregate: bool) -> None:
         self.engine = engine
         self.aggregate = aggregate
         self.dispatch: Dispatch | None = None

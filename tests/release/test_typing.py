@@ -12,7 +12,8 @@ import pytest
 
 from conftest import mpiexec, run_command
 
-USER_PROGRAM = pathlib.Path(__file__).resolve().parent / "typing" / "user_program.py"
+HERE = pathlib.Path(__file__).resolve().parent
+USER_PROGRAM = HERE / "typing" / "user_program.py"
 
 # What a user's program declares, then (expression, the type mypy reveals for it).
 DECLARATIONS = """\
@@ -107,6 +108,17 @@ def test_type_errors(tmp_path):
             codes.setdefault(int(number) - first, []).append(text.rsplit("[", 1)[1].rstrip("]"))
     for index, (call, code) in enumerate(ERRORS):
         assert code in codes.get(index, []), (call, codes.get(index), report)
+
+
+def test_stubs_mirror_the_compiled_modules():
+    # mypy's stubtest imports each compiled module and compares it with its
+    # stub, name by name and signature by signature. mpi4py.MPI goes first,
+    # as conveyor._native loads it: it loads the libmpi the extensions use.
+    pytest.importorskip("mypy")
+    script = "import sys, mpi4py.MPI, mypy.stubtest; sys.exit(mypy.stubtest.main())"
+    command = [sys.executable, "-c", script, "--allowlist", str(HERE / "stubtest-allowlist.txt")]
+    result = run_command([*command, "conveyor._core", "conveyor._mpi"], timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_futures_are_generic_at_run_time():

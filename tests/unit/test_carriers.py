@@ -40,8 +40,10 @@ DTYPES = [
 
 
 def roundtrip(value, threshold=16384, allow_pickle=False):
-    frame, oob = core.encode_frame(core.KIND_SEND, 0, "t", value, threshold, allow_pickle)
-    return core.decode_frame(frame, oob, allow_pickle)[3]
+    frame, oob = core.testing.encode_frame(
+        core.message.KIND_SEND, 0, "t", value, threshold, allow_pickle
+    )
+    return core.testing.decode_frame(frame, oob, allow_pickle)[3]
 
 
 @pytest.mark.parametrize(
@@ -212,9 +214,11 @@ class Reads(cv.CarriageableItem, name="tests.Reads"):
 
 def test_carriageable_item_with_out_of_band_array():
     codes = np.arange(1 << 20, dtype=np.uint8)
-    frame, oob = core.encode_frame(core.KIND_SEND, 0, "t", [Reads(42, codes)], 16384, False)
+    frame, oob = core.testing.encode_frame(
+        core.message.KIND_SEND, 0, "t", [Reads(42, codes)], 16384, False
+    )
     assert len(frame) < 200 and [len(b) for b in oob] == [codes.nbytes]
-    (item,) = core.decode_frame(frame, oob, False)[3]
+    (item,) = core.testing.decode_frame(frame, oob, False)[3]
     assert isinstance(item, Reads) and item.sample == 42
     assert np.array_equal(item.codes, codes)
 
@@ -304,12 +308,14 @@ def test_unknown_item_type_on_the_receiver_is_a_frame_error():
         def load(cls, buffer, out_of_band):
             return cls()
 
-    frame, oob = core.encode_frame(core.KIND_SEND, 0, "t", Ephemeral(), 16384, False)
+    frame, oob = core.testing.encode_frame(
+        core.message.KIND_SEND, 0, "t", Ephemeral(), 16384, False
+    )
     from conveyor._carriage import _registry
 
     del _registry["tests.Ephemeral"]
     with pytest.raises(cv.FrameError, match="unknown CarriageableItem type 'tests.Ephemeral'"):
-        core.decode_frame(frame, oob, False)
+        core.testing.decode_frame(frame, oob, False)
 
 
 def test_item_with_wrong_required_bytes_is_refused():
@@ -332,9 +338,9 @@ def test_pickle_is_opt_in():
     value = [pickle.PickleBuffer(np.arange(100_000)), {1, 2, 3}]
     out = roundtrip(value, allow_pickle=True)
     assert out[1] == {1, 2, 3}
-    frame, oob = core.encode_frame(core.KIND_SEND, 0, "t", {1, 2}, 16384, True)
+    frame, oob = core.testing.encode_frame(core.message.KIND_SEND, 0, "t", {1, 2}, 16384, True)
     with pytest.raises(cv.FrameError, match="pickle=True"):
-        core.decode_frame(frame, oob, False)
+        core.testing.decode_frame(frame, oob, False)
 
 
 def test_pickle_messenger_carries_arbitrary_objects():

@@ -1,4 +1,4 @@
-"""conveyor._core.ChunkTable: chunk values without copies, states, waiters and reference weights."""
+"""conveyor._core.chunks.ChunkTable: chunk values without copies, states, waiters and reference weights."""
 
 import gc
 import weakref
@@ -15,7 +15,7 @@ class Tracked(np.ndarray):
 
 @pytest.fixture
 def table():
-    return _core.ChunkTable(2)
+    return _core.chunks.ChunkTable(2)
 
 
 def created(table):
@@ -26,13 +26,16 @@ def created(table):
 
 
 def test_ids_carry_their_creator():
-    table = _core.ChunkTable(7)
+    table = _core.chunks.ChunkTable(7)
     a, b = table.new_id(), table.new_id()
     assert a != b and a != 0
-    assert _core.ChunkTable.creator_of(a) == 7 == table.rank
-    assert _core.ChunkTable(6).new_id() not in (a, b)  # unique across ranks without asking them
+    assert _core.chunks.ChunkTable.creator_of(a) == 7 == table.rank
+    assert _core.chunks.ChunkTable(6).new_id() not in (
+        a,
+        b,
+    )  # unique across ranks without asking them
     with pytest.raises(ValueError, match="outside"):
-        _core.ChunkTable(1 << 24)
+        _core.chunks.ChunkTable(1 << 24)
 
 
 def test_value_is_a_read_only_view_of_the_array_given(table):
@@ -88,7 +91,7 @@ def test_the_table_keeps_the_array_alive_until_the_last_reference_goes(table):
 
 
 def test_a_dropped_table_releases_its_values():
-    table = _core.ChunkTable(0)
+    table = _core.chunks.ChunkTable(0)
     data = np.zeros(10).view(Tracked)
     alive = weakref.ref(data)
     table.resolve(created(table), data)
@@ -119,15 +122,15 @@ def test_values_that_cannot_be_kept_are_refused(table, value, match):
     id = created(table)
     with pytest.raises(TypeError, match=match):
         table.resolve(id, value)
-    assert table.state(id) == _core.CHUNK_PENDING
+    assert table.state(id) == _core.chunks.CHUNK_PENDING
 
 
 def test_waiters_are_handed_back_once_settled(table):
     id = created(table)
-    assert table.state(id) == _core.CHUNK_PENDING
+    assert table.state(id) == _core.chunks.CHUNK_PENDING
     assert table.add_waiter(id, 11) and table.add_waiter(id, 12)
     assert table.resolve(id, np.zeros(1)) == [11, 12]
-    assert table.state(id) == _core.CHUNK_RESOLVED
+    assert table.state(id) == _core.chunks.CHUNK_RESOLVED
     assert not table.add_waiter(id, 13)
     with pytest.raises(ValueError, match="already resolved"):
         table.resolve(id, np.zeros(1))
@@ -139,7 +142,7 @@ def test_errors_are_opaque_bytes(table):
     id = created(table)
     table.add_waiter(id, 5)
     assert table.fail(id, b"\x80pickled\x00") == [5]
-    assert table.state(id) == _core.CHUNK_ERROR
+    assert table.state(id) == _core.chunks.CHUNK_ERROR
     assert table.error(id) == b"\x80pickled\x00"
     with pytest.raises(ValueError, match="failed"):
         table.value(id)
@@ -181,7 +184,7 @@ def test_a_local_handle_keeps_a_chunk_whose_weight_is_all_back(table):
 
 
 def test_a_give_back_may_overtake_the_create(table):
-    id = _core.ChunkTable(0).new_id()  # a driver on rank 0 chose this rank
+    id = _core.chunks.ChunkTable(0).new_id()  # a driver on rank 0 chose this rank
     assert table.give_back(id, 300) == (False, 2, 0)
     assert id not in table and len(table) == 0 and table.stats()["placeholders"] == 1
     table.create(id, 1000)
@@ -196,7 +199,7 @@ def test_a_give_back_may_overtake_the_create(table):
 
 
 def test_a_reference_may_reach_its_owner_before_the_create(table):
-    id = _core.ChunkTable(0).new_id()
+    id = _core.chunks.ChunkTable(0).new_id()
     with pytest.raises(KeyError, match="not in the chunk table"):
         table.hold(id)  # only the owner may expect a chunk
     table.hold_owned(id)
@@ -205,13 +208,13 @@ def test_a_reference_may_reach_its_owner_before_the_create(table):
     with pytest.raises(KeyError, match="not created on rank 2 yet"):
         table.state(id)
     table.create(id, 100)
-    assert table.state(id) == _core.CHUNK_PENDING and table.stats()["placeholders"] == 0
+    assert table.state(id) == _core.chunks.CHUNK_PENDING and table.stats()["placeholders"] == 0
     assert table.give_back(id, 70) == (False, 2, 0)
     assert table.release(id) == (True, 2, 0)
 
 
 def test_foreign_references_lend_part_of_their_weight_and_return_the_rest(table):
-    id = _core.ChunkTable(5).new_id()
+    id = _core.chunks.ChunkTable(5).new_id()
     assert table.adopt(id, 5, 5, table.MINT_WEIGHT) == (False, 5, 0)
     table.hold(id)
     assert id in table and table.stats()["foreign"] == 1
@@ -238,7 +241,7 @@ def test_foreign_references_lend_part_of_their_weight_and_return_the_rest(table)
 
 
 def test_a_reference_down_to_one_weight_lends_as_a_proxy(table):
-    id = _core.ChunkTable(1).new_id()
+    id = _core.chunks.ChunkTable(1).new_id()
     table.adopt(id, 1, 1, 4)
     table.hold(id)
     assert table.lend(id) == (2, 1, True)
@@ -260,7 +263,7 @@ def test_a_reference_down_to_one_weight_lends_as_a_proxy(table):
 
 
 def test_weight_from_two_homes_is_not_mixed(table):
-    id = _core.ChunkTable(1).new_id()
+    id = _core.chunks.ChunkTable(1).new_id()
     table.adopt(id, 1, 3, 100)  # lent by a proxy on rank 3
     table.hold(id)
     assert table.adopt(id, 1, 0, 50) == (False, 0, 50)  # another proxy's goes back

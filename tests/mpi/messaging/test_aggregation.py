@@ -493,7 +493,9 @@ def entry(frame):
 
 
 def send_frame(value, tag="ok"):
-    return core.encode_frame(core.KIND_SEND, 0, tag, value, ZERO_COPY_THRESHOLD, False)[0]
+    return core.testing.encode_frame(
+        core.message.KIND_SEND, 0, tag, value, ZERO_COPY_THRESHOLD, False
+    )[0]
 
 
 def post_batch(m, dest, body, count):
@@ -528,7 +530,9 @@ def case_malformed_batches():
         # out-of-band data, garbage) are rejected one by one.
         credit = bare_header(KIND_CREDIT, 64)
         nested = bare_header(KIND_BATCH, 1) + entry(send_frame("nested"))
-        with_oob = core.encode_frame(core.KIND_SEND, 0, "ok", np.arange(10), 0, False)[0]
+        with_oob = core.testing.encode_frame(
+            core.message.KIND_SEND, 0, "ok", np.arange(10), 0, False
+        )[0]
         body = b"".join(
             entry(f)
             for f in (send_frame(4), credit, nested, with_oob, b"not a frame at all", send_frame(5))

@@ -26,7 +26,9 @@ def sample_frames():
     frames = []
     for threshold in (16384, 0):
         for v in values:
-            frames.append(core.encode_frame(core.KIND_REQUEST, 9, "tag", v, threshold, False))
+            frames.append(
+                core.testing.encode_frame(core.message.KIND_REQUEST, 9, "tag", v, threshold, False)
+            )
     return frames
 
 
@@ -58,7 +60,7 @@ def test_thousands_of_mutated_frames_only_raise_frame_errors():
         frame, oob = rng.choice(frames)
         bad = mutate(rng, frame)
         try:
-            core.decode_frame(bad, oob, False)
+            core.testing.decode_frame(bad, oob, False)
             outcomes["decoded"] += 1
         except cv.FrameError:
             outcomes["rejected"] += 1
@@ -69,14 +71,16 @@ def test_truncated_frames_at_every_length_are_rejected():
     for frame, oob in sample_frames():
         for n in range(len(frame)):
             with pytest.raises(cv.FrameError):
-                core.decode_frame(frame[:n], oob, False)
+                core.testing.decode_frame(frame[:n], oob, False)
 
 
 def test_frames_cannot_smuggle_object_arrays():
-    frame, oob = core.encode_frame(core.KIND_SEND, 0, "t", np.zeros(2, dtype="u8"), 1 << 20, False)
+    frame, oob = core.testing.encode_frame(
+        core.message.KIND_SEND, 0, "t", np.zeros(2, dtype="u8"), 1 << 20, False
+    )
     evil = frame.replace(b"<u8", b"|O8")
     with pytest.raises(cv.FrameError, match="dtype"):
-        core.decode_frame(evil, oob, False)
+        core.testing.decode_frame(evil, oob, False)
 
 
 def case_malformed_frames_are_counted_and_dropped():

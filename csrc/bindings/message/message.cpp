@@ -1,10 +1,10 @@
-#include "bindings/message.hpp"
+#include "bindings/message/message.hpp"
 
 #include <structmember.h>
 
 #include <cstddef>
 
-#include "bindings/codec.hpp"
+#include "bindings/message/codec.hpp"
 
 namespace conveyor::py_message {
 
@@ -129,7 +129,7 @@ PyType_Slot slots[] = {
 };
 
 PyType_Spec spec = {
-    "conveyor._core.MessageBase",
+    "conveyor._core.message.MessageBase",
     sizeof(MessageObject),
     0,
     Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,

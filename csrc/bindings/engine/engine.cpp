@@ -1,4 +1,4 @@
-#include "bindings/engine.hpp"
+#include "bindings/engine/engine.hpp"
 
 namespace conveyor {
 

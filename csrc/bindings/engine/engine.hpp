@@ -1,4 +1,4 @@
-// conveyor._core.Engine: the progress engine as the façade drives it, with
+// conveyor._core.engine.Engine: the progress engine as the façade drives it, with
 // the dispatcher of serve().
 #pragma once
 
@@ -13,9 +13,9 @@
 #include <unordered_map>
 #include <vector>
 
-#include "bindings/codec.hpp"
 #include "bindings/errors.hpp"
-#include "bindings/message.hpp"
+#include "bindings/message/codec.hpp"
+#include "bindings/message/message.hpp"
 #include "conveyor/engine/engine.hpp"
 
 namespace conveyor {

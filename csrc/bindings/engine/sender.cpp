@@ -1,4 +1,4 @@
-// conveyor._core.SenderBase: the per-message send path of conveyor.Sender.
+// conveyor._core.engine.SenderBase: the per-message send path of conveyor.Sender.
 // A plain C type with a vectorcall method, like MessageBase: pybind11's
 // argument dispatch would cost as much as the whole native send.
 #include <pybind11/pybind11.h>
@@ -7,7 +7,7 @@
 #include <limits>
 #include <string>
 
-#include "bindings/engine.hpp"
+#include "bindings/engine/engine.hpp"
 #include "bindings/errors.hpp"
 
 namespace conveyor {
@@ -184,7 +184,7 @@ PyType_Slot slots[] = {
 };
 
 PyType_Spec spec = {
-    "conveyor._core.SenderBase",
+    "conveyor._core.engine.SenderBase",
     sizeof(SenderObject),
     0,
     Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,

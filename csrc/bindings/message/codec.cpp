@@ -1,4 +1,4 @@
-#include "bindings/codec.hpp"
+#include "bindings/message/codec.hpp"
 
 #include <pybind11/numpy.h>
 

@@ -1,4 +1,4 @@
-// conveyor._core.route: the grouping of rows behind Sender.send_many.
+// conveyor._core.routing.route: the grouping of rows behind Sender.send_many.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 

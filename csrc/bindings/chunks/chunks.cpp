@@ -1,4 +1,4 @@
-// conveyor._core.align and conveyor._core.ChunkTable: the distributed-data
+// conveyor._core.chunks.align and .ChunkTable: the distributed-data
 // kernels. Chunk values are numpy arrays held without a copy: the table keeps the
 // array object alive, and value() hands out read-only views of its memory.
 #include <pybind11/numpy.h>
@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "bindings/codec.hpp"
+#include "bindings/message/codec.hpp"
 #include "conveyor/chunks/align.hpp"
 #include "conveyor/chunks/chunks.hpp"
 

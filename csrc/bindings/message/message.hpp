@@ -1,4 +1,4 @@
-// conveyor._core.MessageBase: the fields of a delivered message.
+// conveyor._core.message.MessageBase: the fields of a delivered message.
 //
 // One is created for every message a handler receives, so it is a plain C
 // type rather than a pybind11 class: creating a pybind11 instance and reading

@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "bindings/codec.hpp"
+#include "bindings/message/codec.hpp"
 #include "conveyor/engine/buffer.hpp"
 #include "conveyor/wire/wire.hpp"
 

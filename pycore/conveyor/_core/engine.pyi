@@ -1,0 +1,131 @@
+"""conveyor._core.engine: the progress engine, and the per-message send path into it."""
+
+from typing import Any, NoReturn
+
+from typing_extensions import Self, disjoint_base
+
+class EngineOptions:
+    """Tunables of an Engine, read when it is created."""
+
+    max_frame_bytes: int
+    """Largest frame that may be sent (default 1 GiB)."""
+    piece_bytes: int
+    """Largest MPI message an out-of-band buffer is cut into (1 .. INT_MAX, default 1 GiB)."""
+    spin_seconds: float
+    """How long an idle wait busy-polls after the last activity (default 50 µs)."""
+    yield_seconds: float
+    """Until when an idle wait yields the processor before sleeping (default 200 µs)."""
+    max_sleep_seconds: float
+    """Longest sleep of an idle wait between two polls (default 500 µs)."""
+    batch_bytes: int
+    """Size of a destination's batch of small frames (default 32 KiB; 0: no aggregation)."""
+    flush_delay_seconds: float
+    """Age from which the background thread sends a batch left waiting (default 100 µs)."""
+    background_max_sleep_seconds: float
+    """Longest sleep of the background thread while the owner is away, nothing in flight (default 32 ms)."""
+    window_bytes: int
+    """Frame bytes in flight to one rank before its credit is needed (default 8 MiB; 0: unbounded)."""
+    data_window_bytes: int
+    """Out-of-band bytes in flight to one rank before its credit is needed (default 256 MiB)."""
+    background: bool
+    """Run the background thread (if MPI provides MPI_THREAD_MULTIPLE; default True)."""
+    def __init__(self) -> None:
+        """Make options with the default values."""
+
+class Engine:
+    """The progress engine of one Messenger: owns every MPI request on its communicator."""
+
+    def __init__(
+        self, comm: int, zero_copy_threshold: int, allow_pickle: bool, options: EngineOptions
+    ) -> None:
+        """Drive MPI on `comm`, a raw MPI_Comm handle (see conveyor._mpi.comm_handle).
+
+        The engine does not own the communicator: the caller frees it after use.
+        """
+    @property
+    def rank(self) -> int:
+        """The rank of this process in the communicator."""
+    @property
+    def size(self) -> int:
+        """The number of ranks of the communicator."""
+    @property
+    def wave_active(self) -> bool:
+        """Whether a quiescence wave was started and not yet collected by `wave_done`."""
+    @property
+    def handling(self) -> int:
+        """How many handlers are running (nested waits make it more than 1)."""
+    @property
+    def background(self) -> bool:
+        """Whether the engine runs its background thread."""
+    def send(
+        self, dest: int, kind: int, ref: int, tag: str, payload: object, aggregate: bool
+    ) -> bool:
+        """Encode `payload` in a frame of `kind` and send it to rank `dest`.
+
+        With `aggregate`, a small frame without out-of-band data joins the
+        destination's batch. Arrays of at least the zero-copy threshold are
+        sent from their own memory, which is kept alive until MPI has sent
+        it. Return whether `dest` is congested (frames wait for its credit).
+        """
+    def post_raw(self, dest: int, frame: bytes) -> None:
+        """Send `frame` as it is, without out-of-band buffers (to test malformed input)."""
+    def serve(self, timeout: float, uncongested: int, dispatch: Any) -> int:
+        """Flush, receive, wait up to `timeout` s (GIL released) if nothing is ready, dispatch.
+
+        The wait also ends once rank `uncongested` takes sends again (-1:
+        none). `dispatch` is the façade's Dispatch: plain sends and requests
+        to a tag of ``dispatch.receivers`` (``{tag: (handler, per_item)}``)
+        are delivered here, as ``dispatch.message_type`` instances; every
+        answer goes to ``dispatch.requests.answer(kind, source, ref,
+        payload, error)``; anything else to ``dispatch.fallback((kind,
+        source, ref, tag, payload, error))``. A handler's non-None result
+        goes to ``dispatch.returned(msg, result)``, its exception to
+        ``dispatch.failed(msg, exc)``, and what is unusual about a request
+        to ``dispatch.finish_request(msg, result, exc)``. Each message is
+        counted as handled once its dispatch ends. Return how many messages
+        were dispatched.
+        """
+    def answering(self, source: int, ref: int) -> Any:
+        """Return the Message of the request (`source`, `ref`) whose handler runs now, or None."""
+    @property
+    def answering_count(self) -> int:
+        """How many requests' handlers run now (nested waits make it more than 1)."""
+    def flush(self) -> None:
+        """Send every batch now."""
+    def congested(self, dest: int) -> bool:
+        """Whether frames to `dest` wait for its credit (or too many sends are pending)."""
+    def mark_handled(self, messages: int = 1) -> None:
+        """Count `messages` deferred messages as handled (an async handler's task ended)."""
+    def defer_handled(self) -> None:
+        """The message being dispatched stays unfinished after its dispatch (async handler)."""
+    def start_wave(self) -> None:
+        """Start a quiescence wave: a non-blocking sum of (sent, handled) over all ranks."""
+    def wave_done(self) -> tuple[int, int] | None:
+        """Return the wave's ``(sent, handled)`` totals once it has completed, else None."""
+    def serve_in_background(self, fd: int) -> None:
+        """Let the background thread receive, and write to `fd` when something is ready (-1: stop)."""
+    def close(self) -> None:
+        """Refuse further calls and stop the background thread (before MPI goes away)."""
+    def flush_sends(self, timeout: float) -> bool:
+        """Complete every outstanding send; return False if `timeout` s passed first (negative: no limit)."""
+    def stats(self) -> dict[str, int]:
+        """Return the engine's counters: messages, frames, batches, credits, bytes, sleeps."""
+    def abort(self, code: int, /) -> NoReturn:
+        """Abort the whole MPI job with exit `code` (MPI_Abort on the communicator)."""
+
+@disjoint_base
+class SenderBase:
+    """The native send path of conveyor.Sender."""
+
+    def __new__(cls, engine: Engine, tag: str, aggregate: bool, relieve: Any) -> Self: ...
+    @property
+    def tag(self) -> str:
+        """The tag this sender sends to."""
+    @property
+    def aggregate(self) -> bool:
+        """Whether small messages are packed into batches."""
+    def send(self, dest: int, payload: object = None) -> None:
+        """Send `payload` to this sender's tag on rank `dest`; call ``relieve(dest)`` if congested."""
+
+def set_buffer_cache_limit(bytes: int) -> None:
+    """Keep at most `bytes` of freed large receive buffers for reuse (process-wide)."""

@@ -1,0 +1,15 @@
+"""conveyor._core.routing: the grouping of rows behind Sender.send_many."""
+
+import numpy as np
+import numpy.typing as npt
+
+def route(
+    dests: npt.ArrayLike, items: np.ndarray, nranks: int
+) -> tuple[np.ndarray, npt.NDArray[np.uint64]]:
+    """Group the rows of `items` by destination rank, keeping their order per rank.
+
+    Return the grouped rows (`items` itself when all go to one rank) and
+    ``offsets`` (``nranks + 1`` entries): the rows for rank ``r`` are
+    ``grouped[offsets[r]:offsets[r + 1]]``. `dests` may have any integer
+    dtype; a destination outside ``0 .. nranks - 1`` raises ValueError.
+    """
