@@ -1,6 +1,5 @@
-"""``conveyor bench --plot``: draw a results JSON (matplotlib is an optional extra)."""
+"""``conveyor bench --plot``: draw the summarized rows (matplotlib is an optional extra)."""
 
-import json
 import math
 
 INSTALL_HINT = "pip install 'conveyor-mpi[plot]'"
@@ -21,13 +20,6 @@ def require_matplotlib():
         raise MatplotlibMissing(
             f"plotting needs matplotlib, which is not installed ({INSTALL_HINT})"
         ) from exc
-
-
-def plot_file(json_path, image_path):
-    """Draw the results in `json_path` (written by ``conveyor bench --json``) to `image_path`."""
-    with open(json_path) as f:
-        results = json.load(f)["results"]
-    plot_results(results, image_path)
 
 
 def _short_baseline(row):
@@ -124,7 +116,7 @@ def plot_results(results, image_path):
     Parameters
     ----------
     results : list of dict
-        The ``"results"`` rows of ``conveyor bench --json``.
+        The ``"results"`` rows of ``conveyor bench --json`` (`summary.summarize`).
     image_path : str
         Where to write the image; its extension picks the format (``.png``).
     """
