@@ -157,3 +157,59 @@ def test_the_console_table_shows_ranges_and_verdicts():
     assert bw[-4:] == ["0.85–0.96", "≥", "0.9×", "FAIL"]
     assert lines[2].split()[-4:] == ["1.40–2.10", "≤", "2×", "PASS"]
     assert lines[3].split()[-2:] == ["-", "-"]  # no target
+
+
+def ratio_axes(fig):
+    (ax,) = [ax for ax in fig.axes if ax.get_title().startswith("Ratio")]
+    return ax
+
+
+def errorbars(ax):
+    from matplotlib.container import ErrorbarContainer
+
+    return [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+
+
+def test_the_plot_draws_ranges_as_error_bars_targets_and_fail_rows(tmp_path):
+    pytest.importorskip("matplotlib")
+    from conveyor._bench import plot
+
+    rows = summary.combine(three_runs())["results"]
+    fig = plot.draw(rows)
+    ax = ratio_axes(fig)
+    bars = {container.get_label(): container for container in errorbars(ax)}
+    assert set(bars) == {"median ratio, bar: lowest–highest run", "FAIL"}
+    # One horizontal bar per row, from its lowest to its highest run's ratio.
+    ranges = {}
+    for container in bars.values():
+        assert container.has_xerr
+        (lines,) = container.lines[2]
+        for (low, y), (high, _) in lines.get_segments():
+            ranges[round(y)] = (low, high)
+    assert ranges == {
+        y: pytest.approx((row["ratio_min"], row["ratio_max"])) for y, row in enumerate(rows)
+    }
+    assert list(bars["FAIL"].lines[0].get_ydata()) == [2]  # the 1 MiB row
+    (targets,) = [c for c in ax.collections if c.get_label() == "target"]
+    assert [list(xy) for xy in targets.get_offsets()] == [[2.0, 0], [0.9, 2], [3.0, 3]]
+    texts = [text.get_text() for text in ax.texts]
+    assert "≥ 0.9× FAIL" in texts and "≤ 2×" in texts and "≥ 3×" in texts
+    colors = {label.get_text(): label.get_color() for label in ax.get_yticklabels()}
+    assert colors["bw 1 MiB"] == plot.FAIL_COLOR != colors["bw 64 KiB"]
+    # The panels of the values draw each side's range over the runs too.
+    others = [a for a in fig.axes if a is not ax]
+    assert others and all(c.has_yerr for a in others for c in errorbars(a))
+
+    png = tmp_path / "bench.png"
+    plot.plot_results(rows, png)
+    assert png.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_the_plot_of_one_run_has_no_error_bars():
+    pytest.importorskip("matplotlib")
+    from conveyor._bench import plot
+
+    fig = plot.draw(summary.combine(three_runs()[:1])["results"])
+    for ax in fig.axes:
+        for container in errorbars(ax):
+            assert not container.has_xerr and not container.has_yerr

@@ -50,8 +50,8 @@ def add_arguments(parser):
     parser.add_argument(
         "--plot",
         metavar="FILE.png",
-        help="draw latencies, bandwidth curves and message rates to FILE.png "
-        "(needs matplotlib: pip install 'conveyor-mpi[plot]')",
+        help="draw the ratios against their targets, latencies, bandwidth curves and "
+        "message rates to FILE.png (needs matplotlib: pip install 'conveyor-mpi[plot]')",
     )
     parser.add_argument("--mpiexec", metavar="PATH", help=MPIEXEC_HELP)
     parser.add_argument(
