@@ -4,8 +4,10 @@ These tests check structure, never speed: a quick run's figures are noise.
 Each run is a real ``mpiexec -n 2`` job under a timeout.
 """
 
+import importlib.util
 import json
 import os
+import pathlib
 import sys
 
 import pytest
@@ -305,6 +307,65 @@ def test_a_failed_run_ends_the_command_and_writes_nothing(tmp_path, capfd, secon
     assert not out_json.exists()
     if message:
         assert message in err
+
+
+def load_bench_runner():
+    """bench/run.py (``make bench``, ``make figures``) as a module."""
+    path = pathlib.Path(__file__).resolve().parent.parent / "bench" / "run.py"
+    spec = importlib.util.spec_from_file_location("bench_run", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+README_WITH_FIGURES = """# Project
+
+## Measured figures
+
+Prose before.
+
+{begin}
+
+| old | table |
+
+{end}
+
+Prose after.
+"""
+
+
+@pytest.mark.parametrize("readme", [False, True])
+def test_make_figures_rewrites_the_readmes_table_and_make_bench_does_not(
+    tmp_path, monkeypatch, capfd, readme
+):
+    runner = load_bench_runner()
+    results, readme_path = tmp_path / "results", tmp_path / "README.md"
+    before = README_WITH_FIGURES.format(begin=runner.BEGIN, end=runner.END)
+    readme_path.write_text(before)
+    monkeypatch.setattr(runner, "RESULTS", results)
+    monkeypatch.setattr(runner, "README", readme_path)
+    fake = fake_mpiexec(tmp_path, [latency_run(1.2), latency_run(3.0)])
+    argv = ["--runs", "2", "--which", "latency", "--mpiexec", str(fake)]
+    status = runner.main(["--readme"] * readme + argv)
+    capfd.readouterr()
+    assert status == 1  # the median of 1.2 and 3.0 misses ≤ 2×
+    (table,) = results.glob("osu-*.md")
+    assert {path.suffix for path in results.iterdir()} >= {".json", ".md"}
+    if not readme:
+        assert readme_path.read_text() == before
+        return
+    text = table.read_text()
+    assert "**FAIL**" in text
+    assert readme_path.read_text() == before.replace("| old | table |\n", text)
+
+
+def test_rewriting_a_readme_without_the_markers_fails(tmp_path):
+    runner = load_bench_runner()
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Project\n\n{runner.BEGIN}\n")
+    with pytest.raises(ValueError, match="has no"):
+        runner.rewrite_readme(readme, "| table |\n")
+    assert readme.read_text() == f"# Project\n\n{runner.BEGIN}\n"
 
 
 @pytest.mark.parametrize(
