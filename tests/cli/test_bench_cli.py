@@ -8,7 +8,10 @@ import importlib.util
 import json
 import os
 import pathlib
+import signal
+import subprocess
 import sys
+import time
 
 import pytest
 
@@ -220,6 +223,8 @@ with open(counter, "w") as f:
     f.write(str(n + 1))
 run = runs[n]
 if run == "hang":
+    with open(script + ".hung", "w") as f:
+        f.write(str(os.getpid()))
     time.sleep(60)
 if isinstance(run, int):
     sys.exit(run)
@@ -241,6 +246,16 @@ def fake_mpiexec(tmp_path, runs):
 
 def fake_runs_started(fake):
     return int((fake.parent / "runs.json.count").read_text())
+
+
+def hung_fake_was_killed(fake):
+    """Whether the run that hung (it wrote its pid) has gone."""
+    pid = int((fake.parent / "runs.json.hung").read_text())
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
 
 
 def latency_run(int_conveyor, array_conveyor=1.0):
@@ -307,6 +322,34 @@ def test_a_failed_run_ends_the_command_and_writes_nothing(tmp_path, capfd, secon
     assert not out_json.exists()
     if message:
         assert message in err
+        assert hung_fake_was_killed(fake)
+
+
+def test_ctrl_c_ends_the_run_and_starts_no_other(tmp_path):
+    fake = fake_mpiexec(tmp_path, [latency_run(1.5), "hang", latency_run(1.5)])
+    cmd = [sys.executable, "-m", "conveyor", "bench", "--which", "latency", "--runs", "3"]
+    proc = subprocess.Popen(
+        cmd + ["--mpiexec", str(fake)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "runs.json.hung").exists():  # run 2 is under way
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C at a terminal sends
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 130, (out, err)
+    assert "conveyor bench: interrupted: killed" in err
+    assert fake_runs_started(fake) == 2
+    assert hung_fake_was_killed(fake)
 
 
 def load_bench_runner():
