@@ -203,7 +203,9 @@ def test_runs_are_separate_jobs_summarized_in_the_json_and_the_markdown(tmp_path
     assert "medians of 2 runs" in out
     check_results(out_json, ["latency"], 1, runs=2)
     text = table.read_text()
-    assert text.startswith("Medians of 2 runs of `conveyor bench`, each the median of 1 ")
+    assert text.startswith(
+        "Medians of 2 runs of `conveyor bench`, each the median of 1 repetition;"
+    )
     assert "| benchmark | message | mpi4py | conveyor | ratio (range) | target |" in text
     assert text.count("| 8 B ") == 2  # the array and the int row
     assert f"table: {table}" in out

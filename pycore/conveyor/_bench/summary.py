@@ -228,11 +228,12 @@ def markdown(document: Document) -> str:
     rows = sorted(rows, key=lambda row: order.get(row["benchmark"], len(order)))
     runs = meta["runs"]
     reps = meta["plan"]["reps"]
+    repetitions = f"{reps} repetition{'s' if reps > 1 else ''}"
     if runs > 1:
-        what = f"Medians of {runs} runs of `conveyor bench`, each the median of {reps} repetitions"
+        what = f"Medians of {runs} runs of `conveyor bench`, each the median of {repetitions}"
         spread = "; in parentheses, the lowest and highest over the runs"
     else:
-        what = f"One run of `conveyor bench`, medians of {reps} repetitions"
+        what = f"One run of `conveyor bench`, medians of {repetitions}"
         spread = ""
     machine = (
         f"{meta['cpus']} CPUs ({meta['host']}), {_mpi_name(meta['mpi'])}, "
