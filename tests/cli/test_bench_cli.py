@@ -7,7 +7,6 @@ Each run is a real ``mpiexec -n 2`` job under a timeout.
 import importlib.util
 import json
 import os
-import pathlib
 import signal
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from conveyor.__main__ import main
 from conveyor._bench import plan
 
 from _helpers import bench_row, bench_run
-from conftest import mpiexec, run_command
+from conftest import ROOT, mpiexec, run_command
 
 # Table rows each benchmark of --which produces.
 ROWS_OF = {
@@ -356,8 +355,7 @@ def test_ctrl_c_ends_the_run_and_starts_no_other(tmp_path):
 
 def load_bench_runner():
     """bench/run.py (``make bench``, ``make figures``) as a module."""
-    path = pathlib.Path(__file__).resolve().parent.parent / "bench" / "run.py"
-    spec = importlib.util.spec_from_file_location("bench_run", path)
+    spec = importlib.util.spec_from_file_location("bench_run", ROOT / "bench" / "run.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
