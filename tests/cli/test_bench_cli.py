@@ -1,7 +1,9 @@
 """``conveyor bench``: the command runs every contestant and reports them.
 
 These tests check structure, never speed: a quick run's figures are noise.
-Each run is a real ``mpiexec -n 2`` job under a timeout.
+Each run is a real ``mpiexec -n 2`` job under a timeout, except where a fake
+mpiexec stands for the ranks, to give runs chosen figures or make them fail,
+hang or be interrupted.
 """
 
 import importlib.util
@@ -66,8 +68,11 @@ def run_ok(cmd, cwd, timeout=120):
 
 
 def check_results(path, which, reps, runs=1):
-    """Check the JSON of `runs` runs of `which`: metadata, positive figures for every
-    contestant in every run, and the summary of the runs."""
+    """Check the JSON of `runs` runs of `which`: metadata, runs, summary.
+
+    Every run must hold positive figures for every contestant, and the
+    summary one row per comparison with its range over the runs.
+    """
     with open(path) as f:
         data = json.load(f)
     meta = data["meta"]
