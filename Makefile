@@ -8,7 +8,7 @@ MPIEXEC := $(VENV)/bin/mpiexec
 NP ?= 4
 SOURCES := setup.py pyproject.toml $(shell find csrc pycore -name '*.cpp' -o -name '*.hpp' -o -name '*.py' -o -name '*.pyx' -o -name '*.pyi' 2>/dev/null)
 
-.PHONY: all venv install demo lint typecheck test test-latest docs bench dist clean
+.PHONY: all venv install demo lint typecheck test test-latest docs bench figures dist clean
 
 all: install
 
@@ -48,9 +48,15 @@ test-latest:
 docs: install
 	$(PY) -m sphinx -W --keep-going -q -b html docs docs/_build/html
 
-# conveyor bench, keeping its JSON and plot in bench/results/.
+# conveyor bench, keeping its JSON, table and plot in bench/results/; RUNS=6
+# runs it six times (fresh ranks each time) and reports medians and ranges.
 bench: install
-	$(PY) bench/run.py
+	$(PY) bench/run.py $(if $(RUNS),--runs $(RUNS))
+
+# The README's measured figures: `make bench` with RUNS=6 unless told, whose
+# table then replaces the one between the README's figures markers.
+figures: install
+	$(PY) bench/run.py --readme --runs $(or $(RUNS),6)
 
 # dist/: the sdist and a wheel built from it. auditwheel gives the wheel its
 # manylinux tag and leaves libmpi out: conveyor uses the MPI that mpi4py loads.

@@ -46,3 +46,55 @@ def same(a, b):
     if isinstance(a, float) and math.isnan(a):
         return math.isnan(b)
     return a == b
+
+
+def bench_row(benchmark, label, unit, baseline, conveyor, target=None):
+    """One row of a run's JSON as rank 0 of ``conveyor bench`` writes it.
+
+    `target` is ``(op, bound)``, such as ``("<=", 2.0)``, or None.
+    """
+    ratio = conveyor / baseline
+    passed = None
+    if target is not None:
+        op, bound = target
+        passed = ratio <= bound if op == "<=" else ratio >= bound
+    return {
+        "benchmark": benchmark,
+        "label": label,
+        "size_bytes": 8,
+        "payload": None,
+        "unit": unit,
+        "better": "lower" if unit == "µs" else "higher",
+        "baseline": f"mpi4py's {benchmark}",
+        "conveyor": f"conveyor's {benchmark}",
+        "baseline_median": baseline,
+        "conveyor_median": conveyor,
+        "ratio": ratio,
+        "target": None if target is None else {"op": target[0], "ratio": target[1]},
+        "passed": passed,
+        "baseline_samples": [baseline],
+        "conveyor_samples": [conveyor],
+    }
+
+
+def bench_run(rows, minute=0):
+    """A run's JSON document as rank 0 of ``conveyor bench`` writes it, holding `rows`."""
+    return {
+        "meta": {
+            "argv": ["osu.py", "--json", "run.json"],
+            "plan": {"reps": 9, "latency_iters": 20000},
+            "which": sorted({row["benchmark"] for row in rows}),
+            "wall_seconds": 60.0,
+            "messenger_stats_rank0": {"aggregate": {"messages_sent": 1}},
+            "time": f"2026-12-04T10:{minute:02d}:00+0000",
+            "host": "testhost",
+            "cpus": 2,
+            "python": "3.11.7",
+            "numpy": "2.4.6",
+            "mpi4py": "4.1.2",
+            "mpi": "MPICH Version:      5.0.2\nMPICH Release date: Fri Sep 25 2026",
+            "conveyor": "0.1.0",
+            "env": {},
+        },
+        "results": rows,
+    }

@@ -1,19 +1,26 @@
 """``conveyor bench``: the command runs every contestant and reports them.
 
 These tests check structure, never speed: a quick run's figures are noise.
-Each run is a real ``mpiexec -n 2`` job under a timeout.
+Each run is a real ``mpiexec -n 2`` job under a timeout, except where a fake
+mpiexec stands for the ranks, to give runs chosen figures or make them fail,
+hang or be interrupted.
 """
 
+import importlib.util
 import json
 import os
+import signal
+import subprocess
 import sys
+import time
 
 import pytest
 
 from conveyor.__main__ import main
 from conveyor._bench import plan
 
-from conftest import mpiexec, run_command
+from _helpers import bench_row, bench_run
+from conftest import ROOT, mpiexec, run_command
 
 # Table rows each benchmark of --which produces.
 ROWS_OF = {
@@ -24,7 +31,7 @@ ROWS_OF = {
     "batch": {"batch"},
     "agg-latency": {"agg-latency"},
 }
-ROW_KEYS = {
+RUN_ROW_KEYS = {
     "benchmark",
     "label",
     "size_bytes",
@@ -41,6 +48,13 @@ ROW_KEYS = {
     "baseline_samples",
     "conveyor_samples",
 }
+SUMMARY_ROW_KEYS = (RUN_ROW_KEYS - {"baseline_samples", "conveyor_samples"}) | {
+    "ratio_min",
+    "ratio_max",
+    "baseline_medians",
+    "conveyor_medians",
+    "ratios",
+}
 CONSOLE_SCRIPT = os.path.join(os.path.dirname(sys.executable), "conveyor")
 
 
@@ -53,25 +67,41 @@ def run_ok(cmd, cwd, timeout=120):
     return result.stdout
 
 
-def check_results(path, which, reps):
-    """Check the JSON of a run of `which`: metadata, and positive figures for every contestant."""
+def check_results(path, which, reps, runs=1):
+    """Check the JSON of `runs` runs of `which`: metadata, runs, summary.
+
+    Every run must hold positive figures for every contestant, and the
+    summary one row per comparison with its range over the runs.
+    """
     with open(path) as f:
         data = json.load(f)
     meta = data["meta"]
     assert meta["which"] == which
     assert meta["plan"]["reps"] == reps
+    assert meta["runs"] == runs
     for key in ("time", "mpi", "mpi4py", "conveyor", "wall_seconds"):
         assert key in meta
+    assert len(data["runs"]) == runs
+    benchmarks = set().union(*(ROWS_OF[w] for w in which))
+    for run in data["runs"]:
+        assert run["meta"]["which"] == which
+        assert {row["benchmark"] for row in run["results"]} == benchmarks
+        for row in run["results"]:
+            assert set(row) == RUN_ROW_KEYS, row["benchmark"]
+            for side in ("baseline", "conveyor"):
+                samples = row[f"{side}_samples"]
+                assert len(samples) == reps, row
+                assert all(value > 0 for value in samples), row
+                assert row[f"{side}_median"] > 0, row
+            assert row["ratio"] > 0
     rows = data["results"]
-    assert {row["benchmark"] for row in rows} == set().union(*(ROWS_OF[w] for w in which))
+    assert [(row["benchmark"], row["label"]) for row in rows] == [
+        (row["benchmark"], row["label"]) for row in data["runs"][0]["results"]
+    ]
     for row in rows:
-        assert set(row) == ROW_KEYS, row["benchmark"]
-        for side in ("baseline", "conveyor"):
-            samples = row[f"{side}_samples"]
-            assert len(samples) == reps, row
-            assert all(value > 0 for value in samples), row
-            assert row[f"{side}_median"] > 0, row
-        assert row["ratio"] > 0
+        assert set(row) == SUMMARY_ROW_KEYS, row["benchmark"]
+        assert len(row["ratios"]) == runs
+        assert 0 < row["ratio_min"] <= row["ratio"] <= row["ratio_max"]
         assert row["passed"] in (True, False, None)
         assert (row["target"] is None) == (row["passed"] is None)
     return rows
@@ -148,34 +178,242 @@ def test_plot_without_matplotlib_is_a_usage_error(tmp_path, monkeypatch, capsys)
     assert not (tmp_path / "bench.png").exists()
 
 
-# Stands for mpiexec and the benchmark ranks: writes the JSON of a run in which
-# one row missed its target, as rank 0 would, and prints its table row.
+def test_runs_are_separate_jobs_summarized_in_the_json_and_the_markdown(tmp_path):
+    out_json, table = tmp_path / "bench.json", tmp_path / "bench.md"
+    out = run_ok(
+        [
+            sys.executable,
+            "-m",
+            "conveyor",
+            "bench",
+            "--quick",
+            "--which",
+            "latency",
+            "--reps",
+            "1",
+            "--iters",
+            "100",
+            "--runs",
+            "2",
+            "--json",
+            str(out_json),
+            "--markdown",
+            str(table),
+        ],
+        cwd=tmp_path,
+    )
+    assert out.count("$ ") == 2  # two mpiexec jobs
+    assert "run 1 of 2" in out and "run 2 of 2" in out
+    assert "medians of 2 runs" in out
+    check_results(out_json, ["latency"], 1, runs=2)
+    text = table.read_text()
+    assert text.startswith(
+        "Medians of 2 runs of `conveyor bench`, each the median of 1 repetition;"
+    )
+    assert "| benchmark | message | mpi4py | conveyor | ratio (range) | target |" in text
+    assert text.count("| 8 B ") == 2  # the array and the int row
+    assert f"table: {table}" in out
+
+
+# Stands for mpiexec and the benchmark ranks. Run n (counted in a file) does
+# what the n-th entry of a JSON list says: a document to write as rank 0
+# would, an exit status, or "hang".
 FAKE_RANKS = """#!{python}
-import json, sys
-rows = [dict(benchmark="latency", label="8 B int", passed=False),
-        dict(benchmark="oneway", label="8 B int", passed=True)]
+import json, os, sys, time
+script = {script!r}
+with open(script) as f:
+    runs = json.load(f)
+counter = script + ".count"
+n = int(open(counter).read()) if os.path.exists(counter) else 0
+with open(counter, "w") as f:
+    f.write(str(n + 1))
+run = runs[n]
+if run == "hang":
+    with open(script + ".hung", "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(60)
+if isinstance(run, int):
+    sys.exit(run)
 with open(sys.argv[sys.argv.index("--json") + 1], "w") as f:
-    json.dump({{"meta": {{}}, "results": rows}}, f)
-print("latency 8 B int ... FAIL")
+    json.dump(run, f)
+print("fake run", n + 1)
 """
+
+
+def fake_mpiexec(tmp_path, runs):
+    """An mpiexec whose successive runs do what `runs` says (see FAKE_RANKS)."""
+    script = tmp_path / "runs.json"
+    script.write_text(json.dumps(runs))
+    fake = tmp_path / "fake-mpiexec"
+    fake.write_text(FAKE_RANKS.format(python=sys.executable, script=str(script)))
+    fake.chmod(0o755)
+    return fake
+
+
+def fake_runs_started(fake):
+    return int((fake.parent / "runs.json.count").read_text())
+
+
+def hung_fake_was_killed(fake):
+    """Whether the run that hung (it wrote its pid) has gone."""
+    pid = int((fake.parent / "runs.json.hung").read_text())
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def latency_run(int_conveyor, array_conveyor=1.0):
+    """A run whose latency rows have the given conveyor figures against a baseline of 1 µs."""
+    return bench_run(
+        [
+            bench_row("latency", "8 B array", "µs", 1.0, array_conveyor, ("<=", 2.0)),
+            bench_row("latency", "8 B int", "µs", 1.0, int_conveyor, ("<=", 2.0)),
+        ]
+    )
 
 
 @pytest.mark.parametrize("quick", [False, True])
 def test_a_missed_target_fails_the_run(tmp_path, capfd, quick):
-    fake = tmp_path / "fake-mpiexec"
-    fake.write_text(FAKE_RANKS.format(python=sys.executable))
-    fake.chmod(0o755)
-    status = main(
-        ["bench", "--which", "latency,oneway", "--mpiexec", str(fake)] + ["--quick"] * quick
-    )
+    fake = fake_mpiexec(tmp_path, [latency_run(3.0)])
+    status = main(["bench", "--which", "latency", "--mpiexec", str(fake)] + ["--quick"] * quick)
     out, err = capfd.readouterr()
-    assert "latency 8 B int ... FAIL" in out
+    assert "fake run 1" in out
     if quick:  # its figures are noise: a miss is shown, not judged
         assert status == 0
         assert "missed" not in err
     else:
         assert status == 1
         assert "conveyor bench: 1 target(s) missed: latency 8 B int" in err
+
+
+@pytest.mark.parametrize(
+    "conveyor, status",
+    [
+        ((3.0, 1.5, 1.5), 0),  # one run misses ≤ 2×: the median meets it
+        ((3.0, 1.5, 2.5), 1),  # two runs miss it: so does the median
+    ],
+)
+def test_the_median_of_the_runs_is_judged(tmp_path, capfd, conveyor, status):
+    fake = fake_mpiexec(tmp_path, [latency_run(c) for c in conveyor])
+    table = tmp_path / "bench.md"
+    argv = ["bench", "--which", "latency", "--runs", "3", "--mpiexec", str(fake)]
+    assert main(argv + ["--markdown", str(table)]) == status
+    out, err = capfd.readouterr()
+    assert fake_runs_started(fake) == 3
+    assert "medians of 3 runs" in out
+    (line,) = [
+        line for line in out.splitlines() if line.split()[:4] == ["latency", "8", "B", "int"]
+    ]
+    assert line.split()[-1] == ("PASS" if status == 0 else "FAIL")
+    assert ("**FAIL**" in table.read_text()) == (status == 1)
+    assert ("target(s) missed: latency 8 B int" in err) == (status == 1)
+
+
+@pytest.mark.parametrize(
+    "second, status, message",
+    [
+        (3, 3, None),  # the ranks failed: their status
+        ("hang", 124, "still running after 1 s: killed"),
+    ],
+)
+def test_a_failed_run_ends_the_command_and_writes_nothing(tmp_path, capfd, second, status, message):
+    fake = fake_mpiexec(tmp_path, [latency_run(1.5), second, latency_run(1.5)])
+    out_json = tmp_path / "bench.json"
+    argv = ["bench", "--which", "latency", "--runs", "3", "--timeout", "1"]
+    assert main(argv + ["--mpiexec", str(fake), "--json", str(out_json)]) == status
+    _, err = capfd.readouterr()
+    assert fake_runs_started(fake) == 2
+    assert not out_json.exists()
+    if message:
+        assert message in err
+        assert hung_fake_was_killed(fake)
+
+
+def test_ctrl_c_ends_the_run_and_starts_no_other(tmp_path):
+    fake = fake_mpiexec(tmp_path, [latency_run(1.5), "hang", latency_run(1.5)])
+    cmd = [sys.executable, "-m", "conveyor", "bench", "--which", "latency", "--runs", "3"]
+    proc = subprocess.Popen(
+        cmd + ["--mpiexec", str(fake)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "runs.json.hung").exists():  # run 2 is under way
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C at a terminal sends
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 130, (out, err)
+    assert "conveyor bench: interrupted: killed" in err
+    assert fake_runs_started(fake) == 2
+    assert hung_fake_was_killed(fake)
+
+
+def load_bench_runner():
+    """bench/run.py (``make bench``, ``make figures``) as a module."""
+    spec = importlib.util.spec_from_file_location("bench_run", ROOT / "bench" / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+README_WITH_FIGURES = """# Project
+
+## Measured figures
+
+Prose before.
+
+{begin}
+
+| old | table |
+
+{end}
+
+Prose after.
+"""
+
+
+@pytest.mark.parametrize("readme", [False, True])
+def test_make_figures_rewrites_the_readmes_table_and_make_bench_does_not(
+    tmp_path, monkeypatch, capfd, readme
+):
+    runner = load_bench_runner()
+    results, readme_path = tmp_path / "results", tmp_path / "README.md"
+    before = README_WITH_FIGURES.format(begin=runner.BEGIN, end=runner.END)
+    readme_path.write_text(before)
+    monkeypatch.setattr(runner, "RESULTS", results)
+    monkeypatch.setattr(runner, "README", readme_path)
+    fake = fake_mpiexec(tmp_path, [latency_run(1.2), latency_run(3.0)])
+    argv = ["--runs", "2", "--which", "latency", "--mpiexec", str(fake)]
+    status = runner.main(["--readme"] * readme + argv)
+    capfd.readouterr()
+    assert status == 1  # the median of 1.2 and 3.0 misses ≤ 2×
+    (table,) = results.glob("osu-*.md")
+    assert {path.suffix for path in results.iterdir()} >= {".json", ".md"}
+    if not readme:
+        assert readme_path.read_text() == before
+        return
+    text = table.read_text()
+    assert "**FAIL**" in text
+    assert readme_path.read_text() == before.replace("| old | table |\n", text)
+
+
+def test_rewriting_a_readme_without_the_markers_fails(tmp_path):
+    runner = load_bench_runner()
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Project\n\n{runner.BEGIN}\n")
+    with pytest.raises(ValueError, match="has no"):
+        runner.rewrite_readme(readme, "| table |\n")
+    assert readme.read_text() == f"# Project\n\n{runner.BEGIN}\n"
 
 
 @pytest.mark.parametrize(
@@ -194,6 +432,8 @@ def test_a_missed_target_fails_the_run(tmp_path, capfd, quick):
             "--mpiexec: '/nonexistent/mpiexec' is not",
         ),
         (["bench", "--json", "/nonexistent/dir/out.json"], "--json: the directory"),
+        (["bench", "--markdown", "/nonexistent/dir/out.md"], "--markdown: the directory"),
+        (["bench", "--runs", "0"], "--runs: must be at least 1"),
     ],
 )
 def test_bad_options_are_usage_errors(argv, message, capsys):

@@ -1,9 +1,12 @@
-"""``conveyor bench``: start the two benchmark ranks under mpiexec, judge, then plot.
+"""``conveyor bench``: run the two benchmark ranks under mpiexec, judge, then write and plot.
 
 This process only launches: the benchmarks run in ``mpiexec -n 2 python -m
 conveyor._bench.osu`` (this interpreter), whose rank 0 prints the table and
-writes the JSON; this process then reads the JSON to fail the run if a
-target was missed, and ``--plot`` draws it.
+writes the JSON of its run. ``--runs N`` starts N such jobs one after the
+other, so each run is a sample of its own (fresh ranks, fresh caches and
+placement); this process then reads their JSON, takes the medians over the
+runs (`summary`), fails the command if a median missed its target, and
+writes the JSON, the Markdown table and the plot.
 """
 
 import json
@@ -14,7 +17,7 @@ import tempfile
 
 from ..cli.arguments import positive_int
 from ..cli.launch import INTERRUPTED, MPIEXEC_HELP, TIMED_OUT, require_mpiexec, run_in_group
-from . import plan, plot
+from . import plan, plot, summary
 
 # The default run takes 1-2 minutes on two cores; anything far beyond is a hang.
 DEFAULT_TIMEOUT = 30 * 60
@@ -23,7 +26,8 @@ DESCRIPTION = (
     "OSU-style micro-benchmarks: conveyor side by side with raw mpi4py. Runs on "
     "two ranks under mpiexec, prints a table of medians and ratios with PASS/FAIL "
     "against each target, and exits with status 1 if a target is missed "
-    "(except with --quick, whose figures are noise)."
+    "(except with --quick, whose figures are noise). With --runs N, runs N "
+    "times and judges the median of the runs."
 )
 
 
@@ -31,10 +35,23 @@ def add_arguments(parser):
     """Add the options of ``conveyor bench`` to `parser`."""
     plan.add_run_options(parser)
     parser.add_argument(
+        "--runs",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="run the benchmarks N times, each in a new mpiexec job, and report per row "
+        "the median over the runs and the range of its ratio (default 1)",
+    )
+    parser.add_argument(
+        "--markdown",
+        metavar="FILE.md",
+        help="write the figures as the Markdown table of the README to FILE.md",
+    )
+    parser.add_argument(
         "--plot",
         metavar="FILE.png",
-        help="draw latencies, bandwidth curves and message rates to FILE.png "
-        "(needs matplotlib: pip install 'conveyor-mpi[plot]')",
+        help="draw the ratios against their targets, latencies, bandwidth curves and "
+        "message rates to FILE.png (needs matplotlib: pip install 'conveyor-mpi[plot]')",
     )
     parser.add_argument("--mpiexec", metavar="PATH", help=MPIEXEC_HELP)
     parser.add_argument(
@@ -42,7 +59,7 @@ def add_arguments(parser):
         type=positive_int,
         default=DEFAULT_TIMEOUT,
         metavar="SECONDS",
-        help=f"kill the run if it takes longer (default {DEFAULT_TIMEOUT})",
+        help=f"kill a run that takes longer (default {DEFAULT_TIMEOUT})",
     )
 
 
@@ -58,15 +75,16 @@ def run(parser, args):
     -------
     int
         0 on success; 1 if a row missed its target (not with ``--quick``);
-        mpiexec's exit status if the ranks failed; 124 on a hang, 130 after
-        Ctrl-C.
+        mpiexec's exit status if the ranks of a run failed; 124 on a hang,
+        130 after Ctrl-C. A run that fails ends the command: nothing is
+        written.
     """
     try:
         plan.plan_from(args)
     except ValueError as exc:
         parser.error(str(exc))
-    _check_output_path(parser, "--json", args.json)
-    _check_output_path(parser, "--plot", args.plot)
+    for option in ("json", "markdown", "plot"):
+        _check_output_path(parser, f"--{option}", getattr(args, option))
     # Fail before a run of minutes, not after it.
     if args.plot is not None:
         try:
@@ -75,21 +93,36 @@ def run(parser, args):
             parser.error(f"argument --plot: {exc}")
     mpiexec = require_mpiexec(parser, args.mpiexec)
 
+    runs = []
     with tempfile.TemporaryDirectory(prefix="conveyor-bench-") as scratch:
-        # The JSON is written even if not asked for: the verdict and the plot read it.
-        json_path = os.path.abspath(args.json or os.path.join(scratch, "results.json"))
-        status = run_ranks(
-            mpiexec, plan.run_options_argv(args) + ["--json", json_path], args.timeout
-        )
-        if status != 0:
-            return status
-        if args.json is not None:
-            print(f"results: {args.json}")
-        if args.plot is not None:
-            plot.plot_file(json_path, args.plot)
-            print(f"plot: {args.plot}")
-        with open(json_path) as f:
-            missed = [row for row in json.load(f)["results"] if row["passed"] is False]
+        for number in range(1, args.runs + 1):
+            if args.runs > 1:
+                print(f"\nrun {number} of {args.runs}", flush=True)
+            json_path = os.path.join(scratch, f"run-{number}.json")
+            status = run_ranks(
+                mpiexec, plan.run_options_argv(args) + ["--json", json_path], args.timeout
+            )
+            if status != 0:
+                return status
+            with open(json_path) as f:
+                runs.append(json.load(f))
+    document = summary.combine(runs)
+    rows = document["results"]
+    if args.runs > 1:
+        print(f"\nmedians of {args.runs} runs; range = lowest and highest ratio of a run")
+        print("\n".join(summary.table_lines(rows)), flush=True)
+    if args.json is not None:
+        with open(args.json, "w") as f:
+            json.dump(document, f, indent=1, ensure_ascii=False)
+        print(f"results: {args.json}")
+    if args.markdown is not None:
+        with open(args.markdown, "w") as f:
+            f.write(summary.markdown(document))
+        print(f"table: {args.markdown}")
+    if args.plot is not None:
+        plot.plot_results(rows, args.plot)
+        print(f"plot: {args.plot}")
+    missed = [row for row in rows if row["passed"] is False]
     if missed and not args.quick:
         names = ", ".join(f"{row['benchmark']} {row['label']}" for row in missed)
         print(f"conveyor bench: {len(missed)} target(s) missed: {names}", file=sys.stderr)

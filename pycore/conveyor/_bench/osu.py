@@ -67,6 +67,7 @@ import conveyor as cv
 
 from .plan import MiB, add_run_options, format_size, plan_from
 from .runinfo import run_metadata
+from .summary import format_line, format_ratio, format_result, format_target, format_value, meets
 
 # Ratio targets per table row: (comparison, bound). Times are conveyor/baseline
 # (lower is better); rates are conveyor/baseline (higher is better).
@@ -113,13 +114,6 @@ def format_count(n):
         if n >= scale and n % scale == 0:
             return f"{n // scale}{suffix}"
     return str(n)
-
-
-def format_value(value, unit):
-    """Format a median with its unit; counts per second read best in millions."""
-    if unit in ("msgs/s", "items/s"):
-        return f"{value / 1e6:,.2f} M{unit}"
-    return f"{value:,.{2 if value < 1000 else 0}f} {unit}"
 
 
 class Peer:
@@ -349,12 +343,12 @@ def measure(contestants, reps, comm):
 
 
 def verdict(benchmark, ratio):
-    """Return (target as data or None, target text, passed: True, False or None)."""
+    """Return (target as data or None, passed: True, False or None)."""
     if benchmark not in TARGETS:
-        return None, "-", None
+        return None, None
     op, bound = TARGETS[benchmark]
-    passed = ratio <= bound if op == "<=" else ratio >= bound
-    return {"op": op, "ratio": bound}, f"{'≤' if op == '<=' else '≥'} {bound:g}×", passed
+    target = {"op": op, "ratio": bound}
+    return target, meets(target, ratio)
 
 
 class Report:
@@ -370,7 +364,7 @@ class Report:
 
     def line(self, cells):
         if self.enabled:
-            print("  ".join(f"{c:>{w}}" for c, w in zip(cells, self.WIDTHS)), flush=True)
+            print(format_line(cells, self.WIDTHS), flush=True)
 
     def header(self):
         self.line(self.COLUMNS)
@@ -395,7 +389,7 @@ class Report:
             return
         base, mine = statistics.median(baseline), statistics.median(conveyor)
         ratio = mine / base
-        target, target_text, passed = verdict(benchmark, ratio) if targeted else (None, "-", None)
+        target, passed = verdict(benchmark, ratio) if targeted else (None, None)
         self.rows.append(
             {
                 "benchmark": benchmark,
@@ -416,16 +410,15 @@ class Report:
             }
         )
         self.contestants.setdefault(benchmark, (baseline_name, conveyor_name))
-        result = "-" if passed is None else ("PASS" if passed else "FAIL")
         self.line(
             [
                 benchmark,
                 label,
                 format_value(base, unit),
                 format_value(mine, unit),
-                f"{ratio:.2f}×",
-                target_text,
-                result,
+                f"{format_ratio(ratio)}×",
+                format_target(target),
+                format_result(passed),
             ]
         )
 
