@@ -1,9 +1,8 @@
 """Sphinx configuration of the conveyor documentation.
 
 The API pages import the installed ``conveyor`` package (the compiled core
-included), so build the docs with the interpreter it is installed in::
-
-    python -m sphinx -W --keep-going -q -b html docs docs/_build/html
+included), so build the docs with the interpreter it is installed in, through
+``docs/build.py`` (what ``make docs`` runs), which fails on any warning.
 """
 
 import conveyor
@@ -16,10 +15,29 @@ version = ".".join(release.split(".")[:2])
 
 extensions = [
     "sphinx.ext.autodoc",
+    "sphinx.ext.intersphinx",
     "numpydoc",
 ]
 
-exclude_patterns = ["_build"]
+# Every cross-reference must resolve: a name that moved or a typo fails the
+# build instead of turning silently into plain text.
+nitpicky = True
+
+# Links into the Python, numpy and mpi4py docs. The build must work offline
+# (CI reaches PyPI and Debian only), so each inventory is a committed file
+# and only the link targets point at the live sites. `make docs-inventories`
+# refreshes them: Python's and mpi4py's are the objects.inv of Debian's
+# python3.11-doc and python-mpi4py-doc packages; Debian has no numpy docs, so
+# numpy's is compiled from _inventories/numpy.txt, the few names these docs
+# use. A name missing from an inventory fails the nitpicky build, which says
+# what to add.
+intersphinx_mapping = {
+    "python": ("https://docs.python.org/3", "_inventories/python.inv"),
+    "numpy": ("https://numpy.org/doc/stable", "_inventories/numpy.inv"),
+    "mpi4py": ("https://mpi4py.readthedocs.io/en/stable", "_inventories/mpi4py.inv"),
+}
+
+exclude_patterns = ["_build", "_inventories"]
 templates_path = []
 html_static_path = []
 html_theme = "alabaster"
