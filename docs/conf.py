@@ -5,6 +5,8 @@ included), so build the docs with the interpreter it is installed in, through
 ``docs/build.py`` (what ``make docs`` runs), which fails on any warning.
 """
 
+import sys
+
 import conveyor
 
 project = "conveyor"
@@ -69,5 +71,16 @@ def _public_signature(app, what, name, obj, options, signature, return_annotatio
     return None
 
 
+# A base class defined in a private module goes by its public name, the one
+# the inventories know: concurrent.futures._base.CancelledError, a base of
+# conveyor.CancelledError, is concurrent.futures.CancelledError.
+def _public_bases(app, name, obj, options, bases):
+    for i, base in enumerate(bases):
+        public = base.__module__.split("._")[0]
+        if public != base.__module__ and getattr(sys.modules.get(public), base.__qualname__, None) is base:
+            bases[i] = f":py:class:`{public}.{base.__qualname__}`"
+
+
 def setup(app):
     app.connect("autodoc-process-signature", _public_signature)
+    app.connect("autodoc-process-bases", _public_bases)

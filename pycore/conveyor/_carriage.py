@@ -126,7 +126,7 @@ class CarriageableItem:
         return 0
 
     def dump(self, buffer: memoryview) -> None:
-        """Write the item into `buffer`, a writable memoryview of `required_bytes` bytes."""
+        """Write the item into ``buffer``, a writable memoryview of `required_bytes` bytes."""
 
     def unsent(self, buffer: memoryview) -> None:
         """Undo what `dump` did beyond the buffer: the message did not leave.

@@ -137,7 +137,7 @@ class ChunkRef(CarriageableItem, name="conveyor.ChunkRef"):
         return _STATE_NAMES[self._state]
 
     def at(self, offset: int | None) -> ChunkRef:
-        """Return another reference to this chunk, at row `offset` of its object."""
+        """Return another reference to this chunk, at row ``offset`` of its object."""
         return ChunkRef(self._layer, self.id, self.owner, self.length, offset, self._state)
 
     def __del__(self) -> None:

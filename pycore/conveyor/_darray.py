@@ -85,7 +85,7 @@ class DistArray:
     driver's `Driver.array`) from a numpy array, or with `from_local` from
     each rank's piece; `dcall`, `dmap`, the arithmetic and comparison
     operators and numpy's ufuncs make new ones without waiting for their
-    chunks to be computed. `collect` and `resolve` wait.
+    chunks to be computed. `DistArray.collect` and `DistArray.resolve` wait.
 
     Chunks are freed once no `DistArray` (or `ChunkRef`) on any rank refers
     to them any more.
@@ -140,10 +140,10 @@ class DistArray:
 
     @classmethod
     def from_local(cls, messenger: Messenger, local: npt.ArrayLike) -> DistArray:
-        """Make a DistArray of every rank's `local` piece, in rank order (collective).
+        """Make a DistArray of every rank's ``local`` piece, in rank order (collective).
 
         Each piece stays on its rank as one chunk (copied once, so that
-        later changes to `local` do not show); all pieces must have the same
+        later changes to ``local`` do not show); all pieces must have the same
         dtype and, if 2-D, the same number of columns.
         """
         layer = layer_of(messenger)
@@ -455,7 +455,7 @@ def _partial_reduce(
 
 
 def dcall(f: Callable[..., Any], *args: Any, **kwargs: Any) -> DistArray:
-    """Call `f` elementwise on distributed arguments, aligned and recycled as in R.
+    """Call ``f`` elementwise on distributed arguments, aligned and recycled as in R.
 
     The target is the longest argument (ties: the one with most chunks,
     then the first); the result has its length and chunking. For each
@@ -475,7 +475,7 @@ def dcall(f: Callable[..., Any], *args: Any, **kwargs: Any) -> DistArray:
     Returns
     -------
     DistArray
-        Not computed yet: `collect` or `resolve` wait. A function that raises
+        Not computed yet: `DistArray.collect` or `DistArray.resolve` wait. A function that raises
         makes its chunks errors, raised there as `conveyor.RemoteError`.
 
     Warns
@@ -588,7 +588,7 @@ def _value_spec(x: Any) -> Spec:
 
 
 def dmap(f: Callable[..., Any], *args: Any, **kwargs: Any) -> DistArray:
-    """Call `f` on chunk i of every distributed argument, for every i (R's ``mapply``).
+    """Call ``f`` on chunk i of every distributed argument, for every i (R's ``mapply``).
 
     Shorter lists of chunks are recycled; lists and tuples count as lists
     (item i goes with chunk i), anything else is passed to every call.
@@ -647,7 +647,7 @@ def dmap(f: Callable[..., Any], *args: Any, **kwargs: Any) -> DistArray:
 
 
 def dreduce(f: Callable[[Any, Any], Any], x: DistArray) -> Any:
-    """Fold the chunks of `x` in order: ``f(f(c0, c1), c2) ...``; return the result.
+    """Fold the chunks of ``x`` in order: ``f(f(c0, c1), c2) ...``; return the result.
 
     Each step runs on the rank of the chunk it folds in, so only the
     running value travels. A single chunk is returned as it is.
@@ -684,7 +684,7 @@ class Driver:
         chunks: SupportsIndex | Iterable[SupportsIndex] | None = None,
         ranks: Iterable[SupportsIndex] | None = None,
     ) -> DistArray:
-        """A DistArray of `a` (see `Messenger.array`)."""
+        """A DistArray of ``a`` (see `Messenger.array`)."""
         return self.messenger.array(a, chunks=chunks, ranks=ranks)
 
     dcall = staticmethod(dcall)
@@ -744,7 +744,7 @@ def scatter(
     chunks: SupportsIndex | Iterable[SupportsIndex] | None,
     ranks: Iterable[SupportsIndex] | None,
 ) -> DistArray:
-    """Messenger.array: split `a` into chunks on their ranks."""
+    """Messenger.array: split ``a`` into chunks on their ranks."""
     a = _checked_array(a, "array")
     size = layer.m.size
     if chunks is None:

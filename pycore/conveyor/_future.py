@@ -55,7 +55,7 @@ class Future(Generic[T]):
         return self._state == _CANCELLED
 
     def result(self, timeout: float | None = None) -> T:
-        """Return the answer, waiting for it for at most `timeout` seconds.
+        """Return the answer, waiting for it for at most ``timeout`` seconds.
 
         Raises
         ------
@@ -140,7 +140,7 @@ class Stream(Generic[T]):
     Made by `Messenger.request_stream`. Iterate over it (``for answer in
     stream``, or ``async for`` in a coroutine); iteration ends after the
     final answer. Each answer is awaited for at most the stream's
-    `timeout`, else `conveyor.TimeoutError` is raised (the stream stays
+    ``timeout``, else `conveyor.TimeoutError` is raised (the stream stays
     usable). An error from the remote handler is raised in its place.
 
     Attributes

@@ -41,7 +41,7 @@ class Message(core.MessageBase):
         return self._cancelled
 
     def reply(self, value: Any = None, *, final: bool = True) -> None:
-        """Answer the request with `value` (instead of the handler's return value).
+        """Answer the request with ``value`` (instead of the handler's return value).
 
         With ``final=False`` more answers follow (say a quick one from a
         cache, then a detailed one): the requester's `Messenger.request_stream`
@@ -64,7 +64,7 @@ class Message(core.MessageBase):
         self._dispatch.reply(self, value, final)
 
     def fail(self, exc: BaseException) -> None:
-        """Answer the request with an error: the requester gets a `RemoteError` for `exc`.
+        """Answer the request with an error: the requester gets a `RemoteError` for ``exc``.
 
         For a deferred request that cannot be completed (a handler's own
         exception does this by itself).
@@ -80,7 +80,7 @@ class Message(core.MessageBase):
     def defer(self) -> None:
         """Answer later: the handler's return value is not the answer.
 
-        Keep the message and call `reply` afterwards, or pass `reply_to` on:
+        Keep the message and call `reply` afterwards, or pass ``reply_to`` on:
         whichever rank sends to that address answers the request.
         """
         if self.reply_to is None:
@@ -107,5 +107,5 @@ class Receiver:
     """
 
     def receive(self, msg: Message) -> Any:
-        """Handle `msg` (a `Message`); return the answer if it is a request."""
+        """Handle ``msg`` (a `Message`); return the answer if it is a request."""
         raise NotImplementedError

@@ -211,7 +211,7 @@ class Messenger:
     # -- receivers -----------------------------------------------------------
 
     def on(self, tag: str, *, per_item: bool = False) -> Callable[[HandlerT], HandlerT]:
-        """Register the decorated function as the receiver of `tag`.
+        """Register the decorated function as the receiver of ``tag``.
 
         The function is called with a `Message`; for a request, its return
         value is the answer (unless it called ``msg.reply`` or ``msg.defer``).
@@ -237,9 +237,9 @@ class Messenger:
         return decorate
 
     def register(self, name: str, receiver: Receiver, *, per_item: bool = False) -> None:
-        """Register a `Receiver` object under `name` (a tag like any other).
+        """Register a `Receiver` object under ``name`` (a tag like any other).
 
-        `per_item` is as for `on`.
+        ``per_item`` is as for `on`.
         """
         check_user_tag(name)
         receive = getattr(receiver, "receive", None)
@@ -250,7 +250,7 @@ class Messenger:
         self._receivers.add_user(name, receive, per_item)
 
     def unregister(self, name: str) -> None:
-        """Remove the receiver of `name`; later messages to it are unknown-tag errors."""
+        """Remove the receiver of ``name``; later messages to it are unknown-tag errors."""
         self._receivers.remove_user(name)
 
     # -- sending -------------------------------------------------------------
@@ -281,31 +281,31 @@ class Messenger:
     ) -> None:
         """send(dest, tag, payload=None, *, final=True)
 
-        Send `payload` to the receiver of `tag` on rank `dest`, without waiting.
+        Send ``payload`` to the receiver of ``tag`` on rank ``dest``, without waiting.
 
-        With an `Address` instead of `dest` and `tag`, send to that address:
+        With an `Address` instead of ``dest`` and ``tag``, send to that address:
         ``send(address, payload)``; if it is a request's ``reply_to``, this
         answers that request, from any rank.
 
         Parameters
         ----------
         dest : int or Address
-            The destination rank, or an address (then `tag` is the payload).
+            The destination rank, or an address (then ``tag`` is the payload).
         tag : str
-            The receiver's tag on `dest`.
+            The receiver's tag on ``dest``.
         payload : object, optional
             What to send; None by default. It must be carriageable (or
             picklable, with ``pickle=True``).
         final : bool, default True
             ``False`` makes it one answer of several to the request whose
-            ``reply_to`` `dest` is (see `request_stream`).
+            ``reply_to`` ``dest`` is (see `request_stream`).
 
         Raises
         ------
         conveyor.CarriageError
-            If `payload` cannot travel.
+            If ``payload`` cannot travel.
         ValueError
-            If `dest` is not a rank of the job.
+            If ``dest`` is not a rank of the job.
         """
         if type(dest) is int and type(tag) is str and final:
             # The common case goes through a Sender of the tag: its native
@@ -334,15 +334,15 @@ class Messenger:
 
         Send a request and return a `Future` for its answer.
 
-        With an `Address` instead of `dest` and `tag`, send the request to
+        With an `Address` instead of ``dest`` and ``tag``, send the request to
         that address: ``request(address, payload)``.
 
         Parameters
         ----------
         dest : int or Address
-            The destination rank, or an address (then `tag` is the payload).
+            The destination rank, or an address (then ``tag`` is the payload).
         tag : str
-            The receiver's tag on `dest`.
+            The receiver's tag on ``dest``.
         payload : object, optional
             What to send; None by default.
 
@@ -380,9 +380,9 @@ class Messenger:
         Parameters
         ----------
         dest : int or Address
-            The destination rank, or an address (then `tag` is the payload).
+            The destination rank, or an address (then ``tag`` is the payload).
         tag : str
-            The receiver's tag on `dest`.
+            The receiver's tag on ``dest``.
         payload : object, optional
             What to send; None by default.
         timeout : float, optional
@@ -400,7 +400,7 @@ class Messenger:
         )
 
     def sender(self, tag: str, *, aggregate: bool | None = None) -> Sender:
-        """Return a `Sender` for `tag`.
+        """Return a `Sender` for ``tag``.
 
         Parameters
         ----------
@@ -422,7 +422,7 @@ class Messenger:
     # -- items, tables and arrays ----------------------------------------------
 
     def fetch(self, rank: int, name: str) -> Future[Any]:
-        """Return a `Future` for a copy of item `name` of rank `rank`'s store.
+        """Return a `Future` for a copy of item ``name`` of rank ``rank``'s store.
 
         It fails with `RemoteError` (remote type ``KeyError``) if that store
         has no such item.
@@ -466,7 +466,7 @@ class Messenger:
         return self.request(rank, ITEM_ORDER, order._as_payload())
 
     def table(self, name: str) -> Table:
-        """Return the distributed key-value `Table` called `name`.
+        """Return the distributed key-value `Table` called ``name``.
 
         The same object for the same name. Any rank may use any table at
         any time: there is nothing to create collectively.
@@ -479,7 +479,7 @@ class Messenger:
         chunks: SupportsIndex | Iterable[SupportsIndex] | None = None,
         ranks: Iterable[SupportsIndex] | None = None,
     ) -> DistArray:
-        """Return a `DistArray` of numpy array `a`, split by rows into chunks.
+        """Return a `DistArray` of numpy array ``a``, split by rows into chunks.
 
         Parameters
         ----------
@@ -522,7 +522,7 @@ class Messenger:
     # -- progress and quiescence -----------------------------------------------
 
     def progress(self, timeout: float = 0.0) -> int:
-        """Handle the messages that have arrived; wait up to `timeout` s for the first.
+        """Handle the messages that have arrived; wait up to ``timeout`` s for the first.
 
         Also sends the batches waiting to leave this rank.
 
@@ -592,9 +592,9 @@ class Messenger:
         Parameters
         ----------
         dest : int or Address
-            The destination rank, or an address (then `tag` is the payload).
+            The destination rank, or an address (then ``tag`` is the payload).
         tag : str
-            The receiver's tag on `dest`.
+            The receiver's tag on ``dest``.
         payload : object, optional
             What to send; None by default.
         timeout : float, optional
@@ -603,7 +603,7 @@ class Messenger:
         Raises
         ------
         conveyor.TimeoutError
-            If no answer came within `timeout` seconds.
+            If no answer came within ``timeout`` seconds.
         conveyor.RemoteError
             If the remote handler raised.
         """

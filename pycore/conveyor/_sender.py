@@ -47,7 +47,7 @@ class Sender(core.SenderBase):
         destination) and each rank receives one message whose payload is the
         numpy array of its rows (zero-copy from the receive buffer when
         large), or one handler call per row if its receiver asked for
-        ``per_item=True``. When every row goes to one rank, `items` itself is
+        ``per_item=True``. When every row goes to one rank, ``items`` itself is
         sent, without a copy: as with any array sent, do not modify it until
         the next `Messenger.wait_quiet`.
 

@@ -46,7 +46,7 @@ def encode_key(key: Key) -> bytes:
     Raises
     ------
     TypeError
-        If `key` is not a str, bytes, int or (nested) tuple of these.
+        If ``key`` is not a str, bytes, int or (nested) tuple of these.
     """
     out = bytearray()
     _encode(key, out)
@@ -161,9 +161,9 @@ class Table:
         return self._name
 
     def put(self, key: Key, value: Any) -> Future[None]:
-        """Set `key` to `value`, replacing any value it had.
+        """Set ``key`` to ``value``, replacing any value it had.
 
-        The waits for `key` on every rank resolve with `value`. As with
+        The waits for ``key`` on every rank resolve with ``value``. As with
         any send, do not modify a large array until the future resolves.
 
         Returns
@@ -174,7 +174,7 @@ class Table:
         return self._request(TABLE_PUT, key, value)
 
     def get(self, key: Key) -> Future[Any]:
-        """Return a `Future` for the value of `key`.
+        """Return a `Future` for the value of ``key``.
 
         It fails with `RemoteError` (remote type ``KeyError``) if the key is
         not set, as `Messenger.fetch` does for a missing item.
@@ -182,7 +182,7 @@ class Table:
         return self._request(TABLE_GET, key)
 
     def wait(self, key: Key) -> Future[Any]:
-        """Return a `Future` for the value of `key` once it is set.
+        """Return a `Future` for the value of ``key`` once it is set.
 
         It resolves at once if the key is set, otherwise when any rank puts
         it. Cancelling the future (``future.cancel()``, or cancelling the
@@ -199,7 +199,7 @@ class Table:
         )
 
     def delete(self, key: Key) -> Future[None]:
-        """Remove `key`.
+        """Remove ``key``.
 
         Returns
         -------
