@@ -157,7 +157,7 @@ PyObject* get_aggregate(PyObject* self, void*) {
 PyMethodDef methods[] = {
     {"send", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(send)),
      METH_FASTCALL | METH_KEYWORDS,
-     "send(dest, payload=None)\n\n"
+     "send($self, dest, payload=None)\n--\n\n"
      "Send ``payload`` to this sender's tag on rank ``dest``, without waiting.\n\n"
      "If ``dest`` has not consumed what this rank sent it before (a whole\n"
      "window, ``CONVEYOR_WINDOW_BYTES``), wait, handling incoming messages,\n"

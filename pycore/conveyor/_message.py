@@ -107,5 +107,17 @@ class Receiver:
     """
 
     def receive(self, msg: Message) -> Any:
-        """Handle ``msg`` (a `Message`); return the answer if it is a request."""
+        """Handle ``msg``; return the answer if it is a request.
+
+        Parameters
+        ----------
+        msg : Message
+            The delivered message.
+
+        Returns
+        -------
+        object
+            The answer to a request (ignored for a plain send); it must be
+            carriageable.
+        """
         raise NotImplementedError

@@ -227,6 +227,16 @@ class Messenger:
             numpy rows of `Sender.send_many`), call the function once per
             item, with the item as ``msg.payload``, instead of once with the
             whole batch.
+
+        Returns
+        -------
+        callable
+            The decorator, which returns the function unchanged.
+
+        Raises
+        ------
+        ValueError
+            If a receiver is already registered under ``tag``.
         """
         check_user_tag(tag)
 
@@ -239,7 +249,19 @@ class Messenger:
     def register(self, name: str, receiver: Receiver, *, per_item: bool = False) -> None:
         """Register a `Receiver` object under ``name`` (a tag like any other).
 
-        ``per_item`` is as for `on`.
+        Parameters
+        ----------
+        name : str
+            The receiver's name.
+        receiver : Receiver
+            Its `Receiver.receive` handles each message.
+        per_item : bool, default False
+            As for `on`.
+
+        Raises
+        ------
+        ValueError
+            If a receiver is already registered under ``name``.
         """
         check_user_tag(name)
         receive = getattr(receiver, "receive", None)
@@ -250,7 +272,18 @@ class Messenger:
         self._receivers.add_user(name, receive, per_item)
 
     def unregister(self, name: str) -> None:
-        """Remove the receiver of ``name``; later messages to it are unknown-tag errors."""
+        """Remove the receiver of ``name``; later messages to it are unknown-tag errors.
+
+        Parameters
+        ----------
+        name : str
+            The receiver's name.
+
+        Raises
+        ------
+        KeyError
+            If no receiver is registered under ``name``.
+        """
         self._receivers.remove_user(name)
 
     # -- sending -------------------------------------------------------------
@@ -409,6 +442,11 @@ class Messenger:
         aggregate : bool, optional
             Pack its small messages into batches; the Messenger's setting by
             default.
+
+        Returns
+        -------
+        Sender
+            A sender bound to ``tag``.
         """
         self._transport.check_open()
         aggregate = self.aggregate if aggregate is None else bool(aggregate)
@@ -433,6 +471,11 @@ class Messenger:
             The rank whose store holds the item.
         name : str
             The item's name.
+
+        Returns
+        -------
+        Future
+            Resolves with the copy.
         """
         return self.request(rank, ITEM_FETCH, check_name(name))
 
@@ -470,6 +513,16 @@ class Messenger:
 
         The same object for the same name. Any rank may use any table at
         any time: there is nothing to create collectively.
+
+        Parameters
+        ----------
+        name : str
+            The table's name, the same on every rank.
+
+        Returns
+        -------
+        Table
+            The table.
         """
         return self._tables.table(name)
 
@@ -491,6 +544,18 @@ class Messenger:
             rows of each.
         ranks : sequence of int, optional
             The rank of each chunk; chunk i goes to rank ``i % size`` by default.
+
+        Returns
+        -------
+        DistArray
+            The array, its chunks already on their ranks.
+
+        Raises
+        ------
+        ValueError
+            If ``a`` is not 1-D or 2-D, or the chunks or ranks do not fit it.
+        TypeError
+            If ``a`` is not numeric.
         """
         self._transport.check_open()
         return scatter(self._chunks, a, chunks, ranks)
@@ -502,6 +567,16 @@ class Messenger:
         arrays, call on them) and the other ranks None, after serving the
         root's requests until it leaves its block: as mpi4py's
         ``MPICommExecutor``. Collective.
+
+        Parameters
+        ----------
+        root : int, default 0
+            The rank that drives.
+
+        Returns
+        -------
+        context manager
+            Entering it gives a `Driver` on ``root``, None elsewhere.
         """
         self._transport.check_open()
         return DriverScope(self, self._chunks, root)
@@ -600,6 +675,11 @@ class Messenger:
         timeout : float, optional
             Seconds to wait; no limit by default.
 
+        Returns
+        -------
+        object
+            The answer.
+
         Raises
         ------
         conveyor.TimeoutError
@@ -626,7 +706,13 @@ class Messenger:
     # -- introspection -------------------------------------------------------
 
     def stats(self) -> dict[str, int]:
-        """Return the counters of this rank: messages, frames, batches, bytes, drops, errors."""
+        """Return the counters of this rank: messages, frames, batches, bytes, drops, errors.
+
+        Returns
+        -------
+        dict of str to int
+            Each counter by name (``unknown_tag``, ``pending_requests``, ...).
+        """
         stats = dict(self._transport.engine.stats()) if not self.closed else {}
         counts = self._dispatch.counts
         for key in COUNTERS:

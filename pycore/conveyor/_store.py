@@ -88,8 +88,19 @@ class Store(collections.abc.MutableMapping[str, Any]):
     def put(self, name: str, item: Any) -> None:
         """Store ``item`` under ``name``, replacing what was there.
 
+        Parameters
+        ----------
+        name : str
+            The item's name, such as ``"kmers/42"``.
+        item : object
+            The item; it must be carriageable for other ranks to fetch it.
+
         Raises
         ------
+        TypeError
+            If ``name`` is not a str.
+        ValueError
+            If ``name`` is empty.
         StoreFullError
             If the store would hold more than its ``capacity``.
         """
@@ -106,11 +117,35 @@ class Store(collections.abc.MutableMapping[str, Any]):
         self.nbytes = held + size
 
     def get(self, name: str, default: Any = None) -> Any:
-        """Return the item stored under ``name``, or ``default``."""
+        """Return the item stored under ``name``, or ``default``.
+
+        Parameters
+        ----------
+        name : str
+            The item's name.
+        default : object, optional
+            What to return if there is no such item.
+
+        Returns
+        -------
+        object
+            The item itself (not a copy), or ``default``.
+        """
         return self._items.get(name, default)
 
     def delete(self, name: str) -> None:
-        """Remove the item ``name`` (KeyError if there is none)."""
+        """Remove the item ``name``.
+
+        Parameters
+        ----------
+        name : str
+            The item's name.
+
+        Raises
+        ------
+        KeyError
+            If there is no such item.
+        """
         del self[name]
 
     def __getitem__(self, name: str) -> Any:
