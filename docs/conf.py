@@ -53,6 +53,10 @@ default_role = "py:obj"
 primary_domain = "py"
 
 autodoc_member_order = "bysource"
+# The types are read in the numpydoc sections ("int or Address"), and by
+# tools from the annotations (py.typed). Not shown in signatures: there
+# numpy's aliases expand into long unions of private classes (ArrayLike) and
+# type variables and internal helpers (HandlerT, DriverScope) would show.
 autodoc_typehints = "none"
 
 numpydoc_show_class_members = False
