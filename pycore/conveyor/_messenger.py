@@ -480,9 +480,9 @@ class Messenger:
         return self.request(rank, ITEM_FETCH, check_name(name))
 
     def order(self, rank: int, order: Transfer) -> Future[dict[str, Any]]:
-        """Order rank `rank` to carry out `order` (a `Transfer`, `Copy` or `Move`).
+        """Order rank ``rank`` to carry out ``order`` (a `Transfer`, `Copy` or `Move`).
 
-        The item goes from `rank` straight to the destinations (large arrays
+        The item goes from ``rank`` straight to the destinations (large arrays
         without copies), never through this rank.
 
         Parameters
@@ -496,7 +496,7 @@ class Messenger:
         -------
         Future
             Resolves, once every destination holds the item, to ``{"name",
-            "to", "bytes"}``; fails with `RemoteError` if `rank` has no such
+            "to", "bytes"}``; fails with `RemoteError` if ``rank`` has no such
             item (remote type ``KeyError``) or a destination refused it (say
             ``StoreFullError``).
         """
