@@ -47,7 +47,7 @@ test-latest:
 
 # The HTML lands in docs/_build/html (index.html); any warning fails it.
 docs: install
-	$(PY) docs/build.py docs/_build/html
+	$(PY) docs/build_docs.py docs/_build/html
 
 # Refresh the committed intersphinx inventories (see docs/conf.py for why
 # they are committed): Python's and mpi4py's from Debian's doc packages,

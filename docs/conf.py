@@ -2,7 +2,7 @@
 
 The API pages import the installed ``conveyor`` package (the compiled core
 included), so build the docs with the interpreter it is installed in, through
-``docs/build.py`` (what ``make docs`` runs), which fails on any warning.
+``docs/build_docs.py`` (what ``make docs`` runs), which fails on any warning.
 """
 
 import sys

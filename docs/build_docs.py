@@ -1,6 +1,6 @@
 """Build the HTML documentation into OUTDIR, as strict as ``make docs`` is.
 
-Usage: ``python docs/build.py OUTDIR``. ``make docs`` and tests/test_docs.py
+Usage: ``python docs/build_docs.py OUTDIR``. ``make docs`` and tests/test_docs.py
 both call it, so the options live here once. The API pages import the
 installed ``conveyor`` (its compiled core included): run it with the
 interpreter conveyor is installed in.
@@ -21,7 +21,7 @@ OPTIONS = ["-W", "--keep-going", "-q", "-b", "html"]
 def main(argv: list[str]) -> int:
     """Build the docs into the directory ``argv[0]``; return the exit status."""
     if len(argv) != 1:
-        sys.exit("usage: python docs/build.py OUTDIR")
+        sys.exit("usage: python docs/build_docs.py OUTDIR")
     return build_main([*OPTIONS, str(DOCS), argv[0]])
 
 
