@@ -673,8 +673,14 @@ def dcall(f: Callable[..., Any], *args: Any, **kwargs: Any) -> DistArray:
     Returns
     -------
     DistArray
-        Not computed yet: `DistArray.collect` or `DistArray.resolve` wait. A function that raises
-        makes its chunks errors, raised there as `conveyor.RemoteError`.
+        Not computed yet: `DistArray.collect` or `DistArray.resolve` wait.
+        A function that raises makes its chunks errors, raised there as
+        `conveyor.RemoteError`.
+
+    Raises
+    ------
+    TypeError
+        If no argument is a DistArray.
 
     Warns
     -----

@@ -73,6 +73,11 @@ class Message(core.MessageBase):
         ----------
         exc : BaseException
             The error, reported with its type and message.
+
+        Raises
+        ------
+        conveyor.ConveyorError
+            If the message is not a request, or its final answer was sent.
         """
         self._check_open_request()
         self._dispatch.fail_request(self, exc)
@@ -82,6 +87,11 @@ class Message(core.MessageBase):
 
         Keep the message and call `reply` afterwards, or pass ``reply_to`` on:
         whichever rank sends to that address answers the request.
+
+        Raises
+        ------
+        conveyor.ConveyorError
+            If the message is not a request.
         """
         if self.reply_to is None:
             raise ConveyorError(f"the message to {self.tag!r} is not a request: nothing to defer")

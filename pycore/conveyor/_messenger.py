@@ -383,6 +383,13 @@ class Messenger:
         -------
         Future
             Resolves to the receiver's answer, or fails with `RemoteError`.
+
+        Raises
+        ------
+        conveyor.CarriageError
+            If ``payload`` cannot travel.
+        ValueError
+            If ``dest`` is not a rank of the job.
         """
         dest, tag, _, payload = self._target("request", dest, tag, payload)
         requests = self._requests
@@ -425,6 +432,13 @@ class Messenger:
         -------
         Stream
             The answers, in order.
+
+        Raises
+        ------
+        conveyor.CarriageError
+            If ``payload`` cannot travel.
+        ValueError
+            If ``dest`` is not a rank of the job.
         """
         dest, tag, _, payload = self._target("request_stream", dest, tag, payload)
         requests = self._requests
@@ -476,6 +490,11 @@ class Messenger:
         -------
         Future
             Resolves with the copy.
+
+        Raises
+        ------
+        ValueError
+            If ``rank`` is not a rank of the job, or ``name`` is empty.
         """
         return self.request(rank, ITEM_FETCH, check_name(name))
 
@@ -499,6 +518,13 @@ class Messenger:
             "to", "bytes"}``; fails with `RemoteError` if ``rank`` has no such
             item (remote type ``KeyError``) or a destination refused it (say
             ``StoreFullError``).
+
+        Raises
+        ------
+        TypeError
+            If ``order`` is not a `Transfer`.
+        ValueError
+            If a destination is not a rank of the job.
         """
         if not isinstance(order, Transfer):
             raise TypeError(

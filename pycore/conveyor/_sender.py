@@ -57,6 +57,13 @@ class Sender(core.SenderBase):
             Destination rank of each row, shape ``(n,)``.
         items : numpy.ndarray
             ``n`` rows of any plain-data dtype (records included).
+
+        Raises
+        ------
+        TypeError
+            If ``dests`` is not a 1-D integer array, or ``items`` not a numpy array.
+        ValueError
+            If a destination is not a rank of the job, or the lengths differ.
         """
         dests = np.asarray(dests)
         if dests.ndim != 1 or dests.dtype.kind not in "iu":
