@@ -61,7 +61,10 @@ autodoc_typehints = "none"
 
 numpydoc_show_class_members = False
 numpydoc_class_members_toctree = False
-numpydoc_xref_param_type = False
+# The types in Parameters and Returns link to their docs ("numpy.ndarray",
+# "Address", numpy's "array_like"); the words between them do not.
+numpydoc_xref_param_type = True
+numpydoc_xref_ignore = {"optional", "default", "of", "to", "or"}
 # A public function or method without a section for each of its parameters
 # (PR01-PR03, PR10), or that returns or yields a value without saying what
 # (RT01, YD01), fails the build. Raises has no check: list what each raises.

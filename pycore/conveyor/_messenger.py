@@ -601,7 +601,7 @@ class Messenger:
 
         Returns
         -------
-        context manager
+        contextlib.AbstractContextManager
             Entering it gives a `Driver` on ``root``, None elsewhere.
         """
         self._transport.check_open()
