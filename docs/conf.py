@@ -30,9 +30,9 @@ nitpicky = True
 # and only the link targets point at the live sites. `make docs-inventories`
 # refreshes them: Python's and mpi4py's are the objects.inv of Debian's
 # python3.11-doc and python-mpi4py-doc packages; Debian has no numpy docs, so
-# numpy's is compiled from _inventories/numpy.txt, the few names these docs
-# use. A name missing from an inventory fails the nitpicky build, which says
-# what to add.
+# numpy's is compiled from _inventories/numpy.txt, a short list of names.
+# A name missing from an inventory fails the nitpicky build, which says what
+# to add.
 intersphinx_mapping = {
     "python": ("https://docs.python.org/3", "_inventories/python.inv"),
     "numpy": ("https://numpy.org/doc/stable", "_inventories/numpy.inv"),
