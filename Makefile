@@ -51,7 +51,8 @@ docs: install
 
 # Refresh the committed intersphinx inventories (see docs/conf.py for why
 # they are committed): Python's and mpi4py's from Debian's doc packages,
-# numpy's from docs/_inventories/numpy.txt.
+# numpy's from docs/_inventories/numpy.txt. apt-get download needs the package
+# lists (apt-get update).
 PYTHON_DOC ?= python3.11-doc
 docs-inventories: $(VENV)/.deps
 	rm -rf build/debian-docs
