@@ -8,7 +8,7 @@ MPIEXEC := $(VENV)/bin/mpiexec
 NP ?= 4
 SOURCES := setup.py pyproject.toml $(shell find csrc pycore -name '*.cpp' -o -name '*.hpp' -o -name '*.py' -o -name '*.pyx' -o -name '*.pyi' 2>/dev/null)
 
-.PHONY: all venv install demo lint typecheck test test-latest docs bench figures dist clean
+.PHONY: all venv install demo lint typecheck test test-latest docs docs-inventories bench figures dist clean
 
 all: install
 
@@ -45,8 +45,23 @@ test: install lint
 test-latest:
 	$(MAKE) test VENV=.venv-latest CONSTRAINTS=
 
+# The HTML lands in docs/_build/html (index.html); any warning fails it.
 docs: install
-	$(PY) -m sphinx -W --keep-going -q -b html docs docs/_build/html
+	$(PY) docs/build_docs.py docs/_build/html
+
+# Refresh the committed intersphinx inventories (see docs/conf.py for why
+# they are committed): Python's and mpi4py's from Debian's doc packages,
+# numpy's from docs/_inventories/numpy.txt. apt-get download needs the package
+# lists (apt-get update).
+PYTHON_DOC ?= python3.11-doc
+docs-inventories: $(VENV)/.deps
+	rm -rf build/debian-docs
+	mkdir -p build/debian-docs
+	cd build/debian-docs && apt-get download $(PYTHON_DOC) python-mpi4py-doc
+	for deb in build/debian-docs/*.deb; do dpkg-deb -x $$deb build/debian-docs/root; done
+	cp build/debian-docs/root/usr/share/doc/$(PYTHON_DOC:-doc=)/html/objects.inv docs/_inventories/python.inv
+	cp build/debian-docs/root/usr/share/doc/python-mpi4py-doc/html/objects.inv docs/_inventories/mpi4py.inv
+	$(PY) docs/_inventories/numpy_inv.py
 
 # conveyor bench, keeping its JSON, table and plot in bench/results/; RUNS=6
 # runs it six times (fresh ranks each time) and reports medians and ranges.

@@ -122,11 +122,23 @@ class CarriageableItem:
         cls.carriage_name = name
 
     def required_bytes(self) -> int:
-        """Return how many bytes `dump` writes."""
+        """Return how many bytes `dump` writes.
+
+        Returns
+        -------
+        int
+            The size of the buffer `dump` gets; 0 by default.
+        """
         return 0
 
     def dump(self, buffer: memoryview) -> None:
-        """Write the item into `buffer`, a writable memoryview of `required_bytes` bytes."""
+        """Write the item into ``buffer``.
+
+        Parameters
+        ----------
+        buffer : memoryview
+            Writable, of `required_bytes` bytes.
+        """
 
     def unsent(self, buffer: memoryview) -> None:
         """Undo what `dump` did beyond the buffer: the message did not leave.
@@ -136,12 +148,22 @@ class CarriageableItem:
         with the buffer `dump` wrote. An item whose `dump` takes something
         for the copy (a share of a resource, a count) gives it back here;
         the default does nothing.
+
+        Parameters
+        ----------
+        buffer : memoryview
+            The bytes `dump` wrote.
         """
 
     def out_of_band(self) -> Sequence[Any]:
         """Return carriageable values (typically large arrays) sent beside the buffer.
 
         Arrays above the zero-copy threshold travel straight from their memory.
+
+        Returns
+        -------
+        sequence
+            The values; none by default.
         """
         return ()
 
@@ -155,5 +177,10 @@ class CarriageableItem:
             Read-only bytes written by `dump`.
         out_of_band : list
             The values `out_of_band` returned, decoded (arrays arrive as arrays).
+
+        Returns
+        -------
+        CarriageableItem
+            The item.
         """
         raise NotImplementedError

@@ -141,7 +141,19 @@ class ChunkRef(CarriageableItem, name="conveyor.ChunkRef"):
         return _STATE_NAMES[self._state]
 
     def at(self, offset: int | None) -> ChunkRef:
-        """Return another reference to this chunk, at row `offset` of its object."""
+        """Return another reference to this chunk, at row ``offset`` of its object.
+
+        Parameters
+        ----------
+        offset : int or None
+            The row of the distributed object where the chunk starts; None:
+            unknown.
+
+        Returns
+        -------
+        ChunkRef
+            The new reference (it holds the chunk alive too).
+        """
         return ChunkRef(self._layer, self.id, self.owner, self.length, offset, self._state)
 
     def __del__(self) -> None:

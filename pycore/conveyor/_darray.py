@@ -85,7 +85,7 @@ class DistArray:
     driver's `Driver.array`) from a numpy array, or with `from_local` from
     each rank's piece; `dcall`, `dmap`, the arithmetic and comparison
     operators and numpy's ufuncs make new ones without waiting for their
-    chunks to be computed. `collect` and `resolve` wait.
+    chunks to be computed. `DistArray.collect` and `DistArray.resolve` wait.
 
     Chunks are freed once no `DistArray` (or `ChunkRef`) on any rank refers
     to them any more.
@@ -140,11 +140,30 @@ class DistArray:
 
     @classmethod
     def from_local(cls, messenger: Messenger, local: npt.ArrayLike) -> DistArray:
-        """Make a DistArray of every rank's `local` piece, in rank order (collective).
+        """Make a DistArray of every rank's ``local`` piece, in rank order (collective).
 
         Each piece stays on its rank as one chunk (copied once, so that
-        later changes to `local` do not show); all pieces must have the same
+        later changes to ``local`` do not show); all pieces must have the same
         dtype and, if 2-D, the same number of columns.
+
+        Parameters
+        ----------
+        messenger : Messenger
+            The messenger of every rank.
+        local : array_like
+            This rank's rows: 1-D, or 2-D; numeric; may be empty.
+
+        Returns
+        -------
+        DistArray
+            The array of every rank's rows.
+
+        Raises
+        ------
+        ValueError
+            If the pieces differ in dtype or row shape, or one is not 1-D or 2-D.
+        TypeError
+            If ``local`` is not numeric.
         """
         layer = layer_of(messenger)
         local = _checked_array(local, "from_local")
@@ -263,6 +282,11 @@ class DistArray:
     def resolve(self) -> DistArray:
         """Wait until every chunk is computed; return self.
 
+        Returns
+        -------
+        DistArray
+            This array, every chunk computed.
+
         Raises
         ------
         conveyor.RemoteError
@@ -273,6 +297,11 @@ class DistArray:
 
     def collect(self) -> np.ndarray:
         """Gather the whole array into one numpy array on this rank, in order.
+
+        Returns
+        -------
+        numpy.ndarray
+            Every row, in order.
 
         Raises
         ------
@@ -303,10 +332,19 @@ class DistArray:
         return value if dtype is None else value.astype(dtype, copy=False)
 
     def rebalance(self, chunks: int | None = None) -> DistArray:
-        """Return the same rows in `chunks` near-equal chunks, chunk i on rank ``i % size``.
+        """Return the same rows in ``chunks`` near-equal chunks, chunk i on rank ``i % size``.
 
-        By default one chunk per rank. Each new chunk's rank fetches just
-        the rows it needs.
+        Each new chunk's rank fetches just the rows it needs.
+
+        Parameters
+        ----------
+        chunks : int, optional
+            How many chunks; one per rank by default.
+
+        Returns
+        -------
+        DistArray
+            A new array, not computed yet.
         """
         m = self._layer.m
         total = len(self)
@@ -344,35 +382,195 @@ class DistArray:
     def sum(
         self, axis: Literal[0] | None = None, dtype: npt.DTypeLike | None = None, out: None = None
     ) -> Any:
-        """Sum of all elements (or, with ``axis=0``, of the rows)."""
+        """Sum all elements (or, with ``axis=0``, the rows).
+
+        Parameters
+        ----------
+        axis : {None, 0}, optional
+            None: over all elements; 0: over the rows.
+        dtype : data-type, optional
+            The type to accumulate in and return, as for `numpy.sum`.
+        out : None
+            Only None: the result is a new value.
+
+        Returns
+        -------
+        numpy scalar or numpy.ndarray
+            The sum.
+
+        Raises
+        ------
+        ValueError
+            If ``axis`` is not None or 0.
+        TypeError
+            If ``out`` is given.
+        conveyor.RemoteError
+            As `resolve`.
+        """
         return self._reduce("sum", axis, out, dtype=dtype)
 
     def prod(
         self, axis: Literal[0] | None = None, dtype: npt.DTypeLike | None = None, out: None = None
     ) -> Any:
-        """Product of all elements (or, with ``axis=0``, of the rows)."""
+        """Multiply all elements (or, with ``axis=0``, the rows).
+
+        Parameters
+        ----------
+        axis : {None, 0}, optional
+            None: over all elements; 0: over the rows.
+        dtype : data-type, optional
+            The type to accumulate in and return, as for `numpy.prod`.
+        out : None
+            Only None: the result is a new value.
+
+        Returns
+        -------
+        numpy scalar or numpy.ndarray
+            The product.
+
+        Raises
+        ------
+        ValueError
+            If ``axis`` is not None or 0.
+        TypeError
+            If ``out`` is given.
+        conveyor.RemoteError
+            As `resolve`.
+        """
         return self._reduce("prod", axis, out, dtype=dtype)
 
     def min(self, axis: Literal[0] | None = None, out: None = None) -> Any:
-        """Smallest element (or, with ``axis=0``, per column)."""
+        """Find the smallest element (or, with ``axis=0``, per column).
+
+        Parameters
+        ----------
+        axis : {None, 0}, optional
+            None: over all elements; 0: over the rows.
+        out : None
+            Only None: the result is a new value.
+
+        Returns
+        -------
+        numpy scalar or numpy.ndarray
+            The minimum.
+
+        Raises
+        ------
+        ValueError
+            If ``axis`` is not None or 0.
+        TypeError
+            If ``out`` is given.
+        conveyor.RemoteError
+            As `resolve`.
+        """
         return self._reduce("min", axis, out)
 
     def max(self, axis: Literal[0] | None = None, out: None = None) -> Any:
-        """Largest element (or, with ``axis=0``, per column)."""
+        """Find the largest element (or, with ``axis=0``, per column).
+
+        Parameters
+        ----------
+        axis : {None, 0}, optional
+            None: over all elements; 0: over the rows.
+        out : None
+            Only None: the result is a new value.
+
+        Returns
+        -------
+        numpy scalar or numpy.ndarray
+            The maximum.
+
+        Raises
+        ------
+        ValueError
+            If ``axis`` is not None or 0.
+        TypeError
+            If ``out`` is given.
+        conveyor.RemoteError
+            As `resolve`.
+        """
         return self._reduce("max", axis, out)
 
     def any(self, axis: Literal[0] | None = None, out: None = None) -> Any:
-        """Whether any element is true (or, with ``axis=0``, per column)."""
+        """Tell whether any element is true (or, with ``axis=0``, per column).
+
+        Parameters
+        ----------
+        axis : {None, 0}, optional
+            None: over all elements; 0: over the rows.
+        out : None
+            Only None: the result is a new value.
+
+        Returns
+        -------
+        numpy scalar or numpy.ndarray
+            A bool, or one per column.
+
+        Raises
+        ------
+        ValueError
+            If ``axis`` is not None or 0.
+        TypeError
+            If ``out`` is given.
+        conveyor.RemoteError
+            As `resolve`.
+        """
         return self._reduce("any", axis, out)
 
     def all(self, axis: Literal[0] | None = None, out: None = None) -> Any:
-        """Whether every element is true (or, with ``axis=0``, per column)."""
+        """Tell whether every element is true (or, with ``axis=0``, per column).
+
+        Parameters
+        ----------
+        axis : {None, 0}, optional
+            None: over all elements; 0: over the rows.
+        out : None
+            Only None: the result is a new value.
+
+        Returns
+        -------
+        numpy scalar or numpy.ndarray
+            A bool, or one per column.
+
+        Raises
+        ------
+        ValueError
+            If ``axis`` is not None or 0.
+        TypeError
+            If ``out`` is given.
+        conveyor.RemoteError
+            As `resolve`.
+        """
         return self._reduce("all", axis, out)
 
     def mean(
         self, axis: Literal[0] | None = None, dtype: npt.DTypeLike | None = None, out: None = None
     ) -> Any:
-        """Mean of all elements (or, with ``axis=0``, of the rows)."""
+        """Average all elements (or, with ``axis=0``, the rows).
+
+        Parameters
+        ----------
+        axis : {None, 0}, optional
+            None: over all elements; 0: over the rows.
+        dtype : data-type, optional
+            The type to accumulate in and return, as for `numpy.mean`.
+        out : None
+            Only None: the result is a new value.
+
+        Returns
+        -------
+        numpy scalar or numpy.ndarray
+            The mean.
+
+        Raises
+        ------
+        ValueError
+            If ``axis`` is not None or 0.
+        TypeError
+            If ``out`` is given.
+        conveyor.RemoteError
+            As `resolve`.
+        """
         total = self.sum(axis, dtype, out)
         _, row_shape = self._learn_type()  # known: the sum learned it
         count = len(self) if axis == 0 else len(self) * int(np.prod(row_shape))
@@ -455,7 +653,7 @@ def _partial_reduce(
 
 
 def dcall(f: Callable[..., Any], *args: Any, **kwargs: Any) -> DistArray:
-    """Call `f` elementwise on distributed arguments, aligned and recycled as in R.
+    """Call ``f`` elementwise on distributed arguments, aligned and recycled as in R.
 
     The target is the longest argument (ties: the one with most chunks,
     then the first); the result has its length and chunking. For each
@@ -475,8 +673,14 @@ def dcall(f: Callable[..., Any], *args: Any, **kwargs: Any) -> DistArray:
     Returns
     -------
     DistArray
-        Not computed yet: `collect` or `resolve` wait. A function that raises
-        makes its chunks errors, raised there as `conveyor.RemoteError`.
+        Not computed yet: `DistArray.collect` or `DistArray.resolve` wait.
+        A function that raises makes its chunks errors, raised there as
+        `conveyor.RemoteError`.
+
+    Raises
+    ------
+    TypeError
+        If no argument is a DistArray.
 
     Warns
     -----
@@ -588,12 +792,26 @@ def _value_spec(x: Any) -> Spec:
 
 
 def dmap(f: Callable[..., Any], *args: Any, **kwargs: Any) -> DistArray:
-    """Call `f` on chunk i of every distributed argument, for every i (R's ``mapply``).
+    """Call ``f`` on chunk i of every distributed argument, for every i (R's ``mapply``).
 
     Shorter lists of chunks are recycled; lists and tuples count as lists
     (item i goes with chunk i), anything else is passed to every call.
     Chunk i of the result is computed on the rank of chunk i of the
     argument with most chunks, and may have any length. Returns at once.
+
+    Parameters
+    ----------
+    f : callable
+        Called with chunk i of every argument (numpy arrays), item i of
+        every list or tuple, and the other arguments whole; returns the
+        rows of chunk i of the result. Sent with cloudpickle.
+    *args, **kwargs
+        At least one `DistArray`; lists and tuples; anything else.
+
+    Returns
+    -------
+    DistArray
+        Not computed yet, as for `dcall`.
 
     Raises
     ------
@@ -647,10 +865,32 @@ def dmap(f: Callable[..., Any], *args: Any, **kwargs: Any) -> DistArray:
 
 
 def dreduce(f: Callable[[Any, Any], Any], x: DistArray) -> Any:
-    """Fold the chunks of `x` in order: ``f(f(c0, c1), c2) ...``; return the result.
+    """Fold the chunks of ``x`` in order: ``f(f(c0, c1), c2) ...``; return the result.
 
     Each step runs on the rank of the chunk it folds in, so only the
     running value travels. A single chunk is returned as it is.
+
+    Parameters
+    ----------
+    f : callable
+        Called with the running value and the next chunk; returns the new
+        running value. Sent with cloudpickle.
+    x : DistArray
+        The chunks to fold.
+
+    Returns
+    -------
+    object
+        The last running value (a numpy scalar for a 0-d result).
+
+    Raises
+    ------
+    TypeError
+        If ``x`` is not a DistArray.
+    ValueError
+        If ``x`` has no chunks.
+    conveyor.RemoteError
+        If ``f`` raised, or a chunk is an error.
     """
     if not isinstance(x, DistArray):
         raise TypeError(f"dreduce folds a DistArray, not {type(x).__name__}")
@@ -684,7 +924,22 @@ class Driver:
         chunks: SupportsIndex | Iterable[SupportsIndex] | None = None,
         ranks: Iterable[SupportsIndex] | None = None,
     ) -> DistArray:
-        """A DistArray of `a` (see `Messenger.array`)."""
+        """Return a DistArray of ``a``, as `Messenger.array` does.
+
+        Parameters
+        ----------
+        a : array_like
+            As for `Messenger.array`.
+        chunks : int or sequence of int, optional
+            As for `Messenger.array`.
+        ranks : sequence of int, optional
+            As for `Messenger.array`.
+
+        Returns
+        -------
+        DistArray
+            The array.
+        """
         return self.messenger.array(a, chunks=chunks, ranks=ranks)
 
     dcall = staticmethod(dcall)
@@ -744,7 +999,7 @@ def scatter(
     chunks: SupportsIndex | Iterable[SupportsIndex] | None,
     ranks: Iterable[SupportsIndex] | None,
 ) -> DistArray:
-    """Messenger.array: split `a` into chunks on their ranks."""
+    """Messenger.array: split ``a`` into chunks on their ranks."""
     a = _checked_array(a, "array")
     size = layer.m.size
     if chunks is None:

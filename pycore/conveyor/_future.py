@@ -47,15 +47,39 @@ class Future(Generic[T]):
         self._callbacks: list[Callable[[Future[T]], object]] = []
 
     def done(self) -> bool:
-        """Return True once the answer (or an error) has arrived, or the request was cancelled."""
+        """Tell whether the answer (or an error) has arrived, or the request was cancelled.
+
+        Returns
+        -------
+        bool
+            True once the future is done.
+        """
         return self._state != _PENDING
 
     def cancelled(self) -> bool:
-        """Return True if the request was cancelled."""
+        """Tell whether the request was cancelled.
+
+        Returns
+        -------
+        bool
+            True if `cancel` cancelled it.
+        """
         return self._state == _CANCELLED
 
     def result(self, timeout: float | None = None) -> T:
-        """Return the answer, waiting for it for at most `timeout` seconds.
+        """Return the answer, waiting for it for at most ``timeout`` seconds.
+
+        Waiting handles the messages that arrive meanwhile.
+
+        Parameters
+        ----------
+        timeout : float, optional
+            Seconds to wait; no limit by default.
+
+        Returns
+        -------
+        object
+            The answer.
 
         Raises
         ------
@@ -74,7 +98,23 @@ class Future(Generic[T]):
         return answer
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
-        """Return the error the request failed with, or None if it succeeded."""
+        """Return the error the request failed with, or None if it succeeded.
+
+        Parameters
+        ----------
+        timeout : float, optional
+            Seconds to wait for the answer; no limit by default.
+
+        Returns
+        -------
+        BaseException or None
+            The `RemoteError`, `CancelledError` or other error, or None.
+
+        Raises
+        ------
+        conveyor.TimeoutError
+            If no answer arrived in time.
+        """
         if self._state == _PENDING:
             self._requests.wait(self, timeout)
         error: BaseException | None = self._value if self._state in (_FAILED, _CANCELLED) else None
@@ -84,8 +124,12 @@ class Future(Generic[T]):
         """Cancel the request: stop waiting, and tell the rank working on it.
 
         The remote handler sees ``msg.cancelled`` become True; its answers
-        are dropped (and counted) on either side. Returns False if the
-        future was already done.
+        are dropped (and counted) on either side.
+
+        Returns
+        -------
+        bool
+            False if the future was already done, else True.
         """
         if self._state != _PENDING:
             return False
@@ -94,7 +138,13 @@ class Future(Generic[T]):
         return True
 
     def add_done_callback(self, fn: Callable[[Future[T]], object]) -> None:
-        """Call ``fn(future)`` when the future completes (at once if it has)."""
+        """Call ``fn(future)`` when the future completes (at once if it has).
+
+        Parameters
+        ----------
+        fn : callable
+            Called with the future as its only argument.
+        """
         if self._state == _PENDING:
             self._callbacks.append(fn)
         else:
@@ -140,7 +190,7 @@ class Stream(Generic[T]):
     Made by `Messenger.request_stream`. Iterate over it (``for answer in
     stream``, or ``async for`` in a coroutine); iteration ends after the
     final answer. Each answer is awaited for at most the stream's
-    `timeout`, else `conveyor.TimeoutError` is raised (the stream stays
+    ``timeout``, else `conveyor.TimeoutError` is raised (the stream stays
     usable). An error from the remote handler is raised in its place.
 
     Attributes
@@ -162,14 +212,24 @@ class Stream(Generic[T]):
         self.timeout = timeout
 
     def done(self) -> bool:
-        """Return True once the final answer (or an error) arrived, or the stream was cancelled."""
+        """Tell whether the final answer (or an error) arrived, or the stream was cancelled.
+
+        Returns
+        -------
+        bool
+            True once no answer is still to come.
+        """
         return self._state != _PENDING
 
     def cancel(self) -> bool:
         """Cancel the request: drop the answers still to come and tell the rank working on it.
 
-        Answers already received are dropped too. Returns False if the
-        final answer had already arrived.
+        Answers already received are dropped too.
+
+        Returns
+        -------
+        bool
+            False if the final answer had already arrived, else True.
         """
         if self._state != _PENDING:
             return False

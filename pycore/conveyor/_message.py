@@ -41,7 +41,7 @@ class Message(core.message.MessageBase):
         return self._cancelled
 
     def reply(self, value: Any = None, *, final: bool = True) -> None:
-        """Answer the request with `value` (instead of the handler's return value).
+        """Answer the request with ``value`` (instead of the handler's return value).
 
         With ``final=False`` more answers follow (say a quick one from a
         cache, then a detailed one): the requester's `Messenger.request_stream`
@@ -64,7 +64,7 @@ class Message(core.message.MessageBase):
         self._dispatch.reply(self, value, final)
 
     def fail(self, exc: BaseException) -> None:
-        """Answer the request with an error: the requester gets a `RemoteError` for `exc`.
+        """Answer the request with an error: the requester gets a `RemoteError` for ``exc``.
 
         For a deferred request that cannot be completed (a handler's own
         exception does this by itself).
@@ -73,6 +73,11 @@ class Message(core.message.MessageBase):
         ----------
         exc : BaseException
             The error, reported with its type and message.
+
+        Raises
+        ------
+        conveyor.ConveyorError
+            If the message is not a request, or its final answer was sent.
         """
         self._check_open_request()
         self._dispatch.fail_request(self, exc)
@@ -80,8 +85,13 @@ class Message(core.message.MessageBase):
     def defer(self) -> None:
         """Answer later: the handler's return value is not the answer.
 
-        Keep the message and call `reply` afterwards, or pass `reply_to` on:
+        Keep the message and call `reply` afterwards, or pass ``reply_to`` on:
         whichever rank sends to that address answers the request.
+
+        Raises
+        ------
+        conveyor.ConveyorError
+            If the message is not a request.
         """
         if self.reply_to is None:
             raise ConveyorError(f"the message to {self.tag!r} is not a request: nothing to defer")
@@ -107,5 +117,17 @@ class Receiver:
     """
 
     def receive(self, msg: Message) -> Any:
-        """Handle `msg` (a `Message`); return the answer if it is a request."""
+        """Handle ``msg``; return the answer if it is a request.
+
+        Parameters
+        ----------
+        msg : Message
+            The delivered message.
+
+        Returns
+        -------
+        object
+            The answer to a request (ignored for a plain send); it must be
+            carriageable.
+        """
         raise NotImplementedError

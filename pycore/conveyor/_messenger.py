@@ -211,7 +211,7 @@ class Messenger:
     # -- receivers -----------------------------------------------------------
 
     def on(self, tag: str, *, per_item: bool = False) -> Callable[[HandlerT], HandlerT]:
-        """Register the decorated function as the receiver of `tag`.
+        """Register the decorated function as the receiver of ``tag``.
 
         The function is called with a `Message`; for a request, its return
         value is the answer (unless it called ``msg.reply`` or ``msg.defer``).
@@ -227,6 +227,16 @@ class Messenger:
             numpy rows of `Sender.send_many`), call the function once per
             item, with the item as ``msg.payload``, instead of once with the
             whole batch.
+
+        Returns
+        -------
+        callable
+            The decorator, which returns the function unchanged.
+
+        Raises
+        ------
+        ValueError
+            If a receiver is already registered under ``tag``.
         """
         check_user_tag(tag)  # at the @m.on(...) line, not only once it decorates
 
@@ -237,9 +247,21 @@ class Messenger:
         return decorate
 
     def register(self, name: str, receiver: Receiver, *, per_item: bool = False) -> None:
-        """Register a `Receiver` object under `name` (a tag like any other).
+        """Register a `Receiver` object under ``name`` (a tag like any other).
 
-        `per_item` is as for `on`.
+        Parameters
+        ----------
+        name : str
+            The receiver's name.
+        receiver : Receiver
+            Its `Receiver.receive` handles each message.
+        per_item : bool, default False
+            As for `on`.
+
+        Raises
+        ------
+        ValueError
+            If a receiver is already registered under ``name``.
         """
         receive = getattr(receiver, "receive", None)
         if not callable(receive):
@@ -249,7 +271,18 @@ class Messenger:
         self._receivers.add_user(name, receive, per_item)
 
     def unregister(self, name: str) -> None:
-        """Remove the receiver of `name`; later messages to it are unknown-tag errors."""
+        """Remove the receiver of ``name``; later messages to it are unknown-tag errors.
+
+        Parameters
+        ----------
+        name : str
+            The receiver's name.
+
+        Raises
+        ------
+        KeyError
+            If no receiver is registered under ``name``.
+        """
         self._receivers.remove_user(name)
 
     # -- sending -------------------------------------------------------------
@@ -280,31 +313,31 @@ class Messenger:
     ) -> None:
         """send(dest, tag, payload=None, *, final=True)
 
-        Send `payload` to the receiver of `tag` on rank `dest`, without waiting.
+        Send ``payload`` to the receiver of ``tag`` on rank ``dest``, without waiting.
 
-        With an `Address` instead of `dest` and `tag`, send to that address:
+        With an `Address` instead of ``dest`` and ``tag``, send to that address:
         ``send(address, payload)``; if it is a request's ``reply_to``, this
         answers that request, from any rank.
 
         Parameters
         ----------
         dest : int or Address
-            The destination rank, or an address (then `tag` is the payload).
+            The destination rank, or an address (then ``tag`` is the payload).
         tag : str
-            The receiver's tag on `dest`.
+            The receiver's tag on ``dest``.
         payload : object, optional
             What to send; None by default. It must be carriageable (or
             picklable, with ``pickle=True``).
         final : bool, default True
             ``False`` makes it one answer of several to the request whose
-            ``reply_to`` `dest` is (see `request_stream`).
+            ``reply_to`` ``dest`` is (see `request_stream`).
 
         Raises
         ------
         conveyor.CarriageError
-            If `payload` cannot travel.
+            If ``payload`` cannot travel.
         ValueError
-            If `dest` is not a rank of the job.
+            If ``dest`` is not a rank of the job.
         """
         if type(dest) is int and type(tag) is str and final:
             # The common case goes through a Sender of the tag: its native
@@ -339,15 +372,15 @@ class Messenger:
 
         Send a request and return a `Future` for its answer.
 
-        With an `Address` instead of `dest` and `tag`, send the request to
+        With an `Address` instead of ``dest`` and ``tag``, send the request to
         that address: ``request(address, payload)``.
 
         Parameters
         ----------
         dest : int or Address
-            The destination rank, or an address (then `tag` is the payload).
+            The destination rank, or an address (then ``tag`` is the payload).
         tag : str
-            The receiver's tag on `dest`.
+            The receiver's tag on ``dest``.
         payload : object, optional
             What to send; None by default.
 
@@ -355,6 +388,13 @@ class Messenger:
         -------
         Future
             Resolves to the receiver's answer, or fails with `RemoteError`.
+
+        Raises
+        ------
+        conveyor.CarriageError
+            If ``payload`` cannot travel.
+        ValueError
+            If ``dest`` is not a rank of the job.
         """
         dest, tag, _, payload = self._target("request", dest, tag, payload)
         requests = self._requests
@@ -385,9 +425,9 @@ class Messenger:
         Parameters
         ----------
         dest : int or Address
-            The destination rank, or an address (then `tag` is the payload).
+            The destination rank, or an address (then ``tag`` is the payload).
         tag : str
-            The receiver's tag on `dest`.
+            The receiver's tag on ``dest``.
         payload : object, optional
             What to send; None by default.
         timeout : float, optional
@@ -397,6 +437,13 @@ class Messenger:
         -------
         Stream
             The answers, in order.
+
+        Raises
+        ------
+        conveyor.CarriageError
+            If ``payload`` cannot travel.
+        ValueError
+            If ``dest`` is not a rank of the job.
         """
         dest, tag, _, payload = self._target("request_stream", dest, tag, payload)
         requests = self._requests
@@ -405,7 +452,7 @@ class Messenger:
         )
 
     def sender(self, tag: str, *, aggregate: bool | None = None) -> Sender:
-        """Return a `Sender` for `tag`.
+        """Return a `Sender` for ``tag``.
 
         Parameters
         ----------
@@ -414,6 +461,11 @@ class Messenger:
         aggregate : bool, optional
             Pack its small messages into batches; the Messenger's setting by
             default.
+
+        Returns
+        -------
+        Sender
+            A sender bound to ``tag``.
         """
         self._transport.check_open()
         aggregate = self.aggregate if aggregate is None else bool(aggregate)
@@ -427,7 +479,7 @@ class Messenger:
     # -- items, tables and arrays ----------------------------------------------
 
     def fetch(self, rank: int, name: str) -> Future[Any]:
-        """Return a `Future` for a copy of item `name` of rank `rank`'s store.
+        """Return a `Future` for a copy of item ``name`` of rank ``rank``'s store.
 
         It fails with `RemoteError` (remote type ``KeyError``) if that store
         has no such item.
@@ -438,13 +490,23 @@ class Messenger:
             The rank whose store holds the item.
         name : str
             The item's name.
+
+        Returns
+        -------
+        Future
+            Resolves with the copy.
+
+        Raises
+        ------
+        ValueError
+            If ``rank`` is not a rank of the job, or ``name`` is empty.
         """
         return self.request(rank, ITEM_FETCH, check_name(name))
 
     def order(self, rank: int, order: Transfer) -> Future[dict[str, Any]]:
-        """Order rank `rank` to carry out `order` (a `Transfer`, `Copy` or `Move`).
+        """Order rank ``rank`` to carry out ``order`` (a `Transfer`, `Copy` or `Move`).
 
-        The item goes from `rank` straight to the destinations (large arrays
+        The item goes from ``rank`` straight to the destinations (large arrays
         without copies), never through this rank.
 
         Parameters
@@ -458,9 +520,16 @@ class Messenger:
         -------
         Future
             Resolves, once every destination holds the item, to ``{"name",
-            "to", "bytes"}``; fails with `RemoteError` if `rank` has no such
+            "to", "bytes"}``; fails with `RemoteError` if ``rank`` has no such
             item (remote type ``KeyError``) or a destination refused it (say
             ``StoreFullError``).
+
+        Raises
+        ------
+        TypeError
+            If ``order`` is not a `Transfer`.
+        ValueError
+            If a destination is not a rank of the job.
         """
         if not isinstance(order, Transfer):
             raise TypeError(
@@ -471,10 +540,20 @@ class Messenger:
         return self.request(rank, ITEM_ORDER, order._as_payload())
 
     def table(self, name: str) -> Table:
-        """Return the distributed key-value `Table` called `name`.
+        """Return the distributed key-value `Table` called ``name``.
 
         The same object for the same name. Any rank may use any table at
         any time: there is nothing to create collectively.
+
+        Parameters
+        ----------
+        name : str
+            The table's name, the same on every rank.
+
+        Returns
+        -------
+        Table
+            The table.
         """
         return self._tables.table(name)
 
@@ -484,7 +563,7 @@ class Messenger:
         chunks: SupportsIndex | Iterable[SupportsIndex] | None = None,
         ranks: Iterable[SupportsIndex] | None = None,
     ) -> DistArray:
-        """Return a `DistArray` of numpy array `a`, split by rows into chunks.
+        """Return a `DistArray` of numpy array ``a``, split by rows into chunks.
 
         Parameters
         ----------
@@ -496,6 +575,18 @@ class Messenger:
             rows of each.
         ranks : sequence of int, optional
             The rank of each chunk; chunk i goes to rank ``i % size`` by default.
+
+        Returns
+        -------
+        DistArray
+            The array, its chunks already on their ranks.
+
+        Raises
+        ------
+        ValueError
+            If ``a`` is not 1-D or 2-D, or the chunks or ranks do not fit it.
+        TypeError
+            If ``a`` is not numeric.
         """
         self._transport.check_open()
         return scatter(self._chunks, a, chunks, ranks)
@@ -507,6 +598,16 @@ class Messenger:
         arrays, call on them) and the other ranks None, after serving the
         root's requests until it leaves its block: as mpi4py's
         ``MPICommExecutor``. Collective.
+
+        Parameters
+        ----------
+        root : int, default 0
+            The rank that drives.
+
+        Returns
+        -------
+        contextlib.AbstractContextManager
+            Entering it gives a `Driver` on ``root``, None elsewhere.
         """
         self._transport.check_open()
         return DriverScope(self, self._chunks, root)
@@ -527,7 +628,7 @@ class Messenger:
     # -- progress and quiescence -----------------------------------------------
 
     def progress(self, timeout: float = 0.0) -> int:
-        """Handle the messages that have arrived; wait up to `timeout` s for the first.
+        """Handle the messages that have arrived; wait up to ``timeout`` s for the first.
 
         Also sends the batches waiting to leave this rank.
 
@@ -597,18 +698,23 @@ class Messenger:
         Parameters
         ----------
         dest : int or Address
-            The destination rank, or an address (then `tag` is the payload).
+            The destination rank, or an address (then ``tag`` is the payload).
         tag : str
-            The receiver's tag on `dest`.
+            The receiver's tag on ``dest``.
         payload : object, optional
             What to send; None by default.
         timeout : float, optional
             Seconds to wait; no limit by default.
 
+        Returns
+        -------
+        object
+            The answer.
+
         Raises
         ------
         conveyor.TimeoutError
-            If no answer came within `timeout` seconds.
+            If no answer came within ``timeout`` seconds.
         conveyor.RemoteError
             If the remote handler raised.
         """
@@ -631,7 +737,13 @@ class Messenger:
     # -- introspection -------------------------------------------------------
 
     def stats(self) -> dict[str, int]:
-        """Return the counters of this rank: messages, frames, batches, bytes, drops, errors."""
+        """Return the counters of this rank: messages, frames, batches, bytes, drops, errors.
+
+        Returns
+        -------
+        dict of str to int
+            Each counter by name (``unknown_tag``, ``pending_requests``, ...).
+        """
         stats = dict(self._transport.engine.stats()) if not self.closed else {}
         counts = self._dispatch.counts
         for key in COUNTERS:

@@ -47,7 +47,7 @@ class Sender(core.engine.SenderBase):
         destination) and each rank receives one message whose payload is the
         numpy array of its rows (zero-copy from the receive buffer when
         large), or one handler call per row if its receiver asked for
-        ``per_item=True``. When every row goes to one rank, `items` itself is
+        ``per_item=True``. When every row goes to one rank, ``items`` itself is
         sent, without a copy: as with any array sent, do not modify it until
         the next `Messenger.wait_quiet`.
 
@@ -57,6 +57,13 @@ class Sender(core.engine.SenderBase):
             Destination rank of each row, shape ``(n,)``.
         items : numpy.ndarray
             ``n`` rows of any plain-data dtype (records included).
+
+        Raises
+        ------
+        TypeError
+            If ``dests`` is not a 1-D integer array, or ``items`` not a numpy array.
+        ValueError
+            If a destination is not a rank of the job, or the lengths differ.
         """
         dests = np.asarray(dests)
         if dests.ndim != 1 or dests.dtype.kind not in "iu":

@@ -31,7 +31,7 @@ __all__ = ["Store", "Transfer", "Copy", "Move"]
 
 
 def item_bytes(item: object) -> int:
-    """The bytes of data `item` holds: arrays and byte strings exactly,
+    """The bytes of data ``item`` holds: arrays and byte strings exactly,
     containers as the sum of their items, any other value as 8."""
     nbytes = getattr(item, "nbytes", None)
     if isinstance(nbytes, int):  # numpy arrays and scalars, memoryviews
@@ -58,10 +58,8 @@ class Store(collections.abc.MutableMapping[str, Any]):
 
     Attributes
     ----------
-    capacity : int or None
-        The most bytes of data the store may hold (see `nbytes`); an item
-        that would exceed it is refused with `StoreFullError`. None: no
-        limit.
+    nbytes : int
+        The bytes of data its items hold (see `capacity`).
     """
 
     def __init__(self, capacity: SupportsIndex | None = None) -> None:
@@ -72,6 +70,11 @@ class Store(collections.abc.MutableMapping[str, Any]):
 
     @property
     def capacity(self) -> int | None:
+        """The most bytes of data the store may hold; None: no limit.
+
+        An item that would exceed it is refused with `StoreFullError`. A
+        negative capacity raises `ValueError`.
+        """
         return self._capacity
 
     @capacity.setter
@@ -83,12 +86,23 @@ class Store(collections.abc.MutableMapping[str, Any]):
         self._capacity: int | None = value
 
     def put(self, name: str, item: Any) -> None:
-        """Store `item` under `name`, replacing what was there.
+        """Store ``item`` under ``name``, replacing what was there.
+
+        Parameters
+        ----------
+        name : str
+            The item's name, such as ``"kmers/42"``.
+        item : object
+            The item; it must be carriageable for other ranks to fetch it.
 
         Raises
         ------
+        TypeError
+            If ``name`` is not a str.
+        ValueError
+            If ``name`` is empty.
         StoreFullError
-            If the store would hold more than its `capacity`.
+            If the store would hold more than its ``capacity``.
         """
         check_name(name)
         size = item_bytes(item)
@@ -103,11 +117,35 @@ class Store(collections.abc.MutableMapping[str, Any]):
         self.nbytes = held + size
 
     def get(self, name: str, default: Any = None) -> Any:
-        """Return the item stored under `name`, or `default`."""
+        """Return the item stored under ``name``, or ``default``.
+
+        Parameters
+        ----------
+        name : str
+            The item's name.
+        default : object, optional
+            What to return if there is no such item.
+
+        Returns
+        -------
+        object
+            The item itself (not a copy), or ``default``.
+        """
         return self._items.get(name, default)
 
     def delete(self, name: str) -> None:
-        """Remove the item `name` (KeyError if there is none)."""
+        """Remove the item ``name``.
+
+        Parameters
+        ----------
+        name : str
+            The item's name.
+
+        Raises
+        ------
+        KeyError
+            If there is no such item.
+        """
         del self[name]
 
     def __getitem__(self, name: str) -> Any:
@@ -140,7 +178,7 @@ class Store(collections.abc.MutableMapping[str, Any]):
 
 
 class Transfer:
-    """An order: the rank that holds item `name` sends it to rank(s) `to`.
+    """An order: the rank that holds item ``name`` sends it to rank(s) ``to``.
 
     Give it with ``m.order(b, Transfer(name, to=c))``. The future resolves
     once every destination holds the item. `Copy` keeps the item at b;
@@ -153,7 +191,7 @@ class Transfer:
     to : int or sequence of int
         The destination rank, or several (a fan-out).
     as_name : str, optional
-        The name the destinations store it under (`name` by default).
+        The name the destinations store it under (``name`` by default).
     then : tuple, optional
         A follow-up message ``(rank, tag, payload)`` that the sending rank
         sends once the order completed.

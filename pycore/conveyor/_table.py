@@ -46,7 +46,7 @@ def encode_key(key: Key) -> bytes:
     Raises
     ------
     TypeError
-        If `key` is not a str, bytes, int or (nested) tuple of these.
+        If ``key`` is not a str, bytes, int or (nested) tuple of these.
     """
     out = bytearray()
     _encode(key, out)
@@ -161,32 +161,76 @@ class Table:
         return self._name
 
     def put(self, key: Key, value: Any) -> Future[None]:
-        """Set `key` to `value`, replacing any value it had.
+        """Set ``key`` to ``value``, replacing any value it had.
 
-        The waits for `key` on every rank resolve with `value`. As with
+        The waits for ``key`` on every rank resolve with ``value``. As with
         any send, do not modify a large array until the future resolves.
+
+        Parameters
+        ----------
+        key : str, bytes, int or tuple
+            The key.
+        value : object
+            The value; it must be carriageable.
 
         Returns
         -------
         Future
             Resolves to None once the home rank stores the value.
+
+        Raises
+        ------
+        TypeError
+            If ``key`` is not a str, bytes, int or tuple of these.
+        conveyor.CarriageError
+            If ``value`` cannot travel.
         """
         return self._request(TABLE_PUT, key, value)
 
     def get(self, key: Key) -> Future[Any]:
-        """Return a `Future` for the value of `key`.
+        """Return a `Future` for the value of ``key``.
 
         It fails with `RemoteError` (remote type ``KeyError``) if the key is
         not set, as `Messenger.fetch` does for a missing item.
+
+        Parameters
+        ----------
+        key : str, bytes, int or tuple
+            The key.
+
+        Returns
+        -------
+        Future
+            Resolves with the value.
+
+        Raises
+        ------
+        TypeError
+            If ``key`` is not a str, bytes, int or tuple of these.
         """
         return self._request(TABLE_GET, key)
 
     def wait(self, key: Key) -> Future[Any]:
-        """Return a `Future` for the value of `key` once it is set.
+        """Return a `Future` for the value of ``key`` once it is set.
 
         It resolves at once if the key is set, otherwise when any rank puts
         it. Cancelling the future (``future.cancel()``, or cancelling the
         task that awaits it) removes the wait from the home rank.
+
+        Parameters
+        ----------
+        key : str, bytes, int or tuple
+            The key.
+
+        Returns
+        -------
+        Future
+            Resolves with the value.
+
+        Raises
+        ------
+        TypeError
+            If ``key`` is not a str, bytes, int or tuple of these.
         """
         m, home, data = self._home(key)
         requests = self._service.requests
@@ -199,18 +243,34 @@ class Table:
         )
 
     def delete(self, key: Key) -> Future[None]:
-        """Remove `key`.
+        """Remove ``key``.
+
+        Parameters
+        ----------
+        key : str, bytes, int or tuple
+            The key.
 
         Returns
         -------
         Future
             Resolves to None once the key is removed; fails with
             `RemoteError` (remote type ``KeyError``) if it was not set.
+
+        Raises
+        ------
+        TypeError
+            If ``key`` is not a str, bytes, int or tuple of these.
         """
         return self._request(TABLE_DELETE, key)
 
     def local_keys(self) -> list[Key]:
-        """Return the keys set in this table whose home is this rank (for tests and debugging)."""
+        """Return the keys set in this table whose home is this rank (for tests and debugging).
+
+        Returns
+        -------
+        list
+            The keys, in no particular order.
+        """
         shard = self._service._shards.get(self.name)
         return [decode_key(data) for data in shard.values] if shard else []
 
@@ -218,6 +278,11 @@ class Table:
         """Return ``{key: number of waits}`` for the keys not set yet whose waits this rank holds.
 
         A key waited for but never put shows here, on its home rank.
+
+        Returns
+        -------
+        dict
+            The number of waits of each such key.
         """
         shard = self._service._shards.get(self.name)
         return {decode_key(data): len(w) for data, w in shard.waiters.items()} if shard else {}

@@ -157,11 +157,23 @@ PyObject* get_aggregate(PyObject* self, void*) {
 PyMethodDef methods[] = {
     {"send", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(send)),
      METH_FASTCALL | METH_KEYWORDS,
-     "send(dest, payload=None)\n\n"
-     "Send `payload` to this sender's tag on rank `dest`, without waiting.\n\n"
-     "If `dest` has not consumed what this rank sent it before (a whole\n"
+     "send($self, dest, payload=None)\n--\n\n"
+     "Send ``payload`` to this sender's tag on rank ``dest``, without waiting.\n\n"
+     "If ``dest`` has not consumed what this rank sent it before (a whole\n"
      "window, ``CONVEYOR_WINDOW_BYTES``), wait, handling incoming messages,\n"
-     "until it has: back-pressure. Inside a handler the send never waits."},
+     "until it has: back-pressure. Inside a handler the send never waits.\n\n"
+     "Parameters\n"
+     "----------\n"
+     "dest : int\n"
+     "    The destination rank.\n"
+     "payload : object, optional\n"
+     "    The value to send; it must be carriageable.\n\n"
+     "Raises\n"
+     "------\n"
+     "conveyor.CarriageError\n"
+     "    If ``payload`` cannot travel.\n"
+     "ValueError\n"
+     "    If ``dest`` is not a rank of the job.\n"},
     {nullptr, nullptr, 0, nullptr},
 };
 
