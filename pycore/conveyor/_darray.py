@@ -382,195 +382,28 @@ class DistArray:
     def sum(
         self, axis: Literal[0] | None = None, dtype: npt.DTypeLike | None = None, out: None = None
     ) -> Any:
-        """Sum all elements (or, with ``axis=0``, the rows).
-
-        Parameters
-        ----------
-        axis : {None, 0}, optional
-            None: over all elements; 0: over the rows.
-        dtype : data-type, optional
-            The type to accumulate in and return, as for `numpy.sum`.
-        out : None
-            Only None: the result is a new value.
-
-        Returns
-        -------
-        numpy scalar or numpy.ndarray
-            The sum.
-
-        Raises
-        ------
-        ValueError
-            If ``axis`` is not None or 0.
-        TypeError
-            If ``out`` is given.
-        conveyor.RemoteError
-            As `resolve`.
-        """
         return self._reduce("sum", axis, out, dtype=dtype)
 
     def prod(
         self, axis: Literal[0] | None = None, dtype: npt.DTypeLike | None = None, out: None = None
     ) -> Any:
-        """Multiply all elements (or, with ``axis=0``, the rows).
-
-        Parameters
-        ----------
-        axis : {None, 0}, optional
-            None: over all elements; 0: over the rows.
-        dtype : data-type, optional
-            The type to accumulate in and return, as for `numpy.prod`.
-        out : None
-            Only None: the result is a new value.
-
-        Returns
-        -------
-        numpy scalar or numpy.ndarray
-            The product.
-
-        Raises
-        ------
-        ValueError
-            If ``axis`` is not None or 0.
-        TypeError
-            If ``out`` is given.
-        conveyor.RemoteError
-            As `resolve`.
-        """
         return self._reduce("prod", axis, out, dtype=dtype)
 
     def min(self, axis: Literal[0] | None = None, out: None = None) -> Any:
-        """Find the smallest element (or, with ``axis=0``, per column).
-
-        Parameters
-        ----------
-        axis : {None, 0}, optional
-            None: over all elements; 0: over the rows.
-        out : None
-            Only None: the result is a new value.
-
-        Returns
-        -------
-        numpy scalar or numpy.ndarray
-            The minimum.
-
-        Raises
-        ------
-        ValueError
-            If ``axis`` is not None or 0.
-        TypeError
-            If ``out`` is given.
-        conveyor.RemoteError
-            As `resolve`.
-        """
         return self._reduce("min", axis, out)
 
     def max(self, axis: Literal[0] | None = None, out: None = None) -> Any:
-        """Find the largest element (or, with ``axis=0``, per column).
-
-        Parameters
-        ----------
-        axis : {None, 0}, optional
-            None: over all elements; 0: over the rows.
-        out : None
-            Only None: the result is a new value.
-
-        Returns
-        -------
-        numpy scalar or numpy.ndarray
-            The maximum.
-
-        Raises
-        ------
-        ValueError
-            If ``axis`` is not None or 0.
-        TypeError
-            If ``out`` is given.
-        conveyor.RemoteError
-            As `resolve`.
-        """
         return self._reduce("max", axis, out)
 
     def any(self, axis: Literal[0] | None = None, out: None = None) -> Any:
-        """Tell whether any element is true (or, with ``axis=0``, per column).
-
-        Parameters
-        ----------
-        axis : {None, 0}, optional
-            None: over all elements; 0: over the rows.
-        out : None
-            Only None: the result is a new value.
-
-        Returns
-        -------
-        numpy scalar or numpy.ndarray
-            A bool, or one per column.
-
-        Raises
-        ------
-        ValueError
-            If ``axis`` is not None or 0.
-        TypeError
-            If ``out`` is given.
-        conveyor.RemoteError
-            As `resolve`.
-        """
         return self._reduce("any", axis, out)
 
     def all(self, axis: Literal[0] | None = None, out: None = None) -> Any:
-        """Tell whether every element is true (or, with ``axis=0``, per column).
-
-        Parameters
-        ----------
-        axis : {None, 0}, optional
-            None: over all elements; 0: over the rows.
-        out : None
-            Only None: the result is a new value.
-
-        Returns
-        -------
-        numpy scalar or numpy.ndarray
-            A bool, or one per column.
-
-        Raises
-        ------
-        ValueError
-            If ``axis`` is not None or 0.
-        TypeError
-            If ``out`` is given.
-        conveyor.RemoteError
-            As `resolve`.
-        """
         return self._reduce("all", axis, out)
 
     def mean(
         self, axis: Literal[0] | None = None, dtype: npt.DTypeLike | None = None, out: None = None
     ) -> Any:
-        """Average all elements (or, with ``axis=0``, the rows).
-
-        Parameters
-        ----------
-        axis : {None, 0}, optional
-            None: over all elements; 0: over the rows.
-        dtype : data-type, optional
-            The type to accumulate in and return, as for `numpy.mean`.
-        out : None
-            Only None: the result is a new value.
-
-        Returns
-        -------
-        numpy scalar or numpy.ndarray
-            The mean.
-
-        Raises
-        ------
-        ValueError
-            If ``axis`` is not None or 0.
-        TypeError
-            If ``out`` is given.
-        conveyor.RemoteError
-            As `resolve`.
-        """
         total = self.sum(axis, dtype, out)
         _, row_shape = self._learn_type()  # known: the sum learned it
         count = len(self) if axis == 0 else len(self) * int(np.prod(row_shape))
@@ -594,6 +427,58 @@ class DistArray:
         lengths = ", ".join("?" if ref.length is None else str(ref.length) for ref in self._refs)
         dtype = "" if self._dtype is None else f", dtype={self._dtype}"
         return f"<conveyor.DistArray chunks=[{lengths}]{dtype}>"
+
+
+# The reductions share their parameters and errors: one docstring template
+# (as numpy's own reductions share theirs), filled per method.
+_REDUCTION_DOC = """{summary}
+
+Parameters
+----------
+axis : {{None, 0}}, optional
+    None: over all elements; 0: over the rows.
+{dtype}out : None
+    Only None: the result is a new value.
+
+Returns
+-------
+numpy scalar or numpy.ndarray
+    {returns}
+
+Raises
+------
+ValueError
+    If ``axis`` is not None or 0.
+TypeError
+    If ``out`` is given.
+conveyor.RemoteError
+    As `resolve`.
+"""
+_REDUCTION_DTYPE = """dtype : data-type, optional
+    The type to accumulate in and return, as for `numpy.{name}`.
+"""
+for _name, _summary, _returns in [
+    ("sum", "Sum all elements (or, with ``axis=0``, the rows).", "The sum."),
+    ("prod", "Multiply all elements (or, with ``axis=0``, the rows).", "The product."),
+    ("min", "Find the smallest element (or, with ``axis=0``, per column).", "The minimum."),
+    ("max", "Find the largest element (or, with ``axis=0``, per column).", "The maximum."),
+    (
+        "any",
+        "Tell whether any element is true (or, with ``axis=0``, per column).",
+        "A bool, or one per column.",
+    ),
+    (
+        "all",
+        "Tell whether every element is true (or, with ``axis=0``, per column).",
+        "A bool, or one per column.",
+    ),
+    ("mean", "Average all elements (or, with ``axis=0``, the rows).", "The mean."),
+]:
+    getattr(DistArray, _name).__doc__ = _REDUCTION_DOC.format(
+        summary=_summary,
+        returns=_returns,
+        dtype=_REDUCTION_DTYPE.format(name=_name) if _name in ("sum", "prod", "mean") else "",
+    )
 
 
 def _operator(ufunc: np.ufunc, reflected: bool = False) -> Callable[[DistArray, Any], DistArray]:
