@@ -79,7 +79,43 @@ def test_frames_cannot_smuggle_object_arrays():
         core.message.KIND_SEND, 0, "t", np.zeros(2, dtype="u8"), 1 << 20, False
     )
     evil = frame.replace(b"<u8", b"|O8")
-    with pytest.raises(cv.FrameError, match="dtype"):
+    with pytest.raises(cv.FrameError, match="refused dtype"):
+        core.testing.decode_frame(evil, oob, False)
+
+
+def forged_shape(dtype, last):
+    """The frame of an empty ``(0, 1001)`` array of `dtype`, with `last` for the 1001."""
+    frame, _ = core.testing.encode_frame(
+        core.message.KIND_SEND, 0, "t", np.zeros((0, 1001), dtype), 1 << 20, False
+    )
+    return frame.replace((1001).to_bytes(8, "little"), last.to_bytes(8, "little"))
+
+
+def test_forged_shapes_are_refused_not_overflowed():
+    # An empty array (a 0 among its dimensions) whose other dimensions times
+    # the item size overflow: the strides would overflow py::ssize_t.
+    frame = forged_shape("i4", 2**62)
+    with pytest.raises(cv.FrameError, match="overflows"):
+        core.testing.decode_frame(frame, [], False)
+    # The same dimension alone fits when it can: an empty array decodes.
+    (kind, ref, tag, payload) = core.testing.decode_frame(forged_shape("i4", 5), [], False)
+    assert payload.shape == (0, 5) and payload.dtype == np.int32
+
+
+def test_elements_of_no_bytes_are_not_carriageable():
+    # A record without fields has items of 0 bytes: 2**62 of them would fit
+    # in a 60-byte frame, and a per-item receiver would be called 2**62 times.
+    for dtype in (np.dtype([]), np.dtype("V0")):
+        with pytest.raises(cv.CarriageError, match="not carriageable"):
+            core.testing.encode_frame(
+                core.message.KIND_SEND, 0, "t", np.zeros(3, dtype), 1 << 20, False
+            )
+    frame, oob = core.testing.encode_frame(
+        core.message.KIND_SEND, 0, "t", np.zeros(0, "V1"), 1 << 20, False
+    )
+    evil = frame.replace(b"|V1", b"|V0")
+    assert evil != frame
+    with pytest.raises(cv.FrameError, match="refused dtype"):
         core.testing.decode_frame(evil, oob, False)
 
 
