@@ -83,7 +83,7 @@ std::size_t Engine::pending_receives() const {
 }
 
 bool Engine::post(int dest, std::vector<std::uint8_t> frame, const std::vector<OutOfBand>& oob,
-                  KeepAlive keep, std::uint64_t messages) {
+                  KeepAlive keep) {
     check_dest(dest, size_);
     if (frame.size() > options_.max_frame_bytes)
         throw FrameTooLarge("message frame of " + std::to_string(frame.size()) +
@@ -99,7 +99,8 @@ bool Engine::post(int dest, std::vector<std::uint8_t> frame, const std::vector<O
     out->keep = std::move(keep);
     Guard guard(lock_);
     owner_active_.store(true, std::memory_order_relaxed);
-    stats_.messages_sent += messages;
+    stats_.messages_sent += 1;
+    stats_.frames_posted += 1;
     if (routes_[dest].batch.size() != 0) seal_batch(dest);  // it goes first
     queue(dest, std::move(out));
     return congested_locked(dest);
@@ -331,9 +332,11 @@ std::unique_ptr<Incoming> Engine::pop() {
     return in;
 }
 
-void Engine::mark_handled(std::int64_t messages) {
+void Engine::mark_finished(std::int64_t frames, std::int64_t messages) {
     Guard guard(lock_);
-    stats_.messages_handled += static_cast<std::uint64_t>(messages);  // wraps back for negatives
+    // Unsigned counters wrap back for negative counts.
+    stats_.frames_finished += static_cast<std::uint64_t>(frames);
+    stats_.messages_handled += static_cast<std::uint64_t>(messages);
 }
 
 bool Engine::flush_sends(double timeout) {
