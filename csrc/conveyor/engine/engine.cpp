@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <new>
 #include <string>
 
 #include "conveyor/engine/backoff.hpp"
@@ -152,9 +153,23 @@ void Engine::receive_frame(MPI_Message message, const MPI_Status& status) {
         return;
     }
     if (in->header.kind == FrameKind::Batch) stats_.batches_received += 1;
+    // Every buffer first, before any receive is posted: a size this process
+    // cannot allocate (a forged or corrupt header) rejects the frame alone,
+    // rather than failing the engine (or its background thread) for good.
     in->oob.reserve(in->header.oob.size());
-    for (auto n : in->header.oob) {
-        auto buf = std::make_shared<Buffer>(n);
+    std::uint64_t size = 0;
+    try {
+        for (auto n : in->header.oob) in->oob.push_back(std::make_shared<Buffer>(size = n));
+    } catch (const std::bad_alloc&) {
+        in->oob.clear();
+        in->malformed = "cannot allocate the out-of-band buffer of " + std::to_string(size) +
+                        " bytes it announces";
+        stats_.frames_malformed += 1;
+        enqueue(std::move(in));
+        return;
+    }
+    for (const auto& buf : in->oob) {
+        const std::size_t n = buf->size();
         for (std::size_t off = 0; off < n; off += options_.piece_bytes) {
             int len = static_cast<int>(std::min<std::size_t>(options_.piece_bytes, n - off));
             MPI_Request req;
@@ -166,7 +181,6 @@ void Engine::receive_frame(MPI_Message message, const MPI_Status& status) {
             in->pending += 1;
         }
         stats_.bytes_zero_copy_received += n;
-        in->oob.push_back(std::move(buf));
     }
     enqueue(std::move(in));
 }

@@ -1,6 +1,7 @@
 """Bad input is data, never a crash: malformed frames, unknown tags, errors in handlers."""
 
 import random
+import struct
 import warnings
 
 import numpy as np
@@ -141,6 +142,36 @@ def case_malformed_frames_are_counted_and_dropped():
 
 def test_malformed_frames_are_counted_and_dropped(mpirun, nranks):
     mpirun(nranks, case_malformed_frames_are_counted_and_dropped)
+
+
+def case_unallocatable_out_of_band_data_rejects_the_frame_only():
+    # A header announcing 2**62 bytes of out-of-band data: the allocation
+    # failed in the engine (its background thread, mostly), and every later
+    # call raised "the background progress thread failed".
+    with cv.Messenger() as m:
+        got = []
+        m.on("ok")(lambda msg: got.append(msg.payload))
+        m.on("echo")(lambda msg: msg.payload)
+        dest = (m.rank + 1) % m.size
+        frame, oob = core.testing.encode_frame(
+            core.message.KIND_SEND, 0, "ok", np.arange(10), 0, False
+        )
+        announced = struct.pack("<IQ", 1, 80)  # one buffer, of the array's 80 bytes
+        assert len(oob) == 1 and frame.count(announced) == 1
+        m._transport.engine.post_raw(dest, frame.replace(announced, struct.pack("<IQ", 1, 2**62)))
+        m.send(dest, "ok", "after")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            m.wait_quiet()
+        assert got == ["after"], got
+        assert m.stats()["frames_malformed"] == 1
+        assert any("cannot allocate" in str(w.message) for w in caught), caught
+        assert m.request(dest, "echo", "still here").result(timeout=10) == "still here"
+        m.wait_quiet()
+
+
+def test_unallocatable_out_of_band_data_rejects_the_frame_only(mpirun, nranks):
+    mpirun(nranks, case_unallocatable_out_of_band_data_rejects_the_frame_only)
 
 
 def case_remote_errors():
