@@ -72,9 +72,9 @@ def front_end(proc):
             line = input(text)
         except EOFError:
             print(flush=True)
-            # The end of the input ends the session as ``quit`` does, said
-            # in so many words: Open MPI 5's mpiexec never passes the end of
-            # its input on to rank 0 (openpmix/openpmix#4024).
+            # Ended with ``quit``, not only by closing rank 0's input: Open
+            # MPI 5's mpiexec never passes the end of its input on
+            # (openpmix/openpmix#4024).
             _send(proc, "quit")
             break
         except KeyboardInterrupt:
