@@ -6,6 +6,7 @@ puts one there). The metadata is static, in pyproject.toml.
 """
 
 import glob
+import hashlib
 import os
 import shlex
 import shutil
@@ -78,6 +79,23 @@ def linker_options(words):
     return ["-Wl," + ",".join(kept)] if kept else []
 
 
+def build_base():
+    """A build directory of the MPI's own: ``build/mpi-<digest of its wrapper>``.
+
+    setuptools rebuilds an extension only when a source is newer than it: in
+    one shared build/, the extensions built against one MPI were installed
+    as they were into an environment of another (``make test MPI=openmpi``,
+    then ``make test``), where they could not load.
+    """
+    mpicc = find_mpicc()
+    if mpicc is None:
+        return "build"
+    words = shlex.split(mpicc)
+    wrapper = os.path.realpath(shutil.which(words[0]) or words[0])
+    digest = hashlib.sha256(shlex.join([wrapper, *words[1:]]).encode()).hexdigest()
+    return os.path.join("build", f"mpi-{digest[:12]}")
+
+
 class BuildMPIExtensions(build_ext):
     """Add the MPI flags only when something is compiled (not for sdists)."""
 
@@ -128,4 +146,5 @@ def extensions():
 setup(
     ext_modules=extensions(),
     cmdclass={"build_ext": BuildMPIExtensions},
+    options={"build": {"build_base": build_base()}},
 )

@@ -4,6 +4,7 @@ Every run is a real mpiexec job, started by the console script under a
 timeout of its own (`conftest.run_command`).
 """
 
+import json
 import os
 import sys
 import textwrap
@@ -212,6 +213,35 @@ def test_the_finder_prefers_conveyor_mpiexec(monkeypatch, tmp_path):
     beside = os.path.join(os.path.dirname(sys.executable), "mpiexec")
     if os.access(beside, os.X_OK):
         assert launch.find_mpiexec() == beside
+
+
+# Stands for mpiexec: writes the environment it was started in to a JSON file.
+FAKE_MPIEXEC = """#!{python}
+import json, os
+with open({record!r}, "w") as f:
+    json.dump(dict(os.environ), f)
+"""
+
+
+def test_mpiexec_starts_with_what_open_mpi_needs(monkeypatch, tmp_path):
+    """Open MPI's mpiexec starts ranks as root and beyond the cores only when told to."""
+    record = tmp_path / "environment.json"
+    fake = tmp_path / "fake-mpiexec"
+    fake.write_text(FAKE_MPIEXEC.format(python=sys.executable, record=str(record)))
+    fake.chmod(0o755)
+    (tmp_path / "script.py").write_text("")
+    as_root = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+    for variable in [*launch.RANK_VARIABLES, *as_root]:
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("PRTE_MCA_rmaps_default_mapping_policy", "core")  # the user's wins
+    assert main(["run", "-n", "2", "--mpiexec", str(fake), str(tmp_path / "script.py")]) == 0
+    environment = json.loads(record.read_text())
+    assert environment["PRTE_MCA_rmaps_default_mapping_policy"] == "core"
+    assert environment["OMPI_MCA_rmaps_base_oversubscribe"] == "1"
+    if os.geteuid() == 0:
+        assert as_root.items() <= environment.items()
+    else:
+        assert not as_root.keys() & environment.keys()
 
 
 def test_one_rank_says_how_to_start_several():

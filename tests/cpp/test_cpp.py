@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, mpiexec
+from conftest import ROOT, mpiexec, run_command
 
 CORE = ROOT / "csrc" / "conveyor"
 # The one room of the core that talks to MPI; every other room is pure C++.
@@ -81,11 +81,7 @@ def check_passed(proc):
 
 @pytest.mark.parametrize("n", [1, 2, 3, 4])
 def test_native_core(core_tests, n):
-    check_passed(
-        subprocess.run(
-            [mpiexec(), "-n", str(n), str(core_tests)], capture_output=True, text=True, timeout=120
-        )
-    )
+    check_passed(run_command([mpiexec(), "-n", str(n), str(core_tests)], timeout=120))
 
 
 def test_chunks_and_alignment(chunk_tests):

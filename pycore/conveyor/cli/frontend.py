@@ -72,18 +72,17 @@ def front_end(proc):
             line = input(text)
         except EOFError:
             print(flush=True)
+            # Ended with ``quit``, not only by closing rank 0's input: Open
+            # MPI 5's mpiexec never passes the end of its input on
+            # (openpmix/openpmix#4024).
+            _send(proc, "quit")
             break
         except KeyboardInterrupt:
             print(flush=True)
             continue
         if not line.strip():
             continue
-        try:
-            proc.stdin.write(line.encode("utf-8", "surrogateescape") + b"\n")
-            proc.stdin.flush()
-        except BrokenPipeError:
-            break
-        if relay(proc) is None:  # quit, or the job ended
+        if not _send(proc, line) or relay(proc) is None:  # quit, or the job ended
             break
     try:
         proc.stdin.close()
@@ -92,3 +91,13 @@ def front_end(proc):
     while relay(proc) is not None:
         pass
     return proc.wait()
+
+
+def _send(proc, line):
+    """Pass `line` to rank 0; False if the job has ended."""
+    try:
+        proc.stdin.write(line.encode("utf-8", "surrogateescape") + b"\n")
+        proc.stdin.flush()
+    except BrokenPipeError:
+        return False
+    return True

@@ -1,8 +1,8 @@
-"""Starting ranks: the one mpiexec finder, and jobs run in a process group of their own.
+"""Starting ranks: the one mpiexec finder and environment, and jobs in a process group.
 
-``conveyor run``, ``conveyor shell -n N`` and ``conveyor bench`` start
-their ranks through this module; it imports nothing of MPI, so the
-launching process never initialises it.
+``conveyor run``, ``conveyor shell -n N``, ``conveyor bench`` and the test
+harness start their ranks through this module; it imports nothing of MPI,
+so the launching process never initialises it.
 """
 
 import os
@@ -19,6 +19,7 @@ __all__ = [
     "find_mpiexec",
     "inside_mpi_job",
     "kill_group",
+    "mpiexec_environment",
     "rank_from_environment",
     "require_mpiexec",
     "run_in_group",
@@ -76,6 +77,37 @@ def find_mpiexec(explicit=None):
     return shutil.which("mpiexec", path=os.path.dirname(sys.executable)) or shutil.which("mpiexec")
 
 
+def mpiexec_environment(environ=None):
+    """The environment to start mpiexec in: `environ` and what Open MPI needs to run as MPICH does.
+
+    MPICH's mpiexec starts ranks as root and more ranks than there are
+    cores. Open MPI's refuses both unless told: as root (containers and CI
+    machines run as root) it wants ``OMPI_ALLOW_RUN_AS_ROOT`` and its
+    confirmation, and it starts no more ranks than cores without the
+    oversubscribe mapping (``PRTE_MCA_rmaps_default_mapping_policy`` in
+    Open MPI 5, ``OMPI_MCA_rmaps_base_oversubscribe`` in 4). Variables
+    rather than options: other MPIs ignore them, so the command line stays
+    ``mpiexec -n N`` whichever MPI it is, and a value the user set wins.
+
+    Parameters
+    ----------
+    environ : mapping, optional
+        The environment to start from (default: this process's).
+
+    Returns
+    -------
+    dict
+        A copy of `environ` with the variables it does not set yet.
+    """
+    defaults = {
+        "PRTE_MCA_rmaps_default_mapping_policy": ":OVERSUBSCRIBE",
+        "OMPI_MCA_rmaps_base_oversubscribe": "1",
+    }
+    if os.geteuid() == 0:
+        defaults.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    return {**defaults, **(os.environ if environ is None else environ)}
+
+
 def require_mpiexec(parser, explicit):
     """`find_mpiexec`, or a usage error of `parser` saying what to do."""
     mpiexec = find_mpiexec(explicit)
@@ -94,12 +126,17 @@ def require_mpiexec(parser, explicit):
 
 
 def start_in_group(cmd, **popen_options):
-    """Start `cmd` as the leader of a new process group (and session); return the Popen.
+    """Start the mpiexec job `cmd` as the leader of a new process group (and session).
 
     Every process mpiexec starts stays in that group, so `kill_group` ends
-    the whole job, and a Ctrl-C typed at the terminal reaches only us.
+    the whole job, and a Ctrl-C typed at the terminal reaches only us. It
+    runs in `mpiexec_environment`.
+
+    Returns
+    -------
+    subprocess.Popen
     """
-    return subprocess.Popen(cmd, start_new_session=True, **popen_options)
+    return subprocess.Popen(cmd, start_new_session=True, env=mpiexec_environment(), **popen_options)
 
 
 def _descendants(pid):

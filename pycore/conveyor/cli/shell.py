@@ -23,6 +23,7 @@ from .launch import (
     MPIEXEC_HELP,
     inside_mpi_job,
     kill_group,
+    mpiexec_environment,
     require_mpiexec,
     start_in_group,
 )
@@ -154,7 +155,7 @@ def launch(parser, args, script):
             parser.error(f"argument FILE: no such file: {args.file!r}")
         # The ranks start in this directory: the path stays as the user wrote it.
         options += ["--stop-on-error"] * args.stop_on_error + ["--echo"] * args.echo
-        proc = subprocess.Popen(cmd + ["script", args.file, *options])
+        proc = subprocess.Popen(cmd + ["script", args.file, *options], env=mpiexec_environment())
         while True:
             try:
                 return proc.wait()

@@ -323,12 +323,10 @@ def case_uncaught_exception_aborts_the_job():
         m.wait_quiet()  # would wait forever for the failed rank
 
 
-def test_uncaught_exception_aborts_the_job(mpirun):
-    import os
-    import subprocess
+def test_uncaught_exception_aborts_the_job():
     import sys
 
-    from conftest import mpiexec
+    from conftest import mpiexec, run_command
 
     script = (
         "import conveyor as cv\n"
@@ -337,13 +335,7 @@ def test_uncaught_exception_aborts_the_job(mpirun):
         "        raise RuntimeError('rank failed on purpose')\n"
         "    m.wait_quiet()\n"
     )
-    proc = subprocess.run(
-        [mpiexec(), "-n", "3", sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=dict(os.environ),
-    )
+    proc = run_command([mpiexec(), "-n", "3", sys.executable, "-c", script])
     assert proc.returncode != 0
     assert "RuntimeError: rank failed on purpose" in proc.stderr
     assert "Traceback" in proc.stderr
