@@ -75,7 +75,7 @@ def check_ref(value: object) -> int:
     return ref
 
 
-def check_timeout(value: object, what: str = "timeout") -> float | None:
+def check_timeout(value: object) -> float | None:
     """Return `value` as seconds to wait; None or infinity mean no limit.
 
     NaN and negative numbers are refused: compared with a deadline they
@@ -84,8 +84,8 @@ def check_timeout(value: object, what: str = "timeout") -> float | None:
     if value is None:
         return None
     if not isinstance(value, numbers.Real):
-        raise TypeError(f"{what} must be a number of seconds or None, not {type(value).__name__}")
+        raise TypeError(f"timeout must be a number of seconds or None, not {type(value).__name__}")
     seconds = float(value)
     if math.isnan(seconds) or seconds < 0:
-        raise ValueError(f"{what} must be a number of seconds >= 0 or None, not {value}")
+        raise ValueError(f"timeout must be a number of seconds >= 0 or None, not {value}")
     return seconds

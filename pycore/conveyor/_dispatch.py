@@ -240,23 +240,26 @@ class Dispatch:
             exc = UnknownTagError(self.rank, "UnknownTagError", f"no receiver for tag {tag!r}")
         if is_request:
             self._send_error(source, ref, exc, "")
-        else:
-            self._warn(f"dropped a message: {exc}")
+        else:  # an unknown tag is reported once: it is the same mistake each time
+            self._warn(f"dropped a message: {exc}", repeat=error is not None)
 
-    def _warn(self, problem: str) -> None:
-        # Once per distinct problem (say per unknown tag), for at most
-        # _MAX_WARNINGS different ones; then once that the rest go unsaid.
+    def _warn(self, problem: str, repeat: bool = True) -> None:
+        # For at most _MAX_WARNINGS different problems (then once that the
+        # rest go unsaid); one seen before is warned about again if `repeat`.
         # Tags and errors come from the wire, of any length: cut them short.
         if len(problem) > 300:
             problem = problem[:300] + "..."
-        if problem in self._warned or len(self._warned) > _MAX_WARNINGS:
+        if problem not in self._warned:
+            if len(self._warned) > _MAX_WARNINGS:
+                return
+            if len(self._warned) == _MAX_WARNINGS:
+                problem = (
+                    f"more than {_MAX_WARNINGS} different messages dropped: the next are "
+                    "only counted (see Messenger.stats)"
+                )
+            self._warned.add(problem)
+        elif not repeat:
             return
-        if len(self._warned) == _MAX_WARNINGS:
-            problem = (
-                f"more than {_MAX_WARNINGS} different messages dropped: the next are "
-                "only counted (see Messenger.stats)"
-            )
-        self._warned.add(problem)
         warnings.warn(f"rank {self.rank}: {problem}", ConveyorWarning, stacklevel=2)
 
     def _send_error(self, dest: int, ref: int, exc: BaseException, text: str) -> None:

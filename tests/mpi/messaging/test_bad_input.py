@@ -430,7 +430,7 @@ def test_close_in_a_handler_is_refused(mpirun):
     mpirun(2, case_close_in_a_handler_is_refused)
 
 
-def test_nan_and_negative_timeouts_are_refused(monkeypatch):
+def case_nan_and_negative_timeouts_are_refused():
     import asyncio
     import math
 
@@ -461,6 +461,14 @@ def test_nan_and_negative_timeouts_are_refused(monkeypatch):
         assert wait.result(timeout=math.inf) == 1
         held[0].reply(2)
         assert fut.result(timeout=math.inf) == 2
+
+
+def test_nan_and_negative_timeouts_are_refused(mpirun):
+    # Under the harness's timeout: before the fix, these waits never ended.
+    mpirun(1, case_nan_and_negative_timeouts_are_refused)
+
+
+def test_environment_values_that_are_not_finite_are_refused(monkeypatch):
     for value in ("nan", "inf", "-inf"):
         monkeypatch.setenv("CONVEYOR_MAX_SLEEP_US", value)
         with pytest.raises(ValueError, match="CONVEYOR_MAX_SLEEP_US.*finite"):
