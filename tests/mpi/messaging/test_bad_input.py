@@ -308,7 +308,7 @@ def case_reserved_tags_are_unreachable_from_user_sends(marker):
     import pathlib
 
     from conveyor import _pickling
-    from conveyor._tags import CHUNK_TASK
+    from conveyor._tags import CHUNK_TASK, ITEM_ORDER
 
     with cv.Messenger() as m:
         peer = (m.rank + 1) % m.size
@@ -334,6 +334,12 @@ def case_reserved_tags_are_unreachable_from_user_sends(marker):
         for attempt in attempts:
             with pytest.raises(ValueError, match="reserved for conveyor"):
                 attempt()
+        # An order forged past Transfer's check: the peer's follow-up send refuses it.
+        m.store.put("item", 1)
+        order = {"name": "item", "to": [m.rank], "as": "copy", "move": False}
+        order["then"] = (peer, CHUNK_TASK, task)
+        with pytest.raises(cv.RemoteError, match="reserved for conveyor"):
+            m._requests.request(peer, ITEM_ORDER, order).result(timeout=10)
         # A reply address answers by its reference: it reaches no receiver,
         # whatever name it carries.
         m.send(cv.Address(peer, CHUNK_TASK, ref=12345), task)
