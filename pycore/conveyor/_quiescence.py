@@ -1,9 +1,9 @@
 """Termination detection: `wait_quiet` and `aquiet`, one algorithm for both.
 
-Mattern's four-counter method: the job is quiet once the messages handled
-by the latest wave equal those sent by the wave before it. Handled counts
-only rise after a handler returns (after its own sends), so cascades of any
-depth finish first. The native engine runs the waves; the loop that starts
+Mattern's four-counter method: the job is quiet once the frames finished
+by the latest wave equal those posted by the wave before it. A frame is
+finished only after its handlers return (after their own sends), so
+cascades of any depth finish first. The native engine runs the waves; the loop that starts
 them and compares their totals is `_detect`, driven by a blocking caller
 (`wait_quiet`) or an awaiting one (`aquiet`).
 """
@@ -38,7 +38,7 @@ Steps = Generator[str, Any, None]
 
 def _detect(transport: Transport) -> Steps:
     engine = transport.engine
-    sent_before = None
+    posted_before = None
     while True:
         transport.serve(0.0)
         # Join the wave in flight, if any: an aquiet() that was cancelled
@@ -48,14 +48,14 @@ def _detect(transport: Transport) -> Steps:
         totals = engine.wave_done()
         if totals is None:
             totals = yield _WAVE
-        sent, handled = totals
-        if handled == sent_before == sent:
+        posted, finished = totals
+        if finished == posted_before == posted:
             return
-        if handled != sent:
-            # Messages are in flight: let one arrive before the next wave
+        if finished != posted:
+            # Frames are in flight: let one arrive before the next wave
             # rather than spinning through waves (a wave may end at once).
             yield _PAUSE
-        sent_before = sent
+        posted_before = posted
 
 
 def _next(steps: Steps, totals: tuple[int, int] | None) -> str | None:

@@ -140,7 +140,7 @@ static void test_engine() {
                 CHECK(data[0] == in->source * 1000 + i &&
                       data[49999] == in->source * 1000 + i + 49999);
             }
-            engine.mark_handled();
+            engine.mark_finished(1, 1);
             ++received;
         }
     }
@@ -148,8 +148,8 @@ static void test_engine() {
     for (int wave = 0; wave < 2; ++wave) {
         engine.start_wave();
         while (!engine.wave_done()) engine.wait(1.0);
-        CHECK(engine.wave_sent() == std::uint64_t(size) * size * per_dest);
-        CHECK(engine.wave_handled() == engine.wave_sent());
+        CHECK(engine.wave_posted() == std::uint64_t(size) * size * per_dest);
+        CHECK(engine.wave_finished() == engine.wave_posted());
     }
     CHECK(engine.flush_sends(30.0));
     CHECK(engine.stats().bytes_zero_copy_received == std::uint64_t(size) * 3 * 50000 * 4);

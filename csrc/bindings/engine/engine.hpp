@@ -139,12 +139,13 @@ class PyEngine {
     }
     std::size_t answering_count() const { return answering_.size(); }
 
-    // Counted here and reported to the engine once per serve() (its counter
-    // is behind a lock), and always before a termination-detection wave.
-    void mark_handled(std::int64_t messages) { unreported_handled_ += messages; }
+    // Counted here and reported to the engine once per serve() (its counters
+    // are behind a lock), and always before a termination-detection wave.
+    // A deferred message's frame counts as finished once the message is.
+    void mark_handled(std::int64_t messages) { count_finished(messages, messages); }
     // The message being dispatched is not finished when its dispatch ends
     // (an async handler's task runs on): mark_handled() it when it is.
-    void defer_handled() { unreported_handled_ -= 1; }
+    void defer_handled() { count_finished(-1, -1); }
 
     void start_wave() {
         report_handled();
@@ -153,7 +154,7 @@ class PyEngine {
 
     py::object wave_done() {
         if (!engine_.wave_done()) return py::none();
-        return py::make_tuple(engine_.wave_sent(), engine_.wave_handled());
+        return py::make_tuple(engine_.wave_posted(), engine_.wave_finished());
     }
 
     bool flush_sends(double timeout) {
@@ -171,7 +172,9 @@ class PyEngine {
         const auto s = engine_.stats();
         py::dict d;
         d["messages_sent"] = s.messages_sent;
-        d["messages_handled"] = s.messages_handled + unreported_handled_;
+        d["messages_handled"] = s.messages_handled + unreported_messages_;
+        d["frames_posted"] = s.frames_posted;
+        d["frames_finished"] = s.frames_finished + unreported_frames_;
         d["messages_aggregated"] = s.messages_aggregated;
         d["frames_sent"] = s.frames_sent;
         d["frames_received"] = s.frames_received;
@@ -248,11 +251,13 @@ class PyEngine {
     };
 
     // One message ready for dispatch; kind 0 is a rejected frame and error
-    // is None or why the frame or its payload could not be read.
+    // is None or why the frame or its payload could not be read. `entry`:
+    // it came out of a batch, a frame that finishes once all of it is read.
     struct Delivery {
         int kind = 0;
         int source = -1;
         std::uint64_t ref = 0;
+        bool entry = false;
         py::object tag, payload, error;
     };
 
@@ -274,17 +279,27 @@ class PyEngine {
         return scratch_[scratch_depth_++];
     }
 
-    // Counts a message as handled when its dispatch ends, however it ends.
+    // Counts a message as handled when its dispatch ends, however it ends,
+    // and its frame as finished: a frame of its own then, and a batch once
+    // it is read to its end (next()), which must wait for this entry's
+    // dispatch (a nested serve may read the batch on meanwhile).
     struct Handled {
-        explicit Handled(PyEngine& e) : engine(e) {}
-        ~Handled() { engine.mark_handled(1); }
+        Handled(PyEngine& e, bool entry) : engine(e), entry(entry) {
+            if (entry) engine.count_finished(-1, 0);
+        }
+        ~Handled() { engine.count_finished(1, 1); }
         PyEngine& engine;
+        bool entry;
     };
 
+    void count_finished(std::int64_t frames, std::int64_t messages) {
+        unreported_frames_ += frames;
+        unreported_messages_ += messages;
+    }
     void report_handled() {
-        if (unreported_handled_ == 0) return;
-        engine_.mark_handled(unreported_handled_);
-        unreported_handled_ = 0;
+        if (unreported_frames_ == 0 && unreported_messages_ == 0) return;
+        engine_.mark_finished(unreported_frames_, unreported_messages_);
+        unreported_frames_ = unreported_messages_ = 0;
     }
     struct Handling {
         explicit Handling(int& depth) : depth(depth) { ++depth; }
@@ -302,6 +317,7 @@ class PyEngine {
     // frame the engine has ready. Handlers may call serve() again (a nested
     // wait), which simply continues from here.
     bool next(Delivery& d) {
+        d.entry = false;
         for (;;) {
             if (batch_) {
                 if (batch_reader_.left() != 0) {
@@ -311,26 +327,30 @@ class PyEngine {
                     try {
                         batch_reader_.next(frame, size);
                     } catch (const DecodeError& e) {
-                        // Nothing after a broken entry can be found: count the
-                        // rest as handled so that termination detection balances.
-                        mark_handled(batch_reader_.left());
+                        // Nothing after a broken entry can be found: the batch
+                        // ends here, whatever number of entries it announced.
                         batch_.reset();
+                        count_finished(1, 0);
                         entries_malformed_ += 1;
                         reject(d, batch->source, e.what());
+                        d.entry = true;
                         return true;
                     }
                     read_entry(d, batch->source, frame, size);
+                    d.entry = true;
                     return true;
                 }
                 auto batch = std::move(batch_);
+                count_finished(1, 0);
                 if (auto extra = batch_reader_.trailing()) {
                     // Bytes after the announced entries: reported once, as a
                     // rejection that is not a message of its own.
-                    mark_handled(-1);
+                    count_finished(0, -1);
                     entries_malformed_ += 1;
                     reject(
                         d, batch->source,
                         "corrupt batch: " + std::to_string(extra) + " bytes after its last entry");
+                    d.entry = true;
                     return true;
                 }
             }
@@ -407,7 +427,7 @@ class PyEngine {
     // when its dispatch ends, whichever way it went (termination detection
     // depends on it): no path of the façade counts for itself.
     void dispatch_one(Delivery& d, Hooks& h) {
-        Handled handled(*this);
+        Handled handled(*this, d.entry);
         Handling handling(handling_);
         const auto& names = dispatch_names();
         auto kind = static_cast<FrameKind>(d.kind);
@@ -544,7 +564,7 @@ class PyEngine {
     BatchReader batch_reader_{nullptr, 0, 0};
     std::unordered_map<std::string, py::object> tags_;
     std::uint64_t entries_malformed_ = 0;  // rejected batch entries (whole frames: the engine's)
-    std::int64_t unreported_handled_ = 0;
+    std::int64_t unreported_frames_ = 0, unreported_messages_ = 0;
     // The requests whose handler runs now, by (source, ref): see answering().
     std::map<std::pair<int, std::uint64_t>, py::object> answering_;
 };

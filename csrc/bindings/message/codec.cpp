@@ -68,10 +68,12 @@ std::string type_name(py::handle obj) {
 
 // Numeric, bool, datetime and fixed-size byte/str/record dtypes: their
 // elements are plain bytes. Anything holding Python objects is refused,
-// both when sending and when reading a dtype off the wire.
+// both when sending and when reading a dtype off the wire, and so are
+// elements of no bytes (a record without fields, 'V0'): their arrays carry
+// no data, so a 60-byte frame could announce 2**62 of them.
 bool carriable_dtype(const py::dtype& dt) {
     constexpr char kItemRefcount = 0x01;  // NPY_ITEM_REFCOUNT: holds objects, records included
-    if (dt.flags() & kItemRefcount) return false;
+    if (dt.flags() & kItemRefcount || dt.itemsize() == 0) return false;
     switch (dt.kind()) {
         case 'b':
         case 'i':
@@ -517,23 +519,24 @@ class Decoder {
         auto ndim = r_.u32();
         if (ndim > kMaxDims) throw DecodeError("array has " + std::to_string(ndim) + " dimensions");
         std::vector<py::ssize_t> dims(ndim);
+        // The product of the dimensions that are not 0 bounds every stride
+        // (array_storage multiplies them in py::ssize_t): it must fit even
+        // when a 0 makes the array empty.
+        constexpr auto kMax = std::uint64_t(std::numeric_limits<py::ssize_t>::max());
         std::uint64_t total = itemsize;
         bool empty = false;
         for (auto& d : dims) {
             auto n = r_.u64();
-            if (n > std::uint64_t(std::numeric_limits<py::ssize_t>::max()))
-                throw DecodeError("array dimension too large");
-            d = static_cast<py::ssize_t>(n);
-            if (n == 0)
+            if (n == 0) {
                 empty = true;
-            else if (!empty && total > std::numeric_limits<std::uint64_t>::max() / n)
+            } else if (total > kMax / n) {
                 throw DecodeError("array size overflows");
-            else if (!empty)
+            } else {
                 total *= n;
+            }
+            d = static_cast<py::ssize_t>(n);
         }
         nbytes = empty ? 0 : total;
-        if (nbytes > std::uint64_t(std::numeric_limits<py::ssize_t>::max()))
-            throw DecodeError("array size overflows");
         return dims;
     }
 

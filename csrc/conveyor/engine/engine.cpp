@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <new>
 #include <string>
 
 #include "conveyor/engine/backoff.hpp"
@@ -83,7 +84,7 @@ std::size_t Engine::pending_receives() const {
 }
 
 bool Engine::post(int dest, std::vector<std::uint8_t> frame, const std::vector<OutOfBand>& oob,
-                  KeepAlive keep, std::uint64_t messages) {
+                  KeepAlive keep) {
     check_dest(dest, size_);
     if (frame.size() > options_.max_frame_bytes)
         throw FrameTooLarge("message frame of " + std::to_string(frame.size()) +
@@ -99,7 +100,8 @@ bool Engine::post(int dest, std::vector<std::uint8_t> frame, const std::vector<O
     out->keep = std::move(keep);
     Guard guard(lock_);
     owner_active_.store(true, std::memory_order_relaxed);
-    stats_.messages_sent += messages;
+    stats_.messages_sent += 1;
+    stats_.frames_posted += 1;
     if (routes_[dest].batch.size() != 0) seal_batch(dest);  // it goes first
     queue(dest, std::move(out));
     return congested_locked(dest);
@@ -151,9 +153,23 @@ void Engine::receive_frame(MPI_Message message, const MPI_Status& status) {
         return;
     }
     if (in->header.kind == FrameKind::Batch) stats_.batches_received += 1;
+    // Every buffer first, before any receive is posted: a size this process
+    // cannot allocate (a forged or corrupt header) rejects the frame alone,
+    // rather than failing the engine (or its background thread) for good.
     in->oob.reserve(in->header.oob.size());
-    for (auto n : in->header.oob) {
-        auto buf = std::make_shared<Buffer>(n);
+    std::uint64_t size = 0;
+    try {
+        for (auto n : in->header.oob) in->oob.push_back(std::make_shared<Buffer>(size = n));
+    } catch (const std::bad_alloc&) {
+        in->oob.clear();
+        in->malformed = "cannot allocate the out-of-band buffer of " + std::to_string(size) +
+                        " bytes it announces";
+        stats_.frames_malformed += 1;
+        enqueue(std::move(in));
+        return;
+    }
+    for (const auto& buf : in->oob) {
+        const std::size_t n = buf->size();
         for (std::size_t off = 0; off < n; off += options_.piece_bytes) {
             int len = static_cast<int>(std::min<std::size_t>(options_.piece_bytes, n - off));
             MPI_Request req;
@@ -165,7 +181,6 @@ void Engine::receive_frame(MPI_Message message, const MPI_Status& status) {
             in->pending += 1;
         }
         stats_.bytes_zero_copy_received += n;
-        in->oob.push_back(std::move(buf));
     }
     enqueue(std::move(in));
 }
@@ -331,9 +346,11 @@ std::unique_ptr<Incoming> Engine::pop() {
     return in;
 }
 
-void Engine::mark_handled(std::int64_t messages) {
+void Engine::mark_finished(std::int64_t frames, std::int64_t messages) {
     Guard guard(lock_);
-    stats_.messages_handled += static_cast<std::uint64_t>(messages);  // wraps back for negatives
+    // Unsigned counters wrap back for negative counts.
+    stats_.frames_finished += static_cast<std::uint64_t>(frames);
+    stats_.messages_handled += static_cast<std::uint64_t>(messages);
 }
 
 bool Engine::flush_sends(double timeout) {

@@ -87,8 +87,12 @@ struct EngineOptions {
 };
 
 struct EngineStats {
-    std::uint64_t messages_sent = 0;        // logical messages posted
-    std::uint64_t messages_handled = 0;     // logical messages the caller finished with
+    std::uint64_t messages_sent = 0;     // logical messages posted
+    std::uint64_t messages_handled = 0;  // logical messages the caller finished with
+    // What termination detection counts: frames, not the messages in them,
+    // so that what a forged or corrupt batch announces cannot unbalance it.
+    std::uint64_t frames_posted = 0;        // posted frames (a batch when opened)
+    std::uint64_t frames_finished = 0;      // received frames whose messages are all handled
     std::uint64_t messages_aggregated = 0;  // of messages_sent, those packed into batches
     std::uint64_t frames_sent = 0;          // MPI messages carrying frames (a batch is one)
     std::uint64_t frames_received = 0;
@@ -142,7 +146,7 @@ class Engine {
     // logical messages the frame carries (termination detection counts them).
     // Returns whether `dest` is congested now (see congested()).
     bool post(int dest, std::vector<std::uint8_t> frame, const std::vector<OutOfBand>& oob,
-              KeepAlive keep, std::uint64_t messages = 1);
+              KeepAlive keep);
     // Copies a small frame without out-of-band data into `dest`'s batch,
     // which is sent when full, flushed, or older than flush_delay_seconds.
     // Refuses, doing nothing, a frame too large to aggregate (then post() it).
@@ -169,17 +173,18 @@ class Engine {
     // The next complete message in arrival order (per-source order kept).
     std::unique_ptr<Incoming> pop();
 
-    // Adds to the handled count (negative: a message handled earlier is not
-    // finished after all; see the façade's async handlers).
-    void mark_handled(std::int64_t messages = 1);
+    // Adds to the finished frames and the handled messages. Negative counts
+    // hold a frame back while one of its messages runs or is deferred (see
+    // the bindings' dispatcher and the façade's async handlers).
+    void mark_finished(std::int64_t frames, std::int64_t messages);
 
-    // Termination detection: a non-blocking sum of (sent, handled) over all
-    // ranks, so that a rank waiting for it keeps serving messages.
+    // Termination detection: a non-blocking sum of (frames posted, frames
+    // finished) over all ranks, so that a rank waiting for it keeps serving messages.
     void start_wave();
     bool wave_active() const;
     bool wave_done();
-    std::uint64_t wave_sent() const { return wave_out_[0]; }
-    std::uint64_t wave_handled() const { return wave_out_[1]; }
+    std::uint64_t wave_posted() const { return wave_out_[0]; }
+    std::uint64_t wave_finished() const { return wave_out_[1]; }
 
     // Complete every outstanding send (used when closing). Returns false on timeout.
     bool flush_sends(double timeout);

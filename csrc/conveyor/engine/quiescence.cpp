@@ -1,5 +1,6 @@
-// Termination detection: a non-blocking sum of (sent, handled) over all
-// ranks, tested by every round of progress (progress_locked).
+// Termination detection: a non-blocking sum of (frames posted, frames
+// finished) over all ranks, tested by every round of progress
+// (progress_locked).
 #include "conveyor/engine/engine.hpp"
 
 namespace conveyor {
@@ -7,8 +8,8 @@ namespace conveyor {
 void Engine::start_wave() {
     Guard guard(lock_);
     if (wave_active_) throw UsageError("a quiescence wave is already in progress");
-    wave_in_[0] = stats_.messages_sent;
-    wave_in_[1] = stats_.messages_handled;
+    wave_in_[0] = stats_.frames_posted;
+    wave_in_[1] = stats_.frames_finished;
     check_mpi(MPI_Iallreduce(wave_in_, wave_out_, 2, MPI_UINT64_T, MPI_SUM, comm_, &wave_req_),
               "MPI_Iallreduce");
     wave_active_ = true;

@@ -99,9 +99,9 @@ class Engine:
     def defer_handled(self) -> None:
         """The message being dispatched stays unfinished after its dispatch (async handler)."""
     def start_wave(self) -> None:
-        """Start a quiescence wave: a non-blocking sum of (sent, handled) over all ranks."""
+        """Start a quiescence wave: a non-blocking sum of (frames posted, finished) over all ranks."""
     def wave_done(self) -> tuple[int, int] | None:
-        """Return the wave's ``(sent, handled)`` totals once it has completed, else None."""
+        """Return the wave's ``(posted, finished)`` frame totals once it has completed, else None."""
     def serve_in_background(self, fd: int) -> None:
         """Let the background thread receive, and write to `fd` when something is ready (-1: stop)."""
     def close(self) -> None:

@@ -1,6 +1,7 @@
 """Bad input is data, never a crash: malformed frames, unknown tags, errors in handlers."""
 
 import random
+import struct
 import warnings
 
 import numpy as np
@@ -79,7 +80,43 @@ def test_frames_cannot_smuggle_object_arrays():
         core.message.KIND_SEND, 0, "t", np.zeros(2, dtype="u8"), 1 << 20, False
     )
     evil = frame.replace(b"<u8", b"|O8")
-    with pytest.raises(cv.FrameError, match="dtype"):
+    with pytest.raises(cv.FrameError, match="refused dtype"):
+        core.testing.decode_frame(evil, oob, False)
+
+
+def forged_shape(dtype, last):
+    """The frame of an empty ``(0, 1001)`` array of `dtype`, with `last` for the 1001."""
+    frame, _ = core.testing.encode_frame(
+        core.message.KIND_SEND, 0, "t", np.zeros((0, 1001), dtype), 1 << 20, False
+    )
+    return frame.replace((1001).to_bytes(8, "little"), last.to_bytes(8, "little"))
+
+
+def test_forged_shapes_are_refused_not_overflowed():
+    # An empty array (a 0 among its dimensions) whose other dimensions times
+    # the item size overflow: the strides would overflow py::ssize_t.
+    frame = forged_shape("i4", 2**62)
+    with pytest.raises(cv.FrameError, match="overflows"):
+        core.testing.decode_frame(frame, [], False)
+    # The same dimension alone fits when it can: an empty array decodes.
+    (kind, ref, tag, payload) = core.testing.decode_frame(forged_shape("i4", 5), [], False)
+    assert payload.shape == (0, 5) and payload.dtype == np.int32
+
+
+def test_elements_of_no_bytes_are_not_carriageable():
+    # A record without fields has items of 0 bytes: 2**62 of them would fit
+    # in a 60-byte frame, and a per-item receiver would be called 2**62 times.
+    for dtype in (np.dtype([]), np.dtype("V0")):
+        with pytest.raises(cv.CarriageError, match="not carriageable"):
+            core.testing.encode_frame(
+                core.message.KIND_SEND, 0, "t", np.zeros(3, dtype), 1 << 20, False
+            )
+    frame, oob = core.testing.encode_frame(
+        core.message.KIND_SEND, 0, "t", np.zeros(0, "V1"), 1 << 20, False
+    )
+    evil = frame.replace(b"|V1", b"|V0")
+    assert evil != frame
+    with pytest.raises(cv.FrameError, match="refused dtype"):
         core.testing.decode_frame(evil, oob, False)
 
 
@@ -105,6 +142,36 @@ def case_malformed_frames_are_counted_and_dropped():
 
 def test_malformed_frames_are_counted_and_dropped(mpirun, nranks):
     mpirun(nranks, case_malformed_frames_are_counted_and_dropped)
+
+
+def case_unallocatable_out_of_band_data_rejects_the_frame_only():
+    # A header announcing 2**62 bytes of out-of-band data: the allocation
+    # failed in the engine (its background thread, mostly), and every later
+    # call raised "the background progress thread failed".
+    with cv.Messenger() as m:
+        got = []
+        m.on("ok")(lambda msg: got.append(msg.payload))
+        m.on("echo")(lambda msg: msg.payload)
+        dest = (m.rank + 1) % m.size
+        frame, oob = core.testing.encode_frame(
+            core.message.KIND_SEND, 0, "ok", np.arange(10), 0, False
+        )
+        announced = struct.pack("<IQ", 1, 80)  # one buffer, of the array's 80 bytes
+        assert len(oob) == 1 and frame.count(announced) == 1
+        m._transport.engine.post_raw(dest, frame.replace(announced, struct.pack("<IQ", 1, 2**62)))
+        m.send(dest, "ok", "after")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            m.wait_quiet()
+        assert got == ["after"], got
+        assert m.stats()["frames_malformed"] == 1
+        assert any("cannot allocate" in str(w.message) for w in caught), caught
+        assert m.request(dest, "echo", "still here").result(timeout=10) == "still here"
+        m.wait_quiet()
+
+
+def test_unallocatable_out_of_band_data_rejects_the_frame_only(mpirun, nranks):
+    mpirun(nranks, case_unallocatable_out_of_band_data_rejects_the_frame_only)
 
 
 def case_remote_errors():
