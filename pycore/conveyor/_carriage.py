@@ -14,6 +14,8 @@ import operator
 from collections.abc import Sequence
 from typing import Any, ClassVar, SupportsIndex
 
+from ._checks import check_ref
+
 __all__ = ["Address", "CarriageableItem"]
 
 # name -> class, shared with the native codec (which looks types up here).
@@ -51,7 +53,7 @@ class Address:
         if not isinstance(name, str):
             raise TypeError(f"name must be a str, not {type(name).__name__}")
         if ref is not None:
-            ref = operator.index(ref)
+            ref = check_ref(ref)
         object.__setattr__(self, "rank", rank)
         object.__setattr__(self, "name", name)
         object.__setattr__(self, "ref", ref)

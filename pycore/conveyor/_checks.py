@@ -1,10 +1,20 @@
-"""Argument checks shared by the whole façade: ranks, tags and names."""
+"""Argument checks shared by the whole façade: ranks, tags, names, references and timeouts."""
 
 from __future__ import annotations
 
+import math
+import numbers
 import operator
 
-__all__ = ["RESERVED_PREFIX", "check_name", "check_rank", "check_tag", "check_user_tag"]
+__all__ = [
+    "RESERVED_PREFIX",
+    "check_name",
+    "check_rank",
+    "check_ref",
+    "check_tag",
+    "check_timeout",
+    "check_user_tag",
+]
 
 # conveyor's own receivers (items, tables, chunks, cancels) are named so;
 # user tags may not start with it.
@@ -43,8 +53,39 @@ def check_tag(tag: object) -> str:
 
 
 def check_user_tag(tag: object) -> str:
-    """Return `tag` if a user may register a receiver under it."""
+    """Return `tag` if a user may register a receiver under it, or send to it.
+
+    The reserved receivers trust what they get (one unpickles the functions
+    of distributed arrays): only conveyor's own services reach them.
+    """
     tag = check_tag(tag)
     if tag.startswith(RESERVED_PREFIX):
         raise ValueError(f"tags starting with {RESERVED_PREFIX!r} are reserved for conveyor")
     return tag
+
+
+def check_ref(value: object) -> int:
+    """Return `value` as a request reference: frames carry it as an unsigned 64-bit int."""
+    try:
+        ref = operator.index(value)  # type: ignore[arg-type]  # TypeError is the check
+    except TypeError:
+        raise TypeError(f"a request reference must be an int, not {type(value).__name__}") from None
+    if not 0 <= ref < 1 << 64:
+        raise ValueError(f"a request reference must be in 0..2**64-1, not {ref}")
+    return ref
+
+
+def check_timeout(value: object) -> float | None:
+    """Return `value` as seconds to wait; None or infinity mean no limit.
+
+    NaN and negative numbers are refused: compared with a deadline they
+    would turn a wait into one without limit.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, numbers.Real):
+        raise TypeError(f"timeout must be a number of seconds or None, not {type(value).__name__}")
+    seconds = float(value)
+    if math.isnan(seconds) or seconds < 0:
+        raise ValueError(f"timeout must be a number of seconds >= 0 or None, not {value}")
+    return seconds

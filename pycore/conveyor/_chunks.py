@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import collections
 import functools
-import pickle
+import json
 import struct
 import sys
 import traceback
@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from ._future import Future
     from ._message import Message
     from ._messenger import Messenger
+    from ._requests import Requests
     from ._transport import Transport
 
     # A task's input: ("value", x), ("pickled", bytes), ("whole", ref) or
@@ -206,8 +207,16 @@ class ChunkRef(CarriageableItem, name="conveyor.ChunkRef"):
 
 
 def remote_error(data: bytes) -> RemoteError:
-    """Rebuild the RemoteError that failed a chunk (see error_bytes)."""
-    return RemoteError(*pickle.loads(data))
+    """Rebuild the RemoteError that failed a chunk (see error_bytes).
+
+    The bytes come from another rank (a fetch's answer, the chunk states
+    table): they are read as JSON, never unpickled.
+    """
+    try:
+        rank, remote_type, message, text = json.loads(data)
+        return RemoteError(int(rank), str(remote_type), str(message), str(text))
+    except (TypeError, ValueError):
+        return RemoteError(-1, "FrameError", "a chunk's error could not be read")
 
 
 class _Gather:
@@ -244,10 +253,16 @@ class ChunkLayer:
     """The chunks of one rank of a messenger, and the receivers behind them."""
 
     def __init__(
-        self, messenger: Messenger, transport: Transport, receivers: Receivers, serial: int
+        self,
+        messenger: Messenger,
+        transport: Transport,
+        receivers: Receivers,
+        requests: Requests,
+        serial: int,
     ) -> None:
         self.m = messenger
         self.transport = transport
+        self.requests = requests
         self.rank = messenger.rank
         self.serial = serial
         self.table = core.chunks.ChunkTable(messenger.rank)
@@ -310,7 +325,7 @@ class ChunkLayer:
         """Take weight for a reference about to travel; return (weight, its home)."""
         weight, home, refill = self.table.lend(id)
         if refill:
-            self.m.request(owner, CHUNK_REFILL, id).add_done_callback(
+            self.requests.request(owner, CHUNK_REFILL, id).add_done_callback(
                 lambda future: self._refilled(id, owner, future)
             )
         return weight, home
@@ -370,7 +385,7 @@ class ChunkLayer:
             self._forget(id)
 
     def _give_back(self, home: int, id: int, weight: int) -> None:
-        self.m.send(home, CHUNK_GIVE_BACK, (id, weight))
+        self.transport.send(home, CHUNK_GIVE_BACK, (id, weight))
 
     def _forget(self, id: int) -> None:
         # The chunk is gone: so is what its owner published about it. A
@@ -457,7 +472,7 @@ class ChunkLayer:
         if ref.owner == self.rank:
             self.when_settled(ref.id, lambda: self._local_rows(ref.id, start, stop, put, fail))
         else:
-            self.m.request(ref.owner, CHUNK_FETCH, (ref.id, start, stop)).add_done_callback(
+            self.requests.request(ref.owner, CHUNK_FETCH, (ref.id, start, stop)).add_done_callback(
                 lambda future: self._fetched(future, put, fail)
             )
 
@@ -522,7 +537,7 @@ class ChunkLayer:
             "args": args,
             "kwargs": kwargs or {},
         }
-        self.m.send(owner, CHUNK_TASK, task)
+        self.transport.send(owner, CHUNK_TASK, task)
         return ref
 
     def _on_task(self, msg: Message) -> None:
@@ -625,4 +640,4 @@ def error_bytes(exc: BaseException, rank: int, text: str = "") -> bytes:
         fields = (exc.rank, exc.remote_type, exc.remote_message, exc.remote_traceback)
     else:
         fields = (rank, type(exc).__qualname__, str(exc), text)
-    return pickle.dumps(fields)
+    return json.dumps(fields).encode()

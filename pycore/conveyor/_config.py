@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import operator
 import os
 from typing import Callable, SupportsIndex, TypeVar
@@ -14,7 +15,7 @@ Number = TypeVar("Number", int, float)
 
 
 def env_number(name: str, default: Number, kind: Callable[[str], Number] = int) -> Number:
-    """Return the number in environment variable `name` (>= 0), or `default` if unset."""
+    """Return the finite number in environment variable `name` (>= 0), or `default` if unset."""
     text = os.environ.get(name)
     if text is None or text == "":
         return default
@@ -22,6 +23,8 @@ def env_number(name: str, default: Number, kind: Callable[[str], Number] = int) 
         value = kind(text)
     except ValueError:
         raise ValueError(f"{name}={text!r} is not a valid {kind.__name__}") from None
+    if not math.isfinite(value):  # an idle wait's sleep of nan µs would never sleep
+        raise ValueError(f"{name}={text!r} is not a finite number")
     if value < 0:
         raise ValueError(f"{name} must be >= 0, not {value}")
     return value

@@ -871,7 +871,7 @@ class DriverScope:
         if m.rank == self.root and not m.closed:
             for rank in range(m.size):
                 if rank != self.root:
-                    m.send(rank, DRIVER_DONE)
+                    self.layer.transport.send(rank, DRIVER_DONE)
         return False
 
 

@@ -36,6 +36,12 @@ if TYPE_CHECKING:
 
 __all__ = ["Dispatch", "Receivers", "reply_target"]
 
+# How many different drops a messenger warns about. Each distinct warning
+# text is an entry in the warnings registry for good: without a bound,
+# messages to ever new unknown tags (or ever new malformed frames) would
+# grow memory without end. Drops are counted in any case.
+_MAX_WARNINGS = 100
+
 # The counters of `Dispatch.counts` that Messenger.stats() reports.
 COUNTERS = (
     "unknown_tag",
@@ -119,7 +125,7 @@ class Dispatch:
         self._open_requests: weakref.WeakValueDictionary[tuple[int, int], Message] = (
             weakref.WeakValueDictionary()
         )
-        self._unknown_tags: collections.Counter[str] = collections.Counter()
+        self._warned: set[str] = set()  # the drops warned about, at most _MAX_WARNINGS
         self.tasks: set[asyncio.Task[Any]] = set()
         receivers.add(CANCEL, self._on_cancel)
 
@@ -135,11 +141,7 @@ class Dispatch:
         if kind == core.message.KIND_SEND or kind == core.message.KIND_REQUEST:
             self._refuse_delivery(kind == core.message.KIND_REQUEST, source, ref, tag, error)
         else:  # counted by the engine as frames_malformed
-            warnings.warn(
-                f"rank {self.rank}: dropped a malformed frame from rank {source}: {error}",
-                ConveyorWarning,
-                stacklevel=2,
-            )
+            self._warn(f"dropped a malformed frame from rank {source}: {error}")
 
     def returned(self, msg: Message, result: Any) -> None:
         """What a plain send's receiver returned: nobody waits for it, but a coroutine must run."""
@@ -229,29 +231,36 @@ class Dispatch:
         self, is_request: bool, source: int, ref: int, tag: str, error: str | None
     ) -> None:
         # Its payload could not be read, or no receiver has its tag.
+        exc: BaseException
         if error is not None:
             self.counts["payloads_undecodable"] += 1
-            self._refuse(is_request, source, ref, FrameError(f"payload to {tag!r}: {error}"))
-            return
-        self.counts["unknown_tag"] += 1
-        self._unknown_tags[tag] += 1
-        self._refuse(
-            is_request,
-            source,
-            ref,
-            UnknownTagError(self.rank, "UnknownTagError", f"no receiver for tag {tag!r}"),
-            warn_once=self._unknown_tags[tag] == 1,
-        )
-
-    def _refuse(
-        self, is_request: bool, source: int, ref: int, exc: BaseException, warn_once: bool = True
-    ) -> None:
+            exc = FrameError(f"payload to {tag!r}: {error}")
+        else:
+            self.counts["unknown_tag"] += 1
+            exc = UnknownTagError(self.rank, "UnknownTagError", f"no receiver for tag {tag!r}")
         if is_request:
             self._send_error(source, ref, exc, "")
-        elif warn_once:
-            warnings.warn(
-                f"rank {self.rank}: dropped a message: {exc}", ConveyorWarning, stacklevel=3
-            )
+        else:  # an unknown tag is reported once: it is the same mistake each time
+            self._warn(f"dropped a message: {exc}", repeat=error is not None)
+
+    def _warn(self, problem: str, repeat: bool = True) -> None:
+        # For at most _MAX_WARNINGS different problems (then once that the
+        # rest go unsaid); one seen before is warned about again if `repeat`.
+        # Tags and errors come from the wire, of any length: cut them short.
+        if len(problem) > 300:
+            problem = problem[:300] + "..."
+        if problem not in self._warned:
+            if len(self._warned) > _MAX_WARNINGS:
+                return
+            if len(self._warned) == _MAX_WARNINGS:
+                problem = (
+                    f"more than {_MAX_WARNINGS} different messages dropped: the next are "
+                    "only counted (see Messenger.stats)"
+                )
+            self._warned.add(problem)
+        elif not repeat:
+            return
+        warnings.warn(f"rank {self.rank}: {problem}", ConveyorWarning, stacklevel=2)
 
     def _send_error(self, dest: int, ref: int, exc: BaseException, text: str) -> None:
         kind = "unknown_tag" if isinstance(exc, UnknownTagError) else "error"

@@ -10,6 +10,7 @@ from collections.abc import Generator
 from typing import TYPE_CHECKING, Any, Callable, Generic, TypeVar
 
 from ._asyncio import loop_of, wait_answer
+from ._checks import check_timeout
 from ._errors import CancelledError, ConveyorError, TimeoutError
 
 if TYPE_CHECKING:
@@ -254,7 +255,7 @@ class Stream(Generic[T]):
         if not self._answers and self._state == _PENDING:
             self._waiter = loop_of(self._requests.transport).create_future()
             try:
-                await asyncio.wait_for(self._waiter, self.timeout)
+                await asyncio.wait_for(self._waiter, check_timeout(self.timeout))
             except asyncio.TimeoutError:
                 raise TimeoutError(f"no answer within {self.timeout} s") from None
             finally:

@@ -23,7 +23,7 @@ import numpy.typing as npt
 
 from . import _asyncio, _quiescence
 from ._carriage import Address
-from ._checks import check_name, check_rank, check_tag, check_user_tag
+from ._checks import check_name, check_rank, check_timeout, check_user_tag
 from ._chunks import ChunkLayer
 from ._config import engine_options
 from ._config import zero_copy_threshold as _zero_copy_threshold
@@ -119,9 +119,9 @@ class Messenger:
         self._senders: dict[str, Sender] = {}  # tag -> Sender, behind send(rank, tag, payload)
         # The services built on messages, each behind reserved receivers.
         self.store = Store()
-        ItemService(self, receivers)
+        ItemService(self, receivers, requests)
         self._tables = TableService(self, receivers, requests)
-        self._chunks = ChunkLayer(self, transport, receivers, next(_serials))
+        self._chunks = ChunkLayer(self, transport, receivers, requests, next(_serials))
         _open_messengers.add(self)
         if abort_on_error and MPI.COMM_WORLD.Get_size() > 1:
             _install_abort_hook()
@@ -170,9 +170,18 @@ class Messenger:
             self._abandon()
 
     def close(self) -> None:
-        """Wait until no message is in flight (collective), then release MPI resources."""
+        """Wait until no message is in flight (collective), then release MPI resources.
+
+        Raises
+        ------
+        conveyor.ConveyorError
+            If called from a handler (the messenger stays open and working).
+        """
         if self.closed:
             return
+        # Refused before anything is released: the handler's own answer
+        # still has to leave, and the other ranks wait for this one's close.
+        _quiescence.refuse_in_handler(self._transport, "close()")
         if self._dispatch.tasks:
             raise ConveyorError(
                 f"{len(self._dispatch.tasks)} async handlers are still running: use 'await m.aclose()'"
@@ -187,6 +196,7 @@ class Messenger:
         """The asyncio `close`: await `aquiet`, then release MPI resources."""
         if self.closed:
             return
+        _quiescence.refuse_in_handler(self._transport, "aclose()")  # as close() does
         try:
             await self.aquiet()
             self._transport.engine.flush_sends(-1.0)
@@ -291,7 +301,8 @@ class Messenger:
         self, verb: str, dest: int | Address, tag: Any, payload: Any
     ) -> tuple[int, str, int | None, Any]:
         # Both call forms, (dest, tag[, payload]) and (address, payload), as
-        # (rank, receiver name, reply ref or None, payload).
+        # (rank, receiver name, reply ref or None, payload). The callers check
+        # the name: a reply (ref set) reaches no receiver, whatever its name.
         self._transport.check_open()
         if isinstance(dest, Address):
             if payload is not _MISSING:
@@ -347,9 +358,8 @@ class Messenger:
                 sender.send(dest, None if payload is _MISSING else payload)
                 return
         rank, name, ref, payload = self._target("send", dest, tag, payload)
-        post = self._transport.post
         if ref is not None:
-            post(
+            self._transport.post(
                 rank,
                 core.message.KIND_REPLY if final else core.message.KIND_ANSWER,
                 ref,
@@ -359,7 +369,7 @@ class Messenger:
         elif not final:
             raise ValueError("final=False answers a request: send it to the request's reply_to")
         else:
-            post(rank, core.message.KIND_SEND, 0, check_tag(name), payload)
+            self._transport.send(rank, check_user_tag(name), payload)
             if len(self._senders) < _MAX_CACHED_SENDERS:
                 self._senders[name] = Sender(self._transport, name, self.aggregate, self.size)
 
@@ -397,8 +407,7 @@ class Messenger:
             If ``dest`` is not a rank of the job.
         """
         dest, tag, _, payload = self._target("request", dest, tag, payload)
-        requests = self._requests
-        return requests.open(dest, check_tag(tag), payload, lambda ref: Future(requests, dest, ref))
+        return self._requests.request(dest, check_user_tag(tag), payload)
 
     @overload
     def request_stream(
@@ -446,9 +455,10 @@ class Messenger:
             If ``dest`` is not a rank of the job.
         """
         dest, tag, _, payload = self._target("request_stream", dest, tag, payload)
+        timeout = check_timeout(timeout)
         requests = self._requests
         return requests.open(
-            dest, check_tag(tag), payload, lambda ref: Stream(requests, dest, ref, timeout)
+            dest, check_user_tag(tag), payload, lambda ref: Stream(requests, dest, ref, timeout)
         )
 
     def sender(self, tag: str, *, aggregate: bool | None = None) -> Sender:
@@ -501,7 +511,8 @@ class Messenger:
         ValueError
             If ``rank`` is not a rank of the job, or ``name`` is empty.
         """
-        return self.request(rank, ITEM_FETCH, check_name(name))
+        rank = check_rank(rank, self.size, "destination rank")
+        return self._requests.request(rank, ITEM_FETCH, check_name(name))
 
     def order(self, rank: int, order: Transfer) -> Future[dict[str, Any]]:
         """Order rank ``rank`` to carry out ``order`` (a `Transfer`, `Copy` or `Move`).
@@ -537,7 +548,8 @@ class Messenger:
             )
         for dest in order.to + ([order.then[0]] if order.then else []):
             check_rank(dest, self.size, "destination rank")
-        return self.request(rank, ITEM_ORDER, order._as_payload())
+        rank = check_rank(rank, self.size, "destination rank")
+        return self._requests.request(rank, ITEM_ORDER, order._as_payload())
 
     def table(self, name: str) -> Table:
         """Return the distributed key-value `Table` called ``name``.
@@ -627,22 +639,29 @@ class Messenger:
 
     # -- progress and quiescence -----------------------------------------------
 
-    def progress(self, timeout: float = 0.0) -> int:
+    def progress(self, timeout: float | None = 0.0) -> int:
         """Handle the messages that have arrived; wait up to ``timeout`` s for the first.
 
         Also sends the batches waiting to leave this rank.
 
         Parameters
         ----------
-        timeout : float, default 0.0
-            Seconds to wait if nothing has arrived.
+        timeout : float or None, default 0.0
+            Seconds to wait if nothing has arrived; None or ``math.inf``
+            wait without limit.
 
         Returns
         -------
         int
             The number of messages handled.
+
+        Raises
+        ------
+        ValueError
+            If ``timeout`` is negative or NaN.
         """
-        return self._transport.serve(timeout)
+        seconds = check_timeout(timeout)
+        return self._transport.serve(-1.0 if seconds is None else seconds)
 
     def wait_quiet(self) -> None:
         """Return, on every rank, once no message is in flight and no handler runs.
@@ -718,6 +737,7 @@ class Messenger:
         conveyor.RemoteError
             If the remote handler raised.
         """
+        timeout = check_timeout(timeout)  # before the request leaves
         future = self.request(dest, tag, payload)  # type: ignore[arg-type]  # either form
         try:
             return await asyncio.wait_for(_asyncio.wait_answer(self._transport, future), timeout)
@@ -749,6 +769,7 @@ class Messenger:
         for key in COUNTERS:
             stats[key] = counts[key]
         stats["late_answers"] = self._requests.late
+        stats["answers_malformed"] = self._requests.malformed
         stats["pending_requests"] = len(self._requests)
         stats["open_requests"] = self._dispatch.open_requests()
         stats["store_items"] = len(self.store)

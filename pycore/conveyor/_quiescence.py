@@ -21,7 +21,7 @@ from ._transport import WAIT_SLICE
 if TYPE_CHECKING:
     from ._transport import Transport
 
-__all__ = ["aquiet", "wait_quiet"]
+__all__ = ["aquiet", "refuse_in_handler", "wait_quiet"]
 
 # The longest pause between two waves that saw messages in flight (an
 # arriving message ends it early).
@@ -66,12 +66,21 @@ def _next(steps: Steps, totals: tuple[int, int] | None) -> str | None:
         return None
 
 
+def refuse_in_handler(transport: Transport, what: str) -> None:
+    """Raise `ConveyorError` if called from a handler of `transport`'s messenger.
+
+    `what` is a collective that waits for quiet: a handler counts as
+    running until it returns, so quiet would never come.
+    """
+    if transport.engine.handling or handler_of.get() is transport:
+        raise ConveyorError(f"{what} is collective and cannot be called from a handler")
+
+
 def wait_quiet(transport: Transport) -> None:
     """Serve until no message is in flight on any rank (collective)."""
     transport.check_open()
+    refuse_in_handler(transport, "wait_quiet()")
     engine = transport.engine
-    if engine.handling:
-        raise ConveyorError("wait_quiet() is collective and cannot be called from a handler")
     steps = _detect(transport)
     totals = None
     while (step := _next(steps, totals)) is not None:
@@ -88,9 +97,7 @@ def wait_quiet(transport: Transport) -> None:
 async def aquiet(transport: Transport) -> None:
     """Await the moment no message is in flight on any rank (collective)."""
     link = attach(transport)
-    if transport.engine.handling or handler_of.get() is transport:
-        # A handler counts as running until it returns: quiet would never come.
-        raise ConveyorError("aquiet() is collective and cannot be awaited in a handler")
+    refuse_in_handler(transport, "aquiet()")
     steps = _detect(transport)
     totals = None
     while (step := _next(steps, totals)) is not None:

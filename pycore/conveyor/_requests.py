@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable, TypeVar, Union
 
 from ._errors import ConveyorError, FrameError, RemoteError, UnknownTagError
+from ._future import Future
 from ._native import core
 from ._tags import CANCEL
 
 if TYPE_CHECKING:
-    from ._future import Future, Stream
+    from ._future import Stream
     from ._transport import Transport
 
     # What gets a request's answers.
@@ -36,12 +37,15 @@ class Requests:
         Sends the requests and serves while their callers wait.
     late : int
         Answers that came after their request was cancelled (or failed).
+    malformed : int
+        Error answers whose report could not be read (from forged frames).
     """
 
     def __init__(self, transport: Transport) -> None:
         self.transport = transport
         self.waiters: dict[int, Waiter] = {}
         self.late = 0
+        self.malformed = 0
         self._next_ref = 1
 
     def __len__(self) -> int:
@@ -61,6 +65,15 @@ class Requests:
             del self.waiters[ref]
             raise
         return waiter
+
+    def request(self, dest: int, tag: str, payload: Any) -> Future[Any]:
+        """Send a request to `tag` on `dest`, reserved tags included; return its `Future`.
+
+        The path of conveyor's own services to their receivers:
+        `Messenger.request` is this for the user's tags only.
+        """
+        self.transport.check_open()
+        return self.open(dest, tag, payload, lambda ref: Future(self, dest, ref))
 
     def cancel(self, waiter: Waiter) -> None:
         """Drop the answers still to come, and tell the worker (``msg.cancelled``)."""
@@ -87,15 +100,17 @@ class Requests:
             waiter._answer(payload, False)
         else:
             del self.waiters[ref]
-            cls = UnknownTagError if payload.get("kind") == "unknown_tag" else RemoteError
-            waiter._fail(
-                cls(
-                    source,
-                    payload.get("type", "?"),
-                    payload.get("message", ""),
-                    payload.get("traceback", ""),
-                )
-            )
+            waiter._fail(self._remote_error(source, payload))
+
+    def _remote_error(self, source: int, report: Any) -> ConveyorError:
+        # An Error frame's payload, as Dispatch._send_error makes it; from a
+        # forged frame, anything: that is a malformed answer, not a crash.
+        fields = ("kind", "type", "message", "traceback")
+        if not (isinstance(report, dict) and all(isinstance(report.get(f), str) for f in fields)):
+            self.malformed += 1
+            return FrameError(f"a malformed error answer from rank {source}: {report!r:.200}")
+        cls = UnknownTagError if report["kind"] == "unknown_tag" else RemoteError
+        return cls(source, report["type"], report["message"], report["traceback"])
 
     def wait(self, waiter: Waiter, timeout: float | None) -> None:
         """Serve until `waiter` has something for its caller."""

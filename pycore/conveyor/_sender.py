@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
-from ._checks import check_tag
+from ._checks import check_user_tag
 from ._native import core
 
 if TYPE_CHECKING:
@@ -36,7 +36,9 @@ class Sender(core.engine.SenderBase):
     _size: int
 
     def __new__(cls, transport: Transport, tag: str, aggregate: bool, size: int) -> Sender:
-        self = super().__new__(cls, transport.engine, check_tag(tag), aggregate, transport.relieve)
+        self = super().__new__(
+            cls, transport.engine, check_user_tag(tag), aggregate, transport.relieve
+        )
         self._size = size
         return self
 

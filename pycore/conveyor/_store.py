@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, SupportsIndex
 
 from ._carriage import CarriageableItem
-from ._checks import check_name, check_rank
+from ._checks import check_name, check_rank, check_user_tag
 from ._errors import StoreFullError
 from ._tags import ITEM_FETCH, ITEM_ORDER, ITEM_PUT
 
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from ._future import Future
     from ._message import Message
     from ._messenger import Messenger
+    from ._requests import Requests
 
 __all__ = ["Store", "Transfer", "Copy", "Move"]
 
@@ -216,9 +217,7 @@ class Transfer:
         if then is not None:
             if not (isinstance(then, tuple) and len(then) == 3 and isinstance(then[1], str)):
                 raise TypeError("then must be a (rank, tag, payload) tuple")
-            if not then[1]:
-                raise ValueError("the tag of a follow-up message must not be empty")
-            then = (check_rank(then[0]), then[1], then[2])
+            then = (check_rank(then[0]), check_user_tag(then[1]), then[2])
         self.then = then
 
     def _as_payload(self) -> dict[str, Any]:
@@ -247,8 +246,9 @@ class Move(Transfer):
 class ItemService:
     """The receivers behind fetch and orders, on every rank."""
 
-    def __init__(self, messenger: Messenger, receivers: Receivers) -> None:
+    def __init__(self, messenger: Messenger, receivers: Receivers, requests: Requests) -> None:
         self._m = messenger
+        self._requests = requests
         receivers.add(ITEM_FETCH, self._fetch)
         receivers.add(ITEM_PUT, self._put)
         receivers.add(ITEM_ORDER, self._order)
@@ -266,7 +266,7 @@ class ItemService:
         order = msg.payload
         item = m.store[order["name"]]  # a KeyError answers the order's giver
         msg.defer()
-        acks = [m.request(rank, ITEM_PUT, (order["as"], item)) for rank in order["to"]]
+        acks = [self._requests.request(rank, ITEM_PUT, (order["as"], item)) for rank in order["to"]]
         pending = [len(acks)]
         failures: list[BaseException] = []
 

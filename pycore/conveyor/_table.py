@@ -232,14 +232,14 @@ class Table:
         TypeError
             If ``key`` is not a str, bytes, int or tuple of these.
         """
-        m, home, data = self._home(key)
+        home, data = self._home(key)
         requests = self._service.requests
         requests.transport.check_open()
         return requests.open(
             home,
             TABLE_WAIT,
             (self.name, data),
-            lambda ref: _Wait(requests, home, ref, m, (self.name, data, ref)),
+            lambda ref: _Wait(requests, home, ref, (self.name, data, ref)),
         )
 
     def delete(self, key: Key) -> Future[None]:
@@ -287,15 +287,14 @@ class Table:
         shard = self._service._shards.get(self.name)
         return {decode_key(data): len(w) for data, w in shard.waiters.items()} if shard else {}
 
-    def _home(self, key: Key) -> tuple[Messenger, int, bytes]:
-        # (messenger, home rank, encoded key); a bad key raises before anything is sent.
+    def _home(self, key: Key) -> tuple[int, bytes]:
+        # (home rank, encoded key); a bad key raises before anything is sent.
         data = encode_key(key)
-        m = self._service._m
-        return m, _hash(data) % m.size, data
+        return _hash(data) % self._service._m.size, data
 
     def _request(self, tag: str, key: Key, *value: Any) -> Future[Any]:
-        m, home, data = self._home(key)
-        return m.request(home, tag, (self.name, data, *value))
+        home, data = self._home(key)
+        return self._service.requests.request(home, tag, (self.name, data, *value))
 
     def __repr__(self) -> str:
         return f"<conveyor.Table {self.name!r} on rank {self._service._m.rank}>"
@@ -304,25 +303,19 @@ class Table:
 class _Wait(Future[Any]):
     # The future of a wait: cancelling it also removes the waiter at the home.
 
-    __slots__ = ("_messenger", "_unwait")
+    __slots__ = ("_unwait",)
 
     def __init__(
-        self,
-        requests: Requests,
-        dest: int,
-        ref: int,
-        messenger: Messenger,
-        unwait: tuple[str, bytes, int],
+        self, requests: Requests, dest: int, ref: int, unwait: tuple[str, bytes, int]
     ) -> None:
         super().__init__(requests, dest, ref)
-        self._messenger = messenger
         self._unwait = unwait
 
     def cancel(self) -> bool:
         if not super().cancel():
             return False
-        if not self._messenger.closed:
-            self._messenger.send(self._dest, TABLE_UNWAIT, self._unwait)
+        if not self._requests.transport.closed:
+            self._requests.transport.send(self._dest, TABLE_UNWAIT, self._unwait)
         return True
 
 

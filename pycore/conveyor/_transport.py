@@ -10,12 +10,13 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ._checks import check_timeout
 from ._errors import ConveyorError, TimeoutError
+from ._native import core
 
 if TYPE_CHECKING:
     from ._asyncio import LoopLink
     from ._dispatch import Dispatch
-    from ._native import core
 
 __all__ = ["Transport"]
 
@@ -64,6 +65,15 @@ class Transport:
         if self.engine.send(rank, kind, ref, tag, payload, self.aggregate):
             self.relieve(rank)
 
+    def send(self, rank: int, tag: str, payload: Any = None) -> None:
+        """Send `payload` to the receiver of `tag` on `rank`, reserved tags included.
+
+        The path of conveyor's own services to their receivers:
+        `Messenger.send` is this for the user's tags only.
+        """
+        self.check_open()
+        self.post(rank, core.message.KIND_SEND, 0, tag, payload)
+
     def relieve(self, dest: int) -> None:
         """Back-pressure: serve incoming messages until `dest` takes sends again.
 
@@ -83,7 +93,11 @@ class Transport:
         return self.engine.serve(timeout, -1, self.dispatch)
 
     def wait_for(self, waiter: Waiter, timeout: float | None) -> None:
-        """Serve until ``waiter._ready()`` (a Future, Stream or gather), at most `timeout` s."""
+        """Serve until ``waiter._ready()`` (a Future, Stream or gather), at most `timeout` s.
+
+        Every blocking wait for answers comes here: its timeout is checked here.
+        """
+        timeout = check_timeout(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         while not waiter._ready():
             self.check_open()

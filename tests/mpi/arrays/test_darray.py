@@ -915,7 +915,7 @@ def case_reference_before_its_chunk():
                 back, placeholders = m.request(owner, "hold", ref).result(timeout=10)
                 assert placeholders == 1 and back.id == ref.id
                 del back
-                m.send(
+                layer.transport.send(
                     owner,
                     CHUNK_TASK,
                     {

@@ -357,3 +357,212 @@ def test_address_and_messenger_arguments_are_checked():
     with cv.Messenger() as m:
         with pytest.raises(ValueError, match="out of range"):
             m.send(cv.Address(3, "x"), 1)
+
+
+# -- issue 16: forged frames and bad arguments ---------------------------------
+
+
+def case_reserved_tags_are_unreachable_from_user_sends(marker):
+    import asyncio
+    import pathlib
+
+    from conveyor import _pickling
+    from conveyor._tags import CHUNK_TASK, ITEM_ORDER
+
+    with cv.Messenger() as m:
+        peer = (m.rank + 1) % m.size
+        # What a user would send to make the peer's chunk layer run a function.
+        task = {
+            "id": 1,
+            "weight": 1,
+            "length": None,
+            "function": _pickling.dumps(lambda: pathlib.Path(marker).touch()),
+            "args": [],
+            "kwargs": {},
+        }
+        attempts = [
+            lambda: m.send(peer, CHUNK_TASK, task),
+            lambda: m.send(cv.Address(peer, CHUNK_TASK), task),
+            lambda: m.request(peer, CHUNK_TASK, task),
+            lambda: m.request(cv.Address(peer, CHUNK_TASK), task),
+            lambda: m.request_stream(peer, CHUNK_TASK, task),
+            lambda: asyncio.run(m.arequest(peer, CHUNK_TASK, task)),
+            lambda: m.sender(CHUNK_TASK),
+            lambda: cv.Transfer("item", peer, then=(peer, CHUNK_TASK, task)),
+        ]
+        for attempt in attempts:
+            with pytest.raises(ValueError, match="reserved for conveyor"):
+                attempt()
+        # An order forged past Transfer's check: the peer's follow-up send refuses it.
+        m.store.put("item", 1)
+        order = {"name": "item", "to": [m.rank], "as": "copy", "move": False}
+        order["then"] = (peer, CHUNK_TASK, task)
+        with pytest.raises(cv.RemoteError, match="reserved for conveyor"):
+            m._requests.request(peer, ITEM_ORDER, order).result(timeout=10)
+        # A reply address answers by its reference: it reaches no receiver,
+        # whatever name it carries.
+        m.send(cv.Address(peer, CHUNK_TASK, ref=12345), task)
+        m.wait_quiet()
+        assert m.stats()["late_answers"] == 1
+        assert m.stats()["pending_requests"] == 0
+    assert not pathlib.Path(marker).exists()
+
+
+def test_reserved_tags_are_unreachable_from_user_sends(mpirun, tmp_path):
+    marker = tmp_path / "ran"
+    mpirun(2, case_reserved_tags_are_unreachable_from_user_sends, marker)
+    assert not marker.exists()
+
+
+def test_a_forged_chunk_error_is_not_unpickled():
+    from conveyor._chunks import error_bytes, remote_error
+
+    class Boom:
+        def __reduce__(self):
+            return (pytest.fail, ("unpickled",))
+
+    import pickle
+
+    err = remote_error(pickle.dumps(Boom()))
+    assert (err.rank, err.remote_type) == (-1, "FrameError")
+    assert "could not be read" in err.remote_message
+    err = remote_error(error_bytes(KeyError("k"), 3, "trace"))
+    assert (err.rank, err.remote_type, err.remote_message, err.remote_traceback) == (
+        3,
+        "KeyError",
+        "'k'",
+        "trace",
+    )
+
+
+def test_a_forged_error_answer_fails_its_request_clearly():
+    with cv.Messenger() as m:
+        held = []
+        m.on("later")(lambda msg: (msg.defer(), held.append(msg)))
+        for report in (5, None, [1, 2], {"kind": "error"}, {"kind": 1, "type": "T"}):
+            fut = m.request(0, "later")
+            frame, _ = core.testing.encode_frame(
+                core.message.KIND_ERROR, fut._ref, "", report, 16384, False
+            )
+            m._transport.engine.post_raw(0, frame)
+            with pytest.raises(cv.FrameError, match="malformed error answer from rank 0"):
+                fut.result(timeout=10)
+        assert m.stats()["answers_malformed"] == 5
+        for msg in held:  # their real answers come late, and are counted so
+            msg.reply(None)
+        m.wait_quiet()
+        assert m.stats()["late_answers"] == 5
+
+
+def case_an_undecodable_request_is_answered_with_an_error():
+    with cv.Messenger() as m:
+        m.on("echo")(lambda msg: msg.payload)
+        peer = (m.rank + 1) % m.size
+        post = m._transport.post
+
+        def forge(rank, kind, ref, tag, payload):
+            # The request as a rank with pickle on would frame it.
+            frame, _ = core.testing.encode_frame(kind, ref, tag, payload, 1 << 30, True)
+            m._transport.engine.post_raw(rank, frame)
+
+        m._transport.post = forge
+        fut = m.request(peer, "echo", {1, 2})  # a set: pickled
+        m._transport.post = post
+        with pytest.raises(cv.RemoteError, match="not created with pickle=True") as info:
+            fut.result(timeout=10)
+        assert info.value.remote_type == "FrameError" and info.value.rank == peer
+        m.wait_quiet()
+        assert m.stats()["payloads_undecodable"] == 1
+
+
+def test_an_undecodable_request_is_answered_with_an_error(mpirun, nranks):
+    mpirun(nranks, case_an_undecodable_request_is_answered_with_an_error)
+
+
+def case_close_in_a_handler_is_refused():
+    with cv.Messenger() as m:
+        m.on("close")(lambda msg: m.close())
+        m.on("echo")(lambda msg: msg.payload)
+        peer = (m.rank + 1) % m.size
+        with pytest.raises(cv.RemoteError, match="close\\(\\) is collective"):
+            m.request(peer, "close").result(timeout=10)
+        assert not m.closed
+        assert m.request(peer, "echo", 7).result(timeout=10) == 7
+    assert m.closed
+
+
+def test_close_in_a_handler_is_refused(mpirun):
+    mpirun(2, case_close_in_a_handler_is_refused)
+
+
+def case_nan_and_negative_timeouts_are_refused():
+    import asyncio
+    import math
+
+    with cv.Messenger() as m:
+        held = []
+        m.on("later")(lambda msg: (msg.defer(), held.append(msg)))
+        fut = m.request(0, "later")
+        wait = m.table("t").wait("k")
+        for bad in (math.nan, -1, -math.inf):
+            with pytest.raises(ValueError, match="timeout must be a number of seconds >= 0"):
+                fut.result(timeout=bad)
+            with pytest.raises(ValueError, match="timeout"):
+                fut.exception(timeout=bad)
+            with pytest.raises(ValueError, match="timeout"):
+                wait.result(timeout=bad)
+            with pytest.raises(ValueError, match="timeout"):
+                m.progress(bad)
+            with pytest.raises(ValueError, match="timeout"):
+                m.request_stream(0, "later", timeout=bad)
+            with pytest.raises(ValueError, match="timeout"):
+                asyncio.run(m.arequest(0, "later", timeout=bad))
+        with pytest.raises(TypeError, match="timeout must be a number"):
+            fut.result(timeout="5")
+        # Nothing was sent by the refused calls.
+        assert m.stats()["pending_requests"] == 2
+        # Infinity is no limit.
+        m.table("t").put("k", 1).result(timeout=math.inf)
+        assert wait.result(timeout=math.inf) == 1
+        held[0].reply(2)
+        assert fut.result(timeout=math.inf) == 2
+
+
+def test_nan_and_negative_timeouts_are_refused(mpirun):
+    # Under the harness's timeout: before the fix, these waits never ended.
+    mpirun(1, case_nan_and_negative_timeouts_are_refused)
+
+
+def test_environment_values_that_are_not_finite_are_refused(monkeypatch):
+    for value in ("nan", "inf", "-inf"):
+        monkeypatch.setenv("CONVEYOR_MAX_SLEEP_US", value)
+        with pytest.raises(ValueError, match="CONVEYOR_MAX_SLEEP_US.*finite"):
+            cv.Messenger()
+
+
+def test_unknown_tags_do_not_grow_memory():
+    with cv.Messenger() as m:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for i in range(10_000):
+                m.send(0, f"nowhere-{i}", i)
+            m.wait_quiet()
+        assert m.stats()["unknown_tag"] == 10_000
+        # One warning per tag for the first 100, then one that says the rest go unsaid.
+        texts = [str(w.message) for w in caught]
+        assert len(texts) == 101, len(texts)
+        assert "no receiver for tag 'nowhere-99'" in texts[99]
+        assert "more than 100 different messages dropped" in texts[100]
+        assert len(m._dispatch._warned) == 101
+
+
+def test_request_references_out_of_range_are_clear_errors():
+    for ref in (-1, 2**64):
+        with pytest.raises(ValueError, match="request reference must be in 0..2\\*\\*64-1"):
+            cv.Address(0, "x", ref=ref)
+    with pytest.raises(TypeError, match="request reference must be an int"):
+        cv.Address(0, "x", ref=1.5)
+    with cv.Messenger() as m:
+        m.send(cv.Address(0, "x", ref=2**64 - 1), 1)  # answers no request: a late answer
+        m.wait_quiet()
+        assert m.stats()["late_answers"] == 1
