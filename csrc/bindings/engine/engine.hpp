@@ -374,27 +374,38 @@ class PyEngine {
 
     void read_entry(Delivery& d, int source, const std::uint8_t* frame, std::size_t size) {
         FrameHeader h;
-        std::string why;
         try {
             h = read_header(frame, size);
-            if (!valid_message_kind(h.kind) || !h.oob.empty())
-                why = "a batch entry must be a message without out-of-band data";
         } catch (const DecodeError& e) {
-            why = e.what();
-        }
-        if (!why.empty()) {
             entries_malformed_ += 1;
-            return reject(d, source, why);
+            return reject(d, source, e.what());
+        }
+        if (!valid_message_kind(h.kind)) {
+            entries_malformed_ += 1;
+            return reject(d, source, "a batch entry must be a message");
+        }
+        if (!h.oob.empty()) {
+            // A message whose data cannot come (a batch has none out of band):
+            // one with a payload that cannot be read, so that a request is
+            // answered with the error and an answer fails its request.
+            header_fields(d, source, h);
+            d.payload = py::none();
+            d.error = py::str("a batch entry cannot carry out-of-band data");
+            return;
         }
         read_message(d, source, h, frame, size, {});
     }
 
-    void read_message(Delivery& d, int source, const FrameHeader& h, const std::uint8_t* frame,
-                      std::size_t size, const std::vector<std::shared_ptr<Buffer>>& oob) {
+    void header_fields(Delivery& d, int source, const FrameHeader& h) {
         d.kind = static_cast<int>(h.kind);
         d.source = source;
         d.ref = h.ref;
         d.tag = tag_object(h.tag);
+    }
+
+    void read_message(Delivery& d, int source, const FrameHeader& h, const std::uint8_t* frame,
+                      std::size_t size, const std::vector<std::shared_ptr<Buffer>>& oob) {
+        header_fields(d, source, h);
         d.error = py::none();
         try {
             d.payload = py_codec::decode_body(frame + h.body_offset, size - h.body_offset, oob,

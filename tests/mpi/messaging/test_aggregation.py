@@ -522,8 +522,9 @@ def case_malformed_batches():
             4,
         )
         m.send(peer, "ok", 3)
-        # Entries that are no message (a credit, a nested batch, a frame with
-        # out-of-band data, garbage) are rejected one by one.
+        # Entries that are no message (a credit, a nested batch, garbage) are
+        # rejected one by one; a send with out-of-band data is a message whose
+        # payload cannot be read.
         credit = bare_header(KIND_CREDIT, 64)
         nested = bare_header(KIND_BATCH, 1) + entry(send_frame("nested"))
         with_oob = core.testing.encode_frame(
@@ -540,9 +541,11 @@ def case_malformed_batches():
             m.wait_quiet()
         assert [p for s, p in got if s == source] == ["raw-1", "raw-2", 1, 2, 3, 4, 5, 6], got
         stats = m.stats()
-        assert stats["frames_malformed"] == 1 + 4, stats
+        assert stats["frames_malformed"] == 1 + 3, stats
+        assert stats["payloads_undecodable"] == 1, stats
         assert stats["batches_received"] >= 3
-        assert sum("malformed frame" in str(w.message) for w in caught) == 5
+        assert sum("malformed frame" in str(w.message) for w in caught) == 4
+        assert sum("out-of-band" in str(w.message) for w in caught) == 1
         # The rank keeps serving.
         assert m.request(peer, "echo", "still here").result(timeout=10) == "still here"
 
@@ -664,6 +667,31 @@ def case_batch_announcing_more_entries_than_it_holds():
 
 def test_batch_announcing_more_entries_than_it_holds(mpirun, nranks):
     mpirun(nranks, case_batch_announcing_more_entries_than_it_holds)
+
+
+def case_request_with_out_of_band_data_in_a_batch_is_answered():
+    # A request entry whose header reads but which announces out-of-band
+    # data (a batch carries none) was dropped as a malformed frame: its
+    # requester was never answered. It is answered with the error now, which
+    # comes back to this rank for a request it never opened (a late answer).
+    with cv.Messenger() as m:
+        m.on("echo")(lambda msg: msg.payload)
+        peer = (m.rank + 1) % m.size
+        request = core.testing.encode_frame(
+            core.message.KIND_REQUEST, 77, "echo", np.arange(10), 0, False
+        )[0]
+        post_batch(m, peer, entry(request) + entry(send_frame("x", tag="echo")), 2)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            m.wait_quiet()
+        stats = m.stats()
+        assert stats["payloads_undecodable"] == 1, stats
+        assert stats["late_answers"] == 1, stats
+        assert stats["frames_malformed"] == 0, stats
+
+
+def test_request_with_out_of_band_data_in_a_batch_is_answered(mpirun, nranks):
+    mpirun(nranks, case_request_with_out_of_band_data_in_a_batch_is_answered)
 
 
 # -- 7. Sender errors ---------------------------------------------------------------
