@@ -93,7 +93,7 @@ def run_command(cmd, timeout=60, env=None, cwd=None):
     from conveyor.cli.launch import mpiexec_environment
 
     full_env = mpiexec_environment(
-        dict(os.environ, PYTHONUNBUFFERED="1", PYTHONFAULTHANDLER="1", **(env or {}))
+        {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1", **(env or {})}
     )
     proc = subprocess.Popen(
         cmd,
