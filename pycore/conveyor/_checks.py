@@ -58,6 +58,8 @@ def check_user_tag(tag: object) -> str:
     The reserved receivers trust what they get (one unpickles the functions
     of distributed arrays): only conveyor's own services reach them.
     """
+    if type(tag) is str and tag and not tag.startswith(RESERVED_PREFIX):
+        return tag  # the common case, on every send and request, without a call
     tag = check_tag(tag)
     if tag.startswith(RESERVED_PREFIX):
         raise ValueError(f"tags starting with {RESERVED_PREFIX!r} are reserved for conveyor")

@@ -92,7 +92,7 @@ class Future(Generic[T]):
             If the request was cancelled.
         """
         if self._state == _PENDING:
-            self._requests.wait(self, timeout)
+            self._requests.transport.wait_for(self, timeout)
         if self._state in (_FAILED, _CANCELLED):
             raise self._value
         answer: T = self._value
@@ -117,7 +117,7 @@ class Future(Generic[T]):
             If no answer arrived in time.
         """
         if self._state == _PENDING:
-            self._requests.wait(self, timeout)
+            self._requests.transport.wait_for(self, timeout)
         error: BaseException | None = self._value if self._state in (_FAILED, _CANCELLED) else None
         return error
 
@@ -245,7 +245,7 @@ class Stream(Generic[T]):
 
     def __next__(self) -> T:
         if not self._answers and self._state == _PENDING:
-            self._requests.wait(self, self.timeout)
+            self._requests.transport.wait_for(self, self.timeout)
         return self._take(StopIteration)
 
     def __aiter__(self) -> Stream[T]:

@@ -660,7 +660,9 @@ class Messenger:
         ValueError
             If ``timeout`` is negative or NaN.
         """
-        seconds = check_timeout(timeout)
+        # The common case, a number of seconds (NaN fails >=), without a call.
+        plain = (type(timeout) is float or type(timeout) is int) and timeout >= 0
+        seconds = timeout if plain else check_timeout(timeout)
         return self._transport.serve(-1.0 if seconds is None else seconds)
 
     def wait_quiet(self) -> None:

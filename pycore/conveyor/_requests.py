@@ -112,10 +112,6 @@ class Requests:
         cls = UnknownTagError if report["kind"] == "unknown_tag" else RemoteError
         return cls(source, report["type"], report["message"], report["traceback"])
 
-    def wait(self, waiter: Waiter, timeout: float | None) -> None:
-        """Serve until `waiter` has something for its caller."""
-        self.transport.wait_for(waiter, timeout)
-
     def fail_all(self, why: str) -> None:
         """Fail every open request with ConveyorError(`why`): its answer will never come."""
         waiters, self.waiters = self.waiters, {}

@@ -97,7 +97,8 @@ class Transport:
 
         Every blocking wait for answers comes here: its timeout is checked here.
         """
-        timeout = check_timeout(timeout)
+        if timeout is not None:  # the common case, no limit, without a call
+            timeout = check_timeout(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         while not waiter._ready():
             self.check_open()
