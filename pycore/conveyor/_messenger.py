@@ -193,7 +193,13 @@ class Messenger:
             self._release()
 
     async def aclose(self) -> None:
-        """The asyncio `close`: await `aquiet`, then release MPI resources."""
+        """The asyncio `close`: await `aquiet`, then release MPI resources.
+
+        Raises
+        ------
+        conveyor.ConveyorError
+            If awaited in a handler (the messenger stays open and working).
+        """
         if self.closed:
             return
         _quiescence.refuse_in_handler(self._transport, "aclose()")  # as close() does
@@ -476,13 +482,28 @@ class Messenger:
         -------
         Sender
             A sender bound to ``tag``.
+
+        Raises
+        ------
+        TypeError
+            If ``tag`` is not a str.
+        ValueError
+            If ``tag`` is empty or reserved (it starts with ``conveyor.``).
+        conveyor.ConveyorError
+            If the messenger is closed.
         """
         self._transport.check_open()
         aggregate = self.aggregate if aggregate is None else bool(aggregate)
         return Sender(self._transport, tag, aggregate, self.size)
 
     def flush(self) -> None:
-        """Send the small messages waiting in batches now, without waiting for anything."""
+        """Send the small messages waiting in batches now, without waiting for anything.
+
+        Raises
+        ------
+        conveyor.ConveyorError
+            If the messenger is closed.
+        """
         self._transport.check_open()
         self._transport.engine.flush()
 
@@ -670,6 +691,11 @@ class Messenger:
 
         Collective: every rank of the messenger must call it. Messages keep
         being handled meanwhile, so cascades of any depth finish first.
+
+        Raises
+        ------
+        conveyor.ConveyorError
+            If called from a handler, or the messenger is closed.
         """
         _quiescence.wait_quiet(self._transport)
 
@@ -753,6 +779,11 @@ class Messenger:
         running until their task ends. If it is cancelled, the other ranks
         wait until this one awaits `aquiet` (or `wait_quiet`) again, which
         takes up where it stopped.
+
+        Raises
+        ------
+        conveyor.ConveyorError
+            If awaited in a handler, or the messenger is closed.
         """
         await _quiescence.aquiet(self._transport)
 
