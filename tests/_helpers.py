@@ -2,6 +2,7 @@
 
 import math
 import resource
+import warnings
 
 import numpy as np
 
@@ -16,6 +17,14 @@ def world():
 def peak_rss_mib():
     """This process's peak resident set size, in MiB (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def wait_quiet_warned(m):
+    """`m.wait_quiet()`, recording every warning it gives (what dropped frames report); return their texts."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        m.wait_quiet()
+    return [str(w.message) for w in caught]
 
 
 def no_state_left(m):
