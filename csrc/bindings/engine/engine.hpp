@@ -284,12 +284,11 @@ class PyEngine {
     // it is read to its end (next()), which must wait for this entry's
     // dispatch (a nested serve may read the batch on meanwhile).
     struct Handled {
-        Handled(PyEngine& e, bool entry) : engine(e), entry(entry) {
+        Handled(PyEngine& e, bool entry) : engine(e) {
             if (entry) engine.count_finished(-1, 0);
         }
         ~Handled() { engine.count_finished(1, 1); }
         PyEngine& engine;
-        bool entry;
     };
 
     void count_finished(std::int64_t frames, std::int64_t messages) {

@@ -159,7 +159,10 @@ void Engine::receive_frame(MPI_Message message, const MPI_Status& status) {
     in->oob.reserve(in->header.oob.size());
     std::uint64_t size = 0;
     try {
-        for (auto n : in->header.oob) in->oob.push_back(std::make_shared<Buffer>(size = n));
+        for (auto n : in->header.oob) {
+            size = n;  // named in the error if it cannot be had
+            in->oob.push_back(std::make_shared<Buffer>(n));
+        }
     } catch (const std::bad_alloc&) {
         in->oob.clear();
         in->malformed = "cannot allocate the out-of-band buffer of " + std::to_string(size) +
