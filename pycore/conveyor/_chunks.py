@@ -31,7 +31,7 @@ import numpy as np
 
 from . import _pickling
 from ._carriage import CarriageableItem
-from ._errors import RemoteError
+from ._errors import RemoteError, raised_remotely
 from ._native import core
 from ._tags import (
     CHUNK_FETCH,
@@ -214,7 +214,7 @@ def remote_error(data: bytes) -> RemoteError:
     """
     try:
         rank, remote_type, message, text = json.loads(data)
-        return RemoteError(int(rank), str(remote_type), str(message), str(text))
+        return raised_remotely(int(rank), str(remote_type), str(message), str(text))
     except (TypeError, ValueError):
         return RemoteError(-1, "FrameError", "a chunk's error could not be read")
 

@@ -27,6 +27,13 @@ class ConveyorError(Exception):
 class RemoteError(ConveyorError):
     """A remote handler raised while answering a request.
 
+    When the remote exception is one of Python's built-in types, the error
+    is also an instance of that type: a remote
+    ``ValueError`` is caught by ``except ValueError`` as well as by
+    ``except conveyor.RemoteError``. Other types (the user's own, and the
+    ``OSError`` and ``UnicodeError`` families, whose constructors take other
+    arguments) arrive as a plain `RemoteError`; `remote_type` names them.
+
     Attributes
     ----------
     rank : int
@@ -53,6 +60,51 @@ class RemoteError(ConveyorError):
         if self.remote_traceback:
             text += "\n\nRemote traceback:\n" + self.remote_traceback.rstrip()
         return text
+
+
+# The typed RemoteErrors made so far, by built-in name; None where the
+# built-in type cannot be combined with RemoteError. Only built-in names are
+# keys: a forged report's made-up type names cannot grow it.
+_typed: dict[str, type[RemoteError] | None] = {}
+
+
+def raised_remotely(
+    rank: int, remote_type: str, remote_message: str, remote_traceback: str = ""
+) -> RemoteError:
+    """Return the `RemoteError` for a report from `rank`, typed when it can be.
+
+    ``remote_type`` comes from the wire: it only ever selects one of
+    Python's own built-in exception types by name, never imports or
+    unpickles anything.
+    """
+    cls: type[RemoteError] | None = RemoteError
+    builtin = getattr(builtins, remote_type, None)
+    # Not SystemExit and the like: an error report must not end the requester.
+    if isinstance(builtin, type) and issubclass(builtin, Exception):
+        if remote_type not in _typed:
+            _typed[remote_type] = _typed_error(builtin)
+        cls = _typed[remote_type]
+    return (cls or RemoteError)(rank, remote_type, remote_message, remote_traceback)
+
+
+def _typed_error(builtin: type[Exception]) -> type[RemoteError] | None:
+    name = builtin.__name__
+    try:
+        cls = type(
+            "Remote" + name,
+            (RemoteError, builtin),
+            {"__module__": __name__, "__reduce__": _reduce_typed},
+        )
+        probe = cls(0, name, "", "")
+    except TypeError:
+        return None  # a constructor that wants other arguments (UnicodeDecodeError)
+    # OSError's constructor reads the arguments as errno and strerror.
+    return cls if probe.args == (0, name, "", "") else None
+
+
+def _reduce_typed(self: RemoteError) -> tuple[object, tuple[object, ...]]:
+    # A typed class is made at run time: pickle how to make it again.
+    return raised_remotely, self.args
 
 
 class UnknownTagError(RemoteError, LookupError):
@@ -91,7 +143,7 @@ class ConveyorWarning(UserWarning):
     """Something was dropped or could not be delivered (never silently)."""
 
 
-class RecyclingWarning(UserWarning):
+class RecyclingWarning(ConveyorWarning):
     """R's warning: the longest argument's length is not a multiple of a shorter one's.
 
     The shorter argument is still recycled (row ``i`` of an argument of

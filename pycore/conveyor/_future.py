@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import sys
-import traceback
+import concurrent.futures
+import threading
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any, Callable, Generic, TypeVar
 
 from ._asyncio import loop_of, wait_answer
 from ._checks import check_timeout
-from ._errors import CancelledError, ConveyorError, TimeoutError
+from ._errors import CancelledError, TimeoutError
 
 if TYPE_CHECKING:
     from ._requests import Requests
@@ -23,49 +23,69 @@ _PENDING, _DONE, _FAILED, _CANCELLED = range(4)
 #: The type of a request's answer: ``fut: cv.Future[int] = m.request(...)``.
 T = TypeVar("T")
 
+# concurrent.futures' states, which its wait() and as_completed() read.
+_WAITING = "PENDING"
+_FINISHED = "FINISHED"
+_CANCELLED_STATES = ("CANCELLED", "CANCELLED_AND_NOTIFIED")
 
-class Future(Generic[T]):
-    """The eventual answer to a request.
+# Makes futures' conditions, so that two threads never make two for one future.
+_conditions_lock = threading.Lock()
+
+
+class _Condition:
+    # concurrent.futures.Future makes a threading.Condition for every future,
+    # which costs more than the rest of a future together; most futures are
+    # only ever waited on by the thread that serves the messenger. This makes
+    # the condition when a thread first asks for it (concurrent.futures.wait,
+    # a served messenger) and leaves it in the instance, which then shadows
+    # this non-data descriptor.
+
+    def __get__(self, future: Future[Any] | None, owner: type) -> Any:
+        if future is None:
+            return self
+        with _conditions_lock:
+            condition = future.__dict__.get("_condition")
+            if condition is None:
+                condition = future.__dict__["_condition"] = threading.Condition()
+        return condition
+
+
+class Future(concurrent.futures.Future[T]):
+    """The eventual answer to a request: a standard `concurrent.futures.Future`.
 
     Waiting on it (`result`, `exception`) runs the messenger's progress loop,
     so other incoming messages keep being handled meanwhile: a handler may
-    wait on a future without deadlocking its rank. If the request is
-    answered several times (``msg.reply(x, final=False)``), the future gets
-    the final answer; `Messenger.request_stream` gets them all.
+    wait on a future without deadlocking its rank. A wait returns as soon as
+    the answer is there, and lasts at most its timeout plus the length of
+    one handler started before the deadline. If the request is answered
+    several times (``msg.reply(x, final=False)``), the future gets the final
+    answer; `Messenger.request_stream` gets them all.
+
+    It works with `concurrent.futures.wait`, `concurrent.futures.as_completed`
+    and `asyncio.wrap_future` when something else serves the messenger
+    meanwhile (``Messenger(serve="thread")``, or an event loop for
+    ``wrap_future``); with a messenger served inline, the thread that waits
+    must be the one that serves: use `result` or ``await``. A request's
+    future is never *running* (`running` is False): it may be cancelled
+    until its answer comes.
 
     The answer's type is not known statically (`Messenger.request` returns
     ``Future[Any]``): annotate it where it is known, ``fut: cv.Future[int]``.
     """
 
-    __slots__ = ("_requests", "_dest", "_ref", "_state", "_value", "_callbacks")
+    _condition = _Condition()
 
     def __init__(self, requests: Requests, dest: int, ref: int) -> None:
+        # Not concurrent.futures.Future.__init__, which makes the condition
+        # at once; these are the rest of its fields.
+        self._state = _WAITING
+        self._result: Any = None
+        self._exception: BaseException | None = None
+        self._waiters: list[Any] = []
+        self._done_callbacks: list[Callable[[Future[T]], object]] = []
         self._requests = requests
         self._dest = dest
         self._ref = ref
-        self._state = _PENDING
-        self._value: Any = None  # the answer, or the error it failed with
-        self._callbacks: list[Callable[[Future[T]], object]] = []
-
-    def done(self) -> bool:
-        """Tell whether the answer (or an error) has arrived, or the request was cancelled.
-
-        Returns
-        -------
-        bool
-            True once the future is done.
-        """
-        return self._state != _PENDING
-
-    def cancelled(self) -> bool:
-        """Tell whether the request was cancelled.
-
-        Returns
-        -------
-        bool
-            True if `cancel` cancelled it.
-        """
-        return self._state == _CANCELLED
 
     def result(self, timeout: float | None = None) -> T:
         """Return the answer, waiting for it for at most ``timeout`` seconds.
@@ -87,15 +107,15 @@ class Future(Generic[T]):
         conveyor.TimeoutError
             If no answer arrived in time (the request stays pending).
         conveyor.RemoteError
-            If the remote handler raised.
+            If the remote handler raised (also an instance of the remote
+            exception's type when it is a built-in, such as ``ValueError``).
         conveyor.CancelledError
             If the request was cancelled.
         """
-        if self._state == _PENDING:
-            self._requests.transport.wait_for(self, timeout)
-        if self._state in (_FAILED, _CANCELLED):
-            raise self._value
-        answer: T = self._value
+        error = self.exception(timeout)
+        if error is not None:
+            raise error
+        answer: T = self._result
         return answer
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
@@ -109,17 +129,20 @@ class Future(Generic[T]):
         Returns
         -------
         BaseException or None
-            The `RemoteError`, `CancelledError` or other error, or None.
+            The `RemoteError` or other error, or None.
 
         Raises
         ------
         conveyor.TimeoutError
             If no answer arrived in time.
+        conveyor.CancelledError
+            If the request was cancelled.
         """
-        if self._state == _PENDING:
+        if self._state == _WAITING:
             self._requests.transport.wait_for(self, timeout)
-        error: BaseException | None = self._value if self._state in (_FAILED, _CANCELLED) else None
-        return error
+        if self._state in _CANCELLED_STATES:
+            raise CancelledError(f"the request to rank {self._dest} was cancelled")
+        return self._exception
 
     def cancel(self) -> bool:
         """Cancel the request: stop waiting, and tell the rank working on it.
@@ -130,59 +153,80 @@ class Future(Generic[T]):
         Returns
         -------
         bool
-            False if the future was already done, else True.
+            False if the answer has come, else True (also when the future
+            was cancelled before).
         """
-        if self._state != _PENDING:
+        waiting = self._state == _WAITING
+        if waiting:
+            self._requests.cancel(self)
+        if not super().cancel():
             return False
-        self._requests.cancel(self)
-        self._resolve(_CANCELLED, CancelledError(f"the request to rank {self._dest} was cancelled"))
+        if waiting:
+            # What an executor does when it would start the work: tell the
+            # threads in concurrent.futures.wait() that the future is done.
+            self.set_running_or_notify_cancel()
         return True
 
     def add_done_callback(self, fn: Callable[[Future[T]], object]) -> None:
         """Call ``fn(future)`` when the future completes (at once if it has).
+
+        An exception in ``fn`` is logged and ignored, as `concurrent.futures`
+        does: it must not break the handling of messages.
 
         Parameters
         ----------
         fn : callable
             Called with the future as its only argument.
         """
-        if self._state == _PENDING:
-            self._callbacks.append(fn)
-        else:
-            fn(self)
+        with _conditions_lock:
+            if self._state == _WAITING and "_condition" not in self.__dict__:
+                self._done_callbacks.append(fn)  # as _resolve reads them: without a condition
+                return
+        super().add_done_callback(fn)  # type: ignore[arg-type]  # it is called with self
 
     def __await__(self) -> Generator[Any, None, T]:
         """Await the answer from a coroutine (the messenger is served by the running loop)."""
         return wait_answer(self._requests.transport, self).__await__()
 
     def __repr__(self) -> str:
-        state = ("pending", "done", "failed", "cancelled")[self._state]
+        if self._state in _CANCELLED_STATES:
+            state = "cancelled"
+        elif self._state == _FINISHED:
+            state = "done" if self._exception is None else "failed"
+        else:
+            state = "pending"
         return f"<conveyor.Future {state}>"
 
     # The messenger's side: answers as they arrive.
 
     def _ready(self) -> bool:
-        return self._state != _PENDING
+        return self._state != _WAITING
 
     def _answer(self, value: T, final: bool) -> None:
         if final:
-            self._resolve(_DONE, value)
+            self._resolve(value, None)
 
     def _fail(self, exc: BaseException) -> None:
-        self._resolve(_FAILED, exc)
+        self._resolve(None, exc)
 
-    def _resolve(self, state: int, value: object) -> None:
-        if self._state != _PENDING:
-            raise ConveyorError("future already resolved")
-        self._state = state
-        self._value = value
-        callbacks, self._callbacks = self._callbacks, []
-        for fn in callbacks:
-            try:
-                fn(self)
-            except Exception:  # a callback's failure must not break message handling
-                print("conveyor: a Future callback raised:", file=sys.stderr)
-                traceback.print_exc()
+    def _resolve(self, value: Any, exc: BaseException | None) -> None:
+        with _conditions_lock:
+            # No thread waits on it yet (there is no condition, and none can
+            # be made meanwhile): finish it here, without making one.
+            if "_condition" not in self.__dict__:
+                if self._state != _WAITING:
+                    raise concurrent.futures.InvalidStateError(f"{self!r} is already done")
+                self._result, self._exception, self._state = value, exc, _FINISHED
+                waited = False
+            else:
+                waited = True
+        if waited:
+            if exc is None:
+                self.set_result(value)
+            else:
+                self.set_exception(exc)
+        else:
+            self._invoke_callbacks()  # type: ignore[attr-defined]
 
 
 class Stream(Generic[T]):

@@ -512,8 +512,8 @@ class Messenger:
     def fetch(self, rank: int, name: str) -> Future[Any]:
         """Return a `Future` for a copy of item ``name`` of rank ``rank``'s store.
 
-        It fails with `RemoteError` (remote type ``KeyError``) if that store
-        has no such item.
+        It fails with a `RemoteError` that is also a ``KeyError`` if that
+        store has no such item.
 
         Parameters
         ----------
@@ -552,8 +552,8 @@ class Messenger:
         -------
         Future
             Resolves, once every destination holds the item, to ``{"name",
-            "to", "bytes"}``; fails with `RemoteError` if ``rank`` has no such
-            item (remote type ``KeyError``) or a destination refused it (say
+            "to", "bytes"}``; fails with a `RemoteError` (a ``KeyError`` too)
+            if ``rank`` has no such item, or if a destination refused it (say
             ``StoreFullError``).
 
         Raises

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable, TypeVar, Union
 
-from ._errors import ConveyorError, FrameError, RemoteError, UnknownTagError
+from ._errors import ConveyorError, FrameError, UnknownTagError, raised_remotely
 from ._future import Future
 from ._native import core
 from ._tags import CANCEL
@@ -105,12 +105,14 @@ class Requests:
     def _remote_error(self, source: int, report: Any) -> ConveyorError:
         # An Error frame's payload, as Dispatch._send_error makes it; from a
         # forged frame, anything: that is a malformed answer, not a crash.
-        fields = ("kind", "type", "message", "traceback")
-        if not (isinstance(report, dict) and all(isinstance(report.get(f), str) for f in fields)):
+        names = ("kind", "type", "message", "traceback")
+        if not (isinstance(report, dict) and all(isinstance(report.get(n), str) for n in names)):
             self.malformed += 1
             return FrameError(f"a malformed error answer from rank {source}: {report!r:.200}")
-        cls = UnknownTagError if report["kind"] == "unknown_tag" else RemoteError
-        return cls(source, report["type"], report["message"], report["traceback"])
+        fields = (source, report["type"], report["message"], report["traceback"])
+        if report["kind"] == "unknown_tag":
+            return UnknownTagError(*fields)
+        return raised_remotely(*fields)
 
     def fail_all(self, why: str) -> None:
         """Fail every open request with ConveyorError(`why`): its answer will never come."""

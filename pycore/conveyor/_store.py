@@ -254,7 +254,11 @@ class ItemService:
         receivers.add(ITEM_ORDER, self._order)
 
     def _fetch(self, msg: Message) -> Any:
-        return self._m.store[msg.payload]
+        try:
+            return self._m.store[msg.payload]
+        except KeyError as exc:
+            msg.fail(exc)  # without a traceback: nothing went wrong here
+            return None
 
     def _put(self, msg: Message) -> int:
         name, item = msg.payload

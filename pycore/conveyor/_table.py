@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Union
 
 from ._checks import check_name
 from ._dispatch import reply_target
+from ._errors import RemoteError
 from ._future import Future
 from ._tags import TABLE_DELETE, TABLE_GET, TABLE_PUT, TABLE_UNWAIT, TABLE_WAIT
 
@@ -38,6 +39,9 @@ __all__ = ["Table"]
 # an unsigned LEB128 number, then the data. For a tuple the "length" is its
 # number of items, and the items follow, each encoded the same way.
 _STR, _BYTES, _INT, _TUPLE = b"s", b"b", b"i", b"t"
+
+# Table.get without a default (None is a default like any other).
+_NO_DEFAULT: Any = object()
 
 
 def encode_key(key: Key) -> bytes:
@@ -187,16 +191,19 @@ class Table:
         """
         return self._request(TABLE_PUT, key, value)
 
-    def get(self, key: Key) -> Future[Any]:
+    def get(self, key: Key, default: Any = _NO_DEFAULT) -> Future[Any]:
         """Return a `Future` for the value of ``key``.
 
-        It fails with `RemoteError` (remote type ``KeyError``) if the key is
-        not set, as `Messenger.fetch` does for a missing item.
+        If the key is not set, the future resolves to ``default`` when one
+        is given, and otherwise fails with a `RemoteError` that is also a
+        ``KeyError``, as `Messenger.fetch` does for a missing item.
 
         Parameters
         ----------
         key : str, bytes, int or tuple
             The key.
+        default : object, optional
+            The value of a key that is not set.
 
         Returns
         -------
@@ -208,7 +215,14 @@ class Table:
         TypeError
             If ``key`` is not a str, bytes, int or tuple of these.
         """
-        return self._request(TABLE_GET, key)
+        if default is _NO_DEFAULT:
+            return self._request(TABLE_GET, key)
+        home, data = self._home(key)
+        requests = self._service.requests
+        requests.transport.check_open()
+        return requests.open(
+            home, TABLE_GET, (self.name, data), lambda ref: _Get(requests, home, ref, default)
+        )
 
     def wait(self, key: Key) -> Future[Any]:
         """Return a `Future` for the value of ``key`` once it is set.
@@ -253,8 +267,8 @@ class Table:
         Returns
         -------
         Future
-            Resolves to None once the key is removed; fails with
-            `RemoteError` (remote type ``KeyError``) if it was not set.
+            Resolves to None once the key is removed; fails with a
+            `RemoteError` that is also a ``KeyError`` if it was not set.
 
         Raises
         ------
@@ -300,6 +314,22 @@ class Table:
         return f"<conveyor.Table {self.name!r} on rank {self._service._m.rank}>"
 
 
+class _Get(Future[Any]):
+    # The future of a get with a default: a missing key resolves to it.
+
+    __slots__ = ("_default",)
+
+    def __init__(self, requests: Requests, dest: int, ref: int, default: Any) -> None:
+        super().__init__(requests, dest, ref)
+        self._default = default
+
+    def _fail(self, exc: BaseException) -> None:
+        if isinstance(exc, RemoteError) and isinstance(exc, KeyError):  # from _holding
+            self._answer(self._default, True)
+        else:
+            super()._fail(exc)
+
+
 class _Wait(Future[Any]):
     # The future of a wait: cancelling it also removes the waiter at the home.
 
@@ -312,9 +342,10 @@ class _Wait(Future[Any]):
         self._unwait = unwait
 
     def cancel(self) -> bool:
+        waiting = not self.done()
         if not super().cancel():
             return False
-        if not self._requests.transport.closed:
+        if waiting and not self._requests.transport.closed:
             self._requests.transport.send(self._dest, TABLE_UNWAIT, self._unwait)
         return True
 
@@ -362,12 +393,15 @@ class TableService:
         if not shard.values and not shard.waiters:
             del self._shards[name]
 
-    def _holding(self, msg: Message) -> tuple[str, bytes, _Shard]:
-        # (name, encoded key, shard) of a get or delete; KeyError if the key is not set.
+    def _holding(self, msg: Message) -> tuple[str, bytes, _Shard] | None:
+        # (name, encoded key, shard) of a get or delete. If the key is not
+        # set, None, and the request fails with KeyError, without a
+        # traceback: nothing went wrong on this rank.
         name, data = msg.payload
         shard = self._shards.get(name)
         if shard is None or data not in shard.values:
-            raise KeyError(f"no key {decode_key(data)!r} in table {name!r}")
+            msg.fail(KeyError(f"no key {decode_key(data)!r} in table {name!r}"))
+            return None
         return name, data, shard
 
     def _put(self, msg: Message) -> None:
@@ -378,8 +412,11 @@ class TableService:
             waiter.reply(value)
 
     def _get(self, msg: Message) -> Any:
-        _, data, shard = self._holding(msg)
-        return shard.values[data]
+        held = self._holding(msg)
+        if held is not None:
+            _, data, shard = held
+            return shard.values[data]
+        return None
 
     def _wait(self, msg: Message) -> Any:
         name, data = msg.payload
@@ -391,9 +428,11 @@ class TableService:
         shard.waiters.setdefault(data, {})[(msg.source, ref)] = msg
 
     def _delete(self, msg: Message) -> None:
-        name, data, shard = self._holding(msg)
-        del shard.values[data]
-        self._drop_if_empty(name, shard)
+        held = self._holding(msg)
+        if held is not None:
+            name, data, shard = held
+            del shard.values[data]
+            self._drop_if_empty(name, shard)
 
     def _unwait(self, msg: Message) -> None:
         name, data, ref = msg.payload

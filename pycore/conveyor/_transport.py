@@ -95,7 +95,10 @@ class Transport:
     def wait_for(self, waiter: Waiter, timeout: float | None) -> None:
         """Serve until ``waiter._ready()`` (a Future, Stream or gather), at most `timeout` s.
 
-        Every blocking wait for answers comes here: its timeout is checked here.
+        Every blocking wait for answers comes here: its timeout is checked
+        here. It returns as soon as the answer is there, and after the
+        deadline starts no further message: a wait lasts its timeout plus
+        the length of one handler at most.
         """
         if timeout is not None:  # the common case, no limit, without a call
             timeout = check_timeout(timeout)
@@ -108,4 +111,4 @@ class Transport:
                 if left <= 0:
                     raise TimeoutError(f"no answer within {timeout} s")
                 wait = min(wait, left)
-            self.engine.serve(wait, -1, self.dispatch)
+            self.engine.serve(wait, -1, self.dispatch, True)

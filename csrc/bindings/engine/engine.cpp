@@ -26,7 +26,7 @@ void register_engine(py::module_& m) {
              py::arg("tag"), py::arg("payload"), py::arg("aggregate"))
         .def("post_raw", &PyEngine::post_raw, py::arg("dest"), py::arg("frame"))
         .def("serve", &PyEngine::serve, py::arg("timeout"), py::arg("uncongested"),
-             py::arg("dispatch"))
+             py::arg("dispatch"), py::arg("answered") = false)
         .def("answering", &PyEngine::answering, py::arg("source"), py::arg("ref"))
         .def_property_readonly("answering_count", &PyEngine::answering_count)
         .def("flush", [](PyEngine& e) { e.engine().flush(); })

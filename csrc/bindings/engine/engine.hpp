@@ -16,6 +16,7 @@
 #include "bindings/errors.hpp"
 #include "bindings/message/codec.hpp"
 #include "bindings/message/message.hpp"
+#include "conveyor/engine/backoff.hpp"
 #include "conveyor/engine/engine.hpp"
 
 namespace conveyor {
@@ -108,11 +109,15 @@ class PyEngine {
     // Flushes batches, receives, waits up to `timeout` seconds (negative: no
     // limit) if nothing is ready, then dispatches everything ready. With
     // `uncongested` >= 0 the wait also ends once that rank takes sends again.
-    // `dispatch` is the façade's Dispatch (see Hooks). Returns how many
+    // `dispatch` is the façade's Dispatch (see Hooks). With `answered`, the
+    // caller waits for an answer: dispatching stops after the first answer,
+    // and starts no further message once `timeout` has passed, so that a
+    // wait lasts its timeout plus one handler at most. Returns how many
     // messages were dispatched.
-    std::size_t serve(double timeout, int uncongested, py::handle dispatch) {
+    std::size_t serve(double timeout, int uncongested, py::handle dispatch, bool answered) {
         check_open();
         Hooks h(dispatch);
+        auto start = Clock::now();
         engine_.flush();
         if (!has_pending()) engine_.progress();
         if (!has_pending() && timeout != 0) {
@@ -124,6 +129,9 @@ class PyEngine {
         while (next(d)) {
             dispatch_one(d, h);
             ++dispatched;
+            if (answered && (is_answer(static_cast<FrameKind>(d.kind)) ||
+                             (timeout >= 0 && seconds_since(start) >= timeout)))
+                break;
         }
         report_handled();
         // What the handlers sent leaves now, not when the caller waits next.
@@ -441,7 +449,7 @@ class PyEngine {
         Handling handling(handling_);
         const auto& names = dispatch_names();
         auto kind = static_cast<FrameKind>(d.kind);
-        if (kind == FrameKind::Reply || kind == FrameKind::Answer || kind == FrameKind::Error) {
+        if (is_answer(kind)) {
             // Every answer, readable or not, goes to the requests it answers.
             py::object source = py::int_(d.source), ref = py::int_(d.ref), k = py::int_(d.kind);
             return call_method(h.requests(), names.answer, k, source, ref, d.payload, d.error);

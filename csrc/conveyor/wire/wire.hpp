@@ -41,6 +41,10 @@ inline bool valid_kind(std::uint8_t k) { return k >= 1 && k <= 7; }
 inline bool valid_message_kind(FrameKind k) {
     return (k >= FrameKind::Send && k <= FrameKind::Error) || k == FrameKind::Answer;
 }
+// The kinds that answer a request of this rank's.
+inline bool is_answer(FrameKind k) {
+    return k == FrameKind::Reply || k == FrameKind::Answer || k == FrameKind::Error;
+}
 
 // Appends little-endian scalars and byte runs to a growable buffer.
 class Writer {

@@ -69,7 +69,7 @@ class Engine:
         """
     def post_raw(self, dest: int, frame: bytes) -> None:
         """Send `frame` as it is, without out-of-band buffers (to test malformed input)."""
-    def serve(self, timeout: float, uncongested: int, dispatch: Any) -> int:
+    def serve(self, timeout: float, uncongested: int, dispatch: Any, answered: bool = False) -> int:
         """Flush, receive, wait up to `timeout` s (GIL released) if nothing is ready, dispatch.
 
         The wait also ends once rank `uncongested` takes sends again (-1:
@@ -82,8 +82,10 @@ class Engine:
         goes to ``dispatch.returned(msg, result)``, its exception to
         ``dispatch.failed(msg, exc)``, and what is unusual about a request
         to ``dispatch.finish_request(msg, result, exc)``. Each message is
-        counted as handled once its dispatch ends. Return how many messages
-        were dispatched.
+        counted as handled once its dispatch ends. With `answered`, the
+        caller waits for an answer: dispatching stops after the first answer
+        and starts no message once `timeout` has passed. Return how many
+        messages were dispatched.
         """
     def answering(self, source: int, ref: int) -> Any:
         """Return the Message of the request (`source`, `ref`) whose handler runs now, or None."""
