@@ -80,6 +80,11 @@ class LoopLink:
 def attach(transport: Transport, loop: asyncio.AbstractEventLoop | None = None) -> LoopLink:
     """Serve `transport` from `loop` (the running one by default); return the link."""
     transport.check_open()
+    if transport.service is not None:
+        raise ConveyorError(
+            "this Messenger is served by its own thread (serve='thread'); an event loop "
+            "cannot serve it too: await asyncio.wrap_future(future) instead"
+        )
     loop = loop or asyncio.get_running_loop()
     if transport.link is not None:
         if transport.link.loop is loop:
@@ -105,6 +110,9 @@ def loop_of(transport: Transport) -> asyncio.AbstractEventLoop:
 
 async def wait_answer(transport: Transport, future: Future[T]) -> T:
     """Await `future` (a conveyor Future); cancelling the await cancels the request."""
+    if transport.service is not None:  # answered on the service thread
+        transport.engine.flush()
+        return await asyncio.wrap_future(future)
     if not future.done():
         waiter: asyncio.Future[None] = loop_of(transport).create_future()
         future.add_done_callback(

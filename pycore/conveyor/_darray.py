@@ -853,7 +853,7 @@ class DriverScope:
         layer = self.layer
         if m.rank == self.root:
             return Driver(m)
-        if layer.transport.engine.handling:
+        if layer.transport.in_handler():
             raise ConveyorError("a rank cannot serve a driver from inside a handler")
         seen = layer.drivers_seen
         while layer.drivers_done == seen:

@@ -32,7 +32,7 @@ class RemoteError(ConveyorError):
     ``ValueError`` is caught by ``except ValueError`` as well as by
     ``except conveyor.RemoteError``. Other types (the user's own, and the
     ``OSError`` and ``UnicodeError`` families, whose constructors take other
-    arguments) arrive as a plain `RemoteError`; `remote_type` names them.
+    arguments) arrive as a plain `RemoteError`; ``remote_type`` names them.
 
     Attributes
     ----------

@@ -87,6 +87,36 @@ class Future(concurrent.futures.Future[T]):
         self._dest = dest
         self._ref = ref
 
+    def done(self) -> bool:
+        """Tell whether the answer (or an error) has arrived, or the request was cancelled.
+
+        Returns
+        -------
+        bool
+            True once the future is done.
+        """
+        return self._state != _WAITING
+
+    def cancelled(self) -> bool:
+        """Tell whether the request was cancelled.
+
+        Returns
+        -------
+        bool
+            True if `cancel` cancelled it.
+        """
+        return self._state in _CANCELLED_STATES
+
+    def running(self) -> bool:
+        """Tell whether the request runs: always False, since it can be cancelled until answered.
+
+        Returns
+        -------
+        bool
+            False.
+        """
+        return False
+
     def result(self, timeout: float | None = None) -> T:
         """Return the answer, waiting for it for at most ``timeout`` seconds.
 
@@ -199,8 +229,7 @@ class Future(concurrent.futures.Future[T]):
 
     # The messenger's side: answers as they arrive.
 
-    def _ready(self) -> bool:
-        return self._state != _WAITING
+    _ready = done
 
     def _answer(self, value: T, final: bool) -> None:
         if final:

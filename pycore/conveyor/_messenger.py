@@ -17,7 +17,7 @@ import time
 import weakref
 from collections.abc import Iterable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Callable, SupportsIndex, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Callable, Literal, SupportsIndex, TypeVar, overload
 
 import numpy.typing as npt
 
@@ -35,6 +35,7 @@ from ._message import Message, Receiver
 from ._native import comm_handle, core
 from ._requests import Requests
 from ._sender import Sender
+from ._service import Service
 from ._store import ItemService, Store, Transfer
 from ._table import TableService
 from ._tags import ITEM_FETCH, ITEM_ORDER
@@ -61,10 +62,14 @@ class Messenger:
     """Moves messages between ranks: the intermediary of the messaging pattern.
 
     It works on a duplicate of `comm`, so its traffic never mixes with the
-    user's own mpi4py traffic. Handlers run only inside its calls that wait
-    (`Future.result`, `progress`, `wait_quiet`, `close`, a send slowed by
-    back-pressure) on the calling thread, or in an asyncio event loop (see
-    `attach`). A Messenger is used from one thread.
+    user's own mpi4py traffic. By default (``serve="inline"``) handlers run
+    only inside its calls that wait (`Future.result`, `progress`,
+    `wait_quiet`, `close`, a send slowed by back-pressure) on the calling
+    thread, or in an asyncio event loop (see `attach`). With
+    ``serve="thread"`` they run on a service thread of the messenger's own,
+    so that the rank answers while the program blocks anywhere else (in a
+    plain mpi4py collective, `time.sleep`, `concurrent.futures.wait`). A
+    Messenger is used from one thread of the program.
 
     Parameters
     ----------
@@ -85,6 +90,19 @@ class Messenger:
     abort_on_error : bool, default True
         In a multi-rank job, an uncaught exception prints its traceback and
         aborts the whole job rather than leaving the other ranks waiting.
+    serve : {"inline", "thread"}, default "inline"
+        Who handles messages: the program's thread while it waits in
+        conveyor (the fastest; see the guide's figures), or a service thread
+        at any time. ``"thread"`` needs ``MPI_THREAD_MULTIPLE`` (mpi4py's
+        default) and cannot be combined with an event loop (`attach`).
+
+    Raises
+    ------
+    ValueError
+        If ``serve`` is neither ``"inline"`` nor ``"thread"``.
+    conveyor.ConveyorError
+        If ``serve="thread"`` and MPI was initialised without
+        ``MPI_THREAD_MULTIPLE``.
     """
 
     def __init__(
@@ -95,6 +113,7 @@ class Messenger:
         pickle: bool = False,
         zero_copy_threshold: int | None = None,
         abort_on_error: bool = True,
+        serve: Literal["inline", "thread"] = "inline",
     ) -> None:
         from mpi4py import MPI
 
@@ -102,8 +121,20 @@ class Messenger:
             comm = MPI.COMM_WORLD
         if not isinstance(comm, MPI.Intracomm):
             raise TypeError(f"comm must be an mpi4py.MPI.Intracomm, not {type(comm).__name__}")
+        if serve not in ("inline", "thread"):
+            raise ValueError(f"serve must be 'inline' or 'thread', not {serve!r}")
+        if serve == "thread" and MPI.Query_thread() != MPI.THREAD_MULTIPLE:
+            raise ConveyorError(
+                "serve='thread' calls MPI from a second thread, which needs "
+                "MPI_THREAD_MULTIPLE (mpi4py's default; see mpi4py.rc.thread_level)"
+            )
         threshold = _zero_copy_threshold(zero_copy_threshold)
         options = engine_options()
+        if serve == "thread":
+            # The service thread yields its core from the start when it finds
+            # nothing, rather than busy-poll: the program's thread, which
+            # sends the next request, needs that core.
+            options.spin_seconds = 0.0
         self._comm = comm.Dup()
         engine = core.engine.Engine(comm_handle(self._comm), threshold, bool(pickle), options)
         self.rank = engine.rank
@@ -125,6 +156,8 @@ class Messenger:
         _open_messengers.add(self)
         if abort_on_error and MPI.COMM_WORLD.Get_size() > 1:
             _install_abort_hook()
+        if serve == "thread":  # last: it dispatches from now on
+            transport.service = Service(transport, f"conveyor-serve-rank{self.rank}")
 
     # -- context and lifetime ------------------------------------------------
 
@@ -217,6 +250,8 @@ class Messenger:
     def _abandon(self) -> None:
         # Stops everything without a collective call (an error path may have
         # left the other ranks elsewhere).
+        if self._transport.service is not None:
+            self._transport.service.stop()
         self._transport.closed = True
         self._chunks.close()
         _open_messengers.discard(self)
@@ -674,7 +709,9 @@ class Messenger:
         Returns
         -------
         int
-            The number of messages handled.
+            The number of messages handled; 0 with ``serve="thread"``, where
+            the service thread handles them and this only waits up to
+            ``timeout`` for its next round.
 
         Raises
         ------

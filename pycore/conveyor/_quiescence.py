@@ -72,7 +72,7 @@ def refuse_in_handler(transport: Transport, what: str) -> None:
     `what` is a collective that waits for quiet: a handler counts as
     running until it returns, so quiet would never come.
     """
-    if transport.engine.handling or handler_of.get() is transport:
+    if transport.in_handler() or handler_of.get() is transport:
         raise ConveyorError(f"{what} is collective and cannot be called from a handler")
 
 

@@ -17,6 +17,7 @@ from ._native import core
 if TYPE_CHECKING:
     from ._asyncio import LoopLink
     from ._dispatch import Dispatch
+    from ._service import Service
 
 __all__ = ["Transport"]
 
@@ -44,6 +45,8 @@ class Transport:
         What the native dispatcher calls back (set once it exists).
     link : conveyor._asyncio.LoopLink or None
         The event loop serving the messenger, if any.
+    service : conveyor._service.Service or None
+        The thread serving the messenger, if any (``serve="thread"``).
     closed : bool
         Set once the messenger is closed: nothing may be sent or served.
     """
@@ -53,6 +56,7 @@ class Transport:
         self.aggregate = aggregate
         self.dispatch: Dispatch | None = None
         self.link: LoopLink | None = None
+        self.service: Service | None = None
         self.closed = False
 
     def check_open(self) -> None:
@@ -74,6 +78,17 @@ class Transport:
         self.check_open()
         self.post(rank, core.message.KIND_SEND, 0, tag, payload)
 
+    def in_handler(self) -> bool:
+        """Tell whether the calling thread runs a handler of this messenger."""
+        if self.service is not None and not self.service.is_current():
+            return False  # the program's thread, while the service thread handles
+        return self.engine.handling != 0
+
+    def served_elsewhere(self) -> Service | None:
+        """The service thread, if one serves and the caller is not it: then the caller only waits."""
+        service = self.service
+        return service if service is not None and not service.is_current() else None
+
     def relieve(self, dest: int) -> None:
         """Back-pressure: serve incoming messages until `dest` takes sends again.
 
@@ -81,15 +96,27 @@ class Transport:
         handlers cannot pile up on the stack; nor does an event loop, which
         would stall every other task.
         """
-        if self.engine.handling or self.link is not None:
+        if self.in_handler() or self.link is not None:
             return
         while self.engine.congested(dest):
             self.check_open()
-            self.engine.serve(WAIT_SLICE, dest, self.dispatch)
+            if (service := self.served_elsewhere()) is not None:
+                # Credit comes to the service thread: look again after its round.
+                service.wait(lambda: not self.engine.congested(dest), WAIT_SLICE)
+            else:
+                self.engine.serve(WAIT_SLICE, dest, self.dispatch)
 
     def serve(self, timeout: float = 0.0) -> int:
-        """Dispatch what has arrived, waiting up to `timeout` s for the first; return how many."""
+        """Dispatch what has arrived, waiting up to `timeout` s for the first; return how many.
+
+        Where a service thread serves, the caller only waits up to `timeout`
+        for its next round, and 0 is returned.
+        """
         self.check_open()
+        if (service := self.served_elsewhere()) is not None:
+            self.engine.flush()
+            service.wait(lambda: False, timeout if timeout >= 0 else None)
+            return 0
         return self.engine.serve(timeout, -1, self.dispatch)
 
     def wait_for(self, waiter: Waiter, timeout: float | None) -> None:
@@ -102,6 +129,12 @@ class Transport:
         """
         if timeout is not None:  # the common case, no limit, without a call
             timeout = check_timeout(timeout)
+        if (service := self.served_elsewhere()) is not None:
+            self.check_open()
+            self.engine.flush()  # the requests this thread sent leave now
+            if not service.wait(waiter._ready, timeout):
+                raise TimeoutError(f"no answer within {timeout} s")
+            return
         deadline = None if timeout is None else time.monotonic() + timeout
         while not waiter._ready():
             self.check_open()

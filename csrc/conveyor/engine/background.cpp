@@ -43,7 +43,7 @@ void Engine::wake_background() {
 // owner's descriptor. It naps between rounds with the same growing interval
 // as an idle wait.
 void Engine::background_loop() {
-    on_background_thread = true;
+    defer_releases = true;
     try {
         background_rounds();
     } catch (const std::exception& e) {
@@ -68,7 +68,7 @@ void Engine::background_rounds() {
         bool flush = open_batches_.load(std::memory_order_relaxed) != 0;
         bool quiet = false;  // it probed and nothing came, went, or is under way
         if (receive || flush) {
-            std::unique_lock<std::mutex> guard(lock_, std::defer_lock);
+            std::unique_lock<YieldingMutex> guard(lock_, std::defer_lock);
             // An event loop's owner needs this round; any other owner
             // holding the lock is making progress itself.
             if (serving)

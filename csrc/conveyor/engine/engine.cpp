@@ -206,8 +206,7 @@ void Engine::release_in_order(int source) {
 }
 
 void Engine::bury(std::shared_ptr<Outgoing> out) {
-    if (on_background_thread && out.use_count() == 1 && out->keep)
-        graveyard_.push_back(std::move(out));
+    if (defer_releases && out.use_count() == 1 && out->keep) graveyard_.push_back(std::move(out));
 }
 
 bool Engine::complete_sends() {
@@ -253,7 +252,7 @@ bool Engine::progress() {
 bool Engine::progress_after_nap() { return progress_locked() || progress_locked(); }
 
 bool Engine::progress_locked() {
-    if (!on_background_thread) {
+    if (!defer_releases) {
         graveyard_.clear();
         if (!background_failure_.empty())
             throw MPIError("the background progress thread failed: " + background_failure_);
@@ -284,7 +283,8 @@ bool Engine::progress_locked() {
 
 bool Engine::wait(double timeout, int uncongested) {
     if (uncongested >= 0) check_dest(uncongested, size_);
-    std::unique_lock<std::mutex> guard(lock_);
+    DeferReleases defer;
+    std::unique_lock<YieldingMutex> guard(lock_);
     owner_active_.store(true, std::memory_order_relaxed);
     flush_locked();
     // Idle ranks wait here most of the time: the background thread parks
@@ -311,6 +311,15 @@ bool Engine::wait(double timeout, int uncongested) {
         napped = false;
         if (woken()) return true;
         if (timeout >= 0 && seconds_since(start) >= timeout) return false;
+        if (lock_.wanted()) {
+            // Another thread of the program would post (a messenger served
+            // by a thread of its own): let it, rather than make it wait
+            // through the spin; it has the lock once it no longer waits.
+            guard.unlock();
+            auto asked = Clock::now();
+            while (lock_.wanted() && seconds_since(asked) < kHandOverSeconds) sched_yield();
+            guard.lock();
+        }
         switch (backoff.step()) {
             case IdleBackoff::Step::Spin: continue;
             case IdleBackoff::Step::Yield: sched_yield(); continue;
@@ -357,8 +366,9 @@ void Engine::mark_finished(std::int64_t frames, std::int64_t messages) {
 }
 
 bool Engine::flush_sends(double timeout) {
+    DeferReleases defer;
     auto start = Clock::now();
-    std::unique_lock<std::mutex> guard(lock_);
+    std::unique_lock<YieldingMutex> guard(lock_);
     flush_locked();
     for (;;) {
         bool held = false;

@@ -109,13 +109,33 @@ struct EngineStats {
     std::uint64_t background_flushes = 0;  // batches the background thread sent
 };
 
+// A mutex that tells its holder whether a thread is blocked waiting for it,
+// so that a holder who only polls can step aside (see Engine::wait).
+// try_lock() does not count as waiting.
+class YieldingMutex {
+  public:
+    void lock() {
+        if (mutex_.try_lock()) return;
+        waiting_.fetch_add(1, std::memory_order_relaxed);
+        mutex_.lock();
+        waiting_.fetch_sub(1, std::memory_order_relaxed);
+    }
+    bool try_lock() { return mutex_.try_lock(); }
+    void unlock() { mutex_.unlock(); }
+    bool wanted() const { return waiting_.load(std::memory_order_relaxed) != 0; }
+
+  private:
+    std::mutex mutex_;
+    std::atomic<int> waiting_{0};
+};
+
 // The progress engine. All of its methods may be called from one thread (the
-// owner's). A background thread of the engine's own sends batches that
-// waited longer than flush_delay_seconds, receives while the owner stays
-// away, and, when asked to (serve_in_background), signals a file descriptor.
-// It needs MPI_THREAD_MULTIPLE, since the owner may call MPI itself meanwhile;
-// without it there is no background thread and only the owner's calls make
-// progress.
+// owner's), or from several threads that take turns (a messenger served by
+// a thread of its own): each call takes the engine's lock. A background thread of the engine's own
+// sends batches that waited longer than flush_delay_seconds, receives while the owner stays away,
+// and, when asked to (serve_in_background), signals a file descriptor. It needs
+// MPI_THREAD_MULTIPLE, since the owner may call MPI itself meanwhile; without it there is no
+// background thread and only the owner's calls make progress.
 //
 // The background never queues for the engine's lock: it decides from atomics
 // whether there is anything to do and then only tries the lock, since an
@@ -128,6 +148,8 @@ class Engine {
     // Outstanding send requests beyond which a sender is congested even with
     // credit left: MPI_Testsome scans them all on every round of progress.
     static constexpr std::size_t kMaxPendingSends = 4096;
+    // How long a waiting owner leaves the lock to a thread that asked for it.
+    static constexpr double kHandOverSeconds = 50e-6;
 
     // Uses `comm` without owning it; the caller frees it after close().
     Engine(MPI_Comm comm, EngineOptions options);
@@ -212,7 +234,7 @@ class Engine {
         KeepAlive keep;
         FlowBytes bytes;
     };
-    using Guard = std::lock_guard<std::mutex>;
+    using Guard = std::lock_guard<YieldingMutex>;
     // What this rank has in flight to one destination, and has consumed from it.
     struct Route {
         Writer batch;  // a Batch frame being filled; empty when none
@@ -269,22 +291,32 @@ class Engine {
     void signal_owner();
     void wake_background();
 
-    // True on the engine's background thread, which must not release the
-    // keep-alives of sends (they may hold Python objects).
-    static inline thread_local bool on_background_thread = false;
+    // True where the keep-alives of finished sends must not be released,
+    // since they may hold Python objects that this thread may not touch
+    // now: on the engine's background thread, and in wait() and
+    // flush_sends(), which the bindings call without the interpreter lock
+    // (releasing one there, under the engine's lock, would deadlock with a
+    // second Python thread that holds the interpreter lock and wants the
+    // engine's). They wait in graveyard_ for the next call that may.
+    static inline thread_local bool defer_releases = false;
+    struct DeferReleases {
+        bool before = defer_releases;
+        DeferReleases() { defer_releases = true; }
+        ~DeferReleases() { defer_releases = before; }
+    };
 
     MPI_Comm comm_;
     EngineOptions options_;
     EngineStats stats_;
     int rank_ = 0, size_ = 1;
     // Guards everything below against the background thread.
-    mutable std::mutex lock_;
+    mutable YieldingMutex lock_;
 
     std::vector<Route> routes_;
     std::vector<MPI_Request> send_reqs_;
     std::vector<std::shared_ptr<Outgoing>> send_owners_;
-    // Sends the background thread completed: their keep-alives may hold
-    // Python objects, which only the owner's thread may release.
+    // Sends completed where their keep-alives could not be released (see
+    // defer_releases): the next progress round that may releases them.
     std::vector<std::shared_ptr<Outgoing>> graveyard_;
     std::vector<MPI_Request> recv_reqs_;
     std::vector<Incoming*> recv_owners_;
