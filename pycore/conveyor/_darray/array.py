@@ -7,13 +7,15 @@ are the public faces of the tasks in `calls`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal, cast
 
 import numpy as np
 import numpy.typing as npt
 
 from . import calls, reductions
 from .chunked import Chunked, split_sizes
+from .elementwise import elementwise
 
 __all__ = ["DistArray", "dcall", "dmap", "dreduce"]
 
@@ -23,9 +25,12 @@ class DistArray(Chunked):
 
     1-D, or 2-D chunked by rows. Make one with `Messenger.array` (or a
     driver's `Driver.array`) from a numpy array, or with `from_local` from
-    each rank's piece; `dcall`, `dmap`, the arithmetic and comparison
-    operators and numpy's ufuncs make new ones without waiting for their
-    chunks to be computed. `DistArray.collect` and `DistArray.resolve` wait.
+    each rank's piece; `dcall`, `dmap`, the operators and numpy's ufuncs
+    make new ones without waiting for their chunks to be computed.
+    `DistArray.collect` and `DistArray.resolve` wait. It follows numpy's
+    semantics (broadcasting, bitwise ``&`` and ``|``, the truth value of
+    one element only); what cannot stay distributed raises an error that
+    names `collect`, rather than gathering the array on one rank.
 
     Chunks are freed once no `DistArray` (or `ChunkRef`) on any rank refers
     to them any more.
@@ -53,6 +58,12 @@ class DistArray(Chunked):
         def __rand__(self, other: Any) -> DistArray: ...
         def __or__(self, other: Any) -> DistArray: ...
         def __ror__(self, other: Any) -> DistArray: ...
+        def __xor__(self, other: Any) -> DistArray: ...
+        def __rxor__(self, other: Any) -> DistArray: ...
+        def __lshift__(self, other: Any) -> DistArray: ...
+        def __rlshift__(self, other: Any) -> DistArray: ...
+        def __rshift__(self, other: Any) -> DistArray: ...
+        def __rrshift__(self, other: Any) -> DistArray: ...
         def __eq__(self, other: Any) -> DistArray: ...  # type: ignore[override]
         def __ne__(self, other: Any) -> DistArray: ...  # type: ignore[override]
         def __lt__(self, other: Any) -> DistArray: ...
@@ -60,7 +71,9 @@ class DistArray(Chunked):
         def __gt__(self, other: Any) -> DistArray: ...
         def __ge__(self, other: Any) -> DistArray: ...
         def __neg__(self) -> DistArray: ...
+        def __pos__(self) -> DistArray: ...
         def __abs__(self) -> DistArray: ...
+        def __invert__(self) -> DistArray: ...
 
         __hash__: ClassVar[None]  # type: ignore[assignment]
 
@@ -127,8 +140,22 @@ class DistArray(Chunked):
     # -- numpy -----------------------------------------------------------------
 
     def __array_ufunc__(self, ufunc: np.ufunc, method: str, *inputs: Any, **kwargs: Any) -> Any:
-        if method == "__call__" and "out" not in kwargs:
-            return dcall(ufunc, *inputs, **kwargs)
+        if kwargs.get("out") is not None:
+            raise TypeError(f"{ufunc.__name__}: out= is not supported: a DistArray is a new array")
+        kwargs.pop("out", None)
+        if method == "__call__":
+            if ufunc.nout != 1 or ufunc.signature is not None:
+                raise TypeError(
+                    f"numpy.{ufunc.__name__} is not supported on a DistArray "
+                    "(it returns more than one array, or works on whole rows): "
+                    "call it on .collect(), or through dcall"
+                )
+            if kwargs.get("where", True) is not True:
+                raise TypeError(
+                    f"{ufunc.__name__}: where= is not supported on a DistArray: use numpy.where"
+                )
+            kwargs.pop("where", None)
+            return elementwise(DistArray, ufunc, inputs, kwargs)
         if (
             method == "reduce"
             and ufunc in reductions.REDUCERS
@@ -138,10 +165,36 @@ class DistArray(Chunked):
             return reductions.reduce(self, reductions.REDUCERS[ufunc], kwargs.get("axis", 0))
         return NotImplemented
 
+    # -- Python's protocols, as numpy has them ---------------------------------------
+
+    def __bool__(self) -> bool:
+        # numpy's answer: the one element's truth, else its error.
+        size = self.size
+        if size == 1:
+            return bool(self.collect().reshape(()))
+        return bool(np.zeros(min(size, 2), bool))  # raises numpy's ValueError
+
+    def __iter__(self) -> Iterator[Any]:
+        # Row by row, one chunk fetched at a time: as much memory as the largest chunk.
+        for ref in self._refs:
+            (rows,) = self._gather([ref])
+            yield from rows
+
+    def __contains__(self, value: object) -> bool:
+        return bool((self == value).any())
+
     def __repr__(self) -> str:
-        lengths = ", ".join("?" if ref.length is None else str(ref.length) for ref in self._refs)
-        dtype = "" if self._dtype is None else f", dtype={self._dtype}"
-        return f"<conveyor.DistArray chunks=[{lengths}]{dtype}>"
+        lengths = [ref.length for ref in self._refs]
+        rows = "?" if None in lengths else str(sum(cast("list[int]", lengths)))
+        if self._row_shape is None:
+            shape = "?"
+        else:
+            shape = "(" + ", ".join([rows] + [str(n) for n in self._row_shape])
+            shape += ",)" if not self._row_shape else ")"
+        chunks = ", ".join("?" if n is None else str(n) for n in lengths)
+        ranks = ", ".join(str(ref.owner) for ref in self._refs)
+        dtype = "?" if self._dtype is None else str(self._dtype)
+        return f"<conveyor.DistArray shape={shape} dtype={dtype} chunks=[{chunks}] ranks=[{ranks}]>"
 
 
 # The reductions share their parameters and errors: one docstring template
@@ -198,10 +251,17 @@ for _name, _summary, _returns in [
 
 def _operator(ufunc: np.ufunc, reflected: bool = False) -> Callable[[DistArray, Any], DistArray]:
     if reflected:
-        return lambda self, other: dcall(ufunc, other, self)
-    return lambda self, other: dcall(ufunc, self, other)
+        return lambda self, other: elementwise(DistArray, ufunc, (other, self), {})
+    return lambda self, other: elementwise(DistArray, ufunc, (self, other), {})
 
 
+def _unary(ufunc: np.ufunc) -> Callable[[DistArray], DistArray]:
+    return lambda self: elementwise(DistArray, ufunc, (self,), {})
+
+
+# numpy's operators, with numpy's broadcasting: `&`, `|` and `^` are bitwise
+# (logical for bools), as in numpy; R's logical `&` and `|` are
+# numpy.logical_and and numpy.logical_or, and R's recycling is dcall's.
 for _name, _ufunc in [
     ("add", np.add),
     ("sub", np.subtract),
@@ -210,8 +270,11 @@ for _name, _ufunc in [
     ("floordiv", np.floor_divide),
     ("mod", np.remainder),
     ("pow", np.power),
-    ("and", np.logical_and),
-    ("or", np.logical_or),
+    ("and", np.bitwise_and),
+    ("or", np.bitwise_or),
+    ("xor", np.bitwise_xor),
+    ("lshift", np.left_shift),
+    ("rshift", np.right_shift),
 ]:
     setattr(DistArray, f"__{_name}__", _operator(_ufunc))
     setattr(DistArray, f"__r{_name}__", _operator(_ufunc, reflected=True))
@@ -224,8 +287,13 @@ for _name, _ufunc in [
     ("ge", np.greater_equal),
 ]:
     setattr(DistArray, f"__{_name}__", _operator(_ufunc))
-DistArray.__neg__ = lambda self: dcall(np.negative, self)  # type: ignore[method-assign]
-DistArray.__abs__ = lambda self: dcall(np.absolute, self)  # type: ignore[method-assign]
+for _name, _one in [
+    ("neg", np.negative),
+    ("pos", np.positive),
+    ("abs", np.absolute),
+    ("invert", np.invert),
+]:
+    setattr(DistArray, f"__{_name}__", _unary(_one))
 DistArray.__hash__ = None  # == is elementwise
 
 

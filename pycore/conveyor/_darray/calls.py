@@ -37,8 +37,18 @@ _RECYCLING = "longer object length is not a multiple of shorter object length"
 _PACKAGE = os.path.dirname(os.path.dirname(__file__))
 
 
-def call(cls: type[C], f: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> C:
-    """dcall: ``f`` elementwise on the arguments, aligned and recycled as in R."""
+def call(
+    cls: type[C],
+    f: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    dtype: np.dtype[Any] | None = None,
+    row_shape: tuple[int, ...] | None = None,
+) -> C:
+    """dcall: ``f`` elementwise on the arguments, aligned and recycled as in R.
+
+    ``dtype`` and ``row_shape`` are those of the result, when the caller knows them.
+    """
     layer = layer_of_operands(args, kwargs, "dcall")
     operands = list(args) + list(kwargs.values())
     lengths = [_length(x) for x in operands]
@@ -51,7 +61,7 @@ def call(cls: type[C], f: Callable[..., Any], args: tuple[Any, ...], kwargs: dic
         ref = layer.submit(
             layer.rank, 0, 0, _pickling.dumps(f), specs[:n], dict(zip(kwargs, specs[n:]))
         )
-        return cls(layer, [ref])
+        return cls(layer, [ref], dtype, None if row_shape is None else (0,) + row_shape)
     longest = max(known)
     if any(longest % n for n in known):
         _warn_recycling()
@@ -75,7 +85,9 @@ def call(cls: type[C], f: Callable[..., Any], args: tuple[Any, ...], kwargs: dic
         dict(zip(kwargs, operands[n:])),
         sizes,
         owners,
-        target=target,
+        dtype,
+        row_shape,
+        target,
     )
 
 
@@ -115,9 +127,10 @@ def aligned_call(
 
 
 def _warn_recycling() -> None:
-    # Attributed to the first caller outside conveyor: operators and numpy's
-    # ufuncs call dcall from inside it, and with Python's default filter (once
-    # per place) all of a program's `x + y` would share one place in here.
+    # Attributed to the first caller outside conveyor: dcall and dmap get
+    # here through frames of conveyor's own (a Driver's too), and with
+    # Python's default filter (once per place) all of a program's calls
+    # would share one place in here.
     frame: FrameType | None
     frame, level = sys._getframe(0), 1
     while frame is not None and _in_package(frame.f_code.co_filename):

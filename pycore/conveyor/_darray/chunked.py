@@ -211,14 +211,31 @@ class Chunked:
 
     @property
     def ndim(self) -> int:
+        """1 or 2: the number of dimensions."""
         _, row_shape = self._learn_type()
         return 1 + len(row_shape)
+
+    @property
+    def size(self) -> int:
+        """The number of elements: rows times columns."""
+        _, row_shape = self._learn_type()
+        return len(self) * int(np.prod(row_shape, dtype=np.int64))
 
     @property
     def dtype(self) -> np.dtype[Any]:
         """The numpy dtype; for a result of `dcall`, known once its first chunk is computed."""
         dtype, _ = self._learn_type()
         return dtype
+
+    @property
+    def itemsize(self) -> int:
+        """The bytes of one element."""
+        return self.dtype.itemsize
+
+    @property
+    def nbytes(self) -> int:
+        """The bytes of all elements, over all ranks."""
+        return self.size * self.itemsize
 
     # -- waiting ---------------------------------------------------------------
 
