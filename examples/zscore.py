@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             weights = d.array(np.array([1.0, 0.5, 0.25]))  # recycled along z
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                weighted = z * weights
+                weighted = d.dcall(np.multiply, z, weights)  # R's recycling: dcall's
             outliers = int((abs(z) > 3).sum())
             total = float(weighted.sum())
 

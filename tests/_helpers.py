@@ -1,5 +1,7 @@
 """Helpers shared by the test files (imported by them, also under mpiexec)."""
 
+import faulthandler
+import gc
 import math
 import resource
 import warnings
@@ -107,3 +109,63 @@ def bench_run(rows, minute=0):
         },
         "results": rows,
     }
+
+
+# -- distributed arrays (the cases of tests/mpi/arrays) ----------------------------
+
+
+def lengths(x):
+    """The lengths of the chunks of DistArray `x`, as known on this rank."""
+    return [ref.length for ref in x.chunks]
+
+
+def owners(x):
+    """The ranks of the chunks of DistArray `x`."""
+    return [ref.owner for ref in x.chunks]
+
+
+def assert_array_same(got, want):
+    """Equal values, dtype and shape."""
+    got = np.asarray(got)
+    assert got.dtype == want.dtype and got.shape == want.shape, (got, want)
+    np.testing.assert_array_equal(got, want)
+
+
+def quiet(m):
+    """Collective: collect the garbage and wait for the messages its releases sent, twice."""
+    for _ in range(2):
+        gc.collect()
+        m.wait_quiet()
+
+
+def nothing_left(m, handler_errors=0):
+    """Collective: once the arrays are gone, nothing of them remains on this rank.
+
+    Nor did any handler raise, but the `handler_errors` a case meant.
+    """
+    from conveyor._tags import CHUNK_STATES
+
+    quiet(m)
+    stats = m.chunk_stats()
+    assert stats == dict.fromkeys(stats, 0), (m.rank, stats)
+    assert m.table(CHUNK_STATES).local_keys() == [], m.table(CHUNK_STATES).local_keys()
+    counts = m.stats()
+    assert counts["handler_errors"] == handler_errors, (m.rank, counts["handler_errors"])
+    for key in ("payloads_undecodable", "unknown_tag", "pending_requests", "open_requests"):
+        assert counts[key] == 0, (m.rank, key, counts[key])
+
+
+def messenger(hang_after=50):
+    """The Messenger of a case; a rank still running after `hang_after` s prints its stacks and exits."""
+    import conveyor as cv
+
+    faulthandler.dump_traceback_later(hang_after, exit=True)
+    return cv.Messenger()
+
+
+def run_case(mpirun, nranks, case, *args, timeout=60):
+    """Run `case` on `nranks` ranks; fail if any rank printed a traceback."""
+    result = mpirun(nranks, case, *args, timeout=timeout)
+    # A handler that raised, or a release that failed, prints a traceback.
+    assert "Traceback" not in result.stderr, result.stderr
+    return result

@@ -27,7 +27,7 @@ from ._checks import check_name, check_rank, check_timeout, check_user_tag
 from ._chunks import ChunkLayer
 from ._config import engine_options
 from ._config import zero_copy_threshold as _zero_copy_threshold
-from ._darray import DriverScope, scatter
+from ._darray import DistArray, DriverScope, scatter
 from ._dispatch import COUNTERS, Dispatch, Receivers
 from ._errors import ConveyorError, TimeoutError
 from ._future import Future, Stream
@@ -44,7 +44,6 @@ from ._transport import Transport
 if TYPE_CHECKING:
     from mpi4py import MPI
 
-    from ._darray import DistArray
     from ._table import Table
 
 __all__ = ["Messenger", "Message", "Receiver", "Sender"]
@@ -657,7 +656,7 @@ class Messenger:
             If ``a`` is not numeric.
         """
         self._transport.check_open()
-        return scatter(self._chunks, a, chunks, ranks)
+        return scatter(DistArray, self._chunks, a, chunks, ranks)
 
     def driver(self, root: int = 0) -> DriverScope:
         """Return the context manager of the driver model.

@@ -56,8 +56,8 @@ REVEALS = [
     ),
     ('m.table("t").put("key", 1)', "conveyor._future.Future[None]"),
     ('m.table("t").wait(("key", 1))', "conveyor._future.Future[Any]"),
-    ("m.array(np.arange(4))", "conveyor._darray.DistArray"),
-    ("cv.dcall(np.sqrt, x) + 1", "conveyor._darray.DistArray"),
+    ("m.array(np.arange(4))", "conveyor._darray.array.DistArray"),
+    ("cv.dcall(np.sqrt, x) + 1", "conveyor._darray.array.DistArray"),
     ("x.chunks[0]", "conveyor._chunks.ChunkRef"),
 ]
 # Calls mypy must refuse: (call, the error code it reports).

@@ -12,8 +12,6 @@ on timing; sleeps only make races likely. A strict xfail at the end keeps
 an open limit of the reference weights in view.
 """
 
-import faulthandler
-import gc
 import os
 import tempfile
 import time
@@ -25,9 +23,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import conveyor as cv
-from conveyor._tags import CHUNK_STATES, CHUNK_TASK
+from conveyor._tags import CHUNK_TASK
 
-from _helpers import world
+from _helpers import (
+    assert_array_same,
+    lengths,
+    messenger,
+    nothing_left,
+    owners,
+    quiet,
+    run_case,
+    world,
+)
 
 RECYCLING = "longer object length is not a multiple of shorter object length"
 
@@ -48,21 +55,6 @@ def near_equal(total, count):
     return [base + (k < extra) for k in range(count)]
 
 
-def lengths(x):
-    return [ref.length for ref in x.chunks]
-
-
-def owners(x):
-    return [ref.owner for ref in x.chunks]
-
-
-def assert_array_same(got, want):
-    """Equal values, dtype and shape."""
-    got = np.asarray(got)
-    assert got.dtype == want.dtype and got.shape == want.shape, (got, want)
-    np.testing.assert_array_equal(got, want)
-
-
 def recycling_warnings(caught):
     """The RecyclingWarnings among `caught`, after checking they name this file."""
     found = [w for w in caught if issubclass(w.category, cv.RecyclingWarning)]
@@ -76,41 +68,6 @@ def chunks_everywhere(m):
     """Collective, once quiet: the chunks held over all ranks (resolved or failed)."""
     stats = m.chunk_stats()
     return world().allreduce(stats["chunks"] + stats["failed"])
-
-
-def quiet(m):
-    """Collective: collect the garbage and wait for the messages its releases sent, twice."""
-    for _ in range(2):
-        gc.collect()
-        m.wait_quiet()
-
-
-def nothing_left(m, handler_errors=0):
-    """Collective: once the arrays are gone, nothing of them remains on this rank.
-
-    Nor did any handler raise, but the `handler_errors` a case meant.
-    """
-    quiet(m)
-    stats = m.chunk_stats()
-    assert stats == dict.fromkeys(stats, 0), (m.rank, stats)
-    assert m.table(CHUNK_STATES).local_keys() == [], m.table(CHUNK_STATES).local_keys()
-    counts = m.stats()
-    assert counts["handler_errors"] == handler_errors, (m.rank, counts["handler_errors"])
-    for key in ("payloads_undecodable", "unknown_tag", "pending_requests", "open_requests"):
-        assert counts[key] == 0, (m.rank, key, counts[key])
-
-
-def messenger(hang_after=50):
-    """The Messenger of a case; a rank still running after `hang_after` s prints its stacks and exits."""
-    faulthandler.dump_traceback_later(hang_after, exit=True)
-    return cv.Messenger()
-
-
-def run_case(mpirun, nranks, case, *args, timeout=60):
-    result = mpirun(nranks, case, *args, timeout=timeout)
-    # A handler that raised, or a release that failed, prints a traceback.
-    assert "Traceback" not in result.stderr, result.stderr
-    return result
 
 
 # -- properties: dcall and dmap against numpy ----------------------------------
@@ -501,16 +458,18 @@ def check_returns_at_once(m):
 
 def check_warnings_name_the_caller(m):
     # With Python's default filter a warning shows once per place: each
-    # recycling operator or ufunc below is a place of its own, here.
+    # recycling call below is a place of its own, here, whether it reaches
+    # dcall directly, through the driver or through dmap.
     x = m.array(np.arange(5))
     y = m.array(np.arange(2))
+    driver = cv.Driver(m)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("default")
-        x + y
-        x * y
-        np.subtract(x, y)
-        y < x  # noqa: B015  (the warning it raises is the point)
-        x + m.array(np.arange(1))  # no warning: 5 is a multiple of 1
+        cv.dcall(np.add, x, y)
+        cv.dcall(np.multiply, x, y)
+        driver.dcall(np.subtract, x, y)
+        cv.dmap(np.add, m.array(np.arange(6), chunks=3), m.array(np.arange(4), chunks=2))
+        cv.dcall(np.add, x, m.array(np.arange(1)))  # no warning: 5 is a multiple of 1
     assert recycling_warnings(caught) == 4
     assert sorted({w.lineno for w in caught}) == sorted(w.lineno for w in caught)
 

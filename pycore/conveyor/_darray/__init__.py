@@ -1,0 +1,20 @@
+"""Distributed arrays: DistArray, dcall, dmap, dreduce and the driver.
+
+One module a concept, each depending only on those listed before it:
+
+- ``chunked``: `Chunked`, what every distributed array is (its chunk
+  references, what is known of them, waiting for and gathering them), and
+  making one (scatter, from_local);
+- ``calls``: the tasks behind dcall, dmap and dreduce (alignment with R's
+  recycling);
+- ``elementwise``: numpy's broadcasting, for the operators and ufuncs;
+- ``reductions``: sum, min, ... as map-reduce;
+- ``array``: `DistArray`, the public class, and dcall, dmap, dreduce;
+- ``driver``: the driver model (`Driver`, `DriverScope`).
+"""
+
+from .array import DistArray, dcall, dmap, dreduce
+from .chunked import scatter
+from .driver import Driver, DriverScope
+
+__all__ = ["DistArray", "Driver", "DriverScope", "dcall", "dmap", "dreduce", "scatter"]

@@ -1,0 +1,226 @@
+"""DistArray follows numpy: operators and broadcasting, truth values, iteration, attributes.
+
+Each check compares a DistArray with the numpy array it holds, at 1 to 4
+ranks: values, dtype and shape, and for what numpy refuses, the same
+exception with numpy's message. The driver runs the checks; every case ends
+with `nothing_left`.
+"""
+
+import operator
+
+import numpy as np
+import pytest
+
+import conveyor as cv
+
+from _helpers import assert_array_same, messenger, nothing_left, run_case
+
+
+def numpy_error(call):
+    """The exception numpy raises for `call` (which must raise)."""
+    with pytest.raises(Exception) as info:
+        call()
+    return info.value
+
+
+def assert_raises_like(call, numpy_call):
+    """`call` raises what `numpy_call` raises: the same type and message."""
+    want = numpy_error(numpy_call)
+    with pytest.raises(type(want)) as info:
+        call()
+    assert str(info.value).strip() == str(want).strip(), (str(info.value), str(want))
+
+
+BINARY = [
+    operator.add,
+    operator.sub,
+    operator.mul,
+    operator.truediv,
+    operator.floordiv,
+    operator.mod,
+    operator.and_,
+    operator.or_,
+    operator.xor,
+    operator.lshift,
+    operator.rshift,
+    operator.eq,
+    operator.ne,
+    operator.lt,
+    operator.le,
+    operator.gt,
+    operator.ge,
+]
+
+
+def check_operators(m):
+    size = m.size
+    rng = np.random.default_rng(5)
+    a = rng.integers(-20, 20, 11)
+    b = rng.integers(1, 6, 11)
+    x = m.array(a, chunks=[3, 0, 5, 3], ranks=[k % size for k in (1, 0, 2, 3)])
+    y = m.array(b, chunks=4)
+    for op in BINARY:
+        assert_array_same(op(x, y).collect(), op(a, b))
+        assert_array_same(op(x, b).collect(), op(a, b))  # DistArray op numpy
+        assert_array_same(op(a, y).collect(), op(a, b))  # numpy defers to the DistArray
+        assert_array_same(op(x, 3).collect(), op(a, 3))
+        assert_array_same(op(3, y).collect(), op(3, b))  # reflected
+    assert_array_same((x**2).collect(), a**2)
+    assert_array_same((2**y).collect(), 2**b)
+    for op in (operator.neg, operator.pos, operator.invert, abs):
+        assert_array_same(op(x).collect(), op(a))
+    # The issue's examples: & and | are bitwise, as numpy's.
+    four = m.array(np.array([1, 2, 3, 4]), chunks=3)
+    assert_array_same((four & 3).collect(), np.array([1, 2, 3, 0]))
+    assert_array_same((four | 8).collect(), np.array([9, 10, 11, 12]))
+    # On bools they are logical, as numpy's; R's logical & and | by name.
+    p, q = a > 0, b > 2
+    xp, yq = x > 0, y > 2
+    for op in (operator.and_, operator.or_, operator.xor):
+        assert_array_same(op(xp, yq).collect(), op(p, q))
+    assert_array_same((~xp).collect(), ~p)
+    for ufunc in (np.logical_and, np.logical_or, np.logical_xor):
+        assert_array_same(ufunc(x, y - 3).collect(), ufunc(a, b - 3))
+    assert_array_same(np.logical_not(x).collect(), np.logical_not(a))
+    # numpy's ufuncs, and its type promotion.
+    assert_array_same(np.sqrt(y).collect(), np.sqrt(b))
+    assert_array_same(np.maximum(x, b).collect(), np.maximum(a, b))
+    assert_array_same(np.add(x, y, dtype=np.float32).collect(), np.add(a, b, dtype=np.float32))
+    small = np.arange(6, dtype=np.int8)
+    xs = m.array(small, chunks=2)
+    for value in (1, np.int16(2), 1.5, np.float32(0.5), np.arange(6, dtype=np.uint8)):
+        assert_array_same((xs + value).collect(), small + value)
+    # Results know their dtype and shape at once: a chain never waits for a chunk.
+    chain = ((x + 1) * 2 - y) > 0
+    assert "shape=(11,) dtype=bool " in repr(chain)
+    assert_array_same(chain.collect(), ((a + 1) * 2 - b) > 0)
+
+
+def check_broadcasting(m):
+    rng = np.random.default_rng(6)
+    g = rng.normal(size=(7, 3))
+    yg = m.array(g, chunks=[2, 0, 5])
+    row = np.array([1.0, 2.0, 3.0])
+    column = rng.normal(size=(7, 1))
+    xc = m.array(column, chunks=3)
+    for got, want in [
+        (yg - row, g - row),  # a numpy row: whole on every chunk
+        (row * yg, row * g),
+        (yg + g, g + g),  # a numpy array with a row per row: cut by rows
+        (yg * xc, g * column),  # a column DistArray: broadcast inside each chunk
+        (yg * column, g * column),
+        (yg / m.array(row[None, :]), g / row),  # a DistArray of one row
+        (yg - yg.mean(axis=0), g - g.mean(axis=0)),
+        (np.maximum(yg, row), np.maximum(g, row)),
+        (yg > 0.5, g > 0.5),
+        (xc + row, column + row),  # (7, 1) with (3,): (7, 3)
+    ]:
+        assert got.shape == want.shape and got.dtype == want.dtype
+        np.testing.assert_allclose(got.collect(), want)
+    a = np.arange(5.0)
+    x = m.array(a, chunks=2)
+    assert_array_same((x + m.array(a[:1])).collect(), a + a[:1])
+    assert_array_same((x + np.array([5.0])).collect(), a + 5)
+    assert_array_same((m.array(a[:1]) + a).collect(), a[:1] + a)  # the numpy array is longest
+    # No rows: numpy's broadcasting of 0 with 1, and the dtype.
+    assert_array_same((m.array(np.zeros(0, np.int32)) + 1).collect(), np.zeros(0, np.int32) + 1)
+    assert_array_same((m.array(np.zeros((0, 3))) + row).collect(), np.zeros((0, 3)) + row)
+    assert_array_same((m.array(np.zeros(0)) + m.array(a[:1])).collect(), np.zeros(0))
+
+
+def check_operator_errors(m):
+    a = np.arange(11)
+    x = m.array(a, chunks=3)
+    g = np.arange(21.0).reshape(7, 3)
+    yg = m.array(g, chunks=2)
+    # Lengths that do not broadcast: numpy's error (R's recycling is dcall's).
+    assert_raises_like(lambda: x + m.array(np.arange(4)), lambda: a + np.arange(4))
+    assert_raises_like(lambda: x * np.arange(4), lambda: a * np.arange(4))
+    assert_raises_like(lambda: np.arange(4) < x, lambda: np.arange(4) < a)
+    assert_raises_like(lambda: yg + np.arange(7.0), lambda: g + np.arange(7.0))
+    assert_raises_like(lambda: yg + m.array(np.ones((7, 2))), lambda: g + np.ones((7, 2)))
+    # A DistArray along the columns of the result would be gathered everywhere.
+    with pytest.raises(ValueError, match=r"\.collect\(\)"):
+        yg + m.array(np.arange(3.0))
+    with pytest.raises(ValueError, match="1-D or 2-D"):
+        x + np.zeros((2, 1, 11))
+    # numpy's type errors, at the call.
+    assert_raises_like(lambda: ~m.array(np.array([1.5])), lambda: ~np.array([1.5]))
+    assert_raises_like(lambda: m.array(np.array([1.5])) & 1, lambda: np.array([1.5]) & 1)
+    # What a DistArray cannot do says so.
+    with pytest.raises(TypeError, match="out="):
+        np.add(x, x, out=np.empty(11, np.int64))
+    with pytest.raises(TypeError, match="where="):
+        np.add(x, x, where=a > 3)
+    with pytest.raises(TypeError, match="collect"):
+        np.divmod(x, 3)
+    with pytest.raises(TypeError):
+        hash(x)  # == is elementwise
+
+
+def check_truth_and_iteration(m):
+    size = m.size
+    a = np.array([4, 0, 7, -2, 9], dtype=np.int16)
+    x = m.array(a, chunks=[2, 0, 3], ranks=[size - 1, 0, 1 % size])
+    # numpy's truth values: one element, else its error.
+    for value in (np.array([3]), np.array([0.0]), np.array([[True]]), np.array([False])):
+        assert bool(m.array(value)) is bool(value)
+    for value in (a, np.zeros(0), np.ones((2, 1))):
+        assert_raises_like(lambda v=value: bool(m.array(v)), lambda v=value: bool(v))
+    assert_raises_like(lambda: bool(x == x), lambda: bool(a == a))
+    # So `in` a list compares for real: no silent True.
+    other = m.array(a + 1)
+    assert_raises_like(lambda: x in [other], lambda: a in [a + 1])
+    assert x in [x]  # the same object, as Python's `in` checks first
+    assert 7 in x and 5 not in x and (-2 in x) == (-2 in a)
+    # Iteration by rows, as numpy: scalars of 1-D, rows of 2-D.
+    assert [(type(v), v) for v in x] == [(type(v), v) for v in a]
+    g = np.arange(12.0).reshape(4, 3)
+    rows = list(m.array(g, chunks=[3, 1]))
+    assert len(rows) == len(g)
+    for got, want in zip(rows, g):
+        assert_array_same(got, want)
+    assert list(m.array(np.zeros(0))) == []
+    assert [int(v) for v in cv.dcall(np.negative, x)] == (-a).tolist()  # not computed yet
+    assert sum(1 for _ in m.array(np.arange(3))) == 3
+
+
+def check_attributes(m):
+    for value, chunks in [
+        (np.arange(10, dtype=np.int32), 3),
+        (np.ones((6, 4), dtype=np.complex64), [0, 6]),
+        (np.zeros((0, 2), dtype=np.uint8), 2),
+        (np.zeros(0), []),
+    ]:
+        x = m.array(value, chunks=chunks)
+        for name in ("shape", "ndim", "size", "dtype", "itemsize", "nbytes"):
+            assert getattr(x, name) == getattr(value, name), name
+        assert len(x) == len(value)
+    x = m.array(np.arange(7.0), chunks=[3, 4], ranks=[m.size - 1, 0])
+    text = repr(x)
+    assert text.startswith("<conveyor.DistArray ") and "shape=(7,)" in text
+    assert "dtype=float64" in text and "chunks=[3, 4]" in text
+    assert f"ranks=[{m.size - 1}, 0]" in text
+    g = m.array(np.zeros((5, 2), np.int8), chunks=2)
+    assert "shape=(5, 2)" in repr(g) and "dtype=int8" in repr(g)
+    # What is not known yet shows as '?', and repr never waits for it.
+    r = cv.dmap(lambda c: c[:1], x)
+    assert "shape=?" in repr(r) and "dtype=?" in repr(r) and "chunks=[?, ?]" in repr(r)
+    assert r.shape == (2,) and "shape=(2,)" in repr(r) and "chunks=[1, 1]" in repr(r)
+
+
+def case_operators():
+    with messenger() as m:
+        with m.driver() as d:
+            if d is not None:
+                check_operators(m)
+                check_broadcasting(m)
+                check_operator_errors(m)
+                check_truth_and_iteration(m)
+                check_attributes(m)
+        nothing_left(m)
+
+
+@pytest.mark.parametrize("case", [case_operators], ids=lambda case: case.__name__[len("case_") :])
+def test_case(mpirun, nranks, case):
+    run_case(mpirun, nranks, case)
