@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import atexit
 import itertools
+import operator
 import sys
 import time
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Callable, Literal, SupportsIndex, TypeVar, overload
 
@@ -25,6 +26,7 @@ from . import _asyncio, _quiescence
 from ._carriage import Address
 from ._checks import check_name, check_rank, check_timeout, check_user_tag
 from ._chunks import ChunkLayer
+from ._collectives import Collectives
 from ._config import engine_options
 from ._config import zero_copy_threshold as _zero_copy_threshold
 from ._darray import DistArray, DriverScope, scatter
@@ -151,6 +153,7 @@ class Messenger:
         self.store = Store()
         ItemService(self, receivers, requests)
         self._tables = TableService(self, receivers, requests)
+        self._collectives = Collectives(self.rank, self.size, receivers, requests)
         self._chunks = ChunkLayer(self, transport, receivers, requests, next(_serials))
         _open_messengers.add(self)
         if abort_on_error and MPI.COMM_WORLD.Get_size() > 1:
@@ -822,6 +825,229 @@ class Messenger:
             If awaited in a handler, or the messenger is closed.
         """
         await _quiescence.aquiet(self._transport)
+
+    # -- collectives ---------------------------------------------------------
+    #
+    # Collective: every rank calls the same ones in the same order. Each
+    # handles messages while it waits, so it is safe anywhere, handlers
+    # included; the a-prefixed forms are awaited instead.
+
+    def barrier(self, timeout: float | None = None) -> None:
+        """Return once every rank has called `barrier` (collective), handling messages meanwhile.
+
+        Parameters
+        ----------
+        timeout : float, optional
+            Seconds to wait; no limit by default.
+
+        Raises
+        ------
+        conveyor.TimeoutError
+            If not every rank called it in time.
+        """
+        self._collectives.barrier().result(timeout)
+
+    def bcast(self, value: Any = None, root: int = 0, timeout: float | None = None) -> Any:
+        """Return rank ``root``'s ``value`` on every rank (collective).
+
+        Parameters
+        ----------
+        value : object, optional
+            The value to broadcast (read on ``root`` only); carriageable,
+            or anything with ``pickle=True``.
+        root : int, default 0
+            The rank whose value every rank gets.
+        timeout : float, optional
+            Seconds to wait; no limit by default.
+
+        Returns
+        -------
+        object
+            ``root``'s value.
+        """
+        return self._collectives.bcast(value, root).result(timeout)
+
+    def gather(self, value: Any, root: int = 0, timeout: float | None = None) -> list[Any] | None:
+        """Return every rank's ``value``, in rank order, on ``root``; None elsewhere (collective).
+
+        Parameters
+        ----------
+        value : object
+            This rank's value.
+        root : int, default 0
+            The rank that gets the values.
+        timeout : float, optional
+            Seconds to wait; no limit by default.
+
+        Returns
+        -------
+        list or None
+            The values on ``root``; None on the other ranks (at once).
+        """
+        return self._collectives.gather(value, root).result(timeout)
+
+    def scatter(
+        self, values: Sequence[Any] | None = None, root: int = 0, timeout: float | None = None
+    ) -> Any:
+        """Return ``values[rank]`` of ``root``'s ``values`` on every rank (collective).
+
+        Parameters
+        ----------
+        values : sequence, optional
+            One value per rank, on ``root`` (ignored elsewhere).
+        root : int, default 0
+            The rank that hands the values out.
+        timeout : float, optional
+            Seconds to wait; no limit by default.
+
+        Returns
+        -------
+        object
+            This rank's value.
+
+        Raises
+        ------
+        ValueError
+            On ``root``, if ``values`` does not have one value per rank.
+        """
+        return self._collectives.scatter(values, root).result(timeout)
+
+    def allgather(self, value: Any, timeout: float | None = None) -> list[Any]:
+        """Return every rank's ``value``, in rank order, on every rank (collective).
+
+        Parameters
+        ----------
+        value : object
+            This rank's value.
+        timeout : float, optional
+            Seconds to wait; no limit by default.
+
+        Returns
+        -------
+        list
+            The values, one per rank.
+        """
+        return self._collectives.allgather(value).result(timeout)
+
+    def allreduce(
+        self,
+        value: Any,
+        op: Callable[[Any, Any], Any] = operator.add,
+        timeout: float | None = None,
+    ) -> Any:
+        """Return ``op`` folded over every rank's ``value`` in rank order, on every rank (collective).
+
+        Rank 0 folds and sends the result to the others: every rank gets the
+        same result, even for an ``op`` that is not associative.
+
+        Parameters
+        ----------
+        value : object
+            This rank's value (numbers, numpy arrays, anything ``op`` takes).
+        op : callable, default operator.add
+            Combines two values: `operator.add`, `max`, ``numpy.maximum``,
+            ``mpi4py.MPI.SUM``, or a function of your own.
+        timeout : float, optional
+            Seconds to wait; no limit by default.
+
+        Returns
+        -------
+        object
+            The folded value.
+
+        Raises
+        ------
+        conveyor.ConveyorError
+            If ``op`` raised on rank 0 (there, the error itself is raised).
+        """
+        return self._collectives.allreduce(value, op).result(timeout)
+
+    async def abarrier(self) -> None:
+        """Await the moment every rank has called `barrier` or `abarrier` (collective)."""
+        await self._collectives.barrier()
+
+    async def abcast(self, value: Any = None, root: int = 0) -> Any:
+        """Await rank ``root``'s ``value`` (the asyncio `bcast`).
+
+        Parameters
+        ----------
+        value : object, optional
+            The value to broadcast (read on ``root`` only).
+        root : int, default 0
+            The rank whose value every rank gets.
+
+        Returns
+        -------
+        object
+            ``root``'s value.
+        """
+        return await self._collectives.bcast(value, root)
+
+    async def agather(self, value: Any, root: int = 0) -> list[Any] | None:
+        """Await every rank's ``value`` on ``root`` (the asyncio `gather`).
+
+        Parameters
+        ----------
+        value : object
+            This rank's value.
+        root : int, default 0
+            The rank that gets the values.
+
+        Returns
+        -------
+        list or None
+            The values on ``root``; None on the other ranks.
+        """
+        return await self._collectives.gather(value, root)
+
+    async def ascatter(self, values: Sequence[Any] | None = None, root: int = 0) -> Any:
+        """Await this rank's value of ``root``'s ``values`` (the asyncio `scatter`).
+
+        Parameters
+        ----------
+        values : sequence, optional
+            One value per rank, on ``root``.
+        root : int, default 0
+            The rank that hands the values out.
+
+        Returns
+        -------
+        object
+            This rank's value.
+        """
+        return await self._collectives.scatter(values, root)
+
+    async def aallgather(self, value: Any) -> list[Any]:
+        """Await every rank's ``value`` (the asyncio `allgather`).
+
+        Parameters
+        ----------
+        value : object
+            This rank's value.
+
+        Returns
+        -------
+        list
+            The values, one per rank.
+        """
+        return await self._collectives.allgather(value)
+
+    async def aallreduce(self, value: Any, op: Callable[[Any, Any], Any] = operator.add) -> Any:
+        """Await ``op`` folded over every rank's ``value`` (the asyncio `allreduce`).
+
+        Parameters
+        ----------
+        value : object
+            This rank's value.
+        op : callable, default operator.add
+            Combines two values.
+
+        Returns
+        -------
+        object
+            The folded value.
+        """
+        return await self._collectives.allreduce(value, op)
 
     # -- introspection -------------------------------------------------------
 

@@ -12,6 +12,7 @@ __all__ = [
     "CHUNK_REFILL",
     "CHUNK_STATES",
     "CHUNK_TASK",
+    "COLLECTIVE",
     "DRIVER_DONE",
     "ITEM_FETCH",
     "ITEM_ORDER",
@@ -25,6 +26,9 @@ __all__ = [
 
 # Requests (_requests, _dispatch)
 CANCEL = "conveyor.cancel"  # send: a requester cancelled its request `payload`
+
+# Collectives (_collectives)
+COLLECTIVE = "conveyor.collective"  # send: one rank's part of a collective
 
 # Item stores and orders (_store)
 ITEM_FETCH = "conveyor.fetch"  # request: a copy of an item
