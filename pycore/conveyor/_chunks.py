@@ -53,8 +53,8 @@ if TYPE_CHECKING:
     from ._transport import Transport
 
     # A task's input: ("value", x), ("pickled", bytes), ("whole", ref) or
-    # ("pieces", [(ref, start, stop), ...]) (see ChunkLayer.submit).
-    Spec = tuple[str, Any]
+    # ("pieces", [(ref, start, stop), ...], rows) (see ChunkLayer.submit).
+    Spec = tuple[Any, ...]
     # Called with a settled chunk's rows, or with its error's bytes.
     Put = Callable[[Any], None]
     Fail = Callable[[bytes], None]
@@ -525,8 +525,9 @@ class ChunkLayer:
         args, kwargs : list, dict
             Input specs: ``("value", x)``, ``("pickled", bytes)``,
             ``("whole", ref)`` (a whole chunk), or ``("pieces", [(ref,
-            start, stop), ...])`` (those rows, one after the other, recycled
-            to `length` rows: an argument aligned by `core.chunks.align`).
+            start, stop), ...], rows)`` (those rows, one after the other,
+            recycled to ``rows`` rows: an argument aligned by
+            `core.chunks.align`).
         """
         ref, weight = self.mint(owner, length, offset)
         task = {
@@ -570,14 +571,14 @@ class ChunkLayer:
         gather = _Gather(len(specs), run, lambda error: self.fail(out, error))
         try:
             for index, spec in enumerate(specs):
-                self._input(spec, task["length"], index, gather)
+                self._input(spec, index, gather)
         except Exception as exc:
             # An input that cannot be read here (an argument that does not
             # unpickle on this rank): the chunk fails, else it would stay
             # pending and everything waiting for it would hang.
             gather.fail(error_bytes(exc, self.rank, traceback.format_exc()))
 
-    def _input(self, spec: Spec, length: int | None, index: int, gather: _Gather) -> None:
+    def _input(self, spec: Spec, index: int, gather: _Gather) -> None:
         kind = spec[0]
         if kind == "value":
             gather.put(index, spec[1])
@@ -586,8 +587,7 @@ class ChunkLayer:
         elif kind == "whole":
             self.rows(spec[1], 0, None, lambda value: gather.put(index, value), gather.fail)
         elif kind == "pieces":
-            assert length is not None, "aligned pieces make a chunk of known length"
-            self._pieces(spec[1], length, index, gather)
+            self._pieces(spec[1], spec[2], index, gather)
         else:
             gather.fail(error_bytes(ValueError(f"unknown task input {kind!r}"), self.rank))
 

@@ -55,9 +55,12 @@ class Requests:
         self, dest: int, tag: str, payload: Any, make_waiter: Callable[[int], WaiterT]
     ) -> WaiterT:
         """Send a request to `tag` on `dest`; return ``make_waiter(ref)``, which gets its answers."""
+        # The number is taken before the waiter is made: the garbage collector
+        # may run there, and a finaliser (a ChunkRef's, releasing its chunk)
+        # open a request of its own, which must not get the same number.
         ref = self._next_ref
-        waiter = make_waiter(ref)
         self._next_ref += 1
+        waiter = make_waiter(ref)
         self.waiters[ref] = waiter
         try:
             self.transport.post(dest, core.message.KIND_REQUEST, ref, tag, payload)

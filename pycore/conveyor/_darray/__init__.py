@@ -8,6 +8,7 @@ One module a concept, each depending only on those listed before it:
 - ``calls``: the tasks behind dcall, dmap and dreduce (alignment with R's
   recycling);
 - ``elementwise``: numpy's broadcasting, for the operators and ufuncs;
+- ``indexing``: ``x[key]`` as numpy indexes, the selections run on the owners;
 - ``reductions``: sum, min, ... as map-reduce;
 - ``array``: `DistArray`, the public class, and dcall, dmap, dreduce;
 - ``driver``: the driver model (`Driver`, `DriverScope`).

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal, cast
 import numpy as np
 import numpy.typing as npt
 
-from . import calls, reductions
+from . import calls, indexing, reductions
 from .chunked import Chunked, split_sizes
 from .elementwise import elementwise
 
@@ -29,8 +29,9 @@ class DistArray(Chunked):
     make new ones without waiting for their chunks to be computed.
     `DistArray.collect` and `DistArray.resolve` wait. It follows numpy's
     semantics (broadcasting, bitwise ``&`` and ``|``, the truth value of
-    one element only); what cannot stay distributed raises an error that
-    names `collect`, rather than gathering the array on one rank.
+    one element only, indexing with ``x[key]``); what cannot stay
+    distributed raises an error that names `collect`, rather than gathering
+    the array on one rank.
 
     Chunks are freed once no `DistArray` (or `ChunkRef`) on any rank refers
     to them any more.
@@ -166,6 +167,9 @@ class DistArray(Chunked):
         return NotImplemented
 
     # -- Python's protocols, as numpy has them ---------------------------------------
+
+    def __getitem__(self, key: Any) -> Any:
+        return indexing.getitem(self, key)
 
     def __bool__(self) -> bool:
         # numpy's answer: the one element's truth, else its error.

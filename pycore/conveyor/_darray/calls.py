@@ -19,6 +19,7 @@ import numbers
 import os
 import sys
 import warnings
+from collections.abc import Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -61,7 +62,7 @@ def call(
         ref = layer.submit(
             layer.rank, 0, 0, _pickling.dumps(f), specs[:n], dict(zip(kwargs, specs[n:]))
         )
-        return cls(layer, [ref], dtype, None if row_shape is None else (0,) + row_shape)
+        return cls(layer, [ref], dtype, row_shape)
     longest = max(known)
     if any(longest % n for n in known):
         _warn_recycling()
@@ -113,7 +114,7 @@ def aligned_call(
             if x is target:
                 return ("whole", target._refs[k])
             if isinstance(x, Chunked):
-                return ("pieces", _aligned_pieces(x, offset, length))
+                return ("pieces", aligned_pieces(x, offset, length), length)
             if isinstance(x, np.ndarray) and x.ndim:
                 return ("value", _recycled_rows(x, offset, length))
             return _value_spec(x)
@@ -122,8 +123,28 @@ def aligned_call(
         task_kwargs = {name: spec(x) for name, x in kwargs.items()}
         refs.append(layer.submit(owner, length, offset, function, task_args, task_kwargs))
         offset += length
-    shape = None if row_shape is None else (offset,) + row_shape
-    return cls(layer, refs, dtype, shape)
+    return cls(layer, refs, dtype, row_shape)
+
+
+def tasks(
+    cls: type[C],
+    layer: ChunkLayer,
+    f: Callable[..., Any],
+    inputs: list[list[Spec]],
+    owners: Sequence[int],
+    lengths: Sequence[int | None],
+    dtype: np.dtype[Any] | None,
+    row_shape: tuple[int, ...] | None,
+) -> C:
+    """One task a result chunk: chunk k computed on ``owners[k]`` as
+    ``f(*inputs[k])``, of ``lengths[k]`` rows (None: known once computed)."""
+    function = _pickling.dumps(f)
+    refs: list[ChunkRef] = []
+    offset: int | None = 0
+    for specs, owner, length in zip(inputs, owners, lengths):
+        refs.append(layer.submit(owner, length, offset, function, specs))
+        offset = None if offset is None or length is None else offset + length
+    return cls(layer, refs, dtype, row_shape)
 
 
 def _warn_recycling() -> None:
@@ -143,10 +164,10 @@ def _in_package(filename: str) -> bool:
     return folder == _PACKAGE or folder.startswith(_PACKAGE + os.sep)
 
 
-def _aligned_pieces(x: Chunked, begin: int, length: int) -> list[tuple[ChunkRef, int, int]]:
-    # The rows of `x` that result rows begin .. begin + length take, as the
-    # native kernel lists them: one period at most, wrapping round (R's
-    # recycling). Only the chunks these touch travel with the task.
+def aligned_pieces(x: Chunked, begin: int, length: int) -> list[tuple[ChunkRef, int, int]]:
+    """The rows of `x` that result rows begin .. begin + length take, as the
+    native kernel lists them: one period at most, wrapping round (R's
+    recycling). Only the chunks these touch travel with the task."""
     sizes = x._lengths()
     pieces = core.chunks.align(sizes, begin, begin + length).tolist()
     if not pieces:  # an empty result chunk: no rows, but of the argument's dtype

@@ -72,12 +72,14 @@ class Chunked:
         layer: ChunkLayer,
         refs: Sequence[ChunkRef],
         dtype: npt.DTypeLike | None = None,
-        shape: tuple[int, ...] | None = None,
+        row_shape: tuple[int, ...] | None = None,
     ) -> None:
+        # The dtype and the shape of a row: None until known (learned from
+        # the first chunk's facts, once it is computed).
         self._layer = layer
         self._refs = list(refs)
         self._dtype = None if dtype is None else np.dtype(dtype)
-        self._row_shape = None if shape is None else tuple(shape[1:])
+        self._row_shape = None if row_shape is None else tuple(row_shape)
 
     # -- construction ------------------------------------------------------------
 
@@ -142,7 +144,7 @@ class Chunked:
                 refs.append(layer.adopt(id, owner, owner, weights[layer.rank], length))
             refs[-1].offset = offset
             offset += length
-        return cls(layer, refs, dtype, (offset,) + tuple(shape))
+        return cls(layer, refs, dtype, tuple(shape))
 
     # -- shape -----------------------------------------------------------------
 
@@ -275,13 +277,18 @@ class Chunked:
         return np.concatenate(values)
 
     def _gather(self, refs: list[ChunkRef]) -> list[Any]:
+        # The whole chunks of `refs`, in order.
+        return self._fetch([(ref, 0, None) for ref in refs])
+
+    def _fetch(self, pieces: list[tuple[ChunkRef, int, int | None]]) -> list[Any]:
+        # Rows start .. stop (None: to the end) of each chunk, in order.
         layer = self._layer
-        gathered = _Gathered(len(refs))
-        for index, ref in enumerate(refs):
+        gathered = _Gathered(len(pieces))
+        for index, (ref, start, stop) in enumerate(pieces):
             layer.rows(
                 ref,
-                0,
-                None,
+                start,
+                stop,
                 functools.partial(gathered.put, index),
                 functools.partial(gathered.fail, index),
             )
@@ -331,7 +338,7 @@ def scatter(
             )
         refs.append(ref)
         offset += length
-    return cls(layer, refs, a.dtype, a.shape)
+    return cls(layer, refs, a.dtype, a.shape[1:])
 
 
 def split_sizes(total: int, chunks: int) -> list[int]:

@@ -28,6 +28,45 @@ def test_request_reply(mpirun, nranks):
     mpirun(nranks, case_request_reply)
 
 
+def case_request_opened_while_another_is():
+    # The garbage collector may run while a request's Future is made, and a
+    # finaliser there (a ChunkRef's, which tells the chunk's table that it
+    # is gone) send a request of its own: each keeps its own answer.
+    import conveyor._requests as requests_module
+
+    with cv.Messenger() as m:
+
+        @m.on("echo")
+        def echo(msg):
+            return msg.payload
+
+        peer = (m.rank + 1) % m.size
+        inner = []
+        plain = requests_module.Future
+
+        class Interrupted(plain):
+            __slots__ = ()
+
+            def __init__(self, *args):
+                requests_module.Future = plain  # once
+                inner.append(m.request(peer, "echo", "inner"))
+                super().__init__(*args)
+
+        requests_module.Future = Interrupted
+        try:
+            outer = m.request(peer, "echo", "outer")
+        finally:
+            requests_module.Future = plain
+        assert inner[0].result(timeout=10) == "inner"
+        assert outer.result(timeout=10) == "outer"
+        m.wait_quiet()
+        assert m.stats()["late_answers"] == 0
+
+
+def test_request_opened_while_another_is(mpirun, nranks):
+    mpirun(nranks, case_request_opened_while_another_is)
+
+
 def case_order_per_pair():
     with cv.Messenger() as m:
         seen = {}
