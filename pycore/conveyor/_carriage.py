@@ -61,6 +61,11 @@ class Address:
     def __setattr__(self, key: str, value: object) -> None:
         raise AttributeError("Address is immutable")
 
+    def __reduce__(self) -> tuple[type[Address], tuple[int, str, int | None]]:
+        # pickle (and copy) would set the slots one by one, which __setattr__
+        # refuses: rebuild through the constructor, which checks them too.
+        return Address, (self.rank, self.name, self.ref)
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Address):
             return NotImplemented

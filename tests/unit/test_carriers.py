@@ -347,3 +347,16 @@ def test_pickle_messenger_carries_arbitrary_objects():
     with cv.Messenger(pickle=True) as m:
         m.on("echo")(lambda msg: msg.payload)
         assert m.request(0, "echo", {frozenset({1}), 2}).result(timeout=5) == {frozenset({1}), 2}
+
+
+@pytest.mark.parametrize("address", [cv.Address(3, "logger"), cv.Address(0, "x", ref=2**40)])
+def test_an_address_survives_pickle_and_copy(address):
+    import copy
+    import pickle
+
+    for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
+        again = pickle.loads(pickle.dumps(address, protocol))
+        assert again == address and again.ref == address.ref
+    assert copy.copy(address) == address and copy.deepcopy(address) == address
+    with pytest.raises(AttributeError, match="immutable"):
+        again.rank = 1
