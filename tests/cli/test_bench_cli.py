@@ -30,6 +30,7 @@ ROWS_OF = {
     "rate": {"rate", "rate-vs-pickle", "rate-w64"},
     "batch": {"batch"},
     "agg-latency": {"agg-latency"},
+    "served": {"served-latency", "served-rate"},
 }
 RUN_ROW_KEYS = {
     "benchmark",

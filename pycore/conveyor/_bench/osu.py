@@ -636,6 +636,58 @@ def bench_agg_latency(aggregated, plain, comm, report, plan):
     )
 
 
+def bench_served(inline, comm, report, plan):
+    """A request round trip and a message stream, served by a thread against inline."""
+    with cv.Messenger(serve="thread") as m:
+        served = Peer(m)
+        iters = plan.latency_iters
+        warmup = max(1, iters // 10)
+        messages = RATE_WINDOW * plan.rate_windows
+        rate_iters = max(2, messages // RATE_STREAM)
+
+        def stream(peer):
+            sender = peer.m.sender("rate")
+
+            def send_window():
+                for i in range(RATE_STREAM):
+                    sender.send(1, i)
+
+            return run_cv_windows(peer, send_window, RATE_STREAM, rate_iters, 1)
+
+        comm.Barrier()  # both ranks' receivers exist before either sends
+        contestants = {
+            "inline": lambda: run_cv_request(inline, 1, iters, warmup),
+            "served": lambda: run_cv_request(served, 1, iters, warmup),
+            "inline-rate": lambda: stream(inline),
+            "served-rate": lambda: stream(served),
+        }
+        samples = measure(contestants, plan.reps, comm)
+    one_way = {k: [t / iters / 2 * 1e6 for t in samples[k]] for k in ("inline", "served")}
+    report.add(
+        "served-latency",
+        "8 B int",
+        8,
+        "µs",
+        one_way["inline"],
+        one_way["served"],
+        baseline_name='Messenger(): m.request(1, "echo", x).result()',
+        conveyor_name='Messenger(serve="thread"): the same',
+        payload="int",
+    )
+    sent = RATE_STREAM * rate_iters
+    report.add(
+        "served-rate",
+        "8 B int",
+        8,
+        "msgs/s",
+        [sent / t for t in samples["inline-rate"]],
+        [sent / t for t in samples["served-rate"]],
+        baseline_name=f"Messenger(): s.send(1, i), {RATE_STREAM} per ack request",
+        conveyor_name='Messenger(serve="thread"): the same',
+        payload="int",
+    )
+
+
 def run(plan, which, comm, report):
     """Run the benchmarks named in `which` on both ranks; return rank 0's Messenger stats."""
     stats = {}
@@ -656,6 +708,8 @@ def run(plan, which, comm, report):
                 bench_batch(aggregated, comm, report, plan)
             elif kind == "agg-latency":
                 bench_agg_latency(aggregated, plain, comm, report, plan)
+            elif kind == "served":
+                bench_served(aggregated, comm, report, plan)
         for name, peer in (("aggregate", aggregated), ("no_aggregate", plain)):
             if peer is not None:
                 stats[name] = peer.m.stats()

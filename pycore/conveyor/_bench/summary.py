@@ -29,6 +29,8 @@ DESCRIPTIONS = {
     "oneway": "one-way, `m.send` to a handler that sends back",
     "bw": "bandwidth (osu_bw) vs a window of `comm.Isend`",
     "bw-vs-pickle": "bandwidth vs pickle-based `comm.send`",
+    "served-latency": '`request`/reply, `Messenger(serve="thread")` vs the default (one-way)',
+    "served-rate": 'message rate, `serve="thread"` vs the default',
 }
 
 # A run's row fields that name what was compared; equal in every run.
