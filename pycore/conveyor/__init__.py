@@ -41,6 +41,7 @@ _MODULE_OF = {
     "dcall": "._darray",
     "dmap": "._darray",
     "dreduce": "._darray",
+    "Executor": "._executor",
     "Future": "._future",
     "Stream": "._future",
     "Message": "._message",
@@ -72,6 +73,7 @@ if typing.TYPE_CHECKING:
         TimeoutError,
         UnknownTagError,
     )
+    from ._executor import Executor
     from ._future import Future, Stream
     from ._message import Message, Receiver
     from ._messenger import Messenger
@@ -106,6 +108,7 @@ __all__ = [
     "Copy",
     "DistArray",
     "Driver",
+    "Executor",
     "FrameError",
     "Future",
     "MPIError",

@@ -32,6 +32,7 @@ from ._config import zero_copy_threshold as _zero_copy_threshold
 from ._darray import DistArray, DriverScope, scatter
 from ._dispatch import COUNTERS, Dispatch, Receivers
 from ._errors import ConveyorError, TimeoutError
+from ._executor import Executor, ExecutorService
 from ._future import Future, Stream
 from ._message import Message, Receiver
 from ._native import comm_handle, core
@@ -154,6 +155,7 @@ class Messenger:
         ItemService(self, receivers, requests)
         self._tables = TableService(self, receivers, requests)
         self._collectives = Collectives(self.rank, self.size, receivers, requests)
+        self._executor_service = ExecutorService(receivers, requests)
         self._chunks = ChunkLayer(self, transport, receivers, requests, next(_serials))
         _open_messengers.add(self)
         if abort_on_error and MPI.COMM_WORLD.Get_size() > 1:
@@ -825,6 +827,24 @@ class Messenger:
             If awaited in a handler, or the messenger is closed.
         """
         await _quiescence.aquiet(self._transport)
+
+    def executor(self, ranks: Iterable[int] | None = None) -> Executor:
+        """Return a `concurrent.futures.Executor` whose workers are ranks of this messenger.
+
+        ``with m.executor() as ex: ex.submit(f, x)``; see `Executor`.
+
+        Parameters
+        ----------
+        ranks : iterable of int, optional
+            The ranks that run the tasks, in turn; by default every rank but
+            this one (this one alone in a job of one rank).
+
+        Returns
+        -------
+        Executor
+            A new executor (shutting it down leaves the messenger open).
+        """
+        return Executor(self, ranks)
 
     # -- collectives ---------------------------------------------------------
     #

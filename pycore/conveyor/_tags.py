@@ -14,6 +14,7 @@ __all__ = [
     "CHUNK_TASK",
     "COLLECTIVE",
     "DRIVER_DONE",
+    "EXECUTOR_RUN",
     "ITEM_FETCH",
     "ITEM_ORDER",
     "ITEM_PUT",
@@ -26,6 +27,9 @@ __all__ = [
 
 # Requests (_requests, _dispatch)
 CANCEL = "conveyor.cancel"  # send: a requester cancelled its request `payload`
+
+# Executors (_executor)
+EXECUTOR_RUN = "conveyor.executor.run"  # request: run a function (sent once, then by digest)
 
 # Collectives (_collectives)
 COLLECTIVE = "conveyor.collective"  # send: one rank's part of a collective

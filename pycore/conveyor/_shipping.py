@@ -1,0 +1,108 @@
+"""Functions sent to other ranks once, and referred to by a digest afterwards.
+
+A function travels by value (`_pickling`, which pickles an importable
+function by reference, its module and name, and any other by value) the
+first time a rank sends it to another, and as the 16-byte BLAKE2 digest of
+those bytes afterwards. Both sides of every pair keep the same
+least-recently-used list of the digests the sender sent, of the same
+capacity, updated by the same messages in the same order (conveyor keeps
+per-pair order): so the sender knows exactly which functions the receiver
+still holds, and a digest that arrives alone is always found.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import weakref
+from typing import Any, Callable
+
+from . import _pickling
+from ._errors import FrameError
+
+__all__ = ["Parcel", "Received", "Shipped"]
+
+# Functions each pair keeps (the sender's list and the receiver's functions).
+CAPACITY = 256
+
+# What a function travels as: its digest, and its pickle where the receiver lacks it.
+Parcel = tuple[bytes, "bytes | None"]
+
+
+class Shipped:
+    """The sender's side: what each rank was sent, and each function's pickle."""
+
+    def __init__(self) -> None:
+        self._sent: dict[int, collections.OrderedDict[bytes, None]] = {}
+        # A function is pickled once (as Ray exports a remote function once):
+        # the globals it captures are those of its first use.
+        self._pickles: weakref.WeakKeyDictionary[Any, tuple[bytes, bytes]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def parcel(self, dest: int, fn: Callable[..., Any]) -> Parcel:
+        """Return what `fn` travels to `dest` as; call `sent` once it has left."""
+        digest, data = self._pickle(fn)
+        return (digest, None) if digest in self._sent.get(dest, ()) else (digest, data)
+
+    def sent(self, dest: int, parcel: Parcel) -> None:
+        """Record that `parcel` left for `dest` (as the receiver will record it)."""
+        _use(self._sent.setdefault(dest, collections.OrderedDict()), parcel[0], None)
+
+    def _pickle(self, fn: Callable[..., Any]) -> tuple[bytes, bytes]:
+        try:
+            known = self._pickles.get(fn)
+        except TypeError:  # not weakly referenceable (a builtin): pickled each time, by name
+            known = None
+        if known is None:
+            data = _pickling.dumps(fn)
+            known = (hashlib.blake2b(data, digest_size=16).digest(), data)
+            try:
+                self._pickles[fn] = known
+            except TypeError:
+                pass
+        return known
+
+
+class Received:
+    """The receiver's side: the functions each rank sent, by digest."""
+
+    def __init__(self) -> None:
+        self._functions: dict[int, collections.OrderedDict[bytes, Callable[..., Any]]] = {}
+
+    def function(self, source: int, parcel: Any) -> Callable[..., Any]:
+        """Return the function `parcel` from `source` names, unpickling it if it came whole.
+
+        Raises
+        ------
+        conveyor.FrameError
+            If the parcel is malformed, or names a function `source` never
+            sent (only a forged frame can).
+        """
+        try:
+            digest, data = parcel
+            if not isinstance(digest, bytes) or not (data is None or isinstance(data, bytes)):
+                raise TypeError
+        except (TypeError, ValueError):
+            raise FrameError(f"a malformed function parcel from rank {source}") from None
+        functions = self._functions.setdefault(source, collections.OrderedDict())
+        fn: Callable[..., Any]
+        if data is not None:
+            if hashlib.blake2b(data, digest_size=16).digest() != digest:
+                raise FrameError(f"a function from rank {source} does not match its digest")
+            fn = _pickling.loads(data)
+        elif digest in functions:
+            fn = functions[digest]
+        else:
+            raise FrameError(f"rank {source} named a function it never sent")
+        _use(functions, digest, fn)
+        return fn
+
+
+def _use(recent: collections.OrderedDict[bytes, Any], digest: bytes, value: Any) -> None:
+    # The one LRU rule both sides follow: the digest becomes the newest,
+    # and beyond CAPACITY the oldest goes.
+    recent[digest] = value
+    recent.move_to_end(digest)
+    if len(recent) > CAPACITY:
+        recent.popitem(last=False)
