@@ -21,6 +21,7 @@ from ._version import __version__ as __version__
 # imported on first use (PEP 562), so that ``import conveyor`` and the
 # command line's launchers (``conveyor --help``, ``conveyor run``) never do.
 _MODULE_OF = {
+    "ActorRef": "._actors",
     "Address": "._carriage",
     "CarriageableItem": "._carriage",
     "CancelledError": "._errors",
@@ -56,6 +57,7 @@ _MODULE_OF = {
 }
 
 if typing.TYPE_CHECKING:
+    from ._actors import ActorRef
     from ._carriage import Address, CarriageableItem
     from ._chunks import ChunkRef
     from ._darray import DistArray, Driver, dcall, dmap, dreduce
@@ -98,6 +100,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "ActorRef",
     "Address",
     "CancelledError",
     "CarriageError",

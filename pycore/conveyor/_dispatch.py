@@ -14,7 +14,6 @@ import asyncio
 import collections
 import functools
 import sys
-import traceback
 import warnings
 import weakref
 from collections.abc import Coroutine
@@ -22,7 +21,14 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from ._asyncio import handler_of
 from ._checks import check_user_tag
-from ._errors import ConveyorError, ConveyorWarning, FrameError, RemoteError, UnknownTagError
+from ._errors import (
+    ConveyorError,
+    ConveyorWarning,
+    FrameError,
+    RemoteError,
+    UnknownTagError,
+    traceback_text,
+)
 from ._native import core
 from ._tags import CANCEL
 
@@ -156,7 +162,7 @@ class Dispatch:
         self.counts["handler_errors"] += 1
         print(
             f"conveyor: rank {self.rank}: the receiver of {msg.tag!r} raised "
-            f"(message from rank {msg.source}):\n{_traceback_text(exc)}",
+            f"(message from rank {msg.source}):\n{traceback_text(exc)}",
             file=sys.stderr,
             end="",
             flush=True,
@@ -211,7 +217,7 @@ class Dispatch:
             self.failed(msg, exc)
         else:
             self.counts["handler_errors"] += 1
-            self.fail_request(msg, exc, _traceback_text(exc))
+            self.fail_request(msg, exc, traceback_text(exc))
 
     def _forget(self, msg: Message) -> None:
         # Its final answer is sent: a cancel has nothing to find any more.
@@ -324,7 +330,3 @@ def reply_target(msg: Message) -> tuple[int, str, int]:
     address = msg.reply_to
     assert address is not None and address.ref is not None, "not a request"
     return address.rank, address.name, address.ref
-
-
-def _traceback_text(exc: BaseException) -> str:
-    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))

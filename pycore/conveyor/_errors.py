@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import concurrent.futures
+import traceback
 
 __all__ = [
     "ConveyorError",
@@ -109,6 +110,11 @@ def _reduce_typed(self: RemoteError) -> tuple[object, tuple[object, ...]]:
 
 class UnknownTagError(RemoteError, LookupError):
     """The destination rank has no receiver registered under the tag."""
+
+
+def traceback_text(exc: BaseException) -> str:
+    """Return `exc`'s traceback as Python prints it: what a remote error carries."""
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
 
 
 class TimeoutError(ConveyorError, builtins.TimeoutError):

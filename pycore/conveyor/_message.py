@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._errors import ConveyorError
+from ._errors import ConveyorError, traceback_text
 from ._native import core
 
 __all__ = ["Message", "Receiver"]
@@ -80,7 +80,9 @@ class Message(core.message.MessageBase):
             If the message is not a request, or its final answer was sent.
         """
         self._check_open_request()
-        self._dispatch.fail_request(self, exc)
+        # A raised exception's traceback goes with it, as a handler's own does.
+        text = "" if exc.__traceback__ is None else traceback_text(exc)
+        self._dispatch.fail_request(self, exc, text)
 
     def defer(self) -> None:
         """Answer later: the handler's return value is not the answer.

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Literal, SupportsIndex, TypeVar
 import numpy.typing as npt
 
 from . import _asyncio, _quiescence
+from ._actors import ActorRef, ActorService
 from ._carriage import Address
 from ._checks import check_name, check_rank, check_timeout, check_user_tag
 from ._chunks import ChunkLayer
@@ -156,6 +157,7 @@ class Messenger:
         self._tables = TableService(self, receivers, requests)
         self._collectives = Collectives(self.rank, self.size, receivers, requests)
         self._executor_service = ExecutorService(receivers, requests)
+        self._actors = ActorService(self, receivers, requests, self._dispatch)
         self._chunks = ChunkLayer(self, transport, receivers, requests, next(_serials))
         _open_messengers.add(self)
         if abort_on_error and MPI.COMM_WORLD.Get_size() > 1:
@@ -845,6 +847,79 @@ class Messenger:
             A new executor (shutting it down leaves the messenger open).
         """
         return Executor(self, ranks)
+
+    def spawn(
+        self,
+        rank: int,
+        cls: Callable[..., Any],
+        /,
+        *args: Any,
+        name: str | None = None,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> ActorRef:
+        """Create the actor ``cls(*args, **kwargs)`` on rank ``rank``; return its reference.
+
+        The actor handles its calls (``ref.method(x)``, a `Future`;
+        ``ref.method.send(x)``, no answer) one at a time, in order. With a
+        ``name``, any rank finds it with `lookup`; of two spawns of one name,
+        however close, one gets the actor and the other an error. The class
+        travels as `Executor` functions do (by reference when importable);
+        the arguments as any payload.
+
+        Parameters
+        ----------
+        rank : int
+            Where the actor lives.
+        cls : callable
+            Its class (or any callable that makes it).
+        *args
+            The positional arguments of ``cls``.
+        name : str, optional
+            A name unique in the job.
+        timeout : float, optional
+            Seconds each step (claim the name, create, publish) may take.
+        **kwargs
+            The keyword arguments of ``cls``.
+
+        Returns
+        -------
+        ActorRef
+            The reference: it travels in messages and survives `pickle`.
+
+        Raises
+        ------
+        ValueError
+            If the name is taken (a `RemoteError` too), or not a non-empty str.
+        conveyor.RemoteError
+            If ``cls(*args, **kwargs)`` raised on ``rank`` (the name is free again).
+        """
+        check_rank(rank, self.size)
+        return self._actors.spawn(rank, cls, args, kwargs, name, timeout)
+
+    def lookup(self, name: str, timeout: float | None = None) -> ActorRef:
+        """Return the reference of the actor spawned under ``name`` (by any rank).
+
+        If its spawn is still creating it, the lookup waits for it.
+
+        Parameters
+        ----------
+        name : str
+            The actor's name.
+        timeout : float, optional
+            Seconds to wait; no limit by default.
+
+        Returns
+        -------
+        ActorRef
+            The reference.
+
+        Raises
+        ------
+        KeyError
+            If no actor has that name (also a `RemoteError`).
+        """
+        return self._actors.lookup(name, timeout)
 
     # -- collectives ---------------------------------------------------------
     #

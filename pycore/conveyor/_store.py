@@ -257,7 +257,7 @@ class ItemService:
         try:
             return self._m.store[msg.payload]
         except KeyError as exc:
-            msg.fail(exc)  # without a traceback: nothing went wrong here
+            msg.fail(exc.with_traceback(None))  # without a traceback: nothing went wrong here
             return None
 
     def _put(self, msg: Message) -> int:

@@ -136,6 +136,11 @@ def _hash(data: bytes) -> int:
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
 
 
+def home_of(key: Key, size: int) -> int:
+    """Return the home rank of `key` among `size` ranks: the same on every rank and run."""
+    return _hash(encode_key(key)) % size
+
+
 class Table:
     """A distributed key-value table: ``m.table(name)``.
 

@@ -6,6 +6,13 @@ tag a user may not register is visible at a glance (all start with
 """
 
 __all__ = [
+    "ACTOR_CALL",
+    "ACTOR_CLAIM",
+    "ACTOR_CREATE",
+    "ACTOR_LOOKUP",
+    "ACTOR_PUBLISH",
+    "ACTOR_RELEASE",
+    "ACTOR_TELL",
     "CANCEL",
     "CHUNK_FETCH",
     "CHUNK_GIVE_BACK",
@@ -27,6 +34,15 @@ __all__ = [
 
 # Requests (_requests, _dispatch)
 CANCEL = "conveyor.cancel"  # send: a requester cancelled its request `payload`
+
+# Actors (_actors)
+ACTOR_CREATE = "conveyor.actor.create"  # request: make an actor here; answers its number
+ACTOR_CALL = "conveyor.actor.call"  # request: call a method of an actor here
+ACTOR_TELL = "conveyor.actor.tell"  # send: the same, without an answer
+ACTOR_CLAIM = "conveyor.actor.claim"  # request, to a name's home: reserve the name
+ACTOR_PUBLISH = "conveyor.actor.publish"  # request, to a name's home: the actor now exists
+ACTOR_RELEASE = "conveyor.actor.release"  # send, to a name's home: its spawn failed
+ACTOR_LOOKUP = "conveyor.actor.lookup"  # request, to a name's home: where the actor is
 
 # Executors (_executor)
 EXECUTOR_RUN = "conveyor.executor.run"  # request: run a function (sent once, then by digest)
