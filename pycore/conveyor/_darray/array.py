@@ -8,7 +8,7 @@ are the public faces of the tasks in `calls`.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal, cast
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Union, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -18,6 +18,9 @@ from .chunked import Chunked, split_sizes
 from .elementwise import elementwise
 
 __all__ = ["DistArray", "dcall", "dmap", "dreduce"]
+
+# The axes a reduction takes: None (all), 0, 1, negative ones, or a tuple of them.
+Axis = Union[int, tuple[int, ...], None]
 
 
 class DistArray(Chunked):
@@ -107,36 +110,82 @@ class DistArray(Chunked):
         )
 
     # -- reductions ------------------------------------------------------------
+    # Their docstrings are filled in below the class, from one template.
 
     def sum(
-        self, axis: Literal[0] | None = None, dtype: npt.DTypeLike | None = None, out: None = None
+        self,
+        axis: Axis = None,
+        dtype: npt.DTypeLike | None = None,
+        out: None = None,
+        keepdims: bool = False,
     ) -> Any:
-        return reductions.reduce(self, "sum", axis, out, dtype=dtype)
+        return reductions.reduce(self, "sum", axis, out, keepdims, dtype=dtype)
 
     def prod(
-        self, axis: Literal[0] | None = None, dtype: npt.DTypeLike | None = None, out: None = None
+        self,
+        axis: Axis = None,
+        dtype: npt.DTypeLike | None = None,
+        out: None = None,
+        keepdims: bool = False,
     ) -> Any:
-        return reductions.reduce(self, "prod", axis, out, dtype=dtype)
+        return reductions.reduce(self, "prod", axis, out, keepdims, dtype=dtype)
 
-    def min(self, axis: Literal[0] | None = None, out: None = None) -> Any:
-        return reductions.reduce(self, "min", axis, out)
+    def min(self, axis: Axis = None, out: None = None, keepdims: bool = False) -> Any:
+        return reductions.reduce(self, "min", axis, out, keepdims)
 
-    def max(self, axis: Literal[0] | None = None, out: None = None) -> Any:
-        return reductions.reduce(self, "max", axis, out)
+    def max(self, axis: Axis = None, out: None = None, keepdims: bool = False) -> Any:
+        return reductions.reduce(self, "max", axis, out, keepdims)
 
-    def any(self, axis: Literal[0] | None = None, out: None = None) -> Any:
-        return reductions.reduce(self, "any", axis, out)
+    def any(self, axis: Axis = None, out: None = None, keepdims: bool = False) -> Any:
+        return reductions.reduce(self, "any", axis, out, keepdims)
 
-    def all(self, axis: Literal[0] | None = None, out: None = None) -> Any:
-        return reductions.reduce(self, "all", axis, out)
+    def all(self, axis: Axis = None, out: None = None, keepdims: bool = False) -> Any:
+        return reductions.reduce(self, "all", axis, out, keepdims)
 
     def mean(
-        self, axis: Literal[0] | None = None, dtype: npt.DTypeLike | None = None, out: None = None
+        self,
+        axis: Axis = None,
+        dtype: npt.DTypeLike | None = None,
+        out: None = None,
+        keepdims: bool = False,
     ) -> Any:
-        total = self.sum(axis, dtype, out)
-        _, row_shape = self._learn_type()  # known: the sum learned it
-        count = len(self) if axis == 0 else len(self) * int(np.prod(row_shape))
-        return np.true_divide(total, count, dtype=dtype)
+        return reductions.mean(self, axis, dtype, out, keepdims)
+
+    def var(
+        self,
+        axis: Axis = None,
+        dtype: npt.DTypeLike | None = None,
+        out: None = None,
+        ddof: int = 0,
+        keepdims: bool = False,
+    ) -> Any:
+        return reductions.var(self, axis, dtype, out, ddof, keepdims)
+
+    def std(
+        self,
+        axis: Axis = None,
+        dtype: npt.DTypeLike | None = None,
+        out: None = None,
+        ddof: int = 0,
+        keepdims: bool = False,
+    ) -> Any:
+        return reductions.var(self, axis, dtype, out, ddof, keepdims, root=True)
+
+    def argmin(self, axis: int | None = None, out: None = None, keepdims: bool = False) -> Any:
+        return reductions.arg(self, "argmin", axis, out, keepdims)
+
+    def argmax(self, axis: int | None = None, out: None = None, keepdims: bool = False) -> Any:
+        return reductions.arg(self, "argmax", axis, out, keepdims)
+
+    def cumsum(
+        self, axis: int | None = None, dtype: npt.DTypeLike | None = None, out: None = None
+    ) -> DistArray:
+        return reductions.accumulate(self, "cumsum", axis, dtype, out)
+
+    def cumprod(
+        self, axis: int | None = None, dtype: npt.DTypeLike | None = None, out: None = None
+    ) -> DistArray:
+        return reductions.accumulate(self, "cumprod", axis, dtype, out)
 
     # -- numpy -----------------------------------------------------------------
 
@@ -164,6 +213,14 @@ class DistArray(Chunked):
             and inputs[0] is self
         ):
             return reductions.reduce(self, reductions.REDUCERS[ufunc], kwargs.get("axis", 0))
+        if (
+            method == "accumulate"
+            and ufunc in reductions.ACCUMULATORS
+            and set(kwargs) <= {"axis", "dtype"}
+            and inputs[0] is self
+        ):
+            name = reductions.ACCUMULATORS[ufunc]
+            return reductions.accumulate(self, name, kwargs.get("axis", 0), kwargs.get("dtype"))
         return NotImplemented
 
     # -- Python's protocols, as numpy has them ---------------------------------------
@@ -203,53 +260,109 @@ class DistArray(Chunked):
 
 # The reductions share their parameters and errors: one docstring template
 # (as numpy's own reductions share theirs), filled per method.
-_REDUCTION_DOC = """{summary}
-
-Parameters
-----------
-axis : {{None, 0}}, optional
-    None: over all elements; 0: over the rows.
-{dtype}out : None
+_AXIS = """axis : {{None, 0, 1}} or tuple of int, optional
+    None: over all elements; 0 (or -2 of a 2-D array): over the rows, per
+    column; 1 (or -1) of a 2-D array: along each row.
+"""
+_DTYPE = """dtype : data-type, optional
+    The type to accumulate in and return, as for `numpy.{name}`.
+"""
+_OUT = """out : None
     Only None: the result is a new value.
-
-Returns
--------
-numpy scalar or numpy.ndarray
-    {returns}
-
-Raises
-------
-ValueError
-    If ``axis`` is not None or 0.
+"""
+_DDOF = """ddof : int, default 0
+    The divisor is the count of elements less ``ddof``, as for `numpy.{name}`.
+"""
+_KEEPDIMS = """keepdims : bool, default False
+    Keep the reduced axes, of length 1, as numpy does.
+"""
+_REDUCED = """numpy scalar, numpy.ndarray or DistArray
+    {returns} A numpy value over all elements or the rows (map-reduce: each
+    chunk is reduced where it is); along each row (``axis=1``), a DistArray
+    of the same chunking, computed where the rows are, returned at once.
+"""
+_RAISES = """numpy.exceptions.AxisError
+    If ``axis`` is not an axis of the array (a ValueError and an
+    IndexError).
 TypeError
     If ``out`` is given.
 conveyor.RemoteError
     As `resolve`.
 """
-_REDUCTION_DTYPE = """dtype : data-type, optional
-    The type to accumulate in and return, as for `numpy.{name}`.
+_ACCUMULATED = """DistArray
+    Returned at once, of the chunking of the rows it runs along (with
+    ``axis=None``, of a 2-D array flattened chunk by chunk); each chunk is
+    computed where it is, after the totals of the chunks before it.
 """
+
+
+def _document(name: str, summary: str, sections: list[str], returns: str, raises: str) -> None:
+    text = "".join(section.format(name=name) for section in sections)
+    getattr(DistArray, name).__doc__ = (
+        f"{summary}\n\nParameters\n----------\n{text}\nReturns\n-------\n{returns}\n"
+        f"Raises\n------\n{raises}"
+    )
+
+
 for _name, _summary, _returns in [
-    ("sum", "Sum all elements (or, with ``axis=0``, the rows).", "The sum."),
-    ("prod", "Multiply all elements (or, with ``axis=0``, the rows).", "The product."),
-    ("min", "Find the smallest element (or, with ``axis=0``, per column).", "The minimum."),
-    ("max", "Find the largest element (or, with ``axis=0``, per column).", "The maximum."),
-    (
-        "any",
-        "Tell whether any element is true (or, with ``axis=0``, per column).",
-        "A bool, or one per column.",
-    ),
-    (
-        "all",
-        "Tell whether every element is true (or, with ``axis=0``, per column).",
-        "A bool, or one per column.",
-    ),
-    ("mean", "Average all elements (or, with ``axis=0``, the rows).", "The mean."),
+    ("sum", "Sum the elements, as `numpy.sum`.", "The sum."),
+    ("prod", "Multiply the elements, as `numpy.prod`.", "The product."),
+    ("mean", "Average the elements, as `numpy.mean`.", "The mean."),
 ]:
-    getattr(DistArray, _name).__doc__ = _REDUCTION_DOC.format(
-        summary=_summary,
-        returns=_returns,
-        dtype=_REDUCTION_DTYPE.format(name=_name) if _name in ("sum", "prod", "mean") else "",
+    _document(
+        _name,
+        _summary,
+        [_AXIS, _DTYPE, _OUT, _KEEPDIMS],
+        _REDUCED.format(returns=_returns),
+        _RAISES,
+    )
+for _name, _summary, _returns in [
+    ("min", "Find the smallest element, as `numpy.min`.", "The minimum."),
+    ("max", "Find the largest element, as `numpy.max`.", "The maximum."),
+    ("any", "Tell whether any element is true, as `numpy.any`.", "Bools."),
+    ("all", "Tell whether every element is true, as `numpy.all`.", "Bools."),
+]:
+    _document(_name, _summary, [_AXIS, _OUT, _KEEPDIMS], _REDUCED.format(returns=_returns), _RAISES)
+for _name, _summary, _returns in [
+    (
+        "var",
+        "Compute the variance, as `numpy.var`: the mean, then the squared deviations from it.",
+        "The variance.",
+    ),
+    (
+        "std",
+        "Compute the standard deviation, as `numpy.std`: the square root of `var`.",
+        "The standard deviation.",
+    ),
+]:
+    _document(
+        _name,
+        _summary,
+        [_AXIS, _DTYPE, _OUT, _DDOF, _KEEPDIMS],
+        _REDUCED.format(returns=_returns),
+        _RAISES,
+    )
+for _name, _summary in [
+    ("argmin", "Find where the smallest element is, as `numpy.argmin` (the first, for ties)."),
+    ("argmax", "Find where the largest element is, as `numpy.argmax` (the first, for ties)."),
+]:
+    _document(
+        _name,
+        _summary,
+        [_AXIS.replace(" or tuple of int", ""), _OUT, _KEEPDIMS],
+        _REDUCED.format(returns="Places: over all elements, in the flattened array."),
+        "ValueError\n    If the array is empty.\n" + _RAISES,
+    )
+for _name, _summary in [
+    ("cumsum", "Return the running sums, as `numpy.cumsum`."),
+    ("cumprod", "Return the running products, as `numpy.cumprod`."),
+]:
+    _document(
+        _name,
+        _summary,
+        [_AXIS.replace(" or tuple of int", ""), _DTYPE, _OUT],
+        _ACCUMULATED,
+        _RAISES,
     )
 
 

@@ -7,13 +7,17 @@ with `nothing_left`.
 """
 
 import operator
+import os
+import tempfile
+import time
+import warnings
 
 import numpy as np
 import pytest
 
 import conveyor as cv
 
-from _helpers import assert_array_same, messenger, nothing_left, run_case
+from _helpers import assert_array_same, messenger, nothing_left, owners, run_case
 
 
 def numpy_error(call):
@@ -209,6 +213,112 @@ def check_attributes(m):
     assert r.shape == (2,) and "shape=(2,)" in repr(r) and "chunks=[1, 1]" in repr(r)
 
 
+REDUCTIONS = ["sum", "prod", "min", "max", "any", "all", "mean", "var", "std"]
+PLACES = ["argmin", "argmax"]
+RUNNING = ["cumsum", "cumprod"]
+
+
+def numpy_or_error(call):
+    """What `call` returns, or the exception it raises (numpy's warnings silenced)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return call()
+        except Exception as error:
+            return error
+
+
+def assert_like(got, want, where):
+    """`got` is `want`: numpy's dtype, shape and values (close), or its error and message."""
+    if isinstance(want, Exception) or isinstance(got, Exception):
+        assert type(got) is type(want) and str(got) == str(want), (where, got, want)
+        return
+    assert np.asarray(got).dtype == np.asarray(want).dtype, (where, got, want)
+    assert np.shape(got) == np.shape(want), (where, got, want)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6, equal_nan=True, err_msg=where)
+
+
+def check_reductions(m):
+    size = m.size
+    rng = np.random.default_rng(11)
+    for shape, chunks in [((11,), [3, 0, 5, 3]), ((7, 3), [2, 0, 5]), ((5, 2), 5), ((0, 2), 2)]:
+        for dtype in (np.int32, np.float32, np.float64, np.bool_, np.complex64):
+            a = (rng.normal(size=shape) * 4).astype(dtype)
+            count = chunks if isinstance(chunks, int) else len(chunks)
+            x = m.array(a, chunks=chunks, ranks=rng.integers(0, size, count).tolist())
+            for name in REDUCTIONS + PLACES + RUNNING:
+                axes = [None, 0, -1, 1, 2] + ([] if name in PLACES + RUNNING else [(0, 1), (1, 1)])
+                for axis in axes:
+                    for options in [{}] if name in RUNNING else [{}, {"keepdims": True}]:
+                        where = f"{name}(axis={axis}, {options}) of {a.dtype}{shape}"
+                        want = numpy_or_error(lambda: getattr(a, name)(axis=axis, **options))
+                        got = numpy_or_error(lambda: getattr(x, name)(axis=axis, **options))
+                        if isinstance(got, cv.DistArray):
+                            # Along the rows, or running: distributed, as x is.
+                            assert owners(got) == owners(x), where
+                            got = got.collect()
+                        assert_like(got, want, where)
+    # numpy's functions and options reach the methods.
+    a = rng.normal(size=(9, 4))
+    x = m.array(a, chunks=[4, 5])
+    for got, want in [
+        (np.std(x, ddof=1), np.std(a, ddof=1)),
+        (np.var(x, axis=0, ddof=2), np.var(a, axis=0, ddof=2)),
+        (x.var(axis=1, ddof=1).collect(), a.var(axis=1, ddof=1)),
+        (np.mean(x, axis=1).collect(), np.mean(a, axis=1)),
+        (np.sum(x, axis=1, dtype=np.float32).collect(), np.sum(a, axis=1, dtype=np.float32)),
+        (x.sum(axis=0, dtype=np.float32), a.sum(axis=0, dtype=np.float32)),
+        (np.argmax(x, axis=0), np.argmax(a, axis=0)),
+        (np.cumsum(x, axis=0).collect(), np.cumsum(a, axis=0)),
+        (np.cumprod(x[:, 0]).collect(), np.cumprod(a[:, 0])),
+        (np.add.accumulate(x).collect(), np.add.accumulate(a)),
+        (np.multiply.accumulate(x, axis=1).collect(), np.multiply.accumulate(a, axis=1)),
+        (np.add.reduce(x, axis=1).collect(), np.add.reduce(a, axis=1)),
+        (x.cumsum(dtype=np.float32).collect(), a.cumsum(dtype=np.float32)),
+    ]:
+        assert_like(got, want, "numpy function")
+    ints = np.array([5, -3, 7, 7, -3, 2], dtype=np.int8)
+    xi = m.array(ints, chunks=[2, 0, 4])
+    assert_like(xi.cumsum().collect(), ints.cumsum(), "int8 cumsum")  # int64, as numpy's
+    assert xi.argmin() == 1 and xi.argmax() == 2  # the first, for ties
+    nans = np.array([1.0, np.nan, 0.0, np.nan])
+    assert m.array(nans, chunks=[1, 1, 2]).argmin() == 1  # numpy: the first nan
+    with pytest.raises(TypeError, match="out="):
+        x.cumsum(out=np.empty(36))
+    # Running sums return at once, and never wait: each chunk after the totals before it.
+    path = os.path.join(
+        tempfile.gettempdir(), f"conveyor-cumsum-{os.getpid()}-{time.monotonic_ns()}"
+    )
+    try:
+        pending = cv.dcall(wait_for_file, path, xi)
+        running = pending.cumsum()
+        assert "dtype=?" in repr(running) and owners(running) == owners(xi)
+        open(path, "w").close()
+        assert_array_same(running.collect(), ints.cumsum())
+        assert running.shape == (6,) and running.dtype == np.int64
+    finally:
+        if os.path.exists(path):
+            os.unlink(path)
+
+
+def wait_for_file(path, a):
+    """Return `a` once `path` exists: a chunk that cannot be computed before its caller says so."""
+    deadline = time.monotonic() + 30
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} never appeared")
+        time.sleep(0.005)
+    return a
+
+
+def case_reductions():
+    with messenger() as m:
+        with m.driver() as d:
+            if d is not None:
+                check_reductions(m)
+        nothing_left(m)
+
+
 def case_operators():
     with messenger() as m:
         with m.driver() as d:
@@ -221,6 +331,8 @@ def case_operators():
         nothing_left(m)
 
 
-@pytest.mark.parametrize("case", [case_operators], ids=lambda case: case.__name__[len("case_") :])
+@pytest.mark.parametrize(
+    "case", [case_operators, case_reductions], ids=lambda case: case.__name__[len("case_") :]
+)
 def test_case(mpirun, nranks, case):
     run_case(mpirun, nranks, case)
