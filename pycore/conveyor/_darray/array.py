@@ -7,13 +7,13 @@ are the public faces of the tasks in `calls`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Union, cast
 
 import numpy as np
 import numpy.typing as npt
 
-from . import calls, indexing, reductions
+from . import calls, functions, indexing, layout, reductions
 from .chunked import Chunked, split_sizes
 from .elementwise import elementwise
 
@@ -187,7 +187,122 @@ class DistArray(Chunked):
     ) -> DistArray:
         return reductions.accumulate(self, "cumprod", axis, dtype, out)
 
+    # -- layout ----------------------------------------------------------------
+
+    def astype(self, dtype: npt.DTypeLike, casting: Any = "unsafe", copy: bool = True) -> DistArray:
+        """Return the array cast to ``dtype``, each chunk where it is.
+
+        Parameters
+        ----------
+        dtype : data-type
+            The new dtype (numeric or bool).
+        casting : {'no', 'equiv', 'safe', 'same_kind', 'unsafe'}, default 'unsafe'
+            The casts allowed, as for `numpy.ndarray.astype`.
+        copy : bool, default True
+            False: return this array itself if it has that dtype already.
+
+        Returns
+        -------
+        DistArray
+            Returned at once, of the same chunking.
+
+        Raises
+        ------
+        TypeError
+            If ``casting`` does not allow the cast, or ``dtype`` is not numeric.
+        """
+        return layout.astype(self, dtype, casting, copy)
+
+    def reshape(self, *shape: Any, order: str = "C") -> DistArray:
+        """Return the array in another shape, where that relabels the rows of each chunk.
+
+        As `numpy.reshape`, in C order: a 2-D array flattens to 1-D, a 1-D
+        array becomes a column (``x.reshape(-1, 1)``) or rows of ``k``
+        elements when every chunk holds a multiple of ``k``. Each chunk is
+        reshaped where it is; nothing moves between ranks.
+
+        Parameters
+        ----------
+        *shape : int or tuple of int
+            The new shape, 1-D or 2-D; one dimension may be -1.
+        order : {'C'}, default 'C'
+            Only C order relabels rows.
+
+        Returns
+        -------
+        DistArray
+            Returned at once (this array itself for its own shape).
+
+        Raises
+        ------
+        ValueError
+            numpy's error if the sizes differ; if a chunk would not hold
+            whole rows of the new shape (`rebalance` first), or the shape
+            is not 1-D or 2-D.
+        """
+        return layout.reshape(self, shape[0] if len(shape) == 1 else shape, order)
+
+    def transpose(self, *axes: Any) -> DistArray:
+        """Return the transpose: a 1-D array itself, the columns of a 2-D array as its rows.
+
+        The rows of the result are cut into as many groups as this array has
+        chunks (at most one per column); each chunk's columns of a group are
+        taken where the chunk is, and each group is put together on the
+        rank of one chunk.
+
+        Parameters
+        ----------
+        *axes : int or tuple of int, optional
+            numpy's permutation of the axes.
+
+        Returns
+        -------
+        DistArray
+            Returned at once.
+
+        Raises
+        ------
+        ValueError
+            If ``axes`` is not a permutation of the axes.
+        """
+        return layout.transpose(self, axes[0] if len(axes) == 1 else (axes or None))
+
+    @property
+    def T(self) -> DistArray:
+        """The transpose, as `transpose`."""
+        return self.transpose()
+
+    def nonzero(self) -> tuple[DistArray, ...]:
+        """Return, for each dimension, the places of the elements that are not zero.
+
+        As `numpy.nonzero`; ``np.where(x)`` is the same.
+
+        Returns
+        -------
+        tuple of DistArray
+            One 1-D DistArray of places per dimension, each chunk computed
+            where the rows are (its length known once computed).
+        """
+        return layout.nonzero(self)
+
     # -- numpy -----------------------------------------------------------------
+
+    def __array_function__(
+        self,
+        func: Callable[..., Any],
+        types: Iterable[type],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        implementation = functions.supported(func)
+        if implementation is None:
+            raise TypeError(
+                f"numpy.{func.__name__} is not supported on a DistArray: it would gather the "
+                "whole array on one rank; if that is what you want, call it on .collect()"
+            )
+        if not all(issubclass(t, (DistArray, np.ndarray)) for t in types):
+            return NotImplemented
+        return implementation(*args, **kwargs)
 
     def __array_ufunc__(self, ufunc: np.ufunc, method: str, *inputs: Any, **kwargs: Any) -> Any:
         if kwargs.get("out") is not None:

@@ -301,6 +301,122 @@ def check_reductions(m):
             os.unlink(path)
 
 
+def assert_same_or_error(call, numpy_call, where):
+    """`call` gives what `numpy_call` gives (a DistArray: its collect()), or its error."""
+    want = numpy_or_error(numpy_call)
+    got = numpy_or_error(call)
+    if isinstance(got, tuple) and all(isinstance(one, cv.DistArray) for one in got):
+        assert isinstance(want, tuple) and len(got) == len(want), where
+        for one, other in zip(got, want):
+            assert_array_same(one.collect(), other)
+        return
+    if isinstance(got, cv.DistArray):
+        assert_array_same(got.collect(), want)
+    elif isinstance(got, (tuple, bool, int)):
+        assert got == want and type(got) is type(want), (where, got, want)
+    else:
+        assert_like(got, want, where)
+
+
+def check_layout(m):
+    size = m.size
+    rng = np.random.default_rng(12)
+    a = rng.integers(0, 9, (12, 3))
+    x = m.array(a, chunks=[4, 0, 8], ranks=[k % size for k in (2, 1, 0)])
+    v = rng.integers(0, 9, 12)
+    xv = m.array(v, chunks=[5, 7], ranks=[size - 1, 0])
+    cases = [
+        ("astype", lambda b, w: b.astype(np.float32)),
+        ("astype safe", lambda b, w: b.astype(np.int32, casting="safe")),
+        (
+            "np.astype",
+            lambda b, w: np.astype(b, np.int8) if hasattr(np, "astype") else b.astype(np.int8),
+        ),
+        ("flatten", lambda b, w: b.reshape(-1)),
+        ("ravel", lambda b, w: np.ravel(b)),
+        ("column", lambda b, w: w.reshape(-1, 1)),
+        ("column of a tuple", lambda b, w: w.reshape((12, 1))),
+        ("np.reshape", lambda b, w: np.reshape(b, (36,))),
+        ("rows of 6", lambda b, w: b.reshape(-1, 6)),  # chunks of 4 and 8 rows of 3
+        ("bad size", lambda b, w: b.reshape(5, 7)),
+        ("two unknown", lambda b, w: b.reshape(-1, -1)),
+        ("T", lambda b, w: b.T),
+        ("T of 1-D", lambda b, w: w.T),
+        ("transpose(1, 0)", lambda b, w: b.transpose(1, 0)),
+        ("transpose((0, 1))", lambda b, w: b.transpose((0, 1))),
+        ("repeated axes", lambda b, w: b.transpose(1, 1)),
+        ("np.transpose", lambda b, w: np.transpose(b)),
+        ("concatenate", lambda b, w: np.concatenate([b, b, a])),
+        ("concatenate dtypes", lambda b, w: np.concatenate([w, w.astype(np.float64)])),
+        ("concatenate columns", lambda b, w: np.concatenate([b, a[:, :1]], axis=1)),
+        ("concatenate flat", lambda b, w: np.concatenate([b, b], axis=None)),
+        ("concatenate dims", lambda b, w: np.concatenate([b, w])),
+        ("concatenate widths", lambda b, w: np.concatenate([b, a[:, :2]])),
+        ("concatenate lengths", lambda b, w: np.concatenate([b, a[:5]], axis=1)),
+        ("concatenate axis", lambda b, w: np.concatenate([w, w], axis=1)),
+        ("concatenate cast", lambda b, w: np.concatenate([w, w], dtype=np.int8, casting="safe")),
+        ("stack", lambda b, w: np.stack([w, v])),
+        ("stack columns", lambda b, w: np.stack([w, v], axis=1)),
+        ("stack -1", lambda b, w: np.stack([w, v], axis=-1)),
+        ("stack shapes", lambda b, w: np.stack([w, v[:3]])),
+        ("stack axis", lambda b, w: np.stack([w, v], axis=3)),
+        ("vstack", lambda b, w: np.vstack([w, v])),
+        ("vstack 2-D", lambda b, w: np.vstack([b, a])),
+        ("hstack", lambda b, w: np.hstack([b, a])),
+        ("hstack 1-D", lambda b, w: np.hstack([w, v])),
+        ("column_stack", lambda b, w: np.column_stack([w, v])),
+        ("where", lambda b, w: np.where(w > 4, w, -1)),
+        ("where rows", lambda b, w: np.where(b > 4, b, np.arange(3))),
+        ("where of one", lambda b, w: np.where(w > 4)),
+        ("where of two", lambda b, w: np.where(w, w)),
+        ("nonzero", lambda b, w: np.nonzero(b > 4)),
+        ("nonzero method", lambda b, w: (w % 3).nonzero()),
+        ("clip", lambda b, w: np.clip(b, 2, 5)),
+        ("round", lambda b, w: np.round(b / 3, 1)),
+        ("isclose", lambda b, w: np.isclose(b, b + 1e-9)),
+        ("allclose", lambda b, w: np.allclose(b, b + 1e-9)),
+        ("array_equal", lambda b, w: np.array_equal(b, a)),
+        ("array_equal other", lambda b, w: np.array_equal(w, v + 1)),
+        ("array_equal nan", lambda b, w: np.array_equal(b / 0.0, b / 0.0, equal_nan=True)),
+        ("shape", lambda b, w: np.shape(b)),
+        ("ndim", lambda b, w: np.ndim(w)),
+        ("size", lambda b, w: np.size(b, 1)),
+    ]
+    for where, case in cases:
+        assert_same_or_error(lambda: case(x, xv), lambda: case(a, v), where)
+    # Nothing moves that need not: concatenating rows reuses the chunks,
+    # a reshape or a cast keeps them where they are.
+    rows = xv.rebalance(2).reshape(-1, 3)
+    joined = np.concatenate([x, rows, a[:2]])
+    assert owners(joined)[:5] == owners(x) + owners(rows)
+    assert [ref.id for ref in joined.chunks[:3]] == [ref.id for ref in x.chunks]
+    assert owners(x.reshape(-1)) == owners(x) and owners(x.astype(np.int8)) == owners(x)
+    assert set(owners(x.T)) <= set(owners(x)) and len(x.T.chunks) == 3
+    # A cast knows its dtype at once, whatever it is cast from.
+    assert "dtype=float32" in repr(cv.dcall(np.negative, xv).astype(np.float32))
+    # What numpy can do only on one rank says so, and names collect.
+    for call in (lambda: np.median(x), lambda: np.sort(xv), lambda: np.unique(xv)):
+        with pytest.raises(TypeError, match=r"not supported on a DistArray.*\.collect\(\)"):
+            call()
+    for call in (
+        lambda: xv.reshape(3, 4),  # chunks of 5 and 7 rows are not whole rows of 4
+        lambda: np.stack([x, x]),  # 3-D
+        lambda: x.reshape(12, 3, order="F"),
+        lambda: x.reshape(2, 2, 9),
+    ):
+        with pytest.raises(ValueError, match="collect|rebalance"):
+            call()
+    assert_array_same(xv.rebalance(3).reshape(3, 4).collect(), v.reshape(3, 4))
+
+
+def case_layout():
+    with messenger() as m:
+        with m.driver() as d:
+            if d is not None:
+                check_layout(m)
+        nothing_left(m)
+
+
 def wait_for_file(path, a):
     """Return `a` once `path` exists: a chunk that cannot be computed before its caller says so."""
     deadline = time.monotonic() + 30
@@ -332,7 +448,9 @@ def case_operators():
 
 
 @pytest.mark.parametrize(
-    "case", [case_operators, case_reductions], ids=lambda case: case.__name__[len("case_") :]
+    "case",
+    [case_operators, case_reductions, case_layout],
+    ids=lambda case: case.__name__[len("case_") :],
 )
 def test_case(mpirun, nranks, case):
     run_case(mpirun, nranks, case)
