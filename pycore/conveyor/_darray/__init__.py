@@ -11,6 +11,7 @@ One module a concept, each depending only on those listed before it:
 - ``indexing``: ``x[key]`` as numpy indexes, the selections run on the owners;
 - ``reductions``: sum, var, argmin, cumsum, ... along each axis;
 - ``layout``: astype, reshape, transpose, concatenate, stack, nonzero;
+- ``matmul``: ``x @ y``, per chunk or as map-reduce;
 - ``functions``: numpy's functions on DistArrays (``__array_function__``);
 - ``array``: `DistArray`, the public class, and dcall, dmap, dreduce;
 - ``driver``: the driver model (`Driver`, `DriverScope`).

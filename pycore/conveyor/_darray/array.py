@@ -16,6 +16,7 @@ import numpy.typing as npt
 from . import calls, functions, indexing, layout, reductions
 from .chunked import Chunked, split_sizes
 from .elementwise import elementwise
+from .matmul import matmul
 
 __all__ = ["DistArray", "dcall", "dmap", "dreduce"]
 
@@ -74,6 +75,8 @@ class DistArray(Chunked):
         def __le__(self, other: Any) -> DistArray: ...
         def __gt__(self, other: Any) -> DistArray: ...
         def __ge__(self, other: Any) -> DistArray: ...
+        def __matmul__(self, other: Any) -> Any: ...
+        def __rmatmul__(self, other: Any) -> Any: ...
         def __neg__(self) -> DistArray: ...
         def __pos__(self) -> DistArray: ...
         def __abs__(self) -> DistArray: ...
@@ -309,6 +312,8 @@ class DistArray(Chunked):
             raise TypeError(f"{ufunc.__name__}: out= is not supported: a DistArray is a new array")
         kwargs.pop("out", None)
         if method == "__call__":
+            if ufunc is np.matmul and not kwargs:
+                return matmul(*inputs)
             if ufunc.nout != 1 or ufunc.signature is not None:
                 raise TypeError(
                     f"numpy.{ufunc.__name__} is not supported on a DistArray "
@@ -526,6 +531,8 @@ for _name, _one in [
     ("invert", np.invert),
 ]:
     setattr(DistArray, f"__{_name}__", _unary(_one))
+DistArray.__matmul__ = lambda self, other: matmul(self, other)  # type: ignore[method-assign]
+DistArray.__rmatmul__ = lambda self, other: matmul(other, self)  # type: ignore[method-assign]
 DistArray.__hash__ = None  # == is elementwise
 
 

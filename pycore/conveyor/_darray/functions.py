@@ -15,6 +15,7 @@ import numpy as np
 from . import layout, reductions
 from .chunked import Chunked
 from .elementwise import elementwise
+from .matmul import matmul
 
 _NOTHING = object()  # numpy's "not given" (its own _NoValue)
 
@@ -77,6 +78,15 @@ def _same_or_nan(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return same
 
 
+def _dot(a: Any, b: Any, out: Any = None) -> Any:
+    # numpy's dot: matmul for 1-D and 2-D operands, a product by a scalar.
+    if out is not None:
+        _no_out(out)
+    if np.ndim(a) == 0 or np.ndim(b) == 0:
+        return elementwise(_class_of(a, b), np.multiply, (a, b), {})
+    return matmul(a, b)
+
+
 def _stacked(name: str) -> Callable[..., Any]:
     # vstack, hstack and column_stack, as numpy defines them from concatenate and stack.
     def run(tup: Any, *, dtype: Any = None, casting: Any = "same_kind") -> Any:
@@ -106,6 +116,7 @@ _FUNCTIONS: dict[Callable[..., Any], Callable[..., Any]] = {
     np.hstack: _stacked("hstack"),
     np.column_stack: _stacked("column_stack"),
     np.where: _where,
+    np.dot: _dot,
     np.nonzero: _nonzero,
     np.reshape: lambda a, shape=None, order="C", *, newshape=None, copy=None: a.reshape(
         shape if newshape is None else newshape, order=order

@@ -409,11 +409,61 @@ def check_layout(m):
     assert_array_same(xv.rebalance(3).reshape(3, 4).collect(), v.reshape(3, 4))
 
 
+def check_products(m):
+    size = m.size
+    rng = np.random.default_rng(13)
+    a = rng.normal(size=(10, 3))
+    x = m.array(a, chunks=[3, 0, 7], ranks=[k % size for k in (1, 2, 0)])
+    v = rng.normal(size=10)
+    xv, yv = m.array(v, chunks=[4, 6]), m.array(v * 2, chunks=3)
+    b = rng.normal(size=(10, 2))
+    xb = m.array(b, chunks=4)
+    w, w1, p = rng.normal(size=(3, 2)), rng.normal(size=3), rng.normal(size=(4, 10))
+    stack = rng.normal(size=(2, 10, 5))
+    cases = [
+        ("rows times a matrix", lambda: x @ w, a @ w),
+        ("rows times a vector", lambda: x @ w1, a @ w1),
+        ("np.matmul", lambda: np.matmul(x, w), a @ w),
+        ("dot of DistArrays", lambda: xv @ yv, v @ (v * 2)),
+        ("dot with numpy", lambda: xv @ v, v @ v),
+        ("numpy dot", lambda: v @ xv, v @ v),
+        ("vector times rows", lambda: xv @ xb, v @ b),
+        ("vector times numpy rows", lambda: xv @ b, v @ b),
+        ("matrix times a DistArray", lambda: p @ xv, p @ v),
+        ("matrix times rows", lambda: p @ xb, p @ b),
+        ("stacks of matrices", lambda: xv @ stack, v @ stack),
+        ("np.dot", lambda: np.dot(x, w), a.dot(w)),
+        ("np.dot by a scalar", lambda: np.dot(xv, 3), np.dot(v, 3)),
+        ("ints", lambda: m.array(np.arange(5)) @ np.arange(5), np.arange(5) @ np.arange(5)),
+        ("no rows", lambda: m.array(np.zeros((0, 3))) @ w, np.zeros((0, 3)) @ w),
+        ("no elements", lambda: m.array(np.zeros(0)) @ np.zeros(0), np.zeros(0) @ np.zeros(0)),
+    ]
+    for where, call, want in cases:
+        got = call()
+        if isinstance(got, cv.DistArray):  # computed where the rows are
+            assert owners(got) in (owners(x), owners(xv)) or where == "no rows", where
+            got = got.collect()
+        assert type(got) is type(want) or isinstance(want, np.ndarray), where
+        assert_like(got, want, where)
+    # numpy's errors, and a clear one where every rank would need a whole operand.
+    for call, numpy_call in [
+        (lambda: x @ np.ones(4), lambda: a @ np.ones(4)),
+        (lambda: xv @ np.ones(3), lambda: v @ np.ones(3)),
+        (lambda: np.ones(3) @ xv, lambda: np.ones(3) @ v),
+        (lambda: xv @ 2, lambda: v @ 2),
+    ]:
+        assert_raises_like(call, numpy_call)
+    for call in (lambda: x @ m.array(w), lambda: x @ rng.normal(size=(2, 3, 5))):
+        with pytest.raises(TypeError, match="collect"):
+            call()
+
+
 def case_layout():
     with messenger() as m:
         with m.driver() as d:
             if d is not None:
                 check_layout(m)
+                check_products(m)
         nothing_left(m)
 
 
