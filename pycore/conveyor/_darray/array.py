@@ -1,8 +1,10 @@
 """DistArray, the public distributed array, and dcall, dmap and dreduce.
 
-`DistArray` adds to `Chunked` what a user calls: the operators and numpy's
-ufuncs (through `dcall`), the reductions, `rebalance`. The functions here
-are the public faces of the tasks in `calls`.
+`DistArray` adds to `Chunked` what a user calls, as numpy names it: the
+operators and numpy's ufuncs, indexing, the reductions, the layout, ``@``
+and numpy's functions, each done by the module of its own below; and
+`rebalance`. dcall, dmap and dreduce are the public faces of the tasks in
+`calls`.
 """
 
 from __future__ import annotations
