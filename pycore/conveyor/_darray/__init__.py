@@ -9,7 +9,10 @@ One module a concept, each depending only on those listed before it:
   recycling);
 - ``elementwise``: numpy's broadcasting, for the operators and ufuncs;
 - ``indexing``: ``x[key]`` as numpy indexes, the selections run on the owners;
-- ``reductions``: sum, min, ... as map-reduce;
+- ``reductions``: sum, var, argmin, cumsum, ... along each axis;
+- ``layout``: astype, reshape, transpose, concatenate, stack, nonzero;
+- ``matmul``: ``x @ y``, per chunk or as map-reduce;
+- ``functions``: numpy's functions on DistArrays (``__array_function__``);
 - ``array``: `DistArray`, the public class, and dcall, dmap, dreduce;
 - ``driver``: the driver model (`Driver`, `DriverScope`).
 """

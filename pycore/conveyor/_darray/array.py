@@ -1,23 +1,29 @@
 """DistArray, the public distributed array, and dcall, dmap and dreduce.
 
-`DistArray` adds to `Chunked` what a user calls: the operators and numpy's
-ufuncs (through `dcall`), the reductions, `rebalance`. The functions here
-are the public faces of the tasks in `calls`.
+`DistArray` adds to `Chunked` what a user calls, as numpy names it: the
+operators and numpy's ufuncs, indexing, the reductions, the layout, ``@``
+and numpy's functions, each done by the module of its own below; and
+`rebalance`. dcall, dmap and dreduce are the public faces of the tasks in
+`calls`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal, cast
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Union, cast
 
 import numpy as np
 import numpy.typing as npt
 
-from . import calls, indexing, reductions
+from . import calls, functions, indexing, layout, reductions
 from .chunked import Chunked, split_sizes
 from .elementwise import elementwise
+from .matmul import matmul
 
 __all__ = ["DistArray", "dcall", "dmap", "dreduce"]
+
+# The axes a reduction takes: None (all), 0, 1, negative ones, or a tuple of them.
+Axis = Union[int, tuple[int, ...], None]
 
 
 class DistArray(Chunked):
@@ -71,6 +77,8 @@ class DistArray(Chunked):
         def __le__(self, other: Any) -> DistArray: ...
         def __gt__(self, other: Any) -> DistArray: ...
         def __ge__(self, other: Any) -> DistArray: ...
+        def __matmul__(self, other: Any) -> Any: ...
+        def __rmatmul__(self, other: Any) -> Any: ...
         def __neg__(self) -> DistArray: ...
         def __pos__(self) -> DistArray: ...
         def __abs__(self) -> DistArray: ...
@@ -107,44 +115,207 @@ class DistArray(Chunked):
         )
 
     # -- reductions ------------------------------------------------------------
+    # Their docstrings are filled in below the class, from one template.
 
     def sum(
-        self, axis: Literal[0] | None = None, dtype: npt.DTypeLike | None = None, out: None = None
+        self,
+        axis: Axis = None,
+        dtype: npt.DTypeLike | None = None,
+        out: None = None,
+        keepdims: bool = False,
     ) -> Any:
-        return reductions.reduce(self, "sum", axis, out, dtype=dtype)
+        return reductions.reduce(self, "sum", axis, out, keepdims, dtype=dtype)
 
     def prod(
-        self, axis: Literal[0] | None = None, dtype: npt.DTypeLike | None = None, out: None = None
+        self,
+        axis: Axis = None,
+        dtype: npt.DTypeLike | None = None,
+        out: None = None,
+        keepdims: bool = False,
     ) -> Any:
-        return reductions.reduce(self, "prod", axis, out, dtype=dtype)
+        return reductions.reduce(self, "prod", axis, out, keepdims, dtype=dtype)
 
-    def min(self, axis: Literal[0] | None = None, out: None = None) -> Any:
-        return reductions.reduce(self, "min", axis, out)
+    def min(self, axis: Axis = None, out: None = None, keepdims: bool = False) -> Any:
+        return reductions.reduce(self, "min", axis, out, keepdims)
 
-    def max(self, axis: Literal[0] | None = None, out: None = None) -> Any:
-        return reductions.reduce(self, "max", axis, out)
+    def max(self, axis: Axis = None, out: None = None, keepdims: bool = False) -> Any:
+        return reductions.reduce(self, "max", axis, out, keepdims)
 
-    def any(self, axis: Literal[0] | None = None, out: None = None) -> Any:
-        return reductions.reduce(self, "any", axis, out)
+    def any(self, axis: Axis = None, out: None = None, keepdims: bool = False) -> Any:
+        return reductions.reduce(self, "any", axis, out, keepdims)
 
-    def all(self, axis: Literal[0] | None = None, out: None = None) -> Any:
-        return reductions.reduce(self, "all", axis, out)
+    def all(self, axis: Axis = None, out: None = None, keepdims: bool = False) -> Any:
+        return reductions.reduce(self, "all", axis, out, keepdims)
 
     def mean(
-        self, axis: Literal[0] | None = None, dtype: npt.DTypeLike | None = None, out: None = None
+        self,
+        axis: Axis = None,
+        dtype: npt.DTypeLike | None = None,
+        out: None = None,
+        keepdims: bool = False,
     ) -> Any:
-        total = self.sum(axis, dtype, out)
-        _, row_shape = self._learn_type()  # known: the sum learned it
-        count = len(self) if axis == 0 else len(self) * int(np.prod(row_shape))
-        return np.true_divide(total, count, dtype=dtype)
+        return reductions.mean(self, axis, dtype, out, keepdims)
+
+    def var(
+        self,
+        axis: Axis = None,
+        dtype: npt.DTypeLike | None = None,
+        out: None = None,
+        ddof: int = 0,
+        keepdims: bool = False,
+    ) -> Any:
+        return reductions.var(self, axis, dtype, out, ddof, keepdims)
+
+    def std(
+        self,
+        axis: Axis = None,
+        dtype: npt.DTypeLike | None = None,
+        out: None = None,
+        ddof: int = 0,
+        keepdims: bool = False,
+    ) -> Any:
+        return reductions.var(self, axis, dtype, out, ddof, keepdims, root=True)
+
+    def argmin(self, axis: int | None = None, out: None = None, keepdims: bool = False) -> Any:
+        return reductions.arg(self, "argmin", axis, out, keepdims)
+
+    def argmax(self, axis: int | None = None, out: None = None, keepdims: bool = False) -> Any:
+        return reductions.arg(self, "argmax", axis, out, keepdims)
+
+    def cumsum(
+        self, axis: int | None = None, dtype: npt.DTypeLike | None = None, out: None = None
+    ) -> DistArray:
+        return reductions.accumulate(self, "cumsum", axis, dtype, out)
+
+    def cumprod(
+        self, axis: int | None = None, dtype: npt.DTypeLike | None = None, out: None = None
+    ) -> DistArray:
+        return reductions.accumulate(self, "cumprod", axis, dtype, out)
+
+    # -- layout ----------------------------------------------------------------
+
+    def astype(self, dtype: npt.DTypeLike, casting: Any = "unsafe", copy: bool = True) -> DistArray:
+        """Return the array cast to ``dtype``, each chunk where it is.
+
+        Parameters
+        ----------
+        dtype : data-type
+            The new dtype (numeric or bool).
+        casting : {'no', 'equiv', 'safe', 'same_kind', 'unsafe'}, default 'unsafe'
+            The casts allowed, as for `numpy.ndarray.astype`.
+        copy : bool, default True
+            False: return this array itself if it has that dtype already.
+
+        Returns
+        -------
+        DistArray
+            Returned at once, of the same chunking.
+
+        Raises
+        ------
+        TypeError
+            If ``casting`` does not allow the cast, or ``dtype`` is not numeric.
+        """
+        return layout.astype(self, dtype, casting, copy)
+
+    def reshape(self, *shape: Any, order: str = "C") -> DistArray:
+        """Return the array in another shape, where that relabels the rows of each chunk.
+
+        As `numpy.reshape`, in C order: a 2-D array flattens to 1-D, a 1-D
+        array becomes a column (``x.reshape(-1, 1)``) or rows of ``k``
+        elements when every chunk holds a multiple of ``k``. Each chunk is
+        reshaped where it is; nothing moves between ranks.
+
+        Parameters
+        ----------
+        *shape : int or tuple of int
+            The new shape, 1-D or 2-D; one dimension may be -1.
+        order : {'C'}, default 'C'
+            Only C order relabels rows.
+
+        Returns
+        -------
+        DistArray
+            Returned at once (this array itself for its own shape).
+
+        Raises
+        ------
+        ValueError
+            numpy's error if the sizes differ; if a chunk would not hold
+            whole rows of the new shape (`rebalance` first), or the shape
+            is not 1-D or 2-D.
+        """
+        return layout.reshape(self, shape[0] if len(shape) == 1 else shape, order)
+
+    def transpose(self, *axes: Any) -> DistArray:
+        """Return the transpose: a 1-D array itself, the columns of a 2-D array as its rows.
+
+        The rows of the result are cut into as many groups as this array has
+        chunks (at most one per column); each chunk's columns of a group are
+        taken where the chunk is, and each group is put together on the
+        rank of one chunk.
+
+        Parameters
+        ----------
+        *axes : int or tuple of int, optional
+            numpy's permutation of the axes.
+
+        Returns
+        -------
+        DistArray
+            Returned at once.
+
+        Raises
+        ------
+        ValueError
+            If ``axes`` is not a permutation of the axes.
+        """
+        return layout.transpose(self, axes[0] if len(axes) == 1 else (axes or None))
+
+    @property
+    def T(self) -> DistArray:
+        """The transpose, as `transpose`."""
+        return self.transpose()
+
+    def nonzero(self) -> tuple[DistArray, ...]:
+        """Return, for each dimension, the places of the elements that are not zero.
+
+        As `numpy.nonzero`; ``np.where(x)`` is the same.
+
+        Returns
+        -------
+        tuple of DistArray
+            One 1-D DistArray of places per dimension, each chunk computed
+            where the rows are (its length known once computed).
+        """
+        return layout.nonzero(self)
 
     # -- numpy -----------------------------------------------------------------
+
+    def __array_function__(
+        self,
+        func: Callable[..., Any],
+        types: Iterable[type],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        implementation = functions.supported(func)
+        if implementation is None:
+            raise TypeError(
+                f"numpy.{func.__name__} is not supported on a DistArray: it would gather the "
+                "whole array on one rank; if that is what you want, call it on .collect()"
+            )
+        if not all(issubclass(t, (DistArray, np.ndarray)) for t in types):
+            return NotImplemented
+        return implementation(*args, **kwargs)
 
     def __array_ufunc__(self, ufunc: np.ufunc, method: str, *inputs: Any, **kwargs: Any) -> Any:
         if kwargs.get("out") is not None:
             raise TypeError(f"{ufunc.__name__}: out= is not supported: a DistArray is a new array")
         kwargs.pop("out", None)
         if method == "__call__":
+            if ufunc is np.matmul and not kwargs:
+                return matmul(*inputs)
             if ufunc.nout != 1 or ufunc.signature is not None:
                 raise TypeError(
                     f"numpy.{ufunc.__name__} is not supported on a DistArray "
@@ -164,6 +335,14 @@ class DistArray(Chunked):
             and inputs[0] is self
         ):
             return reductions.reduce(self, reductions.REDUCERS[ufunc], kwargs.get("axis", 0))
+        if (
+            method == "accumulate"
+            and ufunc in reductions.ACCUMULATORS
+            and set(kwargs) <= {"axis", "dtype"}
+            and inputs[0] is self
+        ):
+            name = reductions.ACCUMULATORS[ufunc]
+            return reductions.accumulate(self, name, kwargs.get("axis", 0), kwargs.get("dtype"))
         return NotImplemented
 
     # -- Python's protocols, as numpy has them ---------------------------------------
@@ -203,53 +382,109 @@ class DistArray(Chunked):
 
 # The reductions share their parameters and errors: one docstring template
 # (as numpy's own reductions share theirs), filled per method.
-_REDUCTION_DOC = """{summary}
-
-Parameters
-----------
-axis : {{None, 0}}, optional
-    None: over all elements; 0: over the rows.
-{dtype}out : None
+_AXIS = """axis : {{None, 0, 1}} or tuple of int, optional
+    None: over all elements; 0 (or -2 of a 2-D array): over the rows, per
+    column; 1 (or -1) of a 2-D array: along each row.
+"""
+_DTYPE = """dtype : data-type, optional
+    The type to accumulate in and return, as for `numpy.{name}`.
+"""
+_OUT = """out : None
     Only None: the result is a new value.
-
-Returns
--------
-numpy scalar or numpy.ndarray
-    {returns}
-
-Raises
-------
-ValueError
-    If ``axis`` is not None or 0.
+"""
+_DDOF = """ddof : int, default 0
+    The divisor is the count of elements less ``ddof``, as for `numpy.{name}`.
+"""
+_KEEPDIMS = """keepdims : bool, default False
+    Keep the reduced axes, of length 1, as numpy does.
+"""
+_REDUCED = """numpy scalar, numpy.ndarray or DistArray
+    {returns} A numpy value over all elements or the rows (map-reduce: each
+    chunk is reduced where it is); along each row (``axis=1``), a DistArray
+    of the same chunking, computed where the rows are, returned at once.
+"""
+_RAISES = """numpy.exceptions.AxisError
+    If ``axis`` is not an axis of the array (a ValueError and an
+    IndexError).
 TypeError
     If ``out`` is given.
 conveyor.RemoteError
     As `resolve`.
 """
-_REDUCTION_DTYPE = """dtype : data-type, optional
-    The type to accumulate in and return, as for `numpy.{name}`.
+_ACCUMULATED = """DistArray
+    Returned at once, of the chunking of the rows it runs along (with
+    ``axis=None``, of a 2-D array flattened chunk by chunk); each chunk is
+    computed where it is, after the totals of the chunks before it.
 """
+
+
+def _document(name: str, summary: str, sections: list[str], returns: str, raises: str) -> None:
+    text = "".join(section.format(name=name) for section in sections)
+    getattr(DistArray, name).__doc__ = (
+        f"{summary}\n\nParameters\n----------\n{text}\nReturns\n-------\n{returns}\n"
+        f"Raises\n------\n{raises}"
+    )
+
+
 for _name, _summary, _returns in [
-    ("sum", "Sum all elements (or, with ``axis=0``, the rows).", "The sum."),
-    ("prod", "Multiply all elements (or, with ``axis=0``, the rows).", "The product."),
-    ("min", "Find the smallest element (or, with ``axis=0``, per column).", "The minimum."),
-    ("max", "Find the largest element (or, with ``axis=0``, per column).", "The maximum."),
-    (
-        "any",
-        "Tell whether any element is true (or, with ``axis=0``, per column).",
-        "A bool, or one per column.",
-    ),
-    (
-        "all",
-        "Tell whether every element is true (or, with ``axis=0``, per column).",
-        "A bool, or one per column.",
-    ),
-    ("mean", "Average all elements (or, with ``axis=0``, the rows).", "The mean."),
+    ("sum", "Sum the elements, as `numpy.sum`.", "The sum."),
+    ("prod", "Multiply the elements, as `numpy.prod`.", "The product."),
+    ("mean", "Average the elements, as `numpy.mean`.", "The mean."),
 ]:
-    getattr(DistArray, _name).__doc__ = _REDUCTION_DOC.format(
-        summary=_summary,
-        returns=_returns,
-        dtype=_REDUCTION_DTYPE.format(name=_name) if _name in ("sum", "prod", "mean") else "",
+    _document(
+        _name,
+        _summary,
+        [_AXIS, _DTYPE, _OUT, _KEEPDIMS],
+        _REDUCED.format(returns=_returns),
+        _RAISES,
+    )
+for _name, _summary, _returns in [
+    ("min", "Find the smallest element, as `numpy.min`.", "The minimum."),
+    ("max", "Find the largest element, as `numpy.max`.", "The maximum."),
+    ("any", "Tell whether any element is true, as `numpy.any`.", "Bools."),
+    ("all", "Tell whether every element is true, as `numpy.all`.", "Bools."),
+]:
+    _document(_name, _summary, [_AXIS, _OUT, _KEEPDIMS], _REDUCED.format(returns=_returns), _RAISES)
+for _name, _summary, _returns in [
+    (
+        "var",
+        "Compute the variance, as `numpy.var`: the mean, then the squared deviations from it.",
+        "The variance.",
+    ),
+    (
+        "std",
+        "Compute the standard deviation, as `numpy.std`: the square root of `var`.",
+        "The standard deviation.",
+    ),
+]:
+    _document(
+        _name,
+        _summary,
+        [_AXIS, _DTYPE, _OUT, _DDOF, _KEEPDIMS],
+        _REDUCED.format(returns=_returns),
+        _RAISES,
+    )
+for _name, _summary in [
+    ("argmin", "Find where the smallest element is, as `numpy.argmin` (the first, for ties)."),
+    ("argmax", "Find where the largest element is, as `numpy.argmax` (the first, for ties)."),
+]:
+    _document(
+        _name,
+        _summary,
+        [_AXIS.replace(" or tuple of int", ""), _OUT, _KEEPDIMS],
+        _REDUCED.format(returns="Places: over all elements, in the flattened array."),
+        "ValueError\n    If the array is empty.\n" + _RAISES,
+    )
+for _name, _summary in [
+    ("cumsum", "Return the running sums, as `numpy.cumsum`."),
+    ("cumprod", "Return the running products, as `numpy.cumprod`."),
+]:
+    _document(
+        _name,
+        _summary,
+        [_AXIS.replace(" or tuple of int", ""), _DTYPE, _OUT],
+        _ACCUMULATED,
+        _RAISES,
     )
 
 
@@ -298,6 +533,8 @@ for _name, _one in [
     ("invert", np.invert),
 ]:
     setattr(DistArray, f"__{_name}__", _unary(_one))
+DistArray.__matmul__ = lambda self, other: matmul(self, other)  # type: ignore[method-assign]
+DistArray.__rmatmul__ = lambda self, other: matmul(other, self)  # type: ignore[method-assign]
 DistArray.__hash__ = None  # == is elementwise
 
 

@@ -7,13 +7,17 @@ with `nothing_left`.
 """
 
 import operator
+import os
+import tempfile
+import time
+import warnings
 
 import numpy as np
 import pytest
 
 import conveyor as cv
 
-from _helpers import assert_array_same, messenger, nothing_left, run_case
+from _helpers import assert_array_same, messenger, nothing_left, owners, run_case
 
 
 def numpy_error(call):
@@ -209,6 +213,278 @@ def check_attributes(m):
     assert r.shape == (2,) and "shape=(2,)" in repr(r) and "chunks=[1, 1]" in repr(r)
 
 
+REDUCTIONS = ["sum", "prod", "min", "max", "any", "all", "mean", "var", "std"]
+PLACES = ["argmin", "argmax"]
+RUNNING = ["cumsum", "cumprod"]
+
+
+def numpy_or_error(call):
+    """What `call` returns, or the exception it raises (numpy's warnings silenced)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return call()
+        except Exception as error:
+            return error
+
+
+def assert_like(got, want, where):
+    """`got` is `want`: numpy's dtype, shape and values (close), or its error and message."""
+    if isinstance(want, Exception) or isinstance(got, Exception):
+        assert type(got) is type(want) and str(got) == str(want), (where, got, want)
+        return
+    assert np.asarray(got).dtype == np.asarray(want).dtype, (where, got, want)
+    assert np.shape(got) == np.shape(want), (where, got, want)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6, equal_nan=True, err_msg=where)
+
+
+def check_reductions(m):
+    size = m.size
+    rng = np.random.default_rng(11)
+    for shape, chunks in [((11,), [3, 0, 5, 3]), ((7, 3), [2, 0, 5]), ((5, 2), 5), ((0, 2), 2)]:
+        for dtype in (np.int32, np.float32, np.float64, np.bool_, np.complex64):
+            a = (rng.normal(size=shape) * 4).astype(dtype)
+            count = chunks if isinstance(chunks, int) else len(chunks)
+            x = m.array(a, chunks=chunks, ranks=rng.integers(0, size, count).tolist())
+            for name in REDUCTIONS + PLACES + RUNNING:
+                axes = [None, 0, -1, 1, 2] + ([] if name in PLACES + RUNNING else [(0, 1), (1, 1)])
+                for axis in axes:
+                    for options in [{}] if name in RUNNING else [{}, {"keepdims": True}]:
+                        where = f"{name}(axis={axis}, {options}) of {a.dtype}{shape}"
+                        want = numpy_or_error(lambda: getattr(a, name)(axis=axis, **options))
+                        got = numpy_or_error(lambda: getattr(x, name)(axis=axis, **options))
+                        if isinstance(got, cv.DistArray):
+                            # Along the rows, or running: distributed, as x is.
+                            assert owners(got) == owners(x), where
+                            got = got.collect()
+                        assert_like(got, want, where)
+    # numpy's functions and options reach the methods.
+    a = rng.normal(size=(9, 4))
+    x = m.array(a, chunks=[4, 5])
+    for got, want in [
+        (np.std(x, ddof=1), np.std(a, ddof=1)),
+        (np.var(x, axis=0, ddof=2), np.var(a, axis=0, ddof=2)),
+        (x.var(axis=1, ddof=1).collect(), a.var(axis=1, ddof=1)),
+        (np.mean(x, axis=1).collect(), np.mean(a, axis=1)),
+        (np.sum(x, axis=1, dtype=np.float32).collect(), np.sum(a, axis=1, dtype=np.float32)),
+        (x.sum(axis=0, dtype=np.float32), a.sum(axis=0, dtype=np.float32)),
+        (np.argmax(x, axis=0), np.argmax(a, axis=0)),
+        (np.cumsum(x, axis=0).collect(), np.cumsum(a, axis=0)),
+        (np.cumprod(x[:, 0]).collect(), np.cumprod(a[:, 0])),
+        (np.add.accumulate(x).collect(), np.add.accumulate(a)),
+        (np.multiply.accumulate(x, axis=1).collect(), np.multiply.accumulate(a, axis=1)),
+        (np.add.reduce(x, axis=1).collect(), np.add.reduce(a, axis=1)),
+        (x.cumsum(dtype=np.float32).collect(), a.cumsum(dtype=np.float32)),
+    ]:
+        assert_like(got, want, "numpy function")
+    ints = np.array([5, -3, 7, 7, -3, 2], dtype=np.int8)
+    xi = m.array(ints, chunks=[2, 0, 4])
+    assert_like(xi.cumsum().collect(), ints.cumsum(), "int8 cumsum")  # int64, as numpy's
+    assert xi.argmin() == 1 and xi.argmax() == 2  # the first, for ties
+    nans = np.array([1.0, np.nan, 0.0, np.nan])
+    assert m.array(nans, chunks=[1, 1, 2]).argmin() == 1  # numpy: the first nan
+    with pytest.raises(TypeError, match="out="):
+        x.cumsum(out=np.empty(36))
+    # Running sums return at once, and never wait: each chunk after the totals before it.
+    path = os.path.join(
+        tempfile.gettempdir(), f"conveyor-cumsum-{os.getpid()}-{time.monotonic_ns()}"
+    )
+    try:
+        pending = cv.dcall(wait_for_file, path, xi)
+        running = pending.cumsum()
+        assert "dtype=?" in repr(running) and owners(running) == owners(xi)
+        open(path, "w").close()
+        assert_array_same(running.collect(), ints.cumsum())
+        assert running.shape == (6,) and running.dtype == np.int64
+    finally:
+        if os.path.exists(path):
+            os.unlink(path)
+
+
+def assert_same_or_error(call, numpy_call, where):
+    """`call` gives what `numpy_call` gives (a DistArray: its collect()), or its error."""
+    want = numpy_or_error(numpy_call)
+    got = numpy_or_error(call)
+    if isinstance(got, tuple) and all(isinstance(one, cv.DistArray) for one in got):
+        assert isinstance(want, tuple) and len(got) == len(want), where
+        for one, other in zip(got, want):
+            assert_array_same(one.collect(), other)
+        return
+    if isinstance(got, cv.DistArray):
+        assert_array_same(got.collect(), want)
+    elif isinstance(got, (tuple, bool, int)):
+        assert got == want and type(got) is type(want), (where, got, want)
+    else:
+        assert_like(got, want, where)
+
+
+def check_layout(m):
+    size = m.size
+    rng = np.random.default_rng(12)
+    a = rng.integers(0, 9, (12, 3))
+    x = m.array(a, chunks=[4, 0, 8], ranks=[k % size for k in (2, 1, 0)])
+    v = rng.integers(0, 9, 12)
+    xv = m.array(v, chunks=[5, 7], ranks=[size - 1, 0])
+    cases = [
+        ("astype", lambda b, w: b.astype(np.float32)),
+        ("astype safe", lambda b, w: b.astype(np.int32, casting="safe")),
+        (
+            "np.astype",
+            lambda b, w: np.astype(b, np.int8) if hasattr(np, "astype") else b.astype(np.int8),
+        ),
+        ("flatten", lambda b, w: b.reshape(-1)),
+        ("ravel", lambda b, w: np.ravel(b)),
+        ("column", lambda b, w: w.reshape(-1, 1)),
+        ("column of a tuple", lambda b, w: w.reshape((12, 1))),
+        ("np.reshape", lambda b, w: np.reshape(b, (36,))),
+        ("rows of 6", lambda b, w: b.reshape(-1, 6)),  # chunks of 4 and 8 rows of 3
+        ("bad size", lambda b, w: b.reshape(5, 7)),
+        ("two unknown", lambda b, w: b.reshape(-1, -1)),
+        ("T", lambda b, w: b.T),
+        ("T of 1-D", lambda b, w: w.T),
+        ("transpose(1, 0)", lambda b, w: b.transpose(1, 0)),
+        ("transpose((0, 1))", lambda b, w: b.transpose((0, 1))),
+        ("repeated axes", lambda b, w: b.transpose(1, 1)),
+        ("np.transpose", lambda b, w: np.transpose(b)),
+        ("concatenate", lambda b, w: np.concatenate([b, b, a])),
+        ("concatenate dtypes", lambda b, w: np.concatenate([w, w.astype(np.float64)])),
+        ("concatenate columns", lambda b, w: np.concatenate([b, a[:, :1]], axis=1)),
+        ("concatenate flat", lambda b, w: np.concatenate([b, b], axis=None)),
+        ("concatenate dims", lambda b, w: np.concatenate([b, w])),
+        ("concatenate widths", lambda b, w: np.concatenate([b, a[:, :2]])),
+        ("concatenate lengths", lambda b, w: np.concatenate([b, a[:5]], axis=1)),
+        ("concatenate axis", lambda b, w: np.concatenate([w, w], axis=1)),
+        ("concatenate cast", lambda b, w: np.concatenate([w, w], dtype=np.int8, casting="safe")),
+        ("stack", lambda b, w: np.stack([w, v])),
+        ("stack columns", lambda b, w: np.stack([w, v], axis=1)),
+        ("stack -1", lambda b, w: np.stack([w, v], axis=-1)),
+        ("stack shapes", lambda b, w: np.stack([w, v[:3]])),
+        ("stack axis", lambda b, w: np.stack([w, v], axis=3)),
+        ("vstack", lambda b, w: np.vstack([w, v])),
+        ("vstack 2-D", lambda b, w: np.vstack([b, a])),
+        ("hstack", lambda b, w: np.hstack([b, a])),
+        ("hstack 1-D", lambda b, w: np.hstack([w, v])),
+        ("column_stack", lambda b, w: np.column_stack([w, v])),
+        ("where", lambda b, w: np.where(w > 4, w, -1)),
+        ("where rows", lambda b, w: np.where(b > 4, b, np.arange(3))),
+        ("where of one", lambda b, w: np.where(w > 4)),
+        ("where of two", lambda b, w: np.where(w, w)),
+        ("nonzero", lambda b, w: np.nonzero(b > 4)),
+        ("nonzero method", lambda b, w: (w % 3).nonzero()),
+        ("clip", lambda b, w: np.clip(b, 2, 5)),
+        ("round", lambda b, w: np.round(b / 3, 1)),
+        ("isclose", lambda b, w: np.isclose(b, b + 1e-9)),
+        ("allclose", lambda b, w: np.allclose(b, b + 1e-9)),
+        ("array_equal", lambda b, w: np.array_equal(b, a)),
+        ("array_equal other", lambda b, w: np.array_equal(w, v + 1)),
+        ("array_equal nan", lambda b, w: np.array_equal(b / 0.0, b / 0.0, equal_nan=True)),
+        ("shape", lambda b, w: np.shape(b)),
+        ("ndim", lambda b, w: np.ndim(w)),
+        ("size", lambda b, w: np.size(b, 1)),
+    ]
+    for where, case in cases:
+        assert_same_or_error(lambda: case(x, xv), lambda: case(a, v), where)
+    # Nothing moves that need not: concatenating rows reuses the chunks,
+    # a reshape or a cast keeps them where they are.
+    rows = xv.rebalance(2).reshape(-1, 3)
+    joined = np.concatenate([x, rows, a[:2]])
+    assert owners(joined)[:5] == owners(x) + owners(rows)
+    assert [ref.id for ref in joined.chunks[:3]] == [ref.id for ref in x.chunks]
+    assert owners(x.reshape(-1)) == owners(x) and owners(x.astype(np.int8)) == owners(x)
+    assert set(owners(x.T)) <= set(owners(x)) and len(x.T.chunks) == 3
+    # A cast knows its dtype at once, whatever it is cast from.
+    assert "dtype=float32" in repr(cv.dcall(np.negative, xv).astype(np.float32))
+    # What numpy can do only on one rank says so, and names collect.
+    for call in (lambda: np.median(x), lambda: np.sort(xv), lambda: np.unique(xv)):
+        with pytest.raises(TypeError, match=r"not supported on a DistArray.*\.collect\(\)"):
+            call()
+    for call in (
+        lambda: xv.reshape(3, 4),  # chunks of 5 and 7 rows are not whole rows of 4
+        lambda: np.stack([x, x]),  # 3-D
+        lambda: x.reshape(12, 3, order="F"),
+        lambda: x.reshape(2, 2, 9),
+    ):
+        with pytest.raises(ValueError, match="collect|rebalance"):
+            call()
+    assert_array_same(xv.rebalance(3).reshape(3, 4).collect(), v.reshape(3, 4))
+
+
+def check_products(m):
+    size = m.size
+    rng = np.random.default_rng(13)
+    a = rng.normal(size=(10, 3))
+    x = m.array(a, chunks=[3, 0, 7], ranks=[k % size for k in (1, 2, 0)])
+    v = rng.normal(size=10)
+    xv, yv = m.array(v, chunks=[4, 6]), m.array(v * 2, chunks=3)
+    b = rng.normal(size=(10, 2))
+    xb = m.array(b, chunks=4)
+    w, w1, p = rng.normal(size=(3, 2)), rng.normal(size=3), rng.normal(size=(4, 10))
+    stack = rng.normal(size=(2, 10, 5))
+    cases = [
+        ("rows times a matrix", lambda: x @ w, a @ w),
+        ("rows times a vector", lambda: x @ w1, a @ w1),
+        ("np.matmul", lambda: np.matmul(x, w), a @ w),
+        ("dot of DistArrays", lambda: xv @ yv, v @ (v * 2)),
+        ("dot with numpy", lambda: xv @ v, v @ v),
+        ("numpy dot", lambda: v @ xv, v @ v),
+        ("vector times rows", lambda: xv @ xb, v @ b),
+        ("vector times numpy rows", lambda: xv @ b, v @ b),
+        ("matrix times a DistArray", lambda: p @ xv, p @ v),
+        ("matrix times rows", lambda: p @ xb, p @ b),
+        ("stacks of matrices", lambda: xv @ stack, v @ stack),
+        ("np.dot", lambda: np.dot(x, w), a.dot(w)),
+        ("np.dot by a scalar", lambda: np.dot(xv, 3), np.dot(v, 3)),
+        ("ints", lambda: m.array(np.arange(5)) @ np.arange(5), np.arange(5) @ np.arange(5)),
+        ("no rows", lambda: m.array(np.zeros((0, 3))) @ w, np.zeros((0, 3)) @ w),
+        ("no elements", lambda: m.array(np.zeros(0)) @ np.zeros(0), np.zeros(0) @ np.zeros(0)),
+    ]
+    for where, call, want in cases:
+        got = call()
+        if isinstance(got, cv.DistArray):  # computed where the rows are
+            assert owners(got) in (owners(x), owners(xv)) or where == "no rows", where
+            got = got.collect()
+        assert type(got) is type(want) or isinstance(want, np.ndarray), where
+        assert_like(got, want, where)
+    # numpy's errors, and a clear one where every rank would need a whole operand.
+    for call, numpy_call in [
+        (lambda: x @ np.ones(4), lambda: a @ np.ones(4)),
+        (lambda: xv @ np.ones(3), lambda: v @ np.ones(3)),
+        (lambda: np.ones(3) @ xv, lambda: np.ones(3) @ v),
+        (lambda: xv @ 2, lambda: v @ 2),
+    ]:
+        assert_raises_like(call, numpy_call)
+    for call in (lambda: x @ m.array(w), lambda: x @ rng.normal(size=(2, 3, 5))):
+        with pytest.raises(TypeError, match="collect"):
+            call()
+
+
+def case_layout():
+    with messenger() as m:
+        with m.driver() as d:
+            if d is not None:
+                check_layout(m)
+                check_products(m)
+        nothing_left(m)
+
+
+def wait_for_file(path, a):
+    """Return `a` once `path` exists: a chunk that cannot be computed before its caller says so."""
+    deadline = time.monotonic() + 30
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} never appeared")
+        time.sleep(0.005)
+    return a
+
+
+def case_reductions():
+    with messenger() as m:
+        with m.driver() as d:
+            if d is not None:
+                check_reductions(m)
+        nothing_left(m)
+
+
 def case_operators():
     with messenger() as m:
         with m.driver() as d:
@@ -221,6 +497,10 @@ def case_operators():
         nothing_left(m)
 
 
-@pytest.mark.parametrize("case", [case_operators], ids=lambda case: case.__name__[len("case_") :])
+@pytest.mark.parametrize(
+    "case",
+    [case_operators, case_reductions, case_layout],
+    ids=lambda case: case.__name__[len("case_") :],
+)
 def test_case(mpirun, nranks, case):
     run_case(mpirun, nranks, case)

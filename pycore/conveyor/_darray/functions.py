@@ -1,0 +1,161 @@
+"""numpy's functions on DistArrays (``__array_function__``): the ones that stay distributed.
+
+``np.sum(x)``, ``np.concatenate([x, y])``, ``np.where(x > 0, x, 0)`` and
+the others below reach the DistArray's own implementation. Any other numpy
+function raises a TypeError that says it is not supported and names
+``.collect()``, rather than gathering the whole array on one rank.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+from . import layout, reductions
+from .chunked import Chunked
+from .elementwise import elementwise
+from .matmul import matmul
+
+_NOTHING = object()  # numpy's "not given" (its own _NoValue)
+
+
+def supported(func: Callable[..., Any]) -> Callable[..., Any] | None:
+    """The implementation of numpy function ``func`` on DistArrays, or None."""
+    return _FUNCTIONS.get(func)
+
+
+def _method(name: str) -> Callable[..., Any]:
+    # np.sum(x, ...) is x.sum(...): numpy's functions and methods share their parameters.
+    return lambda a, *args, **kwargs: getattr(a, name)(*args, **kwargs)
+
+
+def _where(condition: Any, x: Any = _NOTHING, y: Any = _NOTHING) -> Any:
+    if x is _NOTHING and y is _NOTHING:
+        return _nonzero(condition)
+    if x is _NOTHING or y is _NOTHING:
+        raise ValueError("either both or neither of x and y should be given")
+    return elementwise(_class_of(condition, x, y), np.where, (condition, x, y), {})
+
+
+def _nonzero(a: Any) -> Any:
+    return layout.nonzero(a)
+
+
+def _class_of(*operands: Any) -> type[Chunked]:
+    return next(type(a) for a in operands if isinstance(a, Chunked))
+
+
+def _elementwise(function: Callable[..., Any], count: int) -> Callable[..., Any]:
+    # A numpy function that broadcasts its first `count` arguments, the
+    # others being options.
+    def run(*args: Any, **kwargs: Any) -> Any:
+        if kwargs.pop("out", None) is not None:
+            _no_out(True)
+        operands, options = args[:count], args[count:]
+        return elementwise(_class_of(*operands), function, operands + options, kwargs)
+
+    return run
+
+
+def _allclose(a: Any, b: Any, *args: Any, **kwargs: Any) -> bool:
+    close = elementwise(_class_of(a, b), np.isclose, (a, b) + args, kwargs)
+    return bool(reductions.reduce(close, "all"))
+
+
+def _array_equal(a1: Any, a2: Any, equal_nan: bool = False) -> bool:
+    if np.shape(a1) != np.shape(a2):
+        return False
+    same = elementwise(_class_of(a1, a2), _same_or_nan if equal_nan else np.equal, (a1, a2), {})
+    return bool(reductions.reduce(same, "all"))
+
+
+def _same_or_nan(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    # Where a chunk is: equal, or both nan.
+    same: np.ndarray = np.equal(a, b)
+    if a.dtype.kind in "fc" and b.dtype.kind in "fc":
+        same |= np.isnan(a) & np.isnan(b)
+    return same
+
+
+def _dot(a: Any, b: Any, out: Any = None) -> Any:
+    # numpy's dot: matmul for 1-D and 2-D operands, a product by a scalar.
+    if out is not None:
+        _no_out(out)
+    if np.ndim(a) == 0 or np.ndim(b) == 0:
+        return elementwise(_class_of(a, b), np.multiply, (a, b), {})
+    return matmul(a, b)
+
+
+def _stacked(name: str) -> Callable[..., Any]:
+    # vstack, hstack and column_stack, as numpy defines them from concatenate and stack.
+    def run(tup: Any, *, dtype: Any = None, casting: Any = "same_kind") -> Any:
+        arrays = list(tup)
+        one_d = all(np.ndim(a) == 1 for a in arrays)
+        if name == "vstack":
+            if one_d:
+                return layout.stack(arrays, 0, dtype, casting)
+            return layout.concatenate(arrays, 0, dtype, casting)
+        if name == "hstack":
+            return layout.concatenate(arrays, 0 if one_d else 1, dtype, casting)
+        if one_d:  # column_stack
+            return layout.stack(arrays, 1, dtype, casting)
+        return layout.concatenate(arrays, 1, dtype, casting)
+
+    return run
+
+
+_FUNCTIONS: dict[Callable[..., Any], Callable[..., Any]] = {
+    np.concatenate: lambda arrays, axis=0, out=None, *, dtype=None, casting="same_kind": (
+        layout.concatenate(arrays, axis, dtype, casting) if out is None else _no_out(out)
+    ),
+    np.stack: lambda arrays, axis=0, out=None, *, dtype=None, casting="same_kind": (
+        layout.stack(arrays, axis, dtype, casting) if out is None else _no_out(out)
+    ),
+    np.vstack: _stacked("vstack"),
+    np.hstack: _stacked("hstack"),
+    np.column_stack: _stacked("column_stack"),
+    np.where: _where,
+    np.dot: _dot,
+    np.nonzero: _nonzero,
+    np.reshape: lambda a, shape=None, order="C", *, newshape=None, copy=None: a.reshape(
+        shape if newshape is None else newshape, order=order
+    ),
+    np.ravel: lambda a, order="C": a.reshape(-1, order=order),
+    np.transpose: lambda a, axes=None: a.transpose(axes),
+    np.shape: lambda a: a.shape,
+    np.ndim: lambda a: a.ndim,
+    np.size: lambda a, axis=None: a.size if axis is None else a.shape[axis],
+    np.clip: _elementwise(np.clip, 3),
+    np.round: _elementwise(np.round, 1),
+    np.around: _elementwise(np.around, 1),
+    np.isclose: _elementwise(np.isclose, 2),
+    np.allclose: _allclose,
+    np.array_equal: _array_equal,
+    **{
+        getattr(np, function): _method(method)
+        for function, method in [
+            ("sum", "sum"),
+            ("prod", "prod"),
+            ("min", "min"),
+            ("max", "max"),
+            ("amin", "min"),
+            ("amax", "max"),
+            ("any", "any"),
+            ("all", "all"),
+            ("mean", "mean"),
+            ("var", "var"),
+            ("std", "std"),
+            ("argmin", "argmin"),
+            ("argmax", "argmax"),
+            ("cumsum", "cumsum"),
+            ("cumprod", "cumprod"),
+            ("astype", "astype"),  # numpy 2.1
+        ]
+        if hasattr(np, function)
+    },
+}
+
+
+def _no_out(out: Any) -> Any:
+    raise TypeError("out= is not supported: a DistArray is a new array")
