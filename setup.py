@@ -15,6 +15,7 @@ import sys
 
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
+from setuptools.command.build_py import build_py
 
 
 def find_mpicc():
@@ -110,6 +111,23 @@ class BuildMPIExtensions(build_ext):
         super().build_extensions()
 
 
+class BuildPythonFresh(build_py):
+    """Copy the package's Python files, dropping the ones the sources no longer have.
+
+    The build directory outlives a build (one per MPI, for the extensions'
+    sake) and build_py only adds to it: a module deleted or moved in pycore/
+    stayed there and was installed again beside what replaced it.
+    """
+
+    def run(self):
+        built = os.path.join(self.build_lib, "conveyor")
+        for path in glob.glob(os.path.join(built, "**", "*.py*"), recursive=True):
+            source = os.path.join("pycore", os.path.relpath(path, self.build_lib))
+            if path.endswith((".py", ".pyi")) and not os.path.exists(source):
+                os.remove(path)
+        super().run()
+
+
 def extensions():
     import mpi4py
     from Cython.Build import cythonize
@@ -145,6 +163,6 @@ def extensions():
 
 setup(
     ext_modules=extensions(),
-    cmdclass={"build_ext": BuildMPIExtensions},
+    cmdclass={"build_ext": BuildMPIExtensions, "build_py": BuildPythonFresh},
     options={"build": {"build_base": build_base()}},
 )
