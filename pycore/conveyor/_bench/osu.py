@@ -159,27 +159,37 @@ class Peer:
         self.served += 1
 
     def serve(self, count):
-        """Rank 1: handle messages until `count` counted ones have arrived."""
-        self.served = 0
+        """Rank 1: handle messages until `count` counted ones have arrived.
+
+        The counters start at 0 and are reset (`reset`) only once a run has
+        settled: a messenger served by its own thread may count the next
+        run's first messages before its program reaches this call.
+        """
         deadline = time.monotonic() + TIMEOUT
         while self.served < count:
             self.m.progress(1.0)
             if time.monotonic() > deadline:
                 raise cv.TimeoutError(f"rank 1 served {self.served} of {count} messages")
 
+    def reset(self):
+        """Zero the counters, between runs (no message in flight)."""
+        self.served = self.received = self.pongs = 0
+
 
 # Each run_* function runs on both ranks and returns rank 0's elapsed seconds
 # for `iters` timed iterations after `warmup` untimed ones (rank 1: None).
 
 
-def settled(m, elapsed):
-    """Return `elapsed` once no message of `m` is in flight on either rank (collective).
+def settled(peer, elapsed):
+    """Return `elapsed` once no message of `peer` is in flight on either rank (collective).
 
     With aggregation, rank 1's last answer of a run may still be buffered
     when its serving loop ends: `Messenger.wait_quiet` sends it, and no
-    message of one run is left to be handled in the next.
+    message of one run is left to be handled in the next. The counters are
+    reset then.
     """
-    m.wait_quiet()
+    peer.m.wait_quiet()
+    peer.reset()
     return elapsed
 
 
@@ -205,20 +215,19 @@ def run_cv_request(peer, x, iters, warmup):
     m = peer.m
     if m.rank == 1:
         peer.serve(warmup + iters)
-        return settled(m, None)
+        return settled(peer, None)
     for i in range(warmup + iters):
         if i == warmup:
             start = time.perf_counter()
         x = m.request(1, "echo", x).result(timeout=TIMEOUT)
-    return settled(m, time.perf_counter() - start)
+    return settled(peer, time.perf_counter() - start)
 
 
 def run_cv_oneway(peer, x, iters, warmup):
     m = peer.m
     if m.rank == 1:
         peer.serve(warmup + iters)
-        return settled(m, None)
-    peer.pongs = 0
+        return settled(peer, None)
     for i in range(warmup + iters):
         if i == warmup:
             start = time.perf_counter()
@@ -228,7 +237,7 @@ def run_cv_oneway(peer, x, iters, warmup):
             m.progress(1.0)
             if time.monotonic() > deadline:
                 raise cv.TimeoutError("no pong from rank 1")
-    return settled(m, time.perf_counter() - start)
+    return settled(peer, time.perf_counter() - start)
 
 
 def bw_shape(size, run_bytes):
@@ -308,20 +317,19 @@ def run_cv_windows(peer, send_window, delivered_per_window, iters, warmup):
     """
     m = peer.m
     if m.rank == 1:
-        peer.received = 0
         peer.serve(warmup + iters)
         expected = delivered_per_window * (warmup + iters)
         if peer.received != expected:
             raise cv.ConveyorError(
                 f"rank 1 received {peer.received} of {expected} messages or items"
             )
-        return settled(m, None)
+        return settled(peer, None)
     for i in range(warmup + iters):
         if i == warmup:
             start = time.perf_counter()
         send_window()
         m.request(1, "ack").result(timeout=TIMEOUT)
-    return settled(m, time.perf_counter() - start)
+    return settled(peer, time.perf_counter() - start)
 
 
 def measure(contestants, reps, comm):
