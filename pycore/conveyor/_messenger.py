@@ -715,9 +715,9 @@ class Messenger:
         Returns
         -------
         int
-            The number of messages handled; 0 with ``serve="thread"``, where
-            the service thread handles them and this only waits up to
-            ``timeout`` for its next round.
+            The number of messages handled. With ``serve="thread"`` the
+            service thread handles them: this waits up to ``timeout`` for the
+            end of its next round, and returns how many that round handled.
 
         Raises
         ------

@@ -42,6 +42,8 @@ class Service:
         self.failure: BaseException | None = None
         self._transport = transport
         self._served = threading.Condition()  # notified after every round of serving
+        self._rounds = 0  # rounds of serving so far (a wave's end ends one too)
+        self._handled = 0  # messages handled so far
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
@@ -54,8 +56,10 @@ class Service:
         engine, dispatch = self._transport.engine, self._transport.dispatch
         try:
             while not self._stopping:
-                engine.serve(_SLICE, -1, dispatch)
+                handled = engine.serve(_SLICE, -1, dispatch)
                 with self._served:
+                    self._rounds += 1
+                    self._handled += handled
                     self._served.notify_all()
         except BaseException as exc:  # the engine failed: the program's thread hears of it
             self.failure = exc
@@ -82,6 +86,17 @@ class Service:
                     return False
                 self._served.wait(left)
         return True
+
+    def next_round(self, timeout: float | None) -> int:
+        """Wait for the end of the next round of serving, at most `timeout` s; return what it handled.
+
+        A round ends when something arrived (a message, the end of a
+        termination-detection wave) or after a slice of idle waiting.
+        """
+        with self._served:
+            rounds, handled = self._rounds, self._handled
+        self.wait(lambda: self._rounds != rounds, timeout)
+        return self._handled - handled
 
     def stop(self) -> None:
         """Stop serving: return once the service thread has finished its round."""

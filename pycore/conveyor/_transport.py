@@ -109,14 +109,13 @@ class Transport:
     def serve(self, timeout: float = 0.0) -> int:
         """Dispatch what has arrived, waiting up to `timeout` s for the first; return how many.
 
-        Where a service thread serves, the caller only waits up to `timeout`
-        for its next round, and 0 is returned.
+        Where a service thread serves, the caller waits up to `timeout` for
+        the end of its next round, and gets how many it handled in that round.
         """
         self.check_open()
         if (service := self.served_elsewhere()) is not None:
             self.engine.flush()
-            service.wait(lambda: False, timeout if timeout >= 0 else None)
-            return 0
+            return service.next_round(timeout if timeout >= 0 else None)
         return self.engine.serve(timeout, -1, self.dispatch)
 
     def wait_for(self, waiter: Waiter, timeout: float | None) -> None:
