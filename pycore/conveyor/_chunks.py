@@ -33,6 +33,7 @@ from . import _pickling
 from ._carriage import CarriageableItem
 from ._errors import RemoteError, raised_remotely
 from ._native import core
+from ._shipping import Received, Shipped
 from ._tags import (
     CHUNK_FETCH,
     CHUNK_GIVE_BACK,
@@ -274,8 +275,9 @@ class ChunkLayer:
         # callbacks of chunks just settled, run in order
         self._ready: collections.deque[Callable[[], None]] = collections.deque()
         self._draining = False
-        # pickled function -> function, the tasks' recent ones
-        self._functions: dict[bytes, Callable[..., Any]] = {}
+        # The tasks' functions: sent once per rank, then by digest.
+        self._shipped = Shipped()
+        self._received = Received()
         self._published: set[int] = set()  # owned chunks whose state is in CHUNK_STATES
         receivers.add(CHUNK_TASK, self._on_task)
         receivers.add(CHUNK_FETCH, self._on_fetch)
@@ -521,7 +523,8 @@ class ChunkLayer:
         Parameters
         ----------
         function : bytes or None
-            ``_pickling.dumps(f)``; None passes the single argument on.
+            ``_pickling.dumps(f)``; None passes the single argument on. It
+            travels once per rank, and by digest afterwards (`_shipping`).
         args, kwargs : list, dict
             Input specs: ``("value", x)``, ``("pickled", bytes)``,
             ``("whole", ref)`` (a whole chunk), or ``("pieces", [(ref,
@@ -530,19 +533,31 @@ class ChunkLayer:
             `core.chunks.align`).
         """
         ref, weight = self.mint(owner, length, offset)
+        parcel = None if function is None else self._shipped.parcel_pickled(owner, function)
         task = {
             "id": ref.id,
             "weight": weight if owner != self.rank else -1,
             "length": length,
-            "function": function,
+            "function": parcel,
             "args": args,
             "kwargs": kwargs or {},
         }
         self.transport.send(owner, CHUNK_TASK, task)
+        if parcel is not None:
+            self._shipped.sent(owner, parcel)  # only once it left: the owner will see it
         return ref
 
     def _on_task(self, msg: Message) -> None:
         task = msg.payload
+        # First, in the order the tasks came, whatever becomes of the task:
+        # the sender counts on it (_shipping).
+        function: Callable[..., Any] | None = None
+        unloaded = None
+        try:
+            if task["function"] is not None:
+                function = self._received.function(msg.source, task["function"])
+        except Exception as exc:  # a function that does not unpickle here: the chunk fails
+            unloaded = error_bytes(exc, self.rank, traceback.format_exc())
         id = task["id"]
         if task["weight"] >= 0:  # else its minter, this rank, created it
             self.table.create(id, task["weight"])
@@ -557,10 +572,12 @@ class ChunkLayer:
         args, kwargs = task["args"], task["kwargs"]
         names = list(kwargs)
         specs = list(args) + [kwargs[name] for name in names]
+        if unloaded is not None:
+            self.fail(out, unloaded)
+            return
 
         def run(values: list[Any]) -> None:
             try:
-                function = self._function(task["function"])
                 positional = values[: len(args)]
                 keywords = dict(zip(names, values[len(args) :]))
                 result = positional[0] if function is None else function(*positional, **keywords)
@@ -609,16 +626,6 @@ class ChunkLayer:
         parts = _Gather(len(pieces), assemble, gather.fail)
         for k, (ref, start, stop) in enumerate(pieces):
             self.rows(ref, start, stop, functools.partial(parts.put, k), parts.fail)
-
-    def _function(self, data: bytes | None) -> Callable[..., Any] | None:
-        if data is None:
-            return None
-        function = self._functions.get(data)
-        if function is None:
-            if len(self._functions) >= 64:
-                self._functions.clear()
-            function = self._functions[data] = _pickling.loads(data)
-        return function
 
     @staticmethod
     def _checked(result: Any, length: int | None) -> np.ndarray:

@@ -39,10 +39,21 @@ class Shipped:
         self._pickles: weakref.WeakKeyDictionary[Any, tuple[bytes, bytes]] = (
             weakref.WeakKeyDictionary()
         )
+        self._last_pickled: tuple[bytes | None, bytes] = (None, b"")
 
     def parcel(self, dest: int, fn: Callable[..., Any]) -> Parcel:
         """Return what `fn` travels to `dest` as; call `sent` once it has left."""
-        digest, data = self._pickle(fn)
+        return self._parcel(dest, *self._pickle(fn))
+
+    def parcel_pickled(self, dest: int, data: bytes) -> Parcel:
+        """`parcel` of a function pickled already (``_pickling.dumps``), as the array layer does."""
+        last_data, digest = self._last_pickled
+        if data is not last_data:  # one pickle goes to every chunk of a call: digest it once
+            digest = hashlib.blake2b(data, digest_size=16).digest()
+            self._last_pickled = (data, digest)
+        return self._parcel(dest, digest, data)
+
+    def _parcel(self, dest: int, digest: bytes, data: bytes) -> Parcel:
         return (digest, None) if digest in self._sent.get(dest, ()) else (digest, data)
 
     def sent(self, dest: int, parcel: Parcel) -> None:

@@ -1158,3 +1158,29 @@ def test_reference_passed_along_a_chain_of_proxies(mpirun, nranks):
 )
 def test_case(mpirun, nranks, case):
     run_case(mpirun, nranks, case)
+
+
+def case_a_task_function_travels_once_per_rank():
+    # A function that captures 800 kB, in ten calls over every chunk: sent
+    # whole once to each owner, then by its digest (issue 14).
+    with messenger() as m:
+        x = cv.DistArray.from_local(m, np.arange(m.rank, m.rank + 4, dtype=np.float64))
+        big = np.ones(100_000)
+        before = m.stats()
+        for _ in range(10):
+            y = cv.dcall(lambda a: a + big.sum(), x)
+            assert_array_same(
+                y.collect(), np.concatenate([np.arange(r, r + 4) for r in range(m.size)]) + 1e5
+            )
+        m.wait_quiet()
+        after = m.stats()
+        sent = sum(after[k] - before[k] for k in ("bytes_framed", "bytes_zero_copy_sent"))
+        everywhere = world().allreduce(sent)
+        # Every rank calls dcall (SPMD) over every rank's chunk: one whole
+        # pickle per pair of ranks, where each call would send one per chunk.
+        pairs = m.size * m.size
+        assert 800_000 * pairs <= everywhere < 800_000 * (pairs + 1), everywhere
+
+
+def test_a_task_function_travels_once_per_rank(mpirun, nranks):
+    mpirun(nranks, case_a_task_function_travels_once_per_rank)
