@@ -31,6 +31,7 @@ ROWS_OF = {
     "batch": {"batch"},
     "agg-latency": {"agg-latency"},
     "served": {"served-latency", "served-rate"},
+    "executor": {"task-latency", "task-pipelined"},
 }
 RUN_ROW_KEYS = {
     "benchmark",

@@ -55,6 +55,7 @@ Rank 0 prints a table; ``--json`` writes metadata, medians and every sample.
 import argparse
 import contextlib
 import dataclasses
+import importlib
 import json
 import statistics
 import sys
@@ -644,6 +645,97 @@ def bench_agg_latency(aggregated, plain, comm, report, plan):
     )
 
 
+# Executor tasks: counted on rank 1 by the module as imported by its name.
+# Run as ``python -m``, this module is __main__, whose functions would
+# travel by value, each with globals of its own.
+_tasks_run = 0
+
+
+def counted_task(x):
+    """An executor benchmark's task: count it, return its argument."""
+    global _tasks_run
+    _tasks_run += 1
+    return x
+
+
+def run_cv_tasks(peer, executor, iters, warmup, pipelined):
+    """Rank 0: `iters` tasks through `executor`, each awaited or all at once; rank 1 runs them."""
+    m = peer.m
+    named = importlib.import_module("conveyor._bench.osu")
+    if m.rank == 1:
+        deadline = time.monotonic() + TIMEOUT
+        while named._tasks_run < warmup + iters:
+            m.progress(1.0)
+            if time.monotonic() > deadline:
+                raise cv.TimeoutError(f"rank 1 ran {named._tasks_run} of {warmup + iters} tasks")
+        named._tasks_run = 0
+        return settled(peer, None)
+    task = named.counted_task
+    for _ in range(warmup):
+        executor.submit(task, 1).result(timeout=TIMEOUT)
+    start = time.perf_counter()
+    if pipelined:
+        futures = [executor.submit(task, 1) for _ in range(iters)]
+        for future in futures:
+            future.result(timeout=TIMEOUT)
+    else:
+        for _ in range(iters):
+            executor.submit(task, 1).result(timeout=TIMEOUT)
+    return settled(peer, time.perf_counter() - start)
+
+
+def run_cv_requests_pipelined(peer, iters, warmup):
+    """The plain-request baseline of pipelined tasks: `iters` requests, then their answers."""
+    m = peer.m
+    if m.rank == 1:
+        peer.serve(warmup + iters)
+        return settled(peer, None)
+    for _ in range(warmup):
+        m.request(1, "echo", 1).result(timeout=TIMEOUT)
+    start = time.perf_counter()
+    futures = [m.request(1, "echo", 1) for _ in range(iters)]
+    for future in futures:
+        future.result(timeout=TIMEOUT)
+    return settled(peer, time.perf_counter() - start)
+
+
+def bench_executor(peer, comm, report, plan):
+    """A task through cv.Executor against a plain request to a registered receiver."""
+    iters = plan.latency_iters
+    warmup = max(1, iters // 10)
+    executor = peer.m.executor(ranks=[1])
+    contestants = {
+        "request": lambda: run_cv_request(peer, 1, iters, warmup),
+        "task": lambda: run_cv_tasks(peer, executor, iters, warmup, False),
+        "requests": lambda: run_cv_requests_pipelined(peer, iters, warmup),
+        "tasks": lambda: run_cv_tasks(peer, executor, iters, warmup, True),
+    }
+    samples = measure(contestants, plan.reps, comm)
+    per = {k: [t / iters * 1e6 for t in v] for k, v in samples.items()}  # µs per task
+    report.add(
+        "task-latency",
+        "8 B int",
+        8,
+        "µs",
+        per["request"],
+        per["task"],
+        baseline_name='m.request(1, "echo", 1).result(), round trip',
+        conveyor_name="ex.submit(f, 1).result(), round trip (Executor(ranks=[1]))",
+        payload="int",
+    )
+    report.add(
+        "task-pipelined",
+        "8 B int",
+        8,
+        "µs",
+        per["requests"],
+        per["tasks"],
+        baseline_name=f'{iters} m.request(1, "echo", 1), then their results: per request',
+        conveyor_name=f"{iters} ex.submit(f, 1), then their results: per task",
+        payload="int",
+    )
+
+
 def bench_served(inline, comm, report, plan):
     """A request round trip and a message stream, served by a thread against inline."""
     with cv.Messenger(serve="thread") as m:
@@ -718,6 +810,8 @@ def run(plan, which, comm, report):
                 bench_agg_latency(aggregated, plain, comm, report, plan)
             elif kind == "served":
                 bench_served(aggregated, comm, report, plan)
+            elif kind == "executor":
+                bench_executor(aggregated, comm, report, plan)
         for name, peer in (("aggregate", aggregated), ("no_aggregate", plain)):
             if peer is not None:
                 stats[name] = peer.m.stats()

@@ -12,7 +12,7 @@ from ..cli.arguments import byte_size, positive_int
 KiB = 1 << 10
 MiB = 1 << 20
 
-BENCHMARKS = ("latency", "oneway", "bw", "rate", "batch", "agg-latency", "served")
+BENCHMARKS = ("latency", "oneway", "bw", "rate", "batch", "agg-latency", "served", "executor")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -223,13 +223,15 @@ def draw(results):
         return [row for row in results if row["benchmark"] in benchmarks]
 
     panels = []
-    if rows_of("latency", "oneway", "agg-latency", "served-latency"):
+    if rows_of("latency", "oneway", "agg-latency", "served-latency", "task-latency"):
         panels.append(
             lambda ax: _bar_panel(
                 ax,
                 [
                     dict(row, label=f"{row['benchmark']}\n{row['label']}")
-                    for row in rows_of("latency", "oneway", "agg-latency", "served-latency")
+                    for row in rows_of(
+                        "latency", "oneway", "agg-latency", "served-latency", "task-latency"
+                    )
                 ],
                 "Latency, one-way (lower is better)",
                 "µs",

@@ -31,6 +31,8 @@ DESCRIPTIONS = {
     "bw-vs-pickle": "bandwidth vs pickle-based `comm.send`",
     "served-latency": '`request`/reply, `Messenger(serve="thread")` vs the default (one-way)',
     "served-rate": 'message rate, `serve="thread"` vs the default',
+    "task-latency": "`cv.Executor` task round trip vs a `request` to a receiver",
+    "task-pipelined": "same, many tasks in flight: time per task",
 }
 
 # A run's row fields that name what was compared; equal in every run.
