@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import numbers
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, Callable, Union
 
 from ._checks import check_name
 from ._dispatch import reply_target
@@ -222,11 +222,8 @@ class Table:
         """
         if default is _NO_DEFAULT:
             return self._request(TABLE_GET, key)
-        home, data = self._home(key)
-        requests = self._service.requests
-        requests.transport.check_open()
-        return requests.open(
-            home, TABLE_GET, (self.name, data), lambda ref: _Get(requests, home, ref, default)
+        return self._open(
+            TABLE_GET, key, lambda requests, home, ref, data: _Get(requests, home, ref, default)
         )
 
     def wait(self, key: Key) -> Future[Any]:
@@ -251,14 +248,10 @@ class Table:
         TypeError
             If ``key`` is not a str, bytes, int or tuple of these.
         """
-        home, data = self._home(key)
-        requests = self._service.requests
-        requests.transport.check_open()
-        return requests.open(
-            home,
+        return self._open(
             TABLE_WAIT,
-            (self.name, data),
-            lambda ref: _Wait(requests, home, ref, (self.name, data, ref)),
+            key,
+            lambda requests, home, ref, data: _Wait(requests, home, ref, (self.name, data, ref)),
         )
 
     def delete(self, key: Key) -> Future[None]:
@@ -310,6 +303,17 @@ class Table:
         # (home rank, encoded key); a bad key raises before anything is sent.
         data = encode_key(key)
         return _hash(data) % self._service._m.size, data
+
+    def _open(
+        self, tag: str, key: Key, make: Callable[[Requests, int, int, bytes], Future[Any]]
+    ) -> Future[Any]:
+        # A request whose future is ``make(requests, home, ref, encoded key)``.
+        home, data = self._home(key)
+        requests = self._service.requests
+        requests.transport.check_open()
+        return requests.open(
+            home, tag, (self.name, data), lambda ref: make(requests, home, ref, data)
+        )
 
     def _request(self, tag: str, key: Key, *value: Any) -> Future[Any]:
         home, data = self._home(key)
