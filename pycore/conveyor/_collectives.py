@@ -185,8 +185,7 @@ class Collectives:
         self._rounds[n] = round
         for source, (sent_kind, part) in self._early.pop(n, {}).items():
             self._add(n, round, source, sent_kind, part)
-        if n in self._rounds and not round.sources - round.parts.keys():
-            self._complete(n, round)
+        self._complete_if_whole(n, round)
         return future
 
     def _arrive(self, msg: Message) -> None:
@@ -206,8 +205,7 @@ class Collectives:
             # else a part of a collective that failed or was cancelled here: nobody wants it
             return
         self._add(n, round, msg.source, kind, part)
-        if n in self._rounds and not round.sources - round.parts.keys():
-            self._complete(n, round)
+        self._complete_if_whole(n, round)
 
     def _add(self, n: int, round: _Round, source: int, kind: str, part: Any) -> None:
         if kind == round.kind + _FAILED and source in round.sources:
@@ -226,6 +224,11 @@ class Collectives:
         del self._rounds[n]
         if not round.future.done():  # else cancelled by its caller
             round.future._fail(error)
+
+    def _complete_if_whole(self, n: int, round: _Round) -> None:
+        # Once every part is here, unless a wrong part failed the round.
+        if n in self._rounds and not round.sources - round.parts.keys():
+            self._complete(n, round)
 
     def _complete(self, n: int, round: _Round) -> None:
         try:
