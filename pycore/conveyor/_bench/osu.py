@@ -159,18 +159,21 @@ class Peer:
     def _ack(self, msg):
         self.served += 1
 
-    def serve(self, count):
+    def serve(self, count, counted=None):
         """Rank 1: handle messages until `count` counted ones have arrived.
 
-        The counters start at 0 and are reset (`reset`) only once a run has
-        settled: a messenger served by its own thread may count the next
-        run's first messages before its program reaches this call.
+        ``counted()`` says how many so far (by default the messages these
+        handlers counted). The counters start at 0 and are reset (`reset`)
+        only once a run has settled: a messenger served by its own thread
+        may count the next run's first messages before its program reaches
+        this call.
         """
+        counted = counted or (lambda: self.served)
         deadline = time.monotonic() + TIMEOUT
-        while self.served < count:
+        while counted() < count:
             self.m.progress(1.0)
             if time.monotonic() > deadline:
-                raise cv.TimeoutError(f"rank 1 served {self.served} of {count} messages")
+                raise cv.TimeoutError(f"rank 1 served {counted()} of {count} messages")
 
     def reset(self):
         """Zero the counters, between runs (no message in flight)."""
@@ -663,11 +666,7 @@ def run_cv_tasks(peer, executor, iters, warmup, pipelined):
     m = peer.m
     named = importlib.import_module("conveyor._bench.osu")
     if m.rank == 1:
-        deadline = time.monotonic() + TIMEOUT
-        while named._tasks_run < warmup + iters:
-            m.progress(1.0)
-            if time.monotonic() > deadline:
-                raise cv.TimeoutError(f"rank 1 ran {named._tasks_run} of {warmup + iters} tasks")
+        peer.serve(warmup + iters, lambda: named._tasks_run)
         named._tasks_run = 0
         return settled(peer, None)
     task = named.counted_task
