@@ -167,3 +167,22 @@ def test_bad_arguments_are_refused_before_anything_is_sent():
         assert m.allgather("x") == ["x"]  # nothing was numbered by the refusals
         m.wait_quiet()
         assert m.stats()["handler_errors"] == 0
+
+
+def test_forged_parts_are_refused_clearly():
+    # Parts forged on the reserved tag: a malformed one is a handler error
+    # (counted, the rank serves on); one for the next collective makes that
+    # collective fail with a clear error instead of returning its value.
+    from conveyor._tags import COLLECTIVE
+
+    with cv.Messenger() as m:
+        for junk in ("junk", (1, 2), (-1, "bcast", 0), ("0", "bcast", 0)):
+            m._transport.send(0, COLLECTIVE, junk)
+        m.progress(1.0)
+        assert m.stats()["handler_errors"] == 4
+        m._transport.send(0, COLLECTIVE, (0, "bcast", "forged"))
+        m.progress(1.0)
+        with pytest.raises(cv.ConveyorError, match="does not match across ranks"):
+            m.allgather(1, timeout=10)
+        assert m.allgather(2, timeout=10) == [2]  # the next one is untouched
+        m.wait_quiet()
