@@ -32,24 +32,6 @@ _CANCELLED_STATES = ("CANCELLED", "CANCELLED_AND_NOTIFIED")
 _conditions_lock = threading.Lock()
 
 
-class _Condition:
-    # concurrent.futures.Future makes a threading.Condition for every future,
-    # which costs more than the rest of a future together; most futures are
-    # only ever waited on by the thread that serves the messenger. This makes
-    # the condition when a thread first asks for it (concurrent.futures.wait,
-    # a served messenger) and leaves it in the instance, which then shadows
-    # this non-data descriptor.
-
-    def __get__(self, future: Future[Any] | None, owner: type) -> Any:
-        if future is None:
-            return self
-        with _conditions_lock:
-            condition = future.__dict__.get("_condition")
-            if condition is None:
-                condition = future.__dict__["_condition"] = threading.Condition()
-        return condition
-
-
 class Future(concurrent.futures.Future[T]):
     """The eventual answer to a request: a standard `concurrent.futures.Future`.
 
@@ -73,8 +55,6 @@ class Future(concurrent.futures.Future[T]):
     ``Future[Any]``): annotate it where it is known, ``fut: cv.Future[int]``.
     """
 
-    _condition = _Condition()
-
     def __init__(self, requests: Requests, dest: int, ref: int) -> None:
         # Not concurrent.futures.Future.__init__, which makes the condition
         # at once; these are the rest of its fields.
@@ -83,9 +63,23 @@ class Future(concurrent.futures.Future[T]):
         self._exception: BaseException | None = None
         self._waiters: list[Any] = []
         self._done_callbacks: list[Callable[[Future[T]], object]] = []
+        self._made_condition: threading.Condition | None = None
         self._requests = requests
         self._dest = dest
         self._ref = ref
+
+    # concurrent.futures.Future makes a threading.Condition for every future,
+    # which costs more than the rest of a future together; most futures are
+    # only ever waited on by the thread that serves the messenger. This makes
+    # it when a thread first asks for it (concurrent.futures.wait, a served
+    # messenger). A plain attribute holds it, not the instance's __dict__:
+    # reading __dict__ makes CPython build the dict, on every answer.
+    @property
+    def _condition(self) -> threading.Condition:  # type: ignore[override]
+        with _conditions_lock:
+            if self._made_condition is None:
+                self._made_condition = threading.Condition()
+            return self._made_condition
 
     def done(self) -> bool:
         """Tell whether the answer (or an error) has arrived, or the request was cancelled.
@@ -142,10 +136,15 @@ class Future(concurrent.futures.Future[T]):
         conveyor.CancelledError
             If the request was cancelled.
         """
-        error = self.exception(timeout)
+        if self._state == _WAITING:
+            self._requests.transport.wait_for(self, timeout)
+        if self._state == _FINISHED and self._exception is None:
+            answer: T = self._result  # the common case, without calling exception()
+            return answer
+        error = self.exception()  # done: raises CancelledError, or returns the error
         if error is not None:
             raise error
-        answer: T = self._result
+        answer = self._result
         return answer
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
@@ -209,7 +208,7 @@ class Future(concurrent.futures.Future[T]):
             Called with the future as its only argument.
         """
         with _conditions_lock:
-            if self._state == _WAITING and "_condition" not in self.__dict__:
+            if self._state == _WAITING and self._made_condition is None:
                 self._done_callbacks.append(fn)  # as _resolve reads them: without a condition
                 return
         super().add_done_callback(fn)  # type: ignore[arg-type]  # it is called with self
@@ -242,19 +241,17 @@ class Future(concurrent.futures.Future[T]):
         with _conditions_lock:
             # No thread waits on it yet (there is no condition, and none can
             # be made meanwhile): finish it here, without making one.
-            if "_condition" not in self.__dict__:
+            waited = self._made_condition is not None
+            if not waited:
                 if self._state != _WAITING:
                     raise concurrent.futures.InvalidStateError(f"{self!r} is already done")
                 self._result, self._exception, self._state = value, exc, _FINISHED
-                waited = False
-            else:
-                waited = True
         if waited:
             if exc is None:
                 self.set_result(value)
             else:
                 self.set_exception(exc)
-        else:
+        elif self._done_callbacks:
             self._invoke_callbacks()  # type: ignore[attr-defined]
 
 

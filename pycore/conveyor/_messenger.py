@@ -453,8 +453,8 @@ class Messenger:
         ValueError
             If ``dest`` is not a rank of the job.
         """
-        dest, tag, _, payload = self._target("request", dest, tag, payload)
-        return self._requests.request(dest, check_user_tag(tag), payload)
+        dest, tag, _, payload = self._target("request", dest, tag, payload)  # checks it is open
+        return self._requests.open(dest, check_user_tag(tag), payload)
 
     @overload
     def request_stream(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, TypeVar, Union
+from typing import TYPE_CHECKING, Any, Callable, TypeVar, Union, overload
 
 from ._errors import ConveyorError, FrameError, UnknownTagError, raised_remotely
 from ._future import Future
@@ -51,16 +51,26 @@ class Requests:
     def __len__(self) -> int:
         return len(self.waiters)
 
+    @overload
+    def open(self, dest: int, tag: str, payload: Any) -> Future[Any]: ...
+    @overload
     def open(
         self, dest: int, tag: str, payload: Any, make_waiter: Callable[[int], WaiterT]
-    ) -> WaiterT:
-        """Send a request to `tag` on `dest`; return ``make_waiter(ref)``, which gets its answers."""
+    ) -> WaiterT: ...
+    def open(
+        self, dest: int, tag: str, payload: Any, make_waiter: Callable[[int], Waiter] | None = None
+    ) -> Waiter:
+        """Send a request to `tag` on `dest`; return its `Future`, or ``make_waiter(ref)``.
+
+        The caller has checked that the messenger is open.
+        """
         # The number is taken before the waiter is made: the garbage collector
         # may run there, and a finaliser (a ChunkRef's, releasing its chunk)
         # open a request of its own, which must not get the same number.
         ref = self._next_ref
         self._next_ref += 1
-        waiter = make_waiter(ref)
+        # A plain Future, the common case, without a factory call.
+        waiter = Future(self, dest, ref) if make_waiter is None else make_waiter(ref)
         self.waiters[ref] = waiter
         try:
             self.transport.post(dest, core.message.KIND_REQUEST, ref, tag, payload)
@@ -76,7 +86,7 @@ class Requests:
         `Messenger.request` is this for the user's tags only.
         """
         self.transport.check_open()
-        return self.open(dest, tag, payload, lambda ref: Future(self, dest, ref))
+        return self.open(dest, tag, payload)
 
     def cancel(self, waiter: Waiter) -> None:
         """Drop the answers still to come, and tell the worker (``msg.cancelled``)."""
@@ -89,13 +99,15 @@ class Requests:
         `error` says why its payload could not be read, if it could not.
         The native dispatcher calls this for every answer that arrives.
         """
-        waiter = self.waiters.get(ref)
+        if kind == _REPLY and error is None:  # the common case first: on every request's path
+            waiter = self.waiters.pop(ref, None)
+            if waiter is not None:
+                waiter._answer(payload, True)
+                return
+        else:
+            waiter = self.waiters.get(ref)
         if waiter is None:
             self.late += 1  # after a cancel or a closed messenger
-            return
-        if kind == _REPLY and error is None:  # the common case first: on every request's path
-            del self.waiters[ref]
-            waiter._answer(payload, True)
         elif error is not None:
             del self.waiters[ref]
             waiter._fail(FrameError(f"the answer from rank {source}: {error}"))

@@ -128,7 +128,8 @@ class Transport:
         """
         if timeout is not None:  # the common case, no limit, without a call
             timeout = check_timeout(timeout)
-        if (service := self.served_elsewhere()) is not None:
+        service = self.service  # served_elsewhere(), without a call on every request's path
+        if service is not None and not service.is_current():
             self.check_open()
             self.engine.flush()  # the requests this thread sent leave now
             if not service.wait(waiter._ready, timeout):
