@@ -113,7 +113,8 @@ class Transport:
         the end of its next round, and gets how many it handled in that round.
         """
         self.check_open()
-        if (service := self.served_elsewhere()) is not None:
+        # Unserved, the common case, without a call on every progress().
+        if self.service is not None and (service := self.served_elsewhere()) is not None:
             self.engine.flush()
             return service.next_round(timeout if timeout >= 0 else None)
         return self.engine.serve(timeout, -1, self.dispatch)
@@ -128,8 +129,8 @@ class Transport:
         """
         if timeout is not None:  # the common case, no limit, without a call
             timeout = check_timeout(timeout)
-        service = self.service  # served_elsewhere(), without a call on every request's path
-        if service is not None and not service.is_current():
+        # Unserved, the common case, without a call on every request's path.
+        if self.service is not None and (service := self.served_elsewhere()) is not None:
             self.check_open()
             self.engine.flush()  # the requests this thread sent leave now
             if not service.wait(waiter._ready, timeout):
