@@ -68,6 +68,7 @@ import json
 import os
 import pathlib
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -351,6 +352,40 @@ def part_command(name, args, mpiexec, out):
     return [*script, *options]
 
 
+def machine_busy():
+    """(busy, total) CPU time of the whole machine so far, in clock ticks (/proc/stat)."""
+    with open("/proc/stat") as f:
+        ticks = [int(v) for v in f.readline().split()[1:9]]
+    return sum(ticks) - ticks[3] - ticks[4], sum(ticks)  # less idle and iowait
+
+
+def busy_cpus(before, after):
+    """CPUs the machine kept busy between two `machine_busy` readings."""
+    total = after[1] - before[1]
+    return (after[0] - before[0]) / total * (os.cpu_count() or 1) if total > 0 else 0.0
+
+
+def children_cpu():
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def wait_for_idle(limit, settle):
+    """Wait until other work keeps less than `limit` CPUs busy (1 s samples), at most `settle` s.
+
+    Return (seconds waited, CPUs busy in the last sample). Nothing of this
+    bench runs meanwhile, so what is busy is other work.
+    """
+    started = time.perf_counter()
+    while True:
+        before = machine_busy()
+        time.sleep(1.0)
+        busy = busy_cpus(before, machine_busy())
+        waited = time.perf_counter() - started
+        if busy < limit or waited >= settle:
+            return waited, busy
+
+
 def run_part(name, args, mpiexec, folder):
     """Run contestant `name` in a job of its own; return its results or {"failed": why}."""
     from conveyor.cli.launch import kill_group, start_in_group
@@ -358,7 +393,8 @@ def run_part(name, args, mpiexec, folder):
     out = os.path.join(folder, f"{name}.json")
     log = os.path.join(folder, f"{name}.log")
     cmd = part_command(name, args, mpiexec, out)
-    started = time.perf_counter()
+    waited, idle_busy = wait_for_idle(args.idle_below, args.settle) if args.settle else (0.0, None)
+    started, busy_before, cpu_before = time.perf_counter(), machine_busy(), children_cpu()
     # Output to a file, not a pipe: a process left behind (Ray's) cannot hold it open.
     with open(log, "w") as output:
         proc = start_in_group(cmd, stdout=output, stderr=subprocess.STDOUT)
@@ -369,14 +405,19 @@ def run_part(name, args, mpiexec, folder):
         finally:
             kill_group(proc)  # what is left of the job (all of it on a timeout or Ctrl-C)
     seconds = time.perf_counter() - started
+    # What other work kept busy meanwhile: the machine's busy CPUs less this part's own.
+    own = (children_cpu() - cpu_before) / seconds if seconds > 0 else 0.0
+    others = max(0.0, busy_cpus(busy_before, machine_busy()) - own)
+    load = {"waited_s": waited, "busy_before": idle_busy, "others_cpus": others, "own_cpus": own}
     text = pathlib.Path(log).read_text(errors="replace")
     if status != 0 or not os.path.exists(out):
         why = f"timed out after {args.timeout:g} s" if status is None else f"exit status {status}"
         tail = "\n".join(text.splitlines()[-15:])
-        return {"failed": f"{why}: {' '.join(cmd)}\n{tail}", "seconds": seconds}
+        return {"failed": f"{why}: {' '.join(cmd)}\n{tail}", "seconds": seconds, "load": load}
     with open(out) as f:
         result = json.load(f)
     result["seconds"] = seconds
+    result["load"] = load
     os.remove(out)
     return result
 
@@ -489,12 +530,18 @@ def markdown(rows, args, meta):
                 ratio += "" if row["passed"] else " **FAIL**"
         cells[row["contestant"], row["way"], row["benchmark"]] = (value, ratio)
     versions = ", ".join(f"{k} {v}" for k, v in meta["versions"].items() if v)
+    others = [v for values in meta["others_cpus"].values() for v in values]
+    busy = (
+        f" Other work kept at most {max(others):.2f} CPUs busy while a contestant ran."
+        if others
+        else ""
+    )
     lines = [
         f"Medians of {args.runs} runs of `bench/peers.py`, each the median of {args.reps} "
         f"repetitions, one round trip at a time; {meta['cpus']} CPUs, {versions}, "
         f"{meta['time'][:10]}. In parentheses, the lowest and highest run. The ratio is "
         "peer / conveyor within one run, against conveyor's actor for Ray's actor and "
-        "against `cv.Executor` for every task.",
+        f"against `cv.Executor` for every task.{busy}",
         "",
         "| contestant | no-op task | ratio | 8 B round trip | ratio (target ≥ 20×) | 64 MiB argument | ratio |",
         "|---|---|---|---|---|---|---|",
@@ -574,10 +621,19 @@ def drive(args):
                     print(f"run {number}: {name} FAILED: {result['failed']}", flush=True)
                     continue
                 run[name] = result
-                print(f"run {number}: {name} done in {result['seconds']:.1f} s", flush=True)
+                load = result["load"]
+                print(
+                    f"run {number}: {name} done in {result['seconds']:.1f} s "
+                    f"(waited {load['waited_s']:.0f} s for the machine to settle; "
+                    f"other work kept {load['others_cpus']:.2f} CPUs busy meanwhile)",
+                    flush=True,
+                )
             runs.append(run)
     meta["load_after"] = os.getloadavg()
     meta["failed"] = failed
+    meta["others_cpus"] = {
+        n: [run[n]["load"]["others_cpus"] for run in runs if n in run] for n in running
+    }
     conveyor_meta = next((r["conveyor"]["meta"] for r in runs if "conveyor" in r), None)
     if conveyor_meta is not None:
         meta["mpi"] = conveyor_meta["mpi"]
@@ -642,6 +698,14 @@ def main(argv=None):
         "--readme", action="store_true", help="replace the README's table (if nothing failed)"
     )
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per contestant run")
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=120.0,
+        help="before each contestant, wait up to this many seconds for other work to "
+        "keep fewer than --idle-below CPUs busy (0: do not wait)",
+    )
+    parser.add_argument("--idle-below", type=float, default=0.3, help="see --settle")
     parser.add_argument("--mpiexec", help="the mpiexec to start the MPI contestants with")
     parser.add_argument("--part", choices=CONTESTANTS, help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)

@@ -44,6 +44,8 @@ def test_conveyor_and_mpi4py_futures_side_by_side(tmp_path):
         "20",
         "--timeout",
         "60",
+        "--settle",
+        "0",
         "--json",
         str(out_json),
         "--markdown",
