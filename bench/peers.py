@@ -2,8 +2,9 @@
 
 Run as a whole (``make bench-peers``)::
 
-    python bench/peers.py [--runs 3] [--reps 5] [--iters N] [--only conveyor,mpi4py,dask,ray]
-                          [--json FILE] [--markdown FILE] [--readme] [--timeout 600]
+    python bench/peers.py [--runs 3] [--reps 5] [--iters N] [--which task,echo,array]
+                          [--only conveyor,mpi4py,dask,ray] [--json FILE] [--markdown FILE]
+                          [--readme] [--timeout 600] [--settle 120] [--idle-below 0.3]
 
 Three round trips, each timed one at a time (submit, then wait for the
 result, then the next), on every contestant:
@@ -45,10 +46,14 @@ ray
     include_dashboard=False)``; a task ``ray.get(f.remote(x))`` and an
     actor ``ray.get(a.echo.remote(x))``.
 
-Each part warms every way in up (untimed), then times ``--reps``
-repetitions, rotating the order of the ways in every repetition; a
-repetition is ``--iters`` round trips (a default per contestant, so each
-takes a fraction of a second) or 3 of the 64 MiB one. A part reports the
+Before each part the driver waits, up to ``--settle`` seconds, until other
+work keeps fewer than ``--idle-below`` CPUs busy, and it records how many
+CPUs other work kept busy while the part ran (the machine's busy time from
+/proc/stat less the part's own). Each part warms every way in up
+(untimed), then times ``--reps`` repetitions, rotating the order of the
+ways in every repetition; a repetition is ``--iters`` round trips (a
+default per contestant, so each takes a fraction of a second) or a few of
+the 64 MiB one (`ARRAY_ITERS`). A part reports the
 median per round trip of its repetitions; over ``--runs`` runs the table
 gives the median of those and their range (lowest and highest), and the
 ratio peer / conveyor computed within each run, against conveyor's
@@ -488,6 +493,17 @@ def figure(value):
     return f"{value:.2f}"
 
 
+def timing(row, sep="–"):
+    """A row's median and range in the unit that keeps the median below 1000: ("11.3 ms", "11.1–11.4")."""
+    units = ("µs", "ms", "s")
+    step = units.index(row["unit"])
+    scale = 1.0
+    while row["median"] / scale >= 1000 and step < len(units) - 1:
+        scale, step = scale * 1000, step + 1
+    low, high = figure(row["min"] / scale), figure(row["max"] / scale)
+    return f"{figure(row['median'] / scale)} {units[step]}", f"{low}{sep}{high}"
+
+
 def verdict(row):
     return {None: "", True: "PASS", False: "FAIL"}[row["passed"]]
 
@@ -503,8 +519,7 @@ def print_table(rows, args):
         ratio = row["ratio"]
         print(
             f"  {row['label']:<16} {row['name'].replace('`', ''):<46} "
-            f"{figure(row['median']):>8} {row['unit']:<2} "
-            f"{figure(row['min']) + '-' + figure(row['max']):>19} "
+            f"{timing(row)[0]:>11} {timing(row, '-')[1]:>19} "
             + (
                 f"{figure(ratio['median']) + 'x':>8} {figure(ratio['min']) + '-' + figure(ratio['max']):>15}"
                 if ratio
@@ -518,7 +533,7 @@ def markdown(rows, args, meta):
     """The README's table: one line per contestant, value and ratio per round trip."""
     cells = {}
     for row in rows:
-        value = f"{figure(row['median'])} {row['unit']} ({figure(row['min'])}–{figure(row['max'])})"
+        value = "{} ({})".format(*timing(row))
         if row["passed"] is False and row["ratio"] is None:
             value += " **FAIL**"
         ratio = "–"
@@ -529,7 +544,7 @@ def markdown(rows, args, meta):
                 ratio = f"**{figure(r['median'])}×** ({figure(r['min'])}–{figure(r['max'])})"
                 ratio += "" if row["passed"] else " **FAIL**"
         cells[row["contestant"], row["way"], row["benchmark"]] = (value, ratio)
-    versions = ", ".join(f"{k} {v}" for k, v in meta["versions"].items() if v)
+    versions = ", ".join(v if k == "MPI" else f"{k} {v}" for k, v in meta["versions"].items() if v)
     others = [v for values in meta["others_cpus"].values() for v in values]
     busy = (
         f" Other work kept at most {max(others):.2f} CPUs busy while a contestant ran."
@@ -574,8 +589,8 @@ def rewrite_readme(table):
 
 
 def versions():
-    found = {"python": platform.python_version()}
-    for dist in ("conveyor-mpi", "mpi4py", "mpich", "numpy", "distributed", "ray"):
+    found = {"Python": platform.python_version()}
+    for dist in ("conveyor-mpi", "mpi4py", "numpy", "distributed", "ray"):
         try:
             found[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
