@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 NP ?= 4
 SOURCES := setup.py pyproject.toml $(shell find csrc pycore -name '*.cpp' -o -name '*.hpp' -o -name '*.py' -o -name '*.pyx' -o -name '*.pyi' 2>/dev/null)
 
-.PHONY: all venv install demo lint typecheck test test-latest docs docs-inventories bench figures dist clean
+.PHONY: all venv install demo lint typecheck test test-latest docs docs-inventories bench figures bench-peers figures-peers dist clean
 
 all: install
 
@@ -78,6 +78,19 @@ bench: install
 # table then replaces the one between the README's figures markers.
 figures: install
 	$(PY) bench/run.py --readme --runs $(or $(RUNS),6)
+
+# bench/peers.py: conveyor against mpi4py.futures, Dask and Ray in one run
+# (RUNS=3 unless told), keeping its JSON and table in bench/results/. Ray
+# comes from requirements-peers.txt, installed here only: make test never
+# installs it. figures-peers then replaces the README's table of the peers.
+$(VENV)/.peers: $(VENV)/.deps requirements-peers.txt
+	$(PY) -m pip install --quiet $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -r requirements-peers.txt
+	touch $@
+
+PEERS_STEM := bench/results/peers-$(shell date +%Y%m%d-%H%M%S)
+bench-peers figures-peers: install $(VENV)/.peers
+	mkdir -p bench/results
+	$(PY) bench/peers.py --runs $(or $(RUNS),3) --json $(PEERS_STEM).json --markdown $(PEERS_STEM).md $(if $(filter figures-peers,$@),--readme)
 
 # dist/: the sdist and a wheel built from it. auditwheel gives the wheel its
 # manylinux tag and leaves libmpi out: conveyor uses the MPI that mpi4py loads.
