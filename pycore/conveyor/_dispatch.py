@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from ._asyncio import handler_of
 from ._checks import check_user_tag
+from ._diagnostics import OpenRequest
 from ._errors import (
     ConveyorError,
     ConveyorWarning,
@@ -138,6 +139,18 @@ class Dispatch:
     def open_requests(self) -> int:
         """How many requests this rank is answering (running or left open)."""
         return self.transport.engine.answering_count + len(self._open_requests)
+
+    def state(self) -> tuple[OpenRequest, ...]:
+        """The requests this rank is answering: those whose handler runs, then those left open."""
+        rows, seen = [], set()
+        for msg in self.transport.engine.answering_now():
+            _, _, ref = reply_target(msg)
+            seen.add((msg.source, ref))
+            rows.append(OpenRequest(msg.source, ref, msg.tag, True, msg._cancelled))
+        for (source, ref), msg in list(self._open_requests.items()):
+            if (source, ref) not in seen:
+                rows.append(OpenRequest(source, ref, msg.tag, False, msg._cancelled))
+        return tuple(rows)
 
     # -- what the native dispatcher hands over ---------------------------------
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any, Callable, TypeVar, Union
 
+from ._diagnostics import PendingRequest
 from ._errors import ConveyorError, FrameError, UnknownTagError, raised_remotely
 from ._future import Future
 from ._native import core
@@ -61,6 +63,7 @@ class Requests:
         ref = self._next_ref
         self._next_ref += 1
         waiter = make_waiter(ref)
+        waiter._sent = (tag, time.monotonic())  # what a state dump shows of it
         self.waiters[ref] = waiter
         try:
             self.transport.post(dest, core.message.KIND_REQUEST, ref, tag, payload)
@@ -77,6 +80,15 @@ class Requests:
         """
         self.transport.check_open()
         return self.open(dest, tag, payload, lambda ref: Future(self, dest, ref))
+
+    def state(self) -> tuple[PendingRequest, ...]:
+        """The open requests, oldest first: where they went, and how long ago."""
+        now = time.monotonic()
+        return tuple(
+            PendingRequest(ref, waiter._dest, tag, now - sent, not isinstance(waiter, Future))
+            for ref, waiter in list(self.waiters.items())
+            for tag, sent in (waiter._sent,)
+        )
 
     def cancel(self, waiter: Waiter) -> None:
         """Drop the answers still to come, and tell the worker (``msg.cancelled``)."""

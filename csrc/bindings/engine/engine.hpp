@@ -146,6 +146,13 @@ class PyEngine {
         return it == answering_.end() ? py::none() : it->second;
     }
     std::size_t answering_count() const { return answering_.size(); }
+    // The Messages of the requests whose handlers run now, outermost first
+    // (nested waits run one inside another): what a state dump lists.
+    py::list answering_now() const {
+        py::list running;
+        for (const auto& entry : answering_) running.append(entry.second);
+        return running;
+    }
 
     // Counted here and reported to the engine once per serve() (its counters
     // are behind a lock), and always before a termination-detection wave.
@@ -200,6 +207,48 @@ class PyEngine {
         d["pending_sends"] = engine_.pending_sends();
         d["pending_receives"] = engine_.pending_receives();
         d["buffer_cache_bytes"] = Buffer::cached_bytes();
+        return d;
+    }
+
+    // The engine's state for a state dump, or None if its lock did not come
+    // within `patience` seconds (see Engine::describe). The GIL is released
+    // while it waits for the lock: its holder may be a thread that needs it.
+    py::object describe(double patience) const {
+        EngineState state;
+        bool got;
+        {
+            py::gil_scoped_release nogil;
+            got = engine_.describe(state, patience);
+        }
+        if (!got) return py::none();
+        py::dict d;
+        d["pending_sends"] = state.pending_sends;
+        d["pending_receives"] = state.pending_receives;
+        d["arriving"] = state.arriving;
+        d["ready"] = state.ready + (batch_ ? batch_reader_.left() : 0);
+        d["wave_active"] = state.wave_active;
+        d["messages_sent"] = state.stats.messages_sent;
+        d["messages_handled"] = state.stats.messages_handled + unreported_messages_;
+        d["frames_posted"] = state.stats.frames_posted;
+        d["frames_finished"] = state.stats.frames_finished + unreported_frames_;
+        d["sends_held"] = state.stats.sends_held;
+        d["window_bytes"] = engine_.options().window_bytes;
+        d["data_window_bytes"] = engine_.options().data_window_bytes;
+        py::list routes;
+        for (const auto& r : state.routes) {
+            py::dict route;
+            route["rank"] = r.rank;
+            route["batch_bytes"] = r.batch_bytes;
+            route["held"] = r.held;
+            route["in_flight_frame_bytes"] = r.in_flight_frame_bytes;
+            route["in_flight_data_bytes"] = r.in_flight_data_bytes;
+            route["asked"] = r.asked;
+            route["consumed_frame_bytes"] = r.consumed_frame_bytes;
+            route["consumed_data_bytes"] = r.consumed_data_bytes;
+            route["owes"] = r.owes;
+            routes.append(route);
+        }
+        d["routes"] = routes;
         return d;
     }
 
