@@ -1,19 +1,30 @@
-"""What a rank is waiting for, when a job hangs: `RankState`.
+"""What a rank is waiting for, when a job hangs: `RankState`, and SIGUSR1.
 
 `collect` asks each room for its own state through one small method
 (``Transport.state``, ``Requests.state``, ``Dispatch.state``,
 ``TableService.state``, ``ChunkLayer.state``) and puts the answers together;
 nothing here reads another room's members. `Messenger.dump_state` returns
-what it collects, and a timed-out wait carries it (`attach`).
+what it collects, a timed-out wait carries it (`attach`), and SIGUSR1 logs
+it for every open messenger of the process (`watch`).
 
-It takes no lock another thread may hold for long (the engine's lock is
-only tried, see ``Engine.describe``), and changes nothing.
+Everything here may run in a signal handler, between any two bytecodes of
+the main thread: it takes no lock the main thread may hold (the engine's
+lock is only tried, see ``Engine.describe``), and changes nothing.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
+import os
+import signal
+import threading
+import traceback
+import weakref
+from types import FrameType
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple, TypeVar
+
+from ._config import env_number
 
 if TYPE_CHECKING:
     from ._chunks import ChunkLayer
@@ -30,10 +41,16 @@ __all__ = [
     "TableWait",
     "attach",
     "collect",
+    "logger",
+    "unwatch",
+    "watch",
 ]
 
+#: Everything conveyor reports goes through this logger (see the guide).
+logger = logging.getLogger("conveyor")
+
 # How long a dump waits for the engine's lock before it reports the engine
-# busy rather than waits on.
+# busy rather than waits on (a signal handler may have interrupted its holder).
 _ENGINE_PATIENCE = 0.05
 # Rows of one section the text shows (all are in the attributes).
 _MAX_ROWS = 20
@@ -290,3 +307,84 @@ def attach(exc: BaseException, state: RankState) -> BaseException:
     if add_note is not None:
         add_note(str(state))
     return exc
+
+
+# -- SIGUSR1 -------------------------------------------------------------------
+
+# The transports of the open messengers of this process, whose describe()
+# SIGUSR1 logs. Weak: a messenger dropped without close() is forgotten.
+_watched: weakref.WeakSet[Transport] = weakref.WeakSet()
+_SIGNAL = getattr(signal, "SIGUSR1", None)  # not on Windows
+_installed = False
+_dumping = False
+
+
+def watch(transport: Transport) -> None:
+    """Log `transport`'s state on SIGUSR1 while its messenger is open.
+
+    The handler is installed with the first messenger, in the main thread,
+    only if SIGUSR1 still has its default action (which ends the process):
+    a program's own handler, or an ignored signal, is left alone.
+    ``CONVEYOR_DUMP_ON_SIGUSR1=0`` turns it off.
+    """
+    global _installed
+    _watched.add(transport)
+    if _installed or _SIGNAL is None or not _wanted():
+        return
+    if threading.current_thread() is not threading.main_thread():
+        return  # only the main thread may install a handler
+    if signal.getsignal(_SIGNAL) is not signal.SIG_DFL:
+        return
+    signal.signal(_SIGNAL, _on_signal)
+    _installed = True
+
+
+def unwatch(transport: Transport) -> None:
+    """Stop logging `transport`'s state; the last one removes the handler if it can."""
+    _watched.discard(transport)
+    if not _watched:
+        _uninstall()
+
+
+def _wanted() -> bool:
+    return bool(env_number("CONVEYOR_DUMP_ON_SIGUSR1", 1))
+
+
+def _uninstall() -> bool:
+    # Restores the default action if the handler is still ours and this is
+    # the main thread; else the handler stays, and restores it when called.
+    global _installed
+    if not _installed or threading.current_thread() is not threading.main_thread():
+        return False
+    assert _SIGNAL is not None
+    if signal.getsignal(_SIGNAL) is _on_signal:
+        signal.signal(_SIGNAL, signal.SIG_DFL)
+    _installed = False
+    return True
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    global _dumping
+    transports = [t for t in list(_watched) if not t.closed]
+    if not transports:
+        # Every messenger closed where the handler could not be removed
+        # (another thread): the signal does what it did before.
+        if _uninstall():
+            os.kill(os.getpid(), signum)
+        return
+    if _dumping:  # a second signal while the first is being logged
+        return
+    _dumping = True
+    try:
+        stack = "".join(traceback.format_stack(frame)) if frame is not None else ""
+        for transport in transports:
+            if transport.describe is None:
+                continue  # a messenger still being made
+            try:
+                state = str(transport.describe())
+            except Exception as exc:  # a dump must never break the program it reports on
+                state = f"conveyor: the state could not be collected: {exc!r}"
+            where = f"\nthe main thread was at:\n{stack.rstrip()}" if stack else ""
+            logger.warning("conveyor: SIGUSR1 (pid %d):\n%s%s", os.getpid(), state, where)
+    finally:
+        _dumping = False

@@ -164,6 +164,7 @@ class Messenger:
         transport.describe = functools.partial(
             _diagnostics.collect, transport, requests, self._dispatch, self._tables, self._chunks
         )
+        _diagnostics.watch(transport)
         _open_messengers.add(self)
         if abort_on_error and MPI.COMM_WORLD.Get_size() > 1:
             _install_abort_hook()
@@ -266,6 +267,7 @@ class Messenger:
         self._transport.closed = True
         self._chunks.close()
         _open_messengers.discard(self)
+        _diagnostics.unwatch(self._transport)
         _asyncio.detach(self._transport)
         self._transport.engine.close()  # stops the background thread before MPI goes away
         self._requests.fail_all("the messenger was closed before the answer came")
@@ -1187,9 +1189,10 @@ class Messenger:
         The requests it sent that wait for answers (destination, tag, age),
         the requests it received and has not answered (source, tag; running
         or deferred), the table and chunk waits it holds, and the engine's
-        queues and send windows. ``print(m.dump_state())`` shows it; every
-        `TimeoutError` of a wait carries it (its ``state``). Safe from a
-        handler, and from any thread while the messenger serves.
+        queues and send windows. ``print(m.dump_state())`` shows it; so do
+        SIGUSR1 (logged for every open messenger of the process) and every
+        `TimeoutError` of a wait (its ``state``). Safe from a handler, and
+        from any thread while the messenger serves.
 
         Returns
         -------

@@ -1,11 +1,17 @@
-"""A hung job explains itself: dump_state, and the timeouts that carry it.
+"""A hung job explains itself: dump_state, timeouts that carry it, SIGUSR1.
 
 Rank 1's handler of ``stall`` waits for a table key that rank 0 sets only
 once it has looked at its own state: until then rank 0's request to rank 1
-has no answer, and the job is not quiet. No assertion depends on timing.
+has no answer, and the job is not quiet. SIGUSR1 is sent by each test to
+its own process. No assertion depends on timing.
 """
 
+import logging
+import os
+import signal
 import sys
+import threading
+import time
 
 import pytest
 
@@ -13,6 +19,27 @@ import conveyor as cv
 from conveyor._diagnostics import RankState
 
 GATE = ("gate", "open")  # (table, key) the stalled handler waits for
+
+
+class Captured(logging.Handler):
+    """The records of the ``conveyor`` logger, while it is installed (a context manager)."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+    def texts(self, level=logging.WARNING):
+        return [r.getMessage() for r in self.records if r.levelno == level]
+
+    def __enter__(self):
+        logging.getLogger("conveyor").addHandler(self)
+        return self
+
+    def __exit__(self, *exc):
+        logging.getLogger("conveyor").removeHandler(self)
 
 
 def stall_handler(m, seen):
@@ -103,3 +130,103 @@ def case_a_deferred_request_and_a_table_wait_show_where_they_are_held():
 
 def test_a_deferred_request_and_a_table_wait_show_where_they_are_held(mpirun, nranks):
     mpirun(nranks, case_a_deferred_request_and_a_table_wait_show_where_they_are_held)
+
+
+# -- in this process: one rank -------------------------------------------------
+
+
+def logged_after_signal(log, deadline=10.0):
+    # The handler runs in this (main) thread at the next bytecode; look a while.
+    end = time.monotonic() + deadline
+    while not log.texts() and time.monotonic() < end:
+        time.sleep(0.001)
+    return log.texts()
+
+
+def test_sigusr1_logs_the_state_of_every_open_messenger():
+    assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL
+    with Captured() as log, cv.Messenger() as m:
+        held = []
+        m.on("later")(lambda msg: (msg.defer(), held.append(msg)))
+        fut = m.request(0, "later")
+        m.progress(0.01)
+        os.kill(os.getpid(), signal.SIGUSR1)
+        (text,) = logged_after_signal(log)
+        assert text.startswith(
+            f"conveyor: SIGUSR1 (pid {os.getpid()}):\nconveyor: rank 0 of 1 (inline)"
+        )
+        assert "#1 to rank 0, tag 'later'" in text and "deferred" in text
+        assert "the main thread was at:" in text and "os.kill(os.getpid(), signal.SIGUSR1)" in text
+        assert log.records[0].levelno == logging.WARNING
+        held[0].reply(1)
+        assert fut.result(timeout=30) == 1
+    # Removed on close: the signal would end the process again.
+    assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL
+
+
+def test_sigusr1_while_a_handler_runs_or_a_service_thread_serves():
+    # The dump must not wait for a lock the interrupted code holds: the
+    # signal arrives inside a handler, dispatched from the engine's serve.
+    with Captured() as log, cv.Messenger() as m:
+        m.on("signal")(lambda msg: (os.kill(os.getpid(), signal.SIGUSR1), time.sleep(0.05)))
+        assert m.request(0, "signal").result(timeout=30) == (None, None)
+        (text,) = logged_after_signal(log)
+        assert "from rank 0, tag 'signal', handler running" in text
+    with Captured() as log, cv.Messenger(serve="thread") as m:
+        m.on("echo")(lambda msg: msg.payload)
+        futures = [m.request(0, "echo", i) for i in range(200)]
+        os.kill(os.getpid(), signal.SIGUSR1)
+        (text,) = logged_after_signal(log)
+        assert "conveyor: rank 0 of 1 (thread" in text
+        assert [f.result(timeout=30) for f in futures] == list(range(200))
+    assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL
+
+
+def test_a_program_with_its_own_sigusr1_handler_keeps_it():
+    caught = []
+
+    def own(signum, frame):
+        caught.append(signum)
+
+    previous = signal.signal(signal.SIGUSR1, own)
+    try:
+        with Captured() as log, cv.Messenger():
+            assert signal.getsignal(signal.SIGUSR1) is own
+            os.kill(os.getpid(), signal.SIGUSR1)
+            end = time.monotonic() + 10
+            while not caught and time.monotonic() < end:
+                time.sleep(0.001)
+            assert caught == [signal.SIGUSR1] and log.records == []
+        assert signal.getsignal(signal.SIGUSR1) is own
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+
+
+def test_sigusr1_can_be_turned_off(monkeypatch):
+    monkeypatch.setenv("CONVEYOR_DUMP_ON_SIGUSR1", "0")
+    with cv.Messenger():
+        assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL
+
+
+def test_a_messenger_closed_in_another_thread_gives_the_signal_back():
+    # The handler stays (only the main thread may remove it) but, with no
+    # messenger open, restores the default action and raises the signal
+    # again: here the default is replaced by SIG_IGN to observe that.
+    m = cv.Messenger()
+    closer = threading.Thread(target=m.close)
+    closer.start()
+    closer.join(30)
+    handler = signal.getsignal(signal.SIGUSR1)
+    assert handler is not signal.SIG_DFL
+    calls = []
+    restore = signal.signal
+    try:
+        # What the handler does, observed without ending this process.
+        signal.signal = lambda signum, action: (
+            calls.append(action) or restore(signum, signal.SIG_IGN)
+        )
+        handler(signal.SIGUSR1, None)
+    finally:
+        signal.signal = restore
+        restore(signal.SIGUSR1, signal.SIG_DFL)
+    assert calls == [signal.SIG_DFL]
