@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from ._asyncio import handler_of
 from ._checks import check_user_tag
-from ._diagnostics import OpenRequest
+from ._diagnostics import OpenRequest, logger
 from ._errors import (
     ConveyorError,
     ConveyorWarning,
@@ -91,9 +91,9 @@ class Dispatch:
     """What the native dispatcher hands over, for one messenger.
 
     ``Engine.serve`` is given this object and reads the attributes below by
-    name; it calls `fallback`, `returned`, `failed` and `finish_request`,
-    and hands every answer to ``requests.answer``. It counts each message
-    as handled itself, once its dispatch ends.
+    name; it calls `fallback`, `returned`, `failed`, `finish_request` and
+    `slow_handler`, and hands every answer to ``requests.answer``. It
+    counts each message as handled itself, once its dispatch ends.
 
     Attributes
     ----------
@@ -179,6 +179,18 @@ class Dispatch:
             file=sys.stderr,
             end="",
             flush=True,
+        )
+
+    def slow_handler(self, tag: str, source: int, seconds: float) -> None:
+        """A handler ran at least ``CONVEYOR_SLOW_HANDLER_S``: log a warning naming it."""
+        logger.warning(
+            "conveyor: rank %d: the receiver of %r took %.3f s (message from rank %d; "
+            "CONVEYOR_SLOW_HANDLER_S=%g): while a handler runs, its rank handles nothing else",
+            self.rank,
+            tag,
+            seconds,
+            source,
+            self.transport.engine.slow_handler_seconds,
         )
 
     def finish_request(self, msg: Message, result: Any, exc: BaseException | None) -> None:

@@ -29,7 +29,7 @@ from ._carriage import Address
 from ._checks import check_name, check_rank, check_timeout, check_user_tag
 from ._chunks import ChunkLayer
 from ._collectives import Collectives
-from ._config import engine_options
+from ._config import engine_options, slow_handler_seconds
 from ._config import zero_copy_threshold as _zero_copy_threshold
 from ._darray import DistArray, DriverScope, scatter
 from ._dispatch import COUNTERS, Dispatch, Receivers
@@ -135,6 +135,7 @@ class Messenger:
             )
         threshold = _zero_copy_threshold(zero_copy_threshold)
         options = engine_options()
+        slow_handler = slow_handler_seconds()  # read before anything is made: it may refuse
         if serve == "thread":
             # The service thread yields its core from the start when it finds
             # nothing, rather than busy-poll: the program's thread, which
@@ -142,6 +143,7 @@ class Messenger:
             options.spin_seconds = 0.0
         self._comm = comm.Dup()
         engine = core.engine.Engine(comm_handle(self._comm), threshold, bool(pickle), options)
+        engine.slow_handler_seconds = slow_handler
         self.rank = engine.rank
         self.size = engine.size
         self.aggregate = bool(aggregate)

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <limits>
 #include <map>
 #include <memory>
 #include <string>
@@ -46,6 +47,7 @@ struct DispatchNames {
     PyObject* message_type = PyUnicode_InternFromString("message_type");
     PyObject* aggregate = PyUnicode_InternFromString("aggregate");
     PyObject* requests = PyUnicode_InternFromString("requests");
+    PyObject* slow_handler = PyUnicode_InternFromString("slow_handler");
 };
 inline const DispatchNames& dispatch_names() {
     static const DispatchNames names;  // first made under the GIL, never freed
@@ -153,6 +155,10 @@ class PyEngine {
         for (const auto& entry : answering_) running.append(entry.second);
         return running;
     }
+
+    // Handlers whose dispatch lasts at least this long are reported to the
+    // façade's Dispatch.slow_handler (infinity: never, and no clock is read).
+    double slow_handler_seconds = std::numeric_limits<double>::infinity();
 
     // Counted here and reported to the engine once per serve() (its counters
     // are behind a lock), and always before a termination-detection wave.
@@ -262,8 +268,8 @@ class PyEngine {
     // them: `receivers` ({tag: (handler, per_item)}), `message_type` (the
     // Message class), `requests` (whose answer(kind, source, ref, payload,
     // error) takes every answer), `aggregate`, and the methods fallback(item),
-    // returned(msg, result), failed(msg, exc) and finish_request(msg, result,
-    // exc).
+    // returned(msg, result), failed(msg, exc), finish_request(msg, result,
+    // exc) and slow_handler(tag, source, seconds).
     class Hooks {
       public:
         explicit Hooks(py::handle dispatch) : dispatch_(dispatch) {}
@@ -506,32 +512,44 @@ class PyEngine {
         if ((kind == FrameKind::Send || kind == FrameKind::Request) && d.error.is_none()) {
             PyObject* entry = PyDict_GetItemWithError(h.receivers(), d.tag.ptr());
             if (!entry && PyErr_Occurred()) throw py::error_already_set();
-            if (entry && kind == FrameKind::Request)
-                return run_request(d, h, PyTuple_GET_ITEM(entry, 0));
-            if (entry) {
-                py::handle handler = PyTuple_GET_ITEM(entry, 0);
-                py::object source = py::int_(d.source);
-                Py_ssize_t n = -1;
-                if (PyTuple_GET_ITEM(entry, 1) == Py_True && has_items(d.payload.ptr())) {
-                    n = PySequence_Size(d.payload.ptr());
-                    if (n < 0) PyErr_Clear();  // a 0-d array has no items: delivered whole
-                }
-                if (n >= 0) {
-                    // Per-item delivery: one call per row of the batch.
-                    py::object items = d.payload;
-                    for (Py_ssize_t i = 0; i < n; ++i) {
-                        auto item =
-                            py::reinterpret_steal<py::object>(PySequence_GetItem(items.ptr(), i));
-                        if (!item) throw py::error_already_set();
-                        deliver(h, handler, d.tag, item, source);
-                    }
-                } else {
-                    deliver(h, handler, d.tag, d.payload, source);
-                }
-                return;
-            }
+            if (entry) return timed(h, d, [&] { run_handler(d, h, entry); });
         }
         h.call(names.fallback, py::make_tuple(d.kind, d.source, d.ref, d.tag, d.payload, d.error));
+    }
+
+    // Runs `run`, a message's handler: the one place handlers are timed. If
+    // CONVEYOR_SLOW_HANDLER_S is unset this costs one comparison; else two
+    // clock reads, and a call of Dispatch.slow_handler(tag, source, seconds)
+    // when the handler took at least that long (not if it raised through:
+    // a KeyboardInterrupt is on its way).
+    template <class Run>
+    void timed(Hooks& h, const Delivery& d, Run&& run) {
+        if (!(slow_handler_seconds < std::numeric_limits<double>::infinity())) return run();
+        auto start = Clock::now();
+        run();
+        double seconds = seconds_since(start);
+        if (seconds >= slow_handler_seconds)
+            h.call(dispatch_names().slow_handler, d.tag, py::int_(d.source), py::float_(seconds));
+    }
+
+    // Delivers a send or request to its receiver's `entry`, (handler, per_item).
+    void run_handler(Delivery& d, Hooks& h, PyObject* entry) {
+        py::handle handler = PyTuple_GET_ITEM(entry, 0);
+        if (static_cast<FrameKind>(d.kind) == FrameKind::Request) return run_request(d, h, handler);
+        py::object source = py::int_(d.source);
+        Py_ssize_t n = -1;
+        if (PyTuple_GET_ITEM(entry, 1) == Py_True && has_items(d.payload.ptr())) {
+            n = PySequence_Size(d.payload.ptr());
+            if (n < 0) PyErr_Clear();  // a 0-d array has no items: delivered whole
+        }
+        if (n < 0) return deliver(h, handler, d.tag, d.payload, source);
+        // Per-item delivery: one call per row of the batch.
+        py::object items = d.payload;
+        for (Py_ssize_t i = 0; i < n; ++i) {
+            auto item = py::reinterpret_steal<py::object>(PySequence_GetItem(items.ptr(), i));
+            if (!item) throw py::error_already_set();
+            deliver(h, handler, d.tag, item, source);
+        }
     }
 
     // Runs a request's handler and sends its return value as the reply.

@@ -1,9 +1,10 @@
-"""A hung job explains itself: dump_state, timeouts that carry it, SIGUSR1.
+"""A hung job explains itself: dump_state, timeouts that carry it, SIGUSR1, slow handlers.
 
 Rank 1's handler of ``stall`` waits for a table key that rank 0 sets only
 once it has looked at its own state: until then rank 0's request to rank 1
 has no answer, and the job is not quiet. SIGUSR1 is sent by each test to
-its own process. No assertion depends on timing.
+its own process. No assertion depends on timing but a slow handler's sleep
+of 0.5 s against a threshold of 0.05 s.
 """
 
 import logging
@@ -132,6 +133,33 @@ def test_a_deferred_request_and_a_table_wait_show_where_they_are_held(mpirun, nr
     mpirun(nranks, case_a_deferred_request_and_a_table_wait_show_where_they_are_held)
 
 
+def case_slow_handlers_are_logged_with_tag_and_source():
+    with Captured() as log, cv.Messenger() as m:
+        m.on("slow")(lambda msg: time.sleep(0.5))
+        m.on("fast")(lambda msg: msg.payload)
+        m.barrier(timeout=30)
+        if m.rank == 0:
+            m.send(1, "slow")
+            m.send(1, "fast", 1)
+            assert m.request(1, "fast", 2).result(timeout=30) == 2
+        m.wait_quiet()
+        warned = log.texts()
+        if m.rank == 1:
+            assert len(warned) == 1, warned
+            assert "the receiver of 'slow' took" in warned[0]
+            assert "(message from rank 0;" in warned[0] and "rank 1:" in warned[0]
+        else:
+            assert warned == []
+
+
+def test_slow_handlers_are_logged_with_tag_and_source(mpirun):
+    mpirun(
+        2,
+        case_slow_handlers_are_logged_with_tag_and_source,
+        env={"CONVEYOR_SLOW_HANDLER_S": "0.05"},
+    )
+
+
 # -- in this process: one rank -------------------------------------------------
 
 
@@ -230,3 +258,35 @@ def test_a_messenger_closed_in_another_thread_gives_the_signal_back():
         signal.signal = restore
         restore(signal.SIGUSR1, signal.SIG_DFL)
     assert calls == [signal.SIG_DFL]
+
+
+def test_a_slow_handler_warns_and_a_fast_one_does_not(monkeypatch):
+    monkeypatch.setenv("CONVEYOR_SLOW_HANDLER_S", "0.05")
+    with Captured() as log, cv.Messenger() as m:
+        m.on("slow")(lambda msg: time.sleep(0.5))
+        m.on("fast")(lambda msg: None)
+        m.on("fast_items", per_item=True)(lambda msg: None)
+        m.send(0, "fast")
+        m.send(0, "fast_items", [1, 2, 3])
+        m.request(0, "fast").result(timeout=30)
+        assert log.texts() == []
+        m.request(0, "slow").result(timeout=30)
+        (text,) = log.texts()
+        assert "rank 0: the receiver of 'slow' took" in text and "message from rank 0" in text
+        assert "CONVEYOR_SLOW_HANDLER_S=0.05" in text
+
+
+@pytest.mark.parametrize(
+    "value, problem",
+    [
+        ("-1", "must be >= 0"),
+        ("nan", "not a finite number"),
+        ("inf", "not a finite number"),
+        ("soon", "is not a valid float"),
+    ],
+)
+def test_a_bad_slow_handler_threshold_is_refused(monkeypatch, value, problem):
+    monkeypatch.setenv("CONVEYOR_SLOW_HANDLER_S", value)
+    with pytest.raises(ValueError, match="CONVEYOR_SLOW_HANDLER_S") as info:
+        cv.Messenger()
+    assert problem in str(info.value)
