@@ -21,7 +21,6 @@ import collections
 import functools
 import json
 import struct
-import sys
 import traceback
 import weakref
 from collections.abc import Sequence
@@ -31,7 +30,7 @@ import numpy as np
 
 from . import _pickling
 from ._carriage import CarriageableItem
-from ._diagnostics import ChunkWait
+from ._diagnostics import ChunkWait, logger
 from ._errors import RemoteError, raised_remotely
 from ._native import core
 from ._shipping import Received, Shipped
@@ -376,8 +375,7 @@ class ChunkLayer:
         try:
             self._settle(id, self.table.release(id))
         except Exception:  # from __del__: report, never raise
-            print(f"conveyor: releasing chunk {id:#x} failed:", file=sys.stderr)
-            traceback.print_exc()
+            logger.exception("conveyor: rank %d: releasing chunk %#x failed", self.rank, id)
 
     def _settle(self, id: int, released: tuple[bool, int, int]) -> None:
         # What the table left to do (see ChunkTable.release): send weight

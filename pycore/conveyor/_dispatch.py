@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
-import sys
 import warnings
 import weakref
 from collections.abc import Coroutine
@@ -171,14 +170,14 @@ class Dispatch:
                 self.failed(msg, exc)
 
     def failed(self, msg: Message, exc: BaseException) -> None:
-        """A plain send's receiver raised: report it on stderr (nobody waits for an answer)."""
+        """A plain send's receiver raised: log it as an error (nobody waits for an answer)."""
         self.counts["handler_errors"] += 1
-        print(
-            f"conveyor: rank {self.rank}: the receiver of {msg.tag!r} raised "
-            f"(message from rank {msg.source}):\n{traceback_text(exc)}",
-            file=sys.stderr,
-            end="",
-            flush=True,
+        logger.error(
+            "conveyor: rank %d: the receiver of %r raised (message from rank %d):\n%s",
+            self.rank,
+            msg.tag,
+            msg.source,
+            traceback_text(exc).rstrip("\n"),
         )
 
     def slow_handler(self, tag: str, source: int, seconds: float) -> None:

@@ -290,3 +290,13 @@ def test_a_bad_slow_handler_threshold_is_refused(monkeypatch, value, problem):
     with pytest.raises(ValueError, match="CONVEYOR_SLOW_HANDLER_S") as info:
         cv.Messenger()
     assert problem in str(info.value)
+
+
+def test_a_handler_error_is_logged_not_printed():
+    with Captured() as log, cv.Messenger() as m:
+        m.on("boom")(lambda msg: 1 / 0)
+        m.send(0, "boom")
+        m.wait_quiet()
+        (text,) = log.texts(logging.ERROR)
+        assert "rank 0: the receiver of 'boom' raised (message from rank 0)" in text
+        assert "ZeroDivisionError" in text
