@@ -152,7 +152,7 @@ class RankState:
         ``pending_sends``, ``pending_receives``, ``frames_posted``,
         ``frames_finished``, ...) and ``routes``, one dict per destination
         with something batched, held for credit or in flight (its send
-        window); None if the engine was busy.
+        window); None if the engine was busy, or the messenger is closed.
     """
 
     rank: int
@@ -204,7 +204,10 @@ class RankState:
         )
         if self.async_handlers:
             lines.append(f"async handlers running: {self.async_handlers}")
-        lines.extend(_engine_lines(self.engine))
+        if self.mode == "closed":
+            lines.append("engine: closed")
+        else:
+            lines.extend(_engine_lines(self.engine))
         return "\n".join(lines)
 
 

@@ -184,7 +184,7 @@ class Dispatch:
         """A handler ran at least ``CONVEYOR_SLOW_HANDLER_S``: log a warning naming it."""
         logger.warning(
             "conveyor: rank %d: the receiver of %r took %.3f s (message from rank %d; "
-            "CONVEYOR_SLOW_HANDLER_S=%g): while a handler runs, its rank handles nothing else",
+            "CONVEYOR_SLOW_HANDLER_S=%g)",
             self.rank,
             tag,
             seconds,

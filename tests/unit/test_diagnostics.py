@@ -90,3 +90,4 @@ def test_empty_sections_say_none_and_long_ones_are_cut():
     assert "  ... and 5 more" in lines
     assert "requests received, not answered yet: none" in lines
     assert lines[-1].startswith("engine: busy")
+    assert str(state(mode="closed")).splitlines()[-1] == "engine: closed"
