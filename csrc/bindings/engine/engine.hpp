@@ -4,6 +4,8 @@
 
 #include <pybind11/pybind11.h>
 
+#include <time.h>
+
 #include <cstdint>
 #include <deque>
 #include <limits>
@@ -519,17 +521,31 @@ class PyEngine {
 
     // Runs `run`, a message's handler: the one place handlers are timed. If
     // CONVEYOR_SLOW_HANDLER_S is unset this costs one comparison; else two
-    // clock reads, and a call of Dispatch.slow_handler(tag, source, seconds)
-    // when the handler took at least that long (not if it raised through:
-    // a KeyboardInterrupt is on its way).
+    // reads of a coarse clock, and a call of Dispatch.slow_handler(tag,
+    // source, seconds) when the handler took at least that long (not if it
+    // raised through: a KeyboardInterrupt is on its way).
     template <class Run>
     void timed(Hooks& h, const Delivery& d, Run&& run) {
         if (!(slow_handler_seconds < std::numeric_limits<double>::infinity())) return run();
-        auto start = Clock::now();
+        double start = coarse_seconds();
         run();
-        double seconds = seconds_since(start);
+        double seconds = coarse_seconds() - start;
         if (seconds >= slow_handler_seconds)
             h.call(dispatch_names().slow_handler, d.tag, py::int_(d.source), py::float_(seconds));
+    }
+
+    // Seconds on a monotonic clock of a few milliseconds' resolution, enough
+    // for a slow handler's threshold: Linux reads it in a few nanoseconds,
+    // against some 25 for steady_clock, twice per message (measured: 20% of
+    // the rate of 8-byte messages with steady_clock).
+    static double coarse_seconds() {
+#ifdef CLOCK_MONOTONIC_COARSE
+        timespec now;
+        clock_gettime(CLOCK_MONOTONIC_COARSE, &now);
+        return static_cast<double>(now.tv_sec) + 1e-9 * static_cast<double>(now.tv_nsec);
+#else
+        return std::chrono::duration<double>(Clock::now().time_since_epoch()).count();
+#endif
     }
 
     // Delivers a send or request to its receiver's `entry`, (handler, per_item).
