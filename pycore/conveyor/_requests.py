@@ -7,12 +7,11 @@ from typing import TYPE_CHECKING, Any, Callable, TypeVar, Union
 
 from ._diagnostics import PendingRequest
 from ._errors import ConveyorError, FrameError, UnknownTagError, raised_remotely
-from ._future import Future
+from ._future import Future, Stream
 from ._native import core
 from ._tags import CANCEL
 
 if TYPE_CHECKING:
-    from ._future import Stream
     from ._transport import Transport
 
     # What gets a request's answers.
@@ -84,11 +83,13 @@ class Requests:
     def state(self) -> tuple[PendingRequest, ...]:
         """The open requests, oldest first: where they went, and how long ago."""
         now = time.monotonic()
-        return tuple(
-            PendingRequest(ref, waiter._dest, tag, now - sent, not isinstance(waiter, Future))
-            for ref, waiter in list(self.waiters.items())
-            for tag, sent in (waiter._sent,)
-        )
+        rows = []
+        for ref, waiter in list(self.waiters.items()):
+            tag, sent = waiter._sent
+            rows.append(
+                PendingRequest(ref, waiter._dest, tag, now - sent, isinstance(waiter, Stream))
+            )
+        return tuple(rows)
 
     def cancel(self, waiter: Waiter) -> None:
         """Drop the answers still to come, and tell the worker (``msg.cancelled``)."""

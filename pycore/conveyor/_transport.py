@@ -11,6 +11,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from ._checks import check_timeout
+from ._diagnostics import attach
 from ._errors import ConveyorError, TimeoutError
 from ._native import core
 
@@ -98,8 +99,6 @@ class Transport:
         """Return the `TimeoutError` of a wait for `what` that ran out, with this rank's state."""
         error = TimeoutError(what)
         if self.describe is not None:
-            from ._diagnostics import attach  # only when a wait times out
-
             attach(error, self.describe())
         return error
 
