@@ -300,3 +300,25 @@ def test_a_handler_error_is_logged_not_printed():
         (text,) = log.texts(logging.ERROR)
         assert "rank 0: the receiver of 'boom' raised (message from rank 0)" in text
         assert "ZeroDivisionError" in text
+
+
+def test_without_a_threshold_no_handler_is_timed(monkeypatch):
+    monkeypatch.delenv("CONVEYOR_SLOW_HANDLER_S", raising=False)
+    with Captured() as log, cv.Messenger() as m:
+        m.on("slow")(lambda msg: time.sleep(0.2))
+        m.request(0, "slow").result(timeout=30)
+        assert log.records == []
+
+
+def test_a_stream_that_times_out_carries_the_state_too():
+    with cv.Messenger() as m:
+        held = []
+        m.on("later")(lambda msg: (msg.reply(1, final=False), msg.defer(), held.append(msg)))
+        stream = m.request_stream(0, "later", timeout=0.2)
+        assert next(stream) == 1
+        with pytest.raises(cv.TimeoutError) as info:
+            next(stream)
+        (pending,) = info.value.state.pending
+        assert (pending.tag, pending.stream) == ("later", True)
+        held[0].reply(2)
+        assert list(stream) == [2]
