@@ -74,7 +74,7 @@ numpydoc_validation_checks = {"PR01", "PR02", "PR03", "PR10", "RT01", "YD01"}
 # whose Attributes name their parameters; Copy and Move, which take the
 # parameters Transfer documents.
 numpydoc_validation_exclude = {
-    r"^conveyor\.(Sender|Future|Stream|Store|Table|DistArray|Driver|ChunkRef|ActorRef)$",
+    r"^conveyor\.(Sender|Future|Stream|Store|Table|DistArray|Driver|ChunkRef|ActorRef|RankState)$",
     r"^conveyor\.(RemoteError|UnknownTagError)$",
     r"^conveyor\.(Copy|Move)$",
 }

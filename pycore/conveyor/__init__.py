@@ -49,6 +49,7 @@ _MODULE_OF = {
     "Messenger": "._messenger",
     "Receiver": "._message",
     "Sender": "._sender",
+    "RankState": "._diagnostics",
     "Copy": "._store",
     "Move": "._store",
     "Store": "._store",
@@ -61,6 +62,7 @@ if typing.TYPE_CHECKING:
     from ._carriage import Address, CarriageableItem
     from ._chunks import ChunkRef
     from ._darray import DistArray, Driver, dcall, dmap, dreduce
+    from ._diagnostics import RankState
     from ._errors import (
         CancelledError,
         CarriageError,
@@ -119,6 +121,7 @@ __all__ = [
     "MessageTooLargeError",
     "Messenger",
     "Move",
+    "RankState",
     "Receiver",
     "RecyclingWarning",
     "RemoteError",

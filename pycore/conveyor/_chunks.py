@@ -21,7 +21,6 @@ import collections
 import functools
 import json
 import struct
-import sys
 import traceback
 import weakref
 from collections.abc import Sequence
@@ -31,6 +30,7 @@ import numpy as np
 
 from . import _pickling
 from ._carriage import CarriageableItem
+from ._diagnostics import ChunkWait, logger
 from ._errors import RemoteError, raised_remotely
 from ._native import core
 from ._shipping import Received, Shipped
@@ -268,7 +268,8 @@ class ChunkLayer:
         self.serial = serial
         self.table = core.chunks.ChunkTable(messenger.rank)
         self.closed = False
-        self._waiters: dict[int, Callable[[], None]] = {}  # token -> callback, for owned chunks
+        # token -> (chunk id, callback), for owned chunks not settled yet
+        self._waiters: dict[int, tuple[int, Callable[[], None]]] = {}
         self._next_token = 1
         # id -> callbacks waiting for a chunk whose task has not arrived
         self._early: dict[int, list[Callable[[], None]]] = {}
@@ -374,8 +375,7 @@ class ChunkLayer:
         try:
             self._settle(id, self.table.release(id))
         except Exception:  # from __del__: report, never raise
-            print(f"conveyor: releasing chunk {id:#x} failed:", file=sys.stderr)
-            traceback.print_exc()
+            logger.exception("conveyor: rank %d: releasing chunk %#x failed", self.rank, id)
 
     def _settle(self, id: int, released: tuple[bool, int, int]) -> None:
         # What the table left to do (see ChunkTable.release): send weight
@@ -425,9 +425,16 @@ class ChunkLayer:
         token = self._next_token
         if self.table.add_waiter(id, token):
             self._next_token += 1
-            self._waiters[token] = callback
+            self._waiters[token] = (id, callback)
         else:
             callback()
+
+    def state(self) -> tuple[ChunkWait, ...]:
+        """What waits for chunks owned here: by chunk, and those whose task has not arrived."""
+        waiting = collections.Counter(id for id, _ in list(self._waiters.values()))
+        arrived = [ChunkWait(id, n, True) for id, n in waiting.items()]
+        early = [ChunkWait(id, len(calls), False) for id, calls in list(self._early.items())]
+        return tuple(arrived + early)
 
     def resolve(self, ref: ChunkRef, value: np.ndarray) -> None:
         tokens = self.table.resolve(ref.id, value)
@@ -456,7 +463,7 @@ class ChunkLayer:
         ref._state = state
         self._published.add(ref.id)
         self.m.table(CHUNK_STATES).put(ref.id, published)
-        self._ready.extend(self._waiters.pop(token) for token in tokens)
+        self._ready.extend(self._waiters.pop(token)[1] for token in tokens)
         # Settling one chunk may complete tasks that settle others: run them
         # one after the other here rather than nested ever deeper.
         if self._draining:

@@ -9,7 +9,7 @@ from typing import Callable, SupportsIndex, TypeVar
 
 from ._native import core
 
-__all__ = ["engine_options", "env_number", "zero_copy_threshold"]
+__all__ = ["engine_options", "env_number", "slow_handler_seconds", "zero_copy_threshold"]
 
 Number = TypeVar("Number", int, float)
 
@@ -38,6 +38,15 @@ def zero_copy_threshold(value: SupportsIndex | None = None) -> int:
     if value < 0:
         raise ValueError("zero_copy_threshold must be >= 0")
     return value
+
+
+def slow_handler_seconds() -> float:
+    """From how many seconds a handler is logged as slow (``CONVEYOR_SLOW_HANDLER_S``).
+
+    Unset, empty or 0: never (infinity).
+    """
+    seconds = env_number("CONVEYOR_SLOW_HANDLER_S", 0.0, float)
+    return seconds if seconds > 0 else math.inf
 
 
 def _microseconds(name: str, default: float) -> float:

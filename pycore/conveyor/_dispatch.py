@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
-import sys
 import warnings
 import weakref
 from collections.abc import Coroutine
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from ._asyncio import handler_of
 from ._checks import check_user_tag
+from ._diagnostics import OpenRequest, logger
 from ._errors import (
     ConveyorError,
     ConveyorWarning,
@@ -90,9 +90,9 @@ class Dispatch:
     """What the native dispatcher hands over, for one messenger.
 
     ``Engine.serve`` is given this object and reads the attributes below by
-    name; it calls `fallback`, `returned`, `failed` and `finish_request`,
-    and hands every answer to ``requests.answer``. It counts each message
-    as handled itself, once its dispatch ends.
+    name; it calls `fallback`, `returned`, `failed`, `finish_request` and
+    `slow_handler`, and hands every answer to ``requests.answer``. It
+    counts each message as handled itself, once its dispatch ends.
 
     Attributes
     ----------
@@ -139,6 +139,18 @@ class Dispatch:
         """How many requests this rank is answering (running or left open)."""
         return self.transport.engine.answering_count + len(self._open_requests)
 
+    def state(self) -> tuple[OpenRequest, ...]:
+        """The requests this rank is answering: those whose handler runs, then those left open."""
+        rows, seen = [], set()
+        for msg in self.transport.engine.answering_now():
+            _, _, ref = reply_target(msg)
+            seen.add((msg.source, ref))
+            rows.append(OpenRequest(msg.source, ref, msg.tag, True, msg._cancelled))
+        for (source, ref), msg in list(self._open_requests.items()):
+            if (source, ref) not in seen:
+                rows.append(OpenRequest(source, ref, msg.tag, False, msg._cancelled))
+        return tuple(rows)
+
     # -- what the native dispatcher hands over ---------------------------------
 
     def fallback(self, item: tuple[int, int, int, str, Any, str | None]) -> None:
@@ -158,14 +170,26 @@ class Dispatch:
                 self.failed(msg, exc)
 
     def failed(self, msg: Message, exc: BaseException) -> None:
-        """A plain send's receiver raised: report it on stderr (nobody waits for an answer)."""
+        """A plain send's receiver raised: log it as an error (nobody waits for an answer)."""
         self.counts["handler_errors"] += 1
-        print(
-            f"conveyor: rank {self.rank}: the receiver of {msg.tag!r} raised "
-            f"(message from rank {msg.source}):\n{traceback_text(exc)}",
-            file=sys.stderr,
-            end="",
-            flush=True,
+        logger.error(
+            "conveyor: rank %d: the receiver of %r raised (message from rank %d):\n%s",
+            self.rank,
+            msg.tag,
+            msg.source,
+            traceback_text(exc).rstrip("\n"),
+        )
+
+    def slow_handler(self, tag: str, source: int, seconds: float) -> None:
+        """A handler ran at least ``CONVEYOR_SLOW_HANDLER_S``: log a warning naming it."""
+        logger.warning(
+            "conveyor: rank %d: the receiver of %r took %.3f s (message from rank %d; "
+            "CONVEYOR_SLOW_HANDLER_S=%g)",
+            self.rank,
+            tag,
+            seconds,
+            source,
+            self.transport.engine.slow_handler_seconds,
         )
 
     def finish_request(self, msg: Message, result: Any, exc: BaseException | None) -> None:

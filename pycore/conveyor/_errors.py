@@ -5,6 +5,10 @@ from __future__ import annotations
 import builtins
 import concurrent.futures
 import traceback
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._diagnostics import RankState
 
 __all__ = [
     "ConveyorError",
@@ -118,7 +122,18 @@ def traceback_text(exc: BaseException) -> str:
 
 
 class TimeoutError(ConveyorError, builtins.TimeoutError):
-    """A wait ran out of time; the awaited work may still complete later."""
+    """A wait ran out of time; the awaited work may still complete later.
+
+    Attributes
+    ----------
+    state : RankState or None
+        What this rank was waiting for when the wait ran out (see
+        `Messenger.dump_state`), also added to the error's text as a note
+        (Python 3.11 and later); None if it was not raised by a wait of a
+        messenger.
+    """
+
+    state: RankState | None = None
 
 
 class CarriageError(ConveyorError, TypeError):

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Callable, Generic, TypeVar
 
 from ._asyncio import loop_of, wait_answer
 from ._checks import check_timeout
-from ._errors import CancelledError, TimeoutError
+from ._errors import CancelledError
 
 if TYPE_CHECKING:
     from ._requests import Requests
@@ -67,6 +67,7 @@ class Future(concurrent.futures.Future[T]):
         self._requests = requests
         self._dest = dest
         self._ref = ref
+        self._sent = ("", 0.0)  # (tag, time.monotonic()) once sent (see Requests.open)
 
     # concurrent.futures.Future makes a threading.Condition for every future,
     # which costs more than the rest of a future together; most futures are
@@ -270,12 +271,23 @@ class Stream(Generic[T]):
         Seconds to wait for each answer; None waits without limit.
     """
 
-    __slots__ = ("_requests", "_dest", "_ref", "_answers", "_state", "_error", "_waiter", "timeout")
+    __slots__ = (
+        "_requests",
+        "_dest",
+        "_ref",
+        "_sent",
+        "_answers",
+        "_state",
+        "_error",
+        "_waiter",
+        "timeout",
+    )
 
     def __init__(self, requests: Requests, dest: int, ref: int, timeout: float | None) -> None:
         self._requests = requests
         self._dest = dest
         self._ref = ref
+        self._sent = ("", 0.0)  # (tag, time.monotonic()) once sent (see Requests.open)
         self._answers: collections.deque[T] = collections.deque()
         self._state = _PENDING
         self._error: BaseException | None = None
@@ -327,7 +339,9 @@ class Stream(Generic[T]):
             try:
                 await asyncio.wait_for(self._waiter, check_timeout(self.timeout))
             except asyncio.TimeoutError:
-                raise TimeoutError(f"no answer within {self.timeout} s") from None
+                raise self._requests.transport.timed_out(
+                    f"no answer within {self.timeout} s"
+                ) from None
             finally:
                 self._waiter = None
         return self._take(StopAsyncIteration)

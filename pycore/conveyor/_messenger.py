@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import functools
 import itertools
 import operator
 import sys
@@ -22,17 +23,17 @@ from typing import TYPE_CHECKING, Any, Callable, Literal, SupportsIndex, TypeVar
 
 import numpy.typing as npt
 
-from . import _asyncio, _quiescence
+from . import _asyncio, _diagnostics, _quiescence
 from ._actors import ActorRef, ActorService
 from ._carriage import Address
 from ._checks import check_name, check_rank, check_timeout, check_user_tag
 from ._chunks import ChunkLayer
 from ._collectives import Collectives
-from ._config import engine_options
+from ._config import engine_options, slow_handler_seconds
 from ._config import zero_copy_threshold as _zero_copy_threshold
 from ._darray import DistArray, DriverScope, scatter
 from ._dispatch import COUNTERS, Dispatch, Receivers
-from ._errors import ConveyorError, TimeoutError
+from ._errors import ConveyorError
 from ._executor import Executor, ExecutorService
 from ._future import Future, Stream
 from ._message import Message, Receiver
@@ -48,6 +49,7 @@ from ._transport import Transport
 if TYPE_CHECKING:
     from mpi4py import MPI
 
+    from ._diagnostics import RankState
     from ._table import Table
 
 __all__ = ["Messenger", "Message", "Receiver", "Sender"]
@@ -133,6 +135,7 @@ class Messenger:
             )
         threshold = _zero_copy_threshold(zero_copy_threshold)
         options = engine_options()
+        slow_handler = slow_handler_seconds()  # read before anything is made: it may refuse
         if serve == "thread":
             # The service thread yields its core from the start when it finds
             # nothing, rather than busy-poll: the program's thread, which
@@ -140,6 +143,7 @@ class Messenger:
             options.spin_seconds = 0.0
         self._comm = comm.Dup()
         engine = core.engine.Engine(comm_handle(self._comm), threshold, bool(pickle), options)
+        engine.slow_handler_seconds = slow_handler
         self.rank = engine.rank
         self.size = engine.size
         self.aggregate = bool(aggregate)
@@ -159,6 +163,10 @@ class Messenger:
         self._executor_service = ExecutorService(receivers, requests)
         self._actors = ActorService(self, receivers, requests, self._dispatch)
         self._chunks = ChunkLayer(self, transport, receivers, requests, next(_serials))
+        transport.describe = functools.partial(
+            _diagnostics.collect, transport, requests, self._dispatch, self._tables, self._chunks
+        )
+        _diagnostics.watch(transport)
         _open_messengers.add(self)
         if abort_on_error and MPI.COMM_WORLD.Get_size() > 1:
             _install_abort_hook()
@@ -261,6 +269,7 @@ class Messenger:
         self._transport.closed = True
         self._chunks.close()
         _open_messengers.discard(self)
+        _diagnostics.unwatch(self._transport)
         _asyncio.detach(self._transport)
         self._transport.engine.close()  # stops the background thread before MPI goes away
         self._requests.fail_all("the messenger was closed before the answer came")
@@ -729,18 +738,28 @@ class Messenger:
         seconds = timeout if plain else check_timeout(timeout)
         return self._transport.serve(-1.0 if seconds is None else seconds)
 
-    def wait_quiet(self) -> None:
+    def wait_quiet(self, timeout: float | None = None) -> None:
         """Return, on every rank, once no message is in flight and no handler runs.
 
         Collective: every rank of the messenger must call it. Messages keep
         being handled meanwhile, so cascades of any depth finish first.
 
+        Parameters
+        ----------
+        timeout : float, optional
+            Seconds to wait; no limit by default. If it runs out, the other
+            ranks wait until this one calls `wait_quiet` again, which takes
+            up where it stopped.
+
         Raises
         ------
+        conveyor.TimeoutError
+            If the job was not quiet within ``timeout`` seconds; its
+            ``state`` is this rank's `dump_state`.
         conveyor.ConveyorError
             If called from a handler, or the messenger is closed.
         """
-        _quiescence.wait_quiet(self._transport)
+        _quiescence.wait_quiet(self._transport, check_timeout(timeout))
 
     # -- asyncio -------------------------------------------------------------
 
@@ -813,7 +832,7 @@ class Messenger:
         try:
             return await asyncio.wait_for(_asyncio.wait_answer(self._transport, future), timeout)
         except asyncio.TimeoutError:
-            raise TimeoutError(f"no answer within {timeout} s") from None
+            raise self._transport.timed_out(f"no answer within {timeout} s") from None
 
     async def aquiet(self) -> None:
         """Await, on every rank, the moment no message is in flight and no handler runs.
@@ -1165,6 +1184,26 @@ class Messenger:
         stats["store_items"] = len(self.store)
         stats["store_bytes"] = self.store.nbytes
         return stats
+
+    def dump_state(self) -> RankState:
+        """Return what this rank is doing and waiting for: the first thing to read in a hang.
+
+        The requests it sent that wait for answers (destination, tag, age),
+        the requests it received and has not answered (source, tag; running
+        or deferred), the table and chunk waits it holds, and the engine's
+        queues and send windows. ``print(m.dump_state())`` shows it; so do
+        SIGUSR1 (logged for every open messenger of the process) and every
+        `TimeoutError` of a wait (its ``state``). Safe from a handler, and
+        from any thread while the messenger serves.
+
+        Returns
+        -------
+        RankState
+            The state; ``str()`` of it is a readable report.
+        """
+        describe = self._transport.describe
+        assert describe is not None  # set once the rooms exist
+        return describe()
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"

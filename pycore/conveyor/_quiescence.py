@@ -11,6 +11,7 @@ them and compares their totals is `_detect`, driven by a blocking caller
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
@@ -76,11 +77,25 @@ def refuse_in_handler(transport: Transport, what: str) -> None:
         raise ConveyorError(f"{what} is collective and cannot be called from a handler")
 
 
-def wait_quiet(transport: Transport) -> None:
-    """Serve until no message is in flight on any rank (collective)."""
+def wait_quiet(transport: Transport, timeout: float | None = None) -> None:
+    """Serve until no message is in flight on any rank (collective), at most `timeout` s.
+
+    On timeout the wave in flight is left running: the next call joins it.
+    """
     transport.check_open()
     refuse_in_handler(transport, "wait_quiet()")
     engine = transport.engine
+    deadline = None if timeout is None else time.monotonic() + timeout
+
+    def until_deadline(wait: float) -> float:
+        # `wait`, cut short by the deadline; past it, the timeout is raised.
+        if deadline is None:
+            return wait
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise transport.timed_out(f"the job was not quiet within {timeout} s")
+        return min(wait, left)
+
     steps = _detect(transport)
     totals = None
     while (step := _next(steps, totals)) is not None:
@@ -88,10 +103,10 @@ def wait_quiet(transport: Transport) -> None:
         if step is _WAVE:
             totals = engine.wave_done()
             while totals is None:
-                transport.serve(WAIT_SLICE)
+                transport.serve(until_deadline(WAIT_SLICE))
                 totals = engine.wave_done()
         else:
-            transport.serve(_WAVE_PAUSE)
+            transport.serve(until_deadline(_WAVE_PAUSE))
 
 
 async def aquiet(transport: Transport) -> None:

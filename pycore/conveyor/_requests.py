@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any, Callable, TypeVar, Union, overload
 
+from ._diagnostics import PendingRequest
 from ._errors import ConveyorError, FrameError, UnknownTagError, raised_remotely
-from ._future import Future
+from ._future import Future, Stream
 from ._native import core
 from ._tags import CANCEL
 
 if TYPE_CHECKING:
-    from ._future import Stream
     from ._transport import Transport
 
     # What gets a request's answers.
@@ -71,6 +72,7 @@ class Requests:
         self._next_ref += 1
         # A plain Future, the common case, without a factory call.
         waiter = Future(self, dest, ref) if make_waiter is None else make_waiter(ref)
+        waiter._sent = (tag, time.monotonic())  # what a state dump shows of it
         self.waiters[ref] = waiter
         try:
             self.transport.post(dest, core.message.KIND_REQUEST, ref, tag, payload)
@@ -87,6 +89,17 @@ class Requests:
         """
         self.transport.check_open()
         return self.open(dest, tag, payload)
+
+    def state(self) -> tuple[PendingRequest, ...]:
+        """The open requests, oldest first: where they went, and how long ago."""
+        now = time.monotonic()
+        rows = []
+        for ref, waiter in list(self.waiters.items()):
+            tag, sent = waiter._sent
+            rows.append(
+                PendingRequest(ref, waiter._dest, tag, now - sent, isinstance(waiter, Stream))
+            )
+        return tuple(rows)
 
     def cancel(self, waiter: Waiter) -> None:
         """Drop the answers still to come, and tell the worker (``msg.cancelled``)."""

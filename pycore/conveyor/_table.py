@@ -16,6 +16,7 @@ import numbers
 from typing import TYPE_CHECKING, Any, Callable, Union
 
 from ._checks import check_name
+from ._diagnostics import TableWait
 from ._dispatch import reply_target
 from ._errors import RemoteError
 from ._future import Future
@@ -389,6 +390,14 @@ class TableService:
         if table is None:
             table = self._tables[name] = Table(self, name)
         return table
+
+    def state(self) -> tuple[TableWait, ...]:
+        """The waits this rank holds, as the home of keys not set yet."""
+        return tuple(
+            TableWait(name, decode_key(data), len(waits))
+            for name, shard in list(self._shards.items())
+            for data, waits in list(shard.waiters.items())
+        )
 
     # -- the home's side -----------------------------------------------------
 

@@ -8,14 +8,16 @@ receives, then dispatches what is ready, for as long as its caller waits.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from ._checks import check_timeout
+from ._diagnostics import attach
 from ._errors import ConveyorError, TimeoutError
 from ._native import core
 
 if TYPE_CHECKING:
     from ._asyncio import LoopLink
+    from ._diagnostics import RankState
     from ._dispatch import Dispatch
     from ._service import Service
 
@@ -49,6 +51,10 @@ class Transport:
         The thread serving the messenger, if any (``serve="thread"``).
     closed : bool
         Set once the messenger is closed: nothing may be sent or served.
+    describe : callable or None
+        Returns the state of the messenger's rank (`_diagnostics.collect`
+        over its rooms; set once they exist): what a wait that timed out
+        carries.
     """
 
     def __init__(self, engine: core.engine.Engine, aggregate: bool) -> None:
@@ -58,6 +64,7 @@ class Transport:
         self.link: LoopLink | None = None
         self.service: Service | None = None
         self.closed = False
+        self.describe: Callable[[], RankState] | None = None
 
     def check_open(self) -> None:
         """Raise `ConveyorError` if the messenger is closed."""
@@ -77,6 +84,23 @@ class Transport:
         """
         self.check_open()
         self.post(rank, core.message.KIND_SEND, 0, tag, payload)
+
+    def state(self, patience: float) -> tuple[str, int, dict[str, Any] | None]:
+        """Return who serves (``mode``), how many handlers run, and the engine's state.
+
+        The engine's state is None if its lock did not come within `patience` s.
+        """
+        if self.closed:
+            return "closed", 0, None
+        mode = "thread" if self.service else "asyncio" if self.link else "inline"
+        return mode, self.engine.handling, self.engine.describe(patience)
+
+    def timed_out(self, what: str) -> TimeoutError:
+        """Return the `TimeoutError` of a wait for `what` that ran out, with this rank's state."""
+        error = TimeoutError(what)
+        if self.describe is not None:
+            attach(error, self.describe())
+        return error
 
     def in_handler(self) -> bool:
         """Tell whether the calling thread runs a handler of this messenger."""
@@ -134,7 +158,7 @@ class Transport:
             self.check_open()
             self.engine.flush()  # the requests this thread sent leave now
             if not service.wait(waiter._ready, timeout):
-                raise TimeoutError(f"no answer within {timeout} s")
+                raise self.timed_out(f"no answer within {timeout} s")
             return
         deadline = None if timeout is None else time.monotonic() + timeout
         while not waiter._ready():
@@ -143,6 +167,6 @@ class Transport:
             if deadline is not None:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise TimeoutError(f"no answer within {timeout} s")
+                    raise self.timed_out(f"no answer within {timeout} s")
                 wait = min(wait, left)
             self.engine.serve(wait, -1, self.dispatch, True)

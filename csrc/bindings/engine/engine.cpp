@@ -29,6 +29,9 @@ void register_engine(py::module_& m) {
              py::arg("dispatch"), py::arg("answered") = false)
         .def("answering", &PyEngine::answering, py::arg("source"), py::arg("ref"))
         .def_property_readonly("answering_count", &PyEngine::answering_count)
+        .def("answering_now", &PyEngine::answering_now)
+        .def_readwrite("slow_handler_seconds", &PyEngine::slow_handler_seconds)
+        .def("describe", &PyEngine::describe, py::arg("patience"))
         .def("flush", [](PyEngine& e) { e.engine().flush(); })
         .def(
             "congested", [](PyEngine& e, int dest) { return e.engine().congested(dest); },

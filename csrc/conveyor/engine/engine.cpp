@@ -73,6 +73,42 @@ EngineStats Engine::stats() const {
     return stats_;
 }
 
+bool Engine::describe(EngineState& out, double patience) const {
+    std::unique_lock<YieldingMutex> guard(lock_, std::defer_lock);
+    auto deadline = Clock::now() + std::chrono::duration<double>(patience);
+    while (!guard.try_lock()) {
+        if (Clock::now() >= deadline) return false;
+        std::this_thread::sleep_for(std::chrono::microseconds(100));
+    }
+    out.stats = stats_;
+    out.pending_sends = send_reqs_.size();
+    out.pending_receives = recv_reqs_.size();
+    out.ready = ready_.size();
+    out.arriving = 0;
+    for (const auto& queue : by_source_) out.arriving += queue.size();
+    out.wave_active = wave_active_;
+    out.routes.clear();
+    for (int rank = 0; rank < size_; ++rank) {
+        const Route& r = routes_[rank];
+        RouteState state;
+        state.rank = rank;
+        state.batch_bytes = r.batch.size();
+        state.held = r.held.size();
+        state.in_flight_frame_bytes = r.in_flight.frames;
+        state.in_flight_data_bytes = r.in_flight.data;
+        state.asked = r.asked;
+        state.consumed_frame_bytes = r.consumed.frames;
+        state.consumed_data_bytes = r.consumed.data;
+        state.owes = r.owes;
+        bool idle = state.batch_bytes == 0 && state.held == 0 && state.in_flight_frame_bytes == 0 &&
+                    state.in_flight_data_bytes == 0 && !state.asked &&
+                    state.consumed_frame_bytes == 0 && state.consumed_data_bytes == 0 &&
+                    !state.owes;
+        if (!idle) out.routes.push_back(state);
+    }
+    return true;
+}
+
 std::size_t Engine::pending_sends() const {
     Guard guard(lock_);
     return send_reqs_.size();

@@ -109,6 +109,33 @@ struct EngineStats {
     std::uint64_t background_flushes = 0;  // batches the background thread sent
 };
 
+// What one destination has waiting and in flight, and what this rank owes
+// it: the send windows of a state dump (Engine::describe).
+struct RouteState {
+    int rank = -1;
+    std::size_t batch_bytes = 0;            // of the batch being filled for it
+    std::size_t held = 0;                   // frames waiting for its credit
+    std::size_t in_flight_frame_bytes = 0;  // posted, not credited yet
+    std::size_t in_flight_data_bytes = 0;   // the same for out-of-band bytes
+    bool asked = false;                     // credit was asked of it, none came yet
+    std::size_t consumed_frame_bytes = 0;   // of its frames consumed here, not credited
+    std::size_t consumed_data_bytes = 0;
+    bool owes = false;  // it asked this rank for credit
+};
+
+// The engine at one moment, for a state dump: its counters, the depth of its
+// queues, and the routes that are not idle (one per rank would not read at
+// thousands of ranks).
+struct EngineState {
+    EngineStats stats;
+    std::size_t pending_sends = 0;     // MPI sends not complete
+    std::size_t pending_receives = 0;  // MPI receives not complete
+    std::size_t arriving = 0;          // messages whose data still arrives
+    std::size_t ready = 0;             // messages ready for dispatch
+    bool wave_active = false;
+    std::vector<RouteState> routes;
+};
+
 // A mutex that tells its holder whether a thread is blocked waiting for it,
 // so that a holder who only polls can step aside (see Engine::wait).
 // try_lock() does not count as waiting.
@@ -161,6 +188,10 @@ class Engine {
     int size() const { return size_; }
     const EngineOptions& options() const { return options_; }
     EngineStats stats() const;
+    // Fills `out` if the engine's lock comes within `patience` seconds (it
+    // only tries it, so that a caller that interrupted a holder, such as a
+    // signal handler, never deadlocks); returns whether it did.
+    bool describe(EngineState& out, double patience) const;
     bool has_background_thread() const { return background_.joinable(); }
 
     // Send a frame and its out-of-band buffers to `dest`. `keep` is released

@@ -81,7 +81,9 @@ class Engine:
         source, ref, tag, payload, error))``. A handler's non-None result
         goes to ``dispatch.returned(msg, result)``, its exception to
         ``dispatch.failed(msg, exc)``, and what is unusual about a request
-        to ``dispatch.finish_request(msg, result, exc)``. Each message is
+        to ``dispatch.finish_request(msg, result, exc)``; a handler that ran
+        at least `slow_handler_seconds` is reported to
+        ``dispatch.slow_handler(tag, source, seconds)``. Each message is
         counted as handled once its dispatch ends. With `answered`, the
         caller waits for an answer: dispatching stops after the first answer
         and starts no message once `timeout` has passed. Return how many
@@ -92,6 +94,27 @@ class Engine:
     @property
     def answering_count(self) -> int:
         """How many requests' handlers run now (nested waits make it more than 1)."""
+    def answering_now(self) -> list[Any]:
+        """Return the Messages of the requests whose handlers run now, outermost first."""
+    slow_handler_seconds: float
+    """A handler whose dispatch lasts at least this long is reported (infinity: never).
+
+    ``serve`` then calls ``dispatch.slow_handler(tag, source, seconds)``.
+    """
+    def describe(self, patience: float) -> dict[str, Any] | None:
+        """Return the engine's queues, counters and busy routes, for a state dump.
+
+        None if the engine's lock did not come within `patience` s (it is
+        only tried: a signal handler that interrupted its holder cannot
+        deadlock). Keys: ``pending_sends``, ``pending_receives``,
+        ``arriving``, ``ready``, ``wave_active``, ``messages_sent``,
+        ``messages_handled``, ``frames_posted``, ``frames_finished``,
+        ``sends_held``, ``window_bytes``, ``data_window_bytes`` and
+        ``routes``: a dict per destination that is not idle (``rank``,
+        ``batch_bytes``, ``held``, ``in_flight_frame_bytes``,
+        ``in_flight_data_bytes``, ``asked``, ``consumed_frame_bytes``,
+        ``consumed_data_bytes``, ``owes``).
+        """
     def flush(self) -> None:
         """Send every batch now."""
     def congested(self, dest: int) -> bool:
