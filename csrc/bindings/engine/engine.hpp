@@ -9,7 +9,6 @@
 #include <cstdint>
 #include <deque>
 #include <limits>
-#include <map>
 #include <memory>
 #include <string>
 #include <type_traits>
@@ -146,15 +145,15 @@ class PyEngine {
     // The request from `source` numbered `ref` whose handler runs now (its
     // Message), or None: where a cancel finds it.
     py::object answering(int source, std::uint64_t ref) const {
-        auto it = answering_.find({source, ref});
-        return it == answering_.end() ? py::none() : it->second;
+        const Answering* a = find_answering(source, ref);
+        return a ? a->message : py::none();
     }
     std::size_t answering_count() const { return answering_.size(); }
     // The Messages of the requests whose handlers run now, outermost first
     // (nested waits run one inside another): what a state dump lists.
     py::list answering_now() const {
         py::list running;
-        for (const auto& entry : answering_) running.append(entry.second);
+        for (const auto& a : answering_) running.append(a.message);
         return running;
     }
 
@@ -577,16 +576,17 @@ class PyEngine {
         py::object source = py::int_(d.source);
         py::object msg = py_message::make_request(h.message_type(), h.dispatch(), d.tag, d.payload,
                                                   source, d.ref);
-        // Where a cancel arriving while the handler runs finds the request.
-        auto listed = answering_.emplace(std::make_pair(d.source, d.ref), msg);
+        // Where a cancel arriving while the handler runs finds the request
+        // (a forged copy of a request that runs is not listed twice).
+        bool listed = !find_answering(d.source, d.ref);
+        if (listed) answering_.push_back({d.source, d.ref, msg});
         struct Unlist {
-            std::map<std::pair<int, std::uint64_t>, py::object>& answering;
-            decltype(listed.first) entry;
-            bool owned;
+            std::vector<Answering>& answering;
+            bool listed;
             ~Unlist() {
-                if (owned) answering.erase(entry);
+                if (listed) answering.pop_back();
             }
-        } unlist{answering_, listed.first, listed.second};
+        } unlist{answering_, listed};
         auto result =
             py::reinterpret_steal<py::object>(PyObject_CallOneArg(handler.ptr(), msg.ptr()));
         if (!result) {
@@ -666,8 +666,22 @@ class PyEngine {
     std::unordered_map<std::string, py::object> tags_;
     std::uint64_t entries_malformed_ = 0;  // rejected batch entries (whole frames: the engine's)
     std::int64_t unreported_frames_ = 0, unreported_messages_ = 0;
-    // The requests whose handler runs now, by (source, ref): see answering().
-    std::map<std::pair<int, std::uint64_t>, py::object> answering_;
+    // The requests whose handler runs now: see answering(). A stack, since a
+    // handler dispatched by a wait inside another handler ends first; and a
+    // vector, since a request's entry was a map node allocated and freed on
+    // every request's path.
+    struct Answering {
+        int source;
+        std::uint64_t ref;
+        py::object message;
+    };
+    std::vector<Answering> answering_;
+
+    const Answering* find_answering(int source, std::uint64_t ref) const {
+        for (const auto& a : answering_)
+            if (a.source == source && a.ref == ref) return &a;
+        return nullptr;
+    }
 };
 
 }  // namespace conveyor
