@@ -9,8 +9,10 @@ depends on timing: a handler's sleep only makes it outlast a timeout.
 """
 
 import asyncio
+import collections
 import concurrent.futures
 import pickle
+import sys
 import time
 import warnings
 
@@ -194,6 +196,30 @@ def test_a_callback_that_raises_is_logged_and_handling_goes_on(caplog):
         assert fut.result(timeout=10) == 1
         assert "exception calling callback" in caplog.text
         m.wait_quiet()
+
+
+def test_callbacks_added_while_answers_arrive_are_each_called_once():
+    # The service thread finishes futures without a lock while this thread
+    # adds callbacks, before, during or after each answer (a switch interval
+    # of a microsecond makes the threads interleave between any two bytecodes).
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        with cv.Messenger(serve="thread") as m:
+            m.on("echo")(lambda msg: msg.payload)
+            calls = collections.Counter()
+            futures = [m.request(0, "echo", i) for i in range(2000)]
+            for i, fut in enumerate(futures):
+                fut.add_done_callback(lambda f, i=i: calls.update([i]))
+                fut.add_done_callback(lambda f, i=i: calls.update([i]))
+            for fut in futures:
+                fut.result(timeout=60)
+            # Its answer is handled once every earlier one's callbacks have run.
+            m.request(0, "echo", None).result(timeout=60)
+            assert calls == collections.Counter({i: 2 for i in range(2000)})
+            m.wait_quiet()
+    finally:
+        sys.setswitchinterval(interval)
 
 
 # -- waits end on time ---------------------------------------------------------
