@@ -29,7 +29,7 @@ from ._carriage import Address
 from ._checks import check_name, check_rank, check_timeout, check_user_tag
 from ._chunks import ChunkLayer
 from ._collectives import Collectives
-from ._config import engine_options, slow_handler_seconds
+from ._config import engine_options, host_crowded, slow_handler_seconds
 from ._config import zero_copy_threshold as _zero_copy_threshold
 from ._darray import DistArray, DriverScope, scatter
 from ._dispatch import COUNTERS, Dispatch, Receivers
@@ -134,7 +134,7 @@ class Messenger:
                 "MPI_THREAD_MULTIPLE (mpi4py's default; see mpi4py.rc.thread_level)"
             )
         threshold = _zero_copy_threshold(zero_copy_threshold)
-        options = engine_options()
+        options = engine_options(crowded=host_crowded(comm))
         slow_handler = slow_handler_seconds()  # read before anything is made: it may refuse
         if serve == "thread":
             # The service thread yields its core from the start when it finds

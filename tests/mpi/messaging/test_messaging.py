@@ -295,3 +295,35 @@ def test_message_fail_answers_a_deferred_request_with_an_error():
             held[1].fail(ValueError("nobody waits"))
         m.wait_quiet()
         assert m.stats()["pending_requests"] == 0 and m.stats()["open_requests"] == 0
+
+
+def case_idle_waits_do_not_spin_on_a_crowded_host():
+    # Ranks pinned to one core between them outnumber it: an idle wait then
+    # yields at once instead of spinning, since the rank it waits for needs
+    # that core. Each rank alone on its own core is not crowded.
+    import os
+
+    from mpi4py import MPI
+
+    from conveyor._config import engine_options, host_crowded
+
+    comm = MPI.COMM_WORLD
+    cores = sorted(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {cores[comm.rank % len(cores)]})
+    assert host_crowded(comm) is (comm.size > len(cores))
+    assert engine_options(crowded=False).spin_seconds == pytest.approx(50e-6)
+    os.sched_setaffinity(0, {0})
+    assert host_crowded(comm) is (comm.size > 1)
+    assert engine_options(crowded=True).spin_seconds == 0
+    os.environ["CONVEYOR_SPIN_US"] = "20"  # set, it wins in either case
+    assert engine_options(crowded=True).spin_seconds == pytest.approx(20e-6)
+    # A messenger on the crowded host still serves its requests.
+    with cv.Messenger() as m:
+        m.on("echo")(lambda msg: msg.payload)
+        assert m.request((m.rank + 1) % m.size, "echo", m.rank).result(timeout=30) == m.rank
+        m.wait_quiet()
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_idle_waits_do_not_spin_on_a_crowded_host(mpirun, n):
+    mpirun(n, case_idle_waits_do_not_spin_on_a_crowded_host)
