@@ -242,24 +242,46 @@ def _arange(
     if stop is None:
         start, stop = 0, start
     step = 1 if step is None else step
+    # numpy's dtype follows the types of start, stop and step, not their
+    # values: numpy's answer (and its errors of type) for zeros of those types.
+    probe = np.arange(
+        _typed(start, 0), _typed(stop, 0), _typed(step, 1), dtype=dtype, device=device
+    )
+    result = probe.dtype
+    if result.kind not in "iuf":
+        raise TypeError(
+            f"arange of dtype {result}: a DistArray makes integers and floats only; "
+            "use Messenger.array(np.arange(...))"
+        )
     if step == 0:
         raise ZeroDivisionError("division by zero")
-    np.arange(start, start, step, dtype=dtype, device=device)  # numpy's errors for its types
-    result = np.dtype(np.result_type(start, stop, step) if dtype is None else dtype)
-    rows = max(math.ceil((stop - start) / step), 0)
+    span = (stop - start) / step
+    if not math.isfinite(span):
+        np.arange(start, stop, step, dtype=dtype)  # numpy's error for a range of no length
+    rows = max(math.ceil(span), 0)
     first = np.asarray(start, dtype=result)
     delta = np.asarray(start + step, dtype=result) - first
     return _made(like, rows, result, (), functools.partial(_arange_rows, first, delta))
 
 
-def _asarray(like: Chunked, a: Any, *args: Any, **kwargs: Any) -> Any:
-    # np.asarray(a, like=x) and np.array(a, like=x): a DistArray stays as it is; a numpy
-    # array is made on this rank, then scattered as Messenger.array does.
+def _typed(value: Any, number: int) -> Any:
+    # `number` of the type of `value` (a Python or numpy scalar, or a 0-d array).
+    if isinstance(value, (int, float, complex, np.generic)):
+        return type(value)(number)
+    return np.asarray(value).dtype.type(number)
+
+
+def _converted(
+    convert: Callable[..., Any], like: Chunked, a: Any, *args: Any, **kwargs: Any
+) -> Any:
+    # np.asarray(a, like=x) and np.array(a, like=x): a DistArray stays as it is; anything
+    # else is converted on this rank, then scattered as Messenger.array does.
     if isinstance(a, Chunked):
         if args or set(kwargs) - {"dtype"}:
-            raise TypeError("asarray of a DistArray takes dtype= only")
-        return a if kwargs.get("dtype") is None else a.astype(kwargs["dtype"], copy=False)  # type: ignore[attr-defined]
-    return scatter(type(like), like._layer, np.asarray(a, *args, **kwargs), None, None)
+            raise TypeError(f"{convert.__name__} of a DistArray takes dtype= only")
+        dtype = kwargs.get("dtype")
+        return a if dtype is None else a.astype(dtype, copy=False)  # type: ignore[attr-defined]
+    return scatter(type(like), like._layer, convert(a, *args, **kwargs), None, None)
 
 
 def _filled_rows(
@@ -285,8 +307,8 @@ _CREATION: dict[Callable[..., Any], Callable[..., Any]] = {
     np.empty: _filled("empty"),
     np.full: _filled("full"),
     np.arange: _arange,
-    np.asarray: _asarray,
-    np.array: _asarray,
+    np.asarray: functools.partial(_converted, np.asarray),
+    np.array: functools.partial(_converted, np.array),
 }
 
 

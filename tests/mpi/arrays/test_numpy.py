@@ -443,6 +443,10 @@ def check_layout(m):
         (lambda: np.arange(0, 5, 0, like=x), lambda: np.arange(0, 5, 0)),
         (lambda: np.ones(-1, like=x), lambda: np.ones(-1)),
         (lambda: np.array([[1, 2]], like=x), lambda: np.array([[1, 2]])),
+        (lambda: np.array([1, 2], ndmin=2, like=x), lambda: np.array([1, 2], ndmin=2)),
+        (lambda: np.arange(np.float32(1), 4, like=x), lambda: np.arange(np.float32(1), 4)),
+        (lambda: np.arange(np.int8(2), 9, 3, like=x), lambda: np.arange(np.int8(2), 9, 3)),
+        (lambda: np.arange(0, np.inf, like=x), lambda: np.arange(0, np.inf)),
     ]:
         assert_same_or_error(call, numpy_call, "like=")
     assert owners(np.ones(2 * size, like=x)) == list(range(size))
