@@ -9,7 +9,8 @@ and numpy's functions, each done by the module of its own below; and
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import operator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Union, cast
 
 import numpy as np
@@ -86,24 +87,35 @@ class DistArray(Chunked):
 
         __hash__: ClassVar[None]  # type: ignore[assignment]
 
-    def rebalance(self, chunks: int | None = None) -> DistArray:
-        """Return the same rows in ``chunks`` near-equal chunks, chunk i on rank ``i % size``.
+    def rebalance(self, chunks: int | Sequence[int] | None = None) -> DistArray:
+        """Return the same rows in new chunks, chunk i on rank ``i % size``.
 
         Each new chunk's rank fetches just the rows it needs.
 
         Parameters
         ----------
-        chunks : int, optional
-            How many chunks; one per rank by default.
+        chunks : int or sequence of int, optional
+            How many near-equal chunks (one per rank by default), or the
+            rows of each, as for `Messenger.array`.
 
         Returns
         -------
         DistArray
             A new array, not computed yet.
+
+        Raises
+        ------
+        ValueError
+            If the sizes are negative or do not add up to the rows.
         """
         m = self._layer.m
         total = len(self)
-        sizes = split_sizes(total, m.size if chunks is None else chunks)
+        if chunks is None or not isinstance(chunks, Iterable):
+            sizes = split_sizes(total, m.size if chunks is None else operator.index(chunks))
+        else:
+            sizes = [operator.index(n) for n in chunks]
+            if any(n < 0 for n in sizes) or sum(sizes) != total:
+                raise ValueError(f"chunk sizes {sizes} must be >= 0 and add up to {total} rows")
         owners = [k % m.size for k in range(len(sizes))]
         if total == 0:
             # No rows to fetch, and no chunk for the tasks' aligned reads to
@@ -247,6 +259,70 @@ class DistArray(Chunked):
         """
         return layout.reshape(self, shape[0] if len(shape) == 1 else shape, order)
 
+    def ravel(self, order: str = "C") -> DistArray:
+        """Return the array flattened to 1-D, as `numpy.ravel`: each chunk's rows relabelled.
+
+        Parameters
+        ----------
+        order : {'C'}, default 'C'
+            Only C order relabels rows.
+
+        Returns
+        -------
+        DistArray
+            Returned at once, of the same chunks (this array itself if 1-D).
+        """
+        return layout.reshape(self, -1, order)
+
+    def flatten(self, order: str = "C") -> DistArray:
+        """Return the array flattened to 1-D, as `numpy.ndarray.flatten`; the same as `ravel`.
+
+        Parameters
+        ----------
+        order : {'C'}, default 'C'
+            Only C order relabels rows.
+
+        Returns
+        -------
+        DistArray
+            Returned at once, of the same chunks. A DistArray is never
+            changed in place, so sharing its chunks is as good as a copy.
+        """
+        return layout.reshape(self, -1, order)
+
+    def squeeze(self, axis: int | tuple[int, ...] | None = None) -> DistArray:
+        """Return the array without its axes of length 1, as `numpy.squeeze`.
+
+        A reshape (a column ``(n, 1)`` becomes ``(n,)``, one row ``(1, k)``
+        becomes ``(k,)``): nothing moves between ranks.
+
+        Parameters
+        ----------
+        axis : int or tuple of int, optional
+            The axes to remove; all those of length 1 by default.
+
+        Returns
+        -------
+        DistArray
+            Returned at once.
+
+        Raises
+        ------
+        ValueError
+            If an axis given is not of length 1, or the result would be 0-d.
+        """
+        return layout.squeeze(self, axis)
+
+    def copy(self) -> DistArray:
+        """Return a copy of the array, each chunk copied where it is.
+
+        Returns
+        -------
+        DistArray
+            Returned at once, of the same chunking and ranks.
+        """
+        return layout.copy(self)
+
     def transpose(self, *axes: Any) -> DistArray:
         """Return the transpose: a 1-D array itself, the columns of a 2-D array as its rows.
 
@@ -299,6 +375,9 @@ class DistArray(Chunked):
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Any:
+        make = functions.created(func)
+        if make is not None:  # np.ones(..., like=self): numpy passes no array but `like`
+            return make(self, *args, **kwargs)
         implementation = functions.supported(func)
         if implementation is None:
             raise TypeError(

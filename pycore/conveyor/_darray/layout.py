@@ -1,23 +1,25 @@
-"""The layout of a DistArray: astype, reshape, transpose, concatenate, stack, nonzero.
+"""The layout of a DistArray: astype, copy, reshape, squeeze, transpose, concatenate, stack, block, nonzero.
 
-Each stays distributed. ``astype`` and ``reshape`` work chunk by chunk
-where the chunks are; a reshape must be a relabelling (each chunk holds
-whole rows of the new shape), or it says so. ``concatenate`` along the
+Each stays distributed. ``astype``, ``copy`` and ``reshape`` work chunk by
+chunk where the chunks are; a reshape must be a relabelling (each chunk holds
+whole rows of the new shape), or it says so; ``squeeze`` is such a reshape. ``concatenate`` along the
 rows moves nothing: the result is the operands' chunks one after the
 other; along the columns the operands are aligned as `dcall` aligns them.
 The transpose of a 2-D array (n rows, k columns) has k rows of n elements:
 its rows are cut into as many groups as the array has chunks (at most k),
 each chunk's columns of a group are taken where the chunk is, and each
 group is put together on one rank. ``stack`` of 1-D arrays along axis 0 is
-the transpose of their stack along the columns.
+the transpose of their stack along the columns. ``block`` concatenates its
+innermost lists along the last axis, the lists of those along the axis
+before, as numpy does.
 """
 
 from __future__ import annotations
 
 import functools
 import operator
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -48,6 +50,20 @@ def astype(x: C, dtype: npt.DTypeLike, casting: Any = "unsafe", copy: bool = Tru
         [ref.owner for ref in x._refs],
         [ref.length for ref in x._refs],
         dtype,
+        x._row_shape,
+    )
+
+
+def copy(x: C) -> C:
+    """A copy of ``x``, each chunk copied where it is."""
+    return tasks(
+        type(x),
+        x._layer,
+        np.copy,
+        [[("whole", ref)] for ref in x._refs],
+        [ref.owner for ref in x._refs],
+        [ref.length for ref in x._refs],
+        x._dtype,
         x._row_shape,
     )
 
@@ -89,6 +105,28 @@ def reshape(x: C, shape: Any, order: str = "C") -> C:
         dtype,
         new[1:],
     )
+
+
+def squeeze(x: C, axis: Any = None) -> C:
+    """numpy's squeeze: ``x`` without its axes of length 1, as a reshape."""
+    shape = x.shape
+    if axis is None:
+        axes = {i for i, n in enumerate(shape) if n == 1}
+    else:
+        # One axis at a time: each comes back as an int, never None.
+        axes = {
+            cast(int, normalized_axis(one, len(shape)))
+            for one in (axis if isinstance(axis, tuple) else (axis,))
+        }
+        if any(shape[i] != 1 for i in axes):
+            raise ValueError("cannot select an axis to squeeze out which has size not equal to one")
+    new = tuple(n for i, n in enumerate(shape) if i not in axes)
+    if not new:
+        raise ValueError(
+            f"squeezing an array of shape {shape_text(shape)} would leave a 0-d array: a "
+            "DistArray is 1-D or 2-D; squeeze its .collect()"
+        )
+    return reshape(x, new)
 
 
 def transpose(x: C, axes: Any = None) -> C:
@@ -189,6 +227,39 @@ def stack(
     return columns if axis == 1 else transpose(columns)
 
 
+def block(arrays: Any) -> Any:
+    """numpy's block of DistArrays (and numpy arrays): nested concatenations, distributed."""
+    # numpy's errors for the nesting (tuples, empty lists, mismatched
+    # depths), from numpy's block of the same lists of zeros.
+    np.block(_skeleton(arrays))
+    depth = _depth(arrays)
+    leaves = list(_leaves(arrays))
+    ndim = max([depth] + [np.ndim(leaf) for leaf in leaves])
+    for leaf in leaves:
+        if isinstance(leaf, Chunked) and leaf.ndim != ndim:
+            raise ValueError(
+                f"block would give a DistArray of shape {shape_text(leaf.shape)} a new "
+                f"first axis (the result is {ndim}-D), which would turn its rows into "
+                "columns; block its .collect()"
+            )
+    if ndim > 2:
+        raise ValueError(f"block would make a {ndim}-D array: a DistArray is 1-D or 2-D")
+
+    def joined(part: Any, level: int) -> Any:
+        if not isinstance(part, list):
+            if isinstance(part, Chunked):
+                return part
+            part = np.asarray(part)
+            return part.reshape((1,) * (ndim - part.ndim) + part.shape)
+        parts = [joined(inner, level + 1) for inner in part]
+        axis = level - depth  # the innermost lists along the last axis
+        if any(isinstance(one, Chunked) for one in parts):
+            return concatenate(parts, axis)
+        return np.concatenate(parts, axis=axis)
+
+    return joined(arrays, 0)
+
+
 def nonzero(x: C) -> tuple[C, ...]:
     """numpy's nonzero: for each dimension, the places of the elements that are not zero."""
     dtype, row_shape = x._learn_type()
@@ -226,6 +297,25 @@ def _resolved_shape(wanted: tuple[int, ...], size: int) -> tuple[int, ...]:
         text += ",)" if len(wanted) == 1 else ")"
         raise ValueError(f"cannot reshape array of size {size} into shape {text}")
     return wanted
+
+
+def _depth(arrays: Any) -> int:
+    # How deep block's lists are (numpy has checked that every leaf is as deep).
+    return 1 + _depth(arrays[0]) if isinstance(arrays, list) else 0
+
+
+def _skeleton(arrays: Any) -> Any:
+    if isinstance(arrays, (list, tuple)):
+        return type(arrays)(_skeleton(inner) for inner in arrays)
+    return 0
+
+
+def _leaves(arrays: Any) -> Iterator[Any]:
+    if isinstance(arrays, list):
+        for inner in arrays:
+            yield from _leaves(inner)
+    else:
+        yield arrays
 
 
 def _distributed(a: Any, layer: Any, cls: type[Chunked]) -> Chunked:

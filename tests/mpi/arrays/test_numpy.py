@@ -381,6 +381,21 @@ def check_layout(m):
         ("shape", lambda b, w: np.shape(b)),
         ("ndim", lambda b, w: np.ndim(w)),
         ("size", lambda b, w: np.size(b, 1)),
+        ("squeeze column", lambda b, w: b[:, :1].squeeze()),
+        ("np.squeeze row", lambda b, w: np.squeeze(b[3:4])),
+        ("squeeze axis", lambda b, w: b[:, 1:2].squeeze(axis=-1)),
+        ("squeeze 1-D", lambda b, w: np.squeeze(w)),
+        ("squeeze wrong axis", lambda b, w: b.squeeze(axis=1)),
+        ("ravel method", lambda b, w: b.ravel()),
+        ("flatten method", lambda b, w: b.flatten()),
+        ("copy", lambda b, w: b.copy()),
+        ("np.copy", lambda b, w: np.copy(w)),
+        ("block", lambda b, w: np.block([[b, b[:, :1]], [a[:2], a[:2, :1]]])),
+        ("block 1-D", lambda b, w: np.block([w, v, 7])),
+        ("block columns", lambda b, w: np.block([b, a])),
+        ("block depths", lambda b, w: np.block([[b], b])),
+        ("block tuple", lambda b, w: np.block([(b, b)])),
+        ("block empty", lambda b, w: np.block([[b], []])),
     ]
     for where, case in cases:
         assert_same_or_error(lambda: case(x, xv), lambda: case(a, v), where)
@@ -403,10 +418,38 @@ def check_layout(m):
         lambda: np.stack([x, x]),  # 3-D
         lambda: x.reshape(12, 3, order="F"),
         lambda: x.reshape(2, 2, 9),
+        lambda: x[:1, :1].squeeze(),  # 0-d
+        lambda: np.block([[xv, xv]]),  # a new first axis for xv
+        lambda: np.ones((2, 2, 2), like=x),
     ):
-        with pytest.raises(ValueError, match="collect|rebalance"):
+        with pytest.raises(ValueError, match="collect|rebalance|1-D or 2-D"):
             call()
     assert_array_same(xv.rebalance(3).reshape(3, 4).collect(), v.reshape(3, 4))
+    # A copy is new chunks, where the old ones are; rebalance takes sizes too.
+    copied = x.copy()
+    assert owners(copied) == owners(x) and not {r.id for r in copied.chunks} & {
+        r.id for r in x.chunks
+    }
+    assert [ref.length for ref in xv.rebalance([0, 9, 3]).resolve().chunks] == [0, 9, 3]
+    with pytest.raises(ValueError, match="add up to 12 rows"):
+        xv.rebalance([5, 5])
+    # numpy's creation functions given like=: a chunk a rank, made there, or numpy's errors.
+    for call, numpy_call in [
+        (lambda: np.zeros((5, 2), np.int8, like=x), lambda: np.zeros((5, 2), np.int8)),
+        (lambda: np.empty(0, like=x).shape, lambda: np.empty(0).shape),
+        (lambda: np.full(4, True, like=x), lambda: np.full(4, True)),
+        (lambda: np.arange(start=1, stop=9, step=2, like=x), lambda: np.arange(1, 9, 2)),
+        (lambda: np.arange(-3.0, like=x), lambda: np.arange(-3.0)),
+        (lambda: np.arange(0, 5, 0, like=x), lambda: np.arange(0, 5, 0)),
+        (lambda: np.ones(-1, like=x), lambda: np.ones(-1)),
+        (lambda: np.array([[1, 2]], like=x), lambda: np.array([[1, 2]])),
+        (lambda: np.array([1, 2], ndmin=2, like=x), lambda: np.array([1, 2], ndmin=2)),
+        (lambda: np.arange(np.float32(1), 4, like=x), lambda: np.arange(np.float32(1), 4)),
+        (lambda: np.arange(np.int8(2), 9, 3, like=x), lambda: np.arange(np.int8(2), 9, 3)),
+        (lambda: np.arange(0, np.inf, like=x), lambda: np.arange(0, np.inf)),
+    ]:
+        assert_same_or_error(call, numpy_call, "like=")
+    assert owners(np.ones(2 * size, like=x)) == list(range(size))
 
 
 def check_products(m):
