@@ -276,15 +276,7 @@ def scatter(
     """Messenger.array: split ``a`` into chunks on their ranks, as a ``cls``."""
     a = checked_array(a, "array")
     size = layer.m.size
-    if chunks is None:
-        sizes = split_sizes(len(a), size)
-    elif isinstance(chunks, numbers.Integral):
-        sizes = split_sizes(len(a), int(chunks))
-    else:
-        # operator.index: int() would truncate sizes such as 3.9 silently.
-        sizes = [operator.index(n) for n in chunks]  # type: ignore[union-attr]  # not Integral
-        if any(n < 0 for n in sizes) or sum(sizes) != len(a):
-            raise ValueError(f"chunk sizes {sizes} must be >= 0 and add up to {len(a)} rows")
+    sizes = chunk_sizes(len(a), chunks, size)
     if ranks is None:
         owners = [k % size for k in range(len(sizes))]
     else:
@@ -373,6 +365,21 @@ def share(
         refs[-1].offset = offset
         offset += length
     return cls(layer, refs, kind, tuple(shape))
+
+
+def chunk_sizes(
+    total: int, chunks: SupportsIndex | Iterable[SupportsIndex] | None, size: int
+) -> list[int]:
+    """The rows of each chunk: ``chunks`` near-equal ones (``size`` by default), or as given."""
+    if chunks is None:
+        return split_sizes(total, size)
+    if isinstance(chunks, numbers.Integral):
+        return split_sizes(total, int(chunks))
+    # operator.index: int() would truncate sizes such as 3.9 silently.
+    sizes = [operator.index(n) for n in chunks]  # type: ignore[union-attr]  # not Integral
+    if any(n < 0 for n in sizes) or sum(sizes) != total:
+        raise ValueError(f"chunk sizes {sizes} must be >= 0 and add up to {total} rows")
+    return sizes
 
 
 def split_sizes(total: int, chunks: int) -> list[int]:
