@@ -148,12 +148,17 @@ class DistArray(Chunked):
             has no chunks.
         OSError
             If a file cannot be written.
+        conveyor.RemoteError
+            From a driver: the error of the first chunk that failed.
 
         Notes
         -----
         An error on any rank is raised on every rank, as the same type
         (its message names the rank), so no rank waits for another that
-        failed.
+        failed. Inside a driver block (``with m.driver() as d``) the root
+        calls it alone, while the others serve: each owner writes its
+        chunks in a task, and the root prepares the directory and writes
+        the manifest.
         """
         io.to_npy(self, directory, overwrite)
 
@@ -185,6 +190,13 @@ class DistArray(Chunked):
         ValueError
             If the manifest is of another format version, or malformed, or
             a chunk file's shape or dtype is not the manifest's.
+        conveyor.RemoteError
+            From a driver, for a chunk file: its owner's error.
+
+        Notes
+        -----
+        Inside a driver block the root calls it alone, and each owner reads
+        its chunks in a task, as `to_npy`.
         """
         return io.from_npy(cls, messenger, directory)
 
@@ -217,10 +229,15 @@ class DistArray(Chunked):
             passed arrays of different layouts.
         OSError
             If the file cannot be written (or is not an HDF5 file).
+        conveyor.RemoteError
+            From a driver: the error of the first chunk that failed.
 
         Notes
         -----
         An error on any rank is raised on every rank, as `to_npy`'s are.
+        Inside a driver block the root calls it alone, and the owners write
+        their chunks in tasks chained one after the other, in chunk order
+        (one writer at a time, whatever the build of h5py).
         """
         io.to_hdf5(self, path, dataset, overwrite)
 
@@ -267,6 +284,13 @@ class DistArray(Chunked):
             If the dataset is not 1-D or 2-D, or ``chunks`` does not fit it.
         TypeError
             If the dataset is not numeric.
+        conveyor.RemoteError
+            From a driver, for a chunk's rows: its owner's error.
+
+        Notes
+        -----
+        Inside a driver block the root calls it alone, and each owner reads
+        its chunks' rows in a task, as `to_npy`.
         """
         return io.from_hdf5(cls, messenger, path, dataset, chunks)
 

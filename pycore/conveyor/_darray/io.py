@@ -13,6 +13,14 @@ allgather of every rank's outcome (`_each`), and the first failure, in
 rank order, is raised everywhere as the same built-in type. So a rank
 whose write failed never leaves the others waiting in the next step.
 
+Inside a driver block (``with m.driver() as d``) only the root holds the
+array, and the other ranks serve: there the same calls are the root's
+alone, and each chunk's owner writes or reads it in a task (`_tasks`), as
+the array operations compute chunks; the root prepares the target and
+writes the manifest, and a failed task is raised there as
+`conveyor.RemoteError`. HDF5's tasks are chained, each writer after the
+one before, so that one rank writes at a time.
+
 The .npy layout: ``chunk-<index>.npy`` per chunk, in numpy's format, and
 ``manifest.json``, written last by rank 0 (a directory without one holds
 no complete array). HDF5: rank 0 creates the dataset; with a parallel
@@ -24,18 +32,22 @@ barriers of the messenger (HDF5 without MPI-IO allows one writer at a time).
 from __future__ import annotations
 
 import builtins
+import functools
 import json
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Callable, SupportsIndex, TypeVar, cast
 
 import numpy as np
 
+from .. import _pickling
+from .._chunks import layer_of
 from .._errors import ConveyorError
 from .chunked import C, Chunked, checked_array, chunk_sizes, share
 
 if TYPE_CHECKING:
+    from .._chunks import ChunkRef
     from .._messenger import Messenger
 
 T = TypeVar("T")
@@ -134,21 +146,40 @@ def to_npy(x: Chunked, directory: str | os.PathLike[str], overwrite: bool = Fals
     """DistArray.to_npy: each chunk on its owner, then the manifest on rank 0."""
     m = x._layer.m
     path = os.fspath(directory)
+    if x._layer.driving:
+        dtype, row_shape = x._learn_type()
+        lengths = x._lengths()
+        names = _names(len(lengths))
+        _prepare(path, overwrite)
+        _tasks(x, [functools.partial(_write_chunk, path, name) for name in names])
+        _write_manifest(path, _manifest(dtype, row_shape, lengths, names))
+        return
     dtype, row_shape, lengths, _ = _layout(x, "to_npy")
-    names = [f"chunk-{k}.npy" for k in range(len(lengths))]
+    names = _names(len(lengths))
     _each(m, "to_npy", lambda: _prepare(path, overwrite) if m.rank == 0 else None)
     _each(m, "to_npy", lambda: _write_chunks(x, path, names))
-    manifest = {
+    manifest = _manifest(dtype, row_shape, lengths, names)
+    _each(m, "to_npy", lambda: _write_manifest(path, manifest) if m.rank == 0 else None)
+
+
+def _names(count: int) -> list[str]:
+    return [f"chunk-{k}.npy" for k in range(count)]
+
+
+def _manifest(
+    dtype: np.dtype[Any], row_shape: tuple[int, ...], lengths: list[int], names: list[str]
+) -> dict[str, Any]:
+    offsets = np.cumsum([0] + lengths).tolist()
+    return {
         "format": FORMAT,
         "version": VERSION,
         "dtype": dtype.str,
         "shape": [sum(lengths), *row_shape],
         "chunks": [
             {"file": name, "offset": offset, "rows": rows}
-            for name, offset, rows in zip(names, np.cumsum([0] + lengths).tolist(), lengths)
+            for name, offset, rows in zip(names, offsets, lengths)
         ],
     }
-    _each(m, "to_npy", lambda: _write_manifest(path, manifest) if m.rank == 0 else None)
 
 
 def _prepare(path: str, overwrite: bool) -> None:
@@ -171,12 +202,18 @@ def _prepare(path: str, overwrite: bool) -> None:
 
 def _write_chunks(x: Chunked, path: str, names: list[str]) -> None:
     for k, _, _, value in _owned(x):
-        # C order whatever the chunk's strides (a transposed or sliced
-        # result), under a temporary name until complete.
-        target = os.path.join(path, names[k])
-        with open(target + ".part", "wb") as file:
-            np.lib.format.write_array(file, np.ascontiguousarray(value), allow_pickle=False)
-        os.replace(target + ".part", target)
+        _write_chunk(path, names[k], value)
+
+
+def _write_chunk(path: str, name: str, value: np.ndarray) -> np.ndarray:
+    # C order whatever the chunk's strides (a transposed or sliced result),
+    # under a temporary name until complete. Returns nothing, as a task's
+    # chunk: an empty array.
+    target = os.path.join(path, name)
+    with open(target + ".part", "wb") as file:
+        np.lib.format.write_array(file, np.ascontiguousarray(value), allow_pickle=False)
+    os.replace(target + ".part", target)
+    return _DONE
 
 
 def _write_manifest(path: str, manifest: dict[str, Any]) -> None:
@@ -190,10 +227,18 @@ def _write_manifest(path: str, manifest: dict[str, Any]) -> None:
 def from_npy(cls: type[C], m: Messenger, directory: str | os.PathLike[str]) -> C:
     """DistArray.from_npy: the manifest on rank 0, each chunk on the rank that will own it."""
     path = os.fspath(directory)
-    manifest = _from_root(m, "from_npy", lambda: _read_manifest(path))
+    driving = layer_of(m).driving
+    manifest = (
+        _read_manifest(path) if driving else _from_root(m, "from_npy", lambda: _read_manifest(path))
+    )
     dtype = np.dtype(manifest["dtype"])
     row_shape = tuple(manifest["shape"][1:])
     entries = manifest["chunks"]
+    if driving:
+        readers = [
+            functools.partial(_read_chunk, path, entry, dtype, row_shape) for entry in entries
+        ]
+        return _loaded(cls, m, [int(entry["rows"]) for entry in entries], readers, dtype, row_shape)
 
     def read() -> list[tuple[int, np.ndarray]]:
         return [
@@ -244,7 +289,11 @@ def _read_manifest(path: str) -> dict[str, Any]:
 
 
 def _read_chunk(
-    path: str, entry: dict[str, Any], dtype: np.dtype[Any], row_shape: tuple[int, ...]
+    path: str,
+    entry: dict[str, Any],
+    dtype: np.dtype[Any],
+    row_shape: tuple[int, ...],
+    _: object = None,
 ) -> np.ndarray:
     target = os.path.join(path, entry["file"])
     want = (int(entry["rows"]), *row_shape)
@@ -283,7 +332,13 @@ def to_hdf5(
     h5py = _h5py()
     m = x._layer.m
     target = os.fspath(path)
-    dtype, row_shape, lengths, owners = _layout(x, "to_hdf5")
+    driving = x._layer.driving
+    if driving:
+        dtype, row_shape = x._learn_type()
+        lengths = x._lengths()
+        owners = [ref.owner for ref in x._refs]
+    else:
+        dtype, row_shape, lengths, owners = _layout(x, "to_hdf5")
     shape = (sum(lengths), *row_shape)
 
     def create() -> None:
@@ -297,6 +352,15 @@ def to_hdf5(
                 del file[dataset]
             file.create_dataset(dataset, shape=shape, dtype=dtype)
 
+    if driving:
+        create()
+        offsets = np.cumsum([0] + lengths).tolist()
+        writers = [
+            functools.partial(_write_rows, target, dataset, start, stop)
+            for start, stop in zip(offsets, offsets[1:])
+        ]
+        _tasks(x, writers, chained=True)
+        return
     _each(m, "to_hdf5", lambda: create() if m.rank == 0 else None)
     owned = _each(m, "to_hdf5", lambda: _owned(x))
 
@@ -328,6 +392,20 @@ def to_hdf5(
     _each(m, "to_hdf5", lambda: _raise(error))
 
 
+def _write_rows(
+    path: str, dataset: str, start: int, stop: int, value: np.ndarray, *_: object
+) -> np.ndarray:
+    # A task's: one chunk's rows, after the writer before it (its chunk, unused).
+    with _h5py().File(path, "r+") as file:
+        file[dataset][start:stop] = value
+    return _DONE
+
+
+def _read_rows(path: str, dataset: str, start: int, stop: int, _: object = None) -> np.ndarray:
+    with _h5py().File(path, "r") as file:
+        return np.asarray(file[dataset][start:stop])
+
+
 def _raise(error: Exception | None) -> None:
     if error is not None:
         raise error
@@ -354,9 +432,16 @@ def from_hdf5(
             checked_array(np.empty((0, *rows.shape[1:]), rows.dtype), "from_hdf5")
             return [list(rows.shape), rows.dtype.str]
 
-    shape, dtype = _from_root(m, "from_hdf5", describe)
+    driving = layer_of(m).driving
+    shape, dtype = describe() if driving else _from_root(m, "from_hdf5", describe)
     sizes = chunk_sizes(shape[0], chunks, m.size)
     offsets = np.cumsum([0] + sizes).tolist()
+    if driving:
+        readers = [
+            functools.partial(_read_rows, target, dataset, start, stop)
+            for start, stop in zip(offsets, offsets[1:])
+        ]
+        return _loaded(cls, m, sizes, readers, np.dtype(dtype), tuple(shape[1:]))
 
     def read() -> list[tuple[int, np.ndarray]]:
         mine = [k for k in range(len(sizes)) if k % m.size == m.rank]
@@ -368,3 +453,42 @@ def from_hdf5(
 
     pieces = _each(m, "from_hdf5", read)
     return share(cls, m, pieces, "from_hdf5", np.dtype(dtype), tuple(shape[1:]))
+
+
+# -- from a driver: tasks on the owners ----------------------------------------------------
+
+# What a task that writes returns: a chunk of no rows.
+_DONE = np.zeros(0, np.int8)
+
+
+def _tasks(x: Chunked, functions: Sequence[Callable[..., Any]], chained: bool = False) -> None:
+    """Call ``functions[k](rows of chunk k)`` on chunk k's owner; wait for them all.
+
+    Chained: each after the one before has returned (one at a time). The
+    first that raised (in order) is raised here, as `conveyor.RemoteError`.
+    """
+    layer = x._layer
+    done: list[ChunkRef] = []
+    for ref, function in zip(x._refs, functions):
+        inputs = [("whole", ref)] + ([("whole", done[-1])] if chained and done else [])
+        done.append(layer.submit(ref.owner, None, None, _pickling.dumps(function), inputs))
+    x._gather(done)
+
+
+def _loaded(
+    cls: type[C],
+    m: Messenger,
+    sizes: list[int],
+    readers: Sequence[Callable[..., np.ndarray]],
+    dtype: np.dtype[Any],
+    row_shape: tuple[int, ...],
+) -> C:
+    """Chunk k read by ``readers[k]()`` on rank ``k % size``; the array, once all are read."""
+    layer = layer_of(m)
+    refs, offset = [], 0
+    for k, (size, reader) in enumerate(zip(sizes, readers)):
+        refs.append(
+            layer.submit(k % m.size, size, offset, _pickling.dumps(reader), [("value", None)])
+        )
+        offset += size
+    return cls(layer, refs, dtype, row_shape).resolve()

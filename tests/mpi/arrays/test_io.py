@@ -23,9 +23,18 @@ from _helpers import assert_array_same, lengths, messenger, nothing_left, owners
 DTYPES = ["bool", "int8", "uint16", "int32", "int64", "float16", "float32", "float64", "complex128"]
 
 
-def arrays(m):
-    """(name, DistArray, the numpy array it holds): the same on every rank (SPMD)."""
+def arrays(m, driver=False):
+    """(name, DistArray, the numpy array it holds): the same on every rank (SPMD).
+
+    For a `driver`, without collective calls: one chunk a rank, as from_local's.
+    """
     size = m.size
+
+    def from_local(pieces):
+        if driver:
+            return m.array(np.concatenate(pieces), [len(p) for p in pieces], range(size))
+        return cv.DistArray.from_local(m, pieces[m.rank])
+
     cases = []
     # Uneven chunks, empty ones among them, on every rank's copy alike.
     values = np.arange(11, dtype=np.float64) * 1.5
@@ -34,13 +43,13 @@ def arrays(m):
     pieces = [
         np.arange(r * 30, r * 30 + 3 * (r % 2 == 0) * (r + 2)).reshape(-1, 3) for r in range(size)
     ]
-    local = cv.DistArray.from_local(m, pieces[m.rank].astype(np.int32))
+    local = from_local([p.astype(np.int32) for p in pieces])
     cases.append(("from_local-2d", local, np.concatenate(pieces).astype(np.int32)))
     for dtype in DTYPES:
         values = (np.arange(-7, 8) % 5).astype(dtype)
         cases.append((dtype, m.array(values, chunks=3), values))
     # dmap: lengths known once computed.
-    base = cv.DistArray.from_local(m, np.arange(m.rank * 10, m.rank * 10 + 7))
+    base = from_local([np.arange(r * 10, r * 10 + 7) for r in range(size)])
     evens = cv.dmap(lambda c: c[c % 2 == 0] * 2, base)
     want = np.concatenate([np.arange(r * 10, r * 10 + 7) for r in range(size)])
     cases.append(("dmap", evens, want[want % 2 == 0] * 2))
@@ -259,7 +268,48 @@ def case_read(tmp, written_by):
         nothing_left(m)
 
 
-@pytest.mark.parametrize("case", [case_round_trips, case_errors], ids=["round_trips", "errors"])
+def case_driver(tmp):
+    # Inside a driver block only the root holds the arrays: the same calls
+    # are its own, and each owner writes or reads its chunks in a task.
+    with messenger() as m:
+        with m.driver() as d:
+            if d is not None:
+                for name, x, want in arrays(m, driver=True):
+                    directory = os.path.join(tmp, name)
+                    x.to_npy(directory)
+                    check_same_chunks(cv.DistArray.from_npy(m, directory), x, want)
+                    h5 = os.path.join(tmp, "arrays.h5")
+                    x.to_hdf5(h5, name)
+                    check_same_chunks(cv.DistArray.from_hdf5(m, h5, name, x._lengths()), x, want)
+                x = d.array(np.arange(12.0), chunks=4)
+                with pytest.raises(FileExistsError, match="overwrite=True"):
+                    x.to_npy(os.path.join(tmp, "uneven"))
+                with pytest.raises(ValueError, match="overwrite=True"):
+                    x.to_hdf5(os.path.join(tmp, "arrays.h5"), "uneven")
+                # The owner of chunk 3 fails to write it.
+                failing = os.path.join(tmp, "failing")
+                os.makedirs(os.path.join(failing, "chunk-3.npy.part"))
+                with pytest.raises(cv.RemoteError, match="chunk-3.npy.part") as caught:
+                    x.to_npy(failing)
+                assert caught.value.rank == 3 % m.size
+                assert caught.value.remote_type == "IsADirectoryError"
+                assert not os.path.exists(os.path.join(failing, "manifest.json"))
+                os.remove(os.path.join(tmp, "int8", "chunk-1.npy"))
+                with pytest.raises(cv.RemoteError, match="chunk-1.npy") as caught:
+                    cv.DistArray.from_npy(m, os.path.join(tmp, "int8"))
+                assert caught.value.rank == 1 % m.size
+                del x, caught
+        # What the driver saved, loaded by every rank.
+        want = np.arange(40, dtype=np.float32).reshape(5, 8).T
+        x = cv.DistArray.from_npy(m, os.path.join(tmp, "transposed"))
+        assert_array_same(x.collect(), want)
+        del x
+        nothing_left(m)
+
+
+@pytest.mark.parametrize(
+    "case", [case_round_trips, case_errors, case_driver], ids=["round_trips", "errors", "driver"]
+)
 def test_case(mpirun, nranks, case, tmp_path):
     run_case(mpirun, nranks, case, tmp_path)
 
