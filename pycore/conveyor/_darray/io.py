@@ -73,30 +73,36 @@ def _each(m: Messenger, verb: str, step: Callable[[], T]) -> T:
     Only the outcome travels (None, or the error's type name and text);
     the first failure in rank order is raised on every rank.
     """
+    return _outcomes(m, verb, step, False)[0]
+
+
+def _agree(m: Messenger, verb: str, step: Callable[[], T]) -> list[T]:
+    """Collective: as `_each`, and every rank's result (small values), in rank order."""
+    return _outcomes(m, verb, step, True)[1]
+
+
+def _from_root(m: Messenger, verb: str, step: Callable[[], T]) -> T:
+    """Collective: as `_each`, ``step`` run on rank 0 only, its result (small) on every rank."""
+    return cast(T, _agree(m, verb, lambda: step() if m.rank == 0 else None)[0])
+
+
+def _outcomes(m: Messenger, verb: str, step: Callable[[], T], shared: bool) -> tuple[T, list[T]]:
+    # One allgather of every rank's outcome, and of its result if `shared`.
     try:
         result, error = step(), None
     except Exception as exc:  # every rank must learn of it, not only this one
         # A KeyError's str() is the repr of its key: its text is its argument.
         text = str(exc.args[0]) if isinstance(exc, KeyError) and len(exc.args) == 1 else str(exc)
         result, error, failure = None, [type(exc).__name__, text], exc
-    errors = m.allgather(error)
-    for rank, found in enumerate(errors):
+    outcomes = m.allgather([error, result if shared else None])
+    for rank, (found, _) in enumerate(outcomes):
         if found is not None:
             raised = _rebuilt(found[0], f"{verb} failed on rank {rank}: {found[1]}")
             if rank == m.rank:
                 raise raised from failure
             raise raised
-    return result  # type: ignore[return-value]  # None only where a step failed
-
-
-def _agree(m: Messenger, verb: str, step: Callable[[], T]) -> list[T]:
-    """Collective: as `_each`, and every rank's result (small values), in rank order."""
-    return m.allgather(_each(m, verb, step))
-
-
-def _from_root(m: Messenger, verb: str, step: Callable[[], T]) -> T:
-    """Collective: as `_each`, ``step`` run on rank 0 only, its result (a small value) on every rank."""
-    return cast(T, m.bcast(_each(m, verb, lambda: step() if m.rank == 0 else None)))
+    # None only where a step failed, which raised above.
+    return cast(T, result), [cast(T, value) for _, value in outcomes]
 
 
 def _rebuilt(name: str, text: str) -> Exception:
