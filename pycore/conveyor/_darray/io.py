@@ -283,6 +283,8 @@ def _read_manifest(path: str) -> dict[str, Any]:
         files = [entry["file"] for entry in manifest["chunks"]]
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"{target} is malformed: {type(exc).__name__}: {exc}") from None
+    if len(shape) not in (1, 2):
+        raise ValueError(f"{target} is malformed: shape {shape} is not 1-D or 2-D")
     checked_array(np.empty([0, *shape[1:]], dtype), "from_npy")
     if (
         sum(rows) != shape[0]
@@ -299,7 +301,7 @@ def _read_chunk(
     entry: dict[str, Any],
     dtype: np.dtype[Any],
     row_shape: tuple[int, ...],
-    _: object = None,
+    unused: object = None,  # a task's input (it reads no chunk)
 ) -> np.ndarray:
     target = os.path.join(path, entry["file"])
     want = (int(entry["rows"]), *row_shape)
@@ -407,7 +409,7 @@ def _write_rows(
     return _DONE
 
 
-def _read_rows(path: str, dataset: str, start: int, stop: int, _: object = None) -> np.ndarray:
+def _read_rows(path: str, dataset: str, start: int, stop: int, unused: object = None) -> np.ndarray:
     with _h5py().File(path, "r") as file:
         return np.asarray(file[dataset][start:stop])
 
