@@ -285,6 +285,7 @@ class ChunkLayer:
         receivers.add(CHUNK_GIVE_BACK, self._on_give_back)
         receivers.add(CHUNK_REFILL, self._on_refill)
         self.drivers_done = 0  # driver blocks the root left, and those served here
+        self.driving = 0  # driver blocks this rank is the root of, and in
         self.drivers_seen = 0
         receivers.add(DRIVER_DONE, self._on_driver_done)
         self._collective_comm: MPI.Intracomm | None = None  # for from_local, made on first use

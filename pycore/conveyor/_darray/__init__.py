@@ -13,6 +13,8 @@ One module a concept, each depending only on those listed before it:
 - ``layout``: astype, reshape, transpose, concatenate, stack, nonzero;
 - ``matmul``: ``x @ y``, per chunk or as map-reduce;
 - ``functions``: numpy's functions on DistArrays (``__array_function__``);
+- ``io``: saving to and loading from .npy directories and HDF5, each rank
+  its own chunks;
 - ``array``: `DistArray`, the public class, and dcall, dmap, dreduce;
 - ``driver``: the driver model (`Driver`, `DriverScope`).
 """

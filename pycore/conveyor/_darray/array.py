@@ -10,16 +10,20 @@ and numpy's functions, each done by the module of its own below; and
 from __future__ import annotations
 
 import operator
+import os
 from collections.abc import Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Union, cast
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, SupportsIndex, Union, cast
 
 import numpy as np
 import numpy.typing as npt
 
-from . import calls, functions, indexing, layout, reductions
+from . import calls, functions, indexing, io, layout, reductions
 from .chunked import Chunked, split_sizes
 from .elementwise import elementwise
 from .matmul import matmul
+
+if TYPE_CHECKING:
+    from .._messenger import Messenger
 
 __all__ = ["DistArray", "dcall", "dmap", "dreduce"]
 
@@ -125,6 +129,182 @@ class DistArray(Chunked):
         return calls.aligned_call(
             DistArray, self._layer, None, [self], {}, sizes, owners, self._dtype, self._row_shape
         )
+
+    # -- saving and loading ----------------------------------------------------
+
+    def to_npy(self, directory: str | os.PathLike[str], overwrite: bool = False) -> None:
+        """Save the array as one ``.npy`` file per chunk and a manifest (collective).
+
+        Every rank calls it with the same array. Each rank writes the chunks
+        it owns, as ``chunk-<index>.npy`` in numpy's format (C order), so no
+        chunk's rows travel; rank 0 then writes ``manifest.json`` (the
+        format version, the dtype, the shape, and each chunk's file, offset
+        and rows). ``directory`` must be the same directory on every rank:
+        a shared file system, on a cluster. `from_npy` reads it back.
+
+        Parameters
+        ----------
+        directory : str or os.PathLike
+            Where the files go; made if missing.
+        overwrite : bool, default False
+            Replace an array saved there (its manifest and every chunk file).
+
+        Raises
+        ------
+        FileExistsError
+            If ``directory`` holds a saved array and ``overwrite`` is False.
+        NotADirectoryError
+            If ``directory`` is a file.
+        ValueError
+            If the ranks passed arrays of different layouts, or the array
+            has no chunks.
+        OSError
+            If a file cannot be written.
+        conveyor.RemoteError
+            From a driver: the error of the first chunk that failed.
+
+        Notes
+        -----
+        An error on any rank is raised on every rank, as the same type
+        (its message names the rank), so no rank waits for another that
+        failed. Inside a driver block (``with m.driver() as d``) the root
+        calls it alone, while the others serve: each owner writes its
+        chunks in a task, and the root prepares the directory and writes
+        the manifest.
+        """
+        io.to_npy(self, directory, overwrite)
+
+    @classmethod
+    def from_npy(cls, messenger: Messenger, directory: str | os.PathLike[str]) -> DistArray:
+        """Load an array saved by `to_npy`, with the same chunks (collective).
+
+        Chunk ``i`` goes to rank ``i % size``, as `Messenger.array` places
+        chunks, on any number of ranks (not only the number that saved it);
+        each rank reads the files of the chunks it will own, which must be
+        there for it: a shared file system, on a cluster.
+
+        Parameters
+        ----------
+        messenger : Messenger
+            The messenger of every rank.
+        directory : str or os.PathLike
+            Where `to_npy` saved the array.
+
+        Returns
+        -------
+        DistArray
+            The array, its chunks already on their ranks.
+
+        Raises
+        ------
+        FileNotFoundError
+            If the directory, its manifest or a chunk file is missing.
+        ValueError
+            If the manifest is of another format version, or malformed, or
+            a chunk file's shape or dtype is not the manifest's.
+        conveyor.RemoteError
+            From a driver, for a chunk file: its owner's error.
+
+        Notes
+        -----
+        Inside a driver block the root calls it alone, and each owner reads
+        its chunks in a task, as `to_npy`.
+        """
+        return io.from_npy(cls, messenger, directory)
+
+    def to_hdf5(self, path: str | os.PathLike[str], dataset: str, overwrite: bool = False) -> None:
+        """Save the array as a dataset of an HDF5 file, through h5py (collective).
+
+        Every rank calls it with the same array. Rank 0 creates the file if
+        needed and the dataset; then each rank writes the rows of the chunks
+        it owns. With a parallel build of h5py (``h5py.get_config().mpi``)
+        every rank writes through MPI-IO at once; otherwise the owners write
+        one at a time, in rank order, between barriers of the messenger
+        (which serve messages while they wait), as HDF5 without MPI-IO
+        allows a single writer. ``path`` must be the same file on every rank.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The HDF5 file; created if missing, else added to.
+        dataset : str
+            The dataset's name (a path within the file, such as ``"run/x"``).
+        overwrite : bool, default False
+            Replace a dataset of that name.
+
+        Raises
+        ------
+        ImportError
+            If h5py is not installed (``pip install 'conveyor-mpi[hdf5]'``).
+        ValueError
+            If the dataset exists and ``overwrite`` is False, or the ranks
+            passed arrays of different layouts.
+        OSError
+            If the file cannot be written (or is not an HDF5 file).
+        conveyor.RemoteError
+            From a driver: the error of the first chunk that failed.
+
+        Notes
+        -----
+        An error on any rank is raised on every rank, as `to_npy`'s are.
+        Inside a driver block the root calls it alone, and the owners write
+        their chunks in tasks chained one after the other, in chunk order
+        (one writer at a time, whatever the build of h5py).
+        """
+        io.to_hdf5(self, path, dataset, overwrite)
+
+    @classmethod
+    def from_hdf5(
+        cls,
+        messenger: Messenger,
+        path: str | os.PathLike[str],
+        dataset: str,
+        chunks: SupportsIndex | Iterable[SupportsIndex] | None = None,
+    ) -> DistArray:
+        """Load a 1-D or 2-D dataset of an HDF5 file as a DistArray (collective).
+
+        Chunk ``i`` goes to rank ``i % size``, and each rank reads its
+        chunks' rows from the file (HDF5 allows many readers while nobody
+        writes).
+
+        Parameters
+        ----------
+        messenger : Messenger
+            The messenger of every rank.
+        path : str or os.PathLike
+            The HDF5 file, the same on every rank.
+        dataset : str
+            The dataset's name.
+        chunks : int or sequence of int, optional
+            How many near-equal chunks (one per rank by default), or the
+            rows of each, as for `Messenger.array`.
+
+        Returns
+        -------
+        DistArray
+            The array, its chunks already on their ranks.
+
+        Raises
+        ------
+        ImportError
+            If h5py is not installed (``pip install 'conveyor-mpi[hdf5]'``).
+        FileNotFoundError
+            If the file is missing.
+        KeyError
+            If the file has no such dataset.
+        ValueError
+            If the dataset is not 1-D or 2-D, or ``chunks`` does not fit it.
+        TypeError
+            If the dataset is not numeric.
+        conveyor.RemoteError
+            From a driver, for a chunk's rows: its owner's error.
+
+        Notes
+        -----
+        Inside a driver block the root calls it alone, and each owner reads
+        its chunks' rows in a task, as `to_npy`.
+        """
+        return io.from_hdf5(cls, messenger, path, dataset, chunks)
 
     # -- reductions ------------------------------------------------------------
     # Their docstrings are filled in below the class, from one template.

@@ -110,41 +110,8 @@ class Chunked:
         TypeError
             If ``local`` is not numeric.
         """
-        layer = layer_of(messenger)
         local = checked_array(local, "from_local")
-        ref, _ = layer.mint(layer.rank, len(local))
-        layer.resolve(ref, local.copy())
-        # Each rank lends every other rank a reference to its chunk.
-        lent = [
-            0 if rank == layer.rank else layer.table.lend(ref.id)[0]
-            for rank in range(messenger.size)
-        ]
-        # The allgather blocks without serving messages: a rank already here
-        # would never answer another that still waits for one of its chunks
-        # (collect or sum before its own from_local). Serve until all are here.
-        comm = layer.collectives()
-        arrived = comm.Ibarrier()
-        while not arrived.Test():
-            messenger.progress(_ARRIVAL_SLICE)
-        entries = comm.allgather((ref.id, len(local), local.dtype.str, local.shape[1:], lent))
-        kinds = {(dtype, shape) for _, _, dtype, shape, _ in entries}
-        if len(kinds) != 1:
-            # Nobody adopts what this rank lent: take it back, so that the
-            # chunk (and its published state) goes with `ref`.
-            layer.take_back(ref.id, layer.rank, layer.rank, sum(lent))
-            raise ValueError(
-                f"from_local: the pieces differ in dtype or row shape: {sorted(kinds)}"
-            )
-        ((dtype, shape),) = kinds
-        refs, offset = [], 0
-        for owner, (id, length, _, _, weights) in enumerate(entries):
-            if owner == layer.rank:
-                refs.append(ref)
-            else:
-                refs.append(layer.adopt(id, owner, owner, weights[layer.rank], length))
-            refs[-1].offset = offset
-            offset += length
-        return cls(layer, refs, dtype, tuple(shape))
+        return share(cls, messenger, [(messenger.rank, local.copy())], "from_local")
 
     # -- shape -----------------------------------------------------------------
 
@@ -309,15 +276,7 @@ def scatter(
     """Messenger.array: split ``a`` into chunks on their ranks, as a ``cls``."""
     a = checked_array(a, "array")
     size = layer.m.size
-    if chunks is None:
-        sizes = split_sizes(len(a), size)
-    elif isinstance(chunks, numbers.Integral):
-        sizes = split_sizes(len(a), int(chunks))
-    else:
-        # operator.index: int() would truncate sizes such as 3.9 silently.
-        sizes = [operator.index(n) for n in chunks]  # type: ignore[union-attr]  # not Integral
-        if any(n < 0 for n in sizes) or sum(sizes) != len(a):
-            raise ValueError(f"chunk sizes {sizes} must be >= 0 and add up to {len(a)} rows")
+    sizes = chunk_sizes(len(a), chunks, size)
     if ranks is None:
         owners = [k % size for k in range(len(sizes))]
     else:
@@ -339,6 +298,88 @@ def scatter(
         refs.append(ref)
         offset += length
     return cls(layer, refs, a.dtype, a.shape[1:])
+
+
+def share(
+    cls: type[C],
+    messenger: Messenger,
+    pieces: Sequence[tuple[int, np.ndarray]],
+    verb: str,
+    dtype: np.dtype[Any] | None = None,
+    row_shape: tuple[int, ...] | None = None,
+) -> C:
+    """Collective: every rank's ``pieces`` as the chunks of one array, shared by every rank.
+
+    Each piece is ``(place, rows)``: its rows become a chunk owned by this
+    rank (kept as they are: the caller copies what it must), and the chunks
+    are in order of place over all ranks. Every rank lends every other a
+    reference to each of its chunks. ``dtype`` and ``row_shape`` are the
+    array's when no rank has a piece; the pieces must agree with them and
+    with each other.
+    """
+    layer = layer_of(messenger)
+    mine = []
+    for place, value in pieces:
+        ref, _ = layer.mint(layer.rank, len(value))
+        layer.resolve(ref, value)
+        lent = [
+            0 if rank == layer.rank else layer.table.lend(ref.id)[0]
+            for rank in range(messenger.size)
+        ]
+        mine.append((place, ref, value, lent))
+    # The allgather blocks without serving messages: a rank already here
+    # would never answer another that still waits for one of its chunks
+    # (collect or sum before its own from_local). Serve until all are here.
+    comm = layer.collectives()
+    arrived = comm.Ibarrier()
+    while not arrived.Test():
+        messenger.progress(_ARRIVAL_SLICE)
+    entries = comm.allgather(
+        [
+            (place, ref.id, len(value), value.dtype.str, value.shape[1:], lent)
+            for place, ref, value, lent in mine
+        ]
+    )
+    kinds = {(kind, shape) for entry in entries for _, _, _, kind, shape, _ in entry}
+    if dtype is not None and row_shape is not None:
+        kinds.add((np.dtype(dtype).str, tuple(row_shape)))
+    if len(kinds) != 1:
+        # Nobody adopts what this rank lent: take it back, so that each
+        # chunk (and its published state) goes with its `ref`.
+        for _, ref, _, lent in mine:
+            layer.take_back(ref.id, layer.rank, layer.rank, sum(lent))
+        raise ValueError(f"{verb}: the pieces differ in dtype or row shape: {sorted(kinds)}")
+    ((kind, shape),) = kinds
+    own = {place: ref for place, ref, _, _ in mine}
+    placed = sorted(
+        (place, owner, id, length, weights)
+        for owner, entry in enumerate(entries)
+        for place, id, length, _, _, weights in entry
+    )
+    refs, offset = [], 0
+    for place, owner, id, length, weights in placed:
+        if owner == layer.rank:
+            refs.append(own[place])
+        else:
+            refs.append(layer.adopt(id, owner, owner, weights[layer.rank], length))
+        refs[-1].offset = offset
+        offset += length
+    return cls(layer, refs, kind, tuple(shape))
+
+
+def chunk_sizes(
+    total: int, chunks: SupportsIndex | Iterable[SupportsIndex] | None, size: int
+) -> list[int]:
+    """The rows of each chunk: ``chunks`` near-equal ones (``size`` by default), or as given."""
+    if chunks is None:
+        return split_sizes(total, size)
+    if isinstance(chunks, numbers.Integral):
+        return split_sizes(total, int(chunks))
+    # operator.index: int() would truncate sizes such as 3.9 silently.
+    sizes = [operator.index(n) for n in chunks]  # type: ignore[union-attr]  # not Integral
+    if any(n < 0 for n in sizes) or sum(sizes) != total:
+        raise ValueError(f"chunk sizes {sizes} must be >= 0 and add up to {total} rows")
+    return sizes
 
 
 def split_sizes(total: int, chunks: int) -> list[int]:

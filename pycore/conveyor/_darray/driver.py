@@ -86,6 +86,9 @@ class DriverScope:
         m = self.m
         layer = self.layer
         if m.rank == self.root:
+            # What the collective calls of the arrays check: the other ranks
+            # serve meanwhile, so the root saves and loads through tasks.
+            layer.driving += 1
             return Driver(m)
         if layer.transport.in_handler():
             raise ConveyorError("a rank cannot serve a driver from inside a handler")
@@ -102,6 +105,8 @@ class DriverScope:
         tb: TracebackType | None,
     ) -> Literal[False]:
         m = self.m
+        if m.rank == self.root:
+            self.layer.driving -= 1
         if m.rank == self.root and not m.closed:
             for rank in range(m.size):
                 if rank != self.root:
