@@ -13,8 +13,10 @@ gives their count.
 """
 
 import json
+import os
 import pathlib
 import re
+import tempfile
 import traceback
 
 import numpy as np
@@ -267,6 +269,17 @@ def _vstack(d):
         (dist(np.hstack([d.x2, d.y2])), np.hstack([d.a2, d.b2])),
         (dist(np.column_stack([d.x1, d.y1])), np.column_stack([d.a1, d.b1])),
     ]
+
+
+@case("da.store(x, target)")
+def _store(d):
+    with tempfile.TemporaryDirectory() as tmp:
+        d.x2.to_npy(os.path.join(tmp, "x2"))
+        d.x1.to_hdf5(os.path.join(tmp, "x.h5"), "x1")
+        return [
+            (dist(cv.DistArray.from_npy(d.m, os.path.join(tmp, "x2"))), d.a2),
+            (dist(cv.DistArray.from_hdf5(d.m, os.path.join(tmp, "x.h5"), "x1")), d.a1),
+        ]
 
 
 @case("x.squeeze()")
