@@ -143,12 +143,13 @@ def nothing_left(m, handler_errors=0):
 
     Nor did any handler raise, but the `handler_errors` a case meant.
     """
-    from conveyor._tags import CHUNK_STATES
+    from conveyor._chunks import layer_of
 
     quiet(m)
     stats = m.chunk_stats()
     assert stats == dict.fromkeys(stats, 0), (m.rank, stats)
-    assert m.table(CHUNK_STATES).local_keys() == [], m.table(CHUNK_STATES).local_keys()
+    published = layer_of(m).states.local_keys()  # what owners published of their chunks
+    assert published == [], (m.rank, published)
     counts = m.stats()
     assert counts["handler_errors"] == handler_errors, (m.rank, counts["handler_errors"])
     for key in ("payloads_undecodable", "unknown_tag", "pending_requests", "open_requests"):

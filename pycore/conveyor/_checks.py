@@ -13,11 +13,12 @@ __all__ = [
     "check_ref",
     "check_tag",
     "check_timeout",
+    "check_user_table",
     "check_user_tag",
 ]
 
-# conveyor's own receivers (items, tables, chunks, cancels) are named so;
-# user tags may not start with it.
+# conveyor's own receivers (items, tables, chunks, cancels) and tables are
+# named so; user tags and table names may not start with it.
 RESERVED_PREFIX = "conveyor."
 
 
@@ -64,6 +65,14 @@ def check_user_tag(tag: object) -> str:
     if tag.startswith(RESERVED_PREFIX):
         raise ValueError(f"tags starting with {RESERVED_PREFIX!r} are reserved for conveyor")
     return tag
+
+
+def check_user_table(name: object) -> str:
+    """Return `name` if a user may name a table so: conveyor's own tables are reserved."""
+    name = check_name(name, "a table name")
+    if name.startswith(RESERVED_PREFIX):
+        raise ValueError(f"table names starting with {RESERVED_PREFIX!r} are reserved for conveyor")
+    return name
 
 
 def check_ref(value: object) -> int:

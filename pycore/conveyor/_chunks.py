@@ -38,7 +38,6 @@ from ._tags import (
     CHUNK_FETCH,
     CHUNK_GIVE_BACK,
     CHUNK_REFILL,
-    CHUNK_STATES,
     CHUNK_TASK,
     DRIVER_DONE,
 )
@@ -51,6 +50,7 @@ if TYPE_CHECKING:
     from ._message import Message
     from ._messenger import Messenger
     from ._requests import Requests
+    from ._table import Table
     from ._transport import Transport
 
     # A task's input: ("value", x), ("pickled", bytes), ("whole", ref) or
@@ -259,6 +259,7 @@ class ChunkLayer:
         transport: Transport,
         receivers: Receivers,
         requests: Requests,
+        states: Table,
         serial: int,
     ) -> None:
         self.m = messenger
@@ -279,7 +280,10 @@ class ChunkLayer:
         # The tasks' functions: sent once per rank, then by digest.
         self._shipped = Shipped()
         self._received = Received()
-        self._published: set[int] = set()  # owned chunks whose state is in CHUNK_STATES
+        # What owners publish about their chunks once computed (CHUNK_STATES),
+        # a table users cannot name.
+        self.states = states
+        self._published: set[int] = set()  # owned chunks whose state is in it
         receivers.add(CHUNK_TASK, self._on_task)
         receivers.add(CHUNK_FETCH, self._on_fetch)
         receivers.add(CHUNK_GIVE_BACK, self._on_give_back)
@@ -396,7 +400,7 @@ class ChunkLayer:
         # a key never set is an error at the table's home.
         if id in self._published:
             self._published.remove(id)
-            self.m.table(CHUNK_STATES).delete(id)
+            self.states.delete(id)
 
     def _on_give_back(self, msg: Message) -> None:
         self._returned(*msg.payload)
@@ -463,7 +467,7 @@ class ChunkLayer:
     ) -> None:
         ref._state = state
         self._published.add(ref.id)
-        self.m.table(CHUNK_STATES).put(ref.id, published)
+        self.states.put(ref.id, published)
         self._ready.extend(self._waiters.pop(token)[1] for token in tokens)
         # Settling one chunk may complete tasks that settle others: run them
         # one after the other here rather than nested ever deeper.

@@ -26,7 +26,7 @@ import numpy.typing as npt
 from . import _asyncio, _diagnostics, _quiescence
 from ._actors import ActorRef, ActorService
 from ._carriage import Address
-from ._checks import check_name, check_rank, check_timeout, check_user_tag
+from ._checks import check_name, check_rank, check_timeout, check_user_table, check_user_tag
 from ._chunks import ChunkLayer
 from ._collectives import Collectives
 from ._config import engine_options, host_crowded, slow_handler_seconds
@@ -43,7 +43,7 @@ from ._sender import Sender
 from ._service import Service
 from ._store import ItemService, Store, Transfer
 from ._table import TableService
-from ._tags import ITEM_FETCH, ITEM_ORDER
+from ._tags import CHUNK_STATES, ITEM_FETCH, ITEM_ORDER
 from ._transport import Transport
 
 if TYPE_CHECKING:
@@ -162,7 +162,10 @@ class Messenger:
         self._collectives = Collectives(self.rank, self.size, receivers, requests)
         self._executor_service = ExecutorService(receivers, requests)
         self._actors = ActorService(self, receivers, requests, self._dispatch)
-        self._chunks = ChunkLayer(self, transport, receivers, requests, next(_serials))
+        chunk_states = self._tables.table(CHUNK_STATES)
+        self._chunks = ChunkLayer(
+            self, transport, receivers, requests, chunk_states, next(_serials)
+        )
         transport.describe = functools.partial(
             _diagnostics.collect, transport, requests, self._dispatch, self._tables, self._chunks
         )
@@ -637,8 +640,16 @@ class Messenger:
         -------
         Table
             The table.
+
+        Raises
+        ------
+        TypeError
+            If ``name`` is not a str.
+        ValueError
+            If ``name`` is empty, or starts with ``"conveyor."`` (conveyor's
+            own tables).
         """
-        return self._tables.table(name)
+        return self._tables.table(check_user_table(name))
 
     def array(
         self,

@@ -21,7 +21,6 @@ import numpy.typing as npt
 
 from .._chunks import ERROR as _ERROR
 from .._chunks import layer_of, remote_error
-from .._tags import CHUNK_STATES
 
 if TYPE_CHECKING:
     from .._chunks import ChunkLayer, ChunkRef
@@ -137,7 +136,7 @@ class Chunked:
         # What the owners published about `refs` once computed; raises the
         # first chunk's error, in order. Learns the lengths not known yet,
         # and the offsets once every length is known.
-        table = self._layer.m.table(CHUNK_STATES)
+        table = self._layer.states
         futures = [table.wait(ref.id) for ref in refs]
         facts = [future.result() for future in futures]
         learned = False

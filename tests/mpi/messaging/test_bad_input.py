@@ -406,6 +406,25 @@ def case_reserved_tags_are_unreachable_from_user_sends(marker):
     assert not pathlib.Path(marker).exists()
 
 
+def case_reserved_table_names_are_refused_to_users():
+    # What owners publish about their chunks lives in the table CHUNK_STATES:
+    # a user's put there would tell every rank a chunk's length or error.
+    from conveyor._tags import CHUNK_STATES
+
+    with cv.Messenger() as m:
+        for name in (CHUNK_STATES, "conveyor.mine"):
+            with pytest.raises(ValueError, match="reserved for conveyor"):
+                m.table(name)
+        x = m.array(np.arange(10.0), chunks=m.size)
+        assert (x + 1).sum() == 55.0  # the chunk layer still uses its table
+        assert m.table("conveyor-like.but.not.reserved").get("k", 7).result(timeout=30) == 7
+        m.wait_quiet()
+
+
+def test_reserved_table_names_are_refused_to_users(mpirun, nranks):
+    mpirun(nranks, case_reserved_table_names_are_refused_to_users)
+
+
 def test_reserved_tags_are_unreachable_from_user_sends(mpirun, tmp_path):
     marker = tmp_path / "ran"
     mpirun(2, case_reserved_tags_are_unreachable_from_user_sends, marker)
