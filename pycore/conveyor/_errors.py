@@ -73,6 +73,19 @@ class RemoteError(ConveyorError):
 _typed: dict[str, type[RemoteError] | None] = {}
 
 
+def builtin_exception(name: str) -> type[Exception] | None:
+    """The built-in exception type called `name`, if one is; else None.
+
+    The one way a type name from the wire becomes a type: it never imports
+    or unpickles anything, and never selects SystemExit and the like, which
+    an error report must not raise in the rank that reads it.
+    """
+    builtin = getattr(builtins, name, None)
+    if isinstance(builtin, type) and issubclass(builtin, Exception):
+        return builtin
+    return None
+
+
 def raised_remotely(
     rank: int, remote_type: str, remote_message: str, remote_traceback: str = ""
 ) -> RemoteError:
@@ -83,9 +96,8 @@ def raised_remotely(
     unpickles anything.
     """
     cls: type[RemoteError] | None = RemoteError
-    builtin = getattr(builtins, remote_type, None)
-    # Not SystemExit and the like: an error report must not end the requester.
-    if isinstance(builtin, type) and issubclass(builtin, Exception):
+    builtin = builtin_exception(remote_type)
+    if builtin is not None:
         if remote_type not in _typed:
             _typed[remote_type] = _typed_error(builtin)
         cls = _typed[remote_type]

@@ -155,11 +155,9 @@ class Future(concurrent.futures.Future[T]):
         if self._state == _FINISHED and self._exception is None:
             answer: T = self._result  # the common case, without calling exception()
             return answer
-        error = self.exception()  # done: raises CancelledError, or returns the error
-        if error is not None:
-            raise error
-        answer = self._result
-        return answer
+        error = self.exception()  # cancelled (this raises CancelledError) or failed
+        assert error is not None  # a plain answer returned above
+        raise error
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """Return the error the request failed with, or None if it succeeded.

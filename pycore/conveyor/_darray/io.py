@@ -31,7 +31,6 @@ barriers of the messenger (HDF5 without MPI-IO allows one writer at a time).
 
 from __future__ import annotations
 
-import builtins
 import functools
 import json
 import os
@@ -43,7 +42,7 @@ import numpy as np
 
 from .. import _pickling
 from .._chunks import layer_of
-from .._errors import ConveyorError
+from .._errors import ConveyorError, builtin_exception
 from .chunked import C, Chunked, checked_array, chunk_sizes, share
 
 if TYPE_CHECKING:
@@ -109,8 +108,8 @@ def _rebuilt(name: str, text: str) -> Exception:
     # The same built-in type on every rank, so that ``except FileExistsError``
     # works everywhere; another type (an error of conveyor's, h5py's) as a
     # ConveyorError that names it.
-    builtin = getattr(builtins, name, None)
-    if isinstance(builtin, type) and issubclass(builtin, Exception):
+    builtin = builtin_exception(name)
+    if builtin is not None:
         try:
             return builtin(text)
         except TypeError:  # a constructor that wants other arguments
