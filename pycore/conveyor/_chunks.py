@@ -22,6 +22,7 @@ import functools
 import json
 import struct
 import traceback
+import warnings
 import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Callable
@@ -31,7 +32,7 @@ import numpy as np
 from . import _pickling
 from ._carriage import CarriageableItem
 from ._diagnostics import ChunkWait, logger
-from ._errors import RemoteError, raised_remotely
+from ._errors import RECYCLING, RecyclingWarning, RemoteError, raised_remotely
 from ._native import core
 from ._shipping import Received, Shipped
 from ._tags import (
@@ -53,9 +54,12 @@ if TYPE_CHECKING:
     from ._table import Table
     from ._transport import Transport
 
-    # A task's input: ("value", x), ("pickled", bytes), ("whole", ref) or
-    # ("pieces", [(ref, start, stop), ...], rows) (see ChunkLayer.submit).
+    # A task's input: ("value", x), ("pickled", bytes), ("whole", ref),
+    # ("pieces", [(ref, start, stop), ...], rows) or ("aligned", [ref, ...])
+    # (see ChunkLayer.submit).
     Spec = tuple[Any, ...]
+    # A planned task's result chunk: (k, target), see ChunkLayer.submit.
+    Plan = tuple[int, int]
     # Called with a settled chunk's rows, or with its error's bytes.
     Put = Callable[[Any], None]
     Fail = Callable[[bytes], None]
@@ -218,6 +222,18 @@ def remote_error(data: bytes) -> RemoteError:
         return raised_remotely(int(rank), str(remote_type), str(message), str(text))
     except (TypeError, ValueError):
         return RemoteError(-1, "FrameError", "a chunk's error could not be read")
+
+
+def published_length(fact: dict[str, Any]) -> int:
+    """A chunk's rows, from what its owner published (see ChunkLayer.resolve).
+
+    Raises the chunk's error if it failed, and TypeError if it is 0-d.
+    """
+    if fact["state"] == ERROR:
+        raise remote_error(fact["error"])
+    if fact["length"] is None:
+        raise TypeError("a chunk of a DistArray is a 0-d array: use dreduce for single values")
+    return int(fact["length"])
 
 
 class _Gather:
@@ -529,6 +545,7 @@ class ChunkLayer:
         function: bytes | None,
         args: Sequence[Spec],
         kwargs: dict[str, Spec] | None = None,
+        plan: Plan | None = None,
     ) -> ChunkRef:
         """Ask `owner` to compute a new chunk; return its reference at once.
 
@@ -539,10 +556,17 @@ class ChunkLayer:
             travels once per rank, and by digest afterwards (`_shipping`).
         args, kwargs : list, dict
             Input specs: ``("value", x)``, ``("pickled", bytes)``,
-            ``("whole", ref)`` (a whole chunk), or ``("pieces", [(ref,
+            ``("whole", ref)`` (a whole chunk), ``("pieces", [(ref,
             start, stop), ...], rows)`` (those rows, one after the other,
             recycled to ``rows`` rows: an argument aligned by
-            `core.chunks.align`).
+            `core.chunks.align`), or, with a `plan`, ``("aligned", [ref,
+            ...])``: every chunk of an argument whose lengths need not be
+            known yet, aligned on the owner once they are (`_planned`).
+        plan : tuple of int, optional
+            ``(k, target)``: the new chunk is chunk k of the result of an
+            elementwise call over the "aligned" arguments, recycled as in R,
+            where ``target`` is the index among all inputs of the argument
+            whose chunking the result keeps (see `_planned`).
         """
         ref, weight = self.mint(owner, length, offset)
         parcel = None if function is None else self._shipped.parcel_pickled(owner, function)
@@ -553,6 +577,7 @@ class ChunkLayer:
             "function": parcel,
             "args": args,
             "kwargs": kwargs or {},
+            "plan": plan,
         }
         self.transport.send(owner, CHUNK_TASK, task)
         if parcel is not None:
@@ -588,24 +613,98 @@ class ChunkLayer:
             self.fail(out, unloaded)
             return
 
-        def run(values: list[Any]) -> None:
-            try:
-                positional = values[: len(args)]
-                keywords = dict(zip(names, values[len(args) :]))
-                result = positional[0] if function is None else function(*positional, **keywords)
-                self.resolve(out, self._checked(result, task["length"]))
-            except Exception as exc:
-                self.fail(out, error_bytes(exc, self.rank, traceback.format_exc()))
+        def compute(specs: list[Spec], length: int | None) -> None:
+            def run(values: list[Any]) -> None:
+                try:
+                    positional = values[: len(args)]
+                    keywords = dict(zip(names, values[len(args) :]))
+                    result = (
+                        positional[0] if function is None else function(*positional, **keywords)
+                    )
+                    self.resolve(out, self._checked(result, length))
+                except Exception as exc:
+                    self.fail(out, error_bytes(exc, self.rank, traceback.format_exc()))
 
-        gather = _Gather(len(specs), run, lambda error: self.fail(out, error))
+            gather = _Gather(len(specs), run, lambda error: self.fail(out, error))
+            try:
+                for index, spec in enumerate(specs):
+                    self._input(spec, index, gather)
+            except Exception as exc:
+                # An input that cannot be read here (an argument that does
+                # not unpickle on this rank): the chunk fails, else it would
+                # stay pending and everything waiting for it would hang.
+                gather.fail(error_bytes(exc, self.rank, traceback.format_exc()))
+
+        if task["plan"] is None:
+            compute(specs, task["length"])
+        else:
+            self._planned(task["plan"], specs, compute, lambda error: self.fail(out, error))
+
+    def _planned(
+        self,
+        plan: Plan,
+        specs: list[Spec],
+        compute: Callable[[list[Spec], int], None],
+        fail: Fail,
+    ) -> None:
+        # Chunk k of an elementwise call whose arguments' lengths were not
+        # all known when it was issued (dcall on results of dmap): learned
+        # here, from what their owners publish, as callbacks, so that
+        # neither the caller nor this handler waits. Then the arguments are
+        # aligned as the caller would have: the target keeps its chunking
+        # if it is the longest, else the longest length is split evenly
+        # over as many chunks; shorter arguments are recycled.
+        k, target = plan if isinstance(plan, (tuple, list)) and len(plan) == 2 else (-1, -1)
+        aligned = [i for i, spec in enumerate(specs) if spec[0] == "aligned"]
+        if target not in aligned or not (isinstance(k, int) and 0 <= k < len(specs[target][1])):
+            error = ValueError(f"a task's plan {plan!r} does not match its inputs")
+            fail(error_bytes(error, self.rank))  # a forged plan: the chunk fails
+            return
+        unknown = [ref for i in aligned for ref in specs[i][1] if ref.length is None]
+
+        def align(_: list[Any]) -> None:
+            try:
+                sizes = {i: [ref.length for ref in specs[i][1]] for i in aligned}
+                totals = {i: sum(sizes[i]) for i in aligned}
+                longest = 0 if 0 in totals.values() else max(totals.values())  # R: 0 wins
+                count = len(sizes[target])
+                if totals[target] == longest:
+                    begin, length = sum(sizes[target][:k]), sizes[target][k]
+                else:
+                    begin = k * longest // count
+                    length = (k + 1) * longest // count - begin
+                planned = list(specs)
+                for i in aligned:
+                    refs = specs[i][1]
+                    if i == target and totals[i] == longest:
+                        planned[i] = ("whole", refs[k])
+                    else:
+                        pieces = aligned_pieces(refs, sizes[i], begin, length)
+                        planned[i] = ("pieces", pieces, length)
+            except Exception as exc:
+                fail(error_bytes(exc, self.rank, traceback.format_exc()))
+                return
+            if k == 0 and any(longest % n for n in totals.values() if n):
+                # The caller could not know: it is said where the lengths are.
+                warnings.warn(RECYCLING, RecyclingWarning, stacklevel=1)
+            compute(planned, length)
+
+        lengths = _Gather(len(unknown), align, fail)
+        if not unknown:
+            align([])
+        for index, ref in enumerate(unknown):
+            self.states.wait(ref.id).add_done_callback(
+                functools.partial(self._learned, ref, index, lengths)
+            )
+
+    def _learned(self, ref: ChunkRef, index: int, lengths: _Gather, future: Future[Any]) -> None:
+        # What `ref`'s owner published once it computed it: its length, or its error.
         try:
-            for index, spec in enumerate(specs):
-                self._input(spec, index, gather)
-        except Exception as exc:
-            # An input that cannot be read here (an argument that does not
-            # unpickle on this rank): the chunk fails, else it would stay
-            # pending and everything waiting for it would hang.
-            gather.fail(error_bytes(exc, self.rank, traceback.format_exc()))
+            ref.length = published_length(future.result())
+        except Exception as exc:  # the chunk's error (kept whole), the wait's, or 0-d
+            lengths.fail(error_bytes(exc, self.rank))
+        else:
+            lengths.put(index, None)
 
     def _input(self, spec: Spec, index: int, gather: _Gather) -> None:
         kind = spec[0]
@@ -617,6 +716,8 @@ class ChunkLayer:
             self.rows(spec[1], 0, None, lambda value: gather.put(index, value), gather.fail)
         elif kind == "pieces":
             self._pieces(spec[1], spec[2], index, gather)
+        elif kind == "aligned":  # only in a plan, which replaces it
+            raise ValueError("an aligned task input without a plan")
         else:
             gather.fail(error_bytes(ValueError(f"unknown task input {kind!r}"), self.rank))
 
@@ -651,6 +752,19 @@ class ChunkLayer:
                 "calls it elementwise (use dmap for chunks of any length)"
             )
         return value
+
+
+def aligned_pieces(
+    refs: Sequence[ChunkRef], sizes: Sequence[int], begin: int, length: int
+) -> list[tuple[ChunkRef, int, int]]:
+    """The rows of the chunks `refs` (of `sizes` rows) that result rows
+    begin .. begin + length take, as the native kernel lists them: one
+    period at most, wrapping round (R's recycling). Only the chunks these
+    touch travel with a task."""
+    pieces = core.chunks.align(list(sizes), begin, begin + length).tolist()
+    if not pieces:  # an empty result chunk: no rows, but of the argument's dtype
+        pieces = [[next((k for k, size in enumerate(sizes) if size), 0), 0, 0]]
+    return [(refs[k], start, stop) for k, start, stop in pieces]
 
 
 def error_bytes(exc: BaseException, rank: int, text: str = "") -> bytes:

@@ -182,3 +182,7 @@ class RecyclingWarning(ConveyorWarning):
     The shorter argument is still recycled (row ``i`` of an argument of
     length ``L`` serves result row ``i mod L``); given once per call.
     """
+
+
+# RecyclingWarning's text, R's own words.
+RECYCLING = "longer object length is not a multiple of shorter object length"

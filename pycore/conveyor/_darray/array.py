@@ -12,7 +12,17 @@ from __future__ import annotations
 import operator
 import os
 from collections.abc import Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, SupportsIndex, Union, cast
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    ClassVar,
+    Literal,
+    SupportsIndex,
+    Union,
+    cast,
+    overload,
+)
 
 import numpy as np
 import numpy.typing as npt
@@ -800,7 +810,21 @@ DistArray.__hash__ = None  # == is elementwise
 # -- aligned calls -----------------------------------------------------------
 
 
-def dcall(f: Callable[..., Any], *args: Any, **kwargs: Any) -> DistArray:
+@overload
+def dcall(
+    f: Callable[..., Any],
+    *args: Any,
+    assign: Literal[True] = True,
+    cache: bool = False,
+    **kwargs: Any,
+) -> DistArray: ...
+@overload
+def dcall(
+    f: Callable[..., Any], *args: Any, assign: Literal[False], cache: bool = False, **kwargs: Any
+) -> np.ndarray: ...
+def dcall(
+    f: Callable[..., Any], *args: Any, assign: bool = True, cache: bool = False, **kwargs: Any
+) -> DistArray | np.ndarray:
     """Call ``f`` elementwise on distributed arguments, aligned and recycled as in R.
 
     The target is the longest argument (ties: the one with most chunks,
@@ -810,20 +834,40 @@ def dcall(f: Callable[..., Any], *args: Any, **kwargs: Any) -> DistArray:
     argument of length ``L`` serves result row ``i mod L``), numpy arrays
     are split likewise, and other values are passed whole. Returns at once.
 
+    An argument whose chunk lengths are not known yet (a result of `dmap`)
+    is not waited for: the result then has the chunk count and ranks of
+    the argument with most chunks, and each chunk's owner aligns the
+    arguments once their owners publish the lengths. That argument's
+    chunking is kept if it is the longest; otherwise the longest length
+    is split evenly over as many chunks.
+
     Parameters
     ----------
     f : callable
         Called with numpy arrays of equal length (rows); must return one
         row per input row. Sent with cloudpickle, so lambdas work.
-    *args, **kwargs
-        At least one `DistArray`; numpy arrays; anything else is passed as is.
+    *args
+        At least one `DistArray` among them and ``kwargs``; numpy arrays;
+        anything else is passed as is.
+    assign : bool, default True
+        False: wait, and return the whole result as a numpy array on this
+        rank instead of a distributed one (`DistArray.collect`), as R's
+        ``do.call(..., assign = FALSE)``.
+    cache : bool, default False
+        Return the result of an identical earlier call (the same function,
+        pickled to the same bytes; the same chunks; equal other arguments)
+        while that result is still referenced, instead of computing it
+        again. ``f`` must then be a pure function of its arguments.
+    **kwargs
+        Passed to ``f`` by name, aligned as ``args`` (``assign`` and
+        ``cache`` are dcall's own).
 
     Returns
     -------
-    DistArray
+    DistArray or numpy.ndarray
         Not computed yet: `DistArray.collect` or `DistArray.resolve` wait.
         A function that raises makes its chunks errors, raised there as
-        `conveyor.RemoteError`.
+        `conveyor.RemoteError`. With ``assign=False``, the collected array.
 
     Raises
     ------
@@ -834,8 +878,11 @@ def dcall(f: Callable[..., Any], *args: Any, **kwargs: Any) -> DistArray:
     -----
     RecyclingWarning
         Once, when the longest length is not a multiple of a shorter one.
+        When some lengths were not known at the call, on the rank that
+        computes the result's first chunk, once they are.
     """
-    return calls.call(DistArray, f, args, kwargs)
+    result = calls.call(DistArray, f, args, kwargs, cache=cache)
+    return result if assign else result.collect()
 
 
 def dmap(f: Callable[..., Any], *args: Any, **kwargs: Any) -> DistArray:

@@ -15,25 +15,26 @@ defined above this module).
 
 from __future__ import annotations
 
+import hashlib
 import numbers
 import os
+import struct
 import sys
 import warnings
+import weakref
 from collections.abc import Sequence
 from types import FrameType
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, cast
 
 import numpy as np
 
-from .. import _pickling
-from .._errors import RecyclingWarning
-from .._native import core
+from .. import _chunks, _pickling
+from .._errors import RECYCLING, RecyclingWarning
 from .chunked import C, Chunked
 
 if TYPE_CHECKING:
     from .._chunks import ChunkLayer, ChunkRef, Spec
 
-_RECYCLING = "longer object length is not a multiple of shorter object length"
 # conveyor's own files: a warning names the first caller outside them.
 _PACKAGE = os.path.dirname(os.path.dirname(__file__))
 
@@ -45,24 +46,35 @@ def call(
     kwargs: dict[str, Any],
     dtype: np.dtype[Any] | None = None,
     row_shape: tuple[int, ...] | None = None,
+    cache: bool = False,
 ) -> C:
     """dcall: ``f`` elementwise on the arguments, aligned and recycled as in R.
 
-    ``dtype`` and ``row_shape`` are those of the result, when the caller knows them.
+    ``dtype`` and ``row_shape`` are those of the result, when the caller
+    knows them. With ``cache``, an identical call whose result is still
+    referenced returns that result.
     """
     layer = layer_of_operands(args, kwargs, "dcall")
+    function = _pickling.dumps(f)
+    if cache:
+        key = _call_key(function, args, kwargs)
+        memo = _memos.setdefault(layer, weakref.WeakValueDictionary())
+        result = memo.get(key)
+        if result is None:
+            result = memo[key] = call(cls, f, args, kwargs, dtype, row_shape)
+        return cast(C, result)
     operands = list(args) + list(kwargs.values())
-    lengths = [_length(x) for x in operands]
-    known = [n for n in lengths if n is not None]
+    n = len(args)
+    lengths = [_known_length(x) for x in operands]
+    known = [length for length in lengths if length is not None]
     if 0 in known:  # R: a zero-length operand gives a zero-length result
         # One empty chunk, computed by a task as any other: the function's
         # errors (and a result that is not empty) come at collect, not here.
-        specs = [_value_spec(_empty_like(x)) for x in operands]
-        n = len(args)
-        ref = layer.submit(
-            layer.rank, 0, 0, _pickling.dumps(f), specs[:n], dict(zip(kwargs, specs[n:]))
-        )
+        specs = [_empty_spec(x) for x in operands]
+        ref = layer.submit(layer.rank, 0, 0, function, specs[:n], dict(zip(kwargs, specs[n:])))
         return cls(layer, [ref], dtype, row_shape)
+    if any(isinstance(x, Chunked) and length is None for x, length in zip(operands, lengths)):
+        return _planned_call(cls, layer, function, operands, list(kwargs), dtype, row_shape)
     longest = max(known)
     if any(longest % n for n in known):
         _warn_recycling()
@@ -77,11 +89,10 @@ def call(
     target = operands[target_index]
     sizes = target._lengths()
     owners = [ref.owner for ref in target._refs]
-    n = len(args)
     return aligned_call(
         cls,
         layer,
-        f,
+        function,
         operands[:n],
         dict(zip(kwargs, operands[n:])),
         sizes,
@@ -92,10 +103,61 @@ def call(
     )
 
 
+# Per chunk layer, the results of dcall(..., cache=True) still referenced, by _call_key.
+_memos: weakref.WeakKeyDictionary[ChunkLayer, weakref.WeakValueDictionary[bytes, Chunked]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _call_key(function: bytes, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+    # An identical call: the same function's pickle, the same chunks (a
+    # chunk's id is never reused in a job, and chunks never change) and
+    # equal pickles of every other argument.
+    digest = hashlib.blake2b(function, digest_size=16)
+    for name, x in [(None, x) for x in args] + list(kwargs.items()):
+        digest.update(repr(name).encode())
+        if isinstance(x, Chunked):
+            digest.update(b"chunks" + struct.pack(f"<{len(x._refs)}Q", *(r.id for r in x._refs)))
+        else:
+            digest.update(hashlib.blake2b(_pickling.dumps(x), digest_size=16).digest())
+    return digest.digest()
+
+
+def _planned_call(
+    cls: type[C],
+    layer: ChunkLayer,
+    function: bytes,
+    operands: list[Any],
+    names: list[str],
+    dtype: np.dtype[Any] | None,
+    row_shape: tuple[int, ...] | None,
+) -> C:
+    # Some lengths are not known yet (results of dmap): nothing waits for
+    # them here. The result takes the chunk count and ranks of the argument
+    # with most chunks (the target), and each chunk's owner aligns the
+    # arguments once their owners have published the lengths (see
+    # ChunkLayer._planned). numpy arrays with rows are scattered first, so
+    # that every argument with rows is chunks.
+    operands = [layer.m.array(x) if isinstance(x, np.ndarray) and x.ndim else x for x in operands]
+    target = max(
+        (i for i, x in enumerate(operands) if isinstance(x, Chunked)),
+        key=lambda i: (len(operands[i]._refs), -i),
+    )
+    specs = [("aligned", x._refs) if isinstance(x, Chunked) else _value_spec(x) for x in operands]
+    n = len(operands) - len(names)
+    refs = [
+        layer.submit(
+            ref.owner, None, None, function, specs[:n], dict(zip(names, specs[n:])), (k, target)
+        )
+        for k, ref in enumerate(operands[target]._refs)
+    ]
+    return cls(layer, refs, dtype, row_shape)
+
+
 def aligned_call(
     cls: type[C],
     layer: ChunkLayer,
-    f: Callable[..., Any] | None,
+    function: bytes | None,
     args: list[Any],
     kwargs: dict[str, Any],
     sizes: list[int],
@@ -105,8 +167,8 @@ def aligned_call(
     target: Chunked | None = None,
 ) -> C:
     """One task per chunk of the result (rows `sizes`, on `owners`): each
-    argument as its aligned rows, the target's own chunk whole."""
-    function = None if f is None else _pickling.dumps(f)
+    argument as its aligned rows, the target's own chunk whole. `function`
+    is pickled (``_pickling.dumps``); None passes the single argument on."""
     refs, offset = [], 0
     for k, (length, owner) in enumerate(zip(sizes, owners)):
 
@@ -156,7 +218,7 @@ def _warn_recycling() -> None:
     frame, level = sys._getframe(0), 1
     while frame is not None and _in_package(frame.f_code.co_filename):
         frame, level = frame.f_back, level + 1
-    warnings.warn(_RECYCLING, RecyclingWarning, stacklevel=level)
+    warnings.warn(RECYCLING, RecyclingWarning, stacklevel=level)
 
 
 def _in_package(filename: str) -> bool:
@@ -165,14 +227,8 @@ def _in_package(filename: str) -> bool:
 
 
 def aligned_pieces(x: Chunked, begin: int, length: int) -> list[tuple[ChunkRef, int, int]]:
-    """The rows of `x` that result rows begin .. begin + length take, as the
-    native kernel lists them: one period at most, wrapping round (R's
-    recycling). Only the chunks these touch travel with the task."""
-    sizes = x._lengths()
-    pieces = core.chunks.align(sizes, begin, begin + length).tolist()
-    if not pieces:  # an empty result chunk: no rows, but of the argument's dtype
-        pieces = [[next(k for k, size in enumerate(sizes) if size), 0, 0]]
-    return [(x._refs[k], start, stop) for k, start, stop in pieces]
+    """The rows of `x` that result rows begin .. begin + length take (`_chunks.aligned_pieces`)."""
+    return _chunks.aligned_pieces(x._refs, x._lengths(), begin, length)
 
 
 def _recycled_rows(array: np.ndarray, begin: int, length: int) -> np.ndarray:
@@ -258,12 +314,20 @@ def layer_of_operands(args: tuple[Any, ...], kwargs: dict[str, Any], verb: str) 
     raise TypeError(f"{verb} needs at least one DistArray argument")
 
 
-def _length(x: Any) -> int | None:
+def _known_length(x: Any) -> int | None:
+    # None for an argument without rows, and for one whose lengths are not known yet.
     if isinstance(x, Chunked):
-        return len(x)
+        return None if any(ref.length is None for ref in x._refs) else len(x)
     if isinstance(x, np.ndarray) and x.ndim:
         return len(x)
     return None
+
+
+def _empty_spec(x: Any) -> Spec:
+    # An argument's input for the empty result: no rows, of its dtype.
+    if isinstance(x, Chunked) and x._refs:  # read from its first chunk, when computed
+        return ("pieces", [(x._refs[0], 0, 0)], 0)
+    return _value_spec(_empty_like(x))
 
 
 def _empty_like(x: Any) -> Any:

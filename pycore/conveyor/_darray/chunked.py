@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .._chunks import ERROR as _ERROR
-from .._chunks import layer_of, remote_error
+from .._chunks import layer_of, published_length, remote_error
 
 if TYPE_CHECKING:
     from .._chunks import ChunkLayer, ChunkRef
@@ -74,7 +74,7 @@ class Chunked:
         row_shape: tuple[int, ...] | None = None,
     ) -> None:
         # The dtype and the shape of a row: None until known (learned from
-        # the first chunk's facts, once it is computed).
+        # the chunks' facts, once they are computed).
         self._layer = layer
         self._refs = list(refs)
         self._dtype = None if dtype is None else np.dtype(dtype)
@@ -132,9 +132,10 @@ class Chunked:
             self._facts(unknown)
         return cast("list[int]", [ref.length for ref in self._refs])  # all known now
 
-    def _facts(self, refs: list[ChunkRef]) -> list[dict[str, Any]]:
+    def _facts(self, refs: list[ChunkRef], failed: bool = False) -> list[dict[str, Any]]:
         # What the owners published about `refs` once computed; raises the
-        # first chunk's error, in order. Learns the lengths not known yet,
+        # first chunk's error, in order, unless `failed` (then a failed
+        # chunk's facts are its error's). Learns the lengths not known yet,
         # and the offsets once every length is known.
         table = self._layer.states
         futures = [table.wait(ref.id) for ref in refs]
@@ -142,14 +143,11 @@ class Chunked:
         learned = False
         for ref, fact in zip(refs, facts):
             ref._state = fact["state"]
-            if fact["state"] == _ERROR:
-                raise remote_error(fact["error"])
-            if fact["length"] is None:
-                raise TypeError(
-                    "a chunk of a DistArray is a 0-d array: use dreduce for single values"
-                )
+            if failed and fact["state"] == _ERROR:
+                continue
+            length = published_length(fact)
             if ref.length is None:
-                ref.length = fact["length"]
+                ref.length = length
                 learned = True
         if learned and all(ref.length is not None for ref in self._refs):
             offset = 0
@@ -159,13 +157,21 @@ class Chunked:
         return facts
 
     def _learn_type(self) -> tuple[np.dtype[Any], tuple[int, ...]]:
-        # The dtype and the shape of a row, from the first chunk's facts if not known yet.
+        # The dtype and the shape of a row, from the computed chunks' facts
+        # if not known yet (a failed chunk's error is raised only if no
+        # chunk was computed). Chunks of dmap's results may differ in dtype:
+        # numpy's promotion of them all, as np.concatenate gives in collect.
         if self._dtype is None or self._row_shape is None:
             if not self._refs:
                 raise ValueError("a DistArray without chunks has no dtype")
-            fact = self._facts(self._refs[:1])[0]
-            self._dtype = np.dtype(fact["dtype"])
-            self._row_shape = tuple(fact["shape"][1:])
+            facts = [f for f in self._facts(self._refs, failed=True) if f["state"] != _ERROR]
+            if not facts:
+                self._facts(self._refs[:1])  # raises the first chunk's error
+            shapes = {tuple(fact["shape"][1:]) for fact in facts}
+            if len(shapes) != 1:
+                raise ValueError(f"the chunks of a DistArray differ in row shape: {sorted(shapes)}")
+            self._dtype = np.result_type(*{np.dtype(fact["dtype"]) for fact in facts})
+            (self._row_shape,) = shapes
         return self._dtype, self._row_shape
 
     def __len__(self) -> int:
@@ -240,7 +246,7 @@ class Chunked:
         values = self._gather(self._refs)
         if not values:
             return np.empty((0,) + row_shape, dtype)
-        return np.concatenate(values)
+        return np.concatenate(values, dtype=dtype)
 
     def _gather(self, refs: list[ChunkRef]) -> list[Any]:
         # The whole chunks of `refs`, in order.

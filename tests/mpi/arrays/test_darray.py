@@ -23,6 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import conveyor as cv
+from conveyor._chunks import layer_of
 from conveyor._tags import CHUNK_TASK
 
 from _helpers import (
@@ -137,7 +138,14 @@ def expected_dcall(function, operands):
     return function(*args), any(longest % n for n in rows)
 
 
-def check_dcall_properties(m, max_examples):
+def unknown_lengths(a):
+    """`a` as a result of dmap, whose chunk lengths are not known until computed."""
+    return cv.dmap(np.copy, a)
+
+
+def check_dcall_properties(m, max_examples, pending=False):
+    """dcall against numpy; with `pending`, its DistArray operands' lengths are not known yet."""
+
     @settings(
         max_examples=max_examples,
         deadline=None,
@@ -151,6 +159,8 @@ def check_dcall_properties(m, max_examples):
             m.array(op[1], chunks=op[2], ranks=op[3]) if op[0] == "dist" else op[1]
             for op in operands
         ]
+        if pending:
+            args = [unknown_lengths(a) if isinstance(a, cv.DistArray) else a for a in args]
         want, warns = expected_dcall(function, operands)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -158,12 +168,23 @@ def check_dcall_properties(m, max_examples):
                 result = cv.dcall(function, *args)
             else:
                 result = cv.dcall(function, *args[:-1], **{keyword: args[-1]})
-        assert recycling_warnings(caught) == int(warns)  # exactly when R warns, once
+            planned = pending and not any(op[0] == "local" and len(op[1]) == 0 for op in operands)
+            if planned:  # nothing was waited for; R's warning comes where chunk 0 is planned
+                assert all(ref.length is None for ref in result.chunks)
+                collected = result.collect()
+        if not planned:
+            assert recycling_warnings(caught) == int(warns)  # exactly when R warns, once
+        elif m.size == 1:
+            said = [w for w in caught if issubclass(w.category, cv.RecyclingWarning)]
+            assert len(said) == int(warns and len(want) > 0)
         assert isinstance(result, cv.DistArray)
-        assert_array_same(result.collect(), want)
+        assert_array_same(collected if planned else result.collect(), want)
         assert (
             len(result) == len(want) and result.shape == want.shape and result.dtype == want.dtype
         )
+        if planned:
+            check_planned_chunking(m, operands, args, result, len(want))
+            return
         if len(want) == 0:
             return
         # The target's chunking: the longest DistArray, ties to most chunks, then the first.
@@ -183,6 +204,29 @@ def check_dcall_properties(m, max_examples):
         ].tolist()
 
     dcall_is_numpy_with_recycling()
+
+
+def check_planned_chunking(m, operands, args, result, rows):
+    """The documented chunking of a dcall planned by the owners: the chunk
+    count and ranks of the argument with most chunks (numpy arrays with
+    rows scattered first, one chunk per rank), its lengths if it is the
+    longest, else the longest length split evenly (the smaller first)."""
+    counts = [
+        (len(a.chunks), owners(a), len(op[1]))
+        if isinstance(a, cv.DistArray)
+        else (m.size, list(range(m.size)), len(op[1]))
+        for op, a in zip(operands, args)
+        if op[0] != "scalar"
+    ]
+    count, ranks, target_rows = max(counts, key=lambda c: c[0])  # ties: the first
+    assert owners(result) == ranks
+    if target_rows == rows and rows:
+        index = [c[0] for c in counts].index(count)
+        op = [op for op in operands if op[0] != "scalar"][index]
+        assert lengths(result) == (op[2] if op[0] == "dist" else near_equal(rows, m.size))
+    else:
+        bounds = [k * rows // count for k in range(count + 1)]
+        assert lengths(result) == np.diff(bounds).tolist()
 
 
 @st.composite
@@ -270,6 +314,7 @@ def case_properties(max_examples):
         with m.driver() as d:
             if d is not None:
                 check_dcall_properties(m, int(max_examples))
+                check_dcall_properties(m, int(max_examples) // 2, pending=True)
                 check_dmap_properties(m, int(max_examples) // 2)
         nothing_left(m)
 
@@ -456,6 +501,129 @@ def check_returns_at_once(m):
             os.unlink(path)
 
 
+def gated_trim(path, a):
+    """`a` without its last row, once `path` exists: a chunk of unknown length that
+    cannot be computed before its caller says so."""
+    return wait_for_file(path, a)[:-1]
+
+
+def gate_path():
+    return os.path.join(tempfile.gettempdir(), f"conveyor-gate-{os.getpid()}-{time.monotonic_ns()}")
+
+
+def check_planned_without_waiting(m):
+    # dcall and dcall's chains on arguments whose lengths nobody knows yet
+    # (dmap's, blocked until the caller opens the gate) return at once: a
+    # dcall that waited for the lengths here would hang.
+    size = m.size
+    path = gate_path()
+    x = m.array(np.arange(40.0), chunks=4, ranks=[(k + 1) % size for k in range(4)])
+    try:
+        g = cv.dmap(gated_trim, path, x)  # 4 chunks of 9 rows
+        r = cv.dcall(np.add, g, 1)
+        y = m.array(np.arange(72.0), chunks=2, ranks=[0, size - 1])
+        r2 = cv.dcall(lambda p, q, s: p * q + s, r, g, y)  # y is longest: 72 rows over 4
+        r3 = cv.dcall(np.negative, cv.dcall(np.add, r2, r2))
+        assert [ref.length for ref in r3.chunks] == [None] * 4
+        open(path, "w").close()
+        trimmed = np.concatenate([np.arange(10.0 * k, 10.0 * k + 9) for k in range(4)])
+        assert_array_same(r.collect(), trimmed + 1)
+        assert lengths(r) == [9] * 4 and owners(r) == owners(x)
+        want = np.tile((trimmed + 1) * trimmed, 2) + np.arange(72.0)
+        assert_array_same(r2.collect(), want)
+        assert lengths(r2) == [18] * 4 and owners(r2) == owners(x)
+        assert_array_same(r3.collect(), -2 * want)
+    finally:
+        if os.path.exists(path):
+            os.unlink(path)
+    # Errors and zero lengths found where the lengths are published.
+    bad = cv.dmap(lambda c: np.array(c.sum()), x)  # 0-d chunks: not rows
+    with pytest.raises(cv.RemoteError, match="0-d array"):
+        cv.dcall(np.add, bad, 1).collect()
+    failing = cv.dmap(lambda c: c[int("x")], x)
+    with pytest.raises(cv.RemoteError, match="invalid literal"):
+        cv.dcall(np.add, failing, x).collect()
+    empty = cv.dmap(lambda c: c[:0], x)
+    assert_array_same(cv.dcall(np.add, empty, x).collect(), np.zeros(0))
+    assert_array_same(cv.dcall(np.add, cv.dmap(np.copy, x), np.zeros(0)).collect(), np.zeros(0))
+
+
+def check_dcall_from_a_handler(m):
+    # A handler that calls dcall on chunks not computed yet. From 3 ranks
+    # on, they are gated on a third rank, which only the driver opens once
+    # the handler answered: a handler that waited for them would hang.
+    size, path = m.size, gate_path()
+    gated = size >= 3
+    x = m.array(np.arange(12.0), chunks=3, ranks=[1 if gated else k % size for k in range(3)])
+    if not gated:
+        open(path, "w").close()
+    try:
+        g = cv.dmap(gated_trim, path, x)
+        refs = m.request(size - 1, "add one", g.chunks).result(timeout=30)
+        open(path, "w").close()
+        result = cv.DistArray(layer_of(m), refs)
+        assert_array_same(result.collect(), np.array([1.0, 2, 3, 5, 6, 7, 9, 10, 11]))
+    finally:
+        if os.path.exists(path):
+            os.unlink(path)
+
+
+def check_forged_plans(m):
+    # Tasks whose plan does not match their inputs (forged with the layer's
+    # own transport, as no user send can reach the reserved tag) fail their
+    # chunk with a clear error; the owner serves on.
+    layer, owner = layer_of(m), m.size - 1
+    x = m.array(np.arange(4.0), chunks=2)
+    forged = [
+        ([("aligned", x.chunks)], (5, 0), "does not match its inputs"),
+        ([("aligned", x.chunks)], (0, 1), "does not match its inputs"),
+        ([("value", 1.0)], (0, 0), "does not match its inputs"),
+        ([("aligned", x.chunks)], None, "aligned task input without a plan"),
+        ([("aligned", x.chunks)], "plan", "does not match its inputs"),
+        ([("aligned", x.chunks)], (0.5, 0), "does not match its inputs"),
+    ]
+    for args, plan, message in forged:
+        ref, weight = layer.mint(owner, None, None)
+        task = {"id": ref.id, "weight": weight if owner != m.rank else -1, "length": None}
+        task.update(function=None, args=args, kwargs={}, plan=plan)
+        layer.transport.send(owner, CHUNK_TASK, task)
+        with pytest.raises(cv.RemoteError, match=message):
+            cv.DistArray(layer, [ref]).collect()
+    assert_array_same(cv.dcall(np.add, cv.dmap(np.copy, x), 1).collect(), np.arange(1.0, 5))
+
+
+def check_assign_and_cache(m):
+    x = m.array(np.arange(10), chunks=3)
+    # assign=False: the values, as R's do.call(..., assign = FALSE).
+    value = cv.dcall(np.multiply, x, 2, assign=False)
+    assert_array_same(value, np.arange(10) * 2)
+    # cache=True: an identical call returns the result still referenced.
+    first = cv.dcall(np.multiply, x, 2, cache=True)
+    assert cv.dcall(np.multiply, x, 2, cache=True) is first
+    assert cv.dcall(np.multiply, x, 3, cache=True) is not first  # another argument
+    assert cv.dcall(np.add, x, 2, cache=True) is not first  # another function
+    assert cv.dcall(np.multiply, m.array(np.arange(10), chunks=3), 2, cache=True) is not first
+    assert cv.dcall(np.multiply, x, 2) is not first  # not asked
+    assert_array_same(first.collect(), np.arange(10) * 2)
+    cached = cv.dcall(np.multiply, x, 2, cache=True, assign=False)
+    assert_array_same(cached, np.arange(10) * 2)
+    del first  # no longer referenced: computed again
+    again = cv.dcall(np.multiply, x, 2, cache=True)
+    assert_array_same(again.collect(), np.arange(10) * 2)
+
+
+def check_chunk_dtypes_reconciled(m):
+    # dmap's chunks may differ in dtype: the array's is numpy's promotion of them.
+    x = m.array(np.arange(8), chunks=4)
+    mixed = cv.dmap(lambda c, k: c.astype(k), x, [np.int8, np.float32, np.int16, np.int8])
+    assert mixed.dtype == np.float32
+    assert_array_same(mixed.collect(), np.arange(8, dtype=np.float32))
+    assert mixed.sum() == 28
+    ragged = cv.dmap(lambda c, k: c.reshape(-1, k), x, [1, 2, 1, 1])
+    with pytest.raises(ValueError, match="differ in row shape"):
+        _ = ragged.dtype
+
+
 def check_warnings_name_the_caller(m):
     # With Python's default filter a warning shows once per place: each
     # recycling call below is a place of its own, here, whether it reaches
@@ -611,7 +779,7 @@ def check_dmap_examples(m):
     assert recycling_warnings(caught) == 0
     assert owners(t) == [size - 1] * 4
     assert_array_same(t.collect(), np.array([1100, 1201, 1102, 1203]))
-    # Results of dmap feed dcall (their lengths are learned first).
+    # Results of dmap feed dcall (aligned where their lengths are published).
     assert_array_same(cv.dcall(np.add, r, 1).collect(), np.array([1, 4, 5, 7, 8, 9]))
     # Zero lengths: all zero is an empty result; mixing is an error.
     empty = m.array(np.zeros(0), chunks=[])
@@ -637,6 +805,27 @@ def case_api():
                     check_reductions,
                     check_dreduce,
                     check_dmap_examples,
+                ):
+                    check(m)
+        nothing_left(m)
+
+
+def case_planned():
+    """dcall on arguments of unknown lengths, aligned where they are published."""
+    with messenger() as m:
+
+        @m.on("add one")
+        def add_one(msg):
+            return cv.dcall(np.add, cv.DistArray(layer_of(m), msg.payload), 1).chunks
+
+        with m.driver() as d:
+            if d is not None:
+                for check in (
+                    check_planned_without_waiting,
+                    check_dcall_from_a_handler,
+                    check_forged_plans,
+                    check_assign_and_cache,
+                    check_chunk_dtypes_reconciled,
                 ):
                     check(m)
         nothing_left(m)
@@ -835,6 +1024,13 @@ def check_race(m, rank):
         z2 = cv.dcall(np.add, x, z1)
     assert recycling_warnings(caught) == 1
     assert_array_same(z2.collect(), a * 2 + recycled(a[:7] * 2, 40))
+    # Operands of unknown length (dmap's), computed on `rank` while the
+    # call's tasks, on `rank` too, plan their alignment.
+    z1 = cv.dmap(slow_double, m.array(a, chunks=4, ranks=[rank] * 4))
+    z2 = cv.dcall(np.add, cv.dmap(slow_double, z1), z1)
+    z3 = cv.dcall(lambda p, q: p - q, x, z2)
+    assert [ref.length for ref in z3.chunks] == [None] * 4 and owners(z3) == [rank] * 4
+    assert_array_same(z3.collect(), a * 2 - a * 6)
     # dmap and reductions on chunks not computed yet.
     z1 = cv.dcall(slow_double, m.array(a, chunks=4, ranks=[rank] * 4))
     assert_array_same(cv.dmap(lambda p, q: p - q, z1, x).collect(), np.zeros(40))
@@ -884,6 +1080,7 @@ def case_reference_before_its_chunk():
                         "function": None,
                         "args": [("value", np.arange(4))],
                         "kwargs": {},
+                        "plan": None,
                     },
                 )
                 assert_array_same(cv.DistArray(layer, [ref]).collect(), np.arange(4))
@@ -1153,7 +1350,7 @@ def test_reference_passed_along_a_chain_of_proxies(mpirun, nranks):
 
 @pytest.mark.parametrize(
     "case",
-    [case_api, case_errors, case_race, case_driver, case_spmd, case_freeing],
+    [case_api, case_planned, case_errors, case_race, case_driver, case_spmd, case_freeing],
     ids=lambda case: case.__name__[len("case_") :],
 )
 def test_case(mpirun, nranks, case):

@@ -377,6 +377,7 @@ def case_reserved_tags_are_unreachable_from_user_sends(marker):
             "function": _pickling.dumps(lambda: pathlib.Path(marker).touch()),
             "args": [],
             "kwargs": {},
+            "plan": None,
         }
         attempts = [
             lambda: m.send(peer, CHUNK_TASK, task),
