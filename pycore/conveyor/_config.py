@@ -5,17 +5,13 @@ from __future__ import annotations
 import math
 import operator
 import os
-from typing import TYPE_CHECKING, Callable, SupportsIndex, TypeVar
+from typing import Callable, SupportsIndex, TypeVar
 
 from ._native import core
-
-if TYPE_CHECKING:
-    from mpi4py import MPI
 
 __all__ = [
     "engine_options",
     "env_number",
-    "host_crowded",
     "slow_handler_seconds",
     "zero_copy_threshold",
 ]
@@ -62,31 +58,11 @@ def _microseconds(name: str, default: float) -> float:
     return env_number(name, default, float) * 1e-6
 
 
-def host_crowded(comm: MPI.Intracomm) -> bool:
-    """Tell whether the ranks of `comm` on this host outnumber the cores they may run on.
-
-    Collective over `comm`. The cores are the union of the ranks' CPU
-    affinities, so ranks bound one to a core each are not crowded.
-    """
-    from mpi4py import MPI
-
-    try:
-        cores = sorted(os.sched_getaffinity(0))
-    except AttributeError:  # no affinity on this OS: any core
-        cores = list(range(os.cpu_count() or 1))
-    host = comm.Split_type(MPI.COMM_TYPE_SHARED)
-    try:
-        usable = set().union(*host.allgather(cores))
-        return host.Get_size() > len(usable)
-    finally:
-        host.Free()
-
-
 def engine_options(crowded: bool = False) -> core.engine.EngineOptions:
     """Return the `EngineOptions` the environment asks for (and size the buffer cache).
 
     An idle wait spins 50 µs before it yields its core, unless `crowded`
-    (see `host_crowded`): a spinning rank would then keep the core the rank
+    (see `_hosts.survey`): a spinning rank would then keep the core the rank
     it waits for needs (2 ranks on one core: a request's one-way latency of
     61 µs with the spin, 10 µs without). ``CONVEYOR_SPIN_US`` sets it in
     either case.

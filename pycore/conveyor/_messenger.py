@@ -29,13 +29,14 @@ from ._carriage import Address
 from ._checks import check_name, check_rank, check_timeout, check_user_table, check_user_tag
 from ._chunks import ChunkLayer
 from ._collectives import Collectives
-from ._config import engine_options, host_crowded, slow_handler_seconds
+from ._config import engine_options, slow_handler_seconds
 from ._config import zero_copy_threshold as _zero_copy_threshold
 from ._darray import DistArray, DriverScope, scatter
 from ._dispatch import COUNTERS, Dispatch, Receivers
 from ._errors import ConveyorError
 from ._executor import Executor, ExecutorService
 from ._future import Future, Stream
+from ._hosts import survey
 from ._message import Message, Receiver
 from ._native import comm_handle, core
 from ._requests import Requests
@@ -134,7 +135,8 @@ class Messenger:
                 "MPI_THREAD_MULTIPLE (mpi4py's default; see mpi4py.rc.thread_level)"
             )
         threshold = _zero_copy_threshold(zero_copy_threshold)
-        options = engine_options(crowded=host_crowded(comm))
+        self._hosts = survey(comm)
+        options = engine_options(crowded=self._hosts.crowded)
         slow_handler = slow_handler_seconds()  # read before anything is made: it may refuse
         if serve == "thread":
             # The service thread yields its core from the start when it finds
@@ -182,6 +184,28 @@ class Messenger:
     def comm(self) -> MPI.Intracomm:
         """The messenger's own duplicate communicator (do not send on it)."""
         return self._comm
+
+    @property
+    def hosts(self) -> tuple[tuple[int, ...], ...]:
+        """The ranks of each host, in order of their lowest rank.
+
+        Ranks are on one host if MPI says they share memory
+        (``MPI_Comm_split_type``) and ``CONVEYOR_HOSTS``, if set, puts them
+        in the same block: ``N`` splits the ranks into N hosts of
+        consecutive ranks, ``"3,1"`` into hosts of these sizes (virtual
+        hosts on one machine, for tests). See :ref:`hosts`.
+        """
+        return self._hosts.groups
+
+    @property
+    def host(self) -> int:
+        """This rank's host: its index in `hosts`."""
+        return self._hosts.index
+
+    @property
+    def host_ranks(self) -> tuple[int, ...]:
+        """The ranks on this rank's host (itself included), ascending."""
+        return self._hosts.groups[self._hosts.index]
 
     @property
     def closed(self) -> bool:

@@ -305,15 +305,16 @@ def case_idle_waits_do_not_spin_on_a_crowded_host():
 
     from mpi4py import MPI
 
-    from conveyor._config import engine_options, host_crowded
+    from conveyor._config import engine_options
+    from conveyor._hosts import survey
 
     comm = MPI.COMM_WORLD
     cores = sorted(os.sched_getaffinity(0))
     os.sched_setaffinity(0, {cores[comm.rank % len(cores)]})
-    assert host_crowded(comm) is (comm.size > len(cores))
+    assert survey(comm).crowded is (comm.size > len(cores))
     assert engine_options(crowded=False).spin_seconds == pytest.approx(50e-6)
     os.sched_setaffinity(0, {0})
-    assert host_crowded(comm) is (comm.size > 1)
+    assert survey(comm).crowded is (comm.size > 1)
     assert engine_options(crowded=True).spin_seconds == 0
     os.environ["CONVEYOR_SPIN_US"] = "20"  # set, it wins in either case
     assert engine_options(crowded=True).spin_seconds == pytest.approx(20e-6)

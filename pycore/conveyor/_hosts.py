@@ -1,0 +1,101 @@
+"""Which ranks share a host: the hosts MPI reports, and virtual ones for tests.
+
+A messenger surveys its communicator once, when it is made (collective):
+MPI tells which ranks share memory (``MPI_Comm_split_type`` with
+``MPI_COMM_TYPE_SHARED``), and ``CONVEYOR_HOSTS`` may split those further
+into virtual hosts, so that one machine can exercise both the same-host and
+the cross-host paths. A virtual host never spans two real ones: ranks are
+on the same host only if MPI puts them on the same host *and* the variable
+puts them in the same block.
+
+``CONVEYOR_HOSTS`` is a number of hosts, ``N`` (the job's ranks split into
+N blocks of consecutive ranks, near-equal, the larger first), or the sizes
+of the blocks, ``"3,1"``, which add up to the number of ranks. The blocks
+are of ``MPI.COMM_WORLD``'s ranks, as real hosts are of the job's
+processes: a messenger of a smaller communicator sees its ranks grouped by
+the blocks of their processes.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mpi4py import MPI
+
+__all__ = ["Hosts", "survey", "virtual_blocks"]
+
+
+@dataclass(frozen=True)
+class Hosts:
+    """The hosts of a communicator's ranks, as seen from one rank."""
+
+    # Each host's ranks, ascending; hosts in order of their lowest rank.
+    groups: tuple[tuple[int, ...], ...]
+    # This rank's host, an index into `groups`.
+    index: int
+    # Whether the ranks on this rank's real host outnumber its cores (see survey).
+    crowded: bool
+
+
+def virtual_blocks(text: str | None, size: int) -> list[int] | None:
+    """The block of each of `size` ranks that ``CONVEYOR_HOSTS=text`` asks for; None if unset."""
+    if text is None or not text.strip():
+        return None
+    try:
+        numbers = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise ValueError(
+            f"CONVEYOR_HOSTS={text!r} is neither a number of hosts nor sizes such as '3,1'"
+        ) from None
+    if len(numbers) == 1:  # a number of hosts: near-equal blocks, the larger first
+        (count,) = numbers
+        if not 1 <= count <= size:
+            raise ValueError(f"CONVEYOR_HOSTS={text!r}: the number of hosts must be 1..{size}")
+        base, extra = divmod(size, count)
+        numbers = [base + (k < extra) for k in range(count)]
+    elif any(n < 1 for n in numbers) or sum(numbers) != size:
+        raise ValueError(
+            f"CONVEYOR_HOSTS={text!r}: host sizes must be >= 1 and add up to {size} ranks"
+        )
+    return [block for block, n in enumerate(numbers) for _ in range(n)]
+
+
+def survey(comm: MPI.Intracomm) -> Hosts:
+    """Find the hosts of `comm`'s ranks (collective over `comm`).
+
+    ``crowded`` tells whether the ranks of this rank's real host outnumber
+    the cores they may run on: the union of their CPU affinities, so ranks
+    bound one to a core each are not crowded.
+
+    Raises
+    ------
+    ValueError
+        If ``CONVEYOR_HOSTS`` is malformed (on every rank, before any
+        collective call).
+    """
+    from mpi4py import MPI
+
+    world = MPI.COMM_WORLD
+    blocks = virtual_blocks(os.environ.get("CONVEYOR_HOSTS"), world.Get_size())
+    block = 0 if blocks is None else blocks[world.Get_rank()]
+    rank = comm.Get_rank()
+    try:
+        cores = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity on this OS: any core
+        cores = list(range(os.cpu_count() or 1))
+    real = comm.Split_type(MPI.COMM_TYPE_SHARED, key=rank)
+    try:
+        usable = set().union(*real.allgather(cores))
+        crowded = real.Get_size() > len(usable)
+        leader = real.allreduce(rank, op=MPI.MIN)  # names the real host
+    finally:
+        real.Free()
+    labels = comm.allgather((leader, block))
+    groups: dict[tuple[int, int], list[int]] = {}
+    for r, label in enumerate(labels):  # in rank order: hosts by their lowest rank
+        groups.setdefault(label, []).append(r)
+    ordered = tuple(tuple(ranks) for ranks in groups.values())
+    return Hosts(ordered, list(groups).index(labels[rank]), crowded)
