@@ -23,11 +23,13 @@ RESERVED_PREFIX = "conveyor."
 
 
 def check_rank(value: object, size: int | None = None, what: str = "a rank") -> int:
-    """Return `value` as an int rank; with `size`, check that it is in ``0..size-1``."""
+    """Return `value` as an int rank >= 0; with `size`, check that it is in ``0..size-1``."""
     try:
         rank = operator.index(value)  # type: ignore[arg-type]  # TypeError is the check
     except TypeError:
         raise TypeError(f"{what} must be an int, not {type(value).__name__}") from None
+    if size is None and rank < 0:
+        raise ValueError(f"{what} must be >= 0, not {rank}")
     if size is not None and not 0 <= rank < size:
         hint = ""
         if size == 1:

@@ -218,7 +218,15 @@ class Future(concurrent.futures.Future[T]):
         ----------
         fn : callable
             Called with the future as its only argument.
+
+        Raises
+        ------
+        TypeError
+            If ``fn`` is not callable (it would fail only when called, in a
+            log record).
         """
+        if not callable(fn):
+            raise TypeError(f"a done callback must be callable, not {type(fn).__name__}")
         if self._made_condition is not None:
             super().add_done_callback(fn)  # type: ignore[arg-type]  # it is called with self
             return

@@ -188,6 +188,20 @@ def test_a_cancelled_future_follows_the_standard_contract():
         m.wait_quiet()
 
 
+def test_a_callback_must_be_callable_and_ranks_not_negative():
+    # Refused at once, rather than failing later in a log record or an order.
+    with cv.Messenger() as m:
+        m.on("echo")(lambda msg: msg.payload)
+        fut = m.request(0, "echo", 1)
+        with pytest.raises(TypeError, match="must be callable, not int"):
+            fut.add_done_callback(5)
+        assert fut.result(timeout=10) == 1
+        for make in (lambda: cv.Copy("item", -1), lambda: cv.Move("item", [0, -2])):
+            with pytest.raises(ValueError, match="must be >= 0"):
+                make()
+        m.wait_quiet()
+
+
 def test_a_callback_that_raises_is_logged_and_handling_goes_on(caplog):
     with cv.Messenger() as m:
         m.on("echo")(lambda msg: msg.payload)
