@@ -38,6 +38,8 @@ class Hosts:
     index: int
     # Whether the ranks on this rank's real host outnumber its cores (see survey).
     crowded: bool
+    # Each rank's process id.
+    pids: tuple[int, ...]
 
 
 def virtual_blocks(text: str | None, size: int) -> list[int] | None:
@@ -93,9 +95,10 @@ def survey(comm: MPI.Intracomm) -> Hosts:
         leader = real.allreduce(rank, op=MPI.MIN)  # names the real host
     finally:
         real.Free()
-    labels = comm.allgather((leader, block))
+    found = comm.allgather((leader, block, os.getpid()))
     groups: dict[tuple[int, int], list[int]] = {}
-    for r, label in enumerate(labels):  # in rank order: hosts by their lowest rank
-        groups.setdefault(label, []).append(r)
+    for r, (real_host, virtual_host, _) in enumerate(found):  # hosts by their lowest rank
+        groups.setdefault((real_host, virtual_host), []).append(r)
     ordered = tuple(tuple(ranks) for ranks in groups.values())
-    return Hosts(ordered, list(groups).index(labels[rank]), crowded)
+    index = list(groups).index(found[rank][:2])
+    return Hosts(ordered, index, crowded, tuple(pid for _, _, pid in found))

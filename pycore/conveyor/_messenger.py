@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Literal, SupportsIndex, TypeVar
 
 import numpy.typing as npt
 
-from . import _asyncio, _diagnostics, _quiescence
+from . import _asyncio, _diagnostics, _quiescence, _shared
 from ._actors import ActorRef, ActorService
 from ._carriage import Address
 from ._checks import check_name, check_rank, check_timeout, check_user_table, check_user_tag
@@ -135,7 +135,8 @@ class Messenger:
                 "MPI_THREAD_MULTIPLE (mpi4py's default; see mpi4py.rc.thread_level)"
             )
         threshold = _zero_copy_threshold(zero_copy_threshold)
-        self._hosts = survey(comm)
+        self._hosts = hosts = survey(comm)
+        _shared.trust(hosts.pids[r] for r in hosts.groups[hosts.index])
         options = engine_options(crowded=self._hosts.crowded)
         slow_handler = slow_handler_seconds()  # read before anything is made: it may refuse
         if serve == "thread":

@@ -11,12 +11,17 @@ from __future__ import annotations
 
 import collections.abc
 import operator
+import os
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, SupportsIndex
 
+import numpy as np
+
 from ._carriage import CarriageableItem
 from ._checks import check_name, check_rank, check_user_tag
+from ._config import env_number
 from ._errors import StoreFullError
+from ._shared import Segment
 from ._tags import ITEM_FETCH, ITEM_ORDER, ITEM_PUT
 
 if TYPE_CHECKING:
@@ -66,8 +71,12 @@ class Store(collections.abc.MutableMapping[str, Any]):
     def __init__(self, capacity: SupportsIndex | None = None) -> None:
         self._items: dict[str, Any] = {}
         self._sizes: dict[str, int] = {}
+        self._segments: dict[str, Segment] = {}  # the shared items' files
         self.nbytes = 0
         self.capacity = capacity
+        # The most bytes of shared items (CONVEYOR_SHARED_BYTES); None: no limit.
+        unset = not os.environ.get("CONVEYOR_SHARED_BYTES")
+        self.shared_capacity = None if unset else env_number("CONVEYOR_SHARED_BYTES", 0)
 
     @property
     def capacity(self) -> int | None:
@@ -86,7 +95,7 @@ class Store(collections.abc.MutableMapping[str, Any]):
                 raise ValueError("a store's capacity must be >= 0")
         self._capacity: int | None = value
 
-    def put(self, name: str, item: Any) -> None:
+    def put(self, name: str, item: Any, *, shared: bool = False) -> None:
         """Store ``item`` under ``name``, replacing what was there.
 
         Parameters
@@ -95,17 +104,26 @@ class Store(collections.abc.MutableMapping[str, Any]):
             The item's name, such as ``"kmers/42"``.
         item : object
             The item; it must be carriageable for other ranks to fetch it.
+        shared : bool, default False
+            Copy the array ``item`` once into memory that the other ranks
+            of this host map when they fetch it: they get a read-only view
+            of it, and no byte is copied (see :ref:`shared-items`). The
+            store then holds a read-only view too.
 
         Raises
         ------
         TypeError
-            If ``name`` is not a str.
+            If ``name`` is not a str, or a shared item is not a numeric
+            numpy array (or array-like).
         ValueError
             If ``name`` is empty.
         StoreFullError
-            If the store would hold more than its ``capacity``.
+            If the store would hold more than its ``capacity``, or its
+            shared items more than ``CONVEYOR_SHARED_BYTES``.
         """
         check_name(name)
+        if shared:
+            item = np.asarray(item)
         size = item_bytes(item)
         held = self.nbytes - self._sizes.get(name, 0)
         if self._capacity is not None and held + size > self._capacity:
@@ -113,9 +131,36 @@ class Store(collections.abc.MutableMapping[str, Any]):
                 f"storing {name!r} ({size} bytes) would exceed the store's capacity of "
                 f"{self._capacity} bytes ({held} held)"
             )
+        segment = None
+        if shared:
+            others = self.shared_nbytes - (self._sizes[name] if name in self._segments else 0)
+            if self.shared_capacity is not None and others + size > self.shared_capacity:
+                raise StoreFullError(
+                    f"sharing {name!r} ({size} bytes) would exceed CONVEYOR_SHARED_BYTES="
+                    f"{self.shared_capacity} ({others} bytes shared)"
+                )
+            segment = Segment(item)
+            item = segment.array
+        self._forget_segment(name)
+        if segment is not None:
+            self._segments[name] = segment
         self._items[name] = item
         self._sizes[name] = size
         self.nbytes = held + size
+
+    @property
+    def shared_nbytes(self) -> int:
+        """The bytes of the shared items (``put(..., shared=True)``)."""
+        return sum(self._sizes[name] for name in self._segments)
+
+    def segment(self, name: str) -> Segment | None:
+        """The shared file of item ``name``; None if it is not shared."""
+        return self._segments.get(name)
+
+    def _forget_segment(self, name: str) -> None:
+        segment = self._segments.pop(name, None)
+        if segment is not None:
+            segment.close()
 
     def get(self, name: str, default: Any = None) -> Any:
         """Return the item stored under ``name``, or ``default``.
@@ -163,6 +208,7 @@ class Store(collections.abc.MutableMapping[str, Any]):
             del self._items[name]
         except KeyError:
             raise KeyError(f"no item {name!r} in this store") from None
+        self._forget_segment(name)
         self.nbytes -= self._sizes.pop(name)
 
     def __contains__(self, name: object) -> bool:
@@ -254,11 +300,16 @@ class ItemService:
         receivers.add(ITEM_ORDER, self._order)
 
     def _fetch(self, msg: Message) -> Any:
+        m = self._m
         try:
-            return self._m.store[msg.payload]
+            item = m.store[msg.payload]
         except KeyError as exc:
             msg.fail(exc.with_traceback(None))  # without a traceback: nothing went wrong here
             return None
+        segment = m.store.segment(msg.payload)
+        if segment is not None and msg.source in m.host_ranks:
+            return segment.view()  # mapped where it arrives: no byte travels
+        return item
 
     def _put(self, msg: Message) -> int:
         name, item = msg.payload

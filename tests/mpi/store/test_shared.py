@@ -1,0 +1,177 @@
+"""Shared items: stored once per host, fetched by the host's ranks as read-only views.
+
+Same-host and cross-host (virtual hosts, CONVEYOR_HOSTS) fetches, what a
+view keeps when the item goes, the capacity of shared items, forged views
+(refused before anything is opened), and a rank killed while another maps
+its item. What travels is read from the byte counters, never from timing.
+"""
+
+import os
+import signal
+
+import numpy as np
+import pytest
+
+import conveyor as cv
+from conveyor._shared import SharedView
+
+N = 1 << 20  # elements: 8 MiB of float64
+
+
+def sent_bytes(m):
+    stats = m.stats()
+    return stats["bytes_framed"] + stats["bytes_zero_copy_sent"]
+
+
+def case_fetch(hosts):
+    with cv.Messenger() as m:
+        a = np.arange(N, dtype=np.float64)
+        if m.rank == 0:
+            m.store.put("shared", a, shared=True)
+            m.store.put("plain", a)
+            held = m.store["shared"]
+            assert not held.flags.writeable and np.array_equal(held, a)
+            assert m.store.shared_nbytes == a.nbytes and m.store.nbytes == 2 * a.nbytes
+        m.barrier()
+        same_host = len(m.hosts) == 1
+        assert same_host == (hosts == "1")
+        before = sent_bytes(m) if m.rank == 0 else None
+        if m.rank != 0:
+            view = m.fetch(0, "shared").result(timeout=30)
+            assert np.array_equal(view, a) and view.dtype == a.dtype
+            assert view.flags.writeable is not same_host  # a view, or a private copy
+        m.barrier()
+        if m.rank == 0:  # what the fetches of the shared item cost rank 0
+            shared_cost = sent_bytes(m) - before
+        m.barrier()
+        if m.rank != 0:
+            assert np.array_equal(m.fetch(0, "plain").result(timeout=30), a)
+        m.barrier()
+        if m.rank == 0:
+            plain_cost = sent_bytes(m) - before - shared_cost
+            fetchers = m.size - 1
+            assert plain_cost >= fetchers * a.nbytes
+            if same_host:
+                assert shared_cost < fetchers * 4096, shared_cost  # descriptors only
+            else:
+                assert shared_cost >= fetchers * a.nbytes
+        m.wait_quiet()
+
+
+@pytest.mark.parametrize(("n", "hosts"), [(2, "1"), (3, "1"), (2, "2")])
+def test_fetch(mpirun, n, hosts):
+    mpirun(n, case_fetch, hosts, env={"CONVEYOR_HOSTS": hosts})
+
+
+def case_lifetime():
+    with cv.Messenger() as m:
+        if m.rank == 0:
+            m.store.put("item", np.full(1000, 7), shared=True)
+        m.barrier()
+        if m.rank == 1:
+            first = m.fetch(0, "item").result(timeout=30)
+        m.barrier()
+        if m.rank == 0:  # replaced, then deleted: mappings made before stay whole
+            m.store.put("item", np.full(1000, 8), shared=True)
+        m.barrier()
+        if m.rank == 1:
+            second = m.fetch(0, "item").result(timeout=30)
+        m.barrier()
+        if m.rank == 0:
+            del m.store["item"]
+            assert m.store.shared_nbytes == 0 and m.store.nbytes == 0
+        m.barrier()
+        if m.rank == 1:
+            assert (first == 7).all() and (second == 8).all()
+            with pytest.raises(KeyError, match="no item 'item'"):
+                m.fetch(0, "item").result(timeout=30)
+        m.wait_quiet()
+
+
+def test_lifetime(mpirun):
+    mpirun(2, case_lifetime)
+
+
+def case_capacity():
+    with cv.Messenger() as m:
+        store = m.store
+        assert store.shared_capacity == 1000
+        store.put("a", np.zeros(100, np.int64), shared=True)  # 800 bytes
+        with pytest.raises(cv.StoreFullError, match="CONVEYOR_SHARED_BYTES=1000"):
+            store.put("b", np.zeros(100, np.int64), shared=True)
+        assert "b" not in store and store.shared_nbytes == 800
+        store.put("a", np.zeros(120, np.int64), shared=True)  # replaced: 960 bytes
+        store.put("b", np.zeros(1000, np.int64))  # not shared: not counted
+        assert store.shared_nbytes == 960
+        with pytest.raises(TypeError, match="numeric numpy data"):
+            store.put("c", np.array([object()]), shared=True)
+        assert "c" not in store
+        m.wait_quiet()
+
+
+def test_capacity(mpirun):
+    mpirun(1, case_capacity, env={"CONVEYOR_SHARED_BYTES": "1000"})
+
+
+def case_forged_views():
+    # Views sent as a user would forge them: each is refused when it
+    # arrives (counted, the handler not called), and nothing is opened
+    # but a memfd of conveyor's of a rank of this host.
+    with cv.Messenger() as m:
+        got = []
+        m.on("sink")(lambda msg: got.append(msg.payload))
+        m.on("echo")(lambda msg: msg.payload)
+        if m.rank == 0:
+            m.store.put("real", np.arange(4.0), shared=True)
+            real = m.store.segment("real").view()
+            plain = os.open("/proc/self/status", os.O_RDONLY)
+            dtype, shape = np.dtype(np.float64), (4,)
+            forged = [
+                SharedView(1, real.fd, real.name, dtype, shape),  # pid 1: not a rank here
+                SharedView(os.getpid(), real.fd, real.name + "x", dtype, shape),  # other name
+                SharedView(os.getpid(), plain, real.name, dtype, shape),  # not a memfd
+                SharedView(os.getpid(), 9999, real.name, dtype, shape),  # no such descriptor
+                SharedView(os.getpid(), real.fd, "/etc/passwd", dtype, shape),  # not ours
+                SharedView(os.getpid(), real.fd, real.name, np.dtype("O"), shape),
+                SharedView(os.getpid(), real.fd, real.name, np.dtype("f8,f8"), shape),
+                SharedView(os.getpid(), real.fd, real.name, dtype, (4, 2**62)),  # too big
+                SharedView(os.getpid(), real.fd, real.name, dtype, (-1,)),
+            ]
+            for view in forged:
+                m.send(1, "sink", view)
+            m.send(1, "sink", real)  # the genuine one arrives as the array
+            assert m.request(1, "echo", 5).result(timeout=30) == 5
+        m.wait_quiet()
+        if m.rank == 1:
+            assert len(got) == 1 and np.array_equal(got[0], np.arange(4.0))
+            assert m.stats()["payloads_undecodable"] == 9
+        m.wait_quiet()
+
+
+def test_forged_views(mpirun):
+    mpirun(2, case_forged_views)
+
+
+def case_owner_killed():
+    # The owner dies while another rank holds a view of its item.
+    with cv.Messenger(abort_on_error=False) as m:
+        if m.rank == 0:
+            m.store.put("item", np.full(1 << 16, 3.0), shared=True)
+        m.barrier()
+        if m.rank == 1:
+            view = m.fetch(0, "item").result(timeout=30)
+            m.send(0, "die", None)
+            assert (view == 3.0).all()
+            print("view read", flush=True)
+            m.progress(30)  # the job ends meanwhile
+        else:
+            m.on("die")(lambda msg: os.kill(os.getpid(), signal.SIGKILL))
+            m.progress(30)
+
+
+def test_owner_killed_leaves_nothing_in_dev_shm(mpirun):
+    before = set(os.listdir("/dev/shm"))
+    result = mpirun(2, case_owner_killed, timeout=60, check=False)
+    assert result.returncode != 0 and "view read" in result.stdout, result.stderr
+    left = set(os.listdir("/dev/shm")) - before
+    assert not [name for name in left if "conveyor" in name], left
