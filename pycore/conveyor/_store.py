@@ -306,9 +306,15 @@ class ItemService:
         except KeyError as exc:
             msg.fail(exc.with_traceback(None))  # without a traceback: nothing went wrong here
             return None
-        segment = m.store.segment(msg.payload)
-        if segment is not None and msg.source in m.host_ranks:
-            return segment.view()  # mapped where it arrives: no byte travels
+        return self._carried(msg.payload, item, msg.source)
+
+    def _carried(self, name: str, item: Any, rank: int) -> Any:
+        # What item `name` travels to `rank` as: a shared item goes to a
+        # rank of this host as a view, mapped where it arrives (no byte
+        # travels), else whole.
+        segment = self._m.store.segment(name)
+        if segment is not None and rank in self._m.host_ranks:
+            return segment.view()
         return item
 
     def _put(self, msg: Message) -> int:
@@ -321,7 +327,12 @@ class ItemService:
         order = msg.payload
         item = m.store[order["name"]]  # a KeyError answers the order's giver
         msg.defer()
-        acks = [self._requests.request(rank, ITEM_PUT, (order["as"], item)) for rank in order["to"]]
+        acks = [
+            self._requests.request(
+                rank, ITEM_PUT, (order["as"], self._carried(order["name"], item, rank))
+            )
+            for rank in order["to"]
+        ]
         pending = [len(acks)]
         failures: list[BaseException] = []
 

@@ -63,6 +63,36 @@ def test_fetch(mpirun, n, hosts):
     mpirun(n, case_fetch, hosts, env={"CONVEYOR_HOSTS": hosts})
 
 
+def case_orders(hosts):
+    # Rank 0 orders rank 1 to copy, then move, its shared item to rank 2.
+    with cv.Messenger() as m:
+        a = np.arange(N, dtype=np.float64)
+        if m.rank == 1:
+            m.store.put("item", a, shared=True)
+        m.barrier()
+        same_host = len(m.hosts) == 1
+        before = sent_bytes(m) if m.rank == 1 else None
+        if m.rank == 0:
+            done = m.order(1, cv.Copy("item", to=2, as_name="copy")).result(timeout=30)
+            assert done["bytes"] == a.nbytes
+            m.order(1, cv.Move("item", to=2, as_name="moved")).result(timeout=30)
+        m.barrier()
+        if m.rank == 1:
+            assert "item" not in m.store and m.store.shared_nbytes == 0
+            cost = sent_bytes(m) - before
+            assert cost < 8192 if same_host else cost >= 2 * a.nbytes, cost
+        if m.rank == 2:
+            for name in ("copy", "moved"):  # views of rank 1's file, which it let go
+                item = m.store[name]
+                assert np.array_equal(item, a) and item.flags.writeable is not same_host
+        m.wait_quiet()
+
+
+@pytest.mark.parametrize("hosts", ["1", "3"])
+def test_orders(mpirun, hosts):
+    mpirun(3, case_orders, hosts, env={"CONVEYOR_HOSTS": hosts})
+
+
 def case_lifetime():
     with cv.Messenger() as m:
         if m.rank == 0:
