@@ -130,12 +130,17 @@ def run_mpi(n, case, *args, timeout=60, env=None, check=True):
 EXAMPLES = ROOT / "examples"
 
 
-def load_example(name):
-    """Import ``examples/<name>.py`` as a module (its functions are tested directly)."""
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+def load_script(path, name):
+    """Import the program at `path` as module `name`, without running it (its functions are tested directly)."""
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def load_example(name):
+    """Import ``examples/<name>.py`` as a module."""
+    return load_script(EXAMPLES / f"{name}.py", name)
 
 
 def run_example(name, nranks, *args, timeout=60):

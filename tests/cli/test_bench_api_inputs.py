@@ -5,22 +5,18 @@ bad-input figures. The classifier is checked on its own, so that an
 unclear message cannot pass for a clear one.
 """
 
-import importlib.util
 import json
 import sys
 
 import pytest
 
-from conftest import ROOT, run_command
+from conftest import ROOT, load_script, run_command
 
 SCRIPT = ROOT / "bench" / "api_inputs.py"
 
 
 def load_survey():
-    spec = importlib.util.spec_from_file_location("api_inputs", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT, "api_inputs")
 
 
 def test_every_bad_argument_gets_a_clear_error(tmp_path):

@@ -6,7 +6,6 @@ mpiexec stands for the ranks, to give runs chosen figures or make them fail,
 hang or be interrupted.
 """
 
-import importlib.util
 import json
 import os
 import signal
@@ -20,7 +19,7 @@ from conveyor.__main__ import main
 from conveyor._bench import plan
 
 from _helpers import bench_row, bench_run
-from conftest import ROOT, mpiexec, run_command
+from conftest import ROOT, load_script, mpiexec, run_command
 
 # Table rows each benchmark of --which produces.
 ROWS_OF = {
@@ -362,10 +361,7 @@ def test_ctrl_c_ends_the_run_and_starts_no_other(tmp_path):
 
 def load_bench_runner():
     """bench/run.py (``make bench``, ``make figures``) as a module."""
-    spec = importlib.util.spec_from_file_location("bench_run", ROOT / "bench" / "run.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "bench" / "run.py", "bench_run")
 
 
 README_WITH_FIGURES = """# Project

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, run_command
+from conftest import ROOT, load_script, run_command
 
 SCRIPT = ROOT / "bench" / "peers.py"
 
@@ -21,10 +21,7 @@ SCRIPT = ROOT / "bench" / "peers.py"
 @pytest.fixture(scope="module")
 def peers():
     """bench/peers.py as a module (its functions, without running it)."""
-    spec = importlib.util.spec_from_file_location("bench_peers", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT, "bench_peers")
 
 
 def test_conveyor_and_mpi4py_futures_side_by_side(tmp_path):
