@@ -7,7 +7,10 @@ rows that chunk needs (the native `align` kernel lists them, recycling
 shorter arguments as R does) and computes its chunk. `map_chunks` (dmap)
 pairs chunk i with chunk i (R's ``mapply``), and `fold` (dreduce) folds the
 chunks in order. All of them submit tasks and return at once; chunks compute
-as soon as their inputs are there, and no handler ever waits.
+as soon as their inputs are there, and no handler ever waits. Arguments
+whose lengths are not known yet (dmap's results) are aligned by the tasks
+themselves, on their owners, once the lengths are published
+(`ChunkLayer._planned`): dcall never waits for them either.
 
 Results are made as the caller's class ``cls`` (the public `DistArray`,
 defined above this module).
@@ -56,13 +59,25 @@ def call(
     """
     layer = layer_of_operands(args, kwargs, "dcall")
     function = _pickling.dumps(f)
-    if cache:
-        key = _call_key(function, args, kwargs)
-        memo = _memos.setdefault(layer, weakref.WeakValueDictionary())
-        result = memo.get(key)
-        if result is None:
-            result = memo[key] = call(cls, f, args, kwargs, dtype, row_shape)
-        return cast(C, result)
+    if not cache:
+        return _call(cls, layer, function, args, kwargs, dtype, row_shape)
+    key = _call_key(function, args, kwargs)
+    memo = _memos.setdefault(layer, weakref.WeakValueDictionary())
+    result = memo.get(key)
+    if result is None:
+        result = memo[key] = _call(cls, layer, function, args, kwargs, dtype, row_shape)
+    return cast(C, result)
+
+
+def _call(
+    cls: type[C],
+    layer: ChunkLayer,
+    function: bytes,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    dtype: np.dtype[Any] | None,
+    row_shape: tuple[int, ...] | None,
+) -> C:
     operands = list(args) + list(kwargs.values())
     n = len(args)
     lengths = [_known_length(x) for x in operands]
@@ -76,7 +91,7 @@ def call(
     if any(isinstance(x, Chunked) and length is None for x, length in zip(operands, lengths)):
         return _planned_call(cls, layer, function, operands, list(kwargs), dtype, row_shape)
     longest = max(known)
-    if any(longest % n for n in known):
+    if any(longest % length for length in known):
         _warn_recycling()
     dist = [
         (i, x) for i, x in enumerate(operands) if isinstance(x, Chunked) and lengths[i] == longest
