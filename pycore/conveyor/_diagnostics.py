@@ -389,5 +389,7 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
                 state = f"conveyor: the state could not be collected: {exc!r}"
             where = f"\nthe main thread was at:\n{stack.rstrip()}" if stack else ""
             logger.warning("conveyor: SIGUSR1 (pid %d):\n%s%s", os.getpid(), state, where)
+            if transport.tracer is not None:  # the trace so far, for a job that may never end
+                transport.tracer.write_safely()
     finally:
         _dumping = False
