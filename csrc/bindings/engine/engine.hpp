@@ -143,6 +143,7 @@ class PyEngine {
         }
         std::size_t dispatched = 0;
         Delivery d;
+        if (trace_) trace_cursor_ = TraceLog::ticks();  // where this serve's first span starts
         while (next(d)) {
             dispatch_one(d, h);
             ++dispatched;
@@ -517,15 +518,19 @@ class PyEngine {
     }
 
     // Delivers one message, recorded as a span if traced (however its
-    // dispatch ends: a handler that raised through is a span too).
+    // dispatch ends: a handler that raised through is a span too). The
+    // span starts where the previous one of this serve() ended (or where
+    // serve() started dispatching): one clock read per message.
     void dispatch_one(Delivery& d, Hooks& h) {
         if (!trace_) return deliver_one(d, h);
         struct Span {
-            TraceLog& log;
+            PyEngine& e;
             const Delivery& d;
-            std::int64_t start = TraceLog::now();
-            ~Span() { log.dispatched(d.kind, d.source, d.tag, d.bytes, start); }
-        } span{*trace_, d};
+            std::uint64_t start;
+            ~Span() {
+                e.trace_cursor_ = e.trace_->dispatched(d.kind, d.source, d.tag, d.bytes, start);
+            }
+        } span{*this, d, trace_cursor_};
         deliver_one(d, h);
     }
 
@@ -702,6 +707,7 @@ class PyEngine {
     std::shared_ptr<Incoming> batch_;  // the batch being read, if any
     BatchReader batch_reader_{nullptr, 0, 0};
     std::unordered_map<std::string, py::object> tags_;
+    std::uint64_t trace_cursor_ = 0;       // where the next dispatch's span starts
     std::unique_ptr<TraceLog> trace_;      // null unless traced
     std::uint64_t entries_malformed_ = 0;  // rejected batch entries (whole frames: the engine's)
     std::int64_t unreported_frames_ = 0, unreported_messages_ = 0;
