@@ -48,7 +48,7 @@ class ProgressBar:
 
     Parameters
     ----------
-    file : file object, optional
+    file : typing.TextIO, optional
         Where the bar goes; ``sys.stderr`` by default.
     all_ranks : bool, default False
         Draw on every rank (each bar names its rank), not only on rank 0.
