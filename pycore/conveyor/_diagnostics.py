@@ -5,11 +5,13 @@
 ``TableService.state``, ``ChunkLayer.state``) and puts the answers together;
 nothing here reads another room's members. `Messenger.dump_state` returns
 what it collects, a timed-out wait carries it (`attach`), and SIGUSR1 logs
-it for every open messenger of the process (`watch`).
+it for every open messenger of the process (`watch`), and writes the trace
+of a traced one so far.
 
 Everything here may run in a signal handler, between any two bytecodes of
 the main thread: it takes no lock the main thread may hold (the engine's
-lock is only tried, see ``Engine.describe``), and changes nothing.
+lock is only tried, see ``Engine.describe``), and changes nothing of the
+program's state.
 """
 
 from __future__ import annotations
