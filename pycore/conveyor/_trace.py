@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
 __all__ = ["TracedTransport", "Tracer", "merge", "read_traces", "trace_path"]
 
-# Engine entries a rank keeps at most (40 bytes each); beyond, they are
+# Engine entries a rank keeps at most (32 bytes each); beyond, they are
 # counted as dropped. ``CONVEYOR_TRACE_EVENTS`` changes it.
 _DEFAULT_CAPACITY = 4_000_000
 # Entries turned into Python objects at a time when a trace is written.

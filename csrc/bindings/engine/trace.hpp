@@ -37,11 +37,11 @@ struct TraceEntry {
 // The entries of one engine, up to a capacity (then counted as dropped): a
 // trace must not grow a long run's memory without bound.
 //
-// Its budget is some 15% of a message's cost, about 35 ns at 4 M messages
+// Its budget is some 15% of a message's cost, about 30 ns at 4.7 M messages
 // a second: each entry reads the clock once (a dispatch starts where the
 // previous one in the same serve ended), and the clock is the CPU's tick
-// counter, some 7 ns against some 25 for CLOCK_MONOTONIC (which costs
-// 20% of the rate at two reads per message, see PyEngine::coarse_seconds).
+// counter, 16-19 ns on the development machine (a virtual one) against
+// 36-50 for CLOCK_MONOTONIC.
 // Ticks become CLOCK_MONOTONIC nanoseconds when read, by the line through
 // the (ticks, ns) pairs taken when the log started and when it is read.
 // Entries go into blocks of kBlock, never moved: a vector that doubled
