@@ -39,6 +39,11 @@ import numpy as np
 
 import conveyor as cv
 
+try:  # rank 0's progress bar, if tqdm is there (pip install 'conveyor-mpi[progress]')
+    from tqdm import tqdm
+except ImportError:
+    tqdm = None
+
 # Codes of the bases in 2-bit k-mers (A=0, C=1, G=2, T=3); the complement of
 # a code is ``code ^ 3``. Every other byte (N, IUPAC codes, the separator put
 # after each read) becomes INVALID, and k-mers that contain it are skipped.
@@ -250,7 +255,11 @@ def count_distributed(m: cv.Messenger, reads: Reads, args: argparse.Namespace) -
     sender = m.sender("kmers")
     m.wait_quiet()  # as a barrier: every rank starts the clock together
     start = time.perf_counter()
-    for kmers in kmer_batches(share, args.k, args.batch):
+    batches = kmer_batches(share, args.k, args.batch)
+    if m.rank == 0 and tqdm is not None:  # its share is the job's, in proportion
+        total = math.ceil(max(len(share) - args.k + 1, 0) / args.batch)
+        batches = tqdm(batches, total=total, desc="rank 0: batches sent", unit="batch")
+    for kmers in batches:
         sender.send_many(owners(kmers, m.size), kmers)
         # Count what has arrived so far: received batches would otherwise
         # wait in memory until wait_quiet.

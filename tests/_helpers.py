@@ -1,10 +1,11 @@
 """Helpers shared by the test files (imported by them, also under mpiexec)."""
 
+import contextlib
 import faulthandler
 import gc
+import logging
 import math
 import resource
-import warnings
 
 import numpy as np
 
@@ -21,12 +22,31 @@ def peak_rss_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+@contextlib.contextmanager
+def conveyor_warnings():
+    """Collect the texts of the warnings the ``conveyor`` logger logs in the block (a list)."""
+    texts = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            if record.levelno == logging.WARNING:
+                texts.append(record.getMessage())
+            # Still to stderr, as with no handler: tests read the errors there.
+            logging.lastResort.handle(record)
+
+    handler = Collect()
+    logging.getLogger("conveyor").addHandler(handler)
+    try:
+        yield texts
+    finally:
+        logging.getLogger("conveyor").removeHandler(handler)
+
+
 def wait_quiet_warned(m):
-    """`m.wait_quiet()`, recording every warning it gives (what dropped frames report); return their texts."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    """`m.wait_quiet()`, collecting the warnings it logs (what dropped frames report); return their texts."""
+    with conveyor_warnings() as texts:
         m.wait_quiet()
-    return [str(w.message) for w in caught]
+    return texts
 
 
 def no_state_left(m):

@@ -48,6 +48,7 @@ _MODULE_OF = {
     "Message": "._message",
     "Messenger": "._messenger",
     "Receiver": "._message",
+    "ProgressBar": "._progress",
     "Sender": "._sender",
     "RankState": "._diagnostics",
     "Copy": "._store",
@@ -81,6 +82,7 @@ if typing.TYPE_CHECKING:
     from ._future import Future, Stream
     from ._message import Message, Receiver
     from ._messenger import Messenger
+    from ._progress import ProgressBar
     from ._sender import Sender
     from ._store import Copy, Move, Store, Transfer
     from ._table import Table
@@ -121,6 +123,7 @@ __all__ = [
     "MessageTooLargeError",
     "Messenger",
     "Move",
+    "ProgressBar",
     "RankState",
     "Receiver",
     "RecyclingWarning",

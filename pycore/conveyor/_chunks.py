@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from . import _pickling
+from . import _pickling, _progress
 from ._carriage import CarriageableItem
 from ._diagnostics import ChunkWait, logger
 from ._errors import RECYCLING, RecyclingWarning, RemoteError, raised_remotely
@@ -606,6 +606,8 @@ class ChunkLayer:
         out = ChunkRef(self, id, self.rank, task["length"], None)  # held until settled
         for callback in self._early.pop(id, ()):
             self.when_settled(id, callback)
+        if _progress.active:  # counted by the ProgressBars in their blocks
+            self.when_settled(id, _progress.task_arrived())
         args, kwargs = task["args"], task["kwargs"]
         names = list(kwargs)
         specs = list(args) + [kwargs[name] for name in names]

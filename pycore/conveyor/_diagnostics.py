@@ -5,11 +5,13 @@
 ``TableService.state``, ``ChunkLayer.state``) and puts the answers together;
 nothing here reads another room's members. `Messenger.dump_state` returns
 what it collects, a timed-out wait carries it (`attach`), and SIGUSR1 logs
-it for every open messenger of the process (`watch`).
+it for every open messenger of the process (`watch`), and writes the trace
+of a traced one so far.
 
 Everything here may run in a signal handler, between any two bytecodes of
 the main thread: it takes no lock the main thread may hold (the engine's
-lock is only tried, see ``Engine.describe``), and changes nothing.
+lock is only tried, see ``Engine.describe``), and changes nothing of the
+program's state.
 """
 
 from __future__ import annotations
@@ -389,5 +391,7 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
                 state = f"conveyor: the state could not be collected: {exc!r}"
             where = f"\nthe main thread was at:\n{stack.rstrip()}" if stack else ""
             logger.warning("conveyor: SIGUSR1 (pid %d):\n%s%s", os.getpid(), state, where)
+            if transport.tracer is not None:  # the trace so far, for a job that may never end
+                transport.tracer.write_safely()
     finally:
         _dumping = False

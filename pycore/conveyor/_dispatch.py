@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
-import warnings
 import weakref
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, Callable
@@ -23,7 +22,6 @@ from ._checks import check_user_tag
 from ._diagnostics import OpenRequest, logger
 from ._errors import (
     ConveyorError,
-    ConveyorWarning,
     FrameError,
     RemoteError,
     UnknownTagError,
@@ -42,10 +40,10 @@ if TYPE_CHECKING:
 
 __all__ = ["Dispatch", "Receivers", "reply_target"]
 
-# How many different drops a messenger warns about. Each distinct warning
-# text is an entry in the warnings registry for good: without a bound,
-# messages to ever new unknown tags (or ever new malformed frames) would
-# grow memory without end. Drops are counted in any case.
+# How many different drops a messenger logs a warning about: without a
+# bound, messages to ever new unknown tags (or ever new malformed frames)
+# would flood the log, and the set of those reported grow without end.
+# Drops are counted in any case.
 _MAX_WARNINGS = 100
 
 # The counters of `Dispatch.counts` that Messenger.stats() reports.
@@ -159,7 +157,7 @@ class Dispatch:
         if kind == core.message.KIND_SEND or kind == core.message.KIND_REQUEST:
             self._refuse_delivery(kind == core.message.KIND_REQUEST, source, ref, tag, error)
         else:  # counted by the engine as frames_malformed
-            self._warn(f"dropped a malformed frame from rank {source}: {error}")
+            self._report(f"dropped a malformed frame from rank {source}: {error}")
 
     def returned(self, msg: Message, result: Any) -> None:
         """What a plain send's receiver returned: nobody waits for it, but a coroutine must run."""
@@ -271,11 +269,13 @@ class Dispatch:
         if is_request:
             self._send_error(source, ref, exc, "")
         else:  # an unknown tag is reported once: it is the same mistake each time
-            self._warn(f"dropped a message: {exc}", repeat=error is not None)
+            self._report(f"dropped a message: {exc}", repeat=error is not None)
 
-    def _warn(self, problem: str, repeat: bool = True) -> None:
-        # For at most _MAX_WARNINGS different problems (then once that the
-        # rest go unsaid); one seen before is warned about again if `repeat`.
+    def _report(self, problem: str, repeat: bool = True) -> None:
+        # A logged warning, not a Python warning: what arrives from another
+        # rank is not a mistake of the code running here. For at most
+        # _MAX_WARNINGS different problems (then once that the rest go
+        # unsaid); one seen before is reported again if `repeat`.
         # Tags and errors come from the wire, of any length: cut them short.
         if len(problem) > 300:
             problem = problem[:300] + "..."
@@ -290,7 +290,7 @@ class Dispatch:
             self._warned.add(problem)
         elif not repeat:
             return
-        warnings.warn(f"rank {self.rank}: {problem}", ConveyorWarning, stacklevel=2)
+        logger.warning("conveyor: rank %d: %s", self.rank, problem)
 
     def _send_error(self, dest: int, ref: int, exc: BaseException, text: str) -> None:
         kind = "unknown_tag" if isinstance(exc, UnknownTagError) else "error"

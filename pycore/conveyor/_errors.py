@@ -173,7 +173,7 @@ class StoreFullError(ConveyorError, MemoryError):
 
 
 class ConveyorWarning(UserWarning):
-    """Something was dropped or could not be delivered (never silently)."""
+    """The base of conveyor's warnings, which are for the caller's own mistakes (`RecyclingWarning`)."""
 
 
 class RecyclingWarning(ConveyorWarning):

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
-import logging
 import threading
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any, Callable, Generic, TypeVar
 
 from ._asyncio import loop_of, wait_answer
 from ._checks import check_timeout
+from ._diagnostics import logger
 from ._errors import CancelledError
 
 if TYPE_CHECKING:
@@ -29,20 +29,18 @@ _WAITING = "PENDING"
 _FINISHED = "FINISHED"
 _CANCELLED_STATES = ("CANCELLED", "CANCELLED_AND_NOTIFIED")
 
-# concurrent.futures' logger, which reports exceptions raised by done callbacks.
-_futures_logger = logging.getLogger("concurrent.futures")
-
 # Makes futures' conditions, so that two threads never make two for one future.
 _conditions_lock = threading.Lock()
 
 
 def _call(fn: Callable[[Future[Any]], object], future: Future[Any]) -> None:
     # A done callback, as concurrent.futures calls it: an exception is logged
-    # (to its logger) and ignored, so that it cannot break the handling of messages.
+    # (to conveyor's logger, with everything the package reports) and
+    # ignored, so that it cannot break the handling of messages.
     try:
         fn(future)
     except Exception:
-        _futures_logger.exception("exception calling callback for %r", future)
+        logger.exception("conveyor: exception calling callback for %r", future)
 
 
 class Future(concurrent.futures.Future[T]):
@@ -211,8 +209,9 @@ class Future(concurrent.futures.Future[T]):
     def add_done_callback(self, fn: Callable[[Future[T]], object]) -> None:
         """Call ``fn(future)`` when the future completes (at once if it has).
 
-        An exception in ``fn`` is logged and ignored, as `concurrent.futures`
-        does: it must not break the handling of messages.
+        An exception in ``fn`` is logged (on the ``conveyor`` logger) and
+        ignored, as `concurrent.futures` does: it must not break the
+        handling of messages.
 
         Parameters
         ----------

@@ -14,6 +14,7 @@ import atexit
 import functools
 import itertools
 import operator
+import os
 import sys
 import time
 import weakref
@@ -45,6 +46,7 @@ from ._service import Service
 from ._store import ItemService, Store, Transfer
 from ._table import TableService
 from ._tags import CHUNK_STATES, ITEM_FETCH, ITEM_ORDER
+from ._trace import TracedTransport, Tracer
 from ._transport import Transport
 
 if TYPE_CHECKING:
@@ -101,11 +103,18 @@ class Messenger:
         conveyor (the fastest; see the guide's figures), or a service thread
         at any time. ``"thread"`` needs ``MPI_THREAD_MULTIPLE`` (mpi4py's
         default) and cannot be combined with an event loop (`attach`).
+    trace : str or os.PathLike, optional
+        Record a trace of this rank (sends, deliveries and handler spans
+        with their tag, bytes and source, waits, termination-detection
+        waves) and write it to this file, ``%r`` replaced by the rank, in
+        the Chrome trace format (Perfetto, ``chrome://tracing``) on close.
+        ``conveyor trace merge`` joins the ranks' files into one timeline.
 
     Raises
     ------
     ValueError
-        If ``serve`` is neither ``"inline"`` nor ``"thread"``.
+        If ``serve`` is neither ``"inline"`` nor ``"thread"``, or the
+        directory of ``trace`` does not exist.
     conveyor.ConveyorError
         If ``serve="thread"`` and MPI was initialised without
         ``MPI_THREAD_MULTIPLE``.
@@ -120,6 +129,7 @@ class Messenger:
         zero_copy_threshold: int | None = None,
         abort_on_error: bool = True,
         serve: Literal["inline", "thread"] = "inline",
+        trace: str | os.PathLike[str] | None = None,
     ) -> None:
         from mpi4py import MPI
 
@@ -134,6 +144,11 @@ class Messenger:
                 "serve='thread' calls MPI from a second thread, which needs "
                 "MPI_THREAD_MULTIPLE (mpi4py's default; see mpi4py.rc.thread_level)"
             )
+        if trace is not None:
+            trace = os.fspath(trace)
+            directory = os.path.dirname(os.path.abspath(trace))
+            if not os.path.isdir(directory):  # refused now, not after the run
+                raise ValueError(f"the directory of the trace {trace!r} does not exist")
         threshold = _zero_copy_threshold(zero_copy_threshold)
         self._hosts = hosts = survey(comm)
         _shared.trust(hosts.pids[r] for r in hosts.groups[hosts.index])
@@ -151,7 +166,14 @@ class Messenger:
         self.size = engine.size
         self.aggregate = bool(aggregate)
         self.pickle = bool(pickle)
-        self._transport = transport = Transport(engine, self.aggregate)
+        # A traced messenger has a transport whose waits are spans; an
+        # untraced one runs the plain code, with no test for tracing.
+        self._tracer = None if trace is None else Tracer(trace, self._comm, engine)
+        self._transport = transport = (
+            Transport(engine, self.aggregate)
+            if self._tracer is None
+            else TracedTransport(engine, self.aggregate, self._tracer)
+        )
         self._receivers = receivers = Receivers()
         self._requests = requests = Requests(transport)
         self._dispatch = transport.dispatch = Dispatch(
@@ -301,6 +323,8 @@ class Messenger:
         _asyncio.detach(self._transport)
         self._transport.engine.close()  # stops the background thread before MPI goes away
         self._requests.fail_all("the messenger was closed before the answer came")
+        if self._tracer is not None:
+            self._tracer.write_safely()
 
     # -- receivers -----------------------------------------------------------
 
@@ -1258,6 +1282,14 @@ _serials = itertools.count(1)
 def _stop_background_threads() -> None:
     for messenger in list(_open_messengers):
         messenger._transport.engine.close()
+        _write_trace(messenger)
+
+
+def _write_trace(messenger: Messenger) -> None:
+    # What a messenger that is not closed has traced so far (an exit
+    # without close, an uncaught exception), written if it can be.
+    if messenger._tracer is not None:
+        messenger._tracer.write_safely()
 
 
 _abort_hook_installed = False
@@ -1281,6 +1313,8 @@ def _install_abort_hook() -> None:
             code = 1
         from mpi4py import MPI
 
+        for messenger in list(_open_messengers):
+            _write_trace(messenger)
         sys.stderr.flush()
         # mpiexec may drop what a rank wrote just before MPI_Abort (MPICH's
         # hydra, seen in CI: a traceback cut after its first line): give its

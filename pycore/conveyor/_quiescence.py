@@ -39,9 +39,11 @@ Steps = Generator[str, Any, None]
 
 def _detect(transport: Transport) -> Steps:
     engine = transport.engine
+    tracer = transport.tracer
     posted_before = None
     while True:
         transport.serve(0.0)
+        started = time.monotonic_ns()
         # Join the wave in flight, if any: an aquiet() that was cancelled
         # left it so, and the other ranks take part in it.
         if not engine.wave_active:
@@ -50,6 +52,8 @@ def _detect(transport: Transport) -> Steps:
         if totals is None:
             totals = yield _WAVE
         posted, finished = totals
+        if tracer is not None:
+            tracer.span("quiescence", "wave", started, {"posted": posted, "finished": finished})
         if finished == posted_before == posted:
             return
         if finished != posted:
@@ -82,6 +86,17 @@ def wait_quiet(transport: Transport, timeout: float | None = None) -> None:
 
     On timeout the wave in flight is left running: the next call joins it.
     """
+    tracer = transport.tracer
+    if tracer is None:
+        return _wait_quiet(transport, timeout)
+    start = time.monotonic_ns()
+    try:
+        _wait_quiet(transport, timeout)
+    finally:
+        tracer.span("wait", "wait_quiet", start)
+
+
+def _wait_quiet(transport: Transport, timeout: float | None) -> None:
     transport.check_open()
     refuse_in_handler(transport, "wait_quiet()")
     engine = transport.engine

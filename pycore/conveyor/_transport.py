@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from ._diagnostics import RankState
     from ._dispatch import Dispatch
     from ._service import Service
+    from ._trace import Tracer
 
 __all__ = ["Transport"]
 
@@ -55,6 +56,9 @@ class Transport:
         Returns the state of the messenger's rank (`_diagnostics.collect`
         over its rooms; set once they exist): what a wait that timed out
         carries.
+    tracer : conveyor._trace.Tracer or None
+        The messenger's trace, if it is traced (then this is a
+        `conveyor._trace.TracedTransport`).
     """
 
     def __init__(self, engine: core.engine.Engine, aggregate: bool) -> None:
@@ -65,6 +69,7 @@ class Transport:
         self.service: Service | None = None
         self.closed = False
         self.describe: Callable[[], RankState] | None = None
+        self.tracer: Tracer | None = None
 
     def check_open(self) -> None:
         """Raise `ConveyorError` if the messenger is closed."""

@@ -31,6 +31,7 @@ ROWS_OF = {
     "agg-latency": {"agg-latency"},
     "served": {"served-latency", "served-rate"},
     "executor": {"task-latency", "task-pipelined"},
+    "rate-trace": {"rate-trace"},
 }
 RUN_ROW_KEYS = {
     "benchmark",
@@ -110,11 +111,16 @@ def check_results(path, which, reps, runs=1):
 
 def test_python_m_conveyor_bench_quick_runs_every_benchmark(tmp_path):
     out_json = tmp_path / "bench.json"
-    out = run_ok(
-        [sys.executable, "-m", "conveyor", "bench", "--quick", "--json", str(out_json)],
-        cwd=tmp_path,
-    )
+    cmd = [sys.executable, "-m", "conveyor", "bench", "--quick", "--json", str(out_json)]
+    result = run_command(cmd, timeout=120, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
     rows = check_results(out_json, list(plan.BENCHMARKS), plan.QUICK.reps)
+    # A progress line per benchmark on stderr, none in the table.
+    n = len(plan.BENCHMARKS)
+    for number, name in enumerate(plan.BENCHMARKS, 1):
+        assert f"conveyor bench: [{number}/{n}] {name}" in result.stderr
+    assert "conveyor bench: [" not in out
     assert {row["label"] for row in rows if row["benchmark"] == "batch"} == {
         "10k items",
         "100k items",

@@ -250,7 +250,7 @@ def test_metadata(dist):
     assert 'mpich; extra == "mpich"' in requires
     assert not [r for r in requires if "benchmark" in r]
     extras = {value for key, value in fields if key == "Provides-Extra"}
-    assert extras == {"plot", "mpich", "test", "docs", "bench", "hdf5"}
+    assert extras == {"plot", "mpich", "test", "docs", "bench", "hdf5", "progress"}
 
 
 def test_sdist_holds_the_tracked_files(dist):

@@ -24,6 +24,10 @@ void register_engine(py::module_& m) {
         .def_property_readonly("size", [](PyEngine& e) { return e.engine().size(); })
         .def("send", &PyEngine::send, py::arg("dest"), py::arg("kind"), py::arg("ref"),
              py::arg("tag"), py::arg("payload"), py::arg("aggregate"))
+        .def("start_trace", &PyEngine::start_trace, py::arg("capacity"))
+        .def("read_trace", &PyEngine::read_trace, py::arg("start"), py::arg("count"))
+        .def_property_readonly("trace_size", &PyEngine::trace_size)
+        .def_property_readonly("trace_dropped", &PyEngine::trace_dropped)
         .def("post_raw", &PyEngine::post_raw, py::arg("dest"), py::arg("frame"))
         .def("serve", &PyEngine::serve, py::arg("timeout"), py::arg("uncongested"),
              py::arg("dispatch"), py::arg("answered") = false)

@@ -15,6 +15,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "bindings/engine/trace.hpp"
 #include "bindings/errors.hpp"
 #include "bindings/message/codec.hpp"
 #include "bindings/message/message.hpp"
@@ -90,6 +91,7 @@ class PyEngine {
         try {
             py_codec::encode_frame(encoded, frame_kind(kind), ref, tag, payload, codec_);
             const auto& frame = encoded.frame.bytes;
+            if (trace_) trace_->sent(kind, dest, tag, frame.size() + oob_bytes(encoded.oob));
             if (aggregate && encoded.oob.empty()) {
                 auto posted = engine_.post_aggregated(dest, frame.data(), frame.size());
                 if (posted != Engine::Posted::TooLarge) return posted == Engine::Posted::Congested;
@@ -103,6 +105,18 @@ class PyEngine {
             throw;
         }
     }
+
+    // Records every send and dispatched message from now on, up to
+    // `capacity` entries (a traced Messenger); untraced, the paths above
+    // pay one test of a null pointer.
+    void start_trace(std::size_t capacity) { trace_ = std::make_unique<TraceLog>(capacity); }
+    // Entries [start, start + count) of the trace (see TraceLog::read); an
+    // empty list if not tracing.
+    py::list read_trace(std::size_t start, std::size_t count) const {
+        return trace_ ? trace_->read(start, count) : py::list();
+    }
+    std::size_t trace_size() const { return trace_ ? trace_->size() : 0; }
+    std::uint64_t trace_dropped() const { return trace_ ? trace_->dropped() : 0; }
 
     void post_raw(int dest, py::bytes frame) {
         std::string s = frame;
@@ -129,6 +143,7 @@ class PyEngine {
         }
         std::size_t dispatched = 0;
         Delivery d;
+        if (trace_) trace_cursor_ = TraceLog::ticks();  // where this serve's first span starts
         while (next(d)) {
             dispatch_one(d, h);
             ++dispatched;
@@ -322,6 +337,7 @@ class PyEngine {
         int source = -1;
         std::uint64_t ref = 0;
         bool entry = false;
+        std::uint64_t bytes = 0;  // the frame and its out-of-band data, for a trace
         py::object tag, payload, error;
     };
 
@@ -460,6 +476,7 @@ class PyEngine {
     }
 
     void header_fields(Delivery& d, int source, const FrameHeader& h) {
+        d.bytes = 0;
         d.kind = static_cast<int>(h.kind);
         d.source = source;
         d.ref = h.ref;
@@ -469,6 +486,8 @@ class PyEngine {
     void read_message(Delivery& d, int source, const FrameHeader& h, const std::uint8_t* frame,
                       std::size_t size, const std::vector<std::shared_ptr<Buffer>>& oob) {
         header_fields(d, source, h);
+        d.bytes = size;
+        for (const auto& b : oob) d.bytes += b->size();
         d.error = py::none();
         try {
             d.payload = py_codec::decode_body(frame + h.body_offset, size - h.body_offset, oob,
@@ -481,6 +500,7 @@ class PyEngine {
 
     void reject(Delivery& d, int source, const std::string& why) {
         d.kind = 0;
+        d.bytes = 0;
         d.source = source;
         d.ref = 0;
         d.tag = py::str("");
@@ -497,10 +517,33 @@ class PyEngine {
         return s;
     }
 
-    // Delivers one message. Every message is counted as handled here, once,
-    // when its dispatch ends, whichever way it went (termination detection
-    // depends on it): no path of the façade counts for itself.
+    // Delivers one message, recorded as a span if traced (however its
+    // dispatch ends: a handler that raised through is a span too). The
+    // span starts where the previous one of this serve() ended (or where
+    // serve() started dispatching): one clock read per message.
     void dispatch_one(Delivery& d, Hooks& h) {
+        if (!trace_) return deliver_one(d, h);
+        struct Span {
+            PyEngine& e;
+            const Delivery& d;
+            std::uint64_t start;
+            ~Span() {
+                e.trace_cursor_ = e.trace_->dispatched(d.kind, d.source, d.tag, d.bytes, start);
+            }
+        } span{*this, d, trace_cursor_};
+        deliver_one(d, h);
+    }
+
+    static std::uint64_t oob_bytes(const std::vector<OutOfBand>& oob) {
+        std::uint64_t bytes = 0;
+        for (const auto& o : oob) bytes += o.size;
+        return bytes;
+    }
+
+    // Every message is counted as handled here, once, when its dispatch
+    // ends, whichever way it went (termination detection depends on it): no
+    // path of the façade counts for itself.
+    void deliver_one(Delivery& d, Hooks& h) {
         Handled handled(*this, d.entry);
         Handling handling(handling_);
         const auto& names = dispatch_names();
@@ -664,6 +707,8 @@ class PyEngine {
     std::shared_ptr<Incoming> batch_;  // the batch being read, if any
     BatchReader batch_reader_{nullptr, 0, 0};
     std::unordered_map<std::string, py::object> tags_;
+    std::uint64_t trace_cursor_ = 0;       // where the next dispatch's span starts
+    std::unique_ptr<TraceLog> trace_;      // null unless traced
     std::uint64_t entries_malformed_ = 0;  // rejected batch entries (whole frames: the engine's)
     std::int64_t unreported_frames_ = 0, unreported_messages_ = 0;
     // The requests whose handler runs now: see answering(). A stack, since a

@@ -48,6 +48,11 @@ agg-latency
     The oneway ping-pong of a Python int through a Messenger with
     aggregation on, against one with ``aggregate=False``: what aggregation
     costs a message that is sent alone.
+rate-trace
+    The rate stream (``s.send(1, i)``, 4096 per ack request) through a
+    Messenger with ``trace=`` set, against the untraced one: what tracing
+    costs per message (each send and each delivery is recorded). The
+    traces go to a temporary directory, removed afterwards.
 
 Rank 0 prints a table; ``--json`` writes metadata, medians and every sample.
 """
@@ -57,8 +62,10 @@ import contextlib
 import dataclasses
 import importlib
 import json
+import os
 import statistics
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -80,6 +87,7 @@ TARGETS = {
     "rate": (">=", 3.0),
     "rate-vs-pickle": (">=", 3.0),  # rate-w64 has none: a round trip per 64 messages
     "agg-latency": ("<=", 2.0),
+    "rate-trace": (">=", 0.85),  # tracing on costs at most 15% of the message rate
 }
 BW_TARGET_MIN_SIZE = 1 * MiB  # below this, per-message costs dominate: no target
 PICKLE_SIZE = 16 * MiB
@@ -378,6 +386,11 @@ class Report:
     def line(self, cells):
         if self.enabled:
             print(format_line(cells, self.WIDTHS), flush=True)
+
+    def progress(self, text):
+        """Say which benchmark runs now, on stderr: a line of its own, off the table's stream."""
+        if self.enabled:
+            print(f"conveyor bench: {text}", file=sys.stderr, flush=True)
 
     def header(self):
         self.line(self.COLUMNS)
@@ -736,23 +749,32 @@ def bench_executor(peer, comm, report, plan):
     )
 
 
+def run_cv_stream(peer, iters):
+    """The rate stream: `iters` windows of RATE_STREAM ``s.send(1, i)``, each acknowledged."""
+    sender = peer.m.sender("rate")
+
+    def send_window():
+        for i in range(RATE_STREAM):
+            sender.send(1, i)
+
+    return run_cv_windows(peer, send_window, RATE_STREAM, iters, 1)
+
+
+def stream_windows(plan):
+    """How many RATE_STREAM windows a stream of the rate benchmark's size takes."""
+    return max(2, RATE_WINDOW * plan.rate_windows // RATE_STREAM)
+
+
 def bench_served(inline, comm, report, plan):
     """A request round trip and a message stream, served by a thread against inline."""
     with cv.Messenger(serve="thread") as m:
         served = Peer(m)
         iters = plan.latency_iters
         warmup = max(1, iters // 10)
-        messages = RATE_WINDOW * plan.rate_windows
-        rate_iters = max(2, messages // RATE_STREAM)
+        rate_iters = stream_windows(plan)
 
         def stream(peer):
-            sender = peer.m.sender("rate")
-
-            def send_window():
-                for i in range(RATE_STREAM):
-                    sender.send(1, i)
-
-            return run_cv_windows(peer, send_window, RATE_STREAM, rate_iters, 1)
+            return run_cv_stream(peer, rate_iters)
 
         comm.Barrier()  # both ranks' receivers exist before either sends
         contestants = {
@@ -788,6 +810,32 @@ def bench_served(inline, comm, report, plan):
     )
 
 
+def bench_rate_trace(untraced, comm, report, plan):
+    """The rate stream through a traced Messenger against the untraced one."""
+    iters = stream_windows(plan)
+    with tempfile.TemporaryDirectory(prefix="conveyor-bench-trace-") as directory:
+        with cv.Messenger(trace=os.path.join(directory, "rate.%r.json")) as m:
+            traced = Peer(m)
+            comm.Barrier()  # both ranks' receivers exist before either sends
+            contestants = {
+                "untraced": lambda: run_cv_stream(untraced, iters),
+                "traced": lambda: run_cv_stream(traced, iters),
+            }
+            samples = measure(contestants, plan.reps, comm)
+    sent = RATE_STREAM * iters
+    report.add(
+        "rate-trace",
+        "8 B int",
+        8,
+        "msgs/s",
+        [sent / t for t in samples["untraced"]],
+        [sent / t for t in samples["traced"]],
+        baseline_name=f"Messenger(): s.send(1, i), {RATE_STREAM} per ack request",
+        conveyor_name='Messenger(trace="rate.%r.json"): the same, every send and delivery traced',
+        payload="int",
+    )
+
+
 def run(plan, which, comm, report):
     """Run the benchmarks named in `which` on both ranks; return rank 0's Messenger stats."""
     stats = {}
@@ -797,7 +845,8 @@ def run(plan, which, comm, report):
         if "agg-latency" in which:
             plain = Peer(messengers.enter_context(cv.Messenger(aggregate=False)))
         report.header()
-        for kind in which:
+        for number, kind in enumerate(which, 1):
+            report.progress(f"[{number}/{len(which)}] {kind}")
             if kind in ("latency", "oneway"):
                 bench_latency(kind, aggregated, comm, report, plan)
             elif kind == "bw":
@@ -812,6 +861,8 @@ def run(plan, which, comm, report):
                 bench_served(aggregated, comm, report, plan)
             elif kind == "executor":
                 bench_executor(aggregated, comm, report, plan)
+            elif kind == "rate-trace":
+                bench_rate_trace(aggregated, comm, report, plan)
         for name, peer in (("aggregate", aggregated), ("no_aggregate", plain)):
             if peer is not None:
                 stats[name] = peer.m.stats()

@@ -12,7 +12,17 @@ from ..cli.arguments import byte_size, positive_int
 KiB = 1 << 10
 MiB = 1 << 20
 
-BENCHMARKS = ("latency", "oneway", "bw", "rate", "batch", "agg-latency", "served", "executor")
+BENCHMARKS = (
+    "latency",
+    "oneway",
+    "bw",
+    "rate",
+    "batch",
+    "agg-latency",
+    "served",
+    "executor",
+    "rate-trace",
+)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -67,6 +67,21 @@ class Engine:
         sent from their own memory, which is kept alive until MPI has sent
         it. Return whether `dest` is congested (frames wait for its credit).
         """
+    def start_trace(self, capacity: int) -> None:
+        """Record every send and dispatched message from now on, up to `capacity` entries."""
+    def read_trace(self, start: int, count: int) -> list[tuple[bool, int, int, str, int, int, int]]:
+        """Return the recorded entries ``start`` to ``start + count`` (fewer at the end).
+
+        Each is ``(sent, kind, peer, tag, start_ns, end_ns, bytes)``: a send
+        to rank `peer`, or a message from `peer` dispatched between the two
+        times (``time.monotonic_ns()``'s clock). Empty if not tracing.
+        """
+    @property
+    def trace_size(self) -> int:
+        """How many entries are recorded."""
+    @property
+    def trace_dropped(self) -> int:
+        """Entries not recorded because the trace was full."""
     def post_raw(self, dest: int, frame: bytes) -> None:
         """Send `frame` as it is, without out-of-band buffers (to test malformed input)."""
     def serve(self, timeout: float, uncongested: int, dispatch: Any, answered: bool = False) -> int:

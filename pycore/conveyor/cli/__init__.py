@@ -1,4 +1,4 @@
-"""The command line of conveyor: ``conveyor run``, ``shell``, ``script`` and ``bench``.
+"""The command line of conveyor: ``conveyor run``, ``shell``, ``script``, ``bench`` and ``trace``.
 
 One module per concept, dependencies pointing down: `main` builds the
 parser and dispatches; `run`, `shell` and the bench package's launcher

@@ -12,6 +12,9 @@ shell
     (``mpiexec -n 4 conveyor shell``, or ``conveyor shell -n 4``).
 script
     The same commands, read from a file.
+trace
+    ``trace merge``: join the ranks' trace files (``Messenger(trace=...)``)
+    into one timeline; ``trace plot``: draw one as ranks × time.
 
 Building the parser imports no MPI: ``--help``, ``--version`` and the
 launchers run without initialising it.
@@ -20,7 +23,7 @@ launchers run without initialising it.
 import argparse
 import functools
 
-from . import run, shell
+from . import run, shell, trace
 
 __all__ = ["build_parser", "main"]
 
@@ -79,6 +82,13 @@ def build_parser():
     )
     shell.add_arguments(script_command, script=True)
     script_command.set_defaults(run=functools.partial(shell.run, script_command, script=True))
+    trace_command = commands.add_parser(
+        "trace",
+        help="merge and plot the traces of Messenger(trace=...)",
+        description="Work with the Chrome-trace files that Messenger(trace='run.%r.json') "
+        "writes, one per rank.",
+    )
+    trace.add_arguments(trace_command)
     return parser
 
 

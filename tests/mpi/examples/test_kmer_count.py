@@ -36,6 +36,7 @@ def check_run(result, histo_path, sequences, k):
     """Check the exit status, the printed numbers and the --histo file of a run."""
     assert result.returncode == 0, result.stdout + result.stderr
     assert "PASS" in result.stdout, result.stdout
+    assert "rank 0: batches sent" in result.stderr  # tqdm's bar, off the results' stream
     counts = count_kmers(sequences, k)
     histo = collections.Counter(counts.values())
     assert histo_path.read_text() == "".join(f"{c} {n}\n" for c, n in sorted(histo.items()))

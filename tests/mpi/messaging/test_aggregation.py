@@ -9,7 +9,6 @@ batches on the wire, and the errors of `Sender.send`.
 
 import struct
 import time
-import warnings
 import zlib
 
 import numpy as np
@@ -18,7 +17,7 @@ import pytest
 import conveyor as cv
 from conveyor._native import core
 
-from _helpers import same, wait_quiet_warned
+from _helpers import conveyor_warnings, same, wait_quiet_warned
 
 # Arrays of at least the zero-copy threshold travel out of band (frames of at
 # most batch_bytes / 4, 8 KiB by default, are aggregated).
@@ -552,8 +551,7 @@ def case_malformed_batches():
         m.wait_quiet()
         MPI.COMM_WORLD.Barrier()  # no rank sends the next phase before all counted this one
         before = m.stats()
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
+        with conveyor_warnings() as caught:
             m.send(peer, "nowhere", 1)
             m.send(peer, "nowhere", 2)
             with pytest.raises(cv.UnknownTagError, match="no receiver for tag 'nowhere'") as info:
@@ -563,7 +561,7 @@ def case_malformed_batches():
         after = m.stats()
         assert after["messages_aggregated"] - before["messages_aggregated"] >= 3
         assert after["unknown_tag"] - before["unknown_tag"] == 3
-        assert sum("nowhere" in str(w.message) for w in caught) == 1
+        assert sum("nowhere" in w for w in caught) == 1
 
 
 def test_malformed_batches(mpirun, nranks):
@@ -598,9 +596,7 @@ def case_random_truncated_batches(seed):
             body = b"".join(entry(send_frame(v)) for v in values)
             post_batch(m, peer, body[:cut], len(values))
             m.send(peer, "ok", ("marker", trial))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            m.wait_quiet()
+        m.wait_quiet()
         # What the sending rank posted, rebuilt from its seed.
         expected, malformed = [], 0
         for trial, (values, cut) in enumerate(truncation_plan(seed, (m.rank - 1) % m.size)):
@@ -675,9 +671,7 @@ def case_request_with_out_of_band_data_in_a_batch_is_answered():
             core.message.KIND_REQUEST, 77, "echo", np.arange(10), 0, False
         )[0]
         post_batch(m, peer, entry(request) + entry(send_frame("x", tag="echo")), 2)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            m.wait_quiet()
+        m.wait_quiet()
         stats = m.stats()
         assert stats["payloads_undecodable"] == 1, stats
         assert stats["late_answers"] == 1, stats
