@@ -5,9 +5,10 @@ from __future__ import annotations
 import math
 import operator
 import os
-from typing import Callable, SupportsIndex, TypeVar
+from typing import TYPE_CHECKING, Callable, SupportsIndex, TypeVar
 
-from ._native import core
+if TYPE_CHECKING:
+    from ._native import core
 
 __all__ = [
     "engine_options",
@@ -67,6 +68,10 @@ def engine_options(crowded: bool = False) -> core.engine.EngineOptions:
     61 µs with the spin, 10 µs without). ``CONVEYOR_SPIN_US`` sets it in
     either case.
     """
+    # Imported here: reading the other settings (the item store's, the
+    # command line's) must not initialise MPI, which importing the core does.
+    from ._native import core
+
     options = core.engine.EngineOptions()
     options.max_frame_bytes = env_number("CONVEYOR_MAX_FRAME_BYTES", options.max_frame_bytes)
     options.piece_bytes = env_number("CONVEYOR_PIECE_BYTES", options.piece_bytes)
