@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 NP ?= 4
 SOURCES := setup.py pyproject.toml $(shell find csrc pycore -name '*.cpp' -o -name '*.hpp' -o -name '*.py' -o -name '*.pyx' -o -name '*.pyi' 2>/dev/null)
 
-.PHONY: all venv install demo lint typecheck test test-latest docs docs-inventories bench figures bench-peers figures-peers dist clean
+.PHONY: all venv install demo lint typecheck test test-latest docs docs-inventories bench figures bench-peers figures-peers bench-arrays dist clean
 
 all: install
 
@@ -91,6 +91,21 @@ PEERS_STEM := bench/results/peers-$(shell date +%Y%m%d-%H%M%S)
 bench-peers figures-peers: install $(VENV)/.peers
 	mkdir -p bench/results
 	$(PY) bench/peers.py --runs $(or $(RUNS),3) --json $(PEERS_STEM).json --markdown $(PEERS_STEM).md $(if $(filter figures-peers,$@),--readme)
+
+# bench/arrays.py: issue 17's four DistArray figures against Dask and Heat
+# on 4 ranks (NP), keeping its JSON and table in bench/results/. Heat comes
+# from requirements-heat.txt, installed here only (make test never installs
+# it), with --no-deps: that file is the whole list, torch and the CUDA
+# libraries it cannot import without, none of the ones it loads only for a
+# GPU (about 2.1 GB to download, 3.7 GB in the venv: bench/README.md).
+$(VENV)/.heat: $(VENV)/.deps requirements-heat.txt
+	$(PY) -m pip install --quiet --no-deps -r requirements-heat.txt
+	touch $@
+
+ARRAYS_STEM := bench/results/arrays-$(shell date +%Y%m%d-%H%M%S)
+bench-arrays: install $(VENV)/.heat
+	mkdir -p bench/results
+	$(VENV)/bin/mpiexec -n $(NP) $(PY) bench/arrays.py --reps $(or $(REPS),3) --json $(ARRAYS_STEM).json --markdown $(ARRAYS_STEM).md
 
 # dist/: the sdist and a wheel built from it. auditwheel gives the wheel its
 # manylinux tag and leaves libmpi out: conveyor uses the MPI that mpi4py loads.

@@ -287,14 +287,45 @@ def _partial_reduce(
     return reduced.reshape((1,) + (chunk.shape[1:] if axis == 0 else ()))
 
 
+# Rows of float64 a step of `_blockwise_squares` takes: 512 KiB, which stays
+# in a core's cache between the subtraction and the sum of squares.
+SQUARES_BLOCK = 1 << 16
+
+
 def _partial_squares(centre: Any, axis: int | None, dtype: Any, chunk: np.ndarray) -> np.ndarray:
     # One chunk's sum of squared deviations from the mean, as numpy's var computes them.
+    if (
+        axis is None
+        and dtype is None
+        and chunk.dtype == np.float64
+        and chunk.size
+        and chunk.flags.c_contiguous
+    ):
+        return _blockwise_squares(float(np.asarray(centre).reshape(-1)[0]), chunk.reshape(-1))
     deviations = np.asarray(chunk - centre)
     if deviations.dtype.kind == "c":
         squares = deviations.real**2 + deviations.imag**2
     else:
         squares = deviations * deviations
     return _partial_reduce(np.sum, axis, {"dtype": dtype}, squares)
+
+
+def _blockwise_squares(centre: float, values: np.ndarray) -> np.ndarray:
+    # The sum of (values - centre) ** 2 a cache-sized block at a time: the
+    # whole-chunk expression makes two temporaries as large as the chunk,
+    # whose fresh pages cost most of its time: 63 ms for 25 M float64 on
+    # this 2-core machine, against 22 ms here (bench/arrays.py's x.std()).
+    step = min(SQUARES_BLOCK, len(values))
+    buffer = np.empty(step)
+    total = 0.0
+    for start in range(0, len(values), step):
+        block = values[start : start + step]
+        deviations = buffer[: len(block)]
+        np.subtract(block, centre, out=deviations)
+        # einsum, not np.dot: OpenBLAS's dot starts threads, which on ranks
+        # that share the cores made it four times slower.
+        total += float(np.einsum("i,i->", deviations, deviations))
+    return np.array([total])
 
 
 def _total(
