@@ -119,9 +119,15 @@ def var(
     if not len(x):  # numpy's answer for no elements (nan, and its warnings)
         empty = np.empty((0,) + x._learn_type()[1], x.dtype)
         return getattr(np, name)(empty, axis=axis, dtype=dtype, ddof=ddof, keepdims=keepdims)
-    centre = mean(x, axis, dtype, keepdims=True)
-    part = functools.partial(_partial_squares, centre, axis, dtype)
-    squares = _combined(x, part, np.sum, axis, keepdims, {"dtype": dtype})
+    if axis is None and dtype is None and x.dtype == np.float64:
+        # One pass over memory: each chunk's count, mean and squared
+        # deviations, merged here (no round for the mean first).
+        moments = _combined(x, _moments, _merged_moments, None, False, {})
+        squares = np.reshape(moments[2], (1,) * x.ndim if keepdims else ())
+    else:
+        centre = mean(x, axis, dtype, keepdims=True)
+        part = functools.partial(_partial_squares, centre, axis, dtype)
+        squares = _combined(x, part, np.sum, axis, keepdims, {"dtype": dtype})
     count = max(_count(x, axis) - ddof, 0)
     if count == 0:
         warnings.warn("Degrees of freedom <= 0 for slice", RuntimeWarning, stacklevel=3)
@@ -287,21 +293,15 @@ def _partial_reduce(
     return reduced.reshape((1,) + (chunk.shape[1:] if axis == 0 else ()))
 
 
-# Rows of float64 a step of `_blockwise_squares` takes: 512 KiB, which stays
-# in a core's cache between the subtraction and the sum of squares.
+# Rows of float64 a step of `_moments` takes: 512 KiB, which stays in a
+# core's cache between the mean, the subtraction and the sum of squares (the
+# whole chunk's expression made two temporaries as large as the chunk, whose
+# fresh pages cost most of its time).
 SQUARES_BLOCK = 1 << 16
 
 
 def _partial_squares(centre: Any, axis: int | None, dtype: Any, chunk: np.ndarray) -> np.ndarray:
     # One chunk's sum of squared deviations from the mean, as numpy's var computes them.
-    if (
-        axis is None
-        and dtype is None
-        and chunk.dtype == np.float64
-        and chunk.size
-        and chunk.flags.c_contiguous
-    ):
-        return _blockwise_squares(float(np.asarray(centre).reshape(-1)[0]), chunk.reshape(-1))
     deviations = np.asarray(chunk - centre)
     if deviations.dtype.kind == "c":
         squares = deviations.real**2 + deviations.imag**2
@@ -310,22 +310,43 @@ def _partial_squares(centre: Any, axis: int | None, dtype: Any, chunk: np.ndarra
     return _partial_reduce(np.sum, axis, {"dtype": dtype}, squares)
 
 
-def _blockwise_squares(centre: float, values: np.ndarray) -> np.ndarray:
-    # The sum of (values - centre) ** 2 a cache-sized block at a time: the
-    # whole-chunk expression makes two temporaries as large as the chunk,
-    # whose fresh pages cost most of its time: 63 ms for 25 M float64 on
-    # this 2-core machine, against 22 ms here (bench/arrays.py's x.std()).
+def _moments(chunk: np.ndarray) -> np.ndarray:
+    # A float64 chunk's count, mean and sum of squared deviations from it (a
+    # row; none if empty), a cache-sized block at a time: each block's mean
+    # and squares come from the cache, so memory is read once, and the
+    # blocks merge as in Chan, Golub and LeVeque's pairwise update.
+    values = chunk.reshape(-1)
+    if not len(values):
+        return np.empty((0, 3))
     step = min(SQUARES_BLOCK, len(values))
     buffer = np.empty(step)
-    total = 0.0
+    moments = np.zeros(3)
     for start in range(0, len(values), step):
         block = values[start : start + step]
         deviations = buffer[: len(block)]
-        np.subtract(block, centre, out=deviations)
+        block_mean = float(np.einsum("i->", block)) / len(block)
+        np.subtract(block, block_mean, out=deviations)
         # einsum, not np.dot: OpenBLAS's dot starts threads, which on ranks
         # that share the cores made it four times slower.
-        total += float(np.einsum("i,i->", deviations, deviations))
-    return np.array([total])
+        squares = float(np.einsum("i,i->", deviations, deviations))
+        moments = _merge(moments, np.array([len(block), block_mean, squares]))
+    return moments.reshape(1, 3)
+
+
+def _merge(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    # The count, mean and squared deviations of two parts together.
+    count = a[0] + b[0]
+    delta = b[1] - a[1]
+    mean = a[1] + delta * (b[0] / count)
+    return np.array([count, mean, a[2] + b[2] + delta * delta * (a[0] * b[0] / count)])
+
+
+def _merged_moments(rows: np.ndarray, axis: int, keepdims: bool) -> np.ndarray:
+    # The chunks' moments (one row each, in order) merged, as _combined calls it.
+    merged: np.ndarray = rows[0]
+    for row in rows[1:]:
+        merged = _merge(merged, row)
+    return merged
 
 
 def _total(
