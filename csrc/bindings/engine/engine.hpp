@@ -201,6 +201,7 @@ class PyEngine {
         d["frames_sent"] = s.frames_sent;
         d["frames_received"] = s.frames_received;
         d["frames_malformed"] = s.frames_malformed + entries_malformed_;
+        d["frames_forged"] = s.frames_forged;
         d["batches_sent"] = s.batches_sent;
         d["batches_received"] = s.batches_received;
         d["bytes_framed"] = s.bytes_framed;
