@@ -13,6 +13,7 @@ import asyncio
 import atexit
 import functools
 import itertools
+import math
 import operator
 import sys
 import time
@@ -172,6 +173,11 @@ class Messenger:
             _diagnostics.collect, transport, requests, self._dispatch, self._tables, self._chunks
         )
         _diagnostics.watch(transport)
+        self._handler_watch = (
+            _diagnostics.HandlerWatch(engine, self.rank, slow_handler)
+            if slow_handler < math.inf
+            else None
+        )
         _open_messengers.add(self)
         if MPI.COMM_WORLD.Get_size() > 1:
             global _in_multi_rank_job
@@ -280,6 +286,8 @@ class Messenger:
         self._chunks.close()
         _open_messengers.discard(self)
         _diagnostics.unwatch(self._transport)
+        if self._handler_watch is not None:
+            self._handler_watch.stop()
         _asyncio.detach(self._transport)
         self._transport.engine.close()  # stops the background thread before MPI goes away
         self._requests.fail_all("the messenger was closed before the answer came")
