@@ -132,8 +132,7 @@ bool Engine::post(int dest, std::vector<std::uint8_t> frame, const std::vector<O
     auto out = std::make_shared<Outgoing>();
     out->bytes.frames = frame.size();
     for (const auto& b : oob) out->bytes.data += b.size;
-    if (!oob.empty())
-        out->stamp_at = read_header(frame.data(), frame.size()).body_offset - kStampBytes;
+    if (!oob.empty()) out->stamp_at = stamp_offset(frame.data(), oob.size());
     out->frame = std::move(frame);
     out->oob = oob;
     out->keep = std::move(keep);

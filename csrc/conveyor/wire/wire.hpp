@@ -146,6 +146,16 @@ inline void write_header(Writer& w, FrameKind kind, std::uint64_t ref, std::stri
     if (!oob.empty()) w.u64(0);  // the stamp
 }
 
+// Where the stamp lies in a frame that write_header (or the encoder) wrote
+// with `buffers` out-of-band buffers: found without reading the header into
+// a FrameHeader (no allocation on a large message's path), for the sending
+// engine, which stamps only frames it was handed by the encoder.
+inline std::size_t stamp_offset(const std::uint8_t* frame, std::size_t buffers) {
+    std::uint64_t tag_bytes;
+    std::memcpy(&tag_bytes, frame + 4 + 8, sizeof tag_bytes);
+    return 4 + 8 + 8 + static_cast<std::size_t>(tag_bytes) + 4 + 8 * buffers;
+}
+
 // The header of a frame without tag or out-of-band buffers (Batch, Credit).
 constexpr std::size_t kBareHeaderBytes = 4 + 8 + 8 + 4;
 
