@@ -395,3 +395,47 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
                 transport.tracer.write_safely()
     finally:
         _dumping = False
+
+
+class HandlerWatch:
+    """Log a handler that has run ``CONVEYOR_SLOW_HANDLER_S`` and not returned, while it runs.
+
+    The warning given once a slow handler returns never comes for one that
+    never returns, which hangs its rank, and the ranks that wait for it,
+    with nothing said. A daemon thread looks every half threshold at the
+    engine's timed handlers (it needs the GIL, which a handler running
+    Python code gives up every few milliseconds, and one blocked in a call
+    that waits mostly releases).
+    """
+
+    def __init__(self, engine: Any, rank: int, seconds: float) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run,
+            args=(engine, rank, seconds),
+            name=f"conveyor-handler-watch-rank{rank}",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        """End the thread (it does not wait for it: a handler may hold the GIL)."""
+        self._stop.set()
+
+    def _run(self, engine: Any, rank: int, seconds: float) -> None:
+        reported: set[tuple[str, int, float]] = set()
+        while not self._stop.wait(seconds / 2):
+            running = engine.timed_now()
+            for tag, source, started, so_far in running:
+                if so_far >= seconds and (tag, source, started) not in reported:
+                    reported.add((tag, source, started))
+                    logger.warning(
+                        "conveyor: rank %d: the receiver of %r has run for %.3f s and not "
+                        "returned (message from rank %d; CONVEYOR_SLOW_HANDLER_S=%g)",
+                        rank,
+                        tag,
+                        so_far,
+                        source,
+                        seconds,
+                    )
+            reported &= {(tag, source, started) for tag, source, started, _ in running}

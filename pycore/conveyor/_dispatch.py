@@ -156,7 +156,7 @@ class Dispatch:
         kind, source, ref, tag, payload, error = item
         if kind == core.message.KIND_SEND or kind == core.message.KIND_REQUEST:
             self._refuse_delivery(kind == core.message.KIND_REQUEST, source, ref, tag, error)
-        else:  # counted by the engine as frames_malformed
+        else:  # counted by the engine as frames_malformed or frames_forged
             self._report(f"dropped a malformed frame from rank {source}: {error}")
 
     def returned(self, msg: Message, result: Any) -> None:

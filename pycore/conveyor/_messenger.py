@@ -13,6 +13,7 @@ import asyncio
 import atexit
 import functools
 import itertools
+import math
 import operator
 import os
 import sys
@@ -98,6 +99,8 @@ class Messenger:
     abort_on_error : bool, default True
         In a multi-rank job, an uncaught exception prints its traceback and
         aborts the whole job rather than leaving the other ranks waiting.
+        With False, Python reports it as usual, and the rank aborts the job
+        only as it exits.
     serve : {"inline", "thread"}, default "inline"
         Who handles messages: the program's thread while it waits in
         conveyor (the fastest; see the guide's figures), or a service thread
@@ -195,9 +198,17 @@ class Messenger:
             _diagnostics.collect, transport, requests, self._dispatch, self._tables, self._chunks
         )
         _diagnostics.watch(transport)
+        self._handler_watch = (
+            _diagnostics.HandlerWatch(engine, self.rank, slow_handler)
+            if slow_handler < math.inf
+            else None
+        )
         _open_messengers.add(self)
-        if abort_on_error and MPI.COMM_WORLD.Get_size() > 1:
-            _install_abort_hook()
+        if MPI.COMM_WORLD.Get_size() > 1:
+            global _in_multi_rank_job
+            _in_multi_rank_job = True
+            if abort_on_error:
+                _install_abort_hook()
         if serve == "thread":  # last: it dispatches from now on
             transport.service = Service(transport, f"conveyor-serve-rank{self.rank}")
 
@@ -250,6 +261,7 @@ class Messenger:
             # Another rank may not be here to join a collective close: let
             # the exception go on (in a multi-rank job it aborts the job).
             self._abandon()
+            _note_exit(exc)
 
     async def __aenter__(self) -> Messenger:
         self.attach()
@@ -265,6 +277,7 @@ class Messenger:
             await self.aclose()
         else:
             self._abandon()
+            _note_exit(exc)
 
     def close(self) -> None:
         """Wait until no message is in flight (collective), then release MPI resources.
@@ -320,6 +333,8 @@ class Messenger:
         self._chunks.close()
         _open_messengers.discard(self)
         _diagnostics.unwatch(self._transport)
+        if self._handler_watch is not None:
+            self._handler_watch.stop()
         _asyncio.detach(self._transport)
         self._transport.engine.close()  # stops the background thread before MPI goes away
         self._requests.fail_all("the messenger was closed before the answer came")
@@ -1278,11 +1293,38 @@ _open_messengers: weakref.WeakSet[Messenger] = weakref.WeakSet()
 _serials = itertools.count(1)
 
 
+# Set once a messenger is made in a job of more than one rank: leaving such
+# a job early leaves the other ranks waiting for this one.
+_in_multi_rank_job = False
+# Whether an exception left a messenger's block (which then closed it
+# without the collective close the other ranks wait in).
+_abandoned = False
+# A SystemExit that left a messenger's block: (what it was, the exit code).
+# It is no uncaught exception (no excepthook sees it), yet the rank leaves.
+_exiting: tuple[str, int] | None = None
+
+
+def _note_exit(exc: BaseException | None) -> None:
+    global _abandoned, _exiting
+    _abandoned = True
+    if isinstance(exc, SystemExit):
+        code = exc.code if isinstance(exc.code, int) and exc.code != 0 else 1
+        _exiting = (f"left a messenger's block by {exc!r}", code)
+
+
+def _exit_code(exc_type: type[BaseException]) -> int:
+    """The exit status of a job aborted for an uncaught exception: 130 for Ctrl-C, as shells do."""
+    return 130 if issubclass(exc_type, KeyboardInterrupt) else 1
+
+
 @atexit.register
-def _stop_background_threads() -> None:
+def _at_exit() -> None:
+    leaving = _leaving_early()
     for messenger in list(_open_messengers):
         messenger._transport.engine.close()
         _write_trace(messenger)
+    if leaving is not None:
+        _abort_job(*leaving)
 
 
 def _write_trace(messenger: Messenger) -> None:
@@ -1292,8 +1334,47 @@ def _write_trace(messenger: Messenger) -> None:
         messenger._tracer.write_safely()
 
 
+def _leaving_early() -> tuple[str, int] | None:
+    """Why this rank leaves a job whose other ranks may wait for it, with an exit code; or None.
+
+    MPICH's mpiexec ends the job when a rank dies, but not when one
+    finalizes and exits early: the others would wait for it for ever. An
+    uncaught exception that was not already aborting the job (the messenger
+    was made with ``abort_on_error=False``) and a SystemExit out of a
+    messenger's block are such early exits; a program that ends with a
+    messenger left open but no error is not.
+    """
+    if not _in_multi_rank_job:
+        return None
+    uncaught = getattr(sys, "last_value", None)  # set by Python when one ended the program
+    if uncaught is not None and (_open_messengers or _abandoned):
+        return f"raised an uncaught {type(uncaught).__name__}", _exit_code(type(uncaught))
+    return _exiting
+
+
 _abort_hook_installed = False
 _ABORT_GRACE_SECONDS = 0.2
+
+
+def _abort_job(why: str, code: int) -> None:
+    """Log that this rank `why`, then abort the MPI job with exit status `code`."""
+    from mpi4py import MPI
+
+    world = MPI.COMM_WORLD
+    _diagnostics.logger.critical(
+        "conveyor: rank %d of %d %s: aborting the job (exit status %d), whose other ranks "
+        "would wait for it",
+        world.Get_rank(),
+        world.Get_size(),
+        why,
+        code,
+    )
+    sys.stderr.flush()
+    # mpiexec may drop what a rank wrote just before MPI_Abort (MPICH's
+    # hydra, seen in CI: a traceback cut after its first line): give its
+    # I/O forwarding a moment to carry the traceback out first.
+    time.sleep(_ABORT_GRACE_SECONDS)
+    world.Abort(code)
 
 
 def _install_abort_hook() -> None:
@@ -1307,20 +1388,9 @@ def _install_abort_hook() -> None:
         exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None
     ) -> None:
         previous(exc_type, exc, tb)
-        if issubclass(exc_type, KeyboardInterrupt):
-            code = 130
-        else:
-            code = 1
-        from mpi4py import MPI
-
         for messenger in list(_open_messengers):
             _write_trace(messenger)
-        sys.stderr.flush()
-        # mpiexec may drop what a rank wrote just before MPI_Abort (MPICH's
-        # hydra, seen in CI: a traceback cut after its first line): give its
-        # I/O forwarding a moment to carry the traceback out first.
-        time.sleep(_ABORT_GRACE_SECONDS)
-        MPI.COMM_WORLD.Abort(code)
+        _abort_job(f"raised an uncaught {exc_type.__name__}", _exit_code(exc_type))
 
     sys.excepthook = abort_job
     _abort_hook_installed = True

@@ -90,6 +90,27 @@ def test_exit_status_of_the_failing_rank(tmp_path):
     assert "rank 1" not in result.stderr
 
 
+def test_a_rank_leaving_by_os_exit_0_fails_the_run(tmp_path):
+    # MPICH's mpiexec kills the other ranks and exits with 0 when a rank
+    # leaves by os._exit(0) before MPI_Finalize: conveyor run said nothing
+    # and exited with 0.
+    result = conveyor_run(
+        tmp_path,
+        """
+        import os
+        import conveyor as cv
+        with cv.Messenger() as m:
+            if m.rank == 1:
+                os._exit(0)
+            m.wait_quiet()  # waits for rank 1, until mpiexec kills this rank
+        """,
+        "-n",
+        "3",
+    )
+    assert result.returncode != 0
+    assert "conveyor run: rank 1 did not finish" in result.stderr, result.stderr
+
+
 def alive(pid):
     """Whether process `pid` exists and is not a zombie waiting to be reaped."""
     try:
@@ -216,10 +237,16 @@ def test_the_finder_prefers_conveyor_mpiexec(monkeypatch, tmp_path):
 
 
 # Stands for mpiexec: writes the environment it was started in to a JSON file.
+# Records its environment, and reports each rank's status 0 as script_rank
+# would (a rank that reports none did not finish).
 FAKE_MPIEXEC = """#!{python}
-import json, os
+import json, os, sys
 with open({record!r}, "w") as f:
     json.dump(dict(os.environ), f)
+status_dir = sys.argv[sys.argv.index("conveyor.cli.script_rank") + 1]
+for rank in range(int(sys.argv[2])):
+    with open(os.path.join(status_dir, str(rank)), "w") as f:
+        f.write("0")
 """
 
 

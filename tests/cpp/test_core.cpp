@@ -30,6 +30,9 @@ static void test_wire() {
     CHECK(h.ref == 42 && h.tag == "kmers");
     CHECK(h.oob.size() == 2 && h.oob[0] == 5 && h.oob[1] == (1u << 20));
     CHECK(h.body_offset == frame.size() - 1);
+    // The stamp ends a header that announces buffers: left 0 for the engine.
+    CHECK(h.stamp == 0 && h.body_offset == 4 + 8 + 8 + 5 + 4 + 2 * 8 + kStampBytes);
+    CHECK(stamp_offset(frame.data(), 2) == h.body_offset - kStampBytes);
 
     // Every truncation of the header is an error, never an out-of-bounds read.
     for (std::size_t n = 0; n < h.body_offset; ++n)

@@ -34,6 +34,7 @@ void register_engine(py::module_& m) {
         .def("answering", &PyEngine::answering, py::arg("source"), py::arg("ref"))
         .def_property_readonly("answering_count", &PyEngine::answering_count)
         .def("answering_now", &PyEngine::answering_now)
+        .def("timed_now", &PyEngine::timed_now)
         .def_readwrite("slow_handler_seconds", &PyEngine::slow_handler_seconds)
         .def("describe", &PyEngine::describe, py::arg("patience"))
         .def("flush", [](PyEngine& e) { e.engine().flush(); })

@@ -216,6 +216,7 @@ class PyEngine {
         d["frames_sent"] = s.frames_sent;
         d["frames_received"] = s.frames_received;
         d["frames_malformed"] = s.frames_malformed + entries_malformed_;
+        d["frames_forged"] = s.frames_forged;
         d["batches_sent"] = s.batches_sent;
         d["batches_received"] = s.batches_received;
         d["bytes_framed"] = s.bytes_framed;
@@ -272,6 +273,17 @@ class PyEngine {
         }
         d["routes"] = routes;
         return d;
+    }
+
+    // The handlers that run now (timed ones only: see timed()), outermost
+    // first, as (tag, source, started, seconds so far): what tells a
+    // handler that has not returned (a watch thread reads it under the GIL).
+    py::list timed_now() const {
+        py::list running;
+        double now = coarse_seconds();
+        for (const auto& t : timing_)
+            running.append(py::make_tuple(t.tag, t.source, t.start, now - t.start));
+        return running;
     }
 
     int handling() const { return handling_; }
@@ -563,14 +575,22 @@ class PyEngine {
 
     // Runs `run`, a message's handler: the one place handlers are timed. If
     // CONVEYOR_SLOW_HANDLER_S is unset this costs one comparison; else two
-    // reads of a coarse clock, and a call of Dispatch.slow_handler(tag,
-    // source, seconds) when the handler took at least that long (not if it
-    // raised through: a KeyboardInterrupt is on its way).
+    // reads of a coarse clock, the handler listed in timed_now() while it
+    // runs, and a call of Dispatch.slow_handler(tag, source, seconds) when
+    // it took at least that long (not if it raised through: a
+    // KeyboardInterrupt is on its way).
     template <class Run>
     void timed(Hooks& h, const Delivery& d, Run&& run) {
         if (!(slow_handler_seconds < std::numeric_limits<double>::infinity())) return run();
         double start = coarse_seconds();
-        run();
+        {
+            timing_.push_back({d.tag, d.source, start});
+            struct Unlist {
+                std::vector<Timing>& timing;
+                ~Unlist() { timing.pop_back(); }
+            } unlist{timing_};
+            run();
+        }
         double seconds = coarse_seconds() - start;
         if (seconds >= slow_handler_seconds)
             h.call(dispatch_names().slow_handler, d.tag, py::int_(d.source), py::float_(seconds));
@@ -721,6 +741,12 @@ class PyEngine {
         py::object message;
     };
     std::vector<Answering> answering_;
+    struct Timing {
+        py::object tag;
+        int source;
+        double start;
+    };
+    std::vector<Timing> timing_;  // see timed_now()
 
     const Answering* find_answering(int source, std::uint64_t ref) const {
         for (const auto& a : answering_)

@@ -652,7 +652,7 @@ void encode_frame(Encoded& out, FrameKind kind, std::uint64_t ref, std::string_v
                   py::handle payload, const EncodeOptions& options) {
     // Most frames carry no out-of-band data: write the header announcing
     // none and the body right after it, and only if the body turned out to
-    // use buffers, insert their sizes and patch the count.
+    // use buffers, insert their sizes and the stamp, and patch the count.
     out.frame.bytes.clear();
     out.oob.clear();
     out.keep = py::object();
@@ -663,13 +663,14 @@ void encode_frame(Encoded& out, FrameKind kind, std::uint64_t ref, std::string_v
     enc.value(payload, 0);
     if (out.oob.empty()) return;
     std::vector<std::uint64_t> sizes;
-    sizes.reserve(out.oob.size());
+    sizes.reserve(out.oob.size() + 1);
     for (const auto& b : out.oob) sizes.push_back(b.size);
+    sizes.push_back(0);  // the stamp, which the engine fills in
     auto& bytes = out.frame.bytes;
     auto at = bytes.begin() + static_cast<std::ptrdiff_t>(body_offset);
     bytes.insert(at, reinterpret_cast<const std::uint8_t*>(sizes.data()),
                  reinterpret_cast<const std::uint8_t*>(sizes.data() + sizes.size()));
-    auto count = static_cast<std::uint32_t>(sizes.size());
+    auto count = static_cast<std::uint32_t>(out.oob.size());
     std::memcpy(bytes.data() + body_offset - 4, &count, 4);  // the header's last field
 }
 

@@ -54,6 +54,7 @@ Engine::Engine(MPI_Comm comm, EngineOptions options) : comm_(comm), options_(opt
     check_mpi(MPI_Comm_size(comm_, &size_), "MPI_Comm_size");
     by_source_.resize(size_);
     routes_.resize(size_);
+    make_stamp_keys();
     int provided = MPI_THREAD_SINGLE;
     check_mpi(MPI_Query_thread(&provided), "MPI_Query_thread");
     if (options_.background && provided == MPI_THREAD_MULTIPLE)
@@ -131,6 +132,7 @@ bool Engine::post(int dest, std::vector<std::uint8_t> frame, const std::vector<O
     auto out = std::make_shared<Outgoing>();
     out->bytes.frames = frame.size();
     for (const auto& b : oob) out->bytes.data += b.size;
+    if (!oob.empty()) out->stamp_at = stamp_offset(frame.data(), oob.size());
     out->frame = std::move(frame);
     out->oob = oob;
     out->keep = std::move(keep);
@@ -144,6 +146,7 @@ bool Engine::post(int dest, std::vector<std::uint8_t> frame, const std::vector<O
 }
 
 void Engine::isend(int dest, std::shared_ptr<Outgoing> out) {
+    stamp_outgoing(dest, *out);  // here: stamps are numbered in the order frames leave
     MPI_Request req;
     check_mpi(MPI_Isend(out->frame.data(), static_cast<int>(out->frame.size()), MPI_BYTE, dest,
                         kTagFrame, comm_, &req),
@@ -184,8 +187,23 @@ void Engine::receive_frame(MPI_Message message, const MPI_Status& status) {
         return;
     }
     if (in->header.kind == FrameKind::Credit) {
-        stats_.frames_received -= 1;  // a control frame: counted on its own
-        receive_credit(*in);
+        if (receive_credit(*in)) {
+            stats_.frames_received -= 1;  // a control frame: counted on its own
+            return;
+        }
+        // A forged one is a frame like any other: delivered as a rejection,
+        // so that termination detection counts it finished (post_raw, say,
+        // counted it posted) and flow control credits its bytes.
+        in->malformed = "a credit that rank " + std::to_string(in->source) +
+                        "'s engine did not send (a forged frame)";
+        enqueue(std::move(in));
+        return;
+    }
+    if (!in->header.oob.empty() && !genuine(in->source, in->header.stamp)) {
+        // Counted as forged: nothing is posted for data its sender never sends.
+        in->malformed = "it announces out-of-band data that rank " + std::to_string(in->source) +
+                        "'s engine did not send (a forged frame)";
+        enqueue(std::move(in));
         return;
     }
     if (in->header.kind == FrameKind::Batch) stats_.batches_received += 1;

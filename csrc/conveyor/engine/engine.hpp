@@ -12,9 +12,12 @@
 // MPI's non-overtaking rule per (source, tag) lets the receiver post the data
 // receives in the order it reads frames; per-source delivery queues then keep
 // messages in the order they were sent even when a large one is still arriving.
+// That order is only sound if every announcement it trusts was made by the
+// sender's engine: the frames whose effect goes beyond themselves (those that
+// announce data, and credits) carry a stamp the receiver checks (stamp.cpp).
 //
 // One object or concept a file: engine.cpp (posting, receiving, progress,
-// the owner's wait), batching.cpp, flow_control.cpp, quiescence.cpp,
+// the owner's wait), batching.cpp, flow_control.cpp, quiescence.cpp, stamp.cpp,
 // background.cpp (the background thread), buffer.hpp (receive buffers and
 // their cache), backoff.hpp (idle waiting).
 #pragma once
@@ -97,6 +100,9 @@ struct EngineStats {
     std::uint64_t frames_sent = 0;          // MPI messages carrying frames (a batch is one)
     std::uint64_t frames_received = 0;
     std::uint64_t frames_malformed = 0;
+    // Stamped frames (data announcements, credits) whose stamp is not the
+    // one their sender's engine would have made: forged, dropped.
+    std::uint64_t frames_forged = 0;
     std::uint64_t batches_sent = 0;
     std::uint64_t batches_received = 0;
     std::uint64_t bytes_framed = 0;              // bytes copied into frames
@@ -264,6 +270,7 @@ class Engine {
         std::vector<OutOfBand> oob;
         KeepAlive keep;
         FlowBytes bytes;
+        std::size_t stamp_at = 0;  // where isend() writes the stamp; 0: none
     };
     using Guard = std::lock_guard<YieldingMutex>;
     // What this rank has in flight to one destination, and has consumed from it.
@@ -272,10 +279,12 @@ class Engine {
         std::uint64_t batch_messages = 0;
         Clock::time_point batch_started;
         std::deque<std::shared_ptr<Outgoing>> held;  // waiting for credit, in order
-        FlowBytes in_flight;  // posted to MPI, not credited by the receiver yet
-        bool asked = false;   // we asked it for credit and none came yet
-        FlowBytes consumed;   // of its messages we popped, not credited yet
-        bool owes = false;    // it asked us for credit
+        FlowBytes in_flight;                 // posted to MPI, not credited by the receiver yet
+        bool asked = false;                  // we asked it for credit and none came yet
+        FlowBytes consumed;                  // of its messages we popped, not credited yet
+        bool owes = false;                   // it asked us for credit
+        std::uint64_t stamped_sent = 0;      // stamped frames sent to it
+        std::uint64_t stamped_received = 0;  // its stamped frames received, not forged
     };
 
     bool congested_locked(int dest) const {
@@ -315,7 +324,12 @@ class Engine {
     void send_credit(int dest, FlowBytes consumed);
     void consumed(int source, FlowBytes bytes);
     void credit(int source);
-    void receive_credit(const Incoming& in);
+    bool receive_credit(const Incoming& in);
+    // stamp.cpp
+    void make_stamp_keys();
+    std::uint64_t stamp(int source, int dest, std::uint64_t n) const;
+    void stamp_outgoing(int dest, Outgoing& out);
+    bool genuine(int source, std::uint64_t stamp);
     // background.cpp
     void background_loop();
     void background_rounds();
@@ -344,6 +358,7 @@ class Engine {
     mutable YieldingMutex lock_;
 
     std::vector<Route> routes_;
+    std::vector<std::uint64_t> stamp_keys_;  // each rank's, drawn at random (stamp.cpp)
     std::vector<MPI_Request> send_reqs_;
     std::vector<std::shared_ptr<Outgoing>> send_owners_;
     // Sends completed where their keep-alives could not be released (see

@@ -52,13 +52,15 @@ void Engine::release(int dest) {
 }
 
 // A Credit frame: the frame bytes consumed in `ref`, the out-of-band bytes
-// in its body; nothing consumed asks for credit. Control frames bypass
-// batches and flow control and are not logical messages.
+// then a stamp (stamp.cpp) in its body; nothing consumed asks for credit.
+// Control frames bypass batches and flow control and are not logical messages.
 void Engine::send_credit(int dest, FlowBytes consumed) {
     auto out = std::make_shared<Outgoing>();
     Writer w;
     write_header(w, FrameKind::Credit, consumed.frames, {}, {});
     w.u64(consumed.data);
+    out->stamp_at = w.size();
+    w.u64(0);
     out->frame = std::move(w.bytes);
     isend(dest, std::move(out));
     stats_.credits_sent += 1;
@@ -87,22 +89,31 @@ void Engine::credit(int source) {
 }
 
 // A Credit frame from `in.source`: bytes of ours it consumed, which let
-// held frames go, or none, when it asks for the credit it is owed.
-void Engine::receive_credit(const Incoming& in) {
+// held frames go, or none, when it asks for the credit it is owed. Returns
+// false, changing nothing, for a forged one (its stamp is wrong or missing),
+// which would let more than a window go.
+bool Engine::receive_credit(const Incoming& in) {
+    Reader body(in.frame.data() + in.header.body_offset, in.frame.size() - in.header.body_offset);
+    if (body.remaining() < 2 * 8) {
+        stats_.frames_forged += 1;
+        return false;
+    }
+    FlowBytes credited{in.header.ref, body.u64()};
+    if (!genuine(in.source, body.u64())) return false;
     stats_.credits_received += 1;
     auto& route = routes_[in.source];
-    FlowBytes credited{in.header.ref, 0};
-    Reader body(in.frame.data() + in.header.body_offset, in.frame.size() - in.header.body_offset);
-    if (body.remaining() >= 8) credited.data = body.u64();
     if (credited.frames == 0 && credited.data == 0) {
         route.owes = true;
         credit(in.source);
     } else {
+        // A genuine credit may count more than this engine sent: frames other
+        // code of this rank sent on the communicator were consumed too.
         route.in_flight.frames -= std::min(route.in_flight.frames, credited.frames);
         route.in_flight.data -= std::min(route.in_flight.data, credited.data);
         route.asked = false;
         release(in.source);
     }
+    return true;
 }
 
 }  // namespace conveyor

@@ -32,7 +32,7 @@ enum class FrameKind : std::uint8_t {
     Reply = 3,    // resolves the requester's future `ref` with the payload
     Error = 4,    // resolves the requester's future `ref` with an error
     Batch = 5,    // `ref` small frames to one rank, aggregated: see BatchReader
-    Credit = 6,   // flow control: the receiver consumed `ref` more bytes of ours
+    Credit = 6,   // flow control: the receiver consumed `ref` more bytes of ours (stamped)
     Answer = 7,   // one answer to request `ref`, with more to come (a stream)
 };
 
@@ -126,8 +126,15 @@ struct FrameHeader {
     std::uint64_t ref = 0;           // request id (Request/Reply/Error), else 0
     std::string tag;                 // receiver name (Send/Request)
     std::vector<std::uint64_t> oob;  // sizes of the out-of-band buffers, in order
+    std::uint64_t stamp = 0;         // with out-of-band buffers: see kStampBytes
     std::size_t body_offset = 0;     // where the encoded payload starts
 };
+
+// A frame that announces out-of-band buffers ends its header with a stamp:
+// 8 bytes that the sending engine fills in as it posts the frame, and that
+// the receiving engine checks before it posts receives for the data (see
+// Engine::stamp). The encoder leaves them 0.
+constexpr std::size_t kStampBytes = 8;
 
 inline void write_header(Writer& w, FrameKind kind, std::uint64_t ref, std::string_view tag,
                          const std::vector<std::uint64_t>& oob) {
@@ -136,6 +143,17 @@ inline void write_header(Writer& w, FrameKind kind, std::uint64_t ref, std::stri
     w.blob(tag);
     w.u32(static_cast<std::uint32_t>(oob.size()));
     for (auto n : oob) w.u64(n);
+    if (!oob.empty()) w.u64(0);  // the stamp
+}
+
+// Where the stamp lies in a frame that write_header (or the encoder) wrote
+// with `buffers` out-of-band buffers: found without reading the header into
+// a FrameHeader (no allocation on a large message's path), for the sending
+// engine, which stamps only frames it was handed by the encoder.
+inline std::size_t stamp_offset(const std::uint8_t* frame, std::size_t buffers) {
+    std::uint64_t tag_bytes;
+    std::memcpy(&tag_bytes, frame + 4 + 8, sizeof tag_bytes);
+    return 4 + 8 + 8 + static_cast<std::size_t>(tag_bytes) + 4 + 8 * buffers;
 }
 
 // The header of a frame without tag or out-of-band buffers (Batch, Credit).
@@ -184,6 +202,7 @@ inline FrameHeader read_header(const std::uint8_t* data, std::size_t size) {
         throw DecodeError("corrupt frame: " + std::to_string(n) + " out-of-band buffers announced");
     h.oob.resize(n);
     for (auto& s : h.oob) s = r.u64();
+    if (n != 0) h.stamp = r.u64();
     h.body_offset = size - r.remaining();
     return h;
 }

@@ -111,6 +111,11 @@ class Engine:
         """How many requests' handlers run now (nested waits make it more than 1)."""
     def answering_now(self) -> list[Any]:
         """Return the Messages of the requests whose handlers run now, outermost first."""
+    def timed_now(self) -> list[tuple[str, int, float, float]]:
+        """Return ``(tag, source, started, seconds)`` of each timed handler running now, outermost first.
+
+        Handlers are timed while `slow_handler_seconds` is finite.
+        """
     slow_handler_seconds: float
     """A handler whose dispatch lasts at least this long is reported (infinity: never).
 

@@ -102,12 +102,15 @@ def run(parser, args):
     failed = {rank: code for rank, code in sorted(statuses.items()) if code != 0}
     for rank, code in failed.items():
         _say(f"rank {rank} failed with exit status {code}")
-    if status != 0:
-        for rank in range(args.nranks):
-            if rank not in statuses:
-                _say(f"rank {rank} did not finish: stopped by mpiexec or by a signal")
+    unfinished = [rank for rank in range(args.nranks) if rank not in statuses]
+    for rank in unfinished:
+        _say(f"rank {rank} did not finish: stopped by mpiexec or by a signal, or left by os._exit")
+    if status != 0 or unfinished:
         _say(f"mpiexec exited with status {status}")
-    return next(iter(failed.values()), status)
+    # MPICH's mpiexec exits with 0 when the rank that ended the job early
+    # did so with os._exit(0): a job whose script did not end on every rank
+    # failed all the same.
+    return next(iter(failed.values()), status or int(bool(unfinished)))
 
 
 def _say(text):

@@ -145,9 +145,10 @@ def case_slow_handlers_are_logged_with_tag_and_source():
         m.wait_quiet()
         warned = log.texts()
         if m.rank == 1:
-            assert len(warned) == 1, warned
-            assert "the receiver of 'slow' took" in warned[0]
-            assert "(message from rank 0;" in warned[0] and "rank 1:" in warned[0]
+            assert len(warned) == 2, warned  # while it runs, then once it returned
+            assert "the receiver of 'slow' has run for" in warned[0]
+            assert "the receiver of 'slow' took" in warned[1]
+            assert all("(message from rank 0;" in w and "rank 1:" in w for w in warned)
         else:
             assert warned == []
 
@@ -271,9 +272,29 @@ def test_a_slow_handler_warns_and_a_fast_one_does_not(monkeypatch):
         m.request(0, "fast").result(timeout=30)
         assert log.texts() == []
         m.request(0, "slow").result(timeout=30)
-        (text,) = log.texts()
-        assert "rank 0: the receiver of 'slow' took" in text and "message from rank 0" in text
-        assert "CONVEYOR_SLOW_HANDLER_S=0.05" in text
+        running, took = log.texts()  # while it runs, then once it returned
+        assert "rank 0: the receiver of 'slow' has run for" in running
+        assert "rank 0: the receiver of 'slow' took" in took and "message from rank 0" in took
+        assert "CONVEYOR_SLOW_HANDLER_S=0.05" in took
+
+
+def test_a_handler_that_does_not_return_is_named_while_it_runs(monkeypatch):
+    # A handler that never returned hung the job with nothing said: the
+    # slow handler's warning came only once it returned. This one returns
+    # only once the warning about it was given (or after 60 s, failing).
+    monkeypatch.setenv("CONVEYOR_SLOW_HANDLER_S", "0.05")
+    with Captured() as log, cv.Messenger() as m:
+
+        @m.on("stuck")
+        def stuck(msg):
+            deadline = time.monotonic() + 60
+            while not log.texts() and time.monotonic() < deadline:
+                time.sleep(0.01)
+
+        m.request(0, "stuck").result(timeout=120)
+        text = log.texts()[0]
+        assert "rank 0: the receiver of 'stuck' has run for" in text, text
+        assert "and not returned (message from rank 0; CONVEYOR_SLOW_HANDLER_S=0.05)" in text
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,6 @@
 """Bad input is data, never a crash: malformed frames, unknown tags, errors in handlers."""
 
+import os
 import random
 import struct
 
@@ -9,7 +10,7 @@ import pytest
 import conveyor as cv
 from conveyor._native import core
 
-from _helpers import conveyor_warnings, wait_quiet_warned
+from _helpers import conveyor_warnings, same, wait_quiet_warned
 
 
 def sample_frames():
@@ -143,32 +144,111 @@ def test_malformed_frames_are_counted_and_dropped(mpirun, nranks):
     mpirun(nranks, case_malformed_frames_are_counted_and_dropped)
 
 
-def case_unallocatable_out_of_band_data_rejects_the_frame_only():
-    # A header announcing 2**62 bytes of out-of-band data: the allocation
-    # failed in the engine (its background thread, mostly), and every later
-    # call raised "the background progress thread failed".
+def announcement(payload, tag):
+    """The frame an attacker makes of `payload` with the test hooks, its arrays out of band.
+
+    Return it with the bytes that announce its one buffer (the count, then
+    the size); the 8 bytes of the stamp follow them.
+    """
+    frame, oob = core.testing.encode_frame(core.message.KIND_SEND, 0, tag, payload, 0, False)
+    announced = struct.pack("<IQ", 1, payload.nbytes)
+    assert len(oob) == 1 and frame.count(announced + bytes(8)) == 1
+    return frame, announced
+
+
+def case_forged_out_of_band_announcements_steal_and_stall_nothing():
+    # A forged frame announcing out-of-band data made the receiver post a
+    # receive for its source's next data message: that rank's next real
+    # large array was delivered as the forged message, and the real one
+    # waited for ever with every later message from that rank behind it. A
+    # forged size of 2**62 bytes failed the background thread for good. The
+    # stamp that ends such a header, which the sender's engine makes, is
+    # what the forger cannot make: each one is counted and dropped.
     with cv.Messenger() as m:
         got = []
-        m.on("ok")(lambda msg: got.append(msg.payload))
+        m.on("big")(lambda msg: got.append(msg.payload))
         m.on("echo")(lambda msg: msg.payload)
         dest = (m.rank + 1) % m.size
-        frame, oob = core.testing.encode_frame(
-            core.message.KIND_SEND, 0, "ok", np.arange(10), 0, False
-        )
-        announced = struct.pack("<IQ", 1, 80)  # one buffer, of the array's 80 bytes
-        assert len(oob) == 1 and frame.count(announced) == 1
-        m._transport.engine.post_raw(dest, frame.replace(announced, struct.pack("<IQ", 1, 2**62)))
-        m.send(dest, "ok", "after")
-        caught = wait_quiet_warned(m)
-        assert got == ["after"], got
-        assert m.stats()["frames_malformed"] == 1
-        assert any("cannot allocate" in w for w in caught), caught
+        source = (m.rank - 1) % m.size
+
+        def real(rank):  # what `rank` really sends: 512 KiB, then 768 KiB
+            first = np.arange(1 << 16, dtype=np.float64) * (rank + 1) + 0.5
+            return first, np.arange(3 << 16, dtype=np.int32).reshape(3, -1) - rank
+
+        first, second = real(m.rank)
+        forged, announced = announcement(np.zeros_like(first), "big")  # the same size
+        engine = m._transport.engine
+        with conveyor_warnings() as caught:
+            engine.post_raw(dest, forged)  # the stamp the encoder leaves, 0
+            m.send(dest, "big", first)
+            engine.post_raw(dest, forged.replace(announced + bytes(8), announced + os.urandom(8)))
+            engine.post_raw(dest, forged.replace(announced, struct.pack("<IQ", 1, 2**62)))
+            m.send(dest, "big", second)
+            m.send(dest, "big", "after")
+            m.wait_quiet()
+        expected = [*real(source), "after"]
+        assert len(got) == 3 and all(same(a, b) for a, b in zip(got, expected)), got
+        stats = m.stats()
+        assert stats["frames_forged"] == 3 and stats["frames_malformed"] == 0, stats
+        assert sum("did not send (a forged frame)" in w for w in caught) == 3, caught
         assert m.request(dest, "echo", "still here").result(timeout=10) == "still here"
         m.wait_quiet()
 
 
-def test_unallocatable_out_of_band_data_rejects_the_frame_only(mpirun, nranks):
-    mpirun(nranks, case_unallocatable_out_of_band_data_rejects_the_frame_only)
+def test_forged_out_of_band_announcements_steal_and_stall_nothing(mpirun, nranks):
+    mpirun(nranks, case_forged_out_of_band_announcements_steal_and_stall_nothing)
+    # With windows this small, genuine credits interleave with the genuine
+    # announcements in each pair's count of stamped frames.
+    small = {"CONVEYOR_DATA_WINDOW_BYTES": str(1 << 20), "CONVEYOR_WINDOW_BYTES": "4096"}
+    mpirun(nranks, case_forged_out_of_band_announcements_steal_and_stall_nothing, env=small)
+
+
+KIND_CREDIT = 6
+
+
+def credit(frames, data, stamp=None):
+    """A Credit frame as an attacker writes it: `frames` and `data` bytes consumed, then a stamp."""
+    header = struct.pack("<IQQI", 0xC0FE | (1 << 16) | (KIND_CREDIT << 24), frames, 0, 0)
+    return header + struct.pack("<Q", data) + (b"" if stamp is None else struct.pack("<Q", stamp))
+
+
+def in_flight(m, rank):
+    """The (frame, data) bytes this rank has in flight to `rank`, not credited yet."""
+    for route in m._transport.engine.describe(10.0)["routes"]:
+        if route["rank"] == rank:
+            return route["in_flight_frame_bytes"], route["in_flight_data_bytes"]
+    return 0, 0
+
+
+def case_forged_credits_change_no_window():
+    # A forged credit freed window the receiver never gave (2**62 bytes
+    # emptied the sender's count of what is in flight), and, never counted
+    # as a finished frame, kept wait_quiet from returning on any rank.
+    with cv.Messenger() as m:
+        m.on("small")(lambda msg: None)
+        dest = (m.rank + 1) % m.size
+        source = (m.rank - 1) % m.size
+        engine = m._transport.engine
+        with conveyor_warnings() as caught:
+            for i in range(50):
+                m.send(dest, "small", i)
+            m.flush()
+            engine.post_raw(source, credit(2**62, 2**62, stamp=0))
+            engine.post_raw(source, credit(1, 0, stamp=int.from_bytes(os.urandom(8), "little")))
+            engine.post_raw(source, credit(0, 0))  # "credit, please", without a stamp
+            # Far below a quarter of the window: no genuine credit comes meanwhile.
+            before = in_flight(m, dest)
+            assert before[0] > 0, before
+            while m.stats()["frames_forged"] < 3:
+                m.progress(0.01)
+            assert in_flight(m, dest) == before
+            m.wait_quiet()
+        assert m.stats()["frames_forged"] == 3
+        assert sum("a credit that rank" in w and "forged" in w for w in caught) == 3, caught
+
+
+def test_forged_credits_change_no_window(mpirun, nranks):
+    mpirun(nranks, case_forged_credits_change_no_window)
 
 
 def case_remote_errors():
