@@ -373,9 +373,9 @@ class Decoder {
                 }
                 return std::move(d);
             }
-            case T_NDARRAY: return array();
+            case T_NDARRAY: return array(depth);
             case T_NPSCALAR: {
-                py::dtype dt = dtype();
+                py::dtype dt = dtype(depth);
                 auto raw = r_.blob();
                 if (raw.size() != static_cast<std::size_t>(dt.itemsize()))
                     throw DecodeError("numpy scalar has " + std::to_string(raw.size()) +
@@ -486,7 +486,10 @@ class Decoder {
         return py::array(dt, std::move(shape), std::move(strides), buffer->data(), owner);
     }
 
-    py::dtype dtype() {
+    // A record's description is a value nested in the array's: it counts
+    // toward the depth limit, or arrays in descriptions in arrays (two bytes
+    // a level) would recurse until the stack ran out.
+    py::dtype dtype(int depth) {
         auto form = r_.u8();
         py::object spec;
         std::string key;
@@ -498,7 +501,7 @@ class Decoder {
                 return py::reinterpret_borrow<py::dtype>(cached->second);
             spec = name(raw);
         } else if (form == 1) {
-            spec = value(1);
+            spec = value(depth + 1);
         } else {
             throw DecodeError("bad dtype mark " + std::to_string(form));
         }
@@ -540,8 +543,8 @@ class Decoder {
         return dims;
     }
 
-    py::object array() {
-        py::dtype dt = dtype();
+    py::object array(int depth) {
+        py::dtype dt = dtype(depth);
         auto order = r_.u8();
         if (order > 1) throw DecodeError("bad array order mark");
         std::uint64_t nbytes = 0;
