@@ -112,6 +112,23 @@ def test_array_layouts(threshold):
     assert same(roundtrip(records, threshold), records)
 
 
+@pytest.mark.parametrize("threshold", [0, 1 << 30], ids=["out-of-band", "inline"])
+def test_records_with_padding_keep_their_dtype(threshold):
+    # A record's description names its padding '': read back with np.dtype,
+    # the padding became fields f0, f1... (another dtype), or the frame was
+    # refused when such a name was taken (found by the fuzzer's round trip).
+    nested = np.dtype({"names": ["x"], "formats": ["<i2"], "offsets": [2], "itemsize": 6})
+    for dtype in (
+        np.dtype([("f0", "u1"), ("f1", "<i4")], align=True),
+        np.dtype({"names": [], "formats": [], "offsets": [], "itemsize": 3}),
+        np.dtype([("a", nested, (2,)), ("b", "<f8")], align=True),
+    ):
+        value = np.frombuffer(bytes(range(2 * dtype.itemsize)), dtype)
+        out = roundtrip(value, threshold)
+        assert out.dtype == dtype and out.dtype.names == dtype.names
+        assert out.tobytes() == value.tobytes()
+
+
 def test_memoryview_keeps_format_and_shape():
     a = np.arange(12, dtype=np.int32).reshape(3, 4)
     for threshold in (0, 1 << 30):

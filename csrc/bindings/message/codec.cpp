@@ -48,6 +48,7 @@ struct Types {
     py::object pickle;
     py::object np_generic;
     py::object np_dtype;
+    py::object np_descr_to_dtype;
     py::object np_asarray;
     py::object np_ascontiguousarray;
     py::object int_from_bytes;
@@ -507,7 +508,12 @@ class Decoder {
         }
         py::object dt;
         try {
-            dt = types().np_dtype(spec);
+            // A record's description is its dtype's descr, where padding is
+            // a field named '': np.dtype would name it (f0, f1...) and so
+            // change the dtype, or refuse it for a name taken (an aligned
+            // record of default names); descr_to_dtype, as .npy files are
+            // read, makes padding padding again.
+            dt = form == 0 ? types().np_dtype(spec) : types().np_descr_to_dtype(spec);
         } catch (py::error_already_set& e) {
             throw DecodeError(std::string("invalid dtype: ") + e.what());
         }
@@ -646,6 +652,7 @@ void configure(py::object address_type, py::object item_base, py::dict item_regi
     auto np = py::module_::import("numpy");
     t.np_generic = np.attr("generic");
     t.np_dtype = np.attr("dtype");
+    t.np_descr_to_dtype = py::module_::import("numpy.lib.format").attr("descr_to_dtype");
     t.np_asarray = np.attr("asarray");
     t.np_ascontiguousarray = np.attr("ascontiguousarray");
     t.int_from_bytes = py::module_::import("builtins").attr("int").attr("from_bytes");
