@@ -135,8 +135,25 @@ def test_memoryview_keeps_format_and_shape():
         out = roundtrip(memoryview(a), threshold)
         assert isinstance(out, memoryview)
         assert (out.format, out.shape, out.tobytes()) == ("i", (3, 4), a.tobytes())
+    # A strided view arrived flat, of format 'B' (found by the fuzzer's round trip).
     strided = memoryview(a)[::2]
-    assert roundtrip(strided).tobytes() == a[::2].tobytes()
+    for threshold in (0, 1 << 30):
+        out = roundtrip(strided, threshold)
+        assert (out.format, out.shape, out.tobytes()) == ("i", (2, 4), a[::2].tobytes())
+
+
+def test_memoryviews_the_receiver_cannot_rebuild_are_refused():
+    # The receiver casts the bytes to the format and shape: views whose format
+    # memoryview.cast refuses, or with a 0 in their shape, were sent and then
+    # failed to decode on the receiving rank.
+    for view in (
+        memoryview(np.arange(3, dtype=">i4")),
+        memoryview(np.zeros(2, [("a", "<i4")])),
+        memoryview(np.zeros((0, 3))),
+    ):
+        with pytest.raises(cv.CarriageError, match="memoryviews of format"):
+            roundtrip(view)
+    assert roundtrip(memoryview(b"ab").cast("@B")).format == "@B"
 
 
 scalars = st.one_of(

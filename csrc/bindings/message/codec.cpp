@@ -202,17 +202,29 @@ class Encoder {
     }
 
     void memoryview(py::handle obj) {
-        // Non-contiguous views are made contiguous once; the format and shape
-        // travel along so the receiver gets a view of the same layout.
-        py::object view = py::reinterpret_borrow<py::object>(obj);
-        if (!view.attr("c_contiguous").cast<bool>())
-            view = py::memoryview(py::bytes(view.attr("tobytes")()));
-        Py_buffer* b = PyMemoryView_GET_BUFFER(view.ptr());
+        // The format and shape travel along so the receiver gets a view of
+        // the same layout, which it makes with memoryview.cast: a view cast
+        // cannot make (a format that is not one native character, a 0 in
+        // its shape) is refused here rather than failing the receiver.
+        Py_buffer* b = PyMemoryView_GET_BUFFER(obj.ptr());
+        std::string_view format = b->format ? b->format : "B";
+        std::string_view code = format.size() == 2 && format[0] == '@' ? format.substr(1) : format;
+        bool castable = code.size() == 1 && std::strchr("cbB?hHiIlLqQnNfdP", code[0]) != nullptr;
+        for (int i = 0; i < b->ndim && castable; ++i) castable = b->shape[i] != 0;
+        if (!castable)
+            throw CarriageError("memoryviews of format '" + std::string(format) +
+                                "' or with a 0 in their shape are not carriageable: send "
+                                "bytes or a numpy array");
         body.u8(T_MEMORYVIEW);
-        body.blob(b->format ? b->format : "B");
+        body.blob(format);
         body.u32(static_cast<std::uint32_t>(b->ndim));
         for (int i = 0; i < b->ndim; ++i) body.u64(static_cast<std::uint64_t>(b->shape[i]));
-        bytes_run(view, b->buf, static_cast<std::size_t>(b->len));
+        if (PyBuffer_IsContiguous(b, 'C'))
+            return bytes_run(obj, b->buf, static_cast<std::size_t>(b->len));
+        // Not contiguous: its bytes in C order, copied once, are sent.
+        py::bytes copy = obj.attr("tobytes")();
+        bytes_run(copy, PyBytes_AS_STRING(copy.ptr()),
+                  static_cast<std::size_t>(PyBytes_GET_SIZE(copy.ptr())));
     }
 
     void dtype(const py::dtype& dt, const py::handle& owner) {
