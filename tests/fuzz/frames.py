@@ -35,8 +35,7 @@ KINDS = (
     core.message.KIND_ERROR,
     core.message.KIND_ANSWER,
 )
-# Frames larger than the codec could have been given by any real sender
-# are not the decoder's to defend against: MPI delivers what was sent.
+# A zero-copy threshold no payload reaches: everything travels in the frame.
 NEVER_OUT_OF_BAND = 1 << 62
 # The out-of-band data an input may make the harness allocate: a frame
 # announcing more is decoded without its buffers (and must be refused).
@@ -47,21 +46,8 @@ ADDRESS_SPACE_BYTES = 4 << 30
 
 # Values that lengths, counts, sizes and shapes are forged to.
 EXTREME_U64 = [
-    0,
-    1,
-    2,
-    7,
-    8,
-    255,
-    2**31 - 1,
-    2**31,
-    2**32 - 1,
-    2**32,
-    2**62,
-    2**63 - 1,
-    2**63,
-    2**64 - 1,
-]
+    0, 1, 2, 7, 8, 255, 2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**62, 2**63 - 1, 2**63, 2**64 - 1,
+]  # fmt: skip
 EXTREME_U32 = [0, 1, 2, 64, 65, 2**16, 2**16 + 1, 2**31 - 1, 2**31, 2**32 - 1]
 
 SCALAR_DTYPES = [
