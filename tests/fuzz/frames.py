@@ -282,8 +282,9 @@ def same(a: object, b: object) -> bool:
         return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))  # type: ignore[arg-type]
     if isinstance(a, dict):
         assert isinstance(b, dict)
-        return list(map(repr, a)) == list(map(repr, b)) and all(
-            same(x, y) for x, y in zip(a.values(), b.values())
+        # Keys compared as values too: a user item is a key by identity.
+        return len(a) == len(b) and all(
+            same(k, k2) and same(v, v2) for (k, v), (k2, v2) in zip(a.items(), b.items())
         )
     if isinstance(a, float):
         return struct.pack("<d", a) == struct.pack("<d", b)  # type: ignore[arg-type]
