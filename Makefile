@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 NP ?= 4
 SOURCES := setup.py pyproject.toml $(shell find csrc pycore -name '*.cpp' -o -name '*.hpp' -o -name '*.py' -o -name '*.pyx' -o -name '*.pyi' 2>/dev/null)
 
-.PHONY: all venv install demo lint typecheck test test-latest docs docs-inventories bench figures bench-peers figures-peers bench-arrays dist clean
+.PHONY: all venv install demo lint typecheck test test-latest sanitize fuzz docs docs-inventories bench figures bench-peers figures-peers bench-arrays dist clean
 
 all: install
 
@@ -46,6 +46,53 @@ typecheck: $(VENV)/.deps
 # suite, some 500 jobs, leaves that component out.
 test: install lint
 	$(if $(filter openmpi,$(MPI)),OMPI_MCA_btl=^ofi) $(PY) -m pytest -q tests
+
+# The fuzzer's build (tests/fuzz): the extension compiled with AddressSanitizer
+# and UBSan (setup.py's CONVEYOR_SANITIZE), in a venv of its own that holds
+# only what the fuzzer runs with.
+SANITIZE_VENV ?= .venv-sanitize
+SAN_PY := $(SANITIZE_VENV)/bin/python
+
+$(SANITIZE_VENV)/.deps: requirements-fuzz.txt $(CONSTRAINTS)
+	$(PYTHON) -m venv $(SANITIZE_VENV)
+	$(SAN_PY) -m pip install --quiet --upgrade $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) pip
+	$(SAN_PY) -m pip install --quiet $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) $(if $(MPICC),,$(MPI)) -r requirements-fuzz.txt
+	touch $@
+
+$(SANITIZE_VENV)/.installed: $(SANITIZE_VENV)/.deps $(SOURCES)
+	CONVEYOR_SANITIZE=1 $(SAN_PY) -m pip install --quiet --no-build-isolation --no-deps .
+	touch $@
+
+sanitize: $(SANITIZE_VENV)/.installed
+
+# Python itself is not instrumented, so the sanitizers' run time is preloaded,
+# with libstdc++ (else ASan finds no C++ throw to wrap, and the extension's
+# first exception aborts). libFuzzer comes first, as a library of its own
+# made from atheris's archive: ASan defines stubs of the coverage callbacks,
+# which, found first, left libFuzzer blind to the Python coverage atheris
+# reports (and ASan then tolerates not being first).
+FUZZ_LIBFUZZER := build/fuzz/libfuzzer.so
+$(FUZZ_LIBFUZZER): $(SANITIZE_VENV)/.deps
+	mkdir -p build/fuzz
+	$(CXX) -shared -o $@ -Wl,--whole-archive "$$($(SAN_PY) -c 'import atheris; print(atheris.path())')/libclang_rt.fuzzer_no_main.a" -Wl,--no-whole-archive -lpthread
+
+# The fuzz campaign on the sanitized build: FUZZ_SECONDS of libFuzzer over
+# tests/fuzz/fuzz_frames.py, one process on one core. New inputs go to
+# build/fuzz/corpus (the committed seeds are only read), a failing input to
+# build/fuzz/crashes. Leaks are not checked (CPython's own would drown
+# them); an allocation above 256 MiB is a finding, as is an input running
+# 10 s, a resident size above 2 GiB or any sanitizer report. A small ASan
+# quarantine keeps the resident size, and the time each input takes, down.
+FUZZ_SECONDS ?= 600
+FUZZ_OPTIONS ?=
+fuzz: sanitize $(FUZZ_LIBFUZZER)
+	mkdir -p build/fuzz/corpus build/fuzz/crashes
+	LD_PRELOAD="$(abspath $(FUZZ_LIBFUZZER)) $(shell $(CXX) -print-file-name=libasan.so) $(shell $(CXX) -print-file-name=libstdc++.so)" \
+	ASAN_OPTIONS=detect_leaks=0:max_allocation_size_mb=256:quarantine_size_mb=16:verify_asan_link_order=0 \
+	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	$(SAN_PY) tests/fuzz/fuzz_frames.py -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 \
+		-detect_leaks=0 -print_final_stats=1 -artifact_prefix=build/fuzz/crashes/ $(FUZZ_OPTIONS) \
+		build/fuzz/corpus tests/fuzz/corpus
 
 # The newest versions the requirements allow, in a venv of their own.
 test-latest:

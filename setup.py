@@ -94,7 +94,17 @@ def build_base():
     words = shlex.split(mpicc)
     wrapper = os.path.realpath(shutil.which(words[0]) or words[0])
     digest = hashlib.sha256(shlex.join([wrapper, *words[1:]]).encode()).hexdigest()
-    return os.path.join("build", f"mpi-{digest[:12]}")
+    return os.path.join("build", f"mpi-{digest[:12]}{'-sanitize' if sanitized() else ''}")
+
+
+def sanitized():
+    """Whether to build with AddressSanitizer and UBSan (``make sanitize`` sets it).
+
+    The fuzzer runs on that build (tests/fuzz): an out-of-bounds read or an
+    overflow in the codec then ends the process with a report, where the
+    normal build might go on with wrong data.
+    """
+    return os.environ.get("CONVEYOR_SANITIZE") == "1"
 
 
 class BuildMPIExtensions(build_ext):
@@ -135,6 +145,19 @@ def extensions():
     from setuptools import Extension
 
     cxxflags = ["-O3", "-fvisibility=hidden", "-pthread"]
+    linkflags = ["-pthread"]  # the engine's background thread
+    if sanitized():
+        # Any undefined behaviour aborts (no recovery): a fuzzer counts it as a crash.
+        checks = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined"]
+        cxxflags = [
+            *checks,
+            "-O1",
+            "-g",
+            "-fno-omit-frame-pointer",
+            "-fvisibility=hidden",
+            "-pthread",
+        ]
+        linkflags += checks
     # setuptools rebuilds an extension only when a source or one of its depends
     # is newer than it: without the headers and this script (its flags), an
     # edit of either left a stale extension in build/ for `pip install .`.
@@ -147,7 +170,7 @@ def extensions():
         depends=sorted(glob.glob("csrc/**/*.hpp", recursive=True)) + ["setup.py"],
         cxx_std=17,
         extra_compile_args=cxxflags,
-        extra_link_args=["-pthread"],  # the engine's background thread
+        extra_link_args=linkflags,
     )
     bridge = Extension(
         "conveyor._mpi",

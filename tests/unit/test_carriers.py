@@ -112,14 +112,48 @@ def test_array_layouts(threshold):
     assert same(roundtrip(records, threshold), records)
 
 
+@pytest.mark.parametrize("threshold", [0, 1 << 30], ids=["out-of-band", "inline"])
+def test_records_with_padding_keep_their_dtype(threshold):
+    # A record's description names its padding '': read back with np.dtype,
+    # the padding became fields f0, f1... (another dtype), or the frame was
+    # refused when such a name was taken (found by the fuzzer's round trip).
+    nested = np.dtype({"names": ["x"], "formats": ["<i2"], "offsets": [2], "itemsize": 6})
+    for dtype in (
+        np.dtype([("f0", "u1"), ("f1", "<i4")], align=True),
+        np.dtype({"names": [], "formats": [], "offsets": [], "itemsize": 3}),
+        np.dtype([("a", nested, (2,)), ("b", "<f8")], align=True),
+    ):
+        value = np.frombuffer(bytes(range(2 * dtype.itemsize)), dtype)
+        out = roundtrip(value, threshold)
+        assert out.dtype == dtype and out.dtype.names == dtype.names
+        assert out.tobytes() == value.tobytes()
+
+
 def test_memoryview_keeps_format_and_shape():
     a = np.arange(12, dtype=np.int32).reshape(3, 4)
     for threshold in (0, 1 << 30):
         out = roundtrip(memoryview(a), threshold)
         assert isinstance(out, memoryview)
         assert (out.format, out.shape, out.tobytes()) == ("i", (3, 4), a.tobytes())
+    # A strided view arrived flat, of format 'B' (found by the fuzzer's round trip).
     strided = memoryview(a)[::2]
-    assert roundtrip(strided).tobytes() == a[::2].tobytes()
+    for threshold in (0, 1 << 30):
+        out = roundtrip(strided, threshold)
+        assert (out.format, out.shape, out.tobytes()) == ("i", (2, 4), a[::2].tobytes())
+
+
+def test_memoryviews_the_receiver_cannot_rebuild_are_refused():
+    # The receiver casts the bytes to the format and shape: views whose format
+    # memoryview.cast refuses, or with a 0 in their shape, were sent and then
+    # failed to decode on the receiving rank.
+    for view in (
+        memoryview(np.arange(3, dtype=">i4")),
+        memoryview(np.zeros(2, [("a", "<i4")])),
+        memoryview(np.zeros((0, 3))),
+    ):
+        with pytest.raises(cv.CarriageError, match="memoryviews of format"):
+            roundtrip(view)
+    assert roundtrip(memoryview(b"ab").cast("@B")).format == "@B"
 
 
 scalars = st.one_of(

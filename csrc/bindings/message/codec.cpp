@@ -48,6 +48,7 @@ struct Types {
     py::object pickle;
     py::object np_generic;
     py::object np_dtype;
+    py::object np_descr_to_dtype;
     py::object np_asarray;
     py::object np_ascontiguousarray;
     py::object int_from_bytes;
@@ -201,17 +202,29 @@ class Encoder {
     }
 
     void memoryview(py::handle obj) {
-        // Non-contiguous views are made contiguous once; the format and shape
-        // travel along so the receiver gets a view of the same layout.
-        py::object view = py::reinterpret_borrow<py::object>(obj);
-        if (!view.attr("c_contiguous").cast<bool>())
-            view = py::memoryview(py::bytes(view.attr("tobytes")()));
-        Py_buffer* b = PyMemoryView_GET_BUFFER(view.ptr());
+        // The format and shape travel along so the receiver gets a view of
+        // the same layout, which it makes with memoryview.cast: a view cast
+        // cannot make (a format that is not one native character, a 0 in
+        // its shape) is refused here rather than failing the receiver.
+        Py_buffer* b = PyMemoryView_GET_BUFFER(obj.ptr());
+        std::string_view format = b->format ? b->format : "B";
+        std::string_view code = format.size() == 2 && format[0] == '@' ? format.substr(1) : format;
+        bool castable = code.size() == 1 && std::strchr("cbB?hHiIlLqQnNfdP", code[0]) != nullptr;
+        for (int i = 0; i < b->ndim && castable; ++i) castable = b->shape[i] != 0;
+        if (!castable)
+            throw CarriageError("memoryviews of format '" + std::string(format) +
+                                "' or with a 0 in their shape are not carriageable: send "
+                                "bytes or a numpy array");
         body.u8(T_MEMORYVIEW);
-        body.blob(b->format ? b->format : "B");
+        body.blob(format);
         body.u32(static_cast<std::uint32_t>(b->ndim));
         for (int i = 0; i < b->ndim; ++i) body.u64(static_cast<std::uint64_t>(b->shape[i]));
-        bytes_run(view, b->buf, static_cast<std::size_t>(b->len));
+        if (PyBuffer_IsContiguous(b, 'C'))
+            return bytes_run(obj, b->buf, static_cast<std::size_t>(b->len));
+        // Not contiguous: its bytes in C order, copied once, are sent.
+        py::bytes copy = obj.attr("tobytes")();
+        bytes_run(copy, PyBytes_AS_STRING(copy.ptr()),
+                  static_cast<std::size_t>(PyBytes_GET_SIZE(copy.ptr())));
     }
 
     void dtype(const py::dtype& dt, const py::handle& owner) {
@@ -373,9 +386,9 @@ class Decoder {
                 }
                 return std::move(d);
             }
-            case T_NDARRAY: return array();
+            case T_NDARRAY: return array(depth);
             case T_NPSCALAR: {
-                py::dtype dt = dtype();
+                py::dtype dt = dtype(depth);
                 auto raw = r_.blob();
                 if (raw.size() != static_cast<std::size_t>(dt.itemsize()))
                     throw DecodeError("numpy scalar has " + std::to_string(raw.size()) +
@@ -486,7 +499,10 @@ class Decoder {
         return py::array(dt, std::move(shape), std::move(strides), buffer->data(), owner);
     }
 
-    py::dtype dtype() {
+    // A record's description is a value nested in the array's: it counts
+    // toward the depth limit, or arrays in descriptions in arrays (two bytes
+    // a level) would recurse until the stack ran out.
+    py::dtype dtype(int depth) {
         auto form = r_.u8();
         py::object spec;
         std::string key;
@@ -498,13 +514,18 @@ class Decoder {
                 return py::reinterpret_borrow<py::dtype>(cached->second);
             spec = name(raw);
         } else if (form == 1) {
-            spec = value(1);
+            spec = value(depth + 1);
         } else {
             throw DecodeError("bad dtype mark " + std::to_string(form));
         }
         py::object dt;
         try {
-            dt = types().np_dtype(spec);
+            // A record's description is its dtype's descr, where padding is
+            // a field named '': np.dtype would name it (f0, f1...) and so
+            // change the dtype, or refuse it for a name taken (an aligned
+            // record of default names); descr_to_dtype, as .npy files are
+            // read, makes padding padding again.
+            dt = form == 0 ? types().np_dtype(spec) : types().np_descr_to_dtype(spec);
         } catch (py::error_already_set& e) {
             throw DecodeError(std::string("invalid dtype: ") + e.what());
         }
@@ -540,8 +561,8 @@ class Decoder {
         return dims;
     }
 
-    py::object array() {
-        py::dtype dt = dtype();
+    py::object array(int depth) {
+        py::dtype dt = dtype(depth);
         auto order = r_.u8();
         if (order > 1) throw DecodeError("bad array order mark");
         std::uint64_t nbytes = 0;
@@ -643,6 +664,7 @@ void configure(py::object address_type, py::object item_base, py::dict item_regi
     auto np = py::module_::import("numpy");
     t.np_generic = np.attr("generic");
     t.np_dtype = np.attr("dtype");
+    t.np_descr_to_dtype = py::module_::import("numpy.lib.format").attr("descr_to_dtype");
     t.np_asarray = np.attr("asarray");
     t.np_ascontiguousarray = np.attr("ascontiguousarray");
     t.int_from_bytes = py::module_::import("builtins").attr("int").attr("from_bytes");

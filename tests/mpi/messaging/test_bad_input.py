@@ -122,6 +122,27 @@ def test_elements_of_no_bytes_are_not_carriageable():
         core.testing.decode_frame(evil, oob, False)
 
 
+def test_arrays_nested_in_record_descriptions_are_bounded():
+    # A record dtype's description is a value, which may hold an array whose
+    # dtype is a description again: two bytes a level (the array's type mark,
+    # the description's), and the depth limit started anew at each. 10**5
+    # levels overflowed the stack (issue 16 item 2; what the fuzzer forges).
+    frame, _ = core.testing.encode_frame(core.message.KIND_SEND, 0, "t", None, 1 << 20, False)
+    header = frame[:-1]  # None is one byte
+    array_mark, description_mark = 14, 1
+    for levels in (300, 100_000):
+        forged = header + bytes([array_mark, description_mark]) * levels
+        with pytest.raises(cv.FrameError, match="nested too deeply"):
+            core.testing.decode_frame(forged, [], False)
+    # Records nested as deep as a real dtype can be still travel.
+    deep = np.dtype("<i4")
+    for _ in range(20):
+        deep = np.dtype([("f", deep)])
+    value = np.zeros(2, deep)
+    frame, oob = core.testing.encode_frame(core.message.KIND_SEND, 0, "t", value, 1 << 20, False)
+    assert core.testing.decode_frame(frame, oob, False)[3].dtype == deep
+
+
 def case_malformed_frames_are_counted_and_dropped():
     with cv.Messenger() as m:
         got = []
