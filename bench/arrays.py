@@ -67,6 +67,7 @@ import numpy as np
 from dist_add import (
     Y_WEIGHTS,
     block,
+    dask_arrays,
     peak_rss_mib,
     sleep_barrier,
     split,
@@ -193,33 +194,10 @@ def run_heat(world, reps, x_sizes, y_sizes):
 
 
 def run_dask(workers, reps, x_sizes, y_sizes):
-    import logging
-
     import dask
-    import dask.array as da
-    from distributed import Client, LocalCluster, wait
+    from distributed import wait
 
-    def array(seed, sizes):
-        return da.concatenate(
-            [
-                da.from_delayed(dask.delayed(block)(seed(k), size), (size,), np.float64)
-                for k, size in enumerate(sizes)
-            ]
-        )
-
-    with (
-        LocalCluster(
-            n_workers=workers,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            silence_logs=logging.ERROR,
-        ) as cluster,
-        Client(cluster) as client,
-    ):
-        x = array(x_seed, x_sizes).persist()
-        y = array(y_seed, y_sizes).persist()
-        wait([x, y])
+    with dask_arrays(workers, x_sizes, y_sizes) as (client, x, y):
         equal = (tuple(split(sum(y_sizes), [1] * workers)),)
 
         def forgotten(keys):

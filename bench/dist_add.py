@@ -52,6 +52,7 @@ reported too. Exit status 1 if the sums disagree.
 """
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
@@ -153,13 +154,13 @@ def run_conveyor(world, reps, x_sizes, y_sizes):
 # -- the baselines (rank 0 alone) ----------------------------------------------
 
 
-def run_dask(workers, reps, x_sizes, y_sizes):
+@contextlib.contextmanager
+def dask_arrays(workers, x_sizes, y_sizes):
+    """A LocalCluster of `workers` processes holding x and y in their chunks: (client, x, y)."""
     import logging
-    import uuid
 
     import dask
     import dask.array as da
-    from dask.array.core import elemwise
     from distributed import Client, LocalCluster, wait
 
     def array(seed, sizes):
@@ -183,6 +184,16 @@ def run_dask(workers, reps, x_sizes, y_sizes):
         x = array(x_seed, x_sizes).persist()
         y = array(y_seed, y_sizes).persist()
         wait([x, y])
+        yield client, x, y
+
+
+def run_dask(workers, reps, x_sizes, y_sizes):
+    import uuid
+
+    from dask.array.core import elemwise
+    from distributed import wait
+
+    with dask_arrays(workers, x_sizes, y_sizes) as (client, x, y):
 
         def add():
             # x + y under a new name each time: a persist of the keys of the
