@@ -41,6 +41,7 @@ from ._future import Future, Stream
 from ._hosts import survey
 from ._message import Message, Receiver
 from ._native import comm_handle, core
+from ._relay import routing
 from ._requests import Requests
 from ._sender import Sender
 from ._service import Service
@@ -116,11 +117,13 @@ class Messenger:
     Raises
     ------
     ValueError
-        If ``serve`` is neither ``"inline"`` nor ``"thread"``, or the
-        directory of ``trace`` does not exist.
+        If ``serve`` is neither ``"inline"`` nor ``"thread"``, the
+        directory of ``trace`` does not exist, or ``CONVEYOR_HOSTS`` or
+        ``CONVEYOR_ROUTE`` is malformed.
     conveyor.ConveyorError
         If ``serve="thread"`` and MPI was initialised without
-        ``MPI_THREAD_MULTIPLE``.
+        ``MPI_THREAD_MULTIPLE``, or the ranks were given different
+        ``CONVEYOR_ROUTE`` modes.
     """
 
     def __init__(
@@ -156,6 +159,7 @@ class Messenger:
         self._hosts = hosts = survey(comm)
         _shared.trust(hosts.pids[r] for r in hosts.groups[hosts.index])
         options = engine_options(crowded=self._hosts.crowded)
+        self._route, options.next_hop = routing(comm, hosts.groups)
         slow_handler = slow_handler_seconds()  # read before anything is made: it may refuse
         if serve == "thread":
             # The service thread yields its core from the start when it finds
@@ -240,6 +244,16 @@ class Messenger:
     def host_ranks(self) -> tuple[int, ...]:
         """The ranks on this rank's host (itself included), ascending."""
         return self._hosts.groups[self._hosts.index]
+
+    @property
+    def route(self) -> str:
+        """How small messages travel: ``"direct"``, ``"host"`` or ``"grid2d"``.
+
+        Set by ``CONVEYOR_ROUTE`` (``auto`` by default: ``grid2d`` from 64
+        ranks on, else ``direct``); relayed, they are aggregated at every
+        hop, and order per pair is kept. See :ref:`relaying`.
+        """
+        return self._route
 
     @property
     def closed(self) -> bool:

@@ -1,5 +1,7 @@
 #include "bindings/engine/engine.hpp"
 
+#include <pybind11/stl.h>  // EngineOptions.next_hop: a list of ranks
+
 namespace conveyor {
 
 void register_engine(py::module_& m) {
@@ -15,7 +17,9 @@ void register_engine(py::module_& m) {
         .def_readwrite("background_max_sleep_seconds", &EngineOptions::background_max_sleep_seconds)
         .def_readwrite("window_bytes", &EngineOptions::window_bytes)
         .def_readwrite("data_window_bytes", &EngineOptions::data_window_bytes)
-        .def_readwrite("background", &EngineOptions::background);
+        .def_readwrite("background", &EngineOptions::background)
+        .def_readwrite("next_hop", &EngineOptions::next_hop)
+        .def_readwrite("relay_pool_bytes", &EngineOptions::relay_pool_bytes);
 
     py::class_<PyEngine>(m, "Engine")
         .def(py::init<std::intptr_t, std::size_t, bool, const EngineOptions&>(), py::arg("comm"),

@@ -219,6 +219,9 @@ class PyEngine {
         d["frames_forged"] = s.frames_forged;
         d["batches_sent"] = s.batches_sent;
         d["batches_received"] = s.batches_received;
+        d["batches_open_peak"] = s.batches_open_peak;
+        d["messages_relayed"] = s.messages_relayed;
+        d["fences_sent"] = s.fences_sent;
         d["bytes_framed"] = s.bytes_framed;
         d["bytes_zero_copy_sent"] = s.bytes_zero_copy_sent;
         d["bytes_zero_copy_received"] = s.bytes_zero_copy_received;

@@ -76,7 +76,11 @@ void Engine::background_rounds() {
             else
                 guard.try_lock();
             if (guard.owns_lock()) {
-                if (flush) active |= flush_stale_batches();
+                if (flush) {
+                    const std::size_t sent = flush_stale_batches();
+                    stats_.background_flushes += sent;
+                    active |= sent != 0;
+                }
                 if (receive) {
                     // Rounds follow the background's sleeps: as wait() does after a nap.
                     active |= progress_after_nap();

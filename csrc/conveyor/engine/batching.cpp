@@ -1,6 +1,7 @@
 // Aggregation: small frames to one rank are packed into Batch frames, sent
 // when full, when the owner flushes or waits, or, by the background thread,
-// once older than flush_delay_seconds.
+// once older than flush_delay_seconds. A relaying engine's batches are
+// Relayed frames to next hops (relay.cpp).
 #include <algorithm>
 #include <chrono>
 #include <cstring>
@@ -14,14 +15,18 @@ Engine::Posted Engine::post_aggregated(int dest, const std::uint8_t* frame, std:
     if (!aggregates(size)) return Posted::TooLarge;
     Guard guard(lock_);
     owner_active_.store(true, std::memory_order_relaxed);
+    stats_.messages_sent += 1;
+    stats_.messages_aggregated += 1;
+    if (relaying()) {
+        relay(dest, frame, size);
+        return congested_locked(dest) ? Posted::Congested : Posted::Accepted;
+    }
     auto& route = routes_[dest];
     if (route.batch.size() + 4 + size > options_.batch_bytes) seal_batch(dest);
     if (route.batch.size() == 0) open_batch(dest);
     route.batch.u32(static_cast<std::uint32_t>(size));
     route.batch.raw(frame, size);
     route.batch_messages += 1;
-    stats_.messages_sent += 1;
-    stats_.messages_aggregated += 1;
     return congested_locked(dest) ? Posted::Congested : Posted::Accepted;
 }
 
@@ -30,21 +35,25 @@ void Engine::open_batch(int dest) {
     // Most batches that leave early (a rank about to wait) hold a message or
     // two: start small, and let a busy stream grow it to batch_bytes.
     route.batch.bytes.reserve(std::min<std::size_t>(options_.batch_bytes, 1024));
-    write_header(route.batch, FrameKind::Batch, 0, {}, {});  // ref: the count, set when sealed
+    // ref: the count, set when sealed; a Relayed frame's stamp follows it.
+    write_header(route.batch, relaying() ? FrameKind::Relayed : FrameKind::Batch, 0, {}, {});
+    if (relaying()) route.batch.u64(0);
     stats_.frames_posted += 1;  // sealed as a batch or as its lone message, one frame
     route.batch_messages = 0;
     route.batch_started = Clock::now();
     // Sequentially consistent with the background's doze: either it sees the
     // batch before it sleeps, or we see it dozing and wake it, so that a lone
     // message still leaves after flush_delay_seconds.
-    if (open_batches_.fetch_add(1) == 0 && background_dozing_.load()) wake_background();
+    const std::size_t open = open_batches_.fetch_add(1);
+    if (open == 0 && background_dozing_.load()) wake_background();
+    stats_.batches_open_peak = std::max<std::uint64_t>(stats_.batches_open_peak, open + 1);
 }
 
 void Engine::seal_batch(int dest) {
     auto& route = routes_[dest];
     auto out = std::make_shared<Outgoing>();
     auto& bytes = route.batch.bytes;
-    if (route.batch_messages == 1) {
+    if (route.batch_messages == 1 && !relaying()) {
         // A lone message (its sender is about to wait) goes as itself: the
         // receiver need not unpack a batch, and the buffer stays for reuse.
         out->frame.assign(bytes.begin() + kBareHeaderBytes + 4, bytes.end());
@@ -54,6 +63,7 @@ void Engine::seal_batch(int dest) {
         out->frame = std::move(bytes);
         bytes.clear();
         stats_.batches_sent += 1;
+        if (relaying()) out->stamp_at = kBareHeaderBytes;
     }
     out->bytes.frames = out->frame.size();
     route.batch_messages = 0;
@@ -71,9 +81,9 @@ void Engine::flush_locked() {
         if (routes_[dest].batch.size() != 0) seal_batch(dest);
 }
 
-// Sends the batches older than flush_delay_seconds; returns whether any left.
-bool Engine::flush_stale_batches() {
-    bool sent = false;
+// Sends the batches older than flush_delay_seconds; returns how many left.
+std::size_t Engine::flush_stale_batches() {
+    std::size_t sent = 0;
     auto now = Clock::now();
     for (int dest = 0; open_batches_.load(std::memory_order_relaxed) != 0 && dest < size_; ++dest) {
         auto& route = routes_[dest];
@@ -82,8 +92,7 @@ bool Engine::flush_stale_batches() {
                 options_.flush_delay_seconds)
             continue;
         seal_batch(dest);
-        stats_.background_flushes += 1;
-        sent = true;
+        sent += 1;
     }
     return sent;
 }

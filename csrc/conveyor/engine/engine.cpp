@@ -52,7 +52,9 @@ Engine::Engine(MPI_Comm comm, EngineOptions options) : comm_(comm), options_(opt
         throw UsageError("batch_bytes must be at most INT_MAX");
     check_mpi(MPI_Comm_rank(comm_, &rank_), "MPI_Comm_rank");
     check_mpi(MPI_Comm_size(comm_, &size_), "MPI_Comm_size");
+    check_next_hops();
     by_source_.resize(size_);
+    relayed_.resize(size_);
     routes_.resize(size_);
     make_stamp_keys();
     int provided = MPI_THREAD_SINGLE;
@@ -140,7 +142,11 @@ bool Engine::post(int dest, std::vector<std::uint8_t> frame, const std::vector<O
     owner_active_.store(true, std::memory_order_relaxed);
     stats_.messages_sent += 1;
     stats_.frames_posted += 1;
-    if (routes_[dest].batch.size() != 0) seal_batch(dest);  // it goes first
+    // The batch holding this rank's earlier small messages to `dest` goes
+    // first: that keeps them in order, or, relayed, spares a wait for them.
+    if (routes_[hop(dest)].batch.size() != 0) seal_batch(hop(dest));
+    if (relaying()) fence_direct(dest);
+    routes_[dest].direct_posted += 1;
     queue(dest, std::move(out));
     return congested_locked(dest);
 }
@@ -172,6 +178,8 @@ void Engine::receive_frame(MPI_Message message, const MPI_Status& status) {
     check_mpi(MPI_Get_count(&status, MPI_BYTE, &count), "MPI_Get_count");
     auto in = std::make_unique<Incoming>();
     in->source = status.MPI_SOURCE;
+    in->credit_to = in->source;
+    in->credit_frames = static_cast<std::size_t>(count);
     in->frame.resize(static_cast<std::size_t>(count));
     MPI_Status st;
     check_mpi(MPI_Mrecv(in->frame.data(), count, MPI_BYTE, &message, &st), "MPI_Mrecv");
@@ -199,6 +207,8 @@ void Engine::receive_frame(MPI_Message message, const MPI_Status& status) {
         enqueue(std::move(in));
         return;
     }
+    if (in->header.kind == FrameKind::Relayed) return receive_relayed(std::move(in));
+    if (in->header.kind == FrameKind::Fence) return receive_fence(std::move(in));
     if (!in->header.oob.empty() && !genuine(in->source, in->header.stamp)) {
         // Counted as forged: nothing is posted for data its sender never sends.
         in->malformed = "it announces out-of-band data that rank " + std::to_string(in->source) +
@@ -243,19 +253,48 @@ void Engine::receive_frame(MPI_Message message, const MPI_Status& status) {
 }
 
 void Engine::enqueue(std::unique_ptr<Incoming> in) {
-    auto& queue = by_source_[in->source];
-    if (queue.empty() && in->pending == 0) {
+    int source = in->source;
+    auto& queue = by_source_[source];
+    if (queue.empty() && in->pending == 0 && !is_fence(*in)) {
+        routes_[source].direct_released += 1;
         ready_.push_back(std::move(in));
     } else {
         queue.push_back(std::move(in));
+        release_in_order(source);
     }
 }
 
+// Releases what may be dispatched of `source`'s frames, in the order it sent
+// them: its direct frames once their data is in, and its relayed messages;
+// a fence in either stream holds it until the other caught up (relay.cpp).
 void Engine::release_in_order(int source) {
     auto& queue = by_source_[source];
-    while (!queue.empty() && queue.front()->pending == 0) {
-        ready_.push_back(std::move(queue.front()));
-        queue.pop_front();
+    auto& route = routes_[source];
+    for (bool moved = true; moved;) {
+        moved = false;
+        while (!queue.empty() && queue.front()->pending == 0) {
+            auto& front = queue.front();
+            if (is_fence(*front)) {
+                if (route.relayed_released < front->header.ref) break;
+            } else {
+                route.direct_released += 1;
+                ready_.push_back(std::move(front));
+                moved = true;
+            }
+            queue.pop_front();
+        }
+        auto& relayed = relayed_[source];
+        while (!relayed.empty()) {
+            auto& front = relayed.front();
+            if (is_fence(*front)) {
+                if (route.direct_released < front->header.ref) break;
+            } else {
+                route.relayed_released += front->header.ref;  // its messages
+                ready_.push_back(std::move(front));
+                moved = true;
+            }
+            relayed.pop_front();
+        }
     }
 }
 
@@ -363,6 +402,12 @@ bool Engine::wait(double timeout, int uncongested) {
     for (;;) {
         if (napped ? progress_after_nap() : progress_locked()) backoff.active();
         napped = false;
+        // Messages it relays fill batches while it waits (the background
+        // thread is parked): they leave once flush_delay_seconds old, as
+        // the background would send them, so that a relay aggregates what
+        // arrives from several ranks meanwhile.
+        const bool relays = relaying() && open_batches_.load(std::memory_order_relaxed) != 0;
+        if (relays && flush_stale_batches() != 0) backoff.active();
         if (woken()) return true;
         if (timeout >= 0 && seconds_since(start) >= timeout) return false;
         if (lock_.wanted()) {
@@ -381,6 +426,7 @@ bool Engine::wait(double timeout, int uncongested) {
         }
         double limit = options_.max_sleep_seconds;
         if (timeout >= 0) limit = std::min(limit, std::max(0.0, timeout - seconds_since(start)));
+        if (relays) limit = std::min(limit, options_.flush_delay_seconds);
         // Sleeping without the lock lets the background thread work meanwhile.
         guard.unlock();
         sleep_for(std::min(backoff.nap(), limit));
@@ -404,10 +450,10 @@ std::unique_ptr<Incoming> Engine::pop() {
     }
     auto in = std::move(ready_.front());
     ready_.pop_front();
-    if (in->source >= 0) {
-        FlowBytes bytes{in->frame.size(), 0};
+    if (in->credit_to >= 0) {
+        FlowBytes bytes{in->credit_frames, 0};
         for (const auto& b : in->oob) bytes.data += b->size();
-        consumed(in->source, bytes);
+        consumed(in->credit_to, bytes);
     }
     return in;
 }
@@ -425,6 +471,7 @@ bool Engine::flush_sends(double timeout) {
     std::unique_lock<YieldingMutex> guard(lock_);
     flush_locked();
     for (;;) {
+        flush_locked();  // messages it relayed meanwhile
         bool held = false;
         for (const auto& route : routes_) held |= !route.held.empty();
         if (send_reqs_.empty() && !held) return true;

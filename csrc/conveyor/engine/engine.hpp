@@ -16,10 +16,14 @@
 // sender's engine: the frames whose effect goes beyond themselves (those that
 // announce data, and credits) carry a stamp the receiver checks (stamp.cpp).
 //
+// With a relay table (EngineOptions::next_hop), small messages travel
+// aggregated through other ranks, and order per pair is kept across the two
+// paths by fences (relay.cpp).
+//
 // One object or concept a file: engine.cpp (posting, receiving, progress,
-// the owner's wait), batching.cpp, flow_control.cpp, quiescence.cpp, stamp.cpp,
-// background.cpp (the background thread), buffer.hpp (receive buffers and
-// their cache), backoff.hpp (idle waiting).
+// the owner's wait), batching.cpp, relay.cpp, flow_control.cpp,
+// quiescence.cpp, stamp.cpp, background.cpp (the background thread),
+// buffer.hpp (receive buffers and their cache), backoff.hpp (idle waiting).
 #pragma once
 
 #include <mpi.h>
@@ -61,7 +65,17 @@ struct Incoming {
     std::vector<std::shared_ptr<Buffer>> oob;
     std::string malformed;  // non-empty: the frame was rejected, and why
     int pending = 0;        // data receives still outstanding
+    // Whom taking it credits, for how many frame bytes (flow control): its
+    // source, for its frame; for relayed messages, the rank that relayed
+    // them here, for their share of its frame. -1: nobody.
+    int credit_to = -1;
+    std::size_t credit_frames = 0;
 };
+
+// A genuine fence (relay.cpp): it holds its stream, and is not delivered.
+inline bool is_fence(const Incoming& in) {
+    return in.header.kind == FrameKind::Fence && in.malformed.empty();
+}
 
 struct EngineOptions {
     std::size_t max_frame_bytes = std::size_t(1) << 30;
@@ -87,6 +101,16 @@ struct EngineOptions {
     std::size_t data_window_bytes = std::size_t(256) << 20;
     // Run the background thread (needs MPI_THREAD_MULTIPLE; see Engine).
     bool background = true;
+    // Relaying: empty, every message goes straight to its destination; else
+    // one rank per rank of the communicator, the next hop of aggregated
+    // messages to it (itself: straight there). Every route must reach its
+    // destination; the façade builds them (conveyor/_relay.py).
+    std::vector<int> next_hop;
+    // A relay credits what it passed on only while the frames it holds for
+    // want of credit (its own and relayed, all destinations) stay within
+    // this many bytes: back-pressure reaches the origin, and a relay's
+    // memory is bounded (0: unbounded).
+    std::size_t relay_pool_bytes = std::size_t(16) << 20;
 };
 
 struct EngineStats {
@@ -105,6 +129,11 @@ struct EngineStats {
     std::uint64_t frames_forged = 0;
     std::uint64_t batches_sent = 0;
     std::uint64_t batches_received = 0;
+    // The most batches filling at once: this rank's aggregation memory is at
+    // most that many times batch_bytes.
+    std::uint64_t batches_open_peak = 0;
+    std::uint64_t messages_relayed = 0;          // messages this rank passed on to their next hop
+    std::uint64_t fences_sent = 0;               // Fence frames and fence entries (relay.cpp)
     std::uint64_t bytes_framed = 0;              // bytes copied into frames
     std::uint64_t bytes_zero_copy_sent = 0;      // sent straight from user memory
     std::uint64_t bytes_zero_copy_received = 0;  // received straight into delivered memory
@@ -283,12 +312,24 @@ class Engine {
         bool asked = false;                  // we asked it for credit and none came yet
         FlowBytes consumed;                  // of its messages we popped, not credited yet
         bool owes = false;                   // it asked us for credit
+        std::size_t relay_owed = 0;          // frame bytes it relayed through us, not credited yet
         std::uint64_t stamped_sent = 0;      // stamped frames sent to it
         std::uint64_t stamped_received = 0;  // its stamped frames received, not forged
+        // Relaying (relay.cpp), the two paths' counts. As a destination:
+        std::uint64_t direct_posted = 0;   // frames post()ed to it
+        std::uint64_t relayed_posted = 0;  // messages sent to it through relays
+        std::uint64_t fenced = 0;          // relayed_posted when the last Fence went
+        std::uint64_t marked = 0;          // direct_posted when the last fence entry went
+        // As a source: what was released for dispatch of each path.
+        std::uint64_t direct_released = 0;
+        std::uint64_t relayed_released = 0;
     };
 
+    bool relaying() const { return !options_.next_hop.empty(); }
+    int hop(int dest) const { return relaying() ? options_.next_hop[dest] : dest; }
     bool congested_locked(int dest) const {
-        return !routes_[dest].held.empty() || send_reqs_.size() >= kMaxPendingSends;
+        return !routes_[dest].held.empty() || !routes_[hop(dest)].held.empty() ||
+               send_reqs_.size() >= kMaxPendingSends;
     }
     bool aggregates(std::size_t frame_bytes) const {
         return options_.batch_bytes != 0 && frame_bytes + 4 <= options_.batch_bytes / 4;
@@ -317,7 +358,16 @@ class Engine {
     void open_batch(int dest);
     void seal_batch(int dest);
     void flush_locked();
-    bool flush_stale_batches();
+    std::size_t flush_stale_batches();
+    // relay.cpp
+    void check_next_hops() const;
+    void relay(int dest, const std::uint8_t* frame, std::size_t size);
+    void append_relayed(const RelayEntry& entry);
+    void fence_direct(int dest);
+    void receive_relayed(std::unique_ptr<Incoming> in);
+    void consumed_relayed(int source, std::size_t bytes);
+    void repay_relays();
+    void receive_fence(std::unique_ptr<Incoming> in);
     // flow_control.cpp
     void queue(int dest, std::shared_ptr<Outgoing> out);
     void release(int dest);
@@ -358,6 +408,8 @@ class Engine {
     mutable YieldingMutex lock_;
 
     std::vector<Route> routes_;
+    std::size_t held_bytes_ = 0;             // frame bytes waiting for credit, all routes
+    std::vector<int> relays_owed_;           // sources whose relay_owed is not 0 (relay.cpp)
     std::vector<std::uint64_t> stamp_keys_;  // each rank's, drawn at random (stamp.cpp)
     std::vector<MPI_Request> send_reqs_;
     std::vector<std::shared_ptr<Outgoing>> send_owners_;
@@ -369,6 +421,9 @@ class Engine {
     std::vector<int> done_indices_;  // scratch for Testsome
 
     std::vector<std::deque<std::unique_ptr<Incoming>>> by_source_;
+    // Per source, its relayed messages (batches of them) and fence entries
+    // not released yet, in order (relay.cpp).
+    std::vector<std::deque<std::unique_ptr<Incoming>>> relayed_;
     std::deque<std::unique_ptr<Incoming>> ready_;
 
     bool wave_active_ = false;

@@ -15,6 +15,7 @@ bool Engine::congested(int dest) const {
 
 void Engine::queue(int dest, std::shared_ptr<Outgoing> out) {
     auto& route = routes_[dest];
+    held_bytes_ += out->bytes.frames;
     route.held.push_back(std::move(out));
     release(dest);
     if (!route.held.empty()) stats_.sends_held += 1;
@@ -46,6 +47,7 @@ void Engine::release(int dest) {
         }
         route.in_flight.frames += next->bytes.frames;
         route.in_flight.data += next->bytes.data;
+        held_bytes_ -= next->bytes.frames;
         isend(dest, std::move(next));
         route.held.pop_front();
     }
@@ -112,6 +114,7 @@ bool Engine::receive_credit(const Incoming& in) {
         route.in_flight.data -= std::min(route.in_flight.data, credited.data);
         route.asked = false;
         release(in.source);
+        repay_relays();
     }
     return true;
 }

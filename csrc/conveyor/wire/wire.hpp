@@ -34,9 +34,11 @@ enum class FrameKind : std::uint8_t {
     Batch = 5,    // `ref` small frames to one rank, aggregated: see BatchReader
     Credit = 6,   // flow control: the receiver consumed `ref` more bytes of ours (stamped)
     Answer = 7,   // one answer to request `ref`, with more to come (a stream)
+    Relayed = 8,  // `ref` small frames from and to any ranks, relayed (stamped): see RelayReader
+    Fence = 9,    // the frames behind it wait for `ref` relayed messages of their source (stamped)
 };
 
-inline bool valid_kind(std::uint8_t k) { return k >= 1 && k <= 7; }
+inline bool valid_kind(std::uint8_t k) { return k >= 1 && k <= 9; }
 // The kinds that carry a message for the façade (a batch carries only these).
 inline bool valid_message_kind(FrameKind k) {
     return (k >= FrameKind::Send && k <= FrameKind::Error) || k == FrameKind::Answer;
@@ -177,6 +179,52 @@ class BatchReader {
         return true;
     }
     // Trailing bytes after the last entry make the batch malformed.
+    std::size_t trailing() const { return reader_.remaining(); }
+
+  private:
+    Reader reader_;
+    std::uint64_t left_;
+};
+
+// Walks the entries of a Relayed frame: each [u32 origin][u32 dest][u32 size]
+// then the message's frame, or, where size is kFenceEntry, a u64 count: the
+// origin's messages to dest that follow wait until `count` of its frames
+// posted directly to dest were delivered (see relay.cpp).
+constexpr std::uint32_t kFenceEntry = 0xFFFFFFFF;
+constexpr std::size_t kRelayEntryBytes = 3 * 4;
+
+struct RelayEntry {
+    std::uint32_t origin = 0, dest = 0;
+    const std::uint8_t* frame = nullptr;
+    std::size_t size = 0;
+    bool fence = false;
+    std::uint64_t count = 0;  // of a fence entry
+};
+
+class RelayReader {
+  public:
+    RelayReader(const std::uint8_t* body, std::size_t size, std::uint64_t count)
+        : reader_(body, size), left_(count) {}
+
+    // The next entry, or false once `count` entries were read; DecodeError if
+    // it runs past the frame. Origin and destination are the caller's to check.
+    bool next(RelayEntry& e) {
+        if (left_ == 0) return false;
+        --left_;
+        e.origin = reader_.u32();
+        e.dest = reader_.u32();
+        auto size = reader_.u32();
+        e.fence = size == kFenceEntry;
+        if (e.fence) {
+            e.count = reader_.u64();
+            e.frame = nullptr;
+            e.size = 0;
+        } else {
+            e.size = size;
+            e.frame = reader_.take(size);
+        }
+        return true;
+    }
     std::size_t trailing() const { return reader_.remaining(); }
 
   private:

@@ -29,6 +29,10 @@ class EngineOptions:
     """Out-of-band bytes in flight to one rank before its credit is needed (default 256 MiB)."""
     background: bool
     """Run the background thread (if MPI provides MPI_THREAD_MULTIPLE; default True)."""
+    next_hop: list[int]
+    """Per rank, the next hop of small messages to it (empty, the default: straight there)."""
+    relay_pool_bytes: int
+    """Held frame bytes beyond which a relay stops crediting what it relays (default 16 MiB; 0: unbounded)."""
     def __init__(self) -> None:
         """Make options with the default values."""
 

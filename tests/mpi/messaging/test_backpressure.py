@@ -95,8 +95,12 @@ def case_flood(n):
             print("flood:", [(r, round(p), round(g, 1), s["sends_held"]) for r, p, g, s in report])
 
 
-def test_flood_slow_receiver(mpirun):
-    mpirun(4, case_flood, FLOOD_MESSAGES, timeout=120, env={"CONVEYOR_WINDOW_BYTES": str(1 * MiB)})
+@pytest.mark.parametrize("route", ["direct", "grid2d"])
+def test_flood_slow_receiver(mpirun, route):
+    # grid2d at 4 ranks: rank 1 relays rank 0's flood, and must hold it back
+    # (its relay pool) rather than take it all in for the slow rank.
+    env = {"CONVEYOR_WINDOW_BYTES": str(1 * MiB), "CONVEYOR_ROUTE": route}
+    mpirun(4, case_flood, FLOOD_MESSAGES, timeout=120, env=env)
 
 
 # -- 9. storms in both directions ---------------------------------------------------
