@@ -159,3 +159,21 @@ def mpirun():
 @pytest.fixture(params=[1, 2, 3, 4], ids=lambda n: f"np{n}")
 def nranks(request):
     return request.param
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--scale",
+        action="store_true",
+        help="also run the many-rank tests marked 'scale' (tests/scale: 16, 32 and 64 ranks)",
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip the tests marked ``scale`` unless ``--scale`` asks for them (``make test-scale``)."""
+    if config.getoption("--scale"):
+        return
+    skip = pytest.mark.skip(reason="a many-rank test: run with --scale (make test-scale)")
+    for item in items:
+        if item.get_closest_marker("scale") is not None:
+            item.add_marker(skip)
