@@ -92,8 +92,16 @@ def run_command(cmd, timeout=60, env=None, cwd=None):
     """
     from conveyor.cli.launch import mpiexec_environment
 
+    # conveyor run inside a Slurm allocation would start ranks with srun: the
+    # suite uses mpiexec unless a test says otherwise (tests/cli/test_cli_slurm.py).
     full_env = mpiexec_environment(
-        {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1", **(env or {})}
+        {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            "PYTHONFAULTHANDLER": "1",
+            "CONVEYOR_LAUNCHER": "mpiexec",
+            **(env or {}),
+        }
     )
     proc = subprocess.Popen(
         cmd,

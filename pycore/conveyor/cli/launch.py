@@ -17,10 +17,12 @@ __all__ = [
     "RANK_VARIABLES",
     "TIMED_OUT",
     "find_mpiexec",
+    "find_srun",
     "inside_mpi_job",
     "kill_group",
     "mpiexec_environment",
     "rank_from_environment",
+    "rank_of_task",
     "require_mpiexec",
     "run_in_group",
     "start_in_group",
@@ -46,6 +48,19 @@ def rank_from_environment():
         if os.environ.get(variable, "").isdigit():
             return int(os.environ[variable])
     return None
+
+
+def rank_of_task():
+    """The rank of this process under mpiexec or srun; None if neither started it.
+
+    srun's tasks know theirs from ``SLURM_PROCID`` whichever MPI plugin it
+    runs (the variables of `RANK_VARIABLES` come first: an sbatch script,
+    which mpiexec may run in, has ``SLURM_PROCID=0`` too).
+    """
+    rank = rank_from_environment()
+    if rank is None and os.environ.get("SLURM_PROCID", "").isdigit():
+        rank = int(os.environ["SLURM_PROCID"])
+    return rank
 
 
 def inside_mpi_job():
@@ -75,6 +90,21 @@ def find_mpiexec(explicit=None):
     if chosen:
         return shutil.which(chosen)
     return shutil.which("mpiexec", path=os.path.dirname(sys.executable)) or shutil.which("mpiexec")
+
+
+def find_srun():
+    """Return the srun to start ranks with inside a Slurm allocation, or None.
+
+    Returns
+    -------
+    str or None
+        ``srun`` on ``PATH`` if ``SLURM_JOB_ID`` is set (this process runs
+        inside an allocation: an ``sbatch`` script or a ``salloc`` shell);
+        None otherwise.
+    """
+    if not os.environ.get("SLURM_JOB_ID"):
+        return None
+    return shutil.which("srun")
 
 
 def mpiexec_environment(environ=None):

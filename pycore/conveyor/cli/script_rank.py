@@ -15,7 +15,7 @@ import runpy
 import select
 import sys
 
-from .launch import rank_from_environment
+from .launch import rank_of_task
 
 
 def prefix_output(prefix):
@@ -101,7 +101,7 @@ def main(argv=None):
     status_dir, *rest = sys.argv[1:] if argv is None else argv
     prefix = rest[0] == "--prefix"
     path, *args = rest[prefix:]
-    rank = rank_from_environment()
+    rank = rank_of_task()
     if prefix:
         prefix_output(f"[{'?' if rank is None else rank}] ")
 
