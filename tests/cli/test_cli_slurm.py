@@ -142,6 +142,56 @@ def test_without_srun_on_path_mpiexec_starts_the_ranks(tmp_path):
     ) in result.stderr
 
 
+# Runs the command under mpiexec as a child, and on SIGTERM records it and
+# passes it on, as srun ends its tasks when told to stop.
+FAKE_SRUN_TERM = """#!{python}
+import os, signal, subprocess, sys
+args = sys.argv[1:]
+ntasks = args[args.index("--ntasks") + 1]
+command = [a for a in args[args.index("--ntasks") + 2 :] if not a.startswith("--kill-on-bad-exit")]
+child = subprocess.Popen([{mpiexec!r}, "-n", ntasks, *command])
+def stop(signum, frame):
+    with open({record!r}, "w") as f:
+        f.write(signal.Signals(signum).name)
+    child.send_signal(signum)
+    try:
+        child.wait(timeout=5)
+    finally:
+        os._exit(128 + signum)
+signal.signal(signal.SIGTERM, stop)
+sys.exit(child.wait())
+"""
+
+
+def test_on_timeout_srun_is_told_to_stop_first(tmp_path):
+    # srun's tasks run on other nodes, out of reach of our process group:
+    # srun gets SIGTERM, which it passes on to them, before its group is killed.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    record = tmp_path / "signal"
+    srun = bin_dir / "srun"
+    srun.write_text(
+        FAKE_SRUN_TERM.format(python=sys.executable, record=str(record), mpiexec=mpiexec())
+    )
+    srun.chmod(0o755)
+    (tmp_path / "script.py").write_text(
+        textwrap.dedent(
+            """
+            import time
+            import conveyor as cv
+            with cv.Messenger() as m:
+                print(f"rank {m.rank} hangs", flush=True)
+                time.sleep(600)
+            """
+        )
+    )
+    cmd = [CONSOLE_SCRIPT, "run", "-n", "2", "--timeout", "3", "script.py"]
+    result = run_command(cmd, timeout=90, env=in_allocation(bin_dir), cwd=tmp_path)
+    assert result.returncode == 124, result.stderr
+    assert "conveyor run: still running after 3 s: killed every rank" in result.stderr
+    assert record.read_text() == "SIGTERM"
+
+
 # -- choosing the launcher, in this process (no rank is started) --------------------
 
 

@@ -15,6 +15,7 @@ __all__ = [
     "INTERRUPTED",
     "MPIEXEC_HELP",
     "RANK_VARIABLES",
+    "TERMINATE_GRACE",
     "TIMED_OUT",
     "find_mpiexec",
     "find_srun",
@@ -210,7 +211,11 @@ def kill_group(proc):
     proc.wait()
 
 
-def run_in_group(cmd, timeout=None):
+# Seconds a launcher asked to stop (run_in_group's `terminate`) has before its group is killed.
+TERMINATE_GRACE = 10.0
+
+
+def run_in_group(cmd, timeout=None, terminate=None):
     """Run `cmd` in its own process group until it ends; its output goes to ours.
 
     Whatever is left of the group afterwards is killed: after a timeout,
@@ -222,6 +227,11 @@ def run_in_group(cmd, timeout=None):
         The command (``[mpiexec, "-n", ...]``).
     timeout : float, optional
         Seconds before the job is killed; None or 0: no limit.
+    terminate : int, optional
+        A signal sent to `cmd` alone after a timeout or Ctrl-C, before its
+        group is killed, which it has `TERMINATE_GRACE` seconds to obey:
+        ``SIGTERM`` for srun, whose tasks run on other nodes, outside the
+        group, and which ends them when told so.
 
     Returns
     -------
@@ -237,4 +247,10 @@ def run_in_group(cmd, timeout=None):
     except KeyboardInterrupt:
         return INTERRUPTED
     finally:
+        if terminate is not None and proc.poll() is None:
+            proc.send_signal(terminate)
+            try:
+                proc.wait(timeout=TERMINATE_GRACE)
+            except (subprocess.TimeoutExpired, KeyboardInterrupt):  # a second Ctrl-C: at once
+                pass
         kill_group(proc)

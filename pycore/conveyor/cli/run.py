@@ -11,11 +11,13 @@ started with ``srun --ntasks N`` instead of mpiexec, unless ``--launcher
 mpiexec`` (or ``CONVEYOR_LAUNCHER=mpiexec``, or ``--mpiexec PATH``) says
 otherwise. srun's tasks may run on other nodes than this process, so the
 scratch directory is then made in the working directory, which a cluster's
-nodes share.
+nodes share; on timeout or Ctrl-C srun is sent SIGTERM (which it passes on
+to its tasks) before its group is killed.
 """
 
 import argparse
 import os
+import signal
 import sys
 import tempfile
 
@@ -109,8 +111,11 @@ def run(parser, args):
             args.script,
             *args.args,
         ]
+        # srun's tasks run outside our process group: told to stop, it ends them.
         status = run_in_group(
-            launch_command(launcher, srun, args.nranks, rank_command), args.timeout
+            launch_command(launcher, srun, args.nranks, rank_command),
+            args.timeout,
+            terminate=signal.SIGTERM if srun else None,
         )
         statuses = {}
         for name in os.listdir(status_dir):
