@@ -192,6 +192,42 @@ def test_on_timeout_srun_is_told_to_stop_first(tmp_path):
     assert record.read_text() == "SIGTERM"
 
 
+# As FAKE_SRUN, but the ranks cannot see the status directory while they
+# run: it is moved away and back, as for tasks on a node without it.
+FAKE_SRUN_UNSHARED = """#!{python}
+import os, subprocess, sys
+args = sys.argv[1:]
+ntasks = args[args.index("--ntasks") + 1]
+command = [a for a in args[args.index("--ntasks") + 2 :] if not a.startswith("--kill-on-bad-exit")]
+status_dir = command[command.index("conveyor.cli.script_rank") + 1]
+os.rename(status_dir, status_dir + ".away")
+try:
+    status = subprocess.call([{mpiexec!r}, "-n", ntasks, *command])
+finally:
+    os.rename(status_dir + ".away", status_dir)
+sys.exit(status)
+"""
+
+
+def test_ranks_that_cannot_report_are_listed_with_why(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    srun = bin_dir / "srun"
+    srun.write_text(FAKE_SRUN_UNSHARED.format(python=sys.executable, mpiexec=mpiexec()))
+    srun.chmod(0o755)
+    (tmp_path / "script.py").write_text(textwrap.dedent(SCRIPT))
+    cmd = [CONSOLE_SCRIPT, "run", "-n", "2", "script.py"]
+    result = run_command(cmd, timeout=90, env=in_allocation(bin_dir), cwd=tmp_path)
+    # The script ran and ended well on both ranks, which could not say so.
+    assert "rank 1 of 2" in result.stdout and "Traceback" not in result.stderr
+    assert result.returncode == 1, result.stderr
+    assert "conveyor run: rank 0 did not finish: stopped by srun" in result.stderr
+    assert (
+        "conveyor run: a rank reports its status in the working directory: one on a node "
+        "that does not share it is listed as not finished"
+    ) in result.stderr
+
+
 # -- choosing the launcher, in this process (no rank is started) --------------------
 
 

@@ -86,7 +86,7 @@ def run(parser, args):
     -------
     int
         0 if every rank succeeded; the exit status of the first rank that
-        failed (or mpiexec's), `TIMED_OUT` (124) after ``--timeout``,
+        failed (or the launcher's), `TIMED_OUT` (124) after ``--timeout``,
         `INTERRUPTED` (130) after Ctrl-C.
     """
     if inside_mpi_job():
@@ -132,7 +132,14 @@ def run(parser, args):
         _say(f"rank {rank} failed with exit status {code}")
     unfinished = [rank for rank in range(args.nranks) if rank not in statuses]
     for rank in unfinished:
-        _say(f"rank {rank} did not finish: stopped by mpiexec or by a signal, or left by os._exit")
+        _say(
+            f"rank {rank} did not finish: stopped by {program} or by a signal, or left by os._exit"
+        )
+    if srun and unfinished:
+        _say(
+            "a rank reports its status in the working directory: one on a node "
+            "that does not share it is listed as not finished"
+        )
     if status != 0 or unfinished:
         _say(f"{program} exited with status {status}")
     # MPICH's mpiexec exits with 0 when the rank that ended the job early

@@ -108,8 +108,11 @@ def main(argv=None):
     def finished(status):
         sys.stdout.flush()
         if rank is not None:
-            with open(os.path.join(status_dir, str(rank)), "w") as f:
-                f.write(str(status))
+            try:
+                with open(os.path.join(status_dir, str(rank)), "w") as f:
+                    f.write(str(status))
+            except OSError:  # a node that does not see it: the launcher says so
+                pass
 
     return run_script(path, args, finished)
 
