@@ -48,14 +48,8 @@ sys.exit(3 if rank == 1 and "fail" in sys.argv else 0)
 @pytest.fixture
 def slurm(tmp_path):
     """A directory holding the stand-in srun, and the file it records to."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
     record = tmp_path / "srun.json"
-    srun = bin_dir / "srun"
-    srun.write_text(FAKE_SRUN.format(python=sys.executable, record=str(record), mpiexec=mpiexec()))
-    srun.chmod(0o755)
-    (tmp_path / "script.py").write_text(textwrap.dedent(SCRIPT))
-    return bin_dir, record
+    return stand_in_srun(tmp_path, FAKE_SRUN, record=str(record)), record
 
 
 def in_allocation(bin_dir, **more):
@@ -64,10 +58,33 @@ def in_allocation(bin_dir, **more):
     return {"SLURM_JOB_ID": "4242", "PATH": path, "CONVEYOR_LAUNCHER": "", **more}
 
 
+def stand_in_srun(tmp_path, template, **fields):
+    """Put an srun made of `template` (formatted with python, mpiexec and `fields`) in tmp_path/bin."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    srun = bin_dir / "srun"
+    srun.write_text(template.format(python=sys.executable, mpiexec=mpiexec(), **fields))
+    srun.chmod(0o755)
+    return bin_dir
+
+
+def said(result, *lines):
+    """Check that ``conveyor run`` said each of `lines` on standard error."""
+    for line in lines:
+        assert f"conveyor run: {line}" in result.stderr, (line, result.stderr)
+
+
+def conveyor_run(tmp_path, env, *argv, script=SCRIPT):
+    """Write `script` to script.py and run ``conveyor run ARGV`` in tmp_path with `env`."""
+    (tmp_path / "script.py").write_text(textwrap.dedent(script))
+    return run_command([CONSOLE_SCRIPT, "run", *argv], timeout=90, env=env, cwd=tmp_path)
+
+
 def test_inside_an_allocation_srun_starts_the_ranks(slurm, tmp_path):
     bin_dir, record = slurm
-    cmd = [CONSOLE_SCRIPT, "run", "-n", "3", "script.py", "a b", "-n", "7"]
-    result = run_command(cmd, timeout=90, env=in_allocation(bin_dir), cwd=tmp_path)
+    result = conveyor_run(
+        tmp_path, in_allocation(bin_dir), "-n", "3", "script.py", "a b", "-n", "7"
+    )
     assert result.returncode == 0, result.stderr
     for rank in range(3):
         assert f"rank {rank} of 3: ['a b', '-n', '7']" in result.stdout
@@ -99,8 +116,9 @@ def test_inside_an_allocation_srun_starts_the_ranks(slurm, tmp_path):
 
 def test_a_failing_rank_is_named_under_srun(slurm, tmp_path):
     bin_dir, record = slurm
-    cmd = [CONSOLE_SCRIPT, "run", "-n", "2", "--prefix", "script.py", "fail"]
-    result = run_command(cmd, timeout=90, env=in_allocation(bin_dir), cwd=tmp_path)
+    result = conveyor_run(
+        tmp_path, in_allocation(bin_dir), "-n", "2", "--prefix", "script.py", "fail"
+    )
     assert result.returncode == 3, result.stderr
     assert "conveyor run: rank 1 failed with exit status 3" in result.stderr
     assert "conveyor run: srun exited with status" in result.stderr
@@ -120,8 +138,8 @@ def test_a_failing_rank_is_named_under_srun(slurm, tmp_path):
 def test_mpiexec_can_be_forced_inside_an_allocation(slurm, tmp_path, options, variables):
     bin_dir, record = slurm
     options = [mpiexec() if option == "MPIEXEC" else option for option in options]
-    cmd = [CONSOLE_SCRIPT, "run", "-n", "2", *options, "script.py"]
-    result = run_command(cmd, timeout=90, env=in_allocation(bin_dir, **variables), cwd=tmp_path)
+    env = in_allocation(bin_dir, **variables)
+    result = conveyor_run(tmp_path, env, "-n", "2", *options, "script.py")
     assert result.returncode == 0, result.stderr
     assert "rank 1 of 2" in result.stdout
     assert not record.exists()  # srun was never started
@@ -129,17 +147,11 @@ def test_mpiexec_can_be_forced_inside_an_allocation(slurm, tmp_path, options, va
 
 
 def test_without_srun_on_path_mpiexec_starts_the_ranks(tmp_path):
-    (tmp_path / "script.py").write_text(textwrap.dedent(SCRIPT))
     env = in_allocation(None)
     assert shutil.which("srun", path=env["PATH"]) is None
-    cmd = [CONSOLE_SCRIPT, "run", "-n", "2", "script.py"]
-    result = run_command(cmd, timeout=90, env=env, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert "rank 1 of 2" in result.stdout
-    assert (
-        "conveyor run: inside Slurm job 4242, but srun is not on PATH: "
-        "starting the ranks with mpiexec"
-    ) in result.stderr
+    result = conveyor_run(tmp_path, env, "-n", "2", "script.py")
+    assert (result.returncode, "rank 1 of 2" in result.stdout) == (0, True), result.stderr
+    said(result, "inside Slurm job 4242, but srun is not on PATH: starting the ranks with mpiexec")
 
 
 # Runs the command under mpiexec as a child, and on SIGTERM records it and
@@ -166,27 +178,17 @@ sys.exit(child.wait())
 def test_on_timeout_srun_is_told_to_stop_first(tmp_path):
     # srun's tasks run on other nodes, out of reach of our process group:
     # srun gets SIGTERM, which it passes on to them, before its group is killed.
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
     record = tmp_path / "signal"
-    srun = bin_dir / "srun"
-    srun.write_text(
-        FAKE_SRUN_TERM.format(python=sys.executable, record=str(record), mpiexec=mpiexec())
-    )
-    srun.chmod(0o755)
-    (tmp_path / "script.py").write_text(
-        textwrap.dedent(
-            """
-            import time
-            import conveyor as cv
-            with cv.Messenger() as m:
-                print(f"rank {m.rank} hangs", flush=True)
-                time.sleep(600)
-            """
-        )
-    )
-    cmd = [CONSOLE_SCRIPT, "run", "-n", "2", "--timeout", "3", "script.py"]
-    result = run_command(cmd, timeout=90, env=in_allocation(bin_dir), cwd=tmp_path)
+    bin_dir = stand_in_srun(tmp_path, FAKE_SRUN_TERM, record=str(record))
+    hang = """
+        import time
+        import conveyor as cv
+        with cv.Messenger() as m:
+            print(f"rank {m.rank} hangs", flush=True)
+            time.sleep(600)
+        """
+    env = in_allocation(bin_dir)
+    result = conveyor_run(tmp_path, env, "-n", "2", "--timeout", "3", "script.py", script=hang)
     assert result.returncode == 124, result.stderr
     assert "conveyor run: still running after 3 s: killed every rank" in result.stderr
     assert record.read_text() == "SIGTERM"
@@ -210,22 +212,17 @@ sys.exit(status)
 
 
 def test_ranks_that_cannot_report_are_listed_with_why(tmp_path):
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    srun = bin_dir / "srun"
-    srun.write_text(FAKE_SRUN_UNSHARED.format(python=sys.executable, mpiexec=mpiexec()))
-    srun.chmod(0o755)
-    (tmp_path / "script.py").write_text(textwrap.dedent(SCRIPT))
-    cmd = [CONSOLE_SCRIPT, "run", "-n", "2", "script.py"]
-    result = run_command(cmd, timeout=90, env=in_allocation(bin_dir), cwd=tmp_path)
+    bin_dir = stand_in_srun(tmp_path, FAKE_SRUN_UNSHARED)
+    result = conveyor_run(tmp_path, in_allocation(bin_dir), "-n", "2", "script.py")
     # The script ran and ended well on both ranks, which could not say so.
     assert "rank 1 of 2" in result.stdout and "Traceback" not in result.stderr
     assert result.returncode == 1, result.stderr
-    assert "conveyor run: rank 0 did not finish: stopped by srun" in result.stderr
-    assert (
-        "conveyor run: a rank reports its status in the working directory: one on a node "
-        "that does not share it is listed as not finished"
-    ) in result.stderr
+    said(
+        result,
+        "rank 0 did not finish: stopped by srun",
+        "a rank reports its status in the working directory: one on a node "
+        "that does not share it is listed as not finished",
+    )
 
 
 # -- choosing the launcher, in this process (no rank is started) --------------------
