@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 NP ?= 4
 SOURCES := setup.py pyproject.toml $(shell find csrc pycore -name '*.cpp' -o -name '*.hpp' -o -name '*.py' -o -name '*.pyx' -o -name '*.pyi' 2>/dev/null)
 
-.PHONY: all venv install demo lint typecheck test test-latest sanitize fuzz docs docs-inventories bench figures bench-peers figures-peers bench-arrays dist clean
+.PHONY: all venv install demo lint typecheck test test-scale test-latest sanitize fuzz docs docs-inventories bench figures bench-peers figures-peers bench-arrays dist clean
 
 all: install
 
@@ -46,6 +46,13 @@ typecheck: $(VENV)/.deps
 # suite, some 500 jobs, leaves that component out.
 test: install lint
 	$(if $(filter openmpi,$(MPI)),OMPI_MCA_btl=^ofi) $(PY) -m pytest -q tests
+
+# The core cases at 16, 32 and 64 ranks, each its own job, under every
+# routing mode (tests/scale); make test runs them all in one job of 16 ranks.
+# Some 4 minutes on 2 cores, most of it 64 Python processes starting; the
+# durations of every job are printed at the end.
+test-scale: install
+	$(if $(filter openmpi,$(MPI)),OMPI_MCA_btl=^ofi) $(PY) -m pytest -q --scale --durations=0 tests/scale
 
 # The fuzzer's build (tests/fuzz): the extension compiled with AddressSanitizer
 # and UBSan (setup.py's CONVEYOR_SANITIZE), in a venv of its own that holds

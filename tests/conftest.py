@@ -92,8 +92,16 @@ def run_command(cmd, timeout=60, env=None, cwd=None):
     """
     from conveyor.cli.launch import mpiexec_environment
 
+    # conveyor run inside a Slurm allocation would start ranks with srun: the
+    # suite uses mpiexec unless a test says otherwise (tests/cli/test_cli_slurm.py).
     full_env = mpiexec_environment(
-        {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1", **(env or {})}
+        {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            "PYTHONFAULTHANDLER": "1",
+            "CONVEYOR_LAUNCHER": "mpiexec",
+            **(env or {}),
+        }
     )
     proc = subprocess.Popen(
         cmd,
@@ -159,3 +167,21 @@ def mpirun():
 @pytest.fixture(params=[1, 2, 3, 4], ids=lambda n: f"np{n}")
 def nranks(request):
     return request.param
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--scale",
+        action="store_true",
+        help="also run the many-rank tests marked 'scale' (tests/scale: 16, 32 and 64 ranks)",
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip the tests marked ``scale`` unless ``--scale`` asks for them (``make test-scale``)."""
+    if config.getoption("--scale"):
+        return
+    skip = pytest.mark.skip(reason="a many-rank test: run with --scale (make test-scale)")
+    for item in items:
+        if item.get_closest_marker("scale") is not None:
+            item.add_marker(skip)

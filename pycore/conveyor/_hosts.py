@@ -19,13 +19,18 @@ the blocks of their processes.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from mpi4py import MPI
 
-__all__ = ["Hosts", "survey", "virtual_blocks"]
+__all__ = ["Hosts", "idle_barrier", "survey", "virtual_blocks"]
+
+# The longest sleep of `idle_barrier` between two tests of its barrier: a
+# rank leaves it at most this long after the last one arrived.
+_BARRIER_MAX_SLEEP = 2e-3
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,25 @@ def virtual_blocks(text: str | None, size: int) -> list[int] | None:
     return [block for block, n in enumerate(numbers) for _ in range(n)]
 
 
+def idle_barrier(comm: MPI.Intracomm) -> None:
+    """Return once every rank of `comm` has called it, sleeping while it waits (collective).
+
+    MPI's blocking collectives poll, yielding the core between polls. Ranks
+    that wait for a late one in them (still starting Python, importing
+    numpy) take the cores from it where ranks outnumber cores: 64 ranks on
+    2 cores spent some 2.5 s of CPU so while making their messengers. This
+    barrier tests a nonblocking one and sleeps between tests, from 50 µs
+    up to `_BARRIER_MAX_SLEEP`.
+    """
+    if comm.Get_size() == 1:
+        return
+    request = comm.Ibarrier()
+    pause = 50e-6
+    while not request.Test():
+        time.sleep(pause)
+        pause = min(2 * pause, _BARRIER_MAX_SLEEP)
+
+
 def survey(comm: MPI.Intracomm) -> Hosts:
     """Find the hosts of `comm`'s ranks (collective over `comm`).
 
@@ -88,11 +112,19 @@ def survey(comm: MPI.Intracomm) -> Hosts:
         cores = sorted(os.sched_getaffinity(0))
     except AttributeError:  # no affinity on this OS: any core
         cores = list(range(os.cpu_count() or 1))
+    # Every rank arrives before the blocking calls below, which poll while they wait.
+    idle_barrier(comm)
     real = comm.Split_type(MPI.COMM_TYPE_SHARED, key=rank)
     try:
         usable = set().union(*real.allgather(cores))
         crowded = real.Get_size() > len(usable)
-        leader = real.allreduce(rank, op=MPI.MIN)  # names the real host
+        # The real host's lowest rank of `comm` names it (found without a collective).
+        group, members = comm.Get_group(), real.Get_group()
+        try:
+            leader = min(members.Translate_ranks(list(range(real.Get_size())), group))
+        finally:
+            group.Free()
+            members.Free()
     finally:
         real.Free()
     found = comm.allgather((leader, block, os.getpid()))

@@ -15,12 +15,15 @@ __all__ = [
     "INTERRUPTED",
     "MPIEXEC_HELP",
     "RANK_VARIABLES",
+    "TERMINATE_GRACE",
     "TIMED_OUT",
     "find_mpiexec",
+    "find_srun",
     "inside_mpi_job",
     "kill_group",
     "mpiexec_environment",
     "rank_from_environment",
+    "rank_of_task",
     "require_mpiexec",
     "run_in_group",
     "start_in_group",
@@ -46,6 +49,19 @@ def rank_from_environment():
         if os.environ.get(variable, "").isdigit():
             return int(os.environ[variable])
     return None
+
+
+def rank_of_task():
+    """The rank of this process under mpiexec or srun; None if neither started it.
+
+    srun's tasks know theirs from ``SLURM_PROCID`` whichever MPI plugin it
+    runs (the variables of `RANK_VARIABLES` come first: an sbatch script,
+    which mpiexec may run in, has ``SLURM_PROCID=0`` too).
+    """
+    rank = rank_from_environment()
+    if rank is None and os.environ.get("SLURM_PROCID", "").isdigit():
+        rank = int(os.environ["SLURM_PROCID"])
+    return rank
 
 
 def inside_mpi_job():
@@ -75,6 +91,21 @@ def find_mpiexec(explicit=None):
     if chosen:
         return shutil.which(chosen)
     return shutil.which("mpiexec", path=os.path.dirname(sys.executable)) or shutil.which("mpiexec")
+
+
+def find_srun():
+    """Return the srun to start ranks with inside a Slurm allocation, or None.
+
+    Returns
+    -------
+    str or None
+        ``srun`` on ``PATH`` if ``SLURM_JOB_ID`` is set (this process runs
+        inside an allocation: an ``sbatch`` script or a ``salloc`` shell);
+        None otherwise.
+    """
+    if not os.environ.get("SLURM_JOB_ID"):
+        return None
+    return shutil.which("srun")
 
 
 def mpiexec_environment(environ=None):
@@ -180,7 +211,11 @@ def kill_group(proc):
     proc.wait()
 
 
-def run_in_group(cmd, timeout=None):
+# Seconds a launcher asked to stop (run_in_group's `terminate`) has before its group is killed.
+TERMINATE_GRACE = 10.0
+
+
+def run_in_group(cmd, timeout=None, terminate=None):
     """Run `cmd` in its own process group until it ends; its output goes to ours.
 
     Whatever is left of the group afterwards is killed: after a timeout,
@@ -192,6 +227,11 @@ def run_in_group(cmd, timeout=None):
         The command (``[mpiexec, "-n", ...]``).
     timeout : float, optional
         Seconds before the job is killed; None or 0: no limit.
+    terminate : int, optional
+        A signal sent to `cmd` alone after a timeout or Ctrl-C, before its
+        group is killed, which it has `TERMINATE_GRACE` seconds to obey:
+        ``SIGTERM`` for srun, whose tasks run on other nodes, outside the
+        group, and which ends them when told so.
 
     Returns
     -------
@@ -207,4 +247,10 @@ def run_in_group(cmd, timeout=None):
     except KeyboardInterrupt:
         return INTERRUPTED
     finally:
+        if terminate is not None and proc.poll() is None:
+            proc.send_signal(terminate)
+            try:
+                proc.wait(timeout=TERMINATE_GRACE)
+            except (subprocess.TimeoutExpired, KeyboardInterrupt):  # a second Ctrl-C: at once
+                pass
         kill_group(proc)

@@ -15,7 +15,7 @@ import runpy
 import select
 import sys
 
-from .launch import rank_from_environment
+from .launch import rank_of_task
 
 
 def prefix_output(prefix):
@@ -101,15 +101,18 @@ def main(argv=None):
     status_dir, *rest = sys.argv[1:] if argv is None else argv
     prefix = rest[0] == "--prefix"
     path, *args = rest[prefix:]
-    rank = rank_from_environment()
+    rank = rank_of_task()
     if prefix:
         prefix_output(f"[{'?' if rank is None else rank}] ")
 
     def finished(status):
         sys.stdout.flush()
         if rank is not None:
-            with open(os.path.join(status_dir, str(rank)), "w") as f:
-                f.write(str(status))
+            try:
+                with open(os.path.join(status_dir, str(rank)), "w") as f:
+                    f.write(str(status))
+            except OSError:  # a node that does not see it: the launcher says so
+                pass
 
     return run_script(path, args, finished)
 

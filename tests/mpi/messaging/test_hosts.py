@@ -81,3 +81,30 @@ def test_virtual_blocks():
     for bad in ("0", "8", "a,b", "3,3", "7,0"):
         with pytest.raises(ValueError, match="CONVEYOR_HOSTS"):
             virtual_blocks(bad, 7)
+
+
+def case_late_rank_is_waited_for_asleep(late):
+    """Ranks that make their messenger before a late one sleep while they wait for it.
+
+    Their survey of the hosts starts with a barrier that sleeps between
+    tests: MPI's blocking collectives yield and poll, which on a crowded
+    machine takes the cores from the ranks still starting (64 ranks on 2
+    cores spent some 2.5 s of CPU so before this barrier slept).
+    """
+    import time
+
+    late = float(late)
+    if world().Get_rank() == 0:
+        time.sleep(late)
+    cpu, wall = time.process_time(), time.monotonic()
+    with cv.Messenger() as m:
+        cpu, wall = time.process_time() - cpu, time.monotonic() - wall
+        if m.rank != 0:
+            # They waited for rank 0 (most of `late`), using a small part of it as CPU.
+            assert wall > late / 2, wall
+            assert cpu < wall / 4, (cpu, wall)
+        m.wait_quiet()
+
+
+def test_a_late_rank_is_waited_for_asleep(mpirun):
+    mpirun(4, case_late_rank_is_waited_for_asleep, 2.0)
