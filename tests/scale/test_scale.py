@@ -17,6 +17,7 @@ No assertion depends on timing.
 """
 
 import faulthandler
+import math
 import os
 import time
 import zlib
@@ -28,10 +29,10 @@ import conveyor as cv
 
 from _helpers import no_state_left, nothing_left, world
 
-# The routing modes every case runs under (CONVEYOR_ROUTE). Issue 18 item 1
-# adds "host", "grid2d" and "auto": add them here, and every case runs
-# under each of them too.
-ROUTES = ("direct",)
+# The routing modes every case runs under (CONVEYOR_ROUTE; auto is grid2d
+# from 64 ranks on), and those of `make test`'s reduced form.
+ROUTES = ("direct", "host", "grid2d", "auto")
+SMALL_ROUTES = ("direct", "grid2d")
 
 # The rank counts of `make test-scale`; `make test` runs SMALL only.
 RANKS = (16, 32, 64)
@@ -148,6 +149,11 @@ def case_all_to_all():
         stats = no_state_left(m)
         assert stats["messages_aggregated"] >= items - half, stats
         assert 0 < stats["batches_sent"] < (items - half) / 4, stats
+        # Relayed, each rank batches for its next hops only (about 2√P with grid2d).
+        relayed = world().allreduce(stats["messages_relayed"])
+        assert (relayed > 0) == (m.route != "direct"), (m.route, relayed)
+        if m.route == "grid2d":
+            assert stats["batches_open_peak"] <= 2 * math.isqrt(size - 1) + 2, stats
 
 
 class Echo(cv.Receiver):
@@ -309,7 +315,7 @@ def run_scale(mpirun, nranks, route, case):
     assert "Traceback" not in result.stderr, result.stderr
 
 
-@pytest.mark.parametrize("route", ROUTES)
+@pytest.mark.parametrize("route", SMALL_ROUTES)
 def test_every_case_at_16_ranks(mpirun, route):
     """The reduced form `make test` runs: all the cases in one job of 16 ranks."""
     run_scale(mpirun, SMALL, route, case_all)
