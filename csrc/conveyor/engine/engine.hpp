@@ -364,6 +364,7 @@ class Engine {
     void relay(int dest, const std::uint8_t* frame, std::size_t size);
     void append_relayed(const RelayEntry& entry);
     void fence_direct(int dest);
+    bool stamped(Incoming& in, const char* what);
     void receive_relayed(std::unique_ptr<Incoming> in);
     void consumed_relayed(int source, std::size_t bytes);
     void repay_relays();

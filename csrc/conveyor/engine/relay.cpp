@@ -101,27 +101,24 @@ void Engine::fence_direct(int dest) {
     queue(dest, std::move(out));
 }
 
-namespace {
-
-// The stamp that starts the body of a Fence or Relayed frame, if it has one.
-bool read_stamp(const Incoming& in, std::uint64_t& stamp) {
-    if (in.frame.size() - in.header.body_offset < 8) return false;
-    std::memcpy(&stamp, in.frame.data() + in.header.body_offset, 8);
-    return true;
+// Whether a Fence or Relayed frame starts its body with the stamp its
+// sender's engine makes; if not, it is marked as the forged frame it is
+// (`what` says what it claims to be), to be delivered as a rejection.
+bool Engine::stamped(Incoming& in, const char* what) {
+    std::uint64_t stamp = 0;
+    const bool room = in.frame.size() - in.header.body_offset >= 8;
+    if (room) std::memcpy(&stamp, in.frame.data() + in.header.body_offset, 8);
+    if (room && genuine(in.source, stamp)) return true;
+    if (!room) stats_.frames_forged += 1;  // else genuine() counted it
+    in.malformed = std::string(what) + " that rank " + std::to_string(in.source) +
+                   "'s engine did not send (a forged frame)";
+    return false;
 }
-
-}  // namespace
 
 // A Fence from `in.source`: its direct frames that follow wait in order
 // behind it until `ref` of its relayed messages were released.
 void Engine::receive_fence(std::unique_ptr<Incoming> in) {
-    std::uint64_t stamp = 0;
-    if (!read_stamp(*in, stamp) || !genuine(in->source, stamp)) {
-        if (in->frame.size() - in->header.body_offset < 8) stats_.frames_forged += 1;
-        in->malformed = "a fence that rank " + std::to_string(in->source) +
-                        "'s engine did not send (a forged frame)";
-        return enqueue(std::move(in));
-    }
+    if (!stamped(*in, "a fence")) return enqueue(std::move(in));
     stats_.frames_received -= 1;  // a control frame, as a credit
     in->credit_to = -1;           // it cost its sender no window
     enqueue(std::move(in));
@@ -132,13 +129,7 @@ void Engine::receive_fence(std::unique_ptr<Incoming> in) {
 // origin, queued behind that origin's earlier relayed messages.
 void Engine::receive_relayed(std::unique_ptr<Incoming> in) {
     const int source = in->source;
-    std::uint64_t stamp = 0;
-    if (!read_stamp(*in, stamp) || !genuine(source, stamp)) {
-        if (in->frame.size() - in->header.body_offset < 8) stats_.frames_forged += 1;
-        in->malformed = "relayed messages that rank " + std::to_string(source) +
-                        "'s engine did not send (a forged frame)";
-        return enqueue(std::move(in));
-    }
+    if (!stamped(*in, "relayed messages")) return enqueue(std::move(in));
     if (!relaying()) {  // its sender relays: the ranks were set up apart
         in->malformed = "relayed messages, but this rank does not relay";
         stats_.frames_malformed += 1;
