@@ -4,6 +4,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <numeric>
 #include <string>
@@ -60,6 +61,42 @@ static void test_wire() {
     counts.u64(1ull << 60);
     Reader r(counts.bytes.data(), counts.bytes.size());
     CHECK(throws<DecodeError>([&] { r.count(1); }));
+}
+
+// A Relayed frame's entries: a message and a fence entry read back; every
+// truncation is an error, never an out-of-bounds read.
+static void test_relay_entries() {
+    auto message = sample_frame();
+    Writer w;
+    w.u32(3);
+    w.u32(5);
+    w.u32(static_cast<std::uint32_t>(message.size()));
+    w.raw(message.data(), message.size());
+    w.u32(3);
+    w.u32(6);
+    w.u32(kFenceEntry);
+    w.u64(41);
+    RelayReader reader(w.bytes.data(), w.size(), 2);
+    RelayEntry e;
+    CHECK(reader.next(e) && !e.fence && e.origin == 3 && e.dest == 5);
+    CHECK(e.size == message.size() && std::memcmp(e.frame, message.data(), e.size) == 0);
+    CHECK(reader.next(e) && e.fence && e.origin == 3 && e.dest == 6 && e.count == 41);
+    CHECK(!reader.next(e) && reader.trailing() == 0);
+    for (std::size_t n = 0; n < w.size(); ++n) {
+        RelayReader cut(w.bytes.data(), n, 2);
+        CHECK(throws<DecodeError>([&] {
+            RelayEntry x;
+            while (cut.next(x)) {
+            }
+        }));
+    }
+    // A count beyond the entries: the reader stops at the end, with an error.
+    RelayReader more(w.bytes.data(), w.size(), 3);
+    CHECK(throws<DecodeError>([&] {
+        RelayEntry x;
+        while (more.next(x)) {
+        }
+    }));
 }
 
 static void test_route() {
@@ -197,6 +234,7 @@ static void test_buffer_cache() {
 int main(int argc, char** argv) {
     MPI_Init(&argc, &argv);
     test_wire();
+    test_relay_entries();
     test_route();
     test_buffer_cache();
     test_engine();
