@@ -32,6 +32,7 @@ void Engine::open_batch(int dest) {
     route.batch.bytes.reserve(std::min<std::size_t>(options_.batch_bytes, 1024));
     write_header(route.batch, FrameKind::Batch, 0, {}, {});  // ref: the count, set when sealed
     stats_.frames_posted += 1;  // sealed as a batch or as its lone message, one frame
+    route.frames_posted += 1;
     route.batch_messages = 0;
     route.batch_started = Clock::now();
     // Sequentially consistent with the background's doze: either it sees the

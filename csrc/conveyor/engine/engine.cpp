@@ -140,6 +140,7 @@ bool Engine::post(int dest, std::vector<std::uint8_t> frame, const std::vector<O
     owner_active_.store(true, std::memory_order_relaxed);
     stats_.messages_sent += 1;
     stats_.frames_posted += 1;
+    routes_[dest].frames_posted += 1;
     if (routes_[dest].batch.size() != 0) seal_batch(dest);  // it goes first
     queue(dest, std::move(out));
     return congested_locked(dest);

@@ -16,6 +16,7 @@ from .launch import (
     INTERRUPTED,
     MPIEXEC_HELP,
     TIMED_OUT,
+    fault_tolerance_options,
     inside_mpi_job,
     require_mpiexec,
     run_in_group,
@@ -47,6 +48,12 @@ def add_arguments(parser):
         action="store_true",
         help="prefix each line a rank prints with its rank: [1] ...",
     )
+    parser.add_argument(
+        "--fault-tolerant",
+        action="store_true",
+        help="keep the other ranks running when one dies (for Messenger(fault_tolerant=True)); "
+        "the job succeeds if every rank that finished did",
+    )
     parser.add_argument("--mpiexec", metavar="PATH", help=MPIEXEC_HELP)
     parser.add_argument("script", metavar="SCRIPT", help="the Python file every rank runs")
     parser.add_argument(
@@ -75,9 +82,18 @@ def run(parser, args):
     if not os.path.isfile(args.script):
         parser.error(f"argument SCRIPT: no such file: {args.script!r}")
     mpiexec = require_mpiexec(parser, args.mpiexec)
+    options = []
+    if args.fault_tolerant:
+        options = fault_tolerance_options(mpiexec)
+        if options is None:
+            parser.error(
+                f"--fault-tolerant: {mpiexec} is neither MPICH's nor Open MPI's mpiexec: "
+                "no option known to keep its ranks running when one dies"
+            )
     with tempfile.TemporaryDirectory(prefix="conveyor-run-") as status_dir:
         cmd = [
             mpiexec,
+            *options,
             "-n",
             str(args.nranks),
             sys.executable,
@@ -105,6 +121,12 @@ def run(parser, args):
     unfinished = [rank for rank in range(args.nranks) if rank not in statuses]
     for rank in unfinished:
         _say(f"rank {rank} did not finish: stopped by mpiexec or by a signal, or left by os._exit")
+    if args.fault_tolerant and unfinished and statuses and not failed:
+        # The job was started to outlive its dead ranks: it did.
+        _say(
+            f"the other {len(statuses)} ranks finished without {'it' if len(unfinished) == 1 else 'them'}"
+        )
+        return 0
     if status != 0 or unfinished:
         _say(f"mpiexec exited with status {status}")
     # MPICH's mpiexec exits with 0 when the rank that ended the job early
