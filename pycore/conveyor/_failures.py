@@ -29,7 +29,6 @@ dead rank for ever, so a rank that saw a failure leaves without it
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 import threading
@@ -38,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ._diagnostics import logger
 from ._errors import ConveyorError, RankFailedError
 from ._native import core
 from ._trace import TracedTransport, Tracer
@@ -55,10 +55,9 @@ __all__ = [
     "exit_without_finalize",
     "failure_seen",
     "fault_tolerant_transport",
+    "ignore_launcher_signal",
     "refuse",
 ]
-
-logger = logging.getLogger("conveyor")
 
 # Tags on the detector's own communicator.
 _HEARTBEAT, _WAVE = 1, 2
@@ -328,6 +327,26 @@ def _note_failure() -> None:
 def failure_seen() -> bool:
     """Whether a fault-tolerant messenger of this process declared a rank failed."""
     return _failure_seen
+
+
+def ignore_launcher_signal() -> None:
+    """Ignore SIGUSR1 from now on if it would end the process (a messenger that saw a failure closes).
+
+    MPICH's hydra, under ``-disable-auto-cleanup``, sends SIGUSR1 to the
+    ranks left each time one exits without MPI_Finalize, as the ranks of a
+    job that lost one do (`exit_without_finalize`): a rank between its
+    messenger's close (which restores SIGUSR1's default action) and its
+    exit would die of it.
+    """
+    import signal
+
+    usr1 = getattr(signal, "SIGUSR1", None)
+    if (
+        usr1 is not None
+        and threading.current_thread() is threading.main_thread()
+        and signal.getsignal(usr1) is signal.SIG_DFL
+    ):
+        signal.signal(usr1, signal.SIG_IGN)
 
 
 def exit_without_finalize() -> None:

@@ -372,6 +372,8 @@ class Messenger:
         self._chunks.close()
         _open_messengers.discard(self)
         _diagnostics.unwatch(self._transport)
+        if self._transport.failures is not None and _failures.failure_seen():
+            _failures.ignore_launcher_signal()
         if self._handler_watch is not None:
             self._handler_watch.stop()
         _asyncio.detach(self._transport)
