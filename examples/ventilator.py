@@ -19,7 +19,13 @@ up the chunks' results and answers the client. On top of that:
 - cancellation: the client cancels a request midway (``--cancel-after K``
   chunks). The ventilator stops issuing its chunks and cancels the ones in
   flight (``Future.cancel``), workers see ``msg.cancelled`` and skip them,
-  and the sink drops the request.
+  and the sink drops the request;
+- a worker that crashes (``--kill-worker``: the first worker leaves by
+  ``os._exit`` as it starts its third chunk). The messenger is then
+  fault-tolerant: the ventilator's requests to the dead worker fail with
+  ``RankFailedError``, it issues their chunks to the other workers, and
+  the job ends without the dead rank. Start it so that mpiexec keeps the
+  other ranks running: ``conveyor run --fault-tolerant``.
 
 Rank 0 is the client and rank 1 the ventilator and the sink. The other ranks
 are workers. With fewer ranks, roles share ranks: in plain python, rank 0
@@ -38,6 +44,7 @@ and PASS or FAIL (exit status 1)::
     mpiexec -n 4 python examples/ventilator.py
     mpiexec -n 6 python examples/ventilator.py --values 400000 --stuck-worker none
     python examples/ventilator.py --function prime --json summary.json
+    conveyor run --fault-tolerant -n 4 examples/ventilator.py --kill-worker
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ import argparse
 import collections
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -59,6 +67,9 @@ import conveyor as cv
 # The longest an idle rank waits for a message before its roles look at the
 # clock (the ventilator's deadlines are checked that often).
 TICK = 0.02
+# The chunk a worker killed by --kill-worker crashes on (1 is its first):
+# by then it holds chunks (up to --window) that the others must take over.
+KILLED_AT_CHUNK = 3
 
 T = TypeVar("T")
 # A job's key: (client rank, request number).
@@ -222,6 +233,8 @@ class Ventilator:
         self.next_attempt = 1
         self.load = dict.fromkeys(self.workers, 0)  # attempts each worker holds
         self.suspects: set[int] = set()  # workers that missed a deadline: only used if all did
+        self.lost: set[int] = set()  # workers that failed (cv.RankFailedError)
+        self.lost_chunks: list[str] = []  # the chunks of the attempts they held
         self.draining = False  # the client sends no more requests
         self.stopped = False
         self.counts: collections.Counter[str] = collections.Counter()
@@ -302,6 +315,15 @@ class Ventilator:
         for key, job in list(self.jobs.items()):
             if job.msg.cancelled:
                 self.drop(key, job)
+        for number, attempt in list(self.attempts.items()):
+            # Its request failed with RankFailedError; or it was cancelled,
+            # and the worker that would say it skipped it is gone.
+            future = attempt.future
+            failed = future.done() and not future.cancelled() and future.exception() is not None
+            if attempt.worker in self.m.failed_ranks or (
+                failed and isinstance(future.exception(), cv.RankFailedError)
+            ):
+                self.lose(number, attempt)
         now = time.monotonic()
         for name, entry in self.pending.items():
             if entry.wanted_by and not entry.queued and now - entry.issued_at > self.deadline:
@@ -313,13 +335,35 @@ class Ventilator:
                 self.queue.appendleft(name)
                 self.reissued[name] += 1
         self.pump()
-        if self.draining and not self.jobs and not self.stopped:
+        if self.draining and not self.jobs and not self.attempts and not self.stopped:
             # Sent after every chunk request: each worker handles all it was
-            # given before it stops.
+            # given before it stops. Not before every attempt is settled:
+            # one held by a worker that crashed ends only once the messenger
+            # declares the worker failed.
             for rank in range(self.m.size):
-                self.m.send(rank, "stop")
+                if rank not in self.lost:
+                    self.m.send(rank, "stop")
             self.stopped = True
         return False
+
+    def lose(self, number: int, attempt: Attempt) -> None:
+        """The worker of `attempt` failed: give it no more chunks, and issue this one again."""
+        del self.attempts[number]
+        if attempt.worker not in self.lost:
+            self.lost.add(attempt.worker)
+            self.workers = tuple(w for w in self.workers if w != attempt.worker)
+        self.counts["lost"] += 1
+        self.lost_chunks.append(attempt.name)
+        entry = self.pending.get(attempt.name)
+        if entry is None:
+            return
+        entry.attempts.discard(number)
+        if not entry.attempts and not entry.queued:
+            if entry.wanted_by:
+                entry.queued = True
+                self.queue.appendleft(attempt.name)
+            else:  # cancelled meanwhile
+                del self.pending[attempt.name]
 
     def drop(self, key: JobKey, job: Job) -> None:
         """The client cancelled `job`: stop issuing its chunks, cancel those in flight, forget it."""
@@ -410,6 +454,8 @@ class Ventilator:
             "counts": dict(self.counts),
             "reissued": dict(self.reissued),
             "suspects": sorted(self.suspects),
+            "lost": sorted(self.lost),
+            "lost_chunks": self.lost_chunks,
             "cancelled": self.cancelled,
             "left": {
                 "jobs": len(self.jobs),
@@ -426,10 +472,14 @@ class Worker:
     keeps handling messages, cancellations included, while chunks wait.
     """
 
-    def __init__(self, m: cv.Messenger, sink: int, stuck_seconds: float = 0.0) -> None:
+    def __init__(
+        self, m: cv.Messenger, sink: int, stuck_seconds: float = 0.0, die_at: int = 0
+    ) -> None:
         self.m = m
         self.sink = sink
         self.stuck_seconds = stuck_seconds
+        self.die_at = die_at  # crash as this chunk starts (1 is the first; 0: never)
+        self.started = 0
         self.queue: collections.deque[cv.Message] = collections.deque()
         # chunk name -> times computed here
         self.computed: collections.Counter[str] = collections.Counter()
@@ -451,6 +501,11 @@ class Worker:
             self.m.send(self.sink, "skipped", number)
             return True
         chunk = Chunk.parse(msg.payload["chunk"])
+        self.started += 1
+        if self.started == self.die_at:
+            print(f"worker {self.m.rank} crashes (os._exit) as it starts its chunk {chunk.name}")
+            sys.stdout.flush()
+            os._exit(1)  # a crash: no cleanup, no reply, no report
         if self.stuck_seconds:
             time.sleep(self.stuck_seconds)  # hung: not even handling messages
         value = chunk.compute()
@@ -602,7 +657,8 @@ def run(m: cv.Messenger, layout: Layout, args: argparse.Namespace) -> bool:
         roles.append(ventilator)
     if m.rank in layout.workers:
         hang = args.stuck_seconds if m.rank == args.stuck_worker else 0.0
-        worker = Worker(m, layout.ventilator, hang)
+        die_at = KILLED_AT_CHUNK if m.rank == args.kill_worker else 0
+        worker = Worker(m, layout.ventilator, hang, die_at)
         roles.append(worker)
     stopped: list[int] = []
     reports: dict[int, dict[str, Any]] = {}
@@ -717,6 +773,11 @@ def summarize(
         f"duplicates         {counts.get('duplicates', 0):>5}  late results ignored: the first won"
     )
     print(
+        f"workers lost       {len(vent['lost']):>5}  "
+        f"({', '.join(f'rank {r}' for r in vent['lost']) or 'none'}; the "
+        f"{counts.get('lost', 0)} chunk requests they held given up, the chunks done by others)"
+    )
+    print(
         f"cache hits         {counts.get('cache_hits', 0):>5}  chunks answered from the cache, "
         f"{counts.get('joined', 0)} joined while in progress"
     )
@@ -755,6 +816,8 @@ def summarize(
             "computed": dict(computed),
             "reissued": vent["reissued"],
             "suspects": vent["suspects"],
+            "lost": vent["lost"],
+            "lost_chunks": vent["lost_chunks"],
             "counts": counts,
             "cancelled": vent["cancelled"],
             "skipped": skipped,
@@ -822,6 +885,13 @@ def parse_args(
         metavar="K",
         help="cancel request 3 once K of its chunks are done; 0: never (default: %(default)s)",
     )
+    parser.add_argument(
+        "--kill-worker",
+        action="store_true",
+        help="the first worker crashes (os._exit) as it starts its chunk "
+        f"{KILLED_AT_CHUNK}; the messenger is fault-tolerant and the others take over its "
+        "chunks (4 ranks or more; run with 'conveyor run --fault-tolerant')",
+    )
     parser.add_argument("--json", metavar="FILE", help="write the summary to FILE as JSON")
     args = parser.parse_args(argv)
     for name in ("values", "chunk", "window"):
@@ -846,7 +916,8 @@ def choose_stuck_worker(
     if args.stuck_worker == "none":
         return None
     if args.stuck_worker == "auto":
-        return layout.workers[-1] if len(layout.workers) > 1 else None
+        # Not while a worker is killed: the one left would hang in every chunk.
+        return layout.workers[-1] if len(layout.workers) > 1 and not args.kill_worker else None
     if args.stuck_worker not in layout.workers:
         parser.error(
             f"--stuck-worker {args.stuck_worker} is not a worker "
@@ -862,11 +933,16 @@ def choose_stuck_worker(
 
 def main(argv: list[str] | None = None) -> int:
     parser, args = parse_args(argv)
-    with cv.Messenger() as m:
+    with cv.Messenger(fault_tolerant=args.kill_worker) as m:
         layout = Layout.of(m.size)
         # Every rank decides alike: a bad option stops them all here, before
         # any message or collective call.
         args.stuck_worker = choose_stuck_worker(parser, args, layout)
+        if args.kill_worker and len(layout.workers) < 2:
+            parser.error(
+                "--kill-worker needs another worker to take over its chunks (4 ranks or more)"
+            )
+        args.kill_worker = layout.workers[0] if args.kill_worker else None
         if m.rank == 0:
             workers = ", ".join(map(str, layout.workers))
             print(
@@ -879,6 +955,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"worker {args.stuck_worker} is stuck: it hangs {args.stuck_seconds:g} s in "
                     f"every chunk (deadline {args.deadline:g} s)"
                 )
+            if args.kill_worker is not None:
+                print(f"worker {args.kill_worker} crashes as it starts its chunk {KILLED_AT_CHUNK}")
         ok = run(m, layout, args)
     # Exit only after the messenger has closed (collectively) on every rank.
     return 0 if ok else 1

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
 __all__ = [
     "engine_options",
     "env_number",
+    "heartbeat_seconds",
     "slow_handler_seconds",
     "zero_copy_threshold",
 ]
@@ -53,6 +54,20 @@ def slow_handler_seconds() -> float:
     """
     seconds = env_number("CONVEYOR_SLOW_HANDLER_S", 0.0, float)
     return seconds if seconds > 0 else math.inf
+
+
+def heartbeat_seconds() -> float:
+    """After how many silent seconds a fault-tolerant messenger declares a rank failed.
+
+    ``CONVEYOR_HEARTBEAT_S``, 5 by default; ranks send a heartbeat four
+    times as often.
+    """
+    seconds = env_number("CONVEYOR_HEARTBEAT_S", 5.0, float)
+    if not seconds > 0 or seconds == math.inf:
+        raise ValueError(
+            f"CONVEYOR_HEARTBEAT_S must be a positive number of seconds, not {seconds}"
+        )
+    return seconds
 
 
 def _microseconds(name: str, default: float) -> float:

@@ -317,7 +317,7 @@ class Dispatch:
                 "loop (Messenger.attach, or async with Messenger())"
             )
         task = link.loop.create_task(self._run_handler(coro))
-        self.transport.engine.defer_handled()
+        self.transport.engine.defer_handled(msg.source)
         self.tasks.add(task)
         task.add_done_callback(functools.partial(self._task_done, msg))
 
@@ -346,7 +346,7 @@ class Dispatch:
             elif exc is not None:
                 self.failed(msg, exc)
         finally:
-            self.transport.engine.mark_handled(1)
+            self.transport.engine.mark_handled(1, msg.source)
 
 
 def reply_target(msg: Message) -> tuple[int, str, int]:

@@ -21,6 +21,7 @@ __all__ = [
     "MPIError",
     "CancelledError",
     "StoreFullError",
+    "RankFailedError",
     "ConveyorWarning",
 ]
 
@@ -170,6 +171,37 @@ class CancelledError(ConveyorError, concurrent.futures.CancelledError):
 
 class StoreFullError(ConveyorError, MemoryError):
     """An item store refused an item: it would exceed the store's capacity."""
+
+
+class RankFailedError(ConveyorError, ConnectionError):
+    """A rank of a fault-tolerant messenger failed: it sent no heartbeat in time.
+
+    Every request to it that was still waiting fails with this error, and
+    so does every later send or request to it (see the ``fault_tolerant``
+    parameter of `Messenger`).
+
+    Parameters
+    ----------
+    rank : int
+        The rank that failed.
+    why : str, optional
+        How it was found to have failed.
+
+    Attributes
+    ----------
+    rank : int
+        The rank that failed.
+    why : str
+        How it was found to have failed.
+    """
+
+    def __init__(self, rank: int, why: str = "") -> None:
+        super().__init__(rank, why)
+        self.rank = rank
+        self.why = why
+
+    def __str__(self) -> str:
+        return f"rank {self.rank} failed" + (f": {self.why}" if self.why else "")
 
 
 class ConveyorWarning(UserWarning):

@@ -25,13 +25,13 @@ from typing import TYPE_CHECKING, Any, Callable, Literal, SupportsIndex, TypeVar
 
 import numpy.typing as npt
 
-from . import _asyncio, _diagnostics, _quiescence, _shared
+from . import _asyncio, _diagnostics, _failures, _quiescence, _shared
 from ._actors import ActorRef, ActorService
 from ._carriage import Address
 from ._checks import check_name, check_rank, check_timeout, check_user_table, check_user_tag
 from ._chunks import ChunkLayer
 from ._collectives import Collectives
-from ._config import engine_options, slow_handler_seconds
+from ._config import engine_options, heartbeat_seconds, slow_handler_seconds
 from ._config import zero_copy_threshold as _zero_copy_threshold
 from ._darray import DistArray, DriverScope, scatter
 from ._dispatch import COUNTERS, Dispatch, Receivers
@@ -113,16 +113,26 @@ class Messenger:
         waves) and write it to this file, ``%r`` replaced by the rank, in
         the Chrome trace format (Perfetto, ``chrome://tracing``) on close.
         ``conveyor trace merge`` joins the ranks' files into one timeline.
+    fault_tolerant : bool, default False
+        Survive the death of other ranks: ranks exchange heartbeats, and a
+        rank silent for ``CONVEYOR_HEARTBEAT_S`` seconds (5 by default) is
+        declared failed. The requests waiting for it then fail with
+        `RankFailedError`, later sends and requests to it raise it, and
+        `wait_quiet` and `close` finish among the ranks left. The job must
+        be started so that its other ranks outlive a dead one
+        (``conveyor run --fault-tolerant``); see :ref:`fault-tolerance`.
+        Served inline only (not with ``serve="thread"`` or an event loop).
 
     Raises
     ------
     ValueError
         If ``serve`` is neither ``"inline"`` nor ``"thread"``, the
-        directory of ``trace`` does not exist, or ``CONVEYOR_HOSTS`` or
-        ``CONVEYOR_ROUTE`` is malformed.
+        directory of ``trace`` does not exist, ``fault_tolerant`` is
+        combined with ``serve="thread"`` or a relaying ``CONVEYOR_ROUTE``,
+        or ``CONVEYOR_HOSTS`` or ``CONVEYOR_ROUTE`` is malformed.
     conveyor.ConveyorError
-        If ``serve="thread"`` and MPI was initialised without
-        ``MPI_THREAD_MULTIPLE``, or the ranks were given different
+        If ``serve="thread"`` or ``fault_tolerant`` and MPI was initialised
+        without ``MPI_THREAD_MULTIPLE``, or the ranks were given different
         ``CONVEYOR_ROUTE`` modes.
     """
 
@@ -136,6 +146,7 @@ class Messenger:
         abort_on_error: bool = True,
         serve: Literal["inline", "thread"] = "inline",
         trace: str | os.PathLike[str] | None = None,
+        fault_tolerant: bool = False,
     ) -> None:
         from mpi4py import MPI
 
@@ -145,11 +156,15 @@ class Messenger:
             raise TypeError(f"comm must be an mpi4py.MPI.Intracomm, not {type(comm).__name__}")
         if serve not in ("inline", "thread"):
             raise ValueError(f"serve must be 'inline' or 'thread', not {serve!r}")
-        if serve == "thread" and MPI.Query_thread() != MPI.THREAD_MULTIPLE:
+        if fault_tolerant and serve == "thread":
+            raise ValueError("fault_tolerant=True needs serve='inline'")
+        if (serve == "thread" or fault_tolerant) and MPI.Query_thread() != MPI.THREAD_MULTIPLE:
+            what = "serve='thread'" if serve == "thread" else "fault_tolerant=True"
             raise ConveyorError(
-                "serve='thread' calls MPI from a second thread, which needs "
+                f"{what} calls MPI from a second thread, which needs "
                 "MPI_THREAD_MULTIPLE (mpi4py's default; see mpi4py.rc.thread_level)"
             )
+        heartbeat = heartbeat_seconds() if fault_tolerant else 0.0  # may refuse: before anything
         if trace is not None:
             trace = os.fspath(trace)
             directory = os.path.dirname(os.path.abspath(trace))
@@ -160,6 +175,11 @@ class Messenger:
         _shared.trust(hosts.pids[r] for r in hosts.groups[hosts.index])
         options = engine_options(crowded=self._hosts.crowded)
         self._route, options.next_hop = routing(comm, hosts.groups)
+        if fault_tolerant and self._route != "direct":  # on every rank: the modes agree
+            raise ValueError(
+                f"fault_tolerant=True needs CONVEYOR_ROUTE=direct, not {self._route!r}: "
+                "a relay that dies would take the messages it relays with it"
+            )
         slow_handler = slow_handler_seconds()  # read before anything is made: it may refuse
         if serve == "thread":
             # The service thread yields its core from the start when it finds
@@ -176,13 +196,19 @@ class Messenger:
         # A traced messenger has a transport whose waits are spans; an
         # untraced one runs the plain code, with no test for tracing.
         self._tracer = None if trace is None else Tracer(trace, self._comm, engine)
-        self._transport = transport = (
-            Transport(engine, self.aggregate)
-            if self._tracer is None
-            else TracedTransport(engine, self.aggregate, self._tracer)
-        )
+        # A fault-tolerant one, one that checks for failed ranks.
+        transport: Transport
+        if fault_tolerant:
+            transport = _failures.fault_tolerant_transport(engine, self.aggregate, self._tracer)
+        elif self._tracer is None:
+            transport = Transport(engine, self.aggregate)
+        else:
+            transport = TracedTransport(engine, self.aggregate, self._tracer)
+        self._transport = transport
         self._receivers = receivers = Receivers()
         self._requests = requests = Requests(transport)
+        if fault_tolerant:
+            transport.failures = _failures.Failures(self._comm, requests, heartbeat)
         self._dispatch = transport.dispatch = Dispatch(
             self.rank, transport, receivers, requests, Message
         )
@@ -256,6 +282,16 @@ class Messenger:
         return self._route
 
     @property
+    def failed_ranks(self) -> frozenset[int]:
+        """The ranks declared failed (always empty unless ``fault_tolerant=True``)."""
+        failures = self._transport.failures
+        if failures is None:
+            return frozenset()
+        if failures.news and not self.closed:
+            failures.apply()
+        return frozenset(failures.failed)
+
+    @property
     def closed(self) -> bool:
         """True once `close` (or `aclose`) was called, or a block it managed raised."""
         return self._transport.closed
@@ -312,9 +348,15 @@ class Messenger:
             )
         try:
             self.wait_quiet()
-            self._transport.engine.flush_sends(-1.0)
+            self._transport.engine.flush_sends(self._flush_seconds())
         finally:
             self._release()
+
+    def _flush_seconds(self) -> float:
+        # How long close waits for its sends to complete: without limit,
+        # unless a rank failed (a large send to it never completes).
+        failures = self._transport.failures
+        return failures.seconds if failures is not None and failures.failed else -1.0
 
     async def aclose(self) -> None:
         """The asyncio `close`: await `aquiet`, then release MPI resources.
@@ -329,13 +371,15 @@ class Messenger:
         _quiescence.refuse_in_handler(self._transport, "aclose()")  # as close() does
         try:
             await self.aquiet()
-            self._transport.engine.flush_sends(-1.0)
+            self._transport.engine.flush_sends(self._flush_seconds())
         finally:
             self._release()
 
     def _release(self) -> None:
         self._abandon()
         self._chunks.free_communicator()
+        if self._transport.failures is not None:
+            self._transport.failures.free()
         self._comm.Free()
 
     def _abandon(self) -> None:
@@ -347,9 +391,13 @@ class Messenger:
         self._chunks.close()
         _open_messengers.discard(self)
         _diagnostics.unwatch(self._transport)
+        if self._transport.failures is not None and _failures.failure_seen():
+            _failures.ignore_launcher_signal()
         if self._handler_watch is not None:
             self._handler_watch.stop()
         _asyncio.detach(self._transport)
+        if self._transport.failures is not None:
+            self._transport.failures.stop()
         self._transport.engine.close()  # stops the background thread before MPI goes away
         self._requests.fail_all("the messenger was closed before the answer came")
         if self._tracer is not None:
@@ -507,7 +555,9 @@ class Messenger:
             raise ValueError("final=False answers a request: send it to the request's reply_to")
         else:
             self._transport.send(rank, check_user_tag(name), payload)
-            if len(self._senders) < _MAX_CACHED_SENDERS:
+            # A fault-tolerant messenger's sends take the path that checks
+            # for failed ranks, never a Sender's native one.
+            if len(self._senders) < _MAX_CACHED_SENDERS and self._transport.failures is None:
                 self._senders[name] = Sender(self._transport, name, self.aggregate, self.size)
 
     @overload
@@ -864,7 +914,14 @@ class Messenger:
         ----------
         loop : asyncio.AbstractEventLoop, optional
             The running loop by default.
+
+        Raises
+        ------
+        conveyor.ConveyorError
+            If the messenger is fault-tolerant or served by its own thread.
         """
+        if self._transport.failures is not None:
+            raise _failures.refuse("serving from an event loop")
         _asyncio.attach(self._transport, loop)
 
     def detach(self) -> None:
@@ -1335,10 +1392,14 @@ def _exit_code(exc_type: type[BaseException]) -> int:
 def _at_exit() -> None:
     leaving = _leaving_early()
     for messenger in list(_open_messengers):
+        if messenger._transport.failures is not None:
+            messenger._transport.failures.stop()
         messenger._transport.engine.close()
         _write_trace(messenger)
     if leaving is not None:
         _abort_job(*leaving)
+    if _failures.failure_seen():
+        _failures.exit_without_finalize()
 
 
 def _write_trace(messenger: Messenger) -> None:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._asyncio import attach, handler_of
 from ._errors import ConveyorError
+from ._failures import WAVE_SLICE
 from ._transport import WAIT_SLICE
 
 if TYPE_CHECKING:
@@ -110,6 +111,13 @@ def _wait_quiet(transport: Transport, timeout: float | None) -> None:
         if left <= 0:
             raise transport.timed_out(f"the job was not quiet within {timeout} s")
         return min(wait, left)
+
+    if (failures := transport.failures) is not None:  # waves among the ranks left
+        while True:
+            transport.serve(0.0)  # applies the failures declared, too
+            if failures.step(engine):
+                return
+            transport.serve(until_deadline(WAVE_SLICE))
 
     steps = _detect(transport)
     totals = None

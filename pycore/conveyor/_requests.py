@@ -6,7 +6,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, TypeVar, Union, overload
 
 from ._diagnostics import PendingRequest
-from ._errors import ConveyorError, FrameError, UnknownTagError, raised_remotely
+from ._errors import ConveyorError, FrameError, RankFailedError, UnknownTagError, raised_remotely
 from ._future import Future, Stream
 from ._native import core
 from ._tags import CANCEL
@@ -141,6 +141,13 @@ class Requests:
         if report["kind"] == "unknown_tag":
             return UnknownTagError(*fields)
         return raised_remotely(*fields)
+
+    def fail_rank(self, rank: int, why: str) -> None:
+        """Fail every open request to `rank` with `RankFailedError`: its answer will never come."""
+        for ref, waiter in list(self.waiters.items()):
+            if waiter._dest == rank:
+                del self.waiters[ref]
+                waiter._fail(RankFailedError(rank, why))
 
     def fail_all(self, why: str) -> None:
         """Fail every open request with ConveyorError(`why`): its answer will never come."""

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from ._asyncio import LoopLink
     from ._diagnostics import RankState
     from ._dispatch import Dispatch
+    from ._failures import Failures
     from ._service import Service
     from ._trace import Tracer
 
@@ -59,6 +60,9 @@ class Transport:
     tracer : conveyor._trace.Tracer or None
         The messenger's trace, if it is traced (then this is a
         `conveyor._trace.TracedTransport`).
+    failures : conveyor._failures.Failures or None
+        The failure detector of a fault-tolerant messenger (then this is a
+        `conveyor._failures.FaultTolerantTransport`).
     """
 
     def __init__(self, engine: core.engine.Engine, aggregate: bool) -> None:
@@ -70,6 +74,7 @@ class Transport:
         self.closed = False
         self.describe: Callable[[], RankState] | None = None
         self.tracer: Tracer | None = None
+        self.failures: Failures | None = None
 
     def check_open(self) -> None:
         """Raise `ConveyorError` if the messenger is closed."""
@@ -118,6 +123,10 @@ class Transport:
         service = self.service
         return service if service is not None and not service.is_current() else None
 
+    def congested(self, dest: int) -> bool:
+        """Whether sends to `dest` wait for its credit: the sender should slow down."""
+        return self.engine.congested(dest)
+
     def relieve(self, dest: int) -> None:
         """Back-pressure: serve incoming messages until `dest` takes sends again.
 
@@ -127,11 +136,11 @@ class Transport:
         """
         if self.in_handler() or self.link is not None:
             return
-        while self.engine.congested(dest):
+        while self.congested(dest):
             self.check_open()
             if (service := self.served_elsewhere()) is not None:
                 # Credit comes to the service thread: look again after its round.
-                service.wait(lambda: not self.engine.congested(dest), WAIT_SLICE)
+                service.wait(lambda: not self.congested(dest), WAIT_SLICE)
             else:
                 self.engine.serve(WAIT_SLICE, dest, self.dispatch)
 

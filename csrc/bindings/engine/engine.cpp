@@ -48,8 +48,10 @@ void register_engine(py::module_& m) {
         .def_property_readonly("handling", &PyEngine::handling)
         .def_property_readonly("background",
                                [](PyEngine& e) { return e.engine().has_background_thread(); })
-        .def("mark_handled", &PyEngine::mark_handled, py::arg("messages") = 1)
-        .def("defer_handled", &PyEngine::defer_handled)
+        .def("mark_handled", &PyEngine::mark_handled, py::arg("messages") = 1,
+             py::arg("source") = -1)
+        .def("defer_handled", &PyEngine::defer_handled, py::arg("source") = -1)
+        .def("frames_without", &PyEngine::frames_without, py::arg("excluded"))
         .def("start_wave", &PyEngine::start_wave)
         .def_property_readonly("wave_active", [](PyEngine& e) { return e.engine().wave_active(); })
         .def("wave_done", &PyEngine::wave_done)

@@ -76,7 +76,8 @@ class PyEngine {
   public:
     PyEngine(std::intptr_t comm, std::size_t zero_copy_threshold, bool allow_pickle,
              const EngineOptions& options)
-        : engine_(comm_from_handle(comm), options) {
+        : engine_(comm_from_handle(comm), options),
+          finished_from_(static_cast<std::size_t>(engine_.size()), 0) {
         codec_.zero_copy_threshold = zero_copy_threshold;
         codec_.allow_pickle = allow_pickle;
     }
@@ -179,10 +180,29 @@ class PyEngine {
     // Counted here and reported to the engine once per serve() (its counters
     // are behind a lock), and always before a termination-detection wave.
     // A deferred message's frame counts as finished once the message is.
-    void mark_handled(std::int64_t messages) { count_finished(messages, messages); }
+    // `source` is the rank the message came from (-1: not said).
+    void mark_handled(std::int64_t messages, int source) {
+        count_finished(messages, messages, source);
+    }
     // The message being dispatched is not finished when its dispatch ends
     // (an async handler's task runs on): mark_handled() it when it is.
-    void defer_handled() { count_finished(-1, -1); }
+    void defer_handled(int source) { count_finished(-1, -1, source); }
+
+    // (frames posted, frames finished) as a termination-detection wave
+    // counts them, less the frames posted to `excluded` ranks and those
+    // finished that came from them: a fault-tolerant messenger's detection
+    // among the ranks that are left (pycore/conveyor/_failures.py).
+    py::tuple frames_without(const py::sequence& excluded) {
+        report_handled();
+        const auto s = engine_.stats();
+        std::uint64_t posted = s.frames_posted, finished = s.frames_finished;
+        for (auto item : excluded) {
+            int rank = item.cast<int>();
+            posted -= engine_.frames_posted_to(rank);  // checks the rank
+            finished -= static_cast<std::uint64_t>(finished_from_[static_cast<std::size_t>(rank)]);
+        }
+        return py::make_tuple(posted, finished);
+    }
 
     void start_wave() {
         report_handled();
@@ -379,16 +399,21 @@ class PyEngine {
     // it is read to its end (next()), which must wait for this entry's
     // dispatch (a nested serve may read the batch on meanwhile).
     struct Handled {
-        Handled(PyEngine& e, bool entry) : engine(e) {
-            if (entry) engine.count_finished(-1, 0);
+        Handled(PyEngine& e, bool entry, int source) : engine(e), source(source) {
+            if (entry) engine.count_finished(-1, 0, source);
         }
-        ~Handled() { engine.count_finished(1, 1); }
+        ~Handled() { engine.count_finished(1, 1, source); }
         PyEngine& engine;
+        int source;
     };
 
-    void count_finished(std::int64_t frames, std::int64_t messages) {
+    // Frames are also counted by the rank they came from (`source`; -1:
+    // not said), for frames_without().
+    void count_finished(std::int64_t frames, std::int64_t messages, int source) {
         unreported_frames_ += frames;
         unreported_messages_ += messages;
+        if (source >= 0 && static_cast<std::size_t>(source) < finished_from_.size())
+            finished_from_[static_cast<std::size_t>(source)] += frames;
     }
     void report_handled() {
         if (unreported_frames_ == 0 && unreported_messages_ == 0) return;
@@ -424,7 +449,7 @@ class PyEngine {
                         // Nothing after a broken entry can be found: the batch
                         // ends here, whatever number of entries it announced.
                         batch_.reset();
-                        count_finished(1, 0);
+                        count_finished(1, 0, batch->source);
                         entries_malformed_ += 1;
                         reject(d, batch->source, e.what());
                         d.entry = true;
@@ -435,11 +460,11 @@ class PyEngine {
                     return true;
                 }
                 auto batch = std::move(batch_);
-                count_finished(1, 0);
+                count_finished(1, 0, batch->source);
                 if (auto extra = batch_reader_.trailing()) {
                     // Bytes after the announced entries: reported once, as a
                     // rejection that is not a message of its own.
-                    count_finished(0, -1);
+                    count_finished(0, -1, batch->source);
                     entries_malformed_ += 1;
                     reject(
                         d, batch->source,
@@ -559,7 +584,7 @@ class PyEngine {
     // ends, whichever way it went (termination detection depends on it): no
     // path of the façade counts for itself.
     void deliver_one(Delivery& d, Hooks& h) {
-        Handled handled(*this, d.entry);
+        Handled handled(*this, d.entry, d.source);
         Handling handling(handling_);
         const auto& names = dispatch_names();
         auto kind = static_cast<FrameKind>(d.kind);
@@ -734,6 +759,7 @@ class PyEngine {
     std::unique_ptr<TraceLog> trace_;      // null unless traced
     std::uint64_t entries_malformed_ = 0;  // rejected batch entries (whole frames: the engine's)
     std::int64_t unreported_frames_ = 0, unreported_messages_ = 0;
+    std::vector<std::int64_t> finished_from_;  // frames finished, by the rank they came from
     // The requests whose handler runs now: see answering(). A stack, since a
     // handler dispatched by a wait inside another handler ends first; and a
     // vector, since a request's entry was a map node allocated and freed on

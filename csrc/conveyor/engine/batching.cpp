@@ -39,6 +39,7 @@ void Engine::open_batch(int dest) {
     write_header(route.batch, relaying() ? FrameKind::Relayed : FrameKind::Batch, 0, {}, {});
     if (relaying()) route.batch.u64(0);
     stats_.frames_posted += 1;  // sealed as a batch or as its lone message, one frame
+    route.frames_posted += 1;
     route.batch_messages = 0;
     route.batch_started = Clock::now();
     // Sequentially consistent with the background's doze: either it sees the

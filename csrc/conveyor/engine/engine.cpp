@@ -142,6 +142,7 @@ bool Engine::post(int dest, std::vector<std::uint8_t> frame, const std::vector<O
     owner_active_.store(true, std::memory_order_relaxed);
     stats_.messages_sent += 1;
     stats_.frames_posted += 1;
+    routes_[dest].frames_posted += 1;
     // The batch holding this rank's earlier small messages to `dest` goes
     // first: that keeps them in order, or, relayed, spares a wait for them.
     if (routes_[hop(dest)].batch.size() != 0) seal_batch(hop(dest));

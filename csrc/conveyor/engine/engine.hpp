@@ -273,6 +273,9 @@ class Engine {
     bool wave_done();
     std::uint64_t wave_posted() const { return wave_out_[0]; }
     std::uint64_t wave_finished() const { return wave_out_[1]; }
+    // Frames posted to `dest` so far (of stats().frames_posted): a fault-tolerant
+    // messenger leaves a failed rank's out of its own termination detection.
+    std::uint64_t frames_posted_to(int dest) const;
 
     // Complete every outstanding send (used when closing). Returns false on timeout.
     bool flush_sends(double timeout);
@@ -315,6 +318,7 @@ class Engine {
         std::size_t relay_owed = 0;          // frame bytes it relayed through us, not credited yet
         std::uint64_t stamped_sent = 0;      // stamped frames sent to it
         std::uint64_t stamped_received = 0;  // its stamped frames received, not forged
+        std::uint64_t frames_posted = 0;     // of stats_.frames_posted, those to it
         // Relaying (relay.cpp), the two paths' counts. As a destination:
         std::uint64_t direct_posted = 0;   // frames post()ed to it
         std::uint64_t relayed_posted = 0;  // messages sent to it through relays

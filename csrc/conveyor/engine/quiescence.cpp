@@ -16,6 +16,12 @@ void Engine::start_wave() {
     wave_completed_ = false;
 }
 
+std::uint64_t Engine::frames_posted_to(int dest) const {
+    check_dest(dest, size_);
+    Guard guard(lock_);
+    return routes_[dest].frames_posted;
+}
+
 bool Engine::wave_active() const {
     Guard guard(lock_);
     return wave_active_;

@@ -143,10 +143,12 @@ class Engine:
         """Send every batch now."""
     def congested(self, dest: int) -> bool:
         """Whether frames to `dest` wait for its credit (or too many sends are pending)."""
-    def mark_handled(self, messages: int = 1) -> None:
-        """Count `messages` deferred messages as handled (an async handler's task ended)."""
-    def defer_handled(self) -> None:
-        """The message being dispatched stays unfinished after its dispatch (async handler)."""
+    def mark_handled(self, messages: int = 1, source: int = -1) -> None:
+        """Count `messages` deferred messages from rank `source` as handled (an async handler's task ended)."""
+    def defer_handled(self, source: int = -1) -> None:
+        """The message being dispatched (from rank `source`) stays unfinished after its dispatch."""
+    def frames_without(self, excluded: list[int]) -> tuple[int, int]:
+        """Return (frames posted, frames finished) less those to and from the `excluded` ranks."""
     def start_wave(self) -> None:
         """Start a quiescence wave: a non-blocking sum of (frames posted, finished) over all ranks."""
     def wave_done(self) -> tuple[int, int] | None:

@@ -17,6 +17,7 @@ __all__ = [
     "RANK_VARIABLES",
     "TERMINATE_GRACE",
     "TIMED_OUT",
+    "fault_tolerance_options",
     "find_mpiexec",
     "find_srun",
     "inside_mpi_job",
@@ -137,6 +138,34 @@ def mpiexec_environment(environ=None):
     if os.geteuid() == 0:
         defaults.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
     return {**defaults, **(os.environ if environ is None else environ)}
+
+
+def fault_tolerance_options(mpiexec):
+    """The options that make `mpiexec` leave the other ranks running when one dies.
+
+    MPICH's hydra: ``-disable-auto-cleanup``; Open MPI's (PRRTE):
+    ``--enable-recovery``. Neither turns on MPI-level fault tolerance
+    (Open MPI's ``--with-ft ulfm`` does, and then the engine's own MPI calls
+    fail on a dead rank): the messenger's heartbeats find the dead rank
+    (``Messenger(fault_tolerant=True)``). An MPICH job still ends when a
+    rank is killed by a signal: hydra ends it whatever the option says.
+
+    Returns
+    -------
+    list of str or None
+        The options; None if `mpiexec` is neither MPI's (``--version`` says).
+    """
+    try:
+        version = subprocess.run(
+            [mpiexec, "--version"], capture_output=True, text=True, timeout=60
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if "HYDRA" in version:
+        return ["-disable-auto-cleanup"]
+    if "Open MPI" in version or "PRRTE" in version or "OpenRTE" in version:
+        return ["--enable-recovery"]
+    return None
 
 
 def require_mpiexec(parser, explicit):

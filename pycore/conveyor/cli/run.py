@@ -26,6 +26,7 @@ from .launch import (
     INTERRUPTED,
     MPIEXEC_HELP,
     TIMED_OUT,
+    fault_tolerance_options,
     find_srun,
     inside_mpi_job,
     require_mpiexec,
@@ -61,6 +62,12 @@ def add_arguments(parser):
         "--prefix",
         action="store_true",
         help="prefix each line a rank prints with its rank: [1] ...",
+    )
+    parser.add_argument(
+        "--fault-tolerant",
+        action="store_true",
+        help="keep the other ranks running when one dies (for Messenger(fault_tolerant=True)); "
+        "the job succeeds if every rank that finished did",
     )
     parser.add_argument("--mpiexec", metavar="PATH", help=MPIEXEC_HELP)
     parser.add_argument(
@@ -98,6 +105,19 @@ def run(parser, args):
         parser.error(f"argument SCRIPT: no such file: {args.script!r}")
     launcher, srun = choose_launcher(parser, args)
     program = "srun" if srun else "mpiexec"
+    options = []
+    if args.fault_tolerant:
+        if srun:
+            parser.error(
+                "--fault-tolerant keeps ranks running with mpiexec's options only: "
+                "add --launcher mpiexec"
+            )
+        options = fault_tolerance_options(launcher)
+        if options is None:
+            parser.error(
+                f"--fault-tolerant: {launcher} is neither MPICH's nor Open MPI's mpiexec: "
+                "no option known to keep its ranks running when one dies"
+            )
     # srun's tasks may run on other nodes: they write their statuses to the
     # working directory, which the nodes of a cluster share.
     where = os.getcwd() if srun and os.access(os.getcwd(), os.W_OK) else None
@@ -113,7 +133,7 @@ def run(parser, args):
         ]
         # srun's tasks run outside our process group: told to stop, it ends them.
         status = run_in_group(
-            launch_command(launcher, srun, args.nranks, rank_command),
+            launch_command(launcher, srun, args.nranks, rank_command, options),
             args.timeout,
             terminate=signal.SIGTERM if srun else None,
         )
@@ -140,6 +160,12 @@ def run(parser, args):
             "a rank reports its status in the working directory: one on a node "
             "that does not share it is listed as not finished"
         )
+    if args.fault_tolerant and unfinished and statuses and not failed:
+        # The job was started to outlive its dead ranks: it did.
+        _say(
+            f"the other {len(statuses)} ranks finished without {'it' if len(unfinished) == 1 else 'them'}"
+        )
+        return 0
     if status != 0 or unfinished:
         _say(f"{program} exited with status {status}")
     # MPICH's mpiexec exits with 0 when the rank that ended the job early
@@ -187,16 +213,17 @@ def choose_launcher(parser, args):
     return srun, True
 
 
-def launch_command(launcher, srun, nranks, rank_command):
+def launch_command(launcher, srun, nranks, rank_command, options=()):
     """The command that starts `nranks` ranks of `rank_command` with `launcher`.
 
     srun gets ``--ntasks N`` and ``--kill-on-bad-exit=1`` (a rank that
     fails ends the job, as under mpiexec); its MPI plugin is the site's
-    default or ``SLURM_MPI_TYPE``'s. mpiexec gets ``-n N``.
+    default or ``SLURM_MPI_TYPE``'s. mpiexec gets `options` (those of
+    ``--fault-tolerant``), then ``-n N``.
     """
     if srun:
         return [launcher, "--ntasks", str(nranks), "--kill-on-bad-exit=1", *rank_command]
-    return [launcher, "-n", str(nranks), *rank_command]
+    return [launcher, *options, "-n", str(nranks), *rank_command]
 
 
 def _say(text):

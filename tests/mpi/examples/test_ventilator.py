@@ -9,12 +9,13 @@ after a deadline) drive the example's roles step by step on one rank.
 
 import functools
 import json
+import sys
 import time
 
 import numpy as np
 import pytest
 
-from conftest import load_example, run_example
+from conftest import load_example, run_command, run_example
 
 ventilator = load_example("ventilator")
 run_ventilator = functools.partial(run_example, "ventilator")
@@ -207,6 +208,34 @@ def test_default_demo_reissues_the_stuck_workers_chunks(tmp_path):
     assert seconds < 30
 
 
+def test_kill_worker_completes_every_chunk_on_the_workers_left(tmp_path):
+    # As in the example's docstring: conveyor run --fault-tolerant -n 4
+    # examples/ventilator.py --kill-worker. Worker 2 crashes holding chunks;
+    # a hang (the ventilator waiting for them for ever) fails the test.
+    path = tmp_path / "summary.json"
+    example = str(ventilator.__file__)
+    cmd = [sys.executable, "-m", "conveyor", "run", "--fault-tolerant", "-n", "4"]
+    cmd += [example, "--kill-worker", "--json", str(path)]
+    result = run_command(cmd, timeout=120, env={"CONVEYOR_HEARTBEAT_S": "3"})
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "worker 2 crashes (os._exit) as it starts its chunk" in output, output
+    assert "PASS" in result.stdout, output
+    summary = json.loads(path.read_text())
+    assert summary["failures"] == [] and summary["left"] == [], summary
+    assert summary["lost"] == [2] and summary["counts"]["lost"] >= 1, summary
+    assert sorted(summary["stats"]) == ["0", "1", "3"]  # no report from the dead worker
+    check_sums(summary)
+    check_nothing_left(summary)
+    # The chunks the dead worker held, those that finished requests needed,
+    # were computed by the workers left (its own reports never came).
+    done = [r for r in summary["requests"] if r["status"] == "done"]
+    assert len(done) == 3
+    wanted = set().union(*(chunk_names(r["start"], r["stop"], 2_500) for r in done))
+    lost = set(summary["lost_chunks"]) & wanted
+    assert lost and lost <= set(summary["computed"]), summary
+
+
 @pytest.mark.parametrize(
     "nranks, args, message",
     [
@@ -218,9 +247,10 @@ def test_default_demo_reissues_the_stuck_workers_chunks(tmp_path):
         (3, ["--stuck-worker", "2"], "--stuck-worker needs another worker"),
         (None, ["--stuck-worker", "two"], "--stuck-worker must be a rank, 'auto' or 'none'"),
         (None, ["--chunk", "0"], "--chunk must be at least 1"),
+        (3, ["--kill-worker"], "--kill-worker needs another worker"),
         (None, ["--deadline", "0"], "need --deadline > 0"),
     ],
-    ids=["not-a-worker", "only-worker", "not-a-rank", "chunk0", "deadline0"],
+    ids=["not-a-worker", "only-worker", "not-a-rank", "chunk0", "kill-only-worker", "deadline0"],
 )
 def test_bad_arguments(nranks, args, message):
     result = run_ventilator(nranks, *args, timeout=30)

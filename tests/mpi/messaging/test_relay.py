@@ -155,6 +155,9 @@ def case_modes_disagree():
     os.environ["CONVEYOR_ROUTE"] = "grid2d" if world().Get_rank() == 0 else "host"
     with pytest.raises(cv.ConveyorError, match="different CONVEYOR_ROUTE modes"):
         cv.Messenger()
+    os.environ["CONVEYOR_ROUTE"] = "grid2d"
+    with pytest.raises(ValueError, match="fault_tolerant=True needs CONVEYOR_ROUTE=direct"):
+        cv.Messenger(fault_tolerant=True)
     os.environ["CONVEYOR_ROUTE"] = "nowhere"
     with pytest.raises(ValueError, match="CONVEYOR_ROUTE='nowhere' is not one of"):
         cv.Messenger()
