@@ -294,7 +294,7 @@ class ChunkLayer:
         self._ready: collections.deque[Callable[[], None]] = collections.deque()
         self._draining = False
         # The tasks' functions: sent once per rank, then by digest.
-        self._shipped = Shipped()
+        self._shipped = Shipped(messenger.host_ranks, messenger._host_index)
         self._received = Received()
         # What owners publish about their chunks once computed (CHUNK_STATES),
         # a table users cannot name.
