@@ -4,7 +4,11 @@ Each rank's `ChunkLayer` keeps its chunks in the native chunk table (values,
 states, waiters, reference weights) and serves four reserved receivers: a
 task computes one chunk from pieces of others, a fetch answers rows of a
 chunk once it is settled, and two more carry reference weight back and
-forth. Nothing here ever blocks inside a handler: a task gathers its inputs
+forth. A rank of the owner's host reads a chunk's rows through shared
+memory: the first such read moves the chunk once into a file of the
+host's (`_shared.share`, then `ChunkTable.replace`), and every read is a `SharedView` of
+the rows, mapped where it arrives, so no row moves through MPI within a
+host. Nothing here ever blocks inside a handler: a task gathers its inputs
 through callbacks and runs once the last one arrives, so a rank that is
 asked for a chunk it will itself compute later simply answers later.
 
@@ -29,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from . import _pickling, _progress
+from . import _pickling, _progress, _shared
 from ._carriage import CarriageableItem
 from ._diagnostics import ChunkWait, logger
 from ._errors import RECYCLING, RecyclingWarning, RemoteError, raised_remotely
@@ -285,6 +289,10 @@ class ChunkLayer:
         self.serial = serial
         self.table = core.chunks.ChunkTable(messenger.rank)
         self.closed = False
+        # The other ranks of this host, which read chunks through shared
+        # memory, and the shared files of the chunks they read, by id.
+        self._host_peers = set(messenger.host_ranks) - {self.rank}
+        self._shared: dict[int, _shared.Segment] = {}
         # token -> (chunk id, callback), for owned chunks not settled yet
         self._waiters: dict[int, tuple[int, Callable[[], None]]] = {}
         self._next_token = 1
@@ -411,9 +419,11 @@ class ChunkLayer:
         self.transport.send(home, CHUNK_GIVE_BACK, (id, weight))
 
     def _forget(self, id: int) -> None:
-        # The chunk is gone: so is what its owner published about it. A
+        # The chunk is gone: so is what its owner published about it, and
+        # its hold of a shared file (mappings elsewhere stay valid). A
         # chunk freed before it was settled published nothing, and deleting
         # a key never set is an error at the table's home.
+        self._shared.pop(id, None)
         if id in self._published:
             self._published.remove(id)
             self.states.delete(id)
@@ -506,12 +516,33 @@ class ChunkLayer:
                 lambda future: self._fetched(future, put, fail)
             )
 
-    def _local_rows(self, id: int, start: int, stop: int | None, put: Put, fail: Fail) -> None:
+    def _local_rows(
+        self, id: int, start: int, stop: int | None, put: Put, fail: Fail, shared: bool = False
+    ) -> None:
+        # Rows of an owned chunk: in place, or for a rank of this host
+        # (`shared`) as a view of the chunk's shared file.
         if self.table.state(id) == ERROR:
             fail(self.table.error(id))
+            return
+        value = self.table.value(id)  # a read-only view: no copy
+        if shared:
+            put(self._shared_rows(id, value, start, stop))
         else:
-            value = self.table.value(id)  # a read-only view: no copy
             put(value if stop is None else value[start:stop])
+
+    def _shared_rows(
+        self, id: int, value: np.ndarray, start: int, stop: int | None
+    ) -> _shared.SharedView:
+        segment = self._shared.get(id)
+        if segment is None:
+            segment = self._shared[id] = _shared.share(value, self.m._host_index)
+            # The chunk now lives in the file: its private memory goes.
+            self.table.replace(id, segment.array(value.dtype, value.shape))
+        if value.ndim == 0:
+            return segment.view(value.dtype, ())
+        begin, end, _ = slice(start, stop).indices(value.shape[0])
+        rows = value[begin:end]  # C-contiguous, as the table keeps values
+        return segment.view(value.dtype, rows.shape, begin * value.strides[0] if len(rows) else 0)
 
     def _fetched(self, future: Future[tuple[int, Any]], put: Put, fail: Fail) -> None:
         exc = future.exception()
@@ -532,6 +563,7 @@ class ChunkLayer:
                 stop,
                 lambda value: msg.reply((RESOLVED, value)),
                 lambda error: msg.reply((ERROR, error)),
+                msg.source in self._host_peers,
             ),
         )
 

@@ -151,13 +151,17 @@ class HostIndex:
         found = comm.allgather(made)
         pid, fd = found[leader]
         if pid == os.getpid():
-            return cls(fd)
+            index = cls(fd)
+            _mappings.indexes.add(index)
+            return index
         source = f"/proc/{pid}/fd/{fd}"
         mine = os.open(source, os.O_RDWR | os.O_CLOEXEC)
         if os.readlink(f"/proc/self/fd/{mine}") != f"/memfd:{_PREFIX}index-{pid} (deleted)":
             os.close(mine)
             raise OSError(f"the host index of rank {leader} is not where it said")
-        return cls(mine)
+        index = cls(mine)
+        _mappings.indexes.add(index)
+        return index
 
     def close(self) -> None:
         self.fd, fd = -1, self.fd
@@ -470,12 +474,57 @@ class SharedView(CarriageableItem, name="conveyor.SharedView"):
         if pid not in _trusted:
             raise ValueError(f"a shared view of process {pid}, not a rank of this host")
         dtype = _checked_dtype(kind)
+        count = math.prod(shape)
+        mapping = _mappings.get(name)
+        if mapping is None:
+            mapping = _mappings.open(pid, fd, name)
+        if offset + count * dtype.itemsize > len(mapping):
+            raise ValueError(f"the shared item {name!r} is smaller than its shape")
+        return np.frombuffer(mapping, dtype, count, offset).reshape(shape)
+
+
+class _Mappings:
+    """The files this process mapped from views, kept mapped while their holders hold them.
+
+    Mapping a file costs a page fault per 4 KiB page on first touch (shared
+    memory gets no transparent huge pages), more than reading it: the
+    chunks of a DistArray read again and again would pay it every time.
+    So a file stays mapped, its page tables filled, while a process of the
+    host holds it (its record in a host index), at most `LIMIT` files; the
+    files no one holds any more are let go at the next file mapped.
+    """
+
+    LIMIT = 256
+
+    def __init__(self) -> None:
+        self._files: dict[str, mmap.mmap] = {}
+        self.indexes: weakref.WeakSet[HostIndex] = weakref.WeakSet()
+
+    def get(self, name: str) -> mmap.mmap | None:
+        return self._files.get(name)
+
+    def open(self, pid: int, fd: int, name: str) -> mmap.mmap:
         mine = _open_file(pid, fd, name)
         try:
             size = os.fstat(mine).st_size
-            if offset + math.prod(shape) * dtype.itemsize > size:
-                raise ValueError(f"the shared item {name!r} is smaller than its shape")
-            count = math.prod(shape)
-            return np.frombuffer(_map(mine, size), dtype, count, offset).reshape(shape)
+            flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+            mapping = mmap.mmap(mine, max(size, 1), flags=flags, prot=mmap.PROT_READ)
         finally:
             os.close(mine)
+        self._sweep()
+        self._files[name] = mapping
+        return mapping
+
+    def _sweep(self) -> None:
+        held: set[str] = set()
+        for index in list(self.indexes):
+            if index.fd >= 0:
+                with index.locked():
+                    held.update(f"{_PREFIX}{r[3]}-{r[4]}" for _, r in index.records())
+        for name in [n for n in self._files if n not in held]:
+            del self._files[name]  # arrays made from it keep their mapping
+        while len(self._files) >= self.LIMIT:
+            del self._files[next(iter(self._files))]
+
+
+_mappings = _Mappings()

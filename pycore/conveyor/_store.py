@@ -164,7 +164,7 @@ class Store(collections.abc.MutableMapping[str, Any]):
         self._items[name] = item
         self._sizes[name] = size
 
-    def put_segment(
+    def _put_segment(
         self, name: str, segment: Segment, dtype: np.dtype[Any], shape: tuple[int, ...]
     ) -> None:
         """Store, as a shared item, an array of `dtype` and `shape` over `segment`'s bytes."""
@@ -183,7 +183,7 @@ class Store(collections.abc.MutableMapping[str, Any]):
         """The shared file of item ``name``; None if it is not shared."""
         return self._segments.get(name)
 
-    def view(self, name: str) -> SharedView | None:
+    def _view(self, name: str) -> SharedView | None:
         """What a rank of this host maps item ``name`` with; None if it is not shared."""
         segment = self._segments.get(name)
         if segment is None:
@@ -341,7 +341,7 @@ class ItemService:
         # What item `name` travels to `rank` as: a shared item goes to a
         # rank of this host as a view, mapped where it arrives (no byte
         # travels), else whole.
-        view = self._m.store.view(name)
+        view = self._m.store._view(name)
         if view is not None and rank in self._m.host_ranks:
             return view
         return item
@@ -354,7 +354,7 @@ class ItemService:
         name, item, *how = msg.payload
         store = self._m.store
         if how == ["digest"]:
-            store.put_segment(name, *content_array(item, self._m._host_index))
+            store._put_segment(name, *content_array(item, self._m._host_index))
             return item_bytes(store[name])
         store.put(name, item, shared=how == ["shared"])
         return item_bytes(item)

@@ -160,7 +160,7 @@ def case_forged_views():
         m.on("echo")(lambda msg: msg.payload)
         if m.rank == 0:
             m.store.put("real", np.arange(4.0), shared=True)
-            real = m.store.view("real")
+            real = m.store._view("real")
             plain = os.open("/proc/self/status", os.O_RDONLY)
             dtype, shape = np.dtype(np.float64), (4,)
             forged = [
