@@ -498,6 +498,7 @@ class _Mappings:
 
     def __init__(self) -> None:
         self._files: dict[str, mmap.mmap] = {}
+        self._lock = threading.Lock()  # a served messenger decodes on its service thread
         self.indexes: weakref.WeakSet[HostIndex] = weakref.WeakSet()
 
     def get(self, name: str) -> mmap.mmap | None:
@@ -511,8 +512,9 @@ class _Mappings:
             mapping = mmap.mmap(mine, max(size, 1), flags=flags, prot=mmap.PROT_READ)
         finally:
             os.close(mine)
-        self._sweep()
-        self._files[name] = mapping
+        with self._lock:
+            self._sweep()
+            self._files[name] = mapping
         return mapping
 
     def _sweep(self) -> None:
