@@ -4,11 +4,12 @@ Each rank's `ChunkLayer` keeps its chunks in the native chunk table (values,
 states, waiters, reference weights) and serves four reserved receivers: a
 task computes one chunk from pieces of others, a fetch answers rows of a
 chunk once it is settled, and two more carry reference weight back and
-forth. A rank of the owner's host reads a chunk's rows through shared
-memory: the first such read moves the chunk once into a file of the
-host's (`_shared.share`, then `ChunkTable.replace`), and every read is a `SharedView` of
-the rows, mapped where it arrives, so no row moves through MPI within a
-host. Nothing here ever blocks inside a handler: a task gathers its inputs
+forth. A rank of the owner's host reads the rows of a chunk of
+`SHARE_BYTES` or more through shared memory: the first such read moves
+the chunk once into a file of the host's (`_shared.share`, then
+`ChunkTable.replace`), and every read is a `SharedView` of the rows,
+mapped where it arrives, so no large chunk's rows move through MPI within
+a host. Nothing here ever blocks inside a handler: a task gathers its inputs
 through callbacks and runs once the last one arrives, so a rank that is
 asked for a chunk it will itself compute later simply answers later.
 
@@ -77,6 +78,9 @@ PENDING, RESOLVED, ERROR = (
     core.chunks.CHUNK_ERROR,
 )
 _STATE_NAMES = {PENDING: "pending", RESOLVED: "resolved", ERROR: "error"}
+# Chunks at least this large are read through shared memory by the ranks
+# of their owner's host; smaller ones cost less through MPI than a file.
+SHARE_BYTES = 1 << 16
 
 # Layers by their messenger's serial number, which is the same on every rank
 # (messengers are created collectively): where an arriving ChunkRef belongs.
@@ -512,8 +516,10 @@ class ChunkLayer:
         if ref.owner == self.rank:
             self.when_settled(ref.id, lambda: self._local_rows(ref.id, start, stop, put, fail))
         else:
+            # The callback holds `ref` until the answer is read: the chunk
+            # (and a shared file its rows are a view of) lives until then.
             self.requests.request(ref.owner, CHUNK_FETCH, (ref.id, start, stop)).add_done_callback(
-                lambda future: self._fetched(future, put, fail)
+                lambda future, ref=ref: self._fetched(future, put, fail)
             )
 
     def _local_rows(
@@ -525,7 +531,7 @@ class ChunkLayer:
             fail(self.table.error(id))
             return
         value = self.table.value(id)  # a read-only view: no copy
-        if shared:
+        if shared and value.nbytes >= SHARE_BYTES:
             put(self._shared_rows(id, value, start, stop))
         else:
             put(value if stop is None else value[start:stop])
