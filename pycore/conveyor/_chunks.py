@@ -519,7 +519,7 @@ class ChunkLayer:
             # The callback holds `ref` until the answer is read: the chunk
             # (and a shared file its rows are a view of) lives until then.
             self.requests.request(ref.owner, CHUNK_FETCH, (ref.id, start, stop)).add_done_callback(
-                lambda future, ref=ref: self._fetched(future, put, fail)
+                functools.partial(self._fetched, put=put, fail=fail, held=ref)
             )
 
     def _local_rows(
@@ -550,7 +550,10 @@ class ChunkLayer:
         rows = value[begin:end]  # C-contiguous, as the table keeps values
         return segment.view(value.dtype, rows.shape, begin * value.strides[0] if len(rows) else 0)
 
-    def _fetched(self, future: Future[tuple[int, Any]], put: Put, fail: Fail) -> None:
+    def _fetched(
+        self, future: Future[tuple[int, Any]], put: Put, fail: Fail, held: ChunkRef | None = None
+    ) -> None:
+        # `held`: the reference the answer needed alive until now (see rows).
         exc = future.exception()
         if exc is not None:
             fail(error_bytes(exc, self.rank))
