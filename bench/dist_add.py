@@ -41,6 +41,7 @@ add
     released and reuse them), ``a + b``. No target.
 
 Reported: medians, the ratios conveyor / Dask and conveyor / numpy,
+the bytes each rank sent per sum (``m.stats()``, warm-up included),
 PASS/FAIL against the target, whether the three sums agree (relative
 tolerance 1e-9), every rank's peak RSS after building and after the
 conveyor part, and the load average before and after.
@@ -71,6 +72,7 @@ TARGET = 0.5  # conveyor / Dask, (x + y).sum()
 RTOL = 1e-9  # the sums agree to this relative tolerance
 POLL = 0.05  # seconds between the idle ranks' barrier tests (polling every 10 ms costs ~0.7 % of a core)
 RSS = "dist_add.rss"  # request: a rank's peak RSS
+SENT = "dist_add.sent"  # request: the bytes a rank has sent (m.stats())
 
 
 def block(seed, length):
@@ -90,6 +92,11 @@ def x_seed(k):
 
 def y_seed(j):
     return (2, j)
+
+
+def sent_bytes(m):
+    stats = m.stats()
+    return stats["bytes_framed"] + stats["bytes_zero_copy_sent"]
 
 
 def peak_rss_mib():
@@ -126,6 +133,7 @@ def run_conveyor(world, reps, x_sizes, y_sizes):
 
     with cv.Messenger() as m:
         m.on(RSS)(lambda msg: peak_rss_mib())
+        m.on(SENT)(lambda msg: sent_bytes(m))
         x = cv.DistArray.from_local(m, block(x_seed(m.rank), x_sizes[m.rank]))
         out = None
         with m.driver() as d:
@@ -138,9 +146,13 @@ def run_conveyor(world, reps, x_sizes, y_sizes):
                 def add():
                     (x + y).resolve()
 
+                before = [m.request(r, SENT).result() for r in range(m.size)]
                 total, sums = timed(lambda: (x + y).sum(), reps)
+                after = [m.request(r, SENT).result() for r in range(m.size)]
                 _, adds = timed(add, reps)
                 out = summary(sums, adds, total)
+                # What the sums sent, every rank's, per sum (the warm-up counted too).
+                out["sent_per_sum"] = [(b - a) / (reps + 1) for a, b in zip(before, after)]
                 out["y_owners"] = [ref.owner for ref in y.chunks]
                 out["peak_rss_built_mib"] = built
                 del y
@@ -265,6 +277,10 @@ def report(results, args, world_size, x_sizes, y_sizes):
         + "  (after building: "
         + ", ".join(f"{v:.0f}" for v in conv["peak_rss_built_mib"])
         + ")"
+    )
+    print(
+        "  conveyor bytes sent per sum, by rank (m.stats()): "
+        + ", ".join(f"{v / 1e6:.3f} MB" for v in conv["sent_per_sum"])
     )
     print(
         "  idle ranks' CPU while rank 0 ran the baselines: "

@@ -204,7 +204,7 @@ class ActorService:
         self.requests = requests
         self._m = messenger
         self._dispatch = dispatch
-        self._shipped = Shipped()
+        self._shipped = Shipped(messenger.host_ranks, messenger._host_index)
         self._received = Received()
         self._actors: dict[int, _Actor] = {}  # the actors of this rank, by number
         self._numbers = itertools.count(1)

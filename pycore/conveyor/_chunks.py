@@ -4,7 +4,12 @@ Each rank's `ChunkLayer` keeps its chunks in the native chunk table (values,
 states, waiters, reference weights) and serves four reserved receivers: a
 task computes one chunk from pieces of others, a fetch answers rows of a
 chunk once it is settled, and two more carry reference weight back and
-forth. Nothing here ever blocks inside a handler: a task gathers its inputs
+forth. A rank of the owner's host reads the rows of a chunk of
+`SHARE_BYTES` or more through shared memory: the first such read moves
+the chunk once into a file of the host's (`_shared.share`, then
+`ChunkTable.replace`), and every read is a `SharedView` of the rows,
+mapped where it arrives, so no large chunk's rows move through MPI within
+a host. Nothing here ever blocks inside a handler: a task gathers its inputs
 through callbacks and runs once the last one arrives, so a rank that is
 asked for a chunk it will itself compute later simply answers later.
 
@@ -29,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from . import _pickling, _progress
+from . import _pickling, _progress, _shared
 from ._carriage import CarriageableItem
 from ._diagnostics import ChunkWait, logger
 from ._errors import RECYCLING, RecyclingWarning, RemoteError, raised_remotely
@@ -73,6 +78,9 @@ PENDING, RESOLVED, ERROR = (
     core.chunks.CHUNK_ERROR,
 )
 _STATE_NAMES = {PENDING: "pending", RESOLVED: "resolved", ERROR: "error"}
+# Chunks at least this large are read through shared memory by the ranks
+# of their owner's host; smaller ones cost less through MPI than a file.
+SHARE_BYTES = 1 << 16
 
 # Layers by their messenger's serial number, which is the same on every rank
 # (messengers are created collectively): where an arriving ChunkRef belongs.
@@ -285,6 +293,10 @@ class ChunkLayer:
         self.serial = serial
         self.table = core.chunks.ChunkTable(messenger.rank)
         self.closed = False
+        # The other ranks of this host, which read chunks through shared
+        # memory, and the shared files of the chunks they read, by id.
+        self._host_peers = set(messenger.host_ranks) - {self.rank}
+        self._shared: dict[int, _shared.Segment] = {}
         # token -> (chunk id, callback), for owned chunks not settled yet
         self._waiters: dict[int, tuple[int, Callable[[], None]]] = {}
         self._next_token = 1
@@ -294,7 +306,7 @@ class ChunkLayer:
         self._ready: collections.deque[Callable[[], None]] = collections.deque()
         self._draining = False
         # The tasks' functions: sent once per rank, then by digest.
-        self._shipped = Shipped()
+        self._shipped = Shipped(messenger.host_ranks, messenger._host_index)
         self._received = Received()
         # What owners publish about their chunks once computed (CHUNK_STATES),
         # a table users cannot name.
@@ -411,9 +423,11 @@ class ChunkLayer:
         self.transport.send(home, CHUNK_GIVE_BACK, (id, weight))
 
     def _forget(self, id: int) -> None:
-        # The chunk is gone: so is what its owner published about it. A
+        # The chunk is gone: so is what its owner published about it, and
+        # its hold of a shared file (mappings elsewhere stay valid). A
         # chunk freed before it was settled published nothing, and deleting
         # a key never set is an error at the table's home.
+        self._shared.pop(id, None)
         if id in self._published:
             self._published.remove(id)
             self.states.delete(id)
@@ -502,18 +516,44 @@ class ChunkLayer:
         if ref.owner == self.rank:
             self.when_settled(ref.id, lambda: self._local_rows(ref.id, start, stop, put, fail))
         else:
+            # The callback holds `ref` until the answer is read: the chunk
+            # (and a shared file its rows are a view of) lives until then.
             self.requests.request(ref.owner, CHUNK_FETCH, (ref.id, start, stop)).add_done_callback(
-                lambda future: self._fetched(future, put, fail)
+                functools.partial(self._fetched, put=put, fail=fail, held=ref)
             )
 
-    def _local_rows(self, id: int, start: int, stop: int | None, put: Put, fail: Fail) -> None:
+    def _local_rows(
+        self, id: int, start: int, stop: int | None, put: Put, fail: Fail, shared: bool = False
+    ) -> None:
+        # Rows of an owned chunk: in place, or for a rank of this host
+        # (`shared`) as a view of the chunk's shared file.
         if self.table.state(id) == ERROR:
             fail(self.table.error(id))
+            return
+        value = self.table.value(id)  # a read-only view: no copy
+        if shared and value.nbytes >= SHARE_BYTES:
+            put(self._shared_rows(id, value, start, stop))
         else:
-            value = self.table.value(id)  # a read-only view: no copy
             put(value if stop is None else value[start:stop])
 
-    def _fetched(self, future: Future[tuple[int, Any]], put: Put, fail: Fail) -> None:
+    def _shared_rows(
+        self, id: int, value: np.ndarray, start: int, stop: int | None
+    ) -> _shared.SharedView:
+        segment = self._shared.get(id)
+        if segment is None:
+            segment = self._shared[id] = _shared.share(value, self.m._host_index)
+            # The chunk now lives in the file: its private memory goes.
+            self.table.replace(id, segment.array(value.dtype, value.shape))
+        if value.ndim == 0:
+            return segment.view(value.dtype, ())
+        begin, end, _ = slice(start, stop).indices(value.shape[0])
+        rows = value[begin:end]  # C-contiguous, as the table keeps values
+        return segment.view(value.dtype, rows.shape, begin * value.strides[0] if len(rows) else 0)
+
+    def _fetched(
+        self, future: Future[tuple[int, Any]], put: Put, fail: Fail, held: ChunkRef | None = None
+    ) -> None:
+        # `held`: the reference the answer needed alive until now (see rows).
         exc = future.exception()
         if exc is not None:
             fail(error_bytes(exc, self.rank))
@@ -532,6 +572,7 @@ class ChunkLayer:
                 stop,
                 lambda value: msg.reply((RESOLVED, value)),
                 lambda error: msg.reply((ERROR, error)),
+                msg.source in self._host_peers,
             ),
         )
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import concurrent.futures
 import itertools
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from ._checks import check_rank
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from ._message import Message
     from ._messenger import Messenger
     from ._requests import Requests
+    from ._shared import HostIndex
 
 __all__ = ["Executor", "ExecutorService"]
 
@@ -37,9 +38,15 @@ R = TypeVar("R")
 class ExecutorService:
     """The executor's two sides on every rank: sending tasks, and running the ones that come."""
 
-    def __init__(self, receivers: Receivers, requests: Requests) -> None:
+    def __init__(
+        self,
+        receivers: Receivers,
+        requests: Requests,
+        host_ranks: Container[int] = (),
+        index: HostIndex | None = None,
+    ) -> None:
         self._requests = requests
-        self._shipped = Shipped()
+        self._shipped = Shipped(host_ranks, index)
         self._received = Received()
         receivers.add(EXECUTOR_RUN, self._run)
 

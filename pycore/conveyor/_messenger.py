@@ -173,6 +173,7 @@ class Messenger:
         threshold = _zero_copy_threshold(zero_copy_threshold)
         self._hosts = hosts = survey(comm)
         _shared.trust(hosts.pids[r] for r in hosts.groups[hosts.index])
+        self._host_index = _shared.HostIndex.open(comm, hosts)  # the host's shared files
         options = engine_options(crowded=self._hosts.crowded)
         self._route, options.next_hop = routing(comm, hosts.groups)
         if fault_tolerant and self._route != "direct":  # on every rank: the modes agree
@@ -214,11 +215,13 @@ class Messenger:
         )
         self._senders: dict[str, Sender] = {}  # tag -> Sender, behind send(rank, tag, payload)
         # The services built on messages, each behind reserved receivers.
-        self.store = Store()
+        self.store = Store(index=self._host_index)
         ItemService(self, receivers, requests)
         self._tables = TableService(self, receivers, requests)
         self._collectives = Collectives(self.rank, self.size, receivers, requests)
-        self._executor_service = ExecutorService(receivers, requests)
+        self._executor_service = ExecutorService(
+            receivers, requests, self.host_ranks, self._host_index
+        )
         self._actors = ActorService(self, receivers, requests, self._dispatch)
         chunk_states = self._tables.table(CHUNK_STATES)
         self._chunks = ChunkLayer(
@@ -389,6 +392,7 @@ class Messenger:
             self._transport.service.stop()
         self._transport.closed = True
         self._chunks.close()
+        self._host_index.close()
         _open_messengers.discard(self)
         _diagnostics.unwatch(self._transport)
         if self._transport.failures is not None and _failures.failure_seen():

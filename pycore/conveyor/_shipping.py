@@ -8,6 +8,14 @@ least-recently-used list of the digests the sender sent, of the same
 capacity, updated by the same messages in the same order (conveyor keeps
 per-pair order): so the sender knows exactly which functions the receiver
 still holds, and a digest that arrives alone is always found.
+
+To a rank of the sender's host, a function of at least `SHARE_BYTES`
+travels neither by value nor as a copy: its pickle goes into the host's
+content-addressed shared memory (`_shared.share`: the host holds equal
+pickles once, whichever of its ranks shipped them) and the receiver maps
+it from a `SharedView`, checks its digest and unpickles it. So a large
+closure shipped to every rank of a host costs a few hundred bytes a rank,
+then 16 a task.
 """
 
 from __future__ import annotations
@@ -15,25 +23,39 @@ from __future__ import annotations
 import collections
 import hashlib
 import weakref
-from typing import Any, Callable
+from collections.abc import Container
+from typing import TYPE_CHECKING, Any, Callable
 
-from . import _pickling
+import numpy as np
+
+from . import _pickling, _shared
 from ._errors import FrameError
+
+if TYPE_CHECKING:
+    from ._shared import HostIndex, Segment
 
 __all__ = ["Parcel", "Received", "Shipped"]
 
 # Functions each pair keeps (the sender's list and the receiver's functions).
 CAPACITY = 256
 
-# What a function travels as: its digest, and its pickle where the receiver lacks it.
-Parcel = tuple[bytes, "bytes | None"]
+# Pickles at least this large go to ranks of the same host through shared memory.
+SHARE_BYTES = 1 << 16
+
+# What a function travels as: its digest, and its pickle where the receiver
+# lacks it (bytes, or a `SharedView` of them that arrives as a uint8 array).
+Parcel = tuple[bytes, Any]
 
 
 class Shipped:
     """The sender's side: what each rank was sent, and each function's pickle."""
 
-    def __init__(self) -> None:
+    def __init__(self, host_ranks: Container[int] = (), index: HostIndex | None = None) -> None:
         self._sent: dict[int, collections.OrderedDict[bytes, None]] = {}
+        self._host_ranks = host_ranks  # whose pickles go through shared memory
+        self._index = index
+        # The shared pickles, by digest: kept while any rank's list holds them.
+        self._segments: dict[bytes, Segment] = {}
         # A function is pickled once (as Ray exports a remote function once):
         # the globals it captures are those of its first use.
         self._pickles: weakref.WeakKeyDictionary[Any, tuple[bytes, bytes]] = (
@@ -54,11 +76,22 @@ class Shipped:
         return self._parcel(dest, digest, data)
 
     def _parcel(self, dest: int, digest: bytes, data: bytes) -> Parcel:
-        return (digest, None) if digest in self._sent.get(dest, ()) else (digest, data)
+        if digest in self._sent.get(dest, ()):
+            return (digest, None)
+        if len(data) < SHARE_BYTES or dest not in self._host_ranks:
+            return (digest, data)
+        segment = self._segments.get(digest)
+        if segment is None:
+            segment = _shared.share(np.frombuffer(data, np.uint8), self._index)
+            self._segments[digest] = segment
+        return (digest, segment.view(np.dtype(np.uint8), (len(data),)))
 
     def sent(self, dest: int, parcel: Parcel) -> None:
         """Record that `parcel` left for `dest` (as the receiver will record it)."""
-        _use(self._sent.setdefault(dest, collections.OrderedDict()), parcel[0], None)
+        gone = _use(self._sent.setdefault(dest, collections.OrderedDict()), parcel[0], None)
+        if gone is not None and self._segments and not any(gone in s for s in self._sent.values()):
+            # No rank's list holds it: its receivers have mapped it or let it go.
+            self._segments.pop(gone, None)
 
     def _pickle(self, fn: Callable[..., Any]) -> tuple[bytes, bytes]:
         try:
@@ -92,7 +125,10 @@ class Received:
         """
         try:
             digest, data = parcel
-            if not isinstance(digest, bytes) or not (data is None or isinstance(data, bytes)):
+            mapped = isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 1
+            if not isinstance(digest, bytes) or not (
+                data is None or isinstance(data, bytes) or mapped
+            ):
                 raise TypeError
         except (TypeError, ValueError):
             raise FrameError(f"a malformed function parcel from rank {source}") from None
@@ -110,10 +146,11 @@ class Received:
         return fn
 
 
-def _use(recent: collections.OrderedDict[bytes, Any], digest: bytes, value: Any) -> None:
+def _use(recent: collections.OrderedDict[bytes, Any], digest: bytes, value: Any) -> bytes | None:
     # The one LRU rule both sides follow: the digest becomes the newest,
-    # and beyond CAPACITY the oldest goes.
+    # and beyond CAPACITY the oldest goes (returned).
     recent[digest] = value
     recent.move_to_end(digest)
     if len(recent) > CAPACITY:
-        recent.popitem(last=False)
+        return recent.popitem(last=False)[0]
+    return None

@@ -20,13 +20,13 @@ import numpy as np
 from ._carriage import CarriageableItem
 from ._checks import check_name, check_rank, check_user_tag
 from ._config import env_number
-from ._errors import StoreFullError
-from ._shared import Segment
+from ._errors import RemoteError, StoreFullError
+from ._future import Future
+from ._shared import HostIndex, Segment, SharedView, content_array, share
 from ._tags import ITEM_FETCH, ITEM_ORDER, ITEM_PUT
 
 if TYPE_CHECKING:
     from ._dispatch import Receivers
-    from ._future import Future
     from ._message import Message
     from ._messenger import Messenger
     from ._requests import Requests
@@ -68,10 +68,13 @@ class Store(collections.abc.MutableMapping[str, Any]):
         The bytes of data its items hold (see `capacity`).
     """
 
-    def __init__(self, capacity: SupportsIndex | None = None) -> None:
+    def __init__(
+        self, capacity: SupportsIndex | None = None, *, index: HostIndex | None = None
+    ) -> None:
         self._items: dict[str, Any] = {}
         self._sizes: dict[str, int] = {}
         self._segments: dict[str, Segment] = {}  # the shared items' files
+        self._index = index  # the host's index of shared files (dedupe across its ranks)
         self.nbytes = 0
         self.capacity = capacity
         # The most bytes of shared items (CONVEYOR_SHARED_BYTES); None: no limit.
@@ -108,7 +111,9 @@ class Store(collections.abc.MutableMapping[str, Any]):
             Copy the array ``item`` once into memory that the other ranks
             of this host map when they fetch it: they get a read-only view
             of it, and no byte is copied (see :ref:`shared-items`). The
-            store then holds a read-only view too.
+            store then holds a read-only view too. Bytes that a rank of
+            this host shares already (the same digest, and compared byte
+            for byte) are not copied again: the store maps them.
 
         Raises
         ------
@@ -124,43 +129,67 @@ class Store(collections.abc.MutableMapping[str, Any]):
         check_name(name)
         if shared:
             item = np.asarray(item)
-        size = item_bytes(item)
+            self._check_room(name, item_bytes(item))
+            segment = share(item, self._index)
+            self._put_shared(name, segment, segment.array(item.dtype, item.shape))
+            return
+        size = self._check_room(name, item_bytes(item))
+        self._segments.pop(name, None)  # its file goes with the last reference to it
+        self._stored(name, item, size)
+
+    def _check_room(self, name: str, size: int) -> int:
         held = self.nbytes - self._sizes.get(name, 0)
         if self._capacity is not None and held + size > self._capacity:
             raise StoreFullError(
                 f"storing {name!r} ({size} bytes) would exceed the store's capacity of "
                 f"{self._capacity} bytes ({held} held)"
             )
-        segment = None
-        if shared:
-            others = self.shared_nbytes - (self._sizes[name] if name in self._segments else 0)
+        return size
+
+    def _put_shared(self, name: str, segment: Segment, item: np.ndarray) -> None:
+        size = self._check_room(name, item.nbytes)
+        # Bytes this store shares already under another name cost nothing more.
+        if segment.key not in {s.key for n, s in self._segments.items() if n != name}:
+            others = self._shared_bytes(without=name)
             if self.shared_capacity is not None and others + size > self.shared_capacity:
                 raise StoreFullError(
                     f"sharing {name!r} ({size} bytes) would exceed CONVEYOR_SHARED_BYTES="
                     f"{self.shared_capacity} ({others} bytes shared)"
                 )
-            segment = Segment(item)
-            item = segment.array
-        self._forget_segment(name)
-        if segment is not None:
-            self._segments[name] = segment
+        self._segments[name] = segment  # a previous file goes with its last reference
+        self._stored(name, item, size)
+
+    def _stored(self, name: str, item: Any, size: int) -> None:
+        self.nbytes += size - self._sizes.get(name, 0)
         self._items[name] = item
         self._sizes[name] = size
-        self.nbytes = held + size
+
+    def _put_segment(
+        self, name: str, segment: Segment, dtype: np.dtype[Any], shape: tuple[int, ...]
+    ) -> None:
+        """Store, as a shared item, an array of `dtype` and `shape` over `segment`'s bytes."""
+        self._put_shared(name, segment, segment.array(dtype, shape))
 
     @property
     def shared_nbytes(self) -> int:
-        """The bytes of the shared items (``put(..., shared=True)``)."""
-        return sum(self._sizes[name] for name in self._segments)
+        """The bytes of the shared items (``put(..., shared=True)``), equal ones counted once."""
+        return self._shared_bytes()
+
+    def _shared_bytes(self, without: str | None = None) -> int:
+        held = {s.key: s.nbytes for n, s in self._segments.items() if n != without}
+        return sum(held.values())
 
     def segment(self, name: str) -> Segment | None:
         """The shared file of item ``name``; None if it is not shared."""
         return self._segments.get(name)
 
-    def _forget_segment(self, name: str) -> None:
-        segment = self._segments.pop(name, None)
-        if segment is not None:
-            segment.close()
+    def _view(self, name: str) -> SharedView | None:
+        """What a rank of this host maps item ``name`` with; None if it is not shared."""
+        segment = self._segments.get(name)
+        if segment is None:
+            return None
+        item = self._items[name]
+        return segment.view(item.dtype, item.shape)
 
     def get(self, name: str, default: Any = None) -> Any:
         """Return the item stored under ``name``, or ``default``.
@@ -208,7 +237,7 @@ class Store(collections.abc.MutableMapping[str, Any]):
             del self._items[name]
         except KeyError:
             raise KeyError(f"no item {name!r} in this store") from None
-        self._forget_segment(name)
+        self._segments.pop(name, None)
         self.nbytes -= self._sizes.pop(name)
 
     def __contains__(self, name: object) -> bool:
@@ -312,14 +341,22 @@ class ItemService:
         # What item `name` travels to `rank` as: a shared item goes to a
         # rank of this host as a view, mapped where it arrives (no byte
         # travels), else whole.
-        segment = self._m.store.segment(name)
-        if segment is not None and rank in self._m.host_ranks:
-            return segment.view()
+        view = self._m.store._view(name)
+        if view is not None and rank in self._m.host_ranks:
+            return view
         return item
 
     def _put(self, msg: Message) -> int:
-        name, item = msg.payload
-        self._m.store.put(name, item)
+        # (name, item): a plain item; (name, array, "shared"): a shared item
+        # of another host, shared here too; (name, (digest, nbytes, dtype,
+        # shape), "digest"): one that this host holds already, or an
+        # UnknownContentError (the sender then sends it whole).
+        name, item, *how = msg.payload
+        store = self._m.store
+        if how == ["digest"]:
+            store._put_segment(name, *content_array(item, self._m._host_index))
+            return item_bytes(store[name])
+        store.put(name, item, shared=how == ["shared"])
         return item_bytes(item)
 
     def _order(self, msg: Message) -> None:
@@ -327,12 +364,7 @@ class ItemService:
         order = msg.payload
         item = m.store[order["name"]]  # a KeyError answers the order's giver
         msg.defer()
-        acks = [
-            self._requests.request(
-                rank, ITEM_PUT, (order["as"], self._carried(order["name"], item, rank))
-            )
-            for rank in order["to"]
-        ]
+        acks = [self._send_put(order["as"], order["name"], item, rank) for rank in order["to"]]
         pending = [len(acks)]
         failures: list[BaseException] = []
 
@@ -346,6 +378,31 @@ class ItemService:
 
         for future in acks:
             future.add_done_callback(acked)
+
+    def _send_put(self, as_name: str, name: str, item: Any, rank: int) -> Future[Any]:
+        # A shared item goes to a rank of this host as a view, to another
+        # host by its digest first: sent whole only if that host lacks it.
+        segment = self._m.store.segment(name)
+        if segment is None or rank in self._m.host_ranks:
+            return self._requests.request(
+                rank, ITEM_PUT, (as_name, self._carried(name, item, rank))
+            )
+        content = (segment.key, segment.nbytes, item.dtype.str, list(item.shape))
+        offered = self._requests.request(rank, ITEM_PUT, (as_name, content, "digest"))
+        answer: Future[Any] = Future(self._requests, rank, 0)
+
+        def offered_done(future: Future[Any]) -> None:
+            error = future.exception()
+            if not (isinstance(error, RemoteError) and error.remote_type == "UnknownContentError"):
+                answer._resolve(None if error else future.result(), error)
+                return
+            whole = self._requests.request(rank, ITEM_PUT, (as_name, item, "shared"))
+            whole.add_done_callback(
+                lambda f: answer._resolve(None if f.exception() else f.result(), f.exception())
+            )
+
+        offered.add_done_callback(offered_done)
+        return answer
 
     def _complete(
         self,

@@ -114,7 +114,14 @@ static void test_ids_and_states() {
     std::weak_ptr<void> memory = value.keep;
     CHECK((t.resolve(a, std::move(value)) == std::vector<std::uint64_t>{7, 8}));
     CHECK(t.state(a) == ChunkState::Resolved && t.value(a).size == 100);
-    CHECK(!t.add_waiter(a, 9));  // settled: the caller goes on at once
+    CHECK(!t.add_waiter(a, 9));    // settled: the caller goes on at once
+    auto copy = bytes_value(100);  // the same bytes elsewhere: the first memory goes
+    std::weak_ptr<void> first = memory;
+    memory = copy.keep;
+    const void* where = copy.data;
+    t.replace(a, std::move(copy));
+    CHECK(first.expired() && t.value(a).data == where);
+    CHECK(throws<UsageError>([&] { t.replace(a, bytes_value(99)); }));
     CHECK(throws<UsageError>([&] { t.resolve(a, bytes_value(1)); }));
     CHECK(throws<UsageError>([&] { t.fail(a, "again"); }));
     CHECK(throws<UsageError>([&] { t.error(a); }));

@@ -33,7 +33,16 @@ pytestmark = pytest.mark.slow
 
 # What conveyor-mpi needs at run time, with the mpich wheel as its MPI, and
 # what building it from the sdist needs (build-system.requires).
-WHEELHOUSE = ("numpy", "mpi4py", "cloudpickle", "mpich", "setuptools", "pybind11", "Cython")
+WHEELHOUSE = (
+    "numpy",
+    "mpi4py",
+    "cloudpickle",
+    "xxhash",
+    "mpich",
+    "setuptools",
+    "pybind11",
+    "Cython",
+)
 
 PROGRAM = '''\
 """Rank 0 sends rank 1 an array, then requests its sum from rank 1."""
@@ -246,6 +255,7 @@ def test_metadata(dist):
         "numpy>=1.22",
         "mpi4py>=4.0",
         "cloudpickle>=2",
+        "xxhash>=3",
     ]
     assert 'mpich; extra == "mpich"' in requires
     assert not [r for r in requires if "benchmark" in r]

@@ -137,6 +137,10 @@ void register_chunks(py::module_& m) {
             "value", [](const ChunkTable& t, ChunkId id) { return array_view(t.value(id)); },
             py::arg("id"))
         .def(
+            "replace",
+            [](ChunkTable& t, ChunkId id, py::handle array) { t.replace(id, array_value(array)); },
+            py::arg("id"), py::arg("array"))
+        .def(
             "error", [](const ChunkTable& t, ChunkId id) { return py::bytes(t.error(id)); },
             py::arg("id"))
         .def("add_waiter", &ChunkTable::add_waiter, py::arg("id"), py::arg("token"))

@@ -127,6 +127,15 @@ const ChunkValue& ChunkTable::value(ChunkId id) const {
     return e.value;
 }
 
+void ChunkTable::replace(ChunkId id, ChunkValue value) {
+    Owned& e = owned(id);
+    if (e.state != ChunkState::Resolved)
+        throw UsageError(describe(id) + " has no value to replace: it is " + state_name(e.state));
+    if (value.size != e.value.size || value.dtype != e.value.dtype || value.shape != e.value.shape)
+        throw UsageError(describe(id) + ": a replacement must have the value's dtype and shape");
+    e.value = std::move(value);
+}
+
 const std::string& ChunkTable::error(ChunkId id) const {
     const Owned& e = owned(id);
     if (e.state != ChunkState::Error)

@@ -110,7 +110,10 @@ class ChunkTable {
     std::vector<std::uint64_t> resolve(ChunkId id, ChunkValue value);
     std::vector<std::uint64_t> fail(ChunkId id, std::string error);
     ChunkState state(ChunkId id) const;
-    const ChunkValue& value(ChunkId id) const;   // Resolved only
+    const ChunkValue& value(ChunkId id) const;  // Resolved only
+    // A resolved chunk's value, now kept in other memory that holds the
+    // same bytes (a copy in shared memory): of the same dtype and shape.
+    void replace(ChunkId id, ChunkValue value);
     const std::string& error(ChunkId id) const;  // Error only
     // Register `token` if the chunk is still Pending (true); false if it is
     // settled and the caller can go on at once.

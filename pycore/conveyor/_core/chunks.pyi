@@ -112,6 +112,14 @@ class ChunkTable:
         """Return `CHUNK_PENDING`, `CHUNK_RESOLVED` or `CHUNK_ERROR`."""
     def value(self, id: int) -> np.ndarray:
         """Return a read-only view of resolved chunk `id`'s value (no copy)."""
+    def replace(self, id: int, array: np.ndarray) -> None:
+        """Keep resolved chunk `id`'s value in `array` instead: the same bytes, dtype and shape.
+
+        Raises
+        ------
+        ValueError
+            If the chunk is not resolved, or `array` differs in dtype or shape.
+        """
     def error(self, id: int) -> bytes:
         """Return the error that failed chunk `id` was settled with."""
     def add_waiter(self, id: int, token: int) -> bool:

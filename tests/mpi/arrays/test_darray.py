@@ -1359,7 +1359,8 @@ def test_case(mpirun, nranks, case):
 
 def case_a_task_function_travels_once_per_rank():
     # A function that captures 800 kB, in ten calls over every chunk: sent
-    # whole once to each owner, then by its digest (issue 14).
+    # once to each owner, then by its digest (issue 14); whole to an owner
+    # on another host, through shared memory to one on the caller's (issue 15).
     with messenger() as m:
         x = cv.DistArray.from_local(m, np.arange(m.rank, m.rank + 4, dtype=np.float64))
         big = np.ones(100_000)
@@ -1374,10 +1375,13 @@ def case_a_task_function_travels_once_per_rank():
         sent = sum(after[k] - before[k] for k in ("bytes_framed", "bytes_zero_copy_sent"))
         everywhere = world().allreduce(sent)
         # Every rank calls dcall (SPMD) over every rank's chunk: one whole
-        # pickle per pair of ranks, where each call would send one per chunk.
-        pairs = m.size * m.size
-        assert 800_000 * pairs <= everywhere < 800_000 * (pairs + 1), everywhere
+        # pickle per pair of ranks on different hosts, where each call
+        # would send one per chunk.
+        pairs = sum(len(host) * (m.size - len(host)) for host in m.hosts)
+        assert 800_000 * pairs <= everywhere < 800_000 * pairs + 100_000 * m.size, everywhere
 
 
-def test_a_task_function_travels_once_per_rank(mpirun, nranks):
-    mpirun(nranks, case_a_task_function_travels_once_per_rank)
+@pytest.mark.parametrize("hosts", ["one", "each"])
+def test_a_task_function_travels_once_per_rank(mpirun, nranks, hosts):
+    env = {"CONVEYOR_HOSTS": "1" if hosts == "one" else str(nranks)}
+    mpirun(nranks, case_a_task_function_travels_once_per_rank, env=env)

@@ -80,11 +80,15 @@ def case_orders(hosts):
         if m.rank == 1:
             assert "item" not in m.store and m.store.shared_nbytes == 0
             cost = sent_bytes(m) - before
-            assert cost < 8192 if same_host else cost >= 2 * a.nbytes, cost
+            # Across hosts the copy goes whole, and the move by its digest
+            # alone: rank 2's host holds the copy's bytes.
+            assert cost < 8192 if same_host else a.nbytes <= cost < a.nbytes + 8192, cost
         if m.rank == 2:
-            for name in ("copy", "moved"):  # views of rank 1's file, which it let go
-                item = m.store[name]
-                assert np.array_equal(item, a) and item.flags.writeable is not same_host
+            for name in ("copy", "moved"):  # views of rank 1's file, which it let go,
+                item = m.store[name]  # or of the copy's, shared on rank 2's host
+                assert np.array_equal(item, a) and not item.flags.writeable
+            if not same_host:  # shared on rank 2's host too, the same bytes held once
+                assert m.store.shared_nbytes == a.nbytes
         m.wait_quiet()
 
 
@@ -127,8 +131,11 @@ def case_capacity():
         store = m.store
         assert store.shared_capacity == 1000
         store.put("a", np.zeros(100, np.int64), shared=True)  # 800 bytes
+        store.put("same", np.zeros(100, np.int64), shared=True)  # the same bytes: held once
+        assert store.shared_nbytes == 800
+        del store["same"]
         with pytest.raises(cv.StoreFullError, match="CONVEYOR_SHARED_BYTES=1000"):
-            store.put("b", np.zeros(100, np.int64), shared=True)
+            store.put("b", np.ones(100, np.int64), shared=True)
         assert "b" not in store and store.shared_nbytes == 800
         store.put("a", np.zeros(120, np.int64), shared=True)  # replaced: 960 bytes
         store.put("b", np.zeros(1000, np.int64))  # not shared: not counted
@@ -153,7 +160,7 @@ def case_forged_views():
         m.on("echo")(lambda msg: msg.payload)
         if m.rank == 0:
             m.store.put("real", np.arange(4.0), shared=True)
-            real = m.store.segment("real").view()
+            real = m.store._view("real")
             plain = os.open("/proc/self/status", os.O_RDONLY)
             dtype, shape = np.dtype(np.float64), (4,)
             forged = [
