@@ -121,16 +121,21 @@ def test_a_merged_trace_has_every_send_its_delivery_and_its_handler(mpirun, tmp_
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def traced_sends_to_self(tmp_path, count):
+    """The trace of a one-rank messenger that sent itself `count` messages."""
+    with cv.Messenger(trace=str(tmp_path / "self.%r.json")) as m:
+        m.on("k")(lambda msg: None)
+        for _ in range(count):
+            m.send(0, "k")
+        m.wait_quiet()
+    with open(tmp_path / "self.0.json") as f:
+        return json.load(f)
+
+
 def test_merging_a_merged_trace_gives_the_same_flows(tmp_path):
     from conveyor._trace import merge
 
-    with cv.Messenger(trace=str(tmp_path / "one.%r.json")) as m:
-        m.on("k")(lambda msg: None)
-        for _ in range(3):
-            m.send(0, "k")
-        m.wait_quiet()
-    with open(tmp_path / "one.0.json") as f:
-        once = merge([json.load(f)])
+    once = merge([traced_sends_to_self(tmp_path, 3)])
     twice = merge([once])
     assert len(events(twice, "s")) == len(events(once, "s")) == 3
     assert twice["otherData"] == once["otherData"]
@@ -169,13 +174,7 @@ def test_sigusr1_writes_the_trace_so_far(tmp_path):
 
 def test_a_full_trace_counts_what_it_dropped(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("CONVEYOR_TRACE_EVENTS", "4")
-    with cv.Messenger(trace=str(tmp_path / "run.%r.json")) as m:
-        m.on("k")(lambda msg: None)
-        for _ in range(10):
-            m.send(0, "k")
-        m.wait_quiet()
-    with open(tmp_path / "run.0.json") as f:
-        document = json.load(f)
+    document = traced_sends_to_self(tmp_path, 10)
     assert len(events(document, "X", "send")) + len(events(document, "X", "handler")) == 4
     assert document["otherData"]["conveyor"]["dropped"] == 16
     assert any("the trace was full" in r.getMessage() for r in caplog.records)
