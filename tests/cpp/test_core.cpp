@@ -31,9 +31,17 @@ static void test_wire() {
     CHECK(h.ref == 42 && h.tag == "kmers");
     CHECK(h.oob.size() == 2 && h.oob[0] == 5 && h.oob[1] == (1u << 20));
     CHECK(h.body_offset == frame.size() - 1);
-    // The stamp ends a header that announces buffers: left 0 for the engine.
-    CHECK(h.stamp == 0 && h.body_offset == 4 + 8 + 8 + 5 + 4 + 2 * 8 + kStampBytes);
+    // The offsets and the stamp end a header that announces buffers: left 0
+    // for the engine.
+    CHECK(h.oob_offsets.size() == 2 && h.oob_offsets[0] == 0 && h.oob_offsets[1] == 0);
+    CHECK(h.stamp == 0 && h.body_offset == 4 + 8 + 8 + 5 + 4 + 2 * (8 + 1) + kStampBytes);
     CHECK(stamp_offset(frame.data(), 2) == h.body_offset - kStampBytes);
+    auto offsets = frame.data() + stamp_offset(frame.data(), 2) - 2;
+    offsets[1] = kLineBytes - 1;
+    CHECK(read_header(frame.data(), frame.size()).oob_offsets[1] == kLineBytes - 1);
+    offsets[1] = kLineBytes;  // past a line: a forged or corrupt header
+    CHECK(throws<DecodeError>([&] { read_header(frame.data(), frame.size()); }));
+    frame = sample_frame();
 
     // Every truncation of the header is an error, never an out-of-bounds read.
     for (std::size_t n = 0; n < h.body_offset; ++n)

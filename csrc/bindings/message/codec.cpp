@@ -674,7 +674,8 @@ void encode_frame(Encoded& out, FrameKind kind, std::uint64_t ref, std::string_v
                   py::handle payload, const EncodeOptions& options) {
     // Most frames carry no out-of-band data: write the header announcing
     // none and the body right after it, and only if the body turned out to
-    // use buffers, insert their sizes and the stamp, and patch the count.
+    // use buffers, insert their sizes, their offsets and the stamp (the
+    // engine fills in both), and patch the count.
     out.frame.bytes.clear();
     out.oob.clear();
     out.keep = py::object();
@@ -684,14 +685,13 @@ void encode_frame(Encoded& out, FrameKind kind, std::uint64_t ref, std::string_v
     Encoder enc(out, options);
     enc.value(payload, 0);
     if (out.oob.empty()) return;
-    std::vector<std::uint64_t> sizes;
-    sizes.reserve(out.oob.size() + 1);
-    for (const auto& b : out.oob) sizes.push_back(b.size);
-    sizes.push_back(0);  // the stamp, which the engine fills in
+    Writer announced;
+    for (const auto& b : out.oob) announced.u64(b.size);
+    for (std::size_t i = 0; i < out.oob.size(); ++i) announced.u8(0);
+    announced.u64(0);
     auto& bytes = out.frame.bytes;
     auto at = bytes.begin() + static_cast<std::ptrdiff_t>(body_offset);
-    bytes.insert(at, reinterpret_cast<const std::uint8_t*>(sizes.data()),
-                 reinterpret_cast<const std::uint8_t*>(sizes.data() + sizes.size()));
+    bytes.insert(at, announced.bytes.begin(), announced.bytes.end());
     auto count = static_cast<std::uint32_t>(out.oob.size());
     std::memcpy(bytes.data() + body_offset - 4, &count, 4);  // the header's last field
 }
@@ -741,6 +741,8 @@ void register_codec(py::module_& m) {
     m.attr("KIND_REPLY") = static_cast<int>(FrameKind::Reply);
     m.attr("KIND_ERROR") = static_cast<int>(FrameKind::Error);
     m.attr("KIND_ANSWER") = static_cast<int>(FrameKind::Answer);
+    // What the frames of this build carry, for tests that write frames by hand.
+    m.attr("FRAME_VERSION") = static_cast<int>(kFrameVersion);
 }
 
 }  // namespace conveyor

@@ -41,7 +41,7 @@ py::tuple decode_frame(py::bytes frame, const std::vector<py::bytes>& oob, bool 
         std::string b = oob[i];
         if (b.size() != header.oob[i])
             throw DecodeError("out-of-band buffer " + std::to_string(i) + " has the wrong size");
-        auto buf = std::make_shared<Buffer>(b.size());
+        auto buf = std::make_shared<Buffer>(b.size(), header.oob_offsets[i]);
         std::memcpy(buf->data(), b.data(), b.size());
         buffers.push_back(buf);
     }

@@ -2,13 +2,15 @@
 
 #include <sys/mman.h>
 
-#include <algorithm>
 #include <cstdlib>
 #include <iterator>
+#include <limits>
 #include <list>
 #include <map>
 #include <mutex>
 #include <new>
+
+#include "conveyor/wire/wire.hpp"
 
 namespace conveyor {
 
@@ -67,11 +69,13 @@ BufferCache& buffer_cache() {
     return *cache;
 }
 
+// Room for `size` bytes at any offset in the first line, so that a cached
+// buffer serves every offset.
 void* allocate(std::size_t size) {
-    // posix_memalign rejects 0; a zero-size buffer still gets a valid pointer.
+    if (size > std::numeric_limits<std::size_t>::max() - kLineBytes) throw std::bad_alloc();
     bool huge = size >= 2 * kHugePage;
     void* p = nullptr;
-    if (posix_memalign(&p, huge ? kHugePage : 64, std::max<std::size_t>(size, 1)) != 0)
+    if (posix_memalign(&p, huge ? kHugePage : kLineBytes, size + kLineBytes) != 0)
         throw std::bad_alloc();
     // Transparent huge pages fault 2 MiB at a time (numpy asks for them too).
     if (huge) madvise(p, size & ~(kHugePage - 1), MADV_HUGEPAGE);
@@ -80,16 +84,14 @@ void* allocate(std::size_t size) {
 
 }  // namespace
 
-Buffer::Buffer(std::size_t size) : size_(size) {
+Buffer::Buffer(std::size_t size, std::size_t offset) : size_(size) {
     if (size >= kCachedFrom) {
         auto& cache = buffer_cache();
         std::lock_guard<std::mutex> guard(cache.lock);
-        if (void* data = cache.take(size)) {
-            data_ = static_cast<std::uint8_t*>(data);
-            return;
-        }
+        memory_ = cache.take(size);
     }
-    data_ = static_cast<std::uint8_t*>(allocate(size));
+    if (!memory_) memory_ = allocate(size);
+    data_ = static_cast<std::uint8_t*>(memory_) + offset % kLineBytes;
 }
 
 Buffer::~Buffer() {
@@ -98,13 +100,13 @@ Buffer::~Buffer() {
         std::lock_guard<std::mutex> guard(cache.lock);
         if (size_ <= cache.limit) {
             while (cache.bytes + size_ > cache.limit) cache.drop_oldest();
-            auto entry = cache.by_age.insert(cache.by_age.end(), {size_, data_});
+            auto entry = cache.by_age.insert(cache.by_age.end(), {size_, memory_});
             cache.by_size.emplace(size_, entry);
             cache.bytes += size_;
             return;
         }
     }
-    std::free(data_);
+    std::free(memory_);
 }
 
 void Buffer::set_cache_limit(std::size_t bytes) {

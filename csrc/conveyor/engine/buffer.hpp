@@ -5,7 +5,9 @@
 
 namespace conveyor {
 
-// Uninitialised, 64-byte aligned memory that MPI writes a received buffer into.
+// Uninitialised memory that MPI writes a received buffer into, `offset`
+// bytes past a 64-byte boundary: where the sender's buffer lies in its cache
+// line, which makes MPI's copy between them fast (see kLineBytes in wire.hpp).
 // Ownership passes to whoever delivers it (a numpy array in the bindings).
 //
 // Large buffers come from a bounded cache of freed ones of the same size:
@@ -13,7 +15,8 @@ namespace conveyor {
 // into it, which costs ten times the copy itself from ~64 MiB up.
 class Buffer {
   public:
-    explicit Buffer(std::size_t size);
+    // `offset` is taken modulo kLineBytes (wire.hpp).
+    explicit Buffer(std::size_t size, std::size_t offset = 0);
     ~Buffer();
     // The most bytes of freed buffers kept for reuse (process-wide; 0 disables).
     static void set_cache_limit(std::size_t bytes);
@@ -24,6 +27,7 @@ class Buffer {
     std::size_t size() const { return size_; }
 
   private:
+    void* memory_ = nullptr;  // what was allocated, 64-byte aligned
     std::uint8_t* data_ = nullptr;
     std::size_t size_ = 0;
 };

@@ -134,7 +134,14 @@ bool Engine::post(int dest, std::vector<std::uint8_t> frame, const std::vector<O
     auto out = std::make_shared<Outgoing>();
     out->bytes.frames = frame.size();
     for (const auto& b : oob) out->bytes.data += b.size;
-    if (!oob.empty()) out->stamp_at = stamp_offset(frame.data(), oob.size());
+    if (!oob.empty()) {
+        out->stamp_at = stamp_offset(frame.data(), oob.size());
+        // The offsets before the stamp: where the receiver places each buffer.
+        std::uint8_t* offsets = frame.data() + out->stamp_at - oob.size();
+        for (std::size_t i = 0; i < oob.size(); ++i)
+            offsets[i] = static_cast<std::uint8_t>(reinterpret_cast<std::uintptr_t>(oob[i].data) %
+                                                   kLineBytes);
+    }
     out->frame = std::move(frame);
     out->oob = oob;
     out->keep = std::move(keep);
@@ -224,9 +231,9 @@ void Engine::receive_frame(MPI_Message message, const MPI_Status& status) {
     in->oob.reserve(in->header.oob.size());
     std::uint64_t size = 0;
     try {
-        for (auto n : in->header.oob) {
-            size = n;  // named in the error if it cannot be had
-            in->oob.push_back(std::make_shared<Buffer>(n));
+        for (std::size_t i = 0; i < in->header.oob.size(); ++i) {
+            size = in->header.oob[i];  // named in the error if it cannot be had
+            in->oob.push_back(std::make_shared<Buffer>(size, in->header.oob_offsets[i]));
         }
     } catch (const std::bad_alloc&) {
         in->oob.clear();

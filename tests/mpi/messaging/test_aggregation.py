@@ -17,7 +17,7 @@ import pytest
 import conveyor as cv
 from conveyor._native import core
 
-from _helpers import conveyor_warnings, same, wait_quiet_warned
+from _helpers import bare_header, conveyor_warnings, same, wait_quiet_warned
 
 # Arrays of at least the zero-copy threshold travel out of band (frames of at
 # most batch_bytes / 4, 8 KiB by default, are aggregated).
@@ -479,10 +479,6 @@ def test_per_item_zero_d_array_does_not_fail_the_receiver(mpirun):
 # Termination detection counts frames: post_raw counts a raw frame as one
 # posted, and its receiver counts a Batch as one frame finished, whatever
 # number of entries it announces, so wait_quiet returns after any of these.
-
-
-def bare_header(kind, ref):
-    return struct.pack("<IQQI", 0xC0FE | (1 << 16) | (kind << 24), ref, 0, 0)
 
 
 def entry(frame):

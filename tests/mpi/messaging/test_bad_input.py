@@ -10,7 +10,7 @@ import pytest
 import conveyor as cv
 from conveyor._native import core
 
-from _helpers import conveyor_warnings, same, wait_quiet_warned
+from _helpers import bare_header, conveyor_warnings, same, wait_quiet_warned
 
 
 def sample_frames():
@@ -168,11 +168,12 @@ def test_malformed_frames_are_counted_and_dropped(mpirun, nranks):
 def announcement(payload, tag):
     """The frame an attacker makes of `payload` with the test hooks, its arrays out of band.
 
-    Return it with the bytes that announce its one buffer (the count, then
-    the size); the 8 bytes of the stamp follow them.
+    Return it with the bytes that announce its one buffer (the count, the
+    size, and the offset the encoder leaves 0); the 8 bytes of the stamp
+    follow them.
     """
     frame, oob = core.testing.encode_frame(core.message.KIND_SEND, 0, tag, payload, 0, False)
-    announced = struct.pack("<IQ", 1, payload.nbytes)
+    announced = struct.pack("<IQB", 1, payload.nbytes, 0)
     assert len(oob) == 1 and frame.count(announced + bytes(8)) == 1
     return frame, announced
 
@@ -203,7 +204,7 @@ def case_forged_out_of_band_announcements_steal_and_stall_nothing():
             engine.post_raw(dest, forged)  # the stamp the encoder leaves, 0
             m.send(dest, "big", first)
             engine.post_raw(dest, forged.replace(announced + bytes(8), announced + os.urandom(8)))
-            engine.post_raw(dest, forged.replace(announced, struct.pack("<IQ", 1, 2**62)))
+            engine.post_raw(dest, forged.replace(announced, struct.pack("<IQB", 1, 2**62, 0)))
             m.send(dest, "big", second)
             m.send(dest, "big", "after")
             m.wait_quiet()
@@ -229,8 +230,8 @@ KIND_CREDIT = 6
 
 def credit(frames, data, stamp=None):
     """A Credit frame as an attacker writes it: `frames` and `data` bytes consumed, then a stamp."""
-    header = struct.pack("<IQQI", 0xC0FE | (1 << 16) | (KIND_CREDIT << 24), frames, 0, 0)
-    return header + struct.pack("<Q", data) + (b"" if stamp is None else struct.pack("<Q", stamp))
+    body = struct.pack("<Q", data) + (b"" if stamp is None else struct.pack("<Q", stamp))
+    return bare_header(KIND_CREDIT, frames) + body
 
 
 def in_flight(m, rank):

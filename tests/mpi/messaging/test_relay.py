@@ -14,7 +14,7 @@ import pytest
 import conveyor as cv
 from conveyor._native import core
 
-from _helpers import conveyor_warnings, no_state_left, world
+from _helpers import bare_header, conveyor_warnings, no_state_left, world
 
 MODES = ["direct", "host", "grid2d"]
 
@@ -114,7 +114,7 @@ KIND_RELAYED, KIND_FENCE = 8, 9
 
 def control(kind, ref, body):
     """A frame with no tag and no out-of-band data, as a forger writes it."""
-    return struct.pack("<IQQI", 0xC0FE | (1 << 16) | (kind << 24), ref, 0, 0) + body
+    return bare_header(kind, ref) + body
 
 
 def case_forged_relay_frames():
