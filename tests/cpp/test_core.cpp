@@ -135,6 +135,32 @@ static void test_route() {
     CHECK(route_rows(same.data(), 3, reinterpret_cast<const std::uint8_t*>(wide), 3, 2,
                      reinterpret_cast<std::uint8_t*>(grouped), two.data()) == 1);
     CHECK((two == std::vector<std::uint64_t>{0, 0, 3}));
+    // ...but only to a rank of the job.
+    for (std::int16_t bad : {std::int16_t(2), std::int16_t(-1)}) {
+        std::vector<std::int16_t> all_bad(3, bad);
+        CHECK(throws<UsageError>([&] {
+            route_rows(all_bad.data(), 3, reinterpret_cast<const std::uint8_t*>(wide), 3, 2,
+                       reinterpret_cast<std::uint8_t*>(grouped), two.data());
+        }));
+    }
+
+    // Many rows, runs of one rank among them: a stable sort by rank.
+    std::vector<std::uint8_t> many;
+    std::vector<std::uint64_t> values;
+    for (std::uint64_t i = 0; i < 1003; ++i) {
+        many.push_back(static_cast<std::uint8_t>(i < 500 ? 3 : (i * 7919) % 5));
+        values.push_back(i);
+    }
+    std::vector<std::uint64_t> sorted(values.size()), five(6);
+    CHECK(route_rows(many.data(), many.size(), reinterpret_cast<const std::uint8_t*>(values.data()),
+                     8, 5, reinterpret_cast<std::uint8_t*>(sorted.data()), five.data()) == -1);
+    std::vector<std::uint64_t> expected;
+    for (std::uint8_t r = 0; r < 5; ++r) {
+        CHECK(five[r] == expected.size());
+        for (std::uint64_t i = 0; i < many.size(); ++i)
+            if (many[i] == r) expected.push_back(i);
+    }
+    CHECK(five[5] == expected.size() && sorted == expected);
 
     dests[4] = 3;
     bool refused = false;

@@ -1,5 +1,6 @@
 #include "conveyor/routing/route.hpp"
 
+#include <algorithm>
 #include <cstring>
 #include <string>
 #include <type_traits>
@@ -50,25 +51,44 @@ void scatter(const Dest* dests, std::size_t n, const std::uint8_t* rows, std::si
 template <class Dest>
 int route_rows(const Dest* dests, std::size_t n, const std::uint8_t* rows, std::size_t row_bytes,
                int nranks, std::uint8_t* out, std::uint64_t* offsets) {
-    std::vector<std::uint64_t> next(static_cast<std::size_t>(nranks) + 1, 0);
-    for (std::size_t i = 0; i < n; ++i) {
+    const auto ranks = static_cast<std::size_t>(nranks);
+    auto check = [&](std::size_t i) {
         auto d = dests[i];
         bool negative = false;
         if constexpr (std::is_signed_v<Dest>) negative = d < 0;
-        if (negative || static_cast<std::uint64_t>(d) >= static_cast<std::uint64_t>(nranks))
+        if (negative || static_cast<std::uint64_t>(d) >= ranks)
             throw UsageError("destination rank " + std::to_string(d) + " at index " +
                              std::to_string(i) + " is out of range 0.." +
                              std::to_string(nranks - 1));
-        next[static_cast<std::size_t>(d) + 1] += 1;
+        return static_cast<std::size_t>(d);
+    };
+    std::vector<std::uint64_t> next(ranks + 1, 0);
+    // A batch to one rank, the common case, is found by an OR of the
+    // differences from the first row, which the compiler vectorizes (a
+    // 64-bit compare is not in the baseline instruction set): no tally then.
+    using Bits = std::make_unsigned_t<Dest>;
+    Bits differ = 0;
+    for (std::size_t i = 0; i < n; ++i)
+        differ |= static_cast<Bits>(static_cast<Bits>(dests[i]) ^ static_cast<Bits>(dests[0]));
+    if (n != 0 && differ == 0) {
+        auto only = check(0);
+        std::fill(next.begin() + static_cast<std::ptrdiff_t>(only) + 1, next.end(), n);
+        std::memcpy(offsets, next.data(), next.size() * sizeof(std::uint64_t));
+        return static_cast<int>(only);
     }
-    int only = -1;
-    for (int r = 0; r < nranks; ++r) {
-        if (next[r + 1] == n && n != 0) only = r;
-        next[r + 1] += next[r];
-    }
+    // Four tallies, so that rows to one rank in a row do not each wait for
+    // the increment before them.
+    std::vector<std::uint64_t> tally(4 * ranks, 0);
+    std::size_t i = 0;
+    for (; i + 4 <= n; i += 4)
+        for (std::size_t k = 0; k < 4; ++k) tally[k * ranks + check(i + k)] += 1;
+    for (; i < n; ++i) tally[check(i)] += 1;
+    for (std::size_t r = 0; r < ranks; ++r)
+        next[r + 1] =
+            next[r] + tally[r] + tally[ranks + r] + tally[2 * ranks + r] + tally[3 * ranks + r];
     std::memcpy(offsets, next.data(), next.size() * sizeof(std::uint64_t));
-    if (only < 0) scatter(dests, n, rows, row_bytes, out, next);
-    return only;
+    scatter(dests, n, rows, row_bytes, out, next);
+    return -1;
 }
 
 #define CONVEYOR_ROUTE_ROWS(Dest)                                                                  \
