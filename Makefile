@@ -35,7 +35,7 @@ demo: install
 lint: $(VENV)/.deps typecheck
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/clang-format --dry-run -Werror $(shell find csrc tests/cpp -name '*.cpp' -o -name '*.hpp')
+	$(VENV)/bin/clang-format --dry-run -Werror $(shell find csrc tests/cpp bench -name '*.cpp' -o -name '*.hpp')
 
 # mypy --strict over the package, the examples and tests/release/typing (see mypy.ini).
 typecheck: $(VENV)/.deps

@@ -53,6 +53,11 @@ class Sender(core.engine.SenderBase):
         sent, without a copy: as with any array sent, do not modify it until
         the next `Messenger.wait_quiet`.
 
+        Every destination is read, so the narrowest integer dtype that holds
+        the ranks (``numpy.uint16`` below 65,536) sends large batches fastest:
+        reading 8-byte destinations costs about as much as sending 8-byte
+        items (bench/README.md, "Where the time goes").
+
         Parameters
         ----------
         dests : array_like of int
