@@ -54,7 +54,9 @@ rate-trace
     costs per message (each send and each delivery is recorded). The
     traces go to a temporary directory, removed afterwards.
 
-Rank 0 prints a table; ``--json`` writes metadata, medians and every sample.
+Each benchmark runs in Messengers of its own, made before it and closed
+after it, so that none inherits the state another left (`run_kind`). Rank 0
+prints a table; ``--json`` writes metadata, medians and every sample.
 """
 
 import argparse
@@ -836,36 +838,52 @@ def bench_rate_trace(untraced, comm, report, plan):
     )
 
 
-def run(plan, which, comm, report):
-    """Run the benchmarks named in `which` on both ranks; return rank 0's Messenger stats."""
-    stats = {}
+def run_kind(kind, comm, report, plan):
+    """Run benchmark `kind` in Messengers of its own; return rank 0's stats of them.
+
+    The Messengers are made for this benchmark and closed after it, so it
+    inherits no other benchmark's state (cached buffers, open aggregation
+    batches, shared-memory segments, statistics): what ``--which`` runs
+    before it changes only what MPI and the process keep.
+    """
     with contextlib.ExitStack() as messengers:
         aggregated = Peer(messengers.enter_context(cv.Messenger(aggregate=True)))
         plain = None
-        if "agg-latency" in which:
+        if kind == "agg-latency":
             plain = Peer(messengers.enter_context(cv.Messenger(aggregate=False)))
-        report.header()
-        for number, kind in enumerate(which, 1):
-            report.progress(f"[{number}/{len(which)}] {kind}")
-            if kind in ("latency", "oneway"):
-                bench_latency(kind, aggregated, comm, report, plan)
-            elif kind == "bw":
-                bench_bw(aggregated, comm, report, plan)
-            elif kind == "rate":
-                bench_rate(aggregated, comm, report, plan)
-            elif kind == "batch":
-                bench_batch(aggregated, comm, report, plan)
-            elif kind == "agg-latency":
-                bench_agg_latency(aggregated, plain, comm, report, plan)
-            elif kind == "served":
-                bench_served(aggregated, comm, report, plan)
-            elif kind == "executor":
-                bench_executor(aggregated, comm, report, plan)
-            elif kind == "rate-trace":
-                bench_rate_trace(aggregated, comm, report, plan)
-        for name, peer in (("aggregate", aggregated), ("no_aggregate", plain)):
-            if peer is not None:
-                stats[name] = peer.m.stats()
+        if kind in ("latency", "oneway"):
+            bench_latency(kind, aggregated, comm, report, plan)
+        elif kind == "bw":
+            bench_bw(aggregated, comm, report, plan)
+        elif kind == "rate":
+            bench_rate(aggregated, comm, report, plan)
+        elif kind == "batch":
+            bench_batch(aggregated, comm, report, plan)
+        elif kind == "agg-latency":
+            bench_agg_latency(aggregated, plain, comm, report, plan)
+        elif kind == "served":
+            bench_served(aggregated, comm, report, plan)
+        elif kind == "executor":
+            bench_executor(aggregated, comm, report, plan)
+        elif kind == "rate-trace":
+            bench_rate_trace(aggregated, comm, report, plan)
+        stats = {"aggregate": aggregated.m.stats()}
+        if plain is not None:
+            stats["no_aggregate"] = plain.m.stats()
+    return stats
+
+
+def run(plan, which, comm, report):
+    """Run the benchmarks named in `which` on both ranks, each in fresh Messengers (`run_kind`).
+
+    Returns rank 0's Messenger stats per benchmark: ``{kind: {"aggregate":
+    ..., "no_aggregate": ...}}``, the second for ``agg-latency`` only.
+    """
+    report.header()
+    stats = {}
+    for number, kind in enumerate(which, 1):
+        report.progress(f"[{number}/{len(which)}] {kind}")
+        stats[kind] = run_kind(kind, comm, report, plan)
     return stats
 
 
