@@ -6,6 +6,7 @@ mpiexec stands for the ranks, to give runs chosen figures or make them fail,
 hang or be interrupted.
 """
 
+import itertools
 import json
 import os
 import signal
@@ -16,7 +17,7 @@ import time
 import pytest
 
 from conveyor.__main__ import main
-from conveyor._bench import plan
+from conveyor._bench import machine, plan
 
 from _helpers import bench_row, bench_run
 from conftest import ROOT, load_script, mpiexec, run_command
@@ -60,6 +61,26 @@ SUMMARY_ROW_KEYS = (RUN_ROW_KEYS - {"baseline_samples", "conveyor_samples"}) | {
 CONSOLE_SCRIPT = os.path.join(os.path.dirname(sys.executable), "conveyor")
 
 
+LOAD_KEYS = {
+    "cpus",
+    "ranks",
+    "loadavg_before",
+    "loadavg_after",
+    "sample_seconds",
+    "others_before",
+    "others_during",
+    "own_during",
+    "limit",
+    "busy",
+}
+
+
+@pytest.fixture(autouse=True)
+def no_second_before_a_run(monkeypatch):
+    """Runs started in this process read the machine without waiting a second first."""
+    monkeypatch.setattr(machine, "SAMPLE_SECONDS", 0.0)
+
+
 def run_ok(cmd, cwd, timeout=120):
     """Run `cmd` (a hang fails the test); return its stdout once it exited 0."""
     result = run_command(cmd, timeout=timeout, cwd=cwd)
@@ -81,9 +102,16 @@ def check_results(path, which, reps, runs=1):
     assert meta["which"] == which
     assert meta["plan"]["reps"] == reps
     assert meta["runs"] == runs
-    for key in ("time", "mpi", "mpi4py", "conveyor", "wall_seconds"):
+    for key in ("time", "mpi", "mpi4py", "conveyor", "wall_seconds", "cpu_model"):
         assert key in meta
     assert len(data["runs"]) == runs
+    # The machine's load around each run, and over the runs.
+    for run in data["runs"]:
+        assert set(run["meta"]["load"]) == LOAD_KEYS
+    assert meta["load"]["runs"] == runs
+    busy = [number for number, run in enumerate(data["runs"], 1) if run["meta"]["load"]["busy"]]
+    assert meta["load"]["busy_runs"] == busy
+    assert (meta["load"]["warning"] is None) == (not busy)
     benchmarks = set().union(*(ROWS_OF[w] for w in which))
     for run in data["runs"]:
         assert run["meta"]["which"] == which
@@ -127,6 +155,7 @@ def test_python_m_conveyor_bench_quick_runs_every_benchmark(tmp_path):
         "1M items",
     }
     assert "ratio" in out and "targets met" in out
+    assert "machine load (" in out.split("targets met")[1]  # under the table
     assert f"results: {out_json}" in out
 
 
@@ -299,6 +328,51 @@ def latency_run(int_conveyor, array_conveyor=1.0):
             bench_row("latency", "8 B int", "µs", 1.0, int_conveyor, ("<=", 2.0)),
         ]
     )
+
+
+def machine_reads(monkeypatch, busy_ticks):
+    """Make the machine's readings say it kept `busy_ticks` of every 200 ticks busy, on 2 CPUs."""
+    counter = itertools.count()
+    monkeypatch.setattr(machine, "cpu_count", lambda: 2)
+    monkeypatch.setattr(
+        machine, "machine_ticks", lambda: (lambda n: (busy_ticks * n, 200 * n))(next(counter))
+    )
+
+
+@pytest.mark.parametrize("busy", [False, True])
+def test_a_busy_machine_is_warned_of_under_the_table_in_the_json_and_the_markdown(
+    tmp_path, monkeypatch, capfd, busy
+):
+    # Other work keeps 1.8 of 2 CPUs busy before each run (and, the fake
+    # ranks taking next to nothing, during it), or none.
+    machine_reads(monkeypatch, 180 if busy else 0)
+    fake = fake_mpiexec(tmp_path, [latency_run(1.5), latency_run(1.5)])
+    out_json, table = tmp_path / "bench.json", tmp_path / "bench.md"
+    argv = ["bench", "--which", "latency", "--runs", "2", "--mpiexec", str(fake)]
+    assert main(argv + ["--json", str(out_json), "--markdown", str(table)]) == 0
+    out, _ = capfd.readouterr()
+    lines = out.splitlines()
+    # Each run's load follows its table (the fake's output), the runs' the summary.
+    for number in (1, 2):
+        at = lines.index(f"fake run {number}")
+        assert lines[at + 1].startswith("machine load (2 CPUs): other work kept ")
+        if busy:
+            assert lines[at + 2].startswith("WARNING: busy machine: other work kept up to 1.80")
+    at = next(i for i, line in enumerate(lines) if line.startswith("machine load over 2 runs"))
+    assert lines.index("medians of 2 runs; range = lowest and highest ratio of a run") < at
+    data = json.loads(out_json.read_text())
+    assert [run["meta"]["load"]["busy"] for run in data["runs"]] == [busy, busy]
+    assert data["meta"]["load"]["busy_runs"] == ([1, 2] if busy else [])
+    warning = data["meta"]["load"]["warning"]
+    text = table.read_text()
+    if busy:
+        assert warning.startswith("WARNING: busy machine in runs 1, 2 of 2: ")
+        assert lines[at + 1] == warning
+        assert "\n\n**WARNING: busy machine in runs 1, 2 of 2**: other work kept up to 1.80" in text
+    else:
+        assert warning is None
+        assert "WARNING" not in out and "WARNING" not in text
+        assert "Other work kept at most 0.00 CPUs busy before a run" in text
 
 
 @pytest.mark.parametrize("quick", [False, True])
