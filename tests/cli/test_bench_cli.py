@@ -17,7 +17,7 @@ import time
 import pytest
 
 from conveyor.__main__ import main
-from conveyor._bench import machine, plan
+from conveyor._bench import machine, plan, summary
 
 from _helpers import bench_row, bench_run
 from conftest import ROOT, load_script, mpiexec, run_command
@@ -512,6 +512,173 @@ def test_rewriting_a_readme_without_the_markers_fails(tmp_path):
     with pytest.raises(ValueError, match="has no"):
         runner.rewrite_readme(readme, "| table |\n")
     assert readme.read_text() == f"# Project\n\n{runner.BEGIN}\n"
+
+
+# The key rows of a history row, with the ratios of `full_run` (conveyor / baseline).
+KEY_RATIOS = {
+    ("latency", "8 B array"): ("µs", 1.77),
+    ("latency", "8 B int"): ("µs", 1.62),
+    ("oneway", "8 B array"): ("µs", 1.34),
+    ("oneway", "8 B int"): ("µs", 1.18),
+    ("bw", "1 MiB"): ("MB/s", 0.84),
+    ("bw", "16 MiB"): ("MB/s", 0.812),
+    ("bw", "64 MiB"): ("MB/s", 0.7),
+    ("bw", "256 MiB"): ("MB/s", 0.66),
+    ("rate", "8 B int"): ("msgs/s", 5.42),
+    ("batch", "1M items"): ("items/s", 0.49),
+}
+EXPECTED_RATIOS = "| 1.77× | 1.18× | 0.84× | 0.81× | 0.70× | 0.66× | 5.42× | 0.49× |"
+
+
+def full_run(skip=()):
+    """A run's JSON with the rows of `KEY_RATIOS` (but those of `skip`), baselines of 10."""
+    return bench_run(
+        [
+            bench_row(benchmark, label, unit, 10.0, 10.0 * ratio)
+            for (benchmark, label), (unit, ratio) in KEY_RATIOS.items()
+            if (benchmark, label) not in skip
+        ]
+    )
+
+
+def history_readme(runner, tmp_path, monkeypatch):
+    """A README with an empty History table, which the runner appends to."""
+    readme = tmp_path / "README.md"
+    table = f"{runner.HISTORY_BEGIN}\n\n{runner.HISTORY_HEADER}\n{runner.HISTORY_END}"
+    readme.write_text(f"# Benchmarks\n\n## History\n\nProse.\n\n{table}\n\n## Next\n")
+    monkeypatch.setattr(runner, "HISTORY", readme)
+    return readme
+
+
+def results_file(tmp_path, runs, name="results.json", **meta):
+    """The JSON of `runs` (``conveyor bench --json``) with `meta` added, in `tmp_path`."""
+    document = summary.combine(runs)
+    document["meta"].update(meta)
+    path = tmp_path / name
+    path.write_text(json.dumps(document))
+    return path
+
+
+def test_a_history_row_holds_the_key_ratios_of_the_json_under_the_header(
+    tmp_path, monkeypatch, capsys
+):
+    runner = load_bench_runner()
+    readme = history_readme(runner, tmp_path, monkeypatch)
+    before = readme.read_text()
+    runs = [full_run(), full_run()]
+    for run, during in zip(runs, (0.02, 0.05)):
+        run["meta"]["load"] = machine.record(2, [0.1] * 3, [1.9] * 3, 0.01, during, 1.9)
+    first = results_file(tmp_path, runs, commit="abc1234", cpu_model="Test CPU 9000")
+    assert runner.main(["--history-from", str(first)]) == 0
+    row = (
+        "| 2026-12-04 | `abc1234` | Test CPU 9000, 2 CPUs | 2 "
+        f"{EXPECTED_RATIOS} quiet: others ≤ 0.05 CPUs |"
+    )
+    assert f"{row}\n" in capsys.readouterr().out
+    header_end = before.index(runner.HISTORY_END)
+    assert readme.read_text() == f"{before[:header_end].rstrip()}\n{row}\n\n{before[header_end:]}"
+    # A later row goes under it; a busy run is named.
+    runs = [full_run(), full_run(), full_run()]
+    for run, during in zip(runs, (0.02, 0.85, 0.05)):
+        run["meta"]["load"] = machine.record(2, [0.1] * 3, [1.9] * 3, 0.01, during, 1.9)
+    second = results_file(tmp_path, runs, "second.json", cpu_model="Test CPU 9000")
+    assert runner.main(["--history-from", str(second), "--commit", "def5678"]) == 0
+    lines = readme.read_text().splitlines()
+    at = lines.index(runner.HISTORY_HEADER.splitlines()[1])
+    assert lines[at + 1] == row
+    assert lines[at + 2].startswith("| 2026-12-04 | `def5678` | Test CPU 9000, 2 CPUs | 3 |")
+    assert lines[at + 2].endswith("| **busy**: run 2 of 3 |")
+    assert lines[at + 3 :] == ["", runner.HISTORY_END, "", "## Next"]
+
+
+@pytest.mark.parametrize(
+    "skip, message",
+    [
+        # --quick: bandwidth up to 1 MiB.
+        (
+            {("bw", "16 MiB"), ("bw", "64 MiB"), ("bw", "256 MiB")},
+            "bw 16 MiB, bw 64 MiB, bw 256 MiB",
+        ),
+        ({("batch", "1M items")}, "batch 1M items"),
+    ],
+)
+def test_a_json_without_the_key_rows_is_refused(tmp_path, monkeypatch, capsys, skip, message):
+    runner = load_bench_runner()
+    readme = history_readme(runner, tmp_path, monkeypatch)
+    before = readme.read_text()
+    results = results_file(tmp_path, [full_run(skip)], commit="abc1234")
+    assert runner.main(["--history-from", str(results)]) == 1
+    err = capsys.readouterr().err
+    assert f"no history row from {results}: the results hold no {message}: " in err
+    assert "a history row needs a full run" in err
+    assert readme.read_text() == before
+
+
+def test_a_json_without_a_commit_needs_one_named(tmp_path, monkeypatch, capsys):
+    runner = load_bench_runner()
+    readme = history_readme(runner, tmp_path, monkeypatch)
+    results = results_file(tmp_path, [full_run()])  # before the commit was recorded
+    assert runner.main(["--history-from", str(results)]) == 1
+    assert "the results record no commit: name the one measured (--commit REV)" in (
+        capsys.readouterr().err
+    )
+    assert runner.main(["--history-from", str(results), "--commit", "0123abc"]) == 0
+    # Nor a load or CPU recorded: said so (the CPU is this machine's if it ran here).
+    (row,) = [line for line in readme.read_text().splitlines() if "`0123abc`" in line]
+    assert row.endswith(f"{EXPECTED_RATIOS} not recorded |")
+    assert "| CPU not recorded, 2 CPUs |" in row  # the JSON's host is not this one
+
+
+def test_a_readme_without_the_history_table_is_refused(tmp_path):
+    runner = load_bench_runner()
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Benchmarks\n\n{runner.HISTORY_BEGIN}\n\n{runner.HISTORY_END}\n")
+    with pytest.raises(ValueError, match="has no history table"):
+        runner.append_history(readme, "| row |")
+
+
+def test_the_benchmarks_readme_has_the_history_table(tmp_path):
+    runner = load_bench_runner()
+    readme = tmp_path / "README.md"
+    before = (ROOT / "bench" / "README.md").read_text()
+    readme.write_text(before)
+    runner.append_history(readme, "| a row |")
+    text = readme.read_text()
+    at = text.index("| a row |\n")
+    assert text.index(runner.HISTORY_HEADER) < at < text.index(runner.HISTORY_END)
+    assert text.replace("| a row |\n", "", 1) == before
+
+
+def test_make_figures_records_the_commit_and_appends_the_history_row(tmp_path, monkeypatch, capfd):
+    runner = load_bench_runner()
+    readme = history_readme(runner, tmp_path, monkeypatch)
+    monkeypatch.setattr(runner, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(runner, "README", tmp_path / "unused.md")
+    monkeypatch.setattr(runner, "checkout_commit", lambda: "feed123-dirty")
+    fake = fake_mpiexec(tmp_path, [full_run()])
+    assert runner.main(["--history", "--mpiexec", str(fake)]) == 0
+    capfd.readouterr()
+    (results,) = (tmp_path / "results").glob("osu-*.json")
+    assert json.loads(results.read_text())["meta"]["commit"] == "feed123-dirty"
+    (row,) = [line for line in readme.read_text().splitlines() if "`feed123-dirty`" in line]
+    assert EXPECTED_RATIOS in row
+
+
+def test_the_commit_is_the_checkouts_and_says_when_tracked_files_changed(tmp_path):
+    runner = load_bench_runner()
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@example.org"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (tmp_path / "tracked").write_text("1")
+    subprocess.run([*git, "add", "tracked"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "one"], check=True)
+    head = subprocess.run(
+        [*git, "rev-parse", "--short=7", "HEAD"], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    (tmp_path / "untracked").write_text("")
+    assert runner.checkout_commit(tmp_path) == head
+    (tmp_path / "tracked").write_text("2")
+    assert runner.checkout_commit(tmp_path) == f"{head}-dirty"
+    assert runner.checkout_commit(tmp_path / "nowhere") is None
 
 
 @pytest.mark.parametrize(
