@@ -102,7 +102,11 @@ def run(parser, args):
                 print(f"\nrun {number} of {args.runs}", flush=True)
             json_path = os.path.join(scratch, f"run-{number}.json")
             watch = machine.Watch()
-            watch.start()  # reads the machine for a second: nothing of ours runs yet
+            try:
+                watch.start()  # reads the machine for a second: nothing of ours runs yet
+            except KeyboardInterrupt:
+                print("conveyor bench: interrupted", file=sys.stderr)
+                return INTERRUPTED
             status = run_ranks(
                 mpiexec, plan.run_options_argv(args) + ["--json", json_path], args.timeout
             )
