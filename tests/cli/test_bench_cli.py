@@ -184,21 +184,26 @@ def test_console_script_runs_with_an_explicit_mpiexec(tmp_path):
 def test_each_benchmark_runs_in_messengers_of_its_own(tmp_path):
     out_json = tmp_path / "bench.json"
     iters = 100
-    argv = ["--which", "latency,agg-latency", "--reps", "1", "--iters", str(iters)]
+    argv = ["--which", "bw,latency,agg-latency", "--reps", "1", "--iters", str(iters)]
     run_ok(
         [sys.executable, "-m", "conveyor", "bench", "--quick", *argv, "--json", str(out_json)],
         cwd=tmp_path,
     )
-    stats = json.loads(out_json.read_text())["runs"][0]["meta"]["messenger_stats_rank0"]
+    meta = json.loads(out_json.read_text())["runs"][0]["meta"]
+    stats, receiver = meta["messenger_stats_rank0"], meta["messenger_stats_rank1"]
+    assert list(stats) == list(receiver) == ["bw", "latency", "agg-latency"]
     # Rank 0's messages per ping-pong run: warm-up and timed. A Messenger
-    # shared by the benchmarks would count those of both.
+    # shared by the benchmarks would count those of the others too.
     per_run = max(1, iters // 10) + iters
-    assert set(stats) == {"latency", "agg-latency"}
     assert set(stats["latency"]) == {"aggregate"}
     assert stats["latency"]["aggregate"]["messages_sent"] == 2 * per_run  # array and int
     assert set(stats["agg-latency"]) == {"aggregate", "no_aggregate"}
     for messenger in stats["agg-latency"].values():
         assert messenger["messages_sent"] == per_run
+    # Rank 1 keeps freed 1 MiB receive buffers of bw for reuse (process-wide);
+    # the next benchmark starts without them.
+    assert receiver["bw"]["aggregate"]["buffer_cache_bytes"] >= 1 << 20
+    assert receiver["latency"]["aggregate"]["buffer_cache_bytes"] == 0
 
 
 def test_plot_writes_a_png(tmp_path):

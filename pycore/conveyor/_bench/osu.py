@@ -75,6 +75,7 @@ from mpi4py import MPI
 
 import conveyor as cv
 
+from .._native import core
 from .plan import MiB, add_run_options, format_size, plan_from
 from .runinfo import run_metadata
 from .summary import format_line, format_ratio, format_result, format_target, format_value, meets
@@ -839,13 +840,23 @@ def bench_rate_trace(untraced, comm, report, plan):
 
 
 def run_kind(kind, comm, report, plan):
-    """Run benchmark `kind` in Messengers of its own; return rank 0's stats of them.
+    """Run benchmark `kind` in Messengers of its own; return their stats, of each rank.
 
-    The Messengers are made for this benchmark and closed after it, so it
-    inherits no other benchmark's state (cached buffers, open aggregation
-    batches, shared-memory segments, statistics): what ``--which`` runs
-    before it changes only what MPI and the process keep.
+    The Messengers are made for this benchmark and closed after it, and
+    the cache of receive buffers, which is the process's, starts empty, so
+    it inherits no other benchmark's state (open aggregation batches,
+    cached buffers of other sizes, statistics): what ``--which`` runs
+    before it changes only what MPI and the Python process keep.
+
+    Returns
+    -------
+    list of dict or None
+        On rank 0, ``[rank 0's, rank 1's]``, each ``{"aggregate": stats}``
+        plus ``"no_aggregate"`` for ``agg-latency``; None on rank 1.
     """
+    # Freed receive buffers of 1 MiB and more are kept for the process, not
+    # for a Messenger: drop them (the next Messenger sets the limit again).
+    core.engine.set_buffer_cache_limit(0)
     with contextlib.ExitStack() as messengers:
         aggregated = Peer(messengers.enter_context(cv.Messenger(aggregate=True)))
         plain = None
@@ -870,21 +881,24 @@ def run_kind(kind, comm, report, plan):
         stats = {"aggregate": aggregated.m.stats()}
         if plain is not None:
             stats["no_aggregate"] = plain.m.stats()
-    return stats
+    return comm.gather(stats, root=0)
 
 
 def run(plan, which, comm, report):
     """Run the benchmarks named in `which` on both ranks, each in fresh Messengers (`run_kind`).
 
-    Returns rank 0's Messenger stats per benchmark: ``{kind: {"aggregate":
-    ..., "no_aggregate": ...}}``, the second for ``agg-latency`` only.
+    Returns, on rank 0, each rank's Messenger stats per benchmark: a list
+    of ``{kind: {"aggregate": ..., "no_aggregate": ...}}`` (the second for
+    ``agg-latency`` only), rank 0's then rank 1's; None on rank 1.
     """
     report.header()
     stats = {}
     for number, kind in enumerate(which, 1):
         report.progress(f"[{number}/{len(which)}] {kind}")
         stats[kind] = run_kind(kind, comm, report, plan)
-    return stats
+    if comm.rank != 0:
+        return None
+    return [{kind: ranks[rank] for kind, ranks in stats.items()} for rank in (0, 1)]
 
 
 def main(argv=None):
@@ -927,7 +941,8 @@ def main(argv=None):
                 plan=dataclasses.asdict(plan),
                 which=args.which,
                 wall_seconds=wall,
-                messenger_stats_rank0=stats,
+                messenger_stats_rank0=stats[0],
+                messenger_stats_rank1=stats[1],
             )
             with open(args.json, "w") as f:
                 json.dump({"meta": meta, "results": report.rows}, f, indent=1, ensure_ascii=False)

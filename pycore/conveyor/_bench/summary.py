@@ -50,7 +50,14 @@ IDENTITY = (
     "target",
 )
 # Fields of a run's meta that describe that run alone, left out of the summary's.
-PER_RUN_META = ("argv", "time", "wall_seconds", "messenger_stats_rank0", "load")
+PER_RUN_META = (
+    "argv",
+    "time",
+    "wall_seconds",
+    "messenger_stats_rank0",
+    "messenger_stats_rank1",
+    "load",
+)
 
 # The console table of several runs (`table_lines`): one run's (osu's Report)
 # without the range.
