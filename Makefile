@@ -129,9 +129,10 @@ bench: install
 	$(PY) bench/run.py $(if $(RUNS),--runs $(RUNS))
 
 # The README's measured figures: `make bench` with RUNS=6 unless told, whose
-# table then replaces the one between the README's figures markers.
+# table then replaces the one between the README's figures markers, and whose
+# key ratios become a row of the History table of bench/README.md.
 figures: install
-	$(PY) bench/run.py --readme --runs $(or $(RUNS),6)
+	$(PY) bench/run.py --readme --history --runs $(or $(RUNS),6)
 
 # bench/peers.py: conveyor against mpi4py.futures, Dask and Ray in one run
 # (RUNS=3 unless told), keeping its JSON and table in bench/results/. Ray

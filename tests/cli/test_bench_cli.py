@@ -6,6 +6,7 @@ mpiexec stands for the ranks, to give runs chosen figures or make them fail,
 hang or be interrupted.
 """
 
+import itertools
 import json
 import os
 import signal
@@ -16,7 +17,7 @@ import time
 import pytest
 
 from conveyor.__main__ import main
-from conveyor._bench import plan
+from conveyor._bench import machine, plan, summary
 
 from _helpers import bench_row, bench_run
 from conftest import ROOT, load_script, mpiexec, run_command
@@ -60,6 +61,26 @@ SUMMARY_ROW_KEYS = (RUN_ROW_KEYS - {"baseline_samples", "conveyor_samples"}) | {
 CONSOLE_SCRIPT = os.path.join(os.path.dirname(sys.executable), "conveyor")
 
 
+LOAD_KEYS = {
+    "cpus",
+    "ranks",
+    "loadavg_before",
+    "loadavg_after",
+    "sample_seconds",
+    "others_before",
+    "others_during",
+    "own_during",
+    "limit",
+    "busy",
+}
+
+
+@pytest.fixture(autouse=True)
+def no_second_before_a_run(monkeypatch):
+    """Runs started in this process read the machine without waiting a second first."""
+    monkeypatch.setattr(machine, "SAMPLE_SECONDS", 0.0)
+
+
 def run_ok(cmd, cwd, timeout=120):
     """Run `cmd` (a hang fails the test); return its stdout once it exited 0."""
     result = run_command(cmd, timeout=timeout, cwd=cwd)
@@ -81,9 +102,16 @@ def check_results(path, which, reps, runs=1):
     assert meta["which"] == which
     assert meta["plan"]["reps"] == reps
     assert meta["runs"] == runs
-    for key in ("time", "mpi", "mpi4py", "conveyor", "wall_seconds"):
+    for key in ("time", "mpi", "mpi4py", "conveyor", "wall_seconds", "cpu_model"):
         assert key in meta
     assert len(data["runs"]) == runs
+    # The machine's load around each run, and over the runs.
+    for run in data["runs"]:
+        assert set(run["meta"]["load"]) == LOAD_KEYS
+    assert meta["load"]["runs"] == runs
+    busy = [number for number, run in enumerate(data["runs"], 1) if run["meta"]["load"]["busy"]]
+    assert meta["load"]["busy_runs"] == busy
+    assert (meta["load"]["warning"] is None) == (not busy)
     benchmarks = set().union(*(ROWS_OF[w] for w in which))
     for run in data["runs"]:
         assert run["meta"]["which"] == which
@@ -127,6 +155,7 @@ def test_python_m_conveyor_bench_quick_runs_every_benchmark(tmp_path):
         "1M items",
     }
     assert "ratio" in out and "targets met" in out
+    assert "machine load (" in out.split("targets met")[1]  # under the table
     assert f"results: {out_json}" in out
 
 
@@ -150,6 +179,31 @@ def test_console_script_runs_with_an_explicit_mpiexec(tmp_path):
         cwd=tmp_path,
     )
     check_results(out_json, ["rate", "agg-latency"], 1)
+
+
+def test_each_benchmark_runs_in_messengers_of_its_own(tmp_path):
+    out_json = tmp_path / "bench.json"
+    iters = 100
+    argv = ["--which", "bw,latency,agg-latency", "--reps", "1", "--iters", str(iters)]
+    run_ok(
+        [sys.executable, "-m", "conveyor", "bench", "--quick", *argv, "--json", str(out_json)],
+        cwd=tmp_path,
+    )
+    meta = json.loads(out_json.read_text())["runs"][0]["meta"]
+    stats, receiver = meta["messenger_stats_rank0"], meta["messenger_stats_rank1"]
+    assert list(stats) == list(receiver) == ["bw", "latency", "agg-latency"]
+    # Rank 0's messages per ping-pong run: warm-up and timed. A Messenger
+    # shared by the benchmarks would count those of the others too.
+    per_run = max(1, iters // 10) + iters
+    assert set(stats["latency"]) == {"aggregate"}
+    assert stats["latency"]["aggregate"]["messages_sent"] == 2 * per_run  # array and int
+    assert set(stats["agg-latency"]) == {"aggregate", "no_aggregate"}
+    for messenger in stats["agg-latency"].values():
+        assert messenger["messages_sent"] == per_run
+    # Rank 1 keeps freed 1 MiB receive buffers of bw for reuse (process-wide);
+    # the next benchmark starts without them.
+    assert receiver["bw"]["aggregate"]["buffer_cache_bytes"] >= 1 << 20
+    assert receiver["latency"]["aggregate"]["buffer_cache_bytes"] == 0
 
 
 def test_plot_writes_a_png(tmp_path):
@@ -279,6 +333,51 @@ def latency_run(int_conveyor, array_conveyor=1.0):
             bench_row("latency", "8 B int", "µs", 1.0, int_conveyor, ("<=", 2.0)),
         ]
     )
+
+
+def machine_reads(monkeypatch, busy_ticks):
+    """Make the machine's readings say it kept `busy_ticks` of every 200 ticks busy, on 2 CPUs."""
+    counter = itertools.count()
+    monkeypatch.setattr(machine, "cpu_count", lambda: 2)
+    monkeypatch.setattr(
+        machine, "machine_ticks", lambda: (lambda n: (busy_ticks * n, 200 * n))(next(counter))
+    )
+
+
+@pytest.mark.parametrize("busy", [False, True])
+def test_a_busy_machine_is_warned_of_under_the_table_in_the_json_and_the_markdown(
+    tmp_path, monkeypatch, capfd, busy
+):
+    # Other work keeps 1.8 of 2 CPUs busy before each run (and, the fake
+    # ranks taking next to nothing, during it), or none.
+    machine_reads(monkeypatch, 180 if busy else 0)
+    fake = fake_mpiexec(tmp_path, [latency_run(1.5), latency_run(1.5)])
+    out_json, table = tmp_path / "bench.json", tmp_path / "bench.md"
+    argv = ["bench", "--which", "latency", "--runs", "2", "--mpiexec", str(fake)]
+    assert main(argv + ["--json", str(out_json), "--markdown", str(table)]) == 0
+    out, _ = capfd.readouterr()
+    lines = out.splitlines()
+    # Each run's load follows its table (the fake's output), the runs' the summary.
+    for number in (1, 2):
+        at = lines.index(f"fake run {number}")
+        assert lines[at + 1].startswith("machine load (2 CPUs): other work kept ")
+        if busy:
+            assert lines[at + 2].startswith("WARNING: busy machine: other work kept up to 1.80")
+    at = next(i for i, line in enumerate(lines) if line.startswith("machine load over 2 runs"))
+    assert lines.index("medians of 2 runs; range = lowest and highest ratio of a run") < at
+    data = json.loads(out_json.read_text())
+    assert [run["meta"]["load"]["busy"] for run in data["runs"]] == [busy, busy]
+    assert data["meta"]["load"]["busy_runs"] == ([1, 2] if busy else [])
+    warning = data["meta"]["load"]["warning"]
+    text = table.read_text()
+    if busy:
+        assert warning.startswith("WARNING: busy machine in runs 1, 2 of 2: ")
+        assert lines[at + 1] == warning
+        assert "\n\n**WARNING: busy machine in runs 1, 2 of 2**: other work kept up to 1.80" in text
+    else:
+        assert warning is None
+        assert "WARNING" not in out and "WARNING" not in text
+        assert "Other work kept at most 0.00 CPUs busy before a run" in text
 
 
 @pytest.mark.parametrize("quick", [False, True])
@@ -418,6 +517,173 @@ def test_rewriting_a_readme_without_the_markers_fails(tmp_path):
     with pytest.raises(ValueError, match="has no"):
         runner.rewrite_readme(readme, "| table |\n")
     assert readme.read_text() == f"# Project\n\n{runner.BEGIN}\n"
+
+
+# The key rows of a history row, with the ratios of `full_run` (conveyor / baseline).
+KEY_RATIOS = {
+    ("latency", "8 B array"): ("µs", 1.77),
+    ("latency", "8 B int"): ("µs", 1.62),
+    ("oneway", "8 B array"): ("µs", 1.34),
+    ("oneway", "8 B int"): ("µs", 1.18),
+    ("bw", "1 MiB"): ("MB/s", 0.84),
+    ("bw", "16 MiB"): ("MB/s", 0.812),
+    ("bw", "64 MiB"): ("MB/s", 0.7),
+    ("bw", "256 MiB"): ("MB/s", 0.66),
+    ("rate", "8 B int"): ("msgs/s", 5.42),
+    ("batch", "1M items"): ("items/s", 0.49),
+}
+EXPECTED_RATIOS = "| 1.77× | 1.18× | 0.84× | 0.81× | 0.70× | 0.66× | 5.42× | 0.49× |"
+
+
+def full_run(skip=()):
+    """A run's JSON with the rows of `KEY_RATIOS` (but those of `skip`), baselines of 10."""
+    return bench_run(
+        [
+            bench_row(benchmark, label, unit, 10.0, 10.0 * ratio)
+            for (benchmark, label), (unit, ratio) in KEY_RATIOS.items()
+            if (benchmark, label) not in skip
+        ]
+    )
+
+
+def history_readme(runner, tmp_path, monkeypatch):
+    """A README with an empty History table, which the runner appends to."""
+    readme = tmp_path / "README.md"
+    table = f"{runner.HISTORY_BEGIN}\n\n{runner.HISTORY_HEADER}\n{runner.HISTORY_END}"
+    readme.write_text(f"# Benchmarks\n\n## History\n\nProse.\n\n{table}\n\n## Next\n")
+    monkeypatch.setattr(runner, "HISTORY", readme)
+    return readme
+
+
+def results_file(tmp_path, runs, name="results.json", **meta):
+    """The JSON of `runs` (``conveyor bench --json``) with `meta` added, in `tmp_path`."""
+    document = summary.combine(runs)
+    document["meta"].update(meta)
+    path = tmp_path / name
+    path.write_text(json.dumps(document))
+    return path
+
+
+def test_a_history_row_holds_the_key_ratios_of_the_json_under_the_header(
+    tmp_path, monkeypatch, capsys
+):
+    runner = load_bench_runner()
+    readme = history_readme(runner, tmp_path, monkeypatch)
+    before = readme.read_text()
+    runs = [full_run(), full_run()]
+    for run, during in zip(runs, (0.02, 0.05)):
+        run["meta"]["load"] = machine.record(2, [0.1] * 3, [1.9] * 3, 0.01, during, 1.9)
+    first = results_file(tmp_path, runs, commit="abc1234", cpu_model="Test CPU 9000")
+    assert runner.main(["--history-from", str(first)]) == 0
+    row = (
+        "| 2026-12-04 | `abc1234` | Test CPU 9000, 2 CPUs | 2 "
+        f"{EXPECTED_RATIOS} quiet: others ≤ 0.05 CPUs |"
+    )
+    assert f"{row}\n" in capsys.readouterr().out
+    header_end = before.index(runner.HISTORY_END)
+    assert readme.read_text() == f"{before[:header_end].rstrip()}\n{row}\n\n{before[header_end:]}"
+    # A later row goes under it; a busy run is named.
+    runs = [full_run(), full_run(), full_run()]
+    for run, during in zip(runs, (0.02, 0.85, 0.05)):
+        run["meta"]["load"] = machine.record(2, [0.1] * 3, [1.9] * 3, 0.01, during, 1.9)
+    second = results_file(tmp_path, runs, "second.json", cpu_model="Test CPU 9000")
+    assert runner.main(["--history-from", str(second), "--commit", "def5678"]) == 0
+    lines = readme.read_text().splitlines()
+    at = lines.index(runner.HISTORY_HEADER.splitlines()[1])
+    assert lines[at + 1] == row
+    assert lines[at + 2].startswith("| 2026-12-04 | `def5678` | Test CPU 9000, 2 CPUs | 3 |")
+    assert lines[at + 2].endswith("| **busy**: run 2 of 3 |")
+    assert lines[at + 3 :] == ["", runner.HISTORY_END, "", "## Next"]
+
+
+@pytest.mark.parametrize(
+    "skip, message",
+    [
+        # --quick: bandwidth up to 1 MiB.
+        (
+            {("bw", "16 MiB"), ("bw", "64 MiB"), ("bw", "256 MiB")},
+            "bw 16 MiB, bw 64 MiB, bw 256 MiB",
+        ),
+        ({("batch", "1M items")}, "batch 1M items"),
+    ],
+)
+def test_a_json_without_the_key_rows_is_refused(tmp_path, monkeypatch, capsys, skip, message):
+    runner = load_bench_runner()
+    readme = history_readme(runner, tmp_path, monkeypatch)
+    before = readme.read_text()
+    results = results_file(tmp_path, [full_run(skip)], commit="abc1234")
+    assert runner.main(["--history-from", str(results)]) == 1
+    err = capsys.readouterr().err
+    assert f"no history row from {results}: the results hold no {message}: " in err
+    assert "a history row needs a full run" in err
+    assert readme.read_text() == before
+
+
+def test_a_json_without_a_commit_needs_one_named(tmp_path, monkeypatch, capsys):
+    runner = load_bench_runner()
+    readme = history_readme(runner, tmp_path, monkeypatch)
+    results = results_file(tmp_path, [full_run()])  # before the commit was recorded
+    assert runner.main(["--history-from", str(results)]) == 1
+    assert "the results record no commit: name the one measured (--commit REV)" in (
+        capsys.readouterr().err
+    )
+    assert runner.main(["--history-from", str(results), "--commit", "0123abc"]) == 0
+    # Nor a load or CPU recorded: said so (the CPU is this machine's if it ran here).
+    (row,) = [line for line in readme.read_text().splitlines() if "`0123abc`" in line]
+    assert row.endswith(f"{EXPECTED_RATIOS} not recorded |")
+    assert "| CPU not recorded, 2 CPUs |" in row  # the JSON's host is not this one
+
+
+def test_a_readme_without_the_history_table_is_refused(tmp_path):
+    runner = load_bench_runner()
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Benchmarks\n\n{runner.HISTORY_BEGIN}\n\n{runner.HISTORY_END}\n")
+    with pytest.raises(ValueError, match="has no history table"):
+        runner.append_history(readme, "| row |")
+
+
+def test_the_benchmarks_readme_has_the_history_table(tmp_path):
+    runner = load_bench_runner()
+    readme = tmp_path / "README.md"
+    before = (ROOT / "bench" / "README.md").read_text()
+    readme.write_text(before)
+    runner.append_history(readme, "| a row |")
+    text = readme.read_text()
+    at = text.index("| a row |\n")
+    assert text.index(runner.HISTORY_HEADER) < at < text.index(runner.HISTORY_END)
+    assert text.replace("| a row |\n", "", 1) == before
+
+
+def test_make_figures_records_the_commit_and_appends_the_history_row(tmp_path, monkeypatch, capfd):
+    runner = load_bench_runner()
+    readme = history_readme(runner, tmp_path, monkeypatch)
+    monkeypatch.setattr(runner, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(runner, "README", tmp_path / "unused.md")
+    monkeypatch.setattr(runner, "checkout_commit", lambda: "feed123-dirty")
+    fake = fake_mpiexec(tmp_path, [full_run()])
+    assert runner.main(["--history", "--mpiexec", str(fake)]) == 0
+    capfd.readouterr()
+    (results,) = (tmp_path / "results").glob("osu-*.json")
+    assert json.loads(results.read_text())["meta"]["commit"] == "feed123-dirty"
+    (row,) = [line for line in readme.read_text().splitlines() if "`feed123-dirty`" in line]
+    assert EXPECTED_RATIOS in row
+
+
+def test_the_commit_is_the_checkouts_and_says_when_tracked_files_changed(tmp_path):
+    runner = load_bench_runner()
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@example.org"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (tmp_path / "tracked").write_text("1")
+    subprocess.run([*git, "add", "tracked"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "one"], check=True)
+    head = subprocess.run(
+        [*git, "rev-parse", "--short=7", "HEAD"], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    (tmp_path / "untracked").write_text("")
+    assert runner.checkout_commit(tmp_path) == head
+    (tmp_path / "tracked").write_text("2")
+    assert runner.checkout_commit(tmp_path) == f"{head}-dirty"
+    assert runner.checkout_commit(tmp_path / "nowhere") is None
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ Everything here works on given run results: no MPI, no timing.
 
 import pytest
 
-from conveyor._bench import summary
+from conveyor._bench import machine, summary
 
 from _helpers import bench_row, bench_run
 
@@ -117,6 +117,52 @@ def test_the_markdown_table_is_the_readmes():
         "| 64 KiB | 8,000 MB/s | 7,200 MB/s | 0.90× (0.85–0.95) | – |\n"
         "| same | 1 MiB | 12,990 MB/s | 11,500 MB/s | **0.89×** (0.85–0.96) | ≥ 0.9× **FAIL** |\n"
     )
+
+
+def with_loads(runs, others_during):
+    """`runs` with a load recorded in each: other work `others_during` each run, none before."""
+    for run, during in zip(runs, others_during):
+        run["meta"]["load"] = machine.record(2, [0.3, 0.2, 0.1], [1.9, 0.6, 0.2], 0.01, during, 1.9)
+    return runs
+
+
+def test_combine_summarizes_the_load_of_the_runs():
+    runs = with_loads(three_runs(), [0.05, 0.85, 0.1])
+    document = summary.combine(runs)
+    load = document["meta"]["load"]
+    assert load == machine.combine([run["meta"]["load"] for run in runs])
+    assert load["busy_runs"] == [2]
+    assert load["warning"].startswith("WARNING: busy machine in run 2 of 3: ")
+    assert [run["meta"]["load"]["busy"] for run in document["runs"]] == [False, True, False]
+    # Runs recorded before the load was have none to summarize.
+    assert "load" not in summary.combine(three_runs())["meta"]
+
+
+def test_the_markdown_of_a_busy_machine_warns_above_the_table():
+    text = summary.markdown(summary.combine(with_loads(three_runs(), [0.05, 0.85, 0.1])))
+    caption, warning, table = text.split("\n\n")
+    assert caption.endswith(
+        "Other work kept at most 0.01 CPUs busy before a run and 0.85 during one "
+        "(busy above 0.20); 1-minute load average 0.30–1.90, the benchmark's own ranks "
+        "included."
+    )
+    assert warning == (
+        "**WARNING: busy machine in run 2 of 3**: other work kept up to 0.85 CPUs busy, "
+        "more than the 0.20 allowed beside the benchmark's 2 ranks on 2 CPUs; these figures "
+        "are not a quiet machine's"
+    )
+    assert table.startswith(summary.MARKDOWN_HEADER)
+
+
+def test_the_markdown_of_a_quiet_machine_states_its_load_without_warning():
+    text = summary.markdown(summary.combine(with_loads(three_runs()[:1], [0.03])))
+    caption, table = text.split("\n\n")
+    assert caption.endswith(
+        "Other work kept at most 0.01 CPUs busy before the run and 0.03 during it "
+        "(busy above 0.20); 1-minute load average 0.30–1.90, the benchmark's own ranks "
+        "included."
+    )
+    assert "WARNING" not in text
 
 
 def test_the_markdown_of_one_run_has_no_ranges():

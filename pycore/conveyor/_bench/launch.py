@@ -6,7 +6,9 @@ writes the JSON of its run. ``--runs N`` starts N such jobs one after the
 other, so each run is a sample of its own (fresh ranks, fresh caches and
 placement); this process then reads their JSON, takes the medians over the
 runs (`summary`), fails the command if a median missed its target, and
-writes the JSON, the Markdown table and the plot.
+writes the JSON, the Markdown table and the plot. Around each job it reads
+how busy other work kept the machine (`machine`), records that in the
+run's metadata, prints it under the table, and warns when it was too busy.
 """
 
 import json
@@ -17,7 +19,7 @@ import tempfile
 
 from ..cli.arguments import positive_int
 from ..cli.launch import INTERRUPTED, MPIEXEC_HELP, TIMED_OUT, require_mpiexec, run_in_group
-from . import plan, plot, summary
+from . import machine, plan, plot, summary
 
 # The default run takes 1-2 minutes on two cores; anything far beyond is a hang.
 DEFAULT_TIMEOUT = 30 * 60
@@ -99,18 +101,31 @@ def run(parser, args):
             if args.runs > 1:
                 print(f"\nrun {number} of {args.runs}", flush=True)
             json_path = os.path.join(scratch, f"run-{number}.json")
+            watch = machine.Watch()
+            try:
+                watch.start()  # reads the machine for a second: nothing of ours runs yet
+            except KeyboardInterrupt:
+                print("conveyor bench: interrupted", file=sys.stderr)
+                return INTERRUPTED
             status = run_ranks(
                 mpiexec, plan.run_options_argv(args) + ["--json", json_path], args.timeout
             )
             if status != 0:
                 return status
+            load = watch.stop()
             with open(json_path) as f:
-                runs.append(json.load(f))
+                run = json.load(f)
+            run["meta"]["load"] = load
+            runs.append(run)
+            print(machine.describe(load), flush=True)
+            print_warning(machine.combine([load])["warning"])
     document = summary.combine(runs)
     rows = document["results"]
     if args.runs > 1:
         print(f"\nmedians of {args.runs} runs; range = lowest and highest ratio of a run")
-        print("\n".join(summary.table_lines(rows)), flush=True)
+        print("\n".join(summary.table_lines(rows)))
+        print(machine.summary_line(document["meta"]["load"]), flush=True)
+        print_warning(document["meta"]["load"]["warning"])
     if args.json is not None:
         with open(args.json, "w") as f:
             json.dump(document, f, indent=1, ensure_ascii=False)
@@ -128,6 +143,12 @@ def run(parser, args):
         print(f"conveyor bench: {len(missed)} target(s) missed: {names}", file=sys.stderr)
         return 1
     return 0
+
+
+def print_warning(warning):
+    """Print `warning` (a busy machine's) on standard output, under the table; None: nothing."""
+    if warning is not None:
+        print(warning, flush=True)
 
 
 def run_ranks(mpiexec, rank_argv, timeout):

@@ -54,7 +54,9 @@ rate-trace
     costs per message (each send and each delivery is recorded). The
     traces go to a temporary directory, removed afterwards.
 
-Rank 0 prints a table; ``--json`` writes metadata, medians and every sample.
+Each benchmark runs in Messengers of its own, made before it and closed
+after it, so that none inherits the state another left (`run_kind`). Rank 0
+prints a table; ``--json`` writes metadata, medians and every sample.
 """
 
 import argparse
@@ -73,6 +75,7 @@ from mpi4py import MPI
 
 import conveyor as cv
 
+from .._native import core
 from .plan import MiB, add_run_options, format_size, plan_from
 from .runinfo import run_metadata
 from .summary import format_line, format_ratio, format_result, format_target, format_value, meets
@@ -836,37 +839,66 @@ def bench_rate_trace(untraced, comm, report, plan):
     )
 
 
-def run(plan, which, comm, report):
-    """Run the benchmarks named in `which` on both ranks; return rank 0's Messenger stats."""
-    stats = {}
+def run_kind(kind, comm, report, plan):
+    """Run benchmark `kind` in Messengers of its own; return their stats, of each rank.
+
+    The Messengers are made for this benchmark and closed after it, and
+    the cache of receive buffers, which is the process's, starts empty, so
+    it inherits no other benchmark's state (open aggregation batches,
+    cached buffers of other sizes, statistics): what ``--which`` runs
+    before it changes only what MPI and the Python process keep.
+
+    Returns
+    -------
+    list of dict or None
+        On rank 0, ``[rank 0's, rank 1's]``, each ``{"aggregate": stats}``
+        plus ``"no_aggregate"`` for ``agg-latency``; None on rank 1.
+    """
+    # Freed receive buffers of 1 MiB and more are kept for the process, not
+    # for a Messenger: drop them (the next Messenger sets the limit again).
+    core.engine.set_buffer_cache_limit(0)
     with contextlib.ExitStack() as messengers:
         aggregated = Peer(messengers.enter_context(cv.Messenger(aggregate=True)))
         plain = None
-        if "agg-latency" in which:
+        if kind == "agg-latency":
             plain = Peer(messengers.enter_context(cv.Messenger(aggregate=False)))
-        report.header()
-        for number, kind in enumerate(which, 1):
-            report.progress(f"[{number}/{len(which)}] {kind}")
-            if kind in ("latency", "oneway"):
-                bench_latency(kind, aggregated, comm, report, plan)
-            elif kind == "bw":
-                bench_bw(aggregated, comm, report, plan)
-            elif kind == "rate":
-                bench_rate(aggregated, comm, report, plan)
-            elif kind == "batch":
-                bench_batch(aggregated, comm, report, plan)
-            elif kind == "agg-latency":
-                bench_agg_latency(aggregated, plain, comm, report, plan)
-            elif kind == "served":
-                bench_served(aggregated, comm, report, plan)
-            elif kind == "executor":
-                bench_executor(aggregated, comm, report, plan)
-            elif kind == "rate-trace":
-                bench_rate_trace(aggregated, comm, report, plan)
-        for name, peer in (("aggregate", aggregated), ("no_aggregate", plain)):
-            if peer is not None:
-                stats[name] = peer.m.stats()
-    return stats
+        if kind in ("latency", "oneway"):
+            bench_latency(kind, aggregated, comm, report, plan)
+        elif kind == "bw":
+            bench_bw(aggregated, comm, report, plan)
+        elif kind == "rate":
+            bench_rate(aggregated, comm, report, plan)
+        elif kind == "batch":
+            bench_batch(aggregated, comm, report, plan)
+        elif kind == "agg-latency":
+            bench_agg_latency(aggregated, plain, comm, report, plan)
+        elif kind == "served":
+            bench_served(aggregated, comm, report, plan)
+        elif kind == "executor":
+            bench_executor(aggregated, comm, report, plan)
+        elif kind == "rate-trace":
+            bench_rate_trace(aggregated, comm, report, plan)
+        stats = {"aggregate": aggregated.m.stats()}
+        if plain is not None:
+            stats["no_aggregate"] = plain.m.stats()
+    return comm.gather(stats, root=0)
+
+
+def run(plan, which, comm, report):
+    """Run the benchmarks named in `which` on both ranks, each in fresh Messengers (`run_kind`).
+
+    Returns, on rank 0, each rank's Messenger stats per benchmark: a list
+    of ``{kind: {"aggregate": ..., "no_aggregate": ...}}`` (the second for
+    ``agg-latency`` only), rank 0's then rank 1's; None on rank 1.
+    """
+    report.header()
+    stats = {}
+    for number, kind in enumerate(which, 1):
+        report.progress(f"[{number}/{len(which)}] {kind}")
+        stats[kind] = run_kind(kind, comm, report, plan)
+    if comm.rank != 0:
+        return None
+    return [{kind: ranks[rank] for kind, ranks in stats.items()} for rank in (0, 1)]
 
 
 def main(argv=None):
@@ -909,7 +941,8 @@ def main(argv=None):
                 plan=dataclasses.asdict(plan),
                 which=args.which,
                 wall_seconds=wall,
-                messenger_stats_rank0=stats,
+                messenger_stats_rank0=stats[0],
+                messenger_stats_rank1=stats[1],
             )
             with open(args.json, "w") as f:
                 json.dump({"meta": meta, "results": report.rows}, f, indent=1, ensure_ascii=False)

@@ -11,6 +11,8 @@ from mpi4py import MPI
 
 import conveyor as cv
 
+from .machine import cpu_model
+
 
 def run_metadata(**settings):
     """Return the run's command, machine, versions and CONVEYOR_* settings, plus `settings`."""
@@ -20,6 +22,7 @@ def run_metadata(**settings):
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "host": platform.node(),
         "cpus": os.cpu_count(),
+        "cpu_model": cpu_model(),
         "python": platform.python_version(),
         "numpy": np.__version__,
         "mpi4py": mpi4py.__version__,

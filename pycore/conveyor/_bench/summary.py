@@ -14,6 +14,8 @@ import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from . import machine
+
 Row = dict[str, Any]
 Document = dict[str, Any]
 
@@ -48,7 +50,14 @@ IDENTITY = (
     "target",
 )
 # Fields of a run's meta that describe that run alone, left out of the summary's.
-PER_RUN_META = ("argv", "time", "wall_seconds", "messenger_stats_rank0")
+PER_RUN_META = (
+    "argv",
+    "time",
+    "wall_seconds",
+    "messenger_stats_rank0",
+    "messenger_stats_rank1",
+    "load",
+)
 
 # The console table of several runs (`table_lines`): one run's (osu's Report)
 # without the range.
@@ -160,7 +169,9 @@ def combine(runs: Sequence[Document]) -> Document:
     ``results`` is `summarize` of the runs' rows; ``runs`` holds each run's
     own document, every sample included; ``meta`` is the first run's,
     without what belongs to one run, plus ``runs`` (their number), the
-    start of the first and the wall time of all.
+    start of the first and the wall time of all, and ``load``, the
+    machine's load over the runs (`machine.combine`), when every run
+    recorded its own.
     """
     meta = {k: v for k, v in runs[0]["meta"].items() if k not in PER_RUN_META}
     meta.update(
@@ -168,6 +179,8 @@ def combine(runs: Sequence[Document]) -> Document:
         time=runs[0]["meta"]["time"],
         wall_seconds=sum(run["meta"]["wall_seconds"] for run in runs),
     )
+    if all("load" in run["meta"] for run in runs):
+        meta["load"] = machine.combine([run["meta"]["load"] for run in runs])
     return {
         "meta": meta,
         "results": summarize([run["results"] for run in runs]),
@@ -225,7 +238,8 @@ def markdown(document: Document) -> str:
     table: one line per row, in the order of `DESCRIPTIONS`, each side's
     median, the median ratio with its range over the runs, and the target;
     the ratio of a row with a target is bold, and a missed target says
-    **FAIL**.
+    **FAIL**. The caption says how busy other work kept the machine; if a
+    run counted as busy, a bold WARNING follows it.
     """
     meta, rows = document["meta"], document["results"]
     order = {benchmark: i for i, benchmark in enumerate(DESCRIPTIONS)}
@@ -239,12 +253,17 @@ def markdown(document: Document) -> str:
     else:
         what = f"One run of `conveyor bench`, medians of {repetitions}"
         spread = ""
-    machine = (
+    setup = (
         f"{meta['cpus']} CPUs ({meta['host']}), {_mpi_name(meta['mpi'])}, "
         f"Python {meta['python']}, mpi4py {meta['mpi4py']}, numpy {meta['numpy']}, "
         f"conveyor {meta['conveyor']}, {meta['time'][:10]}"
     )
-    caption = f"{what}; {machine}. A ratio is conveyor / mpi4py within one run{spread}."
+    caption = f"{what}; {setup}. A ratio is conveyor / mpi4py within one run{spread}."
+    load = meta.get("load")
+    if load is not None:  # not in the JSON of a run before the load was recorded
+        caption += f" {machine.markdown_sentence(load)}"
+        if load["warning"] is not None:
+            caption += f"\n\n{machine.markdown_warning(load['warning'])}"
     lines = []
     previous = None
     for row in rows:
