@@ -77,7 +77,10 @@ class Sender(core.engine.SenderBase):
             raise TypeError(f"dests must be a 1-D integer array, not {dests.ndim}-D {dests.dtype}")
         if not isinstance(items, np.ndarray):
             raise TypeError(f"items must be a numpy array, not {type(items).__name__}")
-        routed, offsets = core.routing.route(dests, items, self._size)
+        routed, offsets, only = core.routing.route(dests, items, self._size)
+        if only >= 0:
+            self.send(only, routed)
+            return
         for rank in range(self._size):
             lo, hi = int(offsets[rank]), int(offsets[rank + 1])
             if hi > lo:

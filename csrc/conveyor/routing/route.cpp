@@ -49,8 +49,7 @@ void scatter(const Dest* dests, std::size_t n, const std::uint8_t* rows, std::si
 }  // namespace
 
 template <class Dest>
-int route_rows(const Dest* dests, std::size_t n, const std::uint8_t* rows, std::size_t row_bytes,
-               int nranks, std::uint8_t* out, std::uint64_t* offsets) {
+int count_rows(const Dest* dests, std::size_t n, int nranks, std::uint64_t* offsets) {
     const auto ranks = static_cast<std::size_t>(nranks);
     auto check = [&](std::size_t i) {
         auto d = dests[i];
@@ -62,7 +61,7 @@ int route_rows(const Dest* dests, std::size_t n, const std::uint8_t* rows, std::
                              std::to_string(nranks - 1));
         return static_cast<std::size_t>(d);
     };
-    std::vector<std::uint64_t> next(ranks + 1, 0);
+    std::fill(offsets, offsets + ranks + 1, 0);
     // A batch to one rank, the common case, is found by an OR of the
     // differences from the first row, which the compiler vectorizes (a
     // 64-bit compare is not in the baseline instruction set): no tally then.
@@ -72,8 +71,7 @@ int route_rows(const Dest* dests, std::size_t n, const std::uint8_t* rows, std::
         differ |= static_cast<Bits>(static_cast<Bits>(dests[i]) ^ static_cast<Bits>(dests[0]));
     if (n != 0 && differ == 0) {
         auto only = check(0);
-        std::fill(next.begin() + static_cast<std::ptrdiff_t>(only) + 1, next.end(), n);
-        std::memcpy(offsets, next.data(), next.size() * sizeof(std::uint64_t));
+        std::fill(offsets + only + 1, offsets + ranks + 1, n);
         return static_cast<int>(only);
     }
     // Four tallies, so that rows to one rank in a row do not each wait for
@@ -84,16 +82,22 @@ int route_rows(const Dest* dests, std::size_t n, const std::uint8_t* rows, std::
         for (std::size_t k = 0; k < 4; ++k) tally[k * ranks + check(i + k)] += 1;
     for (; i < n; ++i) tally[check(i)] += 1;
     for (std::size_t r = 0; r < ranks; ++r)
-        next[r + 1] =
-            next[r] + tally[r] + tally[ranks + r] + tally[2 * ranks + r] + tally[3 * ranks + r];
-    std::memcpy(offsets, next.data(), next.size() * sizeof(std::uint64_t));
-    scatter(dests, n, rows, row_bytes, out, next);
+        offsets[r + 1] =
+            offsets[r] + tally[r] + tally[ranks + r] + tally[2 * ranks + r] + tally[3 * ranks + r];
     return -1;
 }
 
-#define CONVEYOR_ROUTE_ROWS(Dest)                                                                  \
-    template int route_rows<Dest>(const Dest*, std::size_t, const std::uint8_t*, std::size_t, int, \
-                                  std::uint8_t*, std::uint64_t*);
+template <class Dest>
+void group_rows(const Dest* dests, std::size_t n, const std::uint8_t* rows, std::size_t row_bytes,
+                const std::uint64_t* offsets, int nranks, std::uint8_t* out) {
+    std::vector<std::uint64_t> next(offsets, offsets + nranks + 1);
+    scatter(dests, n, rows, row_bytes, out, next);
+}
+
+#define CONVEYOR_ROUTE_ROWS(Dest)                                                              \
+    template int count_rows<Dest>(const Dest*, std::size_t, int, std::uint64_t*);              \
+    template void group_rows<Dest>(const Dest*, std::size_t, const std::uint8_t*, std::size_t, \
+                                   const std::uint64_t*, int, std::uint8_t*);
 CONVEYOR_ROUTE_ROWS(std::int8_t)
 CONVEYOR_ROUTE_ROWS(std::uint8_t)
 CONVEYOR_ROUTE_ROWS(std::int16_t)
