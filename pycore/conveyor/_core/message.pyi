@@ -16,6 +16,7 @@ KIND_REPLY: Final = 3
 KIND_ERROR: Final = 4
 #: Frame kind: one answer to the requester's stream ``ref``, with more to come.
 KIND_ANSWER: Final = 7
+FRAME_VERSION: Final[int]
 
 @disjoint_base
 class MessageBase:
