@@ -47,7 +47,7 @@ from ._sender import Sender
 from ._service import Service
 from ._store import ItemService, Store, Transfer
 from ._table import TableService
-from ._tags import CHUNK_STATES, ITEM_FETCH, ITEM_ORDER
+from ._tags import CHUNK_STATES, ITEM_ORDER
 from ._trace import TracedTransport, Tracer
 from ._transport import Transport
 
@@ -216,7 +216,7 @@ class Messenger:
         self._senders: dict[str, Sender] = {}  # tag -> Sender, behind send(rank, tag, payload)
         # The services built on messages, each behind reserved receivers.
         self.store = Store(index=self._host_index)
-        ItemService(self, receivers, requests)
+        self._items = ItemService(self, receivers, requests)
         self._tables = TableService(self, receivers, requests)
         self._collectives = Collectives(self.rank, self.size, receivers, requests)
         self._executor_service = ExecutorService(
@@ -698,7 +698,11 @@ class Messenger:
         """Return a `Future` for a copy of item ``name`` of rank ``rank``'s store.
 
         It fails with a `RemoteError` that is also a ``KeyError`` if that
-        store has no such item.
+        store has no such item. A shared item (``store.put(..., shared=True)``)
+        arrives as a read-only view: mapped where it lies from a rank of this
+        host; from another host by its digest first, mapped if a rank of this
+        host holds the bytes, else received and shared on this host while the
+        array lives (see :ref:`shared-items`).
 
         Parameters
         ----------
@@ -718,7 +722,7 @@ class Messenger:
             If ``rank`` is not a rank of the job, or ``name`` is empty.
         """
         rank = check_rank(rank, self.size, "destination rank")
-        return self._requests.request(rank, ITEM_FETCH, check_name(name))
+        return self._items.fetch(rank, check_name(name))
 
     def order(self, rank: int, order: Transfer) -> Future[dict[str, Any]]:
         """Order rank ``rank`` to carry out ``order`` (a `Transfer`, `Copy` or `Move`).

@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections.abc
 import operator
 import os
+import weakref
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, SupportsIndex
 
@@ -22,7 +23,14 @@ from ._checks import check_name, check_rank, check_user_tag
 from ._config import env_number
 from ._errors import RemoteError, StoreFullError
 from ._future import Future
-from ._shared import HostIndex, Segment, SharedView, content_array, share
+from ._shared import (
+    HostIndex,
+    Segment,
+    SharedView,
+    UnknownContentError,
+    content_array,
+    share,
+)
 from ._tags import ITEM_FETCH, ITEM_ORDER, ITEM_PUT
 
 if TYPE_CHECKING:
@@ -328,14 +336,68 @@ class ItemService:
         receivers.add(ITEM_PUT, self._put)
         receivers.add(ITEM_ORDER, self._order)
 
+    def fetch(self, rank: int, name: str) -> Future[Any]:
+        """`Messenger.fetch`: from another host, a shared item by its digest first.
+
+        What arrives from another host's shared item is shared on this
+        host for as long as its array lives, so that another rank of this
+        host fetching it maps it rather than receives it again (and this
+        rank too, fetching it again).
+        """
+        if rank in self._m.host_ranks:
+            return self._requests.request(rank, ITEM_FETCH, name)
+        index = self._m._host_index
+        answer: Future[Any] = Future(self._requests, rank, 0)
+
+        # Each step resolves the answer, whatever goes wrong: it never stays pending.
+        def offered(future: Future[Any]) -> None:
+            error = future.exception()
+            if error is not None:
+                return answer._resolve(None, error)
+            try:
+                how, what = future.result()
+                if how == "item":
+                    return answer._resolve(what, None)
+                try:
+                    return answer._resolve(_held(*content_array(what, index)), None)
+                except UnknownContentError:  # not on this host yet: its bytes, once
+                    pass
+            except Exception as exc:
+                return answer._resolve(None, exc)
+            self._requests.request(rank, ITEM_FETCH, (name, "whole")).add_done_callback(received)
+
+        def received(future: Future[Any]) -> None:
+            error = future.exception()
+            value = None
+            if error is None:
+                try:
+                    item = future.result()
+                    value = _held(share(item, index), item.dtype, item.shape)
+                except Exception as exc:
+                    error = exc
+            answer._resolve(value, error)
+
+        self._requests.request(rank, ITEM_FETCH, (name, "digest")).add_done_callback(offered)
+        return answer
+
     def _fetch(self, msg: Message) -> Any:
+        # name: a fetch from a rank of this host (a shared item goes as a
+        # view); (name, "digest"): from another host, answered ("digest",
+        # its content) for a shared item, else ("item", the item); (name,
+        # "whole"): the item itself.
         m = self._m
+        name, how = (msg.payload, None) if isinstance(msg.payload, str) else msg.payload
         try:
-            item = m.store[msg.payload]
+            item = m.store[name]
         except KeyError as exc:
             msg.fail(exc.with_traceback(None))  # without a traceback: nothing went wrong here
             return None
-        return self._carried(msg.payload, item, msg.source)
+        if how == "digest":
+            segment = m.store.segment(name)
+            return ("item", item) if segment is None else ("digest", _content(segment, item))
+        if how == "whole":
+            return item
+        return self._carried(name, item, msg.source)
 
     def _carried(self, name: str, item: Any, rank: int) -> Any:
         # What item `name` travels to `rank` as: a shared item goes to a
@@ -387,8 +449,9 @@ class ItemService:
             return self._requests.request(
                 rank, ITEM_PUT, (as_name, self._carried(name, item, rank))
             )
-        content = (segment.key, segment.nbytes, item.dtype.str, list(item.shape))
-        offered = self._requests.request(rank, ITEM_PUT, (as_name, content, "digest"))
+        offered = self._requests.request(
+            rank, ITEM_PUT, (as_name, _content(segment, item), "digest")
+        )
         answer: Future[Any] = Future(self._requests, rank, 0)
 
         def offered_done(future: Future[Any]) -> None:
@@ -429,3 +492,25 @@ class ItemService:
             msg.fail(exc)
             return
         msg.reply({"name": order["as"], "to": order["to"], "bytes": acks[0].result()})
+
+
+def _content(segment: Segment, item: np.ndarray) -> tuple[bytes, int, str, list[int]]:
+    """A shared item as another host is offered it: (digest, nbytes, dtype, shape)."""
+    return (segment.key, segment.nbytes, item.dtype.str, list(item.shape))
+
+
+def _held(segment: Segment, dtype: np.dtype[Any], shape: tuple[int, ...]) -> np.ndarray:
+    """A read-only array over `segment` that holds it (and its record in the
+    host index) for as long as the array, or any view of it, lives."""
+    array = segment.array(dtype, shape)
+    # Views of it (and it) refer to the array over the mapping itself, not
+    # to each other: numpy collapses a view's base to that one.
+    root = array
+    while isinstance(root.base, np.ndarray):
+        root = root.base
+    weakref.finalize(root, _hold, segment)
+    return array
+
+
+def _hold(segment: Segment) -> None:
+    """Nothing: weakref.finalize keeps its arguments alive until it runs."""

@@ -163,6 +163,49 @@ def test_digest_transfers(mpirun):
     mpirun(4, case_digest_transfers, env={"CONVEYOR_HOSTS": "2"})
 
 
+def case_fetches_across_hosts():
+    # Hosts {0, 1} and {2, 3}: rank 2 fetches rank 0's shared item (whole:
+    # its host lacks it), then rank 3 (its digest alone: rank 2 holds it
+    # while its array lives), then rank 2 again; rank 1 maps it (one host).
+    # A plain item still arrives whole, as a private copy.
+    with cv.Messenger() as m:
+        a = np.arange(N, dtype=np.float64)
+        if m.rank == 0:
+            m.store.put("item", a, shared=True)
+            m.store.put("plain", a * 2)
+        m.barrier()
+        held = None
+        for turn in (2, 3, 2, 1):
+            if m.rank == turn:
+                before = m.stats()["bytes_zero_copy_received"]
+                got = m.fetch(0, "item").result(timeout=30)
+                received = m.stats()["bytes_zero_copy_received"] - before
+                assert np.array_equal(got, a) and not got.flags.writeable
+                if turn == 2 and held is None:
+                    assert received == a.nbytes
+                    held = got[10:]  # a view holds what arrived, as the array does
+                    del got
+                else:
+                    assert received == 0, (turn, received)
+                    del got
+            m.barrier()
+        if m.rank == 2:
+            plain = m.fetch(0, "plain").result(timeout=30)
+            assert np.array_equal(plain, a * 2) and plain.flags.writeable
+            with pytest.raises(cv.RemoteError, match="absent"):
+                m.fetch(0, "absent").result(timeout=30)
+            # What arrived lies in this host's shared files while a view of it lives.
+            key = _shared.digest(a)
+            assert index_records(m, key), "not shared on rank 2's host"
+            del held
+            assert not [r for r in index_records(m, key) if r[1] == os.getpid()]
+        m.wait_quiet()
+
+
+def test_fetches_across_hosts(mpirun):
+    mpirun(4, case_fetches_across_hosts, env={"CONVEYOR_HOSTS": "2"})
+
+
 def case_forged_digests():
     # Puts that name content by digest alone, which rank 0's host does not
     # hold or which do not add up: each fails with a clear error, and the
