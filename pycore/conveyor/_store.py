@@ -397,16 +397,10 @@ class ItemService:
             return ("item", item) if segment is None else ("digest", _content(segment, item))
         if how == "whole":
             return item
-        return self._carried(name, item, msg.source)
-
-    def _carried(self, name: str, item: Any, rank: int) -> Any:
-        # What item `name` travels to `rank` as: a shared item goes to a
-        # rank of this host as a view, mapped where it arrives (no byte
-        # travels), else whole.
-        view = self._m.store._view(name)
-        if view is not None and rank in self._m.host_ranks:
-            return view
-        return item
+        # A shared item goes to a rank of this host as a view, mapped where
+        # it arrives: no byte travels.
+        view = m.store._view(name)
+        return view if view is not None and msg.source in m.host_ranks else item
 
     def _put(self, msg: Message) -> int:
         # (name, item): a plain item; (name, array, "shared"): a shared item
@@ -442,13 +436,12 @@ class ItemService:
             future.add_done_callback(acked)
 
     def _send_put(self, as_name: str, name: str, item: Any, rank: int) -> Future[Any]:
-        # A shared item goes to a rank of this host as a view, to another
-        # host by its digest first: sent whole only if that host lacks it.
+        # A shared item goes by its digest first, and whole only if the
+        # destination's host lacks it: a rank of this host maps this file,
+        # and stores the item shared too.
         segment = self._m.store.segment(name)
-        if segment is None or rank in self._m.host_ranks:
-            return self._requests.request(
-                rank, ITEM_PUT, (as_name, self._carried(name, item, rank))
-            )
+        if segment is None:
+            return self._requests.request(rank, ITEM_PUT, (as_name, item))
         offered = self._requests.request(
             rank, ITEM_PUT, (as_name, _content(segment, item), "digest")
         )

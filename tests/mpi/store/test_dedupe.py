@@ -133,7 +133,8 @@ def test_collisions(mpirun):
 def case_digest_transfers():
     # Hosts {0, 1} and {2, 3}: rank 0 copies its item to rank 2 (whole),
     # then to rank 3 (its digest alone: rank 2 holds the bytes on that
-    # host), then to rank 1 (its own host: a view).
+    # host), then to rank 1 (its own host: its digest, and rank 1 maps rank
+    # 0's file, storing the item shared too).
     with cv.Messenger() as m:
         a = np.arange(N, dtype=np.float64)
         assert m.hosts == ((0, 1), (2, 3))
@@ -152,10 +153,8 @@ def case_digest_transfers():
         if m.rank != 0:
             item = m.store["item"]
             assert np.array_equal(item, a) and not item.flags.writeable
-        files = world().allgather(
-            os.fstat(m.store.segment("item").fd).st_ino if m.rank != 1 else None
-        )
-        assert files[2] == files[3] and files[0] != files[2]
+        files = world().allgather(os.fstat(m.store.segment("item").fd).st_ino)
+        assert files[0] == files[1] and files[2] == files[3] and files[0] != files[2]
         m.wait_quiet()
 
 
