@@ -10,6 +10,7 @@ receivers, so a handler may give orders too.
 from __future__ import annotations
 
 import collections.abc
+import itertools
 import operator
 import os
 import weakref
@@ -31,7 +32,7 @@ from ._shared import (
     content_array,
     share,
 )
-from ._tags import ITEM_FETCH, ITEM_ORDER, ITEM_PUT
+from ._tags import ITEM_FETCH, ITEM_MAPPED, ITEM_ORDER, ITEM_PUT
 
 if TYPE_CHECKING:
     from ._dispatch import Receivers
@@ -332,20 +333,26 @@ class ItemService:
     def __init__(self, messenger: Messenger, receivers: Receivers, requests: Requests) -> None:
         self._m = messenger
         self._requests = requests
+        # The files of shared items lent as views to ranks of this host,
+        # held until the fetcher says it mapped them: deleting the item
+        # meanwhile would close a file that the view names.
+        self._lent: dict[int, Segment] = {}
+        self._leases = itertools.count()
         receivers.add(ITEM_FETCH, self._fetch)
+        receivers.add(ITEM_MAPPED, self._mapped)
         receivers.add(ITEM_PUT, self._put)
         receivers.add(ITEM_ORDER, self._order)
 
     def fetch(self, rank: int, name: str) -> Future[Any]:
-        """`Messenger.fetch`: from another host, a shared item by its digest first.
+        """`Messenger.fetch`: a shared item as a view, by its digest first from another host.
 
-        What arrives from another host's shared item is shared on this
-        host for as long as its array lives, so that another rank of this
-        host fetching it maps it rather than receives it again (and this
-        rank too, fetching it again).
+        From a rank of this host, a shared item's file is mapped, and the
+        holder told so (it holds the file until then). What arrives from
+        another host's shared item is shared on this host for as long as
+        its array lives, so that another rank of this host fetching it maps
+        it rather than receives it again (and this rank too, fetching it
+        again).
         """
-        if rank in self._m.host_ranks:
-            return self._requests.request(rank, ITEM_FETCH, name)
         index = self._m._host_index
         answer: Future[Any] = Future(self._requests, rank, 0)
 
@@ -355,8 +362,10 @@ class ItemService:
             if error is not None:
                 return answer._resolve(None, error)
             try:
-                how, what = future.result()
-                if how == "item":
+                how, what, *lease = future.result()
+                if how == "view":  # mapped as it arrived
+                    self._m._transport.send(rank, ITEM_MAPPED, lease[0])
+                if how in ("view", "item"):
                     return answer._resolve(what, None)
                 try:
                     return answer._resolve(_held(*content_array(what, index)), None)
@@ -377,30 +386,42 @@ class ItemService:
                     error = exc
             answer._resolve(value, error)
 
-        self._requests.request(rank, ITEM_FETCH, (name, "digest")).add_done_callback(offered)
+        how = "view" if rank in self._m.host_ranks else "digest"
+        self._requests.request(rank, ITEM_FETCH, (name, how)).add_done_callback(offered)
         return answer
 
     def _fetch(self, msg: Message) -> Any:
-        # name: a fetch from a rank of this host (a shared item goes as a
-        # view); (name, "digest"): from another host, answered ("digest",
-        # its content) for a shared item, else ("item", the item); (name,
-        # "whole"): the item itself.
+        # (name, "view"), from a rank of this host: ("view", a view, its
+        # lease) for a shared item; (name, "digest"), from another host:
+        # ("digest", its content) for a shared item; either way ("item",
+        # the item) for a plain one. (name, "whole"): the item itself.
         m = self._m
-        name, how = (msg.payload, None) if isinstance(msg.payload, str) else msg.payload
+        try:
+            name, how = msg.payload
+            if not isinstance(name, str) or how not in ("view", "digest", "whole"):
+                raise ValueError
+        except (TypeError, ValueError):
+            msg.fail(ValueError(f"malformed fetch: {msg.payload!r:.200}"))
+            return None
         try:
             item = m.store[name]
         except KeyError as exc:
             msg.fail(exc.with_traceback(None))  # without a traceback: nothing went wrong here
             return None
-        if how == "digest":
-            segment = m.store.segment(name)
-            return ("item", item) if segment is None else ("digest", _content(segment, item))
         if how == "whole":
             return item
-        # A shared item goes to a rank of this host as a view, mapped where
-        # it arrives: no byte travels.
-        view = m.store._view(name)
-        return view if view is not None and msg.source in m.host_ranks else item
+        segment = m.store.segment(name)
+        if segment is None:
+            return ("item", item)
+        if how == "digest" or msg.source not in m.host_ranks:
+            return ("digest", _content(segment, item))
+        lease = next(self._leases)
+        self._lent[lease] = segment
+        return ("view", m.store._view(name), lease)
+
+    def _mapped(self, msg: Message) -> None:
+        if type(msg.payload) is int:
+            self._lent.pop(msg.payload, None)
 
     def _put(self, msg: Message) -> int:
         # (name, item): a plain item; (name, array, "shared"): a shared item

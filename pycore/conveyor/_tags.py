@@ -24,6 +24,7 @@ __all__ = [
     "EXECUTOR_RUN",
     "ITEM_FETCH",
     "ITEM_ORDER",
+    "ITEM_MAPPED",
     "ITEM_PUT",
     "TABLE_DELETE",
     "TABLE_GET",
@@ -54,6 +55,7 @@ COLLECTIVE = "conveyor.collective"  # send: one rank's part of a collective
 ITEM_FETCH = "conveyor.fetch"  # request: a copy of an item
 ITEM_PUT = "conveyor.put"  # request: store an item (a destination of an order)
 ITEM_ORDER = "conveyor.order"  # request: carry out a Transfer
+ITEM_MAPPED = "conveyor.fetch.mapped"  # send: a fetcher mapped a shared item: its hold may go
 
 # Distributed tables (_table)
 TABLE_PUT = "conveyor.table.put"

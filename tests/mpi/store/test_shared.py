@@ -6,6 +6,7 @@ view keeps when the item goes, the capacity of shared items, forged views
 its item. What travels is read from the byte counters, never from timing.
 """
 
+import gc
 import os
 import signal
 
@@ -14,6 +15,8 @@ import pytest
 
 import conveyor as cv
 from conveyor._shared import SharedView
+
+from _helpers import world
 
 N = 1 << 20  # elements: 8 MiB of float64
 
@@ -124,6 +127,36 @@ def case_lifetime():
 
 def test_lifetime(mpirun):
     mpirun(2, case_lifetime)
+
+
+def case_deleted_right_after_a_fetch():
+    # Rank 0 answers rank 1's fetch of a shared item, then deletes the item
+    # and lets its file go, before rank 1 maps the file its view names (rank
+    # 1 waits in a plain MPI call, decoding nothing meanwhile). The holder
+    # holds the file until the fetcher says it mapped it: the view is whole.
+    with cv.Messenger() as m:
+        a = np.arange(1 << 16, dtype=np.float64)
+        if m.rank == 0:
+            m.store.put("item", a, shared=True)
+        m.barrier()
+        if m.rank == 1:
+            fetched = m.fetch(0, "item")
+            world().recv(source=0)  # the reply arrives meanwhile, undecoded
+            view = fetched.result(timeout=30)
+            assert np.array_equal(view, a) and not view.flags.writeable
+        else:
+            lent = m._items._lent
+            while not lent:  # until the fetch is answered
+                m.progress(0.01)
+            del m.store["item"]
+            gc.collect()
+            world().send(None, dest=1)
+        m.wait_quiet()
+        assert not m._items._lent  # let go once mapped
+
+
+def test_deleted_right_after_a_fetch(mpirun):
+    mpirun(2, case_deleted_right_after_a_fetch)
 
 
 def case_capacity():
