@@ -354,7 +354,7 @@ def exit_without_finalize() -> None:
 
     MPICH's MPI_Finalize waits for every rank, the dead one included, for
     ever. The program has ended; an uncaught exception has already
-    aborted the job (see `_messenger._at_exit`).
+    aborted the job (see `_exit._at_exit`).
     """
     logger.warning(
         "conveyor: a rank failed during this job: this rank leaves without MPI_Finalize, "
