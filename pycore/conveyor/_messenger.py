@@ -44,8 +44,7 @@ from ._service import Service
 from ._store import ItemService, Store, Transfer
 from ._table import TableService
 from ._tags import CHUNK_STATES, ITEM_FETCH, ITEM_ORDER
-from ._trace import TracedTransport, Tracer
-from ._transport import Transport
+from ._trace import Tracer
 
 if TYPE_CHECKING:
     from mpi4py import MPI
@@ -190,18 +189,10 @@ class Messenger:
         self.size = engine.size
         self.aggregate = bool(aggregate)
         self.pickle = bool(pickle)
-        # A traced messenger has a transport whose waits are spans; an
-        # untraced one runs the plain code, with no test for tracing.
         self._tracer = None if trace is None else Tracer(trace, self._comm, engine)
-        # A fault-tolerant one, one that checks for failed ranks.
-        transport: Transport
-        if fault_tolerant:
-            transport = _failures.fault_tolerant_transport(engine, self.aggregate, self._tracer)
-        elif self._tracer is None:
-            transport = Transport(engine, self.aggregate)
-        else:
-            transport = TracedTransport(engine, self.aggregate, self._tracer)
-        self._transport = transport
+        self._transport = transport = _failures.messenger_transport(
+            engine, self.aggregate, self._tracer, fault_tolerant
+        )
         self._receivers = receivers = Receivers()
         self._requests = requests = Requests(transport)
         if fault_tolerant:
