@@ -44,7 +44,7 @@ from ._service import Service
 from ._store import ItemService, Store, Transfer
 from ._table import TableService
 from ._tags import CHUNK_STATES, ITEM_FETCH, ITEM_ORDER
-from ._trace import Tracer
+from ._trace import Tracer, check_pattern
 
 if TYPE_CHECKING:
     from mpi4py import MPI
@@ -160,11 +160,7 @@ class Messenger:
                 "MPI_THREAD_MULTIPLE (mpi4py's default; see mpi4py.rc.thread_level)"
             )
         heartbeat = heartbeat_seconds() if fault_tolerant else 0.0  # may refuse: before anything
-        if trace is not None:
-            trace = os.fspath(trace)
-            directory = os.path.dirname(os.path.abspath(trace))
-            if not os.path.isdir(directory):  # refused now, not after the run
-                raise ValueError(f"the directory of the trace {trace!r} does not exist")
+        trace = None if trace is None else check_pattern(trace)
         threshold = _zero_copy_threshold(zero_copy_threshold)
         self._hosts = hosts = survey(comm)
         _shared.trust(hosts.pids[r] for r in hosts.groups[hosts.index])
