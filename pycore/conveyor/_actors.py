@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import collections
 import itertools
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, cast
 
+from . import _exit
 from ._carriage import CarriageableItem
 from ._errors import ConveyorError, FrameError
 from ._shipping import Received, Shipped
@@ -143,15 +144,15 @@ class ActorRef(CarriageableItem, name="conveyor.ActorRef"):
     def _service(self) -> ActorService:
         messenger = self._messenger
         if messenger is None:
-            from ._messenger import _open_messengers  # the messengers of this process
-
-            open_now = list(_open_messengers)
+            open_now = _exit.open_messengers()
             if len(open_now) != 1:
                 raise ConveyorError(
                     f"{len(open_now)} messengers are open in this process: choose the one "
                     "that carries this reference's calls with ref.bind(messenger)"
                 )
-            messenger = open_now[0]
+            # `_exit` sits below `_messenger` and types what it holds by what it
+            # needs of it; every messenger it holds is a Messenger.
+            messenger = cast("Messenger", open_now[0])
         return messenger._actors
 
 

@@ -54,8 +54,8 @@ __all__ = [
     "Failures",
     "exit_without_finalize",
     "failure_seen",
-    "fault_tolerant_transport",
     "ignore_launcher_signal",
+    "messenger_transport",
     "refuse",
 ]
 
@@ -305,13 +305,23 @@ class FaultTolerantTracedTransport(FaultTolerantTransport, TracedTransport):
     """The `FaultTolerantTransport` of a traced messenger."""
 
 
-def fault_tolerant_transport(
-    engine: core.engine.Engine, aggregate: bool, tracer: Tracer | None
-) -> FaultTolerantTransport:
-    """Return the transport of a fault-tolerant messenger (its ``failures`` set next)."""
+def messenger_transport(
+    engine: core.engine.Engine, aggregate: bool, tracer: Tracer | None, fault_tolerant: bool
+) -> Transport:
+    """Return the transport of a messenger: traced if it has a `tracer`, fault-tolerant if asked.
+
+    Each kind is a class of its own, so that a messenger that is neither runs
+    the plain code, with no test for tracing or failed ranks. They are told
+    apart here, the room that knows all four; a fault-tolerant transport gets
+    its ``failures`` next (they need the messenger's requests, which need it).
+    """
+    if fault_tolerant:
+        if tracer is None:
+            return FaultTolerantTransport(engine, aggregate)
+        return FaultTolerantTracedTransport(engine, aggregate, tracer)
     if tracer is None:
-        return FaultTolerantTransport(engine, aggregate)
-    return FaultTolerantTracedTransport(engine, aggregate, tracer)
+        return Transport(engine, aggregate)
+    return TracedTransport(engine, aggregate, tracer)
 
 
 # Set once a rank of this process's messengers was declared failed: the
@@ -354,7 +364,7 @@ def exit_without_finalize() -> None:
 
     MPICH's MPI_Finalize waits for every rank, the dead one included, for
     ever. The program has ended; an uncaught exception has already
-    aborted the job (see `_messenger._at_exit`).
+    aborted the job (see `_exit._at_exit`).
     """
     logger.warning(
         "conveyor: a rank failed during this job: this rank leaves without MPI_Finalize, "

@@ -10,22 +10,18 @@ tables, distributed arrays).
 from __future__ import annotations
 
 import asyncio
-import atexit
 import functools
 import itertools
 import math
 import operator
 import os
-import sys
-import time
-import weakref
 from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Callable, Literal, SupportsIndex, TypeVar, overload
 
 import numpy.typing as npt
 
-from . import _asyncio, _diagnostics, _failures, _quiescence, _shared
+from . import _asyncio, _diagnostics, _exit, _failures, _quiescence, _shared
 from ._actors import ActorRef, ActorService
 from ._carriage import Address
 from ._checks import check_name, check_rank, check_timeout, check_user_table, check_user_tag
@@ -48,8 +44,7 @@ from ._service import Service
 from ._store import ItemService, Store, Transfer
 from ._table import TableService
 from ._tags import CHUNK_STATES, ITEM_ORDER
-from ._trace import TracedTransport, Tracer
-from ._transport import Transport
+from ._trace import Tracer, check_pattern
 
 if TYPE_CHECKING:
     from mpi4py import MPI
@@ -165,11 +160,7 @@ class Messenger:
                 "MPI_THREAD_MULTIPLE (mpi4py's default; see mpi4py.rc.thread_level)"
             )
         heartbeat = heartbeat_seconds() if fault_tolerant else 0.0  # may refuse: before anything
-        if trace is not None:
-            trace = os.fspath(trace)
-            directory = os.path.dirname(os.path.abspath(trace))
-            if not os.path.isdir(directory):  # refused now, not after the run
-                raise ValueError(f"the directory of the trace {trace!r} does not exist")
+        trace = None if trace is None else check_pattern(trace)
         threshold = _zero_copy_threshold(zero_copy_threshold)
         self._hosts = hosts = survey(comm)
         _shared.trust(hosts.pids[r] for r in hosts.groups[hosts.index])
@@ -194,18 +185,10 @@ class Messenger:
         self.size = engine.size
         self.aggregate = bool(aggregate)
         self.pickle = bool(pickle)
-        # A traced messenger has a transport whose waits are spans; an
-        # untraced one runs the plain code, with no test for tracing.
         self._tracer = None if trace is None else Tracer(trace, self._comm, engine)
-        # A fault-tolerant one, one that checks for failed ranks.
-        transport: Transport
-        if fault_tolerant:
-            transport = _failures.fault_tolerant_transport(engine, self.aggregate, self._tracer)
-        elif self._tracer is None:
-            transport = Transport(engine, self.aggregate)
-        else:
-            transport = TracedTransport(engine, self.aggregate, self._tracer)
-        self._transport = transport
+        self._transport = transport = _failures.messenger_transport(
+            engine, self.aggregate, self._tracer, fault_tolerant
+        )
         self._receivers = receivers = Receivers()
         self._requests = requests = Requests(transport)
         if fault_tolerant:
@@ -236,12 +219,7 @@ class Messenger:
             if slow_handler < math.inf
             else None
         )
-        _open_messengers.add(self)
-        if MPI.COMM_WORLD.Get_size() > 1:
-            global _in_multi_rank_job
-            _in_multi_rank_job = True
-            if abort_on_error:
-                _install_abort_hook()
+        _exit.watch(self, abort_on_error)
         if serve == "thread":  # last: it dispatches from now on
             transport.service = Service(transport, f"conveyor-serve-rank{self.rank}")
 
@@ -314,7 +292,7 @@ class Messenger:
             # Another rank may not be here to join a collective close: let
             # the exception go on (in a multi-rank job it aborts the job).
             self._abandon()
-            _note_exit(exc)
+            _exit.abandoned(exc)
 
     async def __aenter__(self) -> Messenger:
         self.attach()
@@ -330,7 +308,7 @@ class Messenger:
             await self.aclose()
         else:
             self._abandon()
-            _note_exit(exc)
+            _exit.abandoned(exc)
 
     def close(self) -> None:
         """Wait until no message is in flight (collective), then release MPI resources.
@@ -393,7 +371,7 @@ class Messenger:
         self._transport.closed = True
         self._chunks.close()
         self._host_index.close()
-        _open_messengers.discard(self)
+        _exit.unwatch(self)
         _diagnostics.unwatch(self._transport)
         if self._transport.failures is not None and _failures.failure_seen():
             _failures.ignore_launcher_signal()
@@ -1364,116 +1342,6 @@ class Messenger:
         return f"<conveyor.Messenger rank {self.rank} of {self.size}, {state}>"
 
 
-# Messengers not closed yet: their background threads must stop before MPI
-# is finalized at exit (mpi4py finalizes after Python's atexit handlers).
-_open_messengers: weakref.WeakSet[Messenger] = weakref.WeakSet()
 # Messengers are numbered in the order a process makes them, the same on
 # every rank (making one is collective): chunk references name theirs so.
 _serials = itertools.count(1)
-
-
-# Set once a messenger is made in a job of more than one rank: leaving such
-# a job early leaves the other ranks waiting for this one.
-_in_multi_rank_job = False
-# Whether an exception left a messenger's block (which then closed it
-# without the collective close the other ranks wait in).
-_abandoned = False
-# A SystemExit that left a messenger's block: (what it was, the exit code).
-# It is no uncaught exception (no excepthook sees it), yet the rank leaves.
-_exiting: tuple[str, int] | None = None
-
-
-def _note_exit(exc: BaseException | None) -> None:
-    global _abandoned, _exiting
-    _abandoned = True
-    if isinstance(exc, SystemExit):
-        code = exc.code if isinstance(exc.code, int) and exc.code != 0 else 1
-        _exiting = (f"left a messenger's block by {exc!r}", code)
-
-
-def _exit_code(exc_type: type[BaseException]) -> int:
-    """The exit status of a job aborted for an uncaught exception: 130 for Ctrl-C, as shells do."""
-    return 130 if issubclass(exc_type, KeyboardInterrupt) else 1
-
-
-@atexit.register
-def _at_exit() -> None:
-    leaving = _leaving_early()
-    for messenger in list(_open_messengers):
-        if messenger._transport.failures is not None:
-            messenger._transport.failures.stop()
-        messenger._transport.engine.close()
-        _write_trace(messenger)
-    if leaving is not None:
-        _abort_job(*leaving)
-    if _failures.failure_seen():
-        _failures.exit_without_finalize()
-
-
-def _write_trace(messenger: Messenger) -> None:
-    # What a messenger that is not closed has traced so far (an exit
-    # without close, an uncaught exception), written if it can be.
-    if messenger._tracer is not None:
-        messenger._tracer.write_safely()
-
-
-def _leaving_early() -> tuple[str, int] | None:
-    """Why this rank leaves a job whose other ranks may wait for it, with an exit code; or None.
-
-    MPICH's mpiexec ends the job when a rank dies, but not when one
-    finalizes and exits early: the others would wait for it for ever. An
-    uncaught exception that was not already aborting the job (the messenger
-    was made with ``abort_on_error=False``) and a SystemExit out of a
-    messenger's block are such early exits; a program that ends with a
-    messenger left open but no error is not.
-    """
-    if not _in_multi_rank_job:
-        return None
-    uncaught = getattr(sys, "last_value", None)  # set by Python when one ended the program
-    if uncaught is not None and (_open_messengers or _abandoned):
-        return f"raised an uncaught {type(uncaught).__name__}", _exit_code(type(uncaught))
-    return _exiting
-
-
-_abort_hook_installed = False
-_ABORT_GRACE_SECONDS = 0.2
-
-
-def _abort_job(why: str, code: int) -> None:
-    """Log that this rank `why`, then abort the MPI job with exit status `code`."""
-    from mpi4py import MPI
-
-    world = MPI.COMM_WORLD
-    _diagnostics.logger.critical(
-        "conveyor: rank %d of %d %s: aborting the job (exit status %d), whose other ranks "
-        "would wait for it",
-        world.Get_rank(),
-        world.Get_size(),
-        why,
-        code,
-    )
-    sys.stderr.flush()
-    # mpiexec may drop what a rank wrote just before MPI_Abort (MPICH's
-    # hydra, seen in CI: a traceback cut after its first line): give its
-    # I/O forwarding a moment to carry the traceback out first.
-    time.sleep(_ABORT_GRACE_SECONDS)
-    world.Abort(code)
-
-
-def _install_abort_hook() -> None:
-    """Make an uncaught exception print its traceback, then abort the MPI job."""
-    global _abort_hook_installed
-    if _abort_hook_installed:
-        return
-    previous = sys.excepthook
-
-    def abort_job(
-        exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None
-    ) -> None:
-        previous(exc_type, exc, tb)
-        for messenger in list(_open_messengers):
-            _write_trace(messenger)
-        _abort_job(f"raised an uncaught {exc_type.__name__}", _exit_code(exc_type))
-
-    sys.excepthook = abort_job
-    _abort_hook_installed = True

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
     from ._transport import Waiter
 
-__all__ = ["TracedTransport", "Tracer", "merge", "read_traces", "trace_path"]
+__all__ = ["TracedTransport", "Tracer", "check_pattern", "merge", "read_traces", "trace_path"]
 
 # Engine entries a rank keeps at most (32 bytes each); beyond, they are
 # counted as dropped. ``CONVEYOR_TRACE_EVENTS`` changes it.
@@ -70,6 +70,24 @@ def trace_path(pattern: str, rank: int) -> str:
     if not isinstance(pattern, str) or not pattern:
         raise TypeError(f"trace must be a file name (a str such as 'run.%r.json'), not {pattern!r}")
     return pattern.replace("%%", "\0").replace("%r", str(rank)).replace("\0", "%")
+
+
+def check_pattern(pattern: str | os.PathLike[str]) -> str:
+    """Return the trace's file name `pattern` as a str, if its directory exists.
+
+    Called as the messenger is made: a trace that could not be written is
+    refused then, not after the run.
+
+    Raises
+    ------
+    ValueError
+        If the directory of `pattern` does not exist.
+    """
+    pattern = os.fspath(pattern)
+    directory = os.path.dirname(os.path.abspath(pattern))
+    if not os.path.isdir(directory):
+        raise ValueError(f"the directory of the trace {pattern!r} does not exist")
+    return pattern
 
 
 def _clock_offset(comm: MPI.Intracomm) -> tuple[int, int]:
