@@ -1,9 +1,9 @@
 // The frame format: what one conveyor message looks like on the wire.
 //
 // A frame is a small header, the sizes and offsets of its out-of-band
-// buffers, then a body. Out-of-band buffers (large arrays) never enter the frame: they travel
-// as separate MPI messages straight from the sender's memory into memory that
-// the receiver hands to the user. Everything read from a frame is
+// buffers, then a body. Out-of-band buffers (large arrays) never enter the
+// frame: they travel as separate MPI messages straight from the sender's
+// memory into memory that the receiver hands to the user. Everything read from a frame is
 // bounds-checked: a malformed or truncated frame is a DecodeError, never an
 // out-of-bounds read.
 #pragma once
@@ -33,6 +33,7 @@ constexpr std::uint32_t kMaxOutOfBand = 1u << 16;
 // offsets on the machines of bench/README.md.
 constexpr std::size_t kLineBytes = 64;
 constexpr std::size_t kAnnouncedBytes = 8 + 1;  // a buffer's size and offset
+
 // What a frame asks the receiving rank to do.
 enum class FrameKind : std::uint8_t {
     Send = 1,     // deliver payload to the receiver registered under `tag`
