@@ -3,9 +3,9 @@
 // A frame is a small header, the sizes and offsets of its out-of-band
 // buffers, then a body. Out-of-band buffers (large arrays) never enter the
 // frame: they travel as separate MPI messages straight from the sender's
-// memory into memory that the receiver hands to the user. Everything read from a frame is
-// bounds-checked: a malformed or truncated frame is a DecodeError, never an
-// out-of-bounds read.
+// memory into memory that the receiver hands to the user. Everything read
+// from a frame is bounds-checked: a malformed or truncated frame is a
+// DecodeError, never an out-of-bounds read.
 #pragma once
 
 #include <cstdint>
