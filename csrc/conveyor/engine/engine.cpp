@@ -50,6 +50,9 @@ Engine::Engine(MPI_Comm comm, EngineOptions options) : comm_(comm), options_(opt
         throw UsageError("piece_bytes must be in 1 .. INT_MAX");
     if (options_.batch_bytes > std::size_t(std::numeric_limits<int>::max()))
         throw UsageError("batch_bytes must be at most INT_MAX");
+    // Errors come back as codes (check_mpi) rather than abort the job: a
+    // drain's truncation is expected.
+    check_mpi(MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN), "MPI_Comm_set_errhandler");
     check_mpi(MPI_Comm_rank(comm_, &rank_), "MPI_Comm_rank");
     check_mpi(MPI_Comm_size(comm_, &size_), "MPI_Comm_size");
     check_next_hops();
@@ -85,7 +88,7 @@ bool Engine::describe(EngineState& out, double patience) const {
     }
     out.stats = stats_;
     out.pending_sends = send_reqs_.size();
-    out.pending_receives = recv_reqs_.size();
+    out.pending_receives = recv_reqs_.size() + drain_reqs_.size();
     out.ready = ready_.size();
     out.arriving = 0;
     for (const auto& queue : by_source_) out.arriving += queue.size();
@@ -119,7 +122,7 @@ std::size_t Engine::pending_sends() const {
 
 std::size_t Engine::pending_receives() const {
     Guard guard(lock_);
-    return recv_reqs_.size();
+    return recv_reqs_.size() + drain_reqs_.size();
 }
 
 bool Engine::post(int dest, std::vector<std::uint8_t> frame, const std::vector<OutOfBand>& oob,
@@ -237,6 +240,7 @@ void Engine::receive_frame(MPI_Message message, const MPI_Status& status) {
         }
     } catch (const std::bad_alloc&) {
         in->oob.clear();
+        drain(*in);
         in->malformed = "cannot allocate the out-of-band buffer of " + std::to_string(size) +
                         " bytes it announces";
         stats_.frames_malformed += 1;
@@ -323,6 +327,42 @@ bool Engine::complete_sends() {
     return true;
 }
 
+// A genuine frame whose buffers cannot be allocated: its sender sends the
+// data all the same, which would otherwise be taken, in MPI's order, for
+// the next frame's. Each piece is received into nothing (a count of 0),
+// which MPI completes with a truncation error, and credited as consumed.
+void Engine::drain(Incoming& in) {
+    for (auto n : in.header.oob) {
+        for (std::size_t off = 0; off < n; off += options_.piece_bytes) {
+            MPI_Request req;
+            check_mpi(MPI_Irecv(nullptr, 0, MPI_BYTE, in.source, kTagData, comm_, &req),
+                      "MPI_Irecv");
+            drain_reqs_.push_back(req);
+        }
+        in.drained += n;
+    }
+}
+
+bool Engine::complete_drains() {
+    if (drain_reqs_.empty()) return false;
+    std::vector<MPI_Status> statuses(drain_reqs_.size());
+    done_indices_.resize(drain_reqs_.size());
+    int outcount = 0;
+    int code = MPI_Testsome(static_cast<int>(drain_reqs_.size()), drain_reqs_.data(), &outcount,
+                            done_indices_.data(), statuses.data());
+    if (code != MPI_ERR_IN_STATUS) check_mpi(code, "MPI_Testsome");
+    if (outcount <= 0) return false;
+    for (int k = 0; code == MPI_ERR_IN_STATUS && k < outcount; ++k) {
+        int error = statuses[k].MPI_ERROR, error_class = MPI_SUCCESS;
+        if (error != MPI_SUCCESS) MPI_Error_class(error, &error_class);
+        if (error_class != MPI_SUCCESS && error_class != MPI_ERR_TRUNCATE)
+            check_mpi(error, "draining data that could not be received");
+    }
+    drain_reqs_.erase(std::remove(drain_reqs_.begin(), drain_reqs_.end(), MPI_REQUEST_NULL),
+                      drain_reqs_.end());
+    return true;
+}
+
 bool Engine::complete_receives() {
     if (recv_reqs_.empty()) return false;
     int n = static_cast<int>(recv_reqs_.size());
@@ -370,6 +410,7 @@ bool Engine::progress_locked() {
         active = true;
     }
     active |= complete_receives();
+    active |= complete_drains();
     active |= complete_sends();
     if (wave_active_ && !wave_completed_) {
         int flag = 0;
@@ -459,7 +500,7 @@ std::unique_ptr<Incoming> Engine::pop() {
     auto in = std::move(ready_.front());
     ready_.pop_front();
     if (in->credit_to >= 0) {
-        FlowBytes bytes{in->credit_frames, 0};
+        FlowBytes bytes{in->credit_frames, in->drained};
         for (const auto& b : in->oob) bytes.data += b->size();
         consumed(in->credit_to, bytes);
     }

@@ -65,6 +65,9 @@ struct Incoming {
     std::vector<std::shared_ptr<Buffer>> oob;
     std::string malformed;  // non-empty: the frame was rejected, and why
     int pending = 0;        // data receives still outstanding
+    // Bytes of genuine data received into nothing: the announced buffers
+    // could not be allocated (Engine::drain). Credited as if consumed.
+    std::size_t drained = 0;
     // Whom taking it credits, for how many frame bytes (flow control): its
     // source, for its frame; for relayed messages, the rank that relayed
     // them here, for their share of its frame. -1: nobody.
@@ -353,6 +356,8 @@ class Engine {
     bool progress_after_nap();
     void isend(int dest, std::shared_ptr<Outgoing> out);
     void receive_frame(MPI_Message message, const MPI_Status& status);
+    void drain(Incoming& in);
+    bool complete_drains();
     void enqueue(std::unique_ptr<Incoming> in);
     void release_in_order(int source);
     bool complete_sends();
@@ -423,7 +428,8 @@ class Engine {
     std::vector<std::shared_ptr<Outgoing>> graveyard_;
     std::vector<MPI_Request> recv_reqs_;
     std::vector<Incoming*> recv_owners_;
-    std::vector<int> done_indices_;  // scratch for Testsome
+    std::vector<MPI_Request> drain_reqs_;  // receives into nothing (drain)
+    std::vector<int> done_indices_;        // scratch for Testsome
 
     std::vector<std::deque<std::unique_ptr<Incoming>>> by_source_;
     // Per source, its relayed messages (batches of them) and fence entries

@@ -225,6 +225,44 @@ def test_forged_out_of_band_announcements_steal_and_stall_nothing(mpirun, nranks
     mpirun(nranks, case_forged_out_of_band_announcements_steal_and_stall_nothing, env=small)
 
 
+def case_an_array_too_large_to_receive_loses_nothing_else():
+    # Rank 1 cannot allocate the 3 GiB that rank 0's genuine message
+    # announces (its address space is capped). The message is rejected, as
+    # a frame it cannot take; its data, which rank 0 really sends, must not
+    # be taken for the next message's: each piece is drained, and what
+    # follows arrives whole. The 3 GiB are calloc's zero pages, never read.
+    import resource
+
+    with cv.Messenger() as m:
+        got = []
+        m.on("a")(lambda msg: got.append(msg.payload))
+        m.on("echo")(lambda msg: msg.payload)
+        following = [np.arange(1 << 18, dtype=np.float64), "after", np.full(1000, 7)]
+        if m.rank == 1:
+            with open("/proc/self/status") as status:
+                vm = next(int(line.split()[1]) for line in status if line.startswith("VmSize"))
+            limit = (vm << 10) + (1 << 30)
+            resource.setrlimit(
+                resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1])
+            )
+        m.barrier()
+        if m.rank == 0:
+            m.send(1, "a", np.zeros(3 << 30, dtype=np.uint8))
+            for value in following:
+                m.send(1, "a", value)
+            m.wait_quiet()
+        else:
+            caught = wait_quiet_warned(m)
+            assert len(got) == len(following) and all(map(same, got, following)), got
+            assert m.stats()["frames_malformed"] == 1
+            assert sum("cannot allocate the out-of-band buffer" in w for w in caught) == 1
+        assert m.request(1 - m.rank, "echo", "still here").result(timeout=10) == "still here"
+
+
+def test_an_array_too_large_to_receive_loses_nothing_else(mpirun):
+    mpirun(2, case_an_array_too_large_to_receive_loses_nothing_else, timeout=120)
+
+
 KIND_CREDIT = 6
 
 
