@@ -178,8 +178,14 @@ class Messenger:
             # nothing, rather than busy-poll: the program's thread, which
             # sends the next request, needs that core.
             options.spin_seconds = 0.0
+        # Two duplicates: the engine's, on which nothing else sends (an
+        # array's data is matched by its source and tag alone), and the one
+        # `comm` gives the program.
         self._comm = comm.Dup()
-        engine = core.engine.Engine(comm_handle(self._comm), threshold, bool(pickle), options)
+        self._engine_comm = comm.Dup()
+        engine = core.engine.Engine(
+            comm_handle(self._engine_comm), threshold, bool(pickle), options
+        )
         engine.slow_handler_seconds = slow_handler
         self.rank = engine.rank
         self.size = engine.size
@@ -227,7 +233,12 @@ class Messenger:
 
     @property
     def comm(self) -> MPI.Intracomm:
-        """The messenger's own duplicate communicator (do not send on it)."""
+        """A duplicate of the messenger's communicator, for the program's own MPI calls.
+
+        conveyor's messages travel on another duplicate, which no other
+        code reaches: what the program sends on this one never mixes with
+        them.
+        """
         return self._comm
 
     @property
@@ -362,6 +373,7 @@ class Messenger:
         if self._transport.failures is not None:
             self._transport.failures.free()
         self._comm.Free()
+        self._engine_comm.Free()
 
     def _abandon(self) -> None:
         # Stops everything without a collective call (an error path may have

@@ -263,6 +263,37 @@ def test_an_array_too_large_to_receive_loses_nothing_else(mpirun):
     mpirun(2, case_an_array_too_large_to_receive_loses_nothing_else, timeout=120)
 
 
+def case_the_programs_sends_on_comm_never_mix_with_messages():
+    # m.comm is the program's: raw MPI messages on it, with the engine's own
+    # tags for frames (1) and array data (2), stay there for the program.
+    # Sent on the engine's communicator, the data would have been taken for
+    # the next array's, and the frame counted as malformed.
+    with cv.Messenger() as m:
+        got = []
+        m.on("a")(lambda msg: got.append(msg.payload))
+        real = np.arange(1 << 17, dtype=np.float64)  # 1 MiB, out of band
+        raw = [np.full(1 << 17, -1.0), np.frombuffer(b"not a frame" * 8, np.uint8)]
+        if m.rank == 0:
+            requests = [m.comm.Isend(raw[0], 1, tag=2), m.comm.Isend(raw[1], 1, tag=1)]
+            m.send(1, "a", real)
+        m.wait_quiet()
+        if m.rank == 1:
+            assert len(got) == 1 and same(got[0], real)
+            assert m.stats()["frames_malformed"] == 0
+            for tag, sent in ((2, raw[0]), (1, raw[1])):
+                mine = np.empty_like(sent)
+                m.comm.Recv(mine, 0, tag=tag)
+                assert same(mine, sent)
+        else:
+            for request in requests:
+                request.Wait()
+        m.barrier()
+
+
+def test_the_programs_sends_on_comm_never_mix_with_messages(mpirun):
+    mpirun(2, case_the_programs_sends_on_comm_never_mix_with_messages)
+
+
 KIND_CREDIT = 6
 
 
