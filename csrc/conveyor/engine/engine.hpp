@@ -5,7 +5,8 @@
 // (see class Engine). Idle waiting spins briefly, then yields, then sleeps
 // with a growing interval (backoff.hpp).
 //
-// Wire protocol on the engine's communicator (a duplicate owned by the user):
+// Wire protocol on the engine's communicator (a duplicate the messenger
+// makes for the engine alone, so that nothing else sends on it):
 //   kTagFrame: one frame (wire.hpp), received with a matched probe.
 //   kTagData:  the out-of-band buffers announced by the frame, in order, each
 //              cut into pieces of at most `piece_bytes` (MPI counts are int).
