@@ -509,7 +509,7 @@ class ItemService:
 
 
 def _content(segment: Segment, item: np.ndarray) -> tuple[bytes, int, str, list[int]]:
-    """A shared item as another host is offered it: (digest, nbytes, dtype, shape)."""
+    """A shared item named by its content: (digest, nbytes, dtype, shape), as it is offered."""
     return (segment.key, segment.nbytes, item.dtype.str, list(item.shape))
 
 
