@@ -39,6 +39,22 @@ from mpi4py import MPI
 
 import conveyor as cv
 
+# Counters of m.stats() summed over the ranks into --json's "totals": what
+# the batches carried and why they left (bench/scale_model.py reads them).
+PER_RANK = (
+    "messages_sent",
+    "messages_relayed",
+    "frames_sent",
+    "batches_sent",
+    "background_flushes",
+    "bytes_framed",
+    "credits_sent",
+    "fences_sent",
+    "send_cpu_seconds",
+    "frames_sent_sending",
+    "background_flushes_sending",
+)
+
 
 def exchange(items, seed):
     """One all-to-all on a new messenger; returns this rank's counters and the seconds it took."""
@@ -60,14 +76,22 @@ def exchange(items, seed):
         m.barrier()
         start = time.perf_counter()
         send = m.sender("item").send
+        cpu = time.thread_time()
         for dest, value in zip(dests.tolist(), values.tolist()):
             send(dest, value)
+        stats_sent = m.stats()
+        stats_sent["send_cpu_seconds"] = time.thread_time() - cpu
         m.wait_quiet()
         seconds = comm.allreduce(time.perf_counter() - start, op=MPI.MAX)
         expected = comm.alltoall(list(sent))
         for source, (count, total) in enumerate(expected):
             assert tuple(received[source]) == (count, total), (m.rank, source)
         stats = m.stats()
+        # What the sends alone took and made: their loop's CPU time, and
+        # the batches that left before the rank waited.
+        stats["send_cpu_seconds"] = stats_sent["send_cpu_seconds"]
+        stats["frames_sent_sending"] = stats_sent["frames_sent"]
+        stats["background_flushes_sending"] = stats_sent["background_flushes"]
         return m.route, stats, seconds
 
 
@@ -87,7 +111,9 @@ def main():
         os.environ["CONVEYOR_ROUTE"] = mode
         route, stats, seconds = exchange(args.items, args.seed)
         gathered = comm.gather(
-            (stats["frames_sent"], stats["batches_open_peak"], stats["messages_relayed"]), root=0
+            (stats["frames_sent"], stats["batches_open_peak"], stats["messages_relayed"])
+            + tuple(stats[k] for k in PER_RANK),
+            root=0,
         )
         if comm.Get_rank() == 0:
             frames = [g[0] for g in gathered]
@@ -101,6 +127,8 @@ def main():
                     "batches_open_peak_max": max(g[1] for g in gathered),
                     "messages_relayed": sum(g[2] for g in gathered),
                     "seconds": seconds,
+                    # The counters the model (bench/scale_model.py) reads, summed over ranks.
+                    "totals": {k: sum(g[3 + i] for g in gathered) for i, k in enumerate(PER_RANK)},
                 }
             )
     if comm.Get_rank() != 0:
