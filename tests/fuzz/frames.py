@@ -99,7 +99,9 @@ def header_fields(frame: bytes) -> dict[str, int] | None:
     """Where a frame's header fields are; None if the header is truncated.
 
     Keys: ``count`` (the offset of the u32 count of out-of-band buffers),
-    ``sizes`` (the offset of their u64 sizes), ``body`` and ``n`` (the count).
+    ``sizes`` (the offset of their u64 sizes), ``offsets`` (of their u8
+    offsets in a cache line, which the stamp follows), ``body`` and ``n``
+    (the count).
     """
     if len(frame) < 20:
         return None
@@ -108,10 +110,11 @@ def header_fields(frame: bytes) -> dict[str, int] | None:
     if count_at + 4 > len(frame):
         return None
     (n,) = struct.unpack_from("<I", frame, count_at)
-    body = count_at + 4 + 8 * n
+    offsets = count_at + 4 + 8 * n
+    body = offsets + n + (8 if n else 0)
     if body > len(frame):
         return None
-    return {"count": count_at, "sizes": count_at + 4, "body": body, "n": n}
+    return {"count": count_at, "sizes": count_at + 4, "offsets": offsets, "body": body, "n": n}
 
 
 def announced_sizes(frame: bytes) -> list[int] | None:
@@ -358,7 +361,7 @@ def forge(
     assert fields is not None
     body = fields["body"]
     for _ in range(fdp.ConsumeIntInRange(1, 4)):
-        op = fdp.ConsumeIntInRange(0, 12)
+        op = fdp.ConsumeIntInRange(0, 13)
         if op == 0 and len(data) >= 4:  # magic, version, kind
             data[fdp.ConsumeIntInRange(0, 3)] = fdp.ConsumeInt(1) & 0xFF
         elif op == 1 and len(data) >= fields["count"] + 4:  # the out-of-band count
@@ -373,6 +376,10 @@ def forge(
                 struct.pack_into("<Q", data, at, size)
             if size <= MAX_OUT_OF_BAND_BYTES:
                 oob[i] = (oob[i] + bytes(size))[:size]
+        elif op == 13 and fields["n"]:  # an announced offset in a cache line
+            at = fields["offsets"] + fdp.ConsumeIntInRange(0, fields["n"] - 1)
+            if at < len(data):
+                data[at] = fdp.PickValueInList([63, 64, 255, fdp.ConsumeInt(1) & 0xFF])
         elif op == 3 and oob:  # buffers swapped, dropped or added
             if fdp.ConsumeBool():
                 oob.reverse()

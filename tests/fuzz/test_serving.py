@@ -36,7 +36,7 @@ def frames_to_post():
         if made is None:
             continue
         frame, _ = made
-        if frame[:3] == b"\xfe\xc0\x01" and frame[3:4] == bytes([CREDIT]):
+        if frame[:2] == b"\xfe\xc0" and frame[3:4] == bytes([CREDIT]):  # any version
             continue
         if announced_sizes(frame):
             continue
