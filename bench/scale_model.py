@@ -155,6 +155,18 @@ def _one_way(env, items, payload, nap):
         return comm.gather((send_seconds, handled, m.stats()), root=0)
 
 
+def _handle_items(m):
+    """Register bench/relay.py's handler of "item" on `m`: the work per message the model calibrates."""
+    import numpy as np
+
+    received = np.zeros((m.size, 2), dtype=np.int64)
+
+    @m.on("item")
+    def item(msg):
+        received[msg.source, 0] += 1
+        received[msg.source, 1] += msg.payload
+
+
 def _relayed(items, nap):
     """3 ranks, grid2d: rank 1 sends to rank 2 through rank 0; rank 0's CPU seconds.
 
@@ -162,7 +174,6 @@ def _relayed(items, nap):
     forwards. Returns (rank 0's process CPU seconds, its counters), and the
     same with no traffic (the background's own cost), gathered on rank 0.
     """
-    import numpy as np
 
     import conveyor as cv
 
@@ -170,13 +181,7 @@ def _relayed(items, nap):
     out = []
     for n in (0, items):
         with cv.Messenger() as m:
-            received = np.zeros((m.size, 2), dtype=np.int64)
-
-            @m.on("item")
-            def item(msg):  # bench/relay.py's handler
-                received[msg.source, 0] += 1
-                received[msg.source, 1] += msg.payload
-
+            _handle_items(m)
             m.barrier()
             cpu = time.process_time()
             if m.rank == 1:
@@ -199,7 +204,6 @@ def _pairs(items, batch_bytes):
     thread's: what it got of a core, shared or not), the background flushes
     meanwhile, the exchange's wall seconds, and its counters.
     """
-    import numpy as np
     from mpi4py import MPI
 
     import conveyor as cv
@@ -208,13 +212,7 @@ def _pairs(items, batch_bytes):
     os.environ["CONVEYOR_WINDOW_BYTES"] = "0" if batch_bytes > BATCH_BYTES else str(8 << 20)
     comm = MPI.COMM_WORLD
     with cv.Messenger() as m:
-        received = np.zeros((m.size, 2), dtype=np.int64)
-
-        @m.on("item")
-        def item(msg):  # bench/relay.py's handler
-            received[msg.source, 0] += 1
-            received[msg.source, 1] += msg.payload
-
+        _handle_items(m)
         m.barrier()
         before = m.stats()["background_flushes"]
         send = m.sender("item").send
