@@ -22,8 +22,10 @@ owner frees the chunk once no weight is out and it holds no handle itself.
 
 from __future__ import annotations
 
+import bisect
 import collections
 import functools
+import itertools
 import json
 import struct
 import traceback
@@ -659,11 +661,15 @@ class ChunkLayer:
         def compute(specs: list[Spec], length: int | None) -> None:
             def run(values: list[Any]) -> None:
                 try:
-                    positional = values[: len(args)]
-                    keywords = dict(zip(names, values[len(args) :]))
-                    result = (
-                        positional[0] if function is None else function(*positional, **keywords)
-                    )
+                    if length is not None and _by_segments_fits(function, values, names, length):
+                        result = _by_segments(function, values, length)
+                    else:
+                        values = [v.joined() if isinstance(v, Segments) else v for v in values]
+                        positional = values[: len(args)]
+                        keywords = dict(zip(names, values[len(args) :]))
+                        result = (
+                            positional[0] if function is None else function(*positional, **keywords)
+                        )
                     self.resolve(out, self._checked(result, length))
                 except Exception as exc:
                     self.fail(out, error_bytes(exc, self.rank, traceback.format_exc()))
@@ -772,9 +778,16 @@ class ChunkLayer:
         gather: _Gather,
     ) -> None:
         # One period of an aligned argument, fetched piece by piece (local
-        # ones read in place) and recycled to `length` rows.
+        # ones read in place) and recycled to `length` rows. Rows from more
+        # than one piece stay `Segments` until the task knows whether its
+        # function can take them a piece at a time (no copy) or needs them
+        # joined.
         def assemble(parts: list[np.ndarray]) -> None:
-            period = parts[0] if len(parts) == 1 else np.concatenate(parts)
+            filled = [part for part in parts if len(part)] or parts[:1]
+            if len(filled) > 1 and sum(map(len, filled)) == length:
+                gather.put(index, Segments(filled))
+                return
+            period = filled[0] if len(filled) == 1 else np.concatenate(filled)
             if len(period) != length:
                 period = np.take(period, np.arange(length) % len(period), axis=0)
             gather.put(index, period)
@@ -795,6 +808,71 @@ class ChunkLayer:
                 "calls it elementwise (use dmap for chunks of any length)"
             )
         return value
+
+
+class Segments:
+    """An argument's rows for one task as the pieces of chunks they came in.
+
+    A task whose function is rowwise (`ROWWISE`) computes its chunk a
+    segment at a time, each segment's rows read where they lie, so the
+    pieces are never joined: joining copies them, which for an aligned
+    operand is most of its rows (in ``x + y`` with misaligned chunks, the
+    rows of x that span two of x's chunks).
+    """
+
+    __slots__ = ("parts", "ends")
+
+    def __init__(self, parts: list[np.ndarray]) -> None:
+        self.parts = parts
+        self.ends = list(itertools.accumulate(len(part) for part in parts))
+
+    def joined(self) -> np.ndarray:
+        return np.concatenate(self.parts)
+
+    def rows(self, begin: int, end: int) -> np.ndarray:
+        """Rows begin .. end, which lie in one part (a segment of `_by_segments`)."""
+        k = min(bisect.bisect_right(self.ends, begin), len(self.parts) - 1)
+        first = self.ends[k] - len(self.parts[k])
+        return self.parts[k][begin - first : end - first]
+
+
+# The attribute that marks a task's function as rowwise: each row of its
+# result depends on the same row of each argument alone, and it takes
+# ``out=``, an array of its result's rows to fill (the DistArray's
+# elementwise operations, `_darray.elementwise.Rowwise`).
+ROWWISE = "rowwise"
+
+
+def _by_segments_fits(
+    function: Callable[..., Any] | None, values: list[Any], names: list[str], length: int
+) -> bool:
+    # Rows in pieces, and a rowwise function of positional arguments each
+    # with a row per result row.
+    return (
+        getattr(function, ROWWISE, False) is True
+        and not names
+        and any(isinstance(v, Segments) for v in values)
+        and all(
+            isinstance(v, Segments)
+            or (isinstance(v, np.ndarray) and v.ndim and v.shape[0] == length)
+            for v in values
+        )
+    )
+
+
+def _by_segments(function: Any, values: list[Any], length: int) -> np.ndarray:
+    # The result allocated once (its dtype and row shape from the function
+    # on no rows), then filled between every two places where a piece of
+    # some argument ends.
+    def rows(v: Any, begin: int, end: int) -> np.ndarray:
+        return v.rows(begin, end) if isinstance(v, Segments) else v[begin:end]
+
+    bounds = sorted({0, length}.union(*(v.ends for v in values if isinstance(v, Segments))))
+    probe = np.asarray(function(*(rows(v, 0, 0) for v in values)))
+    out = np.empty((length,) + probe.shape[1:], probe.dtype)
+    for begin, end in zip(bounds, bounds[1:]):
+        function(*(rows(v, begin, end) for v in values), out=out[begin:end])
+    return out
 
 
 def aligned_pieces(

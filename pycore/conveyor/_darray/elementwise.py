@@ -17,7 +17,6 @@ learn them.
 
 from __future__ import annotations
 
-import functools
 import numbers
 from typing import Any, Callable
 
@@ -66,9 +65,8 @@ def elementwise(
             constants.append(x)
             probes.append(x)
     probe = np.asarray(f(*probes, **kwargs))
-    if constants or kwargs:
-        f = functools.partial(_with_constants, f, slots, constants, kwargs)
-    return call(cls, f, tuple(distributed), {}, probe.dtype, probe.shape[1:])
+    rowwise = Rowwise(f, slots, constants, kwargs)
+    return call(cls, rowwise, tuple(distributed), {}, probe.dtype, probe.shape[1:])
 
 
 def broadcast_shape(shapes: list[tuple[int, ...]]) -> tuple[int, ...]:
@@ -89,13 +87,27 @@ def _scalar(x: Any) -> bool:
     return isinstance(x, (numbers.Number, np.generic))
 
 
-def _with_constants(
-    f: Callable[..., Any],
-    slots: list[int],
-    constants: list[Any],
-    kwargs: dict[str, Any],
-    *rows: np.ndarray,
-) -> Any:
-    # Run where a chunk is: its rows of each distributed operand, the constants whole.
-    args = [rows[slot] if slot >= 0 else constants[-1 - slot] for slot in slots]
-    return f(*args, **kwargs)
+class Rowwise:
+    """``f`` where a chunk is: its rows of each distributed operand, the constants whole.
+
+    Each row of the result depends on the same rows of the operands alone,
+    so the task may compute a chunk a segment of rows at a time into one
+    result (``out``), reading each operand's rows in the pieces they came
+    in: `_chunks.ROWWISE` says so.
+    """
+
+    rowwise = True
+
+    def __init__(
+        self, f: Callable[..., Any], slots: list[int], constants: list[Any], kwargs: dict[str, Any]
+    ) -> None:
+        self.f, self.slots, self.constants, self.kwargs = f, slots, constants, kwargs
+
+    def __call__(self, *rows: np.ndarray, out: np.ndarray | None = None) -> Any:
+        args = [rows[slot] if slot >= 0 else self.constants[-1 - slot] for slot in self.slots]
+        if out is None:
+            return self.f(*args, **self.kwargs)
+        if isinstance(self.f, np.ufunc):  # written in place
+            return self.f(*args, out=out, **self.kwargs)
+        out[...] = self.f(*args, **self.kwargs)
+        return out
