@@ -83,6 +83,8 @@ _STATE_NAMES = {PENDING: "pending", RESOLVED: "resolved", ERROR: "error"}
 # Chunks at least this large are read through shared memory by the ranks
 # of their owner's host; smaller ones cost less through MPI than a file.
 SHARE_BYTES = 1 << 16
+# How many host peers' chunk files a rank remembers (a few dozen bytes each).
+PEER_FILES = 4096
 
 # Layers by their messenger's serial number, which is the same on every rank
 # (messengers are created collectively): where an arriving ChunkRef belongs.
@@ -299,6 +301,12 @@ class ChunkLayer:
         # memory, and the shared files of the chunks they read, by id.
         self._host_peers = set(messenger.host_ranks) - {self.rank}
         self._shared: dict[int, _shared.Segment] = {}
+        # Chunks of host peers read here through their shared files, by id:
+        # (the file's name, the chunk's dtype and shape). Chunks never
+        # change, so later reads map the rows here without asking the
+        # owner, which may be busy computing (`_mapped_rows`).
+        self._peer_files: collections.OrderedDict[int, tuple[str, np.dtype[Any], tuple[int, ...]]]
+        self._peer_files = collections.OrderedDict()
         # token -> (chunk id, callback), for owned chunks not settled yet
         self._waiters: dict[int, tuple[int, Callable[[], None]]] = {}
         self._next_token = 1
@@ -517,26 +525,24 @@ class ChunkLayer:
         once it is settled, or its error's bytes to ``fail(error)``."""
         if ref.owner == self.rank:
             self.when_settled(ref.id, lambda: self._local_rows(ref.id, start, stop, put, fail))
-        else:
-            # The callback holds `ref` until the answer is read: the chunk
-            # (and a shared file its rows are a view of) lives until then.
-            self.requests.request(ref.owner, CHUNK_FETCH, (ref.id, start, stop)).add_done_callback(
-                functools.partial(self._fetched, put=put, fail=fail, held=ref)
-            )
+            return
+        whole = self._mapped_rows(ref.id)
+        if whole is not None:
+            put(whole if stop is None else whole[start:stop])
+            return
+        # The callback holds `ref` until the answer is read: the chunk
+        # (and a shared file its rows are a view of) lives until then.
+        self.requests.request(ref.owner, CHUNK_FETCH, (ref.id, start, stop)).add_done_callback(
+            functools.partial(self._fetched, id=ref.id, put=put, fail=fail, held=ref)
+        )
 
-    def _local_rows(
-        self, id: int, start: int, stop: int | None, put: Put, fail: Fail, shared: bool = False
-    ) -> None:
-        # Rows of an owned chunk: in place, or for a rank of this host
-        # (`shared`) as a view of the chunk's shared file.
+    def _local_rows(self, id: int, start: int, stop: int | None, put: Put, fail: Fail) -> None:
+        # Rows of an owned chunk, in place.
         if self.table.state(id) == ERROR:
             fail(self.table.error(id))
             return
         value = self.table.value(id)  # a read-only view: no copy
-        if shared and value.nbytes >= SHARE_BYTES:
-            put(self._shared_rows(id, value, start, stop))
-        else:
-            put(value if stop is None else value[start:stop])
+        put(value if stop is None else value[start:stop])
 
     def _shared_rows(
         self, id: int, value: np.ndarray, start: int, stop: int | None
@@ -553,30 +559,67 @@ class ChunkLayer:
         return segment.view(value.dtype, rows.shape, begin * value.strides[0] if len(rows) else 0)
 
     def _fetched(
-        self, future: Future[tuple[int, Any]], put: Put, fail: Fail, held: ChunkRef | None = None
+        self,
+        future: Future[tuple[Any, ...]],
+        id: int,
+        put: Put,
+        fail: Fail,
+        held: ChunkRef | None = None,
     ) -> None:
         # `held`: the reference the answer needed alive until now (see rows).
         exc = future.exception()
         if exc is not None:
             fail(error_bytes(exc, self.rank))
             return
-        state, value = future.result()
+        state, value, *file = future.result()
+        if state == RESOLVED and file:  # rows of a shared file: (its name, the chunk's shape)
+            self._remember_file(id, value, file[0])
         (put if state == RESOLVED else fail)(value)
+
+    def _remember_file(self, id: int, rows: Any, file: Any) -> None:
+        # What a host peer said of the file its chunk lives in, checked as
+        # far as it can be here; `_shared.mapped` checks the rest.
+        if not (
+            isinstance(rows, np.ndarray)
+            and isinstance(file, (tuple, list))
+            and len(file) == 2
+            and isinstance(file[0], str)
+            and isinstance(file[1], list)
+            and all(isinstance(n, int) and n >= 0 for n in file[1])
+        ):
+            return
+        self._peer_files[id] = (file[0], rows.dtype, tuple(file[1]))
+        if len(self._peer_files) > PEER_FILES:
+            self._peer_files.popitem(last=False)
+
+    def _mapped_rows(self, id: int) -> np.ndarray | None:
+        # The whole chunk `id` of a host peer, if its file is still mapped here.
+        file = self._peer_files.get(id)
+        if file is None:
+            return None
+        whole = _shared.mapped(*file)
+        if whole is None:
+            del self._peer_files[id]
+        return whole
 
     def _on_fetch(self, msg: Message) -> None:
         id, start, stop = msg.payload
         msg.defer()
-        self.when_settled(
-            id,
-            lambda: self._local_rows(
-                id,
-                start,
-                stop,
-                lambda value: msg.reply((RESOLVED, value)),
-                lambda error: msg.reply((ERROR, error)),
-                msg.source in self._host_peers,
-            ),
-        )
+        self.when_settled(id, lambda: self._answer_fetch(msg, id, start, stop))
+
+    def _answer_fetch(self, msg: Message, id: int, start: int, stop: int | None) -> None:
+        # The rows, or for a rank of this host a view of them in the
+        # chunk's shared file, with the file's name and the chunk's shape,
+        # so that it reads other rows later without asking (`_mapped_rows`).
+        if self.table.state(id) == ERROR:
+            msg.reply((ERROR, self.table.error(id)))
+            return
+        value = self.table.value(id)
+        if msg.source in self._host_peers and value.nbytes >= SHARE_BYTES:
+            rows = self._shared_rows(id, value, start, stop)
+            msg.reply((RESOLVED, rows, (rows.name, list(value.shape))))
+        else:
+            msg.reply((RESOLVED, value if stop is None else value[start:stop]))
 
     # -- tasks -----------------------------------------------------------------
 

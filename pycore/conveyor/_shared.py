@@ -474,13 +474,30 @@ class SharedView(CarriageableItem, name="conveyor.SharedView"):
         if pid not in _trusted:
             raise ValueError(f"a shared view of process {pid}, not a rank of this host")
         dtype = _checked_dtype(kind)
-        count = math.prod(shape)
         mapping = _mappings.get(name)
         if mapping is None:
             mapping = _mappings.open(pid, fd, name)
-        if offset + count * dtype.itemsize > len(mapping):
+        array = _array_in(mapping, dtype, tuple(shape), offset)
+        if array is None:
             raise ValueError(f"the shared item {name!r} is smaller than its shape")
-        return np.frombuffer(mapping, dtype, count, offset).reshape(shape)
+        return array
+
+
+def mapped(name: str, dtype: np.dtype[Any], shape: tuple[int, ...]) -> np.ndarray | None:
+    """The read-only array of `dtype` and `shape` at the start of file `name`, if
+    this process still has the file mapped (from a `SharedView` it loaded), else None."""
+    mapping = _mappings.get(name)
+    return None if mapping is None else _array_in(mapping, dtype, shape, 0)
+
+
+def _array_in(
+    mapping: mmap.mmap, dtype: np.dtype[Any], shape: tuple[int, ...], offset: int
+) -> np.ndarray | None:
+    # None if the file is too small for it.
+    count = math.prod(shape)
+    if offset + count * dtype.itemsize > len(mapping):
+        return None
+    return np.frombuffer(mapping, dtype, count, offset).reshape(shape)
 
 
 class _Mappings:

@@ -4,7 +4,8 @@
 them, so that every task needs rows of other ranks' chunks: on one host
 no row moves through MPI (read from the byte counters), across virtual
 hosts the rows of the other host do, and the values are numpy's either
-way. A chunk's shared file goes when the chunk does.
+way. A chunk's shared file goes when the chunk does. A rank that read rows of
+a host peer's chunk once reads other rows of it without the owner.
 """
 
 import numpy as np
@@ -63,3 +64,32 @@ def case_add(hosts):
 @pytest.mark.parametrize(("n", "hosts"), [(2, "1"), (4, "1"), (4, "2")])
 def test_add_reads_chunks_of_the_host_in_place(mpirun, n, hosts):
     mpirun(n, case_add, hosts, env={"CONVEYOR_HOSTS": hosts})
+
+
+def read_rows(m, ref, start, stop):
+    """Rows [start, stop) of chunk `ref`, as a task reads them (serving until they come)."""
+    got = []
+    layer_of(m).rows(ref, start, stop, got.append, lambda error: got.append(error))
+    while not got:
+        m.progress(0.01)
+    return got[0]
+
+
+def case_read_again_without_the_owner():
+    with cv.Messenger() as m:
+        x_all = np.arange(ROWS * m.size, dtype=np.float64)
+        x = cv.DistArray.from_local(m, x_all[m.rank * ROWS : (m.rank + 1) * ROWS])
+        if m.rank == 1:
+            assert np.array_equal(read_rows(m, x.chunks[0], 10, 20), x_all[10:20])
+        m.wait_quiet()
+        if m.rank == 1:
+            # Rank 0 serves nothing until this rank joins the barrier: a
+            # read that asked it would never be answered.
+            assert np.array_equal(read_rows(m, x.chunks[0], 300, 4000), x_all[300:4000])
+        world().Barrier()
+        x = None
+        m.wait_quiet()
+
+
+def test_a_peer_reads_other_rows_of_a_chunk_it_mapped_without_the_owner(mpirun):
+    mpirun(2, case_read_again_without_the_owner, env={"CONVEYOR_HOSTS": "1"})
