@@ -2,8 +2,8 @@
 
 Same-host and cross-host (virtual hosts, CONVEYOR_HOSTS) fetches, what a
 view keeps when the item goes, the capacity of shared items, forged views
-(refused before anything is opened), and a rank killed while another maps
-its item. What travels is read from the byte counters, never from timing.
+(refused before anything is opened), forged fetch requests and mapped
+notices, and a rank killed while another maps its item. What travels is read from the byte counters, never from timing.
 """
 
 import gc
@@ -220,6 +220,59 @@ def case_forged_views():
 
 def test_forged_views(mpirun):
     mpirun(2, case_forged_views)
+
+
+def case_forged_fetches_and_mapped_notices():
+    # The item service's receivers, reached as a forger would (send and
+    # request refuse their reserved tags): a fetch request it cannot read
+    # is answered with a ValueError; a notice that a view was mapped whose
+    # lease is not an int is ignored, and releases no view lent.
+    from conveyor._tags import ITEM_FETCH, ITEM_MAPPED
+
+    with cv.Messenger() as m:
+        if m.rank == 0:
+            m.store.put("item", np.arange(4.0), shared=True)
+        m.barrier()
+        if m.rank == 1:
+            forge = m._requests.request
+            for payload in (
+                "item",
+                None,
+                ("item",),
+                ("item", "view", "more"),
+                ("item", "nowhere"),
+                (7, "whole"),
+                {"item": "view"},
+            ):
+                with pytest.raises(cv.RemoteError, match="malformed fetch") as info:
+                    forge(0, ITEM_FETCH, payload).result(timeout=30)
+                assert isinstance(info.value, ValueError) and info.value.remote_type == "ValueError"
+            # A view lent as a fetch asks for it, whose fetcher never says
+            # it mapped it: rank 0 holds its file until the notice comes.
+            how, view, lease = forge(0, ITEM_FETCH, ("item", "view")).result(timeout=30)
+            assert how == "view" and type(lease) is int
+            # A float or a bool equal to the lease would find it in a dict.
+            notices = [str(lease), float(lease), [lease], (lease,), None]
+            notices += [bool(lease)] if lease in (0, 1) else []
+            for notice in notices:
+                m._transport.send(0, ITEM_MAPPED, notice)
+        m.wait_quiet()
+        lent = m.bcast(len(m._items._lent) if m.rank == 0 else None)
+        assert lent == 1  # the forged notices released nothing
+        if m.rank == 1:
+            m._transport.send(0, ITEM_MAPPED, lease)  # the genuine notice
+        m.wait_quiet()
+        if m.rank == 0:
+            assert m._items._lent == {}
+            stats = m.stats()
+            assert stats["handler_errors"] == stats["payloads_undecodable"] == 0, stats
+        else:  # rank 0 still serves fetches
+            assert np.array_equal(m.fetch(0, "item").result(timeout=30), np.arange(4.0))
+        m.wait_quiet()
+
+
+def test_forged_fetches_and_mapped_notices(mpirun):
+    mpirun(2, case_forged_fetches_and_mapped_notices)
 
 
 def case_owner_killed():
