@@ -5,12 +5,14 @@ chunk, run where the chunk is, answers one row (none for an empty chunk),
 and the caller combines those rows with the same numpy function; the
 result is a numpy value. Along each row (``axis=1`` of a 2-D array) every
 chunk reduces its own rows where it is, and the result is a DistArray of
-the same chunking. ``var`` and ``std`` take two rounds (the mean, then the
-squared deviations from it), as numpy computes them. ``argmin`` and
-``argmax`` answer each chunk's extreme and its place, and the caller picks
-the first extreme over all. ``cumsum`` and ``cumprod`` stay distributed and
-never wait: each chunk's total goes to the next chunk's rank, where the
-running total before it is added up and then applied to its own running sums.
+the same chunking. ``var`` and ``std`` of float64 over all elements take
+one round (each chunk's count, mean and squared deviations, merged);
+otherwise two (the mean, then the squared deviations from it), as numpy
+computes them. ``argmin`` and ``argmax`` answer each chunk's extreme and
+its place, and the caller picks the first extreme over all. ``cumsum`` and
+``cumprod`` stay distributed and never wait: each chunk's total goes to the
+next chunk's rank, where the running total before it is added up and then
+applied to its own running sums.
 """
 
 from __future__ import annotations
@@ -123,7 +125,7 @@ def var(
         # One pass over memory: each chunk's count, mean and squared
         # deviations, merged here (no round for the mean first).
         moments = _combined(x, _moments, _merged_moments, None, False, {})
-        squares = np.reshape(moments[2], (1,) * x.ndim if keepdims else ())
+        squares = np.reshape(moments[3], (1,) * x.ndim if keepdims else ())
     else:
         centre = mean(x, axis, dtype, keepdims=True)
         part = functools.partial(_partial_squares, centre, axis, dtype)
@@ -293,13 +295,6 @@ def _partial_reduce(
     return reduced.reshape((1,) + (chunk.shape[1:] if axis == 0 else ()))
 
 
-# Rows of float64 a step of `_moments` takes: 512 KiB, which stays in a
-# core's cache between the mean, the subtraction and the sum of squares (the
-# whole chunk's expression made two temporaries as large as the chunk, whose
-# fresh pages cost most of its time).
-SQUARES_BLOCK = 1 << 16
-
-
 def _partial_squares(centre: Any, axis: int | None, dtype: Any, chunk: np.ndarray) -> np.ndarray:
     # One chunk's sum of squared deviations from the mean, as numpy's var computes them.
     deviations = np.asarray(chunk - centre)
@@ -310,43 +305,84 @@ def _partial_squares(centre: Any, axis: int | None, dtype: Any, chunk: np.ndarra
     return _partial_reduce(np.sum, axis, {"dtype": dtype}, squares)
 
 
+# `_moments` reads a float64 chunk in rows of ROW elements, ROWS_AT_ONCE rows
+# (1 MiB, a core's L2 cache here) a step. A row's dot product stays on one
+# thread: OpenBLAS splits a dot of more than 10,000 elements over its
+# threads, which made it 100 times slower on ranks that share the cores.
+ROW = 8192
+ROWS_AT_ONCE = 16
+# How many times the squared deviations' sum the sum of squares may be,
+# when the one is found by taking the sum's square from the other: the
+# cancellation costs at most log2(2 * CANCELLATION) bits (measured: the
+# last digit or two, as numpy's two passes).
+CANCELLATION = 10
+
+
 def _moments(chunk: np.ndarray) -> np.ndarray:
-    # A float64 chunk's count, mean and sum of squared deviations from it (a
-    # row; none if empty), a cache-sized block at a time: each block's mean
-    # and squares come from the cache, so memory is read once, and the
-    # blocks merge as in Chan, Golub and LeVeque's pairwise update.
+    # A float64 chunk's count, mean (a shift and the rest) and sum of
+    # squared deviations from it, as a row (none if empty), in one read of
+    # memory: the sum and the sum of squares of its values less the shift,
+    # and the sum's square over the count taken from the sum of squares.
+    # The shift is the first row's mean, so that little cancels for data
+    # around 1e8 as around 0; values near 0 compared with their spread (in
+    # the first row: the sum of squares at most half CANCELLATION times the
+    # squared deviations') take none, and skip the subtraction, a write of
+    # every value. When too much would cancel (the values move away from the
+    # first row's), the sums are taken again, less the chunk's mean.
     values = chunk.reshape(-1)
-    if not len(values):
-        return np.empty((0, 3))
-    step = min(SQUARES_BLOCK, len(values))
-    buffer = np.empty(step)
-    moments = np.zeros(3)
-    for start in range(0, len(values), step):
-        block = values[start : start + step]
-        deviations = buffer[: len(block)]
-        block_mean = float(np.einsum("i->", block)) / len(block)
-        np.subtract(block, block_mean, out=deviations)
-        # einsum, not np.dot: OpenBLAS's dot starts threads, which on ranks
-        # that share the cores made it four times slower.
-        squares = float(np.einsum("i,i->", deviations, deviations))
-        moments = _merge(moments, np.array([len(block), block_mean, squares]))
-    return moments.reshape(1, 3)
+    count = len(values)
+    if not count:
+        return np.empty((0, 4))
+    first = values[:ROW]
+    shift = np.add.reduce(first) / len(first)
+    spread = first - shift
+    if 2 * len(first) * shift * shift <= (CANCELLATION - 2) * np.add.reduce(spread * spread):
+        shift = 0.0
+    total, squares = _shifted_sums(values, shift)
+    deviations = squares - total * (total / count)
+    if squares > CANCELLATION * deviations:
+        shift += total / count
+        total, squares = _shifted_sums(values, shift)
+        deviations = squares - total * (total / count)
+    # max: rounding must not make a constant chunk's sum negative.
+    return np.array([[count, shift, total / count, max(deviations, 0.0)]])
 
 
-def _merge(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    # The count, mean and squared deviations of two parts together.
-    count = a[0] + b[0]
-    delta = b[1] - a[1]
-    mean = a[1] + delta * (b[0] / count)
-    return np.array([count, mean, a[2] + b[2] + delta * delta * (a[0] * b[0] / count)])
+def _shifted_sums(values: np.ndarray, shift: float) -> tuple[float, float]:
+    # The sum and the sum of squares of `values` less `shift`, a step of
+    # rows at a time, each step's shifted values in a buffer in the cache.
+    whole = len(values) - len(values) % ROW
+    step = ROWS_AT_ONCE * ROW
+    pieces: list[np.ndarray] = [
+        values[start : min(start + step, whole)].reshape(-1, ROW) for start in range(0, whole, step)
+    ]
+    if whole < len(values):
+        pieces.append(values[whole:].reshape(1, -1))
+    buffer = np.empty(min(len(values), step) if shift else 0)
+    sums, squares = [], []
+    for rows in pieces:
+        if shift:
+            rows = np.subtract(rows, shift, out=buffer[: rows.size].reshape(rows.shape))
+        sums.append(np.add.reduce(rows, axis=1))
+        # Each row times itself, one BLAS dot a row (np.einsum's products
+        # took three times as long).
+        squares.append(np.matmul(rows[:, None, :], rows[:, :, None]).reshape(-1))
+    return float(np.add.reduce(np.concatenate(sums))), float(np.add.reduce(np.concatenate(squares)))
 
 
 def _merged_moments(rows: np.ndarray, axis: int, keepdims: bool) -> np.ndarray:
-    # The chunks' moments (one row each, in order) merged, as _combined calls it.
-    merged: np.ndarray = rows[0]
-    for row in rows[1:]:
-        merged = _merge(merged, row)
-    return merged
+    # The chunks' moments (one row each, in order) merged as in Chan, Golub
+    # and LeVeque's pairwise update, as _combined calls it. A mean is kept
+    # as its shift plus the rest: around 1e8, a mean rounded to a float64 is
+    # off by 1e-8, which the squared difference of two means would carry.
+    count, shift, rest, deviations = rows[0]
+    for other_count, other_shift, other_rest, other_deviations in rows[1:]:
+        delta = (other_shift - shift) + (other_rest - rest)
+        both = count + other_count
+        rest += delta * (other_count / both)
+        deviations += other_deviations + delta * delta * (count * other_count / both)
+        count = both
+    return np.array([count, shift, rest, deviations])
 
 
 def _total(

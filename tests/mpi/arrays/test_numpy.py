@@ -278,22 +278,33 @@ def check_reductions(m):
         (x.cumsum(dtype=np.float32).collect(), a.cumsum(dtype=np.float32)),
     ]:
         assert_like(got, want, "numpy function")
-    # float64 chunks longer than one block of the squared deviations (taken a
-    # block at a time), an empty chunk, a strided chunk, and 2-D: numpy's var.
-    block = reductions.SQUARES_BLOCK
-    big = rng.normal(loc=1e3, size=3 * block + 7)
-    xb = m.array(big, chunks=[block + 3, 0, 2 * block + 4], ranks=[0, size - 1, 0])
-    for got, want in [
-        (xb.std(), big.std()),
-        (xb.var(ddof=1), big.var(ddof=1)),
-        (np.std(xb[::3]), np.std(big[::3])),
-        (
-            np.var(m.array(big[:-1].reshape(-1, 2), chunks=[5, len(big) // 2 - 5]), ddof=2),
-            np.var(big[:-1].reshape(-1, 2), ddof=2),
-        ),
+    # float64 chunks longer than a step of rows (their sums are taken a step
+    # at a time), an empty chunk, a strided chunk, and 2-D: numpy's var.
+    # Around 1e8 with a spread of 1, a sum of squares less the sum's square
+    # would keep none of the digits, nor would chunk means rounded to
+    # float64 merge to numpy's var; around 0.5, the values are not shifted;
+    # a first row of zeros misleads the shift (tests/unit/test_moments.py
+    # has the cases at full precision).
+    step = reductions.ROWS_AT_ONCE * reductions.ROW
+    chunks = [step + 3, 0, 2 * step + 4]
+    for big in [
+        rng.normal(loc=1e3, size=3 * step + 7),
+        1e8 + rng.random(3 * step + 7),
+        rng.random(3 * step + 7),
+        np.concatenate([np.zeros(reductions.ROW), 1e8 + rng.random(3 * step + 7 - reductions.ROW)]),
     ]:
-        assert np.asarray(got).dtype == want.dtype
-        np.testing.assert_allclose(got, want, rtol=1e-12)
+        xb = m.array(big, chunks=chunks, ranks=[0, size - 1, 0])
+        for got, want in [
+            (xb.std(), big.std()),
+            (xb.var(ddof=1), big.var(ddof=1)),
+            (np.std(xb[::3]), np.std(big[::3])),
+            (
+                np.var(m.array(big[:-1].reshape(-1, 2), chunks=[5, len(big) // 2 - 5]), ddof=2),
+                np.var(big[:-1].reshape(-1, 2), ddof=2),
+            ),
+        ]:
+            assert np.asarray(got).dtype == want.dtype
+            np.testing.assert_allclose(got, want, rtol=1e-12)
     ints = np.array([5, -3, 7, 7, -3, 2], dtype=np.int8)
     xi = m.array(ints, chunks=[2, 0, 4])
     assert_like(xi.cumsum().collect(), ints.cumsum(), "int8 cumsum")  # int64, as numpy's
