@@ -36,8 +36,9 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from . import _pickling, _progress, _shared
+from . import _pickling, _pool, _progress, _shared
 from ._carriage import CarriageableItem
+from ._config import env_number
 from ._diagnostics import ChunkWait, logger
 from ._errors import RECYCLING, RecyclingWarning, RemoteError, raised_remotely
 from ._native import core
@@ -69,6 +70,8 @@ if TYPE_CHECKING:
     Plan = tuple[int, int]
     # Called with a settled chunk's rows, or with its error's bytes.
     Put = Callable[[Any], None]
+    # Makes an uninitialised array of a shape and dtype (`_pool.Pool.empty`).
+    Empty = Callable[[tuple[int, ...], np.dtype[Any]], np.ndarray]
     Fail = Callable[[bytes], None]
 
 __all__ = ["ChunkRef"]
@@ -307,6 +310,10 @@ class ChunkLayer:
         # owner, which may be busy computing (`_mapped_rows`).
         self._peer_files: collections.OrderedDict[int, tuple[str, np.dtype[Any], tuple[int, ...]]]
         self._peer_files = collections.OrderedDict()
+        # Results are written into the buffers of freed chunks where one
+        # fits (`_pool`): the owned chunks whose value is such a buffer.
+        self._pool = _pool.Pool(env_number("CONVEYOR_CHUNK_POOL_BYTES", _pool.DEFAULT_BYTES))
+        self._pooled: dict[int, np.ndarray] = {}
         # token -> (chunk id, callback), for owned chunks not settled yet
         self._waiters: dict[int, tuple[int, Callable[[], None]]] = {}
         self._next_token = 1
@@ -336,6 +343,7 @@ class ChunkLayer:
 
     def close(self) -> None:
         self.closed = True
+        self._pool.clear()
 
     def collectives(self) -> MPI.Intracomm:
         """A communicator of the layer's own for the collective calls of from_local.
@@ -438,6 +446,9 @@ class ChunkLayer:
         # chunk freed before it was settled published nothing, and deleting
         # a key never set is an error at the table's home.
         self._shared.pop(id, None)
+        buffer = self._pooled.pop(id, None)
+        if buffer is not None:
+            self._pool.give(buffer)
         if id in self._published:
             self._published.remove(id)
             self.states.delete(id)
@@ -483,6 +494,9 @@ class ChunkLayer:
 
     def resolve(self, ref: ChunkRef, value: np.ndarray) -> None:
         tokens = self.table.resolve(ref.id, value)
+        buffer = self._pool.buffer_of(value)
+        if buffer is not None:
+            self._pooled[ref.id] = buffer
         rows = value.shape[0] if value.ndim else None
         self._settled(
             ref,
@@ -552,6 +566,7 @@ class ChunkLayer:
             segment = self._shared[id] = _shared.share(value, self.m._host_index)
             # The chunk now lives in the file: its private memory goes.
             self.table.replace(id, segment.array(value.dtype, value.shape))
+            self._pooled.pop(id, None)  # its views here go with this call
         if value.ndim == 0:
             return segment.view(value.dtype, ())
         begin, end, _ = slice(start, stop).indices(value.shape[0])
@@ -704,10 +719,11 @@ class ChunkLayer:
         def compute(specs: list[Spec], length: int | None) -> None:
             def run(values: list[Any]) -> None:
                 try:
+                    empty = self._pool.empty
                     if length is not None and _by_segments_fits(function, values, names, length):
-                        result = _by_segments(function, values, length)
+                        result = _by_segments(function, values, length, empty)
                     else:
-                        values = [v.joined() if isinstance(v, Segments) else v for v in values]
+                        values = [v.joined(empty) if isinstance(v, Segments) else v for v in values]
                         positional = values[: len(args)]
                         keywords = dict(zip(names, values[len(args) :]))
                         result = (
@@ -869,8 +885,11 @@ class Segments:
         self.parts = parts
         self.ends = list(itertools.accumulate(len(part) for part in parts))
 
-    def joined(self) -> np.ndarray:
-        return np.concatenate(self.parts)
+    def joined(self, empty: Empty = np.empty) -> np.ndarray:
+        """The rows in one array, made by ``empty(shape, dtype)``."""
+        dtype = np.result_type(*self.parts)
+        out = empty((self.ends[-1],) + self.parts[0].shape[1:], dtype)
+        return np.concatenate(self.parts, out=out)
 
     def rows(self, begin: int, end: int) -> np.ndarray:
         """Rows begin .. end, which lie in one part (a segment of `_by_segments`)."""
@@ -889,12 +908,11 @@ ROWWISE = "rowwise"
 def _by_segments_fits(
     function: Callable[..., Any] | None, values: list[Any], names: list[str], length: int
 ) -> bool:
-    # Rows in pieces, and a rowwise function of positional arguments each
-    # with a row per result row.
+    # A rowwise function of positional arguments each with a row per
+    # result row (some perhaps in pieces).
     return (
         getattr(function, ROWWISE, False) is True
         and not names
-        and any(isinstance(v, Segments) for v in values)
         and all(
             isinstance(v, Segments)
             or (isinstance(v, np.ndarray) and v.ndim and v.shape[0] == length)
@@ -903,16 +921,18 @@ def _by_segments_fits(
     )
 
 
-def _by_segments(function: Any, values: list[Any], length: int) -> np.ndarray:
-    # The result allocated once (its dtype and row shape from the function
-    # on no rows), then filled between every two places where a piece of
-    # some argument ends.
+def _by_segments(
+    function: Any, values: list[Any], length: int, empty: Empty = np.empty
+) -> np.ndarray:
+    # The result made once by `empty` (its dtype and row shape from the
+    # function on no rows), then filled between every two places where a
+    # piece of some argument ends: in one call where no argument has pieces.
     def rows(v: Any, begin: int, end: int) -> np.ndarray:
         return v.rows(begin, end) if isinstance(v, Segments) else v[begin:end]
 
     bounds = sorted({0, length}.union(*(v.ends for v in values if isinstance(v, Segments))))
     probe = np.asarray(function(*(rows(v, 0, 0) for v in values)))
-    out = np.empty((length,) + probe.shape[1:], probe.dtype)
+    out = empty((length,) + probe.shape[1:], probe.dtype)
     for begin, end in zip(bounds, bounds[1:]):
         function(*(rows(v, begin, end) for v in values), out=out[begin:end])
     return out

@@ -58,7 +58,8 @@ def test_a_function_without_out_and_constants():
     x_parts = pieces(np.linspace(-2, 2, 11), [4, 7])
     clipped = Rowwise(np.clip, [0, -1, -2], [-0.5, 1.0], {})  # np.clip(rows, -0.5, 1.0)
     np.testing.assert_array_equal(
-        _by_segments(clipped, [Segments(x_parts)], 11), np.clip(np.linspace(-2, 2, 11), -0.5, 1.0)
+        _by_segments(clipped, [Segments(x_parts)], 11),
+        np.clip(np.linspace(-2, 2, 11), -0.5, 1.0),
     )
 
 
@@ -70,5 +71,8 @@ def test_rows_are_joined_unless_the_task_can_take_them_a_segment_at_a_time():
     assert not _by_segments_fits(Rowwise(np.add, [0, 1], [], {}), [parts, whole], ["y"], 6)
     assert not _by_segments_fits(Rowwise(np.add, [0, 1], [], {}), [parts, np.ones(5)], [], 6)
     assert not _by_segments_fits(Rowwise(np.add, [0, 1], [], {}), [parts, 2.0], [], 6)
-    assert not _by_segments_fits(Rowwise(np.add, [0], [], {}), [whole], [], 6)  # no pieces
+    assert _by_segments_fits(Rowwise(np.add, [0], [], {}), [whole], [], 6)  # in one segment
     np.testing.assert_array_equal(parts.joined(), np.arange(6.0))
+    mixed = Segments([np.arange(2, dtype=np.int8), np.arange(3.0)])  # numpy's promotion
+    np.testing.assert_array_equal(mixed.joined(), np.concatenate(mixed.parts))
+    assert mixed.joined().dtype == np.float64
