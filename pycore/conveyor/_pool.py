@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import sys
+import threading
 import weakref
 from typing import Any
 
@@ -58,17 +59,21 @@ class Pool:
         self._bytes = 0
         # The buffers `empty` made, by id (arrays cannot be hashed).
         self._made: weakref.WeakValueDictionary[int, np.ndarray] = weakref.WeakValueDictionary()
+        # Tasks take buffers on the thread that serves; chunks are freed on
+        # any thread (a ChunkRef dropped by the program, the collector).
+        self._lock = threading.Lock()
 
     def empty(self, shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray:
         """An uninitialised C-contiguous array, in a kept buffer if one has its byte size."""
         nbytes = math.prod(shape) * dtype.itemsize
         if nbytes < SMALLEST or dtype.hasobject or self.limit <= 0:
             return np.empty(shape, dtype)
-        free = self._free.get(nbytes)
-        if free:
-            buffer = free.pop()
-            self._bytes -= nbytes
-        else:
+        with self._lock:
+            free = self._free.get(nbytes)
+            buffer = free.pop() if free else None
+            if buffer is not None:
+                self._bytes -= nbytes
+        if buffer is None:
             buffer = np.empty(nbytes, np.uint8)
             self._made[id(buffer)] = buffer
         return buffer.view(dtype).reshape(shape)
@@ -84,11 +89,12 @@ class Pool:
         """Keep `buffer` for reuse, if nothing else refers to it and it fits the bound."""
         if _references(buffer) > _UNREFERENCED:
             return
-        if self._bytes + buffer.nbytes > self.limit:
-            return
-        self._free.setdefault(buffer.nbytes, []).append(buffer)
-        self._bytes += buffer.nbytes
+        with self._lock:
+            if self._bytes + buffer.nbytes <= self.limit:
+                self._free.setdefault(buffer.nbytes, []).append(buffer)
+                self._bytes += buffer.nbytes
 
     def clear(self) -> None:
-        self._free.clear()
-        self._bytes = 0
+        with self._lock:
+            self._free.clear()
+            self._bytes = 0
