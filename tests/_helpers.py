@@ -18,6 +18,17 @@ def world():
     return MPI.COMM_WORLD
 
 
+def read_rows(m, ref, start, stop):
+    """Rows [start, stop) of chunk `ref`, as a task reads them (serving until they come)."""
+    from conveyor._chunks import layer_of
+
+    got = []
+    layer_of(m).rows(ref, start, stop, got.append, lambda error: got.append(error))
+    while not got:
+        m.progress(0.01)
+    return got[0]
+
+
 def peak_rss_mib():
     """This process's peak resident set size, in MiB (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -243,7 +243,7 @@ class ActorService:
         try:
             parcel = self._shipped.parcel(rank, cls)
             created = self.requests.request(rank, ACTOR_CREATE, (parcel, args, kwargs))
-            self._shipped.sent(rank, parcel)
+            self._shipped.sent(rank, parcel, created)
             number = created.result(timeout)
         except BaseException:
             if home is not None and not self.requests.transport.closed:

@@ -46,6 +46,7 @@ from ._shipping import Received, Shipped
 from ._tags import (
     CHUNK_FETCH,
     CHUNK_GIVE_BACK,
+    CHUNK_MAPPED,
     CHUNK_REFILL,
     CHUNK_TASK,
     DRIVER_DONE,
@@ -333,6 +334,7 @@ class ChunkLayer:
         receivers.add(CHUNK_FETCH, self._on_fetch)
         receivers.add(CHUNK_GIVE_BACK, self._on_give_back)
         receivers.add(CHUNK_REFILL, self._on_refill)
+        receivers.add(CHUNK_MAPPED, lambda msg: self._shipped.mapped(msg.payload))
         self.drivers_done = 0  # driver blocks the root left, and those served here
         self.driving = 0  # driver blocks this rank is the root of, and in
         self.drivers_seen = 0
@@ -682,7 +684,9 @@ class ChunkLayer:
         }
         self.transport.send(owner, CHUNK_TASK, task)
         if parcel is not None:
-            self._shipped.sent(owner, parcel)  # only once it left: the owner will see it
+            self._shipped.sent(
+                owner, parcel
+            )  # only once it left: the owner will see it (and map it)
         return ref
 
     def _on_task(self, msg: Message) -> None:
@@ -696,6 +700,9 @@ class ChunkLayer:
                 function = self._received.function(msg.source, task["function"])
         except Exception as exc:  # a function that does not unpickle here: the chunk fails
             unloaded = error_bytes(exc, self.rank, traceback.format_exc())
+        mapped = Received.mapped_digest(task["function"])
+        if mapped is not None:  # its sender holds the file until it hears so
+            self.transport.send(msg.source, CHUNK_MAPPED, mapped)
         id = task["id"]
         if task["weight"] >= 0:  # else its minter, this rank, created it
             self.table.create(id, task["weight"])

@@ -56,7 +56,7 @@ class ExecutorService:
         """Send a task to `rank`: ``fn(*args, **kwargs)``, or for a `chunk`, fn over each args tuple."""
         parcel = self._shipped.parcel(rank, fn)
         future = self._requests.request(rank, EXECUTOR_RUN, (parcel, args, kwargs, chunk))
-        self._shipped.sent(rank, parcel)  # only once it left: the receiver will see it
+        self._shipped.sent(rank, parcel, future)  # only once it left: the receiver will see it
         return future
 
     def _run(self, msg: Message) -> Any:

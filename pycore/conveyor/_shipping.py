@@ -15,7 +15,10 @@ content-addressed shared memory (`_shared.share`: the host holds equal
 pickles once, whichever of its ranks shipped them) and the receiver maps
 it from a `SharedView`, checks its digest and unpickles it. So a large
 closure shipped to every rank of a host costs a few hundred bytes a rank,
-then 16 a task.
+then 16 a task. The sender holds that file until the receiver has mapped
+it (it answered the request, or said so with a `mapped` notice): a
+receiver still busy elsewhere when the digest leaves every list would
+otherwise find the file gone.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from . import _pickling, _shared
 from ._errors import FrameError
 
 if TYPE_CHECKING:
+    from ._future import Future
     from ._shared import HostIndex, Segment
 
 __all__ = ["Parcel", "Received", "Shipped"]
@@ -54,8 +58,10 @@ class Shipped:
         self._sent: dict[int, collections.OrderedDict[bytes, None]] = {}
         self._host_ranks = host_ranks  # whose pickles go through shared memory
         self._index = index
-        # The shared pickles, by digest: kept while any rank's list holds them.
+        # The shared pickles, by digest: kept while any rank's list holds
+        # them, or a view of them is on its way (counted, by digest).
         self._segments: dict[bytes, Segment] = {}
+        self._unmapped: collections.Counter[bytes] = collections.Counter()
         # A function is pickled once (as Ray exports a remote function once):
         # the globals it captures are those of its first use.
         self._pickles: weakref.WeakKeyDictionary[Any, tuple[bytes, bytes]] = (
@@ -86,12 +92,36 @@ class Shipped:
             self._segments[digest] = segment
         return (digest, segment.view(np.dtype(np.uint8), (len(data),)))
 
-    def sent(self, dest: int, parcel: Parcel) -> None:
-        """Record that `parcel` left for `dest` (as the receiver will record it)."""
-        gone = _use(self._sent.setdefault(dest, collections.OrderedDict()), parcel[0], None)
-        if gone is not None and self._segments and not any(gone in s for s in self._sent.values()):
-            # No rank's list holds it: its receivers have mapped it or let it go.
-            self._segments.pop(gone, None)
+    def sent(self, dest: int, parcel: Parcel, answer: Future[Any] | None = None) -> None:
+        """Record that `parcel` left for `dest` (as the receiver will record it).
+
+        A parcel that is a view of a shared pickle holds the file until
+        `dest` has mapped it: until `answer` (the request that carried it)
+        is answered, or, without one, until `mapped` is called.
+        """
+        digest, data = parcel
+        if isinstance(data, _shared.SharedView):
+            self._unmapped[digest] += 1
+            if answer is not None:
+                answer.add_done_callback(lambda _: self.mapped(digest))
+        gone = _use(self._sent.setdefault(dest, collections.OrderedDict()), digest, None)
+        if gone is not None:
+            self._let_go(gone)
+
+    def mapped(self, digest: Any) -> None:
+        """A receiver mapped the shared pickle `digest` (its `mapped` notice: checked)."""
+        if type(digest) is bytes and self._unmapped[digest] > 0:
+            self._unmapped[digest] -= 1
+            if self._unmapped[digest] == 0:
+                del self._unmapped[digest]
+                self._let_go(digest)
+
+    def _let_go(self, digest: bytes) -> None:
+        # The file goes once no list holds the digest and no view of it is on its way.
+        if digest not in self._segments or digest in self._unmapped:
+            return
+        if not any(digest in s for s in self._sent.values()):
+            del self._segments[digest]
 
     def _pickle(self, fn: Callable[..., Any]) -> tuple[bytes, bytes]:
         try:
@@ -110,6 +140,18 @@ class Shipped:
 
 class Received:
     """The receiver's side: the functions each rank sent, by digest."""
+
+    @staticmethod
+    def mapped_digest(parcel: Any) -> bytes | None:
+        """The digest of `parcel` if it arrived as a mapped shared pickle, else None.
+
+        Its sender holds the file until it hears so (`Shipped.mapped`),
+        unless the parcel came in a request, whose answer says it.
+        """
+        if isinstance(parcel, tuple) and len(parcel) == 2 and isinstance(parcel[1], np.ndarray):
+            digest = parcel[0]
+            return digest if isinstance(digest, bytes) else None
+        return None
 
     def __init__(self) -> None:
         self._functions: dict[int, collections.OrderedDict[bytes, Callable[..., Any]]] = {}

@@ -16,6 +16,7 @@ __all__ = [
     "CANCEL",
     "CHUNK_FETCH",
     "CHUNK_GIVE_BACK",
+    "CHUNK_MAPPED",
     "CHUNK_REFILL",
     "CHUNK_STATES",
     "CHUNK_TASK",
@@ -66,6 +67,7 @@ TABLE_UNWAIT = "conveyor.table.unwait"  # send: a waiter cancelled its wait: for
 
 # Chunks and distributed arrays (_chunks, _darray)
 CHUNK_TASK = "conveyor.chunk.task"  # send: compute a chunk
+CHUNK_MAPPED = "conveyor.chunk.mapped"  # send: a task's shared function was mapped: its hold may go
 CHUNK_FETCH = "conveyor.chunk.fetch"  # request: rows of a chunk, once settled
 CHUNK_GIVE_BACK = "conveyor.chunk.give_back"  # send: reference weight returned to its home
 CHUNK_REFILL = "conveyor.chunk.refill"  # request: more weight for a reference running low

@@ -14,7 +14,7 @@ import pytest
 import conveyor as cv
 from conveyor._chunks import layer_of
 
-from _helpers import world
+from _helpers import read_rows, world
 
 ROWS = 1 << 15  # rows of x per rank: 256 KiB of float64
 
@@ -64,15 +64,6 @@ def case_add(hosts):
 @pytest.mark.parametrize(("n", "hosts"), [(2, "1"), (4, "1"), (4, "2")])
 def test_add_reads_chunks_of_the_host_in_place(mpirun, n, hosts):
     mpirun(n, case_add, hosts, env={"CONVEYOR_HOSTS": hosts})
-
-
-def read_rows(m, ref, start, stop):
-    """Rows [start, stop) of chunk `ref`, as a task reads them (serving until they come)."""
-    got = []
-    layer_of(m).rows(ref, start, stop, got.append, lambda error: got.append(error))
-    while not got:
-        m.progress(0.01)
-    return got[0]
 
 
 def case_read_again_without_the_owner():

@@ -18,7 +18,7 @@ import conveyor as cv
 from conveyor import _shared
 from conveyor._tags import ITEM_PUT
 
-from _helpers import world
+from _helpers import read_rows, world
 
 N = 1 << 17  # float64: 1 MiB
 
@@ -269,3 +269,42 @@ def case_shipped_closures(hosts):
 @pytest.mark.parametrize(("n", "hosts"), [(3, "1"), (4, "2")])
 def test_shipped_closures(mpirun, n, hosts):
     mpirun(n, case_shipped_closures, hosts, env={"CONVEYOR_HOSTS": hosts})
+
+
+def case_shipped_past_the_lists():
+    # More distinct large functions than a pair's list holds go to rank 1,
+    # by the Executor and as chunk tasks, while it sits in a plain MPI
+    # barrier: the first ones leave the sender's lists before rank 1 has
+    # mapped them, and their files must stay until it has.
+    from conveyor._chunks import layer_of
+    from conveyor._pickling import dumps
+    from conveyor._shipping import CAPACITY, SHARE_BYTES
+
+    count = CAPACITY + 8
+    with cv.Messenger() as m:
+        layer = layer_of(m)
+        if m.rank == 0:
+            tables = [np.full(SHARE_BYTES // 8, k, dtype=np.float64) for k in range(count)]
+            pool = cv.Executor(m, ranks=[1])
+            futures = [pool.submit(lambda t=t: float(t[0])) for t in tables]
+            refs = [
+                layer.submit(1, 1, None, dumps(lambda _, t=t: t[:1]), [("value", 0)])
+                for t in tables
+            ]
+        world().Barrier()
+        if m.rank == 0:
+            assert [f.result(timeout=60) for f in futures] == [float(k) for k in range(count)]
+            got = [read_rows(m, ref, 0, 1) for ref in refs]
+            assert [float(value[0]) for value in got] == [float(k) for k in range(count)]
+            del refs, got
+        m.wait_quiet()
+        if m.rank == 0:
+            # Every hold was let go: only the digests still in the lists keep files.
+            for shipped in (m._executor_service._shipped, layer._shipped):
+                assert not shipped._unmapped
+                assert len(shipped._segments) == CAPACITY
+        m.wait_quiet()
+
+
+def test_shipped_past_the_lists(mpirun):
+    mpirun(2, case_shipped_past_the_lists)
