@@ -549,7 +549,7 @@ class ChunkLayer:
         # The callback holds `ref` until the answer is read: the chunk
         # (and a shared file its rows are a view of) lives until then.
         self.requests.request(ref.owner, CHUNK_FETCH, (ref.id, start, stop)).add_done_callback(
-            functools.partial(self._fetched, id=ref.id, put=put, fail=fail, held=ref)
+            functools.partial(self._fetched, ref=ref, put=put, fail=fail)
         )
 
     def _local_rows(self, id: int, start: int, stop: int | None, put: Put, fail: Fail) -> None:
@@ -576,26 +576,21 @@ class ChunkLayer:
         return segment.view(value.dtype, rows.shape, begin * value.strides[0] if len(rows) else 0)
 
     def _fetched(
-        self,
-        future: Future[tuple[Any, ...]],
-        id: int,
-        put: Put,
-        fail: Fail,
-        held: ChunkRef | None = None,
+        self, future: Future[tuple[Any, ...]], ref: ChunkRef, put: Put, fail: Fail
     ) -> None:
-        # `held`: the reference the answer needed alive until now (see rows).
         exc = future.exception()
         if exc is not None:
             fail(error_bytes(exc, self.rank))
             return
         state, value, *file = future.result()
         if state == RESOLVED and file:  # rows of a shared file: (its name, the chunk's shape)
-            self._remember_file(id, value, file[0])
+            self._remember_file(ref, value, file[0])
         (put if state == RESOLVED else fail)(value)
 
-    def _remember_file(self, id: int, rows: Any, file: Any) -> None:
+    def _remember_file(self, ref: ChunkRef, rows: Any, file: Any) -> None:
         # What a host peer said of the file its chunk lives in, checked as
-        # far as it can be here; `_shared.mapped` checks the rest.
+        # far as it can be here (a shape of the chunk's length, when known);
+        # `_shared.mapped` checks the rest.
         if not (
             isinstance(rows, np.ndarray)
             and isinstance(file, (tuple, list))
@@ -603,9 +598,10 @@ class ChunkLayer:
             and isinstance(file[0], str)
             and isinstance(file[1], list)
             and all(isinstance(n, int) and n >= 0 for n in file[1])
+            and (ref.length is None or file[1][:1] == [ref.length])
         ):
             return
-        self._peer_files[id] = (file[0], rows.dtype, tuple(file[1]))
+        self._peer_files[ref.id] = (file[0], rows.dtype, tuple(file[1]))
         if len(self._peer_files) > PEER_FILES:
             self._peer_files.popitem(last=False)
 

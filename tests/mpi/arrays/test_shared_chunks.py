@@ -5,7 +5,8 @@ them, so that every task needs rows of other ranks' chunks: on one host
 no row moves through MPI (read from the byte counters), across virtual
 hosts the rows of the other host do, and the values are numpy's either
 way. A chunk's shared file goes when the chunk does. A rank that read rows of
-a host peer's chunk once reads other rows of it without the owner.
+a host peer's chunk once reads other rows of it without the owner, and
+not through a file that a forged answer named.
 """
 
 import numpy as np
@@ -84,3 +85,62 @@ def case_read_again_without_the_owner():
 
 def test_a_peer_reads_other_rows_of_a_chunk_it_mapped_without_the_owner(mpirun):
     mpirun(2, case_read_again_without_the_owner, env={"CONVEYOR_HOSTS": "1"})
+
+
+# What a forged answer may say of the file a chunk lives in, from the true
+# (name, shape): each must be ignored, the rows asked of the owner again.
+FORGED_FILES = [
+    lambda name, shape: ("conveyor-shared-1-999999", shape),  # a file not mapped here
+    lambda name, shape: (name, [shape[0] - 1]),  # within the file, not the chunk's length
+    lambda name, shape: (name, [shape[0], 1 << 40]),  # larger than the file
+    lambda name, shape: (name, [shape[0], -1]),
+    lambda name, shape: (name, "rows"),
+    lambda name, shape: (7, shape),
+    lambda name, shape: (name, shape, "more"),
+    lambda name, shape: "junk",
+]
+
+
+class Forging:
+    """A fetch message whose answer says `forge(name, shape)` of the chunk's file."""
+
+    def __init__(self, msg, forge):
+        self._msg, self._forge = msg, forge
+
+    def __getattr__(self, name):
+        return getattr(self._msg, name)
+
+    def reply(self, answer):
+        state, rows, (name, shape) = answer
+        self._msg.reply((state, rows, self._forge(name, shape)))
+
+
+def case_forged_file_in_an_answer():
+    with cv.Messenger() as m:
+        layer = layer_of(m)
+        answered = {}
+        if m.rank == 0:
+            honest = layer._answer_fetch
+
+            def answer(msg, id, start, stop):  # the first answer for each chunk is forged
+                answered[id] = answered.get(id, 0) + 1
+                forge = FORGED_FILES[len(answered) - 1] if answered[id] == 1 else None
+                honest(msg if forge is None else Forging(msg, forge), id, start, stop)
+
+            layer._answer_fetch = answer
+        for k in range(len(FORGED_FILES)):
+            x_all = np.random.default_rng(k).random(ROWS * m.size)
+            x = cv.DistArray.from_local(m, x_all[m.rank * ROWS : (m.rank + 1) * ROWS])
+            if m.rank == 1:
+                assert np.array_equal(read_rows(m, x.chunks[0], 10, 20), x_all[10:20])
+                assert np.array_equal(read_rows(m, x.chunks[0], 300, 4000), x_all[300:4000])
+            m.wait_quiet()
+            x = None
+            m.wait_quiet()
+        if m.rank == 0:  # each chunk's rows asked again: the forged file was not used
+            assert list(answered.values()) == [2] * len(FORGED_FILES), answered
+        m.wait_quiet()
+
+
+def test_a_forged_file_in_an_answer_is_not_used(mpirun):
+    mpirun(2, case_forged_file_in_an_answer, env={"CONVEYOR_HOSTS": "1"})
