@@ -98,6 +98,7 @@ def engine_options(crowded: bool = False) -> core.engine.EngineOptions:
     options.window_bytes = env_number("CONVEYOR_WINDOW_BYTES", options.window_bytes)
     options.data_window_bytes = env_number("CONVEYOR_DATA_WINDOW_BYTES", options.data_window_bytes)
     options.relay_pool_bytes = env_number("CONVEYOR_RELAY_POOL_BYTES", options.relay_pool_bytes)
+    options.batch_pool_bytes = env_number("CONVEYOR_BATCH_POOL_BYTES", options.batch_pool_bytes)
     options.background = bool(env_number("CONVEYOR_BACKGROUND", 1))
     core.engine.set_buffer_cache_limit(env_number("CONVEYOR_BUFFER_CACHE_BYTES", 512 << 20))
     return options

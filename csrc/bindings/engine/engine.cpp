@@ -19,7 +19,8 @@ void register_engine(py::module_& m) {
         .def_readwrite("data_window_bytes", &EngineOptions::data_window_bytes)
         .def_readwrite("background", &EngineOptions::background)
         .def_readwrite("next_hop", &EngineOptions::next_hop)
-        .def_readwrite("relay_pool_bytes", &EngineOptions::relay_pool_bytes);
+        .def_readwrite("relay_pool_bytes", &EngineOptions::relay_pool_bytes)
+        .def_readwrite("batch_pool_bytes", &EngineOptions::batch_pool_bytes);
 
     py::class_<PyEngine>(m, "Engine")
         .def(py::init<std::intptr_t, std::size_t, bool, const EngineOptions&>(), py::arg("comm"),

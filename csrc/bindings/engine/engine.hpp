@@ -240,6 +240,8 @@ class PyEngine {
         d["batches_sent"] = s.batches_sent;
         d["batches_received"] = s.batches_received;
         d["batches_open_peak"] = s.batches_open_peak;
+        d["batch_bytes_peak"] = s.batch_bytes_peak;
+        d["batch_pool_flushes"] = s.batch_pool_flushes;
         d["messages_relayed"] = s.messages_relayed;
         d["fences_sent"] = s.fences_sent;
         d["bytes_framed"] = s.bytes_framed;

@@ -21,20 +21,40 @@ Engine::Posted Engine::post_aggregated(int dest, const std::uint8_t* frame, std:
         relay(dest, frame, size);
         return congested_locked(dest) ? Posted::Congested : Posted::Accepted;
     }
+    batch_room(dest, 4 + size);
     auto& route = routes_[dest];
-    if (route.batch.size() + 4 + size > options_.batch_bytes) seal_batch(dest);
-    if (route.batch.size() == 0) open_batch(dest);
     route.batch.u32(static_cast<std::uint32_t>(size));
     route.batch.raw(frame, size);
     route.batch_messages += 1;
     return congested_locked(dest) ? Posted::Congested : Posted::Accepted;
 }
 
-void Engine::open_batch(int dest) {
+// Makes room for `bytes` more in the batch to `dest`, open afterwards: a
+// full batch is sealed first, and where its buffer must grow past the pool
+// of every route's batch buffers, all are sealed or freed (reclaim_batches).
+void Engine::batch_room(int dest, std::size_t bytes) {
     auto& route = routes_[dest];
-    // Most batches that leave early (a rank about to wait) hold a message or
-    // two: start small, and let a busy stream grow it to batch_bytes.
-    route.batch.bytes.reserve(std::min<std::size_t>(options_.batch_bytes, 1024));
+    if (route.batch.size() + bytes > options_.batch_bytes) seal_batch(dest);
+    auto& buffer = route.batch.bytes;
+    const std::size_t header = kBareHeaderBytes + (relaying() ? 8 : 0);
+    std::size_t need = std::max(buffer.size(), header) + bytes;
+    if (need > buffer.capacity()) {
+        // Most batches that leave early (a rank about to wait) hold a message
+        // or two: start small, and let a busy stream double it up to batch_bytes.
+        std::size_t grown = std::max({need, 2 * buffer.capacity(), std::size_t(1024)});
+        grown = std::min(grown, std::max(need, options_.batch_bytes));
+        const std::size_t pool = options_.batch_pool_bytes;
+        if (pool != 0 && batch_buffer_bytes_ - buffer.capacity() + grown > pool) {
+            reclaim_batches();  // seals this batch too: its buffer is gone
+            need = header + bytes;
+            grown = std::min(grown, std::max(need, pool));
+        }
+        batch_buffer_bytes_ += grown - buffer.capacity();
+        buffer.reserve(grown);
+        stats_.batch_bytes_peak =
+            std::max<std::uint64_t>(stats_.batch_bytes_peak, batch_buffer_bytes_);
+    }
+    if (route.batch.size() != 0) return;
     // ref: the count, set when sealed; a Relayed frame's stamp follows it.
     write_header(route.batch, relaying() ? FrameKind::Relayed : FrameKind::Batch, 0, {}, {});
     if (relaying()) route.batch.u64(0);
@@ -50,6 +70,18 @@ void Engine::open_batch(int dest) {
     stats_.batches_open_peak = std::max<std::uint64_t>(stats_.batches_open_peak, open + 1);
 }
 
+// The batch buffers reached the pool: every batch filling leaves now, and
+// the buffers kept for reuse by idle routes are freed.
+void Engine::reclaim_batches() {
+    stats_.batch_pool_flushes += 1;
+    flush_locked();
+    for (auto& route : routes_) {
+        auto& buffer = route.batch.bytes;
+        batch_buffer_bytes_ -= buffer.capacity();
+        std::vector<std::uint8_t>().swap(buffer);
+    }
+}
+
 void Engine::seal_batch(int dest) {
     auto& route = routes_[dest];
     auto out = std::make_shared<Outgoing>();
@@ -61,6 +93,7 @@ void Engine::seal_batch(int dest) {
         bytes.clear();
     } else {
         std::memcpy(bytes.data() + 4, &route.batch_messages, 8);
+        batch_buffer_bytes_ -= bytes.capacity();  // it leaves with the frame
         out->frame = std::move(bytes);
         bytes.clear();
         stats_.batches_sent += 1;

@@ -115,6 +115,11 @@ struct EngineOptions {
     // this many bytes: back-pressure reaches the origin, and a relay's
     // memory is bounded (0: unbounded).
     std::size_t relay_pool_bytes = std::size_t(16) << 20;
+    // The batch buffers of all destinations together stay within this many
+    // bytes: past it, every batch filling is sent and every idle buffer
+    // freed, so that aggregation memory does not grow with the number of
+    // ranks (0: unbounded; at least batch_bytes).
+    std::size_t batch_pool_bytes = std::size_t(32) << 20;
 };
 
 struct EngineStats {
@@ -136,6 +141,10 @@ struct EngineStats {
     // The most batches filling at once: this rank's aggregation memory is at
     // most that many times batch_bytes.
     std::uint64_t batches_open_peak = 0;
+    // The most bytes of batch buffers held at once, all destinations (at
+    // most batch_pool_bytes), and how often reaching it sent every batch.
+    std::uint64_t batch_bytes_peak = 0;
+    std::uint64_t batch_pool_flushes = 0;
     std::uint64_t messages_relayed = 0;          // messages this rank passed on to their next hop
     std::uint64_t fences_sent = 0;               // Fence frames and fence entries (relay.cpp)
     std::uint64_t bytes_framed = 0;              // bytes copied into frames
@@ -365,7 +374,8 @@ class Engine {
     bool complete_receives();
     void bury(std::shared_ptr<Outgoing> out);
     // batching.cpp
-    void open_batch(int dest);
+    void batch_room(int dest, std::size_t bytes);
+    void reclaim_batches();
     void seal_batch(int dest);
     void flush_locked();
     std::size_t flush_stale_batches();
@@ -420,6 +430,7 @@ class Engine {
 
     std::vector<Route> routes_;
     std::size_t held_bytes_ = 0;             // frame bytes waiting for credit, all routes
+    std::size_t batch_buffer_bytes_ = 0;     // capacity of every route's batch buffer
     std::vector<int> relays_owed_;           // sources whose relay_owed is not 0 (relay.cpp)
     std::vector<std::uint64_t> stamp_keys_;  // each rank's, drawn at random (stamp.cpp)
     std::vector<MPI_Request> send_reqs_;

@@ -70,8 +70,7 @@ void Engine::append_relayed(const RelayEntry& entry) {
     const int next = hop(static_cast<int>(entry.dest));
     auto& route = routes_[next];
     std::size_t bytes = kRelayEntryBytes + (entry.fence ? 8 : entry.size);
-    if (route.batch.size() + bytes > options_.batch_bytes) seal_batch(next);
-    if (route.batch.size() == 0) open_batch(next);
+    batch_room(next, bytes);
     route.batch.u32(entry.origin);
     route.batch.u32(entry.dest);
     if (entry.fence) {

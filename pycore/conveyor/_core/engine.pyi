@@ -33,6 +33,8 @@ class EngineOptions:
     """Per rank, the next hop of small messages to it (empty, the default: straight there)."""
     relay_pool_bytes: int
     """Held frame bytes beyond which a relay stops crediting what it relays (default 16 MiB; 0: unbounded)."""
+    batch_pool_bytes: int
+    """Batch buffers of all destinations together at most (default 32 MiB; 0: unbounded)."""
     def __init__(self) -> None:
         """Make options with the default values."""
 

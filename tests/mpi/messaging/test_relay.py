@@ -19,10 +19,11 @@ from _helpers import bare_header, conveyor_warnings, no_state_left, world
 MODES = ["direct", "host", "grid2d"]
 
 
-def case_order_across_paths(mode):
+def case_order_across_paths(mode, pool=None):
     # Each rank sends every rank (itself too) small messages, which are
     # relayed, mixed with large arrays and requests, which go straight; the
-    # receivers check each source's sequence.
+    # receivers check each source's sequence. With a batch `pool`
+    # (CONVEYOR_BATCH_POOL_BYTES), the batch buffers stayed within it.
     rounds = 300
     with cv.Messenger() as m:
         assert m.route == mode
@@ -62,6 +63,9 @@ def case_order_across_paths(mode):
         assert (relayed > 0) == (mode != "direct" and m.size > 2), (mode, relayed)
         if mode != "direct":
             assert stats["fences_sent"] > 0, stats
+        if pool is not None:
+            assert 0 < stats["batch_bytes_peak"] <= int(pool), stats
+            assert stats["batch_pool_flushes"] > 0, stats
         m.wait_quiet()
 
 
@@ -86,6 +90,13 @@ def test_order_across_paths(mpirun, mode):
 def test_order_across_paths_under_pressure(mpirun, settings):
     env = {"CONVEYOR_ROUTE": "grid2d", "CONVEYOR_HOSTS": "3", **settings}
     mpirun(5, case_order_across_paths, "grid2d", env=env, timeout=120)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_batch_buffers_stay_within_the_pool(mpirun, mode):
+    # 2 KiB for the batches to 5 ranks: every batch leaves early, each pair's order holds.
+    env = {"CONVEYOR_ROUTE": mode, "CONVEYOR_HOSTS": "3", "CONVEYOR_BATCH_POOL_BYTES": "2048"}
+    mpirun(5, case_order_across_paths, mode, "2048", env=env, timeout=120)
 
 
 def case_relaying_rank_computes():
