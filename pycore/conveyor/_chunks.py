@@ -22,10 +22,8 @@ owner frees the chunk once no weight is out and it holds no handle itself.
 
 from __future__ import annotations
 
-import bisect
 import collections
 import functools
-import itertools
 import json
 import struct
 import traceback
@@ -42,6 +40,7 @@ from ._config import env_number
 from ._diagnostics import ChunkWait, logger
 from ._errors import RECYCLING, RecyclingWarning, RemoteError, raised_remotely
 from ._native import core
+from ._segments import Segments, by_segments, by_segments_fits
 from ._shipping import Received, Shipped
 from ._tags import (
     CHUNK_FETCH,
@@ -71,8 +70,6 @@ if TYPE_CHECKING:
     Plan = tuple[int, int]
     # Called with a settled chunk's rows, or with its error's bytes.
     Put = Callable[[Any], None]
-    # Makes an uninitialised array of a shape and dtype (`_pool.Pool.empty`).
-    Empty = Callable[[tuple[int, ...], np.dtype[Any]], np.ndarray]
     Fail = Callable[[bytes], None]
 
 __all__ = ["ChunkRef"]
@@ -723,8 +720,8 @@ class ChunkLayer:
             def run(values: list[Any]) -> None:
                 try:
                     empty = self._pool.empty
-                    if length is not None and _by_segments_fits(function, values, names, length):
-                        result = _by_segments(function, values, length, empty)
+                    if length is not None and by_segments_fits(function, values, names, length):
+                        result = by_segments(function, values, length, empty)
                     else:
                         values = [v.joined(empty) if isinstance(v, Segments) else v for v in values]
                         positional = values[: len(args)]
@@ -870,75 +867,6 @@ class ChunkLayer:
                 "calls it elementwise (use dmap for chunks of any length)"
             )
         return value
-
-
-class Segments:
-    """An argument's rows for one task as the pieces of chunks they came in.
-
-    A task whose function is rowwise (`ROWWISE`) computes its chunk a
-    segment at a time, each segment's rows read where they lie, so the
-    pieces are never joined: joining copies them, which for an aligned
-    operand is most of its rows (in ``x + y`` with misaligned chunks, the
-    rows of x that span two of x's chunks).
-    """
-
-    __slots__ = ("parts", "ends")
-
-    def __init__(self, parts: list[np.ndarray]) -> None:
-        self.parts = parts
-        self.ends = list(itertools.accumulate(len(part) for part in parts))
-
-    def joined(self, empty: Empty = np.empty) -> np.ndarray:
-        """The rows in one array, made by ``empty(shape, dtype)``."""
-        dtype = np.result_type(*self.parts)
-        out = empty((self.ends[-1],) + self.parts[0].shape[1:], dtype)
-        return np.concatenate(self.parts, out=out)
-
-    def rows(self, begin: int, end: int) -> np.ndarray:
-        """Rows begin .. end, which lie in one part (a segment of `_by_segments`)."""
-        k = min(bisect.bisect_right(self.ends, begin), len(self.parts) - 1)
-        first = self.ends[k] - len(self.parts[k])
-        return self.parts[k][begin - first : end - first]
-
-
-# The attribute that marks a task's function as rowwise: each row of its
-# result depends on the same row of each argument alone, and it takes
-# ``out=``, an array of its result's rows to fill (the DistArray's
-# elementwise operations, `_darray.elementwise.Rowwise`).
-ROWWISE = "rowwise"
-
-
-def _by_segments_fits(
-    function: Callable[..., Any] | None, values: list[Any], names: list[str], length: int
-) -> bool:
-    # A rowwise function of positional arguments each with a row per
-    # result row (some perhaps in pieces).
-    return (
-        getattr(function, ROWWISE, False) is True
-        and not names
-        and all(
-            isinstance(v, Segments)
-            or (isinstance(v, np.ndarray) and v.ndim and v.shape[0] == length)
-            for v in values
-        )
-    )
-
-
-def _by_segments(
-    function: Any, values: list[Any], length: int, empty: Empty = np.empty
-) -> np.ndarray:
-    # The result made once by `empty` (its dtype and row shape from the
-    # function on no rows), then filled between every two places where a
-    # piece of some argument ends: in one call where no argument has pieces.
-    def rows(v: Any, begin: int, end: int) -> np.ndarray:
-        return v.rows(begin, end) if isinstance(v, Segments) else v[begin:end]
-
-    bounds = sorted({0, length}.union(*(v.ends for v in values if isinstance(v, Segments))))
-    probe = np.asarray(function(*(rows(v, 0, 0) for v in values)))
-    out = empty((length,) + probe.shape[1:], probe.dtype)
-    for begin, end in zip(bounds, bounds[1:]):
-        function(*(rows(v, begin, end) for v in values), out=out[begin:end])
-    return out
 
 
 def aligned_pieces(

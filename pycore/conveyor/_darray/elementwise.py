@@ -93,7 +93,7 @@ class Rowwise:
     Each row of the result depends on the same rows of the operands alone,
     so the task may compute a chunk a segment of rows at a time into one
     result (``out``), reading each operand's rows in the pieces they came
-    in: `_chunks.ROWWISE` says so.
+    in: `_segments.ROWWISE` says so.
     """
 
     rowwise = True
