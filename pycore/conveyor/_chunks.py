@@ -621,15 +621,19 @@ class ChunkLayer:
         # The rows, or for a rank of this host a view of them in the
         # chunk's shared file, with the file's name and the chunk's shape,
         # so that it reads other rows later without asking (`_mapped_rows`).
-        if self.table.state(id) == ERROR:
-            msg.reply((ERROR, self.table.error(id)))
-            return
-        value = self.table.value(id)
-        if msg.source in self._host_peers and value.nbytes >= SHARE_BYTES:
-            rows = self._shared_rows(id, value, start, stop)
-            msg.reply((RESOLVED, rows, (rows.name, list(value.shape))))
-        else:
-            msg.reply((RESOLVED, value if stop is None else value[start:stop]))
+        if msg.source in self._host_peers and self.table.state(id) != ERROR:
+            value = self.table.value(id)
+            if value.nbytes >= SHARE_BYTES:
+                rows = self._shared_rows(id, value, start, stop)
+                msg.reply((RESOLVED, rows, (rows.name, list(value.shape))))
+                return
+        self._local_rows(
+            id,
+            start,
+            stop,
+            lambda rows: msg.reply((RESOLVED, rows)),
+            lambda error: msg.reply((ERROR, error)),
+        )
 
     # -- tasks -----------------------------------------------------------------
 
