@@ -13,9 +13,11 @@ MPI messages
     frames the ranks posted to MPI (``frames_sent``: a batch is one), the
     mean and the most of one rank, hops included;
 batches open
-    the most batches one rank had filling at once (``batches_open_peak``):
-    its aggregation memory is at most that many times
-    ``CONVEYOR_BATCH_BYTES``;
+    the most batches one rank had filling at once (``batches_open_peak``);
+batch bytes
+    the most bytes of batch buffers one rank held at once
+    (``batch_bytes_peak``: its aggregation memory, within
+    ``CONVEYOR_BATCH_POOL_BYTES``);
 relayed
     messages passed on by relays, all ranks;
 seconds
@@ -112,6 +114,7 @@ def main():
         route, stats, seconds = exchange(args.items, args.seed)
         gathered = comm.gather(
             (stats["frames_sent"], stats["batches_open_peak"], stats["messages_relayed"])
+            + (stats["batch_bytes_peak"],)
             + tuple(stats[k] for k in PER_RANK),
             root=0,
         )
@@ -126,9 +129,10 @@ def main():
                     "mpi_messages_max": max(frames),
                     "batches_open_peak_max": max(g[1] for g in gathered),
                     "messages_relayed": sum(g[2] for g in gathered),
+                    "batch_bytes_peak_max": max(g[3] for g in gathered),
                     "seconds": seconds,
                     # The counters the model (bench/scale_model.py) reads, summed over ranks.
-                    "totals": {k: sum(g[3 + i] for g in gathered) for i, k in enumerate(PER_RANK)},
+                    "totals": {k: sum(g[4 + i] for g in gathered) for i, k in enumerate(PER_RANK)},
                 }
             )
     if comm.Get_rank() != 0:
@@ -140,7 +144,8 @@ def main():
     )
     print(
         f"{'mode':8} {'MPI msgs/rank':>14} {'max':>8} {'ratio':>6} "
-        f"{'batches open':>13} {'ratio':>6} {'relayed':>11} {'seconds':>8}"
+        f"{'batches open':>13} {'ratio':>6} {'batch KiB':>10} {'ratio':>6} "
+        f"{'relayed':>11} {'seconds':>8}"
     )
     for r in rows:
         print(
@@ -148,6 +153,8 @@ def main():
             f"{r['mpi_messages_mean'] / base['mpi_messages_mean']:6.2f} "
             f"{r['batches_open_peak_max']:13,} "
             f"{r['batches_open_peak_max'] / base['batches_open_peak_max']:6.2f} "
+            f"{r['batch_bytes_peak_max'] / 1024:10,.0f} "
+            f"{r['batch_bytes_peak_max'] / base['batch_bytes_peak_max']:6.2f} "
             f"{r['messages_relayed']:11,} {r['seconds']:8.2f}"
         )
     if args.json:
