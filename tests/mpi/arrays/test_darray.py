@@ -8,8 +8,7 @@ references went everywhere, and the driver and SPMD models. Chunk ranks are
 computed ``% size``, so every case runs at any rank count. Each case ends
 with `nothing_left`: after the arrays are gone, no chunk, foreign reference,
 published state or handler error remains on any rank. No assertion depends
-on timing; sleeps only make races likely. A strict xfail at the end keeps
-an open limit of the reference weights in view.
+on timing; sleeps only make races likely.
 """
 
 import os
