@@ -681,9 +681,8 @@ class ChunkLayer:
         }
         self.transport.send(owner, CHUNK_TASK, task)
         if parcel is not None:
-            self._shipped.sent(
-                owner, parcel
-            )  # only once it left: the owner will see it (and map it)
+            # Only once it left: the owner will see it (and map it).
+            self._shipped.sent(owner, parcel)
         return ref
 
     def _on_task(self, msg: Message) -> None:
