@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import threading
 import weakref
 from collections.abc import Container
 from typing import TYPE_CHECKING, Any, Callable
@@ -62,6 +63,9 @@ class Shipped:
         # them, or a view of them is on its way (counted, by digest).
         self._segments: dict[bytes, Segment] = {}
         self._unmapped: collections.Counter[bytes] = collections.Counter()
+        # Notices arrive on the serving thread, which a served messenger's
+        # senders are not: the lists, files and counts change under it.
+        self._lock = threading.Lock()
         # A function is pickled once (as Ray exports a remote function once):
         # the globals it captures are those of its first use.
         self._pickles: weakref.WeakKeyDictionary[Any, tuple[bytes, bytes]] = (
@@ -86,38 +90,44 @@ class Shipped:
             return (digest, None)
         if len(data) < SHARE_BYTES or dest not in self._host_ranks:
             return (digest, data)
-        segment = self._segments.get(digest)
-        if segment is None:
-            segment = _shared.share(np.frombuffer(data, np.uint8), self._index)
-            self._segments[digest] = segment
+        with self._lock:
+            segment = self._segments.get(digest)
+            if segment is None:
+                segment = _shared.share(np.frombuffer(data, np.uint8), self._index)
+                self._segments[digest] = segment
+            self._unmapped[digest] += 1  # held from here: `sent` may come after a notice
         return (digest, segment.view(np.dtype(np.uint8), (len(data),)))
 
     def sent(self, dest: int, parcel: Parcel, answer: Future[Any] | None = None) -> None:
         """Record that `parcel` left for `dest` (as the receiver will record it).
 
-        A parcel that is a view of a shared pickle holds the file until
-        `dest` has mapped it: until `answer` (the request that carried it)
-        is answered, or, without one, until `mapped` is called.
+        A parcel that is a view of a shared pickle holds the file (from
+        `parcel` on) until `dest` has mapped it: until `answer` (the
+        request that carried it) is answered, or, without one, until
+        `mapped` is called.
         """
         digest, data = parcel
-        if isinstance(data, _shared.SharedView):
-            self._unmapped[digest] += 1
-            if answer is not None:
-                answer.add_done_callback(lambda _: self.mapped(digest))
-        gone = _use(self._sent.setdefault(dest, collections.OrderedDict()), digest, None)
-        if gone is not None:
-            self._let_go(gone)
+        if isinstance(data, _shared.SharedView) and answer is not None:
+            answer.add_done_callback(lambda _: self.mapped(digest))
+        with self._lock:
+            gone = _use(self._sent.setdefault(dest, collections.OrderedDict()), digest, None)
+            if gone is not None:
+                self._let_go(gone)
 
     def mapped(self, digest: Any) -> None:
         """A receiver mapped the shared pickle `digest` (its `mapped` notice: checked)."""
-        if type(digest) is bytes and self._unmapped[digest] > 0:
-            self._unmapped[digest] -= 1
-            if self._unmapped[digest] == 0:
-                del self._unmapped[digest]
-                self._let_go(digest)
+        if type(digest) is not bytes:
+            return
+        with self._lock:
+            if self._unmapped[digest] > 0:
+                self._unmapped[digest] -= 1
+                if self._unmapped[digest] == 0:
+                    del self._unmapped[digest]
+                    self._let_go(digest)
 
     def _let_go(self, digest: bytes) -> None:
-        # The file goes once no list holds the digest and no view of it is on its way.
+        # The file goes once no list holds the digest and no view of it is
+        # on its way. Hold the lock.
         if digest not in self._segments or digest in self._unmapped:
             return
         if not any(digest in s for s in self._sent.values()):
