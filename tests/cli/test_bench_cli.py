@@ -446,6 +446,10 @@ def test_ctrl_c_ends_the_run_and_starts_no_other(tmp_path):
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        # As from a terminal's shell, whatever started pytest: a background
+        # job inherits SIGINT ignored, and Python then never raises
+        # KeyboardInterrupt.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         deadline = time.monotonic() + 60
