@@ -71,23 +71,39 @@ static void test_wire() {
     CHECK(throws<DecodeError>([&] { r.count(1); }));
 }
 
-// A Relayed frame's entries: a message and a fence entry read back; every
-// truncation is an error, never an out-of-bounds read.
+// A Relayed frame's entries: a message in short form and a fence entry read
+// back, the message rebuilt to the very frame it was; every truncation is an
+// error, never an out-of-bounds read.
 static void test_relay_entries() {
-    auto message = sample_frame();
+    Writer full;
+    write_header(full, FrameKind::Request, 300, "kmers", {});
+    full.u8(0);  // a one-byte body
+    auto message = SmallFrame::read_full(full.bytes.data(), full.size());
+    CHECK(message.full_bytes() == full.size());
+    Writer in_short;
+    message.write_short(in_short);
+    CHECK(in_short.size() == 1 + 2 + 1 + 5 + 1);  // kind, ref 300, tag size, tag, body
+    RelayEntry sent;
+    sent.origin = 3;
+    sent.dest = 5000;
+    sent.frame = in_short.bytes.data();
+    sent.size = in_short.size();
+    RelayEntry fence;
+    fence.origin = 3;
+    fence.dest = 6;
+    fence.fence = true;
+    fence.count = 41;
     Writer w;
-    w.u32(3);
-    w.u32(5);
-    w.u32(static_cast<std::uint32_t>(message.size()));
-    w.raw(message.data(), message.size());
-    w.u32(3);
-    w.u32(6);
-    w.u32(kFenceEntry);
-    w.u64(41);
+    sent.write(w);
+    fence.write(w);
+    CHECK(w.size() == sent.bytes() + fence.bytes());
     RelayReader reader(w.bytes.data(), w.size(), 2);
     RelayEntry e;
-    CHECK(reader.next(e) && !e.fence && e.origin == 3 && e.dest == 5);
-    CHECK(e.size == message.size() && std::memcmp(e.frame, message.data(), e.size) == 0);
+    CHECK(reader.next(e) && !e.fence && e.origin == 3 && e.dest == 5000);
+    CHECK(e.size == in_short.size() && e.bytes() == sent.bytes());
+    Writer rebuilt;
+    SmallFrame::read_short(e.frame, e.size).write_full(rebuilt);
+    CHECK(rebuilt.bytes == full.bytes);
     CHECK(reader.next(e) && e.fence && e.origin == 3 && e.dest == 6 && e.count == 41);
     CHECK(!reader.next(e) && reader.trailing() == 0);
     for (std::size_t n = 0; n < w.size(); ++n) {
@@ -105,6 +121,19 @@ static void test_relay_entries() {
         while (more.next(x)) {
         }
     }));
+    // Short forms that say too much: a tag past the end, a kind that carries
+    // no message, a varint without end; and a full frame with buffers.
+    for (std::size_t n = 0; n < in_short.size() - 1; ++n)  // all but the body
+        CHECK(throws<DecodeError>([&] { SmallFrame::read_short(in_short.bytes.data(), n); }));
+    auto credit = in_short.bytes;
+    credit[0] = static_cast<std::uint8_t>(FrameKind::Credit);
+    CHECK(throws<DecodeError>([&] { SmallFrame::read_short(credit.data(), credit.size()); }));
+    std::vector<std::uint8_t> endless(11, 0xFF);
+    Reader endless_reader(endless.data(), endless.size());
+    CHECK(throws<DecodeError>([&] { endless_reader.varint(); }));
+    auto with_buffers = sample_frame();
+    CHECK(throws<DecodeError>(
+        [&] { SmallFrame::read_full(with_buffers.data(), with_buffers.size()); }));
 }
 
 // Both passes of routing, as send_many makes them: the rows move only when

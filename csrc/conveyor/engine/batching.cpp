@@ -15,17 +15,17 @@ Engine::Posted Engine::post_aggregated(int dest, const std::uint8_t* frame, std:
     if (!aggregates(size)) return Posted::TooLarge;
     Guard guard(lock_);
     owner_active_.store(true, std::memory_order_relaxed);
-    stats_.messages_sent += 1;
-    stats_.messages_aggregated += 1;
     if (relaying()) {
         relay(dest, frame, size);
-        return congested_locked(dest) ? Posted::Congested : Posted::Accepted;
+    } else {
+        batch_room(dest, 4 + size);
+        auto& route = routes_[dest];
+        route.batch.u32(static_cast<std::uint32_t>(size));
+        route.batch.raw(frame, size);
+        route.batch_messages += 1;
     }
-    batch_room(dest, 4 + size);
-    auto& route = routes_[dest];
-    route.batch.u32(static_cast<std::uint32_t>(size));
-    route.batch.raw(frame, size);
-    route.batch_messages += 1;
+    stats_.messages_sent += 1;
+    stats_.messages_aggregated += 1;
     return congested_locked(dest) ? Posted::Congested : Posted::Accepted;
 }
 

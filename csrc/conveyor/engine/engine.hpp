@@ -432,6 +432,7 @@ class Engine {
     std::size_t held_bytes_ = 0;             // frame bytes waiting for credit, all routes
     std::size_t batch_buffer_bytes_ = 0;     // capacity of every route's batch buffer
     std::vector<int> relays_owed_;           // sources whose relay_owed is not 0 (relay.cpp)
+    Writer relay_scratch_;                   // a message in short form, on its way into a batch
     std::vector<std::uint64_t> stamp_keys_;  // each rank's, drawn at random (stamp.cpp)
     std::vector<MPI_Request> send_reqs_;
     std::vector<std::shared_ptr<Outgoing>> send_owners_;

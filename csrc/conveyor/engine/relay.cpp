@@ -1,11 +1,12 @@
 // Relaying: small messages travel aggregated through other ranks, so that a
 // rank keeps batches for a few next hops rather than for every rank (at P
 // ranks, a 2-D grid of them needs some 2√P; see conveyor/_relay.py for the
-// tables). A relaying engine packs every aggregated message, with its
-// origin and destination, into a Relayed frame to the message's next hop;
-// the rank that receives it passes each message on into its own batch for
-// the next hop, or, at the destination, delivers it as a batch from its
-// origin. Large messages still go straight to their destination, zero-copy.
+// tables). A relaying engine packs every aggregated message, in short form
+// (SmallFrame) with its origin and destination, into a Relayed frame to the
+// message's next hop; the rank that receives it passes each entry on as it
+// is into its own batch for the next hop, or, at the destination, rebuilds
+// the frames into a batch from their origin. Large messages still go
+// straight to their destination, zero-copy.
 //
 // Order per pair. One origin's relayed messages to one destination all take
 // the same path, and every hop keeps their order, so they arrive in order
@@ -47,8 +48,10 @@ void Engine::check_next_hops() const {
 }
 
 // One of this rank's small messages to `dest`, after a fence entry if
-// direct frames to `dest` went since the last one.
+// direct frames to `dest` went since the last one. Read before anything
+// changes: a frame it refuses leaves no trace.
 void Engine::relay(int dest, const std::uint8_t* frame, std::size_t size) {
+    const auto message = SmallFrame::read_full(frame, size);
     auto& to = routes_[dest];
     RelayEntry entry;
     entry.origin = static_cast<std::uint32_t>(rank_);
@@ -59,9 +62,11 @@ void Engine::relay(int dest, const std::uint8_t* frame, std::size_t size) {
         append_relayed(entry);
         stats_.fences_sent += 1;
     }
+    relay_scratch_.bytes.clear();
+    message.write_short(relay_scratch_);
     entry.fence = false;
-    entry.frame = frame;
-    entry.size = size;
+    entry.frame = relay_scratch_.bytes.data();
+    entry.size = relay_scratch_.size();
     append_relayed(entry);
     to.relayed_posted += 1;
 }
@@ -69,17 +74,8 @@ void Engine::relay(int dest, const std::uint8_t* frame, std::size_t size) {
 void Engine::append_relayed(const RelayEntry& entry) {
     const int next = hop(static_cast<int>(entry.dest));
     auto& route = routes_[next];
-    std::size_t bytes = kRelayEntryBytes + (entry.fence ? 8 : entry.size);
-    batch_room(next, bytes);
-    route.batch.u32(entry.origin);
-    route.batch.u32(entry.dest);
-    if (entry.fence) {
-        route.batch.u32(kFenceEntry);
-        route.batch.u64(entry.count);
-    } else {
-        route.batch.u32(static_cast<std::uint32_t>(entry.size));
-        route.batch.raw(entry.frame, entry.size);
-    }
+    batch_room(next, entry.bytes());
+    entry.write(route.batch);
     route.batch_messages += 1;
 }
 
@@ -191,10 +187,11 @@ void Engine::receive_relayed(std::unique_ptr<Incoming> in) {
                 run->header.body_offset = kBareHeaderBytes;
                 write_header(batch, FrameKind::Batch, 0, {}, {});
             }
-            batch.u32(static_cast<std::uint32_t>(e.size));
-            batch.raw(e.frame, e.size);
+            const auto message = SmallFrame::read_short(e.frame, e.size);
+            batch.u32(static_cast<std::uint32_t>(message.full_bytes()));
+            message.write_full(batch);
             run->header.ref += 1;
-            run->credit_frames += kRelayEntryBytes + e.size;
+            run->credit_frames += e.bytes();
         }
         if (reader.trailing() != 0)
             throw DecodeError("corrupt relayed frame: " + std::to_string(reader.trailing()) +

@@ -138,9 +138,13 @@ def case_forged_relay_frames():
         dest = (m.rank + 1) % m.size
         source = (m.rank - 1) % m.size
         engine = m._transport.engine
-        inner = core.testing.encode_frame(1, 0, "t", "spoofed", 1 << 20, False)[0]
-        entries = struct.pack("<III", 0, dest, len(inner)) + inner
-        fence_entry = struct.pack("<IIIQ", source, dest, 0xFFFFFFFF, 2**60)
+        # Entries as a relaying engine writes them: varints origin, dest and
+        # size, then the message in short form (kind, ref, tag size, tag,
+        # body); a size of 0 makes a fence, whose count follows.
+        body = core.testing.encode_frame(1, 0, "", "spoofed", 1 << 20, False)[0][24:]
+        inner = bytes([1, 0, 1]) + b"t" + body
+        entries = bytes([0, dest, len(inner)]) + inner
+        fence_entry = bytes([source, dest, 0]) + b"\x80\x80\x80\x80\x80\x80\x80\x80\x10"
         stamp = struct.pack("<Q", int.from_bytes(os.urandom(8), "little"))
         with conveyor_warnings() as caught:
             engine.post_raw(dest, control(KIND_RELAYED, 1, stamp + entries))
