@@ -97,6 +97,10 @@ def engine_options(crowded: bool = False) -> core.engine.EngineOptions:
     options.background_max_sleep_seconds = _microseconds("CONVEYOR_BACKGROUND_MAX_SLEEP_US", 32000)
     options.window_bytes = env_number("CONVEYOR_WINDOW_BYTES", options.window_bytes)
     options.data_window_bytes = env_number("CONVEYOR_DATA_WINDOW_BYTES", options.data_window_bytes)
+    options.window_pool_bytes = env_number("CONVEYOR_WINDOW_POOL_BYTES", options.window_pool_bytes)
+    options.data_window_pool_bytes = env_number(
+        "CONVEYOR_DATA_WINDOW_POOL_BYTES", options.data_window_pool_bytes
+    )
     options.relay_pool_bytes = env_number("CONVEYOR_RELAY_POOL_BYTES", options.relay_pool_bytes)
     options.batch_pool_bytes = env_number("CONVEYOR_BATCH_POOL_BYTES", options.batch_pool_bytes)
     options.background = bool(env_number("CONVEYOR_BACKGROUND", 1))

@@ -17,6 +17,8 @@ void register_engine(py::module_& m) {
         .def_readwrite("background_max_sleep_seconds", &EngineOptions::background_max_sleep_seconds)
         .def_readwrite("window_bytes", &EngineOptions::window_bytes)
         .def_readwrite("data_window_bytes", &EngineOptions::data_window_bytes)
+        .def_readwrite("window_pool_bytes", &EngineOptions::window_pool_bytes)
+        .def_readwrite("data_window_pool_bytes", &EngineOptions::data_window_pool_bytes)
         .def_readwrite("background", &EngineOptions::background)
         .def_readwrite("next_hop", &EngineOptions::next_hop)
         .def_readwrite("relay_pool_bytes", &EngineOptions::relay_pool_bytes)

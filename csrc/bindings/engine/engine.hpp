@@ -250,6 +250,9 @@ class PyEngine {
         d["credits_sent"] = s.credits_sent;
         d["credits_received"] = s.credits_received;
         d["sends_held"] = s.sends_held;
+        d["in_flight_frame_bytes_peak"] = s.in_flight_frame_bytes_peak;
+        d["in_flight_data_bytes_peak"] = s.in_flight_data_bytes_peak;
+        d["window_pool_waits"] = s.window_pool_waits;
         d["waits_slept"] = s.waits_slept;
         d["background_flushes"] = s.background_flushes;
         d["pending_sends"] = engine_.pending_sends();

@@ -103,6 +103,12 @@ struct EngineOptions {
     // ... and this many bytes of out-of-band data (large arrays), a window
     // of its own so that large messages keep a pipeline several deep.
     std::size_t data_window_bytes = std::size_t(256) << 20;
+    // All destinations together, at most this many bytes of frames and of
+    // out-of-band data in flight, beyond which each destination may have
+    // one frame in flight (0: no pool, the windows alone): what a rank has
+    // in flight does not grow with the number of ranks (flow_control.cpp).
+    std::size_t window_pool_bytes = std::size_t(64) << 20;
+    std::size_t data_window_pool_bytes = std::size_t(1) << 30;
     // Run the background thread (needs MPI_THREAD_MULTIPLE; see Engine).
     bool background = true;
     // Relaying: empty, every message goes straight to its destination; else
@@ -152,7 +158,12 @@ struct EngineStats {
     std::uint64_t bytes_zero_copy_received = 0;  // received straight into delivered memory
     std::uint64_t credits_sent = 0;              // flow-control frames
     std::uint64_t credits_received = 0;
-    std::uint64_t sends_held = 0;          // frames that waited for the receiver's credit
+    std::uint64_t sends_held = 0;  // frames that waited for the receiver's credit
+    // The most bytes in flight at once, all destinations, and the times a
+    // destination's frames waited for the pool (window_pool_bytes).
+    std::uint64_t in_flight_frame_bytes_peak = 0;
+    std::uint64_t in_flight_data_bytes_peak = 0;
+    std::uint64_t window_pool_waits = 0;
     std::uint64_t waits_slept = 0;         // times an idle wait went to sleep
     std::uint64_t background_flushes = 0;  // batches the background thread sent
 };
@@ -326,6 +337,7 @@ class Engine {
         std::deque<std::shared_ptr<Outgoing>> held;  // waiting for credit, in order
         FlowBytes in_flight;                 // posted to MPI, not credited by the receiver yet
         bool asked = false;                  // we asked it for credit and none came yet
+        bool pooled = false;                 // its frames wait for the pool (in pool_waiting_)
         FlowBytes consumed;                  // of its messages we popped, not credited yet
         bool owes = false;                   // it asked us for credit
         std::size_t relay_owed = 0;          // frame bytes it relayed through us, not credited yet
@@ -392,6 +404,8 @@ class Engine {
     // flow_control.cpp
     void queue(int dest, std::shared_ptr<Outgoing> out);
     void release(int dest);
+    bool overflows_pool(const Route& route, const Outgoing& next) const;
+    void release_pooled();
     void send_credit(int dest, FlowBytes consumed);
     void consumed(int source, FlowBytes bytes);
     void credit(int source);
@@ -430,6 +444,8 @@ class Engine {
 
     std::vector<Route> routes_;
     std::size_t held_bytes_ = 0;             // frame bytes waiting for credit, all routes
+    FlowBytes in_flight_;                    // and in flight, all routes
+    std::vector<int> pool_waiting_;          // routes whose frames wait for the pool, in order
     std::size_t batch_buffer_bytes_ = 0;     // capacity of every route's batch buffer
     std::vector<int> relays_owed_;           // sources whose relay_owed is not 0 (relay.cpp)
     Writer relay_scratch_;                   // a message in short form, on its way into a batch

@@ -1,6 +1,14 @@
 // Flow control: per destination, a window of frame bytes and one of
 // out-of-band bytes in flight; frames beyond it are held, in order, until
 // the receiver reports what it consumed with a Credit frame.
+//
+// A pool caps both kinds of bytes in flight, all destinations together, so
+// that they do not grow with the number of ranks. It never holds back a
+// destination with nothing in flight: then no pair of ranks waits on
+// another pair's credit, and what makes the windows deadlock-free (each
+// waits only for its receiver, relay.cpp) still holds pair by pair. So a
+// rank's frames in flight stay within window_pool_bytes plus one frame per
+// destination: with relaying, a batch per next hop.
 #include <algorithm>
 
 #include "conveyor/engine/engine.hpp"
@@ -32,24 +40,55 @@ bool overflows(std::size_t in_flight, std::size_t add, std::size_t limit) {
 
 }  // namespace
 
+bool Engine::overflows_pool(const Route& route, const Outgoing& next) const {
+    if (route.in_flight.frames == 0 && route.in_flight.data == 0) return false;
+    return overflows(in_flight_.frames, next.bytes.frames, options_.window_pool_bytes) ||
+           overflows(in_flight_.data, next.bytes.data, options_.data_window_pool_bytes);
+}
+
 // Sends what credit allows, in order.
 void Engine::release(int dest) {
     auto& route = routes_[dest];
     while (!route.held.empty()) {
         auto& next = route.held.front();
-        if (overflows(route.in_flight.frames, next->bytes.frames, options_.window_bytes) ||
+        const bool pooled = overflows_pool(route, *next);
+        if (pooled ||
+            overflows(route.in_flight.frames, next->bytes.frames, options_.window_bytes) ||
             overflows(route.in_flight.data, next->bytes.data, options_.data_window_bytes)) {
             if (!route.asked) {
                 route.asked = true;
                 send_credit(dest, {});  // nothing consumed: "credit, please"
             }
+            if (pooled && !route.pooled) {
+                // Credit from any destination may let it go (release_pooled).
+                route.pooled = true;
+                pool_waiting_.push_back(dest);
+                stats_.window_pool_waits += 1;
+            }
             return;
         }
         route.in_flight.frames += next->bytes.frames;
         route.in_flight.data += next->bytes.data;
+        in_flight_.frames += next->bytes.frames;
+        in_flight_.data += next->bytes.data;
+        stats_.in_flight_frame_bytes_peak =
+            std::max<std::uint64_t>(stats_.in_flight_frame_bytes_peak, in_flight_.frames);
+        stats_.in_flight_data_bytes_peak =
+            std::max<std::uint64_t>(stats_.in_flight_data_bytes_peak, in_flight_.data);
         held_bytes_ -= next->bytes.frames;
         isend(dest, std::move(next));
         route.held.pop_front();
+    }
+}
+
+// After credit returned to the pool: the destinations that waited for it,
+// in the order they began to (those still held go back in line).
+void Engine::release_pooled() {
+    std::vector<int> waiting;
+    waiting.swap(pool_waiting_);
+    for (int dest : waiting) {
+        routes_[dest].pooled = false;
+        release(dest);
     }
 }
 
@@ -110,10 +149,15 @@ bool Engine::receive_credit(const Incoming& in) {
     } else {
         // A genuine credit may count more than this engine sent: frames other
         // code of this rank sent on the communicator were consumed too.
-        route.in_flight.frames -= std::min(route.in_flight.frames, credited.frames);
-        route.in_flight.data -= std::min(route.in_flight.data, credited.data);
+        const FlowBytes returned{std::min(route.in_flight.frames, credited.frames),
+                                 std::min(route.in_flight.data, credited.data)};
+        route.in_flight.frames -= returned.frames;
+        route.in_flight.data -= returned.data;
+        in_flight_.frames -= returned.frames;
+        in_flight_.data -= returned.data;
         route.asked = false;
         release(in.source);
+        release_pooled();
         repay_relays();
     }
     return true;

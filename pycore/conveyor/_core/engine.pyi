@@ -27,6 +27,10 @@ class EngineOptions:
     """Frame bytes in flight to one rank before its credit is needed (default 8 MiB; 0: unbounded)."""
     data_window_bytes: int
     """Out-of-band bytes in flight to one rank before its credit is needed (default 256 MiB)."""
+    window_pool_bytes: int
+    """Frame bytes in flight to all ranks together, beyond one frame each (default 64 MiB; 0: no pool)."""
+    data_window_pool_bytes: int
+    """Out-of-band bytes in flight to all ranks together, beyond one frame each (default 1 GiB; 0: no pool)."""
     background: bool
     """Run the background thread (if MPI provides MPI_THREAD_MULTIPLE; default True)."""
     next_hop: list[int]

@@ -213,3 +213,59 @@ def case_larger_than_window():
 
 def test_message_larger_than_window(mpirun, nranks):
     mpirun(nranks, case_larger_than_window, env={"CONVEYOR_WINDOW_BYTES": str(64 * 1024)})
+
+
+# -- 11. the pool of all windows -----------------------------------------------------
+# Every rank sends to every other without serving, so that nothing it sends
+# is credited until the others wait: with the default windows (8 MiB of
+# frames, 256 MiB of arrays to each rank) it then has all of it in flight
+# at once, 0.6 MB of frames or 6 MiB of arrays. The pools
+# (CONVEYOR_WINDOW_POOL_BYTES, CONVEYOR_DATA_WINDOW_POOL_BYTES) hold it back
+# to them plus one frame per destination: a batch (at most
+# CONVEYOR_BATCH_BYTES), or an array. Order per pair and exactly-once
+# hold, relayed or not, and no rank waits for ever on the credit another
+# pair owes.
+
+POOL_BYTES = 64 * 1024
+POOL_ARRAY = 32 * 1024  # 256 KiB arrays, zero-copy
+BATCH_BYTES = 32 * 1024
+
+
+def case_window_pool(arrays, count):
+    from mpi4py import MPI
+
+    arrays, count = arrays == "arrays", int(count)
+    with cv.Messenger() as m:
+        got = {source: [] for source in range(m.size) if source != m.rank}
+        m.on("x")(lambda msg: got[msg.source].append(msg.payload))
+        m.on("a")(lambda msg: got[msg.source].append(int(msg.payload[0])))
+        MPI.COMM_WORLD.Barrier()
+        x, a = m.sender("x"), m.sender("a")
+        for i in range(count):
+            for peer in got:
+                if arrays:
+                    a.send(peer, np.full(POOL_ARRAY, i, dtype=np.int64))
+                else:
+                    x.send(peer, i)
+        m.wait_quiet()
+        for source, payloads in got.items():
+            assert payloads == list(range(count)), source
+        stats = m.stats()
+        assert stats["window_pool_waits"] > 0, stats
+        if arrays:
+            bound = POOL_BYTES + (m.size - 1) * POOL_ARRAY * 8
+            assert stats["in_flight_data_bytes_peak"] <= bound, stats
+        else:
+            bound = POOL_BYTES + (m.size - 1) * BATCH_BYTES
+            assert stats["in_flight_frame_bytes_peak"] <= bound, stats
+
+
+@pytest.mark.parametrize("route", ["direct", "grid2d"])
+@pytest.mark.parametrize("arrays,count", [("messages", 5_000), ("arrays", 8)])
+def test_window_pool(mpirun, route, arrays, count):
+    env = {
+        "CONVEYOR_ROUTE": route,
+        "CONVEYOR_WINDOW_POOL_BYTES": str(POOL_BYTES),
+        "CONVEYOR_DATA_WINDOW_POOL_BYTES": str(POOL_BYTES),
+    }
+    mpirun(4, case_window_pool, arrays, count, env=env, timeout=120)
