@@ -162,7 +162,7 @@ class Failures:
 
     # -- the program's thread ------------------------------------------------
 
-    def apply(self) -> None:
+    def apply(self, engine: core.engine.Engine) -> None:
         """Fail, for good, the ranks the heartbeat thread declared failed since the last call."""
         with self._lock:
             declared, self._declared = self._declared, {}
@@ -179,6 +179,7 @@ class Failures:
             )
             _note_failure()
             self.requests.fail_rank(rank, why)
+            engine.abandon(rank)
 
     def check_alive(self, rank: int) -> None:
         """Raise `RankFailedError` if `rank` failed."""
@@ -281,7 +282,7 @@ class FaultTolerantTransport(Transport):
         """Raise `ConveyorError` if the messenger is closed; apply declared failures."""
         super().check_open()
         if self.failures.news:
-            self.failures.apply()
+            self.failures.apply(self.engine)
 
     def post(self, rank: int, kind: int, ref: int, tag: str, payload: Any) -> None:
         """Send a frame of `kind` unless `rank` failed: then raise, or drop an answer."""

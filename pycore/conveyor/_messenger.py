@@ -280,7 +280,7 @@ class Messenger:
         if failures is None:
             return frozenset()
         if failures.news and not self.closed:
-            failures.apply()
+            failures.apply(self._transport.engine)
         return frozenset(failures.failed)
 
     @property

@@ -55,6 +55,8 @@ void register_engine(py::module_& m) {
              py::arg("source") = -1)
         .def("defer_handled", &PyEngine::defer_handled, py::arg("source") = -1)
         .def("frames_without", &PyEngine::frames_without, py::arg("excluded"))
+        .def(
+            "abandon", [](PyEngine& e, int rank) { e.engine().abandon(rank); }, py::arg("rank"))
         .def("start_wave", &PyEngine::start_wave)
         .def_property_readonly("wave_active", [](PyEngine& e) { return e.engine().wave_active(); })
         .def("wave_done", &PyEngine::wave_done)

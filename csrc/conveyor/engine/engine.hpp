@@ -300,6 +300,9 @@ class Engine {
     // Frames posted to `dest` so far (of stats().frames_posted): a fault-tolerant
     // messenger leaves a failed rank's out of its own termination detection.
     std::uint64_t frames_posted_to(int dest) const;
+    // A rank declared failed by a fault-tolerant messenger: the frames held
+    // for it are dropped, and what it never credits returns to the pool.
+    void abandon(int dest);
 
     // Complete every outstanding send (used when closing). Returns false on timeout.
     bool flush_sends(double timeout);

@@ -81,6 +81,20 @@ void Engine::release(int dest) {
     }
 }
 
+void Engine::abandon(int dest) {
+    check_dest(dest, size_);
+    Guard guard(lock_);
+    auto& route = routes_[dest];
+    for (const auto& out : route.held) held_bytes_ -= out->bytes.frames;
+    route.held.clear();
+    in_flight_.frames -= route.in_flight.frames;
+    in_flight_.data -= route.in_flight.data;
+    route.in_flight = {};
+    route.asked = false;
+    release_pooled();
+    repay_relays();
+}
+
 // After credit returned to the pool: the destinations that waited for it,
 // in the order they began to (those still held go back in line).
 void Engine::release_pooled() {

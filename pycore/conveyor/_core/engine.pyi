@@ -155,6 +155,8 @@ class Engine:
         """The message being dispatched (from rank `source`) stays unfinished after its dispatch."""
     def frames_without(self, excluded: list[int]) -> tuple[int, int]:
         """Return (frames posted, frames finished) less those to and from the `excluded` ranks."""
+    def abandon(self, rank: int) -> None:
+        """Drop the frames held for a failed `rank`; what it never credits returns to the pool."""
     def start_wave(self) -> None:
         """Start a quiescence wave: a non-blocking sum of (frames posted, finished) over all ranks."""
     def wave_done(self) -> tuple[int, int] | None:

@@ -3,7 +3,8 @@
 Each case runs a script on 3 ranks with ``conveyor run --fault-tolerant``
 (MPICH's ``-disable-auto-cleanup``, Open MPI's ``--enable-recovery``).
 Rank 2 dies while ranks 0 and 1 wait for an answer it will never give;
-they must get `RankFailedError(2)`, be refused further sends to it, go on
+they must get `RankFailedError(2)`, be refused further sends to it, have
+nothing in flight to it left in their pool of windows, go on
 exchanging messages, and finish `wait_quiet` and `close` without it. Every
 wait in the script is unbounded, so a detector that misses the death is a
 hang, which fails the test.
@@ -43,6 +44,11 @@ with cv.Messenger(fault_tolerant=True) as m:
             refused()
         except cv.RankFailedError as error:
             print(f"rank {m.rank}: refused: {error}", flush=True)
+    # What rank 2 will never credit (the requests sent to it) no longer
+    # counts against this rank's pool of windows.
+    routes = m._transport.engine.describe(5.0)["routes"]
+    owed = sum(r["in_flight_frame_bytes"] + r["held"] for r in routes if r["rank"] == 2)
+    print(f"rank {m.rank}: in flight to rank 2: {owed}", flush=True)
     # The survivors go on: a cascade between them, then quiet without rank 2.
     other = 1 - m.rank
     for i in range(100):
@@ -76,6 +82,7 @@ def test_survivors_fail_pending_requests_and_finish_without_the_dead_rank(how, t
     for rank in (0, 1):
         assert f"rank {rank}: pending request failed: RankFailedError(2, " in output, output
         assert output.count(f"rank {rank}: refused: rank 2 failed") == 2, output
+        assert f"rank {rank}: in flight to rank 2: 0" in output, output
         assert f"rank {rank}: quiet without rank 2" in output, output
         assert f"rank {rank}: closed" in output, output
         assert f"conveyor: rank {rank} of 3: rank 2 failed (no heartbeat for" in output, output
