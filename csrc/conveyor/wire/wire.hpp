@@ -337,16 +337,21 @@ class RelayReader {
     std::uint64_t left_;
 };
 
-inline FrameHeader read_header(const std::uint8_t* data, std::size_t size) {
-    Reader r(data, size);
-    FrameHeader h;
+// A frame's first word: its magic, version and kind, checked.
+inline FrameKind read_kind(Reader& r) {
     auto word = r.u32();
     if ((word & 0xFFFF) != kFrameMagic) throw DecodeError("not a conveyor frame (bad magic)");
     if (((word >> 16) & 0xFF) != kFrameVersion)
         throw DecodeError("unsupported frame version " + std::to_string((word >> 16) & 0xFF));
     auto kind = static_cast<std::uint8_t>(word >> 24);
     if (!valid_kind(kind)) throw DecodeError("unknown frame kind " + std::to_string(kind));
-    h.kind = static_cast<FrameKind>(kind);
+    return static_cast<FrameKind>(kind);
+}
+
+inline FrameHeader read_header(const std::uint8_t* data, std::size_t size) {
+    Reader r(data, size);
+    FrameHeader h;
+    h.kind = read_kind(r);
     h.ref = r.u64();
     auto tag = r.blob();
     h.tag.assign(tag.data(), tag.size());
@@ -369,11 +374,8 @@ inline FrameHeader read_header(const std::uint8_t* data, std::size_t size) {
 
 inline SmallFrame SmallFrame::read_full(const std::uint8_t* frame, std::size_t size) {
     Reader r(frame, size);
-    auto word = r.u32();
-    if ((word & 0xFFFF) != kFrameMagic || ((word >> 16) & 0xFF) != kFrameVersion)
-        throw DecodeError("not a conveyor frame of this version");
     SmallFrame f;
-    f.kind = checked_kind(static_cast<std::uint8_t>(word >> 24));
+    f.kind = checked_kind(static_cast<std::uint8_t>(read_kind(r)));
     f.ref = r.u64();
     f.tag = r.blob();
     if (r.u32() != 0) throw DecodeError("a relayed message announces out-of-band buffers");
