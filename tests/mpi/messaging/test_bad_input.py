@@ -483,6 +483,14 @@ def test_bad_environment_values_are_clear(monkeypatch):
         cv.Messenger()
 
 
+@pytest.mark.parametrize("name", ["CONVEYOR_WINDOW_POOL_BYTES", "CONVEYOR_DATA_WINDOW_POOL_BYTES"])
+@pytest.mark.parametrize("value,why", [("lots", "not a valid int"), ("-1", "must be >= 0")])
+def test_bad_pool_sizes_are_clear(monkeypatch, name, value, why):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=f"{name}.*{why}"):
+        cv.Messenger()
+
+
 def case_uncaught_exception_aborts_the_job():
     with cv.Messenger() as m:
         if m.rank == m.size - 1:
