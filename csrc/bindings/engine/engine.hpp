@@ -750,6 +750,7 @@ class PyEngine {
             return;
         }
         if (!result.is_none()) h.call(names.returned, msg, result);
+        py_message::recycle(std::move(msg));
     }
 
     static constexpr std::size_t kMaxCachedTags = 4096;

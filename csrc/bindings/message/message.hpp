@@ -1,9 +1,10 @@
 // conveyor._core.message.MessageBase: the fields of a delivered message.
 //
-// One is created for every message a handler receives, so it is a plain C
-// type rather than a pybind11 class: creating a pybind11 instance and reading
-// its attributes cost several times more, which shows at millions of
-// messages per second. The façade's Message subclasses it and adds methods.
+// One is handed to a handler for every message, so it is a plain C type
+// rather than a pybind11 class: creating a pybind11 instance and reading its
+// attributes cost several times more, which shows at millions of messages
+// per second; and one that no handler kept is reused (recycle()). The
+// façade's Message subclasses it and adds methods.
 #pragma once
 
 #include <pybind11/pybind11.h>
@@ -22,6 +23,10 @@ py::object make(PyTypeObject* type, py::handle messenger, py::handle tag, py::ha
 // (the native dispatcher answers most requests without it).
 py::object make_request(PyTypeObject* type, py::handle messenger, py::handle tag,
                         py::handle payload, py::handle source, std::uint64_t ref);
+
+// Done with `message`, whose handler returned: if nothing else holds it,
+// it is emptied and the next make() or make_request() of its type reuses it.
+void recycle(py::object&& message);
 
 // The flags a handler sets through Message.reply() / defer(), and a cancel.
 bool replied(py::handle message);

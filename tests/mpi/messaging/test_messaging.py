@@ -95,6 +95,48 @@ def test_order_per_pair(mpirun, nranks):
     mpirun(nranks, case_order_per_pair)
 
 
+def case_messages_a_handler_keeps_stay_its_own():
+    # The dispatcher empties and reuses a Message that nothing held once its
+    # handler returned; one a handler kept, even only weakly, is never reused,
+    # and the payload of one not kept is let go with it.
+    import weakref
+
+    with cv.Messenger() as m:
+        kept, weakly, payloads = [], [], []
+
+        @m.on("keep")
+        def keep(msg):
+            i = int(msg.payload[0])
+            if i % 3 == 0:
+                kept.append(msg)
+            elif i % 3 == 1:
+                weakly.append(weakref.ref(msg))
+            payloads.append(weakref.ref(msg.payload))
+
+        @m.on("ask")
+        def ask(msg):
+            return msg.tag, msg.payload, msg.source, msg.reply_to is not None
+
+        peer, source = (m.rank + 1) % m.size, (m.rank - 1) % m.size
+        count = 600
+        for i in range(count):
+            m.send(peer, "keep", np.array([i, m.rank]))
+            if i % 100 == 0:
+                assert m.request(peer, "ask", i).result(timeout=10) == ("ask", i, m.rank, True)
+        m.wait_quiet(timeout=30)
+        assert [int(msg.payload[0]) for msg in kept] == list(range(0, count, 3))
+        assert {(msg.tag, int(msg.payload[1]), msg.source, msg.reply_to) for msg in kept} == {
+            ("keep", source, source, None)
+        }
+        assert all(ref() is None for ref in weakly)
+        alive = [int(p[0]) for p in (ref() for ref in payloads) if p is not None]
+        assert alive == list(range(0, count, 3))
+
+
+def test_messages_a_handler_keeps_stay_its_own(mpirun, nranks):
+    mpirun(nranks, case_messages_a_handler_keeps_stay_its_own)
+
+
 def case_order_with_large_messages():
     # A large array followed by small messages from the same source: the
     # small ones arrive first at the MPI level but must be delivered after.
