@@ -203,6 +203,7 @@ class Messenger:
             self.rank, transport, receivers, requests, Message
         )
         self._senders: dict[str, Sender] = {}  # tag -> Sender, behind send(rank, tag, payload)
+        self._tag_senders = core.engine.TagSenders(self._senders, self.size, _MISSING)
         # The services built on messages, each behind reserved receivers.
         self.store = Store(index=self._host_index)
         self._items = ItemService(self, receivers, requests)
@@ -529,13 +530,10 @@ class Messenger:
         ValueError
             If ``dest`` is not a rank of the job.
         """
-        if type(dest) is int and type(tag) is str and final:
-            # The common case goes through a Sender of the tag: its native
-            # send checks the rank and costs a fraction of the path below.
-            sender = self._senders.get(tag)
-            if sender is not None and 0 <= dest < self.size:
-                sender.send(dest, None if payload is _MISSING else payload)
-                return
+        # The common case, a tag sent to before, goes in C to the tag's
+        # cached Sender: 180 ns a send, where checking it in Python cost 280.
+        if self._tag_senders.send(dest, tag, payload, final):
+            return
         rank, name, ref, payload = self._target("send", dest, tag, payload)
         if ref is not None:
             self._transport.post(

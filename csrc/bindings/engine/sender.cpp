@@ -1,6 +1,8 @@
-// conveyor._core.engine.SenderBase: the per-message send path of conveyor.Sender.
-// A plain C type with a vectorcall method, like MessageBase: pybind11's
-// argument dispatch would cost as much as the whole native send.
+// The per-message send path: conveyor._core.engine.SenderBase, that of
+// conveyor.Sender, and TagSenders, which takes Messenger.send's common case
+// to the Sender cached for its tag. Plain C types with vectorcall methods,
+// like MessageBase: pybind11's argument dispatch would cost as much as the
+// whole native send.
 #include <pybind11/pybind11.h>
 
 #include <cstring>
@@ -57,6 +59,17 @@ int rank_of(PyObject* dest) {
     return static_cast<int>(rank);
 }
 
+// Sends `payload` to `s`'s tag on `rank`, then, if `rank` is congested,
+// waits in the façade's relieve(rank).
+void send_to(SenderObject* s, int rank, PyObject* payload) {
+    if (s->native->send(rank, static_cast<int>(FrameKind::Send), 0, *s->tag_utf8, payload,
+                        s->aggregate != 0)) {
+        auto r = py::int_(rank);
+        auto relieved = py::reinterpret_steal<py::object>(PyObject_CallOneArg(s->relieve, r.ptr()));
+        if (!relieved) throw py::error_already_set();
+    }
+}
+
 PyObject* send(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
     return guarded([&]() -> PyObject* {
         auto s = reinterpret_cast<SenderObject*>(self);
@@ -78,14 +91,7 @@ PyObject* send(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject
             }
         }
         if (!dest) throw py::type_error("send() missing required argument 'dest'");
-        int rank = rank_of(dest);
-        if (s->native->send(rank, static_cast<int>(FrameKind::Send), 0, *s->tag_utf8, payload,
-                            s->aggregate != 0)) {
-            auto r = py::int_(rank);
-            auto relieved =
-                py::reinterpret_steal<py::object>(PyObject_CallOneArg(s->relieve, r.ptr()));
-            if (!relieved) throw py::error_already_set();
-        }
+        send_to(s, rank_of(dest), payload);
         Py_RETURN_NONE;
     });
 }
@@ -203,12 +209,120 @@ PyType_Spec spec = {
     slots,
 };
 
+PyTypeObject* sender_type = nullptr;
+
+// TagSenders: the Messenger's {tag: Sender} (a dict it fills), its size,
+// and the sentinel of a payload not given.
+struct TagSendersObject {
+    PyObject_HEAD PyObject* senders;
+    PyObject* missing;
+    int size;
+};
+
+// send(dest, tag, payload, final) -> bool: sends and returns True if dest is
+// an int of a rank, tag a str whose Sender is cached and final True;
+// otherwise does nothing and returns False (the façade's own path then
+// sends it, or says what is wrong).
+PyObject* send_cached(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
+    return guarded([&]() -> PyObject* {
+        auto t = reinterpret_cast<TagSendersObject*>(self);
+        if (nargs != 4)
+            throw py::type_error("send() takes 4 arguments (dest, tag, payload, final)");
+        PyObject *dest = args[0], *tag = args[1], *payload = args[2];
+        if (args[3] != Py_True || !PyLong_CheckExact(dest) || !PyUnicode_CheckExact(tag))
+            Py_RETURN_FALSE;
+        PyObject* sender = PyDict_GetItemWithError(t->senders, tag);
+        if (!sender) {
+            if (PyErr_Occurred()) throw py::error_already_set();
+            Py_RETURN_FALSE;
+        }
+        int overflow = 0;
+        long rank = PyLong_AsLongAndOverflow(dest, &overflow);
+        if (overflow || rank < 0 || rank >= t->size || !PyObject_TypeCheck(sender, sender_type))
+            Py_RETURN_FALSE;
+        py::object held = py::reinterpret_borrow<py::object>(sender);  // the dict may change
+        send_to(reinterpret_cast<SenderObject*>(sender), static_cast<int>(rank),
+                payload == t->missing ? Py_None : payload);
+        Py_RETURN_TRUE;
+    });
+}
+
+PyObject* new_tag_senders(PyTypeObject* type, PyObject* args, PyObject* kwargs) {
+    static const char* names[] = {"senders", "size", "missing", nullptr};
+    PyObject *senders, *missing;
+    int size = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!iO:TagSenders", const_cast<char**>(names),
+                                     &PyDict_Type, &senders, &size, &missing))
+        return nullptr;
+    PyObject* self = type->tp_alloc(type, 0);
+    if (!self) return nullptr;
+    auto t = reinterpret_cast<TagSendersObject*>(self);
+    Py_INCREF(senders);
+    Py_INCREF(missing);
+    t->senders = senders;
+    t->missing = missing;
+    t->size = size;
+    return self;
+}
+
+int traverse_tag_senders(PyObject* self, visitproc visit, void* arg) {
+    auto t = reinterpret_cast<TagSendersObject*>(self);
+    Py_VISIT(t->senders);
+    Py_VISIT(t->missing);
+    Py_VISIT(Py_TYPE(self));
+    return 0;
+}
+
+int clear_tag_senders(PyObject* self) {
+    auto t = reinterpret_cast<TagSendersObject*>(self);
+    Py_CLEAR(t->senders);
+    Py_CLEAR(t->missing);
+    return 0;
+}
+
+void dealloc_tag_senders(PyObject* self) {
+    PyTypeObject* type = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    clear_tag_senders(self);
+    type->tp_free(self);
+    Py_DECREF(type);
+}
+
+PyMethodDef tag_senders_methods[] = {
+    {"send", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(send_cached)),
+     METH_FASTCALL,
+     "send($self, dest, tag, payload, final, /)\n--\n\n"
+     "Send through the Sender cached for ``tag`` and return True, if ``dest``\n"
+     "is an int of a rank, ``tag`` a str with a cached Sender and ``final``\n"
+     "True; else do nothing and return False.\n"},
+    {nullptr, nullptr, 0, nullptr},
+};
+
+PyType_Slot tag_senders_slots[] = {
+    {Py_tp_doc, const_cast<char*>("Messenger.send's common case, by the Sender of its tag.")},
+    {Py_tp_new, reinterpret_cast<void*>(new_tag_senders)},
+    {Py_tp_dealloc, reinterpret_cast<void*>(dealloc_tag_senders)},
+    {Py_tp_traverse, reinterpret_cast<void*>(traverse_tag_senders)},
+    {Py_tp_clear, reinterpret_cast<void*>(clear_tag_senders)},
+    {Py_tp_methods, tag_senders_methods},
+    {0, nullptr},
+};
+
+PyType_Spec tag_senders_spec = {
+    "conveyor._core.engine.TagSenders",      sizeof(TagSendersObject), 0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC, tag_senders_slots,
+};
+
 }  // namespace
 
 void register_sender(py::module_& module) {
     PyObject* type = PyType_FromSpec(&spec);
     if (!type) throw py::error_already_set();
-    module.add_object("SenderBase", py::reinterpret_steal<py::object>(type));
+    sender_type = reinterpret_cast<PyTypeObject*>(type);  // kept for the module's lifetime
+    module.add_object("SenderBase", py::reinterpret_borrow<py::object>(type));
+    PyObject* tag_senders = PyType_FromSpec(&tag_senders_spec);
+    if (!tag_senders) throw py::error_already_set();
+    module.add_object("TagSenders", py::reinterpret_steal<py::object>(tag_senders));
 }
 
 }  // namespace conveyor

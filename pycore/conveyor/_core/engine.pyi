@@ -1,6 +1,6 @@
 """conveyor._core.engine: the progress engine, and the per-message send path into it."""
 
-from typing import Any, NoReturn
+from typing import Any, NoReturn, final
 
 from typing_extensions import Self, disjoint_base
 
@@ -185,6 +185,15 @@ class SenderBase:
         """Whether small messages are packed into batches."""
     def send(self, dest: int, payload: object = None) -> None:
         """Send `payload` to this sender's tag on rank `dest`; call ``relieve(dest)`` if congested."""
+
+@final
+class TagSenders:
+    """Messenger.send's common case, by the Sender of its tag."""
+
+    def __new__(cls, senders: dict[str, Any], size: int, missing: object) -> Self: ...
+    def send(self, dest: object, tag: object, payload: object, final: bool, /) -> bool:
+        """Send through the Sender cached for `tag` and return True, if `dest` is an int
+        of a rank, `tag` a str with a cached Sender and `final` True; else return False."""
 
 def set_buffer_cache_limit(bytes: int) -> None:
     """Keep at most `bytes` of freed large receive buffers for reuse (process-wide)."""

@@ -749,3 +749,41 @@ def case_sender_errors():
 
 def test_sender_errors(mpirun, nranks):
     mpirun(nranks, case_sender_errors)
+
+
+class Tag(str):
+    pass
+
+
+def case_messenger_send_to_a_tag_sent_to_before():
+    # m.send to a tag it sent to before goes in C to the tag's cached Sender;
+    # whatever that path does not take (another type of rank or tag, a rank
+    # out of range, final=False) still gets the checks of m.send's own path.
+    with cv.Messenger() as m:
+        got = []
+        m.on("t")(lambda msg: got.append(msg.payload))
+        peer = (m.rank + 1) % m.size
+        m.send(peer, "t", 0)  # caches the Sender of "t"
+        m.send(peer, "t")  # no payload: None
+        m.send(np.int64(peer), "t", 2)  # not an int: m.send's own path
+        m.send(peer, Tag("t"), 3)  # a str subclass: the same
+        m.send(peer, "t", payload=4)
+        for dest in ("1", 1.0, None, [peer]):
+            with pytest.raises(TypeError, match="destination rank must be an int"):
+                m.send(dest, "t", 1)
+        for dest in (m.size, -1, 2**70, -(2**70)):
+            with pytest.raises(ValueError, match="out of range"):
+                m.send(dest, "t", 1)
+        with pytest.raises(ValueError, match="final=False answers a request"):
+            m.send(peer, "t", 1, final=False)
+        with pytest.raises(cv.CarriageError):
+            m.send(peer, "t", object())
+        m.wait_quiet()
+        assert got == [0, None, 2, 3, 4]
+        assert m.stats()["frames_malformed"] == 0
+    with pytest.raises(cv.ConveyorError, match="closed"):
+        m.send(peer, "t", 5)
+
+
+def test_messenger_send_to_a_tag_sent_to_before(mpirun, nranks):
+    mpirun(nranks, case_messenger_send_to_a_tag_sent_to_before)
