@@ -26,4 +26,25 @@ void set_error_types(py::object conveyor, py::object carriage, py::object frame,
 // not in the table propagates (pybind11's own translation takes it).
 void translate_exceptions(std::exception_ptr p);
 
+// Runs `body`, the body of a C function called without pybind11's dispatch
+// (a vectorcall method), turning any C++ exception into the Python one, as
+// pybind11 would: then it returns nullptr.
+template <class Body>
+PyObject* guarded(Body&& body) {
+    try {
+        return body();
+    } catch (py::error_already_set& e) {
+        e.restore();
+    } catch (py::builtin_exception& e) {
+        e.set_error();
+    } catch (...) {
+        try {
+            translate_exceptions(std::current_exception());
+        } catch (const std::exception& e) {
+            PyErr_SetString(PyExc_RuntimeError, e.what());
+        }
+    }
+    return nullptr;
+}
+
 }  // namespace conveyor

@@ -4,6 +4,47 @@
 
 namespace conveyor {
 
+namespace {
+
+// Engine.serve(timeout, uncongested, dispatch, answered=False) -> int: see
+// PyEngine::serve. Every wait of the façade comes here, once per message
+// or more: a vectorcall method, without pybind11's argument dispatch.
+PyObject* engine_serve(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
+    return guarded([&]() -> PyObject* {
+        if (nargs < 3 || nargs > 4)
+            throw py::type_error(
+                "serve() takes 3 or 4 arguments (timeout, uncongested, dispatch, answered)");
+        auto& engine = py::handle(self).cast<PyEngine&>();
+        double timeout = PyFloat_AsDouble(args[0]);
+        if (timeout == -1.0 && PyErr_Occurred()) throw py::error_already_set();
+        long uncongested = PyLong_AsLong(args[1]);
+        if (uncongested == -1 && PyErr_Occurred()) throw py::error_already_set();
+        if (uncongested < -1 || uncongested > std::numeric_limits<int>::max())
+            throw py::value_error("serve(): uncongested must be a rank, or -1");
+        int answered = nargs == 4 ? PyObject_IsTrue(args[3]) : 0;
+        if (answered < 0) throw py::error_already_set();
+        return PyLong_FromSize_t(
+            engine.serve(timeout, static_cast<int>(uncongested), args[2], answered != 0));
+    });
+}
+
+PyMethodDef engine_serve_method = {
+    "serve", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(engine_serve)),
+    METH_FASTCALL,
+    "serve($self, timeout, uncongested, dispatch, answered=False, /)\n--\n\n"
+    "Flush, receive, wait up to ``timeout`` s if nothing is ready, then\n"
+    "dispatch what is; return how many messages were dispatched.\n"};
+
+}  // namespace
+
+void add_method(py::handle engine_class, PyMethodDef& method) {
+    auto type = reinterpret_cast<PyTypeObject*>(engine_class.ptr());
+    auto descriptor = py::reinterpret_steal<py::object>(PyDescr_NewMethod(type, &method));
+    if (!descriptor ||
+        PyObject_SetAttrString(engine_class.ptr(), method.ml_name, descriptor.ptr()) < 0)
+        throw py::error_already_set();
+}
+
 void register_engine(py::module_& m) {
     py::class_<EngineOptions>(m, "EngineOptions")
         .def(py::init<>())
@@ -29,15 +70,11 @@ void register_engine(py::module_& m) {
              py::arg("zero_copy_threshold"), py::arg("allow_pickle"), py::arg("options"))
         .def_property_readonly("rank", [](PyEngine& e) { return e.engine().rank(); })
         .def_property_readonly("size", [](PyEngine& e) { return e.engine().size(); })
-        .def("send", &PyEngine::send, py::arg("dest"), py::arg("kind"), py::arg("ref"),
-             py::arg("tag"), py::arg("payload"), py::arg("aggregate"))
         .def("start_trace", &PyEngine::start_trace, py::arg("capacity"))
         .def("read_trace", &PyEngine::read_trace, py::arg("start"), py::arg("count"))
         .def_property_readonly("trace_size", &PyEngine::trace_size)
         .def_property_readonly("trace_dropped", &PyEngine::trace_dropped)
         .def("post_raw", &PyEngine::post_raw, py::arg("dest"), py::arg("frame"))
-        .def("serve", &PyEngine::serve, py::arg("timeout"), py::arg("uncongested"),
-             py::arg("dispatch"), py::arg("answered") = false)
         .def("answering", &PyEngine::answering, py::arg("source"), py::arg("ref"))
         .def_property_readonly("answering_count", &PyEngine::answering_count)
         .def("answering_now", &PyEngine::answering_now)
@@ -67,6 +104,8 @@ void register_engine(py::module_& m) {
         .def("close", &PyEngine::close)
         .def("stats", &PyEngine::stats)
         .def("abort", [](PyEngine& e, int code) { e.engine().abort(code); });
+
+    add_method(m.attr("Engine"), engine_serve_method);
 
     m.def("set_buffer_cache_limit", &Buffer::set_cache_limit, py::arg("bytes"),
           "Keep at most this many bytes of freed large receive buffers for reuse.");

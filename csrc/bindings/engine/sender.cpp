@@ -1,13 +1,15 @@
-// The per-message send path: conveyor._core.engine.SenderBase, that of
-// conveyor.Sender, and TagSenders, which takes Messenger.send's common case
-// to the Sender cached for its tag. Plain C types with vectorcall methods,
-// like MessageBase: pybind11's argument dispatch would cost as much as the
-// whole native send.
+// The per-message send path: Engine.send, every frame the façade sends
+// itself (requests, its services' messages); conveyor._core.engine.SenderBase,
+// the path of conveyor.Sender; and TagSenders, which takes Messenger.send's
+// common case to the Sender cached for its tag. Vectorcall methods of plain C
+// types, like MessageBase, or of the pybind11 Engine: pybind11's argument
+// dispatch would cost as much as the whole native send.
 #include <pybind11/pybind11.h>
 
 #include <cstring>
 #include <limits>
 #include <string>
+#include <string_view>
 
 #include "bindings/engine/engine.hpp"
 #include "bindings/errors.hpp"
@@ -25,25 +27,6 @@ struct SenderObject {
     char aggregate;
 };
 
-// Runs `body`, turning any C++ exception into the Python one (nullptr return).
-template <class Body>
-PyObject* guarded(Body&& body) {
-    try {
-        return body();
-    } catch (py::error_already_set& e) {
-        e.restore();
-    } catch (py::builtin_exception& e) {
-        e.set_error();
-    } catch (...) {
-        try {
-            translate_exceptions(std::current_exception());
-        } catch (const std::exception& e) {
-            PyErr_SetString(PyExc_RuntimeError, e.what());
-        }
-    }
-    return nullptr;
-}
-
 int rank_of(PyObject* dest) {
     auto index = py::reinterpret_steal<py::object>(PyNumber_Index(dest));
     if (!index) {
@@ -58,6 +41,41 @@ int rank_of(PyObject* dest) {
         rank = -1;  // out of range either way: the engine says so
     return static_cast<int>(rank);
 }
+
+// Engine.send(dest, kind, ref, tag, payload, aggregate) -> bool: encodes
+// `payload` in a frame of `kind` to `tag` and sends it to `dest`; returns
+// whether `dest` is congested (the caller should slow down).
+PyObject* engine_send(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
+    return guarded([&]() -> PyObject* {
+        if (nargs != 6)
+            throw py::type_error(
+                "send() takes 6 arguments (dest, kind, ref, tag, payload, aggregate)");
+        auto& engine = py::handle(self).cast<PyEngine&>();
+        int rank = rank_of(args[0]);
+        long kind = PyLong_AsLong(args[1]);
+        if (kind == -1 && PyErr_Occurred()) throw py::error_already_set();
+        unsigned long long ref = PyLong_AsUnsignedLongLong(args[2]);
+        if (ref == static_cast<unsigned long long>(-1) && PyErr_Occurred())
+            throw py::error_already_set();
+        if (!PyUnicode_Check(args[3])) throw py::type_error("a tag must be a str");
+        Py_ssize_t n = 0;
+        const char* tag = PyUnicode_AsUTF8AndSize(args[3], &n);
+        if (!tag) throw py::error_already_set();
+        int aggregate = PyObject_IsTrue(args[5]);
+        if (aggregate < 0) throw py::error_already_set();
+        bool congested =
+            engine.send(rank, static_cast<int>(kind), ref,
+                        std::string_view(tag, static_cast<std::size_t>(n)), args[4], aggregate);
+        return PyBool_FromLong(congested);
+    });
+}
+
+PyMethodDef engine_send_method = {
+    "send", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(engine_send)), METH_FASTCALL,
+    "send($self, dest, kind, ref, tag, payload, aggregate, /)\n--\n\n"
+    "Encode ``payload`` in a frame of ``kind`` to ``tag`` and send it to rank\n"
+    "``dest`` (into its batch with ``aggregate``, if small); return whether\n"
+    "``dest`` is congested.\n"};
 
 // Sends `payload` to `s`'s tag on `rank`, then, if `rank` is congested,
 // waits in the façade's relieve(rank).
@@ -316,6 +334,7 @@ PyType_Spec tag_senders_spec = {
 }  // namespace
 
 void register_sender(py::module_& module) {
+    add_method(module.attr("Engine"), engine_send_method);  // the class register_engine() made
     PyObject* type = PyType_FromSpec(&spec);
     if (!type) throw py::error_already_set();
     sender_type = reinterpret_cast<PyTypeObject*>(type);  // kept for the module's lifetime

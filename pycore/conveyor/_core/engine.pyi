@@ -68,7 +68,7 @@ class Engine:
     def background(self) -> bool:
         """Whether the engine runs its background thread."""
     def send(
-        self, dest: int, kind: int, ref: int, tag: str, payload: object, aggregate: bool
+        self, dest: int, kind: int, ref: int, tag: str, payload: object, aggregate: bool, /
     ) -> bool:
         """Encode `payload` in a frame of `kind` and send it to rank `dest`.
 
@@ -94,7 +94,9 @@ class Engine:
         """Entries not recorded because the trace was full."""
     def post_raw(self, dest: int, frame: bytes) -> None:
         """Send `frame` as it is, without out-of-band buffers (to test malformed input)."""
-    def serve(self, timeout: float, uncongested: int, dispatch: Any, answered: bool = False) -> int:
+    def serve(
+        self, timeout: float, uncongested: int, dispatch: Any, answered: bool = False, /
+    ) -> int:
         """Flush, receive, wait up to `timeout` s (GIL released) if nothing is ready, dispatch.
 
         The wait also ends once rank `uncongested` takes sends again (-1:

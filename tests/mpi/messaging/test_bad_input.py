@@ -477,6 +477,42 @@ def test_oversize_message_is_refused_before_sending(monkeypatch):
         assert got[0].shape == (1 << 20,)
 
 
+def test_the_engines_vectorcall_entry_points_refuse_bad_arguments():
+    # Engine.send and Engine.serve parse their own arguments (no pybind11
+    # dispatch): a wrong one is a Python error, and nothing is sent.
+    from conveyor._native import core
+
+    kind = core.message.KIND_SEND
+    with cv.Messenger() as m:
+        got = []
+        m.on("x")(lambda msg: got.append(msg.payload))
+        engine, dispatch = m._transport.engine, m._transport.dispatch
+        bad_sends = [
+            ((0, kind, 0, "x", 1), TypeError, "takes 6 arguments"),
+            ((0, kind, 0, b"x", 1, True), TypeError, "tag must be a str"),
+            (("0", kind, 0, "x", 1, True), TypeError, "destination rank must be an int"),
+            ((1, kind, 0, "x", 1, True), ValueError, "out of range"),
+            ((0, kind, -1, "x", 1, True), OverflowError, None),
+            ((0, 99, 0, "x", 1, True), ValueError, "kind"),
+            ((0, kind, 0, "x", object(), True), cv.CarriageError, None),
+        ]
+        for args, error, match in bad_sends:
+            with pytest.raises(error, match=match):
+                engine.send(*args)
+        for args, error, match in [
+            ((0.0, -1), TypeError, "3 or 4 arguments"),
+            (("now", -1, dispatch), TypeError, "must be real number"),
+            ((0.0, -2, dispatch), ValueError, "uncongested"),
+            ((0.0, 2**40, dispatch), ValueError, "uncongested"),
+        ]:
+            with pytest.raises(error, match=match):
+                engine.serve(*args)
+        assert m.stats()["messages_sent"] == 0
+        assert engine.send(0, kind, 0, "x", 1, True) is False
+        assert engine.serve(0.0, -1, dispatch, True) == 1
+        assert got == [1]
+
+
 def test_bad_environment_values_are_clear(monkeypatch):
     monkeypatch.setenv("CONVEYOR_ZERO_COPY_THRESHOLD", "lots")
     with pytest.raises(ValueError, match="CONVEYOR_ZERO_COPY_THRESHOLD"):
