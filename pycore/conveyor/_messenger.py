@@ -484,6 +484,8 @@ class Messenger:
         # (rank, receiver name, reply ref or None, payload). The callers check
         # the name: a reply (ref set) reaches no receiver, whatever its name.
         self._transport.check_open()
+        if type(dest) is int and 0 <= dest < self.size:  # the common case, without a call
+            return dest, tag, None, None if payload is _MISSING else payload
         if isinstance(dest, Address):
             if payload is not _MISSING:
                 raise TypeError(
