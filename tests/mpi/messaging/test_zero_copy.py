@@ -140,8 +140,13 @@ def test_freed_receive_buffers_are_reused_within_the_limit(monkeypatch):
         got = []
         m.on("a")(lambda msg: got.append(msg.payload))
         addresses = []
+        # One array sent each time: a large array arrives at its sender's
+        # offset in a cache line, which for new arrays depends on what the
+        # allocator did before (the tests run before this one).
+        sent = np.empty(MiB, dtype=np.int32)  # 4 MiB
         for i in range(4):
-            m.send(0, "a", np.full(MiB, i, dtype=np.int32))  # 4 MiB each
+            sent[:] = i
+            m.send(0, "a", sent)
             m.wait_quiet()
             arr = got.pop()
             assert (arr == i).all()  # a reused buffer holds the new data only
