@@ -479,13 +479,13 @@ class Decoder {
                 throw DecodeError("array data has " + std::to_string(n) + " bytes, " +
                                   std::to_string(nbytes) + " expected");
             auto src = r_.take(n);
-            py::array a(dt, shape, strides);
+            py::array a(dt, std::move(shape), std::move(strides));
             if (n) std::memcpy(a.mutable_data(), src, n);
             return a;
         }
         if (storage != S_OUT_OF_BAND)
             throw DecodeError("bad storage mark " + std::to_string(storage));
-        return over_buffer(take_oob(nbytes), dt, shape, strides);
+        return over_buffer(take_oob(nbytes), dt, std::move(shape), std::move(strides));
     }
 
     // Zero copy: an array over the buffer MPI received into, which it owns.
@@ -567,7 +567,7 @@ class Decoder {
         if (order > 1) throw DecodeError("bad array order mark");
         std::uint64_t nbytes = 0;
         auto dims = shape(dt.itemsize(), nbytes);
-        return array_storage(dt, dims, order == 1, nbytes);
+        return array_storage(dt, std::move(dims), order == 1, nbytes);
     }
 
     py::object memoryview() {
