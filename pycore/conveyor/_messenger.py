@@ -484,15 +484,20 @@ class Messenger:
         # (rank, receiver name, reply ref or None, payload). The callers check
         # the name: a reply (ref set) reaches no receiver, whatever its name.
         self._transport.check_open()
-        if type(dest) is int and 0 <= dest < self.size:  # the common case, without a call
-            return dest, tag, None, None if payload is _MISSING else payload
-        if isinstance(dest, Address):
-            if payload is not _MISSING:
-                raise TypeError(
-                    f"{verb}(address, payload) takes no tag: the address names the receiver"
+        # A rank that is an int in range, the common case, needs no check (nor its call).
+        if not (type(dest) is int and 0 <= dest < self.size):
+            if isinstance(dest, Address):
+                if payload is not _MISSING:
+                    raise TypeError(
+                        f"{verb}(address, payload) takes no tag: the address names the receiver"
+                    )
+                return (
+                    check_rank(dest.rank, self.size, "destination rank"),
+                    dest.name,
+                    dest.ref,
+                    tag,
                 )
-            return check_rank(dest.rank, self.size, "destination rank"), dest.name, dest.ref, tag
-        dest = check_rank(dest, self.size, "destination rank")
+            dest = check_rank(dest, self.size, "destination rank")
         return dest, tag, None, None if payload is _MISSING else payload
 
     # Two call forms: (dest, tag[, payload]), and (address, payload).
