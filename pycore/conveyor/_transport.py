@@ -7,7 +7,6 @@ receives, then dispatches what is ready, for as long as its caller waits.
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from ._checks import check_timeout
@@ -165,7 +164,8 @@ class Transport:
         deadline starts no further message: a wait lasts its timeout plus
         the length of one handler at most.
         """
-        if timeout is not None:  # the common case, no limit, without a call
+        # The common cases, no limit or a float, without a call.
+        if timeout is not None and not (type(timeout) is float and timeout >= 0):
             timeout = check_timeout(timeout)
         # Unserved, the common case, without a call on every request's path.
         if self.service is not None and (service := self.served_elsewhere()) is not None:
@@ -174,13 +174,6 @@ class Transport:
             if not service.wait(waiter._ready, timeout):
                 raise self.timed_out(f"no answer within {timeout} s")
             return
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not waiter._ready():
-            self.check_open()
-            wait = WAIT_SLICE
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise self.timed_out(f"no answer within {timeout} s")
-                wait = min(wait, left)
-            self.engine.serve(wait, -1, self.dispatch, True)
+        limit = -1.0 if timeout is None else timeout
+        if not self.engine.wait(waiter, limit, WAIT_SLICE, self.dispatch):
+            raise self.timed_out(f"no answer within {timeout} s")

@@ -35,6 +35,27 @@ PyMethodDef engine_serve_method = {
     "Flush, receive, wait up to ``timeout`` s if nothing is ready, then\n"
     "dispatch what is; return how many messages were dispatched.\n"};
 
+// Engine.wait(waiter, timeout, slice, dispatch) -> bool: see PyEngine::wait.
+// On every request's path, as serve() is.
+PyObject* engine_wait(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
+    return guarded([&]() -> PyObject* {
+        if (nargs != 4)
+            throw py::type_error("wait() takes 4 arguments (waiter, timeout, slice, dispatch)");
+        auto& engine = py::handle(self).cast<PyEngine&>();
+        double timeout = PyFloat_AsDouble(args[1]);
+        if (timeout == -1.0 && PyErr_Occurred()) throw py::error_already_set();
+        double slice = PyFloat_AsDouble(args[2]);
+        if (slice == -1.0 && PyErr_Occurred()) throw py::error_already_set();
+        if (!(slice > 0)) throw py::value_error("wait(): slice must be a number of seconds > 0");
+        return py::bool_(engine.wait(args[0], timeout, slice, args[3])).release().ptr();
+    });
+}
+
+PyMethodDef engine_wait_method = {
+    "wait", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(engine_wait)), METH_FASTCALL,
+    "wait($self, waiter, timeout, slice, dispatch, /)\n--\n\n"
+    "Serve until ``waiter._ready()``; return False if ``timeout`` s passed first.\n"};
+
 }  // namespace
 
 void add_method(py::handle engine_class, PyMethodDef& method) {
@@ -106,6 +127,7 @@ void register_engine(py::module_& m) {
         .def("abort", [](PyEngine& e, int code) { e.engine().abort(code); });
 
     add_method(m.attr("Engine"), engine_serve_method);
+    add_method(m.attr("Engine"), engine_wait_method);
 
     m.def("set_buffer_cache_limit", &Buffer::set_cache_limit, py::arg("bytes"),
           "Keep at most this many bytes of freed large receive buffers for reuse.");

@@ -6,6 +6,8 @@
 
 #include <time.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <deque>
 #include <limits>
@@ -56,6 +58,7 @@ struct DispatchNames {
     PyObject* aggregate = PyUnicode_InternFromString("aggregate");
     PyObject* requests = PyUnicode_InternFromString("requests");
     PyObject* slow_handler = PyUnicode_InternFromString("slow_handler");
+    PyObject* ready = PyUnicode_InternFromString("_ready");  // of a waiter: see PyEngine::wait
 };
 inline const DispatchNames& dispatch_names() {
     static const DispatchNames names;  // first made under the GIL, never freed
@@ -162,6 +165,34 @@ class PyEngine {
         // What the handlers sent leaves now, not when the caller waits next.
         if (dispatched != 0) engine_.flush();
         return dispatched;
+    }
+
+    // Serves (as serve() with `answered`) until `waiter._ready()` is true;
+    // returns false if `timeout` seconds (negative or infinite: no limit)
+    // passed first. Each native wait lasts at most `slice` seconds, so that
+    // a signal (Ctrl-C) is handled between two. Every blocking wait for an
+    // answer loops here, in C++: the same loop in Python cost a request with
+    // a timeout 0.8 us (its clock readings, checks and calls).
+    bool wait(py::handle waiter, double timeout, double slice, py::handle dispatch) {
+        const bool limited = timeout >= 0 && !std::isinf(timeout);
+        auto start = Clock::now();
+        for (;;) {
+            PyObject* argv[] = {waiter.ptr()};
+            auto ready = py::reinterpret_steal<py::object>(
+                PyObject_VectorcallMethod(dispatch_names().ready, argv, 1, nullptr));
+            if (!ready) throw py::error_already_set();
+            int is_ready = PyObject_IsTrue(ready.ptr());
+            if (is_ready < 0) throw py::error_already_set();
+            if (is_ready) return true;
+            if (PyErr_CheckSignals() < 0) throw py::error_already_set();
+            double wait = slice;
+            if (limited) {
+                double left = timeout - seconds_since(start);
+                if (left <= 0) return false;
+                wait = std::min(wait, left);
+            }
+            serve(wait, -1, dispatch, true);
+        }
     }
 
     // The request from `source` numbered `ref` whose handler runs now (its

@@ -116,6 +116,12 @@ class Engine:
         and starts no message once `timeout` has passed. Return how many
         messages were dispatched.
         """
+    def wait(self, waiter: Any, timeout: float, slice: float, dispatch: Any, /) -> bool:
+        """Serve (as `serve` with `answered`) until ``waiter._ready()``; False if `timeout` s passed first.
+
+        A negative or infinite `timeout` is no limit. Each native wait lasts
+        at most `slice` seconds, and signals (Ctrl-C) are handled between two.
+        """
     def answering(self, source: int, ref: int) -> Any:
         """Return the Message of the request (`source`, `ref`) whose handler runs now, or None."""
     @property

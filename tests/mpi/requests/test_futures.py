@@ -12,6 +12,7 @@ import asyncio
 import collections
 import concurrent.futures
 import pickle
+import signal
 import sys
 import time
 import warnings
@@ -304,3 +305,32 @@ def case_a_wait_starts_no_handler_after_its_deadline():
 
 def test_a_wait_starts_no_handler_after_its_deadline(mpirun):
     mpirun(2, case_a_wait_starts_no_handler_after_its_deadline)
+
+
+class Interrupted(Exception):
+    pass
+
+
+@pytest.mark.parametrize("timeout", [None, 60.0])
+def test_a_signal_ends_a_wait_and_the_request_stays_open(timeout):
+    # The wait loops in C++ (Engine.wait), between native waits of at most
+    # WAIT_SLICE: a signal's Python handler still runs, and its exception
+    # ends the wait (as Ctrl-C's KeyboardInterrupt does).
+    def interrupt(signum, frame):
+        raise Interrupted
+
+    with cv.Messenger() as m:
+        held = []
+        m.on("later")(lambda msg: (msg.defer(), held.append(msg)))
+        fut = m.request(0, "later")
+        previous = signal.signal(signal.SIGALRM, interrupt)
+        try:
+            signal.setitimer(signal.ITIMER_REAL, 0.3)
+            with pytest.raises(Interrupted):
+                fut.result(timeout=timeout)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+        assert not fut.done() and len(held) == 1
+        held.pop().reply("late")
+        assert fut.result(timeout=30) == "late"
