@@ -89,8 +89,10 @@ class Dispatch:
 
     ``Engine.serve`` is given this object and reads the attributes below by
     name; it calls `fallback`, `returned`, `failed`, `finish_request` and
-    `slow_handler`, and hands every answer to ``requests.answer``. It
-    counts each message as handled itself, once its dispatch ends.
+    `slow_handler`, and hands every answer to its waiter in
+    ``requests.waiters`` (a readable final one) or to ``requests.answer``
+    (any other). It counts each message as handled itself, once its
+    dispatch ends.
 
     Attributes
     ----------

@@ -28,7 +28,9 @@ class Requests:
     """The requests this rank sent and still waits for.
 
     Every answer ends here: `answer` hands it to the request's `Future` or
-    `Stream` (its *waiter*), whichever path it arrived by.
+    `Stream` (its *waiter*), whichever path it arrived by; the native
+    dispatcher hands the common one, a readable final answer, to its waiter
+    in `waiters` itself.
 
     Attributes
     ----------
@@ -110,15 +112,11 @@ class Requests:
         """Hand an answer (`kind` REPLY, ANSWER or ERROR) to its waiter; count it if none waits.
 
         `error` says why its payload could not be read, if it could not.
-        The native dispatcher calls this for every answer that arrives.
+        The native dispatcher calls this for every answer but the common
+        one, a readable REPLY whose request is open: that one it takes from
+        `waiters` and hands to ``waiter._answer(payload, True)`` itself.
         """
-        if kind == _REPLY and error is None:  # the common case first: on every request's path
-            waiter = self.waiters.pop(ref, None)
-            if waiter is not None:
-                waiter._answer(payload, True)
-                return
-        else:
-            waiter = self.waiters.get(ref)
+        waiter = self.waiters.get(ref)
         if waiter is None:
             self.late += 1  # after a cancel or a closed messenger
         elif error is not None:
@@ -126,6 +124,9 @@ class Requests:
             waiter._fail(FrameError(f"the answer from rank {source}: {error}"))
         elif kind == _ANSWER:
             waiter._answer(payload, False)
+        elif kind == _REPLY:
+            del self.waiters[ref]
+            waiter._answer(payload, True)
         else:
             del self.waiters[ref]
             waiter._fail(self._remote_error(source, payload))

@@ -102,9 +102,12 @@ class Engine:
         The wait also ends once rank `uncongested` takes sends again (-1:
         none). `dispatch` is the façade's Dispatch: plain sends and requests
         to a tag of ``dispatch.receivers`` (``{tag: (handler, per_item)}``)
-        are delivered here, as ``dispatch.message_type`` instances; every
-        answer goes to ``dispatch.requests.answer(kind, source, ref,
-        payload, error)``; anything else to ``dispatch.fallback((kind,
+        are delivered here, as ``dispatch.message_type`` instances; a
+        readable final answer to an open request goes to its waiter,
+        ``waiter._answer(payload, True)``, taken from
+        ``dispatch.requests.waiters`` (``{ref: waiter}``), and every other
+        answer to ``dispatch.requests.answer(kind, source, ref, payload,
+        error)``; anything else to ``dispatch.fallback((kind,
         source, ref, tag, payload, error))``. A handler's non-None result
         goes to ``dispatch.returned(msg, result)``, its exception to
         ``dispatch.failed(msg, exc)``, and what is unusual about a request
