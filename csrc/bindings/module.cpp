@@ -24,6 +24,7 @@ namespace conveyor {
 void register_engine(py::module_& m);
 void register_message(py::module_& m);
 void register_sender(py::module_& m);
+void register_requests(py::module_& m);
 void register_codec(py::module_& m);
 void register_routing(py::module_& m);
 void register_chunks(py::module_& m);
@@ -72,6 +73,7 @@ PYBIND11_MODULE(_core, m) {
     py::module_ engine = submodule(m, "engine", "The progress engine and its send path.");
     register_engine(engine);
     register_sender(engine);
+    register_requests(engine);
     py::module_ routing = submodule(m, "routing", "Grouping rows by destination rank.");
     register_routing(routing);
     py::module_ chunks = submodule(m, "chunks", "Chunk alignment and the chunk table.");

@@ -59,8 +59,9 @@ _MISSING = object()
 # A receiver function, returned as it is by the `Messenger.on` decorator.
 HandlerT = TypeVar("HandlerT", bound=Callable[[Message], Any])
 
-# Tags whose Sender send() keeps (a program uses a few; a bound for those that do not).
-_MAX_CACHED_SENDERS = 256
+# Tags whose Sender send() keeps, and tags request() knows it checked (a
+# program uses a few; a bound for those that do not).
+_MAX_CACHED_TAGS = 256
 
 
 class Messenger:
@@ -556,7 +557,7 @@ class Messenger:
             self._transport.send(rank, check_user_tag(name), payload)
             # A fault-tolerant messenger's sends take the path that checks
             # for failed ranks, never a Sender's native one.
-            if len(self._senders) < _MAX_CACHED_SENDERS and self._transport.failures is None:
+            if len(self._senders) < _MAX_CACHED_TAGS and self._transport.failures is None:
                 self._senders[name] = Sender(self._transport, name, self.aggregate, self.size)
 
     @overload
@@ -592,8 +593,19 @@ class Messenger:
         ValueError
             If ``dest`` is not a rank of the job.
         """
+        requests = self._requests
+        # The common case, a rank and a tag requested before, all native.
+        future: Future[Any] | None = requests.try_request(
+            dest, tag, None if payload is _MISSING else payload
+        )
+        if future is not None:
+            return future
         dest, tag, _, payload = self._target("request", dest, tag, payload)  # checks it is open
-        return self._requests.open(dest, check_user_tag(tag), payload)
+        name = check_user_tag(tag)
+        future = requests.open(dest, name, payload)
+        if type(name) is str and len(requests.user_tags) < _MAX_CACHED_TAGS:
+            requests.user_tags.add(name)
+        return future
 
     @overload
     def request_stream(

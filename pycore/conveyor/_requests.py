@@ -10,10 +10,9 @@ from ._errors import ConveyorError, FrameError, RankFailedError, UnknownTagError
 from ._future import Future, Stream
 from ._native import core
 from ._tags import CANCEL
+from ._transport import Transport
 
 if TYPE_CHECKING:
-    from ._transport import Transport
-
     # What gets a request's answers.
     Waiter = Union[Future[Any], Stream[Any]]
     WaiterT = TypeVar("WaiterT", Future[Any], Stream[Any])
@@ -24,13 +23,14 @@ __all__ = ["Requests"]
 _REPLY, _ANSWER = core.message.KIND_REPLY, core.message.KIND_ANSWER
 
 
-class Requests:
+class Requests(core.engine.RequestsBase):
     """The requests this rank sent and still waits for.
 
     Every answer ends here: `answer` hands it to the request's `Future` or
     `Stream` (its *waiter*), whichever path it arrived by; the native
     dispatcher hands the common one, a readable final answer, to its waiter
-    in `waiters` itself.
+    in `waiters` itself. The native base numbers and posts the requests,
+    and takes `Messenger.request`'s common case (``try_request``) whole.
 
     Attributes
     ----------
@@ -45,11 +45,13 @@ class Requests:
     """
 
     def __init__(self, transport: Transport) -> None:
+        # The native path posts as Transport.post does: a transport that
+        # posts otherwise (a fault-tolerant one) is called instead.
+        plain = type(transport).post is Transport.post
+        super().__init__(transport.engine, transport, Future, plain)
         self.transport = transport
-        self.waiters: dict[int, Waiter] = {}
         self.late = 0
         self.malformed = 0
-        self._next_ref = 1
 
     def __len__(self) -> int:
         return len(self.waiters)
@@ -74,13 +76,7 @@ class Requests:
         self._next_ref += 1
         # A plain Future, the common case, without a factory call.
         waiter = Future(self, dest, ref) if make_waiter is None else make_waiter(ref)
-        waiter._sent = (tag, time.monotonic())  # what a state dump shows of it
-        self.waiters[ref] = waiter
-        try:
-            self.transport.post(dest, core.message.KIND_REQUEST, ref, tag, payload)
-        except BaseException:
-            del self.waiters[ref]
-            raise
+        self._post(dest, ref, tag, payload, waiter)
         return waiter
 
     def request(self, dest: int, tag: str, payload: Any) -> Future[Any]:

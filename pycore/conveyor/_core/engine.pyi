@@ -206,5 +206,25 @@ class TagSenders:
         """Send through the Sender cached for `tag` and return True, if `dest` is an int
         of a rank, `tag` a str with a cached Sender and `final` True; else return False."""
 
+@disjoint_base
+class RequestsBase:
+    """The native half of the façade's Requests."""
+
+    waiters: dict[int, Any]
+    """``{ref: Future or Stream}`` of the open requests."""
+    _next_ref: int
+    """The number of the next request."""
+    @property
+    def user_tags(self) -> set[str]:
+        """The user tags requested before (a set the façade fills): `try_request` takes them."""
+    def __init__(self, engine: Engine, transport: Any, future_type: Any, plain: bool) -> None: ...
+    def try_request(self, dest: object, tag: object, payload: object, /) -> Any:
+        """Messenger.request's common case: if `dest` is an int of a rank, `tag` a str in
+        `user_tags` and the transport plain, send the request and return its Future;
+        else return None."""
+    def _post(self, dest: int, ref: int, tag: str, payload: Any, waiter: Any, /) -> None:
+        """Record `waiter` as open request `ref` and send the request (through the
+        transport's post); if it does not leave, forget it and raise."""
+
 def set_buffer_cache_limit(bytes: int) -> None:
     """Keep at most `bytes` of freed large receive buffers for reuse (process-wide)."""

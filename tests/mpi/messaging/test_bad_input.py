@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import conveyor as cv
+from conveyor._checks import RESERVED_PREFIX
 from conveyor._native import core
 
 from _helpers import bare_header, conveyor_warnings, same, wait_quiet_warned
@@ -689,16 +690,16 @@ def case_an_undecodable_request_is_answered_with_an_error():
     with cv.Messenger() as m:
         m.on("echo")(lambda msg: msg.payload)
         peer = (m.rank + 1) % m.size
-        post = m._transport.post
-
-        def forge(rank, kind, ref, tag, payload):
-            # The request as a rank with pickle on would frame it.
-            frame, _ = core.testing.encode_frame(kind, ref, tag, payload, 1 << 30, True)
-            m._transport.engine.post_raw(rank, frame)
-
-        m._transport.post = forge
-        fut = m.request(peer, "echo", {1, 2})  # a set: pickled
-        m._transport.post = post
+        # A request as a rank with pickle on would frame it (a set: pickled),
+        # opened as Requests.open opens one.
+        requests = m._requests
+        ref = requests._next_ref
+        requests._next_ref += 1
+        fut = requests.waiters[ref] = cv.Future(requests, peer, ref)
+        frame, _ = core.testing.encode_frame(
+            core.message.KIND_REQUEST, ref, "echo", {1, 2}, 1 << 30, True
+        )
+        m._transport.engine.post_raw(peer, frame)
         with pytest.raises(cv.RemoteError, match="not created with pickle=True") as info:
             fut.result(timeout=10)
         assert info.value.remote_type == "FrameError" and info.value.rank == peer
@@ -796,3 +797,47 @@ def test_request_references_out_of_range_are_clear_errors():
         m.send(cv.Address(0, "x", ref=2**64 - 1), 1)  # answers no request: a late answer
         m.wait_quiet()
         assert m.stats()["late_answers"] == 1
+
+
+class Tag(str):
+    def __eq__(self, other):  # a hostile subclass: equal to every str
+        return isinstance(other, str)
+
+    __hash__ = str.__hash__
+
+
+def case_a_request_to_a_tag_requested_before():
+    # m.request to a tag it requested before goes in C from its checks to
+    # its Future (Requests.try_request); whatever that path does not take
+    # still gets the checks of m.request's own path, and a request that
+    # cannot leave leaves no open request behind.
+    with cv.Messenger() as m:
+        m.on("t")(lambda msg: msg.payload)
+        peer = (m.rank + 1) % m.size
+        assert m.request(peer, "t", 0).result(timeout=30) == 0  # "t" is known from now on
+        assert m._requests.user_tags == {"t"}
+        assert m.request(peer, "t").result(timeout=30) is None  # no payload: None
+        assert m.request(np.int64(peer), "t", 2).result(timeout=30) == 2
+        assert m.request(peer, Tag("t"), 3).result(timeout=30) == 3
+        assert m._requests.user_tags == {"t"}  # never a str subclass
+        for dest in ("1", 1.0, None, [peer]):
+            with pytest.raises(TypeError, match="destination rank must be an int"):
+                m.request(dest, "t", 1)
+        for dest in (m.size, -1, 2**70, -(2**70)):
+            with pytest.raises(ValueError, match="out of range"):
+                m.request(dest, "t", 1)
+        for tag in (RESERVED_PREFIX + "t", Tag(RESERVED_PREFIX)):
+            with pytest.raises(ValueError, match="reserved"):
+                m.request(peer, tag, 1)
+        with pytest.raises(cv.CarriageError):
+            m.request(peer, "t", object())
+        assert len(m._requests) == 0  # the unsent request is not open
+        m.wait_quiet()
+        assert m.stats()["frames_malformed"] == 0
+    with pytest.raises(cv.ConveyorError, match="closed"):
+        m.request(peer, "t", 5)
+    assert len(m._requests) == 0
+
+
+def test_a_request_to_a_tag_requested_before(mpirun, nranks):
+    mpirun(nranks, case_a_request_to_a_tag_requested_before)
