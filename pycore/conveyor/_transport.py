@@ -74,6 +74,12 @@ class Transport:
         self.describe: Callable[[], RankState] | None = None
         self.tracer: Tracer | None = None
         self.failures: Failures | None = None
+        # What Engine.wait calls between two native waits: check_open, if
+        # this transport's checks more than the engine's own closed flag (a
+        # fault-tolerant one applies declared failures there, which fail
+        # the requests to a dead rank and so end waits for them).
+        plain = type(self).check_open is Transport.check_open
+        self._wait_check = None if plain else self.check_open
 
     def check_open(self) -> None:
         """Raise `ConveyorError` if the messenger is closed."""
@@ -175,5 +181,5 @@ class Transport:
                 raise self.timed_out(f"no answer within {timeout} s")
             return
         limit = -1.0 if timeout is None else timeout
-        if not self.engine.wait(waiter, limit, WAIT_SLICE, self.dispatch):
+        if not self.engine.wait(waiter, limit, WAIT_SLICE, self.dispatch, self._wait_check):
             raise self.timed_out(f"no answer within {timeout} s")

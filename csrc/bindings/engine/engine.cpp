@@ -35,25 +35,28 @@ PyMethodDef engine_serve_method = {
     "Flush, receive, wait up to ``timeout`` s if nothing is ready, then\n"
     "dispatch what is; return how many messages were dispatched.\n"};
 
-// Engine.wait(waiter, timeout, slice, dispatch) -> bool: see PyEngine::wait.
-// On every request's path, as serve() is.
+// Engine.wait(waiter, timeout, slice, dispatch, check) -> bool: see
+// PyEngine::wait. On every request's path, as serve() is.
 PyObject* engine_wait(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
     return guarded([&]() -> PyObject* {
-        if (nargs != 4)
-            throw py::type_error("wait() takes 4 arguments (waiter, timeout, slice, dispatch)");
+        if (nargs != 5)
+            throw py::type_error(
+                "wait() takes 5 arguments (waiter, timeout, slice, dispatch, check)");
         auto& engine = py::handle(self).cast<PyEngine&>();
         double timeout = PyFloat_AsDouble(args[1]);
         if (timeout == -1.0 && PyErr_Occurred()) throw py::error_already_set();
         double slice = PyFloat_AsDouble(args[2]);
         if (slice == -1.0 && PyErr_Occurred()) throw py::error_already_set();
         if (!(slice > 0)) throw py::value_error("wait(): slice must be a number of seconds > 0");
-        return py::bool_(engine.wait(args[0], timeout, slice, args[3])).release().ptr();
+        if (args[4] != Py_None && !PyCallable_Check(args[4]))
+            throw py::type_error("wait(): check must be callable or None");
+        return py::bool_(engine.wait(args[0], timeout, slice, args[3], args[4])).release().ptr();
     });
 }
 
 PyMethodDef engine_wait_method = {
     "wait", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(engine_wait)), METH_FASTCALL,
-    "wait($self, waiter, timeout, slice, dispatch, /)\n--\n\n"
+    "wait($self, waiter, timeout, slice, dispatch, check, /)\n--\n\n"
     "Serve until ``waiter._ready()``; return False if ``timeout`` s passed first.\n"};
 
 }  // namespace

@@ -173,10 +173,13 @@ class PyEngine {
     // Serves (as serve() with `answered`) until `waiter._ready()` is true;
     // returns false if `timeout` seconds (negative or infinite: no limit)
     // passed first. Each native wait lasts at most `slice` seconds, so that
-    // a signal (Ctrl-C) is handled between two. Every blocking wait for an
-    // answer loops here, in C++: the same loop in Python cost a request with
-    // a timeout 0.8 us (its clock readings, checks and calls).
-    bool wait(py::handle waiter, double timeout, double slice, py::handle dispatch) {
+    // a signal (Ctrl-C) is handled between two, and `check()` called, if
+    // not None (the façade's check that the messenger is open, when it
+    // does more than check_open()). Every blocking wait for an answer loops
+    // here, in C++: the same loop in Python cost a request with a timeout
+    // 0.8 us (its clock readings, checks and calls).
+    bool wait(py::handle waiter, double timeout, double slice, py::handle dispatch,
+              py::handle check) {
         const bool limited = timeout >= 0 && !std::isinf(timeout);
         auto start = Clock::now();
         for (;;) {
@@ -188,6 +191,9 @@ class PyEngine {
             if (is_ready < 0) throw py::error_already_set();
             if (is_ready) return true;
             if (PyErr_CheckSignals() < 0) throw py::error_already_set();
+            if (!check.is_none() &&
+                !py::reinterpret_steal<py::object>(PyObject_CallNoArgs(check.ptr())))
+                throw py::error_already_set();
             double wait = slice;
             if (limited) {
                 double left = timeout - seconds_since(start);

@@ -1,5 +1,6 @@
 """conveyor._core.engine: the progress engine, and the per-message send path into it."""
 
+from collections.abc import Callable
 from typing import Any, NoReturn, final
 
 from typing_extensions import Self, disjoint_base
@@ -119,11 +120,20 @@ class Engine:
         and starts no message once `timeout` has passed. Return how many
         messages were dispatched.
         """
-    def wait(self, waiter: Any, timeout: float, slice: float, dispatch: Any, /) -> bool:
+    def wait(
+        self,
+        waiter: Any,
+        timeout: float,
+        slice: float,
+        dispatch: Any,
+        check: Callable[[], object] | None,
+        /,
+    ) -> bool:
         """Serve (as `serve` with `answered`) until ``waiter._ready()``; False if `timeout` s passed first.
 
         A negative or infinite `timeout` is no limit. Each native wait lasts
-        at most `slice` seconds, and signals (Ctrl-C) are handled between two.
+        at most `slice` seconds; between two, signals (Ctrl-C) are handled
+        and ``check()`` is called, if not None.
         """
     def answering(self, source: int, ref: int) -> Any:
         """Return the Message of the request (`source`, `ref`) whose handler runs now, or None."""

@@ -479,8 +479,9 @@ def test_oversize_message_is_refused_before_sending(monkeypatch):
 
 
 def test_the_engines_vectorcall_entry_points_refuse_bad_arguments():
-    # Engine.send and Engine.serve parse their own arguments (no pybind11
-    # dispatch): a wrong one is a Python error, and nothing is sent.
+    # Engine.send, Engine.serve and Engine.wait parse their own arguments
+    # (no pybind11 dispatch): a wrong one is a Python error, and nothing is
+    # sent.
     from conveyor._native import core
 
     kind = core.message.KIND_SEND
@@ -509,9 +510,28 @@ def test_the_engines_vectorcall_entry_points_refuse_bad_arguments():
             with pytest.raises(error, match=match):
                 engine.serve(*args)
         assert m.stats()["messages_sent"] == 0
+        fut = m.request(0, "x")  # answered with None once served
+        for args, error, match in [
+            ((fut, 0.0, 0.1, dispatch), TypeError, "takes 5 arguments"),
+            ((fut, "soon", 0.1, dispatch, None), TypeError, "must be real number"),
+            ((fut, 0.0, 0.0, dispatch, None), ValueError, "slice must be"),
+            ((fut, 0.0, 0.1, dispatch, 1), TypeError, "check must be callable"),
+            ((object(), 0.0, 0.1, dispatch, None), AttributeError, "_ready"),
+        ]:
+            with pytest.raises(error, match=match):
+                engine.wait(*args)
+        checks = []
+        assert engine.wait(fut, 10.0, 0.1, dispatch, lambda: checks.append(1)) is True
+        assert fut.result() is None and checks  # called before each native wait
+        with pytest.raises(ZeroDivisionError):  # the check's error ends the wait
+            engine.wait(m.request(0, "x"), 10.0, 0.1, dispatch, lambda: 1 / 0)
+        m.wait_quiet()
+        assert got == [None, None]
+        got.clear()
+        sent = m.stats()["messages_sent"]
         assert engine.send(0, kind, 0, "x", 1, True) is False
         assert engine.serve(0.0, -1, dispatch, True) == 1
-        assert got == [1]
+        assert got == [1] and m.stats()["messages_sent"] == sent + 1
 
 
 def test_bad_environment_values_are_clear(monkeypatch):
