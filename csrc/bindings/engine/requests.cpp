@@ -75,7 +75,9 @@ void post(RequestsObject* r, int dest, unsigned long long ref, PyObject* tag, Py
                             r->aggregate != 0))
             py::handle(r->transport).attr(n.relieve)(rank);
     } catch (...) {
-        py::error_scope keep;  // the error that stopped the request, over the deletion
+        // The error in flight is a C++ exception (pybind11 holds a Python
+        // one in it): the indicator is clear, and a failed deletion's is
+        // dropped so that the request's own error is what the caller gets.
         if (PyDict_DelItem(waiters.ptr(), key.ptr()) < 0) PyErr_Clear();
         throw;
     }
@@ -183,7 +185,7 @@ int clear(PyObject* self) {
     Py_CLEAR(r->transport);
     Py_CLEAR(r->future_type);
     r->native = nullptr;
-    r->plain = 0;  // request() sends nothing through a cleared object
+    r->plain = 0;  // try_request() sends nothing through a cleared object
     return 0;
 }
 
