@@ -39,6 +39,19 @@ Handle comm_from_handle(std::intptr_t handle) {
     }
 }
 
+// The common case of a destination rank, which the native fast paths take:
+// an exact int in [0, size). False for anything else (an int subclass, a
+// numpy integer, a rank out of range), which the façade's general path then
+// converts, checks and reports.
+inline bool exact_rank(PyObject* dest, int size, int& rank) {
+    if (!PyLong_CheckExact(dest)) return false;
+    int overflow = 0;
+    long value = PyLong_AsLongAndOverflow(dest, &overflow);  // cannot fail on an exact int
+    if (overflow || value < 0 || value >= size) return false;
+    rank = static_cast<int>(value);
+    return true;
+}
+
 // Adds `method`, a vectorcall method of PyEngine, to the Engine class (its
 // type object): the entry points called once per message or more skip
 // pybind11's argument dispatch, which costs more than sending an 8-byte

@@ -111,10 +111,10 @@ PyObject* try_request(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
         if (nargs != 3)
             throw py::type_error("try_request() takes 3 arguments (dest, tag, payload)");
         PyObject *dest = args[0], *tag = args[1];
-        if (!r->plain || !PyLong_CheckExact(dest) || !PyUnicode_CheckExact(tag)) Py_RETURN_NONE;
-        int overflow = 0;
-        long rank = PyLong_AsLongAndOverflow(dest, &overflow);
-        if (overflow || rank < 0 || rank >= r->native->engine().size()) Py_RETURN_NONE;
+        int rank;
+        if (!r->plain || !exact_rank(dest, r->native->engine().size(), rank) ||
+            !PyUnicode_CheckExact(tag))
+            Py_RETURN_NONE;
         int known = PySet_Contains(r->user_tags, tag);
         if (known < 0) throw py::error_already_set();
         if (!known) Py_RETURN_NONE;
@@ -127,7 +127,7 @@ PyObject* try_request(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
         auto future = py::reinterpret_steal<py::object>(
             PyObject_Vectorcall(r->future_type, argv, 3, nullptr));
         if (!future) throw py::error_already_set();
-        post(r, static_cast<int>(rank), ref, tag, args[2], future.ptr());
+        post(r, rank, ref, tag, args[2], future.ptr());
         return future.release().ptr();
     });
 }

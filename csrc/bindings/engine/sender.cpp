@@ -247,19 +247,17 @@ PyObject* send_cached(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
         if (nargs != 4)
             throw py::type_error("send() takes 4 arguments (dest, tag, payload, final)");
         PyObject *dest = args[0], *tag = args[1], *payload = args[2];
-        if (args[3] != Py_True || !PyLong_CheckExact(dest) || !PyUnicode_CheckExact(tag))
+        int rank;
+        if (args[3] != Py_True || !exact_rank(dest, t->size, rank) || !PyUnicode_CheckExact(tag))
             Py_RETURN_FALSE;
         PyObject* sender = PyDict_GetItemWithError(t->senders, tag);
         if (!sender) {
             if (PyErr_Occurred()) throw py::error_already_set();
             Py_RETURN_FALSE;
         }
-        int overflow = 0;
-        long rank = PyLong_AsLongAndOverflow(dest, &overflow);
-        if (overflow || rank < 0 || rank >= t->size || !PyObject_TypeCheck(sender, sender_type))
-            Py_RETURN_FALSE;
+        if (!PyObject_TypeCheck(sender, sender_type)) Py_RETURN_FALSE;
         py::object held = py::reinterpret_borrow<py::object>(sender);  // the dict may change
-        send_to(reinterpret_cast<SenderObject*>(sender), static_cast<int>(rank),
+        send_to(reinterpret_cast<SenderObject*>(sender), rank,
                 payload == t->missing ? Py_None : payload);
         Py_RETURN_TRUE;
     });
