@@ -462,15 +462,23 @@ class Decoder {
         return {b->data(), b->size()};
     }
 
+    // An array's dimensions and strides, read off the wire (numpy bounds
+    // their number): on the stack, not in the two vectors pybind11's
+    // py::array takes, two allocations on the path of every array received.
+    struct Layout {
+        int ndim = 0;
+        py::ssize_t dims[kMaxDims];
+        py::ssize_t strides[kMaxDims];
+    };
+
     // A numpy array over received memory or a copy of inline bytes: `nbytes` known.
-    py::array array_storage(const py::dtype& dt, std::vector<py::ssize_t> shape, bool fortran,
+    py::array array_storage(const py::dtype& dt, Layout& layout, bool fortran,
                             std::uint64_t nbytes) {
-        std::vector<py::ssize_t> strides(shape.size());
         py::ssize_t step = dt.itemsize();
-        for (std::size_t k = 0; k < shape.size(); ++k) {
-            std::size_t i = fortran ? k : shape.size() - 1 - k;
-            strides[i] = step;
-            step *= shape[i];
+        for (int k = 0; k < layout.ndim; ++k) {
+            int i = fortran ? k : layout.ndim - 1 - k;
+            layout.strides[i] = step;
+            step *= layout.dims[i];
         }
         auto storage = r_.u8();
         if (storage == S_INLINE) {
@@ -479,24 +487,39 @@ class Decoder {
                 throw DecodeError("array data has " + std::to_string(n) + " bytes, " +
                                   std::to_string(nbytes) + " expected");
             auto src = r_.take(n);
-            py::array a(dt, std::move(shape), std::move(strides));
+            auto a = new_array(dt, layout.ndim, layout.dims, layout.strides, nullptr, {});
             if (n) std::memcpy(a.mutable_data(), src, n);
             return a;
         }
         if (storage != S_OUT_OF_BAND)
             throw DecodeError("bad storage mark " + std::to_string(storage));
-        return over_buffer(take_oob(nbytes), dt, std::move(shape), std::move(strides));
+        return over_buffer(take_oob(nbytes), dt, layout.ndim, layout.dims, layout.strides);
     }
 
     // Zero copy: an array over the buffer MPI received into, which it owns.
     static py::array over_buffer(const std::shared_ptr<Buffer>& buffer, const py::dtype& dt,
-                                 std::vector<py::ssize_t> shape, std::vector<py::ssize_t> strides) {
+                                 int ndim, const py::ssize_t* dims, const py::ssize_t* strides) {
         auto holder = new std::shared_ptr<Buffer>(buffer);
         py::capsule owner(holder, "conveyor.Buffer", [](PyObject* cap) {
             delete static_cast<std::shared_ptr<Buffer>*>(
                 PyCapsule_GetPointer(cap, "conveyor.Buffer"));
         });
-        return py::array(dt, std::move(shape), std::move(strides), buffer->data(), owner);
+        return new_array(dt, ndim, dims, strides, buffer->data(), owner);
+    }
+
+    // numpy's constructor: an array of `dt` over `data`, kept alive by
+    // `base`, or, if `data` is null, over memory of its own.
+    static py::array new_array(const py::dtype& dt, int ndim, const py::ssize_t* dims,
+                               const py::ssize_t* strides, void* data, py::handle base) {
+        auto& api = py::detail::npy_api::get();
+        int flags = data ? py::detail::npy_api::NPY_ARRAY_WRITEABLE_ : 0;
+        auto a = py::reinterpret_steal<py::array>(api.PyArray_NewFromDescr_(
+            api.PyArray_Type_, dt.inc_ref().ptr(), ndim, dims, strides, data, flags, nullptr));
+        if (!a) throw py::error_already_set();
+        // Steals the reference to `base`, even when it fails.
+        if (base && api.PyArray_SetBaseObject_(a.ptr(), base.inc_ref().ptr()) < 0)
+            throw py::error_already_set();
+        return a;
     }
 
     // A record's description is a value nested in the array's: it counts
@@ -536,17 +559,17 @@ class Decoder {
         return result;
     }
 
-    std::vector<py::ssize_t> shape(std::uint64_t itemsize, std::uint64_t& nbytes) {
+    void shape(std::uint64_t itemsize, Layout& layout, std::uint64_t& nbytes) {
         auto ndim = r_.u32();
         if (ndim > kMaxDims) throw DecodeError("array has " + std::to_string(ndim) + " dimensions");
-        std::vector<py::ssize_t> dims(ndim);
+        layout.ndim = static_cast<int>(ndim);
         // The product of the dimensions that are not 0 bounds every stride
         // (array_storage multiplies them in py::ssize_t): it must fit even
         // when a 0 makes the array empty.
         constexpr auto kMax = std::uint64_t(std::numeric_limits<py::ssize_t>::max());
         std::uint64_t total = itemsize;
         bool empty = false;
-        for (auto& d : dims) {
+        for (int k = 0; k < layout.ndim; ++k) {
             auto n = r_.u64();
             if (n == 0) {
                 empty = true;
@@ -555,10 +578,9 @@ class Decoder {
             } else {
                 total *= n;
             }
-            d = static_cast<py::ssize_t>(n);
+            layout.dims[k] = static_cast<py::ssize_t>(n);
         }
         nbytes = empty ? 0 : total;
-        return dims;
     }
 
     py::object array(int depth) {
@@ -566,8 +588,9 @@ class Decoder {
         auto order = r_.u8();
         if (order > 1) throw DecodeError("bad array order mark");
         std::uint64_t nbytes = 0;
-        auto dims = shape(dt.itemsize(), nbytes);
-        return array_storage(dt, std::move(dims), order == 1, nbytes);
+        Layout layout;
+        shape(dt.itemsize(), layout, nbytes);
+        return array_storage(dt, layout, order == 1, nbytes);
     }
 
     py::object memoryview() {
@@ -584,8 +607,8 @@ class Decoder {
             flat = py::memoryview(py::bytes(reinterpret_cast<const char*>(p), n));
         } else if (storage == S_OUT_OF_BAND) {
             const auto& b = take_oob(std::numeric_limits<std::uint64_t>::max());
-            flat = py::memoryview(
-                over_buffer(b, py::dtype("u1"), {static_cast<py::ssize_t>(b->size())}, {1}));
+            py::ssize_t size = static_cast<py::ssize_t>(b->size()), stride = 1;
+            flat = py::memoryview(over_buffer(b, py::dtype("u1"), 1, &size, &stride));
         } else {
             throw DecodeError("bad storage mark " + std::to_string(storage));
         }
