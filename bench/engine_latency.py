@@ -38,11 +38,12 @@ def tool(name):
     return found
 
 
-def build(binary):
+def build(binary, program="engine_pingpong.cpp"):
+    """Compiles bench/`program` with the engine's sources into `binary`."""
     sources = sorted(str(p) for p in (ROOT / "csrc" / "conveyor" / "engine").glob("*.cpp"))
     cmd = [tool("mpicxx"), "-std=c++17", "-O3", "-pthread", f"-I{ROOT / 'csrc'}"]
     subprocess.run(
-        [*cmd, str(ROOT / "bench" / "engine_pingpong.cpp"), *sources, "-o", str(binary)],
+        [*cmd, str(ROOT / "bench" / program), *sources, "-o", str(binary)],
         check=True,
     )
 
