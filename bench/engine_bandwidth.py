@@ -19,10 +19,9 @@ mpi4py's; bench/README.md sets them side by side.
 import argparse
 import pathlib
 import statistics
-import subprocess
 import tempfile
 
-from engine_latency import build, tool
+from engine_latency import build, run
 
 WINDOW = 64  # osu_bw's
 NAMES = {
@@ -30,18 +29,6 @@ NAMES = {
     "mpi-distinct": "the same, a buffer per message",
     "engine": "engine post/wait/pop (C++)",
 }
-
-
-def run(binary, size, windows, reps):
-    """{contestant: median MB/s} of one mpiexec job."""
-    proc = subprocess.run(
-        [tool("mpiexec"), "-n", "2", str(binary), str(size), str(WINDOW), str(windows), str(reps)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=True,
-    )
-    return {name: float(median) for name, median, *_ in map(str.split, proc.stdout.splitlines())}
 
 
 def main(argv=None):
@@ -59,7 +46,7 @@ def main(argv=None):
         build(binary, "engine_window.cpp")
         for size in sizes:
             windows = max(2, (args.mib << 20) // (WINDOW * size))
-            runs = [run(binary, size, windows, args.reps) for _ in range(args.runs)]
+            runs = [run(binary, size, WINDOW, windows, args.reps) for _ in range(args.runs)]
             print(f"{size} bytes, MB/s: medians of {args.runs} runs (range)")
             for name, label in NAMES.items():
                 values = [r[name] for r in runs]

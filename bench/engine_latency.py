@@ -48,10 +48,10 @@ def build(binary, program="engine_pingpong.cpp"):
     )
 
 
-def run(binary, iters, reps):
-    """{contestant: median one-way µs} of one mpiexec job."""
+def run(binary, *args):
+    """{contestant: its median figure} of one mpiexec job of `binary` with `args`."""
     proc = subprocess.run(
-        [tool("mpiexec"), "-n", "2", str(binary), str(iters), str(reps)],
+        [tool("mpiexec"), "-n", "2", str(binary), *map(str, args)],
         capture_output=True,
         text=True,
         timeout=600,

@@ -10,15 +10,11 @@
 //   aggregated  the same through Engine::post_aggregated (a batch per message)
 #include <mpi.h>
 
-#include <algorithm>
-#include <chrono>
 #include <cstdio>
 #include <cstdlib>
-#include <functional>
-#include <map>
-#include <string>
 #include <vector>
 
+#include "contest.hpp"
 #include "conveyor/engine/engine.hpp"
 #include "conveyor/wire/wire.hpp"
 
@@ -74,42 +70,23 @@ int main(int argc, char** argv) {
     MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &provided);
     int iters = argc > 1 ? std::atoi(argv[1]) : 20000;
     int reps = argc > 2 ? std::atoi(argv[2]) : 9;
-    int rank, size;
-    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-    MPI_Comm_size(MPI_COMM_WORLD, &size);
-    if (size != 2) {
-        if (rank == 0) std::fprintf(stderr, "run on 2 ranks\n");
-        MPI_Abort(MPI_COMM_WORLD, 2);
-    }
+    int rank = two_ranks();
     MPI_Comm raw, direct_comm, batch_comm;
     MPI_Comm_dup(MPI_COMM_WORLD, &raw);
     MPI_Comm_dup(MPI_COMM_WORLD, &direct_comm);
     MPI_Comm_dup(MPI_COMM_WORLD, &batch_comm);
-    std::map<std::string, std::vector<double>> times;
     {
         Engine direct(direct_comm, EngineOptions{});
         Engine batched(batch_comm, EngineOptions{});
-        std::vector<std::pair<std::string, std::function<void()>>> contestants = {
-            {"mpi", [&] { mpi_round(raw, rank); }},
-            {"engine", [&] { engine_round(direct, false, rank == 0); }},
-            {"aggregated", [&] { engine_round(batched, true, rank == 0); }},
-        };
-        for (int rep = 0; rep < reps; ++rep)
-            for (auto& [name, round] : contestants) {
-                for (int i = 0; i < iters / 10; ++i) round();
-                MPI_Barrier(raw);
-                auto start = std::chrono::steady_clock::now();
-                for (int i = 0; i < iters; ++i) round();
-                std::chrono::duration<double> took = std::chrono::steady_clock::now() - start;
-                times[name].push_back(took.count() / iters / 2 * 1e6);
-            }
-        MPI_Barrier(raw);
+        // A repetition's figure: the one-way time of its round trips, in microseconds.
+        contest(raw,
+                {
+                    {"mpi", [&] { mpi_round(raw, rank); }},
+                    {"engine", [&] { engine_round(direct, false, rank == 0); }},
+                    {"aggregated", [&] { engine_round(batched, true, rank == 0); }},
+                },
+                reps, iters / 10, iters, [&](double seconds) { return seconds / iters / 2 * 1e6; });
     }
-    if (rank == 0)
-        for (auto& [name, t] : times) {
-            std::sort(t.begin(), t.end());
-            std::printf("%s %.3f %.3f %.3f\n", name.c_str(), t[t.size() / 2], t.front(), t.back());
-        }
     MPI_Comm_free(&raw);
     MPI_Comm_free(&direct_comm);
     MPI_Comm_free(&batch_comm);

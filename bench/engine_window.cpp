@@ -16,14 +16,11 @@
 #include <mpi.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cstdio>
 #include <cstdlib>
-#include <functional>
-#include <map>
-#include <string>
 #include <vector>
 
+#include "contest.hpp"
 #include "conveyor/engine/engine.hpp"
 #include "conveyor/wire/wire.hpp"
 
@@ -90,13 +87,7 @@ int main(int argc, char** argv) {
     int window = std::atoi(argv[2]);
     int windows = std::atoi(argv[3]);
     int reps = std::atoi(argv[4]);
-    int rank, size;
-    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-    MPI_Comm_size(MPI_COMM_WORLD, &size);
-    if (size != 2) {
-        if (rank == 0) std::fprintf(stderr, "run on 2 ranks\n");
-        MPI_Abort(MPI_COMM_WORLD, 2);
-    }
+    two_ranks();
     MPI_Comm raw, engine_comm;
     MPI_Comm_dup(MPI_COMM_WORLD, &raw);
     MPI_Comm_dup(MPI_COMM_WORLD, &engine_comm);
@@ -107,31 +98,18 @@ int main(int argc, char** argv) {
     std::vector<std::vector<char>> one_target(1, std::vector<char>(bytes));
     std::vector<std::vector<char>> distinct_targets(static_cast<std::size_t>(window),
                                                     std::vector<char>(bytes));
-    std::map<std::string, std::vector<double>> rates;
     {
         Engine engine(engine_comm, EngineOptions{});
-        std::vector<std::pair<std::string, std::function<void()>>> contestants = {
-            {"mpi", [&] { mpi_window(raw, data, one_target, window); }},
-            {"mpi-distinct", [&] { mpi_window(raw, data, distinct_targets, window); }},
-            {"engine", [&] { engine_window(engine, data, window); }},
-        };
-        for (int rep = 0; rep < reps; ++rep)
-            for (auto& [name, run] : contestants) {
-                for (int i = 0; i < std::max(1, windows / 10); ++i) run();
-                MPI_Barrier(raw);
-                auto start = std::chrono::steady_clock::now();
-                for (int i = 0; i < windows; ++i) run();
-                std::chrono::duration<double> took = std::chrono::steady_clock::now() - start;
-                double moved = static_cast<double>(bytes) * window * windows;
-                rates[name].push_back(moved / took.count() / 1e6);
-            }
-        MPI_Barrier(raw);
+        double moved = static_cast<double>(bytes) * window * windows;
+        contest(raw,
+                {
+                    {"mpi", [&] { mpi_window(raw, data, one_target, window); }},
+                    {"mpi-distinct", [&] { mpi_window(raw, data, distinct_targets, window); }},
+                    {"engine", [&] { engine_window(engine, data, window); }},
+                },
+                reps, std::max(1, windows / 10), windows,
+                [&](double seconds) { return moved / seconds / 1e6; });  // MB/s
     }
-    if (rank == 0)
-        for (auto& [name, r] : rates) {
-            std::sort(r.begin(), r.end());
-            std::printf("%s %.1f %.1f %.1f\n", name.c_str(), r[r.size() / 2], r.front(), r.back());
-        }
     MPI_Comm_free(&raw);
     MPI_Comm_free(&engine_comm);
     MPI_Finalize();
