@@ -1,6 +1,6 @@
 """Forged frames for the fuzzer, its seed corpus and the multi-rank test.
 
-The frame decoder's contract (wire.hpp, codec.cpp): any bytes either decode
+The frame decoder's contract (wire.hpp, decoder.cpp): any bytes either decode
 or raise `cv.FrameError`; nothing crashes, hangs or allocates more than the
 frame and its out-of-band buffers could justify. This module turns fuzzer
 bytes into frames that test it, most of them nearly valid: a payload is
