@@ -12,6 +12,7 @@
 
 #include "bindings/engine/engine.hpp"
 #include "bindings/errors.hpp"
+#include "bindings/heap_type.hpp"
 
 namespace conveyor {
 
@@ -189,14 +190,6 @@ int clear(PyObject* self) {
     return 0;
 }
 
-void dealloc(PyObject* self) {
-    PyTypeObject* type = Py_TYPE(self);
-    PyObject_GC_UnTrack(self);
-    clear(self);
-    type->tp_free(self);
-    Py_DECREF(type);
-}
-
 PyMethodDef methods[] = {
     {"try_request", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(try_request)),
      METH_FASTCALL,
@@ -226,7 +219,7 @@ PyType_Slot slots[] = {
     {Py_tp_doc, const_cast<char*>("The native half of the façade's Requests.")},
     {Py_tp_new, reinterpret_cast<void*>(PyType_GenericNew)},
     {Py_tp_init, reinterpret_cast<void*>(init)},
-    {Py_tp_dealloc, reinterpret_cast<void*>(dealloc)},
+    {Py_tp_dealloc, reinterpret_cast<void*>(gc_dealloc<clear>)},
     {Py_tp_traverse, reinterpret_cast<void*>(traverse)},
     {Py_tp_clear, reinterpret_cast<void*>(clear)},
     {Py_tp_methods, methods},

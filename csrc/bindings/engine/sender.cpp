@@ -13,6 +13,7 @@
 
 #include "bindings/engine/engine.hpp"
 #include "bindings/errors.hpp"
+#include "bindings/heap_type.hpp"
 
 namespace conveyor {
 
@@ -159,14 +160,9 @@ int clear(PyObject* self) {
     return 0;
 }
 
-void dealloc(PyObject* self) {
-    PyTypeObject* type = Py_TYPE(self);
-    PyObject_GC_UnTrack(self);
-    clear(self);
-    delete reinterpret_cast<SenderObject*>(self)->tag_utf8;
-    type->tp_free(self);
-    Py_DECREF(type);
-}
+// The tag's bytes, which the send path reads until the object is freed
+// (tp_clear may run on an object that is still sent through).
+void release_tag(PyObject* self) { delete reinterpret_cast<SenderObject*>(self)->tag_utf8; }
 
 PyObject* get_tag(PyObject* self, void*) {
     PyObject* tag = reinterpret_cast<SenderObject*>(self)->tag;
@@ -211,7 +207,7 @@ PyGetSetDef getset[] = {
 PyType_Slot slots[] = {
     {Py_tp_doc, const_cast<char*>("The native send path of conveyor.Sender.")},
     {Py_tp_new, reinterpret_cast<void*>(new_sender)},
-    {Py_tp_dealloc, reinterpret_cast<void*>(dealloc)},
+    {Py_tp_dealloc, reinterpret_cast<void*>(gc_dealloc<clear, release_tag>)},
     {Py_tp_traverse, reinterpret_cast<void*>(traverse)},
     {Py_tp_clear, reinterpret_cast<void*>(clear)},
     {Py_tp_methods, methods},
@@ -296,14 +292,6 @@ int clear_tag_senders(PyObject* self) {
     return 0;
 }
 
-void dealloc_tag_senders(PyObject* self) {
-    PyTypeObject* type = Py_TYPE(self);
-    PyObject_GC_UnTrack(self);
-    clear_tag_senders(self);
-    type->tp_free(self);
-    Py_DECREF(type);
-}
-
 PyMethodDef tag_senders_methods[] = {
     {"send", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(send_cached)),
      METH_FASTCALL,
@@ -317,7 +305,7 @@ PyMethodDef tag_senders_methods[] = {
 PyType_Slot tag_senders_slots[] = {
     {Py_tp_doc, const_cast<char*>("Messenger.send's common case, by the Sender of its tag.")},
     {Py_tp_new, reinterpret_cast<void*>(new_tag_senders)},
-    {Py_tp_dealloc, reinterpret_cast<void*>(dealloc_tag_senders)},
+    {Py_tp_dealloc, reinterpret_cast<void*>(gc_dealloc<clear_tag_senders>)},
     {Py_tp_traverse, reinterpret_cast<void*>(traverse_tag_senders)},
     {Py_tp_clear, reinterpret_cast<void*>(clear_tag_senders)},
     {Py_tp_methods, tag_senders_methods},

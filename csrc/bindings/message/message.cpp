@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <utility>
 
+#include "bindings/heap_type.hpp"
 #include "bindings/message/codec.hpp"
 
 namespace conveyor::py_message {
@@ -47,14 +48,6 @@ int clear(PyObject* self) {
     Py_CLEAR(m->reply_to);
     Py_CLEAR(m->messenger);
     return 0;
-}
-
-void dealloc(PyObject* self) {
-    PyTypeObject* type = Py_TYPE(self);
-    PyObject_GC_UnTrack(self);
-    clear(self);
-    type->tp_free(self);
-    Py_DECREF(type);
 }
 
 void set_fields(MessageObject* m, PyObject* messenger, PyObject* tag, PyObject* payload,
@@ -121,7 +114,7 @@ PyGetSetDef getset[] = {
 PyType_Slot slots[] = {
     {Py_tp_doc, const_cast<char*>("The fields of a delivered message (see conveyor.Message).")},
     {Py_tp_new, reinterpret_cast<void*>(new_message)},
-    {Py_tp_dealloc, reinterpret_cast<void*>(dealloc)},
+    {Py_tp_dealloc, reinterpret_cast<void*>(gc_dealloc<clear>)},
     {Py_tp_traverse, reinterpret_cast<void*>(traverse)},
     {Py_tp_clear, reinterpret_cast<void*>(clear)},
     {Py_tp_members, members},
