@@ -26,7 +26,7 @@ from conftest import ROOT, load_script, mpiexec, run_command
 ROWS_OF = {
     "latency": {"latency"},
     "oneway": {"oneway"},
-    "bw": {"bw", "bw-vs-pickle"},
+    "bw": {"bw", "bw-vs-handled", "bw-vs-pickle"},
     "rate": {"rate", "rate-vs-pickle", "rate-w64"},
     "batch": {"batch"},
     "agg-latency": {"agg-latency"},

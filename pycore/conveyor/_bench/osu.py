@@ -25,7 +25,9 @@ bw
     ``m.send(1, "sink", arr)``, then ``m.request(1, "ack").result()`` (per-pair
     order puts the ack behind the window's data). Raw: ``comm.Isend`` window,
     ``Waitall``, 4-byte ack. At 16 MiB (or the largest size below it) the
-    pickle-based ``comm.send``/``recv`` is measured too.
+    pickle-based ``comm.send``/``recv`` is measured too; below 1 MiB, a
+    receiver that hands each message to Python, as conveyor does
+    (`run_handled_windows`).
 rate
     osu_mbw_mr with one pair: rank 0 sends a window of 8-byte messages, rank
     1 receives them all and acknowledges the window; rate = messages / time
@@ -295,6 +297,32 @@ def run_raw_isend_windows(comm, arr, window, iters, warmup):
     return run_mpi4py_windows(comm, iters, warmup, send_window, receive_window)
 
 
+def run_handled_windows(comm, arr, window, iters, warmup):
+    """osu_bw's window of ``comm.Isend``, received the way a handler needs it.
+
+    Rank 1 receives each message into a new array (``comm.Recv``) and calls
+    a function with it, which drops it: the least a receiver does that hands
+    every message to Python as an array of its own, as conveyor does. (64
+    ``Irecv`` into arrays of their own, the window posted at once, was
+    slower from 256 KiB: 16 MiB of buffers pass through the cache.)
+    """
+
+    def send_window():
+        MPI.Request.Waitall([comm.Isend(arr, 1, TAG) for _ in range(window)])
+
+    def receive_window():
+        for _ in range(window):
+            buf = np.empty_like(arr)
+            comm.Recv(buf, 0, TAG)
+            _handle(buf)
+
+    return run_mpi4py_windows(comm, iters, warmup, send_window, receive_window)
+
+
+def _handle(arr):
+    """The handler of `run_handled_windows`: it drops the array, as bw's conveyor handler does."""
+
+
 def run_raw_send_windows(comm, arr, window, iters, warmup):
     """Windows of blocking ``comm.Send(arr)`` into one preallocated buffer."""
     buf = np.empty_like(arr)
@@ -511,6 +539,8 @@ def bench_bw(peer, comm, report, plan):
             contestants["pickle"] = lambda: run_pickle_windows(
                 comm, lambda i: arr, window, iters, warmup
             )
+        if size < BW_TARGET_MIN_SIZE:
+            contestants["handled"] = lambda: run_handled_windows(comm, arr, window, iters, warmup)
         samples = measure(contestants, plan.reps, comm)
         # MB/s with MB = 10**6 bytes, as osu_bw reports.
         rate = {k: [size * window * iters / t / 1e6 for t in v] for k, v in samples.items()}
@@ -526,6 +556,18 @@ def bench_bw(peer, comm, report, plan):
             conveyor_name=conveyor_name,
             targeted=size >= BW_TARGET_MIN_SIZE,
         )
+        if size < BW_TARGET_MIN_SIZE:
+            report.add(
+                "bw-vs-handled",
+                format_size(size),
+                size,
+                "MB/s",
+                rate["handled"],
+                rate["conveyor"],
+                baseline_name="mpi4py Isend window, Recv into a new array and a call per message",
+                conveyor_name=conveyor_name,
+                targeted=False,
+            )
         if size == pickle_size:
             report.add(
                 "bw-vs-pickle",

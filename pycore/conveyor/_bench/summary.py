@@ -30,6 +30,7 @@ DESCRIPTIONS = {
     "latency": "ping-pong latency, `request`/reply vs `Send`/`Recv` (one-way)",
     "oneway": "one-way, `m.send` to a handler that sends back",
     "bw": "bandwidth (osu_bw) vs a window of `comm.Isend`",
+    "bw-vs-handled": "same, vs mpi4py handing each message to a Python call",
     "bw-vs-pickle": "bandwidth vs pickle-based `comm.send`",
     "served-latency": '`request`/reply, `Messenger(serve="thread")` vs the default (one-way)',
     "served-rate": 'message rate, `serve="thread"` vs the default',
