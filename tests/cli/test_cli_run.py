@@ -236,6 +236,64 @@ def test_the_finder_prefers_conveyor_mpiexec(monkeypatch, tmp_path):
         assert launch.find_mpiexec() == beside
 
 
+THREADS_SCRIPT = """
+import json, os
+import conveyor as cv
+with cv.Messenger() as m:
+    threads = {v: os.environ.get(v) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+    os.write(1, f"threads {m.rank} {json.dumps(threads)}\\n".encode())  # one write: whole lines
+    m.wait_quiet()
+"""
+
+
+def rank_threads_seen(result):
+    """{rank: {variable: value}} from THREADS_SCRIPT's output."""
+    assert result.returncode == 0, result.stderr
+    lines = [
+        line.split(" ", 2) for line in result.stdout.splitlines() if line.startswith("threads")
+    ]
+    return {int(rank): json.loads(seen) for _, rank, seen in lines}
+
+
+def test_each_rank_gets_its_share_of_the_cores_for_blas(tmp_path, monkeypatch):
+    """numpy's BLAS and OpenMP get cores // ranks threads a rank, unless the user said."""
+    for variable in launch.THREAD_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+    share = str(max(1, len(os.sched_getaffinity(0)) // 2))
+    seen = rank_threads_seen(conveyor_run(tmp_path, THREADS_SCRIPT, "-n", "2"))
+    assert seen == {rank: dict.fromkeys(launch.THREAD_VARIABLES, share) for rank in (0, 1)}
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "3")  # the user's wins
+    seen = rank_threads_seen(conveyor_run(tmp_path, THREADS_SCRIPT, "-n", "2"))
+    for rank in (0, 1):
+        assert seen[rank] == {
+            "OMP_NUM_THREADS": share,
+            "OPENBLAS_NUM_THREADS": "3",
+            "MKL_NUM_THREADS": share,
+        }
+
+
+def test_threads_per_rank(monkeypatch):
+    cores = len(os.sched_getaffinity(0))
+    assert launch.rank_threads(1) == cores
+    assert launch.rank_threads(cores + 1) == 1  # more ranks than cores: never 0
+    # srun's tasks run on other nodes: what the allocation gave each task, else 1.
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "4")
+    assert launch.rank_threads(64, srun=True) == 4
+    for unusable in ("", "0", "four"):
+        monkeypatch.setenv("SLURM_CPUS_PER_TASK", unusable)
+        assert launch.rank_threads(64, srun=True) == 1
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK")
+    assert launch.rank_threads(2, srun=True) == 1
+    # Given no count, the environment is left as it was.
+    assert not set(launch.THREAD_VARIABLES) & launch.mpiexec_environment({}).keys()
+    assert launch.mpiexec_environment({"OMP_NUM_THREADS": "8"}, threads=2) == {
+        **launch.mpiexec_environment({}),
+        "OMP_NUM_THREADS": "8",
+        "OPENBLAS_NUM_THREADS": "2",
+        "MKL_NUM_THREADS": "2",
+    }
+
+
 # Stands for mpiexec: writes the environment it was started in to a JSON file.
 # Records its environment, and reports each rank's status 0 as script_rank
 # would (a rank that reports none did not finish).

@@ -114,6 +114,27 @@ def test_inside_an_allocation_srun_starts_the_ranks(slurm, tmp_path):
     assert not os.path.exists(status_dir)
 
 
+def test_srun_tasks_get_the_cpus_of_their_task_for_blas(slurm, tmp_path, monkeypatch):
+    """Under srun each rank's BLAS and OpenMP get --cpus-per-task threads, else 1."""
+    bin_dir, _ = slurm
+    for variable in launch.THREAD_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+    script = """
+    import os
+    import conveyor as cv
+    with cv.Messenger() as m:
+        seen = os.environ.get("OMP_NUM_THREADS"), os.environ.get("OPENBLAS_NUM_THREADS")
+        os.write(1, f"threads {m.rank} {seen[0]} {seen[1]}\\n".encode())  # one write: whole lines
+        m.wait_quiet()
+    """
+    for cpus, expected in (("3", "3"), (None, "1")):
+        env = in_allocation(bin_dir, **({"SLURM_CPUS_PER_TASK": cpus} if cpus else {}))
+        result = conveyor_run(tmp_path, env, "-n", "2", "script.py", script=script)
+        assert result.returncode == 0, result.stderr
+        for rank in (0, 1):
+            assert f"threads {rank} {expected} {expected}" in result.stdout
+
+
 def test_a_failing_rank_is_named_under_srun(slurm, tmp_path):
     bin_dir, record = slurm
     result = conveyor_run(

@@ -16,6 +16,7 @@ __all__ = [
     "MPIEXEC_HELP",
     "RANK_VARIABLES",
     "TERMINATE_GRACE",
+    "THREAD_VARIABLES",
     "TIMED_OUT",
     "fault_tolerance_options",
     "find_mpiexec",
@@ -25,6 +26,7 @@ __all__ = [
     "mpiexec_environment",
     "rank_from_environment",
     "rank_of_task",
+    "rank_threads",
     "require_mpiexec",
     "run_in_group",
     "start_in_group",
@@ -37,6 +39,9 @@ INTERRUPTED = 130
 # Where a process that mpiexec started finds its rank (MPICH's hydra and other
 # PMI launchers, Open MPI, PMIx): read without initialising MPI.
 RANK_VARIABLES = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK")
+
+# What sizes the thread pools of numpy's BLAS (OpenBLAS, MKL) and of OpenMP code.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 MPIEXEC_HELP = (
     "the mpiexec to use (default: $CONVEYOR_MPIEXEC, else the one next to this "
@@ -109,7 +114,36 @@ def find_srun():
     return shutil.which("srun")
 
 
-def mpiexec_environment(environ=None):
+def rank_threads(nranks, srun=False):
+    """The threads each of `nranks` ranks may give its BLAS and OpenMP: its share of the cores.
+
+    numpy's OpenBLAS starts a thread per core in every process that imports
+    it, and they spin for a while after each call: ranks that each start
+    as many as the machine has cores take the cores from one another (two
+    ranks multiplying 300 x 300 matrices on this project's 2-core machine
+    took 7 times as long). mpiexec starts every rank here: the cores this
+    process may run on, shared, at least 1 each. srun's tasks run on the
+    allocation's nodes: ``SLURM_CPUS_PER_TASK`` (``--cpus-per-task``), else 1.
+
+    Parameters
+    ----------
+    nranks : int
+        The number of ranks started.
+    srun : bool, default False
+        Whether srun starts them.
+
+    Returns
+    -------
+    int
+        Threads per rank, at least 1.
+    """
+    if srun:
+        cpus = os.environ.get("SLURM_CPUS_PER_TASK", "")
+        return int(cpus) if cpus.isdigit() and int(cpus) > 0 else 1
+    return max(1, len(os.sched_getaffinity(0)) // max(1, nranks))
+
+
+def mpiexec_environment(environ=None, threads=None):
     """The environment to start mpiexec in: `environ` and what Open MPI needs to run as MPICH does.
 
     MPICH's mpiexec starts ranks as root and more ranks than there are
@@ -125,6 +159,10 @@ def mpiexec_environment(environ=None):
     ----------
     environ : mapping, optional
         The environment to start from (default: this process's).
+    threads : int, optional
+        Each rank's threads for BLAS and OpenMP (`rank_threads`), set in
+        `THREAD_VARIABLES` that the user did not set, as Dask and Ray set
+        them for their workers.
 
     Returns
     -------
@@ -137,6 +175,8 @@ def mpiexec_environment(environ=None):
     }
     if os.geteuid() == 0:
         defaults.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    if threads is not None:
+        defaults.update(dict.fromkeys(THREAD_VARIABLES, str(threads)))
     return {**defaults, **(os.environ if environ is None else environ)}
 
 
@@ -185,18 +225,19 @@ def require_mpiexec(parser, explicit):
     return mpiexec
 
 
-def start_in_group(cmd, **popen_options):
+def start_in_group(cmd, threads=None, **popen_options):
     """Start the mpiexec job `cmd` as the leader of a new process group (and session).
 
     Every process mpiexec starts stays in that group, so `kill_group` ends
     the whole job, and a Ctrl-C typed at the terminal reaches only us. It
-    runs in `mpiexec_environment`.
+    runs in `mpiexec_environment`, with `threads` per rank if given.
 
     Returns
     -------
     subprocess.Popen
     """
-    return subprocess.Popen(cmd, start_new_session=True, env=mpiexec_environment(), **popen_options)
+    env = mpiexec_environment(threads=threads)
+    return subprocess.Popen(cmd, start_new_session=True, env=env, **popen_options)
 
 
 def _descendants(pid):
@@ -244,7 +285,7 @@ def kill_group(proc):
 TERMINATE_GRACE = 10.0
 
 
-def run_in_group(cmd, timeout=None, terminate=None):
+def run_in_group(cmd, timeout=None, terminate=None, threads=None):
     """Run `cmd` in its own process group until it ends; its output goes to ours.
 
     Whatever is left of the group afterwards is killed: after a timeout,
@@ -261,6 +302,8 @@ def run_in_group(cmd, timeout=None, terminate=None):
         group is killed, which it has `TERMINATE_GRACE` seconds to obey:
         ``SIGTERM`` for srun, whose tasks run on other nodes, outside the
         group, and which ends them when told so.
+    threads : int, optional
+        Each rank's threads for BLAS and OpenMP (`mpiexec_environment`).
 
     Returns
     -------
@@ -268,7 +311,7 @@ def run_in_group(cmd, timeout=None, terminate=None):
         The exit status of `cmd`; `TIMED_OUT` if it was killed after
         `timeout` seconds, `INTERRUPTED` after Ctrl-C.
     """
-    proc = start_in_group(cmd)
+    proc = start_in_group(cmd, threads=threads)
     try:
         return proc.wait(timeout=timeout or None)
     except subprocess.TimeoutExpired:

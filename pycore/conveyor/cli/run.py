@@ -29,6 +29,7 @@ from .launch import (
     fault_tolerance_options,
     find_srun,
     inside_mpi_job,
+    rank_threads,
     require_mpiexec,
     run_in_group,
 )
@@ -136,6 +137,7 @@ def run(parser, args):
             launch_command(launcher, srun, args.nranks, rank_command, options),
             args.timeout,
             terminate=signal.SIGTERM if srun else None,
+            threads=rank_threads(args.nranks, srun),
         )
         statuses = {}
         for name in os.listdir(status_dir):

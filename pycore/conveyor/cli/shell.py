@@ -24,6 +24,7 @@ from .launch import (
     inside_mpi_job,
     kill_group,
     mpiexec_environment,
+    rank_threads,
     require_mpiexec,
     start_in_group,
 )
@@ -155,14 +156,18 @@ def launch(parser, args, script):
             parser.error(f"argument FILE: no such file: {args.file!r}")
         # The ranks start in this directory: the path stays as the user wrote it.
         options += ["--stop-on-error"] * args.stop_on_error + ["--echo"] * args.echo
-        proc = subprocess.Popen(cmd + ["script", args.file, *options], env=mpiexec_environment())
+        env = mpiexec_environment(threads=rank_threads(args.nranks))
+        proc = subprocess.Popen(cmd + ["script", args.file, *options], env=env)
         while True:
             try:
                 return proc.wait()
             except KeyboardInterrupt:
                 pass  # mpiexec passes it to the ranks: rank 0 stops the script
     proc = start_in_group(
-        cmd + ["shell", "--frontend", *options], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        cmd + ["shell", "--frontend", *options],
+        threads=rank_threads(args.nranks),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
     )
     try:
         return front_end(proc)
