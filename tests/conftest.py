@@ -82,15 +82,16 @@ def without_exit_report(stderr):
     return _NONZERO_EXIT_REPORT.sub("", stderr)
 
 
-def run_command(cmd, timeout=60, env=None, cwd=None):
+def run_command(cmd, timeout=60, env=None, cwd=None, nranks=None):
     """Run `cmd` in its own process group; return the CompletedProcess.
 
     It runs in the environment ``conveyor run`` starts mpiexec in
-    (`conveyor.cli.launch.mpiexec_environment`), with `env` added. A hang
+    (`conveyor.cli.launch.mpiexec_environment`, with each rank's share of
+    the cores for BLAS if `nranks` is given), with `env` added. A hang
     is a failure: on timeout the whole group is killed and the test fails
     with what the command printed.
     """
-    from conveyor.cli.launch import mpiexec_environment
+    from conveyor.cli.launch import mpiexec_environment, rank_threads
 
     # conveyor run inside a Slurm allocation would start ranks with srun: the
     # suite uses mpiexec unless a test says otherwise (tests/cli/test_cli_slurm.py).
@@ -101,7 +102,8 @@ def run_command(cmd, timeout=60, env=None, cwd=None):
             "PYTHONFAULTHANDLER": "1",
             "CONVEYOR_LAUNCHER": "mpiexec",
             **(env or {}),
-        }
+        },
+        threads=None if nranks is None else rank_threads(nranks),
     )
     proc = subprocess.Popen(
         cmd,
@@ -126,7 +128,7 @@ def run_mpi(n, case, *args, timeout=60, env=None, check=True):
     source = sys.modules[case.__module__].__file__
     cmd = [mpiexec(), "-n", str(n), sys.executable, str(ENTRY), source, case.__name__]
     cmd += [str(a) for a in args]
-    result = run_command(cmd, timeout=timeout, env=env)
+    result = run_command(cmd, timeout=timeout, env=env, nranks=n)
     if check and result.returncode != 0:
         pytest.fail(
             f"{case.__name__} on {n} ranks failed (exit {result.returncode})\n"
@@ -156,7 +158,7 @@ def run_example(name, nranks, *args, timeout=60):
     command = [sys.executable, str(EXAMPLES / f"{name}.py"), *map(str, args)]
     if nranks is not None:
         command = [mpiexec(), "-n", str(nranks), *command]
-    return run_command(command, timeout=timeout)
+    return run_command(command, timeout=timeout, nranks=nranks)
 
 
 @pytest.fixture
