@@ -119,11 +119,12 @@ def rank_threads(nranks, srun=False):
 
     numpy's OpenBLAS starts a thread per core in every process that imports
     it, and they spin for a while after each call: ranks that each start
-    as many as the machine has cores take the cores from one another (two
-    ranks multiplying 300 x 300 matrices on this project's 2-core machine
-    took 7 times as long). mpiexec starts every rank here: the cores this
-    process may run on, shared, at least 1 each. srun's tasks run on the
-    allocation's nodes: ``SLURM_CPUS_PER_TASK`` (``--cpus-per-task``), else 1.
+    as many as the machine has cores take the cores from one another
+    (ranks multiplying matrices on this project's 2-core machine took 4 to
+    15 times as long: bench/blas_threads.py). mpiexec starts every rank
+    here: the cores this process may run on, shared, at least 1 each.
+    srun's tasks run on the allocation's nodes: ``SLURM_CPUS_PER_TASK``
+    (``--cpus-per-task``), else 1.
 
     Parameters
     ----------
