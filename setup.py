@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 
+from pybind11.setup_helpers import ParallelCompile
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
 from setuptools.command.build_py import build_py
@@ -183,6 +184,13 @@ def extensions():
     # The generated C++ goes to build/, not into the package it would ship with.
     return [core] + cythonize([bridge], language_level=3, quiet=True, build_dir="build/cython")
 
+
+# The core's C++ sources compile side by side, one per CPU (CONVEYOR_BUILD_JOBS
+# to choose): one after another, a build took most of `make install`'s time.
+# Every source is compiled whenever the extension is rebuilt, as setuptools
+# decides from the sources and depends: a source's own date would miss a
+# header it includes.
+ParallelCompile("CONVEYOR_BUILD_JOBS").install()
 
 setup(
     ext_modules=extensions(),
