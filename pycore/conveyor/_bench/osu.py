@@ -284,11 +284,16 @@ def run_mpi4py_windows(comm, iters, warmup, send_window, receive_window):
     return time.perf_counter() - start if comm.rank == 0 else None
 
 
+def isend_window(comm, arr, window):
+    """osu_bw's sending side: a window of ``comm.Isend(arr)`` to rank 1, then wait for all."""
+    MPI.Request.Waitall([comm.Isend(arr, 1, TAG) for _ in range(window)])
+
+
 def run_raw_isend_windows(comm, arr, window, iters, warmup):
     """osu_bw / osu_mbw_mr: windows of ``comm.Isend(arr)``."""
 
     def send_window():
-        MPI.Request.Waitall([comm.Isend(arr, 1, TAG) for _ in range(window)])
+        isend_window(comm, arr, window)
 
     def receive_window():
         # osu_bw receives the whole window into one buffer.
@@ -308,7 +313,7 @@ def run_handled_windows(comm, arr, window, iters, warmup):
     """
 
     def send_window():
-        MPI.Request.Waitall([comm.Isend(arr, 1, TAG) for _ in range(window)])
+        isend_window(comm, arr, window)
 
     def receive_window():
         for _ in range(window):
