@@ -122,9 +122,7 @@ class Reader {
 
     // Returns a pointer to the next n bytes and steps over them.
     const std::uint8_t* take(std::uint64_t n) {
-        if (n > remaining())
-            throw DecodeError("truncated frame: " + std::to_string(n) + " bytes announced, " +
-                              std::to_string(remaining()) + " left");
+        if (n > remaining()) truncated(n);
         auto at = p_;
         p_ += n;
         return at;
@@ -145,6 +143,12 @@ class Reader {
     }
 
   private:
+    // Out of line and cold: with the message built here, take() would be
+    // too large to inline, and every field read would pay a call.
+    [[noreturn, gnu::noinline, gnu::cold]] void truncated(std::uint64_t n) const {
+        throw DecodeError("truncated frame: " + std::to_string(n) + " bytes announced, " +
+                          std::to_string(remaining()) + " left");
+    }
     template <class T>
     T scalar() {
         T v;
