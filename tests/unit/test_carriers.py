@@ -112,6 +112,35 @@ def test_array_layouts(threshold):
     assert same(roundtrip(records, threshold), records)
 
 
+@pytest.mark.parametrize("order", ["C", "F"])
+@pytest.mark.parametrize("shape", [(), (0,), (1,), (5,), (3, 1), (1, 4), (2, 0, 3), (2, 3, 4)])
+def test_inline_arrays_are_laid_out_as_np_empty_lays_them_out(shape, order):
+    # The decoder lets numpy lay out an array of memory of its own: its
+    # strides and flags are those of np.empty, whatever the shape. (An
+    # array both C- and F-contiguous, a size-1 dimension, travels as C's.)
+    a = np.arange(int(np.prod(shape)), dtype=np.int32).reshape(shape, order=order)
+    out = roundtrip(a, 1 << 30)
+    like = np.empty(shape, np.int32, order="C" if a.flags.c_contiguous else "F")
+    assert same(out, a)
+    assert out.strides == like.strides
+    for flag in ("c_contiguous", "f_contiguous", "aligned", "owndata", "writeable"):
+        assert getattr(out.flags, flag) == getattr(like.flags, flag), flag
+
+
+def test_dtypes_met_again_decode_to_the_same_dtype():
+    # Many dtypes with names alike (a prefix of another, the same letters in
+    # another order), more than the decoder keeps and some with names longer
+    # than it keeps, each read back twice.
+    names = ["<i4", "<i8", "<u4", "<u8", ">i4", ">u4", "|b1", "|u1", "|i1", "<f4", "<f8", ">f8"]
+    names += ["<c8", "<c16", "|S1", "|S12", "|S123", "<U1", "<U12", "<M8[ns]", "<m8[us]"]
+    names += ["<M8[10ms]", "<M8[1000000000ns]", "<M8[100000000ns]", "|S1000", "<U1000"]
+    for _ in range(2):
+        for name in names:
+            a = np.zeros(2, dtype=name)
+            out = roundtrip(a, 1 << 30)
+            assert out.dtype == a.dtype and out.dtype.str == name, name
+
+
 @pytest.mark.parametrize("threshold", [0, 1 << 30], ids=["out-of-band", "inline"])
 def test_records_with_padding_keep_their_dtype(threshold):
     # A record's description names its padding '': read back with np.dtype,

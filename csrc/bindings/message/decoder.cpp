@@ -11,6 +11,40 @@ namespace conveyor::py_codec {
 
 namespace {
 
+// dtype strings read off the wire -> numpy dtypes (dtypes are immutable).
+// A process meets few, with short names: they are kept in place in one
+// table, so that finding one reads a cache line or two between messages,
+// where a hash map's buckets, nodes and strings spread it over several.
+class KnownDtypes {
+  public:
+    PyObject* find(std::string_view key) const {
+        for (std::size_t i = 0; i < count_; ++i) {
+            const auto& e = entries_[i];
+            if (e.size == key.size() && std::memcmp(e.key, key.data(), key.size()) == 0)
+                return e.dtype;
+        }
+        return nullptr;
+    }
+    void add(std::string_view key, py::handle dtype) {
+        if (count_ == kCapacity || key.size() > sizeof(Entry::key)) return;
+        auto& e = entries_[count_++];
+        e.size = static_cast<std::uint8_t>(key.size());
+        std::memcpy(e.key, key.data(), key.size());
+        e.dtype = dtype.inc_ref().ptr();  // kept for good, as types() keeps its objects
+    }
+
+  private:
+    static constexpr std::size_t kCapacity = 16;
+    struct Entry {
+        char key[15];
+        std::uint8_t size;
+        PyObject* dtype;
+    };
+    Entry entries_[kCapacity] = {};
+    std::size_t count_ = 0;
+};
+KnownDtypes known_dtypes;  // read and filled with the GIL held
+
 class Decoder {
   public:
     Decoder(Reader& r, const std::vector<std::shared_ptr<Buffer>>& oob, bool allow_pickle)
@@ -158,12 +192,6 @@ class Decoder {
     // A numpy array over received memory or a copy of inline bytes: `nbytes` known.
     py::array array_storage(const py::dtype& dt, Layout& layout, bool fortran,
                             std::uint64_t nbytes) {
-        py::ssize_t step = dt.itemsize();
-        for (int k = 0; k < layout.ndim; ++k) {
-            int i = fortran ? k : layout.ndim - 1 - k;
-            layout.strides[i] = step;
-            step *= layout.dims[i];
-        }
         auto storage = r_.u8();
         if (storage == S_INLINE) {
             auto n = r_.u64();
@@ -171,13 +199,32 @@ class Decoder {
                 throw DecodeError("array data has " + std::to_string(n) + " bytes, " +
                                   std::to_string(nbytes) + " expected");
             auto src = r_.take(n);
-            auto a = new_array(dt, layout.ndim, layout.dims, layout.strides, nullptr, {});
+            auto a = new_array(dt, layout.ndim, layout.dims, fortran);
             if (n) std::memcpy(a.mutable_data(), src, n);
             return a;
         }
         if (storage != S_OUT_OF_BAND)
             throw DecodeError("bad storage mark " + std::to_string(storage));
+        py::ssize_t step = dt.itemsize();
+        for (int k = 0; k < layout.ndim; ++k) {
+            int i = fortran ? k : layout.ndim - 1 - k;
+            layout.strides[i] = step;
+            step *= layout.dims[i];
+        }
         return over_buffer(take_oob(nbytes), dt, layout.ndim, layout.dims, layout.strides);
+    }
+
+    // An array of memory of its own, laid out as np.empty lays it out: given
+    // no strides, numpy sets the contiguity flags as it fills them in, where
+    // strides passed in would make it work the flags out again from them.
+    static py::array new_array(const py::dtype& dt, int ndim, const py::ssize_t* dims,
+                               bool fortran) {
+        auto& api = py::detail::npy_api::get();
+        auto a = py::reinterpret_steal<py::array>(
+            api.PyArray_NewFromDescr_(api.PyArray_Type_, dt.inc_ref().ptr(), ndim, dims, nullptr,
+                                      nullptr, fortran ? 1 : 0, nullptr));
+        if (!a) throw py::error_already_set();
+        return a;
     }
 
     // Zero copy: an array over the buffer MPI received into, which it owns.
@@ -188,20 +235,16 @@ class Decoder {
             delete static_cast<std::shared_ptr<Buffer>*>(
                 PyCapsule_GetPointer(cap, "conveyor.Buffer"));
         });
-        return new_array(dt, ndim, dims, strides, buffer->data(), owner);
-    }
-
-    // numpy's constructor: an array of `dt` over `data`, kept alive by
-    // `base`, or, if `data` is null, over memory of its own.
-    static py::array new_array(const py::dtype& dt, int ndim, const py::ssize_t* dims,
-                               const py::ssize_t* strides, void* data, py::handle base) {
         auto& api = py::detail::npy_api::get();
-        int flags = data ? py::detail::npy_api::NPY_ARRAY_WRITEABLE_ : 0;
+        // Strides given, numpy works out the contiguity and alignment flags
+        // from them and the address (a buffer's offset in its line may leave
+        // it unaligned for the dtype).
         auto a = py::reinterpret_steal<py::array>(api.PyArray_NewFromDescr_(
-            api.PyArray_Type_, dt.inc_ref().ptr(), ndim, dims, strides, data, flags, nullptr));
+            api.PyArray_Type_, dt.inc_ref().ptr(), ndim, dims, strides, buffer->data(),
+            py::detail::npy_api::NPY_ARRAY_WRITEABLE_, nullptr));
         if (!a) throw py::error_already_set();
-        // Steals the reference to `base`, even when it fails.
-        if (base && api.PyArray_SetBaseObject_(a.ptr(), base.inc_ref().ptr()) < 0)
+        // Steals the reference to the owner, even when it fails.
+        if (api.PyArray_SetBaseObject_(a.ptr(), owner.inc_ref().ptr()) < 0)
             throw py::error_already_set();
         return a;
     }
@@ -212,14 +255,12 @@ class Decoder {
     py::dtype dtype(int depth) {
         auto form = r_.u8();
         py::object spec;
-        std::string key;
+        std::string_view key;
         if (form == 0) {
-            auto raw = r_.blob();
-            key.assign(raw.data(), raw.size());
-            auto cached = types().dtypes.find(key);
-            if (cached != types().dtypes.end())
-                return py::reinterpret_borrow<py::dtype>(cached->second);
-            spec = name(raw);
+            key = r_.blob();
+            if (auto known = known_dtypes.find(key))
+                return py::reinterpret_borrow<py::dtype>(known);
+            spec = name(key);
         } else if (form == 1) {
             spec = value(depth + 1);
         } else {
@@ -239,7 +280,7 @@ class Decoder {
         auto result = py::reinterpret_borrow<py::dtype>(dt);
         if (!carriable_dtype(result))
             throw DecodeError("refused dtype " + py::str(result).cast<std::string>());
-        if (form == 0 && types().dtypes.size() < kDtypeCacheSize) types().dtypes.emplace(key, dt);
+        if (form == 0) known_dtypes.add(key, dt);
         return result;
     }
 

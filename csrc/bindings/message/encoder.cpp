@@ -154,21 +154,28 @@ class Encoder {
                                 "') are not carriageable: only plain-data dtypes are");
         if (!dt.has_fields()) {
             body.u8(0);
-            body.blob(dtype_string(dt));
+            dtype_string(dt);
         } else {  // a record dtype: its description is itself a carriageable value
             body.u8(1);
             value(dt.attr("descr"), 1);
         }
     }
 
-    // numpy's dtype.str, built here for the common numeric kinds: numpy
-    // builds the string anew on every access, which dominates small messages.
-    static std::string dtype_string(const py::dtype& dt) {
+    // numpy's dtype.str, written here for the common numeric kinds (order,
+    // kind, itemsize: "<f8"): numpy builds the string anew on every access,
+    // which dominates small messages.
+    void dtype_string(const py::dtype& dt) {
         char kind = dt.kind();
-        if (std::strchr("biufc", kind) == nullptr) return dt.attr("str").cast<std::string>();
+        auto itemsize = dt.itemsize();
+        bool numeric = kind == 'b' || kind == 'i' || kind == 'u' || kind == 'f' || kind == 'c';
+        if (!numeric || itemsize < 1 || itemsize > 99)
+            return body.blob(dt.attr("str").cast<std::string>());
         char order = dt.byteorder();
-        if (order == '=') order = kNativeOrder;
-        return std::string{order, kind} + std::to_string(dt.itemsize());
+        char s[4] = {order == '=' ? kNativeOrder : order, kind};
+        std::size_t n = 2;
+        if (itemsize >= 10) s[n++] = static_cast<char>('0' + itemsize / 10);
+        s[n++] = static_cast<char>('0' + itemsize % 10);
+        body.blob(std::string_view(s, n));
     }
 
     void array(py::array arr) {

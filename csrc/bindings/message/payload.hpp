@@ -9,7 +9,6 @@
 
 #include <cstdint>
 #include <string>
-#include <unordered_map>
 
 namespace conveyor::py_codec {
 
@@ -43,7 +42,6 @@ enum Storage : std::uint8_t { S_INLINE = 0, S_OUT_OF_BAND = 1 };
 
 constexpr int kMaxDepth = 200;
 constexpr char kNativeOrder = __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__ ? '<' : '>';
-constexpr std::size_t kDtypeCacheSize = 64;
 constexpr std::uint32_t kMaxDims = 64;  // numpy's NPY_MAXDIMS
 
 struct Types {
@@ -57,8 +55,6 @@ struct Types {
     py::object np_asarray;
     py::object np_ascontiguousarray;
     py::object int_from_bytes;
-    // dtype strings read off the wire -> numpy dtypes (dtypes are immutable).
-    std::unordered_map<std::string, py::object> dtypes;
 };
 
 // One instance for the codec's translation units (an inline function's
