@@ -140,7 +140,7 @@ void Engine::background_rounds() {
         // Serving an event loop: the backoff of an idle wait, spinning and
         // yielding without the sleep lock (through which the owner wakes us).
         if (active) backoff.active();
-        switch (backoff.step()) {
+        switch (backoff.step(Clock::now())) {
             case IdleBackoff::Step::Spin: sleep.unlock(); continue;
             case IdleBackoff::Step::Yield:
                 sleep.unlock();

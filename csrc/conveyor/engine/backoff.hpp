@@ -15,9 +15,11 @@
 
 namespace conveyor {
 
-inline double seconds_since(Clock::time_point t) {
-    return std::chrono::duration<double>(Clock::now() - t).count();
+inline double seconds_between(Clock::time_point from, Clock::time_point to) {
+    return std::chrono::duration<double>(to - from).count();
 }
+
+inline double seconds_since(Clock::time_point t) { return seconds_between(t, Clock::now()); }
 
 inline void sleep_for(double seconds) {
     timespec ts;
@@ -41,10 +43,11 @@ class IdleBackoff {
     // Count idle time from now, keeping the nap reached.
     void idle_from_now() { idle_since_ = Clock::now(); }
 
-    // What the idle time calls for now; the caller yields or naps itself,
-    // since what it holds meanwhile differs.
-    Step step() const {
-        double idle = seconds_since(idle_since_);
+    // What the idle time calls for at `now`, the caller's reading of the
+    // clock (a spinning caller reads it once an iteration); the caller
+    // yields or naps itself, since what it holds meanwhile differs.
+    Step step(Clock::time_point now) const {
+        double idle = seconds_between(idle_since_, now);
         if (idle < options_.spin_seconds) return Step::Spin;
         if (idle < options_.yield_seconds) return Step::Yield;
         return Step::Nap;
