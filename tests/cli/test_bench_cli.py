@@ -24,8 +24,8 @@ from conftest import ROOT, load_script, mpiexec, run_command
 
 # Table rows each benchmark of --which produces.
 ROWS_OF = {
-    "latency": {"latency"},
-    "oneway": {"oneway"},
+    "latency": {"latency", "latency-vs-handled"},
+    "oneway": {"oneway", "oneway-vs-handled"},
     "bw": {"bw", "bw-vs-handled", "bw-vs-pickle"},
     "rate": {"rate", "rate-vs-pickle", "rate-w64"},
     "batch": {"batch"},
@@ -272,7 +272,7 @@ def test_runs_are_separate_jobs_summarized_in_the_json_and_the_markdown(tmp_path
         "Medians of 2 runs of `conveyor bench`, each the median of 1 repetition;"
     )
     assert "| benchmark | message | mpi4py | conveyor | ratio (range) | target |" in text
-    assert text.count("| 8 B ") == 2  # the array and the int row
+    assert text.count("| 8 B ") == 3  # the array, the int and the array against a handler
     assert f"table: {table}" in out
 
 

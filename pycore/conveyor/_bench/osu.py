@@ -19,6 +19,11 @@ oneway
     The same ping-pong built from fire-and-forget sends: rank 0 ``m.send``,
     rank 1's handler ``m.send``-s the payload back, rank 0 waits in
     ``m.progress``. Same payloads, same raw baseline.
+
+    For both, a second baseline receives each message into a new array and
+    calls a function with it, as conveyor hands its handler an array of its
+    own (`run_handled_pingpong`; rows ``latency-vs-handled`` and
+    ``oneway-vs-handled``, the array payload, no target).
 bw
     osu_bw: rank 0 sends a window of messages of one size, rank 1 acknowledges
     the whole window, bandwidth = bytes sent / time. conveyor: a window of
@@ -229,6 +234,36 @@ def run_raw_pingpong(comm, iters, warmup):
     return elapsed
 
 
+def run_handled_pingpong(comm, iters, warmup):
+    """`run_raw_pingpong`, each message received the way a handler needs it.
+
+    Each rank receives into a new array (``comm.Recv``), calls a function
+    with it and sends that array back: the least a receiver does that hands
+    every message to Python as an array of its own, as conveyor's handlers
+    get one. (The loop is written out, as `run_raw_pingpong`'s: a call
+    shared by both would add to every leg timed.)
+    """
+    buf = np.zeros(1, dtype=np.float64)
+    other = 1 - comm.rank
+    elapsed = None
+    for i in range(warmup + iters):
+        if i == warmup:
+            start = time.perf_counter()
+        if comm.rank == 0:
+            comm.Send(buf, other, TAG)
+            buf = np.empty_like(buf)
+            comm.Recv(buf, other, TAG)
+            _handle(buf)
+        else:
+            buf = np.empty_like(buf)
+            comm.Recv(buf, other, TAG)
+            _handle(buf)
+            comm.Send(buf, other, TAG)
+    if comm.rank == 0:
+        elapsed = time.perf_counter() - start
+    return elapsed
+
+
 def run_cv_request(peer, x, iters, warmup):
     m = peer.m
     if m.rank == 1:
@@ -325,7 +360,7 @@ def run_handled_windows(comm, arr, window, iters, warmup):
 
 
 def _handle(arr):
-    """The handler of `run_handled_windows`: it drops the array, as bw's conveyor handler does."""
+    """The handler of the ``run_handled_*`` receivers: a call with the array, which it leaves be."""
 
 
 def run_raw_send_windows(comm, arr, window, iters, warmup):
@@ -412,7 +447,7 @@ class Report:
     """Rank 0's table and JSON rows."""
 
     COLUMNS = ("benchmark", "size", "baseline", "conveyor", "ratio", "target", "result")
-    WIDTHS = (14, 12, 18, 18, 8, 7, 6)
+    WIDTHS = (18, 12, 18, 18, 8, 7, 6)
 
     def __init__(self, enabled):
         self.enabled = enabled
@@ -490,7 +525,7 @@ class Report:
             return
         print("\nbaseline vs conveyor:", flush=True)
         for benchmark, (baseline, conveyor) in self.contestants.items():
-            print(f"  {benchmark:>14}: {baseline}  vs  {conveyor}")
+            print(f"  {benchmark:>18}: {baseline}  vs  {conveyor}")
         judged = [row["passed"] for row in self.rows if row["passed"] is not None]
         print(f"ratio = conveyor / baseline; targets met: {sum(judged)} of {len(judged)}")
 
@@ -502,7 +537,10 @@ def bench_latency(kind, peer, comm, report, plan):
         conveyor_run, conveyor_name = run_cv_request, 'm.request(1, "echo", x).result()'
     else:
         conveyor_run, conveyor_name = run_cv_oneway, 'm.send(1, "ping", x), m.progress()'
-    contestants = {"raw": lambda: run_raw_pingpong(comm, iters, warmup)}
+    contestants = {
+        "raw": lambda: run_raw_pingpong(comm, iters, warmup),
+        "handled": lambda: run_handled_pingpong(comm, iters, warmup),
+    }
     for name, x in PAYLOADS.items():
         contestants[name] = lambda x=x: conveyor_run(peer, x, iters, warmup)
     samples = measure(contestants, plan.reps, comm)
@@ -520,6 +558,20 @@ def bench_latency(kind, peer, comm, report, plan):
             conveyor_name=conveyor_name,
             payload=name,
         )
+    # An array per message, as conveyor's handler gets: what numpy costs
+    # the baseline itself.
+    report.add(
+        f"{kind}-vs-handled",
+        "8 B array",
+        8,
+        "µs",
+        one_way["handled"],
+        one_way["array"],
+        baseline_name="mpi4py Send, Recv into a new array and a call per message",
+        conveyor_name=conveyor_name,
+        payload="array",
+        targeted=False,
+    )
 
 
 def bench_bw(peer, comm, report, plan):
