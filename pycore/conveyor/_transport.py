@@ -155,11 +155,15 @@ class Transport:
         Where a service thread serves, the caller waits up to `timeout` for
         the end of its next round, and gets how many it handled in that round.
         """
-        self.check_open()
-        # Unserved, the common case, without a call on every progress().
+        # Unserved, the common case, without a call on every progress(): the
+        # engine refuses to serve once closed, so only a transport that
+        # checks more (_wait_check) is called on.
         if self.service is not None and (service := self.served_elsewhere()) is not None:
+            self.check_open()
             self.engine.flush()
             return service.next_round(timeout if timeout >= 0 else None)
+        if self._wait_check is not None:
+            self._wait_check()
         return self.engine.serve(timeout, -1, self.dispatch)
 
     def wait_for(self, waiter: Waiter, timeout: float | None) -> None:

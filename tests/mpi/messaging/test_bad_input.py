@@ -747,6 +747,20 @@ def test_close_in_a_handler_is_refused(mpirun):
     mpirun(2, case_close_in_a_handler_is_refused)
 
 
+def case_a_closed_messenger_refuses_to_serve():
+    # progress() leaves the check to the engine, which refuses once closed.
+    for serve in ("inline", "thread"):
+        m = cv.Messenger(serve=serve)
+        m.close()
+        for timeout in (0, 0.5, None):
+            with pytest.raises(cv.ConveyorError, match="closed"):
+                m.progress(timeout)
+
+
+def test_a_closed_messenger_refuses_to_serve(mpirun):
+    mpirun(2, case_a_closed_messenger_refuses_to_serve)
+
+
 def case_nan_and_negative_timeouts_are_refused():
     import asyncio
     import math
