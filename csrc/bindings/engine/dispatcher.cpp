@@ -158,7 +158,12 @@ bool PyEngine::wait(py::handle waiter, double timeout, double slice, py::handle 
                     py::handle check) {
     const bool limited = timeout >= 0 && !std::isinf(timeout);
     auto start = Clock::now();
-    for (;;) {
+    for (bool served = false;; served = true) {
+        // Answered in the serve() just made, the waiter is ready (both a
+        // Future and a Stream are, once given a final answer). answered_
+        // was cleared before that serve(), so it names an object alive
+        // since then: this one, if equal.
+        if (served && answered_ == waiter.ptr()) return true;
         PyObject* argv[] = {waiter.ptr()};
         auto ready = py::reinterpret_steal<py::object>(
             PyObject_VectorcallMethod(dispatch_names().ready, argv, 1, nullptr));
@@ -176,6 +181,7 @@ bool PyEngine::wait(py::handle waiter, double timeout, double slice, py::handle 
             if (left <= 0) return false;
             wait = std::min(wait, left);
         }
+        answered_ = nullptr;
         serve(wait, -1, dispatch, true);
     }
 }
@@ -362,6 +368,7 @@ bool PyEngine::hand_reply(const Delivery& d, Hooks& h) {
     auto waiter = py::reinterpret_borrow<py::object>(found);
     if (PyDict_DelItem(waiters.ptr(), ref.ptr()) < 0) throw py::error_already_set();
     call_method(waiter, names.answer_waiter, d.payload, py::handle(Py_True));
+    answered_ = waiter.ptr();
     return true;
 }
 

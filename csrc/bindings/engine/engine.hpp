@@ -418,7 +418,11 @@ class PyEngine {
     std::shared_ptr<Incoming> batch_;  // the batch being read, if any
     BatchReader batch_reader_{nullptr, 0, 0};
     std::unordered_map<std::string, py::object> tags_;
-    std::uint64_t trace_cursor_ = 0;       // where the next dispatch's span starts
+    std::uint64_t trace_cursor_ = 0;  // where the next dispatch's span starts
+    // The waiter hand_reply last gave its final answer: wait() compares its
+    // own with it, by identity only (it is never dereferenced), to skip a
+    // call of _ready(), a Python call on every request's path.
+    const PyObject* answered_ = nullptr;
     std::unique_ptr<TraceLog> trace_;      // null unless traced
     std::uint64_t entries_malformed_ = 0;  // rejected batch entries (whole frames: the engine's)
     std::int64_t unreported_frames_ = 0, unreported_messages_ = 0;

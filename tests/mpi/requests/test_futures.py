@@ -307,6 +307,42 @@ def test_a_wait_starts_no_handler_after_its_deadline(mpirun):
     mpirun(2, case_a_wait_starts_no_handler_after_its_deadline)
 
 
+def case_a_new_future_is_not_taken_for_the_one_answered_before():
+    # A wait ends without asking the future once the reply it just handed
+    # over was that future's. A future made right after an answered one is
+    # freed often takes its memory: its wait must not be taken for answered
+    # (nor in a wait nested in a handler, which hands over answers of its own).
+    with cv.Messenger() as m:
+        held = []
+        m.on("echo")(lambda msg: msg.payload)
+        m.on("later")(lambda msg: (msg.defer(), held.append(msg)))
+
+        @m.on("nested")
+        def nested(msg):
+            return m.request(msg.source, "echo", msg.payload).result(timeout=60)
+
+        peer = (m.rank + 1) % m.size
+        for i in range(20):
+            assert m.request(peer, "echo", i).result(timeout=60) == i
+            fut = m.request(peer, "later", i)
+            with pytest.raises(cv.TimeoutError):
+                fut.result(timeout=0.01)
+            assert not fut.done()
+            assert m.request(peer, "nested", i).result(timeout=60) == i
+            # No rank answers a "later" before every rank's wait for its own
+            # timed out; wait_quiet serves the "nested" requests still
+            # coming, and the "later" that came before each.
+            m.wait_quiet()
+            assert len(held) == i + 1
+            held[i].reply(i)
+            assert fut.result(timeout=60) == i
+        m.wait_quiet()
+
+
+def test_a_new_future_is_not_taken_for_the_one_answered_before(mpirun, nranks):
+    mpirun(nranks, case_a_new_future_is_not_taken_for_the_one_answered_before)
+
+
 class Interrupted(Exception):
     pass
 
