@@ -30,7 +30,7 @@ WAIT_SLICE = 0.1
 
 
 class Waiter(Protocol):
-    """What `Transport.wait_for` serves for: a Future, a Stream, a gather."""
+    """What `Transport.wait_for` serves for: a Future or a Stream."""
 
     def _ready(self) -> bool: ...
 
@@ -167,7 +167,10 @@ class Transport:
         return self.engine.serve(timeout, -1, self.dispatch)
 
     def wait_for(self, waiter: Waiter, timeout: float | None) -> None:
-        """Serve until ``waiter._ready()`` (a Future, Stream or gather), at most `timeout` s.
+        """Serve until ``waiter._ready()`` (a Future or Stream), at most `timeout` s.
+
+        The caller has found the waiter not ready: it is asked again only
+        after something was served.
 
         Every blocking wait for answers comes here: its timeout is checked
         here. It returns as soon as the answer is there, and after the

@@ -158,19 +158,22 @@ bool PyEngine::wait(py::handle waiter, double timeout, double slice, py::handle 
                     py::handle check) {
     const bool limited = timeout >= 0 && !std::isinf(timeout);
     auto start = Clock::now();
+    // Its caller found the waiter not ready: it is asked after each serve().
     for (bool served = false;; served = true) {
-        // Answered in the serve() just made, the waiter is ready (both a
-        // Future and a Stream are, once given a final answer). answered_
-        // was cleared before that serve(), so it names an object alive
-        // since then: this one, if equal.
-        if (served && answered_ == waiter.ptr()) return true;
-        PyObject* argv[] = {waiter.ptr()};
-        auto ready = py::reinterpret_steal<py::object>(
-            PyObject_VectorcallMethod(dispatch_names().ready, argv, 1, nullptr));
-        if (!ready) throw py::error_already_set();
-        int is_ready = PyObject_IsTrue(ready.ptr());
-        if (is_ready < 0) throw py::error_already_set();
-        if (is_ready) return true;
+        if (served) {
+            // Answered in the serve() just made, the waiter is ready (both a
+            // Future and a Stream are, once given a final answer). answered_
+            // was cleared before that serve(), so it names an object alive
+            // since then: this one, if equal.
+            if (answered_ == waiter.ptr()) return true;
+            PyObject* argv[] = {waiter.ptr()};
+            auto ready = py::reinterpret_steal<py::object>(
+                PyObject_VectorcallMethod(dispatch_names().ready, argv, 1, nullptr));
+            if (!ready) throw py::error_already_set();
+            int is_ready = PyObject_IsTrue(ready.ptr());
+            if (is_ready < 0) throw py::error_already_set();
+            if (is_ready) return true;
+        }
         if (PyErr_CheckSignals() < 0) throw py::error_already_set();
         if (!check.is_none() &&
             !py::reinterpret_steal<py::object>(PyObject_CallNoArgs(check.ptr())))

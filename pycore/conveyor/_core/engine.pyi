@@ -131,6 +131,7 @@ class Engine:
     ) -> bool:
         """Serve (as `serve` with `answered`) until ``waiter._ready()``; False if `timeout` s passed first.
 
+        The caller found `waiter` not ready: it is asked after each serve.
         A negative or infinite `timeout` is no limit. Each native wait lasts
         at most `slice` seconds; between two, signals (Ctrl-C) are handled
         and ``check()`` is called, if not None.
