@@ -74,8 +74,9 @@ class Transport:
         self.describe: Callable[[], RankState] | None = None
         self.tracer: Tracer | None = None
         self.failures: Failures | None = None
-        # What Engine.wait calls between two native waits: check_open, if
-        # this transport's checks more than the engine's own closed flag (a
+        # What Engine.wait calls between two native waits, and serve()
+        # before it serves: check_open, if this transport's checks more
+        # than the engine's own closed flag (a
         # fault-tolerant one applies declared failures there, which fail
         # the requests to a dead rank and so end waits for them).
         plain = type(self).check_open is Transport.check_open
