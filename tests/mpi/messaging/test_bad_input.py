@@ -516,13 +516,16 @@ def test_the_engines_vectorcall_entry_points_refuse_bad_arguments():
             ((fut, "soon", 0.1, dispatch, None), TypeError, "must be real number"),
             ((fut, 0.0, 0.0, dispatch, None), ValueError, "slice must be"),
             ((fut, 0.0, 0.1, dispatch, 1), TypeError, "check must be callable"),
-            ((object(), 0.0, 0.1, dispatch, None), AttributeError, "_ready"),
         ]:
             with pytest.raises(error, match=match):
                 engine.wait(*args)
         checks = []
         assert engine.wait(fut, 10.0, 0.1, dispatch, lambda: checks.append(1)) is True
         assert fut.result() is None and checks  # called before each native wait
+        # A waiter is asked after each serve (its caller found it not
+        # ready): one that cannot be asked is refused then.
+        with pytest.raises(AttributeError, match="_ready"):
+            engine.wait(object(), 10.0, 0.1, dispatch, None)
         with pytest.raises(ZeroDivisionError):  # the check's error ends the wait
             engine.wait(m.request(0, "x"), 10.0, 0.1, dispatch, lambda: 1 / 0)
         m.wait_quiet()
