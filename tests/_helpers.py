@@ -1,7 +1,6 @@
 """Helpers shared by the test files (imported by them, also under mpiexec)."""
 
 import contextlib
-import faulthandler
 import gc
 import logging
 import math
@@ -194,14 +193,6 @@ def nothing_left(m, handler_errors=0):
     assert counts["handler_errors"] == handler_errors, (m.rank, counts["handler_errors"])
     for key in ("payloads_undecodable", "unknown_tag", "pending_requests", "open_requests"):
         assert counts[key] == 0, (m.rank, key, counts[key])
-
-
-def messenger(hang_after=50):
-    """The Messenger of a case; a rank still running after `hang_after` s prints its stacks and exits."""
-    import conveyor as cv
-
-    faulthandler.dump_traceback_later(hang_after, exit=True)
-    return cv.Messenger()
 
 
 def run_case(mpirun, nranks, case, *args, timeout=60):

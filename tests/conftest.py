@@ -1,8 +1,10 @@
 """The harness for multi-rank tests: real processes under mpiexec, with a timeout.
 
 ``mpirun(n, case, *args)`` runs ``case`` (a module-level function of the
-calling test file) on ``n`` ranks. A hang is a failure: on timeout the whole
-process group is killed and the test fails with what the ranks printed.
+calling test file) on ``n`` ranks. A hang is a failure: on timeout each
+rank logs its messenger's state and prints its stacks (`explain_hang`),
+then the whole process group is killed and the test fails with what the
+ranks printed.
 """
 
 import functools
@@ -13,6 +15,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -88,8 +91,9 @@ def run_command(cmd, timeout=60, env=None, cwd=None, nranks=None):
     It runs in the environment ``conveyor run`` starts mpiexec in
     (`conveyor.cli.launch.mpiexec_environment`, with each rank's share of
     the cores for BLAS if `nranks` is given), with `env` added. A hang
-    is a failure: on timeout the whole group is killed and the test fails
-    with what the command printed.
+    is a failure: on timeout its Python processes say where they are
+    (`explain_hang`), the whole group is killed, and the test fails with
+    what the command printed.
     """
     from conveyor.cli.launch import mpiexec_environment, rank_threads
 
@@ -117,10 +121,87 @@ def run_command(cmd, timeout=60, env=None, cwd=None, nranks=None):
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
+        explain_hang(proc.pid)
+        try:
+            out, err = proc.communicate(timeout=ABORT_GRACE)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate()
         pytest.fail(f"{cmd} hung (killed after {timeout} s)\n--- stdout\n{out}\n--- stderr\n{err}")
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+# How long a hung command's ranks get to log their state (SIGUSR1), then to
+# print their stacks (SIGABRT) and mpiexec to pass them on, before the whole
+# group is killed.
+STATE_GRACE = 1
+ABORT_GRACE = 5
+
+
+def explain_hang(root):
+    """Make every Python process descended from process `root` say where it hangs.
+
+    A hang that is only killed says nothing of where it hung. A process
+    with an open messenger logs its state on SIGUSR1 (what it waits for,
+    `conveyor._diagnostics.watch`); then every Python process prints each
+    thread's stack on SIGABRT (the fault handler, ``PYTHONFAULTHANDLER``,
+    set by `run_command`). All are signalled at once, before mpiexec kills
+    the others for the first one's death. Descendants, not `root`'s process
+    group: MPICH's proxy starts each rank in a session of its own.
+    """
+    pythons = [pid for pid in descendants(root) if program(pid).startswith(b"python")]
+    watched = [pid for pid in pythons if catches(pid, signal.SIGUSR1)]
+    for pid in watched:
+        signal_quietly(pid, signal.SIGUSR1)
+    if watched:
+        time.sleep(STATE_GRACE)
+    for pid in pythons:
+        signal_quietly(pid, signal.SIGABRT)
+
+
+def descendants(root):
+    """`root` and the processes descended from it, by their parents in /proc."""
+    children = {}
+    for stat in pathlib.Path("/proc").glob("[0-9]*/stat"):
+        try:
+            pid, rest = stat.read_text().split(" (", 1)
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # it ended meanwhile
+        # pid (comm) state ppid ...: comm may hold spaces and parentheses.
+        ppid = int(rest.rsplit(") ", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(pid))
+    found, pending = [], [root]
+    while pending:
+        pid = pending.pop()
+        found.append(pid)
+        pending += children.get(pid, [])
+    return found
+
+
+def program(pid):
+    """The name of the program process `pid` runs (its argv[0]), or b"" once it ended."""
+    try:
+        argv0 = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0", 1)[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return b""
+    return os.path.basename(argv0)
+
+
+def catches(pid, signum):
+    """Whether process `pid` has a handler of its own for `signum` (its SigCgt mask)."""
+    try:
+        status = pathlib.Path(f"/proc/{pid}/status").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    caught = next(line for line in status.splitlines() if line.startswith("SigCgt:"))
+    return bool(int(caught.split()[1], 16) >> (signum - 1) & 1)
+
+
+def signal_quietly(pid, signum):
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass  # it ended meanwhile
 
 
 def run_mpi(n, case, *args, timeout=60, env=None, check=True):

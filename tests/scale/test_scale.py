@@ -12,11 +12,11 @@ and orders, and an aligned call on a DistArray.
 ``make test`` runs the reduced form: every case in one job at 16 ranks.
 ``make test-scale`` (``pytest --scale tests/scale``) runs each case as its
 own job at 16, 32 and 64 ranks. A hang is a failure: every job has a
-timeout, and a rank still running shortly before it prints its stacks.
+timeout, at which each rank logs its state and prints its stacks
+(``conftest.explain_hang``).
 No assertion depends on timing.
 """
 
-import faulthandler
 import math
 import os
 import time
@@ -57,13 +57,6 @@ def scale_env(nranks, route):
     return {"CONVEYOR_HOSTS": hosts_for(nranks), "CONVEYOR_ROUTE": route}
 
 
-def messenger():
-    """This case's messenger; a rank still running before the job's timeout prints its stacks and exits."""
-    timeout = TIMEOUT.get(world().Get_size(), max(TIMEOUT.values()))
-    faulthandler.dump_traceback_later(timeout - 10, exit=True)
-    return cv.Messenger()
-
-
 def digest(*values):
     """A stable 32-bit mix of ints."""
     return zlib.crc32(np.asarray(values, dtype=np.int64).tobytes())
@@ -74,7 +67,7 @@ def digest(*values):
 
 def case_startup():
     """Start-up alone: make a messenger, see the hosts, wait for quiet."""
-    with messenger() as m:
+    with cv.Messenger() as m:
         blocks = int(os.environ["CONVEYOR_HOSTS"])
         assert len(m.hosts) == blocks, m.hosts
         assert sorted(r for host in m.hosts for r in host) == list(range(m.size))
@@ -86,7 +79,7 @@ def case_startup():
 def case_point_to_point():
     """Every rank sends to every rank, small and large: per-pair order, exactly once."""
     per_pair = 12
-    with messenger() as m:
+    with cv.Messenger() as m:
         size, rank = m.size, m.rank
         seen = [[] for _ in range(size)]  # per source: the sequence numbers, in arrival order
         bad = []
@@ -119,7 +112,7 @@ def case_point_to_point():
 def case_all_to_all():
     """An all-to-all of many small items through a Sender: aggregated, each item once."""
     items = 4000
-    with messenger() as m:
+    with cv.Messenger() as m:
         size, rank = m.size, m.rank
         counts = np.zeros(size, dtype=np.int64)
         sums = np.zeros(size, dtype=np.int64)
@@ -165,7 +158,7 @@ class Echo(cv.Receiver):
 
 def case_requests():
     """Requests from every rank to every rank, all in flight at once, and a remote error."""
-    with messenger() as m:
+    with cv.Messenger() as m:
         size, rank = m.size, m.rank
         m.register("echo", Echo())
 
@@ -191,7 +184,7 @@ def case_requests():
 def case_quiet_cascade():
     """wait_quiet returns only once a cascade of forwarded messages has ended."""
     hops = 40
-    with messenger() as m:
+    with cv.Messenger() as m:
         size, rank = m.size, m.rank
         handled = [0]
 
@@ -213,7 +206,7 @@ def case_quiet_cascade():
 
 def case_collectives():
     """The messenger's collectives, which serve while they wait, at many ranks."""
-    with messenger() as m:
+    with cv.Messenger() as m:
         size, rank = m.size, m.rank
         m.barrier(timeout=120)
         assert m.bcast(f"from {size - 1}" if rank == size - 1 else None, root=size - 1) == (
@@ -233,7 +226,7 @@ def case_collectives():
 
 def case_store():
     """Item fetches from other ranks, and orders that move items between two others."""
-    with messenger() as m:
+    with cv.Messenger() as m:
         size, rank = m.size, m.rank
         m.store.put(f"item/{rank}", np.arange(100, dtype=np.int64) + rank)
         m.barrier()
@@ -258,7 +251,7 @@ def case_store():
 
 def case_darray():
     """An aligned call on two DistArrays chunked differently, every chunk on its own rank."""
-    with messenger() as m:
+    with cv.Messenger() as m:
         size, rank = m.size, m.rank
         # Equal lengths, different boundaries: most rows come from another rank.
         x_lengths = [50 + r for r in range(size)]

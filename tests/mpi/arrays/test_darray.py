@@ -28,7 +28,6 @@ from conveyor._tags import CHUNK_TASK
 from _helpers import (
     assert_array_same,
     lengths,
-    messenger,
     nothing_left,
     owners,
     quiet,
@@ -309,7 +308,7 @@ def check_dmap_properties(m, max_examples):
 
 
 def case_properties(max_examples):
-    with messenger(hang_after=80) as m:
+    with cv.Messenger() as m:
         with m.driver() as d:
             if d is not None:
                 check_dcall_properties(m, int(max_examples))
@@ -790,7 +789,7 @@ def check_dmap_examples(m):
 
 
 def case_api():
-    with messenger() as m:
+    with cv.Messenger() as m:
         with m.driver() as d:
             if d is not None:
                 for check in (
@@ -811,7 +810,7 @@ def case_api():
 
 def case_planned():
     """dcall on arguments of unknown lengths, aligned where they are published."""
-    with messenger() as m:
+    with cv.Messenger() as m:
 
         @m.on("add one")
         def add_one(msg):
@@ -979,7 +978,7 @@ def check_bad_arguments(m):
 
 
 def case_errors():
-    with messenger() as m:
+    with cv.Messenger() as m:
         with m.driver() as d:
             if d is not None:
                 check_remote_errors(m)
@@ -1037,7 +1036,7 @@ def check_race(m, rank):
 
 
 def case_race():
-    with messenger() as m:
+    with cv.Messenger() as m:
         with m.driver() as d:
             if d is not None:
                 check_race(m, 0)  # the driver's own rank
@@ -1052,7 +1051,7 @@ def case_reference_before_its_chunk():
     As when the reference is passed on through a third rank, which may beat
     the task: here it is held back until the owner has the reference.
     """
-    with messenger() as m:
+    with cv.Messenger() as m:
         held = []
 
         @m.on("hold")
@@ -1097,7 +1096,7 @@ def test_reference_before_its_chunk(mpirun, nranks):
 
 
 def case_driver():
-    with messenger() as m:
+    with cv.Messenger() as m:
         notes, refused = [], []
 
         @m.on("note")
@@ -1141,7 +1140,7 @@ def case_driver():
 
 def case_spmd():
     # No driver: every rank makes the arrays together and calls on them itself.
-    with messenger() as m:
+    with cv.Messenger() as m:
         size, rank = m.size, m.rank
         for turn in range(3):
             local = np.arange(rank * 10, rank * 10 + rank + turn, dtype=np.int64)  # may be empty
@@ -1237,7 +1236,7 @@ def check_failed_sends(m):
 
 
 def case_freeing():
-    with messenger() as m:
+    with cv.Messenger() as m:
         held = []
 
         @m.on("hold")
@@ -1269,7 +1268,7 @@ def case_freeing():
 
 
 def case_passed_on_many_times():
-    with messenger() as m:
+    with cv.Messenger() as m:
 
         @m.on("spread")
         def spread(msg):
@@ -1296,7 +1295,7 @@ def case_reference_chain(hops):
     the copy that goes on carries weight owed to a proxy, and the next rank,
     which may be a proxy itself, proxies in turn.
     """
-    with messenger() as m:
+    with cv.Messenger() as m:
         owner = m.size - 1
         ring = list(range(owner))
         arrived = []
@@ -1360,7 +1359,7 @@ def case_a_task_function_travels_once_per_rank():
     # A function that captures 800 kB, in ten calls over every chunk: sent
     # once to each owner, then by its digest (issue 14); whole to an owner
     # on another host, through shared memory to one on the caller's (issue 15).
-    with messenger() as m:
+    with cv.Messenger() as m:
         x = cv.DistArray.from_local(m, np.arange(m.rank, m.rank + 4, dtype=np.float64))
         big = np.ones(100_000)
         before = m.stats()

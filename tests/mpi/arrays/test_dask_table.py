@@ -24,7 +24,7 @@ import pytest
 
 import conveyor as cv
 
-from _helpers import messenger, nothing_left, run_case
+from _helpers import nothing_left, run_case
 
 PAGE = pathlib.Path(__file__).resolve().parents[3] / "docs" / "dask-table.rst"
 RANK_COUNTS = [1, 2]
@@ -387,7 +387,7 @@ def outcome(d, row):
 
 
 def case_table(path):
-    with messenger() as m:
+    with cv.Messenger() as m:
         with m.driver() as d:
             if d is not None:
                 data = Data(m)

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 import conveyor as cv
 
-from _helpers import assert_array_same, lengths, messenger, nothing_left, owners, run_case
+from _helpers import assert_array_same, lengths, nothing_left, owners, run_case
 
 
 @st.composite
@@ -277,7 +277,7 @@ def check_refused(m):
 
 
 def case_examples():
-    with messenger() as m:
+    with cv.Messenger() as m:
         with m.driver() as d:
             if d is not None:
                 check_examples(m)
@@ -290,7 +290,7 @@ def test_examples(mpirun, nranks):
 
 
 def case_properties(max_examples):
-    with messenger(hang_after=100) as m:
+    with cv.Messenger() as m:
         with m.driver() as d:
             if d is not None:
                 check_indexing_properties(m, int(max_examples))

@@ -18,7 +18,7 @@ import pytest
 import conveyor as cv
 from conveyor._darray import io
 
-from _helpers import assert_array_same, lengths, messenger, nothing_left, owners, run_case, world
+from _helpers import assert_array_same, lengths, nothing_left, owners, run_case, world
 
 DTYPES = ["bool", "int8", "uint16", "int32", "int64", "float16", "float32", "float64", "complex128"]
 
@@ -66,7 +66,7 @@ def check_same_chunks(loaded, saved, want):
 
 
 def case_round_trips(tmp):
-    with messenger() as m:
+    with cv.Messenger() as m:
         for name, x, want in arrays(m):
             directory = os.path.join(tmp, name)
             x.to_npy(directory)
@@ -94,7 +94,7 @@ def raises_everywhere(error, match, call, *args):
 
 
 def case_errors(tmp):
-    with messenger() as m:
+    with cv.Messenger() as m:
         x = m.array(np.arange(12.0), chunks=4)
         target = os.path.join(tmp, "x")
         x.to_npy(target)
@@ -210,7 +210,7 @@ def _edit_manifest(directory, **changes):
 
 def case_without_h5py():
     sys.modules["h5py"] = None  # import h5py raises ImportError
-    with messenger() as m:
+    with cv.Messenger() as m:
         x = m.array(np.arange(4))
         with pytest.raises(ImportError, match=r"conveyor-mpi\[hdf5\]"):
             x.to_hdf5("x.h5", "x")
@@ -223,7 +223,7 @@ def case_without_h5py():
 def case_writing_moves_no_chunk(tmp):
     # 1 MB chunks on every rank: a chunk that travelled would show in the
     # zero-copy counters, and in the bytes framed.
-    with messenger() as m:
+    with cv.Messenger() as m:
         x = cv.DistArray.from_local(m, np.full(125_000, m.rank, dtype=np.float64))
         y = cv.dmap(lambda c: c + 1, x).resolve()
         m.wait_quiet()
@@ -242,7 +242,7 @@ def case_writing_moves_no_chunk(tmp):
 
 
 def case_write(tmp):
-    with messenger() as m:
+    with cv.Messenger() as m:
         x = cv.DistArray.from_local(
             m, np.arange(m.rank * 100, m.rank * 100 + 2 * m.rank + 1).reshape(-1, 1)
         )
@@ -253,7 +253,7 @@ def case_write(tmp):
 
 
 def case_read(tmp, written_by):
-    with messenger() as m:
+    with cv.Messenger() as m:
         want = np.concatenate(
             [np.arange(r * 100, r * 100 + 2 * r + 1) for r in range(int(written_by))]
         ).reshape(-1, 1)
@@ -271,7 +271,7 @@ def case_read(tmp, written_by):
 def case_driver(tmp):
     # Inside a driver block only the root holds the arrays: the same calls
     # are its own, and each owner writes or reads its chunks in a task.
-    with messenger() as m:
+    with cv.Messenger() as m:
         with m.driver() as d:
             if d is not None:
                 for name, x, want in arrays(m, driver=True):

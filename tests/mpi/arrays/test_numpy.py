@@ -18,7 +18,7 @@ import pytest
 import conveyor as cv
 from conveyor._darray import reductions
 
-from _helpers import assert_array_same, messenger, nothing_left, owners, run_case
+from _helpers import assert_array_same, nothing_left, owners, run_case
 
 
 def numpy_error(call):
@@ -530,7 +530,7 @@ def check_products(m):
 
 
 def case_layout():
-    with messenger() as m:
+    with cv.Messenger() as m:
         with m.driver() as d:
             if d is not None:
                 check_layout(m)
@@ -549,7 +549,7 @@ def wait_for_file(path, a):
 
 
 def case_reductions():
-    with messenger() as m:
+    with cv.Messenger() as m:
         with m.driver() as d:
             if d is not None:
                 check_reductions(m)
@@ -557,7 +557,7 @@ def case_reductions():
 
 
 def case_operators():
-    with messenger() as m:
+    with cv.Messenger() as m:
         with m.driver() as d:
             if d is not None:
                 check_operators(m)

@@ -13,13 +13,13 @@ import pytest
 
 import conveyor as cv
 
-from _helpers import messenger, nothing_left, run_case, world
+from _helpers import nothing_left, run_case, world
 
 CHUNKS = 8
 
 
 def case_progress_counts_every_chunk_task(directory):
-    with messenger() as m:
+    with cv.Messenger() as m:
         path = os.path.join(directory, f"bar.{m.rank}.txt")
         with open(path, "w") as out:
             with cv.ProgressBar(file=out, all_ranks=True, mininterval=0) as bar:
