@@ -86,6 +86,8 @@ _STATE_NAMES = {PENDING: "pending", RESOLVED: "resolved", ERROR: "error"}
 SHARE_BYTES = 1 << 16
 # How many host peers' chunk files a rank remembers (a few dozen bytes each).
 PEER_FILES = 4096
+# How long serve_until waits for messages between tests of its collective.
+_ARRIVAL_SLICE = 0.001
 
 # Layers by their messenger's serial number, which is the same on every rank
 # (messengers are created collectively): where an arriving ChunkRef belongs.
@@ -348,10 +350,24 @@ class ChunkLayer:
         """A communicator of the layer's own for the collective calls of from_local.
 
         They must not cross the engine's termination waves on the messenger's.
+        Made on first use, which is collective: serving while the other ranks
+        come (`serve_until`).
         """
         if self._collective_comm is None:
-            self._collective_comm = self.m.comm.Dup()
+            comm, made = self.m.comm.Idup()
+            self.serve_until(made)
+            self._collective_comm = comm
         return self._collective_comm
+
+    def serve_until(self, request: MPI.Request) -> None:
+        """Handle messages until `request`, a nonblocking collective's, completes.
+
+        A rank that waits in a blocking collective serves nothing: it would
+        never answer another rank that still waits on it (for a chunk, a
+        table key, a request) before joining the collective.
+        """
+        while not request.Test():
+            self.m.progress(_ARRIVAL_SLICE)
 
     def free_communicator(self) -> None:
         """Free the communicator of `collectives` (collective, as closing the messenger is)."""

@@ -26,9 +26,6 @@ if TYPE_CHECKING:
     from .._chunks import ChunkLayer, ChunkRef
     from .._messenger import Messenger
 
-# How long from_local waits for messages between checks that every rank arrived.
-_ARRIVAL_SLICE = 0.001
-
 C = TypeVar("C", bound="Chunked")
 
 
@@ -336,9 +333,7 @@ def share(
     # would never answer another that still waits for one of its chunks
     # (collect or sum before its own from_local). Serve until all are here.
     comm = layer.collectives()
-    arrived = comm.Ibarrier()
-    while not arrived.Test():
-        messenger.progress(_ARRIVAL_SLICE)
+    layer.serve_until(comm.Ibarrier())
     entries = comm.allgather(
         [
             (place, ref.id, len(value), value.dtype.str, value.shape[1:], lent)

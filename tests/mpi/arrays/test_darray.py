@@ -1187,6 +1187,29 @@ def case_spmd():
         nothing_left(m)
 
 
+def case_from_local_serves_while_it_waits_for_the_others():
+    # from_local is collective, and its first call also makes the chunk
+    # layer's communicator: a rank already there must still answer one that
+    # asks it something before joining (bench/soak.py hung so: rank 2 in its
+    # first from_local, rank 0 waiting for rank 2 to delete a table key).
+    with cv.Messenger() as m:
+        entered = []
+        m.on("entering")(lambda msg: entered.append(msg.source))
+        m.on("ask")(lambda msg: msg.payload + 1)
+        m.barrier()
+        for turn in range(2):  # the communicator's making, then from_local's own wait
+            if m.rank == 1:
+                m.send(0, "entering", turn)  # and straight in, serving nothing before
+            elif m.rank == 0:
+                while len(entered) <= turn:
+                    m.progress(0.01)
+                assert m.request(1, "ask", 41 + turn).result(timeout=30) == 42 + turn
+            x = cv.DistArray.from_local(m, np.arange(m.rank, m.rank + 2))
+            assert x.sum() == sum(2 * r + 1 for r in range(m.size))
+        del x
+        nothing_left(m)
+
+
 # -- freeing ---------------------------------------------------------------------
 
 
@@ -1336,6 +1359,11 @@ def case_reference_chain(hops):
 
 def test_reference_passed_on_many_times(mpirun):
     run_case(mpirun, 3, case_passed_on_many_times)
+
+
+@pytest.mark.parametrize("nranks", [2, 3])
+def test_from_local_serves_while_it_waits_for_the_others(mpirun, nranks):
+    run_case(mpirun, nranks, case_from_local_serves_while_it_waits_for_the_others, timeout=40)
 
 
 @pytest.mark.parametrize("nranks", [3, 4])
