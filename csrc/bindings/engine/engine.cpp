@@ -14,7 +14,7 @@ PyObject* engine_serve(PyObject* self, PyObject* const* args, Py_ssize_t nargs) 
         if (nargs < 3 || nargs > 4)
             throw py::type_error(
                 "serve() takes 3 or 4 arguments (timeout, uncongested, dispatch, answered)");
-        auto& engine = py::handle(self).cast<PyEngine&>();
+        auto& engine = engine_of(self);
         double timeout = PyFloat_AsDouble(args[0]);
         if (timeout == -1.0 && PyErr_Occurred()) throw py::error_already_set();
         long uncongested = PyLong_AsLong(args[1]);
@@ -42,7 +42,7 @@ PyObject* engine_wait(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
         if (nargs != 5)
             throw py::type_error(
                 "wait() takes 5 arguments (waiter, timeout, slice, dispatch, check)");
-        auto& engine = py::handle(self).cast<PyEngine&>();
+        auto& engine = engine_of(self);
         double timeout = PyFloat_AsDouble(args[1]);
         if (timeout == -1.0 && PyErr_Occurred()) throw py::error_already_set();
         double slice = PyFloat_AsDouble(args[2]);
@@ -60,6 +60,15 @@ PyMethodDef engine_wait_method = {
     "Serve until ``waiter._ready()``; return False if ``timeout`` s passed first.\n"};
 
 }  // namespace
+
+PyEngine& engine_of(PyObject* self) {
+    static const py::detail::type_info* record = py::detail::get_type_info(typeid(PyEngine));
+    if (record && Py_TYPE(self) == record->type) {
+        auto made = reinterpret_cast<py::detail::instance*>(self)->get_value_and_holder(record);
+        if (made.holder_constructed()) return *made.value_ptr<PyEngine>();
+    }
+    return py::handle(self).cast<PyEngine&>();
+}
 
 void add_method(py::handle engine_class, PyMethodDef& method) {
     auto type = reinterpret_cast<PyTypeObject*>(engine_class.ptr());

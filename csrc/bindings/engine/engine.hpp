@@ -451,4 +451,11 @@ class PyEngine {
     }
 };
 
+// The PyEngine of `self`, the Engine instance such a method is called on.
+// pybind11's cast finds the C++ type's record by its name (a hash and a
+// strcmp) on every call; an exact Engine is read through the record
+// looked up once. Anything else (a subclass, an Engine whose __init__ has
+// not run) goes through the cast, as before.
+PyEngine& engine_of(PyObject* self);
+
 }  // namespace conveyor

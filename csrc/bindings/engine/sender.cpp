@@ -51,7 +51,7 @@ PyObject* engine_send(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
         if (nargs != 6)
             throw py::type_error(
                 "send() takes 6 arguments (dest, kind, ref, tag, payload, aggregate)");
-        auto& engine = py::handle(self).cast<PyEngine&>();
+        auto& engine = engine_of(self);
         int rank = rank_of(args[0]);
         long kind = PyLong_AsLong(args[1]);
         if (kind == -1 && PyErr_Occurred()) throw py::error_already_set();
