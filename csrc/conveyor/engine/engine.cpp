@@ -448,6 +448,8 @@ bool Engine::wait(double timeout, int uncongested) {
                (uncongested >= 0 && !congested_locked(uncongested));
     };
     bool napped = false;
+    bool spinning = false;
+    int unclocked = 0;  // spinning iterations since the clock was read
     for (;;) {
         if (napped ? progress_after_nap() : progress_locked()) backoff.active();
         napped = false;
@@ -458,10 +460,6 @@ bool Engine::wait(double timeout, int uncongested) {
         const bool relays = relaying() && open_batches_.load(std::memory_order_relaxed) != 0;
         if (relays && flush_stale_batches() != 0) backoff.active();
         if (woken()) return true;
-        // The clock read once an iteration: in a spinning wait it took as
-        // many samples as MPI_Improbe (perf), at two readings an iteration.
-        auto now = Clock::now();
-        if (timeout >= 0 && seconds_between(start, now) >= timeout) return false;
         if (lock_.wanted()) {
             // Another thread of the program would post (a messenger served
             // by a thread of its own): let it, rather than make it wait
@@ -471,7 +469,17 @@ bool Engine::wait(double timeout, int uncongested) {
             while (lock_.wanted() && seconds_since(asked) < kHandOverSeconds) sched_yield();
             guard.lock();
         }
-        switch (backoff.step(now)) {
+        // A spinning wait reads the clock once in kPollsPerClock iterations:
+        // read every time, it took a quarter of a poll (perf: as many samples
+        // as MPI_Improbe), and a message found a poll later for it. The first
+        // iteration reads it, so a wait of 0 s polls once.
+        if (spinning && timeout != 0 && ++unclocked < kPollsPerClock) continue;
+        unclocked = 0;
+        auto now = Clock::now();
+        if (timeout >= 0 && seconds_between(start, now) >= timeout) return false;
+        const auto step = backoff.step(now);
+        spinning = step == IdleBackoff::Step::Spin;
+        switch (step) {
             case IdleBackoff::Step::Spin: continue;
             case IdleBackoff::Step::Yield: sched_yield(); continue;
             case IdleBackoff::Step::Nap: break;

@@ -236,6 +236,9 @@ class Engine {
     static constexpr std::size_t kMaxPendingSends = 4096;
     // How long a waiting owner leaves the lock to a thread that asked for it.
     static constexpr double kHandOverSeconds = 50e-6;
+    // Iterations of a spinning wait per reading of the clock (wait()): some
+    // 2 µs of polls, which a timeout or the end of the spin may overrun.
+    static constexpr int kPollsPerClock = 8;
 
     // Uses `comm` without owning it; the caller frees it after close().
     Engine(MPI_Comm comm, EngineOptions options);
