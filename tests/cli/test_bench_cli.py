@@ -18,6 +18,7 @@ import pytest
 
 from conveyor.__main__ import main
 from conveyor._bench import machine, plan, summary
+from conveyor.cli.launch import THREAD_VARIABLES, rank_threads
 
 from _helpers import bench_row, bench_run
 from conftest import ROOT, load_script, mpiexec, run_command
@@ -181,7 +182,9 @@ def test_console_script_runs_with_an_explicit_mpiexec(tmp_path):
     check_results(out_json, ["rate", "agg-latency"], 1)
 
 
-def test_each_benchmark_runs_in_messengers_of_its_own(tmp_path):
+def test_each_benchmark_runs_in_messengers_of_its_own(tmp_path, monkeypatch):
+    for variable in THREAD_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
     out_json = tmp_path / "bench.json"
     iters = 100
     argv = ["--which", "bw,latency,agg-latency", "--reps", "1", "--iters", str(iters)]
@@ -190,6 +193,11 @@ def test_each_benchmark_runs_in_messengers_of_its_own(tmp_path):
         cwd=tmp_path,
     )
     meta = json.loads(out_json.read_text())["runs"][0]["meta"]
+    # Each rank's BLAS had its share of the cores, as under conveyor run.
+    share = str(rank_threads(2))
+    assert {v: meta["env"].get(v) for v in THREAD_VARIABLES} == dict.fromkeys(
+        THREAD_VARIABLES, share
+    )
     stats, receiver = meta["messenger_stats_rank0"], meta["messenger_stats_rank1"]
     assert list(stats) == list(receiver) == ["bw", "latency", "agg-latency"]
     # Rank 0's messages per ping-pong run: warm-up and timed. A Messenger

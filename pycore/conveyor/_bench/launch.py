@@ -18,7 +18,14 @@ import sys
 import tempfile
 
 from ..cli.arguments import positive_int
-from ..cli.launch import INTERRUPTED, MPIEXEC_HELP, TIMED_OUT, require_mpiexec, run_in_group
+from ..cli.launch import (
+    INTERRUPTED,
+    MPIEXEC_HELP,
+    TIMED_OUT,
+    rank_threads,
+    require_mpiexec,
+    run_in_group,
+)
 from . import machine, plan, plot, summary
 
 # The default run takes 1-2 minutes on two cores; anything far beyond is a hang.
@@ -154,6 +161,10 @@ def print_warning(warning):
 def run_ranks(mpiexec, rank_argv, timeout):
     """Run the benchmark program on two ranks; its output goes to ours.
 
+    Each rank's BLAS and OpenMP get its share of the cores, as under
+    ``conveyor run``: numpy's OpenBLAS would start a thread per core in
+    each rank, which spin a while after start-up beside the timed loops.
+
     Returns
     -------
     int
@@ -162,7 +173,7 @@ def run_ranks(mpiexec, rank_argv, timeout):
     """
     cmd = [mpiexec, "-n", "2", sys.executable, "-m", "conveyor._bench.osu", *rank_argv]
     print("$", " ".join(cmd), flush=True)
-    status = run_in_group(cmd, timeout)
+    status = run_in_group(cmd, timeout, threads=rank_threads(2))
     if status == TIMED_OUT:
         print(f"conveyor bench: still running after {timeout} s: killed", file=sys.stderr)
     elif status == INTERRUPTED:

@@ -11,11 +11,12 @@ from mpi4py import MPI
 
 import conveyor as cv
 
+from ..cli.launch import THREAD_VARIABLES
 from .machine import cpu_model
 
 
 def run_metadata(**settings):
-    """Return the run's command, machine, versions and CONVEYOR_* settings, plus `settings`."""
+    """Return the run's command, machine, versions, CONVEYOR_* and BLAS thread settings, plus `settings`."""
     return {
         "argv": sys.argv,
         **settings,
@@ -28,5 +29,9 @@ def run_metadata(**settings):
         "mpi4py": mpi4py.__version__,
         "mpi": MPI.Get_library_version().strip(),
         "conveyor": cv.__version__,
-        "env": {k: v for k, v in os.environ.items() if k.startswith("CONVEYOR_")},
+        "env": {
+            k: v
+            for k, v in os.environ.items()
+            if k.startswith("CONVEYOR_") or k in THREAD_VARIABLES
+        },
     }
