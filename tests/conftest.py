@@ -12,6 +12,7 @@ import importlib.util
 import os
 import pathlib
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -117,6 +118,7 @@ def run_command(cmd, timeout=60, env=None, cwd=None, nranks=None):
         env=full_env,
         cwd=cwd,
         start_new_session=True,
+        preexec_fn=no_core_files,
     )
     try:
         out, err = proc.communicate(timeout=timeout)
@@ -125,6 +127,8 @@ def run_command(cmd, timeout=60, env=None, cwd=None, nranks=None):
         try:
             out, err = proc.communicate(timeout=ABORT_GRACE)
         except subprocess.TimeoutExpired:
+            for pid in descendants(proc.pid):  # ranks sit in sessions of their own
+                signal_quietly(pid, signal.SIGKILL)
             os.killpg(proc.pid, signal.SIGKILL)
             out, err = proc.communicate()
         pytest.fail(f"{cmd} hung (killed after {timeout} s)\n--- stdout\n{out}\n--- stderr\n{err}")
@@ -132,10 +136,15 @@ def run_command(cmd, timeout=60, env=None, cwd=None, nranks=None):
 
 
 # How long a hung command's ranks get to log their state (SIGUSR1), then to
-# print their stacks (SIGABRT) and mpiexec to pass them on, before the whole
-# group is killed.
+# print their stacks (SIGABRT), and mpiexec to pass on what they wrote
+# before the whole group is killed.
 STATE_GRACE = 1
 ABORT_GRACE = 5
+
+
+def no_core_files():
+    """In the command's process, before it starts: its SIGABRT (`explain_hang`) writes no core file."""
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
 def explain_hang(root):
@@ -145,18 +154,31 @@ def explain_hang(root):
     with an open messenger logs its state on SIGUSR1 (what it waits for,
     `conveyor._diagnostics.watch`); then every Python process prints each
     thread's stack on SIGABRT (the fault handler, ``PYTHONFAULTHANDLER``,
-    set by `run_command`). All are signalled at once, before mpiexec kills
-    the others for the first one's death. Descendants, not `root`'s process
-    group: MPICH's proxy starts each rank in a session of its own.
+    set by `run_command`). Descendants, not `root`'s process group: MPICH's
+    proxy starts each rank in a session of its own. The other processes
+    (mpiexec, its proxies) are stopped meanwhile, or they would kill the
+    ranks at the first one's death, before the others have spoken; what the
+    ranks write waits in their pipes until the launchers go on.
     """
-    pythons = [pid for pid in descendants(root) if program(pid).startswith(b"python")]
-    watched = [pid for pid in pythons if catches(pid, signal.SIGUSR1)]
-    for pid in watched:
-        signal_quietly(pid, signal.SIGUSR1)
-    if watched:
-        time.sleep(STATE_GRACE)
-    for pid in pythons:
-        signal_quietly(pid, signal.SIGABRT)
+    found = descendants(root)
+    pythons = [pid for pid in found if program(pid).startswith(b"python")]
+    launchers = [pid for pid in found if pid not in pythons]
+    for pid in launchers:
+        signal_quietly(pid, signal.SIGSTOP)
+    try:
+        watched = [pid for pid in pythons if catches(pid, signal.SIGUSR1)]
+        for pid in watched:
+            signal_quietly(pid, signal.SIGUSR1)
+        if watched:
+            time.sleep(STATE_GRACE)
+        for pid in pythons:
+            signal_quietly(pid, signal.SIGABRT)
+        deadline = time.monotonic() + ABORT_GRACE
+        while not all(ended(pid) for pid in pythons) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        for pid in launchers:
+            signal_quietly(pid, signal.SIGCONT)
 
 
 def descendants(root):
@@ -185,6 +207,15 @@ def program(pid):
     except (FileNotFoundError, ProcessLookupError):
         return b""
     return os.path.basename(argv0)
+
+
+def ended(pid):
+    """Whether process `pid` has ended (gone, or a zombie its stopped parent has not reaped)."""
+    try:
+        stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return stat.rsplit(") ", 1)[1].startswith("Z")
 
 
 def catches(pid, signum):

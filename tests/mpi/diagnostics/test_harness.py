@@ -6,6 +6,7 @@ before it kills the command, every rank logs its messenger's state
 hang in CI says where it was.
 """
 
+import resource
 import sys
 
 import pytest
@@ -46,3 +47,16 @@ def test_a_hung_python_without_a_messenger_prints_its_stack():
     assert "conveyor: rank" not in report
     assert "Fatal Python error: Aborted" in report
     assert 'File "<string>", line 3 in stuck' in report
+
+
+def test_the_aborted_commands_write_no_core_file():
+    # SIGABRT dumps core where core files are on: the command runs with
+    # none, whatever this process allows.
+    soft, hard = resource.getrlimit(resource.RLIMIT_CORE)
+    allowed = hard if hard != resource.RLIM_INFINITY else resource.RLIM_INFINITY
+    resource.setrlimit(resource.RLIMIT_CORE, (allowed, hard))
+    try:
+        result = run_command(["bash", "-c", "ulimit -c"], timeout=30)
+    finally:
+        resource.setrlimit(resource.RLIMIT_CORE, (soft, hard))
+    assert result.returncode == 0 and result.stdout.strip() == "0"
