@@ -87,7 +87,7 @@ SHARE_BYTES = 1 << 16
 # How many host peers' chunk files a rank remembers (a few dozen bytes each).
 PEER_FILES = 4096
 # How long serve_until waits for messages between tests of its collective.
-_ARRIVAL_SLICE = 0.001
+_SERVE_SLICE = 0.001
 
 # Layers by their messenger's serial number, which is the same on every rank
 # (messengers are created collectively): where an arriving ChunkRef belongs.
@@ -367,7 +367,7 @@ class ChunkLayer:
         table key, a request) before joining the collective.
         """
         while not request.Test():
-            self.m.progress(_ARRIVAL_SLICE)
+            self.m.progress(_SERVE_SLICE)
 
     def free_communicator(self) -> None:
         """Free the communicator of `collectives` (collective, as closing the messenger is)."""

@@ -470,10 +470,10 @@ bool Engine::wait(double timeout, int uncongested) {
             guard.lock();
         }
         // A spinning wait reads the clock once in kPollsPerClock iterations:
-        // read every time, it took a quarter of a poll (perf: as many samples
-        // as MPI_Improbe), and a message found a poll later for it. The first
-        // iteration reads it, so a wait of 0 s polls once.
-        if (spinning && timeout != 0 && ++unclocked < kPollsPerClock) continue;
+        // read on every one, it took as many samples as MPI_Improbe (perf),
+        // and each poll came that much later. The first iteration reads it,
+        // so a wait of 0 s polls once.
+        if (spinning && ++unclocked < kPollsPerClock) continue;
         unclocked = 0;
         auto now = Clock::now();
         if (timeout >= 0 && seconds_between(start, now) >= timeout) return false;
