@@ -96,7 +96,7 @@ def run_command(cmd, timeout=60, env=None, cwd=None, nranks=None):
     (`explain_hang`), the whole group is killed, and the test fails with
     what the command printed.
     """
-    from conveyor.cli.launch import mpiexec_environment, rank_threads
+    from conveyor.cli.launch import kill_group, mpiexec_environment, rank_threads
 
     # conveyor run inside a Slurm allocation would start ranks with srun: the
     # suite uses mpiexec unless a test says otherwise (tests/cli/test_cli_slurm.py).
@@ -127,9 +127,7 @@ def run_command(cmd, timeout=60, env=None, cwd=None, nranks=None):
         try:
             out, err = proc.communicate(timeout=ABORT_GRACE)
         except subprocess.TimeoutExpired:
-            for pid in descendants(proc.pid):  # ranks sit in sessions of their own
-                signal_quietly(pid, signal.SIGKILL)
-            os.killpg(proc.pid, signal.SIGKILL)
+            kill_group(proc)  # its descendants too: ranks sit in sessions of their own
             out, err = proc.communicate()
         pytest.fail(f"{cmd} hung (killed after {timeout} s)\n--- stdout\n{out}\n--- stderr\n{err}")
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
@@ -160,7 +158,9 @@ def explain_hang(root):
     ranks at the first one's death, before the others have spoken; what the
     ranks write waits in their pipes until the launchers go on.
     """
-    found = descendants(root)
+    from conveyor.cli.launch import _descendants
+
+    found = [root, *_descendants(root)]
     pythons = [pid for pid in found if program(pid).startswith(b"python")]
     launchers = [pid for pid in found if pid not in pythons]
     for pid in launchers:
@@ -179,25 +179,6 @@ def explain_hang(root):
     finally:
         for pid in launchers:
             signal_quietly(pid, signal.SIGCONT)
-
-
-def descendants(root):
-    """`root` and the processes descended from it, by their parents in /proc."""
-    children = {}
-    for stat in pathlib.Path("/proc").glob("[0-9]*/stat"):
-        try:
-            pid, rest = stat.read_text().split(" (", 1)
-        except (FileNotFoundError, ProcessLookupError):
-            continue  # it ended meanwhile
-        # pid (comm) state ppid ...: comm may hold spaces and parentheses.
-        ppid = int(rest.rsplit(") ", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(pid))
-    found, pending = [], [root]
-    while pending:
-        pid = pending.pop()
-        found.append(pid)
-        pending += children.get(pid, [])
-    return found
 
 
 def program(pid):
