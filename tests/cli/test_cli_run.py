@@ -144,7 +144,14 @@ def test_a_hang_is_killed_after_the_timeout(tmp_path):
     )
     assert result.returncode == 124, result.stderr
     assert time.monotonic() - started < 30
-    assert "conveyor run: still running after 3 s: killed every rank" in result.stderr
+    assert (
+        "conveyor run: still running after 3 s: asked every rank for its state, then killed every rank"
+        in result.stderr
+    )
+    # Asked first: each rank logged its messenger's state and where it was.
+    for rank in (0, 1):
+        assert f"conveyor: rank {rank} of 2 (inline)" in result.stderr, result.stderr
+    assert result.stderr.count("time.sleep(600)") == 2, result.stderr
     ranks = {int(path.name): int(path.read_text()) for path in pids.iterdir()}
     assert len(ranks) == 2, result
     groups = set(ranks.values())

@@ -192,6 +192,8 @@ def stop(signum, frame):
     finally:
         os._exit(128 + signum)
 signal.signal(signal.SIGTERM, stop)
+# As srun does, other signals (SIGUSR1: "where are you?") go on to the tasks.
+signal.signal(signal.SIGUSR1, lambda signum, frame: child.send_signal(signum))
 sys.exit(child.wait())
 """
 
@@ -211,7 +213,11 @@ def test_on_timeout_srun_is_told_to_stop_first(tmp_path):
     env = in_allocation(bin_dir)
     result = conveyor_run(tmp_path, env, "-n", "2", "--timeout", "3", "script.py", script=hang)
     assert result.returncode == 124, result.stderr
-    assert "conveyor run: still running after 3 s: killed every rank" in result.stderr
+    assert (
+        "conveyor run: still running after 3 s: asked every rank for its state, then killed every rank"
+        in result.stderr
+    )
+    assert result.stderr.count("conveyor: rank ") == 2, result.stderr  # each told where it was
     assert record.read_text() == "SIGTERM"
 
 

@@ -15,6 +15,7 @@ __all__ = [
     "INTERRUPTED",
     "MPIEXEC_HELP",
     "RANK_VARIABLES",
+    "STATE_GRACE",
     "TERMINATE_GRACE",
     "THREAD_VARIABLES",
     "TIMED_OUT",
@@ -284,13 +285,19 @@ def kill_group(proc):
 
 # Seconds a launcher asked to stop (run_in_group's `terminate`) has before its group is killed.
 TERMINATE_GRACE = 10.0
+# Seconds a job that timed out has to log its ranks' state (SIGUSR1) before it is stopped.
+STATE_GRACE = 1.0
 
 
 def run_in_group(cmd, timeout=None, terminate=None, threads=None):
     """Run `cmd` in its own process group until it ends; its output goes to ours.
 
     Whatever is left of the group afterwards is killed: after a timeout,
-    after Ctrl-C, and ranks that outlived mpiexec.
+    after Ctrl-C, and ranks that outlived mpiexec. A job that times out is
+    first asked where it is: `cmd` gets SIGUSR1, which mpiexec (MPICH's and
+    Open MPI's) and srun pass on to every rank, where each open messenger
+    logs its state (`conveyor._diagnostics.watch`); it has `STATE_GRACE`
+    seconds for that.
 
     Parameters
     ----------
@@ -316,6 +323,11 @@ def run_in_group(cmd, timeout=None, terminate=None, threads=None):
     try:
         return proc.wait(timeout=timeout or None)
     except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGUSR1)
+        try:
+            proc.wait(timeout=STATE_GRACE)
+        except subprocess.TimeoutExpired:
+            pass  # the usual case: still hung, to be stopped below
         return TIMED_OUT
     except KeyboardInterrupt:
         return INTERRUPTED

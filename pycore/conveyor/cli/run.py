@@ -144,7 +144,9 @@ def run(parser, args):
             with open(os.path.join(status_dir, name)) as f:
                 statuses[int(name)] = int(f.read())
     if status == TIMED_OUT:
-        _say(f"still running after {args.timeout:g} s: killed every rank")
+        _say(
+            f"still running after {args.timeout:g} s: asked every rank for its state, then killed every rank"
+        )
         return TIMED_OUT
     if status == INTERRUPTED:
         _say("interrupted: killed every rank")
