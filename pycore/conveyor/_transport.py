@@ -76,9 +76,9 @@ class Transport:
         self.failures: Failures | None = None
         # What Engine.wait calls between two native waits, and serve()
         # before it serves: check_open, if this transport's checks more
-        # than the engine's own closed flag (a
-        # fault-tolerant one applies declared failures there, which fail
-        # the requests to a dead rank and so end waits for them).
+        # than the engine's own closed flag (a fault-tolerant one applies
+        # declared failures there, which fail the requests to a dead rank
+        # and so end waits for them).
         plain = type(self).check_open is Transport.check_open
         self._wait_check = None if plain else self.check_open
 

@@ -160,11 +160,13 @@ class PyEngine {
     // Serves (as serve() with `answered`) until `waiter._ready()` is true,
     // which it asks after each serve(): the caller found it not ready (one
     // Python call less a request); returns false if `timeout` seconds
-    // (negative or infinite: no limit) passed first. Each native wait lasts at most `slice`
-    // seconds, so that a signal (Ctrl-C) is handled between two, and `check()` called, if not None
-    // (the façade's check that the messenger is open, when it does more than check_open()). Every
-    // blocking wait for an answer loops here, in C++: the same loop in Python cost a request with a
-    // timeout 0.8 us (its clock readings, checks and calls).
+    // (negative or infinite: no limit) passed first. Each native wait
+    // lasts at most `slice` seconds, so that a signal (Ctrl-C) is handled
+    // between two, and `check()` called, if not None (the façade's check
+    // that the messenger is open, when it does more than check_open()).
+    // Every blocking wait for an answer loops here, in C++: the same loop
+    // in Python cost a request with a timeout 0.8 us (its clock readings,
+    // checks and calls).
     bool wait(py::handle waiter, double timeout, double slice, py::handle dispatch,
               py::handle check);
 
