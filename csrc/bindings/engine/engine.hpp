@@ -267,6 +267,7 @@ class PyEngine {
         d["window_pool_waits"] = s.window_pool_waits;
         d["waits_slept"] = s.waits_slept;
         d["background_flushes"] = s.background_flushes;
+        d["background_rounds"] = s.background_rounds;
         d["pending_sends"] = engine_.pending_sends();
         d["pending_receives"] = engine_.pending_receives();
         d["buffer_cache_bytes"] = Buffer::cached_bytes();

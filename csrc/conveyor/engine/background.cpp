@@ -56,8 +56,9 @@ void Engine::background_loop() {
 void Engine::background_rounds() {
     IdleBackoff backoff(options_, Clock::now());
     bool unparked = false;
-    double away_nap = 0;  // the last sleep while the owner stayed away
+    double nap = 0;  // the last sleep while nothing needed us
     while (!background_stop_.load()) {
+        background_rounds_.fetch_add(1, std::memory_order_relaxed);
         // An owner that calls in makes progress itself: then only batches it
         // left filling need the background. In an event loop the owner never
         // waits in the engine and relies on the background entirely.
@@ -93,15 +94,16 @@ void Engine::background_rounds() {
         std::unique_lock<std::mutex> sleep(sleep_lock_);
         if (background_stop_.load()) break;
         if (!serving) {
-            if (owner_waiting_.load() && !unparked) {
-                // The owner drives MPI until it stops waiting, and wakes us
-                // then. Once woken, nap before parking again: an owner that
-                // waits often (a ping-pong) then pays one wake-up per nap,
-                // not one per wait.
+            bool waiting = owner_waiting_.load();
+            if (waiting && !owner_called && !unparked) {
+                // The owner has waited in the engine since the last round, a
+                // long wait (an idle rank): it drives MPI until it leaves,
+                // and wakes us then.
                 background_parked_.store(true);
                 if (!owner_waiting_.load()) background_parked_.store(false);  // it just left
                 sleep_wake_.wait(sleep, [this] { return !background_parked_.load(); });
                 unparked = true;
+                nap = 0;  // it may be away now: take over within `base`
             } else {
                 unparked = false;
                 // Wake rarely: every wake-up takes a core from the ranks,
@@ -109,21 +111,34 @@ void Engine::background_rounds() {
                 // at most this long.
                 double base =
                     std::max(2 * options_.max_sleep_seconds, options_.flush_delay_seconds);
-                // And rarer still while the owner stays away with nothing in
-                // flight: each round's probes take MPI's lock and join its
-                // progress, slowing the transfers of the process's other
-                // threads and messengers (conveyor bench's idle second
-                // messenger took 5% of the first one's bandwidth).
-                away_nap =
-                    quiet ? std::min(2 * away_nap, options_.background_max_sleep_seconds) : 0;
-                away_nap = std::max(away_nap, base);
-                if (away_nap > base) {
+                // And rarer still while nothing needs us: an owner that
+                // keeps calling in drives MPI itself, and a wake-up a
+                // millisecond beside its loop of sends and waits took 4 % of
+                // a 64 KiB stream's bandwidth on 2 cores (bench/README.md).
+                // Up to half the longest sleep: the round after the owner's
+                // last call still sees it, so we take over within the
+                // longest sleep once it stops calling. An owner away with
+                // nothing in flight: each of our rounds' probes take MPI's
+                // lock and join its progress, slowing the transfers of the
+                // process's other threads and messengers (conveyor bench's
+                // idle second messenger took 5% of the first one's
+                // bandwidth).
+                bool owner_busy = (owner_called || waiting) && !flush;
+                double longest = options_.background_max_sleep_seconds;
+                nap = owner_busy ? std::min(2 * nap, longest / 2)
+                      : quiet    ? std::min(2 * nap, longest)
+                                 : 0;
+                nap = std::max(nap, base);
+                // A new batch wakes a doze (the owner away), not the sleep
+                // beside a busy owner, whose next wait sends it: a wake-up
+                // a batch would cost a request/reply loop one a message.
+                if (quiet && nap > base) {
                     background_dozing_.store(true);
                     if (open_batches_.load() == 0)
-                        sleep_wake_.wait_for(sleep, std::chrono::duration<double>(away_nap));
+                        sleep_wake_.wait_for(sleep, std::chrono::duration<double>(nap));
                     background_dozing_.store(false);
                 } else {
-                    sleep_wake_.wait_for(sleep, std::chrono::duration<double>(base));
+                    sleep_wake_.wait_for(sleep, std::chrono::duration<double>(nap));
                 }
             }
             continue;

@@ -76,7 +76,9 @@ Engine::~Engine() {
 
 EngineStats Engine::stats() const {
     Guard guard(lock_);
-    return stats_;
+    EngineStats s = stats_;
+    s.background_rounds = background_rounds_.load(std::memory_order_relaxed);
+    return s;
 }
 
 bool Engine::describe(EngineState& out, double patience) const {
@@ -87,6 +89,7 @@ bool Engine::describe(EngineState& out, double patience) const {
         std::this_thread::sleep_for(std::chrono::microseconds(100));
     }
     out.stats = stats_;
+    out.stats.background_rounds = background_rounds_.load(std::memory_order_relaxed);
     out.pending_sends = send_reqs_.size();
     out.pending_receives = recv_reqs_.size() + drain_reqs_.size();
     out.ready = ready_.size();

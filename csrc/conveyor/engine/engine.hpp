@@ -166,6 +166,7 @@ struct EngineStats {
     std::uint64_t window_pool_waits = 0;
     std::uint64_t waits_slept = 0;         // times an idle wait went to sleep
     std::uint64_t background_flushes = 0;  // batches the background thread sent
+    std::uint64_t background_rounds = 0;   // times the background thread woke and looked
 };
 
 // What one destination has waiting and in flight, and what this rank owes
@@ -494,6 +495,8 @@ class Engine {
     std::atomic<bool> background_stop_{false};
     std::atomic<bool> background_parked_{false};  // asleep until the owner stops waiting
     std::atomic<bool> background_dozing_{false};  // in a long sleep: a new batch wakes it
+    // Counted outside the engine's lock, which most rounds never take.
+    std::atomic<std::uint64_t> background_rounds_{0};
 };
 
 // Runs an MPI call and throws MPIError with MPI's message when it fails.

@@ -369,6 +369,39 @@ def test_batch_wakes_a_dozing_background_thread(mpirun):
     mpirun(2, case_flush_after_doze, 1.5, env={"CONVEYOR_BACKGROUND_MAX_SLEEP_US": "10000000"})
 
 
+def case_background_sleeps_beside_a_busy_owner(seconds):
+    """Both owners call in all along (a request/reply loop): their background
+    threads have nothing to do, and must not wake each millisecond beside them.
+    """
+    seconds = float(seconds)
+    with cv.Messenger() as m:
+        assert m._transport.engine.background  # needs MPI_THREAD_MULTIPLE
+        stop = []
+        m.on("echo")(lambda msg: msg.payload)
+        m.on("stop")(lambda msg: stop.append(True))
+        m.wait_quiet()
+        before = m.stats()["background_rounds"]
+        start = time.monotonic()
+        if m.rank == 0:
+            while time.monotonic() - start < seconds:
+                assert m.request(1, "echo", 7).result(timeout=30) == 7
+            m.send(1, "stop")
+        else:
+            assert wait_until(m, lambda: stop, seconds + 30)
+        elapsed = time.monotonic() - start
+        rounds = m.stats()["background_rounds"] - before
+        # Its sleeps double from 1 ms up to 16 ms while the owner is busy, and
+        # only ever last longer than asked: at most a round every 4 ms, after
+        # the first few. A round each millisecond (each wait's end waking it)
+        # is what this rules out.
+        assert rounds <= 10 + elapsed / 0.004, f"{rounds} rounds in {elapsed:.2f} s"
+        m.wait_quiet()
+
+
+def test_background_sleeps_beside_a_busy_owner(mpirun):
+    mpirun(2, case_background_sleeps_beside_a_busy_owner, 1.0)
+
+
 # -- 5. per-item delivery ---------------------------------------------------------
 
 RECORD = np.dtype([("kmer", "u8"), ("count", "u4")])  # 12-byte packed records
