@@ -37,8 +37,8 @@ HEADER_BYTES = 64
 
 
 def run_header_message(comm, arr, window, iters, warmup):
-    header = np.array([arr.nbytes], dtype=np.int64)
-    header = np.resize(header.view(np.uint8), HEADER_BYTES)
+    header = np.zeros(HEADER_BYTES, dtype=np.uint8)
+    header[:8].view(np.int64)[0] = arr.nbytes  # the size it announces
     received = np.empty(HEADER_BYTES, dtype=np.uint8)
 
     def send_window():

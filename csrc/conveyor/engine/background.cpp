@@ -98,7 +98,9 @@ void Engine::background_rounds() {
             if (waiting && !owner_called && !unparked) {
                 // The owner has waited in the engine since the last round, a
                 // long wait (an idle rank): it drives MPI until it leaves,
-                // and wakes us then.
+                // and wakes us then. Not twice running: an owner that began
+                // a wait between our reads of its two flags looks the same,
+                // and would then wake us at the end of each of its waits.
                 background_parked_.store(true);
                 if (!owner_waiting_.load()) background_parked_.store(false);  // it just left
                 sleep_wake_.wait(sleep, [this] { return !background_parked_.load(); });

@@ -76,6 +76,10 @@ Engine::~Engine() {
 
 EngineStats Engine::stats() const {
     Guard guard(lock_);
+    return stats_locked();
+}
+
+EngineStats Engine::stats_locked() const {
     EngineStats s = stats_;
     s.background_rounds = background_rounds_.load(std::memory_order_relaxed);
     return s;
@@ -88,8 +92,7 @@ bool Engine::describe(EngineState& out, double patience) const {
         if (Clock::now() >= deadline) return false;
         std::this_thread::sleep_for(std::chrono::microseconds(100));
     }
-    out.stats = stats_;
-    out.stats.background_rounds = background_rounds_.load(std::memory_order_relaxed);
+    out.stats = stats_locked();
     out.pending_sends = send_reqs_.size();
     out.pending_receives = recv_reqs_.size() + drain_reqs_.size();
     out.ready = ready_.size();

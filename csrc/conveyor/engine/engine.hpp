@@ -381,6 +381,7 @@ class Engine {
                                         : ""));
     }
     // engine.cpp
+    EngineStats stats_locked() const;
     bool progress_locked();
     bool progress_after_nap();
     void isend(int dest, std::shared_ptr<Outgoing> out);
