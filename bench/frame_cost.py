@@ -2,7 +2,7 @@
 
 Usage (2 ranks)::
 
-    mpiexec -n 2 python bench/frame_cost.py [--sizes 65536,262144] [--mib 512] [--reps 7]
+    mpiexec -n 2 python bench/frame_cost.py [--sizes 64K,256K] [--mib 512] [--reps 7]
 
 conveyor sends each message as two MPI messages: its frame (a small
 header: tag, dtype, shape) and the array's bytes, zero-copy. This runs
@@ -32,6 +32,7 @@ import numpy as np
 from mpi4py import MPI
 
 from conveyor._bench import osu
+from conveyor.cli.arguments import byte_size, positive_int
 
 HEADER_BYTES = 64
 
@@ -93,16 +94,23 @@ def run_one_message(comm, arr, window, iters, warmup):
         datatype.Free()
 
 
+def byte_sizes(text):
+    """Parse comma-separated message sizes (``65536,256K``), each at least 1 byte."""
+    return [byte_size(size) for size in text.split(",")]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="65536,262144", help="message sizes in bytes")
-    parser.add_argument("--mib", type=int, default=512, help="MiB moved per repetition")
-    parser.add_argument("--reps", type=int, default=7, help="repetitions (median)")
+    parser.add_argument(
+        "--sizes", type=byte_sizes, default="64K,256K", help="message sizes, comma-separated"
+    )
+    parser.add_argument("--mib", type=positive_int, default=512, help="MiB moved per repetition")
+    parser.add_argument("--reps", type=positive_int, default=7, help="repetitions (median)")
     args = parser.parse_args(argv)
     comm = MPI.COMM_WORLD
     if comm.size != 2:
         raise SystemExit("frame_cost.py runs on 2 ranks (mpiexec -n 2)")
-    for size in (int(s) for s in args.sizes.split(",")):
+    for size in args.sizes:
         window, iters, warmup = osu.bw_shape(size, args.mib << 20)
         arr = np.ones(size, dtype=np.uint8)
         contestants = {

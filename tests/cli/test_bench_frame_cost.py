@@ -2,10 +2,12 @@
 
 Structure only, never speed: a small run on 2 ranks under a timeout must
 report every contestant with a positive ratio, and the script refuses a
-rank count it cannot use.
+rank count it cannot use and options that are not sizes or counts.
 """
 
 import sys
+
+import pytest
 
 from conftest import ROOT, mpiexec, run_command
 
@@ -30,3 +32,19 @@ def test_it_needs_two_ranks():
     result = run_command([mpiexec(), "-n", "1", sys.executable, str(SCRIPT)], timeout=60)
     assert result.returncode != 0
     assert "runs on 2 ranks" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    "option, value, says",
+    [
+        ("--sizes", "64K,lots", "not a size: 'lots'"),
+        ("--sizes", "0", "at least 1 byte"),
+        ("--mib", "0", "must be at least 1"),
+        ("--reps", "two", "not an integer: 'two'"),
+    ],
+)
+def test_bad_options_are_refused(option, value, says):
+    cmd = [mpiexec(), "-n", "2", sys.executable, str(SCRIPT), option, value]
+    result = run_command(cmd, timeout=60)
+    assert result.returncode != 0
+    assert says in result.stderr, result.stderr
