@@ -23,6 +23,8 @@ import tempfile
 
 from engine_latency import build, run
 
+from conveyor.cli.arguments import byte_sizes, positive_int
+
 WINDOW = 64  # osu_bw's
 NAMES = {
     "mpi": "C MPI_Isend window, one buffer",
@@ -34,17 +36,21 @@ NAMES = {
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--sizes", default="65536,262144,1048576", help="message sizes in bytes, comma-separated"
+        "--sizes",
+        type=byte_sizes,
+        default="65536,262144,1048576",
+        help="message sizes, comma-separated (65536 or 64K)",
     )
-    parser.add_argument("--mib", type=int, default=256, help="MiB moved per repetition")
-    parser.add_argument("--reps", type=int, default=9, help="repetitions per run (median)")
-    parser.add_argument("--runs", type=int, default=3, help="mpiexec jobs per size (median, range)")
+    parser.add_argument("--mib", type=positive_int, default=256, help="MiB moved per repetition")
+    parser.add_argument("--reps", type=positive_int, default=9, help="repetitions per run (median)")
+    parser.add_argument(
+        "--runs", type=positive_int, default=3, help="mpiexec jobs per size (median, range)"
+    )
     args = parser.parse_args(argv)
-    sizes = [int(s) for s in args.sizes.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         binary = pathlib.Path(tmp) / "engine_window"
         build(binary, "engine_window.cpp")
-        for size in sizes:
+        for size in args.sizes:
             windows = max(2, (args.mib << 20) // (WINDOW * size))
             runs = [run(binary, size, WINDOW, windows, args.reps) for _ in range(args.runs)]
             print(f"{size} bytes, MB/s: medians of {args.runs} runs (range)")

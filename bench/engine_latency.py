@@ -23,6 +23,8 @@ import subprocess
 import sys
 import tempfile
 
+from conveyor.cli.arguments import positive_int
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 NAMES = {
     "mpi": "C MPI_Send/MPI_Recv",
@@ -62,9 +64,11 @@ def run(binary, *args):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--iters", type=int, default=20000, help="ping-pongs per repetition")
-    parser.add_argument("--reps", type=int, default=9, help="repetitions per run (median)")
-    parser.add_argument("--runs", type=int, default=3, help="mpiexec jobs (median, range)")
+    parser.add_argument(
+        "--iters", type=positive_int, default=20000, help="ping-pongs per repetition"
+    )
+    parser.add_argument("--reps", type=positive_int, default=9, help="repetitions per run (median)")
+    parser.add_argument("--runs", type=positive_int, default=3, help="mpiexec jobs (median, range)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         binary = pathlib.Path(tmp) / "engine_pingpong"

@@ -32,7 +32,7 @@ import numpy as np
 from mpi4py import MPI
 
 from conveyor._bench import osu
-from conveyor.cli.arguments import byte_size, positive_int
+from conveyor.cli.arguments import byte_sizes, positive_int
 
 HEADER_BYTES = 64
 
@@ -92,11 +92,6 @@ def run_one_message(comm, arr, window, iters, warmup):
         return osu.run_mpi4py_windows(comm, iters, warmup, send_window, receive_window)
     finally:
         datatype.Free()
-
-
-def byte_sizes(text):
-    """Parse comma-separated message sizes (``65536,256K``), each at least 1 byte."""
-    return [byte_size(size) for size in text.split(",")]
 
 
 def main(argv=None):

@@ -1,6 +1,8 @@
-"""bench/engine_bandwidth.py: the engine's osu_bw windows in C++ build, run, and report every contestant."""
+"""bench/engine_bandwidth.py: the C++ osu_bw windows build, run and report; bad options are refused."""
 
 import sys
+
+import pytest
 
 from conftest import ROOT, run_command
 
@@ -22,3 +24,18 @@ def test_a_small_run():
         "engine / mpi-distinct",
     ]
     assert all(float(row[-2]) > 0 for row in rows)
+
+
+@pytest.mark.parametrize(
+    "option, value, says",
+    [
+        ("--sizes", "64K,lots", "not a size: 'lots'"),
+        ("--sizes", "0", "at least 1 byte"),
+        ("--mib", "0", "must be at least 1"),
+        ("--runs", "two", "not an integer: 'two'"),
+    ],
+)
+def test_bad_options_are_refused(option, value, says):
+    result = run_command([sys.executable, str(SCRIPT), option, value], timeout=60)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert says in result.stderr, result.stderr

@@ -1,6 +1,8 @@
-"""bench/engine_latency.py: the engine's ping-pong in C++ builds, runs, and reports every contestant."""
+"""bench/engine_latency.py: the C++ ping-pong builds, runs and reports; bad options are refused."""
 
 import sys
+
+import pytest
 
 from conftest import ROOT, run_command
 
@@ -18,3 +20,11 @@ def test_a_small_run():
         "engine post_aggregated (C++)",
     ]
     assert all(float(row[-2]) > 0 for row in rows)
+
+
+@pytest.mark.parametrize("option", ["--iters", "--reps", "--runs"])
+@pytest.mark.parametrize("value, says", [("0", "must be at least 1"), ("x", "not an integer")])
+def test_bad_options_are_refused(option, value, says):
+    result = run_command([sys.executable, str(SCRIPT), option, value], timeout=60)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert says in result.stderr, result.stderr

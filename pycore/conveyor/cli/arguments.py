@@ -51,6 +51,11 @@ def byte_size(text):
     return size
 
 
+def byte_sizes(text):
+    """Parse comma-separated sizes (``65536,256K``), each at least 1 byte (see `byte_size`)."""
+    return [byte_size(size) for size in text.split(",")]
+
+
 def positive_int(text):
     """Parse an int of at least 1."""
     try:
