@@ -429,7 +429,11 @@ def test_the_median_of_the_runs_is_judged(tmp_path, capfd, conveyor, status):
     "second, status, message",
     [
         (3, 3, None),  # the ranks failed: their status
-        ("hang", 124, "still running after 1 s: killed"),
+        (
+            "hang",
+            124,
+            "still running after 1 s: asked every rank for its state, then killed every rank",
+        ),
     ],
 )
 def test_a_failed_run_ends_the_command_and_writes_nothing(tmp_path, capfd, second, status, message):

@@ -21,10 +21,10 @@ from ..cli.arguments import positive_int
 from ..cli.launch import (
     INTERRUPTED,
     MPIEXEC_HELP,
-    TIMED_OUT,
     rank_threads,
     require_mpiexec,
     run_in_group,
+    stopped_reason,
 )
 from . import machine, plan, plot, summary
 
@@ -174,8 +174,7 @@ def run_ranks(mpiexec, rank_argv, timeout):
     cmd = [mpiexec, "-n", "2", sys.executable, "-m", "conveyor._bench.osu", *rank_argv]
     print("$", " ".join(cmd), flush=True)
     status = run_in_group(cmd, timeout, threads=rank_threads(2))
-    if status == TIMED_OUT:
-        print(f"conveyor bench: still running after {timeout} s: killed", file=sys.stderr)
-    elif status == INTERRUPTED:
-        print("conveyor bench: interrupted: killed", file=sys.stderr)
+    stopped = stopped_reason(status, timeout)
+    if stopped is not None:
+        print(f"conveyor bench: {stopped}", file=sys.stderr)
     return status

@@ -37,6 +37,32 @@ __all__ = [
 TIMED_OUT = 124
 INTERRUPTED = 130
 
+
+def stopped_reason(status, timeout):
+    """What a launcher says of a job that `run_in_group` stopped; None if it ended by itself.
+
+    Parameters
+    ----------
+    status : int
+        `run_in_group`'s return value.
+    timeout : float
+        The seconds the job was given.
+
+    Returns
+    -------
+    str or None
+        The reason, to follow the launcher's name on standard error.
+    """
+    if status == TIMED_OUT:
+        return (
+            f"still running after {timeout:g} s: asked every rank for its state, "
+            "then killed every rank"
+        )
+    if status == INTERRUPTED:
+        return "interrupted: killed every rank"
+    return None
+
+
 # Where a process that mpiexec started finds its rank (MPICH's hydra and other
 # PMI launchers, Open MPI, PMIx): read without initialising MPI.
 RANK_VARIABLES = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK")

@@ -23,15 +23,14 @@ import tempfile
 
 from .arguments import positive_int, seconds
 from .launch import (
-    INTERRUPTED,
     MPIEXEC_HELP,
-    TIMED_OUT,
     fault_tolerance_options,
     find_srun,
     inside_mpi_job,
     rank_threads,
     require_mpiexec,
     run_in_group,
+    stopped_reason,
 )
 
 __all__ = ["LAUNCHERS", "add_arguments", "choose_launcher", "launch_command", "run"]
@@ -143,14 +142,10 @@ def run(parser, args):
         for name in os.listdir(status_dir):
             with open(os.path.join(status_dir, name)) as f:
                 statuses[int(name)] = int(f.read())
-    if status == TIMED_OUT:
-        _say(
-            f"still running after {args.timeout:g} s: asked every rank for its state, then killed every rank"
-        )
-        return TIMED_OUT
-    if status == INTERRUPTED:
-        _say("interrupted: killed every rank")
-        return INTERRUPTED
+    stopped = stopped_reason(status, args.timeout)
+    if stopped is not None:
+        _say(stopped)
+        return status
     failed = {rank: code for rank, code in sorted(statuses.items()) if code != 0}
     for rank, code in failed.items():
         _say(f"rank {rank} failed with exit status {code}")
