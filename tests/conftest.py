@@ -158,9 +158,9 @@ def explain_hang(root):
     ranks at the first one's death, before the others have spoken; what the
     ranks write waits in their pipes until the launchers go on.
     """
-    from conveyor.cli.launch import _descendants
+    from conveyor.cli.launch import descendants
 
-    found = [root, *_descendants(root)]
+    found = [root, *descendants(root)]
     pythons = [pid for pid in found if program(pid).startswith(b"python")]
     launchers = [pid for pid in found if pid not in pythons]
     for pid in launchers:

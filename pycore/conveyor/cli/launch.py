@@ -268,7 +268,7 @@ def start_in_group(cmd, threads=None, **popen_options):
     return subprocess.Popen(cmd, start_new_session=True, env=env, **popen_options)
 
 
-def _descendants(pid):
+def descendants(pid):
     """The processes below `pid`, from Linux's /proc (none where there is no /proc)."""
     children = {}
     for entry in os.listdir("/proc") if os.path.isdir("/proc") else ():
@@ -296,7 +296,7 @@ def kill_group(proc):
     rank a session of its own (MPICH's hydra does): while `proc` runs, its
     descendants are found and killed one by one too.
     """
-    stray = _descendants(proc.pid) if proc.poll() is None else []
+    stray = descendants(proc.pid) if proc.poll() is None else []
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:  # the group is empty: the job ended whole
