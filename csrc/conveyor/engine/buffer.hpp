@@ -27,7 +27,9 @@ class Buffer {
     std::size_t size() const { return size_; }
 
   private:
-    void* memory_ = nullptr;  // what was allocated, 64-byte aligned
+    // What was allocated, for free(): data_ is `offset` bytes past its first
+    // 64-byte boundary.
+    void* memory_ = nullptr;
     std::uint8_t* data_ = nullptr;
     std::size_t size_ = 0;
 };
