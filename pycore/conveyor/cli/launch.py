@@ -19,6 +19,7 @@ __all__ = [
     "TERMINATE_GRACE",
     "THREAD_VARIABLES",
     "TIMED_OUT",
+    "descendants",
     "fault_tolerance_options",
     "find_mpiexec",
     "find_srun",
@@ -31,6 +32,7 @@ __all__ = [
     "require_mpiexec",
     "run_in_group",
     "start_in_group",
+    "stopped_reason",
 ]
 
 # Exit statuses of a job that did not end by itself, as timeout(1) and a shell report them.
